@@ -1,0 +1,135 @@
+"""The one small interface every vidarc codec implements.
+
+A codec turns one GOP (uint8 frames, T×H×W×3, RGB) plus a rate target into bytes, and bytes back into
+frames. It knows nothing of Ray, object storage or containers: the pipeline owns those. Model-backed
+codecs are expensive to build, so the pipeline builds each codec once per actor (see `registry`) and
+calls `encode`/`decode` many times.
+
+Rate targets use the standard bits-per-pixel definition: bits / (width · height · frames).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from fractions import Fraction
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from codec.errors import UnsupportedInputError
+
+TargetKind = Literal["kbps", "bpp", "quality"]
+TARGET_KINDS: tuple[str, ...] = ("kbps", "bpp", "quality")
+
+
+@dataclasses.dataclass(frozen=True)
+class RateTarget:
+    """What the user asked for: a bit rate (kbps), a bits-per-pixel budget, or a codec-native quality.
+
+    `quality` means the codec's own knob (CRF for x264/x265/AV1, the quality index for GLVC, atoms per
+    step for GVC); the codec documents its range and direction.
+    """
+
+    kind: TargetKind
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"rate target kind must be one of {TARGET_KINDS}, got {self.kind!r}")
+        if not np.isfinite(self.value) or (self.kind != "quality" and self.value <= 0):
+            raise ValueError(f"rate target {self.kind}={self.value} must be a positive finite number")
+
+    def bits_budget(self, width: int, height: int, frames: int, fps: Fraction) -> float | None:
+        """Bits this target allows for `frames` frames, or None for a quality target."""
+        if self.kind == "kbps":
+            return self.value * 1000.0 * frames / float(fps)
+        if self.kind == "bpp":
+            return self.value * width * height * frames
+        return None
+
+    def describe(self) -> str:
+        return f"{self.kind}={self.value:g}"
+
+
+def bits_per_pixel(payload_bytes: int, width: int, height: int, frames: int) -> float:
+    """Standard bpp: bits / (width · height · frames). Never divided by 3 for colour channels."""
+    return 8.0 * payload_bytes / (width * height * frames)
+
+
+def kilobits_per_second(payload_bytes: int, frames: int, fps: Fraction) -> float:
+    return 8.0 * payload_bytes / (frames / float(fps)) / 1000.0
+
+
+@dataclasses.dataclass
+class EncodedGop:
+    """One coded GOP.
+
+    `reconstruction` is what a decoder will produce from `payload`: every encoder decodes its own output
+    before returning (a cheap self-check, and the frames quality metrics are computed on).
+    `params` records the settings the rate control chose (e.g. {"crf": 31} or {"q_index": 17}); the
+    pipeline stores it in the manifest so a run can be audited and reproduced.
+    """
+
+    payload: bytes
+    reconstruction: np.ndarray
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Codec(abc.ABC):
+    """Frames <-> bytes for one codec configuration (and, for neural codecs, one set of weights)."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    #: Latent codecs need GOPs of 1+4k frames; they pad a short last GOP internally and crop on decode.
+    gop_multiple: ClassVar[int] = 1
+    gop_offset: ClassVar[int] = 0
+
+    model_id: str | None = None
+    model_sha256: str | None = None
+    device: str = "cpu"
+
+    @abc.abstractmethod
+    def default_gop_frames(self, fps: Fraction) -> int:
+        """GOP length used when the user does not set --gop-frames."""
+
+    def check_gop_frames(self, gop_frames: int) -> None:
+        """Refuse a GOP length this codec cannot use (the last GOP of a video may be shorter)."""
+        if gop_frames < 1 or (gop_frames - self.gop_offset) % self.gop_multiple != 0:
+            raise UnsupportedInputError(
+                f"{self.name} needs GOPs of {self.gop_offset}+{self.gop_multiple}k frames, got {gop_frames}"
+            )
+
+    def check_geometry(self, width: int, height: int) -> None:
+        """Raise UnsupportedInputError for a frame size this codec cannot code."""
+        if width < 2 or height < 2:
+            raise UnsupportedInputError(f"{self.name} cannot code {width}x{height} frames")
+
+    @abc.abstractmethod
+    def encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction) -> EncodedGop:
+        """Code one GOP (uint8 T×H×W×3) at `target`. The payload must decode without other GOPs."""
+
+    @abc.abstractmethod
+    def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
+        """Frames (uint8 frame_count×height×width×3) from a payload made by `encode`.
+
+        Raises CorruptPayloadError for damaged bytes and ModelMismatchError for other weights.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """Identity recorded in archive headers, manifests and run configs."""
+        return {
+            "codec": self.name,
+            "codec_version": self.version,
+            "model_id": self.model_id,
+            "model_sha256": self.model_sha256,
+            "device": self.device,
+        }
+
+
+def check_frames(frames: np.ndarray, codec_name: str) -> None:
+    """Validate the frame array every encoder receives."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise UnsupportedInputError(
+            f"{codec_name} expects uint8 frames shaped T×H×W×3, got {frames.dtype} {frames.shape}"
+        )

@@ -1,0 +1,1 @@
+"""Dataset-scale archive workflow on Ray: discover, plan GOPs, encode, write, verify, restore, audit."""
