@@ -87,6 +87,7 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
     except BaseException:
         with contextlib.suppress(Exception):
             handle.discard()  # abort the multipart upload: nothing appears under `path`
+        handle.closed = True  # so garbage collection does not try to complete the aborted upload
         raise
     else:
         handle.close()

@@ -1,0 +1,111 @@
+"""`vidarc archive SRC OUT` and `python -m jobs.archive SRC OUT` (same options; for `ray job submit`).
+
+Exit codes: 0 every video archived (or nothing to do: an empty SRC), 1 some videos failed or the
+closing verify found a problem (the summary lists them), 2 the job could not run (bad options,
+missing SRC, unreachable storage, codec or model that cannot load) — then nothing is written to OUT.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+COMMAND_HELP = "Archive every video under SRC (a folder, file or s3:// prefix) into OUT."
+
+
+def archive_command(
+    src: Annotated[str, typer.Argument(help="Source folder, file, or fsspec URL (s3://bucket/prefix).")],
+    out: Annotated[str, typer.Argument(help="Archive root: local folder or fsspec URL.")],
+    codec: Annotated[str, typer.Option(help="x264 | x265 | av1 | glvc | gvc")] = "x264",
+    target_kbps: Annotated[float | None, typer.Option(help="Target bit rate per video (kbit/s).")] = None,
+    target_bpp: Annotated[float | None, typer.Option(help="Target bits / (width·height·frames).")] = None,
+    quality: Annotated[float | None, typer.Option(help="Codec-native quality (CRF, q-index, atoms).")] = None,
+    gop_frames: Annotated[int | None, typer.Option(help="Frames per GOP (default: the codec's).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model directory or URL (neural codecs).")] = None,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: start a local one).")
+    ] = None,
+    actors: Annotated[int, typer.Option(help="Encode actors.")] = 1,
+    num_gpus_per_actor: Annotated[
+        float, typer.Option(help="GPUs per encode actor (fractional ok; 0 = CPU).")
+    ] = 0.0,
+    verify_fraction: Annotated[
+        float | None, typer.Option(help="Verify this fraction of GOPs at the end.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Archive at most this many videos in this run.")] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Rerun videos recorded as failed.")
+    ] = False,
+    include: Annotated[
+        list[str] | None, typer.Option(help="Glob on the path relative to SRC (repeatable).")
+    ] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Glob to leave out (repeatable).")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run id (default: time + random suffix).")] = None,
+    metrics_every: Annotated[int, typer.Option(help="Measure quality on every Nth GOP of a video.")] = 1,
+    skip_metric: Annotated[
+        list[str] | None, typer.Option(help="Do not compute lpips | dists | vmaf | temporal (repeatable).")
+    ] = None,
+) -> None:
+    """Archive every video under SRC (a folder, file or s3:// prefix) into OUT."""
+    from pipeline.archive import ArchiveError, run_archive
+    from pipeline.config import ArchiveConfig, ConfigError, rate_target_from_options
+    from pipeline.storage import redact
+
+    try:
+        config = ArchiveConfig(
+            src=src,
+            out=out,
+            codec=codec,
+            target=rate_target_from_options(target_kbps, target_bpp, quality),
+            gop_frames=gop_frames,
+            model=model,
+            endpoint_url=endpoint_url,
+            address=address,
+            actors=actors,
+            num_gpus_per_actor=num_gpus_per_actor,
+            verify_fraction=verify_fraction,
+            limit=limit,
+            retry_failed=retry_failed,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            run_id=run_id,
+            metrics_every=metrics_every,
+            skip_metrics=tuple(skip_metric or ()),
+        )
+        result = _run_with_ray(run_archive, config)
+    except (ArchiveError, ConfigError) as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(result.message)
+    for failure in result.summary.get("failures", []):
+        print(f"  failed: {failure['error']}", file=sys.stderr)
+    raise typer.Exit(result.exit_code)
+
+
+def _run_with_ray(run, config):
+    """Run, and shut down the Ray connection only if this command opened it."""
+    import ray
+
+    owned = not ray.is_initialized()
+    try:
+        return run(config)
+    finally:
+        if owned and ray.is_initialized():
+            ray.shutdown()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("archive", help=COMMAND_HELP)(archive_command)
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(help=COMMAND_HELP)(archive_command)
+    app()
+
+
+if __name__ == "__main__":
+    main()

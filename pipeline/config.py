@@ -1,0 +1,124 @@
+"""The archive job's configuration as data: one dataclass the CLI fills and the workflow reads.
+
+Defaults a user does not set are resolved here, in one place, so `runs/<run_id>/config.json` records
+exactly what ran. Nothing here holds credentials: they come from the standard AWS environment or
+profiles at the point of use, and `as_record` redacts anything that looks like one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from codec.base import RateTarget
+from pipeline.storage import redact
+
+#: Codec-native quality used when no rate option is given: visually good, not wasteful.
+#: CRF for x264/x265 (their "visually lossless-ish" defaults), CRF for SVT-AV1, and the middle of the
+#: neural codecs' quality ranges (GLVC: learned quantisation-scale index; GVC: atoms per step).
+DEFAULT_QUALITY: dict[str, float] = {"x264": 23, "x265": 28, "av1": 35, "glvc": 32, "gvc": 16}
+
+
+METRIC_SWITCHES: tuple[str, ...] = ("lpips", "dists", "vmaf", "temporal")
+
+
+class ConfigError(ValueError):
+    """The options do not make a valid job (one line, shown as is)."""
+
+
+@dataclasses.dataclass
+class ArchiveConfig:
+    src: str
+    out: str
+    codec: str = "x264"
+    target: RateTarget | None = None
+    gop_frames: int | None = None
+    model: str | None = None
+    endpoint_url: str | None = None
+    address: str | None = None
+    actors: int = 1
+    num_gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    device: str = "auto"
+    verify_fraction: float | None = None
+    limit: int | None = None
+    retry_failed: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    run_id: str | None = None
+    #: GOPs queued per actor: enough that an actor never waits for the next decode, few enough that
+    #: memory stays bounded (decoded frames of at most actors × this many GOPs exist at once).
+    gops_in_flight_per_actor: int = 2
+    #: A GOP whose actor died is retried on a fresh actor this many times before its video fails.
+    max_gop_retries: int = 2
+    #: Videos probed ahead of the encoders (probing is cheap; this bounds driver memory).
+    probe_ahead: int = 8
+    codec_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Quality metrics on every Nth GOP of each video (measuring costs more than coding for fast codecs).
+    metrics_every: int = 1
+    #: Metrics switched off ("lpips", "dists", "vmaf", "temporal"); their columns stay null with a note.
+    skip_metrics: tuple[str, ...] = ()
+
+    def resolved(self) -> ArchiveConfig:
+        """A copy with defaults filled in, validated; raises ConfigError with a one-line reason."""
+        from codec.registry import available_codecs
+
+        if self.codec not in available_codecs():
+            raise ConfigError(f"unknown codec {self.codec!r}; choose one of {', '.join(available_codecs())}")
+        if self.actors < 1:
+            raise ConfigError(f"--actors must be at least 1, got {self.actors}")
+        if self.num_gpus_per_actor < 0:
+            raise ConfigError(f"--num-gpus-per-actor must be >= 0, got {self.num_gpus_per_actor}")
+        if self.gop_frames is not None and self.gop_frames < 1:
+            raise ConfigError(f"--gop-frames must be at least 1, got {self.gop_frames}")
+        if self.verify_fraction is not None and not 0 < self.verify_fraction <= 1:
+            raise ConfigError(f"--verify-fraction must be in (0, 1], got {self.verify_fraction}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.metrics_every < 1:
+            raise ConfigError(f"--metrics-every must be at least 1, got {self.metrics_every}")
+        unknown = set(self.skip_metrics) - set(METRIC_SWITCHES)
+        if unknown:
+            raise ConfigError(
+                f"--skip-metric: unknown {sorted(unknown)}; choose from {', '.join(METRIC_SWITCHES)}"
+            )
+        target = self.target or RateTarget("quality", DEFAULT_QUALITY.get(self.codec, 23))
+        device = self.device
+        if device == "auto":
+            device = "cuda" if self.num_gpus_per_actor > 0 else "cpu"
+        return dataclasses.replace(self, target=target, device=device)
+
+    def as_record(self) -> dict[str, Any]:
+        """JSON-ready, credential-free view for config.json and logs."""
+        record = dataclasses.asdict(self)
+        record["target"] = {"kind": self.target.kind, "value": self.target.value} if self.target else None
+        for name in ("include", "exclude", "skip_metrics"):
+            record[name] = list(getattr(self, name))
+        return _redact_values(record)
+
+
+def rate_target_from_options(
+    target_kbps: float | None, target_bpp: float | None, quality: float | None
+) -> RateTarget | None:
+    """At most one rate option; None means the codec's default quality."""
+    given = [
+        (k, v) for k, v in (("kbps", target_kbps), ("bpp", target_bpp), ("quality", quality)) if v is not None
+    ]
+    if len(given) > 1:
+        raise ConfigError("give at most one of --target-kbps, --target-bpp, --quality")
+    if not given:
+        return None
+    try:
+        return RateTarget(given[0][0], float(given[0][1]))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _redact_values(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_values(v) for v in value]
+    if isinstance(value, str):
+        return redact(value)
+    return value

@@ -1,0 +1,327 @@
+"""Reading source videos with PyAV: probe, decode one GOP's frames, stream-copy the audio.
+
+Everything here opens the source through fsspec, so a local file and an `s3://` object behave alike:
+for a remote object PyAV reads through a seekable fsspec file, i.e. ranged GETs of the parts the
+demuxer needs, never a full download to disk.
+
+Choices where the brief is silent:
+- The frame count is exact: `probe` demuxes every video packet (no decoding) and counts them, because
+  container headers (`stream.frames`) are missing or wrong for many files. The packets' presentation
+  timestamps, sorted, give each frame's pts; a GOP decode seeks to the keyframe before its first pts
+  and keeps exactly its frames, so GOPs decode in parallel without re-decoding the whole video.
+- Variable frame rate: all frames are kept (never dropped or duplicated to a constant rate); the
+  stream's average rate is recorded as a rational and `vfr` notes that frame durations vary.
+- Rotation metadata is recorded, frames are decoded as stored (unrotated): restore writes the same
+  rotation back, so nothing is resampled.
+- Files that do not open are either skipped (not a video) or failed (they look like a video container
+  by their magic bytes or extension but cannot be read: truncated or corrupt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+from collections.abc import Iterator
+from fractions import Fraction
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from pipeline.storage import filesystem, is_local
+
+VIDEO_EXTENSIONS = (
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
+    ".flv", ".wmv", ".ogv", ".3gp", ".mxf", ".y4m", ".h264", ".hevc", ".ivf",
+)  # fmt: skip
+#: Demuxers that read still images; a PNG or JPEG "opens" as a one-frame video but is not one.
+IMAGE_FORMAT_SUFFIX = "_pipe"
+IMAGE_FORMATS = {"image2", "gif", "apng", "webp_pipe"}
+AUDIO_ATTACHMENT = "audio.mka"
+#: Variable-frame-rate sources also keep every frame's timestamp (little-endian int64, in
+#: `time_base` units) so restore can reproduce the original timing, not just the average rate.
+TIMESTAMPS_ATTACHMENT = "frame_pts.i64"
+
+
+class SourceError(Exception):
+    """A source video cannot be read (truncated, corrupt, or missing frames); one-line message."""
+
+
+class NotAVideo(Exception):
+    """The object is not a video (no container, no video stream, or a still image); one-line reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What the pipeline needs to know about one source video before planning its GOPs."""
+
+    width: int
+    height: int
+    frame_count: int
+    fps: Fraction
+    vfr: bool
+    rotation: int
+    container_format: str
+    video_codec: str
+    pix_fmt: str | None
+    color: dict[str, Any]
+    has_audio: bool
+    #: Sorted presentation timestamps, one per frame; None when the stream carries none (then GOP
+    #: decodes read from the start instead of seeking).
+    frame_pts: tuple[int, ...] | None
+    time_base: Fraction | None
+
+    def header_fields(self) -> dict[str, Any]:
+        """Fields recorded in the archive header and run records (no per-frame lists)."""
+        return {
+            "width": self.width,
+            "height": self.height,
+            "frame_count": self.frame_count,
+            "fps_num": self.fps.numerator,
+            "fps_den": self.fps.denominator,
+            "vfr": self.vfr,
+            "rotation": self.rotation,
+            "source_format": self.container_format,
+            "source_codec": self.video_codec,
+            "pix_fmt": self.pix_fmt,
+            "color": self.color,
+            "time_base": str(self.time_base) if self.time_base else None,
+        }
+
+
+@contextlib.contextmanager
+def open_source(uri: str, endpoint_url: str | None = None) -> Iterator[Any]:
+    """A PyAV input container over a local path or an fsspec object (ranged reads)."""
+    import av
+
+    fs, path = filesystem(uri, endpoint_url=endpoint_url)
+    handle: BinaryIO | None = None
+    try:
+        if is_local(fs):
+            container = av.open(path, mode="r", metadata_errors="ignore")
+        else:
+            handle = fs.open(path, "rb", block_size=4 * 1024 * 1024, cache_type="readahead")
+            container = av.open(handle, mode="r", metadata_errors="ignore")
+        try:
+            yield container
+        finally:
+            container.close()
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def probe(uri: str, *, endpoint_url: str | None = None, head: bytes = b"") -> VideoInfo:
+    """Describe a source video. Raises NotAVideo (skip it) or SourceError (it is a broken video).
+
+    `head` (the object's first bytes, if the caller has them) helps tell a broken video from a
+    non-video when the container does not open.
+    """
+    import av
+
+    try:
+        with open_source(uri, endpoint_url) as container:
+            return _describe(container, uri)
+    except (NotAVideo, SourceError):
+        raise
+    except av.FFmpegError as exc:
+        if looks_like_video(uri, head):
+            raise SourceError(
+                f"{uri}: cannot read the video (truncated or corrupt: {exc.strerror})"
+            ) from None
+        raise NotAVideo(f"{uri}: not a video container") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise SourceError(f"{uri}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def _describe(container: Any, uri: str) -> VideoInfo:
+    fmt = container.format.name.split(",")[0]
+    if fmt in IMAGE_FORMATS or fmt.endswith(IMAGE_FORMAT_SUFFIX):
+        raise NotAVideo(f"{uri}: a still image ({fmt}), not a video")
+    if not container.streams.video:
+        raise NotAVideo(f"{uri}: no video stream ({fmt})")
+    stream = container.streams.video[0]
+    has_audio = bool(container.streams.audio)
+    codec_ctx = stream.codec_context
+    width, height = int(codec_ctx.width), int(codec_ctx.height)
+    pts_values: list[int] = []
+    durations: set[int] = set()
+    missing_pts = False
+    count = 0
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the flush packet demux yields at the end
+            continue
+        count += 1
+        ts = packet.pts if packet.pts is not None else packet.dts
+        if ts is None:
+            missing_pts = True
+        else:
+            pts_values.append(int(ts))
+        if packet.duration:
+            durations.add(int(packet.duration))
+    if count == 0 or width <= 0 or height <= 0:
+        raise SourceError(f"{uri}: the video stream has no frames (truncated or empty)")
+    pts_sorted = None if missing_pts or len(set(pts_values)) != count else tuple(sorted(pts_values))
+    vfr = len(durations) > 1 or (pts_sorted is not None and _has_uneven_steps(pts_sorted))
+    time_base = Fraction(stream.time_base) if stream.time_base else None
+    fps = _frame_rate(stream, count, pts_sorted, time_base, vfr=vfr)
+    return VideoInfo(
+        width=width,
+        height=height,
+        frame_count=count,
+        fps=fps,
+        vfr=vfr,
+        rotation=_rotation(container, stream),
+        container_format=fmt,
+        video_codec=codec_ctx.name,
+        pix_fmt=codec_ctx.pix_fmt,
+        color=_colour(codec_ctx),
+        has_audio=has_audio,
+        frame_pts=pts_sorted,
+        time_base=time_base,
+    )
+
+
+def _has_uneven_steps(pts: tuple[int, ...]) -> bool:
+    if len(pts) < 3:
+        return False
+    steps = np.diff(np.asarray(pts, dtype=np.int64))
+    return bool(steps.max() - steps.min() > max(1, int(0.01 * np.median(steps))))
+
+
+def _frame_rate(
+    stream: Any, count: int, pts: tuple[int, ...] | None, time_base: Fraction | None, *, vfr: bool
+) -> Fraction:
+    """The stream's average rate as a rational.
+
+    For a variable-rate stream the container's nominal rate is often just the muxer's default, so
+    the average is measured from the timestamps (frames per second over the span they cover).
+    """
+    measured = None
+    if pts and time_base and count > 1 and pts[-1] > pts[0]:
+        measured = (Fraction(count - 1) / ((pts[-1] - pts[0]) * time_base)).limit_denominator(100_000)
+    if vfr and measured:
+        return measured
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return Fraction(rate).limit_denominator(1_000_000)
+    return measured or Fraction(25)
+
+
+def _rotation(container: Any, stream: Any) -> int:
+    """Display rotation in degrees (0, 90, 180, 270), from the stream metadata or the first frame."""
+    raw = stream.metadata.get("rotate")
+    if raw is None:
+        container.seek(0)
+        with contextlib.suppress(Exception):
+            for frame in container.decode(stream):
+                raw = getattr(frame, "rotation", 0) or 0
+                break
+    try:
+        return round(float(raw or 0)) % 360
+    except (TypeError, ValueError):
+        return 0
+
+
+def _colour(codec_ctx: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr in ("color_range", "color_primaries", "color_trc", "colorspace"):
+        value = getattr(codec_ctx, attr, None)
+        if value is not None:
+            out[attr] = int(value) if not isinstance(value, str) else value
+    return out
+
+
+def looks_like_video(uri: str, head: bytes) -> bool:
+    """Does a file that failed to open look like a video (so it is a failure, not a skip)?"""
+    if uri.lower().endswith(VIDEO_EXTENSIONS):
+        return True
+    return (
+        head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide")
+        or head.startswith(b"\x1a\x45\xdf\xa3")  # Matroska / WebM (EBML)
+        or (head.startswith(b"RIFF") and head[8:12] == b"AVI ")
+        or head.startswith((b"FLV", b"OggS", b"\x00\x00\x01\xba", b"YUV4MPEG2"))
+        or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)  # MPEG-TS sync bytes
+    )
+
+
+def decode_frames(
+    uri: str,
+    first_frame: int,
+    frame_count: int,
+    *,
+    expected_pts: tuple[int, ...] | None,
+    endpoint_url: str | None = None,
+) -> np.ndarray:
+    """Frames `first_frame`..+`frame_count` as uint8 T×H×W×3 RGB, decoded as stored.
+
+    With `expected_pts` (the GOP's frames' timestamps from `probe`) the decoder seeks to the keyframe
+    before the first one and keeps exactly those frames; without, it decodes from the start.
+    Raises SourceError when frames are missing (a truncated or corrupt source).
+    """
+    import av
+
+    frames: list[np.ndarray] = []
+    try:
+        with open_source(uri, endpoint_url) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if expected_pts is not None:
+                wanted = set(expected_pts)
+                last = expected_pts[-1]
+                if first_frame > 0:
+                    container.seek(expected_pts[0], stream=stream, backward=True, any_frame=False)
+                for frame in container.decode(stream):
+                    ts = frame.pts
+                    if ts in wanted:
+                        frames.append(frame.to_ndarray(format="rgb24"))
+                        wanted.discard(ts)
+                    if len(frames) == frame_count or (ts is not None and ts > last and not wanted):
+                        break
+            else:
+                for index, frame in enumerate(container.decode(stream)):
+                    if index >= first_frame:
+                        frames.append(frame.to_ndarray(format="rgb24"))
+                    if len(frames) == frame_count:
+                        break
+    except av.FFmpegError as exc:
+        raise SourceError(
+            f"{uri}: decoding frames {first_frame}+{frame_count} failed ({exc.strerror}; truncated or corrupt?)"
+        ) from None
+    if len(frames) != frame_count:
+        raise SourceError(
+            f"{uri}: decoded {len(frames)} of frames {first_frame}+{frame_count} (truncated or corrupt source)"
+        )
+    return np.stack(frames)
+
+
+def extract_audio(uri: str, *, endpoint_url: str | None = None) -> tuple[bytes, dict[str, Any]] | None:
+    """The source's first audio stream, packets stream-copied (lossless) into a Matroska audio blob.
+
+    Returns (blob, info) or None when the source has no audio. Restore muxes the blob's stream back
+    next to the decoded video.
+    """
+    import av
+
+    with open_source(uri, endpoint_url) as source:
+        if not source.streams.audio:
+            return None
+        in_stream = source.streams.audio[0]
+        buffer = io.BytesIO()
+        with av.open(buffer, mode="w", format="matroska") as out:
+            out_stream = out.add_stream_from_template(in_stream)
+            packets = 0
+            for packet in source.demux(in_stream):
+                if packet.dts is None:
+                    continue
+                packet.stream = out_stream
+                out.mux(packet)
+                packets += 1
+        info = {
+            "codec": in_stream.codec_context.name,
+            "sample_rate": in_stream.codec_context.sample_rate,
+            "channels": in_stream.codec_context.channels,
+            "packets": packets,
+            "format": "matroska",
+        }
+    return buffer.getvalue(), info

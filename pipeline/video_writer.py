@@ -1,0 +1,215 @@
+"""Committing one video: container, then manifest part, then done marker — in that order.
+
+The order is the resume contract (see `runinfo`): each object is written atomically, the done
+marker last, so a reader that trusts the marker always finds both the container and its manifest
+rows. Rows are written once per video, from the index of the container as stored, so a GOP retried
+on another actor can never appear twice and offsets/lengths/CRCs are those a reader will see.
+A failed video gets one manifest row with status "failed" and its one-line error, a failed marker,
+and no container (a stale one from an earlier attempt is removed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline import media
+from pipeline.container import read_index, write_container
+from pipeline.plan import GopSpan
+from pipeline.runinfo import marker_path, utc_now, write_json
+from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
+from pipeline.storage import filesystem, full_uri, join, open_atomic, range_reader, redact, write_bytes
+
+CONTAINER_SUFFIX = ".vdrc"
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoJob:
+    """Everything the writer needs about one video besides its coded GOPs."""
+
+    video_key: str
+    source_uri: str
+    source_bytes: int
+    out: str
+    run_id: str
+    endpoint_url: str | None
+    header: dict[str, Any]  # geometry, rate, colour, rotation, codec identity, target
+    spans: tuple[GopSpan, ...]
+    has_audio: bool
+
+
+def container_path(out_root: str, video_key: str) -> str:
+    return join(out_root, "videos", video_key + CONTAINER_SUFFIX)
+
+
+def manifest_path(out_root: str, video_key: str) -> str:
+    return join(out_root, "manifest", f"part-{video_key}.parquet")
+
+
+def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -> dict[str, Any]:
+    """Write the video's container, manifest part and done marker; returns the per-GOP stats."""
+    fs, out_root = filesystem(job.out, endpoint_url=job.endpoint_url)
+    source_sha256 = _source_sha256(job)
+    attachments = []
+    if job.has_audio:
+        audio = media.extract_audio(job.source_uri, endpoint_url=job.endpoint_url)
+        if audio is not None:
+            attachments.append((media.AUDIO_ATTACHMENT, audio[0], audio[1]))
+    pts = [t for span in job.spans for t in (span.pts or ())]
+    if job.header.get("vfr") and len(pts) == int(job.header["frame_count"]):
+        info = {"time_base": job.header.get("time_base"), "dtype": "<i8", "count": len(pts)}
+        attachments.append((media.TIMESTAMPS_ATTACHMENT, np.asarray(pts, dtype="<i8").tobytes(), info))
+    header = dict(job.header, source_sha256=source_sha256, created_at=utc_now().isoformat())
+    gops = [(s.first_frame, s.frame_count, p) for s, p in zip(job.spans, payloads, strict=True)]
+    path = container_path(out_root, job.video_key)
+    with open_atomic(fs, path) as handle:
+        size = write_container(handle, header, gops, attachments)
+    archive_uri = full_uri(fs, path)
+    index = read_index(range_reader(fs, path), size, name=archive_uri)  # the index as stored
+    rows = [
+        _ok_row(job, span, meta, entry, archive_uri)
+        for span, meta, entry in zip(job.spans, metas, index.gops, strict=True)
+    ]
+    write_bytes(fs, manifest_path(out_root, job.video_key), _parquet_bytes(rows))
+    marker = {
+        "video_key": job.video_key,
+        "source_uri": job.source_uri,
+        "run_id": job.run_id,
+        "archive_uri": archive_uri,
+        "archive_bytes": size,
+        "gops": len(rows),
+        "frames": int(header["frame_count"]),
+        "completed_at": utc_now().isoformat(),
+    }
+    write_json(fs, marker_path(out_root, "done", job.video_key), marker)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(marker_path(out_root, "failed", job.video_key))
+    return {"archive_bytes": size, "audio": bool(attachments), "gops": [_gop_stats(r) for r in rows]}
+
+
+def record_failure(
+    *,
+    out: str,
+    endpoint_url: str | None,
+    run_id: str,
+    video_key: str,
+    source_uri: str,
+    source_bytes: int,
+    error: str,
+    identity: dict[str, Any],
+) -> None:
+    """Mark a video failed: one manifest row with the error, a failed marker, no container."""
+    error = redact(error.splitlines()[0] if error else "unknown error")
+    fs, out_root = filesystem(out, endpoint_url=endpoint_url)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(container_path(out_root, video_key))
+    row = {
+        "run_id": run_id,
+        "video_key": video_key,
+        "source_uri": source_uri,
+        "source_bytes": source_bytes,
+        "codec": identity.get("codec"),
+        "codec_version": identity.get("codec_version"),
+        "model_id": identity.get("model_id"),
+        "model_sha256": identity.get("model_sha256"),
+        "device": identity.get("device"),
+        "status": "failed",
+        "error": error,
+        "created_at": utc_now(),
+    }
+    write_bytes(fs, manifest_path(out_root, video_key), _parquet_bytes([row]))
+    marker = {"video_key": video_key, "source_uri": source_uri, "run_id": run_id, "error": error}
+    write_json(fs, marker_path(out_root, "failed", video_key), marker)
+
+
+def _ok_row(
+    job: VideoJob, span: GopSpan, meta: dict[str, Any], entry: Any, archive_uri: str
+) -> dict[str, Any]:
+    header = job.header
+    quality = {k: meta.get(k) for k in _QUALITY_COLUMNS if k in meta}
+    return {
+        "run_id": job.run_id,
+        "video_key": job.video_key,
+        "source_uri": job.source_uri,
+        "source_bytes": job.source_bytes,
+        "gop_index": span.index,
+        "first_frame": span.first_frame,
+        "frame_count": span.frame_count,
+        "width": header["width"],
+        "height": header["height"],
+        "fps": header["fps_num"] / header["fps_den"],
+        "fps_num": header["fps_num"],
+        "fps_den": header["fps_den"],
+        "codec": header["codec"],
+        "codec_version": header["codec_version"],
+        "model_id": header.get("model_id"),
+        "model_sha256": header.get("model_sha256"),
+        "target_kind": header["target"]["kind"],
+        "target_value": header["target"]["value"],
+        "payload_bytes": meta["payload_bytes"],
+        "bpp": meta["bpp"],
+        "kbps": meta["kbps"],
+        "encode_seconds": meta["encode_seconds"],
+        "device": meta["device"],
+        "codec_params": json.dumps(meta.get("params", {}), sort_keys=True, default=str),
+        "archive_uri": archive_uri,
+        "offset": entry.offset,
+        "length": entry.length,
+        "crc32c": entry.crc32c,
+        "status": "ok",
+        "error": None,
+        "created_at": utc_now(),
+        **quality,
+    }
+
+
+_QUALITY_COLUMNS = (
+    "psnr",
+    "psnr_y",
+    "ms_ssim",
+    "lpips",
+    "lpips_vgg",
+    "dists",
+    "vmaf",
+    "temporal_flicker",
+    "metrics_note",
+)
+
+
+def _gop_stats(row: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "frame_count",
+        "payload_bytes",
+        "bpp",
+        "kbps",
+        "psnr",
+        "ms_ssim",
+        "lpips",
+        "dists",
+        "vmaf",
+        "encode_seconds",
+    )
+    return {k: row.get(k) for k in keys}
+
+
+def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(rows_to_table(rows, MANIFEST_SCHEMA), buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def _source_sha256(job: VideoJob) -> str:
+    """sha256 of the source bytes, streamed: lets an audit prove which source an archive came from."""
+    fs, path = filesystem(job.source_uri, endpoint_url=job.endpoint_url)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

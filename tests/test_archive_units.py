@@ -1,0 +1,71 @@
+"""The archive workflow's pieces alone: keys, GOP plans, discovery and the PyAV probe/decode."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import media
+from pipeline.discovery import list_sources, probe_entry
+from pipeline.keys import slugify, video_key
+from pipeline.plan import plan_gops
+
+VFR_PTS = (0, 40, 80, 200, 240, 400, 440, 480, 700, 740)  # the pts `vfr_writer` uses
+
+
+def test_video_key_is_deterministic_readable_and_distinct() -> None:
+    key = video_key("s3://bucket/cams/Day 1/A.MP4", 1234, "cams/Day 1/A.MP4")
+    assert key == video_key("s3://bucket/cams/Day 1/A.MP4", 1234, "cams/Day 1/A.MP4")
+    assert key.startswith("cams_day_1_a.mp4-") and len(key.rsplit("-", 1)[1]) == 12
+    assert key != video_key("s3://bucket/cams/Day 1/A.MP4", 1235, "cams/Day 1/A.MP4")
+    assert video_key("/x/a/b.mp4", 1, "a/b.mp4") != video_key("/x/a_b.mp4", 1, "a_b.mp4")
+    assert slugify("../../") == "video" and len(slugify("x" * 500)) <= 80
+
+
+def test_gop_plan_tiles_the_video_exactly() -> None:
+    spans = plan_gops(37, 16, tuple(range(0, 370, 10)))
+    assert [(s.first_frame, s.frame_count) for s in spans] == [(0, 16), (16, 16), (32, 5)]
+    assert spans[2].pts == (320, 330, 340, 350, 360)
+    assert [(s.first_frame, s.frame_count) for s in plan_gops(1, 17)] == [(0, 1)]
+    with pytest.raises(ValueError):
+        plan_gops(0, 16)
+
+
+def test_seeking_decode_matches_a_sequential_decode(sample_dir: Path) -> None:
+    source = str(sample_dir / "sub" / "with-audio.mp4")
+    info = media.probe(source)
+    assert (info.frame_count, info.width, info.height, info.fps, info.has_audio) == (37, 64, 48, 24, True)
+    seeked = media.decode_frames(source, 16, 16, expected_pts=info.frame_pts[16:32])
+    sequential = media.decode_frames(source, 16, 16, expected_pts=None)
+    assert np.array_equal(seeked, sequential)
+    assert not np.array_equal(seeked, media.decode_frames(source, 0, 16, expected_pts=info.frame_pts[:16]))
+
+
+def test_vfr_and_rotation_are_recorded(tmp_path: Path, clip: np.ndarray, vfr_writer) -> None:
+    info = media.probe(str(vfr_writer(tmp_path / "vfr.mkv", clip[:10], rotation=90)))
+    assert info.vfr and info.frame_count == 10 and info.frame_pts == VFR_PTS
+    assert info.fps == Fraction(9 * 1000, 740)  # measured average, not the muxer's nominal 24
+    assert info.rotation == 90 and (info.width, info.height) == (64, 48)  # decoded as stored
+    frames = media.decode_frames(str(tmp_path / "vfr.mkv"), 5, 5, expected_pts=VFR_PTS[5:])
+    assert frames.shape == (5, 48, 64, 3)
+
+
+def test_discovery_classifies_videos_non_videos_and_broken_files(tmp_path: Path, sample_dir: Path) -> None:
+    import imageio.v3 as iio
+
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "clip").write_bytes((sample_dir / "short.mkv").read_bytes())  # no extension: still a video
+    data = (sample_dir / "sub" / "with-audio.mp4").read_bytes()
+    (root / "cut.mp4").write_bytes(data[: len(data) // 3])
+    (root / "readme.md").write_text("# hello\n")
+    iio.imwrite(root / "still.png", np.zeros((8, 8, 3), np.uint8))
+    (root / "empty.mov").write_bytes(b"")
+    outcomes = {e.relative: probe_entry(e) for e in list_sources(str(root))}
+    assert outcomes["clip"].kind == "video" and outcomes["clip"].info.frame_count == 12
+    assert outcomes["cut.mp4"].kind == "failed" and str(root / "cut.mp4") in outcomes["cut.mp4"].reason
+    assert {outcomes[n].kind for n in ("readme.md", "still.png", "empty.mov")} == {"skip"}
+    assert "still image" in outcomes["still.png"].reason
