@@ -1,0 +1,122 @@
+"""`vidarc audit` and `vidarc compare`: read an archive's manifest and say what it holds and how good it is.
+
+Thin entry points: the work lives in `pipeline.audit`. Errors a user can act on are one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, set):
+        return sorted(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def audit(
+    out: Annotated[str, typer.Argument(help="archive root (local path or s3://bucket/prefix)")],
+    where: Annotated[
+        str | None, typer.Option("--where", help="filter, e.g. \"vmaf < 80 and codec == 'glvc'\"")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the audit as JSON instead of tables")
+    ] = False,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="also write a self-contained HTML report")
+    ] = None,
+    worst: Annotated[int, typer.Option("--worst", min=0, help="list the N worst GOPs per metric")] = 10,
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint")] = None,
+) -> None:
+    """Summarise an archive: sizes, rates, quality percentiles, worst GOPs, failures, verify results."""
+    from pipeline.audit.reader import AuditError
+    from pipeline.audit.summary import audit_archive
+    from pipeline.storage import StorageError
+
+    try:
+        result = audit_archive(out, where=where, worst=worst, endpoint_url=endpoint_url)
+        if html is not None:
+            from pipeline.audit.report_html import write_html_report
+
+            write_html_report(result, html, endpoint_url=endpoint_url)
+    except (AuditError, StorageError, OSError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), default=_json_default, indent=2) + "\n")
+    else:
+        from pipeline.audit.tables import print_audit
+
+        print_audit(result, Console(), worst)
+        if html is not None:
+            typer.echo(f"report written to {html}")
+
+
+def compare(
+    out_a: Annotated[str, typer.Argument(help="first archive (the anchor)")],
+    out_b: Annotated[str, typer.Argument(help="second archive (the test)")],
+    metric: Annotated[str, typer.Option("--metric", help="quality metric for BD-rate")] = "psnr",
+    html: Annotated[
+        Path | None, typer.Option("--html", help="also write a self-contained HTML comparison")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the comparison as JSON")] = False,
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint")] = None,
+) -> None:
+    """BD-rate of B against A and per-video deltas for two archives of the same sources."""
+    from pipeline.audit.compare import CompareError, compare_archives
+    from pipeline.audit.reader import AuditError
+    from pipeline.storage import StorageError
+
+    try:
+        result = compare_archives(out_a, out_b, metric=metric, endpoint_url=endpoint_url)
+        if html is not None:
+            from pipeline.audit.report_html import write_compare_html
+
+            write_compare_html(result, html)
+    except (CompareError, AuditError, StorageError, OSError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), default=_json_default, indent=2) + "\n")
+    else:
+        from pipeline.audit.compare import print_comparison
+
+        print_comparison(result, Console())
+        if html is not None:
+            typer.echo(f"report written to {html}")
+
+
+def register(parent: typer.Typer) -> None:
+    parent.command("audit")(audit)
+    parent.command("compare")(compare)
+
+
+register(app)
+
+
+def main() -> None:
+    """`python -m jobs.audit OUT ...` (the audit command; `compare` via `python -m jobs.audit compare`)."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in ("audit", "compare"):
+        app(argv)
+    else:
+        app(["audit", *argv])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""`vidarc compare`: two archives of the same sources, side by side (BD-rate and per-video deltas).
+
+Rate–quality points. Each archive contributes one point per (codec, target) group, computed over the
+videos both archives hold (matched by source_uri), so the comparison is on identical content:
+rate = bpp over those videos' coded GOPs (8·bytes / Σ width·height·frames), quality = the mean of the
+per-GOP metric. BD-rate needs at least two points per archive (archives made at several targets); with
+one point each the BD numbers are null with the reason, and the per-video deltas still say how rate and
+quality moved. Per video, the same is done on that video's own points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.audit.bdrate import BdRateError, bd_quality, bd_rate
+from pipeline.audit.reader import iter_batches, open_manifest
+from pipeline.audit.summary import HIGHER_IS_BETTER, group_label
+
+
+class CompareError(Exception):
+    """The archives cannot be compared (unknown metric, no shared videos): one line."""
+
+
+@dataclasses.dataclass
+class _Point:
+    payload_bytes: float = 0.0
+    pixels: float = 0.0
+    quality_sum: float = 0.0
+    quality_count: int = 0
+
+    def rate_quality(self) -> tuple[float | None, float | None]:
+        rate = 8.0 * self.payload_bytes / self.pixels if self.pixels else None
+        quality = self.quality_sum / self.quality_count if self.quality_count else None
+        return rate, quality
+
+
+@dataclasses.dataclass
+class Comparison:
+    out_a: str
+    out_b: str
+    metric: str
+    matched_videos: int
+    only_in_a: int
+    only_in_b: int
+    points_a: list[dict[str, Any]]
+    points_b: list[dict[str, Any]]
+    bd_rate_percent: float | None
+    bd_quality: float | None
+    bd_note: str | None
+    videos: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _collect(out: str, metric: str, endpoint_url: str | None) -> dict[str, dict[str, _Point]]:
+    """source_uri -> group label -> accumulated point, from one streaming pass over the manifest."""
+    per_video: dict[str, dict[str, _Point]] = defaultdict(lambda: defaultdict(_Point))
+    columns = ["source_uri", "codec", "target_kind", "target_value", "status", "payload_bytes"]
+    columns += ["width", "height", "frame_count", metric]
+    for batch in iter_batches(open_manifest(out, endpoint_url=endpoint_url), columns):
+        for row in batch.to_pylist():
+            if row["status"] != "ok" or row["source_uri"] is None:
+                continue
+            point = per_video[row["source_uri"]][
+                group_label(row["codec"], row["target_kind"], row["target_value"])
+            ]
+            point.payload_bytes += row["payload_bytes"] or 0
+            point.pixels += (row["width"] or 0) * (row["height"] or 0) * (row["frame_count"] or 0)
+            if row[metric] is not None and np.isfinite(row[metric]):
+                point.quality_sum += row[metric]
+                point.quality_count += 1
+    return per_video
+
+
+def _merge(points: list[dict[str, _Point]]) -> dict[str, _Point]:
+    merged: dict[str, _Point] = defaultdict(_Point)
+    for groups in points:
+        for label, point in groups.items():
+            total = merged[label]
+            total.payload_bytes += point.payload_bytes
+            total.pixels += point.pixels
+            total.quality_sum += point.quality_sum
+            total.quality_count += point.quality_count
+    return merged
+
+
+def _as_rows(groups: dict[str, _Point]) -> list[dict[str, Any]]:
+    rows = []
+    for label, point in sorted(groups.items()):
+        rate, quality = point.rate_quality()
+        rows.append({"label": label, "bpp": rate, "quality": quality})
+    return rows
+
+
+def _bd(
+    rows_a: list[dict[str, Any]], rows_b: list[dict[str, Any]]
+) -> tuple[float | None, float | None, str | None]:
+    def arrays(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        usable = [r for r in rows if r["bpp"] is not None and r["quality"] is not None]
+        return np.array([r["bpp"] for r in usable]), np.array([r["quality"] for r in usable])
+
+    rate_a, quality_a = arrays(rows_a)
+    rate_b, quality_b = arrays(rows_b)
+    try:
+        return (
+            bd_rate(rate_a, quality_a, rate_b, quality_b),
+            bd_quality(rate_a, quality_a, rate_b, quality_b),
+            None,
+        )
+    except BdRateError as exc:
+        return None, None, str(exc)
+
+
+def compare_archives(
+    out_a: str, out_b: str, *, metric: str = "psnr", endpoint_url: str | None = None
+) -> Comparison:
+    """BD-rate (bpp) and BD-`metric` of B against A, overall and per matched video."""
+    if metric not in HIGHER_IS_BETTER:
+        raise CompareError(f"unknown metric {metric!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
+    videos_a = _collect(out_a, metric, endpoint_url)
+    videos_b = _collect(out_b, metric, endpoint_url)
+    matched = sorted(set(videos_a) & set(videos_b))
+    if not matched:
+        raise CompareError(f"{out_a} and {out_b} share no source videos (matched by source_uri)")
+    points_a = _as_rows(_merge([videos_a[v] for v in matched]))
+    points_b = _as_rows(_merge([videos_b[v] for v in matched]))
+    bd_rate_value, bd_quality_value, note = _bd(points_a, points_b)
+    per_video = []
+    for uri in matched:
+        rows_a, rows_b = _as_rows(videos_a[uri]), _as_rows(videos_b[uri])
+        video_bd_rate, video_bd_quality, video_note = _bd(rows_a, rows_b)
+        bpp_a, quality_a = _totals(videos_a[uri])
+        bpp_b, quality_b = _totals(videos_b[uri])
+        per_video.append(
+            {
+                "source_uri": uri,
+                "bpp_a": bpp_a,
+                "bpp_b": bpp_b,
+                "rate_change_percent": (bpp_b / bpp_a - 1.0) * 100.0 if bpp_a and bpp_b is not None else None,
+                "quality_a": quality_a,
+                "quality_b": quality_b,
+                "quality_delta": quality_b - quality_a
+                if quality_a is not None and quality_b is not None
+                else None,
+                "bd_rate_percent": video_bd_rate,
+                "bd_quality": video_bd_quality,
+                "bd_note": video_note,
+            }
+        )
+    return Comparison(
+        out_a=out_a,
+        out_b=out_b,
+        metric=metric,
+        matched_videos=len(matched),
+        only_in_a=len(set(videos_a) - set(videos_b)),
+        only_in_b=len(set(videos_b) - set(videos_a)),
+        points_a=points_a,
+        points_b=points_b,
+        bd_rate_percent=bd_rate_value,
+        bd_quality=bd_quality_value,
+        bd_note=note,
+        videos=per_video,
+    )
+
+
+def _totals(groups: dict[str, _Point]) -> tuple[float | None, float | None]:
+    """All of a video's GOPs in one archive as one point (every target pooled)."""
+    total = _Point()
+    for point in groups.values():
+        total.payload_bytes += point.payload_bytes
+        total.pixels += point.pixels
+        total.quality_sum += point.quality_sum
+        total.quality_count += point.quality_count
+    return total.rate_quality()
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def print_comparison(result: Comparison, console: Console, max_videos: int = 50) -> None:
+    direction = "higher" if HIGHER_IS_BETTER[result.metric] else "lower"
+    console.print(
+        f"A = {result.out_a}\nB = {result.out_b}\n{result.matched_videos} videos in both "
+        f"({result.only_in_a} only in A, {result.only_in_b} only in B); {result.metric}: {direction} is better"
+    )
+    points = Table(title="rate–quality points (matched videos)")
+    for name in ("archive", "codec / target", "bpp", result.metric):
+        points.add_column(name)
+    for name, rows in (("A", result.points_a), ("B", result.points_b)):
+        for row in rows:
+            points.add_row(name, row["label"], _fmt(row["bpp"], ".4g"), _fmt(row["quality"], ".4g"))
+    console.print(points)
+    if result.bd_rate_percent is not None:
+        console.print(
+            f"BD-rate (bpp) of B vs A: {result.bd_rate_percent:+.2f} %   "
+            f"BD-{result.metric}: {result.bd_quality:+.4g}"
+        )
+    else:
+        console.print(f"BD-rate: not computed ({result.bd_note})")
+    table = Table(title=f"per video (first {min(max_videos, len(result.videos))} of {len(result.videos)})")
+    for name in (
+        "video",
+        "bpp A",
+        "bpp B",
+        "rate Δ %",
+        f"{result.metric} A",
+        f"{result.metric} B",
+        "Δ",
+        "BD-rate %",
+    ):
+        table.add_column(name)
+    for row in result.videos[:max_videos]:
+        table.add_row(
+            row["source_uri"],
+            _fmt(row["bpp_a"], ".4g"),
+            _fmt(row["bpp_b"], ".4g"),
+            _fmt(row["rate_change_percent"], "+.1f"),
+            _fmt(row["quality_a"], ".4g"),
+            _fmt(row["quality_b"], ".4g"),
+            _fmt(row["quality_delta"], "+.3g"),
+            _fmt(row["bd_rate_percent"], "+.1f"),
+        )
+    console.print(table)

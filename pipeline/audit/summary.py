@@ -1,0 +1,261 @@
+"""The audit: per codec/target totals, rates, quality percentiles, failures and the worst GOPs.
+
+One streaming pass over the (filtered) manifest. Groups are (codec, target_kind, target_value).
+Definitions, so numbers can be checked by hand:
+
+- bytes: sum of GOP payload bytes (container overhead excluded); bpp = 8·bytes / Σ(width·height·frames)
+  (never divided by 3); kbps = 8·bytes / Σ(frames/fps) / 1000.
+- compression ratio = Σ source_bytes of the group's videos (each video counted once) / Σ payload bytes.
+  Source bytes include the source's audio and container; with `--where` it relates whole sources to
+  the matching GOPs only, so read it on unfiltered audits.
+- Quality percentiles are oriented to the bad tail: for metrics where higher is better (PSNR, MS-SSIM,
+  VMAF) p1/p5/p50 are the 1st/5th/50th percentiles; for distances (LPIPS, DISTS, flicker) the "p1"
+  column is the 99th percentile — in both cases "p1" is the value the worst 1 % of GOPs reach.
+  They come from `sketch.Reservoir` (exact up to 100 000 GOPs per group).
+- failures: rows whose status is not "ok" (a failed video contributes one row with its error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.audit.filters import FilterError, parse_filter
+from pipeline.audit.reader import AuditError, iter_batches, open_manifest, open_verify
+from pipeline.audit.sketch import Reservoir, WorstRows
+from pipeline.metrics import HIGHER_IS_BETTER
+from pipeline.schema import MANIFEST_SCHEMA
+
+QUALITY_METRICS: tuple[str, ...] = (
+    "psnr",
+    "psnr_y",
+    "ms_ssim",
+    "vmaf",
+    "lpips",
+    "lpips_vgg",
+    "dists",
+    "temporal_flicker",
+)
+PERCENTILES: tuple[int, ...] = (1, 5, 50)
+ROW_FIELDS: tuple[str, ...] = (
+    "video_key",
+    "source_uri",
+    "archive_uri",
+    "codec",
+    "target_kind",
+    "target_value",
+    "gop_index",
+    "first_frame",
+    "frame_count",
+    "width",
+    "height",
+    "fps",
+    "bpp",
+    "kbps",
+    "offset",
+    "length",
+    *QUALITY_METRICS,
+)
+_NEEDED = (
+    *ROW_FIELDS,
+    "source_bytes",
+    "payload_bytes",
+    "encode_seconds",
+    "status",
+    "error",
+)
+
+
+def group_label(codec: str | None, kind: str | None, value: float | None) -> str:
+    return f"{codec or '?'} {kind or '?'}={value:g}" if value is not None else f"{codec or '?'} {kind or '?'}"
+
+
+@dataclasses.dataclass
+class _Group:
+    codec: str | None
+    target_kind: str | None
+    target_value: float | None
+    videos: set[str] = dataclasses.field(default_factory=set)
+    source_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    gops: int = 0
+    failures: int = 0
+    payload_bytes: int = 0
+    pixels: float = 0.0
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+    quality: dict[str, Reservoir] = dataclasses.field(default_factory=dict)
+
+    def result(self) -> dict[str, Any]:
+        source_total = sum(self.source_bytes.values())
+        quality: dict[str, dict[str, float | int | None]] = {}
+        for metric, reservoir in self.quality.items():
+            higher = HIGHER_IS_BETTER[metric]
+            entry: dict[str, float | int | None] = {"count": reservoir.count, "mean": reservoir.mean}
+            for p in PERCENTILES:
+                entry[f"p{p}"] = reservoir.quantile((p if higher else 100 - p) / 100.0)
+            quality[metric] = entry
+        return {
+            "codec": self.codec,
+            "target_kind": self.target_kind,
+            "target_value": self.target_value,
+            "label": group_label(self.codec, self.target_kind, self.target_value),
+            "videos": len(self.videos),
+            "gops": self.gops,
+            "failures": self.failures,
+            "payload_bytes": self.payload_bytes,
+            "source_bytes": source_total,
+            "compression_ratio": source_total / self.payload_bytes if self.payload_bytes else None,
+            "bpp": 8.0 * self.payload_bytes / self.pixels if self.pixels else None,
+            "kbps": 8.0 * self.payload_bytes / self.seconds / 1000.0 if self.seconds else None,
+            "encode_seconds": self.encode_seconds,
+            "quality": quality,
+        }
+
+
+@dataclasses.dataclass
+class AuditResult:
+    out: str
+    where: str | None
+    groups: list[dict[str, Any]]
+    worst: dict[str, list[dict[str, Any]]]
+    failures: list[dict[str, Any]]
+    verify: dict[str, Any] | None
+    rows: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def audit_archive(
+    out: str,
+    *,
+    where: str | None = None,
+    worst: int = 10,
+    endpoint_url: str | None = None,
+    batch_size: int = 65_536,
+) -> AuditResult:
+    """Stream the manifest of `out` once and summarise it (see the module docstring for definitions)."""
+    dataset = open_manifest(out, endpoint_url=endpoint_url)
+    try:
+        expression = parse_filter(where, MANIFEST_SCHEMA)
+    except FilterError as exc:
+        raise AuditError(str(exc)) from None
+    groups: dict[tuple[Any, Any, Any], _Group] = {}
+    worst_rows = {m: WorstRows(worst, HIGHER_IS_BETTER[m]) for m in QUALITY_METRICS}
+    failures: list[dict[str, Any]] = []
+    rows = 0
+    for batch in iter_batches(dataset, _NEEDED, expression, batch_size):
+        rows += batch.num_rows
+        _accumulate(batch, groups, worst_rows, failures)
+    return AuditResult(
+        out=out,
+        where=where,
+        groups=[groups[key].result() for key in sorted(groups, key=_sort_key)],
+        worst={metric: tracker.rows() for metric, tracker in worst_rows.items() if tracker.rows()},
+        failures=failures,
+        verify=summarise_verify(out, endpoint_url=endpoint_url),
+        rows=rows,
+    )
+
+
+def _sort_key(key: tuple[Any, Any, Any]) -> tuple[str, str, float]:
+    codec, kind, value = key
+    return (codec or "", kind or "", value if value is not None else float("-inf"))
+
+
+def _column(batch: pa.RecordBatch, name: str, dtype: Any = np.float64) -> np.ndarray:
+    """A column as numpy: numbers as float64 with NaN for null, strings as an object array."""
+    array = batch.column(name)
+    if dtype is object:
+        return np.asarray(array.to_pylist(), dtype=object)
+    return np.asarray(array.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+_MAX_LISTED_FAILURES = 1000
+
+
+def _accumulate(
+    batch: pa.RecordBatch,
+    groups: dict[tuple[Any, Any, Any], _Group],
+    worst_rows: dict[str, WorstRows],
+    failures: list[dict[str, Any]],
+) -> None:
+    codec = _column(batch, "codec", object)
+    kind = _column(batch, "target_kind", object)
+    value = _column(batch, "target_value")
+    status = _column(batch, "status", object)
+    video = _column(batch, "video_key", object)
+    source_bytes = _column(batch, "source_bytes")
+    payload = _column(batch, "payload_bytes")
+    pixels = _column(batch, "width") * _column(batch, "height") * _column(batch, "frame_count")
+    seconds = _column(batch, "frame_count") / _column(batch, "fps")
+    encode = _column(batch, "encode_seconds")
+    metrics = {m: _column(batch, m) for m in QUALITY_METRICS}
+    ok = status == "ok"
+    keys = [(c, k, None if np.isnan(v) else float(v)) for c, k, v in zip(codec, kind, value, strict=True)]
+    for key in dict.fromkeys(keys):
+        mask = np.fromiter((k == key for k in keys), dtype=bool, count=len(keys))
+        group = groups.setdefault(key, _Group(*key))
+        good = mask & ok
+        group.videos.update(video[mask])
+        for v, b in zip(video[good], source_bytes[good], strict=True):
+            if not np.isnan(b):
+                group.source_bytes[v] = int(b)
+        group.gops += int(good.sum())
+        group.failures += int((mask & ~ok).sum())
+        group.payload_bytes += int(np.nansum(payload[good]))
+        group.pixels += float(np.nansum(pixels[good]))
+        group.seconds += float(np.nansum(seconds[good]))
+        group.encode_seconds += float(np.nansum(encode[good]))
+        for metric, values in metrics.items():
+            selected = values[good]
+            if np.isfinite(selected).any():
+                group.quality.setdefault(metric, Reservoir()).add(selected)
+    for metric, values in metrics.items():
+        masked = np.where(ok, values, np.nan)
+        worst_rows[metric].offer(masked, lambda i: _row(batch, i, ROW_FIELDS))
+    for i in np.flatnonzero(~ok)[: max(0, _MAX_LISTED_FAILURES - len(failures))]:
+        failures.append(
+            _row(batch, int(i), ("video_key", "source_uri", "codec", "gop_index", "status", "error"))
+        )
+
+
+def _row(batch: pa.RecordBatch, index: int, fields: tuple[str, ...]) -> dict[str, Any]:
+    return {name: batch.column(name)[index].as_py() for name in fields}
+
+
+def summarise_verify(out: str, *, endpoint_url: str | None = None, listed: int = 50) -> dict[str, Any] | None:
+    """Counts of verify rows and failures (None when the archive was never verified)."""
+    dataset = open_verify(out, endpoint_url=endpoint_url)
+    if dataset is None:
+        return None
+    columns = ["verify_run_id", "video_key", "gop_index", "codec", "device", "crc_ok", "decode_ok"]
+    columns += ["recon_digest_ok", "quality_ok", "psnr_manifest", "psnr_verify", "status", "error"]
+    summary: dict[str, Any] = {
+        "rows": 0,
+        "failed": 0,
+        "crc_failed": 0,
+        "decode_failed": 0,
+        "quality_failed": 0,
+    }
+    summary["runs"], failed_rows, deltas = set(), [], []
+    for batch in iter_batches(dataset, columns):
+        table = pa.Table.from_batches([batch])
+        summary["rows"] += table.num_rows
+        summary["runs"].update(v for v in table.column("verify_run_id").to_pylist() if v)
+        for name in ("crc", "decode", "quality"):
+            summary[f"{name}_failed"] += sum(1 for v in table.column(f"{name}_ok").to_pylist() if v is False)
+        for row in table.to_pylist():
+            if row["psnr_manifest"] is not None and row["psnr_verify"] is not None:
+                deltas.append(abs(row["psnr_verify"] - row["psnr_manifest"]))
+            if row["status"] != "ok":
+                summary["failed"] += 1
+                if len(failed_rows) < listed:
+                    failed_rows.append(row)
+    summary["runs"] = sorted(summary["runs"])
+    summary["failures"] = failed_rows
+    summary["max_psnr_delta"] = max(deltas) if deltas else None
+    return summary

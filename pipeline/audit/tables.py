@@ -1,0 +1,91 @@
+"""Rich tables for `vidarc audit`: one summary row per codec/target, quality tails, worst GOPs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.audit.summary import HIGHER_IS_BETTER, PERCENTILES, AuditResult
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_audit(result: AuditResult, console: Console, worst: int) -> None:
+    title = f"{result.out}" + (f"  (where {result.where})" if result.where else "")
+    summary = Table(title=f"archive {title}: {result.rows:,} manifest rows")
+    for name in ("codec / target", "videos", "GOPs", "bytes", "ratio", "bpp", "kbps", "failures"):
+        summary.add_column(name, justify="left" if name == "codec / target" else "right")
+    for group in result.groups:
+        summary.add_row(
+            group["label"],
+            fmt(group["videos"]),
+            fmt(group["gops"]),
+            fmt(group["payload_bytes"]),
+            fmt(group["compression_ratio"]),
+            fmt(group["bpp"]),
+            fmt(group["kbps"]),
+            fmt(group["failures"]),
+        )
+    console.print(summary)
+
+    quality = Table(title="quality per codec/target (p1 = value the worst 1% of GOPs reach)")
+    quality.add_column("codec / target")
+    quality.add_column("metric")
+    for p in PERCENTILES:
+        quality.add_column(f"p{p}", justify="right")
+    quality.add_column("mean", justify="right")
+    quality.add_column("GOPs", justify="right")
+    for group in result.groups:
+        for metric, stats in group["quality"].items():
+            arrow = "↑" if HIGHER_IS_BETTER[metric] else "↓"
+            quality.add_row(
+                group["label"],
+                f"{metric} {arrow}",
+                *(fmt(stats[f"p{p}"], 4) for p in PERCENTILES),
+                fmt(stats["mean"], 4),
+                fmt(stats["count"]),
+            )
+    console.print(quality)
+
+    if worst > 0:
+        for metric, rows in result.worst.items():
+            table = Table(title=f"worst {len(rows)} GOPs by {metric}")
+            for name in ("video", "GOP", "frames", "codec / target", metric, "bpp"):
+                table.add_column(name)
+            for row in rows:
+                table.add_row(
+                    row["source_uri"] or row["video_key"],
+                    fmt(row["gop_index"]),
+                    f"{row['first_frame']}+{row['frame_count']}",
+                    f"{row['codec']} {row['target_kind']}={fmt(row['target_value'])}",
+                    fmt(row[metric], 4),
+                    fmt(row["bpp"]),
+                )
+            console.print(table)
+
+    if result.failures:
+        table = Table(title=f"{len(result.failures)} failed rows")
+        table.add_column("video")
+        table.add_column("error")
+        for row in result.failures:
+            table.add_row(row["source_uri"] or row["video_key"], row["error"] or row["status"])
+        console.print(table)
+
+    verify = result.verify
+    if verify is None:
+        console.print("verify: never run on this archive")
+    else:
+        console.print(
+            f"verify: {verify['rows']} GOPs decoded in {len(verify['runs'])} run(s), {verify['failed']} failed "
+            f"(crc {verify['crc_failed']}, decode {verify['decode_failed']}, quality {verify['quality_failed']})"
+        )

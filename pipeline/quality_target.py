@@ -1,0 +1,267 @@
+"""Find the codec setting that reaches a quality target (e.g. "VMAF ≥ 93") at the lowest rate.
+
+Like ab-av1's crf-search: encode a few sample GOPs at a codec's native quality knob
+(`RateTarget("quality", q)`), measure the metric against the source, and move the knob by interpolating
+between the two measured points that bracket the target (bisecting while only one side is known).
+The search keeps the cheapest setting that meets the target, and every measured point is returned
+so the pipeline can store the search next to the archive (auditable, reproducible).
+
+Choices where ab-av1 and the papers are silent, stated here:
+- Knob range and direction come from, in order: the `knob_range` argument, the codec's `quality_range`
+  class attribute (worst, best), the classic codecs' `crf_range` (best, worst), or `DEFAULT_KNOB_RANGES` for the classic codecs (CRF 51→0 for x264/x265,
+  63→0 for SVT-AV1). The knob moves in integer steps: CRF and GLVC's quality index are integers.
+- `per_gop=False`: the target applies to the mean score over the sample GOPs. `per_gop=True`: to the
+  worst sample GOP ("no GOP below the target"), which costs more bits but bounds the tail.
+- `max_kbps` caps the rate: points above it never win; when no point meets the target under the cap,
+  the best-quality point under the cap is chosen and the result says the target was not reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from codec.base import Codec, RateTarget
+from pipeline.metrics import HIGHER_IS_BETTER, MetricsConfig
+
+DEFAULT_KNOB_RANGES: dict[str, tuple[float, float]] = {"x264": (51, 0), "x265": (51, 0), "av1": (63, 0)}
+
+
+class QualityTargetError(Exception):
+    """The search cannot run (unknown metric, metric not computable, knob range unknown): one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchPoint:
+    """One measured setting: knob value, score over the sample, and what it cost."""
+
+    knob: float
+    score: float
+    gop_scores: tuple[float, ...]
+    payload_bytes: int
+    kbps: float
+    bpp: float
+    encode_seconds: float
+    meets_target: bool
+    within_cap: bool
+
+
+@dataclasses.dataclass
+class QualitySearchResult:
+    codec: str
+    metric: str
+    target: float
+    max_kbps: float | None
+    per_gop: bool
+    points: list[SearchPoint]
+    chosen: SearchPoint | None
+    reached: bool
+    note: str
+
+    @property
+    def rate_target(self) -> RateTarget:
+        """The setting to archive with (raises if the search found none under the cap)."""
+        if self.chosen is None:
+            raise QualityTargetError(self.note)
+        return RateTarget("quality", self.chosen.knob)
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        """The search points as plain rows (for a Parquet/JSON record next to the archive)."""
+        rows = []
+        for point in self.points:
+            row = dataclasses.asdict(point)
+            row["gop_scores"] = list(point.gop_scores)
+            row.update(codec=self.codec, metric=self.metric, target=self.target, chosen=point is self.chosen)
+            rows.append(row)
+        return rows
+
+
+def _knob_range(codec: Codec, knob_range: tuple[float, float] | None) -> tuple[float, float]:
+    if knob_range is not None:
+        return knob_range
+    declared = getattr(codec, "quality_range", None)
+    if declared is not None:
+        return tuple(declared)  # type: ignore[return-value]
+    crf_range = getattr(codec, "crf_range", None)  # classic codecs: (best, worst) CRF
+    if crf_range is not None:
+        return float(crf_range[1]), float(crf_range[0])
+    if codec.name in DEFAULT_KNOB_RANGES:
+        return DEFAULT_KNOB_RANGES[codec.name]
+    raise QualityTargetError(
+        f"{codec.name}: unknown quality knob range; pass knob_range=(worst, best) or set {type(codec).__name__}.quality_range"
+    )
+
+
+def measure_metric(
+    metric: str, source: np.ndarray, recon: np.ndarray, fps: float, device: str = "cpu"
+) -> float:
+    """One metric for one GOP, through the same code that fills the manifest columns."""
+    from pipeline.metrics import compute_gop_metrics
+
+    wants_perceptual = metric in ("lpips", "lpips_vgg")
+    config = MetricsConfig(
+        device=device,
+        lpips=wants_perceptual,
+        dists=metric == "dists",
+        vmaf=metric == "vmaf",
+        temporal=metric == "temporal_flicker",
+        fps=fps,
+    )
+    values = compute_gop_metrics(source, recon, config)
+    value = values[metric]
+    if value is None:
+        raise QualityTargetError(f"cannot search on {metric}: {values['metrics_note']}")
+    return float(value)
+
+
+class _Search:
+    def __init__(self, codec: Codec, gops: list[np.ndarray], fps: Fraction, metric: str, target: float,
+                 max_kbps: float | None, per_gop: bool, device: str) -> None:  # fmt: skip
+        self.codec, self.gops, self.fps, self.metric, self.target = codec, gops, fps, metric, target
+        self.max_kbps, self.per_gop, self.device = max_kbps, per_gop, device
+        self.higher = HIGHER_IS_BETTER[metric]
+        self.points: dict[float, SearchPoint] = {}
+
+    def better_or_equal(self, score: float) -> bool:
+        return score >= self.target if self.higher else score <= self.target
+
+    def evaluate(self, knob: float) -> SearchPoint:
+        if knob in self.points:
+            return self.points[knob]
+        total_bytes, scores, seconds = 0, [], 0.0
+        pixels = frames = 0
+        for gop in self.gops:
+            started = time.perf_counter()
+            encoded = self.codec.encode(gop, RateTarget("quality", knob), self.fps)
+            seconds += time.perf_counter() - started
+            total_bytes += len(encoded.payload)
+            scores.append(
+                measure_metric(self.metric, gop, encoded.reconstruction, float(self.fps), self.device)
+            )
+            frames += gop.shape[0]
+            pixels += gop.shape[0] * gop.shape[1] * gop.shape[2]
+        if self.per_gop:
+            score = min(scores) if self.higher else max(scores)
+        else:
+            score = float(np.mean(scores))
+        kbps = 8.0 * total_bytes / (frames / float(self.fps)) / 1000.0
+        point = SearchPoint(
+            knob=knob,
+            score=score,
+            gop_scores=tuple(scores),
+            payload_bytes=total_bytes,
+            kbps=kbps,
+            bpp=8.0 * total_bytes / pixels,
+            encode_seconds=seconds,
+            meets_target=self.better_or_equal(score),
+            within_cap=self.max_kbps is None or kbps <= self.max_kbps,
+        )
+        self.points[knob] = point
+        return point
+
+
+def find_rate_for_quality(
+    codec: Codec,
+    sample_gops: list[np.ndarray],
+    fps: Fraction | float,
+    metric: str,
+    target: float,
+    *,
+    max_kbps: float | None = None,
+    per_gop: bool = False,
+    knob_range: tuple[float, float] | None = None,
+    max_steps: int = 10,
+    device: str = "cpu",
+) -> QualitySearchResult:
+    """Cheapest knob setting whose `metric` over `sample_gops` meets `target` (see the module docstring)."""
+    if metric not in HIGHER_IS_BETTER:
+        raise QualityTargetError(f"unknown metric {metric!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
+    if not math.isfinite(target):
+        raise QualityTargetError(f"quality target must be a finite number, got {target}")
+    if not sample_gops:
+        raise QualityTargetError("quality search needs at least one sample GOP")
+    fps = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
+    worst, best = _knob_range(codec, knob_range)
+    step = 1.0 if best > worst else -1.0  # direction of "better quality" on the knob axis
+    search = _Search(codec, sample_gops, fps, metric, target, max_kbps, per_gop, device)
+
+    def toward_best(knob: float) -> float:
+        """Position along the axis, increasing with quality (so the logic below is direction-free)."""
+        return (knob - worst) * step
+
+    low, high = toward_best(worst), toward_best(best)  # positions; quality rises with position
+    knob_at = lambda position: worst + position * step  # noqa: E731
+    position = float(round((low + high) / 2))
+    for _ in range(max_steps):
+        point = search.evaluate(knob_at(position))
+        if point.meets_target:
+            high = position  # cheapest meeting point is at or below this position
+        else:
+            low = position
+        if high - low <= 1:
+            break
+        position = _next_position(search, low, high, knob_at, toward_best)
+    if max_kbps is not None and not any(p.meets_target and p.within_cap for p in search.points.values()):
+        _search_under_cap(search, knob_at, toward_best, max_steps)
+    return _choose(search, codec.name, metric, target, max_kbps, per_gop, toward_best)
+
+
+def _search_under_cap(search: _Search, knob_at, toward_best, max_steps: int) -> None:
+    """Bisect (rate falls with position) for the highest-quality setting under the cap."""
+    over = min(toward_best(p.knob) for p in search.points.values() if not p.within_cap)
+    under = [
+        toward_best(p.knob) for p in search.points.values() if p.within_cap and toward_best(p.knob) < over
+    ]
+    if under:
+        low = max(under)
+    else:
+        low = 0.0
+        if not search.evaluate(knob_at(low)).within_cap:
+            return  # even the lowest-quality setting is over the cap
+    for _ in range(max_steps):
+        if over - low <= 1:
+            return
+        middle = float((low + over) // 2)
+        if search.evaluate(knob_at(middle)).within_cap:
+            low = middle
+        else:
+            over = middle
+
+
+def _next_position(search: _Search, low: float, high: float, knob_at, toward_best) -> float:
+    """Interpolate the target between the nearest measured points that bracket it; bisect otherwise."""
+    below = [p for p in search.points.values() if not p.meets_target and toward_best(p.knob) == low]
+    above = [p for p in search.points.values() if p.meets_target and toward_best(p.knob) == high]
+    guess = (low + high) / 2
+    if below and above and below[0].score != above[0].score:
+        fraction = (search.target - below[0].score) / (above[0].score - below[0].score)
+        guess = low + fraction * (high - low)
+    guess = float(round(guess))
+    return min(max(guess, low + 1), high - 1)
+
+
+def _choose(search: _Search, codec: str, metric: str, target: float, max_kbps: float | None,
+            per_gop: bool, toward_best) -> QualitySearchResult:  # fmt: skip
+    points = sorted(search.points.values(), key=lambda p: toward_best(p.knob))
+    meeting = [p for p in points if p.meets_target and p.within_cap]
+    if meeting:
+        chosen = min(meeting, key=lambda p: p.kbps)
+        note = f"{metric} {chosen.score:.4g} at quality {chosen.knob:g} ({chosen.kbps:.1f} kbps)"
+        reached = True
+    else:
+        under_cap = [p for p in points if p.within_cap]
+        reached = False
+        if under_cap:
+            key = (lambda p: p.score) if HIGHER_IS_BETTER[metric] else (lambda p: -p.score)
+            chosen = max(under_cap, key=key)
+            why = f"under the {max_kbps:g} kbps cap" if max_kbps is not None else "in the knob range"
+            note = f"{metric} target {target:g} not reached {why}; best {chosen.score:.4g} at quality {chosen.knob:g}"
+        else:
+            chosen = None
+            note = f"no measured setting stays under {max_kbps:g} kbps"
+    return QualitySearchResult(codec, metric, target, max_kbps, per_gop, points, chosen, reached, note)
