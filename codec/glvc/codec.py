@@ -1,0 +1,239 @@
+"""`GlvcCodec`: generative latent video compression (tokenizer + latent codec) behind the codec interface.
+
+Encode path for one GOP: pad the frames (replicate) to the codec's block size and the GOP to 1+4k frames
+(repeating the last frame) -> tokenizer encode once -> latent codec at a quality index (searched on the
+real bitstream size for kbps/bpp targets; only the latent codec reruns per candidate) -> payload ->
+self-check: the encoder decodes its own payload's symbols and refuses to return on any difference ->
+synthesis + tokenizer decode once for the reconstruction, cropped back.
+
+The quality index runs 0..63, higher = more bits and better quality; a `quality` target is the index.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+from codec.base import Codec, EncodedGop, RateTarget, check_frames
+from codec.entropy import EntropyCodingError
+from codec.errors import (
+    CodecError,
+    CorruptPayloadError,
+    ModelLoadError,
+    ModelMismatchError,
+    UnsupportedInputError,
+)
+from codec.glvc.bitstream import GlvcHeader, pack_payload, unpack_payload
+from codec.glvc.latent_codec import LATENT_STRIDE, CompressedLatents, LatentCodec
+from codec.glvc.tokenizer import Tokenizer, load_tokenizer
+from codec.modeldir import ModelDir, bundled_model_path, load_model_dir
+from codec.ratecontrol import search_rate
+
+COMPONENTS = ["tokenizer", "latent_codec"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_RATE_TOLERANCE = 0.10
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UnsupportedInputError(f"glvc: device {device!r} requested but no CUDA device is available")
+    return torch.device(device)
+
+
+class GlvcCodec(Codec):
+    """GLVC with a model directory holding `tokenizer/` and `latent_codec/` (default: the bundled one)."""
+
+    name = "glvc"
+    version = "1"
+    gop_multiple = 4
+    gop_offset = 1
+
+    def __init__(
+        self, *, model: str | None = None, device: str = "cpu", dtype: str | None = None, **unknown: Any
+    ) -> None:
+        if unknown:
+            raise UnsupportedInputError(
+                f"glvc does not understand option(s) {', '.join(sorted(unknown))}; it takes model, device, dtype"
+            )
+        self.torch_device = resolve_device(device)
+        self.device = self.torch_device.type
+        if dtype is None:
+            vae_dtype = torch.bfloat16 if self.torch_device.type == "cuda" else torch.float32
+        elif dtype in _DTYPES:
+            vae_dtype = _DTYPES[dtype]
+        else:
+            raise UnsupportedInputError(f"glvc: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        self.model_dir = _open_model(model)
+        self.model_id = self.model_dir.model_id
+        self.model_sha256 = self.model_dir.components_digest(COMPONENTS)
+        try:
+            self.tokenizer: Tokenizer = load_tokenizer(
+                self.model_dir.component("tokenizer"), self.torch_device, vae_dtype
+            )
+            self.latent_codec = LatentCodec.from_pretrained(self.model_dir.component("latent_codec"))
+        except CodecError:
+            raise
+        except Exception as exc:  # diffusers/safetensors/config errors: one line, naming the model
+            raise ModelLoadError(
+                f"model {self.model_dir.path}: cannot load GLVC weights ({_first_line(exc)})"
+            ) from None
+        self.latent_codec.to(self.torch_device).eval()
+        if self.tokenizer.latent_channels != self.latent_codec.config.latent_channels:
+            raise ModelLoadError(
+                f"model {self.model_id}: tokenizer has {self.tokenizer.latent_channels} latent channels, "
+                f"the latent codec expects {self.latent_codec.config.latent_channels}"
+            )
+        self.block = self.tokenizer.spatial_factor * LATENT_STRIDE
+        self.num_q = self.latent_codec.config.num_q
+        self._last_q: int | None = None
+
+    # -- geometry -------------------------------------------------------------------------------------------
+    def default_gop_frames(self, fps: Fraction) -> int:
+        """About two seconds, rounded to 1+4k frames (the tokenizer's causal GOP shape)."""
+        return 1 + 4 * max(1, round(2 * float(fps) / 4))
+
+    def check_geometry(self, width: int, height: int) -> None:
+        if width < self.block or height < self.block:
+            raise UnsupportedInputError(
+                f"glvc needs frames of at least {self.block}x{self.block} (one latent block), got {width}x{height}"
+            )
+        if width > 65535 or height > 65535:
+            raise UnsupportedInputError(f"glvc cannot code {width}x{height} frames")
+
+    def padded_size(self, width: int, height: int) -> tuple[int, int]:
+        b = self.block
+        return -(-width // b) * b, -(-height // b) * b
+
+    def coded_frames(self, frames: int) -> int:
+        return 1 + 4 * math.ceil((frames - 1) / 4)
+
+    def _pad(self, frames: np.ndarray) -> np.ndarray:
+        count, height, width = frames.shape[:3]
+        pw, ph = self.padded_size(width, height)
+        extra = self.coded_frames(count) - count
+        return np.pad(frames, ((0, extra), (0, ph - height), (0, pw - width), (0, 0)), mode="edge")
+
+    # -- encode ------------------------------------------------------------------------------------------------
+    def encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction) -> EncodedGop:
+        check_frames(frames, self.name)
+        count, height, width = frames.shape[:3]
+        self.check_geometry(width, height)
+        if count > 65535:
+            raise UnsupportedInputError(f"glvc: a GOP of {count} frames is too long")
+        pw, ph = self.padded_size(width, height)
+        latents = self.tokenizer.encode(self._pad(frames)).to(self.torch_device)
+        header = GlvcHeader(self.model_id, self.model_sha256, width, height, pw, ph, count,
+                            self.coded_frames(count), 0)  # fmt: skip
+
+        def encode_at(q: int) -> tuple[bytes, CompressedLatents]:
+            coded = self.latent_codec.compress(latents, q)
+            return pack_payload(_with_q(header, q), coded.data), coded
+
+        budget = target.bits_budget(width, height, count, Fraction(fps))
+        if budget is None:
+            q = self._quality_index(target.value)
+            (payload, coded), reached, evaluations = encode_at(q), True, 1
+        else:
+            result = search_rate(
+                encode_at,
+                lambda r: 8.0 * len(r[0]),
+                budget,
+                0,
+                self.num_q - 1,
+                bits_increase_with_param=True,
+                tolerance=_RATE_TOLERANCE,
+                start=self._last_q,
+            )
+            q, (payload, coded) = result.param, result.result
+            reached, evaluations = result.reached, result.evaluations
+            self._last_q = q
+        recon = self._self_check_and_reconstruct(payload, coded, count, width, height)
+        return EncodedGop(
+            payload, recon, {"q_index": q, "target_reached": bool(reached), "evaluations": evaluations}
+        )
+
+    def _quality_index(self, value: float) -> int:
+        q = round(value)
+        if not 0 <= q < self.num_q:
+            raise UnsupportedInputError(
+                f"glvc quality is a quality index in 0..{self.num_q - 1}, got {value:g}"
+            )
+        return int(q)
+
+    def _self_check_and_reconstruct(
+        self, payload: bytes, coded: CompressedLatents, count: int, width: int, height: int
+    ) -> np.ndarray:
+        header, body = unpack_payload(payload)
+        decoded = self._decode_latents(header, body)
+        same = len(decoded.symbols) == len(coded.symbols) and all(
+            np.array_equal(a, b) for a, b in zip(decoded.symbols, coded.symbols, strict=True)
+        )
+        if not same:
+            raise CodecError(
+                "glvc self-check failed: decoding the payload gave other symbols than were coded"
+            )
+        return self.tokenizer.decode(decoded.latents)[:count, :height, :width]
+
+    # -- decode ------------------------------------------------------------------------------------------------
+    def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
+        header, body = unpack_payload(payload)
+        if header.model_id != self.model_id or header.model_sha256 != self.model_sha256:
+            raise ModelMismatchError(
+                f"GLVC payload was made with model {header.model_id} (sha256 {header.model_sha256[:12]}…); "
+                f"this decoder holds {self.model_id} (sha256 {self.model_sha256[:12]}…)"
+            )
+        if (header.frames, header.width, header.height) != (frame_count, width, height):
+            raise CorruptPayloadError(
+                f"GLVC payload holds {header.frames} frames of {header.width}x{header.height}, "
+                f"expected {frame_count} of {width}x{height}"
+            )
+        decoded = self._decode_latents(header, body)
+        return self.tokenizer.decode(decoded.latents)[:frame_count, :height, :width]
+
+    def _decode_latents(self, header: GlvcHeader, body: bytes):
+        expected = (*self.padded_size(header.width, header.height), self.coded_frames(header.frames))
+        if (
+            header.padded_width,
+            header.padded_height,
+            header.coded_frames,
+        ) != expected or header.q_index >= self.num_q:
+            raise CorruptPayloadError("GLVC payload header is damaged (padded geometry or quality index)")
+        s = self.tokenizer.spatial_factor
+        try:
+            return self.latent_codec.decompress(
+                body,
+                header.q_index,
+                self.tokenizer.latent_frames(header.coded_frames),
+                header.padded_height // s,
+                header.padded_width // s,
+                device=self.torch_device,
+            )
+        except EntropyCodingError as exc:
+            raise CorruptPayloadError(f"GLVC payload is damaged ({exc})") from None
+
+
+def _with_q(header: GlvcHeader, q: int) -> GlvcHeader:
+    return GlvcHeader(**{**header.__dict__, "q_index": q})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _open_model(model: str | None) -> ModelDir:
+    if model is None:
+        path = bundled_model_path()
+        if not (path / "model_card.json").is_file():
+            raise ModelLoadError(
+                f"the bundled GLVC model is not installed at {path.name} (codec/models/{path.name}); "
+                "pass --model DIR pointing at a GLVC model directory"
+            )
+        model = str(path)
+    return load_model_dir(model)
