@@ -1,0 +1,123 @@
+"""Ray Train plumbing shared by the training stages: run, checkpoint, resume, log.
+
+Each stage supplies a per-worker loop; `fit` runs it on a `TorchTrainer` (DDP across GPU workers, one
+CPU worker on a laptop). Checkpoints are ordinary vidarc model directories — config + safetensors +
+model card with hashes — plus `trainer_state.json` and `optimizer.safetensors`, so a checkpoint can be
+loaded as a model, inspected, or resumed from, and nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+LOG_NAME = "train_log.jsonl"
+
+
+def fit(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str) -> None:
+    """Run `loop(config)` on Ray Train workers; raise with the worker's error if it fails."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    workers, use_gpu, threads = config["workers"], config["use_gpu"], config["threads"]
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(2, workers * threads), include_dashboard=False, log_to_driver=True)
+    storage = Path(config["checkpoint_dir"]).resolve() / "ray"
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": threads}
+        ),
+        run_config=RunConfig(name=name, storage_path=str(storage)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"{name} training failed: {result.error}")
+
+
+def latest_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint (its state file is written last), or None."""
+    root = Path(checkpoint_dir)
+    done = sorted(p.parent for p in root.glob(f"step-*/{STATE_NAME}"))
+    return done[-1] if done else None
+
+
+def save_checkpoint(
+    checkpoint_dir: str | os.PathLike[str],
+    step: int,
+    write_model: Callable[[Path], None],
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write step-N/ atomically (temporary name, then rename) and prune all but the last `keep`."""
+    root = Path(checkpoint_dir)
+    final = root / f"step-{step:08d}"
+    staging = root / f".step-{step:08d}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write_model(staging)
+    tensors, groups = _flatten_optimizer(optimizer)
+    save_file(tensors, str(staging / OPTIMIZER_NAME))
+    state = {"step": step, "param_groups": groups, "saved_at": time.time(), **(extra or {})}
+    (staging / STATE_NAME).write_text(json.dumps(state, indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_optimizer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> int:
+    """Restore the optimizer saved by `save_checkpoint`; returns the step to continue from."""
+    state = json.loads((checkpoint / STATE_NAME).read_text())
+    tensors = load_file(str(checkpoint / OPTIMIZER_NAME))
+    per_param: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        per_param.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    return int(state["step"])
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for index, entry in sd["state"].items():
+        for name, value in entry.items():
+            tensors[f"state.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return tensors, sd["param_groups"]
+
+
+class TrainLog:
+    """Losses as JSON lines (for plots and audits) and a short line on stdout every `every` steps."""
+
+    def __init__(self, path: str | os.PathLike[str], every: int) -> None:
+        self.path, self.every, self.started = Path(path), every, time.monotonic()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def step(self, step: int, **metrics: float) -> None:
+        if step % self.every:
+            return
+        record = {"step": step, "seconds": round(time.monotonic() - self.started, 1), **metrics}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        print(f"step {step} ({record['seconds']:.0f}s) {shown}", flush=True)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP wrapper (what we save), or the model itself."""
+    return getattr(model, "module", model)

@@ -1,0 +1,117 @@
+"""Training stages through the real Ray Train path, at toy scale: outputs are loadable model
+directories with valid cards, checkpoints resume, and bad data is refused clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from codec.modeldir import load_model_dir
+from pipeline.training.bundle import update_bundle_card
+from pipeline.training.data import ClipSampler
+from pipeline.training.glvc import GlvcTraining, train_glvc
+from pipeline.training.loop import latest_checkpoint, load_optimizer_state, save_checkpoint
+from pipeline.training.tokenizer import TokenizerTraining, train_tokenizer
+
+TOY_VAE = {
+    "base_dim": 4,
+    "z_dim": 16,
+    "dim_mult": [1, 2, 2, 2],
+    "num_res_blocks": 1,
+    "attn_scales": [],
+    "temperal_downsample": [False, True, True],
+    "dropout": 0.0,
+}
+TOY_CODEC = {"hidden_channels": 8, "y_channels": 8, "z_channels": 8, "memory_channels": 8}
+
+
+def _logged_steps(settings) -> list[int]:
+    with open(f"{settings.checkpoint_dir}/train_log.jsonl") as handle:
+        return [json.loads(line)["step"] for line in handle]
+
+
+@pytest.fixture(scope="module")
+def toy_tokenizer(tmp_path_factory, ray_address):
+    root = tmp_path_factory.mktemp("bundle")
+    settings = TokenizerTraining(
+        data="synthetic", out=str(root / "bundle"), steps=2, size=32, frames=5, batch=1,
+        checkpoint_every=1, log_every=1, checkpoint_dir=str(root / "ck"), architecture=dict(TOY_VAE),
+    )  # fmt: skip
+    directory = train_tokenizer(settings)
+    return settings, directory
+
+
+def test_tokenizer_stage_writes_a_loadable_tokenizer_with_measured_latent_statistics(toy_tokenizer):
+    from codec.glvc.tokenizer import load_tokenizer
+    from pipeline.synthetic import synthetic_clip
+
+    settings, directory = toy_tokenizer
+    config = json.loads((directory / "config.json").read_text())
+    assert len(config["latents_std"]) == 16 and all(s > 0 for s in config["latents_std"])
+    # Measured on this model's latents, not diffusers' default Wan2.1 values.
+    from diffusers import AutoencoderKLWan
+
+    assert config["latents_mean"] != list(AutoencoderKLWan().config.latents_mean)
+    tokenizer = load_tokenizer(directory)
+    frames = synthetic_clip("cat", 5, 32, 32, seed=3)
+    assert tokenizer.decode(tokenizer.encode(frames)).shape == frames.shape
+    assert _logged_steps(settings) == [1, 2]
+
+
+def test_resume_continues_from_the_newest_checkpoint(toy_tokenizer):
+    settings, _ = toy_tokenizer
+    assert latest_checkpoint(settings.checkpoint_dir).name == "step-00000002"
+    settings.steps, settings.resume = 3, True
+    train_tokenizer(settings)
+    newest = latest_checkpoint(settings.checkpoint_dir)
+    assert newest.name == "step-00000003"
+    assert _logged_steps(settings) == [1, 2, 3]  # resumed at 3, not restarted at 1
+
+
+def test_glvc_stage_trains_a_latent_codec_on_the_frozen_tokenizer(toy_tokenizer, tmp_path):
+    from codec.glvc.latent_codec import LatentCodec
+
+    _, tokenizer_dir = toy_tokenizer
+    settings = GlvcTraining(
+        data="synthetic", tokenizer=str(tokenizer_dir), out=str(tmp_path / "bundle"), steps=2, size=32,
+        frames=9, batch=1, pool=2, log_every=1, checkpoint_dir=str(tmp_path / "ck"),
+        architecture=dict(TOY_CODEC),
+    )  # fmt: skip
+    directory = train_glvc(settings)
+    codec = LatentCodec.from_pretrained(directory)
+    assert codec.config.y_channels == 8
+    assert latest_checkpoint(tmp_path / "ck").name == "step-00000002"
+
+
+def test_bundle_card_keeps_other_components_and_verifies(toy_tokenizer):
+    _, tokenizer_dir = toy_tokenizer
+    root = tokenizer_dir.parent
+    update_bundle_card(root, "tokenizer", {"steps": 2}, "toy tokenizer")
+    update_bundle_card(root, "flow", {"steps": 0}, "no flow yet")
+    model = load_model_dir(root)
+    assert model.config["tokenizer"] == {"steps": 2} and model.config["flow"] == {"steps": 0}
+    assert "tokenizer/: toy tokenizer" in model.card["notes"]
+    assert all(path.startswith("tokenizer/") for path in model.card["files"])
+
+
+def test_optimizer_state_round_trips_through_safetensors(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path, 7, lambda d: (d / "weights.txt").write_text("w"), optimizer)
+    fresh = torch.optim.AdamW(model.parameters(), lr=0.5)
+    assert load_optimizer_state(latest_checkpoint(tmp_path), fresh) == 7
+    before, after = optimizer.state_dict(), fresh.state_dict()
+    assert after["param_groups"][0]["lr"] == 0.01
+    for key in before["state"]:
+        assert torch.equal(before["state"][key]["exp_avg"], after["state"][key]["exp_avg"])
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.bin"))
+
+
+def test_a_folder_without_usable_videos_is_refused_by_name(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a video")
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        ClipSampler(str(tmp_path), frames=5, size=32, seed=0)
