@@ -1,0 +1,1 @@
+"""GVC: zero-shot codebook coding through a stochastic rectified-flow video model."""

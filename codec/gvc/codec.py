@@ -1,0 +1,397 @@
+"""GVC: zero-shot video coding through a stochastic rectified-flow video model (GVCC, 2026).
+
+The encoder runs the flow model's sampler as an SDE and, at every stochastic step and latent frame,
+transmits which M of K seeded Gaussian atoms (with ±1 signs) best point from the current clean estimate
+towards the true latent; the decoder replays the identical loop from those indices. See `sampler` for
+the loop, `atoms` for device-independent codebooks, `subset_rank` for the index coding, `bitstream` for
+the payload and `references` for the coded reference frames.
+
+Rate is an exact function of the settings: header + reference sections + ⌈log2((C(K,M)·2^M)^n)⌉ bits for
+n = coded steps × latent frames, so a bits target picks M before any network runs (`plan_atoms`).
+`quality` means M directly. Achieved rates are always measured from the real bytes.
+
+Modes (`mode=`): t2v (codebook only), i2v (first frame coded as an AV1 still, plus the quantised tail
+latent residual), flf2v (first and last frames coded as stills). The codec contract requires every GOP
+payload to decode alone, so FLF2V codes *both* boundary frames in every GOP rather than sharing one with
+the neighbouring GOP as the paper does (which would make GOP g undecodable without GOP g−1); that costs
+one extra still per GOP, and `bench/gvc_rd.py` reports the shared-boundary accounting beside it. Decoded
+reference stills replace the generated frames they stand for in the output (both sides do the same).
+
+Geometry: frames are edge-padded to multiples of 16 (VAE stride 8 × transformer patch 2) and to 1+4k
+frames (the causal VAE's temporal stride), and cropped back on decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from codec.base import Codec, EncodedGop, RateTarget, check_frames
+from codec.errors import CodecError, CorruptPayloadError, ModelMismatchError, UnsupportedInputError
+from codec.gvc import references
+from codec.gvc.bitstream import MODES, GvcPayload, Section, header_bytes
+from codec.gvc.sampler import SamplerConfig, StageTimer, run_sampler
+from codec.gvc.subset_rank import pack_entries, packed_bytes, unpack_entries
+
+SPATIAL_MULTIPLE = 16
+REFERENCE_FRAMES = {"t2v": (), "i2v": ("first",), "flf2v": ("first", "last")}
+MAX_SIDE = 4096
+#: The paper's settings (K = 16384, 20 steps, 3 ODE steps, g = 3, shift 3 as its T2V runs used). A model
+#: card may carry its own under config["gvc"] (the bundled CPU model uses fewer steps and atoms).
+SAMPLER_DEFAULTS: dict[str, Any] = {
+    "steps": 20,
+    "ode_tail": 3,
+    "shift": 3.0,
+    "g_scale": 3.0,
+    "num_atoms": 16384,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RatePlan:
+    """Bytes of each part of a payload, known before sampling."""
+
+    atoms_per_step: int
+    header: int
+    references: int
+    tail_reserve: int
+    codebook: int
+
+    @property
+    def total(self) -> int:
+        return self.header + self.references + self.tail_reserve + self.codebook
+
+
+def plan_atoms(
+    budget_bits: float, num_atoms: int, entries: int, fixed_bytes: int, max_atoms: int
+) -> tuple[int, bool]:
+    """Largest M (1..max_atoms) whose payload fits the budget; (M, fits). Bytes grow with M for M ≤ K/2."""
+    lo, hi = 1, max(1, min(max_atoms, num_atoms // 2))
+    if 8 * (fixed_bytes + packed_bytes(num_atoms, 1, entries)) > budget_bits:
+        return 1, False
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if 8 * (fixed_bytes + packed_bytes(num_atoms, mid, entries)) <= budget_bits:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo, True
+
+
+class GvcCodec(Codec):
+    """GVC over a model directory (default: the bundled vidarc-tiny) or an injected backbone.
+
+    Options: `mode` (t2v | i2v | flf2v), sampler settings (`steps`, `ode_tail`, `shift`, `g_scale`,
+    `atoms` = K, `seed`), `max_atoms_per_step` (the rate planner's cap on M), and how a bit budget is
+    split: `reference_share` of it for the reference stills (split evenly between them) and, for I2V,
+    `tail_share` for the tail residual; the codebook gets the rest, as large an M as fits. These
+    shares are fixed defaults, not tuned per clip (FLF2V's boundary stills took ~60% of the bytes in
+    the paper's runs). `backbone` + `model_id` + `model_sha256` inject networks directly (tests,
+    benchmarks).
+    """
+
+    name: ClassVar[str] = "gvc"
+    version: ClassVar[str] = "1"
+    gop_multiple: ClassVar[int] = 4
+    gop_offset: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        device: str = "cpu",
+        mode: str = "flf2v",
+        steps: int | None = None,
+        ode_tail: int | None = None,
+        shift: float | None = None,
+        g_scale: float | None = None,
+        atoms: int | None = None,
+        max_atoms_per_step: int = 256,
+        seed: int = 42,
+        compile_atoms: bool | None = None,
+        glvc_stills: bool = True,
+        reference_share: float = 0.5,
+        tail_share: float = 0.25,
+        backbone: Any = None,
+        model_id: str | None = None,
+        model_sha256: str | None = None,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise UnsupportedInputError(f"gvc does not understand option(s) {', '.join(sorted(unknown))}")
+        if mode not in MODES:
+            raise UnsupportedInputError(f"gvc: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self.device = _pick_device(device)
+        glvc_model = None
+        card_defaults: dict[str, Any] = {}
+        if backbone is None:
+            from codec.gvc.backbone import load_backbone
+            from codec.modeldir import bundled_model_path, load_model_dir
+
+            model_dir = load_model_dir(model or bundled_model_path())
+            backbone, components = load_backbone(model_dir.path, torch.device(self.device))
+            model_id, model_sha256 = model_dir.model_id, model_dir.components_digest(components)
+            if glvc_stills and (model_dir.path / "latent_codec").is_dir():
+                glvc_model = str(model_dir.path)
+            card_defaults = dict(model_dir.config.get("gvc", {}))
+        if model_id is None or model_sha256 is None:
+            raise ValueError("gvc: a backbone passed directly needs model_id and model_sha256")
+        if mode not in backbone.modes:
+            raise UnsupportedInputError(
+                f"gvc: model {model_id} supports modes {backbone.modes}, not {mode!r}"
+            )
+        self.backbone, self.model_id, self.model_sha256 = backbone, model_id, model_sha256
+        self.mode = mode
+        self.stills = references.StillCoders(glvc_model, self.device)
+        given = dict(steps=steps, ode_tail=ode_tail, shift=shift, g_scale=g_scale, num_atoms=atoms)
+        self.sampler = {
+            key: value if value is not None else card_defaults.get(key, SAMPLER_DEFAULTS[key])
+            for key, value in given.items()
+        }
+        self.sampler["seed"] = seed
+        try:
+            SamplerConfig(**self.sampler, atoms_per_step=1)  # validate now, not mid-job
+        except ValueError as exc:
+            raise UnsupportedInputError(f"gvc: {exc}") from None
+        self.max_atoms_per_step = max_atoms_per_step
+        self.reference_share, self.tail_share = reference_share, tail_share
+        self.last_timing: dict[str, float] = {}
+        if compile_atoms if compile_atoms is not None else self.device.startswith("cuda"):
+            from codec.gvc.atoms import use_compiled_generator
+
+            use_compiled_generator(True)
+
+    def default_gop_frames(self, fps: Fraction) -> int:
+        return 33
+
+    def check_geometry(self, width: int, height: int) -> None:
+        if not (SPATIAL_MULTIPLE <= width <= MAX_SIDE and SPATIAL_MULTIPLE <= height <= MAX_SIDE):
+            raise UnsupportedInputError(
+                f"gvc codes frames from {SPATIAL_MULTIPLE}x{SPATIAL_MULTIPLE} to {MAX_SIDE}x{MAX_SIDE}, got {width}x{height}"
+            )
+
+    # -- encode -----------------------------------------------------------------------------------
+    def encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction) -> EncodedGop:
+        check_frames(frames, self.name)
+        count, height, width = frames.shape[:3]
+        self.check_geometry(width, height)
+        timer = StageTimer()
+        padded = _pad(frames)
+        dev = torch.device(self.device)
+        with timer.stage("vae", dev):
+            x0 = self.backbone.tokenizer.encode(padded).to(dev, torch.float32)
+        latent_shape = tuple(x0.shape)
+        budget = target.bits_budget(width, height, count, Fraction(fps))
+        with timer.stage("references", dev):
+            sections, decoded_refs = self._code_references(padded, budget)
+        tail_reserve = 0
+        if self.mode == "i2v":
+            tail_reserve = int(budget * self.tail_share / 8) if budget is not None else 0
+        config = SamplerConfig(**self.sampler, atoms_per_step=1)
+        entries = config.coded_steps * latent_shape[1]
+        head = header_bytes(self.model_id, "", tuple((s.codec, 0) for s in sections)) + (
+            len(references.TAIL_CODER) + 6 if self.mode == "i2v" else 0
+        )
+        fixed = head + sum(len(s.data) for s in sections) + tail_reserve
+        if budget is None:
+            m, fits = round(target.value), True
+            if not 1 <= m <= config.num_atoms // 2:
+                raise UnsupportedInputError(
+                    f"gvc quality is atoms per step, 1..{config.num_atoms // 2}; got {target.value}"
+                )
+        else:
+            m, fits = plan_atoms(budget, config.num_atoms, entries, fixed, self.max_atoms_per_step)
+        config = dataclasses.replace(config, atoms_per_step=m)
+        with timer.stage("vae", dev):
+            condition = self._condition(decoded_refs, padded.shape[0], latent_shape)
+        x, used = run_sampler(
+            lambda x, t: self.backbone.velocity(x, t, condition),
+            latent_shape,
+            config,
+            target=x0,
+            device=dev,
+            timer=timer,
+        )
+        if self.mode == "i2v":
+            data, delta = references.code_tail_residual(x0[:, -1] - x[:, -1], tail_reserve or None)
+            x[:, -1] += delta
+            sections.append(Section("tail", references.TAIL_CODER, data))
+        flat = [e for step in used for e in step]
+        payload = GvcPayload(
+            mode=self.mode,
+            model_id=self.model_id,
+            model_sha256=self.model_sha256,
+            width=width,
+            height=height,
+            frames=count,
+            seed=config.seed,
+            steps=config.steps,
+            ode_tail=config.ode_tail,
+            num_atoms=config.num_atoms,
+            atoms_per_step=m,
+            shift=config.shift,
+            g_scale=config.g_scale,
+            codebook=pack_entries(flat, config.num_atoms, m),
+            sections=tuple(sections),
+        ).to_bytes()
+        self._self_check(payload, flat)
+        with timer.stage("vae", dev):
+            recon = self._finish(x, decoded_refs, count, height, width)
+        self.last_timing = dict(timer.seconds)
+        codebook_bytes = packed_bytes(config.num_atoms, m, entries)
+        params = {
+            "mode": self.mode,
+            "K": config.num_atoms,
+            "M": m,
+            "steps": config.steps,
+            "ode_tail": config.ode_tail,
+            "shift": config.shift,
+            "g": config.g_scale,
+            "seed": config.seed,
+            "codebook_bytes": codebook_bytes,
+            "reference_bytes": sum(len(s.data) for s in sections if s.kind != "tail"),
+            "tail_bytes": sum(len(s.data) for s in sections if s.kind == "tail"),
+            "header_bytes": len(payload) - codebook_bytes - sum(len(s.data) for s in sections),
+            "target_reached": bool(fits and (budget is None or 8 * len(payload) <= budget * 1.10)),
+        }
+        return EncodedGop(payload=payload, reconstruction=recon, params=params)
+
+    def _code_references(self, padded: np.ndarray, budget: float | None):
+        roles = REFERENCE_FRAMES[self.mode]
+        sections, decoded = [], {}
+        for role in roles:
+            frame = padded[0] if role == "first" else padded[-1]
+            share = budget * self.reference_share / len(roles) if budget is not None else None
+            coder, data, image = references.code_still(frame, share, self.stills)
+            sections.append(Section(role, coder, data))
+            decoded[role] = image
+        return sections, decoded
+
+    def _condition(self, refs: dict[str, np.ndarray], pixel_frames: int, latent_shape):
+        return self.backbone.condition(
+            self.mode, refs.get("first"), refs.get("last"), pixel_frames, latent_shape
+        )
+
+    def _finish(self, x: torch.Tensor, refs: dict[str, np.ndarray], count: int, height: int, width: int):
+        video = self.backbone.tokenizer.decode(x)
+        video = np.array(video, copy=True)
+        if "first" in refs:
+            video[0] = refs["first"]
+        if "last" in refs:
+            video[-1] = refs["last"]
+        return np.ascontiguousarray(video[:count, :height, :width])
+
+    def _self_check(self, payload: bytes, flat) -> None:
+        try:
+            parsed = GvcPayload.from_bytes(payload)
+            back = unpack_entries(parsed.codebook, parsed.num_atoms, parsed.atoms_per_step, len(flat))
+        except CorruptPayloadError as exc:
+            raise CodecError(f"gvc self-check failed: the encoder's payload does not parse ({exc})") from None
+        if back != [(list(i), list(s)) for i, s in flat]:
+            raise CodecError("gvc self-check failed: the payload's indices differ from the encoder's")
+
+    # -- decode -----------------------------------------------------------------------------------
+    def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
+        parsed = GvcPayload.from_bytes(bytes(payload))
+        if (parsed.model_id, parsed.model_sha256) != (self.model_id, self.model_sha256):
+            raise ModelMismatchError(
+                f"gvc payload was made with model {parsed.model_id} ({parsed.model_sha256[:12]}…); "
+                f"this decoder holds {self.model_id} ({self.model_sha256[:12]}…)"
+            )
+        if (parsed.width, parsed.height, parsed.frames) != (width, height, frame_count):
+            raise CorruptPayloadError(
+                f"gvc payload is {parsed.width}x{parsed.height}x{parsed.frames}, "
+                f"expected {width}x{height}x{frame_count}"
+            )
+        self.check_geometry(width, height)
+        if parsed.mode not in self.backbone.modes:
+            raise ModelMismatchError(
+                f"gvc payload uses mode {parsed.mode}, which model {self.model_id} lacks"
+            )
+        try:
+            config = SamplerConfig(
+                steps=parsed.steps,
+                ode_tail=parsed.ode_tail,
+                shift=parsed.shift,
+                g_scale=parsed.g_scale,
+                num_atoms=parsed.num_atoms,
+                atoms_per_step=parsed.atoms_per_step,
+                seed=parsed.seed,
+            )
+        except ValueError as exc:
+            raise CorruptPayloadError(f"gvc payload has invalid sampler settings ({exc})") from None
+        pw, ph = _padded_size(width), _padded_size(height)
+        pixel_frames = _padded_frames(frame_count)
+        tok = self.backbone.tokenizer
+        latent_shape = (
+            tok.channels,
+            1 + (pixel_frames - 1) // 4,
+            ph // tok.spatial_factor,
+            pw // tok.spatial_factor,
+        )
+        flat = unpack_entries(
+            parsed.codebook, config.num_atoms, config.atoms_per_step, config.coded_steps * latent_shape[1]
+        )
+        per_step = [flat[i : i + latent_shape[1]] for i in range(0, len(flat), latent_shape[1])]
+        tail = None
+        if parsed.mode == "i2v":
+            sec = parsed.section("tail")
+            if sec is None:
+                raise CorruptPayloadError("gvc i2v payload lacks its tail residual")
+            tail = references.decode_tail_residual(sec.data, (latent_shape[0], *latent_shape[2:]))
+        dev = torch.device(self.device)
+        timer = StageTimer()
+        refs = {}
+        with timer.stage("references", dev):
+            for role in REFERENCE_FRAMES[parsed.mode]:
+                sec = parsed.section(role)
+                if sec is None:
+                    raise CorruptPayloadError(f"gvc {parsed.mode} payload lacks its {role} reference frame")
+                refs[role] = references.decode_still(sec.codec, sec.data, pw, ph, self.stills)
+        with timer.stage("vae", dev):
+            condition = self._condition(refs, pixel_frames, latent_shape)
+        x, _ = run_sampler(
+            lambda x, t: self.backbone.velocity(x, t, condition),
+            latent_shape,
+            config,
+            entries=per_step,
+            device=dev,
+            timer=timer,
+        )
+        if tail is not None:
+            x[:, -1] += tail.to(dev)
+        with timer.stage("vae", dev):
+            video = self._finish(x, refs, frame_count, height, width)
+        self.last_timing = dict(timer.seconds)
+        return video
+
+
+def _padded_size(n: int) -> int:
+    return -(-n // SPATIAL_MULTIPLE) * SPATIAL_MULTIPLE
+
+
+def _padded_frames(n: int) -> int:
+    return 1 + 4 * (-(-(n - 1) // 4))
+
+
+def _pad(frames: np.ndarray) -> np.ndarray:
+    count, height, width = frames.shape[:3]
+    pad = (
+        (0, _padded_frames(count) - count),
+        (0, _padded_size(height) - height),
+        (0, _padded_size(width) - width),
+        (0, 0),
+    )
+    return np.pad(frames, pad, mode="edge") if any(p[1] for p in pad) else frames
+
+
+def _pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UnsupportedInputError(f"gvc: device {device!r} requested but no CUDA device is available")
+    return device

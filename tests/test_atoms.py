@@ -1,0 +1,115 @@
+"""Counter-based atoms: exact Philox, the same bits whatever the chunking or device, Gaussian moments."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from codec.gvc import atoms
+
+MASK = 0xFFFFFFFF
+
+
+def _philox_reference(ctr: list[int], key: list[int], rounds: int = 10) -> list[int]:
+    """Philox4x32 in plain Python integers (Salmon et al. 2011), independent of the tensor code."""
+    c, k = list(ctr), list(key)
+    for _ in range(rounds):
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [(p1 >> 32) ^ c[1] ^ k[0], p1 & MASK, (p0 >> 32) ^ c[3] ^ k[1], p0 & MASK]
+        k = [(k[0] + 0x9E3779B9) & MASK, (k[1] + 0xBB67AE85) & MASK]
+    return c
+
+
+def _tensor_philox(ctr: list[int], seed: int) -> list[int]:
+    words = [torch.tensor([v], dtype=torch.int64) for v in ctr]
+    return [int(w) for w in atoms.philox4x32(*words, seed)]
+
+
+@pytest.mark.parametrize(
+    ("ctr", "key", "expected"),
+    [
+        ([0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
+        ([MASK] * 4, [MASK] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
+        (
+            [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344],
+            [0xA4093822, 0x299F31D0],
+            [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1],
+        ),
+    ],
+)
+def test_philox_matches_published_known_answers(ctr, key, expected):
+    assert _tensor_philox(ctr, key[0] | key[1] << 32) == expected
+
+
+def test_philox_matches_python_integer_reference_on_random_counters():
+    rng = random.Random(3)
+    for _ in range(50):
+        ctr = [rng.getrandbits(32) for _ in range(4)]
+        key = [rng.getrandbits(32), rng.getrandbits(32)]
+        assert _tensor_philox(ctr, key[0] | key[1] << 32) == _philox_reference(ctr, key)
+
+
+def test_atoms_identical_across_chunk_sizes_and_subsets():
+    dim = 1000  # not a multiple of 4: the last Philox quad is partly used
+    idx = torch.tensor([0, 5, 17, 1023, 4000], dtype=torch.int64)
+    whole = atoms.atoms_for(11, 3, 2, idx, dim)
+    for chunk in (1, 999, 3000, 1 << 20):
+        assert torch.equal(atoms.atoms_for(11, 3, 2, idx, dim, chunk_elements=chunk), whole)
+    one = atoms.atoms_for(11, 3, 2, idx[3:4], dim)
+    assert torch.equal(one[0], whole[3])
+    batched = atoms.gaussian_block(11, 3, torch.tensor([0, 2]), idx, dim)
+    assert torch.equal(batched[1], whole)
+
+
+def test_inner_products_match_explicit_atoms_for_every_chunking():
+    gen = torch.Generator().manual_seed(0)
+    residuals = torch.randn(3, 257, generator=gen)
+    reference = torch.stack(
+        [atoms.atoms_for(5, 1, f, torch.arange(300), 257) @ residuals[f] for f in range(3)]
+    )
+    for chunk in (257 * 3, 10_000, 1 << 22):
+        got = atoms.inner_products(5, 1, residuals, 300, chunk_elements=chunk)
+        torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-4)
+
+
+def test_codebooks_differ_between_steps_frames_and_seeds():
+    idx = torch.arange(4)
+    base = atoms.atoms_for(1, 0, 0, idx, 64)
+    for other in (
+        atoms.atoms_for(1, 1, 0, idx, 64),
+        atoms.atoms_for(1, 0, 1, idx, 64),
+        atoms.atoms_for(2, 0, 0, idx, 64),
+    ):
+        assert not torch.equal(base, other)
+    assert not torch.equal(base[0], base[1])
+
+
+def test_atoms_are_standard_gaussian_and_uncorrelated():
+    block = atoms.gaussian_block(7, 2, torch.tensor([0]), torch.arange(64), 4096)[0].double()
+    values = block.flatten()
+    assert abs(values.mean()) < 0.01
+    assert abs(values.var() - 1.0) < 0.01
+    assert abs((values**4).mean() - 3.0) < 0.08  # Gaussian kurtosis, not uniform (1.8) or ±1 (1.0)
+    assert values.abs().max() < 5.2
+    corr = torch.corrcoef(block)
+    off_diagonal = corr - torch.eye(64, dtype=corr.dtype)
+    assert off_diagonal.abs().max() < 0.07  # 4096 samples: |ρ| ~ N(0, 1/64)
+
+
+def test_initial_noise_is_deterministic_and_not_a_codebook_atom():
+    a = atoms.initial_noise(9, 3, 128)
+    assert torch.equal(a, atoms.initial_noise(9, 3, 128))
+    assert not torch.equal(a[0], atoms.atoms_for(9, 0, 0, torch.tensor([0]), 128)[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_atoms_bit_identical_on_cpu_and_gpu():
+    idx = torch.tensor([0, 3, 9999, 16383], dtype=torch.int64)
+    cpu = atoms.gaussian_block(42, 5, torch.arange(3), idx, 230_400 // 16)
+    gpu = atoms.gaussian_block(42, 5, torch.arange(3, device="cuda"), idx.cuda(), 230_400 // 16)
+    assert torch.equal(cpu, gpu.cpu())
+    noise_cpu = atoms.initial_noise(42, 2, 1000)
+    assert torch.equal(noise_cpu, atoms.initial_noise(42, 2, 1000, "cuda").cpu())
