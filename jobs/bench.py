@@ -1,0 +1,67 @@
+"""`vidarc bench ...`: benchmarks as a sub-app, so each benchmark is `vidarc bench <name>`.
+
+`vidarc bench pipeline` compares a codec's own throughput with the whole Ray pipeline's on the same
+clips (see `pipeline.bench`). Other benchmarks register more commands on `bench_app`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+bench_app = typer.Typer(
+    name="bench", help="Benchmarks (print measured numbers).", no_args_is_help=True, add_completion=False
+)
+
+
+@bench_app.callback()
+def _benchmarks() -> None:
+    """Benchmarks (print measured numbers)."""  # a callback keeps `pipeline` a subcommand
+
+
+@bench_app.command("pipeline")
+def pipeline_command(
+    codec: Annotated[str, typer.Option(help="Codec to measure.")] = "x264",
+    videos: Annotated[int, typer.Option(min=1, help="Synthetic clips.")] = 4,
+    frames: Annotated[int, typer.Option(min=1, help="Frames per clip.")] = 96,
+    size: Annotated[str, typer.Option(help="Clip size WxH.")] = "640x360",
+    gop_frames: Annotated[int, typer.Option(min=1, help="Frames per GOP.")] = 48,
+    quality: Annotated[
+        float | None, typer.Option(help="Codec-native quality (default: the codec's).")
+    ] = None,
+    metrics_every: Annotated[
+        int, typer.Option(min=1, help="The pipeline measures quality on every Nth GOP.")
+    ] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+) -> None:
+    """Codec throughput alone vs the whole pipeline through Ray, on the same clips; prints the ratio."""
+    from pipeline.bench import parse_size, result_record, run_pipeline_bench
+
+    try:
+        width, height = parse_size(size)
+        result = run_pipeline_bench(
+            codec=codec, videos=videos, frames=frames, width=width, height=height, gop_frames=gop_frames,
+            quality=quality, metrics_every=metrics_every,
+        )  # fmt: skip
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if as_json:
+        sys.stdout.write(json.dumps(result_record(result), indent=2) + "\n")
+    else:
+        print("\n".join(result.lines()))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")
+
+
+def main() -> None:
+    bench_app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""`vidarc inspect ARCHIVE_OBJECT` and `vidarc ls OUT`: what one object holds, what an archive holds.
+
+Both print rich tables, or JSON with `--json` for scripts. Errors are one line, exit code 2.
+`python -m jobs.inspect_archive OBJECT` runs `inspect`; `python -m jobs.inspect_archive ls OUT` runs `ls`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+
+def _fail(message: str) -> None:
+    from pipeline.storage import redact
+
+    print(f"error: {redact(message)}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def inspect_command(
+    archive_object: Annotated[str, typer.Argument(help="A .vdrc object: local path or fsspec URL.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
+) -> None:
+    """Header, model, GOP index and rates of one archive object (reads only its index)."""
+    from pipeline.inspect import InspectError, inspect_object
+
+    try:
+        report = inspect_object(archive_object, endpoint_url=endpoint_url)
+    except InspectError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    header = Table(title=f"{report['uri']} ({report['object_bytes']} bytes)", show_header=False)
+    for key, value in sorted(report["header"].items()):
+        header.add_row(key, json.dumps(value, default=str) if isinstance(value, dict | list) else str(value))
+    console.print(header)
+    for attachment in report["attachments"]:
+        console.print(f"attachment {attachment['name']}: {attachment['bytes']} bytes, {attachment['info']}")
+    gops = Table(title="GOP index")
+    for name in ("GOP", "first frame", "frames", "offset", "length", "crc32c", "bpp", "kbps"):
+        gops.add_column(name, justify="right")
+    for g in report["gops"]:
+        gops.add_row(
+            str(g["index"]), str(g["first_frame"]), str(g["frame_count"]), str(g["offset"]),
+            str(g["length"]), g["crc32c"], _fmt(g["bpp"], 4), _fmt(g["kbps"], 1),
+        )  # fmt: skip
+    console.print(gops)
+    t = report["totals"]
+    console.print(
+        f"total: {t['frames']} frames in {t['gops']} GOPs, {t['payload_bytes']} payload bytes, "
+        f"{t['bpp']:.4f} bpp, {t['kbps']:.1f} kbps ({t['seconds']:.2f} s)"
+    )
+
+
+def ls_command(
+    out: Annotated[str, typer.Argument(help="Archive root: local folder or fsspec URL.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
+) -> None:
+    """Videos in an archive with status, frames, bytes, rate and quality."""
+    from pipeline.inspect import InspectError, list_archive
+
+    try:
+        videos = list_archive(out, endpoint_url=endpoint_url)
+    except InspectError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        sys.stdout.write(json.dumps([dataclasses.asdict(v) for v in videos], indent=2) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{out}: {len(videos)} videos")
+    for name in ("video", "source", "status", "codec", "frames", "bytes", "bpp", "kbps", "PSNR", "MS-SSIM"):
+        text = name in ("video", "source", "status", "codec")
+        table.add_column(name, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
+    for v in videos:
+        source = v.source_uri.rstrip("/").rsplit("/", 1)[-1] if v.source_uri else "-"
+        table.add_row(
+            v.video_key, source, v.status, v.codec or "-", str(v.frames), str(v.payload_bytes),
+            _fmt(v.bpp, 4), _fmt(v.kbps, 1), _fmt(v.psnr, 2), _fmt(v.ms_ssim, 4),
+        )  # fmt: skip
+    console = Console()
+    console.print(table)
+    for v in videos:
+        if v.error:
+            console.print(f"{v.video_key}: {v.error}", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect_command)
+    app.command("ls")(ls_command)
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+    register(app)
+    argv = sys.argv[1:]
+    app(argv if argv and argv[0] in ("inspect", "ls") else ["inspect", *argv])
+
+
+if __name__ == "__main__":
+    main()

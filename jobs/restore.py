@@ -1,0 +1,56 @@
+"""`vidarc restore OUT VIDEO DEST` and `python -m jobs.restore ...`: write a video back out of an archive.
+
+VIDEO is a video_key or a source name (its file name or path relative to SRC, if unique). DEST ends in
+.mp4 (H.264 CRF 10) or .mkv (lossless FFV1). Exit codes: 0 written, 2 any error (one line; no DEST).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+COMMAND_HELP = "Restore a video (or a frame range) from an archive into DEST (.mp4 or .mkv)."
+
+
+def restore_command(
+    out: Annotated[str, typer.Argument(help="Archive root: local folder or fsspec URL.")],
+    video: Annotated[str, typer.Argument(help="video_key, or the source's file name / relative path.")],
+    dest: Annotated[str, typer.Argument(help="Output file (.mp4 or .mkv), local or fsspec URL.")],
+    frames: Annotated[str | None, typer.Option(help="Half-open frame range A:B (A: or :B allowed).")] = None,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda: where to decode.")] = "cpu",
+    model: Annotated[str | None, typer.Option(help="Model directory for neural codecs.")] = None,
+) -> None:
+    """Restore a video (or a frame range) from an archive into DEST (.mp4 or .mkv)."""
+    from pipeline.restore import RestoreError, parse_frame_range, restore_video
+    from pipeline.storage import StorageError, redact
+
+    try:
+        span = parse_frame_range(frames) if frames else None
+        result = restore_video(
+            out, video, dest, frames=span, endpoint_url=endpoint_url, device=device, model=model
+        )
+    except (RestoreError, StorageError, OSError) as exc:
+        print(f"error: {redact(str(exc).splitlines()[0])}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(
+        f"restored {result.video_key} frames {result.first_frame}:{result.first_frame + result.frame_count} "
+        f"({result.gops_decoded} GOPs, {result.bytes_read} bytes read"
+        f"{', with audio' if result.audio else ''}) to {result.dest}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("restore", help=COMMAND_HELP)(restore_command)
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(help=COMMAND_HELP)(restore_command)
+    app()
+
+
+if __name__ == "__main__":
+    main()

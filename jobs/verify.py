@@ -1,0 +1,85 @@
+"""`vidarc verify OUT` and `python -m jobs.verify OUT`: decode a seeded sample of an archive and check it.
+
+Exit codes: 0 everything checked is intact, 1 any failure (a corrupt byte, a missing object, a decode or
+quality mismatch; each printed as one line naming the object and GOP), 2 bad options or unreadable OUT.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+COMMAND_HELP = "Decode a seeded sample of an archive's GOPs from the stored bytes and check them."
+
+
+def verify_command(
+    out: Annotated[str, typer.Argument(help="Archive root: local folder or fsspec URL.")],
+    fraction: Annotated[float | None, typer.Option(help="Verify this fraction of all GOPs.")] = None,
+    count: Annotated[int | None, typer.Option(help="Verify this many GOPs.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the GOP sample.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto: where to decode.")] = "cpu",
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
+    scan: Annotated[
+        str, typer.Option(help="auto | full | index: CRC every byte, or only each container's index.")
+    ] = "auto",
+    model: Annotated[str | None, typer.Option(help="Model directory for neural codecs.")] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address: decode the sample as Ray tasks there.")
+    ] = None,
+) -> None:
+    """Decode a seeded sample of an archive's GOPs from the stored bytes and check them."""
+    from pipeline.storage import redact
+    from pipeline.verify import VerifyError, run_verify
+
+    if device not in ("cpu", "cuda", "auto"):
+        print(f"error: --device must be cpu, cuda or auto, got {device!r}", file=sys.stderr)
+        raise typer.Exit(2)
+    owned = False
+    try:
+        if address:
+            import ray
+
+            owned = not ray.is_initialized()
+            if owned:
+                ray.init(address=address, log_to_driver=False)
+        report = run_verify(
+            out, fraction=fraction, count=count, seed=seed, device=device, endpoint_url=endpoint_url,
+            scan=scan, model=model,
+        )  # fmt: skip
+    except VerifyError as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    finally:
+        if owned:
+            import ray
+
+            ray.shutdown()
+    decoded = sum(1 for r in report.rows if r.get("decode_ok") is not None)
+    print(
+        f"verify {report.verify_run_id}: {decoded} of {report.gops_total} GOPs decoded, "
+        f"{report.containers_checked} containers checked ({report.scan} scan), "
+        f"{len(report.failures)} failures"
+    )
+    for warning in report.warnings:
+        print(f"  note: {warning}")
+    for failure in report.failures:
+        print(f"  FAILED: {failure}", file=sys.stderr)
+    if report.output_uri:
+        print(f"rows written to {report.output_uri}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify", help=COMMAND_HELP)(verify_command)
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(help=COMMAND_HELP)(verify_command)
+    app()
+
+
+if __name__ == "__main__":
+    main()

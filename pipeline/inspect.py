@@ -1,0 +1,185 @@
+"""Looking inside an archive: one object's header and GOP index (`inspect`), or its videos (`ls`).
+
+`inspect_object` reads only the object's tail (one ranged GET for the index), never its payloads.
+`list_archive` reads the manifest and the done/failed markers, never the containers.
+
+Rates follow the standard definitions: bpp = bits / (width · height · frames); kbps over the frames'
+duration at the recorded rate. A video's mean PSNR / MS-SSIM in `ls` is the frame-weighted mean of its
+GOPs' values over the GOPs that were measured (null when none was: never a made-up value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from fractions import Fraction
+from typing import Any
+
+from codec.base import bits_per_pixel, kilobits_per_second
+from pipeline.container import ContainerError, read_index
+from pipeline.runinfo import list_markers
+from pipeline.storage import StorageError, check_reachable, filesystem, join, range_reader, redact
+
+
+class InspectError(Exception):
+    """The object or archive cannot be read; one line naming it."""
+
+
+def inspect_object(uri: str, *, endpoint_url: str | None = None) -> dict[str, Any]:
+    """Header, model, attachments, GOP index with per-GOP rates, and totals of one `.vdrc` object."""
+    try:
+        fs, path = filesystem(uri, endpoint_url=endpoint_url)
+        size = fs.size(path)
+    except FileNotFoundError:
+        raise InspectError(f"{uri}: no such object") from None
+    except StorageError as exc:
+        raise InspectError(str(exc)) from None
+    except Exception as exc:
+        raise InspectError(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})") from None
+    try:
+        index = read_index(range_reader(fs, path), size, name=uri)
+    except ContainerError as exc:
+        raise InspectError(str(exc)) from None
+    header = {k: v for k, v in index.header.items() if k != "attachments"}
+    width, height = int(header["width"]), int(header["height"])
+    fps = Fraction(int(header.get("fps_num") or 25), int(header.get("fps_den") or 1))
+    gops = [
+        {
+            "index": g.index,
+            "first_frame": g.first_frame,
+            "frame_count": g.frame_count,
+            "offset": g.offset,
+            "length": g.length,
+            "crc32c": f"{g.crc32c:08x}",
+            "bpp": bits_per_pixel(g.length, width, height, g.frame_count),
+            "kbps": kilobits_per_second(g.length, g.frame_count, fps),
+        }
+        for g in index.gops
+    ]
+    payload = sum(g.length for g in index.gops)
+    frames = index.frame_count
+    return {
+        "uri": uri,
+        "object_bytes": size,
+        "header": header,
+        "model": {k: header.get(k) for k in ("codec", "codec_version", "model_id", "model_sha256")},
+        "attachments": [
+            {"name": a.name, "bytes": a.length, "crc32c": f"{a.crc32c:08x}", "info": a.info}
+            for a in index.attachments
+        ],
+        "gops": gops,
+        "totals": {
+            "frames": frames,
+            "gops": len(gops),
+            "payload_bytes": payload,
+            "bpp": bits_per_pixel(payload, width, height, frames),
+            "kbps": kilobits_per_second(payload, frames, fps),
+            "object_bpp": bits_per_pixel(size, width, height, frames),
+            "seconds": float(frames / fps),
+        },
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoListing:
+    video_key: str
+    source_uri: str | None
+    status: str  # ok | failed | incomplete
+    codec: str | None
+    width: int | None
+    height: int | None
+    frames: int
+    gops: int
+    payload_bytes: int
+    bpp: float | None
+    kbps: float | None
+    psnr: float | None
+    ms_ssim: float | None
+    error: str | None
+
+
+def list_archive(out: str, *, endpoint_url: str | None = None) -> list[VideoListing]:
+    """Every video the archive knows of, from its manifest rows and markers.
+
+    Status: `ok` (done marker and ok rows), `failed` (a failed row or marker), `incomplete` (rows
+    without a done marker, or a marker without rows: a run stopped between commit steps).
+    """
+    import pyarrow.dataset as ds
+
+    from pipeline.schema import MANIFEST_SCHEMA
+
+    try:
+        fs, root = filesystem(out, endpoint_url=endpoint_url)
+        check_reachable(fs, root, out, must_exist=True)
+        folder = join(root, "manifest")
+        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet")) if fs.exists(folder) else []
+        done, failed = list_markers(fs, root, "done"), list_markers(fs, root, "failed")
+        columns = [
+            "video_key", "source_uri", "status", "codec", "width", "height", "frame_count", "fps_num",
+            "fps_den", "fps", "payload_bytes", "psnr", "ms_ssim", "error", "gop_index",
+        ]  # fmt: skip
+        rows = (
+            ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs)
+            .to_table(columns=columns)
+            .to_pylist()
+            if parts
+            else []
+        )
+    except StorageError as exc:
+        raise InspectError(str(exc)) from None
+    except Exception as exc:
+        raise InspectError(
+            f"{out}: cannot read the archive ({type(exc).__name__}: {redact(str(exc))})"
+        ) from None
+    by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_video[row["video_key"]].append(row)
+    for key in done | failed:
+        by_video.setdefault(key, [])
+    return [_listing(key, by_video[key], key in done, key in failed) for key in sorted(by_video)]
+
+
+def _listing(key: str, rows: list[dict[str, Any]], done: bool, failed: bool) -> VideoListing:
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    failed_rows = [r for r in rows if r["status"] != "ok"]
+    if failed_rows or (failed and not done):
+        status = "failed"
+    elif ok_rows and done:
+        status = "ok"
+    else:
+        status = "incomplete"
+    first = (ok_rows or rows or [{}])[0]
+    frames = sum(r["frame_count"] or 0 for r in ok_rows)
+    payload = sum(r["payload_bytes"] or 0 for r in ok_rows)
+    width, height = first.get("width"), first.get("height")
+    bpp = kbps = None
+    if ok_rows and frames and width and height:
+        bpp = bits_per_pixel(payload, width, height, frames)
+        if first.get("fps_num") and first.get("fps_den"):
+            kbps = kilobits_per_second(payload, frames, Fraction(first["fps_num"], first["fps_den"]))
+        elif first.get("fps"):
+            kbps = 8.0 * payload / (frames / first["fps"]) / 1000.0
+    return VideoListing(
+        video_key=key,
+        source_uri=first.get("source_uri"),
+        status=status,
+        codec=first.get("codec"),
+        width=width,
+        height=height,
+        frames=frames,
+        gops=len(ok_rows),
+        payload_bytes=payload,
+        bpp=bpp,
+        kbps=kbps,
+        psnr=_weighted_mean(ok_rows, "psnr"),
+        ms_ssim=_weighted_mean(ok_rows, "ms_ssim"),
+        error=next((r["error"] for r in failed_rows if r.get("error")), None),
+    )
+
+
+def _weighted_mean(rows: list[dict[str, Any]], column: str) -> float | None:
+    measured = [(r[column], r["frame_count"] or 0) for r in rows if r.get(column) is not None]
+    weight = sum(w for _, w in measured)
+    if not measured or weight == 0:
+        return None
+    return sum(v * w for v, w in measured) / weight

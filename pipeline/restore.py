@@ -1,0 +1,442 @@
+"""Restoring a video (or a frame range of it) from an archive into a playable file.
+
+A restore reads only what it needs: the container's index with one ranged read from the end, then the
+payloads of the GOPs that cover the requested frames, one ranged read each. Frames are decoded with the
+codec the header names (`build_decoder`, shared with `verify`), re-encoded at high quality and muxed
+with the audio attachment, stream-copied back as it was in the source.
+
+Choices where the brief is silent:
+- `--frames A:B` is half-open like a Python slice (frames A..B-1; `A:` = to the end, `:B` = from 0).
+- DEST `.mkv` is lossless (FFV1 on RGB (bgr0), so the decoded frames come back bit-exactly); `.mp4` is
+  H.264 at CRF 10 (visually transparent), 4:2:0 when both sides are even, else 4:4:4 (4:2:0 cannot
+  hold odd sizes), so an mp4 plays everywhere and an mkv is an exact copy of the archive's frames.
+- Timing: a constant-rate source is written at its rational rate (time base 1/fps); a variable-rate
+  one with its original timestamps from the `frame_pts.i64` attachment. A frame range starts at 0.
+- Audio for a frame range: the audio packets overlapping the range's time span, shifted to start at
+  0. Packets are kept whole (stream copy cannot cut inside one), so the audio may start up to one
+  packet (about 21 ms for AAC at 48 kHz) early and end one packet late.
+- Rotation metadata is written back (frames are stored as decoded, unrotated).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import tempfile
+import uuid
+from fractions import Fraction
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from codec.base import Codec
+from codec.errors import CodecError
+from pipeline.container import ContainerError, ContainerIndex, GopEntry, read_attachment, read_gop, read_index
+from pipeline.storage import StorageError, filesystem, full_uri, is_local, join, open_atomic, redact
+
+AUDIO_ATTACHMENT = "audio.mka"
+TIMESTAMPS_ATTACHMENT = "frame_pts.i64"
+DEST_FORMATS = {".mp4": "mp4", ".mkv": "matroska"}
+MP4_CRF = 10
+
+
+class RestoreError(Exception):
+    """The video cannot be restored (unknown name, damaged archive, bad range, bad DEST): one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreResult:
+    dest: str
+    video_key: str
+    archive_uri: str
+    first_frame: int
+    frame_count: int
+    fps: Fraction
+    gops_decoded: int
+    bytes_read: int
+    audio: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchivedVideo:
+    """One video of an archive as the manifest names it."""
+
+    video_key: str
+    source_uri: str | None
+    archive_uri: str
+    status: str
+
+
+def restore_video(
+    out: str,
+    video: str,
+    dest: str,
+    *,
+    frames: tuple[int | None, int | None] | None = None,
+    endpoint_url: str | None = None,
+    device: str = "cpu",
+    model: str | None = None,
+) -> RestoreResult:
+    """Write `video` (a video_key or a source name) from archive `out` to `dest` (.mp4 or .mkv).
+
+    Raises RestoreError with a one-line reason; DEST is written atomically (never half a file).
+    """
+    suffix = PurePosixPath(dest).suffix.lower()
+    if suffix not in DEST_FORMATS:
+        raise RestoreError(f"{dest}: DEST must end in .mp4 or .mkv")
+    entry = find_video(out, video, endpoint_url=endpoint_url)
+    fs, path = filesystem(entry.archive_uri, endpoint_url=endpoint_url)
+    reads = CountingReader(fs, path)
+    try:
+        size = fs.size(path)
+    except FileNotFoundError:
+        raise RestoreError(f"{entry.archive_uri}: archive object is missing") from None
+    except Exception as exc:
+        raise RestoreError(
+            f"{entry.archive_uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})"
+        ) from None
+    try:
+        index = read_index(reads, size, name=entry.archive_uri)
+        first, stop = _frame_range(frames, index.frame_count, entry.archive_uri)
+        gops = [g for g in index.gops if g.first_frame < stop and g.first_frame + g.frame_count > first]
+        decoder = build_decoder(index.header, device=device, model=model, name=entry.archive_uri)
+        audio = _attachment(reads, index, AUDIO_ATTACHMENT, entry.archive_uri)
+        pts = _timestamps(reads, index, entry.archive_uri)
+        with _atomic_local_file(fs_dest_uri=dest, endpoint_url=endpoint_url, suffix=suffix) as tmp:
+            _write_video(
+                tmp,
+                DEST_FORMATS[suffix],
+                index,
+                gops,
+                decoder,
+                reads,
+                (first, stop),
+                audio,
+                pts,
+                entry.archive_uri,
+            )
+    except (ContainerError, CodecError) as exc:
+        raise RestoreError(str(exc).splitlines()[0]) from None
+    return RestoreResult(
+        dest=dest,
+        video_key=entry.video_key,
+        archive_uri=entry.archive_uri,
+        first_frame=first,
+        frame_count=stop - first,
+        fps=Fraction(int(index.header["fps_num"]), int(index.header["fps_den"])),
+        gops_decoded=len(gops),
+        bytes_read=reads.bytes_read,
+        audio=audio is not None,
+    )
+
+
+# ---- finding the video ------------------------------------------------------------------------------
+def archived_videos(out: str, *, endpoint_url: str | None = None) -> list[ArchivedVideo]:
+    """Every video the manifest of `out` names (one entry per video_key)."""
+    import pyarrow.dataset as ds
+
+    from pipeline.schema import MANIFEST_SCHEMA
+
+    fs, root = filesystem(out, endpoint_url=endpoint_url)
+    folder = join(root, "manifest")
+    try:
+        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet")) if fs.exists(folder) else []
+    except Exception as exc:
+        raise StorageError(
+            f"{out}: cannot list the manifest ({type(exc).__name__}: {redact(str(exc))})"
+        ) from None
+    if not parts:
+        raise RestoreError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
+    columns = ["video_key", "source_uri", "status"]
+    table = ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs).to_table(
+        columns=columns
+    )
+    videos: dict[str, ArchivedVideo] = {}
+    for row in table.to_pylist():
+        key = row["video_key"]
+        # the container under OUT (not the manifest's archive_uri): an archive may have been moved
+        archive_uri = full_uri(fs, join(root, "videos", f"{key}.vdrc"))
+        previous = videos.get(key)
+        status = row["status"] or "unknown"
+        if previous is not None and previous.status != "ok":
+            status = previous.status
+        videos[key] = ArchivedVideo(key, row["source_uri"], archive_uri, status)
+    return sorted(videos.values(), key=lambda v: v.video_key)
+
+
+def find_video(out: str, video: str, *, endpoint_url: str | None = None) -> ArchivedVideo:
+    """The archived video named `video`: its key, its source URI, its source's path relative to SRC
+    (any unique trailing path), or its file name. Ambiguous names list the candidates."""
+    videos = archived_videos(out, endpoint_url=endpoint_url)
+    matches = [v for v in videos if v.video_key == video]
+    if not matches:
+        matches = [v for v in videos if v.source_uri == video]
+    if not matches:
+        wanted = video.strip("/")
+        matches = [v for v in videos if v.source_uri and _path_ends_with(v.source_uri, wanted)]
+    if not matches:
+        raise RestoreError(f"{out}: no archived video named {video!r} (give a video_key or a source name)")
+    if len(matches) > 1:
+        listed = ", ".join(f"{m.video_key} ({m.source_uri})" for m in matches[:10])
+        raise RestoreError(f"{out}: {video!r} is ambiguous; candidates: {listed}")
+    match = matches[0]
+    if match.status != "ok":
+        raise RestoreError(f"{out}: {video!r} ({match.video_key}) was not archived (status {match.status})")
+    return match
+
+
+def _path_ends_with(uri: str, tail: str) -> bool:
+    parts, wanted = uri.rstrip("/").split("/"), tail.split("/")
+    return parts[-len(wanted) :] == wanted
+
+
+def _frame_range(frames: tuple[int | None, int | None] | None, total: int, name: str) -> tuple[int, int]:
+    if frames is None:
+        return 0, total
+    first = 0 if frames[0] is None else int(frames[0])
+    stop = total if frames[1] is None else int(frames[1])
+    if not 0 <= first < stop <= total:
+        raise RestoreError(f"{name}: frames {first}:{stop} are outside 0:{total} (A:B is half-open, A < B)")
+    return first, stop
+
+
+def parse_frame_range(text: str) -> tuple[int | None, int | None]:
+    """'A:B', 'A:' or ':B' -> (A, B); RestoreError for anything else."""
+    head, sep, tail = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return (int(head) if head.strip() else None, int(tail) if tail.strip() else None)
+    except ValueError:
+        raise RestoreError(f"--frames {text!r}: expected A:B (half-open, e.g. 0:48)") from None
+
+
+# ---- decoding -------------------------------------------------------------------------------------
+def resolve_model(header: dict[str, Any], model: str | None) -> str | None:
+    """The model directory to decode with: the user's `model`, else the bundled model the header's
+    model_id ("name@version") names, else None (classic codecs, or the codec's own default)."""
+    if model is not None or not header.get("model_id"):
+        return model
+    from codec.modeldir import bundled_model_path
+
+    bundled = bundled_model_path(str(header["model_id"]).split("@", 1)[0])
+    return str(bundled) if bundled.is_dir() else None
+
+
+def build_decoder(header: dict[str, Any], *, device: str, model: str | None = None, name: str) -> Codec:
+    """The codec the header names, with the weights it was made with (refuses other weights)."""
+    from pipeline.encode_worker import build_codec
+
+    codec_name = header.get("codec")
+    if not codec_name:
+        raise ContainerError(f"{name}: the header names no codec")
+    try:
+        codec = build_codec(str(codec_name), model=resolve_model(header, model), device=device, options={})
+    except ValueError as exc:  # unknown codec name
+        raise ContainerError(f"{name}: {exc}") from None
+    except CodecError as exc:
+        raise CodecError(f"{name}: cannot build the {codec_name} decoder ({exc})") from None
+    wanted = header.get("model_sha256")
+    if wanted and codec.model_sha256 != wanted:
+        raise CodecError(
+            f"{name}: made with model {header.get('model_id')} sha256 {str(wanted)[:12]}…, but the decoder "
+            f"holds {codec.model_id} sha256 {str(codec.model_sha256)[:12]}… (give --model with the right weights)"
+        )
+    return codec
+
+
+def decode_gop(codec: Codec, read: Any, entry: GopEntry, header: dict[str, Any], *, name: str) -> np.ndarray:
+    """One GOP's frames from a ranged read of its payload (CRC-checked first)."""
+    payload = read_gop(read, entry, name=name)
+    try:
+        return codec.decode(payload, entry.frame_count, int(header["width"]), int(header["height"]))
+    except CodecError as exc:
+        raise CodecError(
+            f"{name}: GOP {entry.index} (frames {entry.first_frame}+{entry.frame_count}): {exc}"
+        ) from None
+
+
+class CountingReader:
+    """A RangeReader (fresh ranged GETs) that counts the bytes it fetched."""
+
+    def __init__(self, fs: Any, path: str) -> None:
+        self.fs, self.path, self.bytes_read, self.reads = fs, path, 0, 0
+
+    def __call__(self, offset: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        data = self.fs.cat_file(self.path, start=offset, end=offset + length)
+        self.bytes_read += len(data)
+        self.reads += 1
+        return data
+
+
+def _attachment(read: Any, index: ContainerIndex, name: str, uri: str) -> bytes | None:
+    attachment = index.attachment(name)
+    return None if attachment is None else read_attachment(read, attachment, name=uri)
+
+
+def _timestamps(read: Any, index: ContainerIndex, uri: str) -> tuple[np.ndarray, Fraction] | None:
+    """Per-frame timestamps and their time base for a variable-rate source, else None."""
+    attachment = index.attachment(TIMESTAMPS_ATTACHMENT)
+    if attachment is None or not attachment.info.get("time_base"):
+        return None
+    blob = read_attachment(read, attachment, name=uri)
+    pts = np.frombuffer(blob, dtype="<i8")
+    if len(pts) != index.frame_count:
+        raise ContainerError(f"{uri}: {len(pts)} frame timestamps for {index.frame_count} frames")
+    return pts, Fraction(attachment.info["time_base"])
+
+
+# ---- writing --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _atomic_local_file(*, fs_dest_uri: str, endpoint_url: str | None, suffix: str):
+    """A local temporary path whose content becomes DEST only if the block succeeds.
+
+    Local DEST: a hidden temp file beside it, renamed. Remote DEST: a local temp file, then an atomic
+    upload (`open_atomic`), because the mp4 muxer must seek back to write its index.
+    """
+    fs, path = filesystem(fs_dest_uri, endpoint_url=endpoint_url)
+    local = is_local(fs)
+    if local:
+        folder = os.path.dirname(path) or "."
+        if not os.path.isdir(folder):
+            raise RestoreError(f"{fs_dest_uri}: folder {folder} does not exist")
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}{suffix}")
+    else:
+        handle, tmp = tempfile.mkstemp(suffix=suffix, prefix="vidarc-restore-")
+        os.close(handle)
+    try:
+        yield tmp
+        if local:
+            os.replace(tmp, path)
+        else:
+            with open(tmp, "rb") as source, open_atomic(fs, path) as target:
+                for block in iter(lambda: source.read(8 << 20), b""):
+                    target.write(block)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _write_video(
+    tmp: str,
+    fmt: str,
+    index: ContainerIndex,
+    gops: list[GopEntry],
+    codec: Codec,
+    read: Any,
+    span: tuple[int, int],
+    audio: bytes | None,
+    vfr_pts: tuple[np.ndarray, Fraction] | None,
+    name: str,
+) -> None:
+    import av
+
+    header = index.header
+    first, stop = span
+    width, height = int(header["width"]), int(header["height"])
+    fps = Fraction(int(header["fps_num"]), int(header["fps_den"]))
+    if vfr_pts is not None:
+        time_base, pts = vfr_pts[1], vfr_pts[0] - vfr_pts[0][first]
+    else:
+        time_base, pts = 1 / fps, np.arange(index.frame_count, dtype=np.int64) - first
+    start_seconds = float(first / fps) if vfr_pts is None else float(vfr_pts[0][first] * vfr_pts[1])
+    end_seconds = start_seconds + _span_seconds(first, stop, fps, vfr_pts)
+    if first == 0 and stop == index.frame_count:
+        end_seconds = float("inf")  # a whole video keeps all its audio, even a tail past the last frame
+    audio_in = av.open(io.BytesIO(audio), mode="r", format="matroska") if audio else None
+    try:
+        with av.open(tmp, mode="w", format=fmt) as container:
+            stream = _video_stream(container, fmt, width, height, fps, time_base)
+            if header.get("rotation"):
+                with contextlib.suppress(AttributeError, ValueError):
+                    stream.set_display_rotation(int(header["rotation"]))
+            audio_out = None
+            audio_packets: Any = iter(())
+            if audio_in is not None and audio_in.streams.audio:
+                source_audio = audio_in.streams.audio[0]
+                audio_out = container.add_stream_from_template(source_audio)
+                audio_packets = _audio_packets(audio_in, source_audio, start_seconds, end_seconds)
+            pending_audio = None
+            for entry in gops:
+                frames = decode_gop(codec, read, entry, header, name=name)
+                for offset, image in enumerate(frames):
+                    number = entry.first_frame + offset
+                    if not first <= number < stop:
+                        continue
+                    picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+                    picture.pts, picture.time_base = int(pts[number]), time_base
+                    container.mux(stream.encode(picture))
+                # interleave: audio up to the end of this GOP's frames (restored-file time)
+                gop_end = min(stop, entry.first_frame + entry.frame_count)
+                until = _span_seconds(first, gop_end, fps, vfr_pts)
+                pending_audio = _mux_audio_until(container, audio_out, audio_packets, pending_audio, until)
+            container.mux(stream.encode())
+            _mux_audio_until(container, audio_out, audio_packets, pending_audio, float("inf"))
+    finally:
+        if audio_in is not None:
+            audio_in.close()
+
+
+def _span_seconds(first: int, stop: int, fps: Fraction, vfr: tuple[np.ndarray, Fraction] | None) -> float:
+    if vfr is None or stop >= len(vfr[0]):
+        return float((stop - first) / fps)
+    return float((vfr[0][stop] - vfr[0][first]) * vfr[1])
+
+
+def _video_stream(
+    container: Any, fmt: str, width: int, height: int, fps: Fraction, time_base: Fraction
+) -> Any:
+    if fmt == "matroska":
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.pix_fmt = "bgr0"  # RGB kept as RGB: lossless for the decoded frames
+        stream.options = {"level": "3", "slicecrc": "1"}
+    else:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        stream.options = {"crf": str(MP4_CRF), "preset": "medium"}
+    stream.width, stream.height = width, height
+    stream.codec_context.time_base = time_base
+    return stream
+
+
+def _audio_packets(source: Any, stream: Any, start: float, end: float):
+    """Audio packets overlapping [start, end) seconds, as (packet, shifted pts)."""
+    time_base = stream.time_base
+    shift = None
+    for packet in source.demux(stream):
+        if packet.pts is None or packet.size == 0:
+            continue
+        begin = float(packet.pts * time_base)
+        finish = begin + float((packet.duration or 0) * time_base)
+        before = finish <= start if packet.duration else begin < start
+        if before or begin >= end:
+            continue
+        if shift is None:
+            shift = packet.pts if start > 0 else 0
+        yield packet, shift
+
+
+def _mux_audio_until(container: Any, out_stream: Any, packets: Any, pending: Any, until: float) -> Any:
+    """Mux audio packets that start before `until` seconds (of the restored file); returns the first
+    packet not yet due, to be muxed after the next GOP."""
+    if out_stream is None:
+        return None
+    while True:
+        if pending is None:
+            pending = next(packets, None)
+            if pending is None:
+                return None
+        packet, shift = pending
+        if float((packet.pts - shift) * packet.time_base) >= until:
+            return pending
+        packet.pts -= shift
+        if packet.dts is not None:
+            packet.dts -= shift
+        packet.stream = out_stream
+        container.mux(packet)
+        pending = None

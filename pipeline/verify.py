@@ -1,0 +1,521 @@
+"""Proving an archive: decode a seeded sample of GOPs from the stored bytes and check them.
+
+Two layers, both reading the objects afresh (ranged GETs, no cache):
+
+1. Integrity of every container (cheap, no decoding). By default (`scan="auto"`) every byte of every
+   container is checked (one ranged read per GOP) when the archive is small (≤ `FULL_SCAN_BYTES` in all): preamble, every GOP
+   CRC32C, every attachment CRC, the footer CRC, the reserved fields, and that GOPs, attachments and
+   footer tile the object with no unchecked gap — so a corrupted byte anywhere is caught. Larger
+   archives check each container's footer (index) CRC only — one ranged read per video — unless
+   `scan="full"`; `scan="index"` forces the cheap check. The index must also agree with the manifest
+   (offset, length, CRC per GOP), and every done marker must have its container and manifest rows.
+2. The sample: for each sampled GOP, one ranged read of the container's index and one of the payload
+   (CRC-checked), a decode with the codec and weights the header names (built once per codec/model;
+   other weights are refused), and — when the source is still readable and unchanged in size — the
+   PSNR of the decoded frames against the source, which must match the manifest's within tolerance.
+
+Tolerances (where the brief is silent): 0.05 dB. Classic decoders are bit-exact, so the recomputed
+PSNR is identical and the tolerance only absorbs float summation order. Neural codecs' entropy
+decoding is exact but their synthesis networks are not bit-exact across device classes: decoding on
+another device than the encoder (the manifest's `device`) allows `CROSS_DEVICE_TOLERANCE_DB` (0.5 dB).
+A codec that records `recon_sha256` in its params promises an exact reconstruction; it is compared
+(`recon_digest_ok`) when decoding on the encoder's device class.
+
+The default sample (neither fraction nor count): every GOP of an archive up to `DEFAULT_ALL_GOPS` GOPs,
+else a seeded sample of that many. With Ray initialised and more than `RAY_MIN_GOPS` GOPs sampled,
+decoding runs as Ray tasks (batches grouped by container, so each task reads an index once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from codec.errors import CodecError
+from pipeline.container import (
+    PREAMBLE,
+    TRAILER,
+    ContainerError,
+    ContainerIndex,
+    read_gop,
+    read_index,
+)
+from pipeline.restore import CountingReader, build_decoder
+from pipeline.runinfo import list_markers, utc_now
+from pipeline.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA, rows_to_table
+from pipeline.storage import (
+    StorageError,
+    check_reachable,
+    filesystem,
+    full_uri,
+    join,
+    redact,
+    write_bytes,
+)
+
+TOLERANCE_DB = 0.05
+CROSS_DEVICE_TOLERANCE_DB = 0.5
+CLASSIC_CODECS = frozenset({"x264", "x265", "av1"})
+FULL_SCAN_BYTES = 1 << 30
+DEFAULT_ALL_GOPS = 200
+RAY_MIN_GOPS = 8
+GOPS_PER_TASK = 16
+MANIFEST_COLUMNS = [
+    "run_id",
+    "video_key",
+    "source_uri",
+    "source_bytes",
+    "gop_index",
+    "first_frame",
+    "frame_count",
+    "codec",
+    "model_sha256",
+    "device",
+    "archive_uri",
+    "offset",
+    "length",
+    "crc32c",
+    "psnr",
+    "codec_params",
+    "status",
+]
+
+
+class VerifyError(Exception):
+    """Verify cannot run (bad options, no manifest, unreachable storage): one line, exit 2."""
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    verify_run_id: str
+    rows: list[dict[str, Any]]
+    failures: list[str]
+    warnings: list[str]
+    containers_checked: int
+    scan: str
+    gops_total: int
+    output_uri: str | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def run_verify(
+    out: str,
+    *,
+    fraction: float | None = None,
+    count: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    endpoint_url: str | None = None,
+    verify_run_id: str | None = None,
+    scan: str = "auto",
+    model: str | None = None,
+) -> VerifyReport:
+    """Verify archive `out`; writes `<out>/verify/part-<verify_run_id>.parquet` and returns the report.
+
+    Raises VerifyError (nothing written) when the options are invalid or the archive cannot be read.
+    """
+    if fraction is not None and count is not None:
+        raise VerifyError("give --fraction or --count, not both")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise VerifyError(f"--fraction must be in (0, 1], got {fraction}")
+    if count is not None and count < 1:
+        raise VerifyError(f"--count must be at least 1, got {count}")
+    if scan not in ("auto", "full", "index"):
+        raise VerifyError(f"scan must be auto, full or index, got {scan!r}")
+    if device == "auto":
+        device = "cuda" if _cuda() else "cpu"
+    verify_run_id = (
+        verify_run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    )
+    try:
+        fs, root = filesystem(out, endpoint_url=endpoint_url)
+        check_reachable(fs, root, out, must_exist=True)
+    except StorageError as exc:
+        raise VerifyError(str(exc)) from None
+    manifest = _read_manifest(fs, root, out)
+    ok_rows = sorted(
+        (r for r in manifest if r["status"] == "ok"), key=lambda r: (r["video_key"], r["gop_index"])
+    )
+    for row in ok_rows:  # the container under OUT, wherever the archive was written or moved from
+        row["archive_uri"] = full_uri(fs, join(root, "videos", f"{row['video_key']}.vdrc"))
+    failures: list[str] = []
+    warnings = [
+        f"{r['source_uri']}: recorded as failed by the archive run ({r.get('error') or 'no reason'})"
+        for r in manifest
+        if r["status"] != "ok" and r.get("gop_index") is None
+    ]
+    paths = _container_paths(fs, root, out)
+    sizes = {uri: size for uri, (_, size) in paths.items()}
+    failures += _check_markers(fs, root, ok_rows, sizes)
+    scan_mode = scan
+    if scan == "auto":
+        scan_mode = "full" if sum(sizes.values()) <= FULL_SCAN_BYTES else "index"
+    rows: list[dict[str, Any]] = []
+    by_container: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in ok_rows:
+        by_container[row["archive_uri"]].append(row)
+    checked = 0
+    for uri, container_rows in sorted(by_container.items()):
+        size = sizes.get(uri)
+        if size is None:
+            failures.append(f"{uri}: archive object is missing (manifest lists {len(container_rows)} GOPs)")
+            continue
+        checked += 1
+        problem = _check_container(fs, paths[uri][0], uri, size, container_rows, full=scan_mode == "full")
+        if problem:
+            failures.append(problem)
+            rows.append(_failed_row(container_rows[0], verify_run_id, device, problem, crc_ok=False))
+    sample = _sample(ok_rows, fraction, count, seed)
+    sample = [r for r in sample if r["archive_uri"] in sizes]
+    context = {"device": device, "endpoint_url": endpoint_url, "model": model, "verify_run_id": verify_run_id}
+    for result in _decode_all(sample, sizes, context):
+        rows.append(result)
+        if result["status"] != "ok":
+            failures.append(result["error"])
+        elif result.get("error"):
+            warnings.append(result["error"])
+            result["error"] = None
+    output_uri = None
+    if rows:
+        path = join(root, "verify", f"part-{verify_run_id}.parquet")
+        write_bytes(fs, path, _parquet(rows))
+        output_uri = full_uri(fs, path)
+    return VerifyReport(
+        verify_run_id=verify_run_id,
+        rows=rows,
+        failures=failures,
+        warnings=warnings,
+        containers_checked=checked,
+        scan=scan_mode,
+        gops_total=len(ok_rows),
+        output_uri=output_uri,
+    )
+
+
+# ---- reading the archive's records -------------------------------------------------------------
+def _read_manifest(fs: Any, root: str, out: str) -> list[dict[str, Any]]:
+    import pyarrow.dataset as ds
+
+    folder = join(root, "manifest")
+    try:
+        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet")) if fs.exists(folder) else []
+        if not parts:
+            raise VerifyError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
+        dataset = ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs)
+        columns = [*MANIFEST_COLUMNS, "error"]
+        return dataset.to_table(columns=columns).to_pylist()
+    except VerifyError:
+        raise
+    except Exception as exc:
+        raise VerifyError(
+            f"{out}: cannot read the manifest ({type(exc).__name__}: {redact(str(exc))})"
+        ) from None
+
+
+def _container_paths(fs: Any, root: str, out: str) -> dict[str, tuple[str, int]]:
+    """archive_uri -> (path, size) for every container, from one listing (no HEAD per object)."""
+    folder = join(root, "videos")
+    try:
+        entries = fs.ls(folder, detail=True) if fs.exists(folder) else []
+    except FileNotFoundError:
+        return {}
+    except Exception as exc:
+        raise VerifyError(f"{out}: cannot list videos/ ({type(exc).__name__}: {redact(str(exc))})") from None
+    return {
+        full_uri(fs, e["name"]): (e["name"], int(e["size"]))
+        for e in entries
+        if e.get("type") == "file" and e["name"].endswith(".vdrc")
+    }
+
+
+def _check_markers(fs: Any, root: str, ok_rows: list[dict[str, Any]], sizes: dict[str, int]) -> list[str]:
+    """Every done video must have manifest rows and its container."""
+    with_rows = {r["video_key"] for r in ok_rows}
+    stored = {uri.rsplit("/", 1)[-1].removesuffix(".vdrc") for uri in sizes}
+    problems = []
+    for key in sorted(list_markers(fs, root, "done")):
+        if key not in with_rows:
+            problems.append(f"{key}: marked done but the manifest has no rows for it")
+        elif key not in stored:
+            problems.append(f"{key}: marked done but its container videos/{key}.vdrc is missing")
+    return problems
+
+
+# ---- integrity of whole containers --------------------------------------------------------------
+def _check_container(
+    fs: Any, path: str, uri: str, size: int, rows: list[dict[str, Any]], *, full: bool
+) -> str | None:
+    """A one-line problem with the object, or None. `full` also reads every GOP and attachment (one
+    ranged read each, so memory stays bounded by the largest GOP, not the object)."""
+    read = CountingReader(fs, path)
+    try:
+        index = read_index(read, size, name=uri)
+        if full:
+            problem = _check_every_byte(read, index, uri)
+            if problem:
+                return problem
+    except ContainerError as exc:
+        return str(exc)
+    except FileNotFoundError:
+        return f"{uri}: archive object is missing"
+    except Exception as exc:
+        return f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})"
+    return _compare_with_manifest(index, rows, uri)
+
+
+def _check_every_byte(read: Any, index: ContainerIndex, uri: str) -> str | None:
+    """Preamble, every GOP and attachment CRC, reserved fields, and no byte left unchecked."""
+    from pipeline.container import END_MAGIC, FORMAT_VERSION, MAGIC, read_attachment
+
+    magic, version, reserved = PREAMBLE.unpack(read(0, PREAMBLE.size))
+    if magic != MAGIC or version != FORMAT_VERSION or reserved != 0:
+        return f"{uri}: corrupt preamble (magic, version or reserved field)"
+    trailer = TRAILER.unpack(read(index.size - TRAILER.size, TRAILER.size))
+    if trailer[4] != 0 or trailer[5] != END_MAGIC:
+        return f"{uri}: corrupt trailer (reserved field)"
+    spans = []
+    for entry in index.gops:
+        read_gop(read, entry, name=uri)
+        spans.append((entry.offset, entry.length))
+    for attachment in index.attachments:
+        read_attachment(read, attachment, name=uri)
+        spans.append((attachment.offset, attachment.length))
+    position = PREAMBLE.size
+    for offset, length in sorted(spans):
+        if offset != position:
+            return f"{uri}: bytes {position}..{offset} are not covered by any GOP or attachment"
+        position = offset + length
+    footer_offset = trailer[0]
+    if position != footer_offset:
+        return f"{uri}: bytes {position}..{footer_offset} before the footer are not covered by the index"
+    return None
+
+
+def _compare_with_manifest(index: ContainerIndex, rows: list[dict[str, Any]], uri: str) -> str | None:
+    for row in rows:
+        i = row["gop_index"]
+        if i is None or not 0 <= i < len(index.gops):
+            return f"{uri}: manifest GOP {i} is not in the container's index"
+        entry = index.gops[i]
+        stored = (entry.first_frame, entry.frame_count, entry.offset, entry.length, entry.crc32c)
+        listed = (row["first_frame"], row["frame_count"], row["offset"], row["length"], row["crc32c"])
+        if stored != listed:
+            return f"{uri}: GOP {i}: the manifest says (first, frames, offset, length, crc) {listed}, the index {stored}"
+    if len(rows) != len(index.gops):
+        return f"{uri}: the index has {len(index.gops)} GOPs, the manifest {len(rows)}"
+    return None
+
+
+# ---- the decoded sample -------------------------------------------------------------------------
+def _sample(rows: list[dict[str, Any]], fraction: float | None, count: int | None, seed: int) -> list[dict]:
+    if not rows:
+        return []
+    if count is not None:
+        k = min(count, len(rows))
+    elif fraction is not None:
+        k = max(1, math.ceil(fraction * len(rows)))
+    else:
+        k = min(len(rows), DEFAULT_ALL_GOPS)
+    picked = np.random.default_rng(seed).choice(len(rows), size=k, replace=False)
+    return [rows[i] for i in sorted(picked)]
+
+
+def _decode_all(sample: list[dict], sizes: dict[str, int], context: dict[str, Any]) -> list[dict[str, Any]]:
+    batches: list[list[tuple[dict, int]]] = []
+    current: list[tuple[dict, int]] = []
+    for row in sample:  # sorted by video, so batches group GOPs of the same container
+        if len(current) >= GOPS_PER_TASK:
+            batches.append(current)
+            current = []
+        current.append((row, sizes[row["archive_uri"]]))
+    if current:
+        batches.append(current)
+    import ray
+
+    if ray.is_initialized() and len(sample) > RAY_MIN_GOPS:
+        task = ray.remote(num_cpus=1, num_gpus=1 if context["device"] == "cuda" else 0)(verify_batch)
+        results = ray.get([task.remote(b, context) for b in batches])
+    else:
+        results = [verify_batch(b, context) for b in batches]
+    return [row for batch in results for row in batch]
+
+
+def verify_batch(batch: list[tuple[dict, int]], context: dict[str, Any]) -> list[dict[str, Any]]:
+    """Decode and check GOPs (Ray task body or in-process). Codecs are built once per batch."""
+    decoders: dict[tuple, Any] = {}
+    sources: dict[str, Any] = {}
+    return [_verify_one(row, size, context, decoders, sources) for row, size in batch]
+
+
+def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: dict) -> dict[str, Any]:
+    uri = row["archive_uri"]
+    label = f"{uri} GOP {row['gop_index']} (frames {row['first_frame']}+{row['frame_count']})"
+    device = context["device"]
+    result = _base_row(row, context["verify_run_id"], device)
+    fs, path = filesystem(uri, endpoint_url=context["endpoint_url"])
+    read = CountingReader(fs, path)
+    started = time.perf_counter()
+    try:
+        index = read_index(read, size, name=uri)  # fresh ranged read 1: the index
+        entry = index.gops[row["gop_index"]]
+        payload = read_gop(read, entry, name=uri)  # fresh ranged read 2: the payload, CRC-checked
+    except (ContainerError, IndexError) as exc:
+        return dict(result, crc_ok=False, status="failed", error=_line(label, exc))
+    except Exception as exc:
+        return dict(
+            result, status="failed", error=f"{label}: cannot read ({type(exc).__name__}: {redact(str(exc))})"
+        )
+    result["crc_ok"] = True
+    header = index.header
+    if header.get("codec") != row["codec"] or (header.get("model_sha256") or None) != (
+        row["model_sha256"] or None
+    ):
+        return dict(result, status="failed", error=f"{label}: header codec/model disagree with the manifest")
+    try:
+        key = (header.get("codec"), header.get("model_id"), header.get("model_sha256"))
+        if key not in decoders:
+            decoders[key] = build_decoder(header, device=device, model=context["model"], name=uri)
+        codec = decoders[key]
+        frames = codec.decode(payload, entry.frame_count, int(header["width"]), int(header["height"]))
+    except (CodecError, ContainerError) as exc:
+        return dict(result, decode_ok=False, status="failed", error=_line(label, exc))
+    except Exception as exc:  # a decoder crash on hostile bytes is still a verify failure, one line
+        return dict(
+            result,
+            decode_ok=False,
+            status="failed",
+            error=f"{label}: decode failed ({type(exc).__name__}: {exc})",
+        )
+    result["decode_seconds"] = time.perf_counter() - started
+    result["decode_ok"] = True
+    same_device = _device_class(device) == _device_class(row.get("device"))
+    params = _params(row.get("codec_params"))
+    if params.get("recon_sha256") and same_device:
+        result["recon_digest_ok"] = hashlib.sha256(frames.tobytes()).hexdigest() == params["recon_sha256"]
+        if not result["recon_digest_ok"]:
+            return dict(
+                result, status="failed", error=f"{label}: reconstruction digest differs from the encoder's"
+            )
+    if row.get("psnr") is None:
+        return dict(result, status="ok")
+    source, note = _source_frames(row, context, sources)
+    if source is None:
+        return dict(result, status="ok", error=f"{label}: quality not re-measured ({note})")
+    from pipeline.metrics import psnr_rgb
+
+    psnr = psnr_rgb(source, frames)
+    tolerance = TOLERANCE_DB if same_device or row["codec"] in CLASSIC_CODECS else CROSS_DEVICE_TOLERANCE_DB
+    result["psnr_verify"] = psnr
+    result["quality_ok"] = abs(psnr - row["psnr"]) <= tolerance
+    if not result["quality_ok"]:
+        return dict(
+            result,
+            status="failed",
+            error=f"{label}: PSNR {psnr:.3f} dB, the manifest says {row['psnr']:.3f} dB (tolerance {tolerance} dB)",
+        )
+    return dict(result, status="ok")
+
+
+def _source_frames(row: dict, context: dict, cache: dict) -> tuple[np.ndarray | None, str]:
+    """The source frames of this GOP, or (None, why) when the source is gone or changed."""
+    from pipeline import media
+
+    uri = row["source_uri"]
+    try:
+        if uri not in cache:
+            fs, path = filesystem(uri, endpoint_url=context["endpoint_url"])
+            if not fs.exists(path):
+                cache[uri] = "source no longer exists"
+            elif fs.size(path) != row["source_bytes"]:
+                cache[uri] = "source changed size since archiving"
+            else:
+                cache[uri] = media.probe(uri, endpoint_url=context["endpoint_url"])
+        info = cache[uri]
+        if isinstance(info, str):
+            return None, info
+        first, n = row["first_frame"], row["frame_count"]
+        pts = info.frame_pts[first : first + n] if info.frame_pts else None
+        frames = media.decode_frames(uri, first, n, expected_pts=pts, endpoint_url=context["endpoint_url"])
+        return frames, ""
+    except Exception as exc:
+        return None, f"source unreadable: {type(exc).__name__}: {redact(str(exc)).splitlines()[0]}"
+
+
+def _base_row(row: dict, verify_run_id: str, device: str) -> dict[str, Any]:
+    return {
+        "run_id": row["run_id"],
+        "verify_run_id": verify_run_id,
+        "video_key": row["video_key"],
+        "archive_uri": row["archive_uri"],
+        "gop_index": row["gop_index"],
+        "first_frame": row["first_frame"],
+        "frame_count": row["frame_count"],
+        "codec": row["codec"],
+        "device": device,
+        "crc_ok": None,
+        "decode_ok": None,
+        "recon_digest_ok": None,
+        "psnr_manifest": row.get("psnr"),
+        "psnr_verify": None,
+        "quality_ok": None,
+        "decode_seconds": None,
+        "status": None,
+        "error": None,
+        "created_at": utc_now(),
+    }
+
+
+def _failed_row(row: dict, verify_run_id: str, device: str, error: str, *, crc_ok: bool) -> dict[str, Any]:
+    """A whole-container failure found by the integrity scan (gop_index null)."""
+    base = _base_row(row, verify_run_id, device)
+    base.update(
+        gop_index=None, first_frame=None, frame_count=None, crc_ok=crc_ok, status="failed", error=error
+    )
+    return base
+
+
+def _line(label: str, exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return redact(text if text.startswith(label.split(" GOP ")[0]) else f"{label}: {text}")
+
+
+def _params(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _device_class(device: str | None) -> str:
+    return "cuda" if device and device.startswith("cuda") else "cpu"
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def _parquet(rows: list[dict[str, Any]]) -> bytes:
+    import io
+
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(rows_to_table(rows, VERIFY_SCHEMA), buffer, compression="zstd")
+    return buffer.getvalue()
