@@ -57,8 +57,8 @@ def tokenizer_command(
     directory = _guard(lambda: train_tokenizer(settings))
     psnr = reconstruction_psnr(str(directory), EVAL_IMAGES)
     summary = {
-        "architecture": settings.architecture, "steps": steps, "size": size, "frames": frames,
-        "batch": batch, "lr": lr, "data": data, "wall_seconds": round(time.monotonic() - started),
+        "architecture": settings.architecture, "steps": _steps_done(settings), "size": size, "frames": frames,
+        "batch": batch, "lr": lr, "data": data, "wall_seconds_last_run": round(time.monotonic() - started),
         "heldout_psnr_db": round(psnr, 2),
     }  # fmt: skip
     update_bundle_card(
@@ -95,15 +95,15 @@ def glvc_command(
     from pipeline.training.glvc import GlvcTraining, train_glvc
 
     settings = GlvcTraining(
-        data=data, tokenizer=tokenizer or f"{out.rstrip('/')}/tokenizer", out=out, steps=steps,
+        data=data, tokenizer=tokenizer, out=out, steps=steps,
         minutes=minutes, size=size, frames=frames, batch=batch, lr=lr, workers=workers, use_gpu=use_gpu,
         threads=threads, resume=resume, init=init, checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url,
     )  # fmt: skip
     started = time.monotonic()
     directory = _guard(lambda: train_glvc(settings))
     summary = {
-        "steps": steps, "size": size, "frames": frames, "batch": batch, "lr": lr, "data": data,
-        "wall_seconds": round(time.monotonic() - started),
+        "steps": _steps_done(settings), "size": size, "frames": frames, "batch": batch, "lr": lr, "data": data,
+        "wall_seconds_last_run": round(time.monotonic() - started),
     }  # fmt: skip
     update_bundle_card(
         out, "latent_codec", summary,
@@ -134,6 +134,16 @@ def flow_command(
         )
     )  # fmt: skip
     print(f"flow model written to {out}/flow: {summary}")
+
+
+def _steps_done(settings) -> int:
+    """Optimiser steps the written component has had (resumed runs included), from its last checkpoint."""
+    import json
+
+    from pipeline.training.loop import STATE_NAME, latest_checkpoint
+
+    checkpoint = latest_checkpoint(settings.resolved()["checkpoint_dir"])
+    return json.loads((checkpoint / STATE_NAME).read_text())["step"] if checkpoint else 0
 
 
 def _guard(run):

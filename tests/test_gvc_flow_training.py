@@ -15,8 +15,7 @@ from codec.modeldir import load_model_dir, write_model_card
 
 
 @pytest.mark.slow
-def test_train_flow_writes_a_bundle_component_that_gvc_loads(tmp_path, monkeypatch):
-    import ray
+def test_train_flow_writes_a_bundle_component_that_gvc_loads(tmp_path, monkeypatch, ray_address):
     from diffusers import AutoencoderKLWan
 
     from pipeline.synthetic import synthetic_clip
@@ -32,14 +31,10 @@ def test_train_flow_writes_a_bundle_component_that_gvc_loads(tmp_path, monkeypat
     write_model_card(
         tmp_path, name="tiny-test", version="3", kind="bundle", config={"tokenizer": {"z": 4}}, notes="tok"
     )
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        summary = train_flow(
-            tmp_path, max_steps=3, minutes=2, frames=5, size=32, clips_per_image=1, batch_size=2,
-            width=32, layers=1, text_dim=8, log_every=1,
-        )  # fmt: skip
-    finally:
-        ray.shutdown()
+    summary = train_flow(
+        tmp_path, max_steps=3, minutes=2, frames=5, size=32, clips_per_image=1, batch_size=2,
+        width=32, layers=1, text_dim=8, log_every=1,
+    )  # fmt: skip
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss_ema"])
     card = json.loads((tmp_path / "model_card.json").read_text())
     assert (card["name"], card["version"], card["kind"]) == ("tiny-test", "3", "bundle")

@@ -14,18 +14,19 @@ pretrained perceptual backbone is available here to build it honestly.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from pipeline.training.data import ClipSampler
 from pipeline.training.loop import (
+    TrainingRun,
     TrainLog,
     fit,
     latest_checkpoint,
     load_optimizer_state,
+    replace_directory,
     save_checkpoint,
     unwrap,
 )
@@ -34,34 +35,18 @@ COMPONENT = "latent_codec"
 
 
 @dataclasses.dataclass
-class GlvcTraining:
-    data: str
-    tokenizer: str
-    out: str
+class GlvcTraining(TrainingRun):
+    COMPONENT: ClassVar[str] = COMPONENT
+    PATHS: ClassVar[tuple[str, ...]] = (*TrainingRun.PATHS, "tokenizer")
+
+    tokenizer: str | None = None  # default: the bundle's own <out>/tokenizer
     steps: int = 3000
-    minutes: float | None = None
-    size: int = 64
-    frames: int = 17
-    batch: int = 4
-    lr: float = 5e-4
     pool: int = 96
     refresh_every: int = 8
-    workers: int = 1
-    use_gpu: bool = False
-    threads: int = 1
-    seed: int = 0
-    checkpoint_every: int = 200
-    log_every: int = 20
-    resume: bool = False
-    init: str | None = None
-    checkpoint_dir: str | None = None
-    endpoint_url: str | None = None
     architecture: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def resolved(self) -> dict[str, Any]:
-        config = dataclasses.asdict(self)
-        config["checkpoint_dir"] = self.checkpoint_dir or f"{self.out.rstrip('/')}.checkpoints/{COMPONENT}"
-        return config
+    def __post_init__(self) -> None:
+        self.tokenizer = self.tokenizer or f"{self.out.rstrip('/')}/tokenizer"
 
 
 class _CodecObjective(torch.nn.Module):
@@ -138,12 +123,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if rank == 0:
         codec = unwrap(model).codec
         _checkpoint(config, step, codec, optimizer)
-        target = Path(config["out"]) / COMPONENT
-        staging = target.with_name(f".{COMPONENT}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        codec.to("cpu").save_pretrained(staging)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        replace_directory(Path(config["out"]) / COMPONENT, codec.to("cpu").save_pretrained)
 
 
 def _checkpoint(config: dict[str, Any], step: int, codec, optimizer) -> None:

@@ -8,13 +8,14 @@ loaded as a model, inspected, or resumed from, and nothing is ever pickled.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,6 +23,55 @@ from safetensors.torch import load_file, save_file
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 LOG_NAME = "train_log.jsonl"
+
+
+@dataclasses.dataclass
+class TrainingRun:
+    """Options every stage shares; a stage subclasses it with its own (`COMPONENT` names its output)."""
+
+    COMPONENT: ClassVar[str] = ""
+    #: Option names holding local paths, made absolute for the workers.
+    PATHS: ClassVar[tuple[str, ...]] = ("out", "checkpoint_dir", "init", "data")
+
+    data: str
+    out: str
+    steps: int = 2000
+    minutes: float | None = None
+    size: int = 64
+    frames: int = 17
+    batch: int = 4
+    lr: float = 5e-4
+    workers: int = 1
+    use_gpu: bool = False
+    threads: int = 1
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 20
+    resume: bool = False
+    init: str | None = None
+    checkpoint_dir: str | None = None
+    endpoint_url: str | None = None
+
+    def resolved(self) -> dict[str, Any]:
+        """Options as a plain dict for the workers, with local paths made absolute: Ray Train workers
+        run in their own working directory, where a relative path would point elsewhere."""
+        config = dataclasses.asdict(self)
+        config["checkpoint_dir"] = (
+            self.checkpoint_dir or f"{self.out.rstrip('/')}.checkpoints/{self.COMPONENT}"
+        )
+        for key in self.PATHS:
+            config[key] = absolute_local(config[key])
+        return config
+
+
+def replace_directory(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a component beside `target`, then swap it in, so a crash never leaves half a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    write(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
 
 
 def fit(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str) -> None:
@@ -116,6 +166,13 @@ class TrainLog:
             handle.write(json.dumps(record) + "\n")
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         print(f"step {step} ({record['seconds']:.0f}s) {shown}", flush=True)
+
+
+def absolute_local(path: str | None) -> str | None:
+    """An absolute path for a local path; URLs and special names ("synthetic") pass through."""
+    if path is None or "://" in path or path == "synthetic":
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

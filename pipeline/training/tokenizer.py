@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from pipeline.training.data import ClipSampler, to_model_input
 from pipeline.training.loop import (
+    TrainingRun,
     TrainLog,
     fit,
     latest_checkpoint,
     load_optimizer_state,
+    replace_directory,
     save_checkpoint,
     unwrap,
 )
@@ -40,32 +42,16 @@ TINY_ARCHITECTURE: dict[str, Any] = {
 
 
 @dataclasses.dataclass
-class TokenizerTraining:
-    data: str
-    out: str
+class TokenizerTraining(TrainingRun):
+    COMPONENT: ClassVar[str] = COMPONENT
+
     steps: int = 2000
-    minutes: float | None = None
     size: int = 48
     frames: int = 5
     batch: int = 6
     lr: float = 1e-3
     kl_weight: float = 1e-4
-    workers: int = 1
-    use_gpu: bool = False
-    threads: int = 1
-    seed: int = 0
-    checkpoint_every: int = 200
-    log_every: int = 20
-    resume: bool = False
-    init: str | None = None
-    checkpoint_dir: str | None = None
-    endpoint_url: str | None = None
     architecture: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(TINY_ARCHITECTURE))
-
-    def resolved(self) -> dict[str, Any]:
-        config = dataclasses.asdict(self)
-        config["checkpoint_dir"] = self.checkpoint_dir or f"{self.out.rstrip('/')}.checkpoints/{COMPONENT}"
-        return config
 
 
 class _VaeObjective(torch.nn.Module):
@@ -156,15 +142,9 @@ def _export(config: dict[str, Any], vae, sampler: ClipSampler) -> None:
     mean = stacked.mean(dim=(0, 2)).tolist()
     std = stacked.std(dim=(0, 2)).clamp_min(1e-3).tolist()
     vae.register_to_config(latents_mean=[round(v, 6) for v in mean], latents_std=[round(v, 6) for v in std])
-    target = Path(config["out"]) / COMPONENT
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{COMPONENT}.tmp")
-    import shutil
-
-    shutil.rmtree(staging, ignore_errors=True)
-    vae.save_pretrained(str(staging), safe_serialization=True)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    replace_directory(
+        Path(config["out"]) / COMPONENT, lambda d: vae.save_pretrained(str(d), safe_serialization=True)
+    )
 
 
 def reconstruction_psnr(
