@@ -24,6 +24,10 @@ def archive_command(
     quality: Annotated[float | None, typer.Option(help="Codec-native quality (CRF, q-index, atoms).")] = None,
     gop_frames: Annotated[int | None, typer.Option(help="Frames per GOP (default: the codec's).")] = None,
     model: Annotated[str | None, typer.Option(help="Model directory or URL (neural codecs).")] = None,
+    gvc_mode: Annotated[
+        str | None, typer.Option(help="GVC conditioning: t2v | i2v | flf2v (default: the codec's).")
+    ] = None,
+    preset: Annotated[str | None, typer.Option(help="Encoder preset (classic codecs).")] = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: start a local one).")
@@ -45,6 +49,9 @@ def archive_command(
     exclude: Annotated[list[str] | None, typer.Option(help="Glob to leave out (repeatable).")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run id (default: time + random suffix).")] = None,
     metrics_every: Annotated[int, typer.Option(help="Measure quality on every Nth GOP of a video.")] = 1,
+    metric_weights: Annotated[
+        str | None, typer.Option(help="Folder with LPIPS/DISTS backbone weights (checked by sha256).")
+    ] = None,
     skip_metric: Annotated[
         list[str] | None, typer.Option(help="Do not compute lpips | dists | vmaf | temporal (repeatable).")
     ] = None,
@@ -62,6 +69,7 @@ def archive_command(
             target=rate_target_from_options(target_kbps, target_bpp, quality),
             gop_frames=gop_frames,
             model=model,
+            codec_options=_codec_options(codec, gvc_mode, preset),
             endpoint_url=endpoint_url,
             address=address,
             actors=actors,
@@ -74,6 +82,7 @@ def archive_command(
             run_id=run_id,
             metrics_every=metrics_every,
             skip_metrics=tuple(skip_metric or ()),
+            metric_weights=metric_weights,
         )
         result = _run_with_ray(run_archive, config)
     except (ArchiveError, ConfigError) as exc:
@@ -83,6 +92,24 @@ def archive_command(
     for failure in result.summary.get("failures", []):
         print(f"  failed: {failure['error']}", file=sys.stderr)
     raise typer.Exit(result.exit_code)
+
+
+def _codec_options(codec: str, gvc_mode: str | None, preset: str | None) -> dict[str, str]:
+    """Codec-specific options, refused where they do not apply (rather than silently ignored)."""
+    from pipeline.config import ConfigError
+
+    options: dict[str, str] = {}
+    if gvc_mode is not None:
+        if codec != "gvc":
+            raise ConfigError(f"--gvc-mode applies to --codec gvc, not {codec}")
+        if gvc_mode not in ("t2v", "i2v", "flf2v"):
+            raise ConfigError(f"--gvc-mode must be t2v, i2v or flf2v, got {gvc_mode!r}")
+        options["mode"] = gvc_mode
+    if preset is not None:
+        if codec not in ("x264", "x265", "av1"):
+            raise ConfigError(f"--preset applies to the classic codecs, not {codec}")
+        options["preset"] = preset
+    return options
 
 
 def _run_with_ray(run, config):

@@ -236,7 +236,15 @@ def _new_actor(cfg: ArchiveConfig, cpus: float) -> Any:
     remote_cls = ray.remote(EncodeWorker)
     return remote_cls.options(
         name=name, num_cpus=cpus, num_gpus=cfg.num_gpus_per_actor, max_restarts=0
-    ).remote(cfg.codec, cfg.model, cfg.device, cfg.codec_options, cfg.metrics_every, cfg.skip_metrics)
+    ).remote(
+        cfg.codec,
+        cfg.model,
+        cfg.device,
+        cfg.codec_options,
+        cfg.metrics_every,
+        cfg.skip_metrics,
+        cfg.metric_weights,
+    )
 
 
 def _stop(actors: list[Any]) -> None:

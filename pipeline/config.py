@@ -58,6 +58,8 @@ class ArchiveConfig:
     metrics_every: int = 1
     #: Metrics switched off ("lpips", "dists", "vmaf", "temporal"); their columns stay null with a note.
     skip_metrics: tuple[str, ...] = ()
+    #: Folder with the perceptual metrics' official weights (else the torch hub cache is searched).
+    metric_weights: str | None = None
 
     def resolved(self) -> ArchiveConfig:
         """A copy with defaults filled in, validated; raises ConfigError with a one-line reason."""

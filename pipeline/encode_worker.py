@@ -9,7 +9,6 @@ metrics and then dropped: it never travels.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import time
 from fractions import Fraction
@@ -49,6 +48,7 @@ class EncodeWorker:
         options: dict[str, Any],
         metrics_every: int = 1,
         skip_metrics: tuple[str, ...] = (),
+        metric_weights: str | None = None,
     ) -> None:
         import torch
 
@@ -59,14 +59,14 @@ class EncodeWorker:
             self.codec = build_codec(codec_name, model=model, device=device, options=options)
         except CodecError as exc:
             self.init_error = f"codec {codec_name}: {exc}"
-        self._metrics = _load_metrics()
         self.metrics_every = metrics_every
+        self.metric_weights = metric_weights
         self.skip_metrics = tuple(skip_metrics)
 
     def describe(self) -> dict[str, Any]:
         if self.codec is None:
             return {"error": self.init_error}
-        return dict(self.codec.describe(), metrics_available=self._metrics is not None)
+        return dict(self.codec.describe())
 
     def gop_frames(self, requested: int | None, fps_num: int, fps_den: int) -> int | str:
         """The GOP length to use for a video at this rate, or a one-line reason it cannot be used."""
@@ -105,9 +105,7 @@ class EncodeWorker:
         return meta, payload
 
     def _quality(self, source: np.ndarray, recon: np.ndarray, gop_index: int, fps: float) -> dict[str, Any]:
-        if self._metrics is None:
-            return {"metrics_note": "quality metrics not computed (pipeline.metrics unavailable)"}
-        from pipeline.metrics import MetricsConfig, should_measure
+        from pipeline.metrics import MetricsConfig, compute_gop_metrics, should_measure
 
         if not should_measure(gop_index, self.metrics_every):
             return {"metrics_note": f"not measured (metrics on every {self.metrics_every}th GOP)"}
@@ -118,19 +116,11 @@ class EncodeWorker:
             dists="dists" not in self.skip_metrics,
             vmaf="vmaf" not in self.skip_metrics,
             temporal="temporal" not in self.skip_metrics,
+            weights_dir=self.metric_weights,
         )
         try:
-            values = self._metrics(source, recon, config)
+            values = compute_gop_metrics(source, recon, config)
         except Exception as exc:  # a metric failure must not lose the coded GOP
             return {"metrics_note": f"metrics failed: {type(exc).__name__}: {exc}"}
         columns = set(MANIFEST_SCHEMA.names)
         return {k: v for k, v in values.items() if k in columns}
-
-
-def _load_metrics():
-    """`pipeline.metrics.compute_gop_metrics` when that module exists, else None (columns stay null)."""
-    if importlib.util.find_spec("pipeline.metrics") is None:
-        return None
-    from pipeline import metrics
-
-    return getattr(metrics, "compute_gop_metrics", None)
