@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline import media
 from pipeline.container import read_index, write_container
+from pipeline.metrics import METRIC_COLUMNS
 from pipeline.plan import GopSpan
 from pipeline.runinfo import marker_path, utc_now, write_json
 from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
@@ -170,17 +171,7 @@ def _ok_row(
     }
 
 
-_QUALITY_COLUMNS = (
-    "psnr",
-    "psnr_y",
-    "ms_ssim",
-    "lpips",
-    "lpips_vgg",
-    "dists",
-    "vmaf",
-    "temporal_flicker",
-    "metrics_note",
-)
+_QUALITY_COLUMNS = (*METRIC_COLUMNS, "metrics_note")
 
 
 def _gop_stats(row: dict[str, Any]) -> dict[str, Any]:
