@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--mode", default="t2v")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile-atoms", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="untimed encode+decode first (compilation, cuDNN autotuning)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -82,6 +85,9 @@ def main() -> None:
     )  # fmt: skip
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (args.frames, args.height, args.width, 3), dtype=np.uint8)
+    for _ in range(args.warmup):
+        warm = codec.encode(frames, RateTarget("quality", args.m), Fraction(24))
+        codec.decode(warm.payload, args.frames, args.width, args.height)
     start = time.perf_counter()
     enc = codec.encode(frames, RateTarget("quality", args.m), Fraction(24))
     encode_s = time.perf_counter() - start
@@ -97,6 +103,7 @@ def main() -> None:
         "M": args.m,
         "steps": args.steps,
         "coded_steps": args.steps - args.ode_tail,
+        "warmup_runs": args.warmup,
         "payload_bytes": len(enc.payload),
         "bpp": round(bits_per_pixel(len(enc.payload), args.width, args.height, args.frames), 6),
         "encode_s": round(encode_s, 3),

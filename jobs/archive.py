@@ -22,6 +22,22 @@ def archive_command(
     target_kbps: Annotated[float | None, typer.Option(help="Target bit rate per video (kbit/s).")] = None,
     target_bpp: Annotated[float | None, typer.Option(help="Target bits / (width·height·frames).")] = None,
     quality: Annotated[float | None, typer.Option(help="Codec-native quality (CRF, q-index, atoms).")] = None,
+    target_vmaf: Annotated[
+        float | None, typer.Option(help="Search each video's setting for this VMAF (0-100).")
+    ] = None,
+    target_psnr: Annotated[
+        float | None, typer.Option(help="Search each video's setting for this PSNR (dB, RGB).")
+    ] = None,
+    target_dists: Annotated[
+        float | None, typer.Option(help="Search each video's setting for this DISTS (lower is better).")
+    ] = None,
+    per_gop: Annotated[
+        bool, typer.Option("--per-gop", help="Search the quality target for every GOP, not per video.")
+    ] = False,
+    max_kbps: Annotated[
+        float | None, typer.Option(help="Rate cap for quality-target searches (kbit/s).")
+    ] = None,
+    search_gops: Annotated[int, typer.Option(help="Sample GOPs per video for a quality-target search.")] = 3,
     gop_frames: Annotated[int | None, typer.Option(help="Frames per GOP (default: the codec's).")] = None,
     model: Annotated[str | None, typer.Option(help="Model directory or URL (neural codecs).")] = None,
     gvc_mode: Annotated[
@@ -58,7 +74,12 @@ def archive_command(
 ) -> None:
     """Archive every video under SRC (a folder, file or s3:// prefix) into OUT."""
     from pipeline.archive import ArchiveError, run_archive
-    from pipeline.config import ArchiveConfig, ConfigError, rate_target_from_options
+    from pipeline.config import (
+        ArchiveConfig,
+        ConfigError,
+        quality_goal_from_options,
+        rate_target_from_options,
+    )
     from pipeline.storage import redact
 
     try:
@@ -67,6 +88,14 @@ def archive_command(
             out=out,
             codec=codec,
             target=rate_target_from_options(target_kbps, target_bpp, quality),
+            quality_goal=quality_goal_from_options(
+                target_vmaf,
+                target_psnr,
+                target_dists,
+                per_gop=per_gop,
+                max_kbps=max_kbps,
+                search_gops=search_gops,
+            ),
             gop_frames=gop_frames,
             model=model,
             codec_options=_codec_options(codec, gvc_mode, preset),
@@ -89,6 +118,9 @@ def archive_command(
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         raise typer.Exit(2) from None
     print(result.message)
+    for missed in result.summary.get("quality_targets_missed", []):
+        where = missed["video_key"] + (f" GOP {missed['gop_index']}" if "gop_index" in missed else "")
+        print(f"  quality target not reached: {where}: {missed['note']}", file=sys.stderr)
     for failure in result.summary.get("failures", []):
         print(f"  failed: {failure['error']}", file=sys.stderr)
     raise typer.Exit(result.exit_code)

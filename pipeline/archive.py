@@ -20,6 +20,13 @@ Stages and resources:
   per actor; the payload goes straight to the writer, the driver only sees a small metadata dict;
 - commit (CPU task, one per video): container, manifest part, done marker (`video_writer`).
 
+Quality targets (`--target-vmaf 93` etc., `config.QualityGoal`): per video, a search task on an encode
+actor measures a few sample GOPs at several codec settings (`pipeline.quality_target`) before the video's
+GOPs are dispatched, so they all share the chosen setting; the sample GOPs' decoded frames are reused for
+the real encode. The search is recorded in the container header and every row's `codec_params`, and
+cached at `OUT/quality_search/<video>.json`, so a rerun (e.g. `--retry-failed`) does not search again.
+With `--per-gop`, each GOP is searched on itself inside its encode call instead.
+
 A broken video (corrupt, truncated, refused by the codec) becomes a failed manifest row + failed
 marker with a one-line error; the run goes on and exits non-zero at the end.
 """
@@ -36,11 +43,13 @@ import uuid
 from fractions import Fraction
 from typing import Any
 
+from codec.base import RateTarget
 from pipeline import discovery, media
 from pipeline.config import ArchiveConfig, ConfigError
 from pipeline.plan import GopSpan, plan_gops
 from pipeline.progress import Counters, ProgressDisplay
 from pipeline.runinfo import list_markers, new_run_id, run_dir, tool_versions, write_json
+from pipeline.search_cache import load_search, save_search, search_cache_key
 from pipeline.storage import StorageError, check_reachable, filesystem, is_local, join, redact
 from pipeline.video_writer import VideoJob, commit_video, record_failure
 
@@ -66,6 +75,10 @@ class _Video:
     """A video in progress: its plan, the GOP results collected so far, its fate."""
 
     job: VideoJob
+    target: RateTarget | None = None  # None until a quality search has chosen it
+    search: dict[str, Any] | None = None  # the quality search record (per-video goals)
+    search_attempts: int = 0
+    sample_refs: dict[int, Any] = dataclasses.field(default_factory=dict)  # gop index -> decoded frames
     metas: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     payloads: dict[int, Any] = dataclasses.field(default_factory=dict)  # gop index -> ObjectRef[bytes]
     in_flight: int = 0
@@ -129,7 +142,7 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(out_fs, join(run_dir(out_root, run_id), "config.json"), config_record)
-    scheduler = _Scheduler(cfg, run_id, identity, actors, counters, display)
+    scheduler = _Scheduler(cfg, run_id, identity, actors, counters, display, out_fs=out_fs, out_root=out_root)
     try:
         scheduler.run(todo)
     finally:
@@ -163,7 +176,7 @@ def _open_store(uri: str, endpoint_url: str | None):
 def _remove_stale_temporaries(out_root: str) -> None:
     """A killed run can leave `*.tmp-*` files behind (local outputs only; S3 uploads never appear
     unfinished). One archive run per OUT at a time is assumed, so any left over are stale."""
-    for sub in ("videos", "manifest", "markers/done", "markers/failed"):
+    for sub in ("videos", "manifest", "markers/done", "markers/failed", "quality_search"):
         folder = os.path.join(out_root, sub)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
@@ -205,6 +218,11 @@ def _start_actors(cfg: ArchiveConfig) -> tuple[list[Any], dict[str, Any]]:
     if identity.get("error"):
         _stop(actors)
         raise ArchiveError(identity["error"])
+    if cfg.quality_goal is not None:
+        reason = ray.get(actors[0].check_metric.remote(cfg.quality_goal.metric), timeout=600)
+        if reason:
+            _stop(actors)
+            raise ArchiveError(f"--target-{cfg.quality_goal.metric} cannot be measured: {reason}")
     if cfg.gop_frames is not None:
         reason = ray.get(actors[0].gop_frames.remote(cfg.gop_frames, 24, 1))
         if isinstance(reason, str):
@@ -280,11 +298,15 @@ class _Scheduler:
         actors: list[Any],
         counters: Counters,
         display: ProgressDisplay,
+        *,
+        out_fs: Any,
+        out_root: str,
     ) -> None:
         import ray
 
         self.ray = ray
         self.cfg = cfg
+        self.out_fs, self.out_root = out_fs, out_root
         self.run_id = run_id
         self.identity = identity
         self.actors = actors
@@ -303,6 +325,9 @@ class _Scheduler:
             Any, tuple[_GopTask, int, Any, Any]
         ] = {}  # meta ref -> task, actor idx/handle, payload
         self.committing: dict[Any, str] = {}
+        self.search_queue: collections.deque[str] = collections.deque()  # videos awaiting a search
+        self.searching: dict[Any, tuple[str, int, Any]] = {}  # result ref -> video key, actor idx/handle
+        self.targets_missed: list[dict[str, Any]] = []
         self.gop_cache: dict[Fraction, int | str] = {}
         self.failures: list[dict[str, str]] = []
         self.not_videos: list[str] = []
@@ -317,8 +342,8 @@ class _Scheduler:
         pending = collections.deque(todo)
         self.counters.videos_total = len(todo)
         limit = self.cfg.limit
-        while pending or self.probing or self.ready or self.queue or self.encoding or self.committing:
-            while pending and len(self.probing) + len(self.ready) < self.cfg.probe_ahead:
+        while self._busy(pending):
+            while pending and self._videos_ahead() < self.cfg.probe_ahead:
                 if limit is not None and self.videos_started + len(self.probing) >= limit:
                     if self.videos_started >= limit:  # non-videos do not count against --limit
                         self.counters.videos_total -= len(pending)
@@ -327,13 +352,15 @@ class _Scheduler:
                 entry = pending.popleft()
                 self.probing[self.probe.remote(entry, self.cfg.endpoint_url)] = entry
             self._fill_gop_slots()
-            waiting = [*self.probing, *self.encoding, *self.committing]
+            waiting = [*self.probing, *self.searching, *self.encoding, *self.committing]
             if not waiting:
                 continue
             ready, _ = self.ray.wait(waiting, num_returns=1, timeout=1.0)
             for ref in ready:
                 if ref in self.probing:
                     self._on_probe(ref)
+                elif ref in self.searching:
+                    self._on_searched(ref)
                 elif ref in self.encoding:
                     self._on_encoded(ref)
                 elif ref in self.committing:
@@ -341,14 +368,37 @@ class _Scheduler:
             self.display.refresh()
         _stop(self.actors)
 
+    def _busy(self, pending: collections.deque) -> bool:
+        return bool(
+            pending
+            or self.probing
+            or self.search_queue
+            or self.searching
+            or self.ready
+            or self.queue
+            or self.encoding
+            or self.committing
+        )
+
+    def _videos_ahead(self) -> int:
+        """Videos probed or probing but not yet dispatched (bounded by `probe_ahead`)."""
+        return len(self.probing) + len(self.search_queue) + len(self.searching) + len(self.ready)
+
     def _fill_gop_slots(self) -> None:
+        """Keep every actor busy: searches first (they unblock whole videos), then GOPs in video order."""
         capacity = len(self.actors) * self.cfg.gops_in_flight_per_actor
-        while len(self.encoding) < capacity:
+        while len(self.encoding) + len(self.searching) < capacity:
+            if self.search_queue:
+                self._submit_search(self.search_queue.popleft())
+                continue
             if not self.queue:
                 if not self.ready:
                     return
                 video = self.videos[self.ready.popleft()]
-                self.queue.extend(_GopTask(video.job.video_key, span) for span in video.job.spans)
+                self.queue.extend(
+                    _GopTask(video.job.video_key, span, frames_ref=video.sample_refs.pop(span.index, None))
+                    for span in video.job.spans
+                )
             task = self.queue.popleft()
             video = self.videos.get(task.video_key)
             if video is None or video.failed:
@@ -362,8 +412,9 @@ class _Scheduler:
         actor = self.actors[idx]
         header = video.job.header
         label = f"{video.job.source_uri} GOP {task.span.index} (frames {task.span.first_frame}+{task.span.frame_count})"
+        goal = self.cfg.quality_goal if self.cfg.quality_goal and self.cfg.quality_goal.per_gop else None
         meta_ref, payload_ref = actor.encode.options(num_returns=2).remote(
-            task.frames_ref, self.cfg.target, header["fps_num"], header["fps_den"], task.span.index, label
+            task.frames_ref, video.target, header["fps_num"], header["fps_den"], task.span.index, label, goal
         )
         self.encoding[meta_ref] = (task, idx, actor, payload_ref)
         self.actor_load[idx] += 1
@@ -398,7 +449,7 @@ class _Scheduler:
             video_key=entry.key,
             source_uri=entry.uri,
             source_bytes=entry.size,
-            target={"kind": self.cfg.target.kind, "value": self.cfg.target.value},
+            target=self._target_record(),
             gop_frames=gop_frames,
             run_id=self.run_id,
         )
@@ -413,9 +464,110 @@ class _Scheduler:
             spans=spans,
             has_audio=info.has_audio,
         )
-        self.videos[entry.key] = _Video(job)
-        self.ready.append(entry.key)
         self.counters.frames_total += info.frame_count
+        goal = self.cfg.quality_goal
+        if goal is not None:
+            job = dataclasses.replace(job, header=dict(job.header, quality_goal=goal.as_record()))
+        video = _Video(job, target=self.cfg.target)
+        self.videos[entry.key] = video
+        if goal is None or goal.per_gop:
+            self.ready.append(entry.key)
+            return
+        cached = load_search(self.out_fs, self.out_root, entry.key, self._search_key(video))
+        if cached is not None:
+            self.display.log(f"{entry.uri}: quality search reused from an earlier run")
+            self._searched(video, cached)
+        else:
+            self.search_queue.append(entry.key)
+
+    # ---- quality search (per-video goals) ------------------------------------------------------------
+    def _target_record(self) -> dict[str, Any]:
+        """What the user asked for, as stored in headers and rows: a rate target or the quality goal."""
+        goal = self.cfg.quality_goal
+        if goal is not None:
+            return {"kind": goal.metric, "value": goal.target}
+        assert self.cfg.target is not None
+        return {"kind": self.cfg.target.kind, "value": self.cfg.target.value}
+
+    def _sample_spans(self, video: _Video) -> list[GopSpan]:
+        """`sample_gops` GOPs spread evenly over the video (first and last included)."""
+        spans = video.job.spans
+        count = min(len(spans), self.cfg.quality_goal.sample_gops)  # type: ignore[union-attr]
+        if count == 1:
+            return [spans[len(spans) // 2]]
+        picks = sorted({round(i * (len(spans) - 1) / (count - 1)) for i in range(count)})
+        return [spans[i] for i in picks]
+
+    def _search_key(self, video: _Video) -> dict[str, Any]:
+        return search_cache_key(
+            video.job, self.identity, self.cfg.codec_options, self.cfg.quality_goal, self._sample_spans(video)
+        )
+
+    def _submit_search(self, key: str) -> None:
+        video = self.videos.get(key)
+        if video is None or video.failed:
+            return
+        header = video.job.header
+        refs = []
+        for span in self._sample_spans(video):
+            if span.index not in video.sample_refs:
+                video.sample_refs[span.index] = self.decode.remote(
+                    video.job.source_uri, span, self.cfg.endpoint_url
+                )
+            refs.append(video.sample_refs[span.index])
+        idx = min(range(len(self.actors)), key=self.actor_load.__getitem__)
+        actor = self.actors[idx]
+        ref = actor.search_quality.remote(
+            self.cfg.quality_goal, header["fps_num"], header["fps_den"], video.job.source_uri, *refs
+        )
+        self.searching[ref] = (key, idx, actor)
+        self.actor_load[idx] += 1
+        self.display.log(f"{video.job.source_uri}: searching the setting for {self._goal_text()}")
+
+    def _goal_text(self) -> str:
+        goal = self.cfg.quality_goal
+        assert goal is not None
+        cap = f" under {goal.max_kbps:g} kbps" if goal.max_kbps is not None else ""
+        return f"{goal.metric} {'≤' if goal.metric == 'dists' else '≥'} {goal.target:g}{cap}"
+
+    def _on_searched(self, ref: Any) -> None:
+        key, idx, actor = self.searching.pop(ref)
+        self.actor_load[idx] -= 1
+        video = self.videos[key]
+        try:
+            outcome = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError:
+            self._replace_actor(idx, actor)
+            video.search_attempts += 1
+            if video.search_attempts > self.cfg.max_gop_retries:
+                self._fail_video(
+                    video, f"{video.job.source_uri}: encode actor died during the quality search"
+                )
+            else:
+                self.search_queue.appendleft(key)
+            return
+        except Exception as exc:
+            self._fail_video(video, _one_line(video.job.source_uri, exc))
+            return
+        if "error" in outcome:
+            self._fail_video(video, outcome["error"])
+            return
+        try:
+            save_search(self.out_fs, self.out_root, key, self._search_key(video), outcome)
+        except Exception as exc:  # the cache only saves time; the archive does not depend on it
+            self.display.log(f"could not cache the quality search of {video.job.source_uri}: {exc}")
+        self._searched(video, outcome)
+
+    def _searched(self, video: _Video, outcome: dict[str, Any]) -> None:
+        """Apply a search result: the video's setting, its record in the header, then dispatch it."""
+        record = outcome["record"]
+        video.target = RateTarget("quality", float(outcome["knob"]))
+        video.search = record
+        video.job = dataclasses.replace(video.job, header=dict(video.job.header, quality_search=record))
+        if not record["reached"]:
+            self.targets_missed.append({"video_key": video.job.video_key, "note": record["note"]})
+            self.display.log(f"{video.job.source_uri}: {record['note']}")
+        self.ready.append(video.job.video_key)
 
     def _gop_frames(self, fps: Fraction) -> int | str:
         if fps not in self.gop_cache:
@@ -451,6 +603,13 @@ class _Scheduler:
         if "error" in meta:
             self._fail_video(video, meta["error"])
             return
+        if video.search is not None:
+            meta["params"] = {**meta["params"], "quality_search": video.search}
+        elif not meta["params"].get("quality_search", {}).get("reached", True):
+            note = meta["params"]["quality_search"]["note"]
+            self.targets_missed.append(
+                {"video_key": video.job.video_key, "gop_index": task.span.index, "note": note}
+            )
         video.metas[task.span.index] = meta
         video.payloads[task.span.index] = payload_ref
         self.counters.gops_done += 1
@@ -490,6 +649,7 @@ class _Scheduler:
         """Stop a video's remaining GOPs (queued ones are dropped, running ones ignored) and record it."""
         video.failed = True
         video.payloads.clear()
+        video.sample_refs.clear()
         if video.in_flight == 0:
             self.videos.pop(video.job.video_key, None)
         self._fail(video.job.video_key, video.job.source_uri, video.job.source_bytes, reason)
@@ -520,7 +680,9 @@ class _Scheduler:
         return {
             "run_id": self.run_id,
             "codec": self.identity,
-            "target": {"kind": self.cfg.target.kind, "value": self.cfg.target.value},
+            "target": self._target_record(),
+            "quality_goal": self.cfg.quality_goal.as_record() if self.cfg.quality_goal else None,
+            "quality_targets_missed": self.targets_missed,
             "files_listed": entries_total,
             "videos_ok": c.videos_ok,
             "videos_failed": c.videos_failed,

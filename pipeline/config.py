@@ -22,8 +22,31 @@ DEFAULT_QUALITY: dict[str, float] = {"x264": 23, "x265": 28, "av1": 35, "glvc": 
 METRIC_SWITCHES: tuple[str, ...] = ("lpips", "dists", "vmaf", "temporal")
 
 
+#: Metrics a quality target can name (`--target-vmaf`, `--target-psnr`, `--target-dists`).
+QUALITY_TARGET_METRICS: tuple[str, ...] = ("vmaf", "psnr", "dists")
+
+
 class ConfigError(ValueError):
     """The options do not make a valid job (one line, shown as is)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityGoal:
+    """Archive each video (or GOP) at the cheapest codec setting whose `metric` reaches `target`.
+
+    Per video (default), the search runs on `sample_gops` GOPs spread over the video and the target
+    applies to their mean; all of the video's GOPs then share the chosen setting. With `per_gop`, every
+    GOP is searched on itself, and the winning encoding is the one stored. `max_kbps` caps the rate.
+    """
+
+    metric: str
+    target: float
+    per_gop: bool = False
+    max_kbps: float | None = None
+    sample_gops: int = 3
+
+    def as_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -60,6 +83,8 @@ class ArchiveConfig:
     skip_metrics: tuple[str, ...] = ()
     #: Folder with the perceptual metrics' official weights (else the torch hub cache is searched).
     metric_weights: str | None = None
+    #: Find each video's (or GOP's) rate setting from a quality target instead of a fixed `target`.
+    quality_goal: QualityGoal | None = None
 
     def resolved(self) -> ArchiveConfig:
         """A copy with defaults filled in, validated; raises ConfigError with a one-line reason."""
@@ -84,7 +109,13 @@ class ArchiveConfig:
             raise ConfigError(
                 f"--skip-metric: unknown {sorted(unknown)}; choose from {', '.join(METRIC_SWITCHES)}"
             )
-        target = self.target or RateTarget("quality", DEFAULT_QUALITY.get(self.codec, 23))
+        _check_quality_goal(self)
+        # A quality goal chooses each video's setting by search; there is no job-wide target then.
+        target = (
+            None
+            if self.quality_goal
+            else self.target or RateTarget("quality", DEFAULT_QUALITY.get(self.codec, 23))
+        )
         device = self.device
         if device == "auto":
             device = "cuda" if self.num_gpus_per_actor > 0 else "cpu"
@@ -94,9 +125,64 @@ class ArchiveConfig:
         """JSON-ready, credential-free view for config.json and logs."""
         record = dataclasses.asdict(self)
         record["target"] = {"kind": self.target.kind, "value": self.target.value} if self.target else None
+        record["quality_goal"] = self.quality_goal.as_record() if self.quality_goal else None
         for name in ("include", "exclude", "skip_metrics"):
             record[name] = list(getattr(self, name))
         return _redact_values(record)
+
+
+def _check_quality_goal(config: ArchiveConfig) -> None:
+    goal = config.quality_goal
+    if goal is None:
+        return
+    if config.target is not None:
+        raise ConfigError(
+            "give either a rate option (--target-kbps/--target-bpp/--quality) or a quality target"
+        )
+    if goal.metric not in QUALITY_TARGET_METRICS:
+        raise ConfigError(f"unknown quality target metric {goal.metric!r}")
+    switch = "vmaf" if goal.metric == "vmaf" else "dists" if goal.metric == "dists" else None
+    if switch in config.skip_metrics:
+        raise ConfigError(
+            f"--target-{goal.metric} needs {goal.metric}, which --skip-metric {switch} switches off"
+        )
+    if goal.max_kbps is not None and not goal.max_kbps > 0:
+        raise ConfigError(f"--max-kbps must be positive, got {goal.max_kbps:g}")
+    if goal.sample_gops < 1:
+        raise ConfigError(f"--search-gops must be at least 1, got {goal.sample_gops}")
+    if goal.metric == "dists" and not 0 < goal.target < 1:
+        raise ConfigError(f"--target-dists is a distance in (0, 1), lower is better; got {goal.target:g}")
+    if goal.metric == "vmaf" and not 0 < goal.target <= 100:
+        raise ConfigError(f"--target-vmaf is a score in (0, 100], got {goal.target:g}")
+    if goal.metric == "psnr" and not goal.target > 0:
+        raise ConfigError(f"--target-psnr is in dB and must be positive, got {goal.target:g}")
+
+
+def quality_goal_from_options(
+    target_vmaf: float | None,
+    target_psnr: float | None,
+    target_dists: float | None,
+    *,
+    per_gop: bool,
+    max_kbps: float | None,
+    search_gops: int,
+) -> QualityGoal | None:
+    """At most one quality target; `--per-gop`/`--max-kbps` only make sense with one."""
+    given = [
+        (metric, value)
+        for metric, value in (("vmaf", target_vmaf), ("psnr", target_psnr), ("dists", target_dists))
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ConfigError("give at most one of --target-vmaf, --target-psnr, --target-dists")
+    if not given:
+        if per_gop or max_kbps is not None:
+            raise ConfigError(
+                "--per-gop and --max-kbps apply to a quality target (--target-vmaf/-psnr/-dists)"
+            )
+        return None
+    metric, value = given[0]
+    return QualityGoal(metric, float(value), per_gop=per_gop, max_kbps=max_kbps, sample_gops=search_gops)
 
 
 def rate_target_from_options(

@@ -5,6 +5,10 @@ two results: a small metadata dict the driver reads for progress and scheduling,
 bytes, which go straight to the video's writer task without passing through the driver. The
 reconstruction the codec returns (every encoder decodes its own output) is used here for the quality
 metrics and then dropped: it never travels.
+
+Quality targets (`QualityGoal`) run here too, next to the codec and on its device: `search_quality`
+searches a video's sample GOPs once, before its GOPs are dispatched; with `per_gop`, `encode` searches
+each GOP on itself and keeps the winning encoding (no extra encode).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import numpy as np
 from codec.base import Codec, RateTarget, bits_per_pixel, kilobits_per_second
 from codec.errors import CodecError
 from codec.registry import codec_class, create_codec
+from pipeline.config import QualityGoal
+from pipeline.quality_target import QualityTargetError, find_rate_for_quality
 from pipeline.schema import MANIFEST_SCHEMA
 
 
@@ -78,31 +84,115 @@ class EncodeWorker:
             return str(exc)
         return n
 
+    def check_metric(self, metric: str) -> str | None:
+        """None if `metric` can be measured here (weights verified, ffmpeg has libvmaf), else why not.
+
+        A quality target on a metric that cannot be computed would fail every video; the driver asks
+        this once, before any work, so the job stops up-front with this one line instead.
+        """
+        if metric == "vmaf":
+            from pipeline.metrics.vmaf import ffmpeg_with_vmaf
+
+            return ffmpeg_with_vmaf()[1]
+        if metric in ("lpips", "lpips_vgg", "dists"):
+            from pipeline.metrics.perceptual import get_model
+            from pipeline.metrics.weights import WeightsUnavailable
+
+            try:
+                get_model(metric, self.codec.device if self.codec else "cpu", self.metric_weights)
+            except WeightsUnavailable as exc:
+                return f"{exc} (give --metric-weights DIR or fill the torch hub cache)"
+        return None
+
+    def search_quality(
+        self, goal: QualityGoal, fps_num: int, fps_den: int, label: str, *sample_gops: np.ndarray
+    ) -> dict[str, Any]:
+        """Per-video quality search on sample GOPs: {"knob", "record"} or {"error"} (one line)."""
+        assert self.codec is not None
+        try:
+            height, width = sample_gops[0].shape[1:3]
+            self.codec.check_geometry(width, height)
+            result = find_rate_for_quality(
+                self.codec,
+                list(sample_gops),
+                Fraction(fps_num, fps_den),
+                goal.metric,
+                goal.target,
+                max_kbps=goal.max_kbps,
+                device=self.codec.device,
+                weights_dir=self.metric_weights,
+            )
+            record = search_record(result)
+            knob = result.rate_target.value
+        except (CodecError, QualityTargetError) as exc:
+            return {"error": f"{label}: quality search: {exc}"}
+        return {"knob": knob, "record": record}
+
     def encode(
-        self, frames: np.ndarray, target: RateTarget, fps_num: int, fps_den: int, gop_index: int, label: str
+        self,
+        frames: np.ndarray,
+        target: RateTarget | None,
+        fps_num: int,
+        fps_den: int,
+        gop_index: int,
+        label: str,
+        goal: QualityGoal | None = None,
     ) -> tuple[dict[str, Any], bytes]:
-        """Code one GOP: (metadata, payload). A codec refusal comes back as metadata["error"]."""
+        """Code one GOP: (metadata, payload). A codec refusal comes back as metadata["error"].
+
+        `goal` (per-GOP quality target) replaces `target`: the GOP is searched on itself.
+        """
         assert self.codec is not None
         fps = Fraction(fps_num, fps_den)
         count, height, width = frames.shape[:3]
         started = time.perf_counter()
+        search: dict[str, Any] | None = None
         try:
             self.codec.check_geometry(width, height)
-            encoded = self.codec.encode(frames, target, fps)
+            if goal is not None:
+                encoded, search = self._search_gop(frames, goal, fps)
+            else:
+                assert target is not None
+                encoded = self.codec.encode(frames, target, fps)
         except CodecError as exc:
             return {"error": f"{label}: {exc}"}, b""
+        except QualityTargetError as exc:  # the metric cannot be computed, or nothing fits the cap
+            return {"error": f"{label}: quality search: {exc}"}, b""
         seconds = time.perf_counter() - started
         payload = bytes(encoded.payload)
+        params = dict(encoded.params)
+        if search is not None:
+            params["quality_search"] = search
         meta: dict[str, Any] = {
             "payload_bytes": len(payload),
             "bpp": bits_per_pixel(len(payload), width, height, count),
             "kbps": kilobits_per_second(len(payload), count, fps),
             "encode_seconds": seconds,
-            "params": dict(encoded.params),
+            "params": params,
             "device": self.codec.device,
         }
         meta.update(self._quality(frames, encoded.reconstruction, gop_index, float(fps)))
         return meta, payload
+
+    def _search_gop(self, frames: np.ndarray, goal: QualityGoal, fps: Fraction):
+        """Search one GOP on itself; reuse the winning encoding (re-encode only if it was not kept)."""
+        assert self.codec is not None
+        result = find_rate_for_quality(
+            self.codec,
+            [frames],
+            fps,
+            goal.metric,
+            goal.target,
+            max_kbps=goal.max_kbps,
+            per_gop=True,
+            device=self.codec.device,
+            weights_dir=self.metric_weights,
+            keep_encoding=True,
+        )
+        rate_target = result.rate_target  # raises QualityTargetError if nothing fits under the cap
+        if result.encoded:
+            return result.encoded[0], search_record(result)
+        return self.codec.encode(frames, rate_target, fps), search_record(result)
 
     def _quality(self, source: np.ndarray, recon: np.ndarray, gop_index: int, fps: float) -> dict[str, Any]:
         from pipeline.metrics import MetricsConfig, compute_gop_metrics, should_measure
@@ -124,3 +214,28 @@ class EncodeWorker:
             return {"metrics_note": f"metrics failed: {type(exc).__name__}: {exc}"}
         columns = set(MANIFEST_SCHEMA.names)
         return {k: v for k, v in values.items() if k in columns}
+
+
+def search_record(result: Any) -> dict[str, Any]:
+    """A quality search as compact JSON-ready data: stored in the container header and in every row's
+    `codec_params`, so the manifest alone shows how each setting was chosen."""
+    return {
+        "metric": result.metric,
+        "target": result.target,
+        "max_kbps": result.max_kbps,
+        "per_gop": result.per_gop,
+        "chosen_quality": result.chosen.knob if result.chosen else None,
+        "reached": result.reached,
+        "note": result.note,
+        "points": [
+            {
+                "quality": p.knob,
+                "score": round(p.score, 4),
+                "gop_scores": [round(v, 4) for v in p.gop_scores],
+                "kbps": round(p.kbps, 3),
+                "bpp": round(p.bpp, 6),
+                "encode_seconds": round(p.encode_seconds, 3),
+            }
+            for p in result.points
+        ],
+    }

@@ -14,6 +14,10 @@ Choices where ab-av1 and the papers are silent, stated here:
   worst sample GOP ("no GOP below the target"), which costs more bits but bounds the tail.
 - `max_kbps` caps the rate: points above it never win; when no point meets the target under the cap,
   the best-quality point under the cap is chosen and the result says the target was not reached.
+- `keep_encoding=True` keeps the chosen setting's encodings (`QualitySearchResult.encoded`), so a
+  per-GOP search whose sample *is* the GOP stores that encoding instead of coding the GOP once more.
+  Only the current winner is held: the winner of a set plus one new point is either the old winner or
+  the new point (both rules below are an arg-min/arg-max), so memory stays at one encoding per GOP.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from codec.base import Codec, RateTarget
+from codec.base import Codec, EncodedGop, RateTarget
 from pipeline.metrics import HIGHER_IS_BETTER, MetricsConfig
 
 DEFAULT_KNOB_RANGES: dict[str, tuple[float, float]] = {"x264": (51, 0), "x265": (51, 0), "av1": (63, 0)}
@@ -62,6 +66,8 @@ class QualitySearchResult:
     chosen: SearchPoint | None
     reached: bool
     note: str
+    #: The chosen setting's encodings of the sample GOPs, when the search was asked to keep them.
+    encoded: list[EncodedGop] | None = None
 
     @property
     def rate_target(self) -> RateTarget:
@@ -98,7 +104,12 @@ def _knob_range(codec: Codec, knob_range: tuple[float, float] | None) -> tuple[f
 
 
 def measure_metric(
-    metric: str, source: np.ndarray, recon: np.ndarray, fps: float, device: str = "cpu"
+    metric: str,
+    source: np.ndarray,
+    recon: np.ndarray,
+    fps: float,
+    device: str = "cpu",
+    weights_dir: str | None = None,
 ) -> float:
     """One metric for one GOP, through the same code that fills the manifest columns."""
     from pipeline.metrics import compute_gop_metrics
@@ -111,6 +122,7 @@ def measure_metric(
         vmaf=metric == "vmaf",
         temporal=metric == "temporal_flicker",
         fps=fps,
+        weights_dir=weights_dir,
     )
     values = compute_gop_metrics(source, recon, config)
     value = values[metric]
@@ -121,11 +133,15 @@ def measure_metric(
 
 class _Search:
     def __init__(self, codec: Codec, gops: list[np.ndarray], fps: Fraction, metric: str, target: float,
-                 max_kbps: float | None, per_gop: bool, device: str) -> None:  # fmt: skip
+                 max_kbps: float | None, per_gop: bool, device: str, weights_dir: str | None,
+                 keep_encoding: bool) -> None:  # fmt: skip
         self.codec, self.gops, self.fps, self.metric, self.target = codec, gops, fps, metric, target
         self.max_kbps, self.per_gop, self.device = max_kbps, per_gop, device
+        self.weights_dir, self.keep_encoding = weights_dir, keep_encoding
         self.higher = HIGHER_IS_BETTER[metric]
         self.points: dict[float, SearchPoint] = {}
+        self.winner: SearchPoint | None = None
+        self.winner_encoded: list[EncodedGop] | None = None
 
     def better_or_equal(self, score: float) -> bool:
         return score >= self.target if self.higher else score <= self.target
@@ -133,7 +149,7 @@ class _Search:
     def evaluate(self, knob: float) -> SearchPoint:
         if knob in self.points:
             return self.points[knob]
-        total_bytes, scores, seconds = 0, [], 0.0
+        total_bytes, scores, seconds, encodings = 0, [], 0.0, []
         pixels = frames = 0
         for gop in self.gops:
             started = time.perf_counter()
@@ -141,8 +157,12 @@ class _Search:
             seconds += time.perf_counter() - started
             total_bytes += len(encoded.payload)
             scores.append(
-                measure_metric(self.metric, gop, encoded.reconstruction, float(self.fps), self.device)
+                measure_metric(
+                    self.metric, gop, encoded.reconstruction, float(self.fps), self.device, self.weights_dir
+                )
             )
+            if self.keep_encoding:
+                encodings.append(encoded)
             frames += gop.shape[0]
             pixels += gop.shape[0] * gop.shape[1] * gop.shape[2]
         if self.per_gop:
@@ -162,7 +182,22 @@ class _Search:
             within_cap=self.max_kbps is None or kbps <= self.max_kbps,
         )
         self.points[knob] = point
+        winner = _winner(list(self.points.values()), self.higher)
+        if winner is not self.winner:
+            self.winner = winner
+            self.winner_encoded = encodings if self.keep_encoding and winner is point else None
         return point
+
+
+def _winner(points: list[SearchPoint], higher_is_better: bool) -> SearchPoint | None:
+    """The point to archive with: the cheapest meeting the target under the cap, else the best under it."""
+    meeting = [p for p in points if p.meets_target and p.within_cap]
+    if meeting:
+        return min(meeting, key=lambda p: (p.kbps, p.knob))
+    under_cap = [p for p in points if p.within_cap]
+    if not under_cap:
+        return None
+    return max(under_cap, key=lambda p: (p.score if higher_is_better else -p.score, -p.kbps))
 
 
 def find_rate_for_quality(
@@ -177,6 +212,8 @@ def find_rate_for_quality(
     knob_range: tuple[float, float] | None = None,
     max_steps: int = 10,
     device: str = "cpu",
+    weights_dir: str | None = None,
+    keep_encoding: bool = False,
 ) -> QualitySearchResult:
     """Cheapest knob setting whose `metric` over `sample_gops` meets `target` (see the module docstring)."""
     if metric not in HIGHER_IS_BETTER:
@@ -188,7 +225,9 @@ def find_rate_for_quality(
     fps = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
     worst, best = _knob_range(codec, knob_range)
     step = 1.0 if best > worst else -1.0  # direction of "better quality" on the knob axis
-    search = _Search(codec, sample_gops, fps, metric, target, max_kbps, per_gop, device)
+    search = _Search(
+        codec, sample_gops, fps, metric, target, max_kbps, per_gop, device, weights_dir, keep_encoding
+    )
 
     def toward_best(knob: float) -> float:
         """Position along the axis, increasing with quality (so the logic below is direction-free)."""
@@ -248,20 +287,15 @@ def _next_position(search: _Search, low: float, high: float, knob_at, toward_bes
 def _choose(search: _Search, codec: str, metric: str, target: float, max_kbps: float | None,
             per_gop: bool, toward_best) -> QualitySearchResult:  # fmt: skip
     points = sorted(search.points.values(), key=lambda p: toward_best(p.knob))
-    meeting = [p for p in points if p.meets_target and p.within_cap]
-    if meeting:
-        chosen = min(meeting, key=lambda p: p.kbps)
+    chosen = search.winner
+    reached = chosen is not None and chosen.meets_target
+    if chosen is None:
+        note = f"no measured setting stays under {max_kbps:g} kbps"
+    elif reached:
         note = f"{metric} {chosen.score:.4g} at quality {chosen.knob:g} ({chosen.kbps:.1f} kbps)"
-        reached = True
     else:
-        under_cap = [p for p in points if p.within_cap]
-        reached = False
-        if under_cap:
-            key = (lambda p: p.score) if HIGHER_IS_BETTER[metric] else (lambda p: -p.score)
-            chosen = max(under_cap, key=key)
-            why = f"under the {max_kbps:g} kbps cap" if max_kbps is not None else "in the knob range"
-            note = f"{metric} target {target:g} not reached {why}; best {chosen.score:.4g} at quality {chosen.knob:g}"
-        else:
-            chosen = None
-            note = f"no measured setting stays under {max_kbps:g} kbps"
-    return QualitySearchResult(codec, metric, target, max_kbps, per_gop, points, chosen, reached, note)
+        why = f"under the {max_kbps:g} kbps cap" if max_kbps is not None else "in the knob range"
+        note = f"{metric} target {target:g} not reached {why}; best {chosen.score:.4g} at quality {chosen.knob:g}"
+    return QualitySearchResult(
+        codec, metric, target, max_kbps, per_gop, points, chosen, reached, note, search.winner_encoded
+    )

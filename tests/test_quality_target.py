@@ -103,3 +103,15 @@ def test_x264_crf_search_reaches_a_psnr_target(gops):
         for g in gops
     ]
     assert np.mean(cheaper) < 28.0  # one CRF step cheaper misses the target: the search found the edge
+
+
+def test_kept_encoding_is_the_chosen_settings_own(gops):
+    """A per-GOP search stores the winner's encoding instead of coding the GOP again: it must be the
+    chosen setting's, even when the search measured other settings after finding it."""
+    codec = QuantizingCodec()
+    for target, cap in ((36.0, None), (45.0, 400.0)):
+        result = find_rate_for_quality(codec, gops[:1], 25, "psnr", target, max_kbps=cap, keep_encoding=True)
+        assert result.encoded is not None and len(result.encoded) == 1
+        again = codec.encode(gops[0], result.rate_target, Fraction(25))
+        assert result.encoded[0].payload == again.payload
+    assert find_rate_for_quality(codec, gops[:1], 25, "psnr", 36.0).encoded is None

@@ -93,6 +93,11 @@ class GlvcCodec(Codec):
         self.num_q = self.latent_codec.config.num_q
         self._last_q: int | None = None
 
+    @property
+    def quality_range(self) -> tuple[int, int]:
+        """(worst, best) quality index, for quality-targeted searches (`pipeline.quality_target`)."""
+        return 0, self.num_q - 1
+
     # -- geometry -------------------------------------------------------------------------------------------
     def default_gop_frames(self, fps: Fraction) -> int:
         """About two seconds, rounded to 1+4k frames (the tokenizer's causal GOP shape)."""

@@ -165,6 +165,11 @@ class GvcCodec(Codec):
 
             use_compiled_generator(True)
 
+    @property
+    def quality_range(self) -> tuple[int, int]:
+        """(worst, best) atoms per step M, for quality-targeted searches (`pipeline.quality_target`)."""
+        return 1, int(self.sampler["num_atoms"]) // 2
+
     def default_gop_frames(self, fps: Fraction) -> int:
         return 33
 
