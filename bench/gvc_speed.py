@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from codec.base import RateTarget, bits_per_pixel
+from codec.gvc.atoms_fused import available as fused_available
+from codec.gvc.atoms_fused import use_fused_search
 from codec.gvc.backbone import FlowBackbone, WanTokenizer, place, tiny_flow_config
 from codec.gvc.codec import GvcCodec
 
@@ -72,10 +74,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile-atoms", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument(
+        "--search",
+        choices=["fused", "reference"],
+        default="fused",
+        help="codebook search: fused Triton kernel (GPU) or the reference torch path",
+    )
+    parser.add_argument(
         "--warmup", type=int, default=0, help="untimed encode+decode first (compilation, cuDNN autotuning)"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    use_fused_search(args.search == "fused")
     device = torch.device(args.device)
     backbone = build_backbone(args.config, device)
     codec = GvcCodec(
@@ -104,6 +113,7 @@ def main() -> None:
         "steps": args.steps,
         "coded_steps": args.steps - args.ode_tail,
         "warmup_runs": args.warmup,
+        "search": "fused" if fused_available(device) else "reference",
         "payload_bytes": len(enc.payload),
         "bpp": round(bits_per_pixel(len(enc.payload), args.width, args.height, args.frames), 6),
         "encode_s": round(encode_s, 3),

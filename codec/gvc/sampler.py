@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from codec.gvc import atoms as atom_gen
+from codec.gvc.atoms_fused import inner_products_fused
 
 #: The flow model: (x_t [C, F, H, W] float32, t in (0, 1]) -> velocity, same shape, float32.
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
@@ -108,8 +109,11 @@ def combine_atoms(
 
 
 def select_atoms(seed: int, step: int, residuals: torch.Tensor, num_atoms: int, m: int) -> list[Entry]:
-    """Top-M atoms by |⟨atom, r_f⟩| per frame, with the signs of the inner products; indices sorted."""
-    products = atom_gen.inner_products(seed, step, residuals, num_atoms)
+    """Top-M atoms by |⟨atom, r_f⟩| per frame, with the signs of the inner products; indices sorted.
+
+    On a GPU the inner products come from the fused kernel (`atoms_fused`), elsewhere from the
+    reference; either way only the choice travels, and the atoms are replayed exactly."""
+    products = inner_products_fused(seed, step, residuals, num_atoms)
     top = products.abs().topk(m, dim=1).indices.sort(dim=1).values
     signs = torch.where(products.gather(1, top) < 0, -1, 1)
     return [(row.tolist(), sgn.tolist()) for row, sgn in zip(top.cpu(), signs.cpu(), strict=True)]
