@@ -10,7 +10,8 @@ Choices where ab-av1 and the papers are silent, stated here:
 - Knob range and direction come from, in order: the `knob_range` argument, the codec's `quality_range`
   class attribute (worst, best), the classic codecs' `crf_range` (best, worst), or `DEFAULT_KNOB_RANGES` for the classic codecs (CRF 51→0 for x264/x265,
   63→0 for SVT-AV1). The knob moves in integer steps: CRF and GLVC's quality index are integers.
-- `per_gop=False`: the target applies to the mean score over the sample GOPs. `per_gop=True`: to the
+- `per_gop=False`: the target applies to the mean score over the sample GOPs, weighted by their frame
+  counts (a video's short last GOP must not weigh as much as a full one). `per_gop=True`: to the
   worst sample GOP ("no GOP below the target"), which costs more bits but bounds the tail.
 - `max_kbps` caps the rate: points above it never win; when no point meets the target under the cap,
   the best-quality point under the cap is chosen and the result says the target was not reached.
@@ -168,7 +169,7 @@ class _Search:
         if self.per_gop:
             score = min(scores) if self.higher else max(scores)
         else:
-            score = float(np.mean(scores))
+            score = float(np.average(scores, weights=[gop.shape[0] for gop in self.gops]))
         kbps = 8.0 * total_bytes / (frames / float(self.fps)) / 1000.0
         point = SearchPoint(
             knob=knob,

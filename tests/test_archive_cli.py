@@ -60,6 +60,9 @@ def test_missing_output_bucket(tmp_path: Path, s3_endpoint: str, sample_dir: Pat
         (["--target-bpp", "-1"], "positive"),
         (["--codec", "mpeg2"], "unknown codec"),
         (["--actors", "0"], "--actors"),
+        (["--target-vmaf", "90", "--quality", "20"], "either a rate option"),
+        (["--target-vmaf", "90", "--target-psnr", "35"], "at most one of --target-vmaf"),
+        (["--max-kbps", "300"], "apply to a quality target"),
     ],
 )
 def test_bad_options(tmp_path: Path, sample_dir: Path, options: list[str], needle: str) -> None:

@@ -161,5 +161,13 @@ def test_fused_search_on_gpu_matches_the_reference():
     top_f = fused.abs().topk(64, dim=1).indices.sort(dim=1).values
     top_r = reference.abs().topk(64, dim=1).indices.sort(dim=1).values
     assert (top_f == top_r).float().mean() > 0.99
+    # Seed or step 1: Triton specialises integer arguments equal to 1 unless told not to.
+    ones = atoms_fused._launch(1, 1, residuals, 64)
+    torch.testing.assert_close(
+        ones,
+        atoms.inner_products(1, 1, residuals, 64),
+        rtol=0,
+        atol=1e-4 * float(residuals.norm(dim=1).max()),
+    )
     assert atoms_fused.inner_products_fused(3, 4, residuals, 1024).shape == (9, 1024)
     assert atoms_fused.available(residuals.device)  # the self-check on first use passed

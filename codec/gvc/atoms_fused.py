@@ -51,8 +51,8 @@ def use_fused_search(enabled: bool = True) -> None:
 
 
 if triton is not None:
-
-    @triton.jit
+    # Scalars are never specialised: Triton would turn a value of 1 into a compile-time constant.
+    @triton.jit(do_not_specialize=["key0", "key1", "step", "dim", "num_atoms"])
     def _search_kernel(
         residual_ptr,
         out_ptr,
