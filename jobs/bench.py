@@ -1,7 +1,8 @@
 """`vidarc bench ...`: benchmarks as a sub-app, so each benchmark is `vidarc bench <name>`.
 
 `vidarc bench pipeline` compares a codec's own throughput with the whole Ray pipeline's on the same
-clips (see `pipeline.bench`). Other benchmarks register more commands on `bench_app`.
+clips (see `pipeline.bench`); `vidarc bench metrics` times each quality metric against the codec's
+encode on one GOP (see `pipeline.bench_metrics`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,35 @@ def pipeline_command(
             codec=codec, videos=videos, frames=frames, width=width, height=height, gop_frames=gop_frames,
             quality=quality, metrics_every=metrics_every,
         )  # fmt: skip
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if as_json:
+        sys.stdout.write(json.dumps(result_record(result), indent=2) + "\n")
+    else:
+        print("\n".join(result.lines()))
+
+
+@bench_app.command("metrics")
+def metrics_command(
+    codec: Annotated[str, typer.Option(help="Codec whose encode time is the yardstick.")] = "x264",
+    size: Annotated[str, typer.Option(help="GOP size WxH.")] = "640x360",
+    frames: Annotated[int, typer.Option(min=2, help="Frames in the GOP.")] = 48,
+    device: Annotated[str, typer.Option(help="cpu | cuda: where the metrics run.")] = "cpu",
+    metric_weights: Annotated[
+        str | None, typer.Option(help="Folder with the official LPIPS/DISTS backbone weights.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+) -> None:
+    """Seconds per GOP of every quality metric, side by side with the codec's encode."""
+    from pipeline.bench import parse_size
+    from pipeline.bench_metrics import result_record, run_metrics_bench
+
+    try:
+        width, height = parse_size(size)
+        result = run_metrics_bench(
+            codec=codec, width=width, height=height, frames=frames, device=device, weights_dir=metric_weights
+        )
     except (ValueError, RuntimeError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise typer.Exit(2) from None

@@ -186,3 +186,15 @@ def test_perceptual_plumbing_is_zero_for_identical_and_grows_with_distortion(inj
     strong, _ = perceptual.perceptual_distance(metric, source, add_noise(source, 40), batch_frames=2)
     assert all(math.isfinite(v) for v in (mild, strong))
     assert strong > mild > same
+
+
+def test_metrics_bench_times_every_metric_against_the_encode():
+    from pipeline.bench_metrics import ALL_METRIC_COLUMNS, run_metrics_bench
+
+    result = run_metrics_bench(width=64, height=48, frames=4, repeats=1)
+    assert set(result.metric_seconds) == set(ALL_METRIC_COLUMNS)
+    assert result.encode_seconds > 0 and all(s >= 0 for s in result.metric_seconds.values())
+    text = "\n".join(result.lines())
+    assert "x264 encode" in text and "all metrics" in text and result.backbones in text
+    # Seconds only: with random backbones a metric value would be meaningless, so none is reported.
+    assert "random" not in result.backbones or "timing only" in result.backbones
