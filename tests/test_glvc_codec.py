@@ -188,3 +188,15 @@ def test_bundled_model_round_trip(clip: np.ndarray) -> None:
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def test_quality_target_search_runs_through_the_codec_interface(codec: GlvcCodec, frames: np.ndarray) -> None:
+    """`--target-psnr` works for GLVC: the search walks its quality index (0 worst .. num_q-1 best)."""
+    from pipeline.quality_target import find_rate_for_quality
+
+    assert codec.quality_range == (0, codec.num_q - 1)
+    low = codec.encode(frames[:5], RateTarget("quality", 0), FPS)
+    floor = float(10 * np.log10(255**2 / np.mean((frames[:5].astype(float) - low.reconstruction) ** 2)))
+    result = find_rate_for_quality(codec, [frames[:5]], FPS, "psnr", floor + 0.01)
+    assert result.chosen is not None and result.chosen.knob > 0  # the worst index cannot reach it
+    assert result.reached == (result.chosen.score >= floor + 0.01)

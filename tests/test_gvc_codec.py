@@ -229,3 +229,8 @@ def test_reference_stills_choose_between_av1_and_glvc_intra(tmp_path):
     coders = [s.codec for s in GvcPayload.from_bytes(enc.payload).sections]
     assert len(coders) == 2 and set(coders) <= {"av1", "glvc"}
     assert np.array_equal(codec.decode(enc.payload, 5, 64, 64), enc.reconstruction)
+
+
+def test_quality_range_is_atoms_per_step(backbone):
+    """Quality-target searches walk M from 1 (worst) to K/2 (best)."""
+    assert _codec(backbone).quality_range == (1, 128)
