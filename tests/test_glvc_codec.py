@@ -200,3 +200,21 @@ def test_quality_target_search_runs_through_the_codec_interface(codec: GlvcCodec
     result = find_rate_for_quality(codec, [frames[:5]], FPS, "psnr", floor + 0.01)
     assert result.chosen is not None and result.chosen.knob > 0  # the worst index cannot reach it
     assert result.reached == (result.chosen.score >= floor + 0.01)
+
+
+def test_tokenizer_runs_once_per_gop_across_quality_indices(model_dir: Path, frames: np.ndarray) -> None:
+    """A quality search codes one GOP at several indices: the tokenizer (GLVC's dominant cost) runs
+    once, and the result is what a fresh codec produces."""
+    codec = GlvcCodec(model=str(model_dir))
+    calls = []
+    original = codec.tokenizer.encode
+    codec.tokenizer.encode = lambda x: calls.append(x.shape) or original(x)
+    gop = frames[:5]
+    payloads = [codec.encode(gop, RateTarget("quality", q), FPS).payload for q in (10, 40, 10)]
+    assert len(calls) == 1
+    other = gop.copy()
+    other[0, 0, 0, 0] ^= 1  # one changed value is another GOP
+    codec.encode(other, RateTarget("quality", 10), FPS)
+    assert len(calls) == 2
+    fresh = GlvcCodec(model=str(model_dir))
+    assert payloads[0] == payloads[2] == fresh.encode(gop, RateTarget("quality", 10), FPS).payload
