@@ -229,3 +229,42 @@ def test_unreachable_bucket_is_one_line(s3_endpoint):
         and "no-such-bucket-vidarc" in result.output
         and "Traceback" not in result.output
     )
+
+
+def test_quality_target_archives_are_checked_against_their_target(tmp_path):
+    """`--target-vmaf 90` archives: the audit checks the manifest's own VMAF against 90 per GOP and
+    per video (frame-weighted), and never counts an unmeasured GOP as meeting it; distances invert."""
+    fs = fsspec.filesystem("file")
+    (tmp_path / "out" / "manifest").mkdir(parents=True)
+    vmaf = {"target_kind": "vmaf", "target_value": 90.0}
+    rows = [
+        gop_row(0, 0, vmaf=95.0, **vmaf),
+        gop_row(0, 1, vmaf=86.0, frame_count=5, **vmaf),  # short GOP; video 0 mean (950+430)/15 = 92
+        gop_row(1, 0, vmaf=80.0, **vmaf),
+        gop_row(1, 1, vmaf=89.0, **vmaf),  # video 1 mean 84.5: short
+        gop_row(1, 2, **vmaf),  # not measured
+        gop_row(2, 0, codec="x265", dists=0.12, target_kind="dists", target_value=0.1),
+        gop_row(3, 0, codec="x265", dists=0.05, target_kind="dists", target_value=0.1),
+    ]
+    write_part(fs, str(tmp_path / "out/manifest/part-q.parquet"), rows)
+    result = audit_archive(str(tmp_path / "out"))
+    checks = {g["label"]: g["target_check"] for g in result.groups}
+    assert checks["x264 vmaf=90"] == {
+        "metric": "vmaf",
+        "target": 90.0,
+        "gops_measured": 4,
+        "gops_short": 3,
+        "gops_unmeasured": 1,
+        "videos_measured": 2,
+        "videos_short": 1,
+        "videos_short_listed": ["key1"],
+        "worst_video_mean": pytest.approx(84.5),
+    }
+    dists = checks["x265 dists=0.1"]
+    assert (dists["gops_short"], dists["videos_short"], dists["worst_video_mean"]) == (1, 1, 0.12)
+    output = CliRunner().invoke(app, ["audit", str(tmp_path / "out")]).output
+    assert "quality targets" in output and "1 of 2" in output
+    from pipeline.audit.report_html import write_html_report
+
+    page = write_html_report(result, tmp_path / "report.html").read_text()
+    assert "<h2>Quality targets</h2>" in page and "x264 vmaf=90" in page

@@ -293,6 +293,34 @@ def write_html_report(result: AuditResult, path: str | Path, *, endpoint_url: st
     sections.append(
         _table(["codec / target", "metric", "p1", "p5", "p50", "mean", "GOPs"], quality_rows, left=2)
     )
+    checks = [(g["label"], g["target_check"]) for g in result.groups if g.get("target_check")]
+    if checks:
+        sections.append("<h2>Quality targets</h2><p>The manifest's own measurements against each target.</p>")
+        sections.append(
+            _table(
+                [
+                    "codec / target",
+                    "GOPs measured",
+                    "GOPs short",
+                    "unmeasured",
+                    "videos short",
+                    "of videos",
+                    "worst video",
+                ],
+                [
+                    [
+                        label,
+                        c["gops_measured"],
+                        c["gops_short"],
+                        c["gops_unmeasured"],
+                        c["videos_short"],
+                        c["videos_measured"],
+                        c["worst_video_mean"],
+                    ]
+                    for label, c in checks
+                ],
+            )
+        )
     if metrics:
         sections.append("<h2>Rate vs quality</h2>" + _rate_quality_plot(data["per_video"], metrics))
         sections.append("<h2>Quality histograms</h2>" + _histograms(data["samples"], metrics))

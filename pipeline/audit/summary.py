@@ -13,6 +13,10 @@ Definitions, so numbers can be checked by hand:
   column is the 99th percentile — in both cases "p1" is the value the worst 1 % of GOPs reach.
   They come from `sketch.Reservoir` (exact up to 100 000 GOPs per group).
 - failures: rows whose status is not "ok" (a failed video contributes one row with its error).
+- quality targets (groups archived with `--target-vmaf/-psnr/-dists`, target_kind = the metric): the
+  manifest's own measurements checked against the target. A GOP falls short when its value is worse
+  than the target; a video falls short when its frame-weighted mean is. GOPs whose metric was not
+  measured (`--metrics-every`) are counted as unmeasured, never as met.
 """
 
 from __future__ import annotations
@@ -87,6 +91,40 @@ class _Group:
     seconds: float = 0.0
     encode_seconds: float = 0.0
     quality: dict[str, Reservoir] = dataclasses.field(default_factory=dict)
+    #: Quality-target groups only: video -> [Σ value·frames, Σ frames] of the target metric.
+    target_sums: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    target_gops_short: int = 0
+    target_gops_unmeasured: int = 0
+
+    @property
+    def target_metric(self) -> str | None:
+        return self.target_kind if self.target_kind in QUALITY_METRICS else None
+
+    def target_check(self) -> dict[str, Any] | None:
+        metric = self.target_metric
+        if metric is None or self.target_value is None:
+            return None
+        higher = HIGHER_IS_BETTER[metric]
+        means = {video: total / frames for video, (total, frames) in self.target_sums.items() if frames}
+        short = sorted(
+            (
+                video
+                for video, mean in means.items()
+                if (mean < self.target_value if higher else mean > self.target_value)
+            ),
+        )
+        worst = (min if higher else max)(means.values()) if means else None
+        return {
+            "metric": metric,
+            "target": self.target_value,
+            "gops_measured": self.gops - self.target_gops_unmeasured,
+            "gops_short": self.target_gops_short,
+            "gops_unmeasured": self.target_gops_unmeasured,
+            "videos_measured": len(means),
+            "videos_short": len(short),
+            "videos_short_listed": short[:50],
+            "worst_video_mean": worst,
+        }
 
     def result(self) -> dict[str, Any]:
         source_total = sum(self.source_bytes.values())
@@ -112,6 +150,7 @@ class _Group:
             "kbps": 8.0 * self.payload_bytes / self.seconds / 1000.0 if self.seconds else None,
             "encode_seconds": self.encode_seconds,
             "quality": quality,
+            "target_check": self.target_check(),
         }
 
 
@@ -191,7 +230,8 @@ def _accumulate(
     source_bytes = _column(batch, "source_bytes")
     payload = _column(batch, "payload_bytes")
     pixels = _column(batch, "width") * _column(batch, "height") * _column(batch, "frame_count")
-    seconds = _column(batch, "frame_count") / _column(batch, "fps")
+    frames = _column(batch, "frame_count")
+    seconds = frames / _column(batch, "fps")
     encode = _column(batch, "encode_seconds")
     metrics = {m: _column(batch, m) for m in QUALITY_METRICS}
     ok = status == "ok"
@@ -214,6 +254,8 @@ def _accumulate(
             selected = values[good]
             if np.isfinite(selected).any():
                 group.quality.setdefault(metric, Reservoir()).add(selected)
+        if group.target_metric is not None and group.target_value is not None:
+            _check_target(group, metrics[group.target_metric][good], video[good], frames[good])
     for metric, values in metrics.items():
         masked = np.where(ok, values, np.nan)
         worst_rows[metric].offer(masked, lambda i: _row(batch, i, ROW_FIELDS))
@@ -221,6 +263,19 @@ def _accumulate(
         failures.append(
             _row(batch, int(i), ("video_key", "source_uri", "codec", "gop_index", "status", "error"))
         )
+
+
+def _check_target(group: _Group, values: np.ndarray, videos: np.ndarray, frames: np.ndarray) -> None:
+    """Accumulate the target metric: GOPs short of the target, per-video frame-weighted sums."""
+    measured = np.isfinite(values)
+    group.target_gops_unmeasured += int((~measured).sum())
+    target = float(group.target_value)  # type: ignore[arg-type]
+    worse = values < target if HIGHER_IS_BETTER[group.target_metric] else values > target  # type: ignore[index]
+    group.target_gops_short += int((worse & measured).sum())
+    for video, value, count in zip(videos[measured], values[measured], frames[measured], strict=True):
+        sums = group.target_sums.setdefault(video, [0.0, 0.0])
+        sums[0] += float(value) * float(count)
+        sums[1] += float(count)
 
 
 def _row(batch: pa.RecordBatch, index: int, fields: tuple[str, ...]) -> dict[str, Any]:

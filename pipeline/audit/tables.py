@@ -57,6 +57,30 @@ def print_audit(result: AuditResult, console: Console, worst: int) -> None:
             )
     console.print(quality)
 
+    checks = [(group["label"], group["target_check"]) for group in result.groups if group.get("target_check")]
+    if checks:
+        targets = Table(title="quality targets: the manifest's measurements against the target")
+        for name in (
+            "codec / target",
+            "GOPs measured",
+            "GOPs short",
+            "unmeasured",
+            "videos short",
+            "worst video",
+        ):
+            targets.add_column(name, justify="left" if name == "codec / target" else "right")
+        for label, check in checks:
+            short = f"{check['videos_short']:,} of {check['videos_measured']:,}"
+            targets.add_row(
+                label,
+                fmt(check["gops_measured"]),
+                fmt(check["gops_short"]),
+                fmt(check["gops_unmeasured"]),
+                short,
+                fmt(check["worst_video_mean"], 4),
+            )
+        console.print(targets)
+
     if worst > 0:
         for metric, rows in result.worst.items():
             table = Table(title=f"worst {len(rows)} GOPs by {metric}")
