@@ -343,7 +343,7 @@ class _Scheduler:
         self.counters.videos_total = len(todo)
         limit = self.cfg.limit
         while self._busy(pending):
-            while pending and self._videos_ahead() < self.cfg.probe_ahead:
+            while pending and self._videos_ahead() < self._probe_ahead():
                 if limit is not None and self.videos_started + len(self.probing) >= limit:
                     if self.videos_started >= limit:  # non-videos do not count against --limit
                         self.counters.videos_total -= len(pending)
@@ -379,6 +379,15 @@ class _Scheduler:
             or self.encoding
             or self.committing
         )
+
+    def _probe_ahead(self) -> int:
+        """How many videos may wait ahead of the encoders. A per-video quality search keeps its sample
+        GOPs' decoded frames until the video is dispatched (they are reused for the real encode), so
+        then only one video per actor, plus one, may wait: decoded frames stay bounded by the actors."""
+        goal = self.cfg.quality_goal
+        if goal is not None and not goal.per_gop:
+            return min(self.cfg.probe_ahead, len(self.actors) + 1)
+        return self.cfg.probe_ahead
 
     def _videos_ahead(self) -> int:
         """Videos probed or probing but not yet dispatched (bounded by `probe_ahead`)."""
