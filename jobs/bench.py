@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -41,19 +42,14 @@ def pipeline_command(
     """Codec throughput alone vs the whole pipeline through Ray, on the same clips; prints the ratio."""
     from pipeline.bench import parse_size, result_record, run_pipeline_bench
 
-    try:
+    def run():
         width, height = parse_size(size)
-        result = run_pipeline_bench(
+        return run_pipeline_bench(
             codec=codec, videos=videos, frames=frames, width=width, height=height, gop_frames=gop_frames,
             quality=quality, metrics_every=metrics_every,
         )  # fmt: skip
-    except (ValueError, RuntimeError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    if as_json:
-        sys.stdout.write(json.dumps(result_record(result), indent=2) + "\n")
-    else:
-        print("\n".join(result.lines()))
+
+    _report(run, result_record, as_json)
 
 
 @bench_app.command("metrics")
@@ -71,16 +67,24 @@ def metrics_command(
     from pipeline.bench import parse_size
     from pipeline.bench_metrics import result_record, run_metrics_bench
 
-    try:
+    def run():
         width, height = parse_size(size)
-        result = run_metrics_bench(
+        return run_metrics_bench(
             codec=codec, width=width, height=height, frames=frames, device=device, weights_dir=metric_weights
         )
+
+    _report(run, result_record, as_json)
+
+
+def _report(run: Callable[[], Any], record: Callable[[Any], dict], as_json: bool) -> None:
+    """Run a benchmark; print its lines (or JSON), or a one-line error with exit code 2."""
+    try:
+        result = run()
     except (ValueError, RuntimeError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise typer.Exit(2) from None
     if as_json:
-        sys.stdout.write(json.dumps(result_record(result), indent=2) + "\n")
+        sys.stdout.write(json.dumps(record(result), indent=2) + "\n")
     else:
         print("\n".join(result.lines()))
 

@@ -112,17 +112,8 @@ class EncodeWorker:
         try:
             height, width = sample_gops[0].shape[1:3]
             self.codec.check_geometry(width, height)
-            result = find_rate_for_quality(
-                self.codec,
-                list(sample_gops),
-                Fraction(fps_num, fps_den),
-                goal.metric,
-                goal.target,
-                max_kbps=goal.max_kbps,
-                device=self.codec.device,
-                weights_dir=self.metric_weights,
-            )
-            record = search_record(result)
+            result = self._search(list(sample_gops), goal, Fraction(fps_num, fps_den))
+            record = result.as_record()
             knob = result.rate_target.value
         except (CodecError, QualityTargetError) as exc:
             return {"error": f"{label}: quality search: {exc}"}
@@ -177,22 +168,25 @@ class EncodeWorker:
     def _search_gop(self, frames: np.ndarray, goal: QualityGoal, fps: Fraction):
         """Search one GOP on itself; reuse the winning encoding (re-encode only if it was not kept)."""
         assert self.codec is not None
-        result = find_rate_for_quality(
+        result = self._search([frames], goal, fps, per_gop=True, keep_encoding=True)
+        rate_target = result.rate_target  # raises QualityTargetError if nothing fits under the cap
+        encoded = result.encoded[0] if result.encoded else self.codec.encode(frames, rate_target, fps)
+        return encoded, result.as_record()
+
+    def _search(self, gops: list[np.ndarray], goal: QualityGoal, fps: Fraction, **options: Any):
+        """`find_rate_for_quality` for this actor's codec, on its device, with its metric weights."""
+        assert self.codec is not None
+        return find_rate_for_quality(
             self.codec,
-            [frames],
+            gops,
             fps,
             goal.metric,
             goal.target,
             max_kbps=goal.max_kbps,
-            per_gop=True,
             device=self.codec.device,
             weights_dir=self.metric_weights,
-            keep_encoding=True,
+            **options,
         )
-        rate_target = result.rate_target  # raises QualityTargetError if nothing fits under the cap
-        if result.encoded:
-            return result.encoded[0], search_record(result)
-        return self.codec.encode(frames, rate_target, fps), search_record(result)
 
     def _quality(self, source: np.ndarray, recon: np.ndarray, gop_index: int, fps: float) -> dict[str, Any]:
         from pipeline.metrics import MetricsConfig, compute_gop_metrics, should_measure
@@ -214,28 +208,3 @@ class EncodeWorker:
             return {"metrics_note": f"metrics failed: {type(exc).__name__}: {exc}"}
         columns = set(MANIFEST_SCHEMA.names)
         return {k: v for k, v in values.items() if k in columns}
-
-
-def search_record(result: Any) -> dict[str, Any]:
-    """A quality search as compact JSON-ready data: stored in the container header and in every row's
-    `codec_params`, so the manifest alone shows how each setting was chosen."""
-    return {
-        "metric": result.metric,
-        "target": result.target,
-        "max_kbps": result.max_kbps,
-        "per_gop": result.per_gop,
-        "chosen_quality": result.chosen.knob if result.chosen else None,
-        "reached": result.reached,
-        "note": result.note,
-        "points": [
-            {
-                "quality": p.knob,
-                "score": round(p.score, 4),
-                "gop_scores": [round(v, 4) for v in p.gop_scores],
-                "kbps": round(p.kbps, 3),
-                "bpp": round(p.bpp, 6),
-                "encode_seconds": round(p.encode_seconds, 3),
-            }
-            for p in result.points
-        ],
-    }

@@ -77,6 +77,30 @@ class QualitySearchResult:
             raise QualityTargetError(self.note)
         return RateTarget("quality", self.chosen.knob)
 
+    def as_record(self) -> dict[str, Any]:
+        """The search as compact JSON-ready data: the archive stores it in the container header and in
+        every row's `codec_params`, so the manifest alone shows how each setting was chosen."""
+        return {
+            "metric": self.metric,
+            "target": self.target,
+            "max_kbps": self.max_kbps,
+            "per_gop": self.per_gop,
+            "chosen_quality": self.chosen.knob if self.chosen else None,
+            "reached": self.reached,
+            "note": self.note,
+            "points": [
+                {
+                    "quality": p.knob,
+                    "score": round(p.score, 4),
+                    "gop_scores": [round(v, 4) for v in p.gop_scores],
+                    "kbps": round(p.kbps, 3),
+                    "bpp": round(p.bpp, 6),
+                    "encode_seconds": round(p.encode_seconds, 3),
+                }
+                for p in self.points
+            ],
+        }
+
     def as_rows(self) -> list[dict[str, Any]]:
         """The search points as plain rows (for a Parquet/JSON record next to the archive)."""
         rows = []

@@ -19,6 +19,7 @@ disagrees; it also runs under Triton's CPU interpreter, which is how the tests c
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -38,8 +39,6 @@ _state = {"enabled": True, "verified": False}
 
 def available(device: torch.device) -> bool:
     """Whether the fused search will run for tensors on `device`."""
-    import os
-
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     return triton is not None and _state["enabled"] and (device.type == "cuda" or interpreted)
 
