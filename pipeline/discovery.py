@@ -103,7 +103,9 @@ def probe_entry(entry: SourceEntry, *, endpoint_url: str | None = None) -> Probe
     try:
         fs, path = filesystem(entry.uri, endpoint_url=endpoint_url)
         head = fs.cat_file(path, start=0, end=min(HEAD_BYTES, entry.size))
-        return ProbeOutcome(entry, "video", info=media.probe(entry.uri, endpoint_url=endpoint_url, head=head))
+        return ProbeOutcome(
+            entry, "video", info=media.probe(entry.uri, endpoint_url=endpoint_url, head=head, sha256=True)
+        )
     except media.NotAVideo as exc:
         return ProbeOutcome(entry, "skip", reason=str(exc))
     except media.SourceError as exc:

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from pipeline.hashing_reader import HashingReader
 from pipeline.storage import filesystem, is_local
 
 VIDEO_EXTENSIONS = (
@@ -70,6 +72,8 @@ class VideoInfo:
     #: decodes read from the start instead of seeking).
     frame_pts: tuple[int, ...] | None
     time_base: Fraction | None
+    #: sha256 of the whole source object, taken while probing (see `hashing_reader`).
+    source_sha256: str | None = None
 
     def header_fields(self) -> dict[str, Any]:
         """Fields recorded in the archive header and run records (no per-frame lists)."""
@@ -86,6 +90,7 @@ class VideoInfo:
             "pix_fmt": self.pix_fmt,
             "color": self.color,
             "time_base": str(self.time_base) if self.time_base else None,
+            "source_sha256": self.source_sha256,
         }
 
 
@@ -111,17 +116,22 @@ def open_source(uri: str, endpoint_url: str | None = None) -> Iterator[Any]:
             handle.close()
 
 
-def probe(uri: str, *, endpoint_url: str | None = None, head: bytes = b"") -> VideoInfo:
+def probe(uri: str, *, endpoint_url: str | None = None, head: bytes = b"", sha256: bool = False) -> VideoInfo:
     """Describe a source video. Raises NotAVideo (skip it) or SourceError (it is a broken video).
 
     `head` (the object's first bytes, if the caller has them) helps tell a broken video from a
-    non-video when the container does not open.
+    non-video when the container does not open. `sha256=True` also fills `source_sha256` (the
+    archive's probe does; a remote object is hashed while it is demuxed, see `hashing_reader`).
     """
     import av
 
     try:
-        with open_source(uri, endpoint_url) as container:
-            return _describe(container, uri)
+        if not sha256:
+            with open_source(uri, endpoint_url) as container:
+                return _describe(container, uri)
+        with _open_hashed(uri, endpoint_url) as (container, finish_hash):
+            info = _describe(container, uri)
+            return dataclasses.replace(info, source_sha256=finish_hash())
     except (NotAVideo, SourceError):
         raise
     except av.FFmpegError as exc:
@@ -132,6 +142,34 @@ def probe(uri: str, *, endpoint_url: str | None = None, head: bytes = b"") -> Vi
         raise NotAVideo(f"{uri}: not a video container") from None
     except (OSError, ValueError, EOFError) as exc:
         raise SourceError(f"{uri}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
+@contextlib.contextmanager
+def _open_hashed(uri: str, endpoint_url: str | None) -> Iterator[tuple[Any, Callable[[], str]]]:
+    """`open_source` that also yields a function returning the object's sha256 (probe reads the whole
+    object anyway; a remote object is hashed as PyAV reads it, so it is fetched once, not twice)."""
+    import av
+
+    fs, path = filesystem(uri, endpoint_url=endpoint_url)
+    if is_local(fs):  # native file I/O for the demuxer; the local re-read is cheap (page cache)
+        with open_source(uri, endpoint_url) as container:
+            yield container, lambda: _file_sha256(path)
+        return
+    with fs.open(path, "rb", block_size=4 * 1024 * 1024, cache_type="readahead") as handle:
+        reader = HashingReader(handle)
+        container = av.open(reader, mode="r", metadata_errors="ignore")
+        try:
+            yield container, reader.finish
+        finally:
+            container.close()
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _describe(container: Any, uri: str) -> VideoInfo:

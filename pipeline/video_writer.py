@@ -57,7 +57,7 @@ def manifest_path(out_root: str, video_key: str) -> str:
 def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -> dict[str, Any]:
     """Write the video's container, manifest part and done marker; returns the per-GOP stats."""
     fs, out_root = filesystem(job.out, endpoint_url=job.endpoint_url)
-    source_sha256 = _source_sha256(job)
+    source_sha256 = job.header.get("source_sha256") or _source_sha256(job)  # normally taken by the probe
     attachments = []
     if job.has_audio:
         audio = media.extract_audio(job.source_uri, endpoint_url=job.endpoint_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -99,7 +100,7 @@ def test_archive_end_to_end_then_resume_and_retry(
             span = slice(row["first_frame"], row["first_frame"] + row["frame_count"])
             assert psnr_rgb(original[span], frames[span]) == pytest.approx(row["psnr"], abs=1e-6)
             assert row["psnr"] > 25
-        assert len(header["source_sha256"]) == 64
+        assert header["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
 
     run_dir = out / "runs" / result.run_id
     config = json.loads((run_dir / "config.json").read_text())
