@@ -50,13 +50,19 @@ def _wait_for_job_server(url: str, head: subprocess.Popen, log: Path, timeout: f
     raise AssertionError(f"the job server at {url} did not come up in {timeout:.0f} s")
 
 
+#: Answers of a job server that is not ready yet: no job was created, so submitting again is safe
+#: (and were one created, the archive job is idempotent: a second run skips what the first did).
+_NOT_READY = ("No available agent", "Connection aborted", "RemoteDisconnected", "Connection refused")
+
+
 def _submit(cmd: list[str], env: dict[str, str], patience: float = 90.0) -> subprocess.CompletedProcess:
-    """`ray job submit`, retried while the head's dashboard agent has not registered yet (the job
-    server answers before it; Ray then refuses the submission, creating no job, and says to retry)."""
+    """`ray job submit`, retried while the head is not ready to take it: the job server answers before
+    the dashboard agent registers (Ray then refuses the submission and says to retry), and on a loaded
+    machine the job server can drop the upload's connection while it starts."""
     deadline = time.monotonic() + patience
     while True:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
-        if proc.returncode == 0 or "No available agent" not in proc.stdout + proc.stderr:
+        if proc.returncode == 0 or not any(text in proc.stdout + proc.stderr for text in _NOT_READY):
             return proc
         if time.monotonic() > deadline:
             return proc
