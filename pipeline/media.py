@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 from collections.abc import Callable, Iterator
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from codec.modeldir import sha256_file
 from pipeline.hashing_reader import HashingReader
 from pipeline.storage import filesystem, is_local
 
@@ -153,7 +154,7 @@ def _open_hashed(uri: str, endpoint_url: str | None) -> Iterator[tuple[Any, Call
     fs, path = filesystem(uri, endpoint_url=endpoint_url)
     if is_local(fs):  # native file I/O for the demuxer; the local re-read is cheap (page cache)
         with open_source(uri, endpoint_url) as container:
-            yield container, lambda: _file_sha256(path)
+            yield container, lambda: sha256_file(Path(path))
         return
     with fs.open(path, "rb", block_size=4 * 1024 * 1024, cache_type="readahead") as handle:
         reader = HashingReader(handle)
@@ -162,14 +163,6 @@ def _open_hashed(uri: str, endpoint_url: str | None) -> Iterator[tuple[Any, Call
             yield container, reader.finish
         finally:
             container.close()
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(8 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _describe(container: Any, uri: str) -> VideoInfo:

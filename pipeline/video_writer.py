@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 from typing import Any
@@ -57,7 +56,6 @@ def manifest_path(out_root: str, video_key: str) -> str:
 def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -> dict[str, Any]:
     """Write the video's container, manifest part and done marker; returns the per-GOP stats."""
     fs, out_root = filesystem(job.out, endpoint_url=job.endpoint_url)
-    source_sha256 = job.header.get("source_sha256") or _source_sha256(job)  # normally taken by the probe
     attachments = []
     if job.has_audio:
         audio = media.extract_audio(job.source_uri, endpoint_url=job.endpoint_url)
@@ -67,7 +65,7 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
     if job.header.get("vfr") and len(pts) == int(job.header["frame_count"]):
         info = {"time_base": job.header.get("time_base"), "dtype": "<i8", "count": len(pts)}
         attachments.append((media.TIMESTAMPS_ATTACHMENT, np.asarray(pts, dtype="<i8").tobytes(), info))
-    header = dict(job.header, source_sha256=source_sha256, created_at=utc_now().isoformat())
+    header = dict(job.header, created_at=utc_now().isoformat())  # source_sha256: taken by the probe
     gops = [(s.first_frame, s.frame_count, p) for s, p in zip(job.spans, payloads, strict=True)]
     path = container_path(out_root, job.video_key)
     with open_atomic(fs, path) as handle:
@@ -194,13 +192,3 @@ def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(rows_to_table(rows, MANIFEST_SCHEMA), buffer, compression="zstd")
     return buffer.getvalue()
-
-
-def _source_sha256(job: VideoJob) -> str:
-    """sha256 of the source bytes, streamed: lets an audit prove which source an archive came from."""
-    fs, path = filesystem(job.source_uri, endpoint_url=job.endpoint_url)
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(8 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
