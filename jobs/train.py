@@ -42,29 +42,47 @@ def tokenizer_command(
     init: Annotated[str | None, typer.Option(help="Start from this AutoencoderKLWan directory.")] = None,
     checkpoint_dir: str | None = None,
     endpoint_url: str | None = None,
+    curriculum: Annotated[
+        str | None,
+        typer.Option(help="Growing crops: START:SIZExFRAMESxBATCH,... (overrides size/frames/batch)."),
+    ] = None,
+    augment: Annotated[bool, typer.Option(help="Scale, motion and colour augmentation.")] = True,
+    checkpoint_minutes: Annotated[float, typer.Option(help="Checkpoint at least this often.")] = 5.0,
+    eval_minutes: Annotated[
+        float | None, typer.Option(help="Log held-out PSNR/colour error of the EMA weights this often.")
+    ] = None,
 ) -> None:
     """Train a small Wan2.1-architecture tokenizer (AutoencoderKLWan)."""
     from pipeline.synthetic import EVAL_IMAGES
     from pipeline.training.bundle import update_bundle_card
-    from pipeline.training.tokenizer import TokenizerTraining, reconstruction_psnr, train_tokenizer
+    from pipeline.training.tokenizer import (
+        TokenizerTraining,
+        reconstruction_psnr,
+        tokenizer_summary,
+        train_tokenizer,
+    )
 
     settings = TokenizerTraining(
         data=data, out=out, steps=steps, minutes=minutes, size=size, frames=frames, batch=batch, lr=lr,
         workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, init=init,
-        checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url,
+        checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url, curriculum=curriculum, augment=augment,
+        checkpoint_minutes=checkpoint_minutes, eval_minutes=eval_minutes,
     )  # fmt: skip
     started = time.monotonic()
     directory = _guard(lambda: train_tokenizer(settings))
     psnr = reconstruction_psnr(str(directory), EVAL_IMAGES)
-    summary = {
-        "architecture": settings.architecture, "steps": _steps_done(settings), "size": size, "frames": frames,
-        "batch": batch, "lr": lr, "data": data, "wall_seconds_last_run": round(time.monotonic() - started),
-        "heldout_psnr_db": round(psnr, 2),
+    run = {
+        "steps": _steps_done(settings), "resume": resume, "init": init, "curriculum": curriculum,
+        "size": size, "frames": frames, "batch": batch, "lr": lr, "data": data, "augment": augment,
+        "threads": threads, "workers": workers, "device": "gpu" if use_gpu else _cpu_name(),
+        "wall_seconds": round(time.monotonic() - started),
     }  # fmt: skip
+    summary = tokenizer_summary(out, directory, run, psnr)
     update_bundle_card(
         out, "tokenizer", summary,
-        f"AutoencoderKLWan (Wan2.1 architecture, small config) trained on {data} clips, "
-        f"{size}x{size}x{frames}; held-out reconstruction PSNR {psnr:.2f} dB (EVAL_IMAGES, 64x64x17).",
+        f"AutoencoderKLWan (Wan2.1 architecture, small config) trained on {data} clips "
+        f"({summary['steps']} steps in all); held-out reconstruction PSNR {psnr:.2f} dB "
+        "(EVAL_IMAGES, 64x64x17).",
     )  # fmt: skip
     print(f"tokenizer written to {directory}; held-out reconstruction PSNR {psnr:.2f} dB")
 
@@ -134,6 +152,22 @@ def flow_command(
         )
     )  # fmt: skip
     print(f"flow model written to {out}/flow: {summary}")
+
+
+def _cpu_name() -> str:
+    """The CPU model and core count, for model cards' honest training records."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            name = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), name
+            )
+    except OSError:
+        pass
+    return f"CPU ({name}, {os.cpu_count()} cores)"
 
 
 def _steps_done(settings) -> int:

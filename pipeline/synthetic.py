@@ -14,7 +14,37 @@ from pathlib import Path
 
 import numpy as np
 
+#: Every photograph the installed packages ship, except the held-out EVAL_IMAGES. Plain names are
+#: scikit-image's `skimage.data` images; "sklearn:" and "matplotlib:" name the sample images of those
+#: packages. `chelsea` is not here: `skimage.data.cat()` returns the very same photograph, and `cat` is
+#: held out. Drawings and phantoms (logo, horse, checkerboard, shepp_logan_phantom) are not photographs;
+#: colorwheel is kept for its saturated colours.
 TRAIN_IMAGES: tuple[str, ...] = (
+    "astronaut",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "colorwheel",
+    "hubble_deep_field",
+    "retina",
+    "stereo_motorcycle",
+    "brick",
+    "grass",
+    "gravel",
+    "clock",
+    "cell",
+    "text",
+    "page",
+    "sklearn:china",
+    "sklearn:flower",
+    "matplotlib:grace_hopper",
+    "matplotlib:Minduka_Present_Blue_Pack",
+)
+EVAL_IMAGES: tuple[str, ...] = ("cat", "camera", "coins", "moon")
+#: Images whose patches move across `synthetic_clip` clips. Fixed (the training list of the first bundle)
+#: so the benchmark clips stay the same bytes whatever TRAIN_IMAGES becomes; training clips draw their
+#: patches from TRAIN_IMAGES instead (`pipeline.training.data`).
+PATCH_DONORS: tuple[str, ...] = (
     "astronaut",
     "coffee",
     "chelsea",
@@ -22,21 +52,55 @@ TRAIN_IMAGES: tuple[str, ...] = (
     "immunohistochemistry",
     "colorwheel",
 )
-EVAL_IMAGES: tuple[str, ...] = ("cat", "camera", "coins", "moon")
 
 
 def load_image(name: str) -> np.ndarray:
-    """An RGB uint8 image from skimage.data (grey images are replicated to three channels)."""
+    """An RGB uint8 image by name (see TRAIN_IMAGES; grey images are replicated to three channels)."""
+    source, _, item = name.rpartition(":")
+    if source == "sklearn":
+        image = _sklearn_image(item)
+    elif source == "matplotlib":
+        image = _matplotlib_image(item)
+    elif source in ("", "skimage"):
+        image = _skimage_image(item)
+    else:
+        raise ValueError(f"unknown image source {source!r} in {name!r}")
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = (255.0 * image / max(float(image.max()), 1e-9)).round().astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+
+
+def _skimage_image(name: str) -> np.ndarray:
     from skimage import data  # heavy import; only synthesis needs it
 
     try:
         image = getattr(data, name)()
     except AttributeError:
         raise ValueError(f"skimage.data has no image {name!r}") from None
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+    return image[0] if isinstance(image, tuple) else image  # stereo pairs: the left view
+
+
+def _sklearn_image(name: str) -> np.ndarray:
+    try:
+        from sklearn.datasets import load_sample_image
+    except ImportError:
+        raise ValueError(f"image sklearn:{name} needs scikit-learn (pip install 'vidarc[train]')") from None
+    return load_sample_image(f"{name}.jpg")
+
+
+def _matplotlib_image(name: str) -> np.ndarray:
+    import matplotlib
+    from PIL import Image
+
+    folder = Path(matplotlib.get_data_path()) / "sample_data"
+    matches = sorted(folder.glob(f"{name}.*"))
+    if not matches:
+        raise ValueError(f"matplotlib ships no sample image {name!r}")
+    with Image.open(matches[0]) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def synthetic_clip(
@@ -48,8 +112,10 @@ def synthetic_clip(
     seed: int = 0,
     objects: int = 2,
     speed: float = 1.0,
+    donors: tuple[str, ...] = PATCH_DONORS,
 ) -> np.ndarray:
-    """`frames` RGB frames (T×H×W×3 uint8) of a slow camera move over `image` with moving patches."""
+    """`frames` RGB frames (T×H×W×3 uint8) of a slow camera move over `image` with moving patches cut
+    from the `donors` images."""
     import torch
     import torch.nn.functional as F
 
@@ -76,15 +142,15 @@ def synthetic_clip(
     video = F.grid_sample(
         src.expand(frames, -1, -1, -1), grid, mode="bilinear", padding_mode="reflection", align_corners=False
     )
-    video = _add_moving_patches(video, rng, objects, speed)
+    video = _add_moving_patches(video, rng, objects, speed, donors)
     light = 1.0 + 0.06 * np.sin(np.linspace(0, rng.uniform(1, 3), frames) + rng.uniform(0, 6))
     video = video * torch.tensor(light, dtype=torch.float32).view(-1, 1, 1, 1)
     return (video.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _add_moving_patches(video, rng: np.random.Generator, objects: int, speed: float):
+def _add_moving_patches(video, rng: np.random.Generator, objects: int, speed: float, donors: tuple[str, ...]):
     frames, _, height, width = video.shape
-    donor = load_image(str(rng.choice(TRAIN_IMAGES)))
+    donor = load_image(str(rng.choice(donors)))
     for _ in range(objects):
         ph = int(rng.integers(max(2, height // 8), max(3, height // 3)))
         pw = int(rng.integers(max(2, width // 8), max(3, width // 3)))

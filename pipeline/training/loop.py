@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
+EMA_NAME = "ema.safetensors"
 LOG_NAME = "train_log.jsonl"
 
 
@@ -46,6 +48,8 @@ class TrainingRun:
     threads: int = 1
     seed: int = 0
     checkpoint_every: int = 200
+    #: Also checkpoint when this many minutes passed since the last one (long niced runs on shared CPUs).
+    checkpoint_minutes: float = 5.0
     log_every: int = 20
     resume: bool = False
     init: str | None = None
@@ -159,8 +163,11 @@ class TrainLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def step(self, step: int, **metrics: float) -> None:
-        if step % self.every:
-            return
+        if step % self.every == 0:
+            self.record(step, **metrics)
+
+    def record(self, step: int, **metrics: float) -> None:
+        """Log `metrics` at `step` whatever `every` says (evaluations, end-of-run figures)."""
         record = {"step": step, "seconds": round(time.monotonic() - self.started, 1), **metrics}
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -178,3 +185,110 @@ def absolute_local(path: str | None) -> str | None:
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DDP wrapper (what we save), or the model itself."""
     return getattr(model, "module", model)
+
+
+class Ema:
+    """Exponential moving average of a model's floating-point weights (what gets exported).
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) so early averages are not dominated by the
+    random initialisation.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0) -> None:
+        self.decay, self.updates = decay, updates
+        self.shadow = {
+            k: v.detach().clone().float() for k, v in model.state_dict().items() if v.is_floating_point()
+        }
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for key, value in model.state_dict().items():
+            if key in self.shadow:
+                self.shadow[key].mul_(decay).add_(value.detach().float(), alpha=1 - decay)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Load the averaged weights into `model` (the other buffers are kept)."""
+        state = model.state_dict()
+        state.update({k: v.to(state[k].dtype) for k, v in self.shadow.items()})
+        model.load_state_dict(state)
+
+    def save(self, path: Path) -> None:
+        save_file(
+            {k: v.contiguous() for k, v in self.shadow.items()},
+            str(path),
+            metadata={"updates": str(self.updates)},
+        )
+
+    @classmethod
+    def load(cls, model: torch.nn.Module, decay: float, path: Path) -> Ema:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            updates = int((handle.metadata() or {}).get("updates", 0))
+        ema = cls(model, decay, updates)
+        for key, value in load_file(str(path)).items():
+            if key in ema.shadow:
+                ema.shadow[key] = value.float()
+        return ema
+
+
+def learning_rate(step: int, *, base: float, total: int, warmup: int = 200, floor: float = 0.05) -> float:
+    """Linear warm-up, then a cosine from `base` down to `floor`·base at step `total`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One curriculum stage: from step `start`, clips of `size`×`size`×`frames`, `batch` per step."""
+
+    start: int
+    size: int
+    frames: int
+    batch: int
+
+
+def parse_curriculum(text: str | None, default: Stage) -> list[Stage]:
+    """ "0:32x5x8,4000:64x9x3" -> stages sorted by start step; None or "" -> [default].
+
+    Each entry is START:SIZExFRAMESxBATCH. Crops grow as training goes on: small crops give many cheap
+    steps early, large ones teach what only larger contexts show (the VAE's middle attention, long pans).
+    """
+    if not text:
+        return [default]
+    stages = []
+    for part in text.split(","):
+        try:
+            start, shape = part.strip().split(":")
+            size, frames, batch = (int(v) for v in shape.lower().split("x"))
+            stages.append(Stage(int(start), size, frames, batch))
+        except ValueError:
+            raise ValueError(f"curriculum entry {part!r} is not START:SIZExFRAMESxBATCH") from None
+    stages.sort(key=lambda s: s.start)
+    if stages[0].start != 0:
+        raise ValueError("the curriculum must start at step 0")
+    return stages
+
+
+def stage_at(stages: list[Stage], step: int) -> Stage:
+    return [s for s in stages if s.start <= step][-1]
+
+
+class CheckpointTimer:
+    """True every `every` steps or after `minutes` of wall time since the last checkpoint."""
+
+    def __init__(self, every: int, minutes: float | None) -> None:
+        self.every, self.seconds = every, 60.0 * minutes if minutes else None
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        if step % self.every == 0 or (
+            self.seconds is not None and time.monotonic() - self.last >= self.seconds
+        ):
+            self.last = time.monotonic()
+            return True
+        return False
