@@ -128,3 +128,50 @@ def test_config_round_trip_refuses_unknown_keys() -> None:
 def test_latent_size_must_fit_the_stride(model: LatentCodec) -> None:
     with pytest.raises(ValueError, match="multiple of 4"):
         model.compress(torch.zeros(1, 16, 1, 6, 8), 10)
+
+
+def _variant(model: LatentCodec, **switches) -> LatentCodec:
+    """The same weights under an ablation switch (what `bench/glvc_ablation.py` trains separately)."""
+    import dataclasses
+
+    other = LatentCodec(dataclasses.replace(model.config, **switches))
+    other.load_state_dict(model.state_dict())
+    return other.eval()
+
+
+@pytest.mark.parametrize(
+    "switches", [{"temporal_context": "none"}, {"temporal_context": "previous"}, {"spatial_context": False}]
+)
+def test_ablation_variants_round_trip_and_change_the_coding(model, latents, switches) -> None:
+    variant = _variant(model, **switches)
+    coded = variant.compress(latents, 40)
+    decoded = variant.decompress(coded.data, 40, 3, 8, 12)
+    for a, b in zip(coded.symbols, decoded.symbols, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert coded.data != model.compress(latents, 40).data
+
+
+def test_intra_only_codes_every_latent_frame_alone(model) -> None:
+    """With temporal_context="none", a GOP of one repeated latent frame codes each copy identically,
+    while the full model (recurrent memory) codes later copies differently."""
+    frame = torch.randn(1, 16, 1, 8, 12, generator=torch.Generator().manual_seed(2))
+    still = frame.repeat(1, 1, 3, 1, 1)
+    intra = _variant(model, temporal_context="none").compress(still, 40).symbols
+    for part in range(3):  # z, anchors, non-anchors of frames 0, 1, 2
+        np.testing.assert_array_equal(intra[part], intra[3 + part])
+        np.testing.assert_array_equal(intra[part], intra[6 + part])
+    full = model.compress(still, 40).symbols
+    assert not all(np.array_equal(full[p], full[3 + p]) for p in range(3))
+
+
+def test_without_spatial_context_the_context_layer_is_unused(model, latents) -> None:
+    variant = _variant(model, spatial_context=False)
+    coded = variant.compress(latents, 30)
+    with torch.no_grad():
+        variant.context.weight.add_(1.0)
+    assert variant.compress(latents, 30).data == coded.data
+
+
+def test_ablation_switches_are_validated() -> None:
+    with pytest.raises(ValueError, match="temporal_context"):
+        LatentCodecConfig(temporal_context="future")

@@ -55,6 +55,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 #: The codec's own spatial stride on latents (y at 1/2, z at 1/4): latent sizes must be multiples of it.
 LATENT_STRIDE = 4
+TEMPORAL_CONTEXTS = ("memory", "previous", "none")
 
 
 @dataclasses.dataclass
@@ -73,6 +74,21 @@ class LatentCodecConfig:
     scale_min: float = 0.11
     scale_max: float = 64.0
     symbol_range: int = 255
+    #: Ablation switches (`bench/glvc_ablation.py`); the defaults are GLVC as designed, and with them the
+    #: bitstream is exactly that of a model saved before the switches existed.
+    #: "memory": recurrent memory m_t = f(ŷ_t, m_{t-1}); "previous": the same layers with m_{t-1} = 0, so
+    #: the context is built from the previous latent frame alone (DCVC-style); "none": every latent frame
+    #: is coded intra.
+    temporal_context: str = "memory"
+    #: False: the non-anchor half of the checkerboard uses the same means/scales as the anchors (no
+    #: spatial context from decoded neighbours).
+    spatial_context: bool = True
+
+    def __post_init__(self) -> None:
+        if self.temporal_context not in TEMPORAL_CONTEXTS:
+            raise ValueError(
+                f"temporal_context must be one of {', '.join(TEMPORAL_CONTEXTS)}, got {self.temporal_context!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -250,14 +266,22 @@ class LatentCodec(nn.Module):
         means, index_values = ops.conv(self.params_anchor, f).chunk(2, 1)
         return f, means, index_values
 
-    def refine(self, ops: Ops, fused: Tensor, anchors_hat: Tensor) -> tuple[Tensor, Tensor]:
-        """Means and scale-index values for the non-anchors from the decoded anchors (masked ŷ)."""
+    def refine(
+        self, ops: Ops, fused: Tensor, anchors_hat: Tensor, anchor_params: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Means and scale-index values for the non-anchors from the decoded anchors (masked ŷ); without
+        spatial context (ablation), the anchors' own parameters."""
+        if not self.config.spatial_context:
+            return anchor_params
         c = ops.lrelu(ops.conv(self.context, anchors_hat))
         means, index_values = ops.conv(self.params_nonanchor, torch.cat([fused, c], 1)).chunk(2, 1)
         return means, index_values
 
-    def update_memory(self, ops: Ops, y_hat: Tensor, memory: Tensor | None, q: Tensor) -> Tensor:
-        if memory is None:
+    def update_memory(self, ops: Ops, y_hat: Tensor, memory: Tensor | None, q: Tensor) -> Tensor | None:
+        """m_t from ŷ_t and m_{t-1}; the ablations forget m_{t-1} ("previous") or keep none ("none")."""
+        if self.config.temporal_context == "none":
+            return None
+        if memory is None or self.config.temporal_context == "previous":
             memory = torch.zeros_like(y_hat[:, : self.config.memory_channels])
         inp = torch.cat([y_hat, memory], 1)
         cand = ops.lrelu(ops.conv(self.memory_candidate, inp) + ops.embed(self.q_embed_memory, q))
@@ -289,7 +313,7 @@ class LatentCodec(nn.Module):
             )
             fused, mu1, v1 = self.prior(TrainOps, z_hat, memory, q)
             anchors_hat = (torch.round(y - mu1) + (y - mu1) - (y - mu1).detach() + mu1) * anchor
-            mu2, v2 = self.refine(TrainOps, fused, anchors_hat)
+            mu2, v2 = self.refine(TrainOps, fused, anchors_hat, (mu1, v1))
             mu = anchor * mu1 + (1 - anchor) * mu2
             v = anchor * v1 + (1 - anchor) * v2
             scale = self._scale_of_index(TrainOps.round_index(v, top))
@@ -337,7 +361,7 @@ class LatentCodec(nn.Module):
             fused, mu1, v1 = self.prior(ExactOps, z, memory, q)
             r1 = torch.clamp(torch.round(y - mu1 / ACT_SCALE), -rng, rng)
             anchors_hat = (r1 * ACT_SCALE + mu1) * anchor
-            mu2, v2 = self.refine(ExactOps, fused, anchors_hat)
+            mu2, v2 = self.refine(ExactOps, fused, anchors_hat, (mu1, v1))
             r2 = torch.clamp(torch.round(y - mu2 / ACT_SCALE), -rng, rng)
             idx1, idx2 = ExactOps.round_index(v1, top), ExactOps.round_index(v2, top)
             s1, s2 = _pick(r1, anchor), _pick(r2, ~anchor)
@@ -372,7 +396,7 @@ class LatentCodec(nn.Module):
             s1 = decoder.decode(idx1)
             r1 = _place(s1, anchor, mu1)
             anchors_hat = (r1 * ACT_SCALE + mu1) * anchor
-            mu2, v2 = self.refine(ExactOps, fused, anchors_hat)
+            mu2, v2 = self.refine(ExactOps, fused, anchors_hat, (mu1, v1))
             s2 = decoder.decode(_pick(ExactOps.round_index(v2, top), ~anchor))
             r2 = _place(s2, ~anchor, mu2)
             symbols += [z_sym, s1, s2]
