@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.archive import run_archive
-from pipeline.config import ArchiveConfig
-from pipeline.progress import Counters, ProgressDisplay
+from pipeline.archive.config import ArchiveConfig
+from pipeline.archive.progress import Counters, ProgressDisplay
 
 REPO = Path(__file__).resolve().parents[1]
 
