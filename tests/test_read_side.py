@@ -109,7 +109,7 @@ def _write_archive(out: Path, clip: np.ndarray, *, gop_frames: int = 4) -> str:
         )  # fmt: skip
     identity = codec.describe()
     header = {
-        **{k: identity[k] for k in ("codec", "codec_version", "model_id", "model_sha256")},
+        **{k: identity[k] for k in ("codec", "codec_version", "model_id", "model_sha256", "decoder_options")},
         "width": clip.shape[2], "height": clip.shape[1], "frame_count": len(clip), "fps_num": 24, "fps_den": 1,
         "vfr": False, "rotation": 0, "target": {"kind": "quality", "value": 23}, "video_key": "clip-0001",
     }  # fmt: skip
