@@ -69,3 +69,38 @@ def test_discovery_classifies_videos_non_videos_and_broken_files(tmp_path: Path,
     assert outcomes["cut.mp4"].kind == "failed" and str(root / "cut.mp4") in outcomes["cut.mp4"].reason
     assert {outcomes[n].kind for n in ("readme.md", "still.png", "empty.mov")} == {"skip"}
     assert "still image" in outcomes["still.png"].reason
+
+
+def test_rerun_with_nothing_left_to_do_needs_no_cluster(tmp_path: Path, clip: np.ndarray) -> None:
+    """Every video already done: the rerun starts no Ray, exits 0 and still writes its run records."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.runinfo import marker_path, write_json
+    from pipeline.storage import filesystem
+    from pipeline.synthetic import write_video
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    write_video(src / "a.mp4", clip[:6], fps=24)
+    fs, root = filesystem(str(out))
+    for entry in list_sources(str(src)):
+        write_json(fs, marker_path(root, "done", entry.key), {"video_key": entry.key})
+    script = (
+        "import sys, ray; from pipeline.archive import run_archive; from pipeline.archive.config import ArchiveConfig\n"
+        f"r = run_archive(ArchiveConfig(src={str(src)!r}, out={str(out)!r}))\n"
+        "print(r.exit_code, r.summary['videos_skipped_done'], ray.is_initialized())"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-3:] == ["0", "1", "False"]
+    (run,) = (out / "runs").iterdir()
+    assert (
+        json.loads((run / "summary.json").read_text())["videos_ok"] == 0 and (run / "config.json").is_file()
+    )
