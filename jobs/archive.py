@@ -74,7 +74,7 @@ def archive_command(
 ) -> None:
     """Archive every video under SRC (a folder, file or s3:// prefix) into OUT."""
     from pipeline.archive import ArchiveError, run_archive
-    from pipeline.config import (
+    from pipeline.archive.config import (
         ArchiveConfig,
         ConfigError,
         quality_goal_from_options,
@@ -128,7 +128,7 @@ def archive_command(
 
 def _codec_options(codec: str, gvc_mode: str | None, preset: str | None) -> dict[str, str]:
     """Codec-specific options, refused where they do not apply (rather than silently ignored)."""
-    from pipeline.config import ConfigError
+    from pipeline.archive.config import ConfigError
 
     options: dict[str, str] = {}
     if gvc_mode is not None:
