@@ -11,7 +11,7 @@ setup:
 demo: setup
 	RAY_AUTH_MODE=disabled $(BIN)/vidarc archive samples $(DEMO_OUT) --codec glvc --target-bpp 0.05 --verify-fraction 1.0
 	$(BIN)/vidarc ls $(DEMO_OUT)
-	$(BIN)/vidarc audit $(DEMO_OUT)
+	$(BIN)/vidarc audit $(DEMO_OUT) --html $(abspath $(DEMO_OUT))/report.html
 
 test: setup
 	$(BIN)/ruff check .

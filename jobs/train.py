@@ -7,6 +7,7 @@ and re-hashes the bundle's model card. Checkpoints go beside it (`<out>.checkpoi
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Annotated
@@ -107,21 +108,32 @@ def glvc_command(
     init: Annotated[str | None, typer.Option(help="Start from this latent_codec directory.")] = None,
     checkpoint_dir: str | None = None,
     endpoint_url: str | None = None,
+    architecture: Annotated[
+        str | None,
+        typer.Option(
+            help="LatentCodecConfig fields of a fresh model, as JSON (e.g. '{\"hidden_channels\": 96}')."
+        ),
+    ] = None,
+    checkpoint_minutes: Annotated[float, typer.Option(help="Checkpoint at least this often.")] = 5.0,
 ) -> None:
     """Stage 1 of GLVC: rate + λ·MSE in the frozen tokenizer's latent space, all quality indices."""
     from pipeline.training.bundle import update_bundle_card
     from pipeline.training.glvc import GlvcTraining, train_glvc
 
+    fields = _guard(lambda: _json_object(architecture, "--architecture")) if architecture else {}
     settings = GlvcTraining(
         data=data, tokenizer=tokenizer, out=out, steps=steps,
         minutes=minutes, size=size, frames=frames, batch=batch, lr=lr, workers=workers, use_gpu=use_gpu,
         threads=threads, resume=resume, init=init, checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url,
+        architecture=fields, checkpoint_minutes=checkpoint_minutes,
     )  # fmt: skip
     started = time.monotonic()
     directory = _guard(lambda: train_glvc(settings))
     summary = {
         "steps": _steps_done(settings), "size": size, "frames": frames, "batch": batch, "lr": lr, "data": data,
+        "resume": resume, "init": init, "device": "gpu" if use_gpu else _cpu_name(), "threads": threads,
         "wall_seconds_last_run": round(time.monotonic() - started),
+        "architecture": json.loads((directory / "config.json").read_text()),
     }  # fmt: skip
     update_bundle_card(
         out, "latent_codec", summary,
@@ -154,6 +166,16 @@ def flow_command(
     print(f"flow model written to {out}/flow: {summary}")
 
 
+def _json_object(text: str, option: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{option} is not JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} must be a JSON object")
+    return value
+
+
 def _cpu_name() -> str:
     """The CPU model and core count, for model cards' honest training records."""
     import os
@@ -172,7 +194,6 @@ def _cpu_name() -> str:
 
 def _steps_done(settings) -> int:
     """Optimiser steps the written component has had (resumed runs included), from its last checkpoint."""
-    import json
 
     from pipeline.training.loop import STATE_NAME, latest_checkpoint
 

@@ -7,6 +7,11 @@ whole GOPs of several latent frames so the recurrent memory learns to carry info
 tokenizer is frozen; its latents of a pool of clips are cached and refreshed slowly, because the
 tokenizer's encoder dominates the cost of a step.
 
+Schedule and export as the tokenizer stage: linear warm-up then a cosine to `lr_floor`·lr, an EMA of the
+weights is what gets written, checkpoints every `checkpoint_every` steps or `checkpoint_minutes`. The
+latent pool is filled from augmented clips (`pipeline.training.data`). `architecture` sets the
+`LatentCodecConfig` of a fresh model, including the ablation switches `bench/glvc_ablation.py` compares.
+
 Stage 2 (sharpening the pixel decoder with perceptual/adversarial losses) is not implemented: no
 pretrained perceptual backbone is available here to build it honestly.
 """
@@ -21,10 +26,14 @@ import torch
 
 from pipeline.training.data import ClipSampler
 from pipeline.training.loop import (
+    EMA_NAME,
+    CheckpointTimer,
+    Ema,
     TrainingRun,
     TrainLog,
     fit,
     latest_checkpoint,
+    learning_rate,
     load_optimizer_state,
     replace_directory,
     save_checkpoint,
@@ -43,6 +52,10 @@ class GlvcTraining(TrainingRun):
     steps: int = 3000
     pool: int = 96
     refresh_every: int = 8
+    ema_decay: float = 0.999
+    warmup: int = 200
+    lr_floor: float = 0.05
+    augment: bool = True
     architecture: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,12 +98,16 @@ def _worker_loop(config: dict[str, Any]) -> None:
         codec = LatentCodec.from_pretrained(config["init"])
     else:
         codec = LatentCodec(LatentCodecConfig.from_dict(config["architecture"]))
+    if checkpoint is not None and (checkpoint / EMA_NAME).is_file():
+        ema = Ema.load(codec, config["ema_decay"], checkpoint / EMA_NAME)
+    else:
+        ema = Ema(codec, config["ema_decay"])
     model = ray.train.torch.prepare_model(_CodecObjective(codec))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.0)
     step = load_optimizer_state(checkpoint, optimizer) if checkpoint is not None else 0
     sampler = ClipSampler(
         config["data"], frames=config["frames"], size=config["size"], seed=config["seed"] * 1000 + rank + step,
-        endpoint_url=config["endpoint_url"],
+        endpoint_url=config["endpoint_url"], augment=config["augment"],
     )  # fmt: skip
     pool = [tokenizer.encode(sampler.clip()) for _ in range(config["pool"])]
     num_q = unwrap(model).codec.config.num_q
@@ -98,7 +115,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
     log = TrainLog(Path(config["checkpoint_dir"]) / "train_log.jsonl", config["log_every"])
     deadline = time.monotonic() + 60 * config["minutes"] if config["minutes"] else float("inf")
     generator = torch.Generator().manual_seed(config["seed"] + rank)
+    timer = CheckpointTimer(config["checkpoint_every"], config["checkpoint_minutes"])
     while step < config["steps"] and time.monotonic() < deadline:
+        lr = learning_rate(
+            step, base=config["lr"], total=config["steps"], warmup=config["warmup"], floor=config["lr_floor"]
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         if step % config["refresh_every"] == 0:
             pool[int(torch.randint(len(pool), (1,), generator=generator))] = tokenizer.encode(sampler.clip())
         picks = torch.randint(len(pool), (config["batch"],), generator=generator)
@@ -114,17 +137,25 @@ def _worker_loop(config: dict[str, Any]) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        ema.update(unwrap(model).codec)
         step += 1
-        log.step(step, loss=loss.item(), bpp=bpp.mean().item(), mse=out["mse"].mean().item())
-        if rank == 0 and step % config["checkpoint_every"] == 0:
-            _checkpoint(config, step, unwrap(model).codec, optimizer)
+        log.step(step, loss=loss.item(), bpp=bpp.mean().item(), mse=out["mse"].mean().item(), lr=lr)
+        if rank == 0 and timer.due(step):
+            _checkpoint(config, step, unwrap(model).codec, optimizer, ema)
         if step % config["log_every"] == 0:
             ray.train.report({"step": step, "loss": loss.item()})
     if rank == 0:
         codec = unwrap(model).codec
-        _checkpoint(config, step, codec, optimizer)
-        replace_directory(Path(config["out"]) / COMPONENT, codec.to("cpu").save_pretrained)
+        _checkpoint(config, step, codec, optimizer, ema)
+        averaged = LatentCodec(codec.config)
+        averaged.load_state_dict(codec.state_dict())
+        ema.copy_to(averaged)
+        replace_directory(Path(config["out"]) / COMPONENT, averaged.to("cpu").save_pretrained)
 
 
-def _checkpoint(config: dict[str, Any], step: int, codec, optimizer) -> None:
-    save_checkpoint(config["checkpoint_dir"], step, lambda d: codec.save_pretrained(d / COMPONENT), optimizer)
+def _checkpoint(config: dict[str, Any], step: int, codec, optimizer, ema: Ema) -> None:
+    def write(directory: Path) -> None:
+        codec.save_pretrained(directory / COMPONENT)
+        ema.save(directory / EMA_NAME)
+
+    save_checkpoint(config["checkpoint_dir"], step, write, optimizer)
