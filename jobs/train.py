@@ -153,6 +153,8 @@ def flow_command(
     batch: int = 8,
     lr: float = 5e-4,
     threads: Threads = 1,
+    clips_per_image: Annotated[int, typer.Option(help="Training clips per training photograph.")] = 24,
+    init: Annotated[str | None, typer.Option(help="Continue from this flow model directory.")] = None,
 ) -> None:
     """Train the GVC flow model (a small Wan transformer) on the bundle tokenizer's latents."""
     from pipeline.training.flow import train_flow
@@ -160,7 +162,7 @@ def flow_command(
     summary = _guard(
         lambda: train_flow(
             out, minutes=minutes, max_steps=steps, frames=frames, size=size, batch_size=batch, lr=lr,
-            threads=threads,
+            threads=threads, clips_per_image=clips_per_image, init=init,
         )
     )  # fmt: skip
     print(f"flow model written to {out}/flow: {summary}")

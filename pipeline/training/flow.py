@@ -1,7 +1,8 @@
 """Train the bundled GVC flow model: a small Wan transformer, rectified flow on the tokenizer's latents.
 
-Data: clips synthesised from `pipeline.synthetic.TRAIN_IMAGES` (never the held-out EVAL_IMAGES), encoded
-once by the bundle's frozen tokenizer. Objective: rectified flow, x_t = (1−t)·x0 + t·ε, regress the
+Data: augmented camera clips of `pipeline.synthetic.TRAIN_IMAGES` (`pipeline.training.data`: scale,
+motion and colour augmentation; never the held-out EVAL_IMAGES), encoded once by the bundle's frozen
+tokenizer. Objective: rectified flow, x_t = (1−t)·x0 + t·ε, regress the
 velocity ε − x0, with t drawn logit-normal (Esser et al. 2024, SD3: more weight on mid-range t where
 the velocity is hardest) — the same interpolant GVC's sampler integrates. One network serves all three
 GVC modes: each sample gets a random condition — none (t2v), the first frame (i2v) or first + last
@@ -11,6 +12,8 @@ with the weights.
 
 Runs as a Ray Train `TorchTrainer` job (one CPU worker by default: at this scale data parallelism on
 two shared cores only adds communication); the worker stops at `minutes` of wall time or `max_steps`.
+Learning rate: warm-up, then a cosine to 5% at `max_steps` (or constant when `max_steps` is open-ended);
+the exported weights are an EMA of the trained ones. `init` continues from an existing flow model.
 The result is written to `<bundle>/flow/` and the bundle's card is re-hashed, keeping its fields.
 """
 
@@ -28,8 +31,10 @@ import torch
 
 from codec.gvc.backbone import load_tokenizer_dir, save_flow, tiny_flow_config
 from codec.gvc.conditioning import build_condition
-from pipeline.synthetic import TRAIN_IMAGES, synthetic_clip
+from pipeline.synthetic import TRAIN_IMAGES
 from pipeline.training.bundle import update_bundle_card
+from pipeline.training.data import SYNTHETIC, ClipSampler
+from pipeline.training.loop import Ema, learning_rate
 
 MODES = ("t2v", "i2v", "flf2v")
 #: GVC sampler defaults written into the bundle's card: fewer steps and atoms than the paper's
@@ -43,9 +48,10 @@ def make_latent_dataset(
 ) -> dict[str, torch.Tensor]:
     """Latents x0 [N, C, F, h, w] and, per mode, the condition y [N, 4 + C, F, h, w] for each clip."""
     x0, conds = [], {m: [] for m in MODES}
-    for i, image in enumerate(TRAIN_IMAGES):
-        for j in range(clips_per_image):
-            video = synthetic_clip(image, frames, size, size, seed=seed + 1000 * i + j)
+    sampler = ClipSampler(SYNTHETIC, frames=frames, size=size, seed=seed)
+    for _ in range(len(sampler.images)):
+        for _ in range(clips_per_image):
+            video = sampler.clip()
             latent = tokenizer.encode(video).to(torch.float32).cpu()
             x0.append(latent)
             for mode in MODES:
@@ -69,11 +75,24 @@ def _train_loop(config: dict[str, Any]) -> None:
     from diffusers import WanTransformer3DModel
 
     channels = data["x0"].shape[1]
-    model = WanTransformer3DModel(
-        **tiny_flow_config(channels, config["text_dim"], config["width"], config["layers"])
-    )
-    text = torch.randn(1, NULL_TEXT_TOKENS, config["text_dim"], generator=torch.Generator().manual_seed(7))
+    if config["init"]:
+        from safetensors.torch import load_file
+
+        from codec.gvc.backbone import NULL_TEXT_FILE, load_diffusers_model
+
+        model = load_diffusers_model(WanTransformer3DModel, Path(config["init"]))
+        text = load_file(str(Path(config["init"]) / NULL_TEXT_FILE))["embedding"]
+    else:
+        model = WanTransformer3DModel(
+            **tiny_flow_config(channels, config["text_dim"], config["width"], config["layers"])
+        )
+        text = torch.randn(
+            1, NULL_TEXT_TOKENS, config["text_dim"], generator=torch.Generator().manual_seed(7)
+        )
+    model.train()
+    weights_ema = Ema(model, config["ema_decay"])
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.01)
+    schedule_total = config["max_steps"] if config["max_steps"] < 1_000_000 else None
     n = data["x0"].shape[0]
     gen = torch.Generator().manual_seed(config["seed"])
     deadline = time.monotonic() + 60.0 * config["minutes"]
@@ -97,15 +116,21 @@ def _train_loop(config: dict[str, Any]) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for group in opt.param_groups:  # short warm-up, then constant: the run is time-capped
-            group["lr"] = config["lr"] * min(1.0, (step + 1) / 200)
+        for group in opt.param_groups:  # warm-up, then a cosine, or constant for time-capped runs
+            group["lr"] = (
+                learning_rate(step, base=config["lr"], total=schedule_total)
+                if schedule_total
+                else config["lr"] * min(1.0, (step + 1) / 200)
+            )
         opt.step()
+        weights_ema.update(model)
         step += 1
         value = loss.item()
         ema = value if ema is None else 0.98 * ema + 0.02 * value
         if step % config["log_every"] == 0:
             ray.train.report({"step": step, "loss": ema})
     if ray.train.get_context().get_world_rank() == 0:
+        weights_ema.copy_to(model)
         save_flow(model, text, Path(config["out"]))
         Path(config["out"], "training.json").write_text(json.dumps({"steps": step, "final_loss_ema": ema}))
     ray.train.report({"step": step, "loss": ema if ema is not None else float("nan"), "done": 1})
@@ -127,6 +152,8 @@ def train_flow(
     threads: int = 1,
     seed: int = 0,
     log_every: int = 50,
+    ema_decay: float = 0.999,
+    init: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train `<bundle>/flow/` on latents of `<bundle>/tokenizer/` and re-hash the bundle's card.
 
@@ -153,7 +180,7 @@ def train_flow(
         config = dict(
             data=str(data_path), out=str(out), minutes=minutes, max_steps=max_steps, batch_size=batch_size,
             lr=lr, width=width, layers=layers, text_dim=text_dim, threads=threads, seed=seed,
-            log_every=log_every,
+            log_every=log_every, ema_decay=ema_decay, init=str(Path(init).resolve()) if init else None,
         )  # fmt: skip
         if not ray.is_initialized():
             ray.init(num_cpus=max(2, threads), include_dashboard=False)
@@ -177,7 +204,10 @@ def train_flow(
         "final_loss_ema": stats["final_loss_ema"],
         "parameters": params,
         "wall_seconds": round(time.monotonic() - started, 1),
-        "clips": clips_per_image * len(TRAIN_IMAGES),
+        "clips": clips_per_image * len(ClipSampler(SYNTHETIC, frames=frames, size=size, seed=0).images),
+        "images": list(TRAIN_IMAGES),
+        "init": str(init) if init else None,
+        "device": _cpu_name(threads),
         "frames": frames,
         "size": size,
         "batch_size": batch_size,
@@ -186,6 +216,12 @@ def train_flow(
     }
     _rewrite_card(root, summary)
     return summary
+
+
+def _cpu_name(threads: int) -> str:
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {threads} thread(s))"
 
 
 def _parameter_count(directory: Path) -> int:
@@ -200,7 +236,7 @@ def _rewrite_card(root: Path, summary: dict[str, Any]) -> None:
     note = (
         f"WanTransformer3DModel ({summary['parameters']:,} parameters) trained with the rectified-flow "
         f"objective on CPU at small scale ({summary['steps']} steps, batch {summary['batch_size']}, "
-        f"{summary['size']}x{summary['size']}x{summary['frames']} clips of TRAIN_IMAGES, "
+        f"{summary['size']}x{summary['size']}x{summary['frames']} augmented clips of TRAIN_IMAGES, "
         f"{summary['wall_seconds']:.0f} s); conditioning dropout over t2v/i2v/flf2v; fixed null text embedding."
     )
     update_bundle_card(root, "flow", summary, note, extra_config={"gvc": dict(BUNDLE_SAMPLER_DEFAULTS)})
