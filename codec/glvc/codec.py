@@ -32,8 +32,11 @@ from codec.glvc.bitstream import GlvcHeader, pack_payload, unpack_payload
 from codec.glvc.latent_codec import LATENT_STRIDE, CompressedLatents, LatentCodec
 from codec.glvc.tokenizer import Tokenizer, load_tokenizer
 from codec.modeldir import ModelDir, bundled_model_path, load_model_dir
+from codec.wan import glvc_vae_dir
 from codec.ratecontrol import search_rate
 
+#: The components of a GLVC model: the Wan VAE (`tokenizer/`, or `vae/` in an official Wan folder) and
+#: the latent codec; the codec's identity is their digest.
 COMPONENTS = ["tokenizer", "latent_codec"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _RATE_TOLERANCE = 0.10
@@ -48,7 +51,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 class GlvcCodec(Codec):
-    """GLVC with a model directory holding `tokenizer/` and `latent_codec/` (default: the bundled one)."""
+    """GLVC with a model directory holding the Wan VAE (`tokenizer/`, or `vae/` of an official Wan
+    folder) and `latent_codec/` (default: the bundled model)."""
 
     name = "glvc"
     version = "1"
@@ -70,13 +74,18 @@ class GlvcCodec(Codec):
             vae_dtype = _DTYPES[dtype]
         else:
             raise UnsupportedInputError(f"glvc: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        self.dtype = next(k for k, v in _DTYPES.items() if v == vae_dtype)
         self.model_dir = _open_model(model)
         self.model_id = self.model_dir.model_id
-        self.model_sha256 = self.model_dir.components_digest(COMPONENTS)
-        try:
-            self.tokenizer: Tokenizer = load_tokenizer(
-                self.model_dir.component("tokenizer"), self.torch_device, vae_dtype
+        vae_dir, vae_component = glvc_vae_dir(self.model_dir.path)
+        if not (self.model_dir.path / "latent_codec").is_dir():
+            raise ModelLoadError(
+                f"model {self.model_id} has a Wan VAE but no latent_codec/; make a GLVC model with "
+                f"`vidarc train glvc --tokenizer {self.model_dir.path} --out MODEL --name N --version V`"
             )
+        self.model_sha256 = self.model_dir.components_digest([vae_component, "latent_codec"])
+        try:
+            self.tokenizer: Tokenizer = load_tokenizer(vae_dir, self.torch_device, vae_dtype)
             self.latent_codec = LatentCodec.from_pretrained(self.model_dir.component("latent_codec"))
         except CodecError:
             raise
@@ -94,6 +103,11 @@ class GlvcCodec(Codec):
         self.num_q = self.latent_codec.config.num_q
         self._last_q: int | None = None
         self._latent_cache: tuple[Any, torch.Tensor] | None = None  # (frames key, latents) of the last GOP
+
+    def decoder_options(self) -> dict[str, Any]:
+        """What a decoder must be built with beyond the payload: the VAE's dtype (the entropy-coded
+        symbols never depend on it; the pixels the VAE decodes do, slightly)."""
+        return {"dtype": self.dtype}
 
     @property
     def quality_range(self) -> tuple[int, int]:
@@ -204,7 +218,7 @@ class GlvcCodec(Codec):
     # -- decode ------------------------------------------------------------------------------------------------
     def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
         header, body = unpack_payload(payload)
-        if header.model_id != self.model_id or header.model_sha256 != self.model_sha256:
+        if header.model_sha256 != self.model_sha256:  # the id is a label; the weights' digest decides
             raise ModelMismatchError(
                 f"GLVC payload was made with model {header.model_id} (sha256 {header.model_sha256[:12]}…); "
                 f"this decoder holds {self.model_id} (sha256 {self.model_sha256[:12]}…)"
