@@ -94,7 +94,9 @@ def flow_layout(root: Path) -> FlowLayout:
                 raise ModelLoadError(
                     f"model {root}: its transformer is image-conditioned but it has no {needed}/ (CLIP)"
                 )
-    return FlowLayout(root, flow_dir, vae_dir, tuple(components), modes, clip, fixed_text, scheduler_shift(root))
+    return FlowLayout(
+        root, flow_dir, vae_dir, tuple(components), modes, clip, fixed_text, scheduler_shift(root)
+    )
 
 
 def scheduler_shift(root: Path) -> float | None:

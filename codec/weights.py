@@ -73,27 +73,28 @@ def load_weights_into(
     from safetensors import safe_open
 
     keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    what = f"{type(model).__name__} from {directory}"
     modules = dict(model.named_modules())
     target = "cpu" if device.type == "cpu" else str(device)
     for shard in weight_shards(directory):
         try:
             handle = safe_open(str(shard), framework="pt", device=target)
-        except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise ModelLoadError(f"{shard}: not a readable safetensors file ({exc})") from None
+        except Exception:  # safetensors raises its own error types for damaged files
+            raise ModelLoadError(
+                f"cannot load {what}: {shard.name} is not a readable safetensors file"
+            ) from None
         with handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
                 owner, _, attr = key.rpartition(".")
                 module = modules.get(owner)
                 if module is None or (attr not in module._parameters and attr not in module._buffers):
-                    raise ModelLoadError(
-                        f"{directory}: weight {key} does not belong to a {type(model).__name__} of this config"
-                    )
+                    raise ModelLoadError(f"cannot load {what}: weight {key} does not belong to this config")
                 tensor = handle.get_tensor(key)
                 existing = module._parameters.get(attr)
                 existing = existing if existing is not None else module._buffers.get(attr)
                 if existing is not None and tuple(existing.shape) != tuple(tensor.shape):
                     raise ModelLoadError(
-                        f"{directory}: weight {key} has shape {tuple(tensor.shape)}, "
+                        f"cannot load {what}: weight {key} has shape {tuple(tensor.shape)}, "
                         f"the config needs {tuple(existing.shape)}"
                     )
                 if tensor.is_floating_point():
@@ -103,11 +104,13 @@ def load_weights_into(
                     module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
                 else:
                     module._buffers[attr] = tensor
+    if callable(getattr(model, "tie_weights", None)):  # transformers: shared embeddings, stored once
+        model.tie_weights()
     left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     left += [n for n, b in model.named_buffers() if b.device.type == "meta"]
     if left:
         more = f" and {len(left) - 1} more" if len(left) > 1 else ""
-        raise ModelLoadError(f"{directory}: the checkpoint lacks weight {left[0]}{more}")
+        raise ModelLoadError(f"cannot load {what}: the checkpoint lacks weight {left[0]}{more}")
     for module in model.modules():  # buffers the checkpoint does not carry (rotary tables, ids)
         for name, buf in list(module._buffers.items()):
             if buf is not None and buf.device != device:
@@ -122,7 +125,9 @@ def load_diffusers_model(cls: Any, directory: Path, device: torch.device, dtype:
         with parameters_on_meta():
             model = cls.from_config(config)
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise ModelLoadError(f"cannot build {cls.__name__} from {directory}/config.json ({_line(exc)})") from None
+        raise ModelLoadError(
+            f"cannot build {cls.__name__} from {directory}/config.json ({_line(exc)})"
+        ) from None
     return load_weights_into(model, directory, device, dtype)
 
 
@@ -133,9 +138,9 @@ def load_transformers_model(cls: Any, directory: Path, device: torch.device, dty
         with parameters_on_meta():
             model = cls(config)
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise ModelLoadError(f"cannot build {cls.__name__} from {directory}/config.json ({_line(exc)})") from None
-    with contextlib.suppress(AttributeError):
-        model.tie_weights()
+        raise ModelLoadError(
+            f"cannot build {cls.__name__} from {directory}/config.json ({_line(exc)})"
+        ) from None
     return load_weights_into(model, directory, device, dtype)
 
 

@@ -32,8 +32,8 @@ from codec.glvc.bitstream import GlvcHeader, pack_payload, unpack_payload
 from codec.glvc.latent_codec import LATENT_STRIDE, CompressedLatents, LatentCodec
 from codec.glvc.tokenizer import Tokenizer, load_tokenizer
 from codec.modeldir import ModelDir, bundled_model_path, load_model_dir
-from codec.wan import glvc_vae_dir
 from codec.ratecontrol import search_rate
+from codec.wan import glvc_vae_dir
 
 #: The components of a GLVC model: the Wan VAE (`tokenizer/`, or `vae/` in an official Wan folder) and
 #: the latent codec; the codec's identity is their digest.

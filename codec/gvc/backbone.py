@@ -18,7 +18,6 @@ change it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -220,13 +219,22 @@ def load_backbone(
     if layout.fixed_text:
         text = load_file(str(layout.flow_dir / NULL_TEXT_FILE))["embedding"]
     else:
-        text = empty_prompt_embedding(layout.root, model.components_digest(["text_encoder", "tokenizer"]), device, dtype)
+        text = empty_prompt_embedding(
+            layout.root, model.components_digest(["text_encoder", "tokenizer"]), device, dtype
+        )
     tokenizer = load_tokenizer_dir(layout.vae_dir, device, dtype)
     image_encoder = load_image_encoder(layout.root, device, dtype) if layout.clip else None
     transformer = load_diffusers_model(WanTransformer3DModel, layout.flow_dir, device, dtype)
     conditioned = transformer.config.in_channels > transformer.config.out_channels
     return FlowBackbone(
-        tokenizer, transformer, text.to(device, dtype), device, dtype, conditioned, image_encoder, layout.modes
+        tokenizer,
+        transformer,
+        text.to(device, dtype),
+        device,
+        dtype,
+        conditioned,
+        image_encoder,
+        layout.modes,
     )
 
 
@@ -264,9 +272,13 @@ def empty_prompt_embedding(root: Path, digest: str, device: torch.device, dtype:
     encoder = load_transformers_model(transformers.UMT5EncoderModel, root / "text_encoder", device, dtype)
     ids = tokenizer([""], return_tensors="pt", add_special_tokens=True)
     with torch.no_grad():
-        hidden = encoder(ids.input_ids.to(device), attention_mask=ids.attention_mask.to(device)).last_hidden_state
+        hidden = encoder(
+            ids.input_ids.to(device), attention_mask=ids.attention_mask.to(device)
+        ).last_hidden_state
     hidden = hidden.to(torch.float32).cpu()[:, :TEXT_LENGTH]
-    embedding = torch.cat([hidden, hidden.new_zeros(1, TEXT_LENGTH - hidden.shape[1], hidden.shape[-1])], dim=1)
+    embedding = torch.cat(
+        [hidden, hidden.new_zeros(1, TEXT_LENGTH - hidden.shape[1], hidden.shape[-1])], dim=1
+    )
     free(encoder)
     for path in places:
         try:
