@@ -187,3 +187,55 @@ def component_class(directory: Path) -> str:
             if found:
                 return str(found)
     return "-"
+
+
+def model_summary(model: Any) -> dict[str, Any]:
+    """What vidarc sees in a model directory (`vidarc model info`): identity, components, GVC modes,
+    GLVC usability, parameters, stored dtypes, and the memory a GVC/GLVC load will take."""
+    root: Path = model.path
+    components = []
+    stats: dict[str, WeightStats] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        stats[sub.name] = weight_stats(sub)
+        files = sum(1 for rel in model.card["files"] if rel.startswith(f"{sub.name}/"))
+        components.append({
+            "name": sub.name, "class": component_class(sub), "files": files,
+            "parameters": stats[sub.name].parameters, "stored_dtype": stats[sub.name].dtype,
+            "bytes": stats[sub.name].bytes,
+        })  # fmt: skip
+    summary: dict[str, Any] = {
+        "path": str(root), "model_id": model.model_id, "sha256": model.sha256, "pinned": model.pinned,
+        "components": components, "gvc": None, "glvc": None,
+    }  # fmt: skip
+    try:
+        layout = flow_layout(root)
+    except ModelLoadError as exc:
+        summary["gvc"] = {"usable": False, "why": str(exc)}
+    else:
+        resident = [layout.flow_dir.name, layout.vae_dir.name] + (["image_encoder"] if layout.clip else [])
+        params = sum(stats[name].parameters for name in resident if name in stats)
+        once = stats["text_encoder"].parameters if not layout.fixed_text and "text_encoder" in stats else 0
+        summary["gvc"] = {
+            "usable": True, "modes": list(layout.modes), "default_mode": layout.best_mode,
+            "flow_shift": layout.flow_shift, "components": list(layout.components),
+            "identity": model.components_digest(list(layout.components)),
+            "memory_gib": {
+                "cuda_bfloat16": round(params * 2 / 2**30, 2), "cpu_float32": round(params * 4 / 2**30, 2),
+                "text_encoder_once_cuda_bfloat16": round(once * 2 / 2**30, 2),
+            },
+        }  # fmt: skip
+    try:
+        vae_name = glvc_vae_dir(root)[1]
+        if not (root / "latent_codec").is_dir():
+            raise ModelLoadError(
+                f"no latent_codec/ (make one with `vidarc train glvc --tokenizer {root} ...`)"
+            )
+        params = stats[vae_name].parameters + stats["latent_codec"].parameters
+        summary["glvc"] = {
+            "usable": True, "components": [vae_name, "latent_codec"],
+            "identity": model.components_digest([vae_name, "latent_codec"]),
+            "memory_gib": {"cuda_bfloat16": round(params * 2 / 2**30, 2), "cpu_float32": round(params * 4 / 2**30, 2)},
+        }  # fmt: skip
+    except ModelLoadError as exc:
+        summary["glvc"] = {"usable": False, "why": str(exc)}
+    return summary
