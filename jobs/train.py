@@ -134,6 +134,71 @@ def glvc_command(
     print(f"latent codec written to {directory}; model {model.model_id} sha256 {model.sha256[:16]}…")
 
 
+@train_app.command("glvc-decoder")
+def glvc_decoder_command(
+    out: Annotated[str, typer.Option(help="GLVC model directory (tokenizer/ + latent_codec/) to sharpen.")],
+    metric: Annotated[str, typer.Option(help="Perceptual loss: lpips | lpips_vgg | dists.")] = "lpips",
+    metric_weights: Annotated[
+        str | None,
+        typer.Option(help="Folder with the official backbone weights (default: the torch hub cache)."),
+    ] = None,
+    perceptual_weight: float = 1.0,
+    adversarial_weight: Annotated[float, typer.Option(help="Hinge-GAN term (0 = off).")] = 0.0,
+    trainable: Annotated[str, typer.Option(help="head (last up-block + output layers) | decoder.")] = "head",
+    data: Data = "synthetic",
+    steps: Steps = 1000,
+    minutes: Minutes = None,
+    size: int = 64,
+    frames: int = 9,
+    batch: int = 2,
+    lr: float = 2e-5,
+    workers: Workers = 1,
+    use_gpu: UseGpu = False,
+    threads: Threads = 1,
+    resume: Resume = False,
+    checkpoint_dir: str | None = None,
+    endpoint_url: str | None = None,
+) -> None:
+    """Stage 2 of GLVC: fine-tune the pixel decoder on the latent codec's output (L1 + perceptual
+    [+ adversarial]); replaces <out>/tokenizer/ and re-pins the model card."""
+    from pipeline.metrics.weights import WeightsUnavailable
+    from pipeline.training.bundle import update_bundle_card
+    from pipeline.training.glvc import prepare_model_dir
+    from pipeline.training.glvc_decoder import DecoderTraining, perceptual_network, train_glvc_decoder
+
+    _check_shape(size, frames, batch, steps, workers, block=32)
+    _check_data(data, frames, size, endpoint_url)
+    _guard(lambda: prepare_model_dir(None, out))
+    if not (Path(out) / "latent_codec").is_dir():
+        _fail(f"{out} has no latent_codec/; run `vidarc train glvc --out {out}` (stage 1) first")
+    settings = _guard(
+        lambda: DecoderTraining(
+            data=data, out=out, steps=steps, minutes=minutes, size=size, frames=frames, batch=batch, lr=lr,
+            workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, checkpoint_dir=checkpoint_dir,
+            endpoint_url=endpoint_url, metric=metric, metric_weights=metric_weights,
+            perceptual_weight=perceptual_weight, adversarial_weight=adversarial_weight, trainable=trainable,
+        )
+    )  # fmt: skip
+    if perceptual_weight > 0:
+        try:  # refuse now, not inside a Ray worker: no official weights, no perceptual loss
+            perceptual_network(metric, metric_weights, "cpu")
+        except WeightsUnavailable as exc:
+            _fail(f"{exc}; fetch them once into the torch hub cache or pass --metric-weights DIR")
+    started = time.monotonic()
+    directory = _guard(lambda: train_glvc_decoder(settings))
+    summary = {
+        "steps": _steps_done(settings), "metric": metric, "perceptual_weight": perceptual_weight,
+        "adversarial_weight": adversarial_weight, "trainable": trainable, "size": size, "frames": frames,
+        "batch": batch, "lr": lr, "data": data, "wall_seconds_last_run": round(time.monotonic() - started),
+    }  # fmt: skip
+    model = update_bundle_card(
+        out, "decoder_finetune", summary,
+        f"GLVC stage 2: tokenizer decoder ({trainable}) fine-tuned on the latent codec's output with "
+        f"L1 + {perceptual_weight:g}·{metric}" + (f" + {adversarial_weight:g}·GAN" if adversarial_weight else ""),
+    )  # fmt: skip
+    print(f"decoder written to {directory}; model {model.model_id} sha256 {model.sha256[:16]}…")
+
+
 @train_app.command("flow")
 def flow_command(
     out: Out,
