@@ -221,7 +221,11 @@ def write_model_card(
 
 
 def pin_model_dir(
-    directory: str | os.PathLike[str], *, name: str | None = None, version: str | None = None
+    directory: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    hashes: HashCache | None = None,
 ) -> ModelDir:
     """Write a model card for a local directory as it is (a stock folder, a hub cache snapshot, or a
     model whose card should be renewed): every model file is hashed, bookkeeping files are not."""
@@ -238,6 +242,7 @@ def pin_model_dir(
         kind=old.get("kind", layout["kind"]),
         config=old.get("config", layout["config"]),
         notes=old.get("notes") or f"pinned from the files of {root.name} by `vidarc model pin`",
+        hashes=hashes,
     )
 
 
