@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from wan_layouts import FLOW_SHIFT, add_local_dir_bookkeeping, hub_snapshot, write_vae
 
 from codec.base import RateTarget
 from codec.errors import ModelLoadError, ModelMismatchError, UnsupportedInputError
@@ -24,7 +25,6 @@ from codec.gvc.codec import GvcCodec
 from codec.modeldir import HashCache, load_model_dir, pin_model_dir
 from codec.wan import flow_layout
 from pipeline.synthetic import TRAIN_IMAGES, synthetic_clip
-from wan_layouts import FLOW_SHIFT, add_local_dir_bookkeeping, hub_snapshot, write_vae
 
 REPO = Path(__file__).resolve().parents[1]
 W, H, T = 64, 48, 9
