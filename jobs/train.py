@@ -95,6 +95,9 @@ def glvc_command(
     frames: int = 17,
     batch: int = 4,
     lr: float = 5e-4,
+    pool: Annotated[
+        int, typer.Option(help="Clips whose latents are cached (one is replaced every few steps).")
+    ] = 96,
     workers: Workers = 1,
     use_gpu: UseGpu = False,
     threads: Threads = 1,
@@ -108,11 +111,13 @@ def glvc_command(
     from pipeline.training.glvc import GlvcTraining, prepare_model_dir, train_glvc
 
     _check_shape(size, frames, batch, steps, workers, block=32)
+    if pool < 1:
+        _fail(f"--pool must be at least 1, got {pool}")
     _check_data(data, frames, size, endpoint_url)
     source = tokenizer or f"{out.rstrip('/')}/tokenizer"
     copied = _guard(lambda: prepare_model_dir(tokenizer, out))
     settings = GlvcTraining(
-        data=data, tokenizer=str(copied), out=out, steps=steps,
+        data=data, tokenizer=str(copied), out=out, steps=steps, pool=pool,
         minutes=minutes, size=size, frames=frames, batch=batch, lr=lr, workers=workers, use_gpu=use_gpu,
         threads=threads, resume=resume, init=init, checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url,
     )  # fmt: skip
