@@ -18,7 +18,7 @@ from fractions import Fraction
 import torch
 
 from codec.glvc.codec import GlvcCodec
-from pipeline.quality_target import find_rate_for_quality
+from pipeline.archive.quality_target import find_rate_for_quality
 from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
 
 

@@ -116,6 +116,15 @@ class Codec(abc.ABC):
         Raises CorruptPayloadError for damaged bytes and ModelMismatchError for other weights.
         """
 
+    def decoder_options(self) -> dict[str, Any]:
+        """Options a decoder needs to be rebuilt that are not in the payload (JSON-serialisable).
+
+        The archive stores them in the container header (`decoder_options`) and
+        `codec.registry.decoder_for` passes them back to this codec's constructor, so a decoder needs
+        only the archive and the model. Most codecs put everything in the payload: none.
+        """
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Identity recorded in archive headers, manifests and run configs."""
         return {
@@ -124,6 +133,7 @@ class Codec(abc.ABC):
             "model_id": self.model_id,
             "model_sha256": self.model_sha256,
             "device": self.device,
+            "decoder_options": self.decoder_options(),
         }
 
 

@@ -222,7 +222,7 @@ class ClassicCodec(Codec):
         try:
             ctx = av.CodecContext.create(self.decoder_name, "r")
             ctx.thread_count = self.threads or 0
-            ctx.options = self.decoder_options()
+            ctx.options = self.libav_decoder_options()
             pictures = []
             for packet in [*ctx.parse(payload), *ctx.parse(None)]:
                 pictures.extend(ctx.decode(packet))
@@ -233,7 +233,8 @@ class ClassicCodec(Codec):
             ) from None
         return pictures
 
-    def decoder_options(self) -> dict[str, str]:
+    def libav_decoder_options(self) -> dict[str, str]:
+        """Options of the libav decoder context (not `Codec.decoder_options`: nothing to store)."""
         return {}
 
 
@@ -251,7 +252,7 @@ class X264Codec(ClassicCodec):
     def encoder_options(self, crf: int | float, frame_count: int) -> dict[str, str]:
         return {"preset": self.preset, "crf": str(crf), "x264-params": "open-gop=0"}
 
-    def decoder_options(self) -> dict[str, str]:
+    def libav_decoder_options(self) -> dict[str, str]:
         return {"err_detect": "explode"}  # stop at the first inconsistency instead of concealing it
 
 
@@ -272,7 +273,7 @@ class X265Codec(ClassicCodec):
             params.append(f"pools={self.threads}")
         return {"preset": self.preset, "crf": str(crf), "x265-params": ":".join(params)}
 
-    def decoder_options(self) -> dict[str, str]:
+    def libav_decoder_options(self) -> dict[str, str]:
         return {"err_detect": "explode"}
 
 

@@ -81,7 +81,7 @@ def archive_command(
 ) -> None:
     """Archive every video under SRC (a folder, file or s3:// prefix) into OUT."""
     from pipeline.archive import ArchiveError, run_archive
-    from pipeline.config import (
+    from pipeline.archive.config import (
         ArchiveConfig,
         ConfigError,
         quality_goal_from_options,
@@ -141,7 +141,7 @@ def _codec_options(
     gvc_atoms: int | None = None,
 ) -> dict[str, str | int]:
     """Codec-specific options, refused where they do not apply (rather than silently ignored)."""
-    from pipeline.config import ConfigError
+    from pipeline.archive.config import ConfigError
 
     options: dict[str, str | int] = {}
     for flag, key, value, low in (

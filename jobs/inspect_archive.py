@@ -33,12 +33,22 @@ def inspect_command(
     archive_object: Annotated[str, typer.Argument(help="A .vdrc object: local path or fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model directory or fsspec URL for neural codecs: build the decoder the header asks for "
+            "and check its weights (default: only name it; the bundled model when the header names it)."
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="cpu | cuda: where to build the decoder (with --model).")
+    ] = "cpu",
 ) -> None:
-    """Header, model, GOP index and rates of one archive object (reads only its index)."""
+    """Header, model, decoder, GOP index and rates of one archive object (reads only its index)."""
     from pipeline.inspect import InspectError, inspect_object
 
     try:
-        report = inspect_object(archive_object, endpoint_url=endpoint_url)
+        report = inspect_object(archive_object, endpoint_url=endpoint_url, model=model, device=device)
     except InspectError as exc:
         _fail(str(exc))
         return
@@ -53,6 +63,14 @@ def inspect_command(
     for key, value in sorted(report["header"].items()):
         header.add_row(key, json.dumps(value, default=str) if isinstance(value, dict | list) else str(value))
     console.print(header)
+    decoder = report["decoder"]
+    checked = (
+        "weights checked" if decoder["weights_checked"] else "weights not loaded (give --model to check)"
+    )
+    console.print(
+        f"decoder: {decoder['codec']} options {json.dumps(decoder['options'])}, "
+        f"model {decoder['model_dir'] or '-'}" + (f", {checked}" if decoder["model_dir"] else "")
+    )
     for attachment in report["attachments"]:
         console.print(f"attachment {attachment['name']}: {attachment['bytes']} bytes, {attachment['info']}")
     gops = Table(title="GOP index")

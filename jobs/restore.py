@@ -21,7 +21,13 @@ def restore_command(
     frames: Annotated[str | None, typer.Option(help="Half-open frame range A:B (A: or :B allowed).")] = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda: where to decode.")] = "cpu",
-    model: Annotated[str | None, typer.Option(help="Model directory for neural codecs.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model directory or fsspec URL for neural codecs (default: the bundled model the "
+            "archive's header names). Weights other than the header's sha256 are refused."
+        ),
+    ] = None,
 ) -> None:
     """Restore a video (or a frame range) from an archive into DEST (.mp4 or .mkv)."""
     from pipeline.restore import RestoreError, parse_frame_range, restore_video

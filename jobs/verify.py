@@ -24,7 +24,13 @@ def verify_command(
     scan: Annotated[
         str, typer.Option(help="auto | full | index: CRC every byte, or only each container's index.")
     ] = "auto",
-    model: Annotated[str | None, typer.Option(help="Model directory for neural codecs.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model directory or fsspec URL for neural codecs (default: the bundled model the "
+            "archive's header names). Weights other than the header's sha256 are refused."
+        ),
+    ] = None,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address: decode the sample as Ray tasks there.")
     ] = None,

@@ -80,7 +80,7 @@ def run_metrics_bench(
     import contextlib
 
     from codec.registry import create_codec
-    from pipeline.config import DEFAULT_QUALITY
+    from pipeline.archive.config import DEFAULT_QUALITY
     from pipeline.metrics import MetricsConfig, compute_gop_metrics_timed
     from pipeline.metrics.perceptual import backbone_override, get_model
     from pipeline.metrics.weights import WeightsUnavailable

@@ -39,6 +39,12 @@ TAIL_GUESS = 256 * 1024
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_GOPS = 10_000_000
 
+#: Attachments this format defines: the source's audio, stream-copied into Matroska, and, for a
+#: variable-frame-rate source, every frame's timestamp (little-endian int64 in the header's
+#: `time_base` units; the attachment's info also holds `time_base`).
+AUDIO_ATTACHMENT = "audio.mka"
+TIMESTAMPS_ATTACHMENT = "frame_pts.i64"
+
 RangeReader = Callable[[int, int], bytes]
 """read(offset, length) -> exactly `length` bytes of the object (fewer means truncated)."""
 

@@ -1,6 +1,8 @@
 """Looking inside an archive: one object's header and GOP index (`inspect`), or its videos (`ls`).
 
-`inspect_object` reads only the object's tail (one ranged GET for the index), never its payloads.
+`inspect_object` reads only the object's tail (one ranged GET for the index), never its payloads. It
+names the decoder the header asks for (codec, `decoder_options`, the model directory it would load);
+with `model` it also builds that decoder, which refuses weights other than the header's sha256.
 `list_archive` reads the manifest and the done/failed markers, never the containers.
 
 Rates follow the standard definitions: bpp = bits / (width · height · frames); kbps over the frames'
@@ -16,20 +18,26 @@ from fractions import Fraction
 from typing import Any
 
 from codec.base import bits_per_pixel, kilobits_per_second
-from pipeline.container import ContainerError, read_index
+from codec.errors import CodecError
+from codec.registry import resolve_model
+from pipeline.container import ContainerError
+from pipeline.reader import ArchiveReader
 from pipeline.runinfo import list_markers
-from pipeline.storage import StorageError, check_reachable, filesystem, join, range_reader, redact
+from pipeline.storage import StorageError, check_reachable, filesystem, join, redact
 
 
 class InspectError(Exception):
     """The object or archive cannot be read; one line naming it."""
 
 
-def inspect_object(uri: str, *, endpoint_url: str | None = None) -> dict[str, Any]:
-    """Header, model, attachments, GOP index with per-GOP rates, and totals of one `.vdrc` object."""
+def inspect_object(
+    uri: str, *, endpoint_url: str | None = None, model: str | None = None, device: str = "cpu"
+) -> dict[str, Any]:
+    """Header, model, decoder, attachments, GOP index with per-GOP rates, and totals of one `.vdrc`
+    object. With `model`, the decoder is built on `device` (loads and checks the weights)."""
     try:
-        fs, path = filesystem(uri, endpoint_url=endpoint_url)
-        size = fs.size(path)
+        reader = ArchiveReader(uri, endpoint_url=endpoint_url)
+        size = reader.size
     except FileNotFoundError:
         raise InspectError(f"{uri}: no such object") from None
     except StorageError as exc:
@@ -37,9 +45,10 @@ def inspect_object(uri: str, *, endpoint_url: str | None = None) -> dict[str, An
     except Exception as exc:
         raise InspectError(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})") from None
     try:
-        index = read_index(range_reader(fs, path), size, name=uri)
+        index = reader.index()
     except ContainerError as exc:
         raise InspectError(str(exc)) from None
+    decoder = _decoder(reader, model, device)
     header = {k: v for k, v in index.header.items() if k != "attachments"}
     width, height = int(header["width"]), int(header["height"])
     fps = Fraction(int(header.get("fps_num") or 25), int(header.get("fps_den") or 1))
@@ -63,6 +72,7 @@ def inspect_object(uri: str, *, endpoint_url: str | None = None) -> dict[str, An
         "object_bytes": size,
         "header": header,
         "model": {k: header.get(k) for k in ("codec", "codec_version", "model_id", "model_sha256")},
+        "decoder": decoder,
         "attachments": [
             {"name": a.name, "bytes": a.length, "crc32c": f"{a.crc32c:08x}", "info": a.info}
             for a in index.attachments
@@ -78,6 +88,24 @@ def inspect_object(uri: str, *, endpoint_url: str | None = None) -> dict[str, An
             "seconds": float(frames / fps),
         },
     }
+
+
+def _decoder(reader: ArchiveReader, model: str | None, device: str) -> dict[str, Any]:
+    """The decoder the header asks for; built only when the user names a model (weights load then)."""
+    header = reader.header
+    record: dict[str, Any] = {
+        "codec": header.get("codec"),
+        "options": header.get("decoder_options") or {},
+        "model_dir": resolve_model(header, model),
+        "weights_checked": False,
+    }
+    if model is not None:
+        try:
+            reader.decoder_for(model=model, device=device)
+        except CodecError as exc:
+            raise InspectError(str(exc).splitlines()[0]) from None
+        record["weights_checked"] = True
+    return record
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Restoring a video (or a frame range of it) from an archive into a playable file.
 
 A restore reads only what it needs: the container's index with one ranged read from the end, then the
-payloads of the GOPs that cover the requested frames, one ranged read each. Frames are decoded with the
-codec the header names (`build_decoder`, shared with `verify`), re-encoded at high quality and muxed
-with the audio attachment, stream-copied back as it was in the source.
+payloads of the GOPs that cover the requested frames, one ranged read each (`pipeline.reader`). Frames
+are decoded with the decoder the header asks for (`codec.registry.decoder_for`: the codec, its
+`decoder_options`, the model given with `--model` or the bundled one the header names), re-encoded at
+high quality and muxed with the audio attachment, stream-copied back as it was in the source.
 
 Choices where the brief is silent:
 - `--frames A:B` is half-open like a Python slice (frames A..B-1; `A:` = to the end, `:B` = from 0).
@@ -34,11 +35,11 @@ import numpy as np
 
 from codec.base import Codec
 from codec.errors import CodecError
-from pipeline.container import ContainerError, ContainerIndex, GopEntry, read_attachment, read_gop, read_index
+from pipeline.container import AUDIO_ATTACHMENT, ContainerError, ContainerIndex, GopEntry
+from pipeline.reader import ArchiveReader
+from pipeline.runinfo import container_path
 from pipeline.storage import StorageError, filesystem, full_uri, is_local, join, open_atomic, redact
 
-AUDIO_ATTACHMENT = "audio.mka"
-TIMESTAMPS_ATTACHMENT = "frame_pts.i64"
 DEST_FORMATS = {".mp4": "mp4", ".mkv": "matroska"}
 MP4_CRF = 10
 
@@ -88,10 +89,9 @@ def restore_video(
     if suffix not in DEST_FORMATS:
         raise RestoreError(f"{dest}: DEST must end in .mp4 or .mkv")
     entry = find_video(out, video, endpoint_url=endpoint_url)
-    fs, path = filesystem(entry.archive_uri, endpoint_url=endpoint_url)
-    reads = CountingReader(fs, path)
+    reader = ArchiveReader(entry.archive_uri, endpoint_url=endpoint_url)
     try:
-        size = fs.size(path)
+        reader.size  # noqa: B018 (one HEAD: a missing object is worded here, before any decoding)
     except FileNotFoundError:
         raise RestoreError(f"{entry.archive_uri}: archive object is missing") from None
     except Exception as exc:
@@ -99,25 +99,14 @@ def restore_video(
             f"{entry.archive_uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})"
         ) from None
     try:
-        index = read_index(reads, size, name=entry.archive_uri)
+        index = reader.index()
         first, stop = _frame_range(frames, index.frame_count, entry.archive_uri)
         gops = [g for g in index.gops if g.first_frame < stop and g.first_frame + g.frame_count > first]
-        decoder = build_decoder(index.header, device=device, model=model, name=entry.archive_uri)
-        audio = _attachment(reads, index, AUDIO_ATTACHMENT, entry.archive_uri)
-        pts = _timestamps(reads, index, entry.archive_uri)
+        decoder = reader.decoder_for(model=model, device=device)
+        audio = reader.attachment(AUDIO_ATTACHMENT)
+        pts = reader.timestamps()
         with _atomic_local_file(fs_dest_uri=dest, endpoint_url=endpoint_url, suffix=suffix) as tmp:
-            _write_video(
-                tmp,
-                DEST_FORMATS[suffix],
-                index,
-                gops,
-                decoder,
-                reads,
-                (first, stop),
-                audio,
-                pts,
-                entry.archive_uri,
-            )
+            _write_video(tmp, DEST_FORMATS[suffix], reader, gops, decoder, (first, stop), audio, pts)
     except (ContainerError, CodecError) as exc:
         raise RestoreError(str(exc).splitlines()[0]) from None
     return RestoreResult(
@@ -128,7 +117,7 @@ def restore_video(
         frame_count=stop - first,
         fps=Fraction(int(index.header["fps_num"]), int(index.header["fps_den"])),
         gops_decoded=len(gops),
-        bytes_read=reads.bytes_read,
+        bytes_read=reader.bytes_read,
         audio=audio is not None,
     )
 
@@ -158,7 +147,7 @@ def archived_videos(out: str, *, endpoint_url: str | None = None) -> list[Archiv
     for row in table.to_pylist():
         key = row["video_key"]
         # the container under OUT (not the manifest's archive_uri): an archive may have been moved
-        archive_uri = full_uri(fs, join(root, "videos", f"{key}.vdrc"))
+        archive_uri = full_uri(fs, container_path(root, key))
         previous = videos.get(key)
         status = row["status"] or "unknown"
         if previous is not None and previous.status != "ok":
@@ -214,83 +203,6 @@ def parse_frame_range(text: str) -> tuple[int | None, int | None]:
         raise RestoreError(f"--frames {text!r}: expected A:B (half-open, e.g. 0:48)") from None
 
 
-# ---- decoding -------------------------------------------------------------------------------------
-def resolve_model(header: dict[str, Any], model: str | None) -> str | None:
-    """The model directory to decode with: the user's `model`, else the bundled model the header's
-    model_id ("name@version") names, else None (classic codecs, or the codec's own default)."""
-    if model is not None or not header.get("model_id"):
-        return model
-    from codec.modeldir import bundled_model_path
-
-    bundled = bundled_model_path(str(header["model_id"]).split("@", 1)[0])
-    return str(bundled) if bundled.is_dir() else None
-
-
-def build_decoder(header: dict[str, Any], *, device: str, model: str | None = None, name: str) -> Codec:
-    """The codec the header names, with the weights it was made with (refuses other weights)."""
-    from pipeline.encode_worker import build_codec
-
-    codec_name = header.get("codec")
-    if not codec_name:
-        raise ContainerError(f"{name}: the header names no codec")
-    try:
-        codec = build_codec(str(codec_name), model=resolve_model(header, model), device=device, options={})
-    except ValueError as exc:  # unknown codec name
-        raise ContainerError(f"{name}: {exc}") from None
-    except CodecError as exc:
-        raise CodecError(f"{name}: cannot build the {codec_name} decoder ({exc})") from None
-    wanted = header.get("model_sha256")
-    if wanted and codec.model_sha256 != wanted:
-        raise CodecError(
-            f"{name}: made with model {header.get('model_id')} sha256 {str(wanted)[:12]}…, but the decoder "
-            f"holds {codec.model_id} sha256 {str(codec.model_sha256)[:12]}… (give --model with the right weights)"
-        )
-    return codec
-
-
-def decode_gop(codec: Codec, read: Any, entry: GopEntry, header: dict[str, Any], *, name: str) -> np.ndarray:
-    """One GOP's frames from a ranged read of its payload (CRC-checked first)."""
-    payload = read_gop(read, entry, name=name)
-    try:
-        return codec.decode(payload, entry.frame_count, int(header["width"]), int(header["height"]))
-    except CodecError as exc:
-        raise CodecError(
-            f"{name}: GOP {entry.index} (frames {entry.first_frame}+{entry.frame_count}): {exc}"
-        ) from None
-
-
-class CountingReader:
-    """A RangeReader (fresh ranged GETs) that counts the bytes it fetched."""
-
-    def __init__(self, fs: Any, path: str) -> None:
-        self.fs, self.path, self.bytes_read, self.reads = fs, path, 0, 0
-
-    def __call__(self, offset: int, length: int) -> bytes:
-        if length == 0:
-            return b""
-        data = self.fs.cat_file(self.path, start=offset, end=offset + length)
-        self.bytes_read += len(data)
-        self.reads += 1
-        return data
-
-
-def _attachment(read: Any, index: ContainerIndex, name: str, uri: str) -> bytes | None:
-    attachment = index.attachment(name)
-    return None if attachment is None else read_attachment(read, attachment, name=uri)
-
-
-def _timestamps(read: Any, index: ContainerIndex, uri: str) -> tuple[np.ndarray, Fraction] | None:
-    """Per-frame timestamps and their time base for a variable-rate source, else None."""
-    attachment = index.attachment(TIMESTAMPS_ATTACHMENT)
-    if attachment is None or not attachment.info.get("time_base"):
-        return None
-    blob = read_attachment(read, attachment, name=uri)
-    pts = np.frombuffer(blob, dtype="<i8")
-    if len(pts) != index.frame_count:
-        raise ContainerError(f"{uri}: {len(pts)} frame timestamps for {index.frame_count} frames")
-    return pts, Fraction(attachment.info["time_base"])
-
-
 # ---- writing --------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _atomic_local_file(*, fs_dest_uri: str, endpoint_url: str | None, suffix: str):
@@ -325,17 +237,16 @@ def _atomic_local_file(*, fs_dest_uri: str, endpoint_url: str | None, suffix: st
 def _write_video(
     tmp: str,
     fmt: str,
-    index: ContainerIndex,
+    reader: ArchiveReader,
     gops: list[GopEntry],
     codec: Codec,
-    read: Any,
     span: tuple[int, int],
     audio: bytes | None,
     vfr_pts: tuple[np.ndarray, Fraction] | None,
-    name: str,
 ) -> None:
     import av
 
+    index: ContainerIndex = reader.index()
     header = index.header
     first, stop = span
     width, height = int(header["width"]), int(header["height"])
@@ -363,7 +274,7 @@ def _write_video(
                 audio_packets = _audio_packets(audio_in, source_audio, start_seconds, end_seconds)
             pending_audio = None
             for entry in gops:
-                frames = decode_gop(codec, read, entry, header, name=name)
+                frames = reader.decode(entry.index, codec)
                 for offset, image in enumerate(frames):
                     number = entry.first_frame + offset
                     if not first <= number < stop:

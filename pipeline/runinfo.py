@@ -2,6 +2,8 @@
 
 Layout under OUT (DESIGN.md "Archive layout", plus the markers):
 
+    videos/<video_key>.vdrc        one archive object per source video (`container_path`)
+    manifest/part-<video_key>.parquet  its manifest rows (`manifest_path`)
     runs/<run_id>/config.json      resolved configuration, tool and codec versions (no credentials)
     runs/<run_id>/summary.json     counts, bytes, rates, quality percentiles, failures, wall time
     markers/done/<video_key>.json  written LAST, after the container and its manifest part
@@ -27,11 +29,20 @@ import fsspec
 from pipeline.storage import join, redact, write_bytes
 
 MARKERS_DIR = "markers"
+CONTAINER_SUFFIX = ".vdrc"
 
 
 def new_run_id() -> str:
     """Sortable and unique enough for concurrent submissions: UTC time + 6 random hex digits."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def container_path(out_root: str, video_key: str) -> str:
+    return join(out_root, "videos", video_key + CONTAINER_SUFFIX)
+
+
+def manifest_path(out_root: str, video_key: str) -> str:
+    return join(out_root, "manifest", f"part-{video_key}.parquet")
 
 
 def run_dir(out_root: str, run_id: str) -> str:

@@ -10,8 +10,8 @@ Two layers, both reading the objects afresh (ranged GETs, no cache):
    `scan="full"`; `scan="index"` forces the cheap check. The index must also agree with the manifest
    (offset, length, CRC per GOP), and every done marker must have its container and manifest rows.
 2. The sample: for each sampled GOP, one ranged read of the container's index and one of the payload
-   (CRC-checked), a decode with the codec and weights the header names (built once per codec/model;
-   other weights are refused), and — when the source is still readable and unchanged in size — the
+   (CRC-checked), a decode with the decoder the header asks for (`codec.registry.decoder_for`: its
+   codec, `decoder_options` and weights; built once per such key; other weights are refused), and — when the source is still readable and unchanged in size — the
    PSNR of the decoded frames against the source, which must match the manifest's within tolerance.
 
 Tolerances (where the brief is silent): 0.05 dB. Classic decoders are bit-exact, so the recomputed
@@ -48,8 +48,8 @@ from pipeline.container import (
     read_gop,
     read_index,
 )
-from pipeline.restore import CountingReader, build_decoder
-from pipeline.runinfo import list_markers, utc_now
+from pipeline.reader import ArchiveReader, CountingReader, decoder_key, header_decoder
+from pipeline.runinfo import container_path, list_markers, utc_now
 from pipeline.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA, rows_to_table
 from pipeline.storage import (
     StorageError,
@@ -148,7 +148,7 @@ def run_verify(
         (r for r in manifest if r["status"] == "ok"), key=lambda r: (r["video_key"], r["gop_index"])
     )
     for row in ok_rows:  # the container under OUT, wherever the archive was written or moved from
-        row["archive_uri"] = full_uri(fs, join(root, "videos", f"{row['video_key']}.vdrc"))
+        row["archive_uri"] = full_uri(fs, container_path(root, row["video_key"]))
     failures: list[str] = []
     warnings = [
         f"{r['source_uri']}: recorded as failed by the archive run ({r.get('error') or 'no reason'})"
@@ -363,13 +363,12 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
     label = f"{uri} GOP {row['gop_index']} (frames {row['first_frame']}+{row['frame_count']})"
     device = context["device"]
     result = _base_row(row, context["verify_run_id"], device)
-    fs, path = filesystem(uri, endpoint_url=context["endpoint_url"])
-    read = CountingReader(fs, path)
+    reader = ArchiveReader(uri, endpoint_url=context["endpoint_url"], size=size)
     started = time.perf_counter()
     try:
-        index = read_index(read, size, name=uri)  # fresh ranged read 1: the index
+        index = reader.index()  # fresh ranged read 1: the index
         entry = index.gops[row["gop_index"]]
-        payload = read_gop(read, entry, name=uri)  # fresh ranged read 2: the payload, CRC-checked
+        payload = reader.gop(entry.index)  # fresh ranged read 2: the payload, CRC-checked
     except (ContainerError, IndexError) as exc:
         return dict(result, crc_ok=False, status="failed", error=_line(label, exc))
     except Exception as exc:
@@ -383,9 +382,9 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
     ):
         return dict(result, status="failed", error=f"{label}: header codec/model disagree with the manifest")
     try:
-        key = (header.get("codec"), header.get("model_id"), header.get("model_sha256"))
+        key = decoder_key(header)
         if key not in decoders:
-            decoders[key] = build_decoder(header, device=device, model=context["model"], name=uri)
+            decoders[key] = header_decoder(header, device=device, model=context["model"], name=uri)
         codec = decoders[key]
         frames = codec.decode(payload, entry.frame_count, int(header["width"]), int(header["height"]))
     except (CodecError, ContainerError) as exc:
@@ -429,7 +428,7 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
 
 def _source_frames(row: dict, context: dict, cache: dict) -> tuple[np.ndarray | None, str]:
     """The source frames of this GOP, or (None, why) when the source is gone or changed."""
-    from pipeline import media
+    from pipeline import sources
 
     uri = row["source_uri"]
     try:
@@ -440,13 +439,13 @@ def _source_frames(row: dict, context: dict, cache: dict) -> tuple[np.ndarray | 
             elif fs.size(path) != row["source_bytes"]:
                 cache[uri] = "source changed size since archiving"
             else:
-                cache[uri] = media.probe(uri, endpoint_url=context["endpoint_url"])
+                cache[uri] = sources.probe(uri, endpoint_url=context["endpoint_url"])
         info = cache[uri]
         if isinstance(info, str):
             return None, info
         first, n = row["first_frame"], row["frame_count"]
         pts = info.frame_pts[first : first + n] if info.frame_pts else None
-        frames = media.decode_frames(uri, first, n, expected_pts=pts, endpoint_url=context["endpoint_url"])
+        frames = sources.decode_frames(uri, first, n, expected_pts=pts, endpoint_url=context["endpoint_url"])
         return frames, ""
     except Exception as exc:
         return None, f"source unreadable: {type(exc).__name__}: {redact(str(exc)).splitlines()[0]}"

@@ -14,10 +14,10 @@ import pytest
 
 from codec.registry import create_codec
 from pipeline.archive import ArchiveError, run_archive
-from pipeline.config import ArchiveConfig
+from pipeline.archive.config import ArchiveConfig
 from pipeline.container import read_attachment, read_gop, read_index
-from pipeline.media import decode_frames, probe
 from pipeline.metrics import psnr_rgb
+from pipeline.sources import decode_frames, probe
 from pipeline.storage import filesystem, range_reader
 
 
@@ -101,6 +101,7 @@ def test_archive_end_to_end_then_resume_and_retry(
             assert psnr_rgb(original[span], frames[span]) == pytest.approx(row["psnr"], abs=1e-6)
             assert row["psnr"] > 25
         assert header["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+        assert header["decoder_options"] == {}  # x264 needs none; the key is always written
 
     run_dir = out / "runs" / result.run_id
     config = json.loads((run_dir / "config.json").read_text())

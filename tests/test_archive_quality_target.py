@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.archive import ArchiveError, run_archive
-from pipeline.config import ArchiveConfig, ConfigError, QualityGoal, quality_goal_from_options
+from pipeline.archive.config import ArchiveConfig, ConfigError, QualityGoal, quality_goal_from_options
 from pipeline.container import read_index
 from pipeline.storage import filesystem, range_reader
 

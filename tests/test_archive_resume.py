@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.archive import run_archive
-from pipeline.config import ArchiveConfig
-from pipeline.progress import Counters, ProgressDisplay
+from pipeline.archive.config import ArchiveConfig
+from pipeline.archive.progress import Counters, ProgressDisplay
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,13 @@ def _check_complete(out: Path, copies: int) -> None:
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
+def _committed(done_dir: Path) -> list[Path]:
+    """Done markers in place (an atomic write's `.tmp-` file is not one yet: a rerun removes it)."""
+    if not done_dir.is_dir():
+        return []
+    return [p for p in done_dir.iterdir() if p.suffix == ".json" and ".tmp-" not in p.name]
+
+
 def test_killed_driver_resumes_without_redoing_or_duplicating(
     sample_dir: Path, tmp_path: Path, ray_address: str, fast_metrics: tuple[str, ...]
 ) -> None:
@@ -55,12 +62,12 @@ def test_killed_driver_resumes_without_redoing_or_duplicating(
     done_dir = out / "markers" / "done"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and driver.poll() is None:
-        if done_dir.is_dir() and any(done_dir.iterdir()):
+        if _committed(done_dir):
             break
         time.sleep(0.02)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait(timeout=30)
-    done_at_kill = len(list(done_dir.iterdir()))
+    done_at_kill = len(_committed(done_dir))
     if done_at_kill >= copies:
         pytest.fail("the run finished before it could be killed; make the collection larger")
     assert done_at_kill >= 1

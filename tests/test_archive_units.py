@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import media
-from pipeline.discovery import list_sources, probe_entry
+from pipeline import sources
+from pipeline.archive.discovery import list_sources, probe_entry
+from pipeline.archive.plan import plan_gops
 from pipeline.keys import slugify, video_key
-from pipeline.plan import plan_gops
 
 VFR_PTS = (0, 40, 80, 200, 240, 400, 440, 480, 700, 740)  # the pts `vfr_writer` uses
 
@@ -36,20 +36,20 @@ def test_gop_plan_tiles_the_video_exactly() -> None:
 
 def test_seeking_decode_matches_a_sequential_decode(sample_dir: Path) -> None:
     source = str(sample_dir / "sub" / "with-audio.mp4")
-    info = media.probe(source)
+    info = sources.probe(source)
     assert (info.frame_count, info.width, info.height, info.fps, info.has_audio) == (37, 64, 48, 24, True)
-    seeked = media.decode_frames(source, 16, 16, expected_pts=info.frame_pts[16:32])
-    sequential = media.decode_frames(source, 16, 16, expected_pts=None)
+    seeked = sources.decode_frames(source, 16, 16, expected_pts=info.frame_pts[16:32])
+    sequential = sources.decode_frames(source, 16, 16, expected_pts=None)
     assert np.array_equal(seeked, sequential)
-    assert not np.array_equal(seeked, media.decode_frames(source, 0, 16, expected_pts=info.frame_pts[:16]))
+    assert not np.array_equal(seeked, sources.decode_frames(source, 0, 16, expected_pts=info.frame_pts[:16]))
 
 
 def test_vfr_and_rotation_are_recorded(tmp_path: Path, clip: np.ndarray, vfr_writer) -> None:
-    info = media.probe(str(vfr_writer(tmp_path / "vfr.mkv", clip[:10], rotation=90)))
+    info = sources.probe(str(vfr_writer(tmp_path / "vfr.mkv", clip[:10], rotation=90)))
     assert info.vfr and info.frame_count == 10 and info.frame_pts == VFR_PTS
     assert info.fps == Fraction(9 * 1000, 740)  # measured average, not the muxer's nominal 24
     assert info.rotation == 90 and (info.width, info.height) == (64, 48)  # decoded as stored
-    frames = media.decode_frames(str(tmp_path / "vfr.mkv"), 5, 5, expected_pts=VFR_PTS[5:])
+    frames = sources.decode_frames(str(tmp_path / "vfr.mkv"), 5, 5, expected_pts=VFR_PTS[5:])
     assert frames.shape == (5, 48, 64, 3)
 
 
@@ -69,3 +69,38 @@ def test_discovery_classifies_videos_non_videos_and_broken_files(tmp_path: Path,
     assert outcomes["cut.mp4"].kind == "failed" and str(root / "cut.mp4") in outcomes["cut.mp4"].reason
     assert {outcomes[n].kind for n in ("readme.md", "still.png", "empty.mov")} == {"skip"}
     assert "still image" in outcomes["still.png"].reason
+
+
+def test_rerun_with_nothing_left_to_do_needs_no_cluster(tmp_path: Path, clip: np.ndarray) -> None:
+    """Every video already done: the rerun starts no Ray, exits 0 and still writes its run records."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.runinfo import marker_path, write_json
+    from pipeline.storage import filesystem
+    from pipeline.synthetic import write_video
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    write_video(src / "a.mp4", clip[:6], fps=24)
+    fs, root = filesystem(str(out))
+    for entry in list_sources(str(src)):
+        write_json(fs, marker_path(root, "done", entry.key), {"video_key": entry.key})
+    script = (
+        "import sys, ray; from pipeline.archive import run_archive; from pipeline.archive.config import ArchiveConfig\n"
+        f"r = run_archive(ArchiveConfig(src={str(src)!r}, out={str(out)!r}))\n"
+        "print(r.exit_code, r.summary['videos_skipped_done'], ray.is_initialized())"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-3:] == ["0", "1", "False"]
+    (run,) = (out / "runs").iterdir()
+    assert (
+        json.loads((run / "summary.json").read_text())["videos_ok"] == 0 and (run / "config.json").is_file()
+    )

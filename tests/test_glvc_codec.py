@@ -192,7 +192,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_quality_target_search_runs_through_the_codec_interface(codec: GlvcCodec, frames: np.ndarray) -> None:
     """`--target-psnr` works for GLVC: the search walks its quality index (0 worst .. num_q-1 best)."""
-    from pipeline.quality_target import find_rate_for_quality
+    from pipeline.archive.quality_target import find_rate_for_quality
 
     assert codec.quality_range == (0, codec.num_q - 1)
     low = codec.encode(frames[:5], RateTarget("quality", 0), FPS)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.archive import run_archive
-from pipeline.config import ArchiveConfig
+from pipeline.archive.config import ArchiveConfig
 from pipeline.inspect import InspectError, inspect_object, list_archive
 
 REPO = Path(__file__).resolve().parents[1]

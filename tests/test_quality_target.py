@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from codec.base import Codec, EncodedGop, RateTarget
+from pipeline.archive.quality_target import QualityTargetError, find_rate_for_quality
 from pipeline.metrics import psnr_rgb
-from pipeline.quality_target import QualityTargetError, find_rate_for_quality
 from pipeline.synthetic import synthetic_clip
 
 

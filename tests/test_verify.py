@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.archive import run_archive
-from pipeline.config import ArchiveConfig
+from pipeline.archive.config import ArchiveConfig
 from pipeline.container import PREAMBLE, TRAILER, read_index
 from pipeline.schema import VERIFY_SCHEMA
 from pipeline.storage import filesystem, range_reader

@@ -158,23 +158,17 @@ def _series_plot(series: dict[str, list[tuple[int, dict[str, float | None]]]], m
 
 
 def decode_archived_frame(row: dict[str, Any], offset_in_gop: int, endpoint_url: str | None) -> np.ndarray:
-    """One frame of a GOP decoded from the archive object named in the manifest row."""
-    from codec.registry import create_codec
-    from pipeline import container, storage
+    """One frame of a GOP decoded from the archive object named in the manifest row (with the decoder
+    its header asks for: the bundled model when it names one)."""
+    from pipeline.reader import ArchiveReader
 
-    fs, path = storage.filesystem(row["archive_uri"], endpoint_url=endpoint_url)
-    read = storage.range_reader(fs, path)
-    index = container.read_index(read, fs.size(path), name=row["archive_uri"])
-    entry = index.gops[row["gop_index"]]
-    payload = container.read_gop(read, entry, name=row["archive_uri"])
-    header = index.header
-    codec = create_codec(header["codec"])
-    frames = codec.decode(payload, entry.frame_count, int(header["width"]), int(header["height"]))
+    reader = ArchiveReader(row["archive_uri"], endpoint_url=endpoint_url)
+    frames = reader.decode(int(row["gop_index"]), reader.decoder_for())
     return frames[offset_in_gop]
 
 
 def _frame_pairs(result: AuditResult, metric: str, endpoint_url: str | None) -> str:
-    from pipeline.media import decode_frames
+    from pipeline.sources import decode_frames
 
     parts = []
     for row in result.worst.get(metric, [])[:MAX_FRAME_PAIRS]:

@@ -1,7 +1,7 @@
 """Training clips: random GOP-length windows and crops, from real videos or from synthetic camera moves.
 
-Real sources go through the archive job's own discovery and decoding (`pipeline.discovery`,
-`pipeline.media`), so a model trains on exactly what the archive job will feed it. `synthetic` draws
+Real sources go through the archive job's own discovery and decoding (`pipeline.archive.discovery`,
+`pipeline.sources`), so a model trains on exactly what the archive job will feed it. `synthetic` draws
 from `pipeline.synthetic.TRAIN_IMAGES` (photographs moved by a virtual camera); the held-out
 `EVAL_IMAGES` are never used here, so benchmarks measure on unseen content.
 """
@@ -27,13 +27,14 @@ class ClipSampler:
             self._videos = self._discover(source)
 
     def _discover(self, source: str) -> list[tuple[str, int, tuple[int, ...] | None]]:
-        from pipeline import discovery, media
+        from pipeline import sources
+        from pipeline.archive import discovery
 
         videos = []
         for entry in discovery.list_sources(source, endpoint_url=self.endpoint_url):
             try:
-                info = media.probe(entry.uri, endpoint_url=self.endpoint_url)
-            except (media.NotAVideo, media.SourceError):
+                info = sources.probe(entry.uri, endpoint_url=self.endpoint_url)
+            except (sources.NotAVideo, sources.SourceError):
                 continue
             if info.frame_count >= self.frames and min(info.width, info.height) >= self.size:
                 videos.append((entry.uri, info.frame_count, info.frame_pts))
@@ -53,12 +54,12 @@ class ClipSampler:
                 seed=int(self.rng.integers(1 << 31)),
                 speed=float(self.rng.uniform(0.3, 2.0)),
             )
-        from pipeline import media
+        from pipeline import sources
 
         uri, count, pts = self._videos[int(self.rng.integers(len(self._videos)))]
         first = int(self.rng.integers(0, count - self.frames + 1))
         window = None if pts is None else pts[first : first + self.frames]
-        frames = media.decode_frames(
+        frames = sources.decode_frames(
             uri, first, self.frames, expected_pts=window, endpoint_url=self.endpoint_url
         )
         y = int(self.rng.integers(0, frames.shape[1] - self.size + 1))

@@ -19,15 +19,13 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline import media
-from pipeline.container import read_index, write_container
+from pipeline import sources
+from pipeline.archive.plan import GopSpan
+from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_index, write_container
 from pipeline.metrics import METRIC_COLUMNS
-from pipeline.plan import GopSpan
-from pipeline.runinfo import marker_path, utc_now, write_json
+from pipeline.runinfo import container_path, manifest_path, marker_path, utc_now, write_json
 from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
-from pipeline.storage import filesystem, full_uri, join, open_atomic, range_reader, redact, write_bytes
-
-CONTAINER_SUFFIX = ".vdrc"
+from pipeline.storage import filesystem, full_uri, open_atomic, range_reader, redact, write_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,27 +43,20 @@ class VideoJob:
     has_audio: bool
 
 
-def container_path(out_root: str, video_key: str) -> str:
-    return join(out_root, "videos", video_key + CONTAINER_SUFFIX)
-
-
-def manifest_path(out_root: str, video_key: str) -> str:
-    return join(out_root, "manifest", f"part-{video_key}.parquet")
-
-
 def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -> dict[str, Any]:
     """Write the video's container, manifest part and done marker; returns the per-GOP stats."""
     fs, out_root = filesystem(job.out, endpoint_url=job.endpoint_url)
     attachments = []
     if job.has_audio:
-        audio = media.extract_audio(job.source_uri, endpoint_url=job.endpoint_url)
+        audio = sources.extract_audio(job.source_uri, endpoint_url=job.endpoint_url)
         if audio is not None:
-            attachments.append((media.AUDIO_ATTACHMENT, audio[0], audio[1]))
+            attachments.append((AUDIO_ATTACHMENT, audio[0], audio[1]))
     pts = [t for span in job.spans for t in (span.pts or ())]
     if job.header.get("vfr") and len(pts) == int(job.header["frame_count"]):
         info = {"time_base": job.header.get("time_base"), "dtype": "<i8", "count": len(pts)}
-        attachments.append((media.TIMESTAMPS_ATTACHMENT, np.asarray(pts, dtype="<i8").tobytes(), info))
+        attachments.append((TIMESTAMPS_ATTACHMENT, np.asarray(pts, dtype="<i8").tobytes(), info))
     header = dict(job.header, created_at=utc_now().isoformat())  # source_sha256: taken by the probe
+    header.setdefault("decoder_options", {})  # what `codec.registry.decoder_for` rebuilds the decoder with
     gops = [(s.first_frame, s.frame_count, p) for s, p in zip(job.spans, payloads, strict=True)]
     path = container_path(out_root, job.video_key)
     with open_atomic(fs, path) as handle:

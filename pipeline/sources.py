@@ -1,5 +1,9 @@
 """Reading source videos with PyAV: probe, decode one GOP's frames, stream-copy the audio.
 
+The archive's input, used by the write side (discovery, GOP decode tasks, the audio attachment) and by
+comparisons against a source that still exists (verify's quality re-check, audit's frame pairs). The
+read side (container, reader, restore, inspect) never needs it: restore muxes from the archive alone.
+
 Everything here opens the source through fsspec, so a local file and an `s3://` object behave alike:
 for a remote object PyAV reads through a seekable fsspec file, i.e. ranged GETs of the parts the
 demuxer needs, never a full download to disk.
@@ -40,10 +44,6 @@ VIDEO_EXTENSIONS = (
 #: Demuxers that read still images; a PNG or JPEG "opens" as a one-frame video but is not one.
 IMAGE_FORMAT_SUFFIX = "_pipe"
 IMAGE_FORMATS = {"image2", "gif", "apng", "webp_pipe"}
-AUDIO_ATTACHMENT = "audio.mka"
-#: Variable-frame-rate sources also keep every frame's timestamp (little-endian int64, in
-#: `time_base` units) so restore can reproduce the original timing, not just the average rate.
-TIMESTAMPS_ATTACHMENT = "frame_pts.i64"
 
 
 class SourceError(Exception):

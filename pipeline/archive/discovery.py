@@ -4,7 +4,7 @@ A file is a video if PyAV opens it and finds a video stream, whatever its name: 
 `.MOV`, extension-less exports and mislabelled files. Listing is one recursive `find` (a paginated
 LIST on S3); probing reads each object's container header and packet table and runs in Ray tasks,
 not in the driver. Files that are not videos are skipped and listed in the summary, not failures;
-files that look like videos but cannot be read are failures (see `media.probe`).
+files that look like videos but cannot be read are failures (see `sources.probe`).
 
 `--include`/`--exclude` globs match the path relative to SRC; a pattern without '/' also matches the
 file name alone, so `--include '*.mp4'` works at any depth. Exclusion wins over inclusion.
@@ -16,7 +16,7 @@ import dataclasses
 import fnmatch
 from collections.abc import Iterable
 
-from pipeline import media
+from pipeline import sources
 from pipeline.keys import video_key
 from pipeline.storage import filesystem, full_uri, is_local
 
@@ -39,7 +39,7 @@ class ProbeOutcome:
 
     entry: SourceEntry
     kind: str  # "video" | "skip" | "failed"
-    info: media.VideoInfo | None = None
+    info: sources.VideoInfo | None = None
     reason: str | None = None
 
 
@@ -104,11 +104,11 @@ def probe_entry(entry: SourceEntry, *, endpoint_url: str | None = None) -> Probe
         fs, path = filesystem(entry.uri, endpoint_url=endpoint_url)
         head = fs.cat_file(path, start=0, end=min(HEAD_BYTES, entry.size))
         return ProbeOutcome(
-            entry, "video", info=media.probe(entry.uri, endpoint_url=endpoint_url, head=head, sha256=True)
+            entry, "video", info=sources.probe(entry.uri, endpoint_url=endpoint_url, head=head, sha256=True)
         )
-    except media.NotAVideo as exc:
+    except sources.NotAVideo as exc:
         return ProbeOutcome(entry, "skip", reason=str(exc))
-    except media.SourceError as exc:
+    except sources.SourceError as exc:
         return ProbeOutcome(entry, "failed", reason=str(exc))
     except Exception as exc:  # storage errors while reading one object must not stop the run
         return ProbeOutcome(entry, "failed", reason=f"{entry.uri}: cannot read ({type(exc).__name__}: {exc})")

@@ -13,7 +13,6 @@ each GOP on itself and keeps the winning encoding (no extra encode).
 
 from __future__ import annotations
 
-import inspect
 import time
 from fractions import Fraction
 from typing import Any
@@ -22,25 +21,10 @@ import numpy as np
 
 from codec.base import Codec, RateTarget, bits_per_pixel, kilobits_per_second
 from codec.errors import CodecError
-from codec.registry import codec_class, create_codec
-from pipeline.config import QualityGoal
-from pipeline.quality_target import QualityTargetError, find_rate_for_quality
+from codec.registry import build_codec
+from pipeline.archive.config import QualityGoal
+from pipeline.archive.quality_target import QualityTargetError, find_rate_for_quality
 from pipeline.schema import MANIFEST_SCHEMA
-
-
-def build_codec(name: str, *, model: str | None, device: str, options: dict[str, Any]) -> Codec:
-    """`create_codec` with only the options this codec's constructor takes (classic codecs have no
-    model or device), so one call site serves every codec."""
-    wanted = dict(options)
-    if model is not None:
-        wanted["model"] = model
-    wanted["device"] = device
-    params = inspect.signature(codec_class(name).__init__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if not takes_any:
-        dropped = {k for k in ("device",) if k not in params}
-        wanted = {k: v for k, v in wanted.items() if k not in dropped}
-    return create_codec(name, **wanted)
 
 
 class EncodeWorker:

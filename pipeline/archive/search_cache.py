@@ -15,8 +15,8 @@ from typing import Any
 
 import fsspec
 
-from pipeline.config import QualityGoal
-from pipeline.plan import GopSpan
+from pipeline.archive.config import QualityGoal
+from pipeline.archive.plan import GopSpan
 from pipeline.runinfo import write_json
 from pipeline.storage import join
 

@@ -121,6 +121,14 @@ class ArchiveConfig:
             device = "cuda" if self.num_gpus_per_actor > 0 else "cpu"
         return dataclasses.replace(self, target=target, device=device)
 
+    def target_record(self) -> dict[str, Any]:
+        """What the user asked for, as stored in headers and rows: a rate target or the quality goal."""
+        goal = self.quality_goal
+        if goal is not None:
+            return {"kind": goal.metric, "value": goal.target}
+        assert self.target is not None
+        return {"kind": self.target.kind, "value": self.target.value}
+
     def as_record(self) -> dict[str, Any]:
         """JSON-ready, credential-free view for config.json and logs."""
         record = dataclasses.asdict(self)

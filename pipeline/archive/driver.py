@@ -1,0 +1,195 @@
+"""The archive job's driver: discover -> probe -> plan GOPs -> decode -> encode -> commit per video.
+
+`run_archive` lists SRC, skips done videos, starts Ray and the encode pool (`actors`), writes the run's
+config record, hands the videos to the `Scheduler`, then writes the summary and runs the closing
+verify (with the run's `--model` and `--device`).
+
+Why plain Ray tasks and actors rather than Ray Data: the unit of commit is a *video* (one container,
+one manifest part, one done marker, written in that order), while the unit of work is a *GOP*. The
+driver here keeps a small table of videos in progress, so it can
+- skip done videos before reading them (resume), and rerun only failed ones (`--retry-failed`);
+- hand each finished video's payloads to one writer task, exactly once, so retries never duplicate
+  manifest rows;
+- retry only the GOPs an actor was holding when it died, on a fresh actor, a bounded number of times;
+- bound memory explicitly: at most `actors × gops_in_flight_per_actor` GOPs are decoded or being coded
+  at once, and new videos are probed only a few ahead (backpressure through `ray.wait`).
+Ray Data would give streaming and autoscaling pools, but per-video grouping after a per-GOP map, and
+resumable commits, would have to be rebuilt on top of it.
+
+Stages and resources:
+- probe (CPU task): open the source, count frames exactly, read rate/rotation/colour/audio presence;
+- decode (CPU task, one per GOP): seek + decode just that GOP's frames from the source (local path or
+  ranged reads of the object); frames go to the object store, never one row per frame;
+- encode (actor pool, `num_gpus=--num-gpus-per-actor`, fractional allowed): the codec is built once
+  per actor; the payload goes straight to the writer, the driver only sees a small metadata dict;
+- commit (CPU task, one per video): container, manifest part, done marker (`video_writer`).
+
+Quality targets (`--target-vmaf 93` etc., `config.QualityGoal`): per video, a search task on an encode
+actor measures a few sample GOPs at several codec settings (`quality_target`, `searches`) before the video's
+GOPs are dispatched, so they all share the chosen setting; the sample GOPs' decoded frames are reused for
+the real encode. The search is recorded in the container header and every row's `codec_params`, and
+cached at `OUT/quality_search/<video>.json`, so a rerun (e.g. `--retry-failed`) does not search again.
+With `--per-gop`, each GOP is searched on itself inside its encode call instead.
+
+A broken video (corrupt, truncated, refused by the codec) becomes a failed manifest row + failed
+marker with a one-line error; the run goes on and exits non-zero at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+from pipeline.archive import discovery
+from pipeline.archive.actors import EncodePool
+from pipeline.archive.config import ArchiveConfig, ConfigError
+from pipeline.archive.errors import ArchiveError
+from pipeline.archive.progress import Counters, ProgressDisplay
+from pipeline.archive.scheduler import Scheduler
+from pipeline.runinfo import list_markers, new_run_id, run_dir, tool_versions, write_json
+from pipeline.storage import StorageError, check_reachable, filesystem, is_local, join, redact
+
+log = logging.getLogger("vidarc.archive")
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+
+
+@dataclasses.dataclass
+class ArchiveResult:
+    run_id: str | None
+    exit_code: int
+    summary: dict[str, Any]
+    message: str
+
+
+def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None) -> ArchiveResult:
+    """Run the whole job. Raises ArchiveError (exit 2, nothing written) for unusable inputs."""
+    try:
+        cfg = config.resolved()
+    except ConfigError as exc:
+        raise ArchiveError(str(exc)) from None
+    src_fs, src_root = _open_store(cfg.src, cfg.endpoint_url)
+    out_fs, out_root = _open_store(cfg.out, cfg.endpoint_url)
+    try:
+        check_reachable(src_fs, src_root, cfg.src, must_exist=is_local(src_fs))
+        check_reachable(out_fs, out_root, cfg.out, must_exist=False)
+        entries = discovery.list_sources(
+            cfg.src,
+            endpoint_url=cfg.endpoint_url,
+            include=cfg.include,
+            exclude=cfg.exclude,
+            ignore_prefix=cfg.out,
+        )
+    except StorageError as exc:
+        raise ArchiveError(str(exc)) from None
+    except Exception as exc:  # listing errors from any fsspec backend
+        raise ArchiveError(f"{cfg.src}: cannot list ({type(exc).__name__}: {redact(str(exc))})") from None
+    if not entries:
+        return ArchiveResult(None, EXIT_OK, {}, f"{cfg.src}: no files found; nothing to archive")
+
+    done = list_markers(out_fs, out_root, "done")
+    failed_before = list_markers(out_fs, out_root, "failed")
+    todo = [e for e in entries if e.key not in done and (cfg.retry_failed or e.key not in failed_before)]
+    run_id = cfg.run_id or new_run_id()
+    cfg = dataclasses.replace(cfg, run_id=run_id)
+    counters = Counters(videos_skipped=len(entries) - len(todo))
+    display = display or ProgressDisplay(counters)
+    display.counters = counters
+    if is_local(out_fs):
+        _remove_stale_temporaries(out_root)
+
+    if todo:
+        _start_ray(cfg)
+        pool, identity = EncodePool.start(cfg)
+    else:  # nothing left to do: no cluster, no actors, just the run records
+        pool, identity = EncodePool.empty(cfg), {"codec": cfg.codec}
+    config_record = {
+        "run_id": run_id,
+        "config": cfg.as_record(),
+        "codec": identity,
+        "versions": tool_versions(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json(out_fs, join(run_dir(out_root, run_id), "config.json"), config_record)
+    scheduler = Scheduler(cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root)
+    try:
+        scheduler.run(todo)
+    finally:
+        display.close()
+    summary = scheduler.summary(
+        entries_total=len(entries),
+        already_done=sum(e.key in done for e in entries),
+        previously_failed=sum(e.key in failed_before and e.key not in done for e in entries),
+    )
+    exit_code = EXIT_FAILURES if summary["videos_failed"] else EXIT_OK
+    if cfg.verify_fraction:
+        summary["verify"] = _verify(cfg)
+        if summary["verify"].get("failures"):
+            exit_code = EXIT_FAILURES
+    write_json(out_fs, join(run_dir(out_root, run_id), "summary.json"), summary)
+    message = (
+        f"run {run_id}: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
+        f"{summary['videos_skipped_done']} already done, {summary['videos_skipped_failed']} failed earlier "
+        f"(not retried), {len(summary['not_videos'])} non-video files skipped"
+    )
+    return ArchiveResult(run_id, exit_code, summary, message)
+
+
+def _open_store(uri: str, endpoint_url: str | None):
+    try:
+        return filesystem(uri, endpoint_url=endpoint_url)
+    except StorageError as exc:
+        raise ArchiveError(str(exc)) from None
+
+
+def _remove_stale_temporaries(out_root: str) -> None:
+    """A killed run can leave `*.tmp-*` files behind (local outputs only; S3 uploads never appear
+    unfinished). One archive run per OUT at a time is assumed, so any left over are stale."""
+    for sub in ("videos", "manifest", "markers/done", "markers/failed", "quality_search"):
+        folder = os.path.join(out_root, sub)
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if ".tmp-" in name:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
+
+
+def _start_ray(cfg: ArchiveConfig) -> None:
+    """Connect to `--address` (or RAY_ADDRESS), or start an embedded local cluster."""
+    import ray
+
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # we handle every task error ourselves
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(
+            address=cfg.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+        )
+    except Exception as exc:
+        raise ArchiveError(
+            f"cannot start or reach the Ray cluster {cfg.address or '(local)'}: {redact(str(exc)).splitlines()[0]}"
+        ) from None
+
+
+def _verify(cfg: ArchiveConfig) -> dict[str, Any]:
+    """Decode a sample of the archive (pipeline.verify) and report failures."""
+    try:
+        from pipeline.verify import run_verify
+    except ImportError:
+        return {"failures": ["verify unavailable: pipeline.verify is not installed"], "rows": 0}
+    report = run_verify(
+        cfg.out,
+        fraction=cfg.verify_fraction,
+        count=None,
+        seed=0,
+        device=cfg.device,
+        endpoint_url=cfg.endpoint_url,
+        model=cfg.model,
+    )
+    failures = [str(f) for f in report.failures]
+    rows = report.rows
+    return {"failures": failures, "rows": len(rows) if hasattr(rows, "__len__") else rows}

@@ -1,0 +1,139 @@
+"""Per-video quality searches (`--target-vmaf 93` etc. without `--per-gop`): their bookkeeping.
+
+Before a video's GOPs are dispatched, one search task on an encode actor codes a few sample GOPs at
+several settings (`quality_target`) and picks the cheapest that meets the goal; the video's GOPs then
+all share it. The samples' decoded frames are kept and reused for the real encode. A search is cached
+at `OUT/quality_search/<video>.json` (`search_cache`), so a rerun does not pay for it again; its record
+goes into the container header and every row's `codec_params`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from codec.base import RateTarget
+from pipeline.archive.errors import one_line
+from pipeline.archive.plan import GopSpan
+from pipeline.archive.search_cache import load_search, save_search, search_cache_key
+
+if TYPE_CHECKING:
+    from pipeline.archive.scheduler import Scheduler, Video
+
+
+class QualitySearches:
+    """Searches waiting for an actor (`queue`) and running (`running`: result ref -> key, actor)."""
+
+    def __init__(self, owner: Scheduler) -> None:
+        self.owner = owner
+        self.cfg = owner.cfg
+        self.queue: collections.deque[str] = collections.deque()  # videos awaiting a search
+        self.running: dict[Any, tuple[str, int, Any]] = {}  # result ref -> video key, actor idx/handle
+        self.targets_missed: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.queue) + len(self.running)
+
+    def add(self, video: Video) -> None:
+        """A planned video with a per-video goal: reuse a cached search, or queue one."""
+        owner = self.owner
+        cached = load_search(owner.out_fs, owner.out_root, video.job.video_key, self._key(video))
+        if cached is not None:
+            owner.display.log(f"{video.job.source_uri}: quality search reused from an earlier run")
+            self._apply(video, cached)
+        else:
+            self.queue.append(video.job.video_key)
+
+    def submit(self, key: str) -> None:
+        """Start the search of video `key` on the least loaded actor (its sample GOPs decode first)."""
+        owner = self.owner
+        video = owner.videos.get(key)
+        if video is None or video.failed:
+            return
+        header = video.job.header
+        refs = []
+        for span in self.sample_spans(video):
+            if span.index not in video.sample_refs:
+                video.sample_refs[span.index] = owner.decode.remote(
+                    video.job.source_uri, span, self.cfg.endpoint_url
+                )
+            refs.append(video.sample_refs[span.index])
+        idx, actor = owner.pool.pick()
+        ref = actor.search_quality.remote(
+            self.cfg.quality_goal, header["fps_num"], header["fps_den"], video.job.source_uri, *refs
+        )
+        self.running[ref] = (key, idx, actor)
+        owner.display.log(f"{video.job.source_uri}: searching the setting for {self._goal_text()}")
+
+    def on_done(self, ref: Any) -> None:
+        """A search finished: apply (and cache) its result, retry it after an actor death, or fail."""
+        owner = self.owner
+        key, idx, actor = self.running.pop(ref)
+        owner.pool.release(idx)
+        video = owner.videos[key]
+        try:
+            outcome = owner.ray.get(ref)
+        except owner.ray.exceptions.RayActorError:
+            owner.replace_actor(idx, actor)
+            video.search_attempts += 1
+            if video.search_attempts > self.cfg.max_gop_retries:
+                owner.fail_video(
+                    video, f"{video.job.source_uri}: encode actor died during the quality search"
+                )
+            else:
+                self.queue.appendleft(key)
+            return
+        except Exception as exc:
+            owner.fail_video(video, one_line(video.job.source_uri, exc))
+            return
+        if "error" in outcome:
+            owner.fail_video(video, outcome["error"])
+            return
+        try:
+            save_search(owner.out_fs, owner.out_root, key, self._key(video), outcome)
+        except Exception as exc:  # the cache only saves time; the archive does not depend on it
+            owner.display.log(f"could not cache the quality search of {video.job.source_uri}: {exc}")
+        self._apply(video, outcome)
+
+    def missed(self, video_key: str, note: str, gop_index: int | None = None) -> None:
+        """Record a goal not reached (per video, or per GOP with `--per-gop`)."""
+        entry: dict[str, Any] = {"video_key": video_key}
+        if gop_index is not None:
+            entry["gop_index"] = gop_index
+        self.targets_missed.append({**entry, "note": note})
+
+    def sample_spans(self, video: Video) -> list[GopSpan]:
+        """`sample_gops` GOPs spread evenly over the video (first and last included)."""
+        spans = video.job.spans
+        count = min(len(spans), self.cfg.quality_goal.sample_gops)  # type: ignore[union-attr]
+        if count == 1:
+            return [spans[len(spans) // 2]]
+        picks = sorted({round(i * (len(spans) - 1) / (count - 1)) for i in range(count)})
+        return [spans[i] for i in picks]
+
+    def _key(self, video: Video) -> dict[str, Any]:
+        return search_cache_key(
+            video.job,
+            self.owner.identity,
+            self.cfg.codec_options,
+            self.cfg.quality_goal,
+            self.sample_spans(video),
+        )
+
+    def _apply(self, video: Video, outcome: dict[str, Any]) -> None:
+        """Apply a search result: the video's setting, its record in the header, then dispatch it."""
+        record = outcome["record"]
+        video.target = RateTarget("quality", float(outcome["knob"]))
+        video.search = record
+        video.job = dataclasses.replace(video.job, header=dict(video.job.header, quality_search=record))
+        if not record["reached"]:
+            self.missed(video.job.video_key, record["note"])
+            self.owner.display.log(f"{video.job.source_uri}: {record['note']}")
+        self.owner.ready.append(video.job.video_key)
+
+    def _goal_text(self) -> str:
+        goal = self.cfg.quality_goal
+        assert goal is not None
+        cap = f" under {goal.max_kbps:g} kbps" if goal.max_kbps is not None else ""
+        return f"{goal.metric} {'≤' if goal.metric == 'dists' else '≥'} {goal.target:g}{cap}"

@@ -1,0 +1,143 @@
+"""Reading one archive object: its index, one GOP by a ranged read, and the decoder its header asks for.
+
+The read side's entry point: verify, restore, inspect and audit (and a training-data reader) read
+archives through `ArchiveReader`. It imports no Ray, no metrics and no quality search, so restoring
+one GOP loads only the container format, storage and the codec the header names. Every read is a fresh
+ranged GET (no cache layer), counted so a caller can say how many bytes it fetched: the index comes
+with one read from the end of the object, each GOP with one more.
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from codec.base import Codec
+from codec.errors import CodecError
+from codec.registry import decoder_for
+from pipeline.container import (
+    TIMESTAMPS_ATTACHMENT,
+    ContainerError,
+    ContainerIndex,
+    GopEntry,
+    read_attachment,
+    read_gop,
+    read_index,
+)
+from pipeline.storage import filesystem
+
+
+class CountingReader:
+    """A RangeReader (fresh ranged GETs) that counts the bytes it fetched."""
+
+    def __init__(self, fs: Any, path: str) -> None:
+        self.fs, self.path, self.bytes_read, self.reads = fs, path, 0, 0
+
+    def __call__(self, offset: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        data = self.fs.cat_file(self.path, start=offset, end=offset + length)
+        self.bytes_read += len(data)
+        self.reads += 1
+        return data
+
+
+class ArchiveReader:
+    """One `.vdrc` object, read lazily: `index()` on first use, then `gop(i)` per GOP.
+
+    `size` (when a listing already gave it) saves the HEAD request. Errors: ContainerError for a
+    damaged or foreign object, CodecError for a decoder that cannot be built or holds other weights
+    (both one line, naming the object); storage errors (FileNotFoundError, ...) pass through for the
+    caller to word.
+    """
+
+    def __init__(self, uri: str, *, endpoint_url: str | None = None, size: int | None = None) -> None:
+        self.uri = uri
+        self.fs, self.path = filesystem(uri, endpoint_url=endpoint_url)
+        self.read = CountingReader(self.fs, self.path)
+        self._size = size
+        self._index: ContainerIndex | None = None
+
+    @property
+    def size(self) -> int:
+        if self._size is None:
+            self._size = int(self.fs.size(self.path))
+        return self._size
+
+    @property
+    def bytes_read(self) -> int:
+        return self.read.bytes_read
+
+    def index(self) -> ContainerIndex:
+        """Header, GOP index and attachments (one ranged read from the end; cached)."""
+        if self._index is None:
+            self._index = read_index(self.read, self.size, name=self.uri)
+        return self._index
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return self.index().header
+
+    def entry(self, i: int) -> GopEntry:
+        gops = self.index().gops
+        if not 0 <= i < len(gops):
+            raise ContainerError(f"{self.uri}: no GOP {i} (the index has {len(gops)})")
+        return gops[i]
+
+    def gop(self, i: int) -> bytes:
+        """GOP `i`'s payload by one ranged read, CRC-checked."""
+        return read_gop(self.read, self.entry(i), name=self.uri)
+
+    def attachment(self, name: str) -> bytes | None:
+        """An attachment's bytes (CRC-checked), or None when the object has none by that name."""
+        attachment = self.index().attachment(name)
+        return None if attachment is None else read_attachment(self.read, attachment, name=self.uri)
+
+    def timestamps(self) -> tuple[np.ndarray, Fraction] | None:
+        """Per-frame timestamps and their time base for a variable-rate source, else None."""
+        index = self.index()
+        attachment = index.attachment(TIMESTAMPS_ATTACHMENT)
+        if attachment is None or not attachment.info.get("time_base"):
+            return None
+        pts = np.frombuffer(read_attachment(self.read, attachment, name=self.uri), dtype="<i8")
+        if len(pts) != index.frame_count:
+            raise ContainerError(f"{self.uri}: {len(pts)} frame timestamps for {index.frame_count} frames")
+        return pts, Fraction(attachment.info["time_base"])
+
+    def decoder_for(self, *, model: str | None = None, device: str = "cpu") -> Codec:
+        """The decoder this object's header asks for (`codec.registry.decoder_for`), errors naming it."""
+        return header_decoder(self.header, model=model, device=device, name=self.uri)
+
+    def decode(self, i: int, decoder: Codec) -> np.ndarray:
+        """GOP `i`'s frames (uint8 T×H×W×3): one ranged read, CRC check, decode."""
+        entry = self.entry(i)
+        return decode_payload(decoder, self.gop(i), entry, self.header, name=self.uri)
+
+
+def header_decoder(header: dict[str, Any], *, model: str | None, device: str, name: str) -> Codec:
+    """`decoder_for` with the object's name in front of any error."""
+    try:
+        return decoder_for(header, model=model, device=device)
+    except CodecError as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+
+
+def decoder_key(header: dict[str, Any]) -> tuple[Any, ...]:
+    """What decides a decoder: objects with the same key can share one (verify builds one per key)."""
+    options = json.dumps(header.get("decoder_options") or {}, sort_keys=True, default=str)
+    return (header.get("codec"), header.get("model_id"), header.get("model_sha256"), options)
+
+
+def decode_payload(
+    codec: Codec, payload: bytes, entry: GopEntry, header: dict[str, Any], *, name: str
+) -> np.ndarray:
+    """One GOP's frames from its payload; a decoder's refusal names the object and the GOP."""
+    try:
+        return codec.decode(payload, entry.frame_count, int(header["width"]), int(header["height"]))
+    except CodecError as exc:
+        raise CodecError(
+            f"{name}: GOP {entry.index} (frames {entry.first_frame}+{entry.frame_count}): {exc}"
+        ) from None
