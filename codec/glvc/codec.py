@@ -68,13 +68,13 @@ class GlvcCodec(Codec):
             )
         self.torch_device = resolve_device(device)
         self.device = self.torch_device.type
-        if dtype is None:
+        self.dtype_policy = dtype or "auto"
+        if dtype in (None, "auto"):
             vae_dtype = torch.bfloat16 if self.torch_device.type == "cuda" else torch.float32
         elif dtype in _DTYPES:
             vae_dtype = _DTYPES[dtype]
         else:
-            raise UnsupportedInputError(f"glvc: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-        self.dtype = next(k for k, v in _DTYPES.items() if v == vae_dtype)
+            raise UnsupportedInputError(f"glvc: dtype must be auto or one of {', '.join(_DTYPES)}, got {dtype!r}")
         self.model_dir = _open_model(model)
         self.model_id = self.model_dir.model_id
         vae_dir, vae_component = glvc_vae_dir(self.model_dir.path)
@@ -105,9 +105,9 @@ class GlvcCodec(Codec):
         self._latent_cache: tuple[Any, torch.Tensor] | None = None  # (frames key, latents) of the last GOP
 
     def decoder_options(self) -> dict[str, Any]:
-        """What a decoder must be built with beyond the payload: the VAE's dtype (the entropy-coded
-        symbols never depend on it; the pixels the VAE decodes do, slightly)."""
-        return {"dtype": self.dtype}
+        """What a decoder must be built with beyond the payload: the VAE's dtype policy ("auto": bf16
+        on GPUs, float32 on CPUs). The entropy-coded symbols never depend on it; the pixels do, slightly."""
+        return {"dtype": self.dtype_policy}
 
     @property
     def quality_range(self) -> tuple[int, int]:

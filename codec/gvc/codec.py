@@ -86,7 +86,7 @@ class GvcCodec(Codec):
     """GVC over a model directory (default: the bundled vidarc-tiny) or an injected backbone.
 
     Options: `mode` (t2v | i2v | flf2v; default: the best the model supports — FLF2V, then I2V, then
-    T2V), `dtype` (default bf16 on GPUs, float32 on CPUs), sampler settings (`steps`, `ode_tail`,
+    T2V), `dtype` ("auto", the default: bf16 on GPUs, float32 on CPUs), sampler settings (`steps`, `ode_tail`,
     `shift` — default: the model card's, else the model's scheduler `flow_shift`, else 3 —, `g_scale`,
     `atoms` = K, `seed`), `max_atoms_per_step` (the rate planner's cap on M), and how a bit budget is
     split: `reference_share` of it for the reference stills (split evenly between them) and, for I2V,
@@ -129,6 +129,7 @@ class GvcCodec(Codec):
         if mode is not None and mode not in MODES:
             raise UnsupportedInputError(f"gvc: mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.device = _pick_device(device)
+        self.dtype_policy = dtype or "auto"
         self.dtype = _pick_dtype(dtype, self.device)
         glvc_model = None
         card_defaults: dict[str, Any] = {}
@@ -180,9 +181,10 @@ class GvcCodec(Codec):
         return tuple(self.backbone.modes)
 
     def decoder_options(self) -> dict[str, Any]:
-        """What a decoder must be built with to replay this encoder (the rest is in every payload:
-        mode, steps, ODE tail, shift, g, K, M, seed, and each reference still's coder)."""
-        return {"dtype": self.dtype}
+        """What a decoder must be built with to replay this encoder: the dtype policy ("auto" decodes
+        in the dtype the encoder used on the same device class). The rest is in every payload: mode,
+        steps, ODE tail, shift, g, K, M, seed, and each reference still's coder."""
+        return {"dtype": self.dtype_policy}
 
     @property
     def quality_range(self) -> tuple[int, int]:
@@ -418,11 +420,11 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def _pick_dtype(dtype: str | None, device: str) -> str:
-    """bf16 on GPUs (Wan's released precision), float32 on CPUs, unless asked otherwise."""
-    if dtype is None:
+    """bf16 on GPUs (Wan's released precision), float32 on CPUs ("auto"), unless asked otherwise."""
+    if dtype in (None, "auto"):
         return "bfloat16" if device.startswith("cuda") else "float32"
     if dtype not in _DTYPES:
-        raise UnsupportedInputError(f"gvc: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        raise UnsupportedInputError(f"gvc: dtype must be auto or one of {', '.join(_DTYPES)}, got {dtype!r}")
     return dtype
 
 
