@@ -49,6 +49,8 @@ def tokenizer_command(
     from pipeline.training.bundle import update_bundle_card
     from pipeline.training.tokenizer import TokenizerTraining, reconstruction_psnr, train_tokenizer
 
+    _check_shape(size, frames, batch, steps, workers, block=8)
+    _check_data(data, frames, size, endpoint_url)
     settings = TokenizerTraining(
         data=data, out=out, steps=steps, minutes=minutes, size=size, frames=frames, batch=batch, lr=lr,
         workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, init=init,
@@ -216,6 +218,11 @@ def flow_command(
     threads: Threads = 1,
 ) -> None:
     """Train the GVC flow model (a small Wan transformer) on the bundle tokenizer's latents."""
+    _check_shape(size, frames, batch, max(steps, 1), 1, block=16)
+    if not (Path(out) / "tokenizer").is_dir():
+        _fail(
+            f"{out} has no tokenizer/ to train the flow model on; run `vidarc train tokenizer --out {out}` first"
+        )
     from pipeline.training.flow import train_flow
 
     summary = _guard(
