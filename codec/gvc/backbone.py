@@ -27,7 +27,7 @@ import torch
 from codec.errors import ModelLoadError
 from codec.gvc.conditioning import build_condition
 from codec.modeldir import ModelDir
-from codec.wan import NULL_TEXT_FILE, FlowLayout
+from codec.wan import MODES_BEST_FIRST, NULL_TEXT_FILE, FlowLayout
 from codec.weights import free, load_diffusers_model, load_transformers_model
 
 
@@ -104,7 +104,7 @@ class FlowBackbone:
     def modes(self) -> tuple[str, ...]:
         if self.supported is not None:
             return self.supported
-        return ("t2v", "i2v", "flf2v") if self.conditioned else ("t2v",)
+        return MODES_BEST_FIRST if self.conditioned else ("t2v",)
 
     def condition(self, mode, first, last, pixel_frames, latent_shape) -> Conditioning | None:
         """The decoded reference frames -> what the transformer is conditioned on (both sides alike)."""
@@ -257,7 +257,9 @@ def empty_prompt_embedding(root: Path, digest: str, device: torch.device, dtype:
     It is computed once per model and cached next to it (`<model>/.vidarc/`, hidden so never hashed;
     `~/.cache/vidarc/embeddings/` when the model folder is read-only), keyed by the digest of the text
     encoder and tokenizer files. Then UMT5 — 5.7B parameters for Wan2.1 — is freed: it is never needed
-    again. The encoder runs on the real tokens only (for "" that is one EOS token): with the attention
+    again. The cache keeps the first computation (bf16 on a GPU, float32 on a CPU): encoders and
+    decoders sharing the model folder use the very same tensor; elsewhere the same device class
+    recomputes the same values, another one differs within that dtype's rounding. The encoder runs on the real tokens only (for "" that is one EOS token): with the attention
     mask the pipeline uses, padded positions cannot change them, so the result is the same.
     """
     from safetensors.torch import load_file, save_file
