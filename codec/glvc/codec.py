@@ -74,7 +74,9 @@ class GlvcCodec(Codec):
         elif dtype in _DTYPES:
             vae_dtype = _DTYPES[dtype]
         else:
-            raise UnsupportedInputError(f"glvc: dtype must be auto or one of {', '.join(_DTYPES)}, got {dtype!r}")
+            raise UnsupportedInputError(
+                f"glvc: dtype must be auto or one of {', '.join(_DTYPES)}, got {dtype!r}"
+            )
         self.model_dir = _open_model(model)
         self.model_id = self.model_dir.model_id
         vae_dir, vae_component = glvc_vae_dir(self.model_dir.path)

@@ -241,7 +241,10 @@ def load_backbone(
 def load_image_encoder(root: Path, device: torch.device, dtype: torch.dtype) -> ClipImageEncoder:
     """CLIPVisionModel (image_encoder/) + CLIPImageProcessor (image_processor/) of a Wan I2V/FLF2V folder."""
     transformers = _transformers(root, "the CLIP image encoder")
-    processor = transformers.CLIPImageProcessor.from_pretrained(str(root / "image_processor"))
+    try:
+        processor = transformers.CLIPImageProcessor.from_pretrained(str(root / "image_processor"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model {root}: cannot read image_processor/ ({_line(exc)})") from None
     model = load_transformers_model(transformers.CLIPVisionModel, root / "image_encoder", device, dtype)
     return ClipImageEncoder(model, processor, device, dtype)
 
@@ -270,7 +273,10 @@ def empty_prompt_embedding(root: Path, digest: str, device: torch.device, dtype:
         if path.is_file():
             return load_file(str(path))["embedding"]
     transformers = _transformers(root, "Wan's empty-prompt embedding")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model {root}: cannot read the text tokenizer/ ({_line(exc)})") from None
     encoder = load_transformers_model(transformers.UMT5EncoderModel, root / "text_encoder", device, dtype)
     ids = tokenizer([""], return_tensors="pt", add_special_tokens=True)
     with torch.no_grad():
@@ -296,6 +302,11 @@ def empty_prompt_embedding(root: Path, digest: str, device: torch.device, dtype:
 
 def embedding_cache_dir() -> Path:
     return Path(os.environ.get("VIDARC_EMBEDDING_CACHE", "~/.cache/vidarc/embeddings")).expanduser()
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _transformers(root: Path, purpose: str):
