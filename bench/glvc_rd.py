@@ -4,8 +4,9 @@ Clips are synthesised from `pipeline.synthetic.EVAL_IMAGES` (held out from every
 classic codec is driven to each target bpp by its own rate control; GLVC sweeps its quality index (its
 natural operating points) and also runs its rate control at the same targets. Achieved bpp comes from
 the real payload bytes (bits / (width·height·frames)); quality from the decoded frames: PSNR (RGB) and
-MS-SSIM (frames must be ≥ 161 px on the short side for standard 5-scale MS-SSIM). LPIPS/DISTS/VMAF are
-left null here: their official backbone weights are not available where this runs.
+MS-SSIM (frames must be ≥ 161 px on the short side for standard 5-scale MS-SSIM) and VMAF (libvmaf
+through imageio-ffmpeg's ffmpeg; null with a note where that is missing). LPIPS/DISTS are left null
+here: their official backbone weights are not available where this runs.
 
 Prints a table, the BD-rate of every codec against x265 (PSNR and MS-SSIM), writes JSON and a PNG.
 
@@ -26,6 +27,7 @@ from codec.base import RateTarget, bits_per_pixel
 from codec.registry import create_codec
 from pipeline.audit.bdrate import bd_rate
 from pipeline.metrics.fidelity import ms_ssim, psnr_rgb
+from pipeline.metrics.vmaf import vmaf
 from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
 
 FPS = Fraction(24)
@@ -38,11 +40,13 @@ def _measure(codec, clip: np.ndarray, target: RateTarget) -> dict:
     count, height, width = clip.shape[:3]
     decoded = codec.decode(encoded.payload, count, width, height)
     score, _ = ms_ssim(clip, decoded)
+    vmaf_score, _ = vmaf(clip, decoded, fps=float(FPS))
     return {
         "target": target.describe(),
         "bpp": bits_per_pixel(len(encoded.payload), width, height, count),
         "psnr": psnr_rgb(clip, decoded),
         "ms_ssim": score,
+        "vmaf": vmaf_score,
         "encode_seconds": round(seconds, 3),
         **{k: v for k, v in encoded.params.items() if isinstance(v, (int, float, str, bool))},
     }
@@ -72,13 +76,19 @@ def main() -> None:
     parser.add_argument("--images", nargs="+", default=list(EVAL_IMAGES))
     parser.add_argument("--bpp", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.05, 0.1])
     parser.add_argument("--q-indices", type=int, nargs="+", default=[0, 10, 20, 30, 40, 50, 63])
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["x264", "x265", "av1"],
+        help="classic codecs beside GLVC (none: GLVC only)",
+    )
     args = parser.parse_args()
 
     clips = {
         image: synthetic_clip(image, args.frames, args.width, args.height, seed=500 + i)
         for i, image in enumerate(args.images)
     }
-    codecs = {name: create_codec(name) for name in ("x264", "x265", "av1")}
+    codecs = {name: create_codec(name) for name in args.baselines}
     codecs["glvc"] = create_codec("glvc", model=args.model)
     results: dict[str, list[dict]] = {name: [] for name in codecs}
     results["glvc-rc"] = []
@@ -97,7 +107,7 @@ def main() -> None:
             )
         print(f"measured {image}", flush=True)
 
-    print(f"\n{'codec':9} {'target':14} {'bpp':>8} {'PSNR':>7} {'MS-SSIM':>8}")
+    print(f"\n{'codec':9} {'target':14} {'bpp':>8} {'PSNR':>7} {'MS-SSIM':>8} {'VMAF':>6}")
     curves = {}
     for name, rows in results.items():
         curves[name] = _mean_curve(rows, "ms_ssim")
@@ -107,13 +117,17 @@ def main() -> None:
         for target, group in groups.items():
             ssim = [r["ms_ssim"] for r in group]
             ssim_text = f"{np.mean(ssim):8.4f}" if None not in ssim else "    null"
+            scores = [r["vmaf"] for r in group]
+            vmaf_text = f"{np.mean(scores):6.1f}" if None not in scores else "  null"
             print(
                 f"{name:9} {target:14} {np.mean([r['bpp'] for r in group]):8.4f} "
-                f"{np.mean([r['psnr'] for r in group]):7.2f} {ssim_text}"
+                f"{np.mean([r['psnr'] for r in group]):7.2f} {ssim_text} {vmaf_text}"
             )
     summary = {"bd_rate_vs_x265": {}}
-    anchor = curves["x265"]
-    for name in ("x264", "av1", "glvc"):
+    anchor = curves.get("x265")
+    for name in ("x264", "av1", "glvc") if anchor is not None else ():
+        if name not in curves:
+            continue
         bpp, psnr, ssim = curves[name]
         entry = {}
         for label, quality_a, quality_b in (("psnr", anchor[1], psnr), ("ms_ssim", anchor[2], ssim)):
