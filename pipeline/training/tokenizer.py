@@ -2,7 +2,9 @@
 
 Real deployments use the pretrained Wan2.1 VAE; this stage exists so the project can build its own
 small one where those weights cannot be had. Objective: L1 + `mse_weight`·MSE reconstruction (the
-MSE term is what PSNR measures; L1 keeps edges and colours from washing out early) plus a small KL term
+MSE term is what PSNR measures; L1 keeps edges and colours from washing out early), `dc_weight` times
+the squared mean error of each clip per colour channel (a tint is a tiny share of the MSE but what a
+viewer sees first: this term makes it a first-class error), plus a small KL term
 that keeps the posterior close to a unit Gaussian (the latents then suit both the latent codec and the
 flow model); the decoder sees posterior *samples*, so it learns to tolerate small latent errors such as
 a latent codec's. There is no perceptual or adversarial term: no pretrained backbone is available to
@@ -72,6 +74,7 @@ class TokenizerTraining(TrainingRun):
     lr: float = 1e-3
     kl_weight: float = 1e-4
     mse_weight: float = 10.0
+    dc_weight: float = 30.0
     ema_decay: float = 0.999
     warmup: int = 200
     lr_floor: float = 0.05
@@ -148,7 +151,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
         reconstruction, kl = model(x)
         error = reconstruction - x
         mse = torch.mean(error**2)
-        loss = torch.mean(torch.abs(error)) + config["mse_weight"] * mse + config["kl_weight"] * kl
+        dc = torch.mean(error.mean(dim=(2, 3, 4)) ** 2)  # each clip's mean colour error, per channel
+        loss = (
+            torch.mean(torch.abs(error)) + config["mse_weight"] * mse + config["dc_weight"] * dc
+            + config["kl_weight"] * kl
+        )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -156,7 +163,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         ema.update(unwrap(model).vae)
         step += 1
         psnr = float(10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)))
-        log.step(step, loss=loss.item(), psnr=psnr, kl=kl.item(), lr=lr, size=stage.size)
+        log.step(step, loss=loss.item(), psnr=psnr, kl=kl.item(), dc=dc.item(), lr=lr, size=stage.size)
         if rank == 0 and timer.due(step):
             _checkpoint(config, step, unwrap(model).vae, optimizer, ema)
         if rank == 0 and config["eval_minutes"] and eval_timer.due(step):
