@@ -118,7 +118,12 @@ class GlvcCodec(Codec):
 
     # -- geometry -------------------------------------------------------------------------------------------
     def default_gop_frames(self, fps: Fraction) -> int:
-        """About two seconds, rounded to 1+4k frames (the tokenizer's causal GOP shape)."""
+        """The GOP length the model card asks for (config["glvc"]["gop_frames"]: a small tokenizer trained
+        on short clips is only good that far), else about two seconds; 1+4k frames either way (the
+        tokenizer's causal GOP shape)."""
+        declared = self.model_dir.config.get("glvc", {}).get("gop_frames")
+        if isinstance(declared, int) and declared >= 1 and (declared - 1) % 4 == 0:
+            return declared
         return 1 + 4 * max(1, round(2 * float(fps) / 4))
 
     def check_geometry(self, width: int, height: int) -> None:
