@@ -57,6 +57,7 @@ def tokenizer_command(
     """Train a small Wan2.1-architecture tokenizer (AutoencoderKLWan)."""
     from pipeline.synthetic import EVAL_IMAGES
     from pipeline.training.bundle import update_bundle_card
+    from pipeline.training.loop import Stage, parse_curriculum
     from pipeline.training.tokenizer import (
         TokenizerTraining,
         reconstruction_psnr,
@@ -82,11 +83,13 @@ def tokenizer_command(
         "wall_seconds": round(time.monotonic() - started),
     }  # fmt: skip
     summary = tokenizer_summary(out, directory, run, psnr)
+    longest = max(stage.frames for stage in parse_curriculum(curriculum, Stage(0, size, frames, batch)))
     update_bundle_card(
         out, "tokenizer", summary,
         f"AutoencoderKLWan (Wan2.1 architecture, small config) trained on {data} clips "
         f"({summary['steps']} steps in all); held-out reconstruction PSNR {psnr:.2f} dB "
         "(EVAL_IMAGES, 64x64x17).",
+        extra_config={"glvc": {"gop_frames": longest}},  # GLVC's GOPs: as long as the training clips
     )  # fmt: skip
     print(f"tokenizer written to {directory}; held-out reconstruction PSNR {psnr:.2f} dB")
 

@@ -162,6 +162,8 @@ class GvcCodec(Codec):
             key: value if value is not None else card_defaults.get(key, SAMPLER_DEFAULTS[key])
             for key, value in given.items()
         }
+        gop = card_defaults.get("gop_frames")  # a small model trained on short clips declares its GOP
+        self._gop_frames = gop if isinstance(gop, int) and gop >= 1 and (gop - 1) % 4 == 0 else 33
         self.sampler["seed"] = seed
         try:
             SamplerConfig(**self.sampler, atoms_per_step=1)  # validate now, not mid-job
@@ -192,7 +194,7 @@ class GvcCodec(Codec):
         return 1, int(self.sampler["num_atoms"]) // 2
 
     def default_gop_frames(self, fps: Fraction) -> int:
-        return 33
+        return self._gop_frames
 
     def check_geometry(self, width: int, height: int) -> None:
         if not (SPATIAL_MULTIPLE <= width <= MAX_SIDE and SPATIAL_MULTIPLE <= height <= MAX_SIDE):

@@ -239,4 +239,6 @@ def _rewrite_card(root: Path, summary: dict[str, Any]) -> None:
         f"{summary['size']}x{summary['size']}x{summary['frames']} augmented clips of TRAIN_IMAGES, "
         f"{summary['wall_seconds']:.0f} s); conditioning dropout over t2v/i2v/flf2v; fixed null text embedding."
     )
-    update_bundle_card(root, "flow", summary, note, extra_config={"gvc": dict(BUNDLE_SAMPLER_DEFAULTS)})
+    # GVC codes GOPs as long as the flow model's training clips (a small model is only good that far).
+    gvc = {**BUNDLE_SAMPLER_DEFAULTS, "gop_frames": summary["frames"]}
+    update_bundle_card(root, "flow", summary, note, extra_config={"gvc": gvc})
