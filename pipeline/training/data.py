@@ -6,9 +6,10 @@ from `pipeline.synthetic.TRAIN_IMAGES` (photographs moved by a virtual camera); 
 `EVAL_IMAGES` are never used here, so benchmarks measure on unseen content.
 
 With `augment` (the default for training), each clip also gets:
-- **scale**: the camera sees 0.6–3 source pixels per output pixel (log-uniform), taken from an
+- **scale**: the camera sees 0.6–2 source pixels per output pixel (log-uniform), taken from an
   antialiased pyramid of the photograph, so a model trained on small crops has seen the textures it
-  will meet at full size, finer and coarser, without aliasing;
+  will meet at full size, finer and coarser, without aliasing (video at its native resolution is
+  about 1; wider ranges spent most of a small model's capacity on textures denser than any video's);
 - **motion**: static shots, pans of up to 4 px/frame, slow zoom and rotation, hand-held shake, and up
   to three patches cut from other training photographs moving across the frame;
 - **colour**: grey clips (the held-out set is mostly grey), saturation, a small hue rotation, gain,
@@ -26,7 +27,7 @@ from pipeline.synthetic import TRAIN_IMAGES, load_image
 
 SYNTHETIC = "synthetic"
 #: Source pixels per output pixel, the range scale augmentation draws from (log-uniform).
-SCALE_RANGE = (0.6, 3.0)
+SCALE_RANGE = (0.6, 2.0)
 _PYRAMID = (1.0, math.sqrt(2.0), 2.0, 2 * math.sqrt(2.0))
 
 
