@@ -150,7 +150,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     else:
         ema = Ema(codec, config["ema_decay"])
     model = ray.train.torch.prepare_model(_CodecObjective(codec))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameter_groups(model), lr=config["lr"], weight_decay=0.0)
     step = load_optimizer_state(checkpoint, optimizer) if checkpoint is not None else 0
     sampler = ClipSampler(
         config["data"], frames=config["frames"], size=config["size"], seed=config["seed"] * 1000 + rank + step,
@@ -168,7 +168,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             step, base=config["lr"], total=config["steps"], warmup=config["warmup"], floor=config["lr_floor"]
         )
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         if step % config["refresh_every"] == 0:
             pool[int(torch.randint(len(pool), (1,), generator=generator))] = tokenizer.encode(sampler.clip())
         picks = torch.randint(len(pool), (config["batch"],), generator=generator)
@@ -198,6 +198,25 @@ def _worker_loop(config: dict[str, Any]) -> None:
         averaged.load_state_dict(codec.state_dict())
         ema.copy_to(averaged)
         replace_directory(Path(config["out"]) / COMPONENT, averaged.to("cpu").save_pretrained)
+
+
+#: Parameters that live in scale-index units (0..scale_levels-1) rather than as weights, and their
+#: learning-rate multipliers: Adam moves a parameter by about lr per step, so at lr 5e-4 the hyperprior's
+#: per-quality scale indices would need ~50k steps to travel the ~25 indices from their initial scale to
+#: what a low rate needs, and the rate floor stays high (measured: 0.096 bpp at q=0 after 800 steps).
+INDEX_PARAMETERS = {"z_scale_index": 100.0, "params_anchor.bias": 10.0, "params_nonanchor.bias": 10.0}
+
+
+def parameter_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """The optimiser's groups: index-unit parameters with their multiplier (`lr_scale`), the rest at 1."""
+    scaled: dict[float, list] = {}
+    rest = []
+    for name, parameter in model.named_parameters():
+        factor = next((f for key, f in INDEX_PARAMETERS.items() if name.endswith(key)), None)
+        (scaled.setdefault(factor, []) if factor else rest).append(parameter)
+    return [{"params": rest, "lr_scale": 1.0}] + [
+        {"params": params, "lr_scale": factor} for factor, params in sorted(scaled.items())
+    ]
 
 
 def _checkpoint(config: dict[str, Any], step: int, codec, optimizer, ema: Ema) -> None:
