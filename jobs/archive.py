@@ -12,11 +12,21 @@ from typing import Annotated
 
 import typer
 
-COMMAND_HELP = "Archive every video under SRC (a folder, file or s3:// prefix) into OUT."
+COMMAND_HELP = (
+    "Archive every video under SRC (a folder, file or s3:// prefix, or an input list: .parquet/.csv/.jsonl "
+    "of source URIs) into OUT."
+)
 
 
 def archive_command(
-    src: Annotated[str, typer.Argument(help="Source folder, file, or fsspec URL (s3://bucket/prefix).")],
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="Source folder, file, or fsspec URL (s3://bucket/prefix); or a list of source URIs "
+            "(.parquet/.csv/.jsonl with a uri column, optional size, caption, license, split, "
+            "target_kbps/target_bpp/quality)."
+        ),
+    ],
     out: Annotated[str, typer.Argument(help="Archive root: local folder or fsspec URL.")],
     codec: Annotated[str, typer.Option(help="x264 | x265 | av1 | glvc | gvc")] = "x264",
     target_kbps: Annotated[float | None, typer.Option(help="Target bit rate per video (kbit/s).")] = None,
@@ -78,6 +88,22 @@ def archive_command(
     skip_metric: Annotated[
         list[str] | None, typer.Option(help="Do not compute lpips | dists | vmaf | temporal (repeatable).")
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: archive only the videos of shard i of n (n jobs share one OUT, no coordination)."
+        ),
+    ] = None,
+    actor_resources: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray custom resources per encode actor, JSON or name=amount (e.g. '{\"gpu_node\": 1}')."
+        ),
+    ] = None,
+    task_resources: Annotated[
+        str | None,
+        typer.Option(help="Ray custom resources per probe/decode/commit task, JSON or name=amount."),
+    ] = None,
 ) -> None:
     """Archive every video under SRC (a folder, file or s3:// prefix) into OUT."""
     from pipeline.archive import ArchiveError, run_archive
@@ -86,6 +112,7 @@ def archive_command(
         ConfigError,
         quality_goal_from_options,
         rate_target_from_options,
+        resources_from_option,
     )
     from pipeline.storage import redact
 
@@ -119,6 +146,9 @@ def archive_command(
             metrics_every=metrics_every,
             skip_metrics=tuple(skip_metric or ()),
             metric_weights=metric_weights,
+            shard=_shard(shard),
+            actor_resources=resources_from_option("--actor-resources", actor_resources),
+            task_resources=resources_from_option("--task-resources", task_resources),
         )
         result = _run_with_ray(run_archive, config)
     except (ArchiveError, ConfigError) as exc:
@@ -131,6 +161,18 @@ def archive_command(
     for failure in result.summary.get("failures", []):
         print(f"  failed: {failure['error']}", file=sys.stderr)
     raise typer.Exit(result.exit_code)
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    from pipeline.archive.config import ConfigError
+    from pipeline.keys import parse_shard
+
+    if text is None:
+        return None
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _codec_options(

@@ -22,10 +22,13 @@ import datetime as _dt
 import json
 import secrets
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 
+from pipeline.keyset import KeySet
+from pipeline.listing import iter_pages
 from pipeline.storage import join, redact, write_bytes
 
 MARKERS_DIR = "markers"
@@ -63,6 +66,27 @@ def list_markers(fs: fsspec.AbstractFileSystem, out_root: str, state: str) -> se
     except FileNotFoundError:
         return set()
     return {n.rsplit("/", 1)[-1][: -len(".json")] for n in names if n.endswith(".json")}
+
+
+def iter_marker_keys(fs: fsspec.AbstractFileSystem, out_root: str, state: str) -> Iterator[list[str]]:
+    """Pages of video keys with a `state` marker, listed page by page (never the whole folder at once)."""
+    folder = join(out_root, MARKERS_DIR, state)
+    for page in iter_pages(fs, folder, ordered=False):
+        keys = []
+        for item in page:
+            name = item.path.rsplit("/", 1)[-1]
+            if name.endswith(".json") and ".tmp-" not in name:
+                keys.append(name[: -len(".json")])
+        if keys:
+            yield keys
+
+
+def marker_keyset(fs: fsspec.AbstractFileSystem, out_root: str, state: str) -> KeySet:
+    """The keys with a `state` marker as a compact `KeySet` (16 bytes per video; for resuming huge runs)."""
+    keys = KeySet()
+    for page in iter_marker_keys(fs, out_root, state):
+        keys.add(page)
+    return keys.freeze()
 
 
 def read_marker(fs: fsspec.AbstractFileSystem, out_root: str, state: str, video_key: str) -> dict[str, Any]:

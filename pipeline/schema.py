@@ -54,8 +54,15 @@ MANIFEST_SCHEMA = pa.schema(
         ("temporal_flicker", pa.float64()),
         ("metrics_note", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        # --- from an input list (`vidarc archive LIST OUT`); null for a folder or prefix ---
+        ("caption", pa.string()),
+        ("license", pa.string()),
+        ("split", pa.string()),
     ]
 )
+
+#: Input-list columns carried into every manifest row of a video.
+SOURCE_METADATA_COLUMNS = ("caption", "license", "split")
 
 VERIFY_SCHEMA = pa.schema(
     [

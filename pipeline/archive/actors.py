@@ -107,8 +107,9 @@ def _new_actor(cfg: ArchiveConfig, cpus: float) -> Any:
 
     name = f"vidarc-encode-{cfg.run_id or 'run'}-{uuid.uuid4().hex[:8]}"
     remote_cls = ray.remote(EncodeWorker)
+    placed = {"resources": dict(cfg.actor_resources)} if cfg.actor_resources else {}  # e.g. GPU nodes
     return remote_cls.options(
-        name=name, num_cpus=cpus, num_gpus=cfg.num_gpus_per_actor, max_restarts=0
+        name=name, num_cpus=cpus, num_gpus=cfg.num_gpus_per_actor, max_restarts=0, **placed
     ).remote(
         cfg.codec,
         cfg.model,

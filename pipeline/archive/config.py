@@ -85,6 +85,12 @@ class ArchiveConfig:
     metric_weights: str | None = None
     #: Find each video's (or GOP's) rate setting from a quality target instead of a fixed `target`.
     quality_goal: QualityGoal | None = None
+    #: `--shard i/n`: this job archives the videos whose key hashes to shard i of n (`keys.shard_of`).
+    shard: tuple[int, int] | None = None
+    #: Ray custom resources each encode actor asks for (e.g. {"gpu_node": 1}): where the actors run.
+    actor_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Ray custom resources each probe/decode/commit task asks for: where the CPU work runs.
+    task_resources: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def resolved(self) -> ArchiveConfig:
         """A copy with defaults filled in, validated; raises ConfigError with a one-line reason."""
@@ -110,6 +116,24 @@ class ArchiveConfig:
                 f"--skip-metric: unknown {sorted(unknown)}; choose from {', '.join(METRIC_SWITCHES)}"
             )
         _check_quality_goal(self)
+        if self.shard is not None:
+            index, count = self.shard
+            if count < 1 or not 0 <= index < count:
+                raise ConfigError(f"--shard {index}/{count}: need n >= 1 and 0 <= i < n")
+        for flag, resources in (
+            ("--actor-resources", self.actor_resources),
+            ("--task-resources", self.task_resources),
+        ):
+            for name, amount in resources.items():
+                if (
+                    not isinstance(name, str)
+                    or not name
+                    or not isinstance(amount, int | float)
+                    or amount <= 0
+                ):
+                    raise ConfigError(
+                        f"{flag}: {name!r}={amount!r} is not a resource name with a positive amount"
+                    )
         # A quality goal chooses each video's setting by search; there is no job-wide target then.
         target = (
             None
@@ -136,6 +160,7 @@ class ArchiveConfig:
         record["quality_goal"] = self.quality_goal.as_record() if self.quality_goal else None
         for name in ("include", "exclude", "skip_metrics"):
             record[name] = list(getattr(self, name))
+        record["shard"] = f"{self.shard[0]}/{self.shard[1]}" if self.shard else None
         return _redact_values(record)
 
 
@@ -191,6 +216,26 @@ def quality_goal_from_options(
         return None
     metric, value = given[0]
     return QualityGoal(metric, float(value), per_gop=per_gop, max_kbps=max_kbps, sample_gops=search_gops)
+
+
+def resources_from_option(flag: str, text: str | None) -> dict[str, float]:
+    """`--actor-resources '{"gpu_node": 1}'` (JSON) or 'name=amount,name=amount' -> a dict."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        if text.strip().startswith("{"):
+            value = json.loads(text)
+        else:
+            value = {k.strip(): float(v) for k, _, v in (p.partition("=") for p in text.split(","))}
+        if not isinstance(value, dict):
+            raise ValueError
+        return {str(k): float(v) for k, v in value.items()}
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f'{flag} {text!r}: expected JSON like {{"gpu_node": 1}} or name=amount,...'
+        ) from None
 
 
 def rate_target_from_options(

@@ -44,18 +44,22 @@ import os
 import time
 from typing import Any
 
-from pipeline.archive import discovery
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig, ConfigError
 from pipeline.archive.errors import ArchiveError
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.scheduler import Scheduler
-from pipeline.runinfo import list_markers, new_run_id, run_dir, tool_versions, write_json
+from pipeline.archive.source_list import SourceList, SourceListError, list_format
+from pipeline.archive.worklist import WorkList
+from pipeline.runinfo import new_run_id, run_dir, tool_versions, write_json
 from pipeline.storage import StorageError, check_reachable, filesystem, is_local, join, redact
 
 log = logging.getLogger("vidarc.archive")
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+#: The storage failed during the run (an outage longer than the retries): some videos or the run's
+#: summary could not be written. Nothing is marked failed for it: rerunning the same command finishes.
+EXIT_STORAGE = 3
 
 
 @dataclasses.dataclass
@@ -77,32 +81,41 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     try:
         check_reachable(src_fs, src_root, cfg.src, must_exist=is_local(src_fs))
         check_reachable(out_fs, out_root, cfg.out, must_exist=False)
-        entries = discovery.list_sources(
-            cfg.src,
+        work = WorkList(
+            src=cfg.src,
+            out_fs=out_fs,
+            out_root=out_root,
             endpoint_url=cfg.endpoint_url,
             include=cfg.include,
             exclude=cfg.exclude,
             ignore_prefix=cfg.out,
+            shard=cfg.shard,
+            retry_failed=cfg.retry_failed,
         )
-    except StorageError as exc:
+        if cfg.quality_goal is not None and _list_has_targets(cfg):
+            raise ArchiveError(
+                f"{cfg.src}: the list's per-video rate targets cannot be combined with "
+                f"--target-{cfg.quality_goal.metric}; drop one"
+            )
+        first = work.peek()  # lists only as far as the first video to do
+    except (StorageError, SourceListError) as exc:
         raise ArchiveError(str(exc)) from None
+    except ArchiveError:
+        raise
     except Exception as exc:  # listing errors from any fsspec backend
         raise ArchiveError(f"{cfg.src}: cannot list ({type(exc).__name__}: {redact(str(exc))})") from None
-    if not entries:
+    if first is None and work.counts.seen == 0:
         return ArchiveResult(None, EXIT_OK, {}, f"{cfg.src}: no files found; nothing to archive")
 
-    done = list_markers(out_fs, out_root, "done")
-    failed_before = list_markers(out_fs, out_root, "failed")
-    todo = [e for e in entries if e.key not in done and (cfg.retry_failed or e.key not in failed_before)]
     run_id = cfg.run_id or new_run_id()
     cfg = dataclasses.replace(cfg, run_id=run_id)
-    counters = Counters(videos_skipped=len(entries) - len(todo))
+    counters = Counters()
     display = display or ProgressDisplay(counters)
     display.counters = counters
     if is_local(out_fs):
         _remove_stale_temporaries(out_root)
 
-    if todo:
+    if first is not None:
         _start_ray(cfg)
         pool, identity = EncodePool.start(cfg)
     else:  # nothing left to do: no cluster, no actors, just the run records
@@ -117,15 +130,13 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     write_json(out_fs, join(run_dir(out_root, run_id), "config.json"), config_record)
     scheduler = Scheduler(cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root)
     try:
-        scheduler.run(todo)
+        scheduler.run(work)
     finally:
         display.close()
-    summary = scheduler.summary(
-        entries_total=len(entries),
-        already_done=sum(e.key in done for e in entries),
-        previously_failed=sum(e.key in failed_before and e.key not in done for e in entries),
-    )
+    summary = scheduler.summary(work.counts)
     exit_code = EXIT_FAILURES if summary["videos_failed"] else EXIT_OK
+    if summary.get("listing_error"):
+        exit_code = EXIT_STORAGE
     if cfg.verify_fraction:
         summary["verify"] = _verify(cfg)
         if summary["verify"].get("failures"):
@@ -134,9 +145,24 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     message = (
         f"run {run_id}: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
         f"{summary['videos_skipped_done']} already done, {summary['videos_skipped_failed']} failed earlier "
-        f"(not retried), {len(summary['not_videos'])} non-video files skipped"
+        f"(not retried), {summary['not_videos_total']} non-video files skipped"
     )
+    if cfg.shard is not None:
+        message += (
+            f"; shard {cfg.shard[0]}/{cfg.shard[1]} ({summary['files_in_other_shards']} in other shards)"
+        )
+    if summary.get("listing_error"):
+        message += f"; listing stopped: {summary['listing_error']} (rerun the same command to finish)"
     return ArchiveResult(run_id, exit_code, summary, message)
+
+
+def _list_has_targets(cfg: ArchiveConfig) -> bool:
+    if list_format(cfg.src) is None:
+        return False
+    try:
+        return SourceList(cfg.src, endpoint_url=cfg.endpoint_url).has_targets
+    except SourceListError:
+        return False  # not a list after all (a folder named *.csv): iter_sources lists it
 
 
 def _open_store(uri: str, endpoint_url: str | None):

@@ -9,6 +9,7 @@ from typing import Any
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.errors import one_line
 from pipeline.archive.progress import Counters, ProgressDisplay
+from pipeline.archive.summary import MAX_LISTED
 from pipeline.archive.video_writer import record_failure
 from pipeline.storage import redact
 
@@ -26,12 +27,15 @@ class FailureLog:
     ) -> None:
         self.cfg, self.run_id, self.identity = cfg, run_id, identity
         self.counters, self.display = counters, display
-        self.records: list[dict[str, str]] = []
+        self.records: list[dict[str, str]] = []  # the first MAX_LISTED (the summary's list)
+        self.total = 0
 
     def record(self, key: str, uri: str, size: int, reason: str) -> None:
         """Count, show and store one failed video (`reason`: its one-line error)."""
         reason = redact(reason.splitlines()[0])
-        self.records.append({"video_key": key, "source_uri": uri, "error": reason})
+        self.total += 1
+        if len(self.records) < MAX_LISTED:
+            self.records.append({"video_key": key, "source_uri": uri, "error": reason})
         self.counters.videos_failed += 1
         self.display.log(f"failed: {reason}")
         try:

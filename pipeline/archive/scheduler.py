@@ -25,6 +25,7 @@ from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.searches import QualitySearches
 from pipeline.archive.summary import RunTally, build_summary
 from pipeline.archive.video_writer import VideoJob, commit_video
+from pipeline.archive.worklist import WorkCounts, WorkList
 
 
 @dataclasses.dataclass
@@ -89,9 +90,14 @@ class Scheduler:
         self.pool = pool
         self.counters = counters
         self.display = display
-        self.probe = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False)(_probe_remote)
-        self.decode = ray.remote(num_cpus=0.5, max_retries=2, retry_exceptions=False)(_decode_remote)
-        self.commit = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False)(_commit_remote)
+        placed = {"resources": dict(cfg.task_resources)} if cfg.task_resources else {}  # e.g. CPU-only nodes
+        self.probe = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False, **placed)(_probe_remote)
+        self.decode = ray.remote(num_cpus=0.5, max_retries=2, retry_exceptions=False, **placed)(
+            _decode_remote
+        )
+        self.commit = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False, **placed)(
+            _commit_remote
+        )
         self.videos: dict[str, Video] = {}
         self.ready: collections.deque[str] = collections.deque()  # planned videos awaiting GOP slots
         self.queue: collections.deque[GopTask] = collections.deque()
@@ -105,22 +111,29 @@ class Scheduler:
         self.tally = RunTally()
         self.gop_cache: dict[Fraction, int | str] = {}
         self.videos_started = 0
+        self.probing_keys: set[str] = set()
+        self.duplicates = 0
+        self.listing_error: str | None = None
+        self._listing_open = False
 
     # ---- main loop -------------------------------------------------------------------------------
-    def run(self, todo: list[discovery.SourceEntry]) -> None:
-        pending = collections.deque(todo)
-        self.counters.videos_total = len(todo)
+    def run(self, work: WorkList) -> None:
+        """Archive the videos `work` streams (listing goes on while earlier videos encode)."""
+        self._entries = work.entries()
+        self._next: discovery.SourceEntry | None = None
+        self._listing_open = True
         limit = self.cfg.limit
         searching = self.searches.running
-        while self._busy(pending):
-            while pending and self._videos_ahead() < self._probe_ahead():
+        while self._busy():
+            while self._videos_ahead() < self._probe_ahead():
                 if limit is not None and self.videos_started + len(self.probing) >= limit:
                     if self.videos_started >= limit:  # non-videos do not count against --limit
-                        self.counters.videos_total -= len(pending)
-                        pending.clear()
+                        self._close_listing()
                     break
-                entry = pending.popleft()
-                self.probing[self.probe.remote(entry, self.cfg.endpoint_url)] = entry
+                entry = self._take()
+                if entry is None:
+                    break
+                self._start(entry)
             self._fill_gop_slots()
             waiting = [*self.probing, *searching, *self.encoding, *self.committing]
             if not waiting:
@@ -138,9 +151,45 @@ class Scheduler:
             self.display.refresh()
         self.pool.stop()
 
-    def _busy(self, pending: collections.deque) -> bool:
+    def _take(self) -> discovery.SourceEntry | None:
+        """The next entry of the listing (None at its end, or when it failed: the run then finishes what
+        it started and reports the listing error)."""
+        if self._next is None and self._listing_open:
+            try:
+                self._next = next(self._entries, None)
+            except Exception as exc:  # a page that cannot be listed after the storage retries
+                self.listing_error = one_line(self.cfg.src, exc)
+                self.display.log(f"listing stopped: {self.listing_error}")
+            if self._next is None:
+                self._close_listing()
+        entry, self._next = self._next, None
+        return entry
+
+    def _close_listing(self) -> None:
+        self._listing_open = False
+        self._next = None
+
+    def _start(self, entry: discovery.SourceEntry) -> None:
+        """Probe one listed video (or fail it at once when its list row is unusable)."""
+        self.counters.videos_total += 1
+        if entry.key in self.videos or entry.key in self.probing_keys:
+            self.counters.videos_total -= 1
+            self.duplicates += 1  # an input list naming a video twice: archived once
+            return
+        if entry.error or (entry.target is not None and self.cfg.quality_goal is not None):
+            self.videos_started += 1
+            reason = (
+                entry.error
+                or f"{entry.uri}: a per-video rate target cannot be combined with a quality target"
+            )
+            self.failures.record(entry.key, entry.uri, entry.size or 0, reason)
+            return
+        self.probing[self.probe.remote(entry, self.cfg.endpoint_url)] = entry
+        self.probing_keys.add(entry.key)
+
+    def _busy(self) -> bool:
         return bool(
-            pending
+            self._listing_open
             or self.probing
             or self.searches
             or self.ready
@@ -199,18 +248,20 @@ class Scheduler:
     # ---- results ---------------------------------------------------------------------------------
     def _on_probe(self, ref: Any) -> None:
         entry = self.probing.pop(ref)
+        self.probing_keys.discard(entry.key)
         try:
             outcome: discovery.ProbeOutcome = self.ray.get(ref)
         except Exception as exc:
             outcome = discovery.ProbeOutcome(entry, "failed", reason=one_line(entry.uri, exc))
+        entry = outcome.entry  # with its size, when an input list had none
         if outcome.kind == "skip":
-            self.tally.not_videos.append(outcome.reason or entry.uri)
+            self.tally.not_video(outcome.reason or entry.uri)
             self.counters.videos_total -= 1
             self.display.log(f"skipped: {outcome.reason}")
             return
         self.videos_started += 1
         if outcome.kind == "failed":
-            self.failures.record(entry.key, entry.uri, entry.size, outcome.reason or "unreadable")
+            self.failures.record(entry.key, entry.uri, entry.size or 0, outcome.reason or "unreadable")
             return
         info = outcome.info
         assert info is not None
@@ -226,10 +277,12 @@ class Scheduler:
             video_key=entry.key,
             source_uri=entry.uri,
             source_bytes=entry.size,
-            target=self.cfg.target_record(),
+            target=_target_record(entry.target) if entry.target else self.cfg.target_record(),
             gop_frames=gop_frames,
             run_id=self.run_id,
         )
+        if entry.metadata:
+            header["source_metadata"] = dict(entry.metadata)
         job = VideoJob(
             video_key=entry.key,
             source_uri=entry.uri,
@@ -240,12 +293,13 @@ class Scheduler:
             header=header,
             spans=spans,
             has_audio=info.has_audio,
+            metadata=entry.metadata,
         )
         self.counters.frames_total += info.frame_count
         goal = self.cfg.quality_goal
         if goal is not None:
             job = dataclasses.replace(job, header=dict(job.header, quality_goal=goal.as_record()))
-        video = Video(job, target=self.cfg.target)
+        video = Video(job, target=entry.target or self.cfg.target)
         self.videos[entry.key] = video
         if goal is None or goal.per_gop:
             self.ready.append(entry.key)
@@ -331,8 +385,8 @@ class Scheduler:
         self.failures.record(video.job.video_key, video.job.source_uri, video.job.source_bytes, reason)
 
     # ---- summary ---------------------------------------------------------------------------------
-    def summary(self, *, entries_total: int, already_done: int, previously_failed: int) -> dict[str, Any]:
-        return build_summary(
+    def summary(self, counts: WorkCounts) -> dict[str, Any]:
+        summary = build_summary(
             cfg=self.cfg,
             run_id=self.run_id,
             identity=self.identity,
@@ -341,7 +395,18 @@ class Scheduler:
             failures=self.failures.records,
             targets_missed=self.searches.targets_missed,
             actor_restarts=self.pool.restarts,
-            entries_total=entries_total,
-            already_done=already_done,
-            previously_failed=previously_failed,
+            entries_total=counts.files_listed,
+            already_done=counts.already_done,
+            previously_failed=counts.previously_failed,
         )
+        summary["files_in_other_shards"] = counts.other_shards
+        summary["list_rows_without_uri"] = counts.rows_without_uri
+        summary["duplicate_sources"] = self.duplicates
+        summary["failures_total"] = self.failures.total
+        if self.listing_error:
+            summary["listing_error"] = self.listing_error
+        return summary
+
+
+def _target_record(target: RateTarget) -> dict[str, Any]:
+    return {"kind": target.kind, "value": target.value}

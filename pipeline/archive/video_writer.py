@@ -24,7 +24,7 @@ from pipeline.archive.plan import GopSpan
 from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_index, write_container
 from pipeline.metrics import METRIC_COLUMNS
 from pipeline.runinfo import container_path, manifest_path, marker_path, utc_now, write_json
-from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
+from pipeline.schema import MANIFEST_SCHEMA, SOURCE_METADATA_COLUMNS, rows_to_table
 from pipeline.storage import filesystem, full_uri, open_atomic, range_reader, redact, write_bytes
 
 
@@ -41,6 +41,8 @@ class VideoJob:
     header: dict[str, Any]  # geometry, rate, colour, rotation, codec identity, target
     spans: tuple[GopSpan, ...]
     has_audio: bool
+    #: caption / license / split from an input list: copied into every row of the video.
+    metadata: dict[str, str] | None = None
 
 
 def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -> dict[str, Any]:
@@ -157,6 +159,7 @@ def _ok_row(
         "error": None,
         "created_at": utc_now(),
         **quality,
+        **{k: v for k, v in (job.metadata or {}).items() if k in SOURCE_METADATA_COLUMNS},
     }
 
 
