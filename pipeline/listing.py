@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 
 import fsspec
+from fsspec.asyn import sync
 
 from pipeline.storage import is_local
 
@@ -111,7 +112,7 @@ def _s3_pages(fs: fsspec.AbstractFileSystem, root: str, page_size: int) -> Itera
     prefix = key.rstrip("/") + "/" if key else ""
     request: dict = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
     while True:
-        reply = fs.call_s3("list_objects_v2", **request)
+        reply = sync(fs.loop, fs._call_s3, "list_objects_v2", **request)
         yield [
             ListedObject(f"{bucket}/{item['Key']}", int(item.get("Size") or 0))
             for item in reply.get("Contents", ())
