@@ -85,8 +85,10 @@ def resolve_metric(
 def code_reference_gop(frames: np.ndarray, spec: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     """Code one GOP with the reference codec at the archive's score; returns its reference row."""
     from codec.errors import CodecError
+    from codec.registry import codec_class
     from pipeline.archive.quality_target import QualityTargetError
-    from pipeline.metrics import perceptual  # noqa: F401  (a fresh worker's imports are not the search's cost)
+
+    codec_class(spec["codec"])  # imported before the clock starts: a worker's imports are not the search
 
     row = dict(row, created_at=utc_now())
     try:
