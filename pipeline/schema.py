@@ -1,4 +1,5 @@
-"""Parquet schemas of the manifest (one row per GOP) and of verify results (one row per sampled GOP).
+"""Parquet schemas of the manifest (one row per GOP), of verify results (one row per sampled GOP) and
+of the classic reference (one row per GOP sampled for it); the compute columns' definition.
 
 These are contracts users audit and query; add columns at the end, never rename or retype one.
 Quality columns are null when not computed: never a made-up value. `metrics_note` says why a column
