@@ -128,6 +128,11 @@ def _knob_range(codec: Codec, knob_range: tuple[float, float] | None) -> tuple[f
     )
 
 
+def knob_range(codec: Codec) -> tuple[float, float]:
+    """(worst, best) of the codec's quality knob, as the search uses it."""
+    return _knob_range(codec, None)
+
+
 def measure_metric(
     metric: str,
     source: np.ndarray,

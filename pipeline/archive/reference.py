@@ -122,7 +122,7 @@ def bracket(
     the target, and interpolate the size at exactly the target (log-linear between the two)."""
     from codec.base import RateTarget
     from codec.registry import build_codec
-    from pipeline.archive.quality_target import _knob_range, find_rate_for_quality, measure_metric
+    from pipeline.archive.quality_target import find_rate_for_quality, knob_range, measure_metric
     from pipeline.metrics import HIGHER_IS_BETTER
 
     options: dict[str, Any] = {"threads": 1}
@@ -132,7 +132,7 @@ def bracket(
     result = find_rate_for_quality(codec, [frames], fps, metric, target, per_gop=True, device="cpu",
                                    weights_dir=weights_dir)  # fmt: skip
     higher = HIGHER_IS_BETTER[metric]
-    worst, best = _knob_range(codec, None)
+    worst, best = knob_range(codec)
     cheaper = 1.0 if worst > best else -1.0  # knob direction of fewer bits
     points = {p.knob: (p.score, p.payload_bytes, p.encode_seconds) for p in result.points}
 
