@@ -10,7 +10,8 @@ import typer
 PricesFile = Annotated[
     Path | None,
     typer.Option(
-        "--prices", help="TOML file of prices (gpu_hour, cpu_hour, egress_gb, [storage_gb_month]...)."
+        "--prices",
+        help="TOML file of prices: gpu_hour, cpu_hour, egress_gb and a storage_gb_month table (see the README).",
     ),
 ]
 GpuHour = Annotated[float | None, typer.Option("--gpu-hour", help="Price of one GPU-hour (any model).")]
