@@ -89,10 +89,15 @@ def _check_reference_rows(out: Path, summary: dict, codec: str, fraction: float)
 
 
 def _check_compute(out: Path, summary: dict, stages_on_actor: set[str]) -> None:
+    from pipeline.archive.actors import cpus_per_actor
+
     rows = _rows(out, "manifest")
     compute = summary["compute"]
+    held = cpus_per_actor(ArchiveConfig(src="", out=""))  # what Ray reserved for the one CPU actor
     for row in rows:
         assert row["compute_device"] == "cpu"
+        # Device-seconds are the actor's own wall seconds times the CPUs it holds.
+        assert row["encode_device_seconds"] == pytest.approx(row["encode_seconds"] * held, rel=1e-9)
         for stage in COMPUTE_STAGES:
             value = row[compute_column(stage)]
             if stage == "search" and "search" not in stages_on_actor:
@@ -196,3 +201,29 @@ def test_reference_options_are_checked_before_any_work(tmp_path: Path, sample_di
             run_archive(ArchiveConfig(src=str(sample_dir), out=str(tmp_path / "out"), **options))
         assert message in str(error.value)
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_actor_is_charged_its_share_of_the_named_gpu(tmp_path: Path, sample_dir: Path, ray_address: str,
+                                                         fast_metrics) -> None:  # fmt: skip
+    """GLVC (bundled model) on half a GPU: GPU-seconds = wall × 0.5 under the GPU's model name; the
+    x264 reference runs on CPU tasks beside it."""
+    import torch
+
+    out = tmp_path / "out"
+    config = ArchiveConfig(src=str(sample_dir), out=str(out), codec="glvc", gop_frames=5, include=("short.mkv",),
+                           num_gpus_per_actor=0.5, skip_metrics=fast_metrics, reference="x264",
+                           reference_fraction=1.0)  # fmt: skip
+    result = run_archive(config)
+    assert result.exit_code == 0, result.summary["failures"]
+    name = torch.cuda.get_device_name(0)
+    for row in _rows(out, "manifest"):
+        assert row["compute_device"] == name
+        assert row["encode_device_seconds"] == pytest.approx(row["encode_seconds"] * 0.5, rel=1e-9)
+    compute = result.summary["compute"]
+    assert set(compute["by_stage"]["encode"]) == {name} and set(compute["by_stage"]["decode"]) == {"cpu"}
+    assert set(compute["actors_reserved"]) == {name}
+    reference = _rows(out, "reference")
+    assert reference and {r["status"] for r in reference} <= {"ok", "unreachable"}
+    assert compute["by_stage"]["reference"]["cpu"] > 0
