@@ -32,7 +32,7 @@ def test_input_list_archived_by_two_shards_into_one_out(
     listing.write_text(
         "uri,caption,license,split,target_kbps\n"
         "videos/clip-0.mkv,a red bus,cc-by,train,\n"
-        f"{videos / 'clip-1.mkv'},\"two cats, one dog\",cc0,val,40\n"
+        f'{videos / "clip-1.mkv"},"two cats, one dog",cc0,val,40\n'
         "videos/clip-2.mkv,,,test,\n"
         "videos/clip-3.mkv,,,train,-5\n"  # an invalid target: this video fails, the others go on
         "videos/notes.txt,,,,\n"
@@ -48,7 +48,9 @@ def test_input_list_archived_by_two_shards_into_one_out(
 
     results = [shard(0), shard(1)]
     summaries = [r.summary for r in results]
-    assert sum(s["files_listed"] for s in summaries) == 5 and all(s["list_rows_without_uri"] == 1 for s in summaries)
+    assert sum(s["files_listed"] for s in summaries) == 5 and all(
+        s["list_rows_without_uri"] == 1 for s in summaries
+    )
     assert [s["files_listed"] + s["files_in_other_shards"] for s in summaries] == [5, 5]
     assert sum(s["videos_ok"] for s in summaries) == 3 and sum(s["videos_failed"] for s in summaries) == 1
     assert sum(s["not_videos_total"] for s in summaries) == 1
@@ -78,7 +80,9 @@ def test_input_list_archived_by_two_shards_into_one_out(
     assert rows["clip-2.mkv"]["caption"] is None and rows["clip-2.mkv"]["split"] == "test"
 
     again = shard(0)  # each shard resumes on its own: nothing left to do
-    assert again.summary["videos_ok"] == 0 and again.summary["videos_skipped_done"] == summaries[0]["videos_ok"]
+    assert (
+        again.summary["videos_ok"] == 0 and again.summary["videos_skipped_done"] == summaries[0]["videos_ok"]
+    )
 
 
 def _sources(out: Path, run_id: str) -> set[str]:

@@ -67,7 +67,11 @@ def test_keyset_membership_is_exact_and_compact() -> None:
     assert keyset.contains_many(keys[::7]).all()
     others = [k + "x" for k in keys[:5000]] + ["", "clip"]
     assert not keyset.contains_many(others).any()
-    assert keys[123] in keyset and "nope" not in keyset and KeySet().freeze().contains_many(["a"]).tolist() == [False]
+    assert (
+        keys[123] in keyset
+        and "nope" not in keyset
+        and KeySet().freeze().contains_many(["a"]).tolist() == [False]
+    )
 
 
 def test_shards_partition_the_keys() -> None:
@@ -114,7 +118,13 @@ def test_worklist_streams_the_shard_minus_done_and_failed(tmp_path: Path) -> Non
 
 def _write_lists(folder: Path) -> dict[str, Path]:
     rows = [
-        {"url": "videos/a.mp4", "caption": "a cat", "license": "cc-by", "split": "train", "target_kbps": 50.0},
+        {
+            "url": "videos/a.mp4",
+            "caption": "a cat",
+            "license": "cc-by",
+            "split": "train",
+            "target_kbps": 50.0,
+        },
         {"url": "s3://bucket/b.mp4", "caption": None, "license": None, "split": "val", "target_kbps": None},
         {"url": "", "caption": "no uri", "license": None, "split": None, "target_kbps": None},
         {"url": "/abs/c.mp4", "caption": "bad target", "license": None, "split": None, "target_kbps": -3.0},
@@ -124,12 +134,16 @@ def _write_lists(folder: Path) -> dict[str, Path]:
     pq.write_table(pa.Table.from_pylist(rows), paths["parquet"])
     header = "url,caption,license,split,target_kbps,extra\n"
     body = "".join(
-        ",".join("" if r[k] is None else str(r[k]) for k in ("url", "caption", "license", "split", "target_kbps"))
+        ",".join(
+            "" if r[k] is None else str(r[k]) for k in ("url", "caption", "license", "split", "target_kbps")
+        )
         + ",ignored\n"
         for r in rows
     )
     paths["csv"].write_text(header + body)
-    paths["jsonl"].write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows))
+    paths["jsonl"].write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows)
+    )
     return paths
 
 
@@ -139,7 +153,11 @@ def test_input_lists_in_three_formats(tmp_path: Path, kind: str) -> None:
     source_list = SourceList(str(path))
     assert source_list.has_targets
     rows = list(source_list.rows())
-    assert [r.uri for r in rows] == [str(tmp_path / "lists" / "videos" / "a.mp4"), "s3://bucket/b.mp4", "/abs/c.mp4"]
+    assert [r.uri for r in rows] == [
+        str(tmp_path / "lists" / "videos" / "a.mp4"),
+        "s3://bucket/b.mp4",
+        "/abs/c.mp4",
+    ]
     assert rows[0].metadata == {"caption": "a cat", "license": "cc-by", "split": "train"}
     assert rows[0].target.kind == "kbps" and rows[0].target.value == 50 and rows[0].error is None
     assert rows[1].metadata == {"split": "val"} and rows[1].target is None

@@ -151,14 +151,21 @@ def test_two_node_cluster_survives_losing_the_encoder_node(
     def node(*args: str) -> subprocess.Popen:
         command = [RAY, "start", "--block", "--disable-usage-stats", "--num-cpus", "2", *_ports(), *args]
         process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         started.append(process)
         return process
 
     def driver(limit: str, control: Path) -> subprocess.Popen:
         args = [sys.executable, "-c", DRIVER, address, str(src), out, s3_endpoint, str(control), limit]
-        return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def finish(process: subprocess.Popen) -> dict:
         stdout, stderr = process.communicate(timeout=400)

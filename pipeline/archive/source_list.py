@@ -165,7 +165,7 @@ class SourceList:
 
     def _rows(self, batch: pa.RecordBatch) -> Iterator[ListedSource]:
         columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
-        uris = columns[self.uri_column]
+        uris = columns.get(self.uri_column) or [None] * batch.num_rows
         for i, raw in enumerate(uris):
             self.stats.rows += 1
             text = (raw or "").strip()
@@ -204,7 +204,7 @@ def _typed(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 def _present(batch: pa.RecordBatch) -> pa.RecordBatch:
     """JSON batches carry every schema column; keep the ones some row had (not all null)."""
-    keep = [n for n in batch.schema.names if batch.column(n).null_count < batch.num_rows or n in URI_COLUMNS]
+    keep = [n for n in batch.schema.names if batch.column(n).null_count < batch.num_rows]
     return batch.select(keep)
 
 
