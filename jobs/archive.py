@@ -100,6 +100,15 @@ def archive_command(
             help="Ray custom resources per encode actor, JSON or name=amount (e.g. '{\"gpu_node\": 1}')."
         ),
     ] = None,
+    pack: Annotated[
+        float | None,
+        typer.Option(
+            "--pack",
+            help="Pack many short videos into objects of about N_MB each (each video still restorable "
+            "alone with ranged reads), for storage with a minimum object size or per-object fees.",
+            metavar="N_MB",
+        ),
+    ] = None,
     task_resources: Annotated[
         str | None,
         typer.Option(help="Ray custom resources per probe/decode/commit task, JSON or name=amount."),
@@ -163,6 +172,7 @@ def archive_command(
             shard=_shard(shard),
             actor_resources=resources_from_option("--actor-resources", actor_resources),
             task_resources=resources_from_option("--task-resources", task_resources),
+            pack_mb=pack,
             reference=reference,
             reference_fraction=reference_fraction,
             reference_seed=reference_seed,

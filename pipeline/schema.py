@@ -67,6 +67,10 @@ MANIFEST_SCHEMA = pa.schema(
         ("caption", pa.string()),
         ("license", pa.string()),
         ("split", pa.string()),
+        # --- a video packed with others in one object (`--pack`): its container's range in the pack;
+        # null for a single-video object. `offset` is then absolute in the pack object ---
+        ("member_offset", pa.int64()),
+        ("member_length", pa.int64()),
     ]
 )
 

@@ -91,6 +91,8 @@ class ArchiveConfig:
     actor_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     #: Ray custom resources each probe/decode/commit task asks for: where the CPU work runs.
     task_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: `--pack N_MB`: many videos per archive object (`pipeline.pack`), each pack about N MB of payload.
+    pack_mb: float | None = None
     #: Classic codec coding a sample of GOPs at the archive's measured quality (`archive/reference.py`).
     reference: str | None = None
     #: Fraction of each video's GOPs sampled for the reference (a few % is enough for a tight interval).
@@ -122,6 +124,8 @@ class ArchiveConfig:
                 f"--skip-metric: unknown {sorted(unknown)}; choose from {', '.join(METRIC_SWITCHES)}"
             )
         _check_quality_goal(self)
+        if self.pack_mb is not None and not 0 < self.pack_mb <= 4096:
+            raise ConfigError(f"--pack is in MB, in (0, 4096]; got {self.pack_mb:g}")
         if self.shard is not None:
             index, count = self.shard
             if count < 1 or not 0 <= index < count:

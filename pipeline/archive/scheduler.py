@@ -20,6 +20,7 @@ from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.errors import one_line
 from pipeline.archive.failures import FailureLog
+from pipeline.archive.pack_writer import commit_pack
 from pipeline.archive.plan import GopSpan, plan_gops
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.reference import References
@@ -128,11 +129,20 @@ class Scheduler:
         self.duplicates = 0
         self.listing_error: str | None = None
         self._listing_open = False
+        self.pack_open: list[str] = []  # finished videos waiting for the open pack to fill
+        self.pack_bytes = 0
+        self.pack_commits: dict[Any, list[str]] = {}
+        self.packs_started = 0
+        self.had_failed: Any = None  # keys with a failed marker at the start (KeySet; packs clear them)
+        self.commit_pack = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False, **placed)(
+            commit_pack
+        )
 
     # ---- main loop -------------------------------------------------------------------------------
     def run(self, work: WorkList) -> None:
         """Archive the videos `work` streams (listing goes on while earlier videos encode)."""
         self._entries = work.entries()
+        self.had_failed = work.failed
         self._next: discovery.SourceEntry | None = None
         self._listing_open = True
         limit = self.cfg.limit
@@ -148,8 +158,16 @@ class Scheduler:
                     break
                 self._start(entry)
             self._fill_gop_slots()
+            self._maybe_close_pack()
             references = self.references.running
-            waiting = [*self.probing, *searching, *self.encoding, *self.committing, *references]
+            waiting = [
+                *self.probing,
+                *searching,
+                *self.encoding,
+                *self.committing,
+                *self.pack_commits,
+                *references,
+            ]
             if not waiting:
                 continue
             ready, _ = self.ray.wait(waiting, num_returns=1, timeout=1.0)
@@ -162,6 +180,8 @@ class Scheduler:
                     self._on_encoded(ref)
                 elif ref in self.committing:
                     self._on_committed(ref)
+                elif ref in self.pack_commits:
+                    self._on_pack_committed(ref)
                 elif ref in references:
                     self.references.on_done(ref)
             self.display.refresh()
@@ -213,6 +233,8 @@ class Scheduler:
             or self.encoding
             or self.committing
             or self.references
+            or self.pack_open
+            or self.pack_commits
         )
 
     def _probe_ahead(self) -> int:
@@ -374,10 +396,70 @@ class Scheduler:
         self.counters.frames_done += task.span.frame_count
         if len(video.metas) == len(video.job.spans):
             order = range(len(video.job.spans))
+            if self.cfg.pack_mb:
+                self._pack(video)
+                return
             commit_ref = self.commit.remote(
                 video.job, [video.metas[i] for i in order], *[video.payloads[i] for i in order]
             )
             self.committing[commit_ref] = video.job.video_key
+
+    # ---- packs (`--pack N_MB`) ---------------------------------------------------------------------
+    def _pack(self, video: Video) -> None:
+        """Add a finished video to the open pack; commit the pack once it holds N MB of payload."""
+        self.pack_open.append(video.job.video_key)
+        self.pack_bytes += sum(int(m.get("payload_bytes") or 0) for m in video.metas.values())
+        if self.pack_bytes >= self.cfg.pack_mb * 1e6 or len(self.pack_open) >= MAX_PACK_MEMBERS:
+            self._commit_pack()
+
+    def _commit_pack(self) -> None:
+        if not self.pack_open:
+            return
+        self.packs_started += 1
+        pack_id = f"{self.run_id}-{self.packs_started:06d}"
+        videos = [self.videos[key] for key in self.pack_open]
+        order = [range(len(v.job.spans)) for v in videos]
+        ref = self.commit_pack.remote(
+            pack_id,
+            [v.job for v in videos],
+            [[v.metas[i] for i in o] for v, o in zip(videos, order, strict=True)],
+            [bool(self.had_failed and v.job.video_key in self.had_failed) for v in videos],
+            *[v.payloads[i] for v, o in zip(videos, order, strict=True) for i in o],
+        )
+        self.pack_commits[ref] = list(self.pack_open)
+        self.pack_open, self.pack_bytes = [], 0
+
+    def _maybe_close_pack(self) -> None:
+        """At the end of the work, the last pack goes out however small it is."""
+        if self.pack_open and not (
+            self._listing_open or self.probing or self.searches or self.ready or self.queue or self.encoding
+        ):
+            self._commit_pack()
+
+    def _on_pack_committed(self, ref: Any) -> None:
+        keys = self.pack_commits.pop(ref)
+        videos = [self.videos.pop(key) for key in keys]
+        try:
+            result = self.ray.get(ref)
+        except Exception as exc:
+            for video in videos:
+                self.references.discard(video.job.video_key)
+                self.failures.record(
+                    video.job.video_key,
+                    video.job.source_uri,
+                    video.job.source_bytes,
+                    one_line(video.job.source_uri, exc),
+                )
+            return
+        for video in videos:
+            key = video.job.video_key
+            member = result["members"].get(key)
+            if member is None:
+                self.references.discard(key)
+                reason = result["failed"].get(key) or f"{video.job.source_uri}: not in its pack"
+                self.failures.record(key, video.job.source_uri, video.job.source_bytes, reason)
+                continue
+            self._committed(video, member)
 
     def replace_actor(self, idx: int, dead: Any) -> None:
         if self.pool.replace(idx, dead):
@@ -394,6 +476,10 @@ class Scheduler:
                 key, video.job.source_uri, video.job.source_bytes, one_line(video.job.source_uri, exc)
             )
             return
+        self._committed(video, result)
+
+    def _committed(self, video: Video, result: dict[str, Any]) -> None:
+        key = video.job.video_key
         self.counters.videos_ok += 1
         self.counters.bytes_in += video.job.source_bytes
         self.counters.bytes_out += result["archive_bytes"]
@@ -450,6 +536,10 @@ class Scheduler:
         if self.listing_error:
             summary["listing_error"] = self.listing_error
         return summary
+
+
+#: A pack closes at N MB of payload or at this many videos, whichever comes first.
+MAX_PACK_MEMBERS = 100_000
 
 
 def _target_record(target: RateTarget) -> dict[str, Any]:

@@ -1,0 +1,287 @@
+"""Which manifest files hold which rows: per-video parts, pack parts and compacted files, resolved so that
+every reader sees each row exactly once — before, during and after a compaction (`pipeline.compact`).
+
+Files under `OUT/manifest/`:
+
+    part-<video_key>.parquet      one video's rows (written by its commit, or its failed row)
+    pack-<pack_id>.parquet        every video of a pack; counts only once `markers/packs/<pack_id>.json`
+                                  exists (the pack's commit writes it last)
+    compacted-<stamp>.parquet     many parts merged by `vidarc compact`: their rows plus two columns,
+                                  `source_part` (the part's file name) and `source_sha256` (of its bytes),
+                                  and in its key-value metadata `vidarc.compaction`: {"replaces":
+                                  {older compacted file name: [video keys whose rows this file supersedes]}}
+
+The rules a reader applies (`plan_manifest`):
+1. A part whose name *and* bytes (sha256) are recorded by a compacted file is covered: compaction wrote
+   the compacted file and had not yet deleted the part (it deletes parts only after the compacted
+   file is in place; a crash in between leaves such parts). It is skipped.
+2. A part not covered is read, and the rows of its videos in every compacted file are dropped: the
+   part was written after the compaction (a video redone after its done marker was deleted).
+3. A compacted file's rows of the keys a later compacted file `replaces` are dropped.
+4. A reader that listed a part which is gone when it reads it lost a race with a compaction: it
+   re-lists and reads that part's rows from the new compacted file (`ManifestPlan.recover`).
+Compaction is one writer at a time per archive (it takes `manifest/_compaction.lock`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import fsspec
+
+from pipeline.listing import iter_objects
+from pipeline.storage import join
+
+PART_PREFIX = "part-"
+PACK_PREFIX = "pack-"
+COMPACTED_PREFIX = "compacted-"
+SUFFIX = ".parquet"
+SOURCE_PART = "source_part"
+SOURCE_SHA256 = "source_sha256"
+COMPACTION_KEY = b"vidarc.compaction"
+
+
+def file_kind(name: str) -> str | None:
+    """'part', 'pack' or 'compacted' for a manifest file name, None for anything else."""
+    if not name.endswith(SUFFIX) or ".tmp-" in name:
+        return None
+    for prefix, kind in ((PART_PREFIX, "part"), (PACK_PREFIX, "pack"), (COMPACTED_PREFIX, "compacted")):
+        if name.startswith(prefix):
+            return kind
+    return "part"  # any other *.parquet: an earlier release's part, read as one
+
+
+def part_key(name: str) -> str | None:
+    """The video key of `part-<key>.parquet`."""
+    if name.startswith(PART_PREFIX) and name.endswith(SUFFIX):
+        return name[len(PART_PREFIX) : -len(SUFFIX)]
+    return None
+
+
+def pack_id(name: str) -> str | None:
+    if name.startswith(PACK_PREFIX) and name.endswith(SUFFIX):
+        return name[len(PACK_PREFIX) : -len(SUFFIX)]
+    return None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclasses.dataclass
+class CompactedFile:
+    path: str
+    size: int
+    #: video keys whose rows here are superseded (by later compacted files or by newer parts)
+    drop_keys: set[str] = dataclasses.field(default_factory=set)
+    #: from its metadata: older compacted file name -> keys it replaces there
+    replaces: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclasses.dataclass
+class ManifestPlan:
+    """What to read: `parts` whole, `compacted` files minus their `drop_keys`."""
+
+    fs: Any
+    root: str
+    parts: list[tuple[str, int]]  # (path, size) of parts and committed pack parts to read
+    compacted: list[CompactedFile]
+    covered: list[str]  # parts already inside a compacted file (skipped; compaction deletes them)
+    orphan_packs: list[str]  # pack parts without a pack marker (a commit that did not finish)
+    pack_members: dict[str, list[str]]  # pack id -> its video keys (committed packs)
+
+    @property
+    def paths(self) -> list[str]:
+        """Every file to read, parts first (their keys decide what compacted files drop)."""
+        return [p for p, _ in self.parts] + [c.path for c in self.compacted]
+
+    def drop_keys(self, path: str) -> set[str]:
+        """Video keys whose rows a reader must leave out of `path` (empty for parts)."""
+        for compacted in self.compacted:
+            if compacted.path == path:
+                return compacted.drop_keys
+        return set()
+
+    def recover(self, missing: list[str]) -> list[tuple[str, set[str]]]:
+        """Parts listed earlier and gone now (compacted meanwhile): [(new compacted file, the part names
+        whose rows to read from it)]. Re-lists the folder; a part that is in no compacted file either was
+        removed by a rerun (a failed video's part replaced): nothing to read for it."""
+        known = {c.path for c in self.compacted}
+        wanted = {p.rsplit("/", 1)[-1] for p in missing}
+        found: list[tuple[str, set[str]]] = []
+        newer = [
+            o.path
+            for o in iter_objects(self.fs, join(self.root, "manifest"))
+            if file_kind(o.path.rsplit("/", 1)[-1]) == "compacted" and o.path not in known
+        ]
+        for path in sorted(newer, reverse=True):  # the newest holds the latest copy
+            sources = set(_sources(self.fs, path, wanted))
+            if sources:
+                found.append((path, set(sources)))
+                wanted -= set(sources)
+        return found
+
+
+def plan_manifest(fs: fsspec.AbstractFileSystem, root: str, *, packs: bool = True) -> ManifestPlan:
+    """List `root/manifest/` once and resolve parts, packs and compacted files (rules above)."""
+    parts: dict[str, tuple[str, int]] = {}
+    compacted: list[CompactedFile] = []
+    pack_parts: dict[str, tuple[str, int]] = {}
+    for item in iter_objects(fs, join(root, "manifest")):
+        name = item.path.rsplit("/", 1)[-1]
+        kind = file_kind(name)
+        if kind == "compacted":
+            compacted.append(CompactedFile(item.path, item.size))
+        elif kind == "pack":
+            pack_parts[name] = (item.path, item.size)
+        elif kind == "part":
+            parts[name] = (item.path, item.size)
+    members = committed_packs(fs, root) if (packs and pack_parts) or compacted else {}
+    orphans = [path for name, (path, _) in pack_parts.items() if pack_id(name) not in members]
+    for name, entry in pack_parts.items():
+        if pack_id(name) in members:
+            parts[name] = entry
+    compacted.sort(key=lambda c: c.name)
+    covered: list[str] = []
+    if compacted:
+        by_name = {c.name: c for c in compacted}
+        recorded: dict[str, str] = {}  # part name -> sha256 recorded by the newest compacted file
+        for c in compacted:
+            c.replaces = _replaces(fs, c.path)
+            for older, keys in c.replaces.items():
+                if older in by_name:
+                    by_name[older].drop_keys.update(keys)
+            recorded.update(_sources(fs, c.path, set(parts)))
+        for name in [n for n in parts if n in recorded]:
+            path, _ = parts[name]
+            try:
+                digest = sha256_hex(fs.cat_file(path))
+            except FileNotFoundError:  # deleted by a compaction since the listing: it is covered
+                digest = recorded[name]
+            if digest == recorded[name]:
+                covered.append(path)
+                del parts[name]
+        newer_keys = set()
+        for name in parts:
+            key = part_key(name)
+            if key is not None:
+                newer_keys.add(key)
+            elif pack_id(name) in members:
+                newer_keys.update(members[pack_id(name)])
+        for c in compacted:
+            c.drop_keys |= newer_keys
+    return ManifestPlan(
+        fs=fs,
+        root=root,
+        parts=sorted(parts.values()),
+        compacted=compacted,
+        covered=sorted(covered),
+        orphan_packs=sorted(orphans),
+        pack_members=members,
+    )
+
+
+def committed_packs(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, list[str]]:
+    """pack id -> member video keys, from `markers/packs/` (one small read per pack)."""
+    from pipeline.runinfo import iter_pack_markers
+
+    return {str(m["pack_id"]): [str(k) for k in m["members"]] for m in iter_pack_markers(fs, root)}
+
+
+def _replaces(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, list[str]]:
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as handle:
+        metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}
+    raw = metadata.get(COMPACTION_KEY)
+    if not raw:
+        return {}
+    try:
+        replaces = json.loads(raw).get("replaces", {})
+        return {str(k): [str(x) for x in v] for k, v in replaces.items()}
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _sources(fs: fsspec.AbstractFileSystem, path: str, names: set[str]) -> dict[str, str]:
+    """{part name: sha256} for the parts among `names` that compacted file `path` absorbed."""
+    if not names:
+        return {}
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    wanted = pa.array(sorted(names), type=pa.string())
+    found: dict[str, str] = {}
+    with fs.open(path, "rb") as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(
+            columns=[SOURCE_PART, SOURCE_SHA256], batch_size=65536
+        ):
+            hits = batch.filter(pc.is_in(batch.column(0), value_set=wanted))
+            found.update(zip(hits.column(0).to_pylist(), hits.column(1).to_pylist(), strict=True))
+    return found
+
+
+def iter_tables(plan: ManifestPlan, columns: list[str] | None = None, batch_rows: int = 65536):
+    """The manifest's rows as Arrow tables with `columns` of the manifest schema (default: all), each
+    row exactly once: parts whole, compacted files by row group minus their dropped keys, and the rows
+    of parts that a concurrent compaction moved (`ManifestPlan.recover`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import MANIFEST_SCHEMA
+
+    wanted = list(columns) if columns is not None else MANIFEST_SCHEMA.names
+    schema = pa.schema([MANIFEST_SCHEMA.field(n) for n in wanted])
+
+    def conform(table: pa.Table) -> pa.Table:
+        arrays = [
+            table.column(n).cast(schema.field(n).type)
+            if n in table.column_names
+            else pa.nulls(table.num_rows, schema.field(n).type)
+            for n in wanted
+        ]
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def compacted(path: str, keep: Any) -> Any:
+        with plan.fs.open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            present = [n for n in {*wanted, "video_key", SOURCE_PART} if n in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(columns=present, batch_size=batch_rows):
+                table = pa.Table.from_batches([batch])
+                mask = keep(table)
+                if mask is not None:
+                    table = table.filter(mask)
+                if table.num_rows:
+                    yield conform(table)
+
+    missing: list[str] = []
+    for path, _ in plan.parts:
+        try:
+            data = plan.fs.cat_file(path)
+        except FileNotFoundError:
+            missing.append(path)
+            continue
+        yield conform(pq.read_table(pa.BufferReader(data)))
+    for item in plan.compacted:
+        drop = pa.array(sorted(item.drop_keys), type=pa.string())
+        yield from compacted(
+            item.path,
+            lambda t, drop=drop: (
+                pc.invert(pc.is_in(t.column("video_key"), value_set=drop)) if len(drop) else None
+            ),
+        )
+    if missing:
+        for path, names in plan.recover(missing):
+            wanted_sources = pa.array(sorted(names), type=pa.string())
+            yield from compacted(
+                path, lambda t, s=wanted_sources: pc.is_in(t.column(SOURCE_PART), value_set=s)
+            )
