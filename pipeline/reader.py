@@ -33,13 +33,15 @@ from pipeline.storage import filesystem
 class CountingReader:
     """A RangeReader (fresh ranged GETs) that counts the bytes it fetched."""
 
-    def __init__(self, fs: Any, path: str) -> None:
+    def __init__(self, fs: Any, path: str, *, base: int = 0) -> None:
         self.fs, self.path, self.bytes_read, self.reads = fs, path, 0, 0
+        self.base = base  # a pack member's first byte: offsets are relative to it
 
     def __call__(self, offset: int, length: int) -> bytes:
         if length == 0:
             return b""
-        data = self.fs.cat_file(self.path, start=offset, end=offset + length)
+        start = self.base + offset
+        data = self.fs.cat_file(self.path, start=start, end=start + length)
         self.bytes_read += len(data)
         self.reads += 1
         return data
@@ -48,17 +50,27 @@ class CountingReader:
 class ArchiveReader:
     """One `.vdrc` object, read lazily: `index()` on first use, then `gop(i)` per GOP.
 
-    `size` (when a listing already gave it) saves the HEAD request. Errors: ContainerError for a
-    damaged or foreign object, CodecError for a decoder that cannot be built or holds other weights
-    (both one line, naming the object); storage errors (FileNotFoundError, ...) pass through for the
-    caller to word.
+    `size` (when a listing already gave it) saves the HEAD request; `member` reads one video of a
+    pack. Errors: ContainerError for a damaged or foreign object, CodecError for a decoder that cannot
+    be built or holds other weights (both one line, naming the object); storage errors
+    (FileNotFoundError, ...) pass through for the caller to word.
     """
 
-    def __init__(self, uri: str, *, endpoint_url: str | None = None, size: int | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        endpoint_url: str | None = None,
+        size: int | None = None,
+        member: tuple[int, int] | None = None,
+    ) -> None:
         self.uri = uri
         self.fs, self.path = filesystem(uri, endpoint_url=endpoint_url)
-        self.read = CountingReader(self.fs, self.path)
-        self._size = size
+        # a video inside a pack (`pipeline.pack`): its container is the byte range `member` = (offset,
+        # length) of the object, read exactly like a single-video object
+        self.member = member
+        self.read = CountingReader(self.fs, self.path, base=member[0] if member else 0)
+        self._size = member[1] if member else size
         self._index: ContainerIndex | None = None
 
     @property
