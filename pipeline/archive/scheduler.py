@@ -44,6 +44,7 @@ class Video:
     payloads: dict[int, Any] = dataclasses.field(default_factory=dict)  # gop index -> ObjectRef[bytes]
     in_flight: int = 0
     failed: bool = False
+    recodes: int = 0  # times its coded GOPs were lost with a node before the commit
 
 
 @dataclasses.dataclass
@@ -438,10 +439,19 @@ class Scheduler:
 
     def _on_pack_committed(self, ref: Any) -> None:
         keys = self.pack_commits.pop(ref)
-        videos = [self.videos.pop(key) for key in keys]
         try:
             result = self.ray.get(ref)
+        except self.ray.exceptions.ObjectLostError:  # payloads lost with a node: encode them again
+            for key in keys:
+                video = self.videos[key]
+                if not self._recode(video):
+                    self.videos.pop(key)
+                    self.references.discard(key)
+                    reason = f"{video.job.source_uri}: payloads lost {video.recodes} times"
+                    self.failures.record(key, video.job.source_uri, video.job.source_bytes, reason)
+            return
         except Exception as exc:
+            videos = [self.videos.pop(key) for key in keys]
             for video in videos:
                 self.references.discard(video.job.video_key)
                 self.failures.record(
@@ -451,7 +461,7 @@ class Scheduler:
                     one_line(video.job.source_uri, exc),
                 )
             return
-        for video in videos:
+        for video in [self.videos.pop(key) for key in keys]:
             key = video.job.video_key
             member = result["members"].get(key)
             if member is None:
@@ -467,16 +477,44 @@ class Scheduler:
 
     def _on_committed(self, ref: Any) -> None:
         key = self.committing.pop(ref)
-        video = self.videos.pop(key)
+        video = self.videos[key]
         try:
             result = self.ray.get(ref)
+        except self.ray.exceptions.ObjectLostError:  # payloads lost with a node: encode the video again
+            if self._recode(video):
+                return
+            self.videos.pop(key)
+            self.references.discard(key)
+            self.failures.record(
+                key,
+                video.job.source_uri,
+                video.job.source_bytes,
+                f"{video.job.source_uri}: payloads lost {video.recodes} times",
+            )
+            return
         except Exception as exc:
+            self.videos.pop(key)
             self.references.discard(key)
             self.failures.record(
                 key, video.job.source_uri, video.job.source_bytes, one_line(video.job.source_uri, exc)
             )
             return
+        self.videos.pop(key)
         self._committed(video, result)
+
+    def _recode(self, video: Video) -> bool:
+        """Queue all of a finished video's GOPs again (its coded payloads were lost with a node before
+        they were written); False once it has been recoded `max_gop_retries` times."""
+        if video.recodes >= self.cfg.max_gop_retries:
+            return False
+        video.recodes += 1
+        video.metas.clear()
+        video.payloads.clear()
+        self.counters.gops_done -= len(video.job.spans)
+        self.counters.frames_done -= sum(span.frame_count for span in video.job.spans)
+        self.queue.extendleft(GopTask(video.job.video_key, span) for span in reversed(video.job.spans))
+        self.display.log(f"{video.job.source_uri}: coded GOPs lost with a node; encoding the video again")
+        return True
 
     def _committed(self, video: Video, result: dict[str, Any]) -> None:
         key = video.job.video_key
