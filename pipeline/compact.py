@@ -27,6 +27,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -50,6 +51,7 @@ from pipeline.storage import StorageError, check_reachable, filesystem, full_uri
 
 TARGET_BYTES = 128 * 1024 * 1024
 ROW_GROUP_ROWS = 65_536
+FETCHERS = 8
 LOCK_NAME = "_compaction.lock"
 LOCK_STALE_SECONDS = 6 * 3600
 COMPACTED_SCHEMA = pa.schema(
@@ -192,10 +194,8 @@ def _write_batch(
     rows = 0
     with open_atomic(fs, path) as handle:
         writer = pq.ParquetWriter(handle, schema, compression="zstd", write_page_checksum=True)
-        for part_path, _, _ in batch:
-            try:
-                data = fs.cat_file(part_path)
-            except FileNotFoundError:  # replaced since the listing (a failed video redone): not ours
+        for part_path, data in _fetch(fs, [p for p, _, _ in batch]):
+            if data is None:  # replaced since the listing (a failed video redone): not ours
                 continue
             try:
                 table = _conform(pq.read_table(io.BytesIO(data)))
@@ -225,6 +225,20 @@ def _write_batch(
     report.parts_absorbed += len(absorbed)
     report.rows += rows
     _remove(fs, absorbed)  # only now: a crash before this leaves covered parts, never lost rows
+
+
+def _fetch(fs: Any, paths: list[str]) -> Iterator[tuple[str, bytes | None]]:
+    """Each part's bytes, in order, fetched `FETCHERS` at a time (object-store latency); a batch is at
+    most about `target_bytes`, so holding its parts is bounded."""
+
+    def get(path: str) -> bytes | None:
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    with ThreadPoolExecutor(FETCHERS) as pool:
+        yield from zip(paths, pool.map(get, paths), strict=True)
 
 
 def _conform(table: pa.Table) -> pa.Table:
