@@ -45,12 +45,17 @@ def inspect_command(
     device: Annotated[
         str, typer.Option(help="cpu | cuda: where to build the decoder (with --model).")
     ] = "cpu",
+    video: Annotated[
+        str | None, typer.Option(help="For a pack object: inspect this video (its key) of the pack.")
+    ] = None,
 ) -> None:
     """Header, model, decoder, GOP index and rates of one archive object (reads only its index)."""
     from pipeline.inspect import InspectError, inspect_object
 
     try:
-        report = inspect_object(archive_object, endpoint_url=endpoint_url, model=model, device=device)
+        report = inspect_object(
+            archive_object, endpoint_url=endpoint_url, model=model, device=device, video=video
+        )
     except InspectError as exc:
         _fail(str(exc))
         return
@@ -61,6 +66,20 @@ def inspect_command(
     from rich.table import Table
 
     console = Console()
+    if report.get("kind") == "pack":
+        members = Table(
+            title=f"pack {report['uri']} ({report['object_bytes']} bytes, {len(report['members'])} videos)"
+        )
+        for name in ("video_key", "offset", "length", "codec", "size", "frames", "GOPs", "bpp", "kbps"):
+            members.add_column(name, justify="left" if name in ("video_key", "codec") else "right")
+        for m in report["members"]:
+            members.add_row(
+                m["video_key"], str(m["offset"]), str(m["length"]), _fmt(m["codec"]), f"{m['width']}x{m['height']}",
+                str(m["frames"]), str(m["gops"]), _fmt(m["bpp"], 4), _fmt(m["kbps"], 1),
+            )  # fmt: skip
+        console.print(members)
+        console.print("inspect one of them with --video KEY")
+        return
     header = Table(title=f"{report['uri']} ({report['object_bytes']} bytes)", show_header=False)
     for key, value in sorted(report["header"].items()):
         header.add_row(key, json.dumps(value, default=str) if isinstance(value, dict | list) else str(value))
