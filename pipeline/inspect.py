@@ -21,10 +21,11 @@ from codec.base import bits_per_pixel, kilobits_per_second
 from codec.errors import CodecError
 from codec.registry import resolve_model
 from pipeline.container import ContainerError
+from pipeline.manifest_layout import done_keys, read_rows
 from pipeline.pack import is_pack, read_member_index, read_pack_index
 from pipeline.reader import ArchiveReader
 from pipeline.runinfo import list_markers
-from pipeline.storage import StorageError, check_reachable, filesystem, join, redact
+from pipeline.storage import StorageError, check_reachable, filesystem, redact
 
 
 class InspectError(Exception):
@@ -196,27 +197,15 @@ def list_archive(out: str, *, endpoint_url: str | None = None) -> list[VideoList
     Status: `ok` (done marker and ok rows), `failed` (a failed row or marker), `incomplete` (rows
     without a done marker, or a marker without rows: a run stopped between commit steps).
     """
-    import pyarrow.dataset as ds
-
-    from pipeline.schema import MANIFEST_SCHEMA
-
     try:
         fs, root = filesystem(out, endpoint_url=endpoint_url)
         check_reachable(fs, root, out, must_exist=True)
-        folder = join(root, "manifest")
-        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet")) if fs.exists(folder) else []
-        done, failed = list_markers(fs, root, "done"), list_markers(fs, root, "failed")
+        done, failed = done_keys(fs, root), list_markers(fs, root, "failed")
         columns = [
             "video_key", "source_uri", "status", "codec", "width", "height", "frame_count", "fps_num",
             "fps_den", "fps", "payload_bytes", "psnr", "ms_ssim", "error", "gop_index",
         ]  # fmt: skip
-        rows = (
-            ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs)
-            .to_table(columns=columns)
-            .to_pylist()
-            if parts
-            else []
-        )
+        rows = read_rows(fs, root, columns)  # each row once: parts, packs, compacted files
     except StorageError as exc:
         raise InspectError(str(exc)) from None
     except Exception as exc:

@@ -285,3 +285,39 @@ def iter_tables(plan: ManifestPlan, columns: list[str] | None = None, batch_rows
             yield from compacted(
                 path, lambda t, s=wanted_sources: pc.is_in(t.column(SOURCE_PART), value_set=s)
             )
+
+
+def read_rows(fs: fsspec.AbstractFileSystem, root: str, columns: list[str]) -> list[dict[str, Any]]:
+    """Every manifest row (exactly once, `plan_manifest`) as dicts of `columns` (small column sets:
+    ls, restore, verify)."""
+    import pyarrow as pa
+
+    tables = list(iter_tables(plan_manifest(fs, root), columns))
+    return pa.concat_tables(tables).to_pylist() if tables else []
+
+
+def done_keys(fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
+    """Video keys that are done: a done marker, or a member of a committed pack."""
+    from pipeline.runinfo import list_markers
+
+    keys = set(list_markers(fs, root, "done"))
+    for members in committed_packs(fs, root).values():
+        keys.update(members)
+    return keys
+
+
+def container_location(
+    fs: fsspec.AbstractFileSystem, root: str, row: dict[str, Any]
+) -> tuple[str, tuple[int, int] | None]:
+    """(path under OUT, pack member range or None) of the object holding a row's video. The archive
+    may have been moved since it was written, so the object is looked up under OUT by name."""
+    from pipeline.runinfo import container_path, pack_path
+
+    if (
+        row.get("member_offset") is not None
+        and row.get("member_length") is not None
+        and row.get("archive_uri")
+    ):
+        name = str(row["archive_uri"]).rsplit("/", 1)[-1].removesuffix(".vdrc")
+        return pack_path(root, name), (int(row["member_offset"]), int(row["member_length"]))
+    return container_path(root, row["video_key"]), None

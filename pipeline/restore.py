@@ -36,9 +36,9 @@ import numpy as np
 from codec.base import Codec
 from codec.errors import CodecError
 from pipeline.container import AUDIO_ATTACHMENT, ContainerError, ContainerIndex, GopEntry
+from pipeline.manifest_layout import container_location, read_rows
 from pipeline.reader import ArchiveReader
-from pipeline.runinfo import container_path
-from pipeline.storage import StorageError, filesystem, full_uri, is_local, join, open_atomic, redact
+from pipeline.storage import StorageError, filesystem, full_uri, is_local, open_atomic, redact
 
 DEST_FORMATS = {".mp4": "mp4", ".mkv": "matroska"}
 MP4_CRF = 10
@@ -69,6 +69,7 @@ class ArchivedVideo:
     source_uri: str | None
     archive_uri: str
     status: str
+    member: tuple[int, int] | None = None  # its range in a pack object (`pipeline.pack`), else None
 
 
 def restore_video(
@@ -89,9 +90,9 @@ def restore_video(
     if suffix not in DEST_FORMATS:
         raise RestoreError(f"{dest}: DEST must end in .mp4 or .mkv")
     entry = find_video(out, video, endpoint_url=endpoint_url)
-    reader = ArchiveReader(entry.archive_uri, endpoint_url=endpoint_url)
+    reader = ArchiveReader(entry.archive_uri, endpoint_url=endpoint_url, member=entry.member)
     try:
-        reader.size  # noqa: B018 (one HEAD: a missing object is worded here, before any decoding)
+        reader.fs.size(reader.path)  # one HEAD: a missing object is worded here, before any decoding
     except FileNotFoundError:
         raise RestoreError(f"{entry.archive_uri}: archive object is missing") from None
     except Exception as exc:
@@ -125,34 +126,26 @@ def restore_video(
 # ---- finding the video ------------------------------------------------------------------------------
 def archived_videos(out: str, *, endpoint_url: str | None = None) -> list[ArchivedVideo]:
     """Every video the manifest of `out` names (one entry per video_key)."""
-    import pyarrow.dataset as ds
-
-    from pipeline.schema import MANIFEST_SCHEMA
-
     fs, root = filesystem(out, endpoint_url=endpoint_url)
-    folder = join(root, "manifest")
+    columns = ["video_key", "source_uri", "status", "archive_uri", "member_offset", "member_length"]
     try:
-        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet")) if fs.exists(folder) else []
+        rows = read_rows(fs, root, columns)  # each row once: parts, packs, compacted files
     except Exception as exc:
         raise StorageError(
-            f"{out}: cannot list the manifest ({type(exc).__name__}: {redact(str(exc))})"
+            f"{out}: cannot read the manifest ({type(exc).__name__}: {redact(str(exc))})"
         ) from None
-    if not parts:
+    if not rows:
         raise RestoreError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
-    columns = ["video_key", "source_uri", "status"]
-    table = ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs).to_table(
-        columns=columns
-    )
     videos: dict[str, ArchivedVideo] = {}
-    for row in table.to_pylist():
+    for row in rows:
         key = row["video_key"]
-        # the container under OUT (not the manifest's archive_uri): an archive may have been moved
-        archive_uri = full_uri(fs, container_path(root, key))
+        # the object under OUT (not the manifest's archive_uri): an archive may have been moved
+        path, member = container_location(fs, root, row)
         previous = videos.get(key)
         status = row["status"] or "unknown"
         if previous is not None and previous.status != "ok":
             status = previous.status
-        videos[key] = ArchivedVideo(key, row["source_uri"], archive_uri, status)
+        videos[key] = ArchivedVideo(key, row["source_uri"], full_uri(fs, path), status, member)
     return sorted(videos.values(), key=lambda v: v.video_key)
 
 

@@ -89,3 +89,56 @@ def _sources(out: Path, run_id: str) -> set[str]:
     """Source URIs of the videos a run committed or failed (from the manifest)."""
     table = pq.read_table(out / "manifest", columns=["run_id", "source_uri"]).to_pylist()
     return {r["source_uri"] for r in table if r["run_id"] == run_id}
+
+
+def test_packed_archive_lists_restores_verifies_inspects_and_compacts(
+    sample_dir: Path, tmp_path: Path, ray_address: str, fast_metrics: tuple[str, ...]
+) -> None:
+    from pipeline.compact import compact
+    from pipeline.inspect import inspect_object
+    from pipeline.restore import restore_video
+    from pipeline.verify import run_verify
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        shutil.copy(sample_dir / "short.mkv", src / f"clip-{i}.mkv")
+    shutil.copy(sample_dir / "sub" / "with-audio.mp4", src / "talk.mp4")
+    out = tmp_path / "out"
+    config = ArchiveConfig(src=str(src), out=str(out), pack_mb=0.004, gop_frames=8, skip_metrics=fast_metrics)
+    result = run_archive(config, display=_quiet())
+    assert result.exit_code == 0 and result.summary["videos_ok"] == 4
+    packs = sorted((out / "packs").iterdir())
+    assert len(packs) >= 2 and not (out / "videos").exists()  # no single-video objects
+    assert len(list((out / "markers" / "packs").iterdir())) == len(packs)
+    assert not (out / "markers" / "done").exists()  # one marker per pack, none per video
+
+    listed = list_archive(str(out))
+    assert len(listed) == 4 and {v.status for v in listed} == {"ok"}
+    talk = next(v for v in listed if v.source_uri.endswith("talk.mp4"))
+    restored = restore_video(str(out), "talk.mp4", str(tmp_path / "talk.mkv"))
+    assert restored.frame_count == 37 and restored.audio and restored.archive_uri.endswith(".vdrc")
+    assert "/packs/" in restored.archive_uri
+
+    report = run_verify(str(out), scan="full")
+    assert report.ok, report.failures
+    assert report.gops_total == sum(v.gops for v in listed) and report.containers_checked == 4
+
+    pack_of_talk = restored.archive_uri
+    whole = inspect_object(pack_of_talk)
+    assert whole["kind"] == "pack" and talk.video_key in [m["video_key"] for m in whole["members"]]
+    one = inspect_object(pack_of_talk, video=talk.video_key)
+    assert one["header"]["video_key"] == talk.video_key and one["totals"]["frames"] == 37
+    assert one["gops"][0]["offset"] >= one["pack_member"]["offset"]
+    # ranged reads of its own range only: its footer (the whole member when small), its GOPs, its audio
+    assert restored.bytes_read <= 2 * one["pack_member"]["length"] < 2 * one["object_bytes"]
+
+    again = run_archive(config, display=_quiet())  # the packs' markers make every video done
+    assert again.summary["videos_skipped_done"] == 4 and again.summary["videos_ok"] == 0
+
+    compacted = compact(str(out))
+    assert compacted.parts_absorbed == len(packs)
+    assert [(v.video_key, v.status, v.gops) for v in list_archive(str(out))] == [
+        (v.video_key, v.status, v.gops) for v in listed
+    ]
+    assert run_verify(str(out), scan="full").ok
