@@ -264,10 +264,8 @@ def iter_tables(plan: ManifestPlan, columns: list[str] | None = None, batch_rows
                     yield conform(table)
 
     missing: list[str] = []
-    for path, _ in plan.parts:
-        try:
-            data = plan.fs.cat_file(path)
-        except FileNotFoundError:
+    for path, data in _prefetched(plan.fs, [p for p, _ in plan.parts]):
+        if data is None:
             missing.append(path)
             continue
         yield conform(pq.read_table(pa.BufferReader(data)))
@@ -321,3 +319,33 @@ def container_location(
         name = str(row["archive_uri"]).rsplit("/", 1)[-1].removesuffix(".vdrc")
         return pack_path(root, name), (int(row["member_offset"]), int(row["member_length"]))
     return container_path(root, row["video_key"]), None
+
+
+PREFETCH = 8
+
+
+def _prefetched(fs: fsspec.AbstractFileSystem, paths: list[str]):
+    """(path, bytes or None when gone) in order, `PREFETCH` fetches in flight (object-store latency);
+    memory holds at most that many parts."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    def get(path: str) -> bytes | None:
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    with ThreadPoolExecutor(PREFETCH) as pool:
+        pending: collections.deque = collections.deque()
+        queue = iter(paths)
+        for path in queue:
+            pending.append((path, pool.submit(get, path)))
+            if len(pending) >= PREFETCH:
+                break
+        while pending:
+            path, future = pending.popleft()
+            following = next(queue, None)
+            if following is not None:
+                pending.append((following, pool.submit(get, following)))
+            yield path, future.result()

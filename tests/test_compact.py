@@ -14,13 +14,16 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.compact as compaction
+from pipeline.audit.summary import audit_archive
 from pipeline.compact import CompactError, compact
+from pipeline.inspect import list_archive
 from pipeline.manifest_layout import iter_tables, plan_manifest
 from pipeline.runinfo import manifest_path, marker_path, write_json
 from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
 from pipeline.storage import filesystem, write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
+FAILED = {f"clip-{i:03d}" for i in range(7, 30, 10)}
 
 
 def _part(rows: list[dict]) -> bytes:
@@ -100,6 +103,12 @@ def test_a_crash_between_writing_and_deleting_loses_and_duplicates_nothing(
     plan = plan_manifest(fs, root)
     assert len(plan.covered) == 11  # the parts already inside the compacted file, skipped by readers
     assert _rows(fs, root) == expected
+    # the commands see it the same way: audit counts each GOP once, ls each video's GOPs once
+    assert audit_archive(str(tmp_path / "out")).rows == sum(expected.values())
+    gops = {v.video_key: v.gops for v in list_archive(str(tmp_path / "out")) if v.status == "ok"}
+    assert gops == {
+        k: n for k, n in collections.Counter(k for k, _, _ in expected).items() if k not in FAILED
+    }
     report = compact(str(tmp_path / "out"), force=True)  # the lock of the killed run is taken over
     assert report.leftovers_removed == 11 and report.parts_absorbed == 0 and _rows(fs, root) == expected
 

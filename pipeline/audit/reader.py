@@ -1,4 +1,7 @@
-"""Reading an archive's manifest and verify results as streamed Parquet datasets (local or S3).
+"""Reading an archive's manifest and verify results as streamed Parquet (local or S3).
+
+The manifest is read through `pipeline.manifest_layout` (parts, packs and compacted files, each row
+once); verify and reference results are plain pyarrow datasets.
 
 Everything goes through pyarrow datasets over the fsspec filesystem from `pipeline.storage`, so a
 local folder and `s3://bucket/prefix` (with `--endpoint-url` for S3-compatible servers) behave alike.
@@ -13,6 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from pipeline import storage
+from pipeline.manifest_layout import ManifestPlan, iter_tables, plan_manifest
 from pipeline.schema import MANIFEST_SCHEMA, REFERENCE_SCHEMA, VERIFY_SCHEMA
 
 
@@ -49,9 +53,38 @@ def _dataset(
         ) from None
 
 
-def open_manifest(out: str, *, endpoint_url: str | None = None) -> ds.Dataset:
+class ManifestSource:
+    """An archive's manifest as `manifest_layout` resolves it: per-video parts, committed packs and
+    compacted files, each row once (also while a compaction runs). Read with `iter_batches`."""
+
+    def __init__(self, plan: ManifestPlan) -> None:
+        self.plan = plan
+
+    def batches(
+        self, columns: Sequence[str], filter_expression: ds.Expression | None, batch_size: int
+    ) -> Iterator[pa.RecordBatch]:
+        read = MANIFEST_SCHEMA.names if filter_expression is not None else list(columns)
+        for table in iter_tables(self.plan, read, batch_rows=batch_size):
+            if filter_expression is not None:
+                table = table.filter(filter_expression).select(list(columns))
+            yield from table.to_batches(max_chunksize=batch_size)
+
+
+def open_manifest(out: str, *, endpoint_url: str | None = None) -> ManifestSource:
     """The manifest of archive `out` (AuditError when there is none)."""
-    return _dataset(out, "manifest", MANIFEST_SCHEMA, endpoint_url, required=True)
+    fs, root = storage.filesystem(out, endpoint_url=endpoint_url)
+    try:
+        storage.check_reachable(fs, root, out, must_exist=True)
+        plan = plan_manifest(fs, root)
+    except storage.StorageError as exc:
+        raise AuditError(str(exc)) from None
+    except Exception as exc:
+        raise AuditError(
+            f"{out}: cannot list manifest/ ({type(exc).__name__}: {storage.redact(str(exc))})"
+        ) from None
+    if not plan.paths:
+        raise AuditError(f"{out}: no manifest parts (expected manifest/*.parquet); is this a vidarc archive?")
+    return ManifestSource(plan)
 
 
 def open_verify(out: str, *, endpoint_url: str | None = None) -> ds.Dataset | None:
@@ -65,15 +98,19 @@ def open_reference(out: str, *, endpoint_url: str | None = None) -> ds.Dataset |
 
 
 def iter_batches(
-    dataset: ds.Dataset,
+    dataset: ds.Dataset | ManifestSource,
     columns: Sequence[str],
     filter_expression: ds.Expression | None = None,
     batch_size: int = 65_536,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of `columns` matching the filter; memory stays bounded by the batch size."""
     try:
-        scanner = dataset.scanner(columns=list(columns), filter=filter_expression, batch_size=batch_size)
-        for batch in scanner.to_batches():
+        if isinstance(dataset, ManifestSource):
+            batches = dataset.batches(columns, filter_expression, batch_size)
+        else:
+            scanner = dataset.scanner(columns=list(columns), filter=filter_expression, batch_size=batch_size)
+            batches = scanner.to_batches()
+        for batch in batches:
             if batch.num_rows:
                 yield batch
     except (OSError, pa.ArrowInvalid) as exc:
