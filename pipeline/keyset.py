@@ -78,7 +78,10 @@ class KeySet:
         start = np.searchsorted(self._high, high, side="left")
         stop = np.searchsorted(self._high, high, side="right")
         found = np.zeros(len(keys), dtype=bool)
-        for i in np.nonzero(stop > start)[0]:  # equal high halves: compare the low halves
+        runs = stop - start
+        single = runs == 1  # the usual hit: one stored key with this high half
+        found[single] = self._low[start[single]] == low[single]
+        for i in np.nonzero(runs > 1)[0]:  # equal high halves (rare): compare every low half
             found[i] = bool(np.any(self._low[start[i] : stop[i]] == low[i]))
         return found
 
