@@ -1,144 +1,139 @@
-"""Dataset scale end to end on the local Ray cluster: an input list archived by two shards into one OUT,
-with the list's caption/license/split and per-video targets in the manifest, seen whole by ls and audit."""
+"""Dataset scale end to end on the local Ray cluster: an input list archived by two shards into one OUT —
+shard 0 packed (`--pack`), shard 1 one object per video — with the list's caption/license/split and
+per-video targets in the manifest; ls, restore, verify, inspect and audit see the whole archive, before
+and after `vidarc compact`, and each shard resumes on its own."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.progress import Counters, ProgressDisplay
-from pipeline.audit.reader import open_manifest
-from pipeline.inspect import list_archive
-from pipeline.keys import shard_of
+from pipeline.audit.summary import audit_archive
+from pipeline.compact import compact
+from pipeline.inspect import inspect_object, list_archive
+from pipeline.keys import list_video_key, shard_of
+from pipeline.restore import restore_video
+from pipeline.verify import run_verify
 
 
 def _quiet() -> ProgressDisplay:
     return ProgressDisplay(Counters(), live=False, interval=3600)
 
 
-def test_input_list_archived_by_two_shards_into_one_out(
+def _names_per_shard(folder: Path, wanted: int) -> list[str]:
+    """Clip names whose list keys fall `wanted` into each of 2 shards (keys hash the absolute URI)."""
+    names: dict[int, list[str]] = {0: [], 1: []}
+    i = 0
+    while min(len(v) for v in names.values()) < wanted:
+        name = f"clip-{i}.mkv"
+        owner = shard_of(list_video_key(str(folder / name), None), 2)
+        if len(names[owner]) < wanted:
+            names[owner].append(name)
+        i += 1
+    return names[0] + names[1]
+
+
+def test_input_list_by_two_shards_packed_and_not_into_one_out(
     sample_dir: Path, tmp_path: Path, ray_address: str, fast_metrics: tuple[str, ...]
 ) -> None:
     videos = tmp_path / "videos"
     videos.mkdir()
-    for i in range(4):
-        shutil.copy(sample_dir / "short.mkv", videos / f"clip-{i}.mkv")
+    clips = _names_per_shard(videos, 2)  # shard 0: clips[0:2], shard 1: clips[2:4]
+    for name in clips[:3]:
+        shutil.copy(sample_dir / "short.mkv", videos / name)
+    shutil.copy(sample_dir / "sub" / "with-audio.mp4", videos / clips[3])  # 37 frames and audio
     (videos / "notes.txt").write_text("not a video\n")
     listing = tmp_path / "dataset.csv"
     listing.write_text(
         "uri,caption,license,split,target_kbps\n"
-        "videos/clip-0.mkv,a red bus,cc-by,train,\n"
-        f'{videos / "clip-1.mkv"},"two cats, one dog",cc0,val,40\n'
-        "videos/clip-2.mkv,,,test,\n"
-        "videos/clip-3.mkv,,,train,-5\n"  # an invalid target: this video fails, the others go on
+        f"videos/{clips[0]},a red bus,cc-by,train,\n"
+        f'{videos / clips[1]},"two cats, one dog",cc0,val,40\n'
+        f"videos/{clips[2]},,,test,\n"
+        f"videos/{clips[3]},,,train,\n"
+        "videos/broken.mkv,,,train,-5\n"  # an invalid target: this row fails alone
         "videos/notes.txt,,,,\n"
         ",missing uri,,,\n"
     )
     out = tmp_path / "out"
 
-    def shard(i: int):
+    def shard(i: int, **options):
         config = ArchiveConfig(
-            src=str(listing), out=str(out), shard=(i, 2), skip_metrics=fast_metrics, run_id=f"shard-{i}"
+            src=str(listing), out=str(out), shard=(i, 2), gop_frames=8, skip_metrics=fast_metrics, **options
         )
         return run_archive(config, display=_quiet())
 
-    results = [shard(0), shard(1)]
-    summaries = [r.summary for r in results]
-    assert sum(s["files_listed"] for s in summaries) == 5 and all(
+    packed, single = shard(0, pack_mb=0.004), shard(1)
+    summaries = [packed.summary, single.summary]
+    assert [s["files_listed"] + s["files_in_other_shards"] for s in summaries] == [6, 6]
+    assert sum(s["files_listed"] for s in summaries) == 6 and all(
         s["list_rows_without_uri"] == 1 for s in summaries
     )
-    assert [s["files_listed"] + s["files_in_other_shards"] for s in summaries] == [5, 5]
-    assert sum(s["videos_ok"] for s in summaries) == 3 and sum(s["videos_failed"] for s in summaries) == 1
+    assert sum(s["videos_ok"] for s in summaries) == 4 and sum(s["videos_failed"] for s in summaries) == 1
+    assert (packed.summary["videos_ok"], single.summary["videos_ok"]) == (2, 2)
     assert sum(s["not_videos_total"] for s in summaries) == 1
+    assert len(list((out / "packs").iterdir())) >= 1 and len(list((out / "videos").iterdir())) == 2
 
-    listed = {v.source_uri.rsplit("/", 1)[-1]: v for v in list_archive(str(out))}
-    assert {name: v.status for name, v in listed.items()} == {
-        "clip-0.mkv": "ok",
-        "clip-1.mkv": "ok",
-        "clip-2.mkv": "ok",
-        "clip-3.mkv": "failed",
-    }
-    assert "target" in listed["clip-3.mkv"].error and "row 4" in listed["clip-3.mkv"].error
-    owners = {name: shard_of(v.video_key, 2) for name, v in listed.items()}
-    assert {name for name, owner in owners.items() if owner == 0} == {
-        Path(u).name for u in _sources(out, "shard-0")
-    }
+    def listed() -> dict[str, tuple]:
+        return {
+            v.source_uri.rsplit("/", 1)[-1]: (v.video_key, v.status, v.gops, v.error)
+            for v in list_archive(str(out))
+        }
 
-    rows = {r["source_uri"].rsplit("/", 1)[-1]: r for r in open_manifest(str(out)).to_table().to_pylist()}
-    assert (rows["clip-0.mkv"]["caption"], rows["clip-0.mkv"]["license"], rows["clip-0.mkv"]["split"]) == (
+    before = listed()
+    assert {name: entry[1] for name, entry in before.items()} == {
+        **dict.fromkeys(clips, "ok"),
+        "broken.mkv": "failed",
+    }
+    assert "target" in before["broken.mkv"][3] and "row 5" in before["broken.mkv"][3]
+
+    rows = {}
+    for table in _manifest(out):
+        for row in table.to_pylist():
+            rows.setdefault(row["source_uri"].rsplit("/", 1)[-1], row)
+    assert (rows[clips[0]]["caption"], rows[clips[0]]["license"], rows[clips[0]]["split"]) == (
         "a red bus",
         "cc-by",
         "train",
     )
-    assert rows["clip-1.mkv"]["caption"] == "two cats, one dog"
-    assert (rows["clip-1.mkv"]["target_kind"], rows["clip-1.mkv"]["target_value"]) == ("kbps", 40.0)
-    assert rows["clip-0.mkv"]["target_kind"] == "quality"  # the job's default
-    assert rows["clip-2.mkv"]["caption"] is None and rows["clip-2.mkv"]["split"] == "test"
+    assert rows[clips[1]]["caption"] == "two cats, one dog"
+    assert (rows[clips[1]]["target_kind"], rows[clips[1]]["target_value"]) == ("kbps", 40.0)
+    assert rows[clips[0]]["target_kind"] == "quality"  # the job's default
+    assert rows[clips[0]]["member_offset"] is not None and rows[clips[2]]["member_offset"] is None
 
-    again = shard(0)  # each shard resumes on its own: nothing left to do
-    assert (
-        again.summary["videos_ok"] == 0 and again.summary["videos_skipped_done"] == summaries[0]["videos_ok"]
-    )
-
-
-def _sources(out: Path, run_id: str) -> set[str]:
-    """Source URIs of the videos a run committed or failed (from the manifest)."""
-    table = pq.read_table(out / "manifest", columns=["run_id", "source_uri"]).to_pylist()
-    return {r["source_uri"] for r in table if r["run_id"] == run_id}
-
-
-def test_packed_archive_lists_restores_verifies_inspects_and_compacts(
-    sample_dir: Path, tmp_path: Path, ray_address: str, fast_metrics: tuple[str, ...]
-) -> None:
-    from pipeline.compact import compact
-    from pipeline.inspect import inspect_object
-    from pipeline.restore import restore_video
-    from pipeline.verify import run_verify
-
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(3):
-        shutil.copy(sample_dir / "short.mkv", src / f"clip-{i}.mkv")
-    shutil.copy(sample_dir / "sub" / "with-audio.mp4", src / "talk.mp4")
-    out = tmp_path / "out"
-    config = ArchiveConfig(src=str(src), out=str(out), pack_mb=0.004, gop_frames=8, skip_metrics=fast_metrics)
-    result = run_archive(config, display=_quiet())
-    assert result.exit_code == 0 and result.summary["videos_ok"] == 4
-    packs = sorted((out / "packs").iterdir())
-    assert len(packs) >= 2 and not (out / "videos").exists()  # no single-video objects
-    assert len(list((out / "markers" / "packs").iterdir())) == len(packs)
-    assert not (out / "markers" / "done").exists()  # one marker per pack, none per video
-
-    listed = list_archive(str(out))
-    assert len(listed) == 4 and {v.status for v in listed} == {"ok"}
-    talk = next(v for v in listed if v.source_uri.endswith("talk.mp4"))
-    restored = restore_video(str(out), "talk.mp4", str(tmp_path / "talk.mkv"))
-    assert restored.frame_count == 37 and restored.audio and restored.archive_uri.endswith(".vdrc")
-    assert "/packs/" in restored.archive_uri
+    # a packed video restores alone, by ranged reads of its own range in the pack
+    restored = restore_video(str(out), clips[0], str(tmp_path / "packed.mkv"))
+    assert "/packs/" in restored.archive_uri and restored.frame_count == 12
+    whole = inspect_object(restored.archive_uri)
+    assert whole["kind"] == "pack" and before[clips[0]][0] in [m["video_key"] for m in whole["members"]]
+    one = inspect_object(restored.archive_uri, video=before[clips[0]][0])
+    assert one["totals"]["frames"] == 12 and one["gops"][0]["offset"] >= one["pack_member"]["offset"]
+    assert restored.bytes_read <= 2 * one["pack_member"]["length"]
+    talk = restore_video(str(out), clips[3], str(tmp_path / "talk.mkv"))
+    assert talk.frame_count == 37 and talk.audio and "/videos/" in talk.archive_uri
 
     report = run_verify(str(out), scan="full")
     assert report.ok, report.failures
-    assert report.gops_total == sum(v.gops for v in listed) and report.containers_checked == 4
-
-    pack_of_talk = restored.archive_uri
-    whole = inspect_object(pack_of_talk)
-    assert whole["kind"] == "pack" and talk.video_key in [m["video_key"] for m in whole["members"]]
-    one = inspect_object(pack_of_talk, video=talk.video_key)
-    assert one["header"]["video_key"] == talk.video_key and one["totals"]["frames"] == 37
-    assert one["gops"][0]["offset"] >= one["pack_member"]["offset"]
-    # ranged reads of its own range only: its footer (the whole member when small), its GOPs, its audio
-    assert restored.bytes_read <= 2 * one["pack_member"]["length"] < 2 * one["object_bytes"]
-
-    again = run_archive(config, display=_quiet())  # the packs' markers make every video done
-    assert again.summary["videos_skipped_done"] == 4 and again.summary["videos_ok"] == 0
+    assert report.gops_total == 2 + 2 + 2 + 5 and report.containers_checked == 4
+    audited = audit_archive(str(out)).rows
 
     compacted = compact(str(out))
-    assert compacted.parts_absorbed == len(packs)
-    assert [(v.video_key, v.status, v.gops) for v in list_archive(str(out))] == [
-        (v.video_key, v.status, v.gops) for v in listed
-    ]
+    assert compacted.parts_absorbed >= 3 and compacted.parts_left == 1  # the failed video's part stays
+    assert listed() == before and audit_archive(str(out)).rows == audited
     assert run_verify(str(out), scan="full").ok
+
+    for i, previous in enumerate(summaries):  # each shard resumes on its own: nothing left to do
+        again = shard(i, **({"pack_mb": 0.004} if i == 0 else {}))
+        assert (
+            again.summary["videos_ok"] == 0 and again.summary["videos_skipped_done"] == previous["videos_ok"]
+        )
+
+
+def _manifest(out: Path):
+    from pipeline.manifest_layout import iter_tables, plan_manifest
+    from pipeline.storage import filesystem
+
+    fs, root = filesystem(str(out))
+    return iter_tables(plan_manifest(fs, root))
