@@ -1,8 +1,10 @@
 """The archive job's driver: discover -> probe -> plan GOPs -> decode -> encode -> commit per video.
 
-`run_archive` lists SRC, skips done videos, starts Ray and the encode pool (`actors`), writes the run's
-config record, hands the videos to the `Scheduler`, then writes the summary and runs the closing
-verify (with the run's `--model` and `--device`).
+`run_archive` opens the stream of videos to do (`worklist`: SRC or an input list listed page by page,
+minus other shards and done videos), starts Ray and the encode pool (`actors`) once there is one,
+writes the run's config record, hands the stream to the `Scheduler` (which pulls from it as slots free
+up, so the collection is never held), then writes the summary and runs the closing verify (with the
+run's `--model` and `--device`).
 
 Why plain Ray tasks and actors rather than Ray Data: the unit of commit is a *video* (one container,
 one manifest part, one done marker, written in that order), while the unit of work is a *GOP*. The
