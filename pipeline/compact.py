@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.keyset import KeySet
@@ -202,6 +203,10 @@ def _write_batch(
             except Exception as exc:  # a damaged part stays where it is, for readers to name
                 report.damaged.append(f"{full_uri(fs, part_path)}: {type(exc).__name__}: {exc}")
                 continue
+            drop = plan.part_drops.get(part_path)
+            if drop:  # rows readers leave out (a video packed twice counts in its latest pack)
+                keep = pc.invert(pc.is_in(table.column("video_key"), value_set=pa.array(sorted(drop))))
+                table = table.filter(keep)
             source = part_path.rsplit("/", 1)[-1]
             table = table.append_column(SOURCE_PART, pa.array([source] * table.num_rows, pa.string()))
             table = table.append_column(

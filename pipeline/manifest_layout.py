@@ -96,6 +96,9 @@ class ManifestPlan:
     covered: list[str]  # parts already inside a compacted file (skipped; compaction deletes them)
     orphan_packs: list[str]  # pack parts without a pack marker (a commit that did not finish)
     pack_members: dict[str, list[str]]  # pack id -> its video keys (committed packs)
+    #: part path -> keys to leave out of it: a video packed twice (two jobs on the same videos at
+    #: once) counts in its latest pack only, and a video in a pack not in a stale part of its own
+    part_drops: dict[str, set[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def paths(self) -> list[str]:
@@ -103,11 +106,11 @@ class ManifestPlan:
         return [p for p, _ in self.parts] + [c.path for c in self.compacted]
 
     def drop_keys(self, path: str) -> set[str]:
-        """Video keys whose rows a reader must leave out of `path` (empty for parts)."""
+        """Video keys whose rows a reader must leave out of `path`."""
         for compacted in self.compacted:
             if compacted.path == path:
                 return compacted.drop_keys
-        return set()
+        return self.part_drops.get(path, set())
 
     def recover(self, missing: list[str]) -> list[tuple[str, set[str]]]:
         """Parts listed earlier and gone now (compacted meanwhile): [(new compacted file, the part names
@@ -145,9 +148,21 @@ def plan_manifest(fs: fsspec.AbstractFileSystem, root: str, *, packs: bool = Tru
             parts[name] = (item.path, item.size)
     members = committed_packs(fs, root) if (packs and pack_parts) or compacted else {}
     orphans = [path for name, (path, _) in pack_parts.items() if pack_id(name) not in members]
+    part_drops: dict[str, set[str]] = {}
+    latest: dict[str, str] = {}  # video key -> the latest committed pack holding it
+    for name in sorted(pack_parts):  # pack ids start with their run id: later runs sort later
+        if pack_id(name) in members:
+            for key in members[pack_id(name)]:
+                if key in latest:
+                    part_drops.setdefault(pack_parts[latest[key]][0], set()).add(key)
+                latest[key] = name
     for name, entry in pack_parts.items():
         if pack_id(name) in members:
             parts[name] = entry
+    for key in latest:
+        single = f"{PART_PREFIX}{key}{SUFFIX}"
+        if single in parts:
+            part_drops.setdefault(parts[single][0], set()).add(key)
     compacted.sort(key=lambda c: c.name)
     covered: list[str] = []
     if compacted:
@@ -185,6 +200,7 @@ def plan_manifest(fs: fsspec.AbstractFileSystem, root: str, *, packs: bool = Tru
         covered=sorted(covered),
         orphan_packs=sorted(orphans),
         pack_members=members,
+        part_drops=part_drops,
     )
 
 
@@ -268,7 +284,13 @@ def iter_tables(plan: ManifestPlan, columns: list[str] | None = None, batch_rows
         if data is None:
             missing.append(path)
             continue
-        yield conform(pq.read_table(pa.BufferReader(data)))
+        table = pq.read_table(pa.BufferReader(data))
+        drop = plan.part_drops.get(path)
+        if drop:
+            table = table.filter(
+                pc.invert(pc.is_in(table.column("video_key"), value_set=pa.array(sorted(drop))))
+            )
+        yield conform(table)
     for item in plan.compacted:
         drop = pa.array(sorted(item.drop_keys), type=pa.string())
         yield from compacted(

@@ -145,3 +145,20 @@ def test_compact_cli_refuses_a_held_lock_and_a_non_archive(tmp_path: Path) -> No
     assert done.returncode == 0 and "compacted 3 parts" in done.stdout
     with pytest.raises(CompactError):
         compact(str(tmp_path / "nowhere"))
+
+
+def test_a_video_packed_twice_counts_once(tmp_path: Path) -> None:
+    """Two jobs that archived the same videos at once into packs: each video counts in its latest pack
+    only, for readers and for compaction."""
+    from pipeline.runinfo import pack_manifest_path, pack_marker_path
+
+    fs, root = filesystem(str(tmp_path / "out"))
+    for pack, run in (("runA-000001", "rA"), ("runB-000001", "rB")):
+        rows = [{"run_id": run, "video_key": k, "gop_index": 0, "status": "ok"} for k in ("x", "y")]
+        write_bytes(fs, pack_manifest_path(root, pack), _part(rows))
+        write_json(fs, pack_marker_path(root, pack), {"pack_id": pack, "members": ["x", "y"]})
+    write_bytes(fs, pack_manifest_path(root, "runC-000001"), _part([{"video_key": "z", "gop_index": 0}]))
+    expected = collections.Counter({("x", 0, "rB"): 1, ("y", 0, "rB"): 1})  # runC: no marker, not counted
+    assert _rows(fs, root) == expected
+    compact(str(tmp_path / "out"))
+    assert _rows(fs, root) == expected and plan_manifest(fs, root).orphan_packs
