@@ -10,8 +10,9 @@ Each size runs in a fresh process (its own embedded Ray cluster, as `vidarc arch
 one) over its own folder of generated videos (written once with PyAV, reused by later runs in the same
 `--work` folder). Reported per size: wall seconds of `run_archive`, seconds per video after the first
 commit (steady state: the encode actor's start-up left out), the driver process's peak RSS
-(ru_maxrss of that process alone: Ray's own daemons and workers are other processes), and the objects
-written under OUT by kind.
+(ru_maxrss of that process alone: Ray's own daemons and workers are other processes), the CPU
+seconds the driver process spent per video (its own work: robust to other load on the machine), and
+the objects written under OUT by kind.
 """
 
 from __future__ import annotations
@@ -81,7 +82,14 @@ def measure(src: str, out: str, pack_mb: float | None) -> dict:
         "seconds_per_video": round((ended - started) / max(videos, 1), 4),
         "steady_seconds_per_video": round(steady, 4) if steady else None,
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # CPU the driver process itself spent per video: its own work, robust to a loaded machine
+        "driver_cpu_ms_per_video": round(1000 * _cpu_seconds() / max(videos, 1), 2),
     }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def objects_written(out: Path) -> dict[str, int]:
@@ -135,11 +143,14 @@ def main() -> None:
         row["sources_written_seconds"] = round(made, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("videos | wall s | s/video | steady s/video | driver peak RSS MB | objects/video")
+    print(
+        "videos | wall s | s/video | steady s/video | driver CPU ms/video | driver peak RSS MB | objects/video"
+    )
     for row in rows:
         print(
             f"{row['videos']} | {row['wall_seconds']} | {row['seconds_per_video']} | "
-            f"{row['steady_seconds_per_video']} | {row['driver_peak_rss_mb']} | {row['objects_per_video']}"
+            f"{row['steady_seconds_per_video']} | {row['driver_cpu_ms_per_video']} | "
+            f"{row['driver_peak_rss_mb']} | {row['objects_per_video']}"
         )
 
 
