@@ -64,11 +64,15 @@ def export_command(
     except (DatasetError, StorageError, OSError) as exc:
         print(f"error: {redact(str(exc).splitlines()[0])}", file=sys.stderr)
         raise typer.Exit(2) from None
-    what = "files" if fmt == "mp4" else "shards"
-    print(
-        f"exported {result.clips} {'videos' if fmt == 'mp4' else 'clips'} from {result.gops} GOPs "
-        f"({result.bytes_read} bytes read) to {len(result.files)} {what} in {dest}"
-    )
+    if fmt == "mp4":
+        print(
+            f"exported {result.clips} mp4 files ({result.gops} GOPs, {result.bytes_read} bytes read) to {dest}"
+        )
+    else:
+        print(
+            f"exported {result.clips} clips ({result.gops} GOPs, {result.bytes_read} bytes read) in "
+            f"{len(result.files)} shards to {dest}"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -233,6 +233,10 @@ def test_ray_dataset_from_s3_reads_each_selected_gop_once(
     uri = f"s3://{s3_bucket}/arch"
     dataset = read_archive(uri, where="psnr > 0 and not (video_key == 'beta' and gop_index == 0)",
                            clip_frames=2, endpoint_url=s3_endpoint)  # fmt: skip
+    dataset = dataset.materialize()
+    numeric = dataset.select_columns(["frames", "first_frame"])  # torch batches take no text columns
+    batch = next(iter(numeric.iter_torch_batches(batch_size=4)))  # what a training loop consumes
+    assert batch["frames"].shape == (4, 2, 48, 64, 3) and batch["frames"].dtype == torch.uint8
     rows = sorted(dataset.take_all(), key=lambda r: (r["video_key"], r["first_frame"]))
     lengths = _gop_reads(x264_archive)
     selected = {("alpha", 0), ("alpha", 1), ("alpha", 2), ("beta", 1)}

@@ -69,14 +69,16 @@ def read_archive(
     `latents` (float32 C×F×h×w) with `tokenizer_id`, `latents_mean`, `latents_std`.
 
     `where` uses the audit's filter language and prunes GOPs in the manifest before any payload is
-    read. `num_gpus` (e.g. 1 or 0.25) decodes on an actor pool of `concurrency` actors (default 1)
-    with the model on `device` (default "cuda" then); `concurrency` alone gives a CPU actor pool.
+    read. `num_gpus` (e.g. 1 or 0.25; `device="cuda"` alone means 1) decodes on an actor pool of
+    `concurrency` actors (default 1) with the model on the GPU; `concurrency` alone gives a CPU pool.
     Raises DatasetError (one line) for bad options, filters, manifests or an empty selection.
     """
     spec = ClipSpec(output=output, clip_frames=clip_frames, stride=stride)
     plan = plan_archive(out, where=where, spec=spec, columns=columns, endpoint_url=endpoint_url)
     if num_gpus and device == "cpu":
         device = "cuda"
+    if device.startswith("cuda") and not num_gpus:
+        num_gpus = 1  # a task without a GPU reservation sees no GPU at all
     payloads = ray.data.read_datasource(
         ArchiveDatasource(plan, endpoint_url=endpoint_url), override_num_blocks=override_num_blocks
     )

@@ -76,7 +76,9 @@ class ArchiveClipDataset(IterableDataset):
 
     # -- order ------------------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Use the order of `epoch`; a resume point loaded for another epoch is dropped."""
+        """Use the order of `epoch`; a resume point loaded for another epoch is dropped. (DataLoader
+        workers get a copy of the dataset when an iteration starts, so call it before; with
+        `persistent_workers=True` the copies never see it.)"""
         if epoch != self.epoch:
             self._start = 0
         self.epoch, self._yielded = int(epoch), 0
