@@ -15,6 +15,7 @@ picture), shaped [C, F, h, w] with F = 1 + ceil((frames - 1) / 4) latent frames.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import math
@@ -110,25 +111,15 @@ class ClipReader:
     def header(self, uri: str) -> dict[str, Any]:
         """An object's container header (its index is read on first use and kept)."""
         reader = self._reader(uri)
-        before_reads, before_bytes = reader.read.reads, reader.bytes_read
-        try:
+        with self._reading(reader, uri):
             return reader.header
-        except ContainerError as exc:
-            raise DatasetError(str(exc).splitlines()[0]) from None
-        except FileNotFoundError:
-            raise DatasetError(f"{uri}: archive object is missing") from None
-        except Exception as exc:  # storage errors: unreachable endpoint, no rights, ...
-            raise DatasetError(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})") from None
-        finally:
-            self.reads += reader.read.reads - before_reads
-            self.bytes_read += reader.bytes_read - before_bytes
 
     def read_gop(self, obj: ObjectPlan, gop: GopRef) -> GopPayload:
         """One selected GOP (the object's index is read on first use and kept for the next GOPs)."""
         uri = obj.archive_uri
         reader = self._reader(uri)
-        before_reads, before_bytes = reader.read.reads, reader.bytes_read
-        try:
+        before = reader.bytes_read
+        with self._reading(reader, uri):
             header = reader.header
             entry = reader.entry(gop.gop_index)
             if (entry.first_frame, entry.frame_count) != (gop.first_frame, gop.frame_count):
@@ -137,6 +128,14 @@ class ClipReader:
                     f"the manifest says {gop.first_frame}+{gop.frame_count} (manifest and archive disagree)"
                 )
             payload = reader.gop(gop.gop_index)
+        return GopPayload(uri, obj.video_key, gop, entry, header, payload, reader.bytes_read - before)
+
+    @contextlib.contextmanager
+    def _reading(self, reader: ArchiveReader, uri: str) -> Iterator[None]:
+        """Count the block's ranged reads; word its errors as one line naming the object."""
+        before_reads, before_bytes = reader.read.reads, reader.bytes_read
+        try:
+            yield
         except DatasetError:
             raise
         except ContainerError as exc:
@@ -148,7 +147,6 @@ class ClipReader:
         finally:
             self.reads += reader.read.reads - before_reads
             self.bytes_read += reader.bytes_read - before_bytes
-        return GopPayload(uri, obj.video_key, gop, entry, header, payload, reader.bytes_read - before_bytes)
 
     def _reader(self, uri: str) -> ArchiveReader:
         reader = self._readers.pop(uri, None) or ArchiveReader(uri, endpoint_url=self.endpoint_url)
