@@ -108,7 +108,7 @@ def main() -> None:
         start = time.perf_counter()
         _, payload_bytes = build_archive(out, args)
         print(f"archive: {args.videos} videos × {args.gops} GOPs of {args.gop_frames} frames at "
-              f"{args.width}×{args.height}, {payload_bytes} payload bytes ({time.perf_counter() - start:.1f} s to build)")  # fmt: skip
+              f"{args.width}×{args.height}, {payload_bytes} payload bytes ({time.perf_counter() - start:.1f} s to build)", flush=True)  # fmt: skip
         for output in ("frames", "latents"):
             read_pass(out, output, args)  # warm-up: the decoder is built once per process
         timings: dict[str, list[float]] = {"frames": [], "latents": []}
@@ -116,6 +116,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for output in ("frames", "latents"):  # alternated, so a change of load hits both
                 clips, seconds, bytes_read, item_bytes = read_pass(out, output, args)
+                print(f"  pass output={output}: {clips} clips in {seconds:.2f} s", flush=True)
                 timings[output].append(seconds)
                 facts[output] = (clips, bytes_read, item_bytes)
         print("\n| output | clips | best s | clips/s | frames/s | bytes read/clip | array bytes/clip |")
