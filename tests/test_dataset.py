@@ -84,7 +84,7 @@ def glvc_archive(tmp_path_factory, clip: np.ndarray):
     codec = create_codec("glvc")
     seen = []
     decode_latents = codec._decode_latents
-    codec._decode_latents = lambda header, body: seen.append(decode_latents(header, body)) or seen[-1]
+    codec._decode_latents = lambda *a, **k: seen.append(decode_latents(*a, **k)) or seen[-1]  # a spy
     encoded = write_archive(out, "gamma", np.ascontiguousarray(clip[:9, :32, :40]), codec, gop_frames=5,
                             quality=40)  # fmt: skip
     assert len(seen) == 2  # one self-check decode per GOP
