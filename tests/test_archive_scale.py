@@ -13,6 +13,8 @@ from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.audit.summary import audit_archive
 from pipeline.compact import compact
+from pipeline.dataset.clips import ClipReader
+from pipeline.dataset.plan import plan_archive
 from pipeline.inspect import inspect_object, list_archive
 from pipeline.keys import list_video_key, shard_of
 from pipeline.restore import restore_video
@@ -111,6 +113,13 @@ def test_input_list_by_two_shards_packed_and_not_into_one_out(
     one = inspect_object(restored.archive_uri, video=before[clips[0]][0])
     assert one["totals"]["frames"] == 12 and one["gops"][0]["offset"] >= one["pack_member"]["offset"]
     assert restored.bytes_read <= 2 * one["pack_member"]["length"]
+    # training reads find packed videos in their packs too
+    plan = plan_archive(str(out), where=f"video_key == '{before[clips[0]][0]}'")
+    (packed_object,) = plan.objects
+    assert packed_object.member == (one["pack_member"]["offset"], one["pack_member"]["length"])
+    reader = ClipReader(plan.spec, plan.columns)
+    frames = [row for gop in reader.read_object(packed_object) for row in reader.clips(gop)]
+    assert sum(len(r["frames"]) for r in frames) == 12
     talk = restore_video(str(out), clips[3], str(tmp_path / "talk.mkv"))
     assert talk.frame_count == 37 and talk.audio and "/videos/" in talk.archive_uri
 
