@@ -60,9 +60,7 @@ def build(out: str, endpoint_url: str | None, videos: int, gops: int) -> None:
 
     fs, root = filesystem(out, endpoint_url=endpoint_url)
     rng = np.random.default_rng(0)
-    parts = [
-        (f"clip-{i:07d}-{i * 7919 % 10**6:06x}", _part(f"clip-{i:07d}", gops, rng)) for i in range(videos)
-    ]
+    parts = [(f"clip-{i:07d}", _part(f"clip-{i:07d}", gops, rng)) for i in range(videos)]
 
     def write(item: tuple[str, bytes]) -> None:
         key, data = item
