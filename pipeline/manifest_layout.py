@@ -284,7 +284,9 @@ def iter_tables(plan: ManifestPlan, columns: list[str] | None = None, batch_rows
         if data is None:
             missing.append(path)
             continue
-        table = pq.read_table(pa.BufferReader(data))
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        present = [n for n in parquet.schema_arrow.names if n in wanted or n == "video_key"]
+        table = parquet.read(columns=present, use_threads=False)  # the columns asked for only
         drop = plan.part_drops.get(path)
         if drop:
             table = table.filter(
