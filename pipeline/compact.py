@@ -27,7 +27,6 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -44,6 +43,7 @@ from pipeline.manifest_layout import (
     pack_id,
     part_key,
     plan_manifest,
+    prefetched,
     sha256_hex,
 )
 from pipeline.runinfo import marker_keyset, pack_path
@@ -52,7 +52,6 @@ from pipeline.storage import StorageError, check_reachable, filesystem, full_uri
 
 TARGET_BYTES = 128 * 1024 * 1024
 ROW_GROUP_ROWS = 65_536
-FETCHERS = 8
 LOCK_NAME = "_compaction.lock"
 LOCK_STALE_SECONDS = 6 * 3600
 COMPACTED_SCHEMA = pa.schema(
@@ -111,8 +110,10 @@ def compact(
         eligible, kept = _eligible(plan, done)
         report.parts_left = kept
         replaces = _replaced_keys(fs, plan, eligible)
-        for batch in _batches(eligible, target_bytes):
-            _write_batch(fs, root, plan, batch, replaces, report)
+        keys_of = {path: keys for path, _, keys in eligible}
+        parts = prefetched(fs, [path for path, _, _ in eligible])  # a few in flight, never all
+        while _write_file(fs, root, plan, parts, keys_of, replaces, report, target_bytes):
+            pass
         report.orphan_packs_removed = _remove_orphans(fs, root, plan, orphan_hours)
     report.seconds = time.perf_counter() - started
     return report
@@ -156,94 +157,82 @@ def _replaced_keys(
     return found
 
 
-def _batches(
-    eligible: list[tuple[str, int, list[str]]], target_bytes: int
-) -> Iterator[list[tuple[str, int, list[str]]]]:
-    batch: list[tuple[str, int, list[str]]] = []
-    size = 0
-    for item in eligible:
-        batch.append(item)
-        size += item[1]
-        if size >= target_bytes:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def _write_batch(
+def _write_file(
     fs: Any,
     root: str,
     plan: ManifestPlan,
-    batch: list[tuple[str, int, list[str]]],
+    parts: Iterator[tuple[str, bytes | None]],
+    keys_of: dict[str, list[str]],
     replaces: dict[str, dict[str, list[str]]],
     report: CompactReport,
-) -> None:
-    """One compacted file from `batch`'s parts, written atomically; then the parts are deleted."""
-    metadata: dict[str, list[str]] = {}
-    for _, _, keys in batch:
-        for key in keys:
-            for older, listed in replaces.get(key, {}).items():
-                metadata.setdefault(older, []).extend(listed)
-    schema = COMPACTED_SCHEMA.with_metadata({COMPACTION_KEY: json.dumps({"replaces": metadata}).encode()})
+    target_bytes: int,
+) -> bool:
+    """One compacted file of about `target_bytes` from the next parts, written atomically; then those
+    parts are deleted. False once no part is left."""
     name = (
         f"{COMPACTED_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(4)}.parquet"
     )
     path = join(root, "manifest", name)
     absorbed: list[str] = []
     pending: list[pa.Table] = []
+    metadata: dict[str, list[str]] = {}
     rows = 0
+    exhausted = True
     with open_atomic(fs, path) as handle:
-        writer = pq.ParquetWriter(handle, schema, compression="zstd", write_page_checksum=True)
-        for part_path, data in _fetch(fs, [p for p, _, _ in batch]):
+        writer = pq.ParquetWriter(handle, COMPACTED_SCHEMA, compression="zstd", write_page_checksum=True)
+        for part_path, data in parts:
             if data is None:  # replaced since the listing (a failed video redone): not ours
                 continue
-            try:
-                table = _conform(pq.read_table(io.BytesIO(data)))
-            except Exception as exc:  # a damaged part stays where it is, for readers to name
-                report.damaged.append(f"{full_uri(fs, part_path)}: {type(exc).__name__}: {exc}")
+            table = _absorb(fs, plan, part_path, data, report)
+            if table is None:
                 continue
-            drop = plan.part_drops.get(part_path)
-            if drop:  # rows readers leave out (a video packed twice counts in its latest pack)
-                keep = pc.invert(pc.is_in(table.column("video_key"), value_set=pa.array(sorted(drop))))
-                table = table.filter(keep)
-            source = part_path.rsplit("/", 1)[-1]
-            table = table.append_column(SOURCE_PART, pa.array([source] * table.num_rows, pa.string()))
-            table = table.append_column(
-                SOURCE_SHA256, pa.array([sha256_hex(data)] * table.num_rows, pa.string())
-            )
+            for key in keys_of.get(part_path, ()):
+                for older, listed in replaces.get(key, {}).items():
+                    metadata.setdefault(older, []).extend(listed)
             pending.append(table)
             rows += table.num_rows
             absorbed.append(part_path)
             report.bytes_in += len(data)
-            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
-                writer.write_table(pa.concat_tables(pending).cast(schema), row_group_size=ROW_GROUP_ROWS)
+            if (
+                sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS
+                or sum(t.nbytes for t in pending) >= target_bytes
+            ):
+                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
                 pending = []
+                if handle.tell() >= target_bytes:  # within one row group of the target
+                    exhausted = False
+                    break
         if pending:
-            writer.write_table(pa.concat_tables(pending).cast(schema), row_group_size=ROW_GROUP_ROWS)
+            writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+        writer.add_key_value_metadata({COMPACTION_KEY: json.dumps({"replaces": metadata})})
         writer.close()
     if not absorbed:
         _remove(fs, [path])
-        return
+        return not exhausted
     report.files_written.append(full_uri(fs, path))
     report.bytes_out += int(fs.size(path))
     report.parts_absorbed += len(absorbed)
     report.rows += rows
     _remove(fs, absorbed)  # only now: a crash before this leaves covered parts, never lost rows
+    return not exhausted
 
 
-def _fetch(fs: Any, paths: list[str]) -> Iterator[tuple[str, bytes | None]]:
-    """Each part's bytes, in order, fetched `FETCHERS` at a time (object-store latency); a batch is at
-    most about `target_bytes`, so holding its parts is bounded."""
-
-    def get(path: str) -> bytes | None:
-        try:
-            return fs.cat_file(path)
-        except FileNotFoundError:
-            return None
-
-    with ThreadPoolExecutor(FETCHERS) as pool:
-        yield from zip(paths, pool.map(get, paths), strict=True)
+def _absorb(
+    fs: Any, plan: ManifestPlan, part_path: str, data: bytes, report: CompactReport
+) -> pa.Table | None:
+    """A part's rows in the compacted schema (with where they came from), or None if unreadable."""
+    try:
+        table = _conform(pq.read_table(io.BytesIO(data)))
+    except Exception as exc:  # a damaged part stays where it is, for readers to name
+        report.damaged.append(f"{full_uri(fs, part_path)}: {type(exc).__name__}: {exc}")
+        return None
+    drop = plan.part_drops.get(part_path)
+    if drop:  # rows readers leave out (a video packed twice counts in its latest pack)
+        keep = pc.invert(pc.is_in(table.column("video_key"), value_set=pa.array(sorted(drop))))
+        table = table.filter(keep)
+    source = part_path.rsplit("/", 1)[-1]
+    table = table.append_column(SOURCE_PART, pa.array([source] * table.num_rows, pa.string()))
+    return table.append_column(SOURCE_SHA256, pa.array([sha256_hex(data)] * table.num_rows, pa.string()))
 
 
 def _conform(table: pa.Table) -> pa.Table:

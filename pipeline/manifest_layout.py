@@ -215,7 +215,7 @@ def _replaces(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, list[str]]:
     import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as handle:
-        metadata = pq.ParquetFile(handle).schema_arrow.metadata or {}
+        metadata = pq.ParquetFile(handle).metadata.metadata or {}
     raw = metadata.get(COMPACTION_KEY)
     if not raw:
         return {}
@@ -280,7 +280,7 @@ def iter_tables(plan: ManifestPlan, columns: list[str] | None = None, batch_rows
                     yield conform(table)
 
     missing: list[str] = []
-    for path, data in _prefetched(plan.fs, [p for p, _ in plan.parts]):
+    for path, data in prefetched(plan.fs, [p for p, _ in plan.parts]):
         if data is None:
             missing.append(path)
             continue
@@ -348,7 +348,7 @@ def container_location(
 PREFETCH = 8
 
 
-def _prefetched(fs: fsspec.AbstractFileSystem, paths: list[str]):
+def prefetched(fs: fsspec.AbstractFileSystem, paths: list[str]):
     """(path, bytes or None when gone) in order, `PREFETCH` fetches in flight (object-store latency);
     memory holds at most that many parts."""
     import collections
