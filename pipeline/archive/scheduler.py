@@ -105,6 +105,7 @@ class Scheduler:
         self.tally = RunTally()
         self.gop_cache: dict[Fraction, int | str] = {}
         self.videos_started = 0
+        self.utilisation: list[dict[str, Any]] = []  # the encode actors' busy measures, at the end
 
     # ---- main loop -------------------------------------------------------------------------------
     def run(self, todo: list[discovery.SourceEntry]) -> None:
@@ -136,6 +137,7 @@ class Scheduler:
                 elif ref in self.committing:
                     self._on_committed(ref)
             self.display.refresh()
+        self.utilisation = self.pool.utilisation()
         self.pool.stop()
 
     def _busy(self, pending: collections.deque) -> bool:
@@ -332,7 +334,7 @@ class Scheduler:
 
     # ---- summary ---------------------------------------------------------------------------------
     def summary(self, *, entries_total: int, already_done: int, previously_failed: int) -> dict[str, Any]:
-        return build_summary(
+        summary = build_summary(
             cfg=self.cfg,
             run_id=self.run_id,
             identity=self.identity,
@@ -345,3 +347,5 @@ class Scheduler:
             already_done=already_done,
             previously_failed=previously_failed,
         )
+        summary["encode_actors"] = self.utilisation
+        return summary
