@@ -150,9 +150,11 @@ def thread_stream(device: torch.device) -> Iterator[None]:
 class BusyClock:
     """The union of busy intervals of several threads: time during which at least one was busy."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._active = 0
+        self.intervals = 0  # how many busy() blocks ran
         self._since = 0.0
         self.busy_seconds = 0.0
         self.first: float | None = None
@@ -161,7 +163,8 @@ class BusyClock:
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
         with self._lock:
-            now = time.perf_counter()
+            now = self._clock()
+            self.intervals += 1
             if self._active == 0:
                 self._since = now
             if self.first is None:
@@ -171,7 +174,7 @@ class BusyClock:
             yield
         finally:
             with self._lock:
-                now = time.perf_counter()
+                now = self._clock()
                 self._active -= 1
                 if self._active == 0:
                     self.busy_seconds += now - self._since
@@ -181,11 +184,12 @@ class BusyClock:
         """busy seconds, the span from the first start to the last end, and busy / span."""
         with self._lock:
             span = (self.last - self.first) if self.first is not None and self.last is not None else 0.0
-            busy = self.busy_seconds + (time.perf_counter() - self._since if self._active else 0.0)
+            busy = self.busy_seconds + (self._clock() - self._since if self._active else 0.0)
         return {
             "busy_seconds": busy,
             "span_seconds": span,
             "busy_fraction": busy / span if span > 0 else None,
+            "intervals": self.intervals,
         }
 
 

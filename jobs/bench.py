@@ -105,6 +105,9 @@ def gpu_command(
     option: Annotated[
         list[str] | None, typer.Option(help="Codec option key=value (e.g. compile=false, atoms=16384).")
     ] = None,
+    workdir: Annotated[
+        str | None, typer.Option(help="Folder for clips, outputs and random models (default: the temp dir).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
 ) -> None:
     """A neural codec alone (encode without reconstruction, decode) vs the whole pipeline on the same clips,
@@ -118,7 +121,7 @@ def gpu_command(
             codec=codec, model=model, random_model_kind=random_model, videos=videos, frames=frames,
             width=width, height=height, gop_frames=gop_frames, quality=quality, metrics_every=metrics_every,
             actors=actors, num_gpus_per_actor=num_gpus_per_actor, gops_in_flight=gops_in_flight,
-            device=device, options=_options(option or []),
+            device=device, options=_options(option or []), workdir=workdir,
         )  # fmt: skip
 
     _report(run, result_record, as_json)

@@ -17,7 +17,7 @@ Measured side by side (one process, then one archive run through Ray):
   the actor's own timers (coding or measuring a GOP).
 
 Models: `--model DIR`, or `--random-model` to write random-weight full-size models for timing (never
-quality): GLVC = the Wan2.1 VAE configuration + the default latent codec; GVC = that VAE + the
+quality; written once under `--workdir` and reused): GLVC = the Wan2.1 VAE configuration + the default latent codec; GVC = that VAE + the
 Wan2.1-1.3B T2V transformer configuration with a fixed null text embedding. Without either, the bundled
 vidarc-tiny. `--num-gpus-per-actor 0.5` puts several actors on one GPU; on a machine without a GPU the
 bench declares one logical GPU to Ray so the fractional scheduling path itself is exercised (the actors
@@ -82,6 +82,8 @@ class GpuBenchResult:
     device_stage_busy_of_wall: float | None
     nvml_busy_fraction: float | None
     actors_report: list[dict[str, Any]]
+    gpu_name: str | None = None
+    torch_version: str | None = None
 
     @property
     def frames(self) -> int:
@@ -102,7 +104,7 @@ class GpuBenchResult:
         return [
             f"clips: {self.videos} × {self.frames_per_video} frames at {self.width}x{self.height}, codec "
             f"{self.codec} ({self.model}) {self.target} on {self.device}, GOP {self.gop_frames}, "
-            f"metrics on every {self.metrics_every}. GOP",
+            f"metrics on every {self.metrics_every}. GOP; {self.gpu_name or 'no GPU'}, torch {self.torch_version}",
             f"codec alone, encode (no reconstruction): {self.codec_encode_fps:8.1f} frames/s "
             f"({self.frames} frames in {self.codec_encode_seconds:.2f} s; {', '.join(extras) or 'tokenizer n/a'})",
             f"codec alone, decode (restore):           {self.codec_decode_fps:8.1f} frames/s "
@@ -126,12 +128,17 @@ class GpuBenchResult:
 
 
 def random_model(kind: str, root: Path, device: str) -> Path:
-    """Full-size random-weight model directories for timing (see the module docstring)."""
+    """Full-size random-weight model directories for timing (see the module docstring), written once
+    under `root` (a staging folder renamed at the end, so an interrupted write is never reused)."""
+    import shutil
+
     from codec.glvc.random_model import build_random_model
 
     if (root / "model_card.json").is_file():
         return root
-    build_random_model(root, tokenizer={}, latent_codec={}, name=f"{kind}-random-full")
+    staging = root.with_name(root.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    build_random_model(staging, tokenizer={}, latent_codec={}, name=f"{kind}-random-full")
     if kind == "gvc":
         import torch
         from diffusers import WanTransformer3DModel
@@ -144,11 +151,12 @@ def random_model(kind: str, root: Path, device: str) -> Path:
         with target:
             transformer = WanTransformer3DModel(**WAN_13B_T2V).to(torch.bfloat16)
         text = torch.zeros(1, TEXT_TOKENS, WAN_13B_T2V["text_dim"], dtype=torch.bfloat16)
-        save_flow(transformer, text, root / "flow")
+        save_flow(transformer, text, staging / "flow")
         del transformer
-        (root / "model_card.json").unlink()
-        write_model_card(root, name="gvc-random-full", version="0", kind="bundle", config={},
+        (staging / "model_card.json").unlink()
+        write_model_card(staging, name="gvc-random-full", version="0", kind="bundle", config={},
                          notes="random weights: for timing only")  # fmt: skip
+    staging.rename(root)
     return root
 
 
@@ -271,10 +279,11 @@ def run_gpu_bench(
         raise ValueError("need --actors >= 1, --gops-in-flight >= 1 and --num-gpus-per-actor >= 0")
     target = RateTarget("quality", quality if quality is not None else DEFAULT_QUALITY.get(codec, 32))
     options = dict(options or {})
+    if random_model_kind and model is None:
+        cache = Path(workdir or tempfile.gettempdir()) / f"vidarc-random-{codec}"
+        model = str(random_model(codec, cache, device))
     with tempfile.TemporaryDirectory(prefix="vidarc-bench-gpu-", dir=workdir) as tmp:
         root = Path(tmp)
-        if random_model_kind and model is None:
-            model = str(random_model(codec, root / "model", device))
         src = root / "src"
         src.mkdir()
         paths = make_clips(src, videos, frames, width, height, fps=FPS)
@@ -318,6 +327,8 @@ def run_gpu_bench(
         device_stage_busy_of_wall=_stage_share(reports, steady),
         nvml_busy_fraction=_mean((r.get("nvml") or {}).get("busy_fraction") for r in reports),
         actors_report=reports,
+        gpu_name=torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        torch_version=torch.__version__,
     )  # fmt: skip
 
 
