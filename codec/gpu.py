@@ -110,8 +110,11 @@ class CompiledOrEager(nn.Module):
         super().__init__()
         self.module = module
         self.name = name
-        self.compiled: Callable | None = torch.compile(module, backend=backend, mode=mode, dynamic=False)
+        # Not registered as a submodule: it shares `module`'s parameters, which must appear once.
+        compiled = torch.compile(module, backend=backend, mode=mode, dynamic=False)
+        object.__setattr__(self, "compiled", compiled)
         self.fallback_reason: str | None = None
+        self.compiled: Callable | None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is not None:
@@ -119,8 +122,11 @@ class CompiledOrEager(nn.Module):
                 return self.compiled(*args, **kwargs)
             except Exception as exc:  # compile or run failure: the eager module is always correct
                 self.compiled = None
-                first = (str(exc).strip().splitlines() or [""])[0]
-                self.fallback_reason = f"{type(exc).__name__}: {first}"
+                root: BaseException = exc  # the backend's own error, not dynamo's wrapper
+                while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+                    root = inner
+                first = (str(root).strip().splitlines() or [""])[0]
+                self.fallback_reason = f"{type(root).__name__}: {first}"
                 log.warning(
                     "torch.compile of %s failed (%s); running it eagerly", self.name, self.fallback_reason
                 )

@@ -34,8 +34,9 @@ from codec.gpu import CompiledOrEager, free_memory_bytes, vae_needs_tiling
 class Tokenizer:
     """A loaded `AutoencoderKLWan` with GLVC's frame/latent conventions.
 
-    `compile` wraps the VAE's encoder and decoder in `torch.compile` (the codecs turn it on for CUDA;
-    training code keeps the plain modules, whose state dict it saves);
+    `compile` wraps the VAE's encoder and decoder in `torch.compile` from their second pass on (a
+    one-off restore stays eager rather than paying a compile; a job compiles once per process; the
+    codecs turn it on for CUDA, training code keeps the plain modules, whose state dict it saves);
     `channels_last` stores activations channels-last (3-D); `autotune` (default: on CUDA) turns on
     cuDNN's algorithm search for the VAE's fixed shapes.
     """
@@ -60,9 +61,7 @@ class Tokenizer:
         if autotune if autotune is not None else self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.compiled = compile
-        if self.compiled:
-            self.vae.encoder = CompiledOrEager(self.vae.encoder, "the tokenizer's encoder")
-            self.vae.decoder = CompiledOrEager(self.vae.decoder, "the tokenizer's decoder")
+        self._passes = {"encoder": 0, "decoder": 0}
         #: Whether the last encode/decode ran tiled (benchmarks report it).
         self.last_tiled: bool | None = None
         cfg = vae.config
@@ -93,6 +92,12 @@ class Tokenizer:
         else:
             self.vae.disable_tiling()
 
+    def _count_pass(self, part: str) -> None:
+        """Wrap `part` (encoder/decoder) in `torch.compile` as its second pass starts."""
+        self._passes[part] += 1
+        if self.compiled and self._passes[part] == 2:
+            setattr(self.vae, part, CompiledOrEager(getattr(self.vae, part), f"the tokenizer's {part}"))
+
     def _as_input(self, x: Tensor) -> Tensor:
         x = x.permute(3, 0, 1, 2)[None].to(self.dtype) / 127.5 - 1.0
         return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
@@ -111,6 +116,7 @@ class Tokenizer:
             frames = torch.from_numpy(np.ascontiguousarray(frames))
         x = self._as_input(frames.to(self.device))
         self._tiling_for(height, width, count)
+        self._count_pass("encoder")
         mode = self.vae.encode(x).latent_dist.mode()
         return (mode.float() - self.mean) / self.std
 
@@ -121,6 +127,7 @@ class Tokenizer:
         frames = 1 + (latents.shape[2] - 1) * self.temporal_factor
         s = self.spatial_factor
         self._tiling_for(latents.shape[-2] * s, latents.shape[-1] * s, frames)
+        self._count_pass("decoder")
         video = self.vae.decode(z).sample[0]  # [3, T, H, W] in about [-1, 1]
         video = ((video.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).cpu().numpy()
