@@ -82,6 +82,8 @@ def assigned_resources() -> dict[str, float]:
     try:
         import ray
 
+        if not ray.is_initialized():  # in-process use: asking the runtime context would start Ray
+            return {}
         return {k: float(v) for k, v in ray.get_runtime_context().get_assigned_resources().items()}
     except Exception:
         return {}
