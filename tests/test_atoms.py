@@ -178,7 +178,7 @@ import torch
 from codec.gvc import atoms, atoms_fused
 
 gen = torch.Generator().manual_seed(2)
-for frames, dim, k, m, seed, step in ((2, 37, 70, 5, 7, 3), (2, 66, 100, 20, 2**40 + 5, 1)):
+for frames, dim, k, m, seed, step in ((2, 9, 40, 5, 7, 3), (1, 17, 70, 20, 2**40 + 5, 1)):
     residuals = torch.randn(frames, dim, generator=gen)
     want = torch.stack(
         [atoms.atoms_for(seed, step, f, torch.arange(k), dim) @ residuals[f] for f in range(frames)]
