@@ -78,6 +78,20 @@ def archive_command(
     skip_metric: Annotated[
         list[str] | None, typer.Option(help="Do not compute lpips | dists | vmaf | temporal (repeatable).")
     ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="x264 | x265 | av1: code a seeded sample of GOPs with this classic codec at the archive's "
+            "measured quality (the quality target's metric, else VMAF, else PSNR) and report the size ratio."
+        ),
+    ] = None,
+    reference_fraction: Annotated[
+        float, typer.Option(help="Fraction of each video's GOPs coded by the --reference codec.")
+    ] = 0.05,
+    reference_seed: Annotated[int, typer.Option(help="Seed of the reference sample.")] = 0,
+    reference_preset: Annotated[
+        str | None, typer.Option(help="Encoder preset of the --reference codec (default: the codec's).")
+    ] = None,
 ) -> None:
     """Archive every video under SRC (a folder, file or s3:// prefix) into OUT."""
     from pipeline.archive import ArchiveError, run_archive
@@ -119,12 +133,18 @@ def archive_command(
             metrics_every=metrics_every,
             skip_metrics=tuple(skip_metric or ()),
             metric_weights=metric_weights,
+            reference=reference,
+            reference_fraction=reference_fraction,
+            reference_seed=reference_seed,
+            reference_preset=reference_preset,
         )
         result = _run_with_ray(run_archive, config)
     except (ArchiveError, ConfigError) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         raise typer.Exit(2) from None
     print(result.message)
+    if result.summary.get("reference"):
+        print(result.summary["reference"]["statement"])
     for missed in result.summary.get("quality_targets_missed", []):
         where = missed["video_key"] + (f" GOP {missed['gop_index']}" if "gop_index" in missed else "")
         print(f"  quality target not reached: {where}: {missed['note']}", file=sys.stderr)
