@@ -164,3 +164,22 @@ def test_bench_gpu_runs_codec_and_pipeline_with_two_actors_sharing_a_gpu(
     assert result.nvml_busy_fraction is None  # no GPU, no NVML
     assert "encode actor busy" in "\n".join(result.lines())
     json.dumps(result_record(result))
+
+
+def test_channels_last_tokenizer_gives_the_same_latents_and_frames() -> None:
+    import copy
+
+    from diffusers import AutoencoderKLWan
+
+    from codec.glvc.random_model import TINY_TOKENIZER
+    from codec.glvc.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**TINY_TOKENIZER)
+    plain, channels_last = Tokenizer(copy.deepcopy(vae)), Tokenizer(copy.deepcopy(vae), channels_last=True)
+    conv3d = next(m for m in channels_last.vae.modules() if isinstance(m, torch.nn.Conv3d))
+    assert conv3d.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    frames = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    latents = plain.encode(frames)
+    torch.testing.assert_close(channels_last.encode(frames), latents, rtol=0, atol=1e-5)
+    assert np.abs(plain.decode(latents).astype(int) - channels_last.decode(latents)).max() <= 1

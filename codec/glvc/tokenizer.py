@@ -56,8 +56,10 @@ class Tokenizer:
         self.vae = vae.to(device=device).eval()
         self.device, self.dtype = torch.device(device), dtype
         self.channels_last = channels_last
-        if channels_last:
-            self.vae = self.vae.to(memory_format=torch.channels_last_3d)
+        if channels_last:  # the 3-D convolutions' weights (the VAE also has 2-D ones, left as they are)
+            for module in self.vae.modules():
+                if isinstance(module, torch.nn.Conv3d):
+                    module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
         if autotune if autotune is not None else self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.compiled = compile
