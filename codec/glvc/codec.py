@@ -9,7 +9,10 @@ the reconstruction (`reconstruct=True`: the GOP's quality is measured); the self
 
 Several threads may encode at once (`thread_safe`): the tokenizer passes take the codec's
 `DeviceStage` one at a time, while the latent codec (entropy coding on the CPU) of one GOP runs beside
-the next GOP's tokenizer pass, each thread on its own CUDA stream (`codec.gpu`).
+the next GOP's tokenizer pass, each thread on its own CUDA stream (`codec.gpu`). Payloads do not depend
+on that concurrency, with one nuance: a kbps/bpp search starts at the index of the GOP coded just
+before, which under concurrency is whichever finished first, so its `evaluations` may differ from a
+one-at-a-time run (the chosen index does not, wherever bits grow with the index).
 
 The quality index runs 0..63, higher = more bits and better quality; a `quality` target is the index.
 """
