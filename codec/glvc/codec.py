@@ -307,6 +307,43 @@ class GlvcCodec(Codec):
         except EntropyCodingError as exc:
             raise CorruptPayloadError(f"GLVC payload is damaged ({exc})") from None
 
+    # -- latents for training (no tokenizer decode) --------------------------------------------------------------
+    def decode_latents(self, payload: bytes, frame_count: int, width: int, height: int) -> torch.Tensor:
+        """The GOP's latents from the entropy decode alone: [1, C, F, h, w] float32, normalised with the
+        tokenizer's latents_mean/std as Wan pipelines expect, at the coded (padded) size.
+
+        Why: the latent codec's output is exactly the input of Wan-family diffusion training, so a
+        training reader skips the VAE decode (most of GLVC's decode time). Same checks as `decode`.
+        """
+        header, body = unpack_payload(payload)
+        if header.model_sha256 != self.model_sha256:
+            raise ModelMismatchError(
+                f"GLVC payload was made with model {header.model_id} (sha256 {header.model_sha256[:12]}…); "
+                f"this decoder holds {self.model_id} (sha256 {self.model_sha256[:12]}…)"
+            )
+        if (header.frames, header.width, header.height) != (frame_count, width, height):
+            raise CorruptPayloadError(
+                f"GLVC payload holds {header.frames} frames of {header.width}x{header.height}, "
+                f"expected {frame_count} of {width}x{height}"
+            )
+        return self._decode_latents(header, body).latents
+
+    def latent_space(self) -> dict[str, Any]:
+        """What a consumer of `decode_latents` needs: the tokenizer's identity (the digest of its
+        weights), its per-channel statistics (to undo the normalisation) and its strides."""
+        _, component = glvc_vae_dir(self.model_dir.path)  # tokenizer/, or vae/ of an official Wan folder
+        try:
+            digest = self.model_dir.components_digest([component])
+        except (ModelLoadError, KeyError):  # a card that pins no files of it: the codec's identity
+            digest = str(self.model_sha256)
+        return {
+            "tokenizer_id": f"{self.model_id}/{component}@{digest[:16]}",
+            "latents_mean": self.tokenizer.mean.flatten().cpu().tolist(),
+            "latents_std": self.tokenizer.std.flatten().cpu().tolist(),
+            "spatial_factor": self.tokenizer.spatial_factor,
+            "temporal_factor": self.tokenizer.temporal_factor,
+        }
+
 
 def _with_q(header: GlvcHeader, q: int) -> GlvcHeader:
     return GlvcHeader(**{**header.__dict__, "q_index": q})
