@@ -11,11 +11,11 @@
 #   glvc-720p-eager  GLVC 720p without torch.compile (the compile's gain)
 # Models are full-size with random weights (timing only). GLVC clips are 490 frames, 10 GOPs of 49
 # (its default at 24 fps), so quality is measured on GOP 0 of each video: 1 in 10.
-# Usage: scripts/gpu_goals.sh [RUN ...]   BUDGET=seconds for all runs (default 560): a run starts only
+# Usage: scripts/gpu_goals.sh [RUN ...]   EXTRA_SITE=dir of extra packages (offline installs); BUDGET=seconds for all runs (default 560): a run starts only
 # with 60 s left and is cut at the budget; RUN_TIMEOUT caps one run (default 300).
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH="${SITE:-/tmp/site}:$PWD" RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1
+export PYTHONPATH="${EXTRA_SITE:+$EXTRA_SITE:}$PWD" RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1
 out=${OUT:-out/gpu-goals}
 mkdir -p "$out"
 glvc="jobs.bench gpu --codec glvc --random-model --workdir /tmp --json --metrics-every 10 --frames 490"
