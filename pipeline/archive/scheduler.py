@@ -138,6 +138,7 @@ class Scheduler:
         self.commit_pack = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False, **placed)(
             commit_pack
         )
+        self.utilisation: list[dict[str, Any]] = []  # the encode actors' busy measures, at the end
 
     # ---- main loop -------------------------------------------------------------------------------
     def run(self, work: WorkList) -> None:
@@ -186,6 +187,7 @@ class Scheduler:
                 elif ref in references:
                     self.references.on_done(ref)
             self.display.refresh()
+        self.utilisation = self.pool.utilisation()
         self.pool.stop()
 
     def _take(self) -> discovery.SourceEntry | None:
@@ -573,6 +575,7 @@ class Scheduler:
         summary["failures_total"] = self.failures.total
         if self.listing_error:
             summary["listing_error"] = self.listing_error
+        summary["encode_actors"] = self.utilisation
         return summary
 
 
