@@ -46,8 +46,11 @@ def inspect_object(
         raise InspectError(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})") from None
     try:
         index = reader.index()
+        reader.check_preamble()
     except ContainerError as exc:
         raise InspectError(str(exc)) from None
+    except Exception as exc:  # storage errors while reading the tail
+        raise InspectError(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})") from None
     decoder = _decoder(reader, model, device)
     header = {k: v for k, v in index.header.items() if k != "attachments"}
     width, height = int(header["width"]), int(header["height"])

@@ -100,6 +100,8 @@ def restore_video(
         ) from None
     try:
         index = reader.index()
+        reader.check_preamble()
+        fps = _frame_rate(index.header, entry.archive_uri)
         first, stop = _frame_range(frames, index.frame_count, entry.archive_uri)
         gops = [g for g in index.gops if g.first_frame < stop and g.first_frame + g.frame_count > first]
         decoder = reader.decoder_for(model=model, device=device)
@@ -109,13 +111,15 @@ def restore_video(
             _write_video(tmp, DEST_FORMATS[suffix], reader, gops, decoder, (first, stop), audio, pts)
     except (ContainerError, CodecError) as exc:
         raise RestoreError(str(exc).splitlines()[0]) from None
+    except _av_error() as exc:  # the muxer refusing what a damaged archive decoded to
+        raise RestoreError(f"{entry.archive_uri}: cannot write {dest} ({exc})") from None
     return RestoreResult(
         dest=dest,
         video_key=entry.video_key,
         archive_uri=entry.archive_uri,
         first_frame=first,
         frame_count=stop - first,
-        fps=Fraction(int(index.header["fps_num"]), int(index.header["fps_den"])),
+        fps=fps,
         gops_decoded=len(gops),
         bytes_read=reader.bytes_read,
         audio=audio is not None,
@@ -180,6 +184,18 @@ def find_video(out: str, video: str, *, endpoint_url: str | None = None) -> Arch
 def _path_ends_with(uri: str, tail: str) -> bool:
     parts, wanted = uri.rstrip("/").split("/"), tail.split("/")
     return parts[-len(wanted) :] == wanted
+
+
+def _frame_rate(header: dict[str, Any], name: str) -> Fraction:
+    if not header.get("fps_num") or not header.get("fps_den"):
+        raise RestoreError(f"{name}: the header records no frame rate (fps_num/fps_den)")
+    return Fraction(header["fps_num"], header["fps_den"])
+
+
+def _av_error() -> type[Exception]:
+    import av
+
+    return av.FFmpegError
 
 
 def _frame_range(frames: tuple[int | None, int | None] | None, total: int, name: str) -> tuple[int, int]:
@@ -250,7 +266,7 @@ def _write_video(
     header = index.header
     first, stop = span
     width, height = int(header["width"]), int(header["height"])
-    fps = Fraction(int(header["fps_num"]), int(header["fps_den"]))
+    fps = _frame_rate(header, reader.uri)
     if vfr_pts is not None:
         time_base, pts = vfr_pts[1], vfr_pts[0] - vfr_pts[0][first]
     else:
