@@ -2,7 +2,10 @@
 
 Exit codes: 0 every video archived (or nothing to do: an empty SRC), 1 some videos failed or the
 closing verify found a problem (the summary lists them), 2 the job could not run (bad options,
-missing SRC, unreachable storage, codec or model that cannot load) — then nothing is written to OUT.
+missing SRC, unreachable storage, OUT an existing file or not writable, codec or model that cannot
+load) — then nothing is written to OUT, 3 the storage failed during the run (an outage longer than
+the retries): the summary line is still printed, nothing is marked failed for it, and rerunning the
+same command finishes the job.
 """
 
 from __future__ import annotations
@@ -123,6 +126,8 @@ def archive_command(
         print(f"  quality target not reached: {where}: {missed['note']}", file=sys.stderr)
     for failure in result.summary.get("failures", []):
         print(f"  failed: {failure['error']}", file=sys.stderr)
+    if result.summary.get("storage_error"):
+        print(f"error: {redact(result.summary['storage_error'])}", file=sys.stderr)
     raise typer.Exit(result.exit_code)
 
 

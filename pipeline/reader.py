@@ -29,19 +29,20 @@ from pipeline.container import (
     read_index,
     read_preamble,
 )
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, full_uri, retrying
 
 
 class CountingReader:
-    """A RangeReader (fresh ranged GETs) that counts the bytes it fetched."""
+    """A RangeReader (fresh ranged GETs, transient faults retried) that counts the bytes it fetched."""
 
     def __init__(self, fs: Any, path: str) -> None:
         self.fs, self.path, self.bytes_read, self.reads = fs, path, 0, 0
+        self.uri = full_uri(fs, path)
 
     def __call__(self, offset: int, length: int) -> bytes:
         if length == 0:
             return b""
-        data = self.fs.cat_file(self.path, start=offset, end=offset + length)
+        data = retrying(self.uri, lambda: self.fs.cat_file(self.path, start=offset, end=offset + length))
         self.bytes_read += len(data)
         self.reads += 1
         return data
@@ -66,7 +67,7 @@ class ArchiveReader:
     @property
     def size(self) -> int:
         if self._size is None:
-            self._size = int(self.fs.size(self.path))
+            self._size = int(retrying(self.uri, lambda: self.fs.size(self.path)))
         return self._size
 
     @property

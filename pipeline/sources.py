@@ -35,7 +35,7 @@ import numpy as np
 
 from codec.modeldir import sha256_file
 from pipeline.hashing_reader import HashingReader
-from pipeline.storage import filesystem, is_local
+from pipeline.storage import RetryingFile, filesystem, is_local
 
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
@@ -106,7 +106,9 @@ def open_source(uri: str, endpoint_url: str | None = None) -> Iterator[Any]:
         if is_local(fs):
             container = av.open(path, mode="r", metadata_errors="ignore")
         else:
-            handle = fs.open(path, "rb", block_size=4 * 1024 * 1024, cache_type="readahead")
+            handle = RetryingFile(
+                fs.open(path, "rb", block_size=4 * 1024 * 1024, cache_type="readahead"), uri
+            )
             container = av.open(handle, mode="r", metadata_errors="ignore")
         try:
             yield container
@@ -157,7 +159,7 @@ def _open_hashed(uri: str, endpoint_url: str | None) -> Iterator[tuple[Any, Call
             yield container, lambda: sha256_file(Path(path))
         return
     with fs.open(path, "rb", block_size=4 * 1024 * 1024, cache_type="readahead") as handle:
-        reader = HashingReader(handle)
+        reader = HashingReader(RetryingFile(handle, uri))
         container = av.open(reader, mode="r", metadata_errors="ignore")
         try:
             yield container, reader.finish

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from pipeline import sources
 from pipeline.keys import video_key
-from pipeline.storage import filesystem, full_uri, is_local
+from pipeline.storage import describe, filesystem, full_uri, is_local, is_transient, retrying
 
 HEAD_BYTES = 512
 
@@ -41,6 +41,8 @@ class ProbeOutcome:
     kind: str  # "video" | "skip" | "failed"
     info: sources.VideoInfo | None = None
     reason: str | None = None
+    #: The failure was the storage's (outage, throttling), not the video's: a rerun should retry it.
+    transient: bool = False
 
 
 def list_sources(
@@ -102,7 +104,7 @@ def probe_entry(entry: SourceEntry, *, endpoint_url: str | None = None) -> Probe
         return ProbeOutcome(entry, "skip", reason=f"{entry.uri}: empty file")
     try:
         fs, path = filesystem(entry.uri, endpoint_url=endpoint_url)
-        head = fs.cat_file(path, start=0, end=min(HEAD_BYTES, entry.size))
+        head = retrying(entry.uri, lambda: fs.cat_file(path, start=0, end=min(HEAD_BYTES, entry.size)))
         return ProbeOutcome(
             entry, "video", info=sources.probe(entry.uri, endpoint_url=endpoint_url, head=head, sha256=True)
         )
@@ -111,4 +113,6 @@ def probe_entry(entry: SourceEntry, *, endpoint_url: str | None = None) -> Probe
     except sources.SourceError as exc:
         return ProbeOutcome(entry, "failed", reason=str(exc))
     except Exception as exc:  # storage errors while reading one object must not stop the run
+        if is_transient(exc):
+            return ProbeOutcome(entry, "failed", reason=describe(exc, entry.uri), transient=True)
         return ProbeOutcome(entry, "failed", reason=f"{entry.uri}: cannot read ({type(exc).__name__}: {exc})")

@@ -25,6 +25,7 @@ from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.searches import QualitySearches
 from pipeline.archive.summary import RunTally, build_summary
 from pipeline.archive.video_writer import VideoJob, commit_video
+from pipeline.storage import is_transient
 
 
 @dataclasses.dataclass
@@ -210,7 +211,9 @@ class Scheduler:
             return
         self.videos_started += 1
         if outcome.kind == "failed":
-            self.failures.record(entry.key, entry.uri, entry.size, outcome.reason or "unreadable")
+            self.failures.record(
+                entry.key, entry.uri, entry.size, outcome.reason or "unreadable", transient=outcome.transient
+            )
             return
         info = outcome.info
         assert info is not None
@@ -279,7 +282,7 @@ class Scheduler:
             return
         except Exception as exc:
             if not video.failed:
-                self.fail_video(video, one_line(video.job.source_uri, exc))
+                self.fail_video(video, one_line(video.job.source_uri, exc), transient=is_transient(exc))
             return
         if video.failed:
             return
@@ -313,7 +316,11 @@ class Scheduler:
             result = self.ray.get(ref)
         except Exception as exc:
             self.failures.record(
-                key, video.job.source_uri, video.job.source_bytes, one_line(video.job.source_uri, exc)
+                key,
+                video.job.source_uri,
+                video.job.source_bytes,
+                one_line(video.job.source_uri, exc),
+                transient=is_transient(exc),
             )
             return
         self.counters.videos_ok += 1
@@ -321,14 +328,16 @@ class Scheduler:
         self.counters.bytes_out += result["archive_bytes"]
         self.tally.committed(video.job.source_bytes, result)
 
-    def fail_video(self, video: Video, reason: str) -> None:
+    def fail_video(self, video: Video, reason: str, *, transient: bool = False) -> None:
         """Stop a video's remaining GOPs (queued ones are dropped, running ones ignored) and record it."""
         video.failed = True
         video.payloads.clear()
         video.sample_refs.clear()
         if video.in_flight == 0:
             self.videos.pop(video.job.video_key, None)
-        self.failures.record(video.job.video_key, video.job.source_uri, video.job.source_bytes, reason)
+        self.failures.record(
+            video.job.video_key, video.job.source_uri, video.job.source_bytes, reason, transient=transient
+        )
 
     # ---- summary ---------------------------------------------------------------------------------
     def summary(self, *, entries_total: int, already_done: int, previously_failed: int) -> dict[str, Any]:

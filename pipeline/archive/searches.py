@@ -17,6 +17,7 @@ from codec.base import RateTarget
 from pipeline.archive.errors import one_line
 from pipeline.archive.plan import GopSpan
 from pipeline.archive.search_cache import load_search, save_search, search_cache_key
+from pipeline.storage import is_transient
 
 if TYPE_CHECKING:
     from pipeline.archive.scheduler import Scheduler, Video
@@ -85,7 +86,7 @@ class QualitySearches:
                 self.queue.appendleft(key)
             return
         except Exception as exc:
-            owner.fail_video(video, one_line(video.job.source_uri, exc))
+            owner.fail_video(video, one_line(video.job.source_uri, exc), transient=is_transient(exc))
             return
         if "error" in outcome:
             owner.fail_video(video, outcome["error"])

@@ -10,7 +10,6 @@ and no container (a stale one from an earlier attempt is removed).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
@@ -25,7 +24,7 @@ from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_ind
 from pipeline.metrics import METRIC_COLUMNS
 from pipeline.runinfo import container_path, manifest_path, marker_path, utc_now, write_json
 from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
-from pipeline.storage import filesystem, full_uri, open_atomic, range_reader, redact, write_bytes
+from pipeline.storage import filesystem, full_uri, range_reader, redact, remove, write_bytes, write_object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +58,7 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
     header.setdefault("decoder_options", {})  # what `codec.registry.decoder_for` rebuilds the decoder with
     gops = [(s.first_frame, s.frame_count, p) for s, p in zip(job.spans, payloads, strict=True)]
     path = container_path(out_root, job.video_key)
-    with open_atomic(fs, path) as handle:
-        size = write_container(handle, header, gops, attachments)
+    size = write_object(fs, path, lambda handle: write_container(handle, header, gops, attachments))
     archive_uri = full_uri(fs, path)
     index = read_index(range_reader(fs, path), size, name=archive_uri)  # the index as stored
     rows = [
@@ -79,8 +77,7 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
         "completed_at": utc_now().isoformat(),
     }
     write_json(fs, marker_path(out_root, "done", job.video_key), marker)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(marker_path(out_root, "failed", job.video_key))
+    remove(fs, marker_path(out_root, "failed", job.video_key))
     return {"archive_bytes": size, "audio": bool(attachments), "gops": [_gop_stats(r) for r in rows]}
 
 
@@ -98,8 +95,7 @@ def record_failure(
     """Mark a video failed: one manifest row with the error, a failed marker, no container."""
     error = redact(error.splitlines()[0] if error else "unknown error")
     fs, out_root = filesystem(out, endpoint_url=endpoint_url)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(container_path(out_root, video_key))
+    remove(fs, container_path(out_root, video_key))
     row = {
         "run_id": run_id,
         "video_key": video_key,
