@@ -180,7 +180,7 @@ def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.Abs
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
         # one attempt per botocore call: `retrying` owns the backoff (see the module docstring)
-        options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 1}}
+        options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"total_max_attempts": 1}}
     try:
         fs, path = fsspec.core.url_to_fs(uri, **options)
     except Exception as exc:
@@ -279,7 +279,13 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
         handle.closed = True  # so garbage collection does not try to complete the aborted upload
         raise
     else:
-        handle.close()
+        try:
+            handle.close()
+        except BaseException:  # the upload failed: abandon it, so no late retry completes it unseen
+            with contextlib.suppress(Exception):
+                handle.discard()
+            handle.closed = True
+            raise
 
 
 def range_reader(fs: fsspec.AbstractFileSystem, path: str) -> RangeReader:
