@@ -21,9 +21,10 @@ from codec.base import bits_per_pixel, kilobits_per_second
 from codec.errors import CodecError
 from codec.registry import resolve_model
 from pipeline.container import ContainerError
+from pipeline.manifest import ArchiveParts, DamagedPart, PartsError
 from pipeline.reader import ArchiveReader
 from pipeline.runinfo import list_markers
-from pipeline.storage import StorageError, check_reachable, filesystem, join, redact
+from pipeline.storage import StorageError, check_reachable, filesystem, redact
 
 
 class InspectError(Exception):
@@ -115,7 +116,7 @@ def _decoder(reader: ArchiveReader, model: str | None, device: str) -> dict[str,
 class VideoListing:
     video_key: str
     source_uri: str | None
-    status: str  # ok | failed | incomplete
+    status: str  # ok | failed | incomplete | damaged
     codec: str | None
     width: int | None
     height: int | None
@@ -133,30 +134,20 @@ def list_archive(out: str, *, endpoint_url: str | None = None) -> list[VideoList
     """Every video the archive knows of, from its manifest rows and markers.
 
     Status: `ok` (done marker and ok rows), `failed` (a failed row or marker), `incomplete` (rows
-    without a done marker, or a marker without rows: a run stopped between commit steps).
+    without a done marker, or a marker without rows: a run stopped between commit steps), `damaged`
+    (its manifest part does not parse; `error` names the part — the other videos list normally).
     """
-    import pyarrow.dataset as ds
-
-    from pipeline.schema import MANIFEST_SCHEMA
-
     try:
         fs, root = filesystem(out, endpoint_url=endpoint_url)
         check_reachable(fs, root, out, must_exist=True)
-        folder = join(root, "manifest")
-        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet")) if fs.exists(folder) else []
+        parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
         done, failed = list_markers(fs, root, "done"), list_markers(fs, root, "failed")
         columns = [
             "video_key", "source_uri", "status", "codec", "width", "height", "frame_count", "fps_num",
             "fps_den", "fps", "payload_bytes", "psnr", "ms_ssim", "error", "gop_index",
         ]  # fmt: skip
-        rows = (
-            ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs)
-            .to_table(columns=columns)
-            .to_pylist()
-            if parts
-            else []
-        )
-    except StorageError as exc:
+        rows = parts.read(columns).to_pylist()
+    except (StorageError, PartsError) as exc:
         raise InspectError(str(exc)) from None
     except Exception as exc:
         raise InspectError(
@@ -165,9 +156,23 @@ def list_archive(out: str, *, endpoint_url: str | None = None) -> list[VideoList
     by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_video[row["video_key"]].append(row)
-    for key in done | failed:
+    damaged = parts.damaged_keys()
+    for key in done | failed | set(damaged):
         by_video.setdefault(key, [])
-    return [_listing(key, by_video[key], key in done, key in failed) for key in sorted(by_video)]
+    listings = []
+    for key in sorted(by_video):
+        if key in damaged:
+            listings.append(_damaged_listing(key, damaged[key]))
+        else:
+            listings.append(_listing(key, by_video[key], key in done, key in failed))
+    return listings
+
+
+def _damaged_listing(key: str, part: DamagedPart) -> VideoListing:
+    return VideoListing(
+        video_key=key, source_uri=None, status="damaged", codec=None, width=None, height=None, frames=0,
+        gops=0, payload_bytes=0, bpp=None, kbps=None, psnr=None, ms_ssim=None, error=part.line(),
+    )  # fmt: skip
 
 
 def _listing(key: str, rows: list[dict[str, Any]], done: bool, failed: bool) -> VideoListing:

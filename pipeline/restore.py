@@ -36,9 +36,10 @@ import numpy as np
 from codec.base import Codec
 from codec.errors import CodecError
 from pipeline.container import AUDIO_ATTACHMENT, ContainerError, ContainerIndex, GopEntry
+from pipeline.manifest import ArchiveParts, DamagedPart, PartsError
 from pipeline.reader import ArchiveReader
 from pipeline.runinfo import container_path
-from pipeline.storage import StorageError, filesystem, full_uri, is_local, join, open_atomic, redact
+from pipeline.storage import StorageError, filesystem, full_uri, is_local, open_atomic, redact
 
 DEST_FORMATS = {".mp4": "mp4", ".mkv": "matroska"}
 MP4_CRF = 10
@@ -127,43 +128,38 @@ def restore_video(
 
 
 # ---- finding the video ------------------------------------------------------------------------------
-def archived_videos(out: str, *, endpoint_url: str | None = None) -> list[ArchivedVideo]:
-    """Every video the manifest of `out` names (one entry per video_key)."""
-    import pyarrow.dataset as ds
-
-    from pipeline.schema import MANIFEST_SCHEMA
-
-    fs, root = filesystem(out, endpoint_url=endpoint_url)
-    folder = join(root, "manifest")
+def archived_videos(
+    out: str, *, endpoint_url: str | None = None
+) -> tuple[list[ArchivedVideo], list[DamagedPart]]:
+    """Every video the manifest of `out` names (one entry per video_key), and its damaged parts (a
+    damaged part costs only its own video: the others are listed)."""
     try:
-        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet")) if fs.exists(folder) else []
-    except Exception as exc:
-        raise StorageError(
-            f"{out}: cannot list the manifest ({type(exc).__name__}: {redact(str(exc))})"
-        ) from None
-    if not parts:
-        raise RestoreError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
-    columns = ["video_key", "source_uri", "status"]
-    table = ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs).to_table(
-        columns=columns
-    )
+        parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
+        if not len(parts):
+            raise RestoreError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
+        table = parts.read(["video_key", "source_uri", "status"])
+    except PartsError as exc:
+        raise StorageError(str(exc)) from None
     videos: dict[str, ArchivedVideo] = {}
     for row in table.to_pylist():
         key = row["video_key"]
         # the container under OUT (not the manifest's archive_uri): an archive may have been moved
-        archive_uri = full_uri(fs, container_path(root, key))
+        archive_uri = full_uri(parts.fs, container_path(parts.root, key))
         previous = videos.get(key)
         status = row["status"] or "unknown"
         if previous is not None and previous.status != "ok":
             status = previous.status
         videos[key] = ArchivedVideo(key, row["source_uri"], archive_uri, status)
-    return sorted(videos.values(), key=lambda v: v.video_key)
+    return sorted(videos.values(), key=lambda v: v.video_key), parts.damaged
 
 
 def find_video(out: str, video: str, *, endpoint_url: str | None = None) -> ArchivedVideo:
     """The archived video named `video`: its key, its source URI, its source's path relative to SRC
     (any unique trailing path), or its file name. Ambiguous names list the candidates."""
-    videos = archived_videos(out, endpoint_url=endpoint_url)
+    videos, damaged = archived_videos(out, endpoint_url=endpoint_url)
+    for part in damaged:
+        if part.video_key == video:
+            raise RestoreError(part.line())
     matches = [v for v in videos if v.video_key == video]
     if not matches:
         matches = [v for v in videos if v.source_uri == video]
@@ -171,7 +167,13 @@ def find_video(out: str, video: str, *, endpoint_url: str | None = None) -> Arch
         wanted = video.strip("/")
         matches = [v for v in videos if v.source_uri and _path_ends_with(v.source_uri, wanted)]
     if not matches:
-        raise RestoreError(f"{out}: no archived video named {video!r} (give a video_key or a source name)")
+        hint = ""
+        if damaged:
+            more = ", ..." if len(damaged) > 1 else ""
+            hint = f" ({len(damaged)} damaged manifest parts could not be searched: {damaged[0].uri}{more})"
+        raise RestoreError(
+            f"{out}: no archived video named {video!r} (give a video_key or a source name){hint}"
+        )
     if len(matches) > 1:
         listed = ", ".join(f"{m.video_key} ({m.source_uri})" for m in matches[:10])
         raise RestoreError(f"{out}: {video!r} is ambiguous; candidates: {listed}")

@@ -180,7 +180,11 @@ def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.Abs
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
         # one attempt per botocore call: `retrying` owns the backoff (see the module docstring)
-        options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"total_max_attempts": 1}}
+        options["config_kwargs"] = {
+            "connect_timeout": 5,
+            "read_timeout": 60,
+            "retries": {"total_max_attempts": 1},
+        }
     try:
         fs, path = fsspec.core.url_to_fs(uri, **options)
     except Exception as exc:

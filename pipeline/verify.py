@@ -6,7 +6,9 @@ Two layers, both reading the objects afresh (ranged GETs, no cache):
    container is checked (one ranged read per GOP) when the archive is small (≤ `FULL_SCAN_BYTES` in all): preamble, every GOP
    CRC32C, every attachment CRC, the footer CRC, the reserved fields, and that GOPs, attachments and
    footer tile the object with no unchecked gap — so a corrupted byte anywhere is caught. Larger
-   archives check each container's footer (index) CRC only — one ranged read per video — unless
+   archives check each container's footer (index) CRC and its attachments' CRCs (the audio is small
+   next to the video, and restore refuses a damaged one) — one ranged read per video, plus one per
+   attachment — unless
    `scan="full"`; `scan="index"` forces the cheap check. The index must also agree with the manifest
    (offset, length, CRC per GOP), and every done marker must have its container and manifest rows.
 2. The sample: for each sampled GOP, one ranged read of the container's index and one of the payload
@@ -45,15 +47,18 @@ from pipeline.container import (
     TRAILER,
     ContainerError,
     ContainerIndex,
+    read_attachment,
     read_gop,
     read_index,
 )
+from pipeline.manifest import ArchiveParts, DamagedPart, PartsError, parquet_bytes
 from pipeline.reader import ArchiveReader, CountingReader, decoder_key, header_decoder
 from pipeline.runinfo import container_path, list_markers, utc_now
-from pipeline.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA, rows_to_table
+from pipeline.schema import VERIFY_SCHEMA
 from pipeline.storage import (
     StorageError,
     check_reachable,
+    describe,
     filesystem,
     full_uri,
     join,
@@ -143,7 +148,7 @@ def run_verify(
         check_reachable(fs, root, out, must_exist=True)
     except StorageError as exc:
         raise VerifyError(str(exc)) from None
-    manifest = _read_manifest(fs, root, out)
+    manifest, damaged = _read_manifest(out, endpoint_url)
     ok_rows = sorted(
         (r for r in manifest if r["status"] == "ok"), key=lambda r: (r["video_key"], r["gop_index"])
     )
@@ -157,11 +162,12 @@ def run_verify(
     ]
     paths = _container_paths(fs, root, out)
     sizes = {uri: size for uri, (_, size) in paths.items()}
-    failures += _check_markers(fs, root, ok_rows, sizes)
+    failures += [part.line() for part in damaged]  # every manifest part was read and checked
+    failures += _check_markers(fs, root, ok_rows, sizes, {p.video_key for p in damaged})
     scan_mode = scan
     if scan == "auto":
         scan_mode = "full" if sum(sizes.values()) <= FULL_SCAN_BYTES else "index"
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = [_damaged_row(part, verify_run_id, device) for part in damaged]
     by_container: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in ok_rows:
         by_container[row["archive_uri"]].append(row)
@@ -204,23 +210,16 @@ def run_verify(
 
 
 # ---- reading the archive's records -------------------------------------------------------------
-def _read_manifest(fs: Any, root: str, out: str) -> list[dict[str, Any]]:
-    import pyarrow.dataset as ds
-
-    folder = join(root, "manifest")
+def _read_manifest(out: str, endpoint_url: str | None) -> tuple[list[dict[str, Any]], list[DamagedPart]]:
+    """Every readable manifest row, and the damaged parts (each read and checked on its own)."""
     try:
-        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet")) if fs.exists(folder) else []
-        if not parts:
+        parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
+        if not len(parts):
             raise VerifyError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
-        dataset = ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs)
-        columns = [*MANIFEST_COLUMNS, "error"]
-        return dataset.to_table(columns=columns).to_pylist()
-    except VerifyError:
-        raise
-    except Exception as exc:
-        raise VerifyError(
-            f"{out}: cannot read the manifest ({type(exc).__name__}: {redact(str(exc))})"
-        ) from None
+        rows = parts.read([*MANIFEST_COLUMNS, "error"]).to_pylist()
+    except PartsError as exc:
+        raise VerifyError(f"cannot read the manifest: {exc}") from None
+    return rows, parts.damaged
 
 
 def _container_paths(fs: Any, root: str, out: str) -> dict[str, tuple[str, int]]:
@@ -239,12 +238,19 @@ def _container_paths(fs: Any, root: str, out: str) -> dict[str, tuple[str, int]]
     }
 
 
-def _check_markers(fs: Any, root: str, ok_rows: list[dict[str, Any]], sizes: dict[str, int]) -> list[str]:
-    """Every done video must have manifest rows and its container."""
+def _check_markers(
+    fs: Any, root: str, ok_rows: list[dict[str, Any]], sizes: dict[str, int], damaged: set[str | None]
+) -> list[str]:
+    """Every done video must have manifest rows and its container (videos whose manifest part is
+    damaged are reported once, as that)."""
     with_rows = {r["video_key"] for r in ok_rows}
     stored = {uri.rsplit("/", 1)[-1].removesuffix(".vdrc") for uri in sizes}
     problems = []
-    for key in sorted(list_markers(fs, root, "done")):
+    try:
+        done = list_markers(fs, root, "done")
+    except Exception as exc:
+        raise VerifyError(f"cannot list the done markers: {describe(exc, root)}") from None
+    for key in sorted(done - damaged):
         if key not in with_rows:
             problems.append(f"{key}: marked done but the manifest has no rows for it")
         elif key not in stored:
@@ -265,6 +271,9 @@ def _check_container(
             problem = _check_every_byte(read, index, uri)
             if problem:
                 return problem
+        else:  # attachments are small next to the video, and restore refuses a damaged one
+            for attachment in index.attachments:
+                read_attachment(read, attachment, name=uri)
     except ContainerError as exc:
         return str(exc)
     except FileNotFoundError:
@@ -276,7 +285,7 @@ def _check_container(
 
 def _check_every_byte(read: Any, index: ContainerIndex, uri: str) -> str | None:
     """Preamble, every GOP and attachment CRC, reserved fields, and no byte left unchecked."""
-    from pipeline.container import END_MAGIC, FORMAT_VERSION, MAGIC, read_attachment
+    from pipeline.container import END_MAGIC, FORMAT_VERSION, MAGIC
 
     magic, version, reserved = PREAMBLE.unpack(read(0, PREAMBLE.size))
     if magic != MAGIC or version != FORMAT_VERSION or reserved != 0:
@@ -475,6 +484,20 @@ def _base_row(row: dict, verify_run_id: str, device: str) -> dict[str, Any]:
     }
 
 
+def _damaged_row(part: DamagedPart, verify_run_id: str, device: str) -> dict[str, Any]:
+    """A verify row for a damaged manifest part (its video's rows cannot be checked)."""
+    row: dict[str, Any] = dict.fromkeys(VERIFY_SCHEMA.names)
+    row.update(
+        verify_run_id=verify_run_id,
+        video_key=part.video_key,
+        device=device,
+        status="failed",
+        error=part.line(),
+        created_at=utc_now(),
+    )
+    return row
+
+
 def _failed_row(row: dict, verify_run_id: str, device: str, error: str, *, crc_ok: bool) -> dict[str, Any]:
     """A whole-container failure found by the integrity scan (gop_index null)."""
     base = _base_row(row, verify_run_id, device)
@@ -511,10 +534,4 @@ def _cuda() -> bool:
 
 
 def _parquet(rows: list[dict[str, Any]]) -> bytes:
-    import io
-
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    pq.write_table(rows_to_table(rows, VERIFY_SCHEMA), buffer, compression="zstd")
-    return buffer.getvalue()
+    return parquet_bytes(rows, VERIFY_SCHEMA)

@@ -11,19 +11,18 @@ and no container (a stale one from an earlier attempt is removed).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline import sources
 from pipeline.archive.plan import GopSpan
 from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_index, write_container
+from pipeline.manifest import parquet_bytes
 from pipeline.metrics import METRIC_COLUMNS
 from pipeline.runinfo import container_path, manifest_path, marker_path, utc_now, write_json
-from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
+from pipeline.schema import MANIFEST_SCHEMA
 from pipeline.storage import filesystem, full_uri, range_reader, redact, remove, write_bytes, write_object
 
 
@@ -176,6 +175,4 @@ def _gop_stats(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(rows_to_table(rows, MANIFEST_SCHEMA), buffer, compression="zstd")
-    return buffer.getvalue()
+    return parquet_bytes(rows, MANIFEST_SCHEMA)  # page checksums + content digest (pipeline.manifest)
