@@ -273,7 +273,8 @@ def _is_rotation(v: Any) -> bool:
 
 _TEXT_FIELDS = (
     "codec", "codec_version", "model_id", "model_sha256", "time_base", "pix_fmt", "source_format",
-    "source_codec", "source_sha256", "source_uri", "video_key", "run_id", "created_at",
+    "source_codec", "source_sha256", "source_uri", "video_key", "run_id", "created_at", "source_chroma",
+    "coded_chroma", "source_note",
 )  # fmt: skip
 
 #: field -> (required, check). Types are those every release wrote; a reader may rely on them.
@@ -291,6 +292,9 @@ HEADER_FIELDS: dict[str, tuple[bool, Callable[[Any], bool]]] = {
     "decoder_options": (False, _optional(_is_dict)),
     "color": (False, _optional(_is_dict)),
     "target": (False, _optional(_is_dict)),
+    "coded_bit_depth": (False, _optional(_int(1, 16))),
+    "source_bit_depth": (False, _optional(_int(1, 32))),
+    "source_frames_declared": (False, _optional(_int(0, MAX_FRAME_COUNT))),
     **{field: (False, _optional(_is_str)) for field in _TEXT_FIELDS},
 }
 

@@ -11,6 +11,8 @@ Choices where the brief is silent:
 - DEST `.mkv` is lossless (FFV1 on RGB (bgr0), so the decoded frames come back bit-exactly); `.mp4` is
   H.264 at CRF 10 (visually transparent), 4:2:0 when both sides are even, else 4:4:4 (4:2:0 cannot
   hold odd sizes), so an mp4 plays everywhere and an mkv is an exact copy of the archive's frames.
+  An archive coded at more than 8 bits (`coded_bit_depth`, a 10-bit source on a classic codec)
+  restores at depth: FFV1 on 16-bit RGB (gbrp16le) or H.264 High 10 (10-bit 4:2:0 / 4:4:4).
 - Timing: a constant-rate source is written at its rational rate (time base 1/fps); a variable-rate
   one with its original timestamps from the `frame_pts.i64` attachment. A frame range starts at 0.
 - Audio for a frame range: the audio packets overlapping the range's time span, shifted to start at
@@ -269,6 +271,7 @@ def _write_video(
     first, stop = span
     width, height = int(header["width"]), int(header["height"])
     fps = _frame_rate(header, reader.uri)
+    deep = isinstance(header.get("coded_bit_depth"), int) and header["coded_bit_depth"] > 8
     if vfr_pts is not None:
         time_base, pts = vfr_pts[1], vfr_pts[0] - vfr_pts[0][first]
     else:
@@ -280,7 +283,7 @@ def _write_video(
     audio_in = av.open(io.BytesIO(audio), mode="r", format="matroska") if audio else None
     try:
         with av.open(tmp, mode="w", format=fmt) as container:
-            stream = _video_stream(container, fmt, width, height, fps, time_base)
+            stream = _video_stream(container, fmt, width, height, fps, time_base, deep=deep)
             if header.get("rotation"):
                 with contextlib.suppress(AttributeError, ValueError):
                     stream.set_display_rotation(int(header["rotation"]))
@@ -297,7 +300,7 @@ def _write_video(
                     number = entry.first_frame + offset
                     if not first <= number < stop:
                         continue
-                    picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+                    picture = _picture(image, deep)
                     picture.pts, picture.time_base = int(pts[number]), time_base
                     container.mux(stream.encode(picture))
                 # interleave: audio up to the end of this GOP's frames (restored-file time)
@@ -317,16 +320,29 @@ def _span_seconds(first: int, stop: int, fps: Fraction, vfr: tuple[np.ndarray, F
     return float((vfr[0][stop] - vfr[0][first]) * vfr[1])
 
 
+def _picture(image: np.ndarray, deep: bool) -> Any:
+    """A decoded frame as a PyAV picture at the stream's depth (uint16 RGB48 when `deep`)."""
+    import av
+
+    from codec.base import to_8bit
+
+    if deep:
+        wide = image if image.dtype == np.uint16 else image.astype(np.uint16) * 257
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(wide), format="rgb48le")
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(to_8bit(image)), format="rgb24")
+
+
 def _video_stream(
-    container: Any, fmt: str, width: int, height: int, fps: Fraction, time_base: Fraction
+    container: Any, fmt: str, width: int, height: int, fps: Fraction, time_base: Fraction, *, deep: bool
 ) -> Any:
+    even = width % 2 == 0 and height % 2 == 0
     if fmt == "matroska":
         stream = container.add_stream("ffv1", rate=fps)
-        stream.pix_fmt = "bgr0"  # RGB kept as RGB: lossless for the decoded frames
+        stream.pix_fmt = "gbrp16le" if deep else "bgr0"  # RGB kept as RGB: lossless for the decoded frames
         stream.options = {"level": "3", "slicecrc": "1"}
     else:
         stream = container.add_stream("libx264", rate=fps)
-        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        stream.pix_fmt = ("yuv420p" if even else "yuv444p") + ("10le" if deep else "")
         stream.options = {"crf": str(MP4_CRF), "preset": "medium"}
     stream.width, stream.height = width, height
     stream.codec_context.time_base = time_base

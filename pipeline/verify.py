@@ -417,12 +417,13 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
             )
     if row.get("psnr") is None:
         return dict(result, status="ok")
-    source, note = _source_frames(row, context, sources)
+    source, note = _source_frames(row, context, sources, deep=frames.dtype == np.uint16)
     if source is None:
         return dict(result, status="ok", error=f"{label}: quality not re-measured ({note})")
+    from codec.base import to_8bit
     from pipeline.metrics import psnr_rgb
 
-    psnr = psnr_rgb(source, frames)
+    psnr = psnr_rgb(to_8bit(source), to_8bit(frames))  # as the archive measured it (metrics are 8-bit)
     tolerance = TOLERANCE_DB if same_device or row["codec"] in CLASSIC_CODECS else CROSS_DEVICE_TOLERANCE_DB
     result["psnr_verify"] = psnr
     result["quality_ok"] = abs(psnr - row["psnr"]) <= tolerance
@@ -435,7 +436,7 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
     return dict(result, status="ok")
 
 
-def _source_frames(row: dict, context: dict, cache: dict) -> tuple[np.ndarray | None, str]:
+def _source_frames(row: dict, context: dict, cache: dict, *, deep: bool) -> tuple[np.ndarray | None, str]:
     """The source frames of this GOP, or (None, why) when the source is gone or changed."""
     from pipeline import sources
 
@@ -454,7 +455,14 @@ def _source_frames(row: dict, context: dict, cache: dict) -> tuple[np.ndarray | 
             return None, info
         first, n = row["first_frame"], row["frame_count"]
         pts = info.frame_pts[first : first + n] if info.frame_pts else None
-        frames = sources.decode_frames(uri, first, n, expected_pts=pts, endpoint_url=context["endpoint_url"])
+        frames = sources.decode_frames(
+            uri,
+            first,
+            n,
+            expected_pts=pts,
+            endpoint_url=context["endpoint_url"],
+            high_bit_depth=deep,
+        )
         return frames, ""
     except Exception as exc:
         return None, f"source unreadable: {type(exc).__name__}: {redact(str(exc)).splitlines()[0]}"

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from codec.base import RateTarget
+from pipeline.sources import DEFAULT_MAX_PIXELS
 from pipeline.storage import redact
 
 #: Codec-native quality used when no rate option is given: visually good, not wasteful.
@@ -85,6 +86,8 @@ class ArchiveConfig:
     metric_weights: str | None = None
     #: Find each video's (or GOP's) rate setting from a quality target instead of a fixed `target`.
     quality_goal: QualityGoal | None = None
+    #: Pixel budget per frame (default 8K): larger sources fail at probe time, before any decoding.
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def resolved(self) -> ArchiveConfig:
         """A copy with defaults filled in, validated; raises ConfigError with a one-line reason."""
@@ -102,6 +105,10 @@ class ArchiveConfig:
             raise ConfigError(f"--verify-fraction must be in (0, 1], got {self.verify_fraction}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+        if self.gops_in_flight_per_actor < 1:
+            raise ConfigError(f"--gops-per-actor must be at least 1, got {self.gops_in_flight_per_actor}")
         if self.metrics_every < 1:
             raise ConfigError(f"--metrics-every must be at least 1, got {self.metrics_every}")
         unknown = set(self.skip_metrics) - set(METRIC_SWITCHES)

@@ -98,7 +98,9 @@ def _matches(relative: str, patterns: tuple[str, ...]) -> bool:
     )
 
 
-def probe_entry(entry: SourceEntry, *, endpoint_url: str | None = None) -> ProbeOutcome:
+def probe_entry(
+    entry: SourceEntry, *, endpoint_url: str | None = None, max_pixels: int | None = None
+) -> ProbeOutcome:
     """Classify one object as a video (with its info), a non-video to skip, or a broken video."""
     if entry.size == 0:
         return ProbeOutcome(entry, "skip", reason=f"{entry.uri}: empty file")
@@ -106,7 +108,11 @@ def probe_entry(entry: SourceEntry, *, endpoint_url: str | None = None) -> Probe
         fs, path = filesystem(entry.uri, endpoint_url=endpoint_url)
         head = retrying(entry.uri, lambda: fs.cat_file(path, start=0, end=min(HEAD_BYTES, entry.size)))
         return ProbeOutcome(
-            entry, "video", info=sources.probe(entry.uri, endpoint_url=endpoint_url, head=head, sha256=True)
+            entry,
+            "video",
+            info=sources.probe(
+                entry.uri, endpoint_url=endpoint_url, head=head, sha256=True, max_pixels=max_pixels
+            ),
         )
     except sources.NotAVideo as exc:
         return ProbeOutcome(entry, "skip", reason=str(exc))

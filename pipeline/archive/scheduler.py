@@ -51,13 +51,15 @@ class GopTask:
     frames_ref: Any = None
 
 
-def _probe_remote(entry: discovery.SourceEntry, endpoint_url: str | None) -> discovery.ProbeOutcome:
-    return discovery.probe_entry(entry, endpoint_url=endpoint_url)
+def _probe_remote(
+    entry: discovery.SourceEntry, endpoint_url: str | None, max_pixels: int | None
+) -> discovery.ProbeOutcome:
+    return discovery.probe_entry(entry, endpoint_url=endpoint_url, max_pixels=max_pixels)
 
 
-def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None):
+def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None, options: dict[str, Any]):
     return sources.decode_frames(
-        uri, span.first_frame, span.frame_count, expected_pts=span.pts, endpoint_url=endpoint_url
+        uri, span.first_frame, span.frame_count, expected_pts=span.pts, endpoint_url=endpoint_url, **options
     )
 
 
@@ -121,7 +123,7 @@ class Scheduler:
                         pending.clear()
                     break
                 entry = pending.popleft()
-                self.probing[self.probe.remote(entry, self.cfg.endpoint_url)] = entry
+                self.probing[self.probe.remote(entry, self.cfg.endpoint_url, self.cfg.max_pixels)] = entry
             self._fill_gop_slots()
             waiting = [*self.probing, *searching, *self.encoding, *self.committing]
             if not waiting:
@@ -186,7 +188,7 @@ class Scheduler:
 
     def _submit(self, task: GopTask, video: Video) -> None:
         if task.frames_ref is None:
-            task.frames_ref = self.decode.remote(video.job.source_uri, task.span, self.cfg.endpoint_url)
+            task.frames_ref = self.decode_gop(video, task.span)
         idx, actor = self.pool.pick()
         header = video.job.header
         label = f"{video.job.source_uri} GOP {task.span.index} (frames {task.span.first_frame}+{task.span.frame_count})"
@@ -196,6 +198,17 @@ class Scheduler:
         )
         self.encoding[meta_ref] = (task, idx, actor, payload_ref)
         video.in_flight += 1
+
+    def decode_gop(self, video: Video, span: GopSpan) -> Any:
+        """A decode task for one GOP: the probed frame size and the pixel budget are enforced on the
+        decoded frames, and a source deeper than 8 bits decodes to RGB48 when the codec keeps it."""
+        header = video.job.header
+        options = {
+            "size": (header["width"], header["height"]),
+            "max_pixels": self.cfg.max_pixels,
+            "high_bit_depth": header.get("coded_bit_depth", 8) > 8,
+        }
+        return self.decode.remote(video.job.source_uri, span, self.cfg.endpoint_url, options)
 
     # ---- results ---------------------------------------------------------------------------------
     def _on_probe(self, ref: Any) -> None:
@@ -232,7 +245,13 @@ class Scheduler:
             target=self.cfg.target_record(),
             gop_frames=gop_frames,
             run_id=self.run_id,
+            **self._precision(info),
         )
+        if header.get("source_note"):
+            self.tally.warnings.append(
+                {"video_key": entry.key, "source_uri": entry.uri, "warning": header["source_note"]}
+            )
+            self.display.log(f"warning: {entry.uri}: {header['source_note']}")
         job = VideoJob(
             video_key=entry.key,
             source_uri=entry.uri,
@@ -254,6 +273,19 @@ class Scheduler:
             self.ready.append(entry.key)
             return
         self.searches.add(video)
+
+    def _precision(self, info: sources.VideoInfo) -> dict[str, Any]:
+        """What the archive keeps of the source's precision (`coded_bit_depth`, `coded_chroma`), and a note of
+        anything it does not keep: a truncated source, bits or chroma the codec cannot store."""
+        kept = int(self.identity.get("max_bit_depth") or 8)
+        coded = min(info.bit_depth, kept) if info.bit_depth > 8 else 8
+        chroma = self.identity.get("coded_chroma")
+        notes = [info.source_note()] if info.source_note() else []
+        if coded < info.bit_depth:
+            notes.append(f"{info.bit_depth}-bit source coded at {coded} bits ({self.identity.get('codec')})")
+        if chroma and info.chroma in ("4:4:4", "4:2:2", "rgb", "4:4:0") and chroma != info.chroma:
+            notes.append(f"{info.chroma} source coded as {chroma}")
+        return {"coded_bit_depth": coded, "coded_chroma": chroma, "source_note": "; ".join(notes) or None}
 
     def _gop_frames(self, fps: Fraction) -> int | str:
         if fps not in self.gop_cache:
@@ -350,6 +382,7 @@ class Scheduler:
             failures=self.failures.records,
             targets_missed=self.searches.targets_missed,
             actor_restarts=self.pool.restarts,
+            peak_gops_per_actor=self.pool.peak_load,
             entries_total=entries_total,
             already_done=already_done,
             previously_failed=previously_failed,

@@ -56,9 +56,7 @@ class QualitySearches:
         refs = []
         for span in self.sample_spans(video):
             if span.index not in video.sample_refs:
-                video.sample_refs[span.index] = owner.decode.remote(
-                    video.job.source_uri, span, self.cfg.endpoint_url
-                )
+                video.sample_refs[span.index] = owner.decode_gop(video, span)
             refs.append(video.sample_refs[span.index])
         idx, actor = owner.pool.pick()
         ref = actor.search_quality.remote(

@@ -16,6 +16,8 @@ class RunTally:
 
     gop_stats: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     not_videos: list[str] = dataclasses.field(default_factory=list)
+    #: Sources archived with a note (truncated, or precision the codec does not keep).
+    warnings: list[dict[str, str]] = dataclasses.field(default_factory=list)
     source_bytes: int = 0
     archive_bytes: int = 0
 
@@ -37,6 +39,7 @@ def build_summary(
     targets_missed: list[dict[str, Any]],
     actor_restarts: int,
     entries_total: int,
+    peak_gops_per_actor: int = 0,
     already_done: int,
     previously_failed: int,
 ) -> dict[str, Any]:
@@ -55,6 +58,7 @@ def build_summary(
         "videos_skipped_done": already_done,
         "videos_skipped_failed": 0 if cfg.retry_failed else previously_failed,
         "not_videos": tally.not_videos,
+        "warnings": tally.warnings,
         "gops": len(gops),
         "frames": frames,
         "source_bytes": tally.source_bytes,
@@ -68,6 +72,7 @@ def build_summary(
         },
         "failures": failures,
         "actor_restarts": actor_restarts,
+        "peak_gops_in_flight_per_actor": peak_gops_per_actor,
         "wall_seconds": c.elapsed,
         "frames_per_second": frames / c.elapsed,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

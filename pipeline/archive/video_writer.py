@@ -151,8 +151,19 @@ def _ok_row(
         "status": "ok",
         "error": None,
         "created_at": utc_now(),
+        **{column: header.get(column) for column in _SOURCE_COLUMNS},
         **quality,
     }
+
+
+#: Header fields repeated on every row: what the archive keeps of the source (`sources.VideoInfo`).
+_SOURCE_COLUMNS = (
+    "source_bit_depth",
+    "source_chroma",
+    "coded_bit_depth",
+    "source_frames_declared",
+    "source_note",
+)
 
 
 _QUALITY_COLUMNS = (*METRIC_COLUMNS, "metrics_note")
