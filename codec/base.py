@@ -149,9 +149,9 @@ def check_frames(frames: np.ndarray, codec_name: str, *, high_bit_depth: bool = 
     """Validate the frame array every encoder receives (uint16 RGB48 too, for `high_bit_depth` codecs)."""
     dtypes = (np.uint8, np.uint16) if high_bit_depth else (np.uint8,)
     if frames.dtype not in dtypes or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-        wanted = "uint8 or uint16" if high_bit_depth else "uint8"
+        deep = " (or uint16 RGB48 for sources deeper than 8 bits)" if high_bit_depth else ""
         raise UnsupportedInputError(
-            f"{codec_name} expects {wanted} frames shaped T×H×W×3, got {frames.dtype} {frames.shape}"
+            f"{codec_name} expects uint8 frames shaped T×H×W×3{deep}, got {frames.dtype} {frames.shape}"
         )
 
 
