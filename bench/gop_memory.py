@@ -67,12 +67,16 @@ def measure(codec_name: str, width: int, height: int, frames: int, threads: int 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--codecs", nargs="+", default=list(CODECS), choices=CODECS)
     parser.add_argument("--width", type=int, default=1920)
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--frames", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=None, help="encoder/torch threads (default: library's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="encoder/torch threads (default: library's)"
+    )
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.in_process:

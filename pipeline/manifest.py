@@ -1,4 +1,4 @@
-"""An archive's Parquet parts (the manifest, one part per video, and verify results), read one part at a
+"""An archive's Parquet parts (the manifest, one part per video; verify results; classic-reference rows), read one part at a
 time so that a damaged part costs only its own rows: the one reader ls, audit, restore and verify share.
 
 Parts are written with Parquet page checksums (`parquet_bytes`) and read with them verified. Page checksums
@@ -30,14 +30,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA, rows_to_table
+from pipeline.schema import MANIFEST_SCHEMA, REFERENCE_SCHEMA, VERIFY_SCHEMA, rows_to_table
 from pipeline.storage import describe, filesystem, full_uri, join, read_bytes, retrying
 
 PREFETCH = 8
 CONTENT_DIGEST_KEY = "vidarc.content_sha256"
 #: Parquet options every part is written with: page checksums, so damage is caught on read.
 WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True}
-SCHEMAS = {"manifest": MANIFEST_SCHEMA, "verify": VERIFY_SCHEMA}
+SCHEMAS = {"manifest": MANIFEST_SCHEMA, "verify": VERIFY_SCHEMA, "reference": REFERENCE_SCHEMA}
 
 
 class PartsError(Exception):

@@ -1,4 +1,6 @@
-"""A run's `summary.json`: counts, bytes, rates, quality percentiles, failures and wall time."""
+"""A run's `summary.json`: counts, bytes, rates, quality percentiles, failures, wall time, the compute
+spent (device-seconds per stage and device kind, per video; `accounting`) and the classic reference's
+equal-quality comparison (`reference`)."""
 
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ def build_summary(
     actor_restarts: int,
     entries_total: int,
     peak_gops_per_actor: int = 0,
+    compute: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
     already_done: int,
     previously_failed: int,
 ) -> dict[str, Any]:
@@ -73,6 +77,8 @@ def build_summary(
         "failures": failures,
         "actor_restarts": actor_restarts,
         "peak_gops_in_flight_per_actor": peak_gops_per_actor,
+        "compute": compute,
+        "reference": reference,
         "wall_seconds": c.elapsed,
         "frames_per_second": frames / c.elapsed,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

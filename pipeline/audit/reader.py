@@ -1,4 +1,4 @@
-"""Reading an archive's manifest and verify results for the audit, part by part (local or S3).
+"""Reading an archive's manifest, verify and reference parts for the audit, part by part (local or S3).
 
 Parts are read through `pipeline.manifest.ArchiveParts` (the reader ls, restore and verify share):
 each part on its own, with page and content checksums verified, so a damaged part costs only its own
@@ -48,6 +48,11 @@ def open_manifest(out: str, *, endpoint_url: str | None = None) -> ArchiveParts:
 def open_verify(out: str, *, endpoint_url: str | None = None) -> ArchiveParts | None:
     """Verify results of archive `out`, or None when it was never verified."""
     return _parts(out, "verify", endpoint_url, required=False)
+
+
+def open_reference(out: str, *, endpoint_url: str | None = None) -> ArchiveParts | None:
+    """The classic reference's sampled rows of archive `out`, or None when it has none."""
+    return _parts(out, "reference", endpoint_url, required=False)
 
 
 def iter_batches(
