@@ -63,8 +63,9 @@ def _probe_remote(
     return outcome, accounting.held("cpu").charge(wall[0])
 
 
-def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None, options: dict[str, Any]):
-    """(frames, CPU-seconds spent decoding): two object refs (`num_returns=2`)."""
+def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None, options: dict[str, Any] | None = None):
+    """(frames, CPU-seconds spent decoding): two object refs (`num_returns=2`). `options`: the checks
+    and depth of `Scheduler.decode_gop` (size, pixel budget, RGB48)."""
     with accounting.stopwatch() as wall:
         frames = sources.decode_frames(
             uri,
@@ -72,7 +73,7 @@ def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None, options: d
             span.frame_count,
             expected_pts=span.pts,
             endpoint_url=endpoint_url,
-            **options,
+            **(options or {}),
         )
     return frames, accounting.held("cpu").charge(wall[0])
 
