@@ -175,3 +175,21 @@ def test_malformed_frame_timestamps_are_refused(tmp_path: Path) -> None:
     path.write_bytes(buffer.getvalue())
     with pytest.raises(ContainerError, match="do not increase"):
         ArchiveReader(str(path)).timestamps()
+
+
+def test_the_index_scan_checks_attachments_too(tmp_path: Path) -> None:
+    """`verify --scan index` once passed a corrupt audio attachment that restore refuses."""
+    from pipeline.container import AUDIO_ATTACHMENT
+    from pipeline.verify import run_verify
+
+    buffer = io.BytesIO()
+    write_container(buffer, GOOD, [(0, 4, PAYLOAD)], [(AUDIO_ATTACHMENT, b"\x1a\x45\xdf\xa3" * 50, {})])
+    blob = bytearray(buffer.getvalue())
+    out, container = _archive_with(tmp_path, bytes(blob))
+    index = read_index(lambda o, n: bytes(blob[o : o + n]), len(blob), name="x")
+    blob[index.attachment(AUDIO_ATTACHMENT).offset + 10] ^= 0x20
+    container.write_bytes(bytes(blob))
+    report = run_verify(str(out), scan="index", count=1)
+    assert any("attachment 'audio.mka'" in f and str(container) in f for f in report.failures), (
+        report.failures
+    )
