@@ -105,7 +105,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         yield error
-        error = error.__cause__ or error.__context__
+        error = error.__cause__  # explicit causes only: a bug raised inside a handler is not a fault
 
 
 def _http_status(error: BaseException) -> tuple[int | None, str | None]:
