@@ -1,15 +1,17 @@
-"""An archive's Parquet parts (the manifest, one part per video; verify results; classic-reference rows), read one part at a
-time so that a damaged part costs only its own rows: the one reader ls, audit, restore and verify share.
+"""An archive's Parquet parts (the manifest, one part per video; verify results; classic-reference rows),
+read one part at a time so that a damaged part costs only its own rows: the one reader ls, audit,
+restore and verify share.
 
-Parts are written with Parquet page checksums (`parquet_bytes`) and read with them verified. Page checksums
-do not cover the Parquet footer, where a flipped byte can silently turn a column's values into nulls, so
-each part also carries the sha256 of its rows (canonical JSON of every column) in its key-value metadata
-(`CONTENT_DIGEST_KEY`), recomputed on read. Each part is fetched whole (transient storage faults retried,
-see `storage.retrying`) and parsed on its own; a part that does not parse — truncated, a page or content
-checksum mismatch, not Parquet at all, a column whose values do not fit the schema's type, a value no reader
-can represent — is *damaged*: its rows are left out and it is reported by name (`DamagedPart`), while every
-other part reads normally. Storage errors are not damage: they raise (`PartsError`, one line). Parts of
-earlier releases have neither checksum and read as before.
+Parts are written with Parquet page checksums (`parquet_bytes`) and read with them verified. Page
+checksums do not cover the Parquet footer, where a flipped byte can silently turn a column's values into
+nulls, so each part also carries a CRC32C of its column names and of every column's values (canonical
+JSON) in its key-value metadata (`COLUMN_CHECKSUMS_KEY`), recomputed on read for the columns a reader asks for (verify reads them
+all). Each part is fetched whole (transient storage faults retried, see `storage.retrying`) and parsed on
+its own; a part that does not parse — truncated, a page or column checksum mismatch, not Parquet at all, a
+column whose values do not fit the schema's type, a value no reader can represent — is *damaged*: its rows
+are left out and it is reported by name (`DamagedPart`), while every other part reads normally. Storage
+errors are not damage: they raise (`PartsError`, one line). Parts of earlier releases have neither
+checksum and read as before.
 
 The schema is imposed on read: a column a part lacks (it was written before the column existed)
 reads as null, so every table has exactly the requested columns with the schema's types. Parts are
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import io
 import json
 from collections.abc import Iterator, Sequence
@@ -29,12 +30,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from crc32c import crc32c
 
 from pipeline.schema import MANIFEST_SCHEMA, REFERENCE_SCHEMA, VERIFY_SCHEMA, rows_to_table
 from pipeline.storage import describe, filesystem, full_uri, join, read_bytes, retrying
 
 PREFETCH = 8
-CONTENT_DIGEST_KEY = "vidarc.content_sha256"
+COLUMN_CHECKSUMS_KEY = "vidarc.column_crc32c"
 #: Parquet options every part is written with: page checksums, so damage is caught on read.
 WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True}
 SCHEMAS = {"manifest": MANIFEST_SCHEMA, "verify": VERIFY_SCHEMA, "reference": REFERENCE_SCHEMA}
@@ -68,37 +70,52 @@ class DamagedPart:
 
 
 def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
-    """One part as Parquet bytes with page checksums and the sha256 of its rows (`rows`: dicts;
-    missing keys become null)."""
+    """One part as Parquet bytes with page checksums and a checksum of every column's values (`rows`:
+    dicts; missing keys become null)."""
     table = rows_to_table(rows, schema)
-    table = table.replace_schema_metadata({CONTENT_DIGEST_KEY: content_digest(table)})
+    names = f"{_names_checksum(table.column_names):08x}"
+    checksums = ",".join(f"{column_checksum(column):08x}" for column in table.columns)
+    table = table.replace_schema_metadata({COLUMN_CHECKSUMS_KEY: f"{names};{checksums}"})
     buffer = io.BytesIO()
     pq.write_table(table, buffer, **WRITE_OPTIONS)
     return buffer.getvalue()
 
 
-def content_digest(table: pa.Table) -> str:
-    """sha256 of a table's rows as canonical JSON (column names and values, in column order)."""
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    text = json.dumps(columns, separators=(",", ":"), default=str, allow_nan=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+def column_checksum(column: pa.ChunkedArray | pa.Array) -> int:
+    """CRC32C of a column's values as canonical JSON (also proves every value converts: a date no
+    reader can represent raises)."""
+    text = json.dumps(column.to_pylist(), separators=(",", ":"), default=str, allow_nan=True)
+    return crc32c(text.encode())
+
+
+def _names_checksum(names: Sequence[str]) -> int:
+    return crc32c(json.dumps(list(names)).encode())
 
 
 def parse_part(data: bytes, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
-    """A part's rows as a table of `columns` (default: all) with `schema`'s types; page checksums and
-    the content digest (when the part has one) are verified, and every value must be representable.
-    Raises ValueError with a one-line reason when the bytes are not a readable part."""
+    """A part's rows as a table of `columns` (default: all) with `schema`'s types. Page checksums are
+    verified, and the checksum of every column read (when the part has them), so a flipped byte in
+    the footer cannot silently change values. Raises ValueError with a one-line reason when the bytes
+    are not a readable part."""
     wanted = list(columns) if columns is not None else schema.names
     try:
         parquet = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
-        table = parquet.read(use_threads=False)
+        names = parquet.schema_arrow.names
+        present = [name for name in wanted if name in names]
+        table = parquet.read(columns=present, use_threads=False)
         if table.num_rows != parquet.metadata.num_rows:
             raise ValueError(f"{table.num_rows} rows read, the footer says {parquet.metadata.num_rows}")
-        digest = content_digest(table)  # also proves every value converts (no out-of-range dates)
-        stored = (parquet.metadata.metadata or {}).get(CONTENT_DIGEST_KEY.encode())
-        if stored is not None and stored.decode(errors="replace") != digest:
-            raise ValueError("the rows do not match the part's content checksum")
-        present = [name for name in wanted if name in table.column_names]
+        stored = (parquet.metadata.metadata or {}).get(COLUMN_CHECKSUMS_KEY.encode())
+        checksums = None
+        if stored is not None:  # "<crc of the column names>;<crc of column 0>,<crc of column 1>,..."
+            names_crc, _, listed = stored.decode(errors="replace").partition(";")
+            checksums = listed.split(",")
+            if names_crc != f"{_names_checksum(names):08x}" or len(checksums) != len(names):
+                raise ValueError("the column names do not match their checksum")
+        for name in present:
+            actual = column_checksum(table.column(name))  # converts every value, checksum or not
+            if checksums is not None and checksums[names.index(name)] != f"{actual:08x}":
+                raise ValueError(f"column {name!r} does not match its checksum")
         arrays = []
         for name in wanted:
             field = schema.field(name)

@@ -1,4 +1,4 @@
-"""Manifests that survive damage: parts carry Parquet page checksums and a content checksum, each part
+"""Manifests that survive damage: parts carry Parquet page checksums and column checksums, each part
 is read on its own, and one damaged part costs only its own video — named by ls, audit, restore and
 verify, while the other videos list, audit, restore and verify normally."""
 
@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from jobs.cli import app
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
-from pipeline.manifest import CONTENT_DIGEST_KEY, ArchiveParts, parquet_bytes, parse_part
+from pipeline.manifest import COLUMN_CHECKSUMS_KEY, ArchiveParts, parquet_bytes, parse_part
 from pipeline.schema import MANIFEST_SCHEMA
 
 ROWS = [
@@ -39,7 +39,7 @@ ROWS = [
 
 
 def test_a_flipped_bit_anywhere_in_a_part_is_caught_or_changes_nothing() -> None:
-    """Page checksums cover the pages, the content checksum the rest (the footer): no silent change."""
+    """Page checksums cover the pages, the column checksums the rest (the footer): no silent change."""
     data = parquet_bytes(ROWS, MANIFEST_SCHEMA)
     original = parse_part(data, MANIFEST_SCHEMA).to_pylist()
     rng = random.Random(5)
@@ -58,7 +58,7 @@ def test_a_flipped_bit_anywhere_in_a_part_is_caught_or_changes_nothing() -> None
 
 
 def test_parts_of_earlier_releases_and_hostile_parts() -> None:
-    old = io.BytesIO()  # no page checksums, no content checksum, fewer columns: reads, new columns null
+    old = io.BytesIO()  # no page checksums, no column checksums, fewer columns: reads, new columns null
     pq.write_table(pa.Table.from_pylist(ROWS).drop_columns(["created_at"]), old)
     table = parse_part(old.getvalue(), MANIFEST_SCHEMA, ["video_key", "psnr", "created_at"])
     assert table.column("psnr").to_pylist() == [30.0, 31.0, 32.0]
@@ -79,7 +79,7 @@ def test_parts_of_earlier_releases_and_hostile_parts() -> None:
 
 def test_written_parts_carry_both_checksums() -> None:
     parquet = pq.ParquetFile(io.BytesIO(parquet_bytes(ROWS, MANIFEST_SCHEMA)))
-    assert CONTENT_DIGEST_KEY.encode() in parquet.metadata.metadata
+    assert COLUMN_CHECKSUMS_KEY.encode() in parquet.metadata.metadata
     flipped = bytearray(parquet_bytes(ROWS, MANIFEST_SCHEMA))
     page = parquet.metadata.row_group(0).column(MANIFEST_SCHEMA.get_field_index("psnr"))
     start = page.dictionary_page_offset or page.data_page_offset

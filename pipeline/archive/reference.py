@@ -364,7 +364,7 @@ class References:
             {k: v for k, v in r.items() if k in columns} for r in sorted(rows, key=lambda r: r["gop_index"])
         ]
         owner = self.owner
-        try:  # with page and content checksums, like every part (pipeline.manifest)
+        try:  # with page and column checksums, like every part (pipeline.manifest)
             write_bytes(
                 owner.out_fs, reference_path(owner.out_root, key), parquet_bytes(clean, REFERENCE_SCHEMA)
             )

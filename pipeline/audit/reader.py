@@ -1,7 +1,7 @@
 """Reading an archive's manifest, verify and reference parts for the audit, part by part (local or S3).
 
 Parts are read through `pipeline.manifest.ArchiveParts` (the reader ls, restore and verify share):
-each part on its own, with page and content checksums verified, so a damaged part costs only its own
+each part on its own, with page and column checksums verified, so a damaged part costs only its own
 rows and is reported by name (`parts.damaged`). A local folder and `s3://bucket/prefix` (with
 `--endpoint-url` for S3-compatible servers) behave alike. The manifest schema is imposed on read:
 parts written before a column was appended read it as null.
