@@ -2,7 +2,10 @@
 
 Exit codes: 0 every video archived (or nothing to do: an empty SRC), 1 some videos failed or the
 closing verify found a problem (the summary lists them), 2 the job could not run (bad options,
-missing SRC, unreachable storage, codec or model that cannot load) — then nothing is written to OUT.
+missing SRC, unreachable storage, OUT an existing file or not writable, codec or model that cannot
+load) — then nothing is written to OUT, 3 the storage failed during the run (an outage longer than
+the retries): the summary line is still printed, nothing is marked failed for it, and rerunning the
+same command finishes the job.
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ def archive_command(
         str | None, typer.Option(help="Ray cluster address (default: start a local one).")
     ] = None,
     actors: Annotated[int, typer.Option(help="Encode actors.")] = 1,
+    gops_per_actor: Annotated[
+        int, typer.Option(help="Decoded GOPs queued or coding per actor at once (bounds memory).")
+    ] = 2,
+    max_pixels: Annotated[
+        int, typer.Option(help="Pixel budget per frame; larger sources fail before decoding (default 8K).")
+    ] = 7680 * 4320,
     num_gpus_per_actor: Annotated[
         float, typer.Option(help="GPUs per encode actor (fractional ok; 0 = CPU).")
     ] = 0.0,
@@ -159,6 +168,8 @@ def archive_command(
             endpoint_url=endpoint_url,
             address=address,
             actors=actors,
+            gops_in_flight_per_actor=gops_per_actor,
+            max_pixels=max_pixels,
             num_gpus_per_actor=num_gpus_per_actor,
             verify_fraction=verify_fraction,
             limit=limit,
@@ -188,8 +199,12 @@ def archive_command(
     for missed in result.summary.get("quality_targets_missed", []):
         where = missed["video_key"] + (f" GOP {missed['gop_index']}" if "gop_index" in missed else "")
         print(f"  quality target not reached: {where}: {missed['note']}", file=sys.stderr)
+    for warning in result.summary.get("warnings", []):
+        print(f"  warning: {warning['source_uri']}: {warning['warning']}", file=sys.stderr)
     for failure in result.summary.get("failures", []):
         print(f"  failed: {failure['error']}", file=sys.stderr)
+    if result.summary.get("storage_error"):
+        print(f"error: {redact(result.summary['storage_error'])}", file=sys.stderr)
     raise typer.Exit(result.exit_code)
 
 

@@ -1,6 +1,7 @@
 """`vidarc inspect ARCHIVE_OBJECT` and `vidarc ls OUT`: what one object holds, what an archive holds.
 
-Both print rich tables, or JSON with `--json` for scripts. Errors are one line, exit code 2.
+Both print rich tables, or JSON with `--json` for scripts. Errors are one line, exit code 2. `ls`
+exits 1 when manifest parts are damaged (each named on stderr; the other videos are listed).
 `python -m jobs.inspect_archive OBJECT` runs `inspect`; `python -m jobs.inspect_archive ls OUT` runs `ls`.
 """
 
@@ -135,6 +136,7 @@ def ls_command(
         return
     except AuditError:  # markers without manifest parts: nothing to cost
         costs = {}
+    damaged = [v for v in videos if v.status == "damaged"]
     if as_json:
         prices_used = priced.to_json()  # in every video's costs: each row says what it was priced with
         listing = [
@@ -145,6 +147,7 @@ def ls_command(
             for v in videos
         ]
         sys.stdout.write(json.dumps(listing, indent=2) + "\n")
+        _exit_if_damaged(damaged)
         return
     from rich.console import Console
     from rich.table import Table
@@ -172,8 +175,17 @@ def ls_command(
         console.print(spent)
         print_prices({"prices": priced.to_json(), "uses_default_prices": priced.uses_defaults()}, console)
     for v in videos:
-        if v.error:
+        if v.error and v.status != "damaged":
             console.print(f"{v.video_key}: {v.error}", soft_wrap=True)
+    _exit_if_damaged(damaged)
+
+
+def _exit_if_damaged(damaged: list[Any]) -> None:
+    """Damaged manifest parts: one line each on stderr, exit 1 (the other videos were listed)."""
+    if damaged:
+        for video in damaged:
+            print(f"damaged: {video.error}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -21,7 +21,8 @@ from codec.base import bits_per_pixel, kilobits_per_second
 from codec.errors import CodecError
 from codec.registry import resolve_model
 from pipeline.container import ContainerError
-from pipeline.manifest_layout import done_keys, read_rows
+from pipeline.manifest import ArchiveParts, DamagedPart, PartsError
+from pipeline.manifest_layout import done_keys
 from pipeline.pack import is_pack, read_member_index, read_pack_index
 from pipeline.reader import ArchiveReader
 from pipeline.runinfo import list_markers
@@ -69,8 +70,11 @@ def inspect_object(
         elif video is not None:
             raise InspectError(f"{uri}: --video applies to a pack object; this one holds a single video")
         index = reader.index()
+        reader.check_preamble()
     except ContainerError as exc:
         raise InspectError(str(exc)) from None
+    except Exception as exc:  # storage errors while reading the tail
+        raise InspectError(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})") from None
     decoder = _decoder(reader, model, device)
     header = {k: v for k, v in index.header.items() if k != "attachments"}
     width, height = int(header["width"]), int(header["height"])
@@ -177,7 +181,7 @@ def _decoder(reader: ArchiveReader, model: str | None, device: str) -> dict[str,
 class VideoListing:
     video_key: str
     source_uri: str | None
-    status: str  # ok | failed | incomplete
+    status: str  # ok | failed | incomplete | damaged
     codec: str | None
     width: int | None
     height: int | None
@@ -195,18 +199,20 @@ def list_archive(out: str, *, endpoint_url: str | None = None) -> list[VideoList
     """Every video the archive knows of, from its manifest rows and markers.
 
     Status: `ok` (done marker and ok rows), `failed` (a failed row or marker), `incomplete` (rows
-    without a done marker, or a marker without rows: a run stopped between commit steps).
+    without a done marker, or a marker without rows: a run stopped between commit steps), `damaged`
+    (its manifest part does not parse; `error` names the part — the other videos list normally).
     """
     try:
         fs, root = filesystem(out, endpoint_url=endpoint_url)
         check_reachable(fs, root, out, must_exist=True)
+        parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
         done, failed = done_keys(fs, root), list_markers(fs, root, "failed")
         columns = [
             "video_key", "source_uri", "status", "codec", "width", "height", "frame_count", "fps_num",
             "fps_den", "fps", "payload_bytes", "psnr", "ms_ssim", "error", "gop_index",
         ]  # fmt: skip
-        rows = read_rows(fs, root, columns)  # each row once: parts, packs, compacted files
-    except StorageError as exc:
+        rows = parts.read(columns).to_pylist()  # each row once: parts, packs, compacted files
+    except (StorageError, PartsError) as exc:
         raise InspectError(str(exc)) from None
     except Exception as exc:
         raise InspectError(
@@ -215,9 +221,23 @@ def list_archive(out: str, *, endpoint_url: str | None = None) -> list[VideoList
     by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_video[row["video_key"]].append(row)
-    for key in done | failed:
+    damaged = parts.damaged_keys()
+    for key in done | failed | set(damaged):
         by_video.setdefault(key, [])
-    return [_listing(key, by_video[key], key in done, key in failed) for key in sorted(by_video)]
+    listings = []
+    for key in sorted(by_video):
+        if key in damaged:
+            listings.append(_damaged_listing(key, damaged[key]))
+        else:
+            listings.append(_listing(key, by_video[key], key in done, key in failed))
+    return listings
+
+
+def _damaged_listing(key: str, part: DamagedPart) -> VideoListing:
+    return VideoListing(
+        video_key=key, source_uri=None, status="damaged", codec=None, width=None, height=None, frames=0,
+        gops=0, payload_bytes=0, bpp=None, kbps=None, psnr=None, ms_ssim=None, error=part.line(),
+    )  # fmt: skip
 
 
 def _listing(key: str, rows: list[dict[str, Any]], done: bool, failed: bool) -> VideoListing:

@@ -28,12 +28,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fsspec
 
 from pipeline.listing import iter_objects
-from pipeline.storage import join
+from pipeline.storage import join, read_bytes
 
 PART_PREFIX = "part-"
 PACK_PREFIX = "pack-"
@@ -245,18 +246,34 @@ def _sources(fs: fsspec.AbstractFileSystem, path: str, names: set[str]) -> dict[
     return found
 
 
-def iter_tables(plan: ManifestPlan, columns: list[str] | None = None, batch_rows: int = 65536):
+def iter_tables(
+    plan: ManifestPlan,
+    columns: list[str] | None = None,
+    batch_rows: int = 65536,
+    *,
+    on_damage: Callable[[str, str], None] | None = None,
+) -> Iterator[Any]:
     """The manifest's rows as Arrow tables with `columns` of the manifest schema (default: all), each
     row exactly once: parts whole, compacted files by row group minus their dropped keys, and the rows
-    of parts that a concurrent compaction moved (`ManifestPlan.recover`)."""
+    of parts that a concurrent compaction moved (`ManifestPlan.recover`).
+
+    Every file is checked as it is read (`manifest.parse_part`: page checksums, column checksums; page
+    checksums for compacted files). A file that does not parse is damage, not a crash: its rows are
+    left out and `on_damage(path, reason)` is called (without it, ValueError is raised)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from pipeline.manifest import parse_part
     from pipeline.schema import MANIFEST_SCHEMA
 
     wanted = list(columns) if columns is not None else MANIFEST_SCHEMA.names
     schema = pa.schema([MANIFEST_SCHEMA.field(n) for n in wanted])
+
+    def damage(path: str, reason: str) -> None:
+        if on_damage is None:
+            raise ValueError(f"{path}: {reason}")
+        on_damage(path, reason)
 
     def conform(table: pa.Table) -> pa.Table:
         arrays = [
@@ -268,25 +285,35 @@ def iter_tables(plan: ManifestPlan, columns: list[str] | None = None, batch_rows
         return pa.Table.from_arrays(arrays, schema=schema)
 
     def compacted(path: str, keep: Any) -> Any:
-        with plan.fs.open(path, "rb") as handle:
-            parquet = pq.ParquetFile(handle)
-            present = [n for n in {*wanted, "video_key", SOURCE_PART} if n in parquet.schema_arrow.names]
-            for batch in parquet.iter_batches(columns=present, batch_size=batch_rows):
-                table = pa.Table.from_batches([batch])
-                mask = keep(table)
-                if mask is not None:
-                    table = table.filter(mask)
-                if table.num_rows:
-                    yield conform(table)
+        try:
+            with plan.fs.open(path, "rb") as handle:
+                parquet = pq.ParquetFile(handle, page_checksum_verification=True)
+                names = parquet.schema_arrow.names
+                present = [n for n in {*wanted, "video_key", SOURCE_PART} if n in names]
+                for batch in parquet.iter_batches(columns=present, batch_size=batch_rows):
+                    table = pa.Table.from_batches([batch])
+                    mask = keep(table)
+                    if mask is not None:
+                        table = table.filter(mask)
+                    if table.num_rows:
+                        yield conform(table)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # a damaged compacted file: the rows before the damage were yielded
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            damage(path, f"{type(exc).__name__}: {text}"[:300])
 
+    read_columns = list(dict.fromkeys([*wanted, "video_key"]))
     missing: list[str] = []
     for path, data in prefetched(plan.fs, [p for p, _ in plan.parts]):
         if data is None:
             missing.append(path)
             continue
-        parquet = pq.ParquetFile(pa.BufferReader(data))
-        present = [n for n in parquet.schema_arrow.names if n in wanted or n == "video_key"]
-        table = parquet.read(columns=present, use_threads=False)  # the columns asked for only
+        try:
+            table = parse_part(data, MANIFEST_SCHEMA, read_columns)  # the columns asked for only
+        except ValueError as exc:
+            damage(path, str(exc))
+            continue
         drop = plan.part_drops.get(path)
         if drop:
             table = table.filter(
@@ -307,15 +334,6 @@ def iter_tables(plan: ManifestPlan, columns: list[str] | None = None, batch_rows
             yield from compacted(
                 path, lambda t, s=wanted_sources: pc.is_in(t.column(SOURCE_PART), value_set=s)
             )
-
-
-def read_rows(fs: fsspec.AbstractFileSystem, root: str, columns: list[str]) -> list[dict[str, Any]]:
-    """Every manifest row (exactly once, `plan_manifest`) as dicts of `columns` (small column sets:
-    ls, restore, verify)."""
-    import pyarrow as pa
-
-    tables = list(iter_tables(plan_manifest(fs, root), columns))
-    return pa.concat_tables(tables).to_pylist() if tables else []
 
 
 def done_keys(fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
@@ -356,7 +374,7 @@ def prefetched(fs: fsspec.AbstractFileSystem, paths: list[str]):
 
     def get(path: str) -> bytes | None:
         try:
-            return fs.cat_file(path)
+            return read_bytes(fs, path)
         except FileNotFoundError:
             return None
 

@@ -38,7 +38,7 @@ import fsspec
 
 from pipeline.keyset import KeySet
 from pipeline.listing import iter_pages
-from pipeline.storage import join, redact, write_bytes
+from pipeline.storage import join, list_names, read_bytes, redact, write_bytes
 
 MARKERS_DIR = "markers"
 CONTAINER_SUFFIX = ".vdrc"
@@ -84,11 +84,7 @@ def marker_path(out_root: str, state: str, video_key: str) -> str:
 
 def list_markers(fs: fsspec.AbstractFileSystem, out_root: str, state: str) -> set[str]:
     """Video keys with a `state` marker (one listing, not one request per video)."""
-    folder = join(out_root, MARKERS_DIR, state)
-    try:
-        names = fs.ls(folder, detail=False)
-    except FileNotFoundError:
-        return set()
+    names = list_names(fs, join(out_root, MARKERS_DIR, state))
     return {n.rsplit("/", 1)[-1][: -len(".json")] for n in names if n.endswith(".json")}
 
 
@@ -126,7 +122,7 @@ def iter_pack_markers(fs: fsspec.AbstractFileSystem, out_root: str) -> Iterator[
             if not name.endswith(".json") or ".tmp-" in name:
                 continue
             try:
-                marker = json.loads(fs.cat_file(item.path))
+                marker = json.loads(read_bytes(fs, item.path))
             except FileNotFoundError:
                 continue
             if isinstance(marker, dict) and isinstance(marker.get("members"), list):
@@ -134,7 +130,7 @@ def iter_pack_markers(fs: fsspec.AbstractFileSystem, out_root: str) -> Iterator[
 
 
 def read_marker(fs: fsspec.AbstractFileSystem, out_root: str, state: str, video_key: str) -> dict[str, Any]:
-    return json.loads(fs.cat_file(marker_path(out_root, state, video_key)))
+    return json.loads(read_bytes(fs, marker_path(out_root, state, video_key)))
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, record: dict[str, Any]) -> None:

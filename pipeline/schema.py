@@ -71,6 +71,12 @@ MANIFEST_SCHEMA = pa.schema(
         # null for a single-video object. `offset` is then absolute in the pack object ---
         ("member_offset", pa.int64()),
         ("member_length", pa.int64()),
+        # --- what the archive keeps of the source (null in parts of earlier releases) ---
+        ("source_bit_depth", pa.int32()),  # bits per component of the source's pixels (8, 10, ...)
+        ("source_chroma", pa.string()),  # "4:2:0", "4:2:2", "4:4:4", "4:0:0", "rgb"
+        ("coded_bit_depth", pa.int32()),  # what the codec stored: 10 for a 10-bit source on x265, 8 on glvc
+        ("source_frames_declared", pa.int64()),  # frames the source's container declares (null: unknown)
+        ("source_note", pa.string()),  # e.g. "truncated source: 6 of 30 declared frames are readable; ..."
     ]
 )
 

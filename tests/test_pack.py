@@ -91,7 +91,9 @@ def test_a_damaged_pack_index_is_a_one_line_error(damage: str) -> None:
 
         from pipeline.container import TRAILER, crc32c
 
-        body = json.dumps({"members": [[m.video_key, m.offset + 1, m.length] for m in index.members]}).encode()
+        body = json.dumps(
+            {"members": [[m.video_key, m.offset + 1, m.length] for m in index.members]}
+        ).encode()
         blob = struct.pack("<I", len(body)) + body
         trailer = TRAILER.pack(index_start, len(blob), crc32c(blob), 2, 0, b"VDRCPAK1")
         broken = bytearray(data[:index_start] + blob + trailer)

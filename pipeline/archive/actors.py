@@ -27,6 +27,7 @@ class EncodePool:
         self.load = [0] * len(actors)
         self.cpus = cpus
         self.restarts = 0
+        self.peak_load = 0  # most calls (GOP encodes or searches) one actor held at once
 
     @classmethod
     def start(cls, cfg: ArchiveConfig) -> tuple[EncodePool, dict[str, Any]]:
@@ -69,6 +70,7 @@ class EncodePool:
         """The least loaded actor (index, handle), counted as one more call in flight."""
         idx = min(range(len(self.actors)), key=self.load.__getitem__)
         self.load[idx] += 1
+        self.peak_load = max(self.peak_load, self.load[idx])
         return idx, self.actors[idx]
 
     def release(self, idx: int) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from codec.base import RateTarget
+from pipeline.sources import DEFAULT_MAX_PIXELS
 from pipeline.storage import redact
 
 #: Codec-native quality used when no rate option is given: visually good, not wasteful.
@@ -93,6 +94,8 @@ class ArchiveConfig:
     task_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     #: `--pack N_MB`: many videos per archive object (`pipeline.pack`), each pack about N MB of payload.
     pack_mb: float | None = None
+    #: Pixel budget per frame (default 8K): larger sources fail at probe time, before any decoding.
+    max_pixels: int = DEFAULT_MAX_PIXELS
     #: Classic codec coding a sample of GOPs at the archive's measured quality (`archive/reference.py`).
     reference: str | None = None
     #: Fraction of each video's GOPs sampled for the reference (a few % is enough for a tight interval).
@@ -116,6 +119,10 @@ class ArchiveConfig:
             raise ConfigError(f"--verify-fraction must be in (0, 1], got {self.verify_fraction}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+        if self.gops_in_flight_per_actor < 1:
+            raise ConfigError(f"--gops-per-actor must be at least 1, got {self.gops_in_flight_per_actor}")
         if self.metrics_every < 1:
             raise ConfigError(f"--metrics-every must be at least 1, got {self.metrics_every}")
         unknown = set(self.skip_metrics) - set(METRIC_SWITCHES)

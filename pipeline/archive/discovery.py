@@ -23,7 +23,7 @@ from pipeline import sources
 from pipeline.archive.source_list import SourceList, list_format
 from pipeline.keys import list_video_key, video_key
 from pipeline.listing import ListedObject, iter_pages
-from pipeline.storage import filesystem, full_uri, is_local
+from pipeline.storage import describe, filesystem, full_uri, is_local, is_transient, retrying
 
 HEAD_BYTES = 512
 
@@ -52,6 +52,8 @@ class ProbeOutcome:
     kind: str  # "video" | "skip" | "failed"
     info: sources.VideoInfo | None = None
     reason: str | None = None
+    #: The failure was the storage's (outage, throttling), not the video's: a rerun should retry it.
+    transient: bool = False
 
 
 @dataclasses.dataclass
@@ -166,14 +168,16 @@ def _matches(relative: str, patterns: tuple[str, ...]) -> bool:
     )
 
 
-def probe_entry(entry: SourceEntry, *, endpoint_url: str | None = None) -> ProbeOutcome:
+def probe_entry(
+    entry: SourceEntry, *, endpoint_url: str | None = None, max_pixels: int | None = None
+) -> ProbeOutcome:
     """Classify one object as a video (with its info), a non-video to skip, or a broken video.
 
     An entry from a list without sizes gets its size here (the outcome's `entry` carries it)."""
     if entry.size is None:
         try:
             fs, path = filesystem(entry.uri, endpoint_url=endpoint_url)
-            entry = dataclasses.replace(entry, size=int(fs.size(path)))
+            entry = dataclasses.replace(entry, size=int(retrying(entry.uri, lambda: fs.size(path))))
         except FileNotFoundError:
             return ProbeOutcome(
                 dataclasses.replace(entry, size=0), "failed", reason=f"{entry.uri}: no such file"
@@ -182,19 +186,26 @@ def probe_entry(entry: SourceEntry, *, endpoint_url: str | None = None) -> Probe
             return ProbeOutcome(
                 dataclasses.replace(entry, size=0),
                 "failed",
-                reason=f"{entry.uri}: cannot read ({type(exc).__name__}: {exc})",
+                reason=describe(exc, entry.uri),
+                transient=is_transient(exc),
             )
     if entry.size == 0:
         return ProbeOutcome(entry, "skip", reason=f"{entry.uri}: empty file")
     try:
         fs, path = filesystem(entry.uri, endpoint_url=endpoint_url)
-        head = fs.cat_file(path, start=0, end=min(HEAD_BYTES, entry.size))
+        head = retrying(entry.uri, lambda: fs.cat_file(path, start=0, end=min(HEAD_BYTES, entry.size)))
         return ProbeOutcome(
-            entry, "video", info=sources.probe(entry.uri, endpoint_url=endpoint_url, head=head, sha256=True)
+            entry,
+            "video",
+            info=sources.probe(
+                entry.uri, endpoint_url=endpoint_url, head=head, sha256=True, max_pixels=max_pixels
+            ),
         )
     except sources.NotAVideo as exc:
         return ProbeOutcome(entry, "skip", reason=str(exc))
     except sources.SourceError as exc:
         return ProbeOutcome(entry, "failed", reason=str(exc))
     except Exception as exc:  # storage errors while reading one object must not stop the run
+        if is_transient(exc):
+            return ProbeOutcome(entry, "failed", reason=describe(exc, entry.uri), transient=True)
         return ProbeOutcome(entry, "failed", reason=f"{entry.uri}: cannot read ({type(exc).__name__}: {exc})")

@@ -54,7 +54,17 @@ from pipeline.archive.scheduler import Scheduler
 from pipeline.archive.source_list import SourceList, SourceListError, list_format
 from pipeline.archive.worklist import WorkList
 from pipeline.runinfo import new_run_id, run_dir, tool_versions, write_json
-from pipeline.storage import StorageError, check_reachable, filesystem, is_local, join, redact
+from pipeline.storage import (
+    StorageError,
+    check_reachable,
+    check_writable,
+    describe,
+    filesystem,
+    full_uri,
+    is_local,
+    join,
+    redact,
+)
 
 log = logging.getLogger("vidarc.archive")
 
@@ -81,8 +91,9 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     src_fs, src_root = _open_store(cfg.src, cfg.endpoint_url)
     out_fs, out_root = _open_store(cfg.out, cfg.endpoint_url)
     try:
-        check_reachable(src_fs, src_root, cfg.src, must_exist=is_local(src_fs))
+        check_reachable(src_fs, src_root, cfg.src, must_exist=True)  # a missing S3 prefix, like a folder
         check_reachable(out_fs, out_root, cfg.out, must_exist=False)
+        check_writable(out_fs, out_root, cfg.out)
         work = WorkList(
             src=cfg.src,
             out_fs=out_fs,
@@ -129,21 +140,32 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         "versions": tool_versions(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_json(out_fs, join(run_dir(out_root, run_id), "config.json"), config_record)
+    try:
+        write_json(out_fs, join(run_dir(out_root, run_id), "config.json"), config_record)
+    except Exception as exc:  # the first write: OUT refuses it (403, read-only), nothing else written
+        pool.stop()
+        raise ArchiveError(describe(exc, cfg.out)) from None
     scheduler = Scheduler(cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root)
     try:
         scheduler.run(work)
     finally:
         display.close()
     summary = scheduler.summary(work.counts)
+    storage_failures = summary["failures_transient"]
     exit_code = EXIT_FAILURES if summary["videos_failed"] else EXIT_OK
     if summary.get("listing_error"):
         exit_code = EXIT_STORAGE
-    if cfg.verify_fraction:
+    if cfg.verify_fraction and not storage_failures:
         summary["verify"] = _verify(cfg)
         if summary["verify"].get("failures"):
             exit_code = EXIT_FAILURES
-    write_json(out_fs, join(run_dir(out_root, run_id), "summary.json"), summary)
+    summary_path = join(run_dir(out_root, run_id), "summary.json")
+    try:
+        write_json(out_fs, summary_path, summary)
+    except Exception as exc:  # the run's work stands; its record could not be stored
+        summary["storage_error"] = f"summary not written: {describe(exc, full_uri(out_fs, summary_path))}"
+    if storage_failures or summary.get("storage_error"):
+        exit_code = EXIT_STORAGE
     message = (
         f"run {run_id}: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
         f"{summary['videos_skipped_done']} already done, {summary['videos_skipped_failed']} failed earlier "
@@ -155,6 +177,11 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         )
     if summary.get("listing_error"):
         message += f"; listing stopped: {summary['listing_error']} (rerun the same command to finish)"
+    if storage_failures or summary.get("storage_error"):
+        message += (
+            f"; storage failed during the run ({storage_failures} videos not written): "
+            "rerun the same command to finish"
+        )
     return ArchiveResult(run_id, exit_code, summary, message)
 
 
@@ -177,7 +204,17 @@ def _open_store(uri: str, endpoint_url: str | None):
 def _remove_stale_temporaries(out_root: str) -> None:
     """A killed run can leave `*.tmp-*` files behind (local outputs only; S3 uploads never appear
     unfinished). One archive run per OUT at a time is assumed, so any left over are stale."""
-    for sub in ("videos", "manifest", "markers/done", "markers/failed", "quality_search"):
+    runs = os.path.join(out_root, "runs")
+    run_folders = [os.path.join("runs", r) for r in os.listdir(runs)] if os.path.isdir(runs) else []
+    for sub in (
+        "videos",
+        "manifest",
+        "markers/done",
+        "markers/failed",
+        "quality_search",
+        "verify",
+        *run_folders,
+    ):
         folder = os.path.join(out_root, sub)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
@@ -206,18 +243,22 @@ def _start_ray(cfg: ArchiveConfig) -> None:
 def _verify(cfg: ArchiveConfig) -> dict[str, Any]:
     """Decode a sample of the archive (pipeline.verify) and report failures."""
     try:
-        from pipeline.verify import run_verify
+        from pipeline.verify import VerifyError, run_verify
     except ImportError:
         return {"failures": ["verify unavailable: pipeline.verify is not installed"], "rows": 0}
-    report = run_verify(
-        cfg.out,
-        fraction=cfg.verify_fraction,
-        count=None,
-        seed=0,
-        device=cfg.device,
-        endpoint_url=cfg.endpoint_url,
-        model=cfg.model,
-    )
+    try:
+        report = run_verify(
+            cfg.out,
+            fraction=cfg.verify_fraction,
+            count=None,
+            seed=0,
+            device=cfg.device,
+            endpoint_url=cfg.endpoint_url,
+            model=cfg.model,
+        )
+    except Exception as exc:  # e.g. the store went away: the run reports it, one line
+        reason = redact(str(exc).splitlines()[0]) if isinstance(exc, VerifyError) else describe(exc, cfg.out)
+        return {"failures": [f"closing verify could not run: {reason}"], "rows": 0}
     failures = [str(f) for f in report.failures]
     rows = report.rows
     return {"failures": failures, "rows": len(rows) if hasattr(rows, "__len__") else rows}

@@ -11,13 +11,13 @@ row and marker like any failed video, and the others are packed.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
 from pipeline.archive import accounting
 from pipeline.archive.errors import one_line
 from pipeline.archive.video_writer import VideoJob, commit_result, container_inputs, video_rows
+from pipeline.manifest import parquet_bytes
 from pipeline.pack import PackWriter, read_member_index, read_pack_index
 from pipeline.runinfo import (
     manifest_path,
@@ -28,8 +28,8 @@ from pipeline.runinfo import (
     utc_now,
     write_json,
 )
-from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
-from pipeline.storage import filesystem, full_uri, open_atomic, range_reader, write_bytes
+from pipeline.schema import MANIFEST_SCHEMA
+from pipeline.storage import filesystem, full_uri, range_reader, remove, write_bytes, write_object
 
 
 def commit_pack(
@@ -56,11 +56,14 @@ def commit_pack(
     if not inputs:
         return {"pack_bytes": 0, "archive_uri": None, "members": {}, "failed": failed}
     path = pack_path(out_root, pack_id)
-    with open_atomic(fs, path) as handle:
+
+    def write_pack(handle: Any) -> int:
         writer = PackWriter(handle)
         for job, _, (header, gops, attachments) in inputs:
             writer.add(job.video_key, header, gops, attachments)
-        size = writer.close()
+        return writer.close()
+
+    size = write_object(fs, path, write_pack)
     archive_uri = full_uri(fs, path)
     read = range_reader(fs, path)
     stored = {m.video_key: m for m in read_pack_index(read, size, name=archive_uri).members}  # as stored
@@ -79,7 +82,7 @@ def commit_pack(
             member.length,
         )
     all_rows = [row for rows, _, _ in rows_by_video.values() for row in rows]
-    write_bytes(fs, pack_manifest_path(out_root, pack_id), _parquet_bytes(all_rows))
+    write_bytes(fs, pack_manifest_path(out_root, pack_id), parquet_bytes(all_rows, MANIFEST_SCHEMA))
     marker = {
         "pack_id": pack_id,
         "run_id": jobs[0].run_id,
@@ -95,21 +98,10 @@ def commit_pack(
                 manifest_path(out_root, job.video_key),
                 marker_path(out_root, "failed", job.video_key),
             ):
-                with contextlib.suppress(FileNotFoundError):
-                    fs.rm_file(stale)
+                remove(fs, stale)
     total = cpu.charge(time.perf_counter() - started)
     members = {
         key: commit_result(length, audio, rows, total * frames[key] / frames_total)
         for key, (rows, audio, length) in rows_by_video.items()
     }
     return {"pack_bytes": size, "archive_uri": archive_uri, "members": members, "failed": failed}
-
-
-def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
-    import io
-
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    pq.write_table(rows_to_table(rows, MANIFEST_SCHEMA), buffer, compression="zstd")
-    return buffer.getvalue()

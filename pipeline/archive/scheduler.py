@@ -28,6 +28,7 @@ from pipeline.archive.searches import QualitySearches
 from pipeline.archive.summary import RunTally, build_summary
 from pipeline.archive.video_writer import VideoJob, commit_video
 from pipeline.archive.worklist import WorkCounts, WorkList
+from pipeline.storage import is_transient
 
 
 @dataclasses.dataclass
@@ -57,19 +58,25 @@ class GopTask:
 
 
 def _probe_remote(
-    entry: discovery.SourceEntry, endpoint_url: str | None
+    entry: discovery.SourceEntry, endpoint_url: str | None, max_pixels: int | None
 ) -> tuple[discovery.ProbeOutcome, float]:
     """(outcome, CPU-seconds spent probing)."""
     with accounting.stopwatch() as wall:
-        outcome = discovery.probe_entry(entry, endpoint_url=endpoint_url)
+        outcome = discovery.probe_entry(entry, endpoint_url=endpoint_url, max_pixels=max_pixels)
     return outcome, accounting.held("cpu").charge(wall[0])
 
 
-def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None):
-    """(frames, CPU-seconds spent decoding): two object refs (`num_returns=2`)."""
+def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None, options: dict[str, Any] | None = None):
+    """(frames, CPU-seconds spent decoding): two object refs (`num_returns=2`). `options`: the checks
+    and depth of `Scheduler.decode_gop` (size, pixel budget, RGB48)."""
     with accounting.stopwatch() as wall:
         frames = sources.decode_frames(
-            uri, span.first_frame, span.frame_count, expected_pts=span.pts, endpoint_url=endpoint_url
+            uri,
+            span.first_frame,
+            span.frame_count,
+            expected_pts=span.pts,
+            endpoint_url=endpoint_url,
+            **(options or {}),
         )
     return frames, accounting.held("cpu").charge(wall[0])
 
@@ -223,7 +230,7 @@ class Scheduler:
             )
             self.failures.record(entry.key, entry.uri, entry.size or 0, reason)
             return
-        self.probing[self.probe.remote(entry, self.cfg.endpoint_url)] = entry
+        self.probing[self.probe.remote(entry, self.cfg.endpoint_url, self.cfg.max_pixels)] = entry
         self.probing_keys.add(entry.key)
 
     def _busy(self) -> bool:
@@ -275,9 +282,7 @@ class Scheduler:
 
     def _submit(self, task: GopTask, video: Video) -> None:
         if task.frames_ref is None:
-            task.frames_ref, task.decode_seconds_ref = self.decode.remote(
-                video.job.source_uri, task.span, self.cfg.endpoint_url
-            )
+            task.frames_ref, task.decode_seconds_ref = self.decode_gop(video, task.span)
         idx, actor = self.pool.pick()
         header = video.job.header
         label = f"{video.job.source_uri} GOP {task.span.index} (frames {task.span.first_frame}+{task.span.frame_count})"
@@ -288,6 +293,18 @@ class Scheduler:
         )  # fmt: skip
         self.encoding[meta_ref] = (task, idx, actor, payload_ref)
         video.in_flight += 1
+
+    def decode_gop(self, video: Video, span: GopSpan) -> Any:
+        """A decode task for one GOP, as (frames, decode seconds) refs: the probed frame size and the
+        pixel budget are enforced on the decoded frames, and a source deeper than 8 bits decodes to
+        RGB48 when the codec keeps it."""
+        header = video.job.header
+        options = {
+            "size": (header["width"], header["height"]),
+            "max_pixels": self.cfg.max_pixels,
+            "high_bit_depth": header.get("coded_bit_depth", 8) > 8,
+        }
+        return self.decode.remote(video.job.source_uri, span, self.cfg.endpoint_url, options)
 
     # ---- results ---------------------------------------------------------------------------------
     def _on_probe(self, ref: Any) -> None:
@@ -306,7 +323,13 @@ class Scheduler:
             return
         self.videos_started += 1
         if outcome.kind == "failed":
-            self.failures.record(entry.key, entry.uri, entry.size or 0, outcome.reason or "unreadable")
+            self.failures.record(
+                entry.key,
+                entry.uri,
+                entry.size or 0,
+                outcome.reason or "unreadable",
+                transient=outcome.transient,
+            )
             return
         info = outcome.info
         assert info is not None
@@ -325,9 +348,15 @@ class Scheduler:
             target=_target_record(entry.target) if entry.target else self.cfg.target_record(),
             gop_frames=gop_frames,
             run_id=self.run_id,
+            **self._precision(info),
         )
         if entry.metadata:
             header["source_metadata"] = dict(entry.metadata)
+        if header.get("source_note"):
+            self.tally.warning(
+                {"video_key": entry.key, "source_uri": entry.uri, "warning": header["source_note"]}
+            )
+            self.display.log(f"warning: {entry.uri}: {header['source_note']}")
         job = VideoJob(
             video_key=entry.key,
             source_uri=entry.uri,
@@ -352,6 +381,19 @@ class Scheduler:
             self.ready.append(entry.key)
             return
         self.searches.add(video)
+
+    def _precision(self, info: sources.VideoInfo) -> dict[str, Any]:
+        """What the archive keeps of the source's precision (`coded_bit_depth`, `coded_chroma`), and a note of
+        anything it does not keep: a truncated source, bits or chroma the codec cannot store."""
+        kept = int(self.identity.get("max_bit_depth") or 8)
+        coded = min(info.bit_depth, kept) if info.bit_depth > 8 else 8
+        chroma = self.identity.get("coded_chroma")
+        notes = [info.source_note()] if info.source_note() else []
+        if coded < info.bit_depth:
+            notes.append(f"{info.bit_depth}-bit source coded at {coded} bits ({self.identity.get('codec')})")
+        if chroma and info.chroma in ("4:4:4", "4:2:2", "rgb", "4:4:0") and chroma != info.chroma:
+            notes.append(f"{info.chroma} source coded as {chroma}")
+        return {"coded_bit_depth": coded, "coded_chroma": chroma, "source_note": "; ".join(notes) or None}
 
     def _gop_frames(self, fps: Fraction) -> int | str:
         if fps not in self.gop_cache:
@@ -380,7 +422,7 @@ class Scheduler:
             return
         except Exception as exc:
             if not video.failed:
-                self.fail_video(video, one_line(video.job.source_uri, exc))
+                self.fail_video(video, one_line(video.job.source_uri, exc), transient=is_transient(exc))
             return
         if video.failed:
             return
@@ -498,7 +540,11 @@ class Scheduler:
             self.videos.pop(key)
             self.references.discard(key)
             self.failures.record(
-                key, video.job.source_uri, video.job.source_bytes, one_line(video.job.source_uri, exc)
+                key,
+                video.job.source_uri,
+                video.job.source_bytes,
+                one_line(video.job.source_uri, exc),
+                transient=is_transient(exc),
             )
             return
         self.videos.pop(key)
@@ -531,7 +577,7 @@ class Scheduler:
         """Reference rows were written: count their CPU-seconds (stage "reference")."""
         self.compute.add_reference(cpu_seconds)
 
-    def fail_video(self, video: Video, reason: str) -> None:
+    def fail_video(self, video: Video, reason: str, *, transient: bool = False) -> None:
         """Stop a video's remaining GOPs (queued ones are dropped, running ones ignored) and record it."""
         video.failed = True
         video.payloads.clear()
@@ -539,7 +585,9 @@ class Scheduler:
         if video.in_flight == 0:
             self.videos.pop(video.job.video_key, None)
         self.references.discard(video.job.video_key)
-        self.failures.record(video.job.video_key, video.job.source_uri, video.job.source_bytes, reason)
+        self.failures.record(
+            video.job.video_key, video.job.source_uri, video.job.source_bytes, reason, transient=transient
+        )
 
     # ---- summary ---------------------------------------------------------------------------------
     def _reserved(self) -> dict[str, float]:
@@ -563,6 +611,7 @@ class Scheduler:
             failures=self.failures.records,
             targets_missed=self.searches.targets_missed,
             actor_restarts=self.pool.restarts,
+            peak_gops_per_actor=self.pool.peak_load,
             compute=self.compute.record(self._reserved()),
             reference=self.references.summary(),
             entries_total=counts.files_listed,
@@ -573,6 +622,7 @@ class Scheduler:
         summary["list_rows_without_uri"] = counts.rows_without_uri
         summary["duplicate_sources"] = self.duplicates
         summary["failures_total"] = self.failures.total
+        summary["failures_transient"] = self.failures.transient_total
         if self.listing_error:
             summary["listing_error"] = self.listing_error
         summary["encode_actors"] = self.utilisation

@@ -79,6 +79,9 @@ class RunTally:
     archive_bytes: int = 0
     not_videos: list[str] = dataclasses.field(default_factory=list)  # the first MAX_LISTED
     not_videos_total: int = 0
+    #: Sources archived with a note (truncated, or precision the codec does not keep); the first MAX_LISTED.
+    warnings: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    warnings_total: int = 0
     columns: dict[str, RunningStats] = dataclasses.field(
         default_factory=lambda: {name: RunningStats() for name in (*RATE_COLUMNS, *QUALITY_COLUMNS)}
     )
@@ -92,6 +95,11 @@ class RunTally:
             self.frames += gop["frame_count"]
             for name, stats in self.columns.items():
                 stats.add(gop.get(name), gop["frame_count"])
+
+    def warning(self, record: dict[str, str]) -> None:
+        self.warnings_total += 1
+        if len(self.warnings) < MAX_LISTED:
+            self.warnings.append(record)
 
     def not_video(self, reason: str) -> None:
         self.not_videos_total += 1
@@ -110,6 +118,7 @@ def build_summary(
     targets_missed: list[dict[str, Any]],
     actor_restarts: int,
     entries_total: int,
+    peak_gops_per_actor: int = 0,
     compute: dict[str, Any] | None = None,
     reference: dict[str, Any] | None = None,
     already_done: int,
@@ -130,6 +139,8 @@ def build_summary(
         "videos_skipped_failed": 0 if cfg.retry_failed else previously_failed,
         "not_videos": tally.not_videos,
         "not_videos_total": tally.not_videos_total,
+        "warnings": tally.warnings,
+        "warnings_total": tally.warnings_total,
         "gops": tally.gops,
         "frames": frames,
         "source_bytes": tally.source_bytes,
@@ -140,6 +151,7 @@ def build_summary(
         "quality": {name: tally.columns[name].percentiles() for name in QUALITY_COLUMNS},
         "failures": failures,
         "actor_restarts": actor_restarts,
+        "peak_gops_in_flight_per_actor": peak_gops_per_actor,
         "compute": compute,
         "reference": reference,
         "wall_seconds": c.elapsed,

@@ -10,20 +10,18 @@ and no container (a stale one from an earlier attempt is removed).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import time
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline import sources
 from pipeline.archive import accounting
 from pipeline.archive.plan import GopSpan
 from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_index, write_container
+from pipeline.manifest import parquet_bytes
 from pipeline.metrics import METRIC_COLUMNS
 from pipeline.runinfo import container_path, manifest_path, marker_path, utc_now, write_json
 from pipeline.schema import (
@@ -31,9 +29,8 @@ from pipeline.schema import (
     MANIFEST_SCHEMA,
     SOURCE_METADATA_COLUMNS,
     compute_column,
-    rows_to_table,
 )
-from pipeline.storage import filesystem, full_uri, open_atomic, range_reader, redact, write_bytes
+from pipeline.storage import filesystem, full_uri, range_reader, redact, remove, write_bytes, write_object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +58,7 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
     fs, out_root = filesystem(job.out, endpoint_url=job.endpoint_url)
     header, gops, attachments = container_inputs(job, payloads)
     path = container_path(out_root, job.video_key)
-    with open_atomic(fs, path) as handle:
-        size = write_container(handle, header, gops, attachments)
+    size = write_object(fs, path, lambda handle: write_container(handle, header, gops, attachments))
     archive_uri = full_uri(fs, path)
     index = read_index(range_reader(fs, path), size, name=archive_uri)  # the index as stored
     cpu = accounting.held("cpu")
@@ -79,8 +75,7 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
         "completed_at": utc_now().isoformat(),
     }
     write_json(fs, marker_path(out_root, "done", job.video_key), marker)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(marker_path(out_root, "failed", job.video_key))
+    remove(fs, marker_path(out_root, "failed", job.video_key))
     return commit_result(size, bool(attachments), rows, cpu.charge(time.perf_counter() - started))
 
 
@@ -157,8 +152,7 @@ def record_failure(
     """Mark a video failed: one manifest row with the error, a failed marker, no container."""
     error = redact(error.splitlines()[0] if error else "unknown error")
     fs, out_root = filesystem(out, endpoint_url=endpoint_url)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(container_path(out_root, video_key))
+    remove(fs, container_path(out_root, video_key))
     row = {
         "run_id": run_id,
         "video_key": video_key,
@@ -215,9 +209,20 @@ def _ok_row(
         "status": "ok",
         "error": None,
         "created_at": utc_now(),
+        **{column: header.get(column) for column in _SOURCE_COLUMNS},
         **quality,
         **{k: v for k, v in (job.metadata or {}).items() if k in SOURCE_METADATA_COLUMNS},
     }
+
+
+#: Header fields repeated on every row: what the archive keeps of the source (`sources.VideoInfo`).
+_SOURCE_COLUMNS = (
+    "source_bit_depth",
+    "source_chroma",
+    "coded_bit_depth",
+    "source_frames_declared",
+    "source_note",
+)
 
 
 _QUALITY_COLUMNS = (*METRIC_COLUMNS, "metrics_note")
@@ -240,6 +245,4 @@ def _gop_stats(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(rows_to_table(rows, MANIFEST_SCHEMA), buffer, compression="zstd")
-    return buffer.getvalue()
+    return parquet_bytes(rows, MANIFEST_SCHEMA)  # page checksums + content digest (pipeline.manifest)
