@@ -65,14 +65,17 @@ def kilobits_per_second(payload_bytes: int, frames: int, fps: Fraction) -> float
 class EncodedGop:
     """One coded GOP.
 
-    `reconstruction` is what a decoder will produce from `payload`: every encoder decodes its own output
-    before returning (a cheap self-check, and the frames quality metrics are computed on).
+    `reconstruction` is what a decoder will produce from `payload`, or None when the caller did not ask
+    for it (`encode(..., reconstruct=False)`) and the codec skipped its pixel decode. Every encoder still
+    checks its own payload before returning (classic codecs by decoding it; GLVC by entropy-decoding its
+    symbols; GVC by parsing its indices back), so a skipped reconstruction never skips the self-check.
+    Anything derived from the pixels (quality metrics, reconstruction digests) is null for such a GOP.
     `params` records the settings the rate control chose (e.g. {"crf": 31} or {"q_index": 17}); the
     pipeline stores it in the manifest so a run can be audited and reproduced.
     """
 
     payload: bytes
-    reconstruction: np.ndarray
+    reconstruction: np.ndarray | None
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -84,6 +87,12 @@ class Codec(abc.ABC):
     #: Latent codecs need GOPs of 1+4k frames; they pad a short last GOP internally and crop on decode.
     gop_multiple: ClassVar[int] = 1
     gop_offset: ClassVar[int] = 0
+
+    #: Deepest source precision the codec keeps: 8 means uint8 frames only; more means it also takes
+    #: uint16 RGB48 frames (a 10-bit source) and codes them at up to this many bits.
+    max_bit_depth: ClassVar[int] = 8
+    #: The chroma format the codec stores ("4:2:0" for the classic codecs; None: RGB in, RGB out).
+    coded_chroma: ClassVar[str | None] = None
 
     model_id: str | None = None
     model_sha256: str | None = None
@@ -105,9 +114,21 @@ class Codec(abc.ABC):
         if width < 2 or height < 2:
             raise UnsupportedInputError(f"{self.name} cannot code {width}x{height} frames")
 
+    #: True when `encode`/`decode` may be called from several threads at once: the codec serialises its
+    #: own device stages (see `codec.device`), so one GOP's CPU work overlaps the next GOP's GPU work.
+    #: Codecs without that guarantee are called one at a time by the pipeline.
+    thread_safe: ClassVar[bool] = False
+
     @abc.abstractmethod
-    def encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction) -> EncodedGop:
-        """Code one GOP (uint8 T×H×W×3) at `target`. The payload must decode without other GOPs."""
+    def encode(
+        self, frames: np.ndarray, target: RateTarget, fps: Fraction, *, reconstruct: bool = True
+    ) -> EncodedGop:
+        """Code one GOP (uint8 T×H×W×3) at `target`. The payload must decode without other GOPs.
+
+        `reconstruct=False`: the caller needs no pixels (the GOP's quality is not measured), so a codec
+        whose reconstruction costs a pixel decode (GLVC, GVC: the tokenizer's decoder) may skip it and
+        return `reconstruction=None`; codecs whose self-check decodes pixels anyway may still return it.
+        """
 
     @abc.abstractmethod
     def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
@@ -134,12 +155,23 @@ class Codec(abc.ABC):
             "model_sha256": self.model_sha256,
             "device": self.device,
             "decoder_options": self.decoder_options(),
+            "max_bit_depth": self.max_bit_depth,
+            "coded_chroma": self.coded_chroma,
         }
 
 
-def check_frames(frames: np.ndarray, codec_name: str) -> None:
-    """Validate the frame array every encoder receives."""
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+def check_frames(frames: np.ndarray, codec_name: str, *, high_bit_depth: bool = False) -> None:
+    """Validate the frame array every encoder receives (uint16 RGB48 too, for `high_bit_depth` codecs)."""
+    dtypes = (np.uint8, np.uint16) if high_bit_depth else (np.uint8,)
+    if frames.dtype not in dtypes or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        deep = " (or uint16 RGB48 for sources deeper than 8 bits)" if high_bit_depth else ""
         raise UnsupportedInputError(
-            f"{codec_name} expects uint8 frames shaped T×H×W×3, got {frames.dtype} {frames.shape}"
+            f"{codec_name} expects uint8 frames shaped T×H×W×3{deep}, got {frames.dtype} {frames.shape}"
         )
+
+
+def to_8bit(frames: np.ndarray) -> np.ndarray:
+    """uint16 RGB48 frames rounded to uint8 (what metrics measure and 8-bit codecs code); uint8 as is."""
+    if frames.dtype == np.uint8:
+        return frames
+    return ((frames.astype(np.uint32) + 128) // 257).clip(0, 255).astype(np.uint8)

@@ -1,6 +1,7 @@
 """`vidarc inspect ARCHIVE_OBJECT` and `vidarc ls OUT`: what one object holds, what an archive holds.
 
-Both print rich tables, or JSON with `--json` for scripts. Errors are one line, exit code 2.
+Both print rich tables, or JSON with `--json` for scripts. Errors are one line, exit code 2. `ls`
+exits 1 when manifest parts are damaged (each named on stderr; the other videos are listed).
 `python -m jobs.inspect_archive OBJECT` runs `inspect`; `python -m jobs.inspect_archive ls OUT` runs `ls`.
 """
 
@@ -12,6 +13,8 @@ import sys
 from typing import Annotated, Any
 
 import typer
+
+from jobs import price_options as po
 
 
 def _fail(message: str) -> None:
@@ -43,12 +46,17 @@ def inspect_command(
     device: Annotated[
         str, typer.Option(help="cpu | cuda: where to build the decoder (with --model).")
     ] = "cpu",
+    video: Annotated[
+        str | None, typer.Option(help="For a pack object: inspect this video (its key) of the pack.")
+    ] = None,
 ) -> None:
     """Header, model, decoder, GOP index and rates of one archive object (reads only its index)."""
     from pipeline.inspect import InspectError, inspect_object
 
     try:
-        report = inspect_object(archive_object, endpoint_url=endpoint_url, model=model, device=device)
+        report = inspect_object(
+            archive_object, endpoint_url=endpoint_url, model=model, device=device, video=video
+        )
     except InspectError as exc:
         _fail(str(exc))
         return
@@ -59,6 +67,20 @@ def inspect_command(
     from rich.table import Table
 
     console = Console()
+    if report.get("kind") == "pack":
+        members = Table(
+            title=f"pack {report['uri']} ({report['object_bytes']} bytes, {len(report['members'])} videos)"
+        )
+        for name in ("video_key", "offset", "length", "codec", "size", "frames", "GOPs", "bpp", "kbps"):
+            members.add_column(name, justify="left" if name in ("video_key", "codec") else "right")
+        for m in report["members"]:
+            members.add_row(
+                m["video_key"], str(m["offset"]), str(m["length"]), _fmt(m["codec"]), f"{m['width']}x{m['height']}",
+                str(m["frames"]), str(m["gops"]), _fmt(m["bpp"], 4), _fmt(m["kbps"], 1),
+            )  # fmt: skip
+        console.print(members)
+        console.print("inspect one of them with --video KEY")
+        return
     header = Table(title=f"{report['uri']} ({report['object_bytes']} bytes)", show_header=False)
     for key, value in sorted(report["header"].items()):
         header.add_row(key, json.dumps(value, default=str) if isinstance(value, dict | list) else str(value))
@@ -93,36 +115,77 @@ def ls_command(
     out: Annotated[str, typer.Argument(help="Archive root: local folder or fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
+    prices: po.PricesFile = None,
+    gpu_hour: po.GpuHour = None,
+    cpu_hour: po.CpuHour = None,
+    storage_gb_month: po.StorageGbMonth = None,
+    egress_gb: po.EgressGb = None,
 ) -> None:
-    """Videos in an archive with status, frames, bytes, rate and quality."""
+    """Videos in an archive with status, frames, bytes, rate, quality, compute spent, cost and the
+    classic reference (at the prices shown)."""
+    from pipeline.audit.costs import video_costs
+    from pipeline.audit.reader import AuditError
     from pipeline.inspect import InspectError, list_archive
 
+    priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb)
     try:
         videos = list_archive(out, endpoint_url=endpoint_url)
+        costs = video_costs(out, priced, endpoint_url=endpoint_url) if videos else {}
     except InspectError as exc:
         _fail(str(exc))
         return
+    except AuditError:  # markers without manifest parts: nothing to cost
+        costs = {}
+    damaged = [v for v in videos if v.status == "damaged"]
     if as_json:
-        sys.stdout.write(json.dumps([dataclasses.asdict(v) for v in videos], indent=2) + "\n")
+        prices_used = priced.to_json()  # in every video's costs: each row says what it was priced with
+        listing = [
+            dict(
+                dataclasses.asdict(v),
+                costs=dict(costs[v.video_key], prices=prices_used) if v.video_key in costs else None,
+            )
+            for v in videos
+        ]
+        sys.stdout.write(json.dumps(listing, indent=2) + "\n")
+        _exit_if_damaged(damaged)
         return
     from rich.console import Console
     from rich.table import Table
+
+    from pipeline.audit.cost_views import ls_cells, print_prices
 
     table = Table(title=f"{out}: {len(videos)} videos")
     for name in ("video", "source", "status", "codec", "frames", "bytes", "bpp", "kbps", "PSNR", "MS-SSIM"):
         text = name in ("video", "source", "status", "codec")
         table.add_column(name, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
+    spent = Table(title="compute spent and bytes saved per video (device-time: wall × devices reserved)")
+    for name in ("video", "device time", "compute cost", "saved vs source", "vs reference at equal quality"):
+        spent.add_column(name, justify="left" if name == "video" else "right", overflow="fold")
     for v in videos:
         source = v.source_uri.rstrip("/").rsplit("/", 1)[-1] if v.source_uri else "-"
         table.add_row(
             v.video_key, source, v.status, v.codec or "-", str(v.frames), str(v.payload_bytes),
             _fmt(v.bpp, 4), _fmt(v.kbps, 1), _fmt(v.psnr, 2), _fmt(v.ms_ssim, 4),
         )  # fmt: skip
+        if v.video_key in costs:
+            spent.add_row(v.video_key, *ls_cells(costs[v.video_key], priced.currency))
     console = Console()
     console.print(table)
+    if costs:
+        console.print(spent)
+        print_prices({"prices": priced.to_json(), "uses_default_prices": priced.uses_defaults()}, console)
     for v in videos:
-        if v.error:
+        if v.error and v.status != "damaged":
             console.print(f"{v.video_key}: {v.error}", soft_wrap=True)
+    _exit_if_damaged(damaged)
+
+
+def _exit_if_damaged(damaged: list[Any]) -> None:
+    """Damaged manifest parts: one line each on stderr, exit 1 (the other videos were listed)."""
+    if damaged:
+        for video in damaged:
+            print(f"damaged: {video.error}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

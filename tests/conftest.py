@@ -1,7 +1,8 @@
 """Shared fixtures: real sample videos (PyAV), one local Ray cluster per session, a moto S3 server.
 
 Fake AWS credentials are set for the whole session before Ray starts (workers inherit them), so
-S3 tests reach the local moto server and leak tests have known strings to look for.
+S3 tests reach the local moto server and leak tests have known strings to look for; so is a short
+storage-retry backoff, so fault-injection tests wait milliseconds between attempts.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ os.environ.update(
         "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "RAY_AUTH_MODE": "disabled",
+        # storage retries keep their count but wait milliseconds, not seconds (fault-injection tests)
+        "VIDARC_STORAGE_BACKOFF_S": "0.01",
     }
 )
 os.environ.pop("AWS_ENDPOINT_URL", None)
@@ -76,10 +79,13 @@ def write_odd_video(path: Path, frames: np.ndarray, fps: int = 24) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_address() -> str:
-    """One small local Ray cluster for the whole session; returns its address for subprocess drivers."""
+    """One small local Ray cluster for the whole session; returns its address for subprocess drivers.
+
+    It declares one logical GPU (there is none): actors asking for fractional GPUs
+    (`--num-gpus-per-actor 0.5`) then schedule as on a GPU node, and run on the CPU."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     address = ray.get_runtime_context().gcs_address
     yield address
     ray.shutdown()

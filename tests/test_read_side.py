@@ -27,12 +27,17 @@ REPO = Path(__file__).resolve().parents[1]
 READ_SIDE = [
     "pipeline/container.py",
     "pipeline/schema.py",
+    "pipeline/manifest.py",
     "pipeline/keys.py",
     "pipeline/storage.py",
     "pipeline/runinfo.py",
     "pipeline/reader.py",
     "pipeline/restore.py",
     "pipeline/inspect.py",
+    "pipeline/dataset/__init__.py",
+    "pipeline/dataset/plan.py",
+    "pipeline/dataset/clips.py",
+    "pipeline/dataset/export.py",
     "codec/registry.py",
     "codec/base.py",
 ]
@@ -40,6 +45,8 @@ READ_SIDE = [
 #: against a source that still exists), but never the archive job itself.
 READ_SIDE_TOOLS = [
     "pipeline/verify.py",
+    "pipeline/dataset/ray_source.py",  # a Ray Data datasource: Ray, but never the archive job
+    "pipeline/dataset/torch_dataset.py",
     *sorted(str(p.relative_to(REPO)) for p in (REPO / "pipeline/audit").glob("*.py")),
 ]
 WRITE_SIDE = ("pipeline.archive",)

@@ -28,13 +28,15 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from codec.gvc import atoms as atom_gen
-from codec.gvc.atoms_fused import inner_products_fused
+from codec.gvc.atoms_fused import select_top_atoms
 
 #: The flow model: (x_t [C, F, H, W] float32, t in (0, 1]) -> velocity, same shape, float32.
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 #: Sanity limits (the paper's largest sweep is K = 65536, M = 256); a header beyond them is corrupt.
 MAX_ATOMS = 1 << 24
 MAX_ATOMS_PER_STEP = 4096
+MIN_SHIFT, MAX_SHIFT = 1e-2, 1e2
+MAX_G_SCALE = 1e2
 #: One codebook entry: (sorted atom indices, ±1 signs aligned with them).
 Entry = tuple[list[int], list[int]]
 
@@ -60,8 +62,13 @@ class SamplerConfig:
             raise ValueError(
                 f"K <= {MAX_ATOMS} and M <= {MAX_ATOMS_PER_STEP} (got K={self.num_atoms}, M={self.atoms_per_step})"
             )
-        if self.shift <= 0 or self.g_scale < 0:
-            raise ValueError("shift must be positive and g non-negative")
+        # Ranges, not just signs: a decoder replays these from the bitstream, and a shift of 6e-22
+        # (or NaN) makes the time grid divide by zero. Real schedules use shifts of about 1..20.
+        if not (MIN_SHIFT <= self.shift <= MAX_SHIFT and 0 <= self.g_scale <= MAX_G_SCALE):
+            raise ValueError(
+                f"need {MIN_SHIFT} <= shift <= {MAX_SHIFT} and 0 <= g <= {MAX_G_SCALE}, "
+                f"got shift={self.shift}, g={self.g_scale}"
+            )
 
     @property
     def coded_steps(self) -> int:
@@ -111,11 +118,11 @@ def combine_atoms(
 def select_atoms(seed: int, step: int, residuals: torch.Tensor, num_atoms: int, m: int) -> list[Entry]:
     """Top-M atoms by |⟨atom, r_f⟩| per frame, with the signs of the inner products; indices sorted.
 
-    On a GPU the inner products come from the fused kernel (`atoms_fused`), elsewhere from the
-    reference; either way only the choice travels, and the atoms are replayed exactly."""
-    products = inner_products_fused(seed, step, residuals, num_atoms)
-    top = products.abs().topk(m, dim=1).indices.sort(dim=1).values
-    signs = torch.where(products.gather(1, top) < 0, -1, 1)
+    On a GPU the search (and, for M ≤ 256, the selection itself) runs in the fused kernel
+    (`atoms_fused`), elsewhere the reference products and `torch.topk`; either way only the choice
+    travels, and the atoms are replayed exactly."""
+    top, negative = select_top_atoms(seed, step, residuals, num_atoms, m)
+    signs = torch.where(negative, -1, 1)
     return [(row.tolist(), sgn.tolist()) for row, sgn in zip(top.cpu(), signs.cpu(), strict=True)]
 
 

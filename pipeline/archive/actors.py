@@ -27,6 +27,7 @@ class EncodePool:
         self.load = [0] * len(actors)
         self.cpus = cpus
         self.restarts = 0
+        self.peak_load = 0  # most calls (GOP encodes or searches) one actor held at once
 
     @classmethod
     def start(cls, cfg: ArchiveConfig) -> tuple[EncodePool, dict[str, Any]]:
@@ -69,6 +70,7 @@ class EncodePool:
         """The least loaded actor (index, handle), counted as one more call in flight."""
         idx = min(range(len(self.actors)), key=self.load.__getitem__)
         self.load[idx] += 1
+        self.peak_load = max(self.peak_load, self.load[idx])
         return idx, self.actors[idx]
 
     def release(self, idx: int) -> None:
@@ -81,6 +83,16 @@ class EncodePool:
         self.restarts += 1
         self.actors[idx] = _new_actor(self.cfg, self.cpus)
         return True
+
+    def utilisation(self) -> list[dict[str, Any]]:
+        """Each live actor's own measure of how busy it kept its device (`EncodeWorker.utilisation`)."""
+        import ray
+
+        reports = []
+        for actor in self.actors:
+            with contextlib.suppress(Exception):  # a dead actor has nothing to report
+                reports.append(ray.get(actor.utilisation.remote(), timeout=30))
+        return reports
 
     def stop(self) -> None:
         stop_actors(self.actors)
@@ -107,8 +119,16 @@ def _new_actor(cfg: ArchiveConfig, cpus: float) -> Any:
 
     name = f"vidarc-encode-{cfg.run_id or 'run'}-{uuid.uuid4().hex[:8]}"
     remote_cls = ray.remote(EncodeWorker)
+    placed = {"resources": dict(cfg.actor_resources)} if cfg.actor_resources else {}  # e.g. GPU nodes
+    # Threaded actor: its GOPs in flight run concurrently (`encode_worker`), plus one thread for the
+    # driver's small calls (GOP length, utilisation) so they never wait behind the encodes.
     return remote_cls.options(
-        name=name, num_cpus=cpus, num_gpus=cfg.num_gpus_per_actor, max_restarts=0
+        name=name,
+        num_cpus=cpus,
+        num_gpus=cfg.num_gpus_per_actor,
+        max_restarts=0,
+        max_concurrency=cfg.gops_in_flight_per_actor + 1,
+        **placed,
     ).remote(
         cfg.codec,
         cfg.model,

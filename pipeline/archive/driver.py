@@ -1,8 +1,10 @@
 """The archive job's driver: discover -> probe -> plan GOPs -> decode -> encode -> commit per video.
 
-`run_archive` lists SRC, skips done videos, starts Ray and the encode pool (`actors`), writes the run's
-config record, hands the videos to the `Scheduler`, then writes the summary and runs the closing
-verify (with the run's `--model` and `--device`).
+`run_archive` opens the stream of videos to do (`worklist`: SRC or an input list listed page by page,
+minus other shards and done videos), starts Ray and the encode pool (`actors`) once there is one,
+writes the run's config record, hands the stream to the `Scheduler` (which pulls from it as slots free
+up, so the collection is never held), then writes the summary and runs the closing verify (with the
+run's `--model` and `--device`).
 
 Why plain Ray tasks and actors rather than Ray Data: the unit of commit is a *video* (one container,
 one manifest part, one done marker, written in that order), while the unit of work is a *GOP*. The
@@ -44,18 +46,32 @@ import os
 import time
 from typing import Any
 
-from pipeline.archive import discovery
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig, ConfigError
 from pipeline.archive.errors import ArchiveError
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.scheduler import Scheduler
-from pipeline.runinfo import list_markers, new_run_id, run_dir, tool_versions, write_json
-from pipeline.storage import StorageError, check_reachable, filesystem, is_local, join, redact
+from pipeline.archive.source_list import SourceList, SourceListError, list_format
+from pipeline.archive.worklist import WorkList
+from pipeline.runinfo import new_run_id, run_dir, tool_versions, write_json
+from pipeline.storage import (
+    StorageError,
+    check_reachable,
+    check_writable,
+    describe,
+    filesystem,
+    full_uri,
+    is_local,
+    join,
+    redact,
+)
 
 log = logging.getLogger("vidarc.archive")
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+#: The storage failed during the run (an outage longer than the retries): some videos or the run's
+#: summary could not be written. Nothing is marked failed for it: rerunning the same command finishes.
+EXIT_STORAGE = 3
 
 
 @dataclasses.dataclass
@@ -75,34 +91,44 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     src_fs, src_root = _open_store(cfg.src, cfg.endpoint_url)
     out_fs, out_root = _open_store(cfg.out, cfg.endpoint_url)
     try:
-        check_reachable(src_fs, src_root, cfg.src, must_exist=is_local(src_fs))
+        check_reachable(src_fs, src_root, cfg.src, must_exist=True)  # a missing S3 prefix, like a folder
         check_reachable(out_fs, out_root, cfg.out, must_exist=False)
-        entries = discovery.list_sources(
-            cfg.src,
+        check_writable(out_fs, out_root, cfg.out)
+        work = WorkList(
+            src=cfg.src,
+            out_fs=out_fs,
+            out_root=out_root,
             endpoint_url=cfg.endpoint_url,
             include=cfg.include,
             exclude=cfg.exclude,
             ignore_prefix=cfg.out,
+            shard=cfg.shard,
+            retry_failed=cfg.retry_failed,
         )
-    except StorageError as exc:
+        if cfg.quality_goal is not None and _list_has_targets(cfg):
+            raise ArchiveError(
+                f"{cfg.src}: the list's per-video rate targets cannot be combined with "
+                f"--target-{cfg.quality_goal.metric}; drop one"
+            )
+        first = work.peek()  # lists only as far as the first video to do
+    except (StorageError, SourceListError) as exc:
         raise ArchiveError(str(exc)) from None
+    except ArchiveError:
+        raise
     except Exception as exc:  # listing errors from any fsspec backend
         raise ArchiveError(f"{cfg.src}: cannot list ({type(exc).__name__}: {redact(str(exc))})") from None
-    if not entries:
+    if first is None and work.counts.seen == 0:
         return ArchiveResult(None, EXIT_OK, {}, f"{cfg.src}: no files found; nothing to archive")
 
-    done = list_markers(out_fs, out_root, "done")
-    failed_before = list_markers(out_fs, out_root, "failed")
-    todo = [e for e in entries if e.key not in done and (cfg.retry_failed or e.key not in failed_before)]
     run_id = cfg.run_id or new_run_id()
     cfg = dataclasses.replace(cfg, run_id=run_id)
-    counters = Counters(videos_skipped=len(entries) - len(todo))
+    counters = Counters()
     display = display or ProgressDisplay(counters)
     display.counters = counters
     if is_local(out_fs):
         _remove_stale_temporaries(out_root)
 
-    if todo:
+    if first is not None:
         _start_ray(cfg)
         pool, identity = EncodePool.start(cfg)
     else:  # nothing left to do: no cluster, no actors, just the run records
@@ -114,29 +140,58 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         "versions": tool_versions(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_json(out_fs, join(run_dir(out_root, run_id), "config.json"), config_record)
+    try:
+        write_json(out_fs, join(run_dir(out_root, run_id), "config.json"), config_record)
+    except Exception as exc:  # the first write: OUT refuses it (403, read-only), nothing else written
+        pool.stop()
+        raise ArchiveError(describe(exc, cfg.out)) from None
     scheduler = Scheduler(cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root)
     try:
-        scheduler.run(todo)
+        scheduler.run(work)
     finally:
         display.close()
-    summary = scheduler.summary(
-        entries_total=len(entries),
-        already_done=sum(e.key in done for e in entries),
-        previously_failed=sum(e.key in failed_before and e.key not in done for e in entries),
-    )
+    summary = scheduler.summary(work.counts)
+    storage_failures = summary["failures_transient"]
     exit_code = EXIT_FAILURES if summary["videos_failed"] else EXIT_OK
-    if cfg.verify_fraction:
+    if summary.get("listing_error"):
+        exit_code = EXIT_STORAGE
+    if cfg.verify_fraction and not storage_failures:
         summary["verify"] = _verify(cfg)
         if summary["verify"].get("failures"):
             exit_code = EXIT_FAILURES
-    write_json(out_fs, join(run_dir(out_root, run_id), "summary.json"), summary)
+    summary_path = join(run_dir(out_root, run_id), "summary.json")
+    try:
+        write_json(out_fs, summary_path, summary)
+    except Exception as exc:  # the run's work stands; its record could not be stored
+        summary["storage_error"] = f"summary not written: {describe(exc, full_uri(out_fs, summary_path))}"
+    if storage_failures or summary.get("storage_error"):
+        exit_code = EXIT_STORAGE
     message = (
         f"run {run_id}: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
         f"{summary['videos_skipped_done']} already done, {summary['videos_skipped_failed']} failed earlier "
-        f"(not retried), {len(summary['not_videos'])} non-video files skipped"
+        f"(not retried), {summary['not_videos_total']} non-video files skipped"
     )
+    if cfg.shard is not None:
+        message += (
+            f"; shard {cfg.shard[0]}/{cfg.shard[1]} ({summary['files_in_other_shards']} in other shards)"
+        )
+    if summary.get("listing_error"):
+        message += f"; listing stopped: {summary['listing_error']} (rerun the same command to finish)"
+    if storage_failures or summary.get("storage_error"):
+        message += (
+            f"; storage failed during the run ({storage_failures} videos not written): "
+            "rerun the same command to finish"
+        )
     return ArchiveResult(run_id, exit_code, summary, message)
+
+
+def _list_has_targets(cfg: ArchiveConfig) -> bool:
+    if list_format(cfg.src) is None:
+        return False
+    try:
+        return SourceList(cfg.src, endpoint_url=cfg.endpoint_url).has_targets
+    except SourceListError:
+        return False  # not a list after all (a folder named *.csv): iter_sources lists it
 
 
 def _open_store(uri: str, endpoint_url: str | None):
@@ -149,7 +204,17 @@ def _open_store(uri: str, endpoint_url: str | None):
 def _remove_stale_temporaries(out_root: str) -> None:
     """A killed run can leave `*.tmp-*` files behind (local outputs only; S3 uploads never appear
     unfinished). One archive run per OUT at a time is assumed, so any left over are stale."""
-    for sub in ("videos", "manifest", "markers/done", "markers/failed", "quality_search"):
+    runs = os.path.join(out_root, "runs")
+    run_folders = [os.path.join("runs", r) for r in os.listdir(runs)] if os.path.isdir(runs) else []
+    for sub in (
+        "videos",
+        "manifest",
+        "markers/done",
+        "markers/failed",
+        "quality_search",
+        "verify",
+        *run_folders,
+    ):
         folder = os.path.join(out_root, sub)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
@@ -178,18 +243,22 @@ def _start_ray(cfg: ArchiveConfig) -> None:
 def _verify(cfg: ArchiveConfig) -> dict[str, Any]:
     """Decode a sample of the archive (pipeline.verify) and report failures."""
     try:
-        from pipeline.verify import run_verify
+        from pipeline.verify import VerifyError, run_verify
     except ImportError:
         return {"failures": ["verify unavailable: pipeline.verify is not installed"], "rows": 0}
-    report = run_verify(
-        cfg.out,
-        fraction=cfg.verify_fraction,
-        count=None,
-        seed=0,
-        device=cfg.device,
-        endpoint_url=cfg.endpoint_url,
-        model=cfg.model,
-    )
+    try:
+        report = run_verify(
+            cfg.out,
+            fraction=cfg.verify_fraction,
+            count=None,
+            seed=0,
+            device=cfg.device,
+            endpoint_url=cfg.endpoint_url,
+            model=cfg.model,
+        )
+    except Exception as exc:  # e.g. the store went away: the run reports it, one line
+        reason = redact(str(exc).splitlines()[0]) if isinstance(exc, VerifyError) else describe(exc, cfg.out)
+        return {"failures": [f"closing verify could not run: {reason}"], "rows": 0}
     failures = [str(f) for f in report.failures]
     rows = report.rows
     return {"failures": failures, "rows": len(rows) if hasattr(rows, "__len__") else rows}

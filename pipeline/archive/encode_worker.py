@@ -9,10 +9,25 @@ metrics and then dropped: it never travels.
 Quality targets (`QualityGoal`) run here too, next to the codec and on its device: `search_quality`
 searches a video's sample GOPs once, before its GOPs are dispatched; with `per_gop`, `encode` searches
 each GOP on itself and keeps the winning encoding (no extra encode).
+
+The reconstruction is asked for only where pixels are needed: GOPs whose quality is measured
+(`--metrics-every`) and quality searches. Elsewhere GLVC and GVC skip their tokenizer decode; the
+codec's self-check of the payload still runs, and the manifest marks the GOP as not measured.
+
+Several GOPs are in flight per actor: the actor is a threaded Ray actor (`max_concurrency`, set by
+`actors`), and each call runs in its own thread. A codec that declares itself `thread_safe` (GLVC,
+GVC) is called concurrently and serialises its own device stages, so one GOP's entropy coding and
+metrics overlap the next GOP's network passes; other codecs are called one at a time under a lock,
+and only the metrics overlap. A threaded actor rather than an async one: every stage is a blocking
+call into PyTorch, PyAV or constriction (which release the GIL in their native code), so coroutines
+would only wrap the same threads. How busy the actor kept its device is measured here
+(`utilisation`, reported in summary.json).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from fractions import Fraction
 from typing import Any
@@ -21,7 +36,9 @@ import numpy as np
 
 from codec.base import Codec, RateTarget, bits_per_pixel, kilobits_per_second
 from codec.errors import CodecError
+from codec.gpu import BusyClock
 from codec.registry import build_codec
+from pipeline.archive import accounting, utilisation
 from pipeline.archive.config import QualityGoal
 from pipeline.archive.quality_target import QualityTargetError, find_rate_for_quality
 from pipeline.schema import MANIFEST_SCHEMA
@@ -52,6 +69,13 @@ class EncodeWorker:
         self.metrics_every = metrics_every
         self.metric_weights = metric_weights
         self.skip_metrics = tuple(skip_metrics)
+        # Codecs that are not thread-safe are called one at a time; thread-safe ones lock their own stages.
+        safe = self.codec is not None and self.codec.thread_safe
+        self._codec_lock: Any = contextlib.nullcontext() if safe else threading.RLock()
+        self.busy = BusyClock()  # coding or measuring a GOP, any thread
+        self.gops = 0
+        self._nvml: Any = None
+        self._nvml_started = False
 
     def describe(self) -> dict[str, Any]:
         if self.codec is None:
@@ -94,16 +118,28 @@ class EncodeWorker:
         """Per-video quality search on sample GOPs: {"knob", "record"} or {"error"} (one line)."""
         assert self.codec is not None
         try:
-            height, width = sample_gops[0].shape[1:3]
-            self.codec.check_geometry(width, height)
-            result = self._search(list(sample_gops), goal, Fraction(fps_num, fps_den))
+            with accounting.stopwatch() as wall:
+                height, width = sample_gops[0].shape[1:3]
+                self.codec.check_geometry(width, height)
+                result = self._search(list(sample_gops), goal, Fraction(fps_num, fps_den))
             record = result.as_record()
             knob = result.rate_target.value
         except (CodecError, QualityTargetError) as exc:
             return {"error": f"{label}: quality search: {exc}"}
-        return {"knob": knob, "record": record}
+        device = accounting.held(self.codec.device)
+        compute = {"search": device.charge(wall[0]), "device": device.kind}
+        return {"knob": knob, "record": record, "compute": compute}
 
-    def encode(
+    def encode(self, frames: np.ndarray, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], bytes]:
+        """`_encode_gop`, timed as the actor's busy time; one call at a time unless the codec is
+        thread-safe (then concurrent calls overlap, see the module docstring)."""
+        self._start_nvml()
+        with self.busy.busy():
+            result = self._encode_gop(frames, *args, **kwargs)
+        self.gops += 1
+        return result
+
+    def _encode_gop(
         self,
         frames: np.ndarray,
         target: RateTarget | None,
@@ -112,23 +148,26 @@ class EncodeWorker:
         gop_index: int,
         label: str,
         goal: QualityGoal | None = None,
+        decode_seconds: float | None = None,
     ) -> tuple[dict[str, Any], bytes]:
         """Code one GOP: (metadata, payload). A codec refusal comes back as metadata["error"].
 
         `goal` (per-GOP quality target) replaces `target`: the GOP is searched on itself.
+        `decode_seconds`: the CPU-seconds its decode task measured, carried into `meta["compute"]`.
         """
         assert self.codec is not None
         fps = Fraction(fps_num, fps_den)
         count, height, width = frames.shape[:3]
-        started = time.perf_counter()
         search: dict[str, Any] | None = None
         try:
             self.codec.check_geometry(width, height)
-            if goal is not None:
-                encoded, search = self._search_gop(frames, goal, fps)
-            else:
-                assert target is not None
-                encoded = self.codec.encode(frames, target, fps)
+            with self._codec_lock:  # a no-op for thread-safe codecs; the metrics below run outside it
+                started = time.perf_counter()
+                if goal is not None:
+                    encoded, search = self._search_gop(frames, goal, fps)
+                else:
+                    assert target is not None
+                    encoded = self.codec.encode(frames, target, fps, reconstruct=self._measured(gop_index))
         except CodecError as exc:
             return {"error": f"{label}: {exc}"}, b""
         except QualityTargetError as exc:  # the metric cannot be computed, or nothing fits the cap
@@ -146,8 +185,52 @@ class EncodeWorker:
             "params": params,
             "device": self.codec.device,
         }
-        meta.update(self._quality(frames, encoded.reconstruction, gop_index, float(fps)))
+        with accounting.stopwatch() as metrics_wall:
+            meta.update(self._quality(frames, encoded.reconstruction, gop_index, float(fps)))
+        meta["compute"] = self._compute(seconds, metrics_wall[0], search, decode_seconds)
         return meta, payload
+
+    def _compute(
+        self, seconds: float, metrics_seconds: float, search: dict[str, Any] | None, decode: float | None
+    ) -> dict[str, Any]:
+        """This GOP's device-seconds per stage. A per-GOP search's chosen point is the encode (its
+        encoding is the one stored); the other points it measured are the search."""
+        device = accounting.held(self.codec.device if self.codec else "cpu")
+        encode_wall, search_wall = seconds, None
+        if search is not None:
+            chosen = [p for p in search.get("points", []) if p["quality"] == search.get("chosen_quality")]
+            encode_wall = min(seconds, chosen[0]["encode_seconds"]) if chosen else 0.0
+            search_wall = seconds - encode_wall
+        return {
+            "device": device.kind,
+            "decode": decode,
+            "encode": device.charge(encode_wall),
+            "metrics": device.charge(metrics_seconds),
+            "search": None if search_wall is None else device.charge(search_wall),
+        }
+
+    def _measured(self, gop_index: int) -> bool:
+        """Whether this GOP's quality is measured, i.e. whether its reconstruction is needed."""
+        from pipeline.metrics import should_measure
+
+        return should_measure(gop_index, self.metrics_every)
+
+    def _start_nvml(self) -> None:
+        if not self._nvml_started and self.codec is not None:
+            self._nvml_started = True
+            self._nvml = utilisation.start_nvml(self.codec.device)
+
+    def utilisation(self) -> dict[str, Any]:
+        """How busy this actor kept its device (see `pipeline.archive.utilisation`)."""
+        stage = getattr(self.codec, "stage", None)
+        return {
+            "device": self.codec.device if self.codec else None,
+            "resources": utilisation.assigned_resources(),
+            "gops": self.gops,
+            "actor": self.busy.report(),
+            "device_stage": stage.clock.report() if stage is not None else None,
+            "nvml": self._nvml.report() if self._nvml is not None else None,
+        }
 
     def _search_gop(self, frames: np.ndarray, goal: QualityGoal, fps: Fraction):
         """Search one GOP on itself; reuse the winning encoding (re-encode only if it was not kept)."""
@@ -160,22 +243,28 @@ class EncodeWorker:
     def _search(self, gops: list[np.ndarray], goal: QualityGoal, fps: Fraction, **options: Any):
         """`find_rate_for_quality` for this actor's codec, on its device, with its metric weights."""
         assert self.codec is not None
-        return find_rate_for_quality(
-            self.codec,
-            gops,
-            fps,
-            goal.metric,
-            goal.target,
-            max_kbps=goal.max_kbps,
-            device=self.codec.device,
-            weights_dir=self.metric_weights,
-            **options,
-        )
+        with self._codec_lock:
+            return find_rate_for_quality(
+                self.codec,
+                gops,
+                fps,
+                goal.metric,
+                goal.target,
+                max_kbps=goal.max_kbps,
+                device=self.codec.device,
+                weights_dir=self.metric_weights,
+                **options,
+            )
 
-    def _quality(self, source: np.ndarray, recon: np.ndarray, gop_index: int, fps: float) -> dict[str, Any]:
+    def _quality(
+        self, source: np.ndarray, recon: np.ndarray | None, gop_index: int, fps: float
+    ) -> dict[str, Any]:
+        import torch
+
+        from codec.gpu import thread_stream
         from pipeline.metrics import MetricsConfig, compute_gop_metrics, should_measure
 
-        if not should_measure(gop_index, self.metrics_every):
+        if not should_measure(gop_index, self.metrics_every) or recon is None:
             return {"metrics_note": f"not measured (metrics on every {self.metrics_every}th GOP)"}
         config = MetricsConfig(
             device=self.codec.device if self.codec else "cpu",
@@ -187,7 +276,8 @@ class EncodeWorker:
             weights_dir=self.metric_weights,
         )
         try:
-            values = compute_gop_metrics(source, recon, config)
+            with thread_stream(torch.device(config.device)):  # beside the codec's stream, not on it
+                values = compute_gop_metrics(source, recon, config)
         except Exception as exc:  # a metric failure must not lose the coded GOP
             return {"metrics_note": f"metrics failed: {type(exc).__name__}: {exc}"}
         columns = set(MANIFEST_SCHEMA.names)

@@ -54,17 +54,28 @@ class Comparison:
     bd_quality: float | None
     bd_note: str | None
     videos: list[dict[str, Any]]
+    #: Damaged manifest parts of either archive (their videos are left out of the comparison).
+    damaged_parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Compute, reference and break-even of each archive over the matched videos, and B's break-even
+    #: against A (`costs`), when priced.
+    costs_a: dict[str, Any] | None = None
+    costs_b: dict[str, Any] | None = None
+    b_vs_a: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _collect(out: str, metric: str, endpoint_url: str | None) -> dict[str, dict[str, _Point]]:
-    """source_uri -> group label -> accumulated point, from one streaming pass over the manifest."""
+def _collect(
+    out: str, metric: str, endpoint_url: str | None, damaged: list[dict[str, Any]]
+) -> dict[str, dict[str, _Point]]:
+    """source_uri -> group label -> accumulated point, from one streaming pass over the manifest
+    (damaged parts are appended to `damaged`)."""
     per_video: dict[str, dict[str, _Point]] = defaultdict(lambda: defaultdict(_Point))
     columns = ["source_uri", "codec", "target_kind", "target_value", "status", "payload_bytes"]
     columns += ["width", "height", "frame_count", metric]
-    for batch in iter_batches(open_manifest(out, endpoint_url=endpoint_url), columns):
+    parts = open_manifest(out, endpoint_url=endpoint_url)
+    for batch in iter_batches(parts, columns):
         for row in batch.to_pylist():
             if row["status"] != "ok" or row["source_uri"] is None:
                 continue
@@ -76,6 +87,7 @@ def _collect(out: str, metric: str, endpoint_url: str | None) -> dict[str, dict[
             if row[metric] is not None and np.isfinite(row[metric]):
                 point.quality_sum += row[metric]
                 point.quality_count += 1
+    damaged.extend(part.as_record() for part in parts.damaged)
     return per_video
 
 
@@ -119,13 +131,15 @@ def _bd(
 
 
 def compare_archives(
-    out_a: str, out_b: str, *, metric: str = "psnr", endpoint_url: str | None = None
+    out_a: str, out_b: str, *, metric: str = "psnr", endpoint_url: str | None = None, prices: Any = None
 ) -> Comparison:
-    """BD-rate (bpp) and BD-`metric` of B against A, overall and per matched video."""
+    """BD-rate (bpp) and BD-`metric` of B against A, overall and per matched video; with `prices`,
+    the cost figures of both over the matched videos and B's break-even against A."""
     if metric not in HIGHER_IS_BETTER:
         raise CompareError(f"unknown metric {metric!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
-    videos_a = _collect(out_a, metric, endpoint_url)
-    videos_b = _collect(out_b, metric, endpoint_url)
+    damaged: list[dict[str, Any]] = []
+    videos_a = _collect(out_a, metric, endpoint_url, damaged)
+    videos_b = _collect(out_b, metric, endpoint_url, damaged)
     matched = sorted(set(videos_a) & set(videos_b))
     if not matched:
         raise CompareError(f"{out_a} and {out_b} share no source videos (matched by source_uri)")
@@ -154,7 +168,18 @@ def compare_archives(
                 "bd_note": video_note,
             }
         )
+    costs_a = costs_b = b_vs_a = None
+    if prices is not None:
+        from pipeline.audit.costs import cost_report, relative_payback
+
+        matched_set = set(matched)
+        costs_a = cost_report(out_a, prices, source_uris=matched_set, endpoint_url=endpoint_url)
+        costs_b = cost_report(out_b, prices, source_uris=matched_set, endpoint_url=endpoint_url)
+        b_vs_a = relative_payback(costs_a["total"], costs_b["total"], prices)
     return Comparison(
+        costs_a=costs_a,
+        costs_b=costs_b,
+        b_vs_a=b_vs_a,
         out_a=out_a,
         out_b=out_b,
         metric=metric,
@@ -167,6 +192,7 @@ def compare_archives(
         bd_quality=bd_quality_value,
         bd_note=note,
         videos=per_video,
+        damaged_parts=damaged,
     )
 
 
@@ -191,6 +217,8 @@ def print_comparison(result: Comparison, console: Console, max_videos: int = 50)
         f"A = {result.out_a}\nB = {result.out_b}\n{result.matched_videos} videos in both "
         f"({result.only_in_a} only in A, {result.only_in_b} only in B); {result.metric}: {direction} is better"
     )
+    for part in result.damaged_parts:
+        console.print(f"damaged manifest part (its video is left out): {part['uri']}: {part['reason']}")
     points = Table(title="rate–quality points (matched videos)")
     for name in ("archive", "codec / target", "bpp", result.metric):
         points.add_column(name)
@@ -205,6 +233,10 @@ def print_comparison(result: Comparison, console: Console, max_videos: int = 50)
         )
     else:
         console.print(f"BD-rate: not computed ({result.bd_note})")
+    if result.costs_a is not None and result.costs_b is not None:
+        from pipeline.audit.cost_views import print_compare_costs
+
+        print_compare_costs(result.costs_a, result.costs_b, result.b_vs_a, console)
     table = Table(title=f"per video (first {min(max_videos, len(result.videos))} of {len(result.videos)})")
     for name in (
         "video",
