@@ -80,7 +80,9 @@ def _train_loop(config: dict[str, Any]) -> None:
 
         from codec.gvc.backbone import NULL_TEXT_FILE, load_diffusers_model
 
-        model = load_diffusers_model(WanTransformer3DModel, Path(config["init"]))
+        model = load_diffusers_model(
+            WanTransformer3DModel, Path(config["init"]), torch.device("cpu"), torch.float32
+        )
         text = load_file(str(Path(config["init"]) / NULL_TEXT_FILE))["embedding"]
     else:
         model = WanTransformer3DModel(
