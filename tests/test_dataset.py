@@ -167,7 +167,7 @@ def test_glvc_latents_equal_the_encoders_without_a_pixel_decode(glvc_archive) ->
         assert coded.shape == (1, 16, 2, 4, 8) and row["latents"].shape == (16, 2, 4, 5)
         assert torch.equal(row["latents"], coded[0, :, :, :, :5])
         assert np.array_equal(row["frames"].numpy(), gop.reconstruction)
-        assert row["tokenizer_id"].startswith("vidarc-tiny@1/tokenizer@")
+        assert row["tokenizer_id"].startswith("vidarc-tiny@2/tokenizer@")
         assert row["latents_mean"].shape == row["latents_std"].shape == (16,)
     payload = encoded[1].payload
     full = codec.decode_latents(payload, 4, 40, 32)  # the codec's method: the coded (padded) latents
@@ -272,7 +272,7 @@ def test_ray_stages_carry_glvc_latents_as_tensor_columns(glvc_archive) -> None:
     row = table.to_pylist()[0]
     assert (row["gop_index"], row["first_frame"], row["frame_count"]) == (1, 5, 4)
     assert np.array_equal(row["latents"], latents[1][0, :, :, :, :5].numpy())
-    assert row["tokenizer_id"].startswith("vidarc-tiny@1/") and len(row["latents_mean"]) == 16
+    assert row["tokenizer_id"].startswith("vidarc-tiny@2/") and len(row["latents_mean"]) == 16
 
 
 # ---- export ------------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def _train_loop(config: dict[str, Any]) -> None:
 
         model = load_diffusers_model(
             WanTransformer3DModel, Path(config["init"]), torch.device("cpu"), torch.float32
-        )
+        ).requires_grad_(True)  # loaded for inference (no grad); training needs them trainable
         text = load_file(str(Path(config["init"]) / NULL_TEXT_FILE))["embedding"]
     else:
         model = WanTransformer3DModel(
