@@ -78,7 +78,7 @@ def x264_archive(tmp_path_factory, clip: np.ndarray, sample_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def glvc_archive(tmp_path_factory, clip: np.ndarray):
-    """One GLVC video (bundled model, 9 frames of 40×32 in GOPs of 5 + 4: coded padded to 64×32), the
+    """One GLVC video (bundled model, 9 frames of 40×32 in GOPs of 5 + 4, coded padded to its block), the
     codec, and per GOP the encoder's output and the latents its self-check decoded from the payload."""
     out = tmp_path_factory.mktemp("dataset") / "glvc"
     codec = create_codec("glvc")
@@ -162,10 +162,12 @@ def test_glvc_latents_equal_the_encoders_without_a_pixel_decode(glvc_archive) ->
     out, codec, encoded, latents = glvc_archive
     rows = list(ArchiveClipDataset(str(out), output="both", shuffle=False))
     assert [(r["gop_index"], r["frame_count"]) for r in rows] == [(0, 5), (1, 4)]
+    s = codec.tokenizer.spatial_factor  # 8 for Wan's VAE, 4 for the bundled vidarc-tiny@2
     for row, gop, coded in zip(rows, encoded, latents, strict=True):
-        # the encoder's decoded latents (coded at 64×32 px: 4×8), cropped to the frame area (32×40 -> 4×5)
-        assert coded.shape == (1, 16, 2, 4, 8) and row["latents"].shape == (16, 2, 4, 5)
-        assert torch.equal(row["latents"], coded[0, :, :, :, :5])
+        # the encoder's decoded latents (coded at a padded size), cropped to the frame area (32×40 px)
+        assert coded.shape[:3] == (1, 16, 2) and coded.shape[3] * s >= 32 and coded.shape[4] * s >= 40
+        assert row["latents"].shape == (16, 2, 32 // s, 40 // s)
+        assert torch.equal(row["latents"], coded[0, :, :, : 32 // s, : 40 // s])
         assert np.array_equal(row["frames"].numpy(), gop.reconstruction)
         assert row["tokenizer_id"].startswith("vidarc-tiny@2/tokenizer@")
         assert row["latents_mean"].shape == row["latents_std"].shape == (16,)
@@ -259,7 +261,8 @@ def test_ray_stages_carry_glvc_latents_as_tensor_columns(glvc_archive) -> None:
     would load torch and the model again)."""
     from pipeline.dataset.ray_source import ArchiveDatasource, GopDecoder
 
-    out, _, _, latents = glvc_archive
+    out, codec, _, latents = glvc_archive
+    s = codec.tokenizer.spatial_factor
     plan = plan_archive(str(out), spec=ClipSpec(output="latents"), columns=("video_key", "psnr"))
     (task,) = ArchiveDatasource(plan).get_read_tasks(4)  # one object: one task, its index read once
     assert task.metadata.num_rows == 2 and task.metadata.size_bytes == plan.payload_bytes
@@ -271,7 +274,7 @@ def test_ray_stages_carry_glvc_latents_as_tensor_columns(glvc_archive) -> None:
                                   "bytes_read", "latents", "latents_mean", "latents_std", "tokenizer_id"]  # fmt: skip
     row = table.to_pylist()[0]
     assert (row["gop_index"], row["first_frame"], row["frame_count"]) == (1, 5, 4)
-    assert np.array_equal(row["latents"], latents[1][0, :, :, :, :5].numpy())
+    assert np.array_equal(row["latents"], latents[1][0, :, :, : 32 // s, : 40 // s].numpy())
     assert row["tokenizer_id"].startswith("vidarc-tiny@2/") and len(row["latents_mean"]) == 16
 
 
@@ -296,7 +299,8 @@ def test_export_mp4_with_audio_and_sidecars(x264_archive: Path, tmp_path: Path) 
 
 
 def test_export_webdataset_shards(glvc_archive, x264_archive: Path, tmp_path: Path) -> None:
-    out, _, _, latents = glvc_archive
+    out, codec, _, latents = glvc_archive
+    s = codec.tokenizer.spatial_factor
     result = export_archive(str(out), str(tmp_path / "glvc"), fmt="webdataset", output="latents",
                             clips_per_shard=1)  # fmt: skip
     assert sorted(Path(f).name for f in result.files) == ["shard-000000.tar", "shard-000001.tar"]
@@ -304,7 +308,8 @@ def test_export_webdataset_shards(glvc_archive, x264_archive: Path, tmp_path: Pa
         members = {m.name: shard.extractfile(m).read() for m in shard.getmembers()}
     key = "gamma-g00001-f0000005"
     assert sorted(members) == [f"{key}.json", f"{key}.npy"]
-    assert np.array_equal(np.load(io.BytesIO(members[f"{key}.npy"])), latents[1][0, :, :, :, :5].numpy())
+    expected = latents[1][0, :, :, : 32 // s, : 40 // s].numpy()
+    assert np.array_equal(np.load(io.BytesIO(members[f"{key}.npy"])), expected)
     meta = json.loads(members[f"{key}.json"])
     assert (meta["video_key"], meta["first_frame"], meta["frame_count"]) == ("gamma", 5, 4)
     assert len(meta["latents_std"]) == 16 and meta["fps"] == 24.0 and math.isfinite(meta["psnr"])
