@@ -20,7 +20,6 @@ of about `target_bytes` (128 MB), then deletes the parts it absorbed. Readers re
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import secrets
@@ -34,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.keyset import KeySet
+from pipeline.manifest import parse_part
 from pipeline.manifest_layout import (
     COMPACTED_PREFIX,
     COMPACTION_KEY,
@@ -220,11 +220,13 @@ def _write_file(
 def _absorb(
     fs: Any, plan: ManifestPlan, part_path: str, data: bytes, report: CompactReport
 ) -> pa.Table | None:
-    """A part's rows in the compacted schema (with where they came from), or None if unreadable."""
+    """A part's rows in the compacted schema (with where they came from), or None if unreadable.
+    Checked as readers check it (`manifest.parse_part`: page and column checksums), so damage that
+    readers would name is never absorbed (and its part deleted) as if it were good rows."""
     try:
-        table = _conform(pq.read_table(io.BytesIO(data)))
-    except Exception as exc:  # a damaged part stays where it is, for readers to name
-        report.damaged.append(f"{full_uri(fs, part_path)}: {type(exc).__name__}: {exc}")
+        table = parse_part(data, MANIFEST_SCHEMA)
+    except ValueError as exc:  # a damaged part stays where it is, for readers to name
+        report.damaged.append(f"{full_uri(fs, part_path)}: {exc}")
         return None
     drop = plan.part_drops.get(part_path)
     if drop:  # rows readers leave out (a video packed twice counts in its latest pack)
@@ -233,17 +235,6 @@ def _absorb(
     source = part_path.rsplit("/", 1)[-1]
     table = table.append_column(SOURCE_PART, pa.array([source] * table.num_rows, pa.string()))
     return table.append_column(SOURCE_SHA256, pa.array([sha256_hex(data)] * table.num_rows, pa.string()))
-
-
-def _conform(table: pa.Table) -> pa.Table:
-    """A part's rows with exactly the manifest schema (columns an older part lacks are null)."""
-    arrays = [
-        table.column(field.name).cast(field.type)
-        if field.name in table.column_names
-        else pa.nulls(table.num_rows, field.type)
-        for field in MANIFEST_SCHEMA
-    ]
-    return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
 
 
 def _remove(fs: Any, paths: list[str]) -> None:
