@@ -167,7 +167,7 @@ def run_verify(
     paths = _container_paths(fs, root, out)
     sizes = {uri: size for uri, (_, size) in paths.items()}
     failures += [part.line() for part in damaged]  # every manifest part was read and checked
-    failures += _check_markers(fs, root, ok_rows, sizes, {p.video_key for p in damaged})
+    failures += _check_markers(fs, root, ok_rows, sizes, {k for p in damaged for k in p.video_keys})
     scan_mode = scan
     if scan == "auto":
         scan_mode = "full" if sum(sizes.values()) <= FULL_SCAN_BYTES else "index"
