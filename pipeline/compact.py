@@ -104,6 +104,7 @@ def compact(
     report = CompactReport()
     with _lock(fs, root, out, force):
         plan = plan_manifest(fs, root)
+        report.damaged += [f"{full_uri(fs, path)}: {reason}" for path, reason in plan.damaged]
         _remove(fs, plan.covered)
         report.leftovers_removed = len(plan.covered)
         done = marker_keyset(fs, root, "done")

@@ -199,3 +199,22 @@ def test_a_damaged_part_is_kept_and_named_never_absorbed(tmp_path: Path) -> None
         ("clip-000", 1),
     ]
     assert damaged == [manifest_path(root, "clip-001")]  # readers still name it
+
+
+def test_a_damaged_compacted_file_is_named_and_the_rest_reads(tmp_path: Path) -> None:
+    """A compacted file whose footer does not parse costs only its own rows: audit and ls read every
+    other file and name it; a later compaction goes on and names it too."""
+    out = str(tmp_path / "out")
+    fs, root = filesystem(out)
+    _archive(fs, root, videos=6)
+    compact(out)
+    (compacted,) = (tmp_path / "out" / "manifest").glob("compacted-*.parquet")
+    compacted.write_bytes(compacted.read_bytes()[:-40])  # the footer cut off
+    _video(fs, root, "clip-100", 2, run="r2")  # written after the compaction
+
+    result = audit_archive(out)
+    assert result.rows == 2  # clip-100's GOPs; nothing raised
+    assert [d["uri"] for d in result.damaged_parts] == [str(compacted)]
+    assert {v.video_key: v.gops for v in list_archive(out) if v.gops} == {"clip-100": 2}
+    report = compact(out)
+    assert report.parts_absorbed == 1 and report.damaged and str(compacted) in report.damaged[0]
