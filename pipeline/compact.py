@@ -176,6 +176,7 @@ def _write_file(
     path = join(root, "manifest", name)
     absorbed: list[str] = []
     pending: list[pa.Table] = []
+    pending_rows = pending_bytes = 0
     metadata: dict[str, list[str]] = {}
     rows = 0
     exhausted = True
@@ -191,15 +192,14 @@ def _write_file(
                 for older, listed in replaces.get(key, {}).items():
                     metadata.setdefault(older, []).extend(listed)
             pending.append(table)
+            pending_rows += table.num_rows  # running totals: summing over `pending` is quadratic
+            pending_bytes += table.get_total_buffer_size()
             rows += table.num_rows
             absorbed.append(part_path)
             report.bytes_in += len(data)
-            if (
-                sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS
-                or sum(t.nbytes for t in pending) >= target_bytes
-            ):
+            if pending_rows >= ROW_GROUP_ROWS or pending_bytes >= target_bytes:
                 writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-                pending = []
+                pending, pending_rows, pending_bytes = [], 0, 0
                 if handle.tell() >= target_bytes:  # within one row group of the target
                     exhausted = False
                     break
