@@ -164,7 +164,7 @@ class ArchiveParts:
                 from pipeline.manifest_layout import plan_manifest
 
                 self.plan = retrying(full_uri(self.fs, path), lambda: plan_manifest(self.fs, self.root))
-                found = list(self.plan.paths)
+                found = [*self.plan.paths, *(p for p, _ in self.plan.damaged)]  # damaged: named on read
             else:
                 found = retrying(full_uri(self.fs, path), lambda: self._find(path))
         except Exception as exc:

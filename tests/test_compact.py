@@ -218,3 +218,14 @@ def test_a_damaged_compacted_file_is_named_and_the_rest_reads(tmp_path: Path) ->
     assert {v.video_key: v.gops for v in list_archive(out) if v.gops} == {"clip-100": 2}
     report = compact(out)
     assert report.parts_absorbed == 1 and report.damaged and str(compacted) in report.damaged[0]
+
+
+def test_an_archive_whose_only_manifest_file_is_damaged_says_so(tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    fs, root = filesystem(out)
+    _archive(fs, root, videos=3)
+    compact(out)
+    (compacted,) = (tmp_path / "out" / "manifest").glob("compacted-*.parquet")
+    compacted.write_bytes(b"not parquet")
+    result = audit_archive(out)  # not "no manifest parts; is this a vidarc archive?"
+    assert result.rows == 0 and [d["uri"] for d in result.damaged_parts] == [str(compacted)]
