@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
@@ -74,6 +75,8 @@ class EncodedGop:
     payload: bytes
     reconstruction: np.ndarray
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: `Codec.exact_digest` of `payload`, when the encoder already knows it (else computed on demand).
+    exact_digest: str | None = None
 
 
 class Codec(abc.ABC):
@@ -116,6 +119,26 @@ class Codec(abc.ABC):
         Raises CorruptPayloadError for damaged bytes and ModelMismatchError for other weights.
         """
 
+    def exact_digest(self, payload: bytes, frame_count: int, width: int, height: int) -> str | None:
+        """sha256 of what this codec decodes exactly on every device, or None when that is the
+        reconstruction itself (classic codecs: libav's decoders are bit-exact).
+
+        Neural codecs decode their symbols exactly (GLVC: the entropy-coded latent symbols; GVC: the
+        codebook entries and the reference stills' exact parts), but their pixel decode goes through
+        float networks that may differ slightly across devices. Verify compares this digest to the
+        encoder's for proof that the stored bytes still decode to what was coded.
+        """
+        return None
+
+    def decode_with_digest(
+        self, payload: bytes, frame_count: int, width: int, height: int
+    ) -> tuple[np.ndarray, str]:
+        """(frames, exact digest): `decode` plus `exact_digest` (the frames' sha256 when the codec
+        promises exact pixels). Codecs override it to decode once."""
+        frames = self.decode(payload, frame_count, width, height)
+        exact = self.exact_digest(payload, frame_count, width, height)
+        return frames, exact if exact is not None else frames_sha256(frames)
+
     def decoder_options(self) -> dict[str, Any]:
         """Options a decoder needs to be rebuilt that are not in the payload (JSON-serialisable).
 
@@ -135,6 +158,11 @@ class Codec(abc.ABC):
             "device": self.device,
             "decoder_options": self.decoder_options(),
         }
+
+
+def frames_sha256(frames: np.ndarray) -> str:
+    """sha256 of uint8 frames (T×H×W×3, C order): the digest of a reconstruction."""
+    return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.uint8).tobytes()).hexdigest()
 
 
 def check_frames(frames: np.ndarray, codec_name: str) -> None:

@@ -24,6 +24,8 @@ the data in the same order, which the two-step spatial context needs.
 from __future__ import annotations
 
 import functools
+import hashlib
+from collections.abc import Iterable
 
 import constriction
 import numpy as np
@@ -139,3 +141,15 @@ def encode_symbols(symbols: np.ndarray, indices: np.ndarray, tables: GaussianTab
 def decode_symbols(data: bytes, indices: np.ndarray, tables: GaussianTables | None = None) -> np.ndarray:
     """Inverse of `encode_symbols`."""
     return EntropyDecoder(tables or GaussianTables(), data).decode(indices)
+
+
+def symbols_sha256(groups: Iterable[np.ndarray]) -> str:
+    """sha256 of symbol groups in coding order, each as little-endian int32 (C order).
+
+    The exact part of a decode: a decoder that selects other probability tables, or a damaged stream
+    the CRC missed, gives other symbols and so another digest, on any device.
+    """
+    digest = hashlib.sha256()
+    for group in groups:
+        digest.update(np.ascontiguousarray(group, dtype="<i4").tobytes())
+    return digest.hexdigest()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from codec.base import Codec, EncodedGop, RateTarget, check_frames
-from codec.entropy import EntropyCodingError
+from codec.entropy import EntropyCodingError, symbols_sha256
 from codec.errors import (
     CodecError,
     CorruptPayloadError,
@@ -162,7 +162,10 @@ class GlvcCodec(Codec):
             self._last_q = q
         recon = self._self_check_and_reconstruct(payload, coded, count, width, height)
         return EncodedGop(
-            payload, recon, {"q_index": q, "target_reached": bool(reached), "evaluations": evaluations}
+            payload,
+            recon,
+            {"q_index": q, "target_reached": bool(reached), "evaluations": evaluations},
+            exact_digest=symbols_sha256(coded.symbols),
         )
 
     def _latents(self, frames: np.ndarray) -> torch.Tensor:
@@ -203,6 +206,25 @@ class GlvcCodec(Codec):
 
     # -- decode ------------------------------------------------------------------------------------------------
     def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
+        return self.decode_with_digest(payload, frame_count, width, height)[0]
+
+    def exact_digest(self, payload: bytes, frame_count: int, width: int, height: int) -> str:
+        """sha256 of the decoded latent symbols (`codec.entropy.symbols_sha256`): entropy decoding
+        only, no synthesis or pixel decode. Identical on every device (the table selection is exact)."""
+        header, body = self._checked_payload(payload, frame_count, width, height)
+        return symbols_sha256(self._decode_latents(header, body, synthesize=False).symbols)
+
+    def decode_with_digest(
+        self, payload: bytes, frame_count: int, width: int, height: int
+    ) -> tuple[np.ndarray, str]:
+        header, body = self._checked_payload(payload, frame_count, width, height)
+        decoded = self._decode_latents(header, body)
+        frames = self.tokenizer.decode(decoded.latents)[:frame_count, :height, :width]
+        return frames, symbols_sha256(decoded.symbols)
+
+    def _checked_payload(
+        self, payload: bytes, frame_count: int, width: int, height: int
+    ) -> tuple[GlvcHeader, bytes]:
         header, body = unpack_payload(payload)
         if header.model_id != self.model_id or header.model_sha256 != self.model_sha256:
             raise ModelMismatchError(
@@ -214,10 +236,9 @@ class GlvcCodec(Codec):
                 f"GLVC payload holds {header.frames} frames of {header.width}x{header.height}, "
                 f"expected {frame_count} of {width}x{height}"
             )
-        decoded = self._decode_latents(header, body)
-        return self.tokenizer.decode(decoded.latents)[:frame_count, :height, :width]
+        return header, body
 
-    def _decode_latents(self, header: GlvcHeader, body: bytes):
+    def _decode_latents(self, header: GlvcHeader, body: bytes, *, synthesize: bool = True):
         expected = (*self.padded_size(header.width, header.height), self.coded_frames(header.frames))
         if (
             header.padded_width,
@@ -234,6 +255,7 @@ class GlvcCodec(Codec):
                 header.padded_height // s,
                 header.padded_width // s,
                 device=self.torch_device,
+                synthesize=synthesize,
             )
         except EntropyCodingError as exc:
             raise CorruptPayloadError(f"GLVC payload is damaged ({exc})") from None

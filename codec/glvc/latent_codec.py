@@ -96,7 +96,7 @@ class CompressedLatents:
 
 @dataclasses.dataclass
 class DecodedLatents:
-    latents: Tensor  # [1, C, F, h, w] float32
+    latents: Tensor | None  # [1, C, F, h, w] float32; None when only the symbols were decoded
     symbols: list[np.ndarray]
 
 
@@ -350,9 +350,21 @@ class LatentCodec(nn.Module):
 
     @torch.no_grad()
     def decompress(
-        self, data: bytes, q_index: int, frames: int, h: int, w: int, device: str | torch.device = "cpu"
+        self,
+        data: bytes,
+        q_index: int,
+        frames: int,
+        h: int,
+        w: int,
+        device: str | torch.device = "cpu",
+        *,
+        synthesize: bool = True,
     ) -> DecodedLatents:
-        """Inverse of `compress`: latents [1, C, F, h, w] and the decoded symbols."""
+        """Inverse of `compress`: latents [1, C, F, h, w] and the decoded symbols.
+
+        `synthesize=False` decodes the symbols only (the exact, integer part: what verify digests) and
+        skips the float synthesis transform; `latents` is then None.
+        """
         self._check_shape(h, w)
         dev = torch.device(device)
         q = torch.tensor([q_index], device=dev)
@@ -377,11 +389,12 @@ class LatentCodec(nn.Module):
             r2 = _place(s2, ~anchor, mu2)
             symbols += [z_sym, s1, s2]
             y_hat = torch.where(anchor, r1 * ACT_SCALE + mu1, r2 * ACT_SCALE + mu2)
-            memory_real = None if memory is None else ExactOps.to_real(memory).float()
-            context = None if memory_real is None else self._context(memory_real)
-            outs.append(self.synthesis(ExactOps.to_real(y_hat).float(), memory_real, context, gain))
+            if synthesize:
+                memory_real = None if memory is None else ExactOps.to_real(memory).float()
+                context = None if memory_real is None else self._context(memory_real)
+                outs.append(self.synthesis(ExactOps.to_real(y_hat).float(), memory_real, context, gain))
             memory = self.update_memory(ExactOps, y_hat, memory, q)
-        return DecodedLatents(torch.stack(outs, 2), symbols)
+        return DecodedLatents(torch.stack(outs, 2) if synthesize else None, symbols)
 
     # -- persistence ------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:

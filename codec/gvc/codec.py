@@ -300,6 +300,12 @@ class GvcCodec(Codec):
             raise CodecError("gvc self-check failed: the payload's indices differ from the encoder's")
 
     # -- decode -----------------------------------------------------------------------------------
+    def exact_digest(self, payload: bytes, frame_count: int, width: int, height: int) -> str:
+        """The exact part of a decode: entries, stills, tail (`codec.gvc.digest`)."""
+        from codec.gvc.digest import exact_digest
+
+        return exact_digest(self, payload, frame_count, width, height)
+
     def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
         parsed = GvcPayload.from_bytes(bytes(payload))
         if (parsed.model_id, parsed.model_sha256) != (self.model_id, self.model_sha256):
@@ -358,7 +364,10 @@ class GvcCodec(Codec):
                     raise CorruptPayloadError(f"gvc {parsed.mode} payload lacks its {role} reference frame")
                 refs[role] = references.decode_still(sec.codec, sec.data, pw, ph, self.stills)
         with timer.stage("vae", dev):
-            condition = self._condition(refs, pixel_frames, latent_shape)
+            # the payload's mode, not this decoder's default: any GVC payload decodes with any GvcCodec
+            condition = self.backbone.condition(
+                parsed.mode, refs.get("first"), refs.get("last"), pixel_frames, latent_shape
+            )
         x, _ = run_sampler(
             lambda x, t: self.backbone.velocity(x, t, condition),
             latent_shape,
