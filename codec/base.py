@@ -157,7 +157,13 @@ class Codec(abc.ABC):
             "model_sha256": self.model_sha256,
             "device": self.device,
             "decoder_options": self.decoder_options(),
+            "entropy_coder": self.entropy_coder(),
         }
+
+    def entropy_coder(self) -> dict[str, str] | None:
+        """The entropy coder and pinned profile this codec's payloads depend on (library, version,
+        profile), recorded in run configs and container headers; None when it uses none."""
+        return None
 
 
 def frames_sha256(frames: np.ndarray) -> str:

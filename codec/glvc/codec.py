@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from codec.base import Codec, EncodedGop, RateTarget, check_frames
-from codec.entropy import EntropyCodingError, symbols_sha256
+from codec.entropy import EntropyCodingError, EntropyProfileError, profile_by_id, symbols_sha256
 from codec.errors import (
     CodecError,
     CorruptPayloadError,
     ModelLoadError,
     ModelMismatchError,
+    UnsupportedFormatError,
     UnsupportedInputError,
 )
 from codec.glvc.bitstream import GlvcHeader, pack_payload, unpack_payload
@@ -85,6 +86,10 @@ class GlvcCodec(Codec):
                 f"model {self.model_dir.path}: cannot load GLVC weights ({_first_line(exc)})"
             ) from None
         self.latent_codec.to(self.torch_device).eval()
+        try:  # the pinned entropy profile, checked against the installed coder before any work
+            self.entropy_profile = self.latent_codec.tables.profile
+        except EntropyProfileError as exc:
+            raise UnsupportedFormatError(f"model {self.model_id}: {exc}") from None
         if self.tokenizer.latent_channels != self.latent_codec.config.latent_channels:
             raise ModelLoadError(
                 f"model {self.model_id}: tokenizer has {self.tokenizer.latent_channels} latent channels, "
@@ -94,6 +99,9 @@ class GlvcCodec(Codec):
         self.num_q = self.latent_codec.config.num_q
         self._last_q: int | None = None
         self._latent_cache: tuple[Any, torch.Tensor] | None = None  # (frames key, latents) of the last GOP
+
+    def entropy_coder(self) -> dict[str, str]:
+        return self.entropy_profile.record()
 
     @property
     def quality_range(self) -> tuple[int, int]:
@@ -136,7 +144,7 @@ class GlvcCodec(Codec):
         pw, ph = self.padded_size(width, height)
         latents = self._latents(frames)
         header = GlvcHeader(self.model_id, self.model_sha256, width, height, pw, ph, count,
-                            self.coded_frames(count), 0)  # fmt: skip
+                            self.coded_frames(count), 0, self.entropy_profile.id)  # fmt: skip
 
         def encode_at(q: int) -> tuple[bytes, CompressedLatents]:
             coded = self.latent_codec.compress(latents, q)
@@ -246,6 +254,15 @@ class GlvcCodec(Codec):
             header.coded_frames,
         ) != expected or header.q_index >= self.num_q:
             raise CorruptPayloadError("GLVC payload header is damaged (padded geometry or quality index)")
+        try:
+            profile = profile_by_id(header.profile)
+        except EntropyProfileError as exc:
+            raise UnsupportedFormatError(f"GLVC payload: {exc}") from None
+        if profile != self.entropy_profile:
+            raise ModelMismatchError(
+                f"GLVC payload is coded with entropy profile {profile.name}; the model's latent codec "
+                f"uses {self.entropy_profile.name}"
+            )
         s = self.tokenizer.spatial_factor
         try:
             return self.latent_codec.decompress(

@@ -223,6 +223,7 @@ class Scheduler:
             info.header_fields(),
             **{k: self.identity.get(k) for k in ("codec", "codec_version", "model_id", "model_sha256")},
             decoder_options=self.identity.get("decoder_options") or {},
+            entropy_coder=self.identity.get("entropy_coder"),
             video_key=entry.key,
             source_uri=entry.uri,
             source_bytes=entry.size,
