@@ -92,16 +92,26 @@ class Codec(abc.ABC):
     model_sha256: str | None = None
     device: str = "cpu"
 
+    @classmethod
     @abc.abstractmethod
-    def default_gop_frames(self, fps: Fraction) -> int:
-        """GOP length used when the user does not set --gop-frames."""
+    def default_gop_frames(cls, fps: Fraction) -> int:
+        """GOP length used when the user does not set --gop-frames. A class method: the archive driver
+        plans GOPs from the codec's class, without asking an encode actor."""
 
-    def check_gop_frames(self, gop_frames: int) -> None:
+    @classmethod
+    def check_gop_frames(cls, gop_frames: int) -> None:
         """Refuse a GOP length this codec cannot use (the last GOP of a video may be shorter)."""
-        if gop_frames < 1 or (gop_frames - self.gop_offset) % self.gop_multiple != 0:
+        if gop_frames < 1 or (gop_frames - cls.gop_offset) % cls.gop_multiple != 0:
             raise UnsupportedInputError(
-                f"{self.name} needs GOPs of {self.gop_offset}+{self.gop_multiple}k frames, got {gop_frames}"
+                f"{cls.name} needs GOPs of {cls.gop_offset}+{cls.gop_multiple}k frames, got {gop_frames}"
             )
+
+    @classmethod
+    def gop_frames_for(cls, requested: int | None, fps: Fraction) -> int:
+        """The GOP length for a video at `fps`: `requested` (checked) or the codec's default."""
+        frames = requested if requested is not None else cls.default_gop_frames(fps)
+        cls.check_gop_frames(frames)
+        return frames
 
     def check_geometry(self, width: int, height: int) -> None:
         """Raise UnsupportedInputError for a frame size this codec cannot code."""

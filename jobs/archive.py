@@ -71,6 +71,10 @@ def archive_command(
     skip_metric: Annotated[
         list[str] | None, typer.Option(help="Do not compute lpips | dists | vmaf | temporal (repeatable).")
     ] = None,
+    stall_timeout: Annotated[
+        float,
+        typer.Option(help="Kill (and replace) an encode actor that finishes nothing for this many seconds."),
+    ] = 3600.0,
 ) -> None:
     """Archive every video under SRC (a folder, file or s3:// prefix) into OUT."""
     from pipeline.archive import ArchiveError, run_archive
@@ -106,6 +110,7 @@ def archive_command(
             verify_fraction=verify_fraction,
             limit=limit,
             retry_failed=retry_failed,
+            stall_seconds=stall_timeout,
             include=tuple(include or ()),
             exclude=tuple(exclude or ()),
             run_id=run_id,

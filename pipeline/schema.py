@@ -3,6 +3,15 @@
 These are contracts users audit and query; add columns at the end, never rename or retype one.
 Quality columns are null when not computed: never a made-up value. `metrics_note` says why a column
 is null (e.g. "lpips: AlexNet weights not found in the torch hub cache").
+
+Decode proof. Each manifest row records, at encode time, `recon_sha256` (the encoder's reconstruction),
+`exact_sha256` (the part of the decode that is exact on every device: GLVC's latent symbols, GVC's
+codebook entries and stills, classic codecs' pixels) and `fingerprint` (per-frame luma at 1/8 scale,
+at most 16 cells along the long side, delta + zlib; about 0.6 KB for a 17-frame 64×48 GOP, 2.3 KB for
+33 frames of 1080p). Each verify row then says `decode_check`: "exact" (`recon_digest_ok`: the same
+frames), "drift" (exact part equal, pixels not; `fingerprint_psnr` says by how much, at or above
+`pipeline.digests.DRIFT_LIMIT_DB`), or "mismatch" (the exact part differs, or the drift is past that
+limit). `psnr_verify`/`quality_ok` compare with the source, only with `verify --against-source`.
 """
 
 from __future__ import annotations
@@ -54,6 +63,10 @@ MANIFEST_SCHEMA = pa.schema(
         ("temporal_flicker", pa.float64()),
         ("metrics_note", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        # --- what verify proves the decode with (pipeline/digests.py); null in archives made before ---
+        ("recon_sha256", pa.string()),  # sha256 of the encoder's reconstruction (uint8 T×H×W×3, C order)
+        ("exact_sha256", pa.string()),  # sha256 of the exact part (Codec.exact_digest; classic: = recon)
+        ("fingerprint", pa.binary()),  # compact per-frame 1/8-scale luma of the reconstruction
     ]
 )
 
@@ -70,7 +83,7 @@ VERIFY_SCHEMA = pa.schema(
         ("device", pa.string()),
         ("crc_ok", pa.bool_()),
         ("decode_ok", pa.bool_()),
-        ("recon_digest_ok", pa.bool_()),  # null when the codec promises no exact digest
+        ("recon_digest_ok", pa.bool_()),  # decoded frames' sha256 == recon_sha256 (null: none recorded)
         ("psnr_manifest", pa.float64()),
         ("psnr_verify", pa.float64()),
         ("quality_ok", pa.bool_()),
@@ -78,6 +91,11 @@ VERIFY_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        # --- the decode proof (pipeline/verify.py); null for archives made before digests ---
+        ("exact_ok", pa.bool_()),  # the exact part's digest == the manifest's exact_sha256
+        ("fingerprint_psnr", pa.float64()),  # worst frame's luma-fingerprint PSNR (dB); null when exact
+        ("decode_check", pa.string()),  # "exact" | "drift" | "mismatch" (see pipeline/verify.py)
+        ("against_source", pa.bool_()),  # psnr_verify was measured against the source (--against-source)
     ]
 )
 

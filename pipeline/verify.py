@@ -11,26 +11,35 @@ Two layers, both reading the objects afresh (ranged GETs, no cache):
    (offset, length, CRC per GOP), and every done marker must have its container and manifest rows.
 2. The sample: for each sampled GOP, one ranged read of the container's index and one of the payload
    (CRC-checked), a decode with the decoder the header asks for (`codec.registry.decoder_for`: its
-   codec, `decoder_options` and weights; built once per such key; other weights are refused), and — when the source is still readable and unchanged in size — the
-   PSNR of the decoded frames against the source, which must match the manifest's within tolerance.
+   codec, `decoder_options` and weights; built once per such key; other weights are refused), and the
+   **decode proof** against what the encoder recorded (`pipeline/digests.py`), with no source needed:
 
-Tolerances (where the brief is silent): 0.05 dB. Classic decoders are bit-exact, so the recomputed
-PSNR is identical and the tolerance only absorbs float summation order. Neural codecs' entropy
-decoding is exact but their synthesis networks are not bit-exact across device classes: decoding on
-another device than the encoder (the manifest's `device`) allows `CROSS_DEVICE_TOLERANCE_DB` (0.5 dB).
-A codec that records `recon_sha256` in its params promises an exact reconstruction; it is compared
-(`recon_digest_ok`) when decoding on the encoder's device class.
+   - *exact*: the decoded frames' sha256 equals the manifest's `recon_sha256`;
+   - *drift*: the exact part (`Codec.exact_digest`: GLVC's latent symbols, GVC's codebook entries and
+     stills) equals `exact_sha256` but the pixels do not — a neural pixel decode on another device
+     class or vector unit — and the worst frame's luma-fingerprint PSNR is at least
+     `DRIFT_LIMIT_DB`; the row records that PSNR;
+   - *mismatch* (a failure): the exact part differs, or the fingerprint PSNR is below the limit.
+
+   Archives made before these digests existed get `decode_check` null (CRC and decoding only).
+   With `against_source`, the PSNR of the decoded frames against the source is also measured when the
+   source is still readable and unchanged in size, and must match the manifest's within
+   `TOLERANCE_DB` (0.05 dB), or `CROSS_DEVICE_TOLERANCE_DB` (0.5 dB) when a neural codec decodes on
+   another device class than it encoded on.
+
+Where decoding runs: on `device`. "cuda" decodes as Ray tasks on GPU workers when a cluster with GPUs is
+up (the head needs no CUDA: a KubeRay RayJob's head is CPU-only), in-process when this machine has
+CUDA, else on CPU with a note (a neural pixel decode may then drift, which the proof reports). "auto"
+picks cuda where it exists. On CPU, more than `RAY_MIN_GOPS` sampled GOPs decode as Ray tasks when Ray
+is initialised (batches grouped by container, so each task reads an index once).
 
 The default sample (neither fraction nor count): every GOP of an archive up to `DEFAULT_ALL_GOPS` GOPs,
-else a seeded sample of that many. With Ray initialised and more than `RAY_MIN_GOPS` GOPs sampled,
-decoding runs as Ray tasks (batches grouped by container, so each task reads an index once).
+else a seeded sample of that many.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import time
 import uuid
@@ -48,6 +57,7 @@ from pipeline.container import (
     read_gop,
     read_index,
 )
+from pipeline.digests import DRIFT_LIMIT_DB, FingerprintError, fingerprint_psnr, frames_sha256
 from pipeline.reader import ArchiveReader, CountingReader, decoder_key, header_decoder
 from pipeline.runinfo import container_path, list_markers, utc_now
 from pipeline.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA, rows_to_table
@@ -86,6 +96,9 @@ MANIFEST_COLUMNS = [
     "psnr",
     "codec_params",
     "status",
+    "recon_sha256",
+    "exact_sha256",
+    "fingerprint",
 ]
 
 
@@ -108,6 +121,15 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.failures
 
+    def checks(self) -> dict[str, Any]:
+        """Counts of decode checks (exact / drift / mismatch / unproven) and the worst drift."""
+        counts = {"exact": 0, "drift": 0, "mismatch": 0, "unproven": 0}
+        for row in self.rows:
+            if row.get("decode_ok") is not None:
+                counts[row.get("decode_check") or "unproven"] += 1
+        drifts = [r["fingerprint_psnr"] for r in self.rows if r.get("decode_check") == "drift"]
+        return {**counts, "worst_drift_db": min(drifts) if drifts else None}
+
 
 def run_verify(
     out: str,
@@ -120,6 +142,7 @@ def run_verify(
     verify_run_id: str | None = None,
     scan: str = "auto",
     model: str | None = None,
+    against_source: bool = False,
 ) -> VerifyReport:
     """Verify archive `out`; writes `<out>/verify/part-<verify_run_id>.parquet` and returns the report.
 
@@ -133,8 +156,8 @@ def run_verify(
         raise VerifyError(f"--count must be at least 1, got {count}")
     if scan not in ("auto", "full", "index"):
         raise VerifyError(f"scan must be auto, full or index, got {scan!r}")
-    if device == "auto":
-        device = "cuda" if _cuda() else "cpu"
+    if device not in ("cpu", "cuda", "auto"):
+        raise VerifyError(f"device must be cpu, cuda or auto, got {device!r}")
     verify_run_id = (
         verify_run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     )
@@ -178,8 +201,17 @@ def run_verify(
             rows.append(_failed_row(container_rows[0], verify_run_id, device, problem, crc_ok=False))
     sample = _sample(ok_rows, fraction, count, seed)
     sample = [r for r in sample if r["archive_uri"] in sizes]
-    context = {"device": device, "endpoint_url": endpoint_url, "model": model, "verify_run_id": verify_run_id}
-    for result in _decode_all(sample, sizes, context):
+    placement = decode_placement(device)
+    if placement.note:
+        warnings.append(placement.note)
+    context = {
+        "device": placement.device,
+        "endpoint_url": endpoint_url,
+        "model": model,
+        "verify_run_id": verify_run_id,
+        "against_source": against_source,
+    }
+    for result in _decode_all(sample, sizes, context, placement):
         rows.append(result)
         if result["status"] != "ok":
             failures.append(result["error"])
@@ -331,7 +363,51 @@ def _sample(rows: list[dict[str, Any]], fraction: float | None, count: int | Non
     return [rows[i] for i in sorted(picked)]
 
 
-def _decode_all(sample: list[dict], sizes: dict[str, int], context: dict[str, Any]) -> list[dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the sample decodes: the device, whether as Ray tasks (GPU ones need a GPU each), and why
+    it is not where the user asked (None when it is)."""
+
+    device: str
+    ray_gpu_tasks: bool = False
+    note: str | None = None
+
+
+def decode_placement(device: str) -> Placement:
+    """cuda -> GPU Ray tasks when the cluster has GPUs, else this machine's CUDA, else CPU with a note;
+    auto -> the same without the note; cpu -> cpu."""
+    if device == "cpu":
+        return Placement("cpu")
+    cluster_gpus = _cluster_gpus()
+    if cluster_gpus:
+        return Placement("cuda", ray_gpu_tasks=True)
+    if _cuda():
+        return Placement("cuda")
+    note = None
+    if device == "cuda":
+        where = (
+            "the Ray cluster has no GPU and this machine no CUDA"
+            if cluster_gpus is not None
+            else ("this machine has no CUDA device and no Ray cluster is connected")
+        )
+        note = f"--device cuda: {where}; decoded on CPU instead (a neural pixel decode may drift, reported per GOP)"
+    return Placement("cpu", note=note)
+
+
+def _cluster_gpus() -> float | None:
+    """GPUs in the connected Ray cluster (None when Ray is not initialised)."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    if not ray.is_initialized():
+        return None
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def _decode_all(
+    sample: list[dict], sizes: dict[str, int], context: dict[str, Any], placement: Placement
+) -> list[dict[str, Any]]:
     batches: list[list[tuple[dict, int]]] = []
     current: list[tuple[dict, int]] = []
     for row in sample:  # sorted by video, so batches group GOPs of the same container
@@ -341,10 +417,15 @@ def _decode_all(sample: list[dict], sizes: dict[str, int], context: dict[str, An
         current.append((row, sizes[row["archive_uri"]]))
     if current:
         batches.append(current)
-    import ray
+    if placement.ray_gpu_tasks:
+        import ray
 
-    if ray.is_initialized() and len(sample) > RAY_MIN_GOPS:
-        task = ray.remote(num_cpus=1, num_gpus=1 if context["device"] == "cuda" else 0)(verify_batch)
+        task = ray.remote(num_cpus=1, num_gpus=1)(verify_batch)
+        results = ray.get([task.remote(b, context) for b in batches])
+    elif placement.device == "cpu" and len(sample) > RAY_MIN_GOPS and _cluster_gpus() is not None:
+        import ray
+
+        task = ray.remote(num_cpus=1)(verify_batch)
         results = ray.get([task.remote(b, context) for b in batches])
     else:
         results = [verify_batch(b, context) for b in batches]
@@ -386,7 +467,9 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
         if key not in decoders:
             decoders[key] = header_decoder(header, device=device, model=context["model"], name=uri)
         codec = decoders[key]
-        frames = codec.decode(payload, entry.frame_count, int(header["width"]), int(header["height"]))
+        frames, exact = codec.decode_with_digest(
+            payload, entry.frame_count, int(header["width"]), int(header["height"])
+        )
     except (CodecError, ContainerError) as exc:
         return dict(result, decode_ok=False, status="failed", error=_line(label, exc))
     except Exception as exc:  # a decoder crash on hostile bytes is still a verify failure, one line
@@ -398,22 +481,20 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
         )
     result["decode_seconds"] = time.perf_counter() - started
     result["decode_ok"] = True
-    same_device = _device_class(device) == _device_class(row.get("device"))
-    params = _params(row.get("codec_params"))
-    if params.get("recon_sha256") and same_device:
-        result["recon_digest_ok"] = hashlib.sha256(frames.tobytes()).hexdigest() == params["recon_sha256"]
-        if not result["recon_digest_ok"]:
-            return dict(
-                result, status="failed", error=f"{label}: reconstruction digest differs from the encoder's"
-            )
-    if row.get("psnr") is None:
+    result.update(decode_check(row, frames, exact))
+    if result["decode_check"] == "mismatch":
+        return dict(result, status="failed", error=f"{label}: {result.pop('problem')}")
+    result.pop("problem", None)
+    if not context["against_source"] or row.get("psnr") is None:
         return dict(result, status="ok")
     source, note = _source_frames(row, context, sources)
+    result["against_source"] = source is not None
     if source is None:
         return dict(result, status="ok", error=f"{label}: quality not re-measured ({note})")
     from pipeline.metrics import psnr_rgb
 
     psnr = psnr_rgb(source, frames)
+    same_device = _device_class(device) == _device_class(row.get("device"))
     tolerance = TOLERANCE_DB if same_device or row["codec"] in CLASSIC_CODECS else CROSS_DEVICE_TOLERANCE_DB
     result["psnr_verify"] = psnr
     result["quality_ok"] = abs(psnr - row["psnr"]) <= tolerance
@@ -424,6 +505,45 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
             error=f"{label}: PSNR {psnr:.3f} dB, the manifest says {row['psnr']:.3f} dB (tolerance {tolerance} dB)",
         )
     return dict(result, status="ok")
+
+
+def decode_check(row: dict[str, Any], frames: np.ndarray, exact: str) -> dict[str, Any]:
+    """The decode proof of one GOP against the digests its manifest row recorded at encode time:
+    verify columns (`exact_ok`, `recon_digest_ok`, `fingerprint_psnr`, `decode_check`) and, for a
+    mismatch, `problem` (one line). Rows of archives made before digests: `decode_check` None."""
+    out: dict[str, Any] = {"decode_check": None}
+    recorded_exact, recorded_recon = row.get("exact_sha256"), row.get("recon_sha256")
+    if not recorded_exact and not recorded_recon:
+        return out
+    if recorded_exact:
+        out["exact_ok"] = exact == recorded_exact
+        if not out["exact_ok"]:
+            what = "its pixels" if exact == frames_sha256(frames) else "its exact part (symbols)"
+            return dict(
+                out, decode_check="mismatch", problem=f"the decode differs from the encoder's in {what}"
+            )
+    if recorded_recon:
+        out["recon_digest_ok"] = frames_sha256(frames) == recorded_recon
+        if out["recon_digest_ok"]:
+            return dict(out, decode_check="exact")
+    blob = row.get("fingerprint")
+    if blob is None:
+        return dict(
+            out, decode_check="mismatch", problem="other pixels than the encoder's, and no fingerprint"
+        )
+    try:
+        psnr = fingerprint_psnr(bytes(blob), frames)
+    except FingerprintError as exc:
+        return dict(out, decode_check="mismatch", problem=f"unreadable fingerprint ({exc})")
+    out["fingerprint_psnr"] = psnr
+    if psnr >= DRIFT_LIMIT_DB:
+        return dict(out, decode_check="drift")
+    return dict(
+        out,
+        decode_check="mismatch",
+        problem=f"pixels drifted to {psnr:.1f} dB from the encoder's (worst frame's luma fingerprint; "
+        f"limit {DRIFT_LIMIT_DB:g} dB)",
+    )
 
 
 def _source_frames(row: dict, context: dict, cache: dict) -> tuple[np.ndarray | None, str]:
@@ -465,6 +585,10 @@ def _base_row(row: dict, verify_run_id: str, device: str) -> dict[str, Any]:
         "crc_ok": None,
         "decode_ok": None,
         "recon_digest_ok": None,
+        "exact_ok": None,
+        "fingerprint_psnr": None,
+        "decode_check": None,
+        "against_source": None,
         "psnr_manifest": row.get("psnr"),
         "psnr_verify": None,
         "quality_ok": None,
@@ -487,14 +611,6 @@ def _failed_row(row: dict, verify_run_id: str, device: str, error: str, *, crc_o
 def _line(label: str, exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return redact(text if text.startswith(label.split(" GOP ")[0]) else f"{label}: {text}")
-
-
-def _params(text: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _device_class(device: str | None) -> str:

@@ -11,11 +11,11 @@ The quality index runs 0..63, higher = more bits and better quality; a `quality`
 
 from __future__ import annotations
 
+import hashlib
 import math
 from fractions import Fraction
 from typing import Any
 
-import crc32c
 import numpy as np
 import torch
 
@@ -109,7 +109,8 @@ class GlvcCodec(Codec):
         return 0, self.num_q - 1
 
     # -- geometry -------------------------------------------------------------------------------------------
-    def default_gop_frames(self, fps: Fraction) -> int:
+    @classmethod
+    def default_gop_frames(cls, fps: Fraction) -> int:
         """About two seconds, rounded to 1+4k frames (the tokenizer's causal GOP shape)."""
         return 1 + 4 * max(1, round(2 * float(fps) / 4))
 
@@ -181,9 +182,10 @@ class GlvcCodec(Codec):
 
         A quality-targeted search (`pipeline.quality_target`) codes one GOP at several quality indices;
         the tokenizer is ~95% of GLVC's time and its output does not depend on the index, so it runs
-        once. The key is the frames' shape and CRC32C (~1 ms per 4 MB), never their memory address.
+        once. The key is the frames' shape and a 256-bit BLAKE2b digest (a few ms per 4 MB), never their
+        memory address: a collision would silently code another GOP, so a 32-bit checksum is not enough.
         """
-        key = (frames.shape, crc32c.crc32c(np.ascontiguousarray(frames).data))
+        key = (frames.shape, hashlib.blake2b(np.ascontiguousarray(frames).data, digest_size=32).digest())
         if self._latent_cache is not None and self._latent_cache[0] == key:
             return self._latent_cache[1]
         latents = self.tokenizer.encode(self._pad(frames)).to(self.torch_device)

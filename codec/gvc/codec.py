@@ -170,7 +170,8 @@ class GvcCodec(Codec):
         """(worst, best) atoms per step M, for quality-targeted searches (`pipeline.quality_target`)."""
         return 1, int(self.sampler["num_atoms"]) // 2
 
-    def default_gop_frames(self, fps: Fraction) -> int:
+    @classmethod
+    def default_gop_frames(cls, fps: Fraction) -> int:
         return 33
 
     def check_geometry(self, width: int, height: int) -> None:

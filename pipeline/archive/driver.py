@@ -48,6 +48,7 @@ from pipeline.archive import discovery
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig, ConfigError
 from pipeline.archive.errors import ArchiveError
+from pipeline.archive.leases import LEASE_DIR, Leases
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.scheduler import Scheduler
 from pipeline.runinfo import list_markers, new_run_id, run_dir, tool_versions, write_json
@@ -97,10 +98,13 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     run_id = cfg.run_id or new_run_id()
     cfg = dataclasses.replace(cfg, run_id=run_id)
     counters = Counters(videos_skipped=len(entries) - len(todo))
+    leases = Leases(out_fs, out_root, run_id)
+    temporaries = _temporaries(out_root) if is_local(out_fs) else {}  # listed before the leases are read
+    busy = leases.live_foreign()
+    _refuse_second_writer(cfg, todo, busy, leases)
+    _remove_stale_temporaries(temporaries, keep=set(busy))
     display = display or ProgressDisplay(counters)
     display.counters = counters
-    if is_local(out_fs):
-        _remove_stale_temporaries(out_root)
 
     if todo:
         _start_ray(cfg)
@@ -115,17 +119,20 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(out_fs, join(run_dir(out_root, run_id), "config.json"), config_record)
-    scheduler = Scheduler(cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root)
+    scheduler = Scheduler(
+        cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root, leases=leases
+    )
     try:
         scheduler.run(todo)
     finally:
+        leases.release_all()
         display.close()
     summary = scheduler.summary(
         entries_total=len(entries),
         already_done=sum(e.key in done for e in entries),
         previously_failed=sum(e.key in failed_before and e.key not in done for e in entries),
     )
-    exit_code = EXIT_FAILURES if summary["videos_failed"] else EXIT_OK
+    exit_code = EXIT_FAILURES if summary["videos_failed"] or summary["videos_leased_elsewhere"] else EXIT_OK
     if cfg.verify_fraction:
         summary["verify"] = _verify(cfg)
         if summary["verify"].get("failures"):
@@ -136,6 +143,8 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         f"{summary['videos_skipped_done']} already done, {summary['videos_skipped_failed']} failed earlier "
         f"(not retried), {len(summary['not_videos'])} non-video files skipped"
     )
+    if summary["videos_leased_elsewhere"]:
+        message += f", {len(summary['videos_leased_elsewhere'])} left to another run working on them"
     return ArchiveResult(run_id, exit_code, summary, message)
 
 
@@ -146,16 +155,44 @@ def _open_store(uri: str, endpoint_url: str | None):
         raise ArchiveError(str(exc)) from None
 
 
-def _remove_stale_temporaries(out_root: str) -> None:
-    """A killed run can leave `*.tmp-*` files behind (local outputs only; S3 uploads never appear
-    unfinished). One archive run per OUT at a time is assumed, so any left over are stale."""
-    for sub in ("videos", "manifest", "markers/done", "markers/failed", "quality_search"):
+def _refuse_second_writer(cfg: ArchiveConfig, todo: list, busy: dict, leases: Leases) -> None:
+    """Exit 2 before any work when another live run holds the lease of a video this run would do."""
+    clash = [e for e in todo if e.key in busy]
+    if not clash:
+        return
+    first = clash[0]
+    raise ArchiveError(
+        f"{cfg.out}: {len(clash)} of the videos to archive are being archived by another run "
+        f"({first.uri}: {busy[first.key].describe(leases.clock())}); a second writer over the same videos "
+        "is refused: wait for that run, or archive a disjoint part of SRC (--include/--exclude)"
+    )
+
+
+_TEMP_FOLDERS = ("videos", "manifest", "markers/done", "markers/failed", "quality_search", LEASE_DIR)
+
+
+def _temporaries(out_root: str) -> dict[str, str]:
+    """`*.tmp-*` files under OUT's folders (local outputs only: S3 uploads never appear unfinished),
+    path -> the video key they belong to."""
+    found = {}
+    for sub in _TEMP_FOLDERS:
         folder = os.path.join(out_root, sub)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
                 if ".tmp-" in name:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(os.path.join(folder, name))
+                    stem = name.split(".tmp-", 1)[0].removeprefix("part-")
+                    found[os.path.join(folder, name)] = stem.rsplit(".", 1)[0]
+    return found
+
+
+def _remove_stale_temporaries(temporaries: dict[str, str], *, keep: set[str]) -> None:
+    """Remove temporaries a killed run left behind, except those of videos a live run holds the lease
+    of (they may be that run's writes in flight). Listed before the leases were read, so a temporary
+    of a run that started since has its lease in `keep`."""
+    for path, key in temporaries.items():
+        if key not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 def _start_ray(cfg: ArchiveConfig) -> None:
@@ -176,20 +213,26 @@ def _start_ray(cfg: ArchiveConfig) -> None:
 
 
 def _verify(cfg: ArchiveConfig) -> dict[str, Any]:
-    """Decode a sample of the archive (pipeline.verify) and report failures."""
+    """Decode a sample of the archive (pipeline.verify) where the codec's device is: GPU Ray tasks when
+    the run used GPUs (the encode actors are gone by now, so their GPUs are free), else CPU; with no
+    GPU reachable it decodes on CPU and says so in `notes`, never failing for a CPU-only head."""
+    from pipeline.verify import VerifyError, run_verify
+
     try:
-        from pipeline.verify import run_verify
-    except ImportError:
-        return {"failures": ["verify unavailable: pipeline.verify is not installed"], "rows": 0}
-    report = run_verify(
-        cfg.out,
-        fraction=cfg.verify_fraction,
-        count=None,
-        seed=0,
-        device=cfg.device,
-        endpoint_url=cfg.endpoint_url,
-        model=cfg.model,
-    )
-    failures = [str(f) for f in report.failures]
-    rows = report.rows
-    return {"failures": failures, "rows": len(rows) if hasattr(rows, "__len__") else rows}
+        report = run_verify(
+            cfg.out,
+            fraction=cfg.verify_fraction,
+            count=None,
+            seed=0,
+            device=cfg.device,
+            endpoint_url=cfg.endpoint_url,
+            model=cfg.model,
+        )
+    except VerifyError as exc:
+        return {"failures": [str(exc)], "rows": 0, "notes": [], "checks": {}}
+    return {
+        "failures": [str(f) for f in report.failures],
+        "rows": len(report.rows),
+        "notes": list(report.warnings),
+        "checks": report.checks(),
+    }

@@ -24,6 +24,7 @@ from codec.errors import CodecError
 from codec.registry import build_codec
 from pipeline.archive.config import QualityGoal
 from pipeline.archive.quality_target import QualityTargetError, find_rate_for_quality
+from pipeline.digests import fingerprint, frames_sha256
 from pipeline.schema import MANIFEST_SCHEMA
 
 
@@ -57,16 +58,6 @@ class EncodeWorker:
         if self.codec is None:
             return {"error": self.init_error}
         return dict(self.codec.describe())
-
-    def gop_frames(self, requested: int | None, fps_num: int, fps_den: int) -> int | str:
-        """The GOP length to use for a video at this rate, or a one-line reason it cannot be used."""
-        assert self.codec is not None
-        n = requested if requested is not None else self.codec.default_gop_frames(Fraction(fps_num, fps_den))
-        try:
-            self.codec.check_gop_frames(n)
-        except CodecError as exc:
-            return str(exc)
-        return n
 
     def check_metric(self, metric: str) -> str | None:
         """None if `metric` can be measured here (weights verified, ffmpeg has libvmaf), else why not.
@@ -135,6 +126,10 @@ class EncodeWorker:
             return {"error": f"{label}: quality search: {exc}"}, b""
         seconds = time.perf_counter() - started
         payload = bytes(encoded.payload)
+        try:
+            digests = self._digests(encoded, payload)
+        except CodecError as exc:  # the codec cannot decode its own payload's exact part
+            return {"error": f"{label}: {exc}"}, b""
         params = dict(encoded.params)
         if search is not None:
             params["quality_search"] = search
@@ -145,9 +140,26 @@ class EncodeWorker:
             "encode_seconds": seconds,
             "params": params,
             "device": self.codec.device,
+            **digests,
         }
         meta.update(self._quality(frames, encoded.reconstruction, gop_index, float(fps)))
         return meta, payload
+
+    def _digests(self, encoded: Any, payload: bytes) -> dict[str, Any]:
+        """What verify proves the decode with (`pipeline.digests`): the reconstruction's sha256, the
+        exact part's (the codec's, else the reconstruction's) and the luma fingerprint."""
+        assert self.codec is not None
+        recon = encoded.reconstruction
+        recon_sha256 = frames_sha256(recon)
+        exact = encoded.exact_digest
+        if exact is None:
+            count, height, width = recon.shape[:3]
+            exact = self.codec.exact_digest(payload, count, width, height)
+        return {
+            "recon_sha256": recon_sha256,
+            "exact_sha256": exact if exact is not None else recon_sha256,
+            "fingerprint": fingerprint(recon),
+        }
 
     def _search_gop(self, frames: np.ndarray, goal: QualityGoal, fps: Fraction):
         """Search one GOP on itself; reuse the winning encoding (re-encode only if it was not kept)."""

@@ -1,9 +1,15 @@
 """The driver loop: keeps probes, GOPs and commits in flight within bounds, and reacts to results.
 
 It owns the table of videos in progress and the queue of GOPs; quality searches (`searches`), failure
-records (`failures`), the run's totals (`summary`) and the actor pool (`actors`) are kept by their own
-classes. Memory is bounded explicitly: at most `actors × gops_in_flight_per_actor` GOPs are decoded or
-being coded at once, and new videos are probed only a few ahead (backpressure through `ray.wait`).
+records (`failures`), the run's totals (`summary`), the actor pool (`actors`) and the per-video leases
+(`leases`) are kept by their own classes. Memory is bounded explicitly: at most
+`actors × gops_in_flight_per_actor` GOPs are decoded or being coded at once, and new videos are probed
+only a few ahead (backpressure through `ray.wait`).
+
+The loop never blocks on an actor: GOP lengths come from the codec's class, results are read only when
+`ray.wait` reports them ready, and an actor that finishes nothing for `stall_seconds` is killed (its
+GOPs are retried like a dead actor's). A video's lease is taken before it is probed and given up once it
+is committed or failed; a video whose lease another live run holds is left to that run.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ from fractions import Fraction
 from typing import Any
 
 from codec.base import RateTarget
+from codec.errors import CodecError
+from codec.registry import codec_class
 from pipeline import sources
 from pipeline.archive import discovery
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.errors import one_line
 from pipeline.archive.failures import FailureLog
+from pipeline.archive.leases import Leases
 from pipeline.archive.plan import GopSpan, plan_gops
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.searches import QualitySearches
@@ -78,6 +87,7 @@ class Scheduler:
         *,
         out_fs: Any,
         out_root: str,
+        leases: Leases | None = None,
     ) -> None:
         import ray
 
@@ -89,6 +99,7 @@ class Scheduler:
         self.pool = pool
         self.counters = counters
         self.display = display
+        self.leases = leases
         self.probe = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False)(_probe_remote)
         self.decode = ray.remote(num_cpus=0.5, max_retries=2, retry_exceptions=False)(_decode_remote)
         self.commit = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False)(_commit_remote)
@@ -104,6 +115,7 @@ class Scheduler:
         self.failures = FailureLog(cfg, run_id, identity, counters, display)
         self.tally = RunTally()
         self.gop_cache: dict[Fraction, int | str] = {}
+        self.codec_class = codec_class(cfg.codec)
         self.videos_started = 0
 
     # ---- main loop -------------------------------------------------------------------------------
@@ -120,8 +132,11 @@ class Scheduler:
                         pending.clear()
                     break
                 entry = pending.popleft()
+                if self._leased_elsewhere(entry):
+                    continue
                 self.probing[self.probe.remote(entry, self.cfg.endpoint_url)] = entry
             self._fill_gop_slots()
+            self._keep_alive()
             waiting = [*self.probing, *searching, *self.encoding, *self.committing]
             if not waiting:
                 continue
@@ -137,6 +152,33 @@ class Scheduler:
                     self._on_committed(ref)
             self.display.refresh()
         self.pool.stop()
+
+    def _leased_elsewhere(self, entry: discovery.SourceEntry) -> bool:
+        """Take the video's lease; False if taken, True (and the video left alone) if another live run
+        holds it (a run that started at the same time as this one: the driver refused the others)."""
+        if self.leases is None:
+            return False
+        holder = self.leases.acquire(entry.key)
+        if holder is None:
+            return False
+        reason = f"{entry.uri}: being archived by {holder.describe(self.leases.clock())}"
+        self.tally.leased_elsewhere.append(reason)
+        self.counters.videos_total -= 1
+        self.display.log(f"left to another run: {reason}")
+        return True
+
+    def _release(self, key: str) -> None:
+        if self.leases is not None:
+            self.leases.release(key)
+
+    def _keep_alive(self) -> None:
+        """Renew our leases; kill encode actors that stopped making progress (their GOPs are retried)."""
+        if self.leases is not None:
+            self.leases.renew()
+        for idx in self.pool.kill_stalled():
+            self.display.log(
+                f"encode actor {idx} finished nothing for {self.cfg.stall_seconds:.0f} s; killed, its GOPs retried"
+            )
 
     def _busy(self, pending: collections.deque) -> bool:
         return bool(
@@ -207,16 +249,19 @@ class Scheduler:
             self.tally.not_videos.append(outcome.reason or entry.uri)
             self.counters.videos_total -= 1
             self.display.log(f"skipped: {outcome.reason}")
+            self._release(entry.key)
             return
         self.videos_started += 1
         if outcome.kind == "failed":
             self.failures.record(entry.key, entry.uri, entry.size, outcome.reason or "unreadable")
+            self._release(entry.key)
             return
         info = outcome.info
         assert info is not None
         gop_frames = self._gop_frames(info.fps)
         if isinstance(gop_frames, str):
             self.failures.record(entry.key, entry.uri, entry.size, f"{entry.uri}: {gop_frames}")
+            self._release(entry.key)
             return
         spans = tuple(plan_gops(info.frame_count, gop_frames, info.frame_pts))
         header = dict(
@@ -254,10 +299,13 @@ class Scheduler:
         self.searches.add(video)
 
     def _gop_frames(self, fps: Fraction) -> int | str:
+        """The GOP length for a video at `fps`, or a one-line reason it cannot be used. Computed here
+        from the codec's class: the driver never waits on an actor (behind its queued encodes)."""
         if fps not in self.gop_cache:
-            self.gop_cache[fps] = self.ray.get(
-                self.pool.actors[0].gop_frames.remote(self.cfg.gop_frames, fps.numerator, fps.denominator)
-            )
+            try:
+                self.gop_cache[fps] = self.codec_class.gop_frames_for(self.cfg.gop_frames, fps)
+            except CodecError as exc:
+                self.gop_cache[fps] = str(exc)
         return self.gop_cache[fps]
 
     def _on_encoded(self, ref: Any) -> None:
@@ -316,7 +364,9 @@ class Scheduler:
             self.failures.record(
                 key, video.job.source_uri, video.job.source_bytes, one_line(video.job.source_uri, exc)
             )
+            self._release(key)
             return
+        self._release(key)
         self.counters.videos_ok += 1
         self.counters.bytes_in += video.job.source_bytes
         self.counters.bytes_out += result["archive_bytes"]
@@ -330,6 +380,7 @@ class Scheduler:
         if video.in_flight == 0:
             self.videos.pop(video.job.video_key, None)
         self.failures.record(video.job.video_key, video.job.source_uri, video.job.source_bytes, reason)
+        self._release(video.job.video_key)
 
     # ---- summary ---------------------------------------------------------------------------------
     def summary(self, *, entries_total: int, already_done: int, previously_failed: int) -> dict[str, Any]:

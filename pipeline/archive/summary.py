@@ -16,6 +16,8 @@ class RunTally:
 
     gop_stats: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     not_videos: list[str] = dataclasses.field(default_factory=list)
+    #: Videos another live run holds the lease of (`leases`): not touched by this run.
+    leased_elsewhere: list[str] = dataclasses.field(default_factory=list)
     source_bytes: int = 0
     archive_bytes: int = 0
 
@@ -55,6 +57,7 @@ def build_summary(
         "videos_skipped_done": already_done,
         "videos_skipped_failed": 0 if cfg.retry_failed else previously_failed,
         "not_videos": tally.not_videos,
+        "videos_leased_elsewhere": tally.leased_elsewhere,
         "gops": len(gops),
         "frames": frames,
         "source_bytes": tally.source_bytes,

@@ -1,0 +1,86 @@
+"""The decode proof's parts (pipeline/digests.py) and verify's per-GOP verdict (`decode_check`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.digests import (
+    DRIFT_LIMIT_DB,
+    FingerprintError,
+    cell_size,
+    fingerprint,
+    fingerprint_psnr,
+    frames_sha256,
+    read_fingerprint,
+)
+from pipeline.synthetic import synthetic_clip
+from pipeline.verify import decode_check
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return synthetic_clip("astronaut", 9, 64, 48, seed=1)
+
+
+def test_fingerprint_is_small_eighth_scale_luma(frames: np.ndarray) -> None:
+    blob = fingerprint(frames)
+    cell, cells = read_fingerprint(blob)
+    assert cell == 8 and cells.shape == (9, 6, 8)
+    luma = frames.astype(np.float64) @ np.array([0.2126, 0.7152, 0.0722])
+    assert np.abs(cells[3].astype(float) - luma[3].reshape(6, 8, 8, 8).mean(axis=(1, 3))).max() <= 0.5
+    assert len(blob) < cells.size  # delta + zlib store less than one byte per cell
+    assert fingerprint_psnr(blob, frames) == math.inf
+    # big frames: at most 16 cells along the long side, edge cells partial
+    assert cell_size(1920, 1080) == 120 and cell_size(100, 30) == 8
+    odd = synthetic_clip("coffee", 2, 70, 36, seed=0)
+    assert read_fingerprint(fingerprint(odd))[1].shape == (2, 5, 9)
+
+
+def test_fingerprint_refuses_damage_and_other_geometry(frames: np.ndarray) -> None:
+    blob = fingerprint(frames)
+    with pytest.raises(FingerprintError):
+        read_fingerprint(blob[:6])
+    with pytest.raises(FingerprintError):
+        read_fingerprint(blob[:-3])
+    with pytest.raises(FingerprintError, match="fingerprint is 9 frames"):
+        fingerprint_psnr(blob, frames[:5])
+
+
+def _row(frames: np.ndarray, exact: str) -> dict:
+    return {"recon_sha256": frames_sha256(frames), "exact_sha256": exact, "fingerprint": fingerprint(frames)}
+
+
+def test_exact_drift_and_mismatch(frames: np.ndarray) -> None:
+    row = _row(frames, "e" * 64)
+    assert decode_check(row, frames, "e" * 64) == {
+        "decode_check": "exact",
+        "exact_ok": True,
+        "recon_digest_ok": True,
+    }
+    # a device's float noise: single pixels one level off
+    noisy = frames.copy()
+    rng = np.random.default_rng(0)
+    idx = rng.choice(noisy.size, size=noisy.size // 50, replace=False)
+    noisy.reshape(-1)[idx] = np.clip(noisy.reshape(-1)[idx].astype(int) + 1, 0, 255)
+    drift = decode_check(row, noisy, "e" * 64)
+    assert drift["decode_check"] == "drift" and drift["recon_digest_ok"] is False
+    assert drift["fingerprint_psnr"] >= DRIFT_LIMIT_DB
+    # one broken frame in the GOP: past the limit, however good the others are
+    broken = frames.copy()
+    broken[4] = 255 - broken[4]
+    bad = decode_check(row, broken, "e" * 64)
+    assert bad["decode_check"] == "mismatch" and bad["fingerprint_psnr"] < DRIFT_LIMIT_DB
+    assert "drifted" in bad["problem"]
+    # the exact part differs: a mismatch whatever the pixels
+    symbols = decode_check(row, frames, "f" * 64)
+    assert symbols["decode_check"] == "mismatch" and symbols["exact_ok"] is False
+    assert "exact part" in symbols["problem"]
+
+
+def test_rows_of_archives_before_digests_are_unproven(frames: np.ndarray) -> None:
+    assert decode_check({"recon_sha256": None, "exact_sha256": None}, frames, "e" * 64) == {
+        "decode_check": None
+    }
