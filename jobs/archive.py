@@ -41,7 +41,14 @@ def archive_command(
     gop_frames: Annotated[int | None, typer.Option(help="Frames per GOP (default: the codec's).")] = None,
     model: Annotated[str | None, typer.Option(help="Model directory or URL (neural codecs).")] = None,
     gvc_mode: Annotated[
-        str | None, typer.Option(help="GVC conditioning: t2v | i2v | flf2v (default: the codec's).")
+        str | None,
+        typer.Option(help="GVC conditioning: t2v | i2v | flf2v (default: the best the model has)."),
+    ] = None,
+    gvc_steps: Annotated[
+        int | None, typer.Option(help="GVC sampler steps (default: the model's, else 20).")
+    ] = None,
+    gvc_atoms: Annotated[
+        int | None, typer.Option(help="GVC atoms per codebook K (default: the model's, else 16384).")
     ] = None,
     preset: Annotated[str | None, typer.Option(help="Encoder preset (classic codecs).")] = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
@@ -70,6 +77,20 @@ def archive_command(
     ] = None,
     skip_metric: Annotated[
         list[str] | None, typer.Option(help="Do not compute lpips | dists | vmaf | temporal (repeatable).")
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="x264 | x265 | av1: code a seeded sample of GOPs with this classic codec at the archive's "
+            "measured quality (the quality target's metric, else VMAF, else PSNR) and report the size ratio."
+        ),
+    ] = None,
+    reference_fraction: Annotated[
+        float, typer.Option(help="Fraction of each video's GOPs coded by the --reference codec.")
+    ] = 0.05,
+    reference_seed: Annotated[int, typer.Option(help="Seed of the reference sample.")] = 0,
+    reference_preset: Annotated[
+        str | None, typer.Option(help="Encoder preset of the --reference codec (default: the codec's).")
     ] = None,
     stall_timeout: Annotated[
         float,
@@ -102,7 +123,7 @@ def archive_command(
             ),
             gop_frames=gop_frames,
             model=model,
-            codec_options=_codec_options(codec, gvc_mode, preset),
+            codec_options=_codec_options(codec, gvc_mode, preset, gvc_steps, gvc_atoms),
             endpoint_url=endpoint_url,
             address=address,
             actors=actors,
@@ -117,12 +138,18 @@ def archive_command(
             metrics_every=metrics_every,
             skip_metrics=tuple(skip_metric or ()),
             metric_weights=metric_weights,
+            reference=reference,
+            reference_fraction=reference_fraction,
+            reference_seed=reference_seed,
+            reference_preset=reference_preset,
         )
         result = _run_with_ray(run_archive, config)
     except (ArchiveError, ConfigError) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         raise typer.Exit(2) from None
     print(result.message)
+    if result.summary.get("reference"):
+        print(result.summary["reference"]["statement"])
     for missed in result.summary.get("quality_targets_missed", []):
         where = missed["video_key"] + (f" GOP {missed['gop_index']}" if "gop_index" in missed else "")
         print(f"  quality target not reached: {where}: {missed['note']}", file=sys.stderr)
@@ -131,11 +158,28 @@ def archive_command(
     raise typer.Exit(result.exit_code)
 
 
-def _codec_options(codec: str, gvc_mode: str | None, preset: str | None) -> dict[str, str]:
+def _codec_options(
+    codec: str,
+    gvc_mode: str | None,
+    preset: str | None,
+    gvc_steps: int | None = None,
+    gvc_atoms: int | None = None,
+) -> dict[str, str | int]:
     """Codec-specific options, refused where they do not apply (rather than silently ignored)."""
     from pipeline.archive.config import ConfigError
 
-    options: dict[str, str] = {}
+    options: dict[str, str | int] = {}
+    for flag, key, value, low in (
+        ("--gvc-steps", "steps", gvc_steps, 2),
+        ("--gvc-atoms", "atoms", gvc_atoms, 2),
+    ):
+        if value is None:
+            continue
+        if codec != "gvc":
+            raise ConfigError(f"{flag} applies to --codec gvc, not {codec}")
+        if value < low:
+            raise ConfigError(f"{flag} must be at least {low}, got {value}")
+        options[key] = value
     if gvc_mode is not None:
         if codec != "gvc":
             raise ConfigError(f"--gvc-mode applies to --codec gvc, not {codec}")

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from jobs import price_options as po
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
 
@@ -42,14 +44,21 @@ def audit(
     ] = None,
     worst: Annotated[int, typer.Option("--worst", min=0, help="list the N worst GOPs per metric")] = 10,
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint")] = None,
+    prices: po.PricesFile = None,
+    gpu_hour: po.GpuHour = None,
+    cpu_hour: po.CpuHour = None,
+    storage_gb_month: po.StorageGbMonth = None,
+    egress_gb: po.EgressGb = None,
 ) -> None:
-    """Summarise an archive: sizes, rates, quality percentiles, worst GOPs, failures, verify results."""
+    """Summarise an archive: sizes, rates, quality percentiles, worst GOPs, failures, verify results,
+    compute spent, the classic reference at equal quality and the break-even at the prices shown."""
     from pipeline.audit.reader import AuditError
     from pipeline.audit.summary import audit_archive
     from pipeline.storage import StorageError
 
+    priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb)
     try:
-        result = audit_archive(out, where=where, worst=worst, endpoint_url=endpoint_url)
+        result = audit_archive(out, where=where, worst=worst, endpoint_url=endpoint_url, prices=priced)
         if html is not None:
             from pipeline.audit.report_html import write_html_report
 
@@ -76,14 +85,21 @@ def compare(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the comparison as JSON")] = False,
     endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint")] = None,
+    prices: po.PricesFile = None,
+    gpu_hour: po.GpuHour = None,
+    cpu_hour: po.CpuHour = None,
+    storage_gb_month: po.StorageGbMonth = None,
+    egress_gb: po.EgressGb = None,
 ) -> None:
-    """BD-rate of B against A and per-video deltas for two archives of the same sources."""
+    """BD-rate of B against A and per-video deltas for two archives of the same sources, with each
+    one's compute, reference and break-even, and B's break-even against A, at the prices shown."""
     from pipeline.audit.compare import CompareError, compare_archives
     from pipeline.audit.reader import AuditError
     from pipeline.storage import StorageError
 
+    priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb)
     try:
-        result = compare_archives(out_a, out_b, metric=metric, endpoint_url=endpoint_url)
+        result = compare_archives(out_a, out_b, metric=metric, endpoint_url=endpoint_url, prices=priced)
         if html is not None:
             from pipeline.audit.report_html import write_compare_html
 

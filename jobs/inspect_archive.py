@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from jobs import price_options as po
+
 
 def _fail(message: str) -> None:
     from pipeline.storage import redact
@@ -93,33 +95,63 @@ def ls_command(
     out: Annotated[str, typer.Argument(help="Archive root: local folder or fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
+    prices: po.PricesFile = None,
+    gpu_hour: po.GpuHour = None,
+    cpu_hour: po.CpuHour = None,
+    storage_gb_month: po.StorageGbMonth = None,
+    egress_gb: po.EgressGb = None,
 ) -> None:
-    """Videos in an archive with status, frames, bytes, rate and quality."""
+    """Videos in an archive with status, frames, bytes, rate, quality, compute spent, cost and the
+    classic reference (at the prices shown)."""
+    from pipeline.audit.costs import video_costs
+    from pipeline.audit.reader import AuditError
     from pipeline.inspect import InspectError, list_archive
 
+    priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb)
     try:
         videos = list_archive(out, endpoint_url=endpoint_url)
+        costs = video_costs(out, priced, endpoint_url=endpoint_url) if videos else {}
     except InspectError as exc:
         _fail(str(exc))
         return
+    except AuditError:  # markers without manifest parts: nothing to cost
+        costs = {}
     if as_json:
-        sys.stdout.write(json.dumps([dataclasses.asdict(v) for v in videos], indent=2) + "\n")
+        prices_used = priced.to_json()  # in every video's costs: each row says what it was priced with
+        listing = [
+            dict(
+                dataclasses.asdict(v),
+                costs=dict(costs[v.video_key], prices=prices_used) if v.video_key in costs else None,
+            )
+            for v in videos
+        ]
+        sys.stdout.write(json.dumps(listing, indent=2) + "\n")
         return
     from rich.console import Console
     from rich.table import Table
+
+    from pipeline.audit.cost_views import ls_cells, print_prices
 
     table = Table(title=f"{out}: {len(videos)} videos")
     for name in ("video", "source", "status", "codec", "frames", "bytes", "bpp", "kbps", "PSNR", "MS-SSIM"):
         text = name in ("video", "source", "status", "codec")
         table.add_column(name, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
+    spent = Table(title="compute spent and bytes saved per video (device-time: wall × devices reserved)")
+    for name in ("video", "device time", "compute cost", "saved vs source", "vs reference at equal quality"):
+        spent.add_column(name, justify="left" if name == "video" else "right", overflow="fold")
     for v in videos:
         source = v.source_uri.rstrip("/").rsplit("/", 1)[-1] if v.source_uri else "-"
         table.add_row(
             v.video_key, source, v.status, v.codec or "-", str(v.frames), str(v.payload_bytes),
             _fmt(v.bpp, 4), _fmt(v.kbps, 1), _fmt(v.psnr, 2), _fmt(v.ms_ssim, 4),
         )  # fmt: skip
+        if v.video_key in costs:
+            spent.add_row(v.video_key, *ls_cells(costs[v.video_key], priced.currency))
     console = Console()
     console.print(table)
+    if costs:
+        console.print(spent)
+        print_prices({"prices": priced.to_json(), "uses_default_prices": priced.uses_defaults()}, console)
     for v in videos:
         if v.error:
             console.print(f"{v.video_key}: {v.error}", soft_wrap=True)

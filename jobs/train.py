@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -48,6 +49,8 @@ def tokenizer_command(
     from pipeline.training.bundle import update_bundle_card
     from pipeline.training.tokenizer import TokenizerTraining, reconstruction_psnr, train_tokenizer
 
+    _check_shape(size, frames, batch, steps, workers, block=8)
+    _check_data(data, frames, size, endpoint_url)
     settings = TokenizerTraining(
         data=data, out=out, steps=steps, minutes=minutes, size=size, frames=frames, batch=batch, lr=lr,
         workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, init=init,
@@ -71,9 +74,21 @@ def tokenizer_command(
 
 @train_app.command("glvc")
 def glvc_command(
-    out: Out,
+    out: Annotated[
+        str, typer.Option(help="GLVC model directory to write (tokenizer/ + latent_codec/ + card).")
+    ],
     tokenizer: Annotated[
-        str | None, typer.Option(help="Tokenizer directory (default: <out>/tokenizer).")
+        str | None,
+        typer.Option(
+            help="The Wan VAE: an official Wan2.1 folder, its vae/, or a tokenizer folder "
+            "(default: <out>/tokenizer). It is copied into <out>."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name in the card (default: kept, or <out>'s name).")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Model version in the card (default: kept, or 1).")
     ] = None,
     data: Data = "synthetic",
     steps: Steps = 3000,
@@ -82,6 +97,9 @@ def glvc_command(
     frames: int = 17,
     batch: int = 4,
     lr: float = 5e-4,
+    pool: Annotated[
+        int, typer.Option(help="Clips whose latents are cached (one is replaced every few steps).")
+    ] = 96,
     workers: Workers = 1,
     use_gpu: UseGpu = False,
     threads: Threads = 1,
@@ -92,10 +110,16 @@ def glvc_command(
 ) -> None:
     """Stage 1 of GLVC: rate + λ·MSE in the frozen tokenizer's latent space, all quality indices."""
     from pipeline.training.bundle import update_bundle_card
-    from pipeline.training.glvc import GlvcTraining, train_glvc
+    from pipeline.training.glvc import GlvcTraining, prepare_model_dir, train_glvc
 
+    _check_shape(size, frames, batch, steps, workers, block=32)
+    if pool < 1:
+        _fail(f"--pool must be at least 1, got {pool}")
+    _check_data(data, frames, size, endpoint_url)
+    source = tokenizer or f"{out.rstrip('/')}/tokenizer"
+    copied = _guard(lambda: prepare_model_dir(tokenizer, out))
     settings = GlvcTraining(
-        data=data, tokenizer=tokenizer, out=out, steps=steps,
+        data=data, tokenizer=str(copied), out=out, steps=steps, pool=pool,
         minutes=minutes, size=size, frames=frames, batch=batch, lr=lr, workers=workers, use_gpu=use_gpu,
         threads=threads, resume=resume, init=init, checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url,
     )  # fmt: skip
@@ -103,14 +127,83 @@ def glvc_command(
     directory = _guard(lambda: train_glvc(settings))
     summary = {
         "steps": _steps_done(settings), "size": size, "frames": frames, "batch": batch, "lr": lr, "data": data,
-        "wall_seconds_last_run": round(time.monotonic() - started),
+        "wall_seconds_last_run": round(time.monotonic() - started), "tokenizer_from": source,
     }  # fmt: skip
-    update_bundle_card(
-        out, "latent_codec", summary,
-        f"GLVC latent codec, stage 1 (bits + λ(q)·latent MSE over 64 quality indices) on {data} clips "
-        f"{size}x{size}x{frames}; stage 2 (pixel-decoder sharpening) not trained.",
+    model = _named(
+        update_bundle_card(
+            out, "latent_codec", summary,
+            f"GLVC latent codec, stage 1 (bits + λ(q)·latent MSE over 64 quality indices) on {data} clips "
+            f"{size}x{size}x{frames}, on the tokenizer from {source}.",
+            name=name or Path(out).name, version=version or "1",
+        ),
+        name, version,
     )  # fmt: skip
-    print(f"latent codec written to {directory}")
+    print(f"latent codec written to {directory}; model {model.model_id} sha256 {model.sha256[:16]}…")
+
+
+@train_app.command("glvc-decoder")
+def glvc_decoder_command(
+    out: Annotated[str, typer.Option(help="GLVC model directory (tokenizer/ + latent_codec/) to sharpen.")],
+    metric: Annotated[str, typer.Option(help="Perceptual loss: lpips | lpips_vgg | dists.")] = "lpips",
+    metric_weights: Annotated[
+        str | None,
+        typer.Option(help="Folder with the official backbone weights (default: the torch hub cache)."),
+    ] = None,
+    perceptual_weight: float = 1.0,
+    adversarial_weight: Annotated[float, typer.Option(help="Hinge-GAN term (0 = off).")] = 0.0,
+    trainable: Annotated[str, typer.Option(help="head (last up-block + output layers) | decoder.")] = "head",
+    data: Data = "synthetic",
+    steps: Steps = 1000,
+    minutes: Minutes = None,
+    size: int = 64,
+    frames: int = 9,
+    batch: int = 2,
+    lr: float = 2e-5,
+    workers: Workers = 1,
+    use_gpu: UseGpu = False,
+    threads: Threads = 1,
+    resume: Resume = False,
+    checkpoint_dir: str | None = None,
+    endpoint_url: str | None = None,
+) -> None:
+    """Stage 2 of GLVC: fine-tune the pixel decoder on the latent codec's output (L1 + perceptual
+    [+ adversarial]); replaces <out>/tokenizer/ and re-pins the model card."""
+    from pipeline.metrics.weights import WeightsUnavailable
+    from pipeline.training.bundle import update_bundle_card
+    from pipeline.training.glvc import prepare_model_dir
+    from pipeline.training.glvc_decoder import DecoderTraining, perceptual_network, train_glvc_decoder
+
+    _check_shape(size, frames, batch, steps, workers, block=32)
+    _check_data(data, frames, size, endpoint_url)
+    _guard(lambda: prepare_model_dir(None, out))
+    if not (Path(out) / "latent_codec").is_dir():
+        _fail(f"{out} has no latent_codec/; run `vidarc train glvc --out {out}` (stage 1) first")
+    settings = _guard(
+        lambda: DecoderTraining(
+            data=data, out=out, steps=steps, minutes=minutes, size=size, frames=frames, batch=batch, lr=lr,
+            workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, checkpoint_dir=checkpoint_dir,
+            endpoint_url=endpoint_url, metric=metric, metric_weights=metric_weights,
+            perceptual_weight=perceptual_weight, adversarial_weight=adversarial_weight, trainable=trainable,
+        )
+    )  # fmt: skip
+    if perceptual_weight > 0:
+        try:  # refuse now, not inside a Ray worker: no official weights, no perceptual loss
+            perceptual_network(metric, metric_weights, "cpu")
+        except WeightsUnavailable as exc:
+            _fail(f"{exc}; fetch them once into the torch hub cache or pass --metric-weights DIR")
+    started = time.monotonic()
+    directory = _guard(lambda: train_glvc_decoder(settings))
+    summary = {
+        "steps": _steps_done(settings), "metric": metric, "perceptual_weight": perceptual_weight,
+        "adversarial_weight": adversarial_weight, "trainable": trainable, "size": size, "frames": frames,
+        "batch": batch, "lr": lr, "data": data, "wall_seconds_last_run": round(time.monotonic() - started),
+    }  # fmt: skip
+    model = update_bundle_card(
+        out, "decoder_finetune", summary,
+        f"GLVC stage 2: tokenizer decoder ({trainable}) fine-tuned on the latent codec's output with "
+        f"L1 + {perceptual_weight:g}·{metric}" + (f" + {adversarial_weight:g}·GAN" if adversarial_weight else ""),
+    )  # fmt: skip
+    print(f"decoder written to {directory}; model {model.model_id} sha256 {model.sha256[:16]}…")
 
 
 @train_app.command("flow")
@@ -125,6 +218,11 @@ def flow_command(
     threads: Threads = 1,
 ) -> None:
     """Train the GVC flow model (a small Wan transformer) on the bundle tokenizer's latents."""
+    _check_shape(size, frames, batch, max(steps, 1), 1, block=16)
+    if not (Path(out) / "tokenizer").is_dir():
+        _fail(
+            f"{out} has no tokenizer/ to train the flow model on; run `vidarc train tokenizer --out {out}` first"
+        )
     from pipeline.training.flow import train_flow
 
     summary = _guard(
@@ -147,12 +245,65 @@ def _steps_done(settings) -> int:
 
 
 def _guard(run):
-    """Bad input (missing data, wrong directories) as one line and exit code 2, not a traceback."""
+    """Bad input (missing data, wrong directories or weights) as one line and exit code 2, not a
+    traceback; a training run that fails inside Ray as one line and exit code 1."""
+    from codec.errors import CodecError
+
     try:
         return run()
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    except (ValueError, FileNotFoundError, OSError, CodecError) as exc:
+        _fail(str(exc))
+    except RuntimeError as exc:  # `loop.fit`: the workers' error, already named
+        print(f"error: {_first_line(exc)}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def _fail(message: str) -> None:
+    print(f"error: {_first_line(message)}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+def _first_line(text: object) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else type(text).__name__
+
+
+def _check_shape(size: int, frames: int, batch: int, steps: int, workers: int, *, block: int) -> None:
+    """Options every stage validates before starting Ray."""
+    if size < block or size % block:
+        _fail(f"--size must be a positive multiple of {block} (the model's block), got {size}")
+    if frames < 1 or (frames - 1) % 4:
+        _fail(f"--frames must be 1+4k (the tokenizer's causal GOP), got {frames}")
+    for option, value in (("--batch", batch), ("--steps", steps), ("--workers", workers)):
+        if value < 1:
+            _fail(f"{option} must be at least 1, got {value}")
+
+
+def _check_data(data: str, frames: int, size: int, endpoint_url: str | None) -> None:
+    """Refuse a data source without usable clips here, in one line, not later inside a Ray worker."""
+    from pipeline.training.data import ClipSampler
+
+    if data == "synthetic":
+        return
+    if "://" not in data and not Path(data).exists():
+        _fail(f"--data {data}: no such file or directory (or use 'synthetic')")
+    _guard(lambda: ClipSampler(data, frames=frames, size=size, seed=0, endpoint_url=endpoint_url))
+
+
+def _named(model, name: str | None, version: str | None):
+    """Give an existing card the --name/--version asked for (a new card already has them)."""
+    from codec.modeldir import write_model_card
+
+    card = model.card
+    if (name or card["name"]) == card["name"] and (version or card["version"]) == card["version"]:
+        return model
+    extra = {
+        k: v for k, v in card.items() if k not in {"name", "version", "kind", "config", "files", "notes"}
+    }
+    return write_model_card(
+        model.path, name=name or card["name"], version=version or card["version"], kind=card["kind"],
+        config=card["config"], notes=card.get("notes", ""), extra=extra,
+    )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""Parquet schemas of the manifest (one row per GOP) and of verify results (one row per sampled GOP).
+"""Parquet schemas of the manifest (one row per GOP), of verify results (one row per sampled GOP) and
+of the classic reference (one row per GOP sampled for it); the compute columns' definition.
 
 These are contracts users audit and query; add columns at the end, never rename or retype one.
 Quality columns are null when not computed: never a made-up value. `metrics_note` says why a column
@@ -63,10 +64,92 @@ MANIFEST_SCHEMA = pa.schema(
         ("temporal_flicker", pa.float64()),
         ("metrics_note", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        # --- compute accounting (see COMPUTE_STAGES below); null in parts written before it existed ---
+        ("compute_device", pa.string()),
+        ("probe_device_seconds", pa.float64()),
+        ("decode_device_seconds", pa.float64()),
+        ("encode_device_seconds", pa.float64()),
+        ("metrics_device_seconds", pa.float64()),
+        ("search_device_seconds", pa.float64()),
+        ("commit_device_seconds", pa.float64()),
         # --- what verify proves the decode with (pipeline/digests.py); null in archives made before ---
         ("recon_sha256", pa.string()),  # sha256 of the encoder's reconstruction (uint8 T×H×W×3, C order)
         ("exact_sha256", pa.string()),  # sha256 of the exact part (Codec.exact_digest; classic: = recon)
         ("fingerprint", pa.binary()),  # compact per-frame 1/8-scale luma of the reconstruction
+    ]
+)
+
+#: Compute accounting. Every stage of the archive job measures itself where it runs (in the Ray task
+#: or actor, never in the driver) as *device-seconds*: wall seconds × the devices Ray reserved for it
+#: (a task with num_cpus=0.5 running 2 s spends 1 CPU-second; an actor with num_gpus=0.5 coding for
+#: 4 s spends 2 GPU-seconds). Stages on the encode actor (encode, metrics, search) run on the device
+#: named by `compute_device` (a GPU's model name, e.g. "NVIDIA H100 80GB HBM3", or "cpu"): a GPU actor
+#: is charged its GPUs only (a GPU-hour price is taken to include its host's share of CPUs), a CPU
+#: actor its reserved CPUs. `CPU_STAGES` always run on CPU tasks. Per-GOP stages (decode, encode,
+#: metrics, a `--per-gop` search) are that GOP's own measurements; per-video stages (probe, the
+#: per-video quality search, commit) are measured once per video and apportioned to its rows by frame
+#: count, so a video's rows sum to what it spent. The commit columns hold the commit's time up to the
+#: manifest write (the manifest cannot contain its own write time; `summary.json` has the whole).
+#: Work lost to a dead actor, and idle time of the actors, are not charged to any GOP (`summary.json`
+#: shows the actors' reserved device-seconds beside the busy ones).
+COMPUTE_STAGES: tuple[str, ...] = ("probe", "decode", "encode", "metrics", "search", "commit")
+CPU_STAGES: tuple[str, ...] = ("probe", "decode", "commit")
+CPU_DEVICE = "cpu"
+
+
+def compute_column(stage: str) -> str:
+    """The manifest column holding `stage`'s device-seconds."""
+    if stage not in COMPUTE_STAGES:
+        raise ValueError(f"unknown compute stage {stage!r}")
+    return f"{stage}_device_seconds"
+
+
+#: `reference/part-<video_key>.parquet`: one row per GOP sampled for the classic reference
+#: (`vidarc archive --reference x265 --reference-fraction F`). The reference codec codes the GOP's
+#: source frames at the archive GOP's own measured quality (`metric`, `archive_score`), searched on the
+#: codec's CRF like a per-GOP quality target. CRF is an integer, so the search ends on two adjacent
+#: settings that bracket the archive's score (`low_*`: the cheapest measured setting scoring worse,
+#: `high_*`: the setting scoring at least as well); `reference_bytes` is the size at exactly equal
+#: quality, interpolated linearly in log(bytes) between them. `status`: "ok"; "unreachable" (the
+#: archive's score lies outside what the reference codec reaches: no bracket, `reference_bytes` null);
+#: "unmeasured" (the archive GOP has no value of the metric); "failed" (`error` says why).
+#: `cpu_seconds`: the whole reference search (wall × 1 CPU: its encoder runs one thread);
+#: `encode_cpu_seconds`: one encode at the `high` setting, what a reference archive would spend.
+REFERENCE_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("video_key", pa.string()),
+        ("source_uri", pa.string()),
+        ("gop_index", pa.int32()),
+        ("first_frame", pa.int64()),
+        ("frame_count", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("fps", pa.float64()),
+        ("archive_codec", pa.string()),
+        ("target_kind", pa.string()),
+        ("target_value", pa.float64()),
+        ("archive_bytes", pa.int64()),
+        ("metric", pa.string()),
+        ("metric_note", pa.string()),  # why this metric (e.g. VMAF unavailable -> PSNR)
+        ("archive_score", pa.float64()),
+        ("reference_codec", pa.string()),
+        ("reference_codec_version", pa.string()),
+        ("reference_preset", pa.string()),
+        ("reference_bytes", pa.float64()),
+        ("log_ratio", pa.float64()),  # ln(archive_bytes / reference_bytes)
+        ("low_quality", pa.float64()),
+        ("low_score", pa.float64()),
+        ("low_bytes", pa.int64()),
+        ("high_quality", pa.float64()),
+        ("high_score", pa.float64()),
+        ("high_bytes", pa.int64()),
+        ("search", pa.string()),  # JSON: every measured point
+        ("cpu_seconds", pa.float64()),
+        ("encode_cpu_seconds", pa.float64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 

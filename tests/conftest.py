@@ -161,3 +161,12 @@ def write_vfr_video(
 def vfr_writer():
     """`write_vfr_video(path, frames, pts=..., rotation=None)` as a fixture."""
     return write_vfr_video
+
+
+@pytest.fixture(scope="session")
+def wan_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random Wan2.1 T2V, I2V and FLF2V folders in the official Diffusers layout (`wan_layouts`)."""
+    from wan_layouts import build_wan_dir
+
+    root = tmp_path_factory.mktemp("wan")
+    return {kind: build_wan_dir(root / f"Wan2.1-{kind}", kind) for kind in ("t2v", "i2v", "flf2v")}

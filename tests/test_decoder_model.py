@@ -60,7 +60,12 @@ def test_inspect_names_the_decoder_and_checks_weights_with_model(archived: tuple
     out, model = archived
     uri = str(next((out / "videos").glob("*.vdrc")))
     plain = inspect_object(uri)
-    assert plain["decoder"] == {"codec": "glvc", "options": {}, "model_dir": None, "weights_checked": False}
+    assert plain["decoder"] == {
+        "codec": "glvc",
+        "options": {"dtype": "auto"},
+        "model_dir": None,
+        "weights_checked": False,
+    }
     checked = inspect_object(uri, model=str(model))
     assert checked["decoder"]["weights_checked"] and checked["decoder"]["model_dir"] == str(model)
     other = build_random_model(model.parent / "other", seed=2).path

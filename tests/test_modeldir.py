@@ -44,17 +44,31 @@ def test_changed_byte_is_refused(tmp_path: Path) -> None:
         load_model_dir(root)
 
 
-def test_missing_file_and_card_are_refused(tmp_path: Path) -> None:
+def test_missing_file_and_bad_card_are_refused(tmp_path: Path) -> None:
     root = _model(tmp_path / "m")
     (root / "tokenizer" / "config.json").unlink()
     with pytest.raises(ModelLoadError, match="missing"):
         load_model_dir(root)
-    (root / "model_card.json").unlink()
-    with pytest.raises(ModelLoadError, match=r"no model_card\.json"):
-        load_model_dir(root)
     (root / "model_card.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="unreadable"):
         load_model_dir(root)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("hello")
+    with pytest.raises(ModelLoadError, match=r"not a model directory \(no model_card\.json"):
+        load_model_dir(tmp_path / "notes")
+
+
+def test_a_directory_without_a_card_loads_with_the_identity_a_card_would_pin(tmp_path: Path) -> None:
+    root = _model(tmp_path / "m")
+    pinned = load_model_dir(root)
+    (root / "model_card.json").unlink()
+    (root / ".cache" / "huggingface").mkdir(parents=True)
+    (root / ".cache" / "huggingface" / "x.metadata").write_text("bookkeeping")
+    (root / "tokenizer" / "weights.safetensors.lock").write_text("")
+    unpinned = load_model_dir(root)
+    assert not unpinned.pinned and unpinned.model_id == "m@unpinned"
+    assert unpinned.card["files"] == pinned.card["files"]
+    assert unpinned.components_digest(["tokenizer"]) == pinned.components_digest(["tokenizer"])
 
 
 def test_pickled_weights_are_refused(tmp_path: Path) -> None:
@@ -80,3 +94,11 @@ def test_remote_url_is_copied_once_and_verified(tmp_path: Path) -> None:
     assert model.path.is_relative_to(tmp_path / "cache")
     with pytest.raises(ModelLoadError, match="no such directory"):
         load_model_dir("memory://models/absent", cache_dir=str(tmp_path / "cache"))
+    # A stock directory (no card) is copied once too, then found in the cache.
+    for path in root.rglob("*"):
+        if path.is_file() and path.name != "model_card.json":
+            fs.pipe(f"/models/stock/{path.relative_to(root).as_posix()}", path.read_bytes())
+    stock = load_model_dir("memory://models/stock", cache_dir=str(tmp_path / "cache"))
+    assert stock.model_id == "stock@unpinned" and stock.card["files"] == model.card["files"]
+    fs.rm("/models/stock", recursive=True)
+    assert load_model_dir("memory://models/stock", cache_dir=str(tmp_path / "cache")).path == stock.path

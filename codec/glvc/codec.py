@@ -34,7 +34,10 @@ from codec.glvc.latent_codec import LATENT_STRIDE, CompressedLatents, LatentCode
 from codec.glvc.tokenizer import Tokenizer, load_tokenizer
 from codec.modeldir import ModelDir, bundled_model_path, load_model_dir
 from codec.ratecontrol import search_rate
+from codec.wan import glvc_vae_dir
 
+#: The components of a GLVC model: the Wan VAE (`tokenizer/`, or `vae/` in an official Wan folder) and
+#: the latent codec; the codec's identity is their digest.
 COMPONENTS = ["tokenizer", "latent_codec"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _RATE_TOLERANCE = 0.10
@@ -49,7 +52,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 class GlvcCodec(Codec):
-    """GLVC with a model directory holding `tokenizer/` and `latent_codec/` (default: the bundled one)."""
+    """GLVC with a model directory holding the Wan VAE (`tokenizer/`, or `vae/` of an official Wan
+    folder) and `latent_codec/` (default: the bundled model)."""
 
     name = "glvc"
     version = "1"
@@ -65,19 +69,26 @@ class GlvcCodec(Codec):
             )
         self.torch_device = resolve_device(device)
         self.device = self.torch_device.type
-        if dtype is None:
+        self.dtype_policy = dtype or "auto"
+        if dtype in (None, "auto"):
             vae_dtype = torch.bfloat16 if self.torch_device.type == "cuda" else torch.float32
         elif dtype in _DTYPES:
             vae_dtype = _DTYPES[dtype]
         else:
-            raise UnsupportedInputError(f"glvc: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+            raise UnsupportedInputError(
+                f"glvc: dtype must be auto or one of {', '.join(_DTYPES)}, got {dtype!r}"
+            )
         self.model_dir = _open_model(model)
         self.model_id = self.model_dir.model_id
-        self.model_sha256 = self.model_dir.components_digest(COMPONENTS)
-        try:
-            self.tokenizer: Tokenizer = load_tokenizer(
-                self.model_dir.component("tokenizer"), self.torch_device, vae_dtype
+        vae_dir, vae_component = glvc_vae_dir(self.model_dir.path)
+        if not (self.model_dir.path / "latent_codec").is_dir():
+            raise ModelLoadError(
+                f"model {self.model_id} has a Wan VAE but no latent_codec/; make a GLVC model with "
+                f"`vidarc train glvc --tokenizer {self.model_dir.path} --out MODEL --name N --version V`"
             )
+        self.model_sha256 = self.model_dir.components_digest([vae_component, "latent_codec"])
+        try:
+            self.tokenizer: Tokenizer = load_tokenizer(vae_dir, self.torch_device, vae_dtype)
             self.latent_codec = LatentCodec.from_pretrained(self.model_dir.component("latent_codec"))
         except CodecError:
             raise
@@ -102,6 +113,11 @@ class GlvcCodec(Codec):
 
     def entropy_coder(self) -> dict[str, str]:
         return self.entropy_profile.record()
+
+    def decoder_options(self) -> dict[str, Any]:
+        """What a decoder must be built with beyond the payload: the VAE's dtype policy ("auto": bf16
+        on GPUs, float32 on CPUs). The entropy-coded symbols never depend on it; the pixels do, slightly."""
+        return {"dtype": self.dtype_policy}
 
     @property
     def quality_range(self) -> tuple[int, int]:
@@ -236,7 +252,7 @@ class GlvcCodec(Codec):
         self, payload: bytes, frame_count: int, width: int, height: int
     ) -> tuple[GlvcHeader, bytes]:
         header, body = unpack_payload(payload)
-        if header.model_id != self.model_id or header.model_sha256 != self.model_sha256:
+        if header.model_sha256 != self.model_sha256:  # the id is a label; the weights' digest decides
             raise ModelMismatchError(
                 f"GLVC payload was made with model {header.model_id} (sha256 {header.model_sha256[:12]}…); "
                 f"this decoder holds {self.model_id} (sha256 {self.model_sha256[:12]}…)"

@@ -18,6 +18,7 @@ Why a wrapper: the codec needs a few conventions the VAE leaves to callers —
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,11 +84,12 @@ class Tokenizer:
 def load_tokenizer(
     directory: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> Tokenizer:
-    """Load a diffusers-format `AutoencoderKLWan` directory (safetensors only) as a Tokenizer."""
+    """Load a diffusers-format `AutoencoderKLWan` directory (safetensors only) as a Tokenizer, its
+    weights read straight onto `device` in `dtype` (`codec.weights`)."""
     from diffusers import AutoencoderKLWan
 
+    from codec.weights import load_diffusers_model
+
     dtype = dtype or torch.float32
-    vae = AutoencoderKLWan.from_pretrained(
-        str(directory), use_safetensors=True, torch_dtype=dtype, low_cpu_mem_usage=False
-    )
+    vae = load_diffusers_model(AutoencoderKLWan, Path(directory), torch.device(device), dtype)
     return Tokenizer(vae, device=device, dtype=dtype)

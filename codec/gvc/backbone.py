@@ -1,21 +1,24 @@
 """The networks GVC drives: a latent tokenizer (Wan VAE) and a rectified-flow Wan transformer.
 
-Two directory layouts load here (both diffusers format, both behind a vidarc model card):
+Two directory layouts load here (`codec.wan.flow_layout` tells them apart from their configs):
 
 - the bundled `vidarc-tiny`: `tokenizer/` (AutoencoderKLWan) and `flow/` (a small
   WanTransformer3DModel with 36 input channels, conditioned like Wan I2V — mask + reference latent — but
   without CLIP, and with a fixed null text embedding in `flow/null_text_embedding.safetensors`);
-- a real Wan2.1 directory: `vae/`, `transformer/`, and `text_encoder/` + `tokenizer/` (UMT5) for the
-  empty prompt (the embedding of "" is computed once at load time; it needs `transformers`).
+- an official Wan2.1 Diffusers folder: `vae/`, `transformer/`, `text_encoder/` + `tokenizer/` (UMT5) for
+  the empty prompt, and for I2V/FLF2V `image_encoder/` + `image_processor/` (CLIP), whose embedding of
+  the *decoded* reference frame(s) conditions the transformer as in diffusers' `WanImageToVideoPipeline`
+  (so the decoder, which holds the same decoded frames, computes the same conditioning).
 
-The codec's identity is the digest of exactly the components it uses, so adding components to a bundle
-does not change it.
+Every network is read straight onto its device in the requested dtype (`codec.weights`). The codec's
+identity is the digest of exactly the components it uses, so adding components to a bundle does not
+change it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +26,9 @@ import torch
 
 from codec.errors import ModelLoadError
 from codec.gvc.conditioning import build_condition
-
-NULL_TEXT_FILE = "null_text_embedding.safetensors"
+from codec.modeldir import ModelDir
+from codec.wan import MODES_BEST_FIRST, NULL_TEXT_FILE, FlowLayout
+from codec.weights import free, load_diffusers_model, load_transformers_model
 
 
 class WanTokenizer:
@@ -61,6 +65,29 @@ class WanTokenizer:
 
 
 @dataclasses.dataclass
+class Conditioning:
+    """What the flow model sees besides x_t: the condition latent y (mask + reference latent, 20
+    channels) and, for CLIP-conditioned Wan checkpoints, the reference frames' image embedding."""
+
+    latent: torch.Tensor | None = None
+    image: torch.Tensor | None = None
+
+
+class ClipImageEncoder:
+    """CLIP vision tower + its processor, as diffusers' Wan I2V pipeline uses them: the penultimate
+    hidden states of the processed reference image(s), [images, tokens, dim]."""
+
+    def __init__(self, model, processor, device: torch.device, dtype: torch.dtype) -> None:
+        self.model, self.processor, self.device, self.dtype = model, processor, device, dtype
+
+    @torch.no_grad()
+    def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
+        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        out = self.model(pixel_values=pixels.to(self.device, self.dtype), output_hidden_states=True)
+        return out.hidden_states[-2]
+
+
+@dataclasses.dataclass
 class FlowBackbone:
     """Tokenizer + flow transformer + fixed text embedding; `velocity` is what the sampler calls."""
 
@@ -70,27 +97,40 @@ class FlowBackbone:
     device: torch.device
     dtype: torch.dtype
     conditioned: bool  # True: 36-channel I2V-style input (tiny model, real I2V/FLF2V); False: real T2V
+    image_encoder: ClipImageEncoder | None = None  # real Wan I2V/FLF2V checkpoints
+    supported: tuple[str, ...] | None = None  # modes, best first (default: from `conditioned`)
 
     @property
     def modes(self) -> tuple[str, ...]:
-        return ("t2v", "i2v", "flf2v") if self.conditioned else ("t2v",)
+        if self.supported is not None:
+            return self.supported
+        return MODES_BEST_FIRST if self.conditioned else ("t2v",)
 
-    def condition(self, mode, first, last, pixel_frames, latent_shape) -> torch.Tensor | None:
+    def condition(self, mode, first, last, pixel_frames, latent_shape) -> Conditioning | None:
+        """The decoded reference frames -> what the transformer is conditioned on (both sides alike)."""
         if not self.conditioned:
             return None
-        return build_condition(mode, first, last, pixel_frames, latent_shape, self.tokenizer.encode).to(
-            self.device
-        )
+        latent = build_condition(mode, first, last, pixel_frames, latent_shape, self.tokenizer.encode)
+        image = None
+        if self.image_encoder is not None:
+            refs = [first] if mode == "i2v" else [first, last]
+            image = self.image_encoder(refs).to(self.dtype)
+        return Conditioning(latent.to(self.device), image)
 
     @torch.no_grad()
-    def velocity(self, x: torch.Tensor, t: float, condition: torch.Tensor | None) -> torch.Tensor:
-        inp = x if condition is None else torch.cat([x, condition], dim=0)
+    def velocity(self, x: torch.Tensor, t: float, condition) -> torch.Tensor:
+        if isinstance(condition, torch.Tensor):  # a bare condition latent (older callers)
+            condition = Conditioning(condition)
+        condition = condition or Conditioning()
+        inp = x if condition.latent is None else torch.cat([x, condition.latent], dim=0)
         timestep = torch.tensor([t * 1000.0], device=self.device, dtype=torch.float32)
+        extra = {} if condition.image is None else {"encoder_hidden_states_image": condition.image}
         out = self.transformer(
             hidden_states=inp.unsqueeze(0).to(self.dtype),
             timestep=timestep,
             encoder_hidden_states=self.text_embedding,
             return_dict=False,
+            **extra,
         )[0]
         return out[0].to(torch.float32)
 
@@ -137,28 +177,6 @@ def place(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> t
     return model
 
 
-def load_diffusers_model(cls, directory: Path) -> torch.nn.Module:
-    """A diffusers model from config.json + safetensors shards, strictly (every weight present, none
-    extra): `from_pretrained` without `accelerate` refuses Wan's fp32-pinned modules, and this path
-    also makes a wrong or partial checkpoint a clear error instead of silently random layers."""
-    from safetensors.torch import load_file
-
-    try:
-        model = cls.from_config(cls.load_config(str(directory)))
-        shards = sorted(directory.glob("*.safetensors"))
-        shards = [p for p in shards if p.name != NULL_TEXT_FILE]
-        if not shards:
-            raise OSError("no .safetensors weights")
-        state = {}
-        for shard in shards:
-            state.update(load_file(str(shard)))
-        model.load_state_dict(state, strict=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load {cls.__name__} from {directory}: {first_line}") from None
-    return model
-
-
 class _UnbatchedTokenizer:
     """Adapts the GLVC tokenizer ([1, C, F, h, w] latents) to GVC's unbatched [C, F, h, w] view."""
 
@@ -176,74 +194,126 @@ class _UnbatchedTokenizer:
 
 
 def load_tokenizer_dir(directory: Path, device: torch.device, dtype: torch.dtype):
-    """The project's tokenizer (`codec.glvc.tokenizer`, one implementation for both codecs) when
-    present, else AutoencoderKLWan wrapped here."""
+    """The project's tokenizer (`codec.glvc.tokenizer`, one implementation for both codecs)."""
+    from codec.glvc.tokenizer import load_tokenizer
+
     try:
-        from codec.glvc.tokenizer import load_tokenizer
-    except ImportError:
-        load_tokenizer = None
-    if load_tokenizer is not None:
-        try:
-            return _UnbatchedTokenizer(load_tokenizer(directory, device, dtype))
-        except (OSError, ValueError, RuntimeError) as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelLoadError(f"cannot load the tokenizer from {directory}: {first_line}") from None
-    from diffusers import AutoencoderKLWan
-
-    vae = load_diffusers_model(AutoencoderKLWan, directory).to(device, dtype).eval()
-    return WanTokenizer(vae, device, dtype)
+        return _UnbatchedTokenizer(load_tokenizer(directory, device, dtype))
+    except (OSError, ValueError, RuntimeError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"cannot load the tokenizer from {directory}: {first_line}") from None
 
 
-def load_backbone(root: Path, device: torch.device) -> tuple[FlowBackbone, list[str]]:
-    """(backbone, names of the components used) from a bundle (`flow/`) or a Wan2.1 directory."""
+def load_backbone(
+    layout: FlowLayout, model: ModelDir, device: torch.device, dtype: torch.dtype
+) -> FlowBackbone:
+    """The networks of `layout`, each read straight onto `device` in `dtype` (`codec.weights`).
+
+    Order matters for memory: the empty-prompt embedding first (UMT5 runs once, or never when the
+    embedding is cached, and is freed before anything else loads), then the VAE and CLIP, then the
+    transformer.
+    """
     from diffusers import WanTransformer3DModel
     from safetensors.torch import load_file
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if (root / "flow").is_dir():
-        flow_dir, vae_dir, components = root / "flow", root / "tokenizer", ["tokenizer", "flow"]
-    elif (root / "transformer").is_dir():
-        flow_dir, vae_dir, components = root / "transformer", root / "vae", ["vae", "transformer"]
+    if layout.fixed_text:
+        text = load_file(str(layout.flow_dir / NULL_TEXT_FILE))["embedding"]
     else:
-        raise ModelLoadError(f"model {root} has no GVC flow model (neither flow/ nor transformer/)")
-    if not vae_dir.is_dir():
-        raise ModelLoadError(f"model {root} has no {vae_dir.name}/ (the Wan VAE)")
-    transformer = place(load_diffusers_model(WanTransformer3DModel, flow_dir), device, dtype)
-    if (flow_dir / NULL_TEXT_FILE).is_file():
-        text = load_file(str(flow_dir / NULL_TEXT_FILE))["embedding"]
-    else:
-        text = _empty_prompt_embedding(root, device)
-        components += ["text_encoder", "tokenizer"]
-    if transformer.config.image_dim is not None:
-        raise ModelLoadError(
-            f"model {root}: CLIP-conditioned Wan I2V/FLF2V transformers are not supported yet; "
-            "use a T2V transformer or the bundled flow model"
+        text = empty_prompt_embedding(
+            layout.root, model.components_digest(["text_encoder", "tokenizer"]), device, dtype
         )
+    tokenizer = load_tokenizer_dir(layout.vae_dir, device, dtype)
+    image_encoder = load_image_encoder(layout.root, device, dtype) if layout.clip else None
+    transformer = load_diffusers_model(WanTransformer3DModel, layout.flow_dir, device, dtype)
     conditioned = transformer.config.in_channels > transformer.config.out_channels
-    tokenizer = load_tokenizer_dir(vae_dir, device, dtype)
-    backbone = FlowBackbone(tokenizer, transformer, text.to(device, dtype), device, dtype, conditioned)
-    return backbone, components
+    return FlowBackbone(
+        tokenizer,
+        transformer,
+        text.to(device, dtype),
+        device,
+        dtype,
+        conditioned,
+        image_encoder,
+        layout.modes,
+    )
 
 
-def _empty_prompt_embedding(root: Path, device: torch.device, max_length: int = 512) -> torch.Tensor:
-    """UMT5 embedding of "" (Wan's unconditional text), as diffusers' WanPipeline.encode_prompt makes it."""
+def load_image_encoder(root: Path, device: torch.device, dtype: torch.dtype) -> ClipImageEncoder:
+    """CLIPVisionModel (image_encoder/) + CLIPImageProcessor (image_processor/) of a Wan I2V/FLF2V folder."""
+    transformers = _transformers(root, "the CLIP image encoder")
     try:
-        from transformers import AutoTokenizer, UMT5EncoderModel
+        processor = transformers.CLIPImageProcessor.from_pretrained(str(root / "image_processor"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model {root}: cannot read image_processor/ ({_line(exc)})") from None
+    model = load_transformers_model(transformers.CLIPVisionModel, root / "image_encoder", device, dtype)
+    return ClipImageEncoder(model, processor, device, dtype)
+
+
+#: Wan's text length: the pipelines pad every prompt embedding to 512 tokens.
+TEXT_LENGTH = 512
+
+
+def empty_prompt_embedding(root: Path, digest: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """UMT5 embedding of "" (Wan's unconditional text) [1, 512, dim], as diffusers' `WanPipeline.encode_prompt`
+    makes it: the encoder's output over the prompt's real tokens, zero-padded to 512.
+
+    It is computed once per model and cached next to it (`<model>/.vidarc/`, hidden so never hashed;
+    `~/.cache/vidarc/embeddings/` when the model folder is read-only), keyed by the digest of the text
+    encoder and tokenizer files. Then UMT5 — 5.7B parameters for Wan2.1 — is freed: it is never needed
+    again. The cache keeps the first computation (bf16 on a GPU, float32 on a CPU): encoders and
+    decoders sharing the model folder use the very same tensor; elsewhere the same device class
+    recomputes the same values, another one differs within that dtype's rounding. The encoder runs on the real tokens only (for "" that is one EOS token): with the attention
+    mask the pipeline uses, padded positions cannot change them, so the result is the same.
+    """
+    from safetensors.torch import load_file, save_file
+
+    name = f"null_text-{digest[:16]}-{TEXT_LENGTH}.safetensors"
+    places = [root / ".vidarc" / name, embedding_cache_dir() / name]
+    for path in places:
+        if path.is_file():
+            return load_file(str(path))["embedding"]
+    transformers = _transformers(root, "Wan's empty-prompt embedding")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model {root}: cannot read the text tokenizer/ ({_line(exc)})") from None
+    encoder = load_transformers_model(transformers.UMT5EncoderModel, root / "text_encoder", device, dtype)
+    ids = tokenizer([""], return_tensors="pt", add_special_tokens=True)
+    with torch.no_grad():
+        hidden = encoder(
+            ids.input_ids.to(device), attention_mask=ids.attention_mask.to(device)
+        ).last_hidden_state
+    hidden = hidden.to(torch.float32).cpu()[:, :TEXT_LENGTH]
+    embedding = torch.cat(
+        [hidden, hidden.new_zeros(1, TEXT_LENGTH - hidden.shape[1], hidden.shape[-1])], dim=1
+    )
+    free(encoder)
+    for path in places:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({"embedding": embedding.contiguous()}, str(tmp), metadata={"dtype": str(dtype)})
+            tmp.replace(path)
+            break
+        except OSError:
+            continue
+    return embedding
+
+
+def embedding_cache_dir() -> Path:
+    return Path(os.environ.get("VIDARC_EMBEDDING_CACHE", "~/.cache/vidarc/embeddings")).expanduser()
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _transformers(root: Path, purpose: str):
+    try:
+        import transformers
     except ImportError:
         raise ModelLoadError(
-            f"model {root}: computing Wan's empty-prompt embedding needs the 'transformers' package"
+            f"model {root}: {purpose} needs the 'transformers' package (pip install 'vidarc[wan]')"
         ) from None
-    if not (root / "text_encoder").is_dir():
-        raise ModelLoadError(f"model {root} has no text_encoder/ for the empty prompt")
-    tok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
-    enc = UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), use_safetensors=True).eval()
-    ids = tok([""], padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = enc(ids.input_ids, attention_mask=ids.attention_mask).last_hidden_state
-    length = int(ids.attention_mask.sum())
-    hidden = hidden[:, :length]
-    return torch.cat([hidden, hidden.new_zeros(1, max_length - length, hidden.shape[-1])], dim=1)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    return transformers

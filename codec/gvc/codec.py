@@ -85,7 +85,9 @@ def plan_atoms(
 class GvcCodec(Codec):
     """GVC over a model directory (default: the bundled vidarc-tiny) or an injected backbone.
 
-    Options: `mode` (t2v | i2v | flf2v), sampler settings (`steps`, `ode_tail`, `shift`, `g_scale`,
+    Options: `mode` (t2v | i2v | flf2v; default: the best the model supports — FLF2V, then I2V, then
+    T2V), `dtype` ("auto", the default: bf16 on GPUs, float32 on CPUs), sampler settings (`steps`, `ode_tail`,
+    `shift` — default: the model card's, else the model's scheduler `flow_shift`, else 3 —, `g_scale`,
     `atoms` = K, `seed`), `max_atoms_per_step` (the rate planner's cap on M), and how a bit budget is
     split: `reference_share` of it for the reference stills (split evenly between them) and, for I2V,
     `tail_share` for the tail residual; the codebook gets the rest, as large an M as fits. These
@@ -104,7 +106,8 @@ class GvcCodec(Codec):
         *,
         model: str | None = None,
         device: str = "cpu",
-        mode: str = "flf2v",
+        mode: str | None = None,
+        dtype: str | None = None,
         steps: int | None = None,
         ode_tail: int | None = None,
         shift: float | None = None,
@@ -123,27 +126,34 @@ class GvcCodec(Codec):
     ) -> None:
         if unknown:
             raise UnsupportedInputError(f"gvc does not understand option(s) {', '.join(sorted(unknown))}")
-        if mode not in MODES:
+        if mode is not None and mode not in MODES:
             raise UnsupportedInputError(f"gvc: mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.device = _pick_device(device)
+        self.dtype_policy = dtype or "auto"
+        self.dtype = _pick_dtype(dtype, self.device)
         glvc_model = None
         card_defaults: dict[str, Any] = {}
         if backbone is None:
             from codec.gvc.backbone import load_backbone
-            from codec.modeldir import bundled_model_path, load_model_dir
+            from codec.modeldir import bundled_model_path, open_model_dir
+            from codec.wan import flow_layout
 
-            model_dir = load_model_dir(model or bundled_model_path())
-            backbone, components = load_backbone(model_dir.path, torch.device(self.device))
-            model_id, model_sha256 = model_dir.model_id, model_dir.components_digest(components)
+            source = open_model_dir(model or bundled_model_path())
+            layout = flow_layout(source.path)
+            mode = mode or layout.best_mode
+            _check_mode(mode, layout.modes, source.label)  # before any weight is read
+            model_dir = source.verify()
+            backbone = load_backbone(layout, model_dir, torch.device(self.device), _DTYPES[self.dtype])
+            model_id, model_sha256 = model_dir.model_id, model_dir.components_digest(list(layout.components))
             if glvc_stills and (model_dir.path / "latent_codec").is_dir():
                 glvc_model = str(model_dir.path)
             card_defaults = dict(model_dir.config.get("gvc", {}))
+            if "shift" not in card_defaults and layout.flow_shift is not None:
+                card_defaults["shift"] = layout.flow_shift  # the model's own scheduler setting
         if model_id is None or model_sha256 is None:
             raise ValueError("gvc: a backbone passed directly needs model_id and model_sha256")
-        if mode not in backbone.modes:
-            raise UnsupportedInputError(
-                f"gvc: model {model_id} supports modes {backbone.modes}, not {mode!r}"
-            )
+        mode = mode or backbone.modes[0]
+        _check_mode(mode, tuple(backbone.modes), model_id)
         self.backbone, self.model_id, self.model_sha256 = backbone, model_id, model_sha256
         self.mode = mode
         self.stills = references.StillCoders(glvc_model, self.device)
@@ -164,6 +174,17 @@ class GvcCodec(Codec):
             from codec.gvc.atoms import use_compiled_generator
 
             use_compiled_generator(True)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The modes this model supports, best first."""
+        return tuple(self.backbone.modes)
+
+    def decoder_options(self) -> dict[str, Any]:
+        """What a decoder must be built with to replay this encoder: the dtype policy ("auto" decodes
+        in the dtype the encoder used on the same device class). The rest is in every payload: mode,
+        steps, ODE tail, shift, g, K, M, seed, and each reference still's coder."""
+        return {"dtype": self.dtype_policy}
 
     @property
     def quality_range(self) -> tuple[int, int]:
@@ -309,7 +330,7 @@ class GvcCodec(Codec):
 
     def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
         parsed = GvcPayload.from_bytes(bytes(payload))
-        if (parsed.model_id, parsed.model_sha256) != (self.model_id, self.model_sha256):
+        if parsed.model_sha256 != self.model_sha256:  # the id is a label; the weights' digest decides
             raise ModelMismatchError(
                 f"gvc payload was made with model {parsed.model_id} ({parsed.model_sha256[:12]}…); "
                 f"this decoder holds {self.model_id} ({self.model_sha256[:12]}…)"
@@ -322,7 +343,8 @@ class GvcCodec(Codec):
         self.check_geometry(width, height)
         if parsed.mode not in self.backbone.modes:
             raise ModelMismatchError(
-                f"gvc payload uses mode {parsed.mode}, which model {self.model_id} lacks"
+                f"gvc payload uses mode {parsed.mode}, which model {self.model_id} lacks "
+                f"(it supports {', '.join(self.backbone.modes)})"
             )
         try:
             config = SamplerConfig(
@@ -402,6 +424,25 @@ def _pad(frames: np.ndarray) -> np.ndarray:
         (0, 0),
     )
     return np.pad(frames, pad, mode="edge") if any(p[1] for p in pad) else frames
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _pick_dtype(dtype: str | None, device: str) -> str:
+    """bf16 on GPUs (Wan's released precision), float32 on CPUs ("auto"), unless asked otherwise."""
+    if dtype in (None, "auto"):
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in _DTYPES:
+        raise UnsupportedInputError(f"gvc: dtype must be auto or one of {', '.join(_DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def _check_mode(mode: str, modes: tuple[str, ...], model: str) -> None:
+    if mode not in modes:
+        raise UnsupportedInputError(
+            f"gvc: model {model} supports mode {' | '.join(modes)}, not {mode}; use --gvc-mode {modes[0]}"
+        )
 
 
 def _pick_device(device: str) -> str:

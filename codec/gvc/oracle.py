@@ -67,7 +67,7 @@ class OracleBackbone:
     differ only in their side information.
     """
 
-    modes = ("t2v", "i2v", "flf2v")
+    modes = ("flf2v", "i2v", "t2v")  # best first, like every backbone
 
     def __init__(self, clip_videos, sigma: float = 0.0) -> None:
         self.tokenizer = PoolingTokenizer()

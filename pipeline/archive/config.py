@@ -88,6 +88,12 @@ class ArchiveConfig:
     metric_weights: str | None = None
     #: Find each video's (or GOP's) rate setting from a quality target instead of a fixed `target`.
     quality_goal: QualityGoal | None = None
+    #: Classic codec coding a sample of GOPs at the archive's measured quality (`archive/reference.py`).
+    reference: str | None = None
+    #: Fraction of each video's GOPs sampled for the reference (a few % is enough for a tight interval).
+    reference_fraction: float = 0.05
+    reference_seed: int = 0
+    reference_preset: str | None = None
 
     def resolved(self) -> ArchiveConfig:
         """A copy with defaults filled in, validated; raises ConfigError with a one-line reason."""
@@ -123,6 +129,7 @@ class ArchiveConfig:
                 f"--skip-metric: unknown {sorted(unknown)}; choose from {', '.join(METRIC_SWITCHES)}"
             )
         _check_quality_goal(self)
+        _check_reference(self)
         # A quality goal chooses each video's setting by search; there is no job-wide target then.
         target = (
             None
@@ -177,6 +184,29 @@ def _check_quality_goal(config: ArchiveConfig) -> None:
         raise ConfigError(f"--target-vmaf is a score in (0, 100], got {goal.target:g}")
     if goal.metric == "psnr" and not goal.target > 0:
         raise ConfigError(f"--target-psnr is in dB and must be positive, got {goal.target:g}")
+
+
+def _check_reference(config: ArchiveConfig) -> None:
+    from pipeline.archive.reference import REFERENCE_CODECS
+
+    if config.reference is None:
+        if config.reference_preset is not None:
+            raise ConfigError("--reference-preset applies to a --reference codec")
+        return
+    if config.reference not in REFERENCE_CODECS:
+        raise ConfigError(
+            f"--reference must be one of {', '.join(REFERENCE_CODECS)} (a classic codec), got {config.reference!r}"
+        )
+    if not 0 < config.reference_fraction <= 1:
+        raise ConfigError(f"--reference-fraction must be in (0, 1], got {config.reference_fraction:g}")
+    from codec.errors import CodecError
+    from codec.registry import build_codec
+
+    options = {} if config.reference_preset is None else {"preset": config.reference_preset}
+    try:  # a bad preset would fail every reference task: refuse it up-front
+        build_codec(config.reference, model=None, device="cpu", options=options)
+    except CodecError as exc:
+        raise ConfigError(f"--reference {config.reference}: {exc}") from None
 
 
 def quality_goal_from_options(

@@ -22,6 +22,7 @@ import numpy as np
 from codec.base import Codec, RateTarget, bits_per_pixel, kilobits_per_second
 from codec.errors import CodecError
 from codec.registry import build_codec
+from pipeline.archive import accounting
 from pipeline.archive.config import QualityGoal
 from pipeline.archive.quality_target import QualityTargetError, find_rate_for_quality
 from pipeline.digests import fingerprint, frames_sha256
@@ -85,14 +86,17 @@ class EncodeWorker:
         """Per-video quality search on sample GOPs: {"knob", "record"} or {"error"} (one line)."""
         assert self.codec is not None
         try:
-            height, width = sample_gops[0].shape[1:3]
-            self.codec.check_geometry(width, height)
-            result = self._search(list(sample_gops), goal, Fraction(fps_num, fps_den))
+            with accounting.stopwatch() as wall:
+                height, width = sample_gops[0].shape[1:3]
+                self.codec.check_geometry(width, height)
+                result = self._search(list(sample_gops), goal, Fraction(fps_num, fps_den))
             record = result.as_record()
             knob = result.rate_target.value
         except (CodecError, QualityTargetError) as exc:
             return {"error": f"{label}: quality search: {exc}"}
-        return {"knob": knob, "record": record}
+        device = accounting.held(self.codec.device)
+        compute = {"search": device.charge(wall[0]), "device": device.kind}
+        return {"knob": knob, "record": record, "compute": compute}
 
     def encode(
         self,
@@ -103,10 +107,12 @@ class EncodeWorker:
         gop_index: int,
         label: str,
         goal: QualityGoal | None = None,
+        decode_seconds: float | None = None,
     ) -> tuple[dict[str, Any], bytes]:
         """Code one GOP: (metadata, payload). A codec refusal comes back as metadata["error"].
 
         `goal` (per-GOP quality target) replaces `target`: the GOP is searched on itself.
+        `decode_seconds`: the CPU-seconds its decode task measured, carried into `meta["compute"]`.
         """
         assert self.codec is not None
         fps = Fraction(fps_num, fps_den)
@@ -142,7 +148,9 @@ class EncodeWorker:
             "device": self.codec.device,
             **digests,
         }
-        meta.update(self._quality(frames, encoded.reconstruction, gop_index, float(fps)))
+        with accounting.stopwatch() as metrics_wall:
+            meta.update(self._quality(frames, encoded.reconstruction, gop_index, float(fps)))
+        meta["compute"] = self._compute(seconds, metrics_wall[0], search, decode_seconds)
         return meta, payload
 
     def _digests(self, encoded: Any, payload: bytes) -> dict[str, Any]:
@@ -159,6 +167,25 @@ class EncodeWorker:
             "recon_sha256": recon_sha256,
             "exact_sha256": exact if exact is not None else recon_sha256,
             "fingerprint": fingerprint(recon),
+        }
+
+    def _compute(
+        self, seconds: float, metrics_seconds: float, search: dict[str, Any] | None, decode: float | None
+    ) -> dict[str, Any]:
+        """This GOP's device-seconds per stage. A per-GOP search's chosen point is the encode (its
+        encoding is the one stored); the other points it measured are the search."""
+        device = accounting.held(self.codec.device if self.codec else "cpu")
+        encode_wall, search_wall = seconds, None
+        if search is not None:
+            chosen = [p for p in search.get("points", []) if p["quality"] == search.get("chosen_quality")]
+            encode_wall = min(seconds, chosen[0]["encode_seconds"]) if chosen else 0.0
+            search_wall = seconds - encode_wall
+        return {
+            "device": device.kind,
+            "decode": decode,
+            "encode": device.charge(encode_wall),
+            "metrics": device.charge(metrics_seconds),
+            "search": None if search_wall is None else device.charge(search_wall),
         }
 
     def _search_gop(self, frames: np.ndarray, goal: QualityGoal, fps: Fraction):

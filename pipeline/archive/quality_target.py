@@ -128,6 +128,11 @@ def _knob_range(codec: Codec, knob_range: tuple[float, float] | None) -> tuple[f
     )
 
 
+def knob_range(codec: Codec) -> tuple[float, float]:
+    """(worst, best) of the codec's quality knob, as the search uses it."""
+    return _knob_range(codec, None)
+
+
 def measure_metric(
     metric: str,
     source: np.ndarray,
@@ -136,8 +141,27 @@ def measure_metric(
     device: str = "cpu",
     weights_dir: str | None = None,
 ) -> float:
-    """One metric for one GOP, through the same code that fills the manifest columns."""
+    """One metric for one GOP, through the same code that fills the manifest columns.
+
+    PSNR and VMAF are computed alone (the same functions `compute_gop_metrics` calls for their
+    columns): a search on them needs neither MS-SSIM nor torch.
+    """
     from pipeline.metrics import compute_gop_metrics
+    from pipeline.metrics.fidelity import check_pair
+
+    if metric in ("psnr", "psnr_y", "vmaf"):
+        check_pair(source, recon)
+        if metric == "vmaf":
+            from pipeline.metrics.vmaf import vmaf
+
+            value, note = vmaf(source, recon, fps=fps, threads=MetricsConfig().vmaf_threads)
+        else:
+            from pipeline.metrics.fidelity import psnr_rgb, psnr_y
+
+            value, note = (psnr_rgb if metric == "psnr" else psnr_y)(source, recon), None
+        if value is None:
+            raise QualityTargetError(f"cannot search on {metric}: {note}")
+        return float(value)
 
     wants_perceptual = metric in ("lpips", "lpips_vgg")
     config = MetricsConfig(

@@ -23,7 +23,7 @@ from codec.base import RateTarget
 from codec.errors import CodecError
 from codec.registry import codec_class
 from pipeline import sources
-from pipeline.archive import discovery
+from pipeline.archive import accounting, discovery
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.errors import one_line
@@ -31,6 +31,7 @@ from pipeline.archive.failures import FailureLog
 from pipeline.archive.leases import Leases
 from pipeline.archive.plan import GopSpan, plan_gops
 from pipeline.archive.progress import Counters, ProgressDisplay
+from pipeline.archive.reference import References
 from pipeline.archive.searches import QualitySearches
 from pipeline.archive.summary import RunTally, build_summary
 from pipeline.archive.video_writer import VideoJob, commit_video
@@ -44,7 +45,8 @@ class Video:
     target: RateTarget | None = None  # None until a quality search has chosen it
     search: dict[str, Any] | None = None  # the quality search record (per-video goals)
     search_attempts: int = 0
-    sample_refs: dict[int, Any] = dataclasses.field(default_factory=dict)  # gop index -> decoded frames
+    #: gop index -> (decoded frames, decode CPU-seconds) refs of the quality search's sample GOPs
+    sample_refs: dict[int, Any] = dataclasses.field(default_factory=dict)
     metas: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     payloads: dict[int, Any] = dataclasses.field(default_factory=dict)  # gop index -> ObjectRef[bytes]
     in_flight: int = 0
@@ -57,16 +59,25 @@ class GopTask:
     span: GopSpan
     attempt: int = 0
     frames_ref: Any = None
+    decode_seconds_ref: Any = None  # CPU-seconds the decode task measured (for the compute columns)
 
 
-def _probe_remote(entry: discovery.SourceEntry, endpoint_url: str | None) -> discovery.ProbeOutcome:
-    return discovery.probe_entry(entry, endpoint_url=endpoint_url)
+def _probe_remote(
+    entry: discovery.SourceEntry, endpoint_url: str | None
+) -> tuple[discovery.ProbeOutcome, float]:
+    """(outcome, CPU-seconds spent probing)."""
+    with accounting.stopwatch() as wall:
+        outcome = discovery.probe_entry(entry, endpoint_url=endpoint_url)
+    return outcome, accounting.held("cpu").charge(wall[0])
 
 
 def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None):
-    return sources.decode_frames(
-        uri, span.first_frame, span.frame_count, expected_pts=span.pts, endpoint_url=endpoint_url
-    )
+    """(frames, CPU-seconds spent decoding): two object refs (`num_returns=2`)."""
+    with accounting.stopwatch() as wall:
+        frames = sources.decode_frames(
+            uri, span.first_frame, span.frame_count, expected_pts=span.pts, endpoint_url=endpoint_url
+        )
+    return frames, accounting.held("cpu").charge(wall[0])
 
 
 def _commit_remote(job: VideoJob, metas: list[dict[str, Any]], *payloads: bytes) -> dict[str, Any]:
@@ -101,7 +112,9 @@ class Scheduler:
         self.display = display
         self.leases = leases
         self.probe = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False)(_probe_remote)
-        self.decode = ray.remote(num_cpus=0.5, max_retries=2, retry_exceptions=False)(_decode_remote)
+        self.decode = ray.remote(num_cpus=0.5, num_returns=2, max_retries=2, retry_exceptions=False)(
+            _decode_remote
+        )
         self.commit = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False)(_commit_remote)
         self.videos: dict[str, Video] = {}
         self.ready: collections.deque[str] = collections.deque()  # planned videos awaiting GOP slots
@@ -114,6 +127,8 @@ class Scheduler:
         self.searches = QualitySearches(self)
         self.failures = FailureLog(cfg, run_id, identity, counters, display)
         self.tally = RunTally()
+        self.compute = accounting.ComputeTally()
+        self.references = References(self)
         self.gop_cache: dict[Fraction, int | str] = {}
         self.codec_class = codec_class(cfg.codec)
         self.videos_started = 0
@@ -137,7 +152,8 @@ class Scheduler:
                 self.probing[self.probe.remote(entry, self.cfg.endpoint_url)] = entry
             self._fill_gop_slots()
             self._keep_alive()
-            waiting = [*self.probing, *searching, *self.encoding, *self.committing]
+            references = self.references.running
+            waiting = [*self.probing, *searching, *self.encoding, *self.committing, *references]
             if not waiting:
                 continue
             ready, _ = self.ray.wait(waiting, num_returns=1, timeout=1.0)
@@ -150,6 +166,8 @@ class Scheduler:
                     self._on_encoded(ref)
                 elif ref in self.committing:
                     self._on_committed(ref)
+                elif ref in references:
+                    self.references.on_done(ref)
             self.display.refresh()
         self.pool.stop()
 
@@ -189,6 +207,7 @@ class Scheduler:
             or self.queue
             or self.encoding
             or self.committing
+            or self.references
         )
 
     def _probe_ahead(self) -> int:
@@ -215,10 +234,9 @@ class Scheduler:
                 if not self.ready:
                     return
                 video = self.videos[self.ready.popleft()]
-                self.queue.extend(
-                    GopTask(video.job.video_key, span, frames_ref=video.sample_refs.pop(span.index, None))
-                    for span in video.job.spans
-                )
+                for span in video.job.spans:
+                    frames_ref, seconds_ref = video.sample_refs.pop(span.index, (None, None))
+                    self.queue.append(GopTask(video.job.video_key, span, 0, frames_ref, seconds_ref))
             task = self.queue.popleft()
             video = self.videos.get(task.video_key)
             if video is None or video.failed:
@@ -227,22 +245,26 @@ class Scheduler:
 
     def _submit(self, task: GopTask, video: Video) -> None:
         if task.frames_ref is None:
-            task.frames_ref = self.decode.remote(video.job.source_uri, task.span, self.cfg.endpoint_url)
+            task.frames_ref, task.decode_seconds_ref = self.decode.remote(
+                video.job.source_uri, task.span, self.cfg.endpoint_url
+            )
         idx, actor = self.pool.pick()
         header = video.job.header
         label = f"{video.job.source_uri} GOP {task.span.index} (frames {task.span.first_frame}+{task.span.frame_count})"
         goal = self.cfg.quality_goal if self.cfg.quality_goal and self.cfg.quality_goal.per_gop else None
         meta_ref, payload_ref = actor.encode.options(num_returns=2).remote(
-            task.frames_ref, video.target, header["fps_num"], header["fps_den"], task.span.index, label, goal
-        )
+            task.frames_ref, video.target, header["fps_num"], header["fps_den"], task.span.index, label, goal,
+            task.decode_seconds_ref,
+        )  # fmt: skip
         self.encoding[meta_ref] = (task, idx, actor, payload_ref)
         video.in_flight += 1
 
     # ---- results ---------------------------------------------------------------------------------
     def _on_probe(self, ref: Any) -> None:
         entry = self.probing.pop(ref)
+        probe_seconds = 0.0
         try:
-            outcome: discovery.ProbeOutcome = self.ray.get(ref)
+            outcome, probe_seconds = self.ray.get(ref)
         except Exception as exc:
             outcome = discovery.ProbeOutcome(entry, "failed", reason=one_line(entry.uri, exc))
         if outcome.kind == "skip":
@@ -286,6 +308,7 @@ class Scheduler:
             header=header,
             spans=spans,
             has_audio=info.has_audio,
+            compute={"probe": probe_seconds},
         )
         self.counters.frames_total += info.frame_count
         goal = self.cfg.quality_goal
@@ -293,6 +316,7 @@ class Scheduler:
             job = dataclasses.replace(job, header=dict(job.header, quality_goal=goal.as_record()))
         video = Video(job, target=self.cfg.target)
         self.videos[entry.key] = video
+        self.references.plan(video)
         if goal is None or goal.per_gop:
             self.ready.append(entry.key)
             return
@@ -342,6 +366,7 @@ class Scheduler:
             self.searches.missed(video.job.video_key, note, gop_index=task.span.index)
         video.metas[task.span.index] = meta
         video.payloads[task.span.index] = payload_ref
+        self.references.on_encoded(video, task, meta)
         self.counters.gops_done += 1
         self.counters.frames_done += task.span.frame_count
         if len(video.metas) == len(video.job.spans):
@@ -361,6 +386,7 @@ class Scheduler:
         try:
             result = self.ray.get(ref)
         except Exception as exc:
+            self.references.discard(key)
             self.failures.record(
                 key, video.job.source_uri, video.job.source_bytes, one_line(video.job.source_uri, exc)
             )
@@ -371,6 +397,12 @@ class Scheduler:
         self.counters.bytes_in += video.job.source_bytes
         self.counters.bytes_out += result["archive_bytes"]
         self.tally.committed(video.job.source_bytes, result)
+        self.compute.add_rows(key, result.get("compute_rows", []), result.get("commit_device_seconds"))
+        self.references.on_committed(key)
+
+    def tally_reference(self, cpu_seconds: float) -> None:
+        """Reference rows were written: count their CPU-seconds (stage "reference")."""
+        self.compute.add_reference(cpu_seconds)
 
     def fail_video(self, video: Video, reason: str) -> None:
         """Stop a video's remaining GOPs (queued ones are dropped, running ones ignored) and record it."""
@@ -379,10 +411,22 @@ class Scheduler:
         video.sample_refs.clear()
         if video.in_flight == 0:
             self.videos.pop(video.job.video_key, None)
+        self.references.discard(video.job.video_key)
         self.failures.record(video.job.video_key, video.job.source_uri, video.job.source_bytes, reason)
         self._release(video.job.video_key)
 
     # ---- summary ---------------------------------------------------------------------------------
+    def _reserved(self) -> dict[str, float]:
+        """Device-seconds the encode actors held over the run (busy or idle): the bill of a pool kept
+        for the whole run, against which the stages' busy device-seconds show the utilisation."""
+        if not len(self.pool):
+            return {}
+        gpus = self.cfg.num_gpus_per_actor
+        devices = self.compute.actor_kinds or {"cpu" if gpus == 0 else "gpu"}
+        kind = sorted(devices)[0]
+        per_actor = gpus if gpus > 0 else self.pool.cpus
+        return {kind: self.counters.elapsed * len(self.pool) * per_actor}
+
     def summary(self, *, entries_total: int, already_done: int, previously_failed: int) -> dict[str, Any]:
         return build_summary(
             cfg=self.cfg,
@@ -393,6 +437,8 @@ class Scheduler:
             failures=self.failures.records,
             targets_missed=self.searches.targets_missed,
             actor_restarts=self.pool.restarts,
+            compute=self.compute.record(self._reserved()),
+            reference=self.references.summary(),
             entries_total=entries_total,
             already_done=already_done,
             previously_failed=previously_failed,

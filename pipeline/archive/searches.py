@@ -14,6 +14,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from codec.base import RateTarget
+from pipeline.archive.accounting import add_per_video
 from pipeline.archive.errors import one_line
 from pipeline.archive.plan import GopSpan
 from pipeline.archive.search_cache import load_search, save_search, search_cache_key
@@ -54,11 +55,11 @@ class QualitySearches:
         header = video.job.header
         refs = []
         for span in self.sample_spans(video):
-            if span.index not in video.sample_refs:
+            if span.index not in video.sample_refs:  # (frames, decode seconds) refs
                 video.sample_refs[span.index] = owner.decode.remote(
                     video.job.source_uri, span, self.cfg.endpoint_url
                 )
-            refs.append(video.sample_refs[span.index])
+            refs.append(video.sample_refs[span.index][0])
         idx, actor = owner.pool.pick()
         ref = actor.search_quality.remote(
             self.cfg.quality_goal, header["fps_num"], header["fps_den"], video.job.source_uri, *refs
@@ -90,6 +91,10 @@ class QualitySearches:
         if "error" in outcome:
             owner.fail_video(video, outcome["error"])
             return
+        compute = outcome.pop("compute", None)  # this run's cost: not part of the cached search
+        if compute:
+            per_video = add_per_video(video.job.compute, "search", compute["search"], compute["device"])
+            video.job = dataclasses.replace(video.job, compute=per_video)
         try:
             save_search(owner.out_fs, owner.out_root, key, self._key(video), outcome)
         except Exception as exc:  # the cache only saves time; the archive does not depend on it

@@ -1,4 +1,6 @@
-"""A run's `summary.json`: counts, bytes, rates, quality percentiles, failures and wall time."""
+"""A run's `summary.json`: counts, bytes, rates, quality percentiles, failures, wall time, the compute
+spent (device-seconds per stage and device kind, per video; `accounting`) and the classic reference's
+equal-quality comparison (`reference`)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ def build_summary(
     targets_missed: list[dict[str, Any]],
     actor_restarts: int,
     entries_total: int,
+    compute: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
     already_done: int,
     previously_failed: int,
 ) -> dict[str, Any]:
@@ -71,6 +75,8 @@ def build_summary(
         },
         "failures": failures,
         "actor_restarts": actor_restarts,
+        "compute": compute,
+        "reference": reference,
         "wall_seconds": c.elapsed,
         "frames_per_second": frames / c.elapsed,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

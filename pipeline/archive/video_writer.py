@@ -14,17 +14,19 @@ import contextlib
 import dataclasses
 import io
 import json
+import time
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import sources
+from pipeline.archive import accounting
 from pipeline.archive.plan import GopSpan
 from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_index, write_container
 from pipeline.metrics import METRIC_COLUMNS
 from pipeline.runinfo import container_path, manifest_path, marker_path, utc_now, write_json
-from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
+from pipeline.schema import COMPUTE_STAGES, MANIFEST_SCHEMA, compute_column, rows_to_table
 from pipeline.storage import filesystem, full_uri, open_atomic, range_reader, redact, write_bytes
 
 
@@ -41,10 +43,13 @@ class VideoJob:
     header: dict[str, Any]  # geometry, rate, colour, rotation, codec identity, target
     spans: tuple[GopSpan, ...]
     has_audio: bool
+    #: Per-video device-seconds measured before the commit ("probe", "search"; `accounting`).
+    compute: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -> dict[str, Any]:
     """Write the video's container, manifest part and done marker; returns the per-GOP stats."""
+    started = time.perf_counter()
     fs, out_root = filesystem(job.out, endpoint_url=job.endpoint_url)
     attachments = []
     if job.has_audio:
@@ -63,8 +68,14 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
         size = write_container(handle, header, gops, attachments)
     archive_uri = full_uri(fs, path)
     index = read_index(range_reader(fs, path), size, name=archive_uri)  # the index as stored
+    cpu = accounting.held("cpu")
+    per_video = accounting.add_per_video(job.compute, "commit", cpu.charge(time.perf_counter() - started))
+    frames_total = sum(span.frame_count for span in job.spans) or 1
     rows = [
-        _ok_row(job, span, meta, entry, archive_uri)
+        dict(
+            _ok_row(job, span, meta, entry, archive_uri),
+            **accounting.row_columns(meta.get("compute", {}), per_video, span.frame_count / frames_total),
+        )
         for span, meta, entry in zip(job.spans, metas, index.gops, strict=True)
     ]
     write_bytes(fs, manifest_path(out_root, job.video_key), _parquet_bytes(rows))
@@ -81,7 +92,14 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
     write_json(fs, marker_path(out_root, "done", job.video_key), marker)
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(marker_path(out_root, "failed", job.video_key))
-    return {"archive_bytes": size, "audio": bool(attachments), "gops": [_gop_stats(r) for r in rows]}
+    compute_columns = ("compute_device", *(compute_column(stage) for stage in COMPUTE_STAGES))
+    return {
+        "archive_bytes": size,
+        "audio": bool(attachments),
+        "gops": [_gop_stats(r) for r in rows],
+        "compute_rows": [{k: r.get(k) for k in compute_columns} for r in rows],
+        "commit_device_seconds": cpu.charge(time.perf_counter() - started),
+    }
 
 
 def record_failure(

@@ -54,6 +54,11 @@ class Comparison:
     bd_quality: float | None
     bd_note: str | None
     videos: list[dict[str, Any]]
+    #: Compute, reference and break-even of each archive over the matched videos, and B's break-even
+    #: against A (`costs`), when priced.
+    costs_a: dict[str, Any] | None = None
+    costs_b: dict[str, Any] | None = None
+    b_vs_a: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,9 +124,10 @@ def _bd(
 
 
 def compare_archives(
-    out_a: str, out_b: str, *, metric: str = "psnr", endpoint_url: str | None = None
+    out_a: str, out_b: str, *, metric: str = "psnr", endpoint_url: str | None = None, prices: Any = None
 ) -> Comparison:
-    """BD-rate (bpp) and BD-`metric` of B against A, overall and per matched video."""
+    """BD-rate (bpp) and BD-`metric` of B against A, overall and per matched video; with `prices`,
+    the cost figures of both over the matched videos and B's break-even against A."""
     if metric not in HIGHER_IS_BETTER:
         raise CompareError(f"unknown metric {metric!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
     videos_a = _collect(out_a, metric, endpoint_url)
@@ -154,7 +160,18 @@ def compare_archives(
                 "bd_note": video_note,
             }
         )
+    costs_a = costs_b = b_vs_a = None
+    if prices is not None:
+        from pipeline.audit.costs import cost_report, relative_payback
+
+        matched_set = set(matched)
+        costs_a = cost_report(out_a, prices, source_uris=matched_set, endpoint_url=endpoint_url)
+        costs_b = cost_report(out_b, prices, source_uris=matched_set, endpoint_url=endpoint_url)
+        b_vs_a = relative_payback(costs_a["total"], costs_b["total"], prices)
     return Comparison(
+        costs_a=costs_a,
+        costs_b=costs_b,
+        b_vs_a=b_vs_a,
         out_a=out_a,
         out_b=out_b,
         metric=metric,
@@ -205,6 +222,10 @@ def print_comparison(result: Comparison, console: Console, max_videos: int = 50)
         )
     else:
         console.print(f"BD-rate: not computed ({result.bd_note})")
+    if result.costs_a is not None and result.costs_b is not None:
+        from pipeline.audit.cost_views import print_compare_costs
+
+        print_compare_costs(result.costs_a, result.costs_b, result.b_vs_a, console)
     table = Table(title=f"per video (first {min(max_videos, len(result.videos))} of {len(result.videos)})")
     for name in (
         "video",

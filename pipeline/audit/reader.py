@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from pipeline import storage
-from pipeline.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA
+from pipeline.schema import MANIFEST_SCHEMA, REFERENCE_SCHEMA, VERIFY_SCHEMA
 
 
 class AuditError(Exception):
@@ -57,6 +57,11 @@ def open_manifest(out: str, *, endpoint_url: str | None = None) -> ds.Dataset:
 def open_verify(out: str, *, endpoint_url: str | None = None) -> ds.Dataset | None:
     """Verify results of archive `out`, or None when it was never verified."""
     return _dataset(out, "verify", VERIFY_SCHEMA, endpoint_url, required=False)
+
+
+def open_reference(out: str, *, endpoint_url: str | None = None) -> ds.Dataset | None:
+    """The classic reference's sampled rows of archive `out`, or None when it has none."""
+    return _dataset(out, "reference", REFERENCE_SCHEMA, endpoint_url, required=False)
 
 
 def iter_batches(

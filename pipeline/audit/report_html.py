@@ -324,6 +324,10 @@ def write_html_report(result: AuditResult, path: str | Path, *, endpoint_url: st
         sections.append(_frame_pairs(result, metrics[0], endpoint_url) or "<p>none</p>")
     else:
         sections.append('<p class="note">no quality metrics in this manifest: nothing to plot</p>')
+    if result.costs is not None:
+        from pipeline.audit.cost_views import costs_html
+
+        sections.append(costs_html(result.costs))
     if result.failures:
         sections.append("<h2>Failures</h2>")
         sections.append(
@@ -354,6 +358,14 @@ def write_html_report(result: AuditResult, path: str | Path, *, endpoint_url: st
     temporary.write_text(_page(f"vidarc audit — {result.out}", "".join(sections)), encoding="utf-8")
     temporary.replace(target)  # never a half-written report under the final name
     return target
+
+
+def _compare_costs(result: Any) -> str:
+    if getattr(result, "costs_a", None) is None or getattr(result, "costs_b", None) is None:
+        return ""
+    from pipeline.audit.cost_views import compare_costs_html
+
+    return compare_costs_html(result.costs_a, result.costs_b, result.b_vs_a)
 
 
 def write_compare_html(result: Any, path: str | Path) -> Path:
@@ -395,6 +407,7 @@ def write_compare_html(result: Any, path: str | Path) -> Path:
         f"<p>A = <code>{html.escape(result.out_a)}</code><br>B = <code>{html.escape(result.out_b)}</code><br>"
         f"{result.matched_videos} matched videos ({result.only_in_a} only in A, {result.only_in_b} only in B)</p>"
         f"<p><b>{html.escape(bd)}</b></p>{_png(figure)}"
+        + _compare_costs(result)
         + _table(
             ["video", "bpp A", "bpp B", "rate Δ %", f"{metric} A", f"{metric} B", "Δ", "BD-rate %"],
             [

@@ -163,6 +163,8 @@ class AuditResult:
     failures: list[dict[str, Any]]
     verify: dict[str, Any] | None
     rows: int
+    #: Compute spent, the classic reference and the break-even (`costs.cost_report`), when priced.
+    costs: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -175,8 +177,12 @@ def audit_archive(
     worst: int = 10,
     endpoint_url: str | None = None,
     batch_size: int = 65_536,
+    prices: Any = None,
 ) -> AuditResult:
-    """Stream the manifest of `out` once and summarise it (see the module docstring for definitions)."""
+    """Stream the manifest of `out` once and summarise it (see the module docstring for definitions).
+
+    With `prices` (`prices.Prices`), a second pass adds the compute, reference and break-even figures.
+    """
     dataset = open_manifest(out, endpoint_url=endpoint_url)
     try:
         expression = parse_filter(where, MANIFEST_SCHEMA)
@@ -189,6 +195,11 @@ def audit_archive(
     for batch in iter_batches(dataset, _NEEDED, expression, batch_size):
         rows += batch.num_rows
         _accumulate(batch, groups, worst_rows, failures)
+    costs = None
+    if prices is not None:
+        from pipeline.audit.costs import cost_report
+
+        costs = cost_report(out, prices, where_expression=expression, endpoint_url=endpoint_url)
     return AuditResult(
         out=out,
         where=where,
@@ -197,6 +208,7 @@ def audit_archive(
         failures=failures,
         verify=summarise_verify(out, endpoint_url=endpoint_url),
         rows=rows,
+        costs=costs,
     )
 
 

@@ -105,6 +105,11 @@ def print_audit(result: AuditResult, console: Console, worst: int) -> None:
             table.add_row(row["source_uri"] or row["video_key"], row["error"] or row["status"])
         console.print(table)
 
+    if result.costs is not None:
+        from pipeline.audit.cost_views import print_costs
+
+        print_costs(result.costs, console)
+
     verify = result.verify
     if verify is None:
         console.print("verify: never run on this archive")

@@ -7,13 +7,17 @@ whole GOPs of several latent frames so the recurrent memory learns to carry info
 tokenizer is frozen; its latents of a pool of clips are cached and refreshed slowly, because the
 tokenizer's encoder dominates the cost of a step.
 
-Stage 2 (sharpening the pixel decoder with perceptual/adversarial losses) is not implemented: no
-pretrained perceptual backbone is available here to build it honestly.
+The output is a complete model directory: `prepare_model_dir` copies the tokenizer — the Wan2.1 VAE of
+an official download (`<wan>/vae/` or the folder itself) or any AutoencoderKLWan folder — into
+`<out>/tokenizer/` before training, so the model card pins the tokenizer's weights with the latent
+codec's, and a swapped VAE is refused at load and at decode. Stage 2 (the pixel decoder sharpened with
+a perceptual loss) is `pipeline.training.glvc_decoder`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -58,8 +62,51 @@ class _CodecObjective(torch.nn.Module):
         return self.codec.forward_train(latents, q_index)
 
 
+def prepare_model_dir(tokenizer: str | None, out: str) -> Path:
+    """Make `<out>/tokenizer/` a copy of the VAE named by `tokenizer` (a VAE folder, or a Wan or vidarc
+    model folder holding one; local or an fsspec URL) and return it. Without `tokenizer`, `<out>` must
+    already hold one. Refuses to overwrite a different tokenizer in `<out>`: the latent codec there was
+    trained on it. Raises ModelLoadError (one line) for anything unusable."""
+    from codec.errors import ModelLoadError
+    from codec.modeldir import HashCache, model_files, open_model_dir
+    from codec.wan import find_vae
+
+    target = Path(out) / "tokenizer"
+    if tokenizer is None or Path(tokenizer).resolve() == target.resolve():
+        return find_vae(target) if target.is_dir() else _missing(out)
+    source = find_vae(open_model_dir(tokenizer).path)
+    if not list(source.glob("*.safetensors")):
+        raise ModelLoadError(f"--tokenizer {tokenizer}: {source} holds no safetensors weights")
+    files = [rel for rel in model_files(source) if "/" not in rel]
+    hashes = HashCache()
+    if target.is_dir():
+        ours = {rel: hashes.digest(target / rel) for rel in model_files(target)}
+        theirs = {rel: hashes.digest(source / rel) for rel in files}
+        if ours != theirs:
+            raise ModelLoadError(
+                f"{target} holds another tokenizer than {source}; the latent codec in {out} was trained on "
+                "it — use a new --out"
+            )
+        return target
+    staging = target.with_name(".tokenizer.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for rel in files:
+        shutil.copyfile(source / rel, staging / rel)  # follows hub-cache symlinks: real bytes in <out>
+    staging.rename(target)
+    return target
+
+
+def _missing(out: str) -> Path:
+    from codec.errors import ModelLoadError
+
+    raise ModelLoadError(f"{out} has no tokenizer/; pass --tokenizer (a Wan2.1 folder or its vae/)")
+
+
 def train_glvc(settings: GlvcTraining) -> Path:
-    """Train, then write `<out>/latent_codec/`; returns that directory."""
+    """Copy the tokenizer into `<out>` (`prepare_model_dir`), train, then write `<out>/latent_codec/`;
+    returns that directory."""
+    settings.tokenizer = str(prepare_model_dir(settings.tokenizer, settings.out))
     fit(_worker_loop, settings.resolved(), name="vidarc-glvc")
     return Path(settings.out) / COMPONENT
 

@@ -82,7 +82,10 @@ def fit(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name:
 
     workers, use_gpu, threads = config["workers"], config["use_gpu"], config["threads"]
     if not ray.is_initialized():
-        ray.init(num_cpus=max(2, workers * threads), include_dashboard=False, log_to_driver=True)
+        if os.environ.get("RAY_ADDRESS"):  # a running cluster: it has its own resources
+            ray.init(log_to_driver=True)
+        else:
+            ray.init(num_cpus=max(2, workers * threads), include_dashboard=False, log_to_driver=True)
     storage = Path(config["checkpoint_dir"]).resolve() / "ray"
     trainer = TorchTrainer(
         loop,

@@ -1,0 +1,377 @@
+"""A classic reference on a sample: what the same GOPs would cost with x264/x265/AV1 at equal quality.
+
+`vidarc archive --reference x265 --reference-fraction 0.05` picks a seeded sample of each video's GOPs
+(`choose_gops`), and once a sampled GOP is coded by the archive's codec, a CPU task beside the encode
+actors codes the same source frames with the reference codec at the archive GOP's *own measured
+quality*: the reference's CRF is searched per GOP exactly as a `--per-gop` quality target is
+(`quality_target.find_rate_for_quality`), the search is completed to the two adjacent CRFs that
+bracket the archive's score, and the reference's size at equal quality is interpolated between them
+in log(bytes) (`bracket`). Rows go to `reference/part-<video_key>.parquet` (`pipeline.schema.
+REFERENCE_SCHEMA`) once the video is committed and all its sampled GOPs are done; `summary.json` and
+`vidarc audit` turn them into "X % smaller than x265 at equal VMAF" with a confidence interval
+(`pipeline.audit.costs.equal_quality_ratio`).
+
+The metric is the quality target's (`--target-vmaf/-psnr/-dists`), else VMAF. When VMAF cannot be
+measured (switched off by `--skip-metric vmaf`, or an ffmpeg without libvmaf) the reference falls back
+to PSNR and says so: the reason is logged, and stored in every row's `metric_note` and in the summary.
+Only GOPs whose metric the archive measured are eligible (`--metrics-every`).
+
+Sampling: each video gets ⌊F·n⌋ or ⌈F·n⌉ of its n eligible GOPs (randomised rounding, so the expected
+total is exactly F·N), chosen without replacement by a generator seeded with (seed, video_key): the
+same video gets the same sample in every run, whatever the scheduling.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+import math
+import time
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.archive import accounting
+from pipeline.runinfo import utc_now
+from pipeline.schema import REFERENCE_SCHEMA, rows_to_table
+from pipeline.storage import join, write_bytes
+
+if TYPE_CHECKING:
+    from pipeline.archive.scheduler import GopTask, Scheduler, Video
+
+REFERENCE_CODECS: tuple[str, ...] = ("x264", "x265", "av1")
+#: Reference tasks in flight per encode actor; sampled GOPs beyond it wait (without their frames,
+#: which are decoded again when they start) so the reference never holds more than this many GOPs.
+IN_FLIGHT_PER_ACTOR = 2
+
+
+def reference_path(out_root: str, video_key: str) -> str:
+    return join(out_root, "reference", f"part-{video_key}.parquet")
+
+
+def choose_gops(video_key: str, eligible: list[int], fraction: float, seed: int) -> list[int]:
+    """⌊F·n⌋ or ⌈F·n⌉ of the `eligible` GOP indices (randomised rounding), seeded by video and seed."""
+    digest = int.from_bytes(hashlib.sha256(video_key.encode()).digest()[:8], "big")
+    rng = np.random.default_rng([seed, digest])
+    expected = fraction * len(eligible)
+    count = math.floor(expected)
+    if rng.random() < expected - count:
+        count += 1
+    count = min(count, len(eligible))
+    return sorted(int(i) for i in rng.choice(eligible, size=count, replace=False)) if count else []
+
+
+def resolve_metric(
+    goal_metric: str | None, skip_metrics: tuple[str, ...], vmaf_reason: Any
+) -> tuple[str, str | None]:
+    """(metric, note): the quality target's metric, else VMAF, else PSNR with the reason VMAF is out.
+
+    `vmaf_reason()` is asked only when VMAF would be used: None if it can be measured, else why not.
+    """
+    if goal_metric is not None:
+        return goal_metric, f"the archive's quality target metric ({goal_metric})"
+    if "vmaf" in skip_metrics:
+        return "psnr", "vmaf unavailable (switched off by --skip-metric vmaf): reference matched on psnr"
+    reason = vmaf_reason()
+    if reason:
+        return "psnr", f"vmaf unavailable ({reason}): reference matched on psnr"
+    return "vmaf", None
+
+
+# ---- the reference task (runs on a CPU worker) --------------------------------------------------------
+def code_reference_gop(frames: np.ndarray, spec: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """Code one GOP with the reference codec at the archive's score; returns its reference row."""
+    from codec.errors import CodecError
+    from codec.registry import codec_class
+    from pipeline.archive.quality_target import QualityTargetError
+
+    codec_class(spec["codec"])  # imported before the clock starts: a worker's imports are not the search
+
+    row = dict(row, created_at=utc_now())
+    try:
+        with accounting.stopwatch() as wall:
+            found = bracket(
+                frames,
+                spec["codec"],
+                Fraction(row["fps_num"], row["fps_den"]),
+                spec["metric"],
+                float(row["archive_score"]),
+                preset=spec.get("preset"),
+                weights_dir=spec.get("weights_dir"),
+            )
+    except (CodecError, QualityTargetError) as exc:
+        return dict(row, status="failed", error=f"{row['source_uri']} GOP {row['gop_index']}: {exc}")
+    # The encoder runs one thread: charged one CPU, whatever fraction of a CPU Ray reserved.
+    return dict(row, **found, cpu_seconds=wall[0])
+
+
+def bracket(
+    frames: np.ndarray,
+    codec_name: str,
+    fps: Fraction,
+    metric: str,
+    target: float,
+    *,
+    preset: str | None = None,
+    weights_dir: str | None = None,
+) -> dict[str, Any]:
+    """Search the reference codec's CRF for `target`, complete it to two adjacent CRFs that bracket
+    the target, and interpolate the size at exactly the target (log-linear between the two)."""
+    from codec.base import RateTarget
+    from codec.registry import build_codec
+    from pipeline.archive.quality_target import find_rate_for_quality, knob_range, measure_metric
+    from pipeline.metrics import HIGHER_IS_BETTER
+
+    options: dict[str, Any] = {"threads": 1}
+    if preset is not None:
+        options["preset"] = preset
+    codec = build_codec(codec_name, model=None, device="cpu", options=options)
+    result = find_rate_for_quality(codec, [frames], fps, metric, target, per_gop=True, device="cpu",
+                                   weights_dir=weights_dir)  # fmt: skip
+    higher = HIGHER_IS_BETTER[metric]
+    worst, best = knob_range(codec)
+    cheaper = 1.0 if worst > best else -1.0  # knob direction of fewer bits
+    points = {p.knob: (p.score, p.payload_bytes, p.encode_seconds) for p in result.points}
+
+    def measure(knob: float) -> tuple[float, int, float]:
+        if knob not in points:
+            started = time.perf_counter()
+            encoded = codec.encode(frames, RateTarget("quality", knob), fps)
+            seconds = time.perf_counter() - started
+            score = measure_metric(metric, frames, encoded.reconstruction, float(fps), "cpu", weights_dir)
+            points[knob] = (score, len(encoded.payload), seconds)
+        return points[knob]
+
+    def meets(score: float) -> bool:
+        return score >= target if higher else score <= target
+
+    record: dict[str, Any] = {
+        "reference_codec": codec.name,
+        "reference_codec_version": codec.version,
+        "reference_preset": getattr(codec, "preset", None),
+    }
+    high = result.chosen.knob if result.chosen is not None and result.reached else None
+    low = None
+    while high is not None:
+        neighbour = high + cheaper
+        if not min(worst, best) <= neighbour <= max(worst, best):
+            break  # the target is met even at the codec's cheapest setting: no bracket
+        if meets(measure(neighbour)[0]):
+            high = neighbour  # the search assumed monotone quality; the neighbour is cheaper and good
+            continue
+        low = neighbour
+        break
+    if high is not None:
+        record.update(high_quality=high, high_score=points[high][0], high_bytes=points[high][1])
+        record["encode_cpu_seconds"] = points[high][2]
+    if low is not None:
+        record.update(low_quality=low, low_score=points[low][0], low_bytes=points[low][1])
+    search = [{"quality": k, "score": round(v[0], 4), "bytes": v[1]} for k, v in sorted(points.items())]
+    record["search"] = json.dumps(search)
+    if high is None or low is None:
+        where = "above the best" if high is None else "below the cheapest"
+        record.update(status="unreachable", error=f"{metric} {target:.4g} is {where} {codec.name} reaches")
+        return record
+    s_low, s_high = points[low][0], points[high][0]
+    t = (target - s_low) / (s_high - s_low)  # in (0, 1]: both orientations, since low misses and high meets
+    log_bytes = math.log(points[low][1]) + t * (math.log(points[high][1]) - math.log(points[low][1]))
+    record.update(status="ok", error=None, reference_bytes=math.exp(log_bytes))
+    return record
+
+
+def _reference_remote(frames: np.ndarray, spec: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    return code_reference_gop(frames, spec, row)
+
+
+# ---- bookkeeping in the driver loop --------------------------------------------------------------------
+class References:
+    """The reference sample of one run: planned GOPs, tasks running or waiting, rows per video.
+
+    Disabled (every method a no-op) when the run has no `--reference`.
+    """
+
+    def __init__(self, owner: Scheduler) -> None:
+        self.owner = owner
+        cfg = owner.cfg
+        self.enabled = cfg.reference is not None and len(owner.pool) > 0
+        self.planned: dict[str, list[int]] = {}
+        self.rows: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        self.committed: set[str] = set()
+        self.running: dict[Any, tuple[str, int]] = {}  # result ref -> video key, GOP index
+        self._pending: dict[Any, dict[str, Any]] = {}  # result ref -> the row it will complete
+        self.waiting: collections.deque[tuple[Any, dict[str, Any]]] = collections.deque()
+        self.written: list[dict[str, Any]] = []
+        self.metric, self.note = "", None
+        if not self.enabled:
+            return
+        import ray
+
+        goal = cfg.quality_goal.metric if cfg.quality_goal else None
+        actor = owner.pool.actors[0]
+        self.metric, self.note = resolve_metric(
+            goal, cfg.skip_metrics, lambda: ray.get(actor.check_metric.remote("vmaf"), timeout=600)
+        )
+        spare = float(ray.cluster_resources().get("CPU", 1.0)) - len(owner.pool) * owner.pool.cpus
+        self.cpus = round(min(1.0, max(0.25, spare)), 2)
+        self.task = ray.remote(num_cpus=self.cpus, max_retries=1, retry_exceptions=False)(_reference_remote)
+        self.limit = max(2, IN_FLIGHT_PER_ACTOR * len(owner.pool))
+        self.spec = {
+            "codec": cfg.reference,
+            "metric": self.metric,
+            "preset": cfg.reference_preset,
+            "weights_dir": cfg.metric_weights,
+        }
+        owner.display.log(
+            f"reference: {cfg.reference} on {cfg.reference_fraction:.3g} of the GOPs at equal {self.metric}"
+            + (f" ({self.note})" if self.note and cfg.quality_goal is None else "")
+        )
+
+    def __len__(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    def plan(self, video: Video) -> None:
+        """Choose the video's sampled GOPs (among those whose metric the archive measures)."""
+        if not self.enabled:
+            return
+        from pipeline.metrics import should_measure
+
+        cfg = self.owner.cfg
+        eligible = [s.index for s in video.job.spans if should_measure(s.index, cfg.metrics_every)]
+        self.planned[video.job.video_key] = choose_gops(
+            video.job.video_key, eligible, cfg.reference_fraction, cfg.reference_seed
+        )
+
+    def on_encoded(self, video: Video, task: GopTask, meta: dict[str, Any]) -> None:
+        """A GOP is coded: if it is sampled, start (or queue) its reference at the GOP's own score."""
+        key = video.job.video_key
+        if not self.enabled or task.span.index not in self.planned.get(key, ()):
+            return
+        row = self._row(video, task, meta)
+        if row["archive_score"] is None:
+            note = meta.get("metrics_note") or "not measured"
+            self._add(key, dict(row, status="unmeasured", error=f"archive {self.metric}: {note}"))
+            return
+        if len(self.running) < self.limit:
+            self._submit(task.frames_ref, row)
+        else:
+            self.waiting.append((task.span, row))
+
+    def on_done(self, ref: Any) -> None:
+        key, _ = self.running.pop(ref)
+        planned = self._pending.pop(ref)
+        try:
+            row = self.owner.ray.get(ref)
+        except Exception as exc:  # the task died (worker lost): the GOP is counted as failed
+            from pipeline.archive.errors import one_line
+
+            row = dict(planned, status="failed", error=one_line(planned["source_uri"], exc))
+        self._add(key, row)
+        while self.waiting and len(self.running) < self.limit:
+            span, row = self.waiting.popleft()
+            if row["video_key"] in self.planned:
+                frames_ref, _ = self.owner.decode.remote(row["source_uri"], span, self.owner.cfg.endpoint_url)
+                self._submit(frames_ref, row)
+
+    def on_committed(self, key: str) -> None:
+        if self.enabled and key in self.planned:
+            self.committed.add(key)
+            self._maybe_write(key)
+
+    def discard(self, key: str) -> None:
+        """A failed video: its reference rows are dropped (there is no archive to compare)."""
+        self.planned.pop(key, None)
+        self.rows.pop(key, None)
+
+    def summary(self) -> dict[str, Any] | None:
+        """The `reference` section of summary.json (this run's written rows)."""
+        if not self.enabled:
+            return None
+        from pipeline.audit.costs import equal_quality_ratio, statement
+
+        rows = self.written
+        cfg = self.owner.cfg
+        status = collections.Counter(r["status"] for r in rows)
+        ok = [r for r in rows if r["status"] == "ok"]
+        ratio = equal_quality_ratio(
+            [r["log_ratio"] for r in ok], [r["frame_count"] for r in ok], [r["video_key"] for r in ok]
+        )
+        return {
+            "codec": cfg.reference,
+            "preset": cfg.reference_preset,
+            "metric": self.metric,
+            "metric_note": self.note,
+            "fraction": cfg.reference_fraction,
+            "seed": cfg.reference_seed,
+            "gops_sampled": len(rows),
+            "gops": dict(status),
+            "cpu_seconds": sum(r.get("cpu_seconds") or 0.0 for r in rows),
+            "ratio": ratio,
+            "statement": statement(ratio, cfg.reference, self.metric),
+        }
+
+    # ---- internals -------------------------------------------------------------------------------
+    def _row(self, video: Video, task: GopTask, meta: dict[str, Any]) -> dict[str, Any]:
+        header, span = video.job.header, task.span
+        score = meta.get(self.metric)
+        return {
+            "run_id": self.owner.run_id,
+            "video_key": video.job.video_key,
+            "source_uri": video.job.source_uri,
+            "gop_index": span.index,
+            "first_frame": span.first_frame,
+            "frame_count": span.frame_count,
+            "width": header["width"],
+            "height": header["height"],
+            "fps": header["fps_num"] / header["fps_den"],
+            "fps_num": header["fps_num"],
+            "fps_den": header["fps_den"],
+            "archive_codec": header["codec"],
+            "target_kind": header["target"]["kind"],
+            "target_value": header["target"]["value"],
+            "archive_bytes": meta["payload_bytes"],
+            "metric": self.metric,
+            "metric_note": self.note,
+            "archive_score": None if score is None or not math.isfinite(score) else float(score),
+            "reference_codec": self.owner.cfg.reference,
+        }
+
+    def _submit(self, frames_ref: Any, row: dict[str, Any]) -> None:
+        ref = self.task.remote(frames_ref, self.spec, row)
+        self.running[ref] = (row["video_key"], row["gop_index"])
+        self._pending[ref] = row
+
+    def _add(self, key: str, row: dict[str, Any]) -> None:
+        if key not in self.planned:
+            return  # the video failed meanwhile
+        if row.get("status") == "ok":
+            row["log_ratio"] = math.log(row["archive_bytes"] / row["reference_bytes"])
+        self.rows[key].append(row)
+        self._maybe_write(key)
+
+    def _maybe_write(self, key: str) -> None:
+        rows = self.rows.get(key, [])
+        if key not in self.committed or len(rows) < len(self.planned.get(key, ())):
+            return
+        self.planned.pop(key)
+        self.rows.pop(key, None)
+        if not rows:
+            return
+        columns = set(REFERENCE_SCHEMA.names)
+        clean = [
+            {k: v for k, v in r.items() if k in columns} for r in sorted(rows, key=lambda r: r["gop_index"])
+        ]
+        buffer = io.BytesIO()
+        import pyarrow.parquet as pq
+
+        pq.write_table(rows_to_table(clean, REFERENCE_SCHEMA), buffer, compression="zstd")
+        owner = self.owner
+        try:
+            write_bytes(owner.out_fs, reference_path(owner.out_root, key), buffer.getvalue())
+        except Exception as exc:  # the reference is a measurement: the archive does not depend on it
+            owner.display.log(f"could not write the reference rows of {rows[0]['source_uri']}: {exc}")
+            return
+        self.written.extend(clean)
+        owner.tally_reference(sum(r.get("cpu_seconds") or 0.0 for r in clean))

@@ -1,0 +1,354 @@
+"""The cost figures (`costs.cost_report`) as rich tables and as HTML, for audit, compare and ls.
+
+Every view starts with the prices it used and where each came from, so a default price is never
+used silently.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from pipeline.schema import COMPUTE_STAGES
+
+DEFAULTS_HINT = "defaults: give --prices prices.toml or --gpu-hour/--cpu-hour/--storage-gb-month/--egress-gb"
+
+
+def money(value: float | None, currency: str) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return f"0 {currency}"
+    if abs(value) >= 100:
+        return f"{value:,.0f} {currency}"
+    return f"{value:.3g} {currency}" if abs(value) >= 0.01 else f"{value:.2e} {currency}"
+
+
+def amount(value: float | None) -> str:
+    """Months or downloads: readable at any magnitude."""
+    if value is None:
+        return "never"
+    if value == 0:
+        return "0 (at once)"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def size(n: float | None) -> str:
+    """Bytes in binary units (prices count GB as 2^30 bytes)."""
+    if n is None:
+        return "—"
+    value, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            break
+        value /= 1024
+    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
+
+
+def hours(seconds: float | None) -> str:
+    if not seconds:
+        return "—"
+    return f"{seconds / 3600:.3g} h" if seconds >= 36 else f"{seconds:.3g} s"
+
+
+# ---- rows shared by the text and HTML views ---------------------------------------------------------
+def price_rows(costs: dict[str, Any]) -> list[list[str]]:
+    currency = costs["prices"]["currency"]
+    rows = []
+    for price in costs["prices"]["prices"]:
+        source = price["source"] + (" (not given)" if price["source"] == "default" else "")
+        rows.append([price["name"], f"{price['value']:g} {currency}", source])
+    return rows
+
+
+def compute_rows(entries: list[tuple[str, dict[str, Any]]], currency: str) -> list[list[str]]:
+    """One row per group and device kind: device-time per stage, total, and its cost."""
+    rows = []
+    for label, figures in entries:
+        for kind in sorted(figures["device_seconds_by_kind"]) or ["—"]:
+            stages = [hours(figures["device_seconds"].get(stage, {}).get(kind)) for stage in COMPUTE_STAGES]
+            total = figures["device_seconds_by_kind"].get(kind)
+            cost = money(figures["cost_by_kind"].get(kind), currency)
+            rows.append([label, kind, *stages, hours(total), cost])
+    return rows
+
+
+def reference_rows(entries: list[tuple[str, dict[str, Any]]], currency: str) -> list[list[str]]:
+    rows = []
+    for label, figures in entries:
+        for ref in figures["references"]:
+            ratio = ref["ratio"] or {}
+            ci = ratio.get("ci_percent")
+            status = ", ".join(f"{n} {s}" for s, n in sorted(ref["gops_by_status"].items()))
+            rows.append(
+                [
+                    label,
+                    ref["codec"],
+                    ref["metric"],
+                    f"{ref['gops_sampled']} ({status})",
+                    "—" if ratio.get("smaller_percent") is None else f"{ratio['smaller_percent']:+.1f} %",
+                    "—" if ci is None else f"{ci[0]:+.1f} … {ci[1]:+.1f} %",
+                    money(ref["measurement_cost"], currency),
+                ]
+            )
+    return rows
+
+
+def break_even_rows(entries: list[tuple[str, dict[str, Any]]], currency: str) -> list[list[str]]:
+    """Long format (readable in a narrow terminal): per group and comparison, one row per storage
+    class (months) and one for downloads, each with the interval's ends when there is one."""
+    rows = []
+    for label, figures in entries:
+        rows += _break_even_rows(label, "source", figures["vs_source"], currency)
+        for ref in figures["references"]:
+            if "vs_reference" in ref:
+                against = f"{ref['codec']} at equal {ref['metric']}"
+                rows += _break_even_rows(
+                    label, against, ref["vs_reference"], currency, ref.get("vs_reference_ci")
+                )
+    return rows
+
+
+def _break_even_rows(
+    label: str, against: str, payback: dict[str, Any], currency: str, ci: dict[str, Any] | None = None
+) -> list[list[str]]:
+    head = [label, against, size(payback["bytes_saved"]), money(payback["extra_cost"], currency)]
+    if payback["note"] and not payback["bytes_saved"] > 0:
+        return [[*head, payback["note"], "", ""]]
+    rows = []
+    for name, months in payback["months"].items():
+        ends = (ci or {}).get("months", {}).get(name)
+        rows.append([*head, f"{name} storage", f"{amount(months)} months", _range(ends, months)])
+        head = ["", "", "", ""]
+    downloads = payback["downloads"]
+    rows.append(
+        [*head, "egress", f"{amount(downloads)} downloads", _range((ci or {}).get("downloads"), downloads)]
+    )
+    return rows
+
+
+def _range(ends: list[float | None] | None, value: float | None) -> str:
+    if not ends or value is None or value == 0:
+        return ""
+    if None in ends:
+        return f"{amount(min(e for e in ends if e is not None))} … never"
+    return f"{amount(min(ends))} … {amount(max(ends))}"
+
+
+def _entries(costs: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    entries = list(costs["groups"].items())
+    if len(entries) != 1:
+        entries.append(("all", costs["total"]))
+    return entries
+
+
+def _headers() -> dict[str, list[str]]:
+    return {
+        "prices": ["price", "value", "source"],
+        "compute": ["codec / target", "device", *COMPUTE_STAGES, "total", "cost"],
+        "reference": ["codec / target", "reference", "metric", "GOPs sampled", "archive smaller by", "95 % CI", "measurement cost"],
+        "break_even": ["codec / target", "against", "saved", "extra compute", "paid back by", "after", "95 % CI"],
+    }  # fmt: skip
+
+
+# ---- rich --------------------------------------------------------------------------------------------
+def _rich_table(title: str, headers: list[str], rows: list[list[str]], left: int = 1) -> Table:
+    """A table whose cells are plain text (names like "storage_gb_month[standard]" are not markup)."""
+    table = Table(title=escape(title))
+    for i, name in enumerate(headers):
+        table.add_column(escape(name), justify="left" if i < left else "right")
+    for row in rows:
+        table.add_row(*(escape(str(cell)) for cell in row))
+    return table
+
+
+def print_prices(costs: dict[str, Any], console: Console) -> None:
+    title = "prices used (GB = 2^30 bytes)" + (f" — {DEFAULTS_HINT}" if costs["uses_default_prices"] else "")
+    console.print(_rich_table(title, _headers()["prices"], price_rows(costs)))
+
+
+def print_costs(costs: dict[str, Any], console: Console) -> None:
+    """Prices, compute spent, the reference's statement and the break-even (audit's text view)."""
+    currency = costs["prices"]["currency"]
+    headers = _headers()
+    entries = _entries(costs)
+    print_prices(costs, console)
+    console.print(
+        _rich_table(
+            "compute spent (device-time: wall × devices reserved)",
+            headers["compute"],
+            compute_rows(entries, currency),
+            left=2,
+        )
+    )
+    for label, figures in entries:
+        if figures.get("note"):
+            console.print(f"{label}: {figures['note']}")
+    references = reference_rows(entries, currency)
+    if references:
+        console.print(
+            _rich_table(
+                "classic reference at equal quality (sampled GOPs)", headers["reference"], references, left=3
+            )
+        )
+        for label, figures in entries:
+            for ref in figures["references"]:
+                console.print(f"{label}: {ref['statement']}", soft_wrap=True)
+                if ref["ratio"]:
+                    console.print(f"  ({ref['ratio']['method']})", soft_wrap=True)
+                if ref["metric_note"]:
+                    console.print(f"  metric: {ref['metric_note']}", soft_wrap=True)
+    else:
+        console.print(
+            "reference: none sampled (archive with --reference x265 --reference-fraction F to add one)"
+        )
+    console.print(
+        _rich_table(
+            "break-even: when the bytes saved have paid for the compute ([…] = at the 95 % CI ends)",
+            headers["break_even"],
+            break_even_rows(entries, currency),
+            left=2,
+        )
+    )
+
+
+# ---- HTML --------------------------------------------------------------------------------------------
+def _html_table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
+    head = "".join(
+        f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="{"l" if i < left else ""}">{html.escape(str(v))}</td>' for i, v in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def costs_html(costs: dict[str, Any]) -> str:
+    """The same figures as `print_costs`, as an HTML section."""
+    currency = costs["prices"]["currency"]
+    headers = _headers()
+    entries = _entries(costs)
+    parts = ["<h2>Cost and break-even</h2>"]
+    hint = f" <b>{html.escape(DEFAULTS_HINT)}</b>" if costs["uses_default_prices"] else ""
+    parts.append(f"<p>Prices used (GB = 2<sup>30</sup> bytes).{hint}</p>")
+    parts.append(_html_table(headers["prices"], price_rows(costs)))
+    parts.append("<h3>Compute spent</h3><p>Device-time per stage: wall seconds × devices reserved.</p>")
+    parts.append(_html_table(headers["compute"], compute_rows(entries, currency), left=2))
+    notes = [f"{label}: {f['note']}" for label, f in entries if f.get("note")]
+    parts += [f'<p class="note">{html.escape(n)}</p>' for n in notes]
+    references = reference_rows(entries, currency)
+    parts.append("<h3>Classic reference at equal quality</h3>")
+    if references:
+        parts.append(_html_table(headers["reference"], references, left=3))
+        for label, figures in entries:
+            for ref in figures["references"]:
+                parts.append(f"<p><b>{html.escape(label)}: {html.escape(ref['statement'])}</b>")
+                if ref["ratio"]:
+                    parts.append(f"<br><small>{html.escape(ref['ratio']['method'])}</small>")
+                if ref["metric_note"]:
+                    parts.append(f"<br><small>metric: {html.escape(ref['metric_note'])}</small>")
+                parts.append("</p>")
+    else:
+        parts.append(
+            "<p>none sampled (archive with <code>--reference x265 --reference-fraction F</code>)</p>"
+        )
+    parts.append(
+        "<h3>Break-even</h3><p>Months of storage per class, or downloads of the whole archive, "
+        "after which the bytes saved have paid for the extra compute ([…] = at the 95 % CI ends).</p>"
+    )
+    parts.append(_html_table(headers["break_even"], break_even_rows(entries, currency), left=2))
+    return "".join(parts)
+
+
+# ---- compare ---------------------------------------------------------------------------------------
+def _compare_entries(costs_a: dict[str, Any], costs_b: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{name}: {label}", figures)
+        for name, costs in (("A", costs_a), ("B", costs_b))
+        for label, figures in _entries(costs)
+    ]
+
+
+def print_compare_costs(
+    costs_a: dict[str, Any], costs_b: dict[str, Any], b_vs_a: dict[str, Any] | None, console: Console
+) -> None:
+    """Both archives' compute, reference and break-even over the matched videos, and B against A."""
+    currency = costs_a["prices"]["currency"]
+    headers = _headers()
+    entries = _compare_entries(costs_a, costs_b)
+    print_prices(costs_a, console)
+    console.print(
+        _rich_table(
+            "compute spent on the matched videos", headers["compute"], compute_rows(entries, currency), left=2
+        )
+    )
+    references = reference_rows(entries, currency)
+    if references:
+        console.print(
+            _rich_table("classic reference at equal quality", headers["reference"], references, left=3)
+        )
+    rows = break_even_rows(entries, currency)
+    if b_vs_a is not None:
+        rows += _break_even_rows("B", "A", b_vs_a, currency)
+    console.print(
+        _rich_table(
+            "break-even ([…] = at the 95 % CI ends; B against A: codec compute only)",
+            headers["break_even"],
+            rows,
+            left=2,
+        )
+    )
+
+
+def compare_costs_html(
+    costs_a: dict[str, Any], costs_b: dict[str, Any], b_vs_a: dict[str, Any] | None
+) -> str:
+    currency = costs_a["prices"]["currency"]
+    headers = _headers()
+    entries = _compare_entries(costs_a, costs_b)
+    hint = f" <b>{html.escape(DEFAULTS_HINT)}</b>" if costs_a["uses_default_prices"] else ""
+    parts = [
+        "<h2>Cost and break-even (matched videos)</h2>",
+        f"<p>Prices used (GB = 2<sup>30</sup> bytes).{hint}</p>",
+    ]
+    parts.append(_html_table(headers["prices"], price_rows(costs_a)))
+    parts.append(_html_table(headers["compute"], compute_rows(entries, currency), left=2))
+    references = reference_rows(entries, currency)
+    if references:
+        parts.append(_html_table(headers["reference"], references, left=3))
+    rows = break_even_rows(entries, currency)
+    if b_vs_a is not None:
+        rows += _break_even_rows("B", "A", b_vs_a, currency)
+    parts.append(_html_table(headers["break_even"], rows, left=2))
+    return "".join(parts)
+
+
+# ---- ls ----------------------------------------------------------------------------------------------
+def ls_cells(figures: dict[str, Any] | None, currency: str) -> list[str]:
+    """`vidarc ls` columns for one video: device time by kind, compute cost, saved vs source, reference."""
+    if figures is None:
+        return ["—", "—", "—", "—"]
+    time_text = ", ".join(
+        f"{kind} {hours(s)}" for kind, s in sorted(figures["device_seconds_by_kind"].items())
+    )
+    references = []
+    for ref in figures["references"]:
+        ratio = ref["ratio"]
+        if ratio is not None:
+            references.append(f"{ratio['smaller_percent']:+.1f} % vs {ref['codec']} ({ratio['gops']} GOPs)")
+    cells = [
+        time_text or "—",
+        money(figures["compute_cost"], currency),
+        size(figures["vs_source"]["bytes_saved"]),
+        "; ".join(references) or "—",
+    ]
+    return [escape(cell) for cell in cells]  # rich cells: a GPU name is text, not markup

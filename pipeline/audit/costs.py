@@ -1,0 +1,399 @@
+"""What an archive cost and what it saved: compute spent, bytes saved, and when it pays for itself.
+
+One streaming pass over the (filtered) manifest's compute columns and sizes, joined to the classic
+reference's sampled rows (`reference/*.parquet`, see `pipeline.schema.REFERENCE_SCHEMA`), priced with
+`prices.Prices`. Definitions, so every figure can be checked by hand:
+
+- compute: device-seconds per stage and device kind, from the manifest (`pipeline.schema.
+  COMPUTE_STAGES`); cost = Σ device-hours × the kind's price. The reference's own CPU time is the
+  *measurement* cost, shown apart and never charged to the archive.
+- against the source: bytes saved = Σ source bytes − Σ stored archive objects (`videos/*.vdrc`, audio
+  and index included; the GOP payloads when the objects cannot be listed); the extra compute is the
+  archive job's whole cost (every stage).
+- against the reference: the per-GOP log byte ratio r = ln(archive / reference at equal quality) is
+  averaged over the sampled GOPs weighted by frames; "X % smaller" is X = (1 − e^r̄)·100, with a 95 %
+  percentile bootstrap interval (`equal_quality_ratio`). The reference's size for the whole group is
+  estimated as payload · e^−r̄. The compute compared is the codec's (encode + search of the archive)
+  against one reference encode at the equal-quality setting per GOP (measured on the sample, per
+  pixel, scaled to the group): probing, decoding, metrics and commits are the same for both, and a
+  classic archive needs no search once its setting is known — the reference's cheapest plausible cost,
+  so the break-even is conservative.
+- break-even (`payback`): with a saving of S GB and an extra compute cost C, storage pays back after
+  C / (S · price per GB-month) months for each storage class, and egress after C / (S · price per GB)
+  downloads of the whole archive. No extra cost: 0 (at once). No saving: never (null, with the reason).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.audit.prices import BYTES_PER_GB, Prices
+from pipeline.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, REFERENCE_SCHEMA, compute_column
+
+#: Stages of the archive's codec compared against a reference encode (see the module docstring).
+CODEC_STAGES: tuple[str, ...] = ("encode", "search")
+CI_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+#: With at least this many videos holding sampled GOPs, the bootstrap resamples videos (GOPs of one
+#: video are correlated); with fewer, it resamples GOPs and says so.
+MIN_VIDEOS_FOR_CLUSTERS = 5
+
+
+# ---- pure arithmetic -------------------------------------------------------------------------------
+def equal_quality_ratio(
+    log_ratios: Iterable[float],
+    weights: Iterable[float],
+    clusters: Iterable[str],
+    *,
+    level: float = CI_LEVEL,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """Frame-weighted mean of ln(archive/reference bytes), "% smaller", and a bootstrap interval."""
+    r = np.asarray(list(log_ratios), dtype=float)
+    w = np.asarray(list(weights), dtype=float)
+    labels = list(clusters)
+    if r.size == 0:
+        return None
+    mean = float(np.sum(w * r) / np.sum(w))
+    result: dict[str, Any] = {
+        "gops": int(r.size),
+        "videos": len(set(labels)),
+        "mean_log_ratio": mean,
+        "smaller_percent": (1.0 - math.exp(mean)) * 100.0,
+        "ci_percent": None,
+        "method": "frame-weighted mean of ln(archive bytes / reference bytes at equal quality)",
+    }
+    if r.size < 2:
+        return result
+    if len(set(labels)) >= MIN_VIDEOS_FOR_CLUSTERS:
+        index = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+        wr = np.zeros(len(index))
+        ws = np.zeros(len(index))
+        np.add.at(wr, [index[x] for x in labels], w * r)
+        np.add.at(ws, [index[x] for x in labels], w)
+        unit = "videos"
+    else:
+        wr, ws, unit = w * r, w, "GOPs (treated as independent: few videos)"
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(wr.size, np.full(wr.size, 1.0 / wr.size), size=resamples)
+    means = (counts @ wr) / (counts @ ws)
+    low, high = np.quantile(means, [(1.0 - level) / 2.0, 1.0 - (1.0 - level) / 2.0])
+    result["ci_percent"] = [(1.0 - math.exp(high)) * 100.0, (1.0 - math.exp(low)) * 100.0]
+    result["method"] += f"; {level:.0%} percentile bootstrap over {unit}, {resamples} resamples, seed {seed}"
+    return result
+
+
+def device_cost(seconds_by_kind: dict[str, float], prices: Prices) -> float:
+    """Σ device-hours × price of the device kind."""
+    return sum(seconds / 3600.0 * prices.device_hour(kind).value for kind, seconds in seconds_by_kind.items())
+
+
+def payback(extra_cost: float, bytes_saved: float, prices: Prices) -> dict[str, Any]:
+    """Months of storage per class, and downloads, after which `bytes_saved` repay `extra_cost`."""
+    gb = bytes_saved / BYTES_PER_GB
+    result: dict[str, Any] = {
+        "extra_cost": extra_cost,
+        "bytes_saved": bytes_saved,
+        "gb_saved": gb,
+        "saving_per_month": {name: gb * p.value for name, p in prices.storage_gb_month.items()},
+        "saving_per_download": gb * prices.egress_gb.value,
+        "months": dict.fromkeys(prices.storage_gb_month),
+        "downloads": None,
+        "note": None,
+    }
+    if bytes_saved <= 0:
+        result["note"] = "not smaller: never pays back"
+        return result
+    if extra_cost <= 0:
+        result["months"] = dict.fromkeys(prices.storage_gb_month, 0.0)
+        result["downloads"] = 0.0
+        result["note"] = "smaller and no extra compute: pays back at once"
+        return result
+    result["months"] = {
+        name: extra_cost / (gb * p.value) if p.value > 0 else None
+        for name, p in prices.storage_gb_month.items()
+    }
+    egress = prices.egress_gb.value
+    result["downloads"] = extra_cost / (gb * egress) if egress > 0 else None
+    return result
+
+
+# ---- accumulation over an archive ------------------------------------------------------------------
+@dataclasses.dataclass
+class _Acc:
+    """Sizes and compute of one group (a codec/target label, or one video)."""
+
+    videos: dict[str, int] = dataclasses.field(default_factory=dict)  # video key -> source bytes
+    gops: int = 0
+    gops_unaccounted: int = 0
+    frames: int = 0
+    pixels: float = 0.0
+    payload_bytes: int = 0
+    seconds: dict[str, dict[str, float]] = dataclasses.field(
+        default_factory=lambda: collections.defaultdict(lambda: collections.defaultdict(float))
+    )
+    reference: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+_MANIFEST_COLUMNS = (
+    "run_id", "video_key", "source_uri", "source_bytes", "gop_index", "codec", "target_kind", "target_value",
+    "status", "payload_bytes", "width", "height", "frame_count", "compute_device",
+    *(compute_column(s) for s in COMPUTE_STAGES),
+)  # fmt: skip
+
+
+def group_key_label(row: dict[str, Any]) -> str:
+    from pipeline.audit.summary import group_label
+
+    return group_label(row["codec"], row["target_kind"], row["target_value"])
+
+
+def collect(
+    out: str,
+    *,
+    key: Callable[[dict[str, Any]], str],
+    where_expression: Any = None,
+    source_uris: set[str] | None = None,
+    endpoint_url: str | None = None,
+) -> dict[str, _Acc]:
+    """One pass over the manifest (and the reference rows) into accumulators keyed by `key(row)`."""
+    from pipeline.audit.reader import iter_batches, open_manifest
+
+    references = _reference_rows(out, endpoint_url)
+    groups: dict[str, _Acc] = collections.defaultdict(_Acc)
+    dataset = open_manifest(out, endpoint_url=endpoint_url)
+    for batch in iter_batches(dataset, _MANIFEST_COLUMNS, where_expression):
+        for row in batch.to_pylist():
+            if row["status"] != "ok" or (source_uris is not None and row["source_uri"] not in source_uris):
+                continue
+            acc = groups[key(row)]
+            acc.videos[row["video_key"]] = int(row["source_bytes"] or 0)
+            acc.gops += 1
+            frames = int(row["frame_count"] or 0)
+            acc.frames += frames
+            acc.pixels += float((row["width"] or 0) * (row["height"] or 0) * frames)
+            acc.payload_bytes += int(row["payload_bytes"] or 0)
+            accounted = False
+            for stage in COMPUTE_STAGES:
+                value = row[compute_column(stage)]
+                if value is not None:
+                    accounted = True
+                    kind = CPU_DEVICE if stage in CPU_STAGES else (row["compute_device"] or CPU_DEVICE)
+                    acc.seconds[stage][kind] += float(value)
+            acc.gops_unaccounted += not accounted
+            reference = references.get((row["video_key"], row["gop_index"], row["run_id"]))
+            if reference is not None:
+                acc.reference.append(reference)
+    return groups
+
+
+def _reference_rows(out: str, endpoint_url: str | None) -> dict[tuple[str, int, str], dict[str, Any]]:
+    """Reference rows by (video_key, gop_index, run_id): rows of an earlier encoding never match."""
+    from pipeline.audit.reader import iter_batches, open_reference
+
+    dataset = open_reference(out, endpoint_url=endpoint_url)
+    if dataset is None:
+        return {}
+    rows: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for batch in iter_batches(dataset, REFERENCE_SCHEMA.names):
+        for row in pa.Table.from_batches([batch]).to_pylist():
+            rows[(row["video_key"], row["gop_index"], row["run_id"])] = row
+    return rows
+
+
+def stored_bytes(out: str, endpoint_url: str | None) -> dict[str, int] | None:
+    """video key -> size of its archive object, from one listing of `videos/` (None if unlistable)."""
+    from pipeline import storage
+    from pipeline.runinfo import CONTAINER_SUFFIX
+
+    try:
+        fs, root = storage.filesystem(out, endpoint_url=endpoint_url)
+        folder = storage.join(root, "videos")
+        if not fs.exists(folder):
+            return {}
+        listing = fs.find(folder, detail=True)
+    except Exception:
+        return None
+    sizes = {}
+    for path, info in listing.items():
+        name = path.rsplit("/", 1)[-1]
+        if name.endswith(CONTAINER_SUFFIX) and ".tmp-" not in name:
+            sizes[name[: -len(CONTAINER_SUFFIX)]] = int(info.get("size") or 0)
+    return sizes
+
+
+# ---- figures ---------------------------------------------------------------------------------------
+def figures(acc: _Acc, prices: Prices, sizes: dict[str, int] | None) -> dict[str, Any]:
+    """Compute, its cost, and the break-even against the source and the reference, for one group."""
+    by_device: dict[str, float] = collections.defaultdict(float)
+    codec_by_device: dict[str, float] = collections.defaultdict(float)
+    for stage, kinds in acc.seconds.items():
+        for kind, seconds in kinds.items():
+            by_device[kind] += seconds
+            if stage in CODEC_STAGES:
+                codec_by_device[kind] += seconds
+    cost = device_cost(by_device, prices)
+    source = sum(acc.videos.values())
+    if sizes is not None and all(v in sizes for v in acc.videos):
+        stored, stored_note = sum(sizes[v] for v in acc.videos), "archive objects (videos/*.vdrc)"
+    else:
+        stored, stored_note = acc.payload_bytes, "GOP payloads (archive objects could not be listed)"
+    result: dict[str, Any] = {
+        "videos": len(acc.videos),
+        "gops": acc.gops,
+        "gops_without_accounting": acc.gops_unaccounted,
+        "frames": acc.frames,
+        "payload_bytes": acc.payload_bytes,
+        "source_bytes": source,
+        "stored_bytes": stored,
+        "stored_bytes_are": stored_note,
+        "device_seconds": {stage: dict(kinds) for stage, kinds in sorted(acc.seconds.items())},
+        "device_seconds_by_kind": dict(by_device),
+        "device_hours_by_kind": {kind: s / 3600.0 for kind, s in by_device.items()},
+        "compute_cost": cost,
+        "cost_by_kind": {kind: device_cost({kind: s}, prices) for kind, s in by_device.items()},
+        "codec_compute_cost": device_cost(codec_by_device, prices),
+        "vs_source": payback(cost, source - stored, prices),
+        "references": [],
+    }
+    if acc.gops_unaccounted:
+        result["note"] = (
+            f"{acc.gops_unaccounted} of {acc.gops} GOPs carry no compute accounting "
+            "(archived by an earlier release): their compute is not in the cost"
+        )
+    for (codec, metric), rows in sorted(_by_reference(acc.reference).items()):
+        result["references"].append(_reference_figures(codec, metric, rows, acc, result, prices))
+    return result
+
+
+def _by_reference(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
+    for row in rows:
+        grouped[(row["reference_codec"], row["metric"])].append(row)
+    return grouped
+
+
+def _reference_figures(
+    codec: str, metric: str, rows: list[dict[str, Any]], acc: _Acc, group: dict[str, Any], prices: Prices
+) -> dict[str, Any]:
+    ok = [r for r in rows if r["status"] == "ok" and r["log_ratio"] is not None]
+    ratio = equal_quality_ratio(
+        [r["log_ratio"] for r in ok], [r["frame_count"] for r in ok], [r["video_key"] for r in ok]
+    )
+    notes = sorted({r["metric_note"] for r in rows if r.get("metric_note")})
+    entry: dict[str, Any] = {
+        "codec": codec,
+        "metric": metric,
+        "metric_note": "; ".join(notes) or None,
+        "gops_sampled": len(rows),
+        "gops_by_status": dict(collections.Counter(r["status"] for r in rows)),
+        "ratio": ratio,
+        "statement": statement(ratio, codec, metric),
+        "measurement_cost": sum(r["cpu_seconds"] or 0.0 for r in rows) / 3600.0 * prices.cpu_hour.value,
+    }
+    if ratio is None:
+        return entry
+    sampled_pixels = sum(r["width"] * r["height"] * r["frame_count"] for r in ok) or 1
+    encode_seconds = sum(r["encode_cpu_seconds"] or 0.0 for r in ok)
+    reference_cost = encode_seconds / sampled_pixels * acc.pixels / 3600.0 * prices.cpu_hour.value
+    extra = group["codec_compute_cost"] - reference_cost
+    reference_bytes = acc.payload_bytes * math.exp(-ratio["mean_log_ratio"])
+    entry.update(
+        reference_bytes_estimate=reference_bytes,
+        reference_compute_cost_estimate=reference_cost,
+        codec_compute_cost=group["codec_compute_cost"],
+        vs_reference=payback(extra, reference_bytes - acc.payload_bytes, prices),
+    )
+    if ratio["ci_percent"] is not None:  # the break-even at both ends of the interval
+        ends = []
+        for percent in ratio["ci_percent"]:
+            saved = acc.payload_bytes / (1.0 - percent / 100.0) - acc.payload_bytes
+            ends.append(payback(extra, saved, prices))
+        entry["vs_reference_ci"] = {
+            "months": {name: [end["months"][name] for end in ends] for name in prices.storage_gb_month},
+            "downloads": [end["downloads"] for end in ends],
+        }
+    return entry
+
+
+def statement(ratio: dict[str, Any] | None, codec: str, metric: str) -> str:
+    """Like "this archive is 23.4 % smaller than x265 at equal VMAF (95 % CI 18.0 % to 28.1 % smaller;
+    40 GOPs of 12 videos)"; an interval across zero reads "(95 % CI 3.0 % larger to 9.1 % smaller; …)"."""
+    if ratio is None:
+        return f"no {codec} reference GOP could be compared at equal {metric.upper()}"
+    text = f"this archive is {_smaller(ratio['smaller_percent'])} than {codec} at equal {metric.upper()}"
+    ci = ratio["ci_percent"]
+    if ci is None:
+        return text + " (1 GOP sampled: no interval)"
+    low, high = ci
+    if (low >= 0) == (high >= 0):  # one direction: say it once
+        word = "smaller" if low >= 0 else "larger"
+        ends = sorted((abs(low), abs(high)))
+        interval = f"{ends[0]:.1f} % to {ends[1]:.1f} % {word}"
+    else:
+        interval = f"{_smaller(low)} to {_smaller(high)}"
+    return text + f" (95 % CI {interval}; {ratio['gops']} GOPs of {ratio['videos']} videos)"
+
+
+def _smaller(percent: float) -> str:
+    return f"{abs(percent):.1f} % {'smaller' if percent >= 0 else 'larger'}"
+
+
+def relative_payback(a: dict[str, Any], b: dict[str, Any], prices: Prices) -> dict[str, Any]:
+    """B's break-even against A (two archives of the same videos, `figures` of each): B's extra codec
+    compute (encode + search) against the payload bytes it saves. Quality is not equalised here: read
+    it with compare's quality delta or BD-rate."""
+    result = payback(
+        b["codec_compute_cost"] - a["codec_compute_cost"], a["payload_bytes"] - b["payload_bytes"], prices
+    )
+    result["definition"] = (
+        "B's codec compute (encode + search) minus A's, against A's payload bytes minus B's"
+    )
+    return result
+
+
+def cost_report(
+    out: str,
+    prices: Prices,
+    *,
+    where_expression: Any = None,
+    source_uris: set[str] | None = None,
+    endpoint_url: str | None = None,
+) -> dict[str, Any]:
+    """Figures per codec/target group and for the whole (filtered) archive, with the prices used."""
+    groups = collect(out, key=group_key_label, where_expression=where_expression, source_uris=source_uris,
+                     endpoint_url=endpoint_url)  # fmt: skip
+    sizes = stored_bytes(out, endpoint_url)
+    total = _Acc()
+    for acc in groups.values():
+        total.videos.update(acc.videos)
+        total.gops += acc.gops
+        total.gops_unaccounted += acc.gops_unaccounted
+        total.frames += acc.frames
+        total.pixels += acc.pixels
+        total.payload_bytes += acc.payload_bytes
+        for stage, kinds in acc.seconds.items():
+            for kind, seconds in kinds.items():
+                total.seconds[stage][kind] += seconds
+        total.reference.extend(acc.reference)
+    return {
+        "prices": prices.to_json(),
+        "uses_default_prices": prices.uses_defaults(),
+        "groups": {label: figures(acc, prices, sizes) for label, acc in sorted(groups.items())},
+        "total": figures(total, prices, sizes),
+    }
+
+
+def video_costs(out: str, prices: Prices, *, endpoint_url: str | None = None) -> dict[str, dict[str, Any]]:
+    """The same figures per video (for `vidarc ls`)."""
+    groups = collect(out, key=lambda row: row["video_key"], endpoint_url=endpoint_url)
+    sizes = stored_bytes(out, endpoint_url)
+    return {key: figures(acc, prices, sizes) for key, acc in groups.items()}

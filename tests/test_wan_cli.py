@@ -1,0 +1,98 @@
+"""The official Wan2.1 layouts through the command line: `archive` → `verify` → `restore` with GVC in
+T2V, I2V and FLF2V, each decoder rebuilt from the archive alone plus `--model`; a swapped component
+and an unsupported mode are refused in one line. Tiny random-weight models in the official layouts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from wan_layouts import write_vae
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--gvc-steps", "4", "--gvc-atoms", "64", "--quality", "4", "--gop-frames", "9"]
+
+
+def _run(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, clip: np.ndarray) -> Path:
+    from pipeline.synthetic import write_video
+
+    root = tmp_path_factory.mktemp("wan-src")
+    write_video(root / "clip.mp4", clip[:9], fps=24)
+    return root
+
+
+@pytest.fixture(scope="module")
+def archives(source, wan_dirs, tmp_path_factory, ray_address, fast_metrics) -> dict[str, Path]:
+    """One archive per checkpoint, default mode (the model's best), closing verify of every GOP."""
+    outs = {}
+    skips = [a for m in fast_metrics for a in ("--skip-metric", m)]
+    for kind, model in wan_dirs.items():
+        out = tmp_path_factory.mktemp(f"arc-{kind}")
+        proc = _run("jobs.archive", str(source), str(out), "--codec", "gvc", "--model", str(model), *FAST,
+                    "--verify-fraction", "1", "--address", ray_address, *skips)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[kind] = out
+    return outs
+
+
+@pytest.mark.parametrize("kind", ["t2v", "i2v", "flf2v"])
+def test_archive_verify_restore_with_the_official_layout(archives, wan_dirs, tmp_path, kind):
+    from pipeline.restore import restore_video
+    from pipeline.verify import run_verify
+
+    out, model = archives[kind], wan_dirs[kind]
+    summary = json.loads(next((out / "runs").glob("*/summary.json")).read_text())
+    assert summary["verify"]["failures"] == [] and summary["verify"]["rows"] == 1  # with the run's model
+    row = pq.read_table(next((out / "manifest").glob("*.parquet"))).to_pylist()[0]
+    params = json.loads(row["codec_params"])
+    assert params["mode"] == kind and params["steps"] == 4 and params["K"] == 64
+    assert (params["reference_bytes"] > 0) == (kind != "t2v")
+    dest = tmp_path / "restored.mkv"
+    if kind == "t2v":  # the whole chain on the command line once; the same functions in-process after
+        verified = _run("jobs.verify", str(out), "--model", str(model))
+        assert verified.returncode == 0, verified.stderr[-2000:]
+        restored = _run("jobs.restore", str(out), "clip.mp4", str(dest), "--model", str(model))
+        assert restored.returncode == 0, restored.stderr[-2000:]
+    else:
+        report = run_verify(str(out), model=str(model))
+        assert report.ok and [r["decode_ok"] for r in report.rows] == [True]
+        restore_video(str(out), "clip.mp4", str(dest), model=str(model))
+    with av.open(str(dest)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 9 and frames[0].shape == (48, 64, 3)
+
+
+def test_a_swapped_component_is_refused_at_decode(archives, wan_dirs, tmp_path):
+    from pipeline.restore import RestoreError, restore_video
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(wan_dirs["t2v"], swapped, ignore=shutil.ignore_patterns(".vidarc"))
+    shutil.rmtree(swapped / "vae")
+    write_vae(swapped / "vae", seed=3)
+    with pytest.raises(RestoreError, match=r"sha256.*give --model"):
+        restore_video(str(archives["t2v"]), "clip.mp4", str(tmp_path / "x.mkv"), model=str(swapped))
+    assert not (tmp_path / "x.mkv").exists()
+
+
+def test_an_unsupported_mode_is_refused_before_loading(source, wan_dirs, tmp_path):
+    proc = _run("jobs.archive", str(source), str(tmp_path / "out"), "--codec", "gvc", "--model",
+                str(wan_dirs["flf2v"]), "--gvc-mode", "t2v", *FAST)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert any("supports mode flf2v, not t2v" in line for line in lines), proc.stderr[-2000:]
