@@ -115,6 +115,9 @@ def compute_column(stage: str) -> str:
 #: "unmeasured" (the archive GOP has no value of the metric); "failed" (`error` says why).
 #: `cpu_seconds`: the whole reference search (wall × 1 CPU: its encoder runs one thread);
 #: `encode_cpu_seconds`: one encode at the `high` setting, what a reference archive would spend.
+#: The manifest's decode-proof columns (written without min/max statistics: they are never range-filtered).
+PROOF_COLUMNS: tuple[str, ...] = ("recon_sha256", "exact_sha256", "fingerprint")
+
 REFERENCE_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),

@@ -72,6 +72,11 @@ def test_dead_owners_leases_are_taken_over(out_root) -> None:
     _forge(fs, root, "local", host=mine.host, pid=int(gone.stdout), expires_at=clock() + 600)
     assert mine.acquire("local") is None
     assert json.loads(fs.cat_file(lease_path(root, "local")))["run_id"] == "run-new"
+    # a run starting up removes dead runs' leases it will never take over (e.g. of done videos)
+    _forge(fs, root, "done-video", host=mine.host, pid=int(gone.stdout), expires_at=clock() + 600)
+    other = Leases(fs, root, "run-other", clock=clock)
+    assert set(other.live_foreign(remove_dead=True)) == {"remote", "local"}
+    assert not fs.exists(lease_path(root, "done-video"))
 
 
 def test_leases_are_renewed_while_held_and_expire_otherwise(out_root) -> None:

@@ -100,7 +100,7 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     counters = Counters(videos_skipped=len(entries) - len(todo))
     leases = Leases(out_fs, out_root, run_id)
     temporaries = _temporaries(out_root) if is_local(out_fs) else {}  # listed before the leases are read
-    busy = leases.live_foreign()
+    busy = leases.live_foreign(remove_dead=True)
     _refuse_second_writer(cfg, todo, busy, leases)
     _remove_stale_temporaries(temporaries, keep=set(busy))
     display = display or ProgressDisplay(counters)

@@ -15,7 +15,8 @@ each when its video is committed or failed, and all of them when the run ends.
 A lease whose owner died is taken over: at once when the owner ran on this host and its process is
 gone (a driver killed with SIGKILL, rerun on the same machine), else once it has expired (`ttl`, default
 five minutes, after the last renewal: a driver killed on another machine, e.g. a KubeRay head that was
-replaced). Taking over re-reads the lease and deletes it only if it is still the dead one, then creates
+replaced); a run starting up also deletes dead runs' leases it will not need (of videos a killed
+driver had just committed). Taking over re-reads the lease and deletes it only if it is still the dead one, then creates
 its own exclusively; two runs taking over the same dead lease in the same instant could both win, which
 costs a duplicate encode of one video, never a damaged archive (every object is written atomically under
 a deterministic name). Object stores without conditional writes fall back to check-then-write.
@@ -131,8 +132,10 @@ class Leases:
             return _process_alive(info.pid, info.pid_started)
         return info.expires_at > self.clock()
 
-    def live_foreign(self) -> dict[str, LeaseInfo]:
-        """Leases of other runs that are still alive (one listing plus one read per lease)."""
+    def live_foreign(self, *, remove_dead: bool = False) -> dict[str, LeaseInfo]:
+        """Leases of other runs that are still alive (one listing plus one read per lease). With
+        `remove_dead`, leases whose owner died are deleted (e.g. of a video a killed driver had just
+        committed: no later run would take that lease over)."""
         folder = join(self.out_root, LEASE_DIR)
         self.fs.invalidate_cache(folder)
         try:
@@ -145,9 +148,20 @@ class Leases:
             if not base.endswith(".json") or ".tmp-" in base:
                 continue
             info = self.read(base[: -len(".json")])
-            if info is not None and info.run_id != self.run_id and self.alive(info):
+            if info is None or info.run_id == self.run_id:
+                continue
+            if self.alive(info):
                 found[info.key] = info
+            elif remove_dead:
+                self._remove_if_unchanged(info)
         return found
+
+    def _remove_if_unchanged(self, judged: LeaseInfo) -> None:
+        """Delete a lease we judged dead, unless another run has taken it since (re-read first)."""
+        again = self.read(judged.key)
+        if again is not None and again.nonce == judged.nonce:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(lease_path(self.out_root, judged.key))
 
     # ---- our leases ------------------------------------------------------------------------------
     def acquire(self, key: str) -> LeaseInfo | None:
@@ -165,10 +179,7 @@ class Leases:
             if current is None:
                 continue
             if current.run_id == self.run_id or not self.alive(current):
-                again = self.read(key)  # delete only the lease we judged, not one taken since
-                if again is not None and again.nonce == current.nonce:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.fs.rm_file(path)
+                self._remove_if_unchanged(current)  # only the lease we judged, not one taken since
                 continue
             return current
         return self.read(key) or LeaseInfo(key, "?", "?", -1, 0.0, 0.0, "")

@@ -26,7 +26,7 @@ from pipeline.archive.plan import GopSpan
 from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_index, write_container
 from pipeline.metrics import METRIC_COLUMNS
 from pipeline.runinfo import container_path, manifest_path, marker_path, utc_now, write_json
-from pipeline.schema import COMPUTE_STAGES, MANIFEST_SCHEMA, compute_column, rows_to_table
+from pipeline.schema import COMPUTE_STAGES, MANIFEST_SCHEMA, PROOF_COLUMNS, compute_column, rows_to_table
 from pipeline.storage import filesystem, full_uri, open_atomic, range_reader, redact, write_bytes
 
 
@@ -200,7 +200,13 @@ def _gop_stats(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in keys}
 
 
+#: Columns with min/max statistics: all but the decode proof's, whose digests and fingerprints nobody
+#: filters on by range and whose statistics would store each value twice more in the footer.
+_STATISTICS = [name for name in MANIFEST_SCHEMA.names if name not in PROOF_COLUMNS]
+
+
 def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(rows_to_table(rows, MANIFEST_SCHEMA), buffer, compression="zstd")
+    table = rows_to_table(rows, MANIFEST_SCHEMA)
+    pq.write_table(table, buffer, compression="zstd", write_statistics=_STATISTICS)
     return buffer.getvalue()
