@@ -6,9 +6,11 @@ cluster, CPU), then
 - bytes: the manifest's Parquet parts written with and without the three proof columns
   (`recon_sha256`, `exact_sha256`, `fingerprint`), and their raw sizes per GOP;
 - throughput: `run_verify` over every GOP (CRC scan, index, decode, proof; in-process on CPU) against a
-  bare decode of the same GOPs with `decoder.decode` (no proof), in GOPs/s, and their ratio.
+  bare decode of the same GOPs with `decoder.decode` (no proof), in GOPs/s, and their ratio;
+- at a bigger frame size (`--big 1920x1080`, 33 frames of a synthetic clip, no codec): the fingerprint's
+  bytes, and the time to take it beside the time to sha256 the same frames.
 
-    python bench/verify_cost.py [--videos 4] [--frames 17] [--width 64 --height 48] [--threads 2]
+    python bench/verify_cost.py [--videos 4] [--frames 17] [--width 64 --height 48] [--threads 2] [--big WxH]
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--height", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--big", default="1920x1080", help="frame size of the fingerprint-only measurement")
     args = parser.parse_args()
+    _big_fingerprint(*map(int, args.big.split("x")))
 
     import av
     import ray
@@ -102,6 +106,23 @@ def main() -> None:
             f"{gops / decode_s:.2f} GOPs/s; verify/decode time ratio {verify_s / decode_s:.2f} "
             f"(both build the decoder once; {args.threads} torch threads)"
         )
+
+
+def _big_fingerprint(width: int, height: int, frames: int = 33) -> None:
+    from pipeline.digests import fingerprint, frames_sha256
+    from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+
+    clip = synthetic_clip(EVAL_IMAGES[0], frames, width, height, seed=0)
+    started = time.perf_counter()
+    blob = fingerprint(clip)
+    fingerprint_s = time.perf_counter() - started
+    started = time.perf_counter()
+    frames_sha256(clip)
+    sha_s = time.perf_counter() - started
+    print(
+        f"{frames} frames of {width}x{height}: fingerprint {len(blob)} B in {fingerprint_s:.2f} s; "
+        f"sha256 of the frames {sha_s:.2f} s (ratio {fingerprint_s / sha_s:.2f})"
+    )
 
 
 def _parquet_size(table, *, stats: bool) -> int:

@@ -98,7 +98,6 @@ MANIFEST_COLUMNS = [
     "status",
     "recon_sha256",
     "exact_sha256",
-    "fingerprint",
 ]
 
 
@@ -201,6 +200,7 @@ def run_verify(
             rows.append(_failed_row(container_rows[0], verify_run_id, device, problem, crc_ok=False))
     sample = _sample(ok_rows, fraction, count, seed)
     sample = [r for r in sample if r["archive_uri"] in sizes]
+    _attach_fingerprints(fs, root, out, sample)
     placement = decode_placement(device)
     if placement.note:
         warnings.append(placement.note)
@@ -253,6 +253,31 @@ def _read_manifest(fs: Any, root: str, out: str) -> list[dict[str, Any]]:
         raise VerifyError(
             f"{out}: cannot read the manifest ({type(exc).__name__}: {redact(str(exc))})"
         ) from None
+
+
+def _attach_fingerprints(fs: Any, root: str, out: str, sample: list[dict[str, Any]]) -> None:
+    """Each sampled row's `fingerprint`, read for the sampled videos only (the manifest is read without
+    that column: memory then grows with the sample, not with the archive)."""
+    import pyarrow.dataset as ds
+
+    if not sample:
+        return
+    keys = sorted({r["video_key"] for r in sample})
+    folder = join(root, "manifest")
+    try:
+        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet"))
+        dataset = ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs)
+        table = dataset.to_table(
+            columns=["video_key", "gop_index", "run_id", "fingerprint"],
+            filter=ds.field("video_key").isin(keys),
+        )
+    except Exception as exc:
+        raise VerifyError(
+            f"{out}: cannot read the manifest's fingerprints ({type(exc).__name__}: {redact(str(exc))})"
+        ) from None
+    found = {(r["video_key"], r["gop_index"], r["run_id"]): r["fingerprint"] for r in table.to_pylist()}
+    for row in sample:
+        row["fingerprint"] = found.get((row["video_key"], row["gop_index"], row["run_id"]))
 
 
 def _container_paths(fs: Any, root: str, out: str) -> dict[str, tuple[str, int]]:

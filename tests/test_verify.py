@@ -3,6 +3,7 @@ fails with a line naming the object (and GOP); bad usage exits 2. Real archive, 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -138,11 +139,12 @@ def test_a_decode_that_differs_from_the_encoders_is_a_mismatch_without_the_sourc
     """The manifest's digests stand for what the encoder made: a decode that gives other frames fails."""
     part = next(p for p in (copy / "manifest").glob("*.parquet") if "with-audio" in p.name)
     table = pq.read_table(part)
-    digests = table.column("exact_sha256").to_pylist()
-    digests[4] = "0" * 64
-    pq.write_table(
-        table.set_column(table.schema.get_field_index("exact_sha256"), "exact_sha256", [digests]), part
-    )
+    exact, recon = table.column("exact_sha256").to_pylist(), table.column("recon_sha256").to_pylist()
+    exact[4] = "0" * 64  # the exact part (for x264: the pixels) is not what the encoder made
+    recon[6] = "0" * 64  # only the pixel digest differs: judged by the fingerprint, read for the sample
+    for name, values in (("exact_sha256", exact), ("recon_sha256", recon)):
+        table = table.set_column(table.schema.get_field_index(name), name, [values])
+    pq.write_table(table, part)
 
     report = run_verify(str(copy), fraction=1.0, scan="index")
 
@@ -151,6 +153,8 @@ def test_a_decode_that_differs_from_the_encoders_is_a_mismatch_without_the_sourc
     assert (
         report.failures == [bad[0]["error"]] and "differs from the encoder's in its pixels" in bad[0]["error"]
     )
+    drift = [r for r in report.rows if r["decode_check"] == "drift"]
+    assert [(r["gop_index"], r["status"], r["fingerprint_psnr"]) for r in drift] == [(6, "ok", math.inf)]
 
 
 def test_source_gone_is_a_note_not_a_failure(tmp_path: Path, sample_dir: Path, archive: Path) -> None:
