@@ -5,6 +5,7 @@ encode time (no source read), so each GOP must come back "exact" on the machine 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -137,6 +138,10 @@ def test_gvc_archives_verifies_and_restores_locally(tmp_path: Path, ray_address:
     container = next((out / "videos").glob("*.vdrc"))
     header = ArchiveReader(str(container)).header
     assert codec_class("gvc").gop_frames_for(None, Fraction(24)) == 33 and header["gop_frames"] == 5
+    # what defines the decode of its GLVC stills is recorded: coder, version, pinned profile
+    assert header["entropy_coder"] == {"library": "constriction", "version": "0.5.0", "profile": "gauss64-v1"}
+    run_config = json.loads(next((out / "runs").glob("*/config.json")).read_text())
+    assert run_config["versions"]["constriction"] == "0.5.0"
     dest = tmp_path / "restored.mkv"
     restore_video(str(out), "flf.mkv", str(dest), frames=(1, 6))
     assert np.array_equal(_restored_frames(dest), _archived_frames(str(container))[1:6])

@@ -27,14 +27,18 @@ def frames() -> np.ndarray:
 
 def test_fingerprint_is_small_eighth_scale_luma(frames: np.ndarray) -> None:
     blob = fingerprint(frames)
-    cell, cells = read_fingerprint(blob)
-    assert cell == 8 and cells.shape == (9, 6, 8)
+    stride, cells = read_fingerprint(blob)
+    assert stride == 1 and cells.shape == (9, 6, 8)  # every pixel, 8×8 per cell
     luma = frames.astype(np.float64) @ np.array([0.2126, 0.7152, 0.0722])
     assert np.abs(cells[3].astype(float) - luma[3].reshape(6, 8, 8, 8).mean(axis=(1, 3))).max() <= 0.5
     assert len(blob) < cells.size  # delta + zlib store less than one byte per cell
     assert fingerprint_psnr(blob, frames) == math.inf
-    # big frames: at most 16 cells along the long side, edge cells partial
+    # big frames: 8×8 samples every 15th pixel, 16 cells along the long side; edge cells partial
     assert cell_size(1920, 1080) == 120 and cell_size(100, 30) == 8
+    big = np.zeros((2, 1080, 1920, 3), np.uint8)
+    big[1, :, 960:] = 200
+    stride, cells = read_fingerprint(fingerprint(big))
+    assert stride == 15 and cells.shape == (2, 9, 16) and cells[1, :, 8:].min() > 0 == cells[1, :, :8].max()
     odd = synthetic_clip("coffee", 2, 70, 36, seed=0)
     assert read_fingerprint(fingerprint(odd))[1].shape == (2, 5, 9)
 

@@ -186,6 +186,10 @@ class GvcCodec(Codec):
         steps, ODE tail, shift, g, K, M, seed, and each reference still's coder."""
         return {"dtype": self.dtype_policy}
 
+    def entropy_coder(self) -> dict[str, str] | None:
+        """GLVC stills are entropy coded (`codec.entropy`); the codebook indices are not."""
+        return self.stills.get("glvc").entropy_coder() if "glvc" in self.stills.names else None
+
     @property
     def quality_range(self) -> tuple[int, int]:
         """(worst, best) atoms per step M, for quality-targeted searches (`pipeline.quality_target`)."""
