@@ -26,7 +26,7 @@ import torch
 
 from codec.base import RateTarget, bits_per_pixel
 from codec.gvc.atoms_fused import available as fused_available
-from codec.gvc.atoms_fused import use_fused_search
+from codec.gvc.atoms_fused import use_folded_selection, use_fused_search
 from codec.gvc.backbone import FlowBackbone, WanTokenizer, place, tiny_flow_config
 from codec.gvc.codec import GvcCodec
 
@@ -80,17 +80,30 @@ def main() -> None:
         help="codebook search: fused Triton kernel (GPU) or the reference torch path",
     )
     parser.add_argument(
+        "--select",
+        choices=["folded", "topk"],
+        default="folded",
+        help="top-M selection inside the fused kernel (M <= 256) or torch.topk over its products",
+    )
+    parser.add_argument(
+        "--compile-transformer",
+        choices=["none", "default", "reduce-overhead", "max-autotune"],
+        default="none",
+        help="torch.compile the flow transformer (reduce-overhead: with CUDA graphs)",
+    )
+    parser.add_argument(
         "--warmup", type=int, default=0, help="untimed encode+decode first (compilation, cuDNN autotuning)"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     use_fused_search(args.search == "fused")
+    use_folded_selection(args.select == "folded")
     device = torch.device(args.device)
     backbone = build_backbone(args.config, device)
     codec = GvcCodec(
         backbone=backbone, model_id=f"random-{args.config}@0", model_sha256="00" * 32, device=args.device,
         mode=args.mode, steps=args.steps, ode_tail=args.ode_tail, atoms=args.atoms,
-        compile_atoms=args.compile_atoms,
+        compile_atoms=args.compile_atoms, compile_transformer=args.compile_transformer,
     )  # fmt: skip
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (args.frames, args.height, args.width, 3), dtype=np.uint8)
@@ -114,6 +127,8 @@ def main() -> None:
         "coded_steps": args.steps - args.ode_tail,
         "warmup_runs": args.warmup,
         "search": "fused" if fused_available(device) else "reference",
+        "select": args.select if fused_available(device) else "topk",
+        "compile_transformer": args.compile_transformer,
         "payload_bytes": len(enc.payload),
         "bpp": round(bits_per_pixel(len(enc.payload), args.width, args.height, args.frames), 6),
         "encode_s": round(encode_s, 3),

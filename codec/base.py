@@ -66,14 +66,17 @@ def kilobits_per_second(payload_bytes: int, frames: int, fps: Fraction) -> float
 class EncodedGop:
     """One coded GOP.
 
-    `reconstruction` is what a decoder will produce from `payload`: every encoder decodes its own output
-    before returning (a cheap self-check, and the frames quality metrics are computed on).
+    `reconstruction` is what a decoder will produce from `payload`, or None when the caller did not ask
+    for it (`encode(..., reconstruct=False)`) and the codec skipped its pixel decode. Every encoder still
+    checks its own payload before returning (classic codecs by decoding it; GLVC by entropy-decoding its
+    symbols; GVC by parsing its indices back), so a skipped reconstruction never skips the self-check.
+    Anything derived from the pixels (quality metrics, reconstruction digests) is null for such a GOP.
     `params` records the settings the rate control chose (e.g. {"crf": 31} or {"q_index": 17}); the
     pipeline stores it in the manifest so a run can be audited and reproduced.
     """
 
     payload: bytes
-    reconstruction: np.ndarray
+    reconstruction: np.ndarray | None
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: `Codec.exact_digest` of `payload`, when the encoder already knows it (else computed on demand).
     exact_digest: str | None = None
@@ -118,9 +121,21 @@ class Codec(abc.ABC):
         if width < 2 or height < 2:
             raise UnsupportedInputError(f"{self.name} cannot code {width}x{height} frames")
 
+    #: True when `encode`/`decode` may be called from several threads at once: the codec serialises its
+    #: own device stages (see `codec.device`), so one GOP's CPU work overlaps the next GOP's GPU work.
+    #: Codecs without that guarantee are called one at a time by the pipeline.
+    thread_safe: ClassVar[bool] = False
+
     @abc.abstractmethod
-    def encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction) -> EncodedGop:
-        """Code one GOP (uint8 T×H×W×3) at `target`. The payload must decode without other GOPs."""
+    def encode(
+        self, frames: np.ndarray, target: RateTarget, fps: Fraction, *, reconstruct: bool = True
+    ) -> EncodedGop:
+        """Code one GOP (uint8 T×H×W×3) at `target`. The payload must decode without other GOPs.
+
+        `reconstruct=False`: the caller needs no pixels (the GOP's quality is not measured), so a codec
+        whose reconstruction costs a pixel decode (GLVC, GVC: the tokenizer's decoder) may skip it and
+        return `reconstruction=None`; codecs whose self-check decodes pixels anyway may still return it.
+        """
 
     @abc.abstractmethod
     def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:

@@ -102,7 +102,10 @@ class ClassicCodec(Codec):
         one frame decodes little and a damaged GOP loses little."""
         return max(1, round(2 * float(fps)))
 
-    def encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction) -> EncodedGop:
+    def encode(
+        self, frames: np.ndarray, target: RateTarget, fps: Fraction, *, reconstruct: bool = True
+    ) -> EncodedGop:
+        """`reconstruct` is ignored: the self-check decodes the stream anyway, so the frames are free."""
         check_frames(frames, self.name)
         count, height, width = frames.shape[:3]
         self.check_geometry(width, height)

@@ -72,6 +72,13 @@ def archive_command(
     exclude: Annotated[list[str] | None, typer.Option(help="Glob to leave out (repeatable).")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run id (default: time + random suffix).")] = None,
     metrics_every: Annotated[int, typer.Option(help="Measure quality on every Nth GOP of a video.")] = 1,
+    fingerprint_every: Annotated[
+        int,
+        typer.Option(
+            help="Record the decode proof's pixel fingerprint on every Nth GOP (1 = all; others are "
+            "proven by their exact part only, and skip the neural pixel decode)."
+        ),
+    ] = 1,
     metric_weights: Annotated[
         str | None, typer.Option(help="Folder with LPIPS/DISTS backbone weights (checked by sha256).")
     ] = None,
@@ -136,6 +143,7 @@ def archive_command(
             exclude=tuple(exclude or ()),
             run_id=run_id,
             metrics_every=metrics_every,
+            fingerprint_every=fingerprint_every,
             skip_metrics=tuple(skip_metric or ()),
             metric_weights=metric_weights,
             reference=reference,

@@ -2,7 +2,8 @@
 
 `vidarc bench pipeline` compares a codec's own throughput with the whole Ray pipeline's on the same
 clips (see `pipeline.bench`); `vidarc bench metrics` times each quality metric against the codec's
-encode on one GOP (see `pipeline.bench_metrics`).
+encode on one GOP (see `pipeline.bench_metrics`); `vidarc bench gpu` sets a neural codec's own
+throughput beside the pipeline's, with the encode actors' device-busy fraction (see `pipeline.bench_gpu`).
 """
 
 from __future__ import annotations
@@ -76,11 +77,77 @@ def metrics_command(
     _report(run, result_record, as_json)
 
 
+@bench_app.command("gpu")
+def gpu_command(
+    codec: Annotated[
+        str, typer.Option(help="glvc | gvc (any codec runs; the goals are for these two).")
+    ] = "glvc",
+    model: Annotated[str | None, typer.Option(help="Model directory (default: the bundled one).")] = None,
+    random_model: Annotated[
+        bool, typer.Option(help="Write full-size random-weight models (timing only): Wan2.1 VAE, Wan 1.3B.")
+    ] = False,
+    videos: Annotated[int, typer.Option(min=1, help="Synthetic clips.")] = 2,
+    frames: Annotated[int, typer.Option(min=1, help="Frames per clip.")] = 49,
+    size: Annotated[str, typer.Option(help="Clip size WxH.")] = "1280x720",
+    gop_frames: Annotated[
+        int | None, typer.Option(min=1, help="Frames per GOP (default: the codec's).")
+    ] = None,
+    quality: Annotated[
+        float | None, typer.Option(help="Codec-native quality (default: the codec's).")
+    ] = None,
+    metrics_every: Annotated[int, typer.Option(min=1, help="The pipeline measures every Nth GOP.")] = 10,
+    actors: Annotated[int, typer.Option(min=1, help="Encode actors.")] = 1,
+    num_gpus_per_actor: Annotated[
+        float, typer.Option(min=0, help="GPUs per actor (0.5: two per GPU).")
+    ] = 1.0,
+    gops_in_flight: Annotated[int, typer.Option(min=1, help="GOPs in flight per actor.")] = 3,
+    device: Annotated[str, typer.Option(help="auto | cuda | cpu.")] = "auto",
+    option: Annotated[
+        list[str] | None, typer.Option(help="Codec option key=value (e.g. compile=false, atoms=16384).")
+    ] = None,
+    workdir: Annotated[
+        str | None, typer.Option(help="Folder for clips, outputs and random models (default: the temp dir).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+) -> None:
+    """A neural codec alone (encode without reconstruction, decode) vs the whole pipeline on the same clips,
+    with the encode actors' device-busy fraction."""
+    from pipeline.bench import parse_size
+    from pipeline.bench_gpu import result_record, run_gpu_bench
+
+    def run():
+        width, height = parse_size(size)
+        return run_gpu_bench(
+            codec=codec, model=model, random_model_kind=random_model, videos=videos, frames=frames,
+            width=width, height=height, gop_frames=gop_frames, quality=quality, metrics_every=metrics_every,
+            actors=actors, num_gpus_per_actor=num_gpus_per_actor, gops_in_flight=gops_in_flight,
+            device=device, options=_options(option or []), workdir=workdir,
+        )  # fmt: skip
+
+    _report(run, result_record, as_json)
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` codec options; values parsed as JSON where they can be (numbers, true/false)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r}: expected key=value")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def _report(run: Callable[[], Any], record: Callable[[Any], dict], as_json: bool) -> None:
     """Run a benchmark; print its lines (or JSON), or a one-line error with exit code 2."""
+    from codec.errors import CodecError
+
     try:
         result = run()
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, CodecError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise typer.Exit(2) from None
     if as_json:

@@ -86,6 +86,11 @@ def verify_command(
             f"  decode proof: {checks['exact']} exact, {checks['drift']} drift{drift}, "
             f"{checks['mismatch']} mismatch, {checks['unproven']} unproven (archived before digests)"
         )
+        if checks["exact-part"]:
+            print(
+                f"  {checks['exact-part']} GOPs proven by their exact part only (archived with "
+                "--fingerprint-every > 1: no pixels recorded)"
+            )
     for warning in report.warnings:
         print(f"  note: {warning}")
     for failure in report.failures:

@@ -19,6 +19,9 @@ Two layers, both reading the objects afresh (ranged GETs, no cache):
      stills) equals `exact_sha256` but the pixels do not — a neural pixel decode on another device
      class or vector unit — and the worst frame's luma-fingerprint PSNR is at least
      `DRIFT_LIMIT_DB`; the row records that PSNR;
+   - *exact-part*: the exact part equals `exact_sha256`, and the encoder recorded no pixels for this
+     GOP (archived with `--fingerprint-every N`: it skipped the neural pixel decode of the other GOPs),
+     so the pixels cannot be judged; by default every GOP has its fingerprint;
    - *mismatch* (a failure): the exact part differs, or the fingerprint PSNR is below the limit.
 
    Archives made before these digests existed get `decode_check` null (CRC and decoding only).
@@ -121,8 +124,8 @@ class VerifyReport:
         return not self.failures
 
     def checks(self) -> dict[str, Any]:
-        """Counts of decode checks (exact / drift / mismatch / unproven) and the worst drift."""
-        counts = {"exact": 0, "drift": 0, "mismatch": 0, "unproven": 0}
+        """Counts of decode checks (exact / drift / exact-part / mismatch / unproven) and the worst drift."""
+        counts = {"exact": 0, "drift": 0, "exact-part": 0, "mismatch": 0, "unproven": 0}
         for row in self.rows:
             if row.get("decode_ok") is not None:
                 counts[row.get("decode_check") or "unproven"] += 1
@@ -211,7 +214,13 @@ def run_verify(
         "verify_run_id": verify_run_id,
         "against_source": against_source,
     }
-    for result in _decode_all(sample, sizes, context, placement):
+    decoded = _decode_all(sample, sizes, context, placement)
+    if placement.device == "cuda" and any(r["device"] == "cpu" for r in decoded):
+        warnings.append(
+            f"--device {device}: a GPU task found no CUDA device (a GPU resource without CUDA behind it); "
+            "decoded on CPU instead (a neural pixel decode may drift, reported per GOP)"
+        )
+    for result in decoded:
         rows.append(result)
         if result["status"] != "ok":
             failures.append(result["error"])
@@ -458,7 +467,12 @@ def _decode_all(
 
 
 def verify_batch(batch: list[tuple[dict, int]], context: dict[str, Any]) -> list[dict[str, Any]]:
-    """Decode and check GOPs (Ray task body or in-process). Codecs are built once per batch."""
+    """Decode and check GOPs (Ray task body or in-process). Codecs are built once per batch.
+
+    A worker asked for CUDA that has none (a Ray node declaring GPUs it cannot drive) decodes on CPU;
+    its rows say so (`device`), and `run_verify` adds the note."""
+    if context["device"] == "cuda" and not _cuda():
+        context = dict(context, device="cpu")
     decoders: dict[tuple, Any] = {}
     sources: dict[str, Any] = {}
     return [_verify_one(row, size, context, decoders, sources) for row, size in batch]
@@ -547,11 +561,15 @@ def decode_check(row: dict[str, Any], frames: np.ndarray, exact: str) -> dict[st
             return dict(
                 out, decode_check="mismatch", problem=f"the decode differs from the encoder's in {what}"
             )
+    blob = row.get("fingerprint")
+    if recorded_exact and not recorded_recon and blob is None:
+        # The encoder skipped this GOP's pixel decode (`--fingerprint-every` > 1): nothing to judge the
+        # pixels by, so the proof is the exact part alone, which is what every pixel decode starts from.
+        return dict(out, decode_check="exact-part")
     if recorded_recon:
         out["recon_digest_ok"] = frames_sha256(frames) == recorded_recon
         if out["recon_digest_ok"]:
             return dict(out, decode_check="exact")
-    blob = row.get("fingerprint")
     if blob is None:
         return dict(
             out, decode_check="mismatch", problem="other pixels than the encoder's, and no fingerprint"

@@ -76,10 +76,13 @@ def write_odd_video(path: Path, frames: np.ndarray, fps: int = 24) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_address() -> str:
-    """One small local Ray cluster for the whole session; returns its address for subprocess drivers."""
+    """One small local Ray cluster for the whole session; returns its address for subprocess drivers.
+
+    It declares one logical GPU (there is none): actors asking for fractional GPUs
+    (`--num-gpus-per-actor 0.5`) then schedule as on a GPU node, and run on the CPU."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     address = ray.get_runtime_context().gcs_address
     yield address
     ray.shutdown()

@@ -88,3 +88,11 @@ def test_rows_of_archives_before_digests_are_unproven(frames: np.ndarray) -> Non
     assert decode_check({"recon_sha256": None, "exact_sha256": None}, frames, "e" * 64) == {
         "decode_check": None
     }
+
+
+def test_gops_archived_without_their_pixel_proof_are_judged_by_the_exact_part(frames: np.ndarray) -> None:
+    """`--fingerprint-every N`: the encoder recorded no pixels, so the exact part is the whole proof."""
+    row = {"recon_sha256": None, "exact_sha256": "e" * 64, "fingerprint": None}
+    assert decode_check(row, frames, "e" * 64) == {"decode_check": "exact-part", "exact_ok": True}
+    wrong = decode_check(row, frames, "f" * 64)
+    assert wrong["decode_check"] == "mismatch" and wrong["exact_ok"] is False

@@ -33,6 +33,10 @@ READ_SIDE = [
     "pipeline/reader.py",
     "pipeline/restore.py",
     "pipeline/inspect.py",
+    "pipeline/dataset/__init__.py",
+    "pipeline/dataset/plan.py",
+    "pipeline/dataset/clips.py",
+    "pipeline/dataset/export.py",
     "codec/registry.py",
     "codec/base.py",
 ]
@@ -40,6 +44,8 @@ READ_SIDE = [
 #: against a source that still exists), but never the archive job itself.
 READ_SIDE_TOOLS = [
     "pipeline/verify.py",
+    "pipeline/dataset/ray_source.py",  # a Ray Data datasource: Ray, but never the archive job
+    "pipeline/dataset/torch_dataset.py",
     *sorted(str(p.relative_to(REPO)) for p in (REPO / "pipeline/audit").glob("*.py")),
 ]
 WRITE_SIDE = ("pipeline.archive",)

@@ -65,7 +65,14 @@ def test_intact_archive_verifies_every_gop_through_ray(copy: Path) -> None:
         assert row["crc_ok"] and row["decode_ok"] and row["quality_ok"] and row["against_source"]
         assert abs(row["psnr_verify"] - row["psnr_manifest"]) <= 0.05
         assert row["decode_check"] == "exact" and row["exact_ok"] and row["recon_digest_ok"]
-    assert report.checks() == {"exact": 13, "drift": 0, "mismatch": 0, "unproven": 0, "worst_drift_db": None}
+    assert report.checks() == {
+        "exact": 13,
+        "drift": 0,
+        "exact-part": 0,
+        "mismatch": 0,
+        "unproven": 0,
+        "worst_drift_db": None,
+    }
     table = pq.read_table(copy / "verify" / f"part-{report.verify_run_id}.parquet")
     assert table.schema.equals(VERIFY_SCHEMA) and table.num_rows == 13
 
@@ -180,7 +187,7 @@ def test_cuda_verify_on_a_cpu_only_cluster_decodes_on_cpu_with_a_note(copy: Path
 
     assert report.ok, report.failures
     assert [r["device"] for r in report.rows] == ["cpu", "cpu"]
-    assert any("decoded on CPU instead" in w for w in report.warnings)
+    assert any("decoded on CPU instead" in w for w in report.warnings), report.warnings
 
 
 def test_bad_usage_raises() -> None:

@@ -4,7 +4,15 @@ Encode path for one GOP: pad the frames (replicate) to the codec's block size an
 (repeating the last frame) -> tokenizer encode once -> latent codec at a quality index (searched on the
 real bitstream size for kbps/bpp targets; only the latent codec reruns per candidate) -> payload ->
 self-check: the encoder decodes its own payload's symbols and refuses to return on any difference ->
-synthesis + tokenizer decode once for the reconstruction, cropped back.
+synthesis + tokenizer decode once for the reconstruction, cropped back — only when the caller asks for
+the reconstruction (`reconstruct=True`: the GOP's quality is measured); the self-check never needs it.
+
+Several threads may encode at once (`thread_safe`): the tokenizer passes take the codec's
+`DeviceStage` one at a time, while the latent codec (entropy coding on the CPU) of one GOP runs beside
+the next GOP's tokenizer pass, each thread on its own CUDA stream (`codec.gpu`). Payloads do not depend
+on that concurrency, with one nuance: a kbps/bpp search starts at the index of the GOP coded just
+before, which under concurrency is whichever finished first, so its `evaluations` may differ from a
+one-at-a-time run (the chosen index does not, wherever bits grow with the index).
 
 The quality index runs 0..63, higher = more bits and better quality; a `quality` target is the index.
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from fractions import Fraction
 from typing import Any
 
@@ -32,6 +41,7 @@ from codec.errors import (
 from codec.glvc.bitstream import GlvcHeader, pack_payload, unpack_payload
 from codec.glvc.latent_codec import LATENT_STRIDE, CompressedLatents, LatentCodec
 from codec.glvc.tokenizer import Tokenizer, load_tokenizer
+from codec.gpu import DeviceStage, PinnedUploader, compile_by_default, thread_stream
 from codec.modeldir import ModelDir, bundled_model_path, load_model_dir
 from codec.ratecontrol import search_rate
 from codec.wan import glvc_vae_dir
@@ -59,13 +69,25 @@ class GlvcCodec(Codec):
     version = "1"
     gop_multiple = 4
     gop_offset = 1
+    thread_safe = True
 
     def __init__(
-        self, *, model: str | None = None, device: str = "cpu", dtype: str | None = None, **unknown: Any
+        self,
+        *,
+        model: str | None = None,
+        device: str = "cpu",
+        dtype: str | None = None,
+        compile: bool | None = None,
+        channels_last: bool = False,
+        **unknown: Any,
     ) -> None:
+        """`compile` (default: on CUDA) runs the tokenizer's networks through `torch.compile`, eager
+        where that fails; `channels_last` stores its activations channels-last. Neither changes the
+        entropy-coded symbols, so neither is a decoder option."""
         if unknown:
             raise UnsupportedInputError(
-                f"glvc does not understand option(s) {', '.join(sorted(unknown))}; it takes model, device, dtype"
+                f"glvc does not understand option(s) {', '.join(sorted(unknown))}; "
+                "it takes model, device, dtype, compile, channels_last"
             )
         self.torch_device = resolve_device(device)
         self.device = self.torch_device.type
@@ -88,7 +110,10 @@ class GlvcCodec(Codec):
             )
         self.model_sha256 = self.model_dir.components_digest([vae_component, "latent_codec"])
         try:
-            self.tokenizer: Tokenizer = load_tokenizer(vae_dir, self.torch_device, vae_dtype)
+            compiled = compile if compile is not None else compile_by_default(self.torch_device)
+            self.tokenizer: Tokenizer = load_tokenizer(
+                vae_dir, self.torch_device, vae_dtype, compile=compiled, channels_last=channels_last
+            )
             self.latent_codec = LatentCodec.from_pretrained(self.model_dir.component("latent_codec"))
         except CodecError:
             raise
@@ -110,6 +135,9 @@ class GlvcCodec(Codec):
         self.num_q = self.latent_codec.config.num_q
         self._last_q: int | None = None
         self._latent_cache: tuple[Any, torch.Tensor] | None = None  # (frames key, latents) of the last GOP
+        self.stage = DeviceStage(self.torch_device)  # tokenizer passes: one at a time, timed
+        self._uploader = PinnedUploader(self.torch_device)
+        self._code_lock = threading.Lock()  # rate search + self-check: in order, one GOP at a time
 
     def entropy_coder(self) -> dict[str, str]:
         return self.entropy_profile.record()
@@ -152,12 +180,19 @@ class GlvcCodec(Codec):
         return np.pad(frames, ((0, extra), (0, ph - height), (0, pw - width), (0, 0)), mode="edge")
 
     # -- encode ------------------------------------------------------------------------------------------------
-    def encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction) -> EncodedGop:
+    def encode(
+        self, frames: np.ndarray, target: RateTarget, fps: Fraction, *, reconstruct: bool = True
+    ) -> EncodedGop:
         check_frames(frames, self.name)
         count, height, width = frames.shape[:3]
         self.check_geometry(width, height)
         if count > 65535:
             raise UnsupportedInputError(f"glvc: a GOP of {count} frames is too long")
+        with thread_stream(self.torch_device):
+            return self._encode(frames, target, Fraction(fps), reconstruct)
+
+    def _encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction, reconstruct: bool) -> EncodedGop:
+        count, height, width = frames.shape[:3]
         pw, ph = self.padded_size(width, height)
         latents = self._latents(frames)
         header = GlvcHeader(self.model_id, self.model_sha256, width, height, pw, ph, count,
@@ -167,31 +202,41 @@ class GlvcCodec(Codec):
             coded = self.latent_codec.compress(latents, q)
             return pack_payload(_with_q(header, q), coded.data), coded
 
-        budget = target.bits_budget(width, height, count, Fraction(fps))
+        budget = target.bits_budget(width, height, count, fps)
         if budget is None:
             q = self._quality_index(target.value)
-            (payload, coded), reached, evaluations = encode_at(q), True, 1
+            with self._code_lock:
+                (payload, coded), reached, evaluations = encode_at(q), True, 1
+                decoded = self._self_check(payload, coded, synthesize=reconstruct)
         else:
-            result = search_rate(
-                encode_at,
-                lambda r: 8.0 * len(r[0]),
-                budget,
-                0,
-                self.num_q - 1,
-                bits_increase_with_param=True,
-                tolerance=_RATE_TOLERANCE,
-                start=self._last_q,
-            )
-            q, (payload, coded) = result.param, result.result
-            reached, evaluations = result.reached, result.evaluations
-            self._last_q = q
-        recon = self._self_check_and_reconstruct(payload, coded, count, width, height)
+            with self._code_lock:
+                q, (payload, coded), reached, evaluations = self._search(encode_at, budget)
+                decoded = self._self_check(payload, coded, synthesize=reconstruct)
+        recon = None
+        if reconstruct:
+            with self.stage.run():
+                recon = self.tokenizer.decode(decoded.latents)[:count, :height, :width]
         return EncodedGop(
             payload,
             recon,
             {"q_index": q, "target_reached": bool(reached), "evaluations": evaluations},
             exact_digest=symbols_sha256(coded.symbols),
         )
+
+    def _search(self, encode_at, budget: float):
+        """The rate search, warm-started at the previous GOP's index (the caller holds the code lock)."""
+        result = search_rate(
+            encode_at,
+            lambda r: 8.0 * len(r[0]),
+            budget,
+            0,
+            self.num_q - 1,
+            bits_increase_with_param=True,
+            tolerance=_RATE_TOLERANCE,
+            start=self._last_q,
+        )
+        self._last_q = result.param
+        return result.param, result.result, result.reached, result.evaluations
 
     def _latents(self, frames: np.ndarray) -> torch.Tensor:
         """The tokenizer's latents of `frames`, reused when the same GOP is coded again.
@@ -202,9 +247,14 @@ class GlvcCodec(Codec):
         memory address: a collision would silently code another GOP, so a 32-bit checksum is not enough.
         """
         key = (frames.shape, hashlib.blake2b(np.ascontiguousarray(frames).data, digest_size=32).digest())
-        if self._latent_cache is not None and self._latent_cache[0] == key:
-            return self._latent_cache[1]
-        latents = self.tokenizer.encode(self._pad(frames)).to(self.torch_device)
+        cached = self._latent_cache
+        if cached is not None and cached[0] == key:
+            if self.torch_device.type == "cuda":  # made on another thread's stream: keep it alive here
+                cached[1].record_stream(torch.cuda.current_stream(self.torch_device))
+            return cached[1]
+        pixels = self._uploader.upload(self._pad(frames))  # before the stage: overlaps the GOP before
+        with self.stage.run():
+            latents = self.tokenizer.encode(pixels).to(self.torch_device)
         self._latent_cache = (key, latents)
         return latents
 
@@ -216,11 +266,11 @@ class GlvcCodec(Codec):
             )
         return int(q)
 
-    def _self_check_and_reconstruct(
-        self, payload: bytes, coded: CompressedLatents, count: int, width: int, height: int
-    ) -> np.ndarray:
+    def _self_check(self, payload: bytes, coded: CompressedLatents, *, synthesize: bool):
+        """Entropy-decode the payload and refuse it unless every symbol is the one coded; the latent
+        synthesis (needed for pixels only) runs when `synthesize`."""
         header, body = unpack_payload(payload)
-        decoded = self._decode_latents(header, body)
+        decoded = self._decode_latents(header, body, synthesize=synthesize)
         same = len(decoded.symbols) == len(coded.symbols) and all(
             np.array_equal(a, b) for a, b in zip(decoded.symbols, coded.symbols, strict=True)
         )
@@ -228,7 +278,7 @@ class GlvcCodec(Codec):
             raise CodecError(
                 "glvc self-check failed: decoding the payload gave other symbols than were coded"
             )
-        return self.tokenizer.decode(decoded.latents)[:count, :height, :width]
+        return decoded
 
     # -- decode ------------------------------------------------------------------------------------------------
     def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
@@ -238,14 +288,17 @@ class GlvcCodec(Codec):
         """sha256 of the decoded latent symbols (`codec.entropy.symbols_sha256`): entropy decoding
         only, no synthesis or pixel decode. Identical on every device (the table selection is exact)."""
         header, body = self._checked_payload(payload, frame_count, width, height)
-        return symbols_sha256(self._decode_latents(header, body, synthesize=False).symbols)
+        with thread_stream(self.torch_device):
+            return symbols_sha256(self._decode_latents(header, body, synthesize=False).symbols)
 
     def decode_with_digest(
         self, payload: bytes, frame_count: int, width: int, height: int
     ) -> tuple[np.ndarray, str]:
         header, body = self._checked_payload(payload, frame_count, width, height)
-        decoded = self._decode_latents(header, body)
-        frames = self.tokenizer.decode(decoded.latents)[:frame_count, :height, :width]
+        with thread_stream(self.torch_device):
+            decoded = self._decode_latents(header, body)
+            with self.stage.run():
+                frames = self.tokenizer.decode(decoded.latents)[:frame_count, :height, :width]
         return frames, symbols_sha256(decoded.symbols)
 
     def _checked_payload(
@@ -294,6 +347,43 @@ class GlvcCodec(Codec):
             )
         except EntropyCodingError as exc:
             raise CorruptPayloadError(f"GLVC payload is damaged ({exc})") from None
+
+    # -- latents for training (no tokenizer decode) --------------------------------------------------------------
+    def decode_latents(self, payload: bytes, frame_count: int, width: int, height: int) -> torch.Tensor:
+        """The GOP's latents from the entropy decode alone: [1, C, F, h, w] float32, normalised with the
+        tokenizer's latents_mean/std as Wan pipelines expect, at the coded (padded) size.
+
+        Why: the latent codec's output is exactly the input of Wan-family diffusion training, so a
+        training reader skips the VAE decode (most of GLVC's decode time). Same checks as `decode`.
+        """
+        header, body = unpack_payload(payload)
+        if header.model_sha256 != self.model_sha256:
+            raise ModelMismatchError(
+                f"GLVC payload was made with model {header.model_id} (sha256 {header.model_sha256[:12]}…); "
+                f"this decoder holds {self.model_id} (sha256 {self.model_sha256[:12]}…)"
+            )
+        if (header.frames, header.width, header.height) != (frame_count, width, height):
+            raise CorruptPayloadError(
+                f"GLVC payload holds {header.frames} frames of {header.width}x{header.height}, "
+                f"expected {frame_count} of {width}x{height}"
+            )
+        return self._decode_latents(header, body).latents
+
+    def latent_space(self) -> dict[str, Any]:
+        """What a consumer of `decode_latents` needs: the tokenizer's identity (the digest of its
+        weights), its per-channel statistics (to undo the normalisation) and its strides."""
+        _, component = glvc_vae_dir(self.model_dir.path)  # tokenizer/, or vae/ of an official Wan folder
+        try:
+            digest = self.model_dir.components_digest([component])
+        except (ModelLoadError, KeyError):  # a card that pins no files of it: the codec's identity
+            digest = str(self.model_sha256)
+        return {
+            "tokenizer_id": f"{self.model_id}/{component}@{digest[:16]}",
+            "latents_mean": self.tokenizer.mean.flatten().cpu().tolist(),
+            "latents_std": self.tokenizer.std.flatten().cpu().tolist(),
+            "spatial_factor": self.tokenizer.spatial_factor,
+            "temporal_factor": self.tokenizer.temporal_factor,
+        }
 
 
 def _with_q(header: GlvcHeader, q: int) -> GlvcHeader:

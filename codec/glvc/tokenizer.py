@@ -8,11 +8,15 @@ Why a wrapper: the codec needs a few conventions the VAE leaves to callers —
 - latents are normalised per channel with the config's `latents_mean`/`latents_std` (as Wan pipelines
   do), so the latent codec sees roughly unit-variance data whatever tokenizer it is paired with;
 - the posterior *mode* is used (a codec wants a deterministic latent, not a sample);
-- large frames use the VAE's spatial tiling (above TILING_PIXELS) so 1080p fits a 24 GB GPU; below that,
-  untiled is faster and exact;
+- the VAE runs untiled whenever the untiled pass fits the memory this process can still get (decided
+  per call from the padded size, `codec.gpu.vae_needs_tiling`); only frames too large for that use the
+  VAE's spatial tiling, which is slower and blends tile seams;
 - on CUDA the VAE may run in bf16 (its convolutions are well conditioned; the normalisation stays fp32).
   Nothing downstream of the VAE's encoder selects entropy-coding tables without going through the
-  latent codec's exact integer path, so bf16 here cannot desynchronise a decoder.
+  latent codec's exact integer path, so bf16 here cannot desynchronise a decoder;
+- on CUDA, by default, cuDNN autotuning is on and the encoder and decoder are `torch.compile`d (eager
+  if that fails, logged); channels-last (3-D) memory format is an option. All three change the float
+  pixels slightly from run to run or device to device, never the entropy-coded symbols.
 """
 
 from __future__ import annotations
@@ -24,19 +28,46 @@ import numpy as np
 import torch
 from torch import Tensor
 
-#: Frames with more pixels than 1280×720 go through the VAE's tiled encode/decode.
-TILING_PIXELS = 1280 * 720
+from codec.gpu import CompiledOrEager, free_memory_bytes, vae_needs_tiling
 
 
 class Tokenizer:
-    """A loaded `AutoencoderKLWan` with GLVC's frame/latent conventions."""
+    """A loaded `AutoencoderKLWan` with GLVC's frame/latent conventions.
 
-    def __init__(self, vae, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    `compile` wraps the VAE's encoder and decoder in `torch.compile` from their second pass on (a
+    one-off restore stays eager rather than paying a compile; a job compiles once per process; the
+    codecs turn it on for CUDA, training code keeps the plain modules, whose state dict it saves);
+    `channels_last` stores activations channels-last (3-D); `autotune` (default: on CUDA) turns on
+    cuDNN's algorithm search for the VAE's fixed shapes.
+    """
+
+    def __init__(
+        self,
+        vae,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
+        compile: bool = False,
+        channels_last: bool = False,
+        autotune: bool | None = None,
+    ) -> None:
         if vae.dtype != dtype:
             vae = vae.to(dtype=dtype)
         self.vae = vae.to(device=device).eval()
         self.device, self.dtype = torch.device(device), dtype
+        self.channels_last = channels_last
+        if channels_last:  # the 3-D convolutions' weights (the VAE also has 2-D ones, left as they are)
+            for module in self.vae.modules():
+                if isinstance(module, torch.nn.Conv3d):
+                    module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
+        if autotune if autotune is not None else self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.compiled = compile
+        self._passes = {"encoder": 0, "decoder": 0}
+        #: Whether the last encode/decode ran tiled (benchmarks report it).
+        self.last_tiled: bool | None = None
         cfg = vae.config
+        self.base_dim = int(getattr(cfg, "base_dim", 96))
         self.latent_channels = int(cfg.z_dim)
         self.spatial_factor = 2 ** sum(1 for _ in cfg.dim_mult[1:])
         self.temporal_factor = 2 ** sum(bool(t) for t in cfg.temperal_downsample)
@@ -50,24 +81,44 @@ class Tokenizer:
     def latent_frames(self, frames: int) -> int:
         return 1 + (frames - 1) // self.temporal_factor
 
-    def _tiling_for(self, height: int, width: int) -> None:
-        if height * width > TILING_PIXELS:
+    def needs_tiling(self, height: int, width: int, frames: int) -> bool:
+        """Whether a pass at this padded size must tile to fit (`codec.gpu.vae_needs_tiling`)."""
+        itemsize = torch.empty(0, dtype=self.dtype).element_size()
+        free = free_memory_bytes(self.device)
+        return vae_needs_tiling(free, height, width, frames, self.base_dim, itemsize)
+
+    def _tiling_for(self, height: int, width: int, frames: int) -> None:
+        self.last_tiled = self.needs_tiling(height, width, frames)
+        if self.last_tiled:
             self.vae.enable_tiling()
         else:
             self.vae.disable_tiling()
 
+    def _count_pass(self, part: str) -> None:
+        """Wrap `part` (encoder/decoder) in `torch.compile` as its second pass starts."""
+        self._passes[part] += 1
+        if self.compiled and self._passes[part] == 2:
+            setattr(self.vae, part, CompiledOrEager(getattr(self.vae, part), f"the tokenizer's {part}"))
+
+    def _as_input(self, x: Tensor) -> Tensor:
+        x = x.permute(3, 0, 1, 2)[None].to(self.dtype) / 127.5 - 1.0
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+
     @torch.no_grad()
-    def encode(self, frames: np.ndarray) -> Tensor:
-        """uint8 [T, H, W, 3] (T = 1+4k, H, W multiples of the stride) -> normalised latents [1, C, F, h, w]."""
+    def encode(self, frames: np.ndarray | Tensor) -> Tensor:
+        """uint8 [T, H, W, 3] (T = 1+4k, H, W multiples of the stride; an array, or a tensor already on
+        the device) -> normalised latents [1, C, F, h, w]."""
         count, height, width, _ = frames.shape
         if (count - 1) % self.temporal_factor or height % self.spatial_factor or width % self.spatial_factor:
             raise ValueError(
                 f"tokenizer needs 1+{self.temporal_factor}k frames and sizes divisible by "
                 f"{self.spatial_factor}, got {count}×{height}×{width}"
             )
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        x = x.permute(3, 0, 1, 2)[None].to(self.dtype) / 127.5 - 1.0
-        self._tiling_for(height, width)
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(np.ascontiguousarray(frames))
+        x = self._as_input(frames.to(self.device))
+        self._tiling_for(height, width, count)
+        self._count_pass("encoder")
         mode = self.vae.encode(x).latent_dist.mode()
         return (mode.float() - self.mean) / self.std
 
@@ -75,21 +126,28 @@ class Tokenizer:
     def decode(self, latents: Tensor) -> np.ndarray:
         """Normalised latents [1, C, F, h, w] -> uint8 frames [1+4(F-1), 8h, 8w, 3]."""
         z = (latents.to(self.device).float() * self.std + self.mean).to(self.dtype)
-        self._tiling_for(latents.shape[-2] * self.spatial_factor, latents.shape[-1] * self.spatial_factor)
+        frames = 1 + (latents.shape[2] - 1) * self.temporal_factor
+        s = self.spatial_factor
+        self._tiling_for(latents.shape[-2] * s, latents.shape[-1] * s, frames)
+        self._count_pass("decoder")
         video = self.vae.decode(z).sample[0]  # [3, T, H, W] in about [-1, 1]
         video = ((video.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).cpu().numpy()
 
 
 def load_tokenizer(
-    directory: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    directory: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    **options: bool | None,  # compile, channels_last, autotune
 ) -> Tokenizer:
     """Load a diffusers-format `AutoencoderKLWan` directory (safetensors only) as a Tokenizer, its
-    weights read straight onto `device` in `dtype` (`codec.weights`)."""
+    weights read straight onto `device` in `dtype` (`codec.weights`); `options` are the Tokenizer's
+    (compile, channels_last, autotune)."""
     from diffusers import AutoencoderKLWan
 
     from codec.weights import load_diffusers_model
 
     dtype = dtype or torch.float32
     vae = load_diffusers_model(AutoencoderKLWan, Path(directory), torch.device(device), dtype)
-    return Tokenizer(vae, device=device, dtype=dtype)
+    return Tokenizer(vae, device=device, dtype=dtype, **options)

@@ -34,7 +34,13 @@ except ImportError:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
 
-_state = {"enabled": True, "verified": False}
+_state = {"enabled": True, "verified": False, "top_enabled": True, "top_verified": False}
+#: Largest M the folded selection keeps in registers (its buffer is M rounded up to a power of two and
+#: merged by a bitonic sort); larger M use the products and `torch.topk`.
+MAX_FOLDED_TOP = 256
+#: Blocks of TOP atoms each program of the folded kernel scores: more blocks, fewer candidates written
+#: (K / SUBBLOCKS per frame) but fewer programs to fill the GPU with.
+SUBBLOCKS = 4
 
 
 def available(device: torch.device) -> bool:
@@ -49,27 +55,30 @@ def use_fused_search(enabled: bool = True) -> None:
     _state["verified"] = False
 
 
+def use_folded_selection(enabled: bool = True) -> None:
+    """Switch the top-M selection inside the fused kernel on or off (benchmarks compare both)."""
+    _state["top_enabled"] = enabled
+    _state["top_verified"] = False
+
+
 if triton is not None:
-    # Scalars are never specialised: Triton would turn a value of 1 into a compile-time constant.
-    @triton.jit(do_not_specialize=["key0", "key1", "step", "dim", "num_atoms"])
-    def _search_kernel(
-        residual_ptr,
-        out_ptr,
+
+    @triton.jit
+    def _block_products(
+        row,
         base_ptr,
         slope_ptr,
         key0,
         key1,
+        frame,
         step,
         dim,
-        num_atoms,
-        residual_stride,
-        out_stride,
+        atom,
         ROUNDS: tl.constexpr,
         BLOCK_ATOMS: tl.constexpr,
         BLOCK_QUADS: tl.constexpr,
     ):
-        frame = tl.program_id(1)
-        atom = tl.program_id(0) * BLOCK_ATOMS + tl.arange(0, BLOCK_ATOMS)
+        """⟨atom, residual row⟩ for the BLOCK_ATOMS atoms `atom` of codebook (step, frame)."""
         quad_offsets = tl.arange(0, BLOCK_QUADS)
         m0 = tl.full((1, 1), 0xD2511F53, tl.uint32)
         m1 = tl.full((1, 1), 0xCD9E8D57, tl.uint32)
@@ -81,7 +90,6 @@ if triton is not None:
         frame_word = tl.full((BLOCK_ATOMS, BLOCK_QUADS), 0, tl.uint32) + frame.to(tl.uint32)
         step_word = tl.full((BLOCK_ATOMS, BLOCK_QUADS), 0, tl.uint32) + step.to(tl.uint32)
         acc = tl.zeros((BLOCK_ATOMS, BLOCK_QUADS), dtype=tl.float32)
-        row = residual_ptr + frame * residual_stride
         quads = (dim + 3) // 4
         for first in range(0, quads, BLOCK_QUADS):
             quad = first + quad_offsets
@@ -116,7 +124,73 @@ if triton is not None:
                 _gaussian(c3, base_ptr, slope_ptr)
                 * tl.load(row + element + 3, mask=element + 3 < dim, other=0.0)[None, :]
             )
-        tl.store(out_ptr + frame * out_stride + atom, tl.sum(acc, axis=1), mask=atom < num_atoms)
+        return tl.sum(acc, axis=1)
+
+    # Scalars are never specialised: Triton would turn a value of 1 into a compile-time constant.
+    @triton.jit(do_not_specialize=["key0", "key1", "step", "dim", "num_atoms"])
+    def _search_kernel(
+        residual_ptr,
+        out_ptr,
+        base_ptr,
+        slope_ptr,
+        key0,
+        key1,
+        step,
+        dim,
+        num_atoms,
+        residual_stride,
+        out_stride,
+        ROUNDS: tl.constexpr,
+        BLOCK_ATOMS: tl.constexpr,
+        BLOCK_QUADS: tl.constexpr,
+    ):
+        frame = tl.program_id(1)
+        atom = tl.program_id(0) * BLOCK_ATOMS + tl.arange(0, BLOCK_ATOMS)
+        row = residual_ptr + frame * residual_stride
+        products = _block_products(
+            row, base_ptr, slope_ptr, key0, key1, frame, step, dim, atom, ROUNDS, BLOCK_ATOMS, BLOCK_QUADS
+        )
+        tl.store(out_ptr + frame * out_stride + atom, products, mask=atom < num_atoms)
+
+    @triton.jit(do_not_specialize=["key0", "key1", "step", "dim", "num_atoms"])
+    def _search_top_kernel(
+        residual_ptr,
+        out_ptr,
+        base_ptr,
+        slope_ptr,
+        key0,
+        key1,
+        step,
+        dim,
+        num_atoms,
+        residual_stride,
+        out_stride,
+        ROUNDS: tl.constexpr,
+        TOP: tl.constexpr,
+        SUBBLOCKS: tl.constexpr,
+        BLOCK_QUADS: tl.constexpr,
+    ):
+        """The search with the top-M selection folded in: each program scores SUBBLOCKS × TOP atoms and
+        keeps only its TOP best as sortable keys (|product| bits, then atom index and sign), merging
+        each block into a running buffer with one bitonic sort; the host picks the final M among
+        programs × TOP candidates instead of among all K products."""
+        frame = tl.program_id(1)
+        row = residual_ptr + frame * residual_stride
+        best = tl.full((TOP,), -1, tl.int64)
+        first_atom = tl.program_id(0) * (SUBBLOCKS * TOP)
+        for block in tl.static_range(SUBBLOCKS):
+            atom = first_atom + block * TOP + tl.arange(0, TOP)
+            products = _block_products(
+                row, base_ptr, slope_ptr, key0, key1, frame, step, dim, atom, ROUNDS, TOP, BLOCK_QUADS
+            )
+            magnitude = tl.abs(products).to(tl.int32, bitcast=True).to(tl.int64)
+            label = atom.to(tl.int64) * 2 + (products < 0).to(tl.int64)
+            keys = tl.where(atom < num_atoms, (magnitude << 32) | label, -1)
+            merged = tl.sort(tl.reshape(tl.join(best, keys), (2 * TOP,)), descending=True)
+            halves = tl.reshape(merged, (2, TOP))
+            best = tl.sum(tl.where(tl.arange(0, 2)[:, None] == 0, halves, 0), axis=0)
+        slot = tl.program_id(0) * TOP + tl.arange(0, TOP)
+        tl.store(out_ptr + frame * out_stride + slot, best)
 
     @triton.jit
     def _gaussian(word, base_ptr, slope_ptr):
@@ -182,3 +256,75 @@ def inner_products_fused(seed: int, step: int, residuals: torch.Tensor, num_atom
             return reference.inner_products(seed, step, residuals, num_atoms)
         _state["verified"] = True
     return fused
+
+
+def _launch_top(
+    seed: int, step: int, residuals: torch.Tensor, num_atoms: int, m: int, subblocks: int = SUBBLOCKS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, negative): the top-`m` atoms per frame by |⟨atom, r⟩| from the folded kernel, indices
+    sorted ascending (int64 [frames, m]) and whether each one's inner product is negative."""
+    frames, dim = residuals.shape
+    residuals = residuals.to(torch.float32).contiguous()
+    top = max(16, triton.next_power_of_2(m))
+    programs = triton.cdiv(num_atoms, top * subblocks)
+    out = torch.empty(frames, programs * top, dtype=torch.int64, device=residuals.device)
+    base, slope = (t.to(residuals.device) for t in reference._quantile_tables())
+    seed = reference.codebook_seed(seed)
+    _search_top_kernel[(programs, frames)](
+        residuals,
+        out,
+        base,
+        slope,
+        seed & 0xFFFFFFFF,
+        (seed >> 32) & 0xFFFFFFFF,
+        step & 0xFFFFFFFF,
+        dim,
+        num_atoms,
+        residuals.stride(0),
+        out.stride(0),
+        ROUNDS=reference.PHILOX_ROUNDS,
+        TOP=top,
+        SUBBLOCKS=subblocks,
+        BLOCK_QUADS=max(8, 2048 // top),
+        num_warps=4,
+    )
+    labels = out.topk(m, dim=1).values & 0xFFFFFFFF
+    indices, order = (labels >> 1).sort(dim=1)
+    return indices, (labels & 1).gather(1, order).bool()
+
+
+def _top_from_products(products: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    indices = products.abs().topk(m, dim=1).indices.sort(dim=1).values
+    return indices, products.gather(1, indices) < 0
+
+
+def select_top_atoms(
+    seed: int, step: int, residuals: torch.Tensor, num_atoms: int, m: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices sorted ascending, negative) of the top-`m` atoms per frame by |⟨atom, r_f⟩|.
+
+    On a GPU (or under Triton's interpreter) with m ≤ MAX_FOLDED_TOP the selection runs inside the
+    fused kernel; its first use in a process is checked against the top-M of the fused products, and a
+    disagreement beyond near-ties (or a kernel that cannot build) switches it off for good. Otherwise
+    the products (`inner_products_fused`) and `torch.topk` answer.
+    """
+    if available(residuals.device) and _state["top_enabled"] and m <= MAX_FOLDED_TOP:
+        try:
+            folded = _launch_top(seed, step, residuals, num_atoms, m)
+        except Exception as exc:
+            log.warning(
+                "folded top-M selection unavailable (%s: %s); using torch.topk", type(exc).__name__, exc
+            )
+            _state["top_enabled"] = False
+        else:
+            if _state["top_verified"]:
+                return folded
+            expected = _top_from_products(inner_products_fused(seed, step, residuals, num_atoms), m)
+            same = folded[0] == expected[0]
+            if float(same.float().mean()) >= 0.99 and torch.equal(folded[1][same], expected[1][same]):
+                _state["top_verified"] = True
+                return folded
+            log.warning("folded top-M selection disagrees with torch.topk; switched off")
+            _state["top_enabled"] = False
+            return expected
+    return _top_from_products(inner_products_fused(seed, step, residuals, num_atoms), m)

@@ -32,6 +32,7 @@ import torch
 
 from codec.base import Codec, EncodedGop, RateTarget, check_frames
 from codec.errors import CodecError, CorruptPayloadError, ModelMismatchError, UnsupportedInputError
+from codec.gpu import DeviceStage
 from codec.gvc import references
 from codec.gvc.bitstream import MODES, GvcPayload, Section, header_bytes
 from codec.gvc.sampler import SamplerConfig, StageTimer, run_sampler
@@ -93,13 +94,16 @@ class GvcCodec(Codec):
     `tail_share` for the tail residual; the codebook gets the rest, as large an M as fits. These
     shares are fixed defaults, not tuned per clip (FLF2V's boundary stills took ~60% of the bytes in
     the paper's runs). `backbone` + `model_id` + `model_sha256` inject networks directly (tests,
-    benchmarks).
+    benchmarks). `compile_transformer` ("default", "reduce-overhead" = with CUDA graphs, "max-autotune";
+    default none) runs the flow transformer through `torch.compile`, eager if that fails (logged):
+    the step is the same network on the same shapes 20 times per GOP.
     """
 
     name: ClassVar[str] = "gvc"
     version: ClassVar[str] = "1"
     gop_multiple: ClassVar[int] = 4
     gop_offset: ClassVar[int] = 1
+    thread_safe: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -116,6 +120,7 @@ class GvcCodec(Codec):
         max_atoms_per_step: int = 256,
         seed: int = 42,
         compile_atoms: bool | None = None,
+        compile_transformer: str | None = None,
         glvc_stills: bool = True,
         reference_share: float = 0.5,
         tail_share: float = 0.25,
@@ -170,6 +175,14 @@ class GvcCodec(Codec):
         self.max_atoms_per_step = max_atoms_per_step
         self.reference_share, self.tail_share = reference_share, tail_share
         self.last_timing: dict[str, float] = {}
+        self.stage = DeviceStage(torch.device(self.device))  # one GOP's sampler at a time, timed
+        if compile_transformer not in (None, "none") and hasattr(self.backbone, "transformer"):
+            from codec.gpu import CompiledOrEager
+
+            mode = None if compile_transformer == "default" else compile_transformer
+            self.backbone.transformer = CompiledOrEager(
+                self.backbone.transformer, "the flow transformer", mode=mode
+            )
         if compile_atoms if compile_atoms is not None else self.device.startswith("cuda"):
             from codec.gvc.atoms import use_compiled_generator
 
@@ -206,10 +219,19 @@ class GvcCodec(Codec):
             )
 
     # -- encode -----------------------------------------------------------------------------------
-    def encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction) -> EncodedGop:
+    def encode(
+        self, frames: np.ndarray, target: RateTarget, fps: Fraction, *, reconstruct: bool = True
+    ) -> EncodedGop:
+        """`reconstruct=False` skips the final VAE decode (the self-check parses the payload's indices
+        back, which needs no pixels); the reference stills are coded either way."""
         check_frames(frames, self.name)
-        count, height, width = frames.shape[:3]
+        height, width = frames.shape[1:3]
         self.check_geometry(width, height)
+        with self.stage.run():  # the sampler is GPU work from end to end: one GOP at a time
+            return self._encode(frames, target, fps, reconstruct)
+
+    def _encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction, reconstruct: bool) -> EncodedGop:
+        count, height, width = frames.shape[:3]
         timer = StageTimer()
         padded = _pad(frames)
         dev = torch.device(self.device)
@@ -270,8 +292,10 @@ class GvcCodec(Codec):
             sections=tuple(sections),
         ).to_bytes()
         self._self_check(payload, flat)
-        with timer.stage("vae", dev):
-            recon = self._finish(x, decoded_refs, count, height, width)
+        recon = None
+        if reconstruct:
+            with timer.stage("vae", dev):
+                recon = self._finish(x, decoded_refs, count, height, width)
         self.last_timing = dict(timer.seconds)
         codebook_bytes = packed_bytes(config.num_atoms, m, entries)
         params = {
@@ -333,6 +357,10 @@ class GvcCodec(Codec):
         return exact_digest(self, payload, frame_count, width, height)
 
     def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
+        with self.stage.run():
+            return self._decode(payload, frame_count, width, height)
+
+    def _decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
         parsed = GvcPayload.from_bytes(bytes(payload))
         if parsed.model_sha256 != self.model_sha256:  # the id is a label; the weights' digest decides
             raise ModelMismatchError(

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from codec.gvc import atoms as atom_gen
-from codec.gvc.atoms_fused import inner_products_fused
+from codec.gvc.atoms_fused import select_top_atoms
 
 #: The flow model: (x_t [C, F, H, W] float32, t in (0, 1]) -> velocity, same shape, float32.
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
@@ -111,11 +111,11 @@ def combine_atoms(
 def select_atoms(seed: int, step: int, residuals: torch.Tensor, num_atoms: int, m: int) -> list[Entry]:
     """Top-M atoms by |⟨atom, r_f⟩| per frame, with the signs of the inner products; indices sorted.
 
-    On a GPU the inner products come from the fused kernel (`atoms_fused`), elsewhere from the
-    reference; either way only the choice travels, and the atoms are replayed exactly."""
-    products = inner_products_fused(seed, step, residuals, num_atoms)
-    top = products.abs().topk(m, dim=1).indices.sort(dim=1).values
-    signs = torch.where(products.gather(1, top) < 0, -1, 1)
+    On a GPU the search (and, for M ≤ 256, the selection itself) runs in the fused kernel
+    (`atoms_fused`), elsewhere the reference products and `torch.topk`; either way only the choice
+    travels, and the atoms are replayed exactly."""
+    top, negative = select_top_atoms(seed, step, residuals, num_atoms, m)
+    signs = torch.where(negative, -1, 1)
     return [(row.tolist(), sgn.tolist()) for row, sgn in zip(top.cpu(), signs.cpu(), strict=True)]
 
 

@@ -106,6 +106,16 @@ class EncodePool:
             self.progress[idx] = self.clock()
         return idle
 
+    def utilisation(self) -> list[dict[str, Any]]:
+        """Each live actor's own measure of how busy it kept its device (`EncodeWorker.utilisation`)."""
+        import ray
+
+        reports = []
+        for actor in self.actors:
+            with contextlib.suppress(Exception):  # a dead actor has nothing to report
+                reports.append(ray.get(actor.utilisation.remote(), timeout=30))
+        return reports
+
     def stop(self) -> None:
         stop_actors(self.actors)
 
@@ -152,8 +162,14 @@ def _new_actor(cfg: ArchiveConfig, cpus: float) -> Any:
 
     name = f"vidarc-encode-{cfg.run_id or 'run'}-{uuid.uuid4().hex[:8]}"
     remote_cls = ray.remote(EncodeWorker)
+    # Threaded actor: its GOPs in flight run concurrently (`encode_worker`), plus one thread for the
+    # driver's small calls (GOP length, utilisation) so they never wait behind the encodes.
     return remote_cls.options(
-        name=name, num_cpus=cpus, num_gpus=cfg.num_gpus_per_actor, max_restarts=0
+        name=name,
+        num_cpus=cpus,
+        num_gpus=cfg.num_gpus_per_actor,
+        max_restarts=0,
+        max_concurrency=cfg.gops_in_flight_per_actor + 1,
     ).remote(
         cfg.codec,
         cfg.model,
@@ -162,6 +178,7 @@ def _new_actor(cfg: ArchiveConfig, cpus: float) -> Any:
         cfg.metrics_every,
         cfg.skip_metrics,
         cfg.metric_weights,
+        cfg.fingerprint_every,
     )
 
 

@@ -82,6 +82,11 @@ class ArchiveConfig:
     codec_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Quality metrics on every Nth GOP of each video (measuring costs more than coding for fast codecs).
     metrics_every: int = 1
+    #: The decode proof's pixel part (reconstruction sha256 + luma fingerprint) on every Nth GOP of each
+    #: video (and on every measured GOP). 1: every GOP, so verify can judge any GOP's pixels; N > 1 skips
+    #: the neural codecs' pixel decode on the others (GLVC: ~60% of its encode time), whose proof is
+    #: then the exact part only (`decode_check` "exact-part").
+    fingerprint_every: int = 1
     #: Metrics switched off ("lpips", "dists", "vmaf", "temporal"); their columns stay null with a note.
     skip_metrics: tuple[str, ...] = ()
     #: Folder with the perceptual metrics' official weights (else the torch hub cache is searched).
@@ -123,6 +128,8 @@ class ArchiveConfig:
             raise ConfigError(f"--stall-timeout must be positive, got {self.stall_seconds:g}")
         if self.metrics_every < 1:
             raise ConfigError(f"--metrics-every must be at least 1, got {self.metrics_every}")
+        if self.fingerprint_every < 1:
+            raise ConfigError(f"--fingerprint-every must be at least 1, got {self.fingerprint_every}")
         unknown = set(self.skip_metrics) - set(METRIC_SWITCHES)
         if unknown:
             raise ConfigError(

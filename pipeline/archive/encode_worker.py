@@ -9,10 +9,27 @@ metrics and then dropped: it never travels.
 Quality targets (`QualityGoal`) run here too, next to the codec and on its device: `search_quality`
 searches a video's sample GOPs once, before its GOPs are dispatched; with `per_gop`, `encode` searches
 each GOP on itself and keeps the winning encoding (no extra encode).
+
+The reconstruction is asked for only where pixels are needed: GOPs whose quality is measured
+(`--metrics-every`), GOPs whose decode proof records pixels (`--fingerprint-every`, every GOP by
+default: verify needs the encoder's pixels to judge a GOP's pixel decode) and quality searches.
+Elsewhere GLVC and GVC skip their tokenizer decode; the codec's self-check of the payload still runs,
+the manifest marks the GOP as not measured, and its proof is the exact part's digest alone.
+
+Several GOPs are in flight per actor: the actor is a threaded Ray actor (`max_concurrency`, set by
+`actors`), and each call runs in its own thread. A codec that declares itself `thread_safe` (GLVC,
+GVC) is called concurrently and serialises its own device stages, so one GOP's entropy coding and
+metrics overlap the next GOP's network passes; other codecs are called one at a time under a lock,
+and only the metrics overlap. A threaded actor rather than an async one: every stage is a blocking
+call into PyTorch, PyAV or constriction (which release the GIL in their native code), so coroutines
+would only wrap the same threads. How busy the actor kept its device is measured here
+(`utilisation`, reported in summary.json).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from fractions import Fraction
 from typing import Any
@@ -21,8 +38,9 @@ import numpy as np
 
 from codec.base import Codec, RateTarget, bits_per_pixel, kilobits_per_second
 from codec.errors import CodecError
+from codec.gpu import BusyClock
 from codec.registry import build_codec
-from pipeline.archive import accounting
+from pipeline.archive import accounting, utilisation
 from pipeline.archive.config import QualityGoal
 from pipeline.archive.quality_target import QualityTargetError, find_rate_for_quality
 from pipeline.digests import fingerprint, frames_sha256
@@ -41,6 +59,7 @@ class EncodeWorker:
         metrics_every: int = 1,
         skip_metrics: tuple[str, ...] = (),
         metric_weights: str | None = None,
+        fingerprint_every: int = 1,
     ) -> None:
         import torch
 
@@ -52,8 +71,16 @@ class EncodeWorker:
         except CodecError as exc:
             self.init_error = f"codec {codec_name}: {exc}"
         self.metrics_every = metrics_every
+        self.fingerprint_every = fingerprint_every
         self.metric_weights = metric_weights
         self.skip_metrics = tuple(skip_metrics)
+        # Codecs that are not thread-safe are called one at a time; thread-safe ones lock their own stages.
+        safe = self.codec is not None and self.codec.thread_safe
+        self._codec_lock: Any = contextlib.nullcontext() if safe else threading.RLock()
+        self.busy = BusyClock()  # coding or measuring a GOP, any thread
+        self.gops = 0
+        self._nvml: Any = None
+        self._nvml_started = False
 
     def describe(self) -> dict[str, Any]:
         if self.codec is None:
@@ -98,7 +125,16 @@ class EncodeWorker:
         compute = {"search": device.charge(wall[0]), "device": device.kind}
         return {"knob": knob, "record": record, "compute": compute}
 
-    def encode(
+    def encode(self, frames: np.ndarray, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], bytes]:
+        """`_encode_gop`, timed as the actor's busy time; one call at a time unless the codec is
+        thread-safe (then concurrent calls overlap, see the module docstring)."""
+        self._start_nvml()
+        with self.busy.busy():
+            result = self._encode_gop(frames, *args, **kwargs)
+        self.gops += 1
+        return result
+
+    def _encode_gop(
         self,
         frames: np.ndarray,
         target: RateTarget | None,
@@ -117,25 +153,25 @@ class EncodeWorker:
         assert self.codec is not None
         fps = Fraction(fps_num, fps_den)
         count, height, width = frames.shape[:3]
-        started = time.perf_counter()
         search: dict[str, Any] | None = None
         try:
             self.codec.check_geometry(width, height)
-            if goal is not None:
-                encoded, search = self._search_gop(frames, goal, fps)
-            else:
-                assert target is not None
-                encoded = self.codec.encode(frames, target, fps)
+            with self._codec_lock:  # a no-op for thread-safe codecs; the metrics below run outside it
+                started = time.perf_counter()
+                if goal is not None:
+                    encoded, search = self._search_gop(frames, goal, fps)
+                else:
+                    assert target is not None
+                    encoded = self.codec.encode(
+                        frames, target, fps, reconstruct=self._pixels_needed(gop_index)
+                    )
+                seconds = time.perf_counter() - started
+                payload = bytes(encoded.payload)
+                digests = self._digests(encoded, payload, count, width, height)  # may decode: same lock
         except CodecError as exc:
             return {"error": f"{label}: {exc}"}, b""
         except QualityTargetError as exc:  # the metric cannot be computed, or nothing fits the cap
             return {"error": f"{label}: quality search: {exc}"}, b""
-        seconds = time.perf_counter() - started
-        payload = bytes(encoded.payload)
-        try:
-            digests = self._digests(encoded, payload)
-        except CodecError as exc:  # the codec cannot decode its own payload's exact part
-            return {"error": f"{label}: {exc}"}, b""
         params = dict(encoded.params)
         if search is not None:
             params["quality_search"] = search
@@ -153,20 +189,20 @@ class EncodeWorker:
         meta["compute"] = self._compute(seconds, metrics_wall[0], search, decode_seconds)
         return meta, payload
 
-    def _digests(self, encoded: Any, payload: bytes) -> dict[str, Any]:
-        """What verify proves the decode with (`pipeline.digests`): the reconstruction's sha256, the
-        exact part's (the codec's, else the reconstruction's) and the luma fingerprint."""
+    def _digests(self, encoded: Any, payload: bytes, count: int, width: int, height: int) -> dict[str, Any]:
+        """What verify proves the decode with (`pipeline.digests`): the exact part's sha256 (the codec's,
+        else the reconstruction's), and the reconstruction's sha256 and luma fingerprint — null when the
+        codec skipped its pixel decode (a GOP whose quality is not measured)."""
         assert self.codec is not None
         recon = encoded.reconstruction
-        recon_sha256 = frames_sha256(recon)
+        recon_sha256 = None if recon is None else frames_sha256(recon)
         exact = encoded.exact_digest
         if exact is None:
-            count, height, width = recon.shape[:3]
             exact = self.codec.exact_digest(payload, count, width, height)
         return {
             "recon_sha256": recon_sha256,
             "exact_sha256": exact if exact is not None else recon_sha256,
-            "fingerprint": fingerprint(recon),
+            "fingerprint": None if recon is None else fingerprint(recon),
         }
 
     def _compute(
@@ -188,6 +224,32 @@ class EncodeWorker:
             "search": None if search_wall is None else device.charge(search_wall),
         }
 
+    def _pixels_needed(self, gop_index: int) -> bool:
+        """Whether this GOP's reconstruction is needed: its quality is measured, or the decode proof
+        records its pixels (`fingerprint_every`; every GOP by default)."""
+        from pipeline.metrics import should_measure
+
+        return should_measure(gop_index, self.metrics_every) or should_measure(
+            gop_index, self.fingerprint_every
+        )
+
+    def _start_nvml(self) -> None:
+        if not self._nvml_started and self.codec is not None:
+            self._nvml_started = True
+            self._nvml = utilisation.start_nvml(self.codec.device)
+
+    def utilisation(self) -> dict[str, Any]:
+        """How busy this actor kept its device (see `pipeline.archive.utilisation`)."""
+        stage = getattr(self.codec, "stage", None)
+        return {
+            "device": self.codec.device if self.codec else None,
+            "resources": utilisation.assigned_resources(),
+            "gops": self.gops,
+            "actor": self.busy.report(),
+            "device_stage": stage.clock.report() if stage is not None else None,
+            "nvml": self._nvml.report() if self._nvml is not None else None,
+        }
+
     def _search_gop(self, frames: np.ndarray, goal: QualityGoal, fps: Fraction):
         """Search one GOP on itself; reuse the winning encoding (re-encode only if it was not kept)."""
         assert self.codec is not None
@@ -199,22 +261,28 @@ class EncodeWorker:
     def _search(self, gops: list[np.ndarray], goal: QualityGoal, fps: Fraction, **options: Any):
         """`find_rate_for_quality` for this actor's codec, on its device, with its metric weights."""
         assert self.codec is not None
-        return find_rate_for_quality(
-            self.codec,
-            gops,
-            fps,
-            goal.metric,
-            goal.target,
-            max_kbps=goal.max_kbps,
-            device=self.codec.device,
-            weights_dir=self.metric_weights,
-            **options,
-        )
+        with self._codec_lock:
+            return find_rate_for_quality(
+                self.codec,
+                gops,
+                fps,
+                goal.metric,
+                goal.target,
+                max_kbps=goal.max_kbps,
+                device=self.codec.device,
+                weights_dir=self.metric_weights,
+                **options,
+            )
 
-    def _quality(self, source: np.ndarray, recon: np.ndarray, gop_index: int, fps: float) -> dict[str, Any]:
+    def _quality(
+        self, source: np.ndarray, recon: np.ndarray | None, gop_index: int, fps: float
+    ) -> dict[str, Any]:
+        import torch
+
+        from codec.gpu import thread_stream
         from pipeline.metrics import MetricsConfig, compute_gop_metrics, should_measure
 
-        if not should_measure(gop_index, self.metrics_every):
+        if not should_measure(gop_index, self.metrics_every) or recon is None:
             return {"metrics_note": f"not measured (metrics on every {self.metrics_every}th GOP)"}
         config = MetricsConfig(
             device=self.codec.device if self.codec else "cpu",
@@ -226,7 +294,8 @@ class EncodeWorker:
             weights_dir=self.metric_weights,
         )
         try:
-            values = compute_gop_metrics(source, recon, config)
+            with thread_stream(torch.device(config.device)):  # beside the codec's stream, not on it
+                values = compute_gop_metrics(source, recon, config)
         except Exception as exc:  # a metric failure must not lose the coded GOP
             return {"metrics_note": f"metrics failed: {type(exc).__name__}: {exc}"}
         columns = set(MANIFEST_SCHEMA.names)

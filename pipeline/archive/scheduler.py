@@ -132,6 +132,7 @@ class Scheduler:
         self.gop_cache: dict[Fraction, int | str] = {}
         self.codec_class = codec_class(cfg.codec)
         self.videos_started = 0
+        self.utilisation: list[dict[str, Any]] = []  # the encode actors' busy measures, at the end
 
     # ---- main loop -------------------------------------------------------------------------------
     def run(self, todo: list[discovery.SourceEntry]) -> None:
@@ -169,6 +170,7 @@ class Scheduler:
                 elif ref in references:
                     self.references.on_done(ref)
             self.display.refresh()
+        self.utilisation = self.pool.utilisation()
         self.pool.stop()
 
     def _leased_elsewhere(self, entry: discovery.SourceEntry) -> bool:
@@ -428,7 +430,7 @@ class Scheduler:
         return {kind: self.counters.elapsed * len(self.pool) * per_actor}
 
     def summary(self, *, entries_total: int, already_done: int, previously_failed: int) -> dict[str, Any]:
-        return build_summary(
+        summary = build_summary(
             cfg=self.cfg,
             run_id=self.run_id,
             identity=self.identity,
@@ -443,3 +445,5 @@ class Scheduler:
             already_done=already_done,
             previously_failed=previously_failed,
         )
+        summary["encode_actors"] = self.utilisation
+        return summary

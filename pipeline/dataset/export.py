@@ -1,0 +1,259 @@
+"""`vidarc export`: the selected part of an archive as files, for users who want files.
+
+- `mp4`: one H.264 file per video, with its audio (`pipeline.restore.restore_video`, the restore's
+  muxing), for each contiguous run of selected GOPs: `<video_key>.mp4` when the run is the whole video,
+  else `<video_key>.f<first>-<stop>.mp4` (half-open frame range). Beside each, `<name>.json`: the video,
+  the range and the manifest columns of its GOPs.
+- `webdataset`: tar shards `shard-000000.tar`, ... of `clips_per_shard` clips. A sample's members share
+  a key (`<video_key with dots as _>-g<gop>-f<first frame>`): `.mp4` (the clip's frames, H.264 CRF 10
+  like restore's mp4, no audio), `.npy` (latents, float32 C×F×h×w, for `output` latents/both) and
+  `.json` (manifest columns, clip place, tokenizer id and latent statistics). Tar is written with the
+  standard library; any WebDataset reader (or `tarfile`) reads it.
+
+No partial output: every file is written atomically, and if the export fails part-way, the files it
+already wrote are removed before the error is raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import tarfile
+import time
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from pipeline.dataset.clips import ClipReader
+from pipeline.dataset.plan import (
+    DEFAULT_COLUMNS,
+    ArchivePlan,
+    ClipSpec,
+    DatasetError,
+    ObjectPlan,
+    plan_archive,
+)
+from pipeline.restore import MP4_CRF, RestoreError, restore_video
+from pipeline.storage import StorageError, filesystem, full_uri, join, open_atomic, redact, write_bytes
+
+FORMATS = ("mp4", "webdataset")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    files: list[str]
+    clips: int
+    gops: int
+    bytes_read: int
+
+
+def export_archive(
+    out: str | Sequence[str],
+    dest: str,
+    *,
+    fmt: str = "mp4",
+    where: str | None = None,
+    output: str = "frames",
+    clip_frames: int | None = None,
+    stride: int | None = None,
+    clips_per_shard: int = 1000,
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    endpoint_url: str | None = None,
+    device: str = "cpu",
+    model: str | None = None,
+) -> ExportResult:
+    """Export the GOPs of `out` matching `where` into folder `dest` (local or fsspec URL).
+
+    Raises DatasetError with one line (and leaves nothing behind) for bad options, a bad filter, an
+    empty selection, a damaged object or an unwritable DEST.
+    """
+    if fmt not in FORMATS:
+        raise DatasetError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "mp4" and (output != "frames" or clip_frames is not None):
+        raise DatasetError("--format mp4 writes whole videos' frames; --output/--clip-frames need webdataset")
+    if clips_per_shard < 1:
+        raise DatasetError(f"--clips-per-shard must be at least 1, got {clips_per_shard}")
+    spec = ClipSpec(output=output, clip_frames=clip_frames, stride=stride)
+    plan = plan_archive(out, where=where, spec=spec, columns=columns, endpoint_url=endpoint_url)
+    fs, root = filesystem(dest, endpoint_url=endpoint_url)
+    written: list[str] = []
+    try:
+        fs.makedirs(root, exist_ok=True)
+        if fmt == "mp4":
+            return _export_mp4(plan, fs, root, written, endpoint_url, device, model)
+        return _export_webdataset(plan, fs, root, written, clips_per_shard, endpoint_url, device, model)
+    except BaseException as exc:
+        for path in written:
+            with contextlib.suppress(Exception):
+                fs.rm_file(path)
+        if isinstance(exc, (DatasetError, KeyboardInterrupt)):
+            raise
+        if isinstance(exc, (RestoreError, StorageError)):
+            raise DatasetError(str(exc).splitlines()[0]) from None
+        if isinstance(exc, OSError):
+            raise DatasetError(f"{dest}: cannot write ({type(exc).__name__}: {redact(str(exc))})") from None
+        raise
+
+
+# ---- mp4 ---------------------------------------------------------------------------------------------------
+def _export_mp4(
+    plan: ArchivePlan, fs: Any, root: str, written: list[str], endpoint_url: str | None, device: str,
+    model: str | None,
+) -> ExportResult:  # fmt: skip
+    reader = ClipReader(plan.spec, plan.columns, endpoint_url=endpoint_url)
+    files, bytes_read = [], 0
+    for obj in plan.objects:
+        total = _video_frames(reader, obj)
+        for run in _contiguous_runs(obj):
+            first, stop = run[0].first_frame, run[-1].first_frame + run[-1].frame_count
+            name = obj.video_key if (first, stop) == (0, total) else f"{obj.video_key}.f{first}-{stop}"
+            path = join(root, name + ".mp4")
+            written.append(path)
+            result = restore_video(
+                obj.out,
+                obj.video_key,
+                full_uri(fs, path),
+                frames=(first, stop),
+                endpoint_url=endpoint_url,
+                device=device,
+                model=model,
+            )
+            bytes_read += result.bytes_read
+            sidecar = {
+                "video_key": obj.video_key,
+                "archive_uri": obj.archive_uri,
+                "first_frame": first,
+                "frame_count": stop - first,
+                "fps": str(result.fps),
+                "audio": result.audio,
+                "gops": [g.column_values() | {"gop_index": g.gop_index} for g in run],
+            }
+            written.append(join(root, name + ".json"))
+            write_bytes(fs, written[-1], _json_bytes(sidecar))
+            files += [path, written[-1]]
+    return ExportResult(
+        files, clips=len(files) // 2, gops=plan.gop_count, bytes_read=bytes_read + reader.bytes_read
+    )
+
+
+def _video_frames(reader: ClipReader, obj: ObjectPlan) -> int:
+    """The video's frame count from its container header (one small ranged read)."""
+    return int(reader.header(obj.archive_uri)["frame_count"])
+
+
+def _contiguous_runs(obj: ObjectPlan) -> list[list[Any]]:
+    runs: list[list[Any]] = []
+    for gop in obj.gops:
+        if runs and runs[-1][-1].gop_index + 1 == gop.gop_index:
+            runs[-1].append(gop)
+        else:
+            runs.append([gop])
+    return runs
+
+
+# ---- webdataset ----------------------------------------------------------------------------------------------
+def _export_webdataset(
+    plan: ArchivePlan, fs: Any, root: str, written: list[str], clips_per_shard: int,
+    endpoint_url: str | None, device: str, model: str | None,
+) -> ExportResult:  # fmt: skip
+    reader = ClipReader(plan.spec, plan.columns, endpoint_url=endpoint_url, device=device, model=model)
+    with _ShardWriter(fs, root, clips_per_shard, written) as shards:
+        for obj in plan.objects:
+            for fetched in reader.read_object(obj):
+                fps = Fraction(int(fetched.header["fps_num"]), int(fetched.header["fps_den"]))
+                for row in reader.clips(fetched):
+                    shards.add(row, fps)
+    return ExportResult(list(written), clips=shards.count, gops=plan.gop_count, bytes_read=reader.bytes_read)
+
+
+class _ShardWriter:
+    """Tar shards of `clips_per_shard` samples, each written atomically (streamed, never seeked)."""
+
+    def __init__(self, fs: Any, root: str, clips_per_shard: int, written: list[str]) -> None:
+        self.fs, self.root, self.per_shard, self.written = fs, root, clips_per_shard, written
+        self.count = 0
+        self.stack = contextlib.ExitStack()
+        self.tar: tarfile.TarFile | None = None
+
+    def add(self, row: dict[str, Any], fps: Fraction) -> None:
+        if self.count % self.per_shard == 0:
+            self.stack.close()  # the previous shard is complete: commit it
+            self.stack = contextlib.ExitStack()
+            path = join(self.root, f"shard-{self.count // self.per_shard:06d}.tar")
+            self.written.append(path)
+            handle = self.stack.enter_context(open_atomic(self.fs, path))
+            self.tar = self.stack.enter_context(
+                tarfile.open(fileobj=handle, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+            )
+        assert self.tar is not None
+        _add_sample(self.tar, row, fps)
+        self.count += 1
+
+    def __enter__(self) -> _ShardWriter:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stack.__exit__(*exc_info)  # an error discards the open shard instead of committing it
+
+
+def sample_key(row: dict[str, Any]) -> str:
+    """WebDataset key: no dots (they separate a sample's extensions), unique per clip."""
+    return f"{str(row['video_key']).replace('.', '_')}-g{int(row['gop_index']):05d}-f{int(row['first_frame']):07d}"
+
+
+def _add_sample(shard: tarfile.TarFile, row: dict[str, Any], fps: Fraction) -> None:
+    key = sample_key(row)
+    meta = {k: v for k, v in row.items() if k not in ("frames", "latents", "latents_mean", "latents_std")}
+    meta["fps"] = float(fps)
+    if "latents" in row:
+        meta["latents_mean"] = [float(v) for v in row["latents_mean"]]
+        meta["latents_std"] = [float(v) for v in row["latents_std"]]
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(row["latents"], dtype=np.float32))
+        _add_member(shard, f"{key}.npy", buffer.getvalue())
+    if "frames" in row:
+        _add_member(shard, f"{key}.mp4", clip_mp4(row["frames"], fps))
+    _add_member(shard, f"{key}.json", _json_bytes(meta))
+
+
+def _add_member(shard: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+    shard.addfile(info, io.BytesIO(data))
+
+
+def clip_mp4(frames: np.ndarray, fps: Fraction) -> bytes:
+    """A clip as an in-memory mp4: H.264 at restore's CRF, 4:2:0 for even sizes, else 4:4:4."""
+    import av
+
+    height, width = frames.shape[1:3]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        stream.options = {"crf": str(MP4_CRF), "preset": "medium"}
+        for image in frames:
+            container.mux(
+                stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24"))
+            )
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def _json_bytes(record: dict[str, Any]) -> bytes:
+    def default(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if hasattr(value, "isoformat"):
+            return value.isoformat()
+        if isinstance(value, np.generic):
+            return value.item()
+        return str(value)
+
+    return (json.dumps(record, default=default, sort_keys=True) + "\n").encode()
