@@ -16,7 +16,6 @@ cluster, CPU), then
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 import time
 from pathlib import Path
@@ -43,8 +42,9 @@ def main() -> None:
     from pipeline.archive import run_archive
     from pipeline.archive.config import ArchiveConfig
     from pipeline.archive.progress import Counters, ProgressDisplay
+    from pipeline.manifest import parquet_bytes
     from pipeline.reader import ArchiveReader
-    from pipeline.schema import PROOF_COLUMNS
+    from pipeline.schema import MANIFEST_SCHEMA, PROOF_COLUMNS
     from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
     from pipeline.verify import run_verify
 
@@ -78,7 +78,10 @@ def main() -> None:
         gops = table.num_rows
         proof = list(PROOF_COLUMNS)
         with_proof = sum(p.stat().st_size for p in parts)  # as the archive wrote them
-        without = sum(_parquet_size(pq.read_table(p).drop_columns(proof), stats=True) for p in parts)
+        bare = pa.schema([field for field in MANIFEST_SCHEMA if field.name not in proof])
+        without = sum(
+            len(parquet_bytes(pq.read_table(p).drop_columns(proof).to_pylist(), bare)) for p in parts
+        )
         raw = sum(len(v or b"") for c in proof for v in table.column(c).to_pylist())
         print(f"GLVC (bundled), {gops} GOPs of {args.frames} frames at {args.width}x{args.height}")
         print(
@@ -123,13 +126,6 @@ def _big_fingerprint(width: int, height: int, frames: int = 33) -> None:
         f"{frames} frames of {width}x{height}: fingerprint {len(blob)} B in {fingerprint_s:.2f} s; "
         f"sha256 of the frames {sha_s:.2f} s (ratio {fingerprint_s / sha_s:.2f})"
     )
-
-
-def _parquet_size(table, *, stats: bool) -> int:
-    """Bytes of `table` written like a manifest part (zstd, min/max statistics)."""
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", write_statistics=stats)
-    return len(buffer.getvalue())
 
 
 if __name__ == "__main__":

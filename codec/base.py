@@ -91,6 +91,12 @@ class Codec(abc.ABC):
     gop_multiple: ClassVar[int] = 1
     gop_offset: ClassVar[int] = 0
 
+    #: Deepest source precision the codec keeps: 8 means uint8 frames only; more means it also takes
+    #: uint16 RGB48 frames (a 10-bit source) and codes them at up to this many bits.
+    max_bit_depth: ClassVar[int] = 8
+    #: The chroma format the codec stores ("4:2:0" for the classic codecs; None: RGB in, RGB out).
+    coded_chroma: ClassVar[str | None] = None
+
     model_id: str | None = None
     model_sha256: str | None = None
     device: str = "cpu"
@@ -183,6 +189,8 @@ class Codec(abc.ABC):
             "device": self.device,
             "decoder_options": self.decoder_options(),
             "entropy_coder": self.entropy_coder(),
+            "max_bit_depth": self.max_bit_depth,
+            "coded_chroma": self.coded_chroma,
         }
 
     def entropy_coder(self) -> dict[str, str] | None:
@@ -192,13 +200,25 @@ class Codec(abc.ABC):
 
 
 def frames_sha256(frames: np.ndarray) -> str:
-    """sha256 of uint8 frames (T×H×W×3, C order): the digest of a reconstruction."""
+    """sha256 of frames (T×H×W×3, C order): the digest of a reconstruction. uint8 frames as bytes;
+    uint16 RGB48 frames (a 10-bit stream's decode) as little-endian 16-bit values, every bit covered."""
+    if frames.dtype == np.uint16:
+        return hashlib.sha256(np.ascontiguousarray(frames, dtype="<u2").tobytes()).hexdigest()
     return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.uint8).tobytes()).hexdigest()
 
 
-def check_frames(frames: np.ndarray, codec_name: str) -> None:
-    """Validate the frame array every encoder receives."""
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+def check_frames(frames: np.ndarray, codec_name: str, *, high_bit_depth: bool = False) -> None:
+    """Validate the frame array every encoder receives (uint16 RGB48 too, for `high_bit_depth` codecs)."""
+    dtypes = (np.uint8, np.uint16) if high_bit_depth else (np.uint8,)
+    if frames.dtype not in dtypes or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        deep = " (or uint16 RGB48 for sources deeper than 8 bits)" if high_bit_depth else ""
         raise UnsupportedInputError(
-            f"{codec_name} expects uint8 frames shaped T×H×W×3, got {frames.dtype} {frames.shape}"
+            f"{codec_name} expects uint8 frames shaped T×H×W×3{deep}, got {frames.dtype} {frames.shape}"
         )
+
+
+def to_8bit(frames: np.ndarray) -> np.ndarray:
+    """uint16 RGB48 frames rounded to uint8 (what metrics measure and 8-bit codecs code); uint8 as is."""
+    if frames.dtype == np.uint8:
+        return frames
+    return ((frames.astype(np.uint32) + 128) // 257).clip(0, 255).astype(np.uint8)

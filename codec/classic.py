@@ -17,6 +17,11 @@ is tagged BT.709 (primaries, transfer, matrix) and limited range so other player
 uses the same matrix and range. Both directions go through swscale with bilinear chroma filtering and
 BITEXACT (same output on every CPU; ACCURATE_RND measured ~2 dB worse chroma on natural images).
 
+Bit depth: uint8 frames are coded as 8-bit 4:2:0; uint16 RGB48 frames (a 10-bit source, decoded by the
+pipeline at 16-bit scale) as 10-bit 4:2:0 — x264 High 10, x265 Main 10, SVT-AV1 10-bit — and decode back
+to uint16, so a 10-bit source keeps its 10 bits. The decoder follows the stream: a 10-bit stream gives
+uint16 frames, an 8-bit one uint8.
+
 Geometry: frames are padded by edge replication to what the encoder accepts (even sizes; x265 also
 needs width ≥ 64 and height ≥ 16 — narrower inputs crash libx265 4.1 with heap corruption; SVT-AV1
 needs ≥ 4×4, padded to 8×8) and cropped back on decode.
@@ -56,6 +61,9 @@ _RATE_TOLERANCE = 0.10
 
 class ClassicCodec(Codec):
     """Shared machinery; subclasses only describe their library (names, ranges, options)."""
+
+    max_bit_depth = 10
+    coded_chroma = "4:2:0"
 
     encoder_name: ClassVar[str]
     decoder_name: ClassVar[str]
@@ -106,7 +114,7 @@ class ClassicCodec(Codec):
         self, frames: np.ndarray, target: RateTarget, fps: Fraction, *, reconstruct: bool = True
     ) -> EncodedGop:
         """`reconstruct` is ignored: the self-check decodes the stream anyway, so the frames are free."""
-        check_frames(frames, self.name)
+        check_frames(frames, self.name, high_bit_depth=True)
         count, height, width = frames.shape[:3]
         self.check_geometry(width, height)
         fps = Fraction(fps)
@@ -153,13 +161,16 @@ class ClassicCodec(Codec):
             raise CorruptPayloadError(
                 f"{self.name} payload decodes to {len(pictures)} frames, expected {frame_count} (damaged or truncated)"
             )
-        out = np.empty((frame_count, height, width, 3), dtype=np.uint8)
+        deep = pictures[0].format.name in _TEN_BIT if pictures else False
+        out = np.empty((frame_count, height, width, 3), dtype=np.uint16 if deep else np.uint8)
         for i, picture in enumerate(pictures):
             if (picture.width, picture.height) != (coded_w, coded_h):
                 raise CorruptPayloadError(
                     f"{self.name} payload frame {i} is {picture.width}x{picture.height}, "
                     f"expected {coded_w}x{coded_h} (not this video's stream)"
                 )
+            if (picture.format.name in _TEN_BIT) != deep:
+                raise CorruptPayloadError(f"{self.name} payload frame {i} changes bit depth (damaged stream)")
             out[i] = _to_rgb(picture)[:height, :width]
         return out
 
@@ -193,10 +204,12 @@ class ClassicCodec(Codec):
                 f"{self.name} refuses preset {self.preset!r} ({_ffmpeg_reason(exc)})"
             ) from None
 
-    def _open_encoder(self, crf: int | float, width: int, height: int, frame_count: int, fps: Fraction):
+    def _open_encoder(
+        self, crf: int | float, width: int, height: int, frame_count: int, fps: Fraction, pix_fmt: str
+    ):
         ctx = av.CodecContext.create(self.encoder_name, "w")
         ctx.width, ctx.height = width, height
-        ctx.pix_fmt = "yuv420p"
+        ctx.pix_fmt = pix_fmt
         ctx.framerate = fps
         ctx.time_base = 1 / fps
         ctx.gop_size = frame_count  # one key frame, at the start: the GOP is the whole stream
@@ -209,7 +222,7 @@ class ClassicCodec(Codec):
 
     def _encode_stream(self, pictures: list[av.VideoFrame], crf: int | float, fps: Fraction) -> bytes:
         first = pictures[0]
-        ctx = self._open_encoder(crf, first.width, first.height, len(pictures), fps)
+        ctx = self._open_encoder(crf, first.width, first.height, len(pictures), fps, first.format.name)
         packets = []
         for index, picture in enumerate(pictures):
             # Both set, always: x264's rate control uses frame durations, and a frame without a
@@ -309,14 +322,18 @@ def _pad(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
+_TEN_BIT = frozenset({"yuv420p10le", "yuv420p10be"})
+
+
 def _to_yuv_frames(frames: np.ndarray) -> list[av.VideoFrame]:
-    """RGB (full range) -> yuv420p, BT.709 matrix, limited range."""
+    """RGB (full range) -> yuv420p (uint8) or yuv420p10le (uint16 RGB48), BT.709 matrix, limited range."""
+    deep = frames.dtype == np.uint16
     out = []
     for image in frames:
-        rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb48le" if deep else "rgb24")
         out.append(
             rgb.reformat(
-                format="yuv420p",
+                format="yuv420p10le" if deep else "yuv420p",
                 src_colorspace=Colorspace.ITU709,
                 dst_colorspace=Colorspace.ITU709,
                 src_color_range=ColorRange.JPEG,
@@ -331,7 +348,7 @@ def _to_yuv_frames(frames: np.ndarray) -> list[av.VideoFrame]:
 def _to_rgb(picture: av.VideoFrame) -> np.ndarray:
     """The exact inverse convention of `_to_yuv_frames`, whatever the stream's own tags say."""
     return picture.reformat(
-        format="rgb24",
+        format="rgb48le" if picture.format.name in _TEN_BIT else "rgb24",
         src_colorspace=Colorspace.ITU709,
         dst_colorspace=Colorspace.ITU709,
         src_color_range=ColorRange.MPEG,

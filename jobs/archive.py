@@ -2,7 +2,10 @@
 
 Exit codes: 0 every video archived (or nothing to do: an empty SRC), 1 some videos failed or the
 closing verify found a problem (the summary lists them), 2 the job could not run (bad options,
-missing SRC, unreachable storage, codec or model that cannot load) — then nothing is written to OUT.
+missing SRC, unreachable storage, OUT an existing file or not writable, codec or model that cannot
+load) — then nothing is written to OUT, 3 the storage failed during the run (an outage longer than
+the retries): the summary line is still printed, nothing is marked failed for it, and rerunning the
+same command finishes the job.
 """
 
 from __future__ import annotations
@@ -12,11 +15,21 @@ from typing import Annotated
 
 import typer
 
-COMMAND_HELP = "Archive every video under SRC (a folder, file or s3:// prefix) into OUT."
+COMMAND_HELP = (
+    "Archive every video under SRC (a folder, file or s3:// prefix, or an input list: .parquet/.csv/.jsonl "
+    "of source URIs) into OUT."
+)
 
 
 def archive_command(
-    src: Annotated[str, typer.Argument(help="Source folder, file, or fsspec URL (s3://bucket/prefix).")],
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="Source folder, file, or fsspec URL (s3://bucket/prefix); or a list of source URIs "
+            "(.parquet/.csv/.jsonl with a uri column, optional size, caption, license, split, "
+            "target_kbps/target_bpp/quality)."
+        ),
+    ],
     out: Annotated[str, typer.Argument(help="Archive root: local folder or fsspec URL.")],
     codec: Annotated[str, typer.Option(help="x264 | x265 | av1 | glvc | gvc")] = "x264",
     target_kbps: Annotated[float | None, typer.Option(help="Target bit rate per video (kbit/s).")] = None,
@@ -56,6 +69,12 @@ def archive_command(
         str | None, typer.Option(help="Ray cluster address (default: start a local one).")
     ] = None,
     actors: Annotated[int, typer.Option(help="Encode actors.")] = 1,
+    gops_per_actor: Annotated[
+        int, typer.Option(help="Decoded GOPs queued or coding per actor at once (bounds memory).")
+    ] = 2,
+    max_pixels: Annotated[
+        int, typer.Option(help="Pixel budget per frame; larger sources fail before decoding (default 8K).")
+    ] = 7680 * 4320,
     num_gpus_per_actor: Annotated[
         float, typer.Option(help="GPUs per encode actor (fractional ok; 0 = CPU).")
     ] = 0.0,
@@ -85,6 +104,31 @@ def archive_command(
     skip_metric: Annotated[
         list[str] | None, typer.Option(help="Do not compute lpips | dists | vmaf | temporal (repeatable).")
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: archive only the videos of shard i of n (n jobs share one OUT, no coordination)."
+        ),
+    ] = None,
+    actor_resources: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray custom resources per encode actor, JSON or name=amount (e.g. '{\"gpu_node\": 1}')."
+        ),
+    ] = None,
+    pack: Annotated[
+        float | None,
+        typer.Option(
+            "--pack",
+            help="Pack many short videos into objects of about N_MB each (each video still restorable "
+            "alone with ranged reads), for storage with a minimum object size or per-object fees.",
+            metavar="N_MB",
+        ),
+    ] = None,
+    task_resources: Annotated[
+        str | None,
+        typer.Option(help="Ray custom resources per probe/decode/commit task, JSON or name=amount."),
+    ] = None,
     reference: Annotated[
         str | None,
         typer.Option(
@@ -111,6 +155,7 @@ def archive_command(
         ConfigError,
         quality_goal_from_options,
         rate_target_from_options,
+        resources_from_option,
     )
     from pipeline.storage import redact
 
@@ -134,6 +179,8 @@ def archive_command(
             endpoint_url=endpoint_url,
             address=address,
             actors=actors,
+            gops_in_flight_per_actor=gops_per_actor,
+            max_pixels=max_pixels,
             num_gpus_per_actor=num_gpus_per_actor,
             verify_fraction=verify_fraction,
             limit=limit,
@@ -146,6 +193,10 @@ def archive_command(
             fingerprint_every=fingerprint_every,
             skip_metrics=tuple(skip_metric or ()),
             metric_weights=metric_weights,
+            shard=_shard(shard),
+            actor_resources=resources_from_option("--actor-resources", actor_resources),
+            task_resources=resources_from_option("--task-resources", task_resources),
+            pack_mb=pack,
             reference=reference,
             reference_fraction=reference_fraction,
             reference_seed=reference_seed,
@@ -161,9 +212,25 @@ def archive_command(
     for missed in result.summary.get("quality_targets_missed", []):
         where = missed["video_key"] + (f" GOP {missed['gop_index']}" if "gop_index" in missed else "")
         print(f"  quality target not reached: {where}: {missed['note']}", file=sys.stderr)
+    for warning in result.summary.get("warnings", []):
+        print(f"  warning: {warning['source_uri']}: {warning['warning']}", file=sys.stderr)
     for failure in result.summary.get("failures", []):
         print(f"  failed: {failure['error']}", file=sys.stderr)
+    if result.summary.get("storage_error"):
+        print(f"error: {redact(result.summary['storage_error'])}", file=sys.stderr)
     raise typer.Exit(result.exit_code)
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    from pipeline.archive.config import ConfigError
+    from pipeline.keys import parse_shard
+
+    if text is None:
+        return None
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _codec_options(

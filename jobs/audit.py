@@ -1,6 +1,8 @@
 """`vidarc audit` and `vidarc compare`: read an archive's manifest and say what it holds and how good it is.
 
 Thin entry points: the work lives in `pipeline.audit`. Errors a user can act on are one line, exit 2.
+A damaged manifest or verify part is a finding: the audit of the other parts is printed, each damaged
+part is named on stderr, and `audit` exits 1.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def audit(
         print_audit(result, Console(), worst)
         if html is not None:
             typer.echo(f"report written to {html}")
+    damaged = result.damaged_parts + ((result.verify or {}).get("damaged_parts") or [])
+    if damaged:  # the audit of everything else stands; the damage is a finding, exit 1
+        for part in damaged:
+            typer.echo(f"damaged: {part['uri']}: {part['reason']}", err=True)
+        raise typer.Exit(1)
 
 
 def compare(

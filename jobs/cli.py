@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from jobs import archive, audit, bench, export, inspect_archive, model, restore, train, verify
+from jobs import archive, audit, bench, compact, export, inspect_archive, model, restore, train, verify
 
 app = typer.Typer(
     name="vidarc",
@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (archive, verify, restore, export, inspect_archive, audit, bench, train, model):
+for module in (archive, verify, restore, export, inspect_archive, audit, compact, bench, train, model):
     module.register(app)
 
 

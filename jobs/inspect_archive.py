@@ -1,6 +1,7 @@
 """`vidarc inspect ARCHIVE_OBJECT` and `vidarc ls OUT`: what one object holds, what an archive holds.
 
-Both print rich tables, or JSON with `--json` for scripts. Errors are one line, exit code 2.
+Both print rich tables, or JSON with `--json` for scripts. Errors are one line, exit code 2. `ls`
+exits 1 when manifest parts are damaged (each named on stderr; the other videos are listed).
 `python -m jobs.inspect_archive OBJECT` runs `inspect`; `python -m jobs.inspect_archive ls OUT` runs `ls`.
 """
 
@@ -45,12 +46,17 @@ def inspect_command(
     device: Annotated[
         str, typer.Option(help="cpu | cuda: where to build the decoder (with --model).")
     ] = "cpu",
+    video: Annotated[
+        str | None, typer.Option(help="For a pack object: inspect this video (its key) of the pack.")
+    ] = None,
 ) -> None:
     """Header, model, decoder, GOP index and rates of one archive object (reads only its index)."""
     from pipeline.inspect import InspectError, inspect_object
 
     try:
-        report = inspect_object(archive_object, endpoint_url=endpoint_url, model=model, device=device)
+        report = inspect_object(
+            archive_object, endpoint_url=endpoint_url, model=model, device=device, video=video
+        )
     except InspectError as exc:
         _fail(str(exc))
         return
@@ -61,6 +67,20 @@ def inspect_command(
     from rich.table import Table
 
     console = Console()
+    if report.get("kind") == "pack":
+        members = Table(
+            title=f"pack {report['uri']} ({report['object_bytes']} bytes, {len(report['members'])} videos)"
+        )
+        for name in ("video_key", "offset", "length", "codec", "size", "frames", "GOPs", "bpp", "kbps"):
+            members.add_column(name, justify="left" if name in ("video_key", "codec") else "right")
+        for m in report["members"]:
+            members.add_row(
+                m["video_key"], str(m["offset"]), str(m["length"]), _fmt(m["codec"]), f"{m['width']}x{m['height']}",
+                str(m["frames"]), str(m["gops"]), _fmt(m["bpp"], 4), _fmt(m["kbps"], 1),
+            )  # fmt: skip
+        console.print(members)
+        console.print("inspect one of them with --video KEY")
+        return
     header = Table(title=f"{report['uri']} ({report['object_bytes']} bytes)", show_header=False)
     for key, value in sorted(report["header"].items()):
         header.add_row(key, json.dumps(value, default=str) if isinstance(value, dict | list) else str(value))
@@ -116,6 +136,7 @@ def ls_command(
         return
     except AuditError:  # markers without manifest parts: nothing to cost
         costs = {}
+    damaged = [v for v in videos if v.status == "damaged"]
     if as_json:
         prices_used = priced.to_json()  # in every video's costs: each row says what it was priced with
         listing = [
@@ -126,6 +147,7 @@ def ls_command(
             for v in videos
         ]
         sys.stdout.write(json.dumps(listing, indent=2) + "\n")
+        _exit_if_damaged(damaged)
         return
     from rich.console import Console
     from rich.table import Table
@@ -153,8 +175,17 @@ def ls_command(
         console.print(spent)
         print_prices({"prices": priced.to_json(), "uses_default_prices": priced.uses_defaults()}, console)
     for v in videos:
-        if v.error:
+        if v.error and v.status != "damaged":
             console.print(f"{v.video_key}: {v.error}", soft_wrap=True)
+    _exit_if_damaged(damaged)
+
+
+def _exit_if_damaged(damaged: list[Any]) -> None:
+    """Damaged manifest parts: one line each on stderr, exit 1 (the other videos were listed)."""
+    if damaged:
+        for video in damaged:
+            print(f"damaged: {video.error}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,12 +16,20 @@ index with one ranged GET from the end (`TAIL_GUESS` bytes; a second read only f
 one GOP restores with a second ranged read. Every length and offset is bounds-checked against the object
 size before anything is allocated: a corrupt or hostile file gives `ContainerError`, never a crash, hang
 or huge allocation.
+
+The header JSON is untrusted input too: it is parsed with its nesting depth bounded (a scan before
+`json.loads`, so 100 000 nested brackets are refused instead of exhausting the stack), without
+`NaN`/`Infinity`, and checked against `HEADER_FIELDS` (types and ranges of every field a reader uses)
+before anything reads it. Unknown fields are kept (a later writer may add some); fields a reader uses
+must have the type every release wrote. The preamble (magic, version) is checked whenever the bytes
+are at hand: always when the object is smaller than the tail read, else by `read_preamble`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
@@ -38,6 +46,14 @@ U32 = struct.Struct("<I")
 TAIL_GUESS = 256 * 1024
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_GOPS = 10_000_000
+MAX_HEADER_DEPTH = 32
+MAX_ATTACHMENTS = 64
+#: Frame geometry a reader accepts: 65535 per side (what every payload format can state) and at most
+#: 2^28 pixels per frame (16384×16384), so a hostile header cannot ask a decoder for terabytes.
+MAX_DIMENSION = 65_535
+MAX_FRAME_PIXELS = 1 << 28
+MAX_FRAME_COUNT = 1 << 40
+MAX_RATE_TERM = (1 << 31) - 1
 
 #: Attachments this format defines: the source's audio, stream-copied into Matroska, and, for a
 #: variable-frame-rate source, every frame's timestamp (little-endian int64 in the header's
@@ -139,7 +155,8 @@ def write_container(
 
 
 def read_index(read: RangeReader, size: int, *, name: str) -> ContainerIndex:
-    """Header, GOP index and attachments from the end of an object of `size` bytes.
+    """Header, GOP index and attachments from the end of an object of `size` bytes (and the preamble,
+    when the object fits in the one tail read; larger objects: `read_preamble`).
 
     `name` is the object's URI, used in every error message.
     """
@@ -153,6 +170,8 @@ def read_index(read: RangeReader, size: int, *, name: str) -> ContainerIndex:
         raise ContainerError(f"{name}: no .vdrc trailer (truncated, or not a vidarc archive)")
     if version != FORMAT_VERSION:
         raise ContainerError(f"{name}: archive format version {version}; this vidarc reads {FORMAT_VERSION}")
+    if tail_length == size:  # the whole object is at hand: its preamble costs nothing to check
+        _check_preamble(tail[: PREAMBLE.size], name)
     if footer_offset < PREAMBLE.size or footer_offset + footer_len + TRAILER.size != size:
         raise ContainerError(f"{name}: footer position is inconsistent with the object size (truncated?)")
     tail_start = size - tail_length
@@ -168,7 +187,11 @@ def read_index(read: RangeReader, size: int, *, name: str) -> ContainerIndex:
 
 def read_preamble(read: RangeReader, *, name: str) -> None:
     """Check the first bytes: a cheap sniff that an object is a .vdrc of a version we read."""
-    magic, version, _ = PREAMBLE.unpack(_checked_read(read, 0, PREAMBLE.size, name))
+    _check_preamble(_checked_read(read, 0, PREAMBLE.size, name), name)
+
+
+def _check_preamble(preamble: bytes, name: str) -> None:
+    magic, version, _ = PREAMBLE.unpack(preamble)
     if magic != MAGIC:
         raise ContainerError(f"{name}: not a vidarc archive (bad magic)")
     if version != FORMAT_VERSION:
@@ -201,14 +224,8 @@ def _parse_footer(
     (header_len,) = U32.unpack_from(footer, 0)
     if header_len > MAX_HEADER_BYTES or U32.size + header_len + U32.size > len(footer):
         raise ContainerError(f"{name}: header length {header_len} does not fit the footer")
-    try:
-        header = json.loads(footer[U32.size : U32.size + header_len].decode())
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-        frame_count = int(header["frame_count"])
-        int(header["width"]), int(header["height"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise ContainerError(f"{name}: unreadable header ({exc})") from None
+    header = parse_header(bytes(footer[U32.size : U32.size + header_len]), name)
+    frame_count = header["frame_count"]
     cursor = U32.size + header_len
     (gop_count,) = U32.unpack_from(footer, cursor)
     cursor += U32.size
@@ -226,20 +243,134 @@ def _parse_footer(
     if next_first != frame_count:
         raise ContainerError(f"{name}: GOPs cover {next_first} frames but the header says {frame_count}")
     attachments = []
-    for item in header.get("attachments", []):
-        try:
-            att = Attachment(
-                str(item["name"]),
-                int(item["offset"]),
-                int(item["length"]),
-                int(item["crc32c"]),
-                dict(item.get("info", {})),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ContainerError(f"{name}: malformed attachment entry ({exc})") from None
+    for item in header.get("attachments") or []:
+        att = _attachment(item, name)
         _check_span(att.offset, att.length, footer_offset, f"attachment {att.name!r}", name)
         attachments.append(att)
     return header, gops, attachments
+
+
+# ---- the header: parsed with bounded depth, then checked field by field ---------------------------
+def _int(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: type(v) is int and low <= v <= high
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_dict(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_rotation(v: Any) -> bool:
+    return type(v) in (int, float) and -360 <= v <= 360
+
+
+_TEXT_FIELDS = (
+    "codec", "codec_version", "model_id", "model_sha256", "time_base", "pix_fmt", "source_format",
+    "source_codec", "source_sha256", "source_uri", "video_key", "run_id", "created_at", "source_chroma",
+    "coded_chroma", "source_note",
+)  # fmt: skip
+
+#: field -> (required, check). Types are those every release wrote; a reader may rely on them.
+HEADER_FIELDS: dict[str, tuple[bool, Callable[[Any], bool]]] = {
+    "frame_count": (True, _int(0, MAX_FRAME_COUNT)),
+    "width": (True, _int(1, MAX_DIMENSION)),
+    "height": (True, _int(1, MAX_DIMENSION)),
+    "fps_num": (False, _optional(_int(1, MAX_RATE_TERM))),
+    "fps_den": (False, _optional(_int(1, MAX_RATE_TERM))),
+    "rotation": (False, _optional(_is_rotation)),
+    "vfr": (False, _optional(lambda v: isinstance(v, bool))),
+    "gop_frames": (False, _optional(_int(1, MAX_FRAME_COUNT))),
+    "source_bytes": (False, _optional(_int(0, 1 << 62))),
+    "attachments": (False, _optional(lambda v: isinstance(v, list) and len(v) <= MAX_ATTACHMENTS)),
+    "decoder_options": (False, _optional(_is_dict)),
+    "color": (False, _optional(_is_dict)),
+    "target": (False, _optional(_is_dict)),
+    "coded_bit_depth": (False, _optional(_int(1, 16))),
+    "source_bit_depth": (False, _optional(_int(1, 32))),
+    "source_frames_declared": (False, _optional(_int(0, MAX_FRAME_COUNT))),
+    **{field: (False, _optional(_is_str)) for field in _TEXT_FIELDS},
+}
+
+
+def parse_header(raw: bytes, name: str) -> dict[str, Any]:
+    """The header JSON as a dict whose fields have the types and ranges of `HEADER_FIELDS`."""
+    depth = json_depth(raw)
+    if depth > MAX_HEADER_DEPTH:
+        raise ContainerError(f"{name}: unreadable header (nested {depth} deep; at most {MAX_HEADER_DEPTH})")
+    try:
+        header = json.loads(raw.decode(), parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ContainerError(f"{name}: unreadable header ({_first_line(exc)})") from None
+    if not isinstance(header, dict):
+        raise ContainerError(f"{name}: unreadable header (not a JSON object)")
+    for field, (required, check) in HEADER_FIELDS.items():
+        if field not in header:
+            if required:
+                raise ContainerError(f"{name}: header has no {field!r}")
+            continue
+        if not check(header[field]):
+            raise ContainerError(f"{name}: header field {field!r} is out of range or of the wrong type")
+    if header["width"] * header["height"] > MAX_FRAME_PIXELS:
+        raise ContainerError(
+            f"{name}: header geometry {header['width']}x{header['height']} exceeds {MAX_FRAME_PIXELS} pixels"
+        )
+    return header
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest nesting of arrays/objects in JSON text, brackets inside strings ignored; linear time,
+    no recursion (a quote is escaped when an odd run of backslashes precedes it)."""
+    import numpy as np
+
+    text = np.frombuffer(raw, dtype=np.uint8)
+    if not len(text):
+        return 0
+    positions = np.arange(len(text))
+    last_plain = np.maximum.accumulate(np.where(text != ord("\\"), positions, -1))
+    before = np.concatenate(([-1], last_plain[:-1]))  # last non-backslash before each position
+    escaped = ((positions - 1 - before) % 2).astype(bool)
+    quotes = (text == ord('"')) & ~escaped
+    outside = np.cumsum(quotes) % 2 == 0
+    steps = (text == ord("[")).astype(np.int64) + (text == ord("{")) - (text == ord("]")) - (text == ord("}"))
+    return max(0, int(np.cumsum(np.where(outside, steps, 0)).max()))
+
+
+def _refuse_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not a number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _attachment(item: Any, name: str) -> Attachment:
+    checks = {
+        "name": lambda v: isinstance(v, str) and 0 < len(v) <= 255,
+        "offset": _int(0, 1 << 62),
+        "length": _int(0, 1 << 62),
+        "crc32c": _int(0, 0xFFFFFFFF),
+    }
+    if not isinstance(item, dict) or not all(k in item and ok(item[k]) for k, ok in checks.items()):
+        raise ContainerError(f"{name}: malformed attachment entry in the header")
+    info = item.get("info", {})
+    if not isinstance(info, dict):
+        raise ContainerError(f"{name}: attachment {item['name']!r} has malformed info")
+    return Attachment(item["name"], item["offset"], item["length"], item["crc32c"], info)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_span(offset: int, length: int, limit: int, what: str, name: str) -> None:

@@ -33,7 +33,7 @@ import zlib
 
 import numpy as np
 
-from codec.base import frames_sha256
+from codec.base import frames_sha256, to_8bit
 
 FINGERPRINT_FORMAT = 1
 #: Below this fingerprint PSNR (worst frame) a pixel decode that is not exact is a mismatch, not drift.
@@ -74,8 +74,9 @@ def _cells(frames: np.ndarray, stride: int) -> np.ndarray:
     """uint8 [T, gh, gw]: each cell's mean BT.709 luma over its samples (edge cells use those they have).
 
     Sums are exact integers (the mean of a linear luma is the luma of the mean colour), so the values
-    do not depend on summation order."""
-    samples = frames[:, ::stride, ::stride]
+    do not depend on summation order. uint16 RGB48 frames (a 10-bit decode) are rounded to 8 bits
+    first, as the quality metrics see them."""
+    samples = to_8bit(frames[:, ::stride, ::stride])
     height, width = samples.shape[1:3]
     rows = np.arange(0, height, SAMPLES)
     cols = np.arange(0, width, SAMPLES)

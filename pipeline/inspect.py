@@ -21,9 +21,12 @@ from codec.base import bits_per_pixel, kilobits_per_second
 from codec.errors import CodecError
 from codec.registry import resolve_model
 from pipeline.container import ContainerError
+from pipeline.manifest import ArchiveParts, DamagedPart, PartsError
+from pipeline.manifest_layout import done_keys
+from pipeline.pack import is_pack, read_member_index, read_pack_index
 from pipeline.reader import ArchiveReader
 from pipeline.runinfo import list_markers
-from pipeline.storage import StorageError, check_reachable, filesystem, join, redact
+from pipeline.storage import StorageError, check_reachable, filesystem, redact
 
 
 class InspectError(Exception):
@@ -31,23 +34,47 @@ class InspectError(Exception):
 
 
 def inspect_object(
-    uri: str, *, endpoint_url: str | None = None, model: str | None = None, device: str = "cpu"
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    model: str | None = None,
+    device: str = "cpu",
+    video: str | None = None,
 ) -> dict[str, Any]:
     """Header, model, decoder, attachments, GOP index with per-GOP rates, and totals of one `.vdrc`
-    object. With `model`, the decoder is built on `device` (loads and checks the weights)."""
+    object. With `model`, the decoder is built on `device` (loads and checks the weights).
+
+    A pack object (`pipeline.pack`) gives its member list (one ranged read per member's index); with
+    `video` (a member's key), that member is inspected like a single-video object, its GOP offsets
+    absolute in the pack."""
     try:
         reader = ArchiveReader(uri, endpoint_url=endpoint_url)
         size = reader.size
+        packed = is_pack(reader.read, size)
     except FileNotFoundError:
         raise InspectError(f"{uri}: no such object") from None
     except StorageError as exc:
         raise InspectError(str(exc)) from None
     except Exception as exc:
         raise InspectError(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})") from None
+    member = None
     try:
+        if packed:
+            pack = read_pack_index(reader.read, size, name=uri)
+            if video is None:
+                return _pack_report(uri, reader, pack)
+            member = pack.member(video)
+            if member is None:
+                raise InspectError(f"{uri}: no video {video!r} in this pack ({len(pack.members)} videos)")
+            reader = ArchiveReader(uri, endpoint_url=endpoint_url, member=(member.offset, member.length))
+        elif video is not None:
+            raise InspectError(f"{uri}: --video applies to a pack object; this one holds a single video")
         index = reader.index()
+        reader.check_preamble()
     except ContainerError as exc:
         raise InspectError(str(exc)) from None
+    except Exception as exc:  # storage errors while reading the tail
+        raise InspectError(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})") from None
     decoder = _decoder(reader, model, device)
     header = {k: v for k, v in index.header.items() if k != "attachments"}
     width, height = int(header["width"]), int(header["height"])
@@ -57,7 +84,7 @@ def inspect_object(
             "index": g.index,
             "first_frame": g.first_frame,
             "frame_count": g.frame_count,
-            "offset": g.offset,
+            "offset": g.offset + (member.offset if member else 0),
             "length": g.length,
             "crc32c": f"{g.crc32c:08x}",
             "bpp": bits_per_pixel(g.length, width, height, g.frame_count),
@@ -70,6 +97,11 @@ def inspect_object(
     return {
         "uri": uri,
         "object_bytes": size,
+        **(
+            {"pack_member": {"video_key": video, "offset": member.offset, "length": member.length}}
+            if member
+            else {}
+        ),
         "header": header,
         "model": {k: header.get(k) for k in ("codec", "codec_version", "model_id", "model_sha256")},
         "decoder": decoder,
@@ -84,8 +116,45 @@ def inspect_object(
             "payload_bytes": payload,
             "bpp": bits_per_pixel(payload, width, height, frames),
             "kbps": kilobits_per_second(payload, frames, fps),
-            "object_bpp": bits_per_pixel(size, width, height, frames),
+            "object_bpp": bits_per_pixel(member.length if member else size, width, height, frames),
             "seconds": float(frames / fps),
+        },
+    }
+
+
+def _pack_report(uri: str, reader: ArchiveReader, pack: Any) -> dict[str, Any]:
+    """A pack's members: each one's key, range, codec, geometry, frames, GOPs and rates."""
+    members = []
+    for member in pack.members:
+        index = read_member_index(reader.read, member, name=uri)
+        header = index.header
+        width, height, frames = int(header["width"]), int(header["height"]), index.frame_count
+        fps = Fraction(int(header.get("fps_num") or 25), int(header.get("fps_den") or 1))
+        payload = sum(g.length for g in index.gops)
+        members.append(
+            {
+                "video_key": member.video_key,
+                "offset": member.offset,
+                "length": member.length,
+                "codec": header.get("codec"),
+                "width": width,
+                "height": height,
+                "frames": frames,
+                "gops": len(index.gops),
+                "source_uri": header.get("source_uri"),
+                "bpp": bits_per_pixel(payload, width, height, frames),
+                "kbps": kilobits_per_second(payload, frames, fps),
+            }
+        )
+    return {
+        "uri": uri,
+        "object_bytes": pack.size,
+        "kind": "pack",
+        "members": members,
+        "totals": {
+            "videos": len(members),
+            "frames": sum(m["frames"] for m in members),
+            "member_bytes": sum(m["length"] for m in members),
         },
     }
 
@@ -112,7 +181,7 @@ def _decoder(reader: ArchiveReader, model: str | None, device: str) -> dict[str,
 class VideoListing:
     video_key: str
     source_uri: str | None
-    status: str  # ok | failed | incomplete
+    status: str  # ok | failed | incomplete | damaged
     codec: str | None
     width: int | None
     height: int | None
@@ -130,30 +199,20 @@ def list_archive(out: str, *, endpoint_url: str | None = None) -> list[VideoList
     """Every video the archive knows of, from its manifest rows and markers.
 
     Status: `ok` (done marker and ok rows), `failed` (a failed row or marker), `incomplete` (rows
-    without a done marker, or a marker without rows: a run stopped between commit steps).
+    without a done marker, or a marker without rows: a run stopped between commit steps), `damaged`
+    (its manifest part does not parse; `error` names the part — the other videos list normally).
     """
-    import pyarrow.dataset as ds
-
-    from pipeline.schema import MANIFEST_SCHEMA
-
     try:
         fs, root = filesystem(out, endpoint_url=endpoint_url)
         check_reachable(fs, root, out, must_exist=True)
-        folder = join(root, "manifest")
-        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet")) if fs.exists(folder) else []
-        done, failed = list_markers(fs, root, "done"), list_markers(fs, root, "failed")
+        parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
+        done, failed = done_keys(fs, root), list_markers(fs, root, "failed")
         columns = [
             "video_key", "source_uri", "status", "codec", "width", "height", "frame_count", "fps_num",
             "fps_den", "fps", "payload_bytes", "psnr", "ms_ssim", "error", "gop_index",
         ]  # fmt: skip
-        rows = (
-            ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs)
-            .to_table(columns=columns)
-            .to_pylist()
-            if parts
-            else []
-        )
-    except StorageError as exc:
+        rows = parts.read(columns).to_pylist()  # each row once: parts, packs, compacted files
+    except (StorageError, PartsError) as exc:
         raise InspectError(str(exc)) from None
     except Exception as exc:
         raise InspectError(
@@ -162,9 +221,23 @@ def list_archive(out: str, *, endpoint_url: str | None = None) -> list[VideoList
     by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_video[row["video_key"]].append(row)
-    for key in done | failed:
+    damaged = parts.damaged_keys()
+    for key in done | failed | set(damaged):
         by_video.setdefault(key, [])
-    return [_listing(key, by_video[key], key in done, key in failed) for key in sorted(by_video)]
+    listings = []
+    for key in sorted(by_video):
+        if key in damaged:
+            listings.append(_damaged_listing(key, damaged[key]))
+        else:
+            listings.append(_listing(key, by_video[key], key in done, key in failed))
+    return listings
+
+
+def _damaged_listing(key: str, part: DamagedPart) -> VideoListing:
+    return VideoListing(
+        video_key=key, source_uri=None, status="damaged", codec=None, width=None, height=None, frames=0,
+        gops=0, payload_bytes=0, bpp=None, kbps=None, psnr=None, ms_ssim=None, error=part.line(),
+    )  # fmt: skip
 
 
 def _listing(key: str, rows: list[dict[str, Any]], done: bool, failed: bool) -> VideoListing:

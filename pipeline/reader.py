@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from codec.base import Codec
-from codec.errors import CodecError
+from codec.errors import CodecError, CorruptPayloadError
 from codec.registry import decoder_for
 from pipeline.container import (
+    TAIL_GUESS,
     TIMESTAMPS_ATTACHMENT,
     ContainerError,
     ContainerIndex,
@@ -26,20 +27,24 @@ from pipeline.container import (
     read_attachment,
     read_gop,
     read_index,
+    read_preamble,
 )
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, full_uri, retrying
 
 
 class CountingReader:
-    """A RangeReader (fresh ranged GETs) that counts the bytes it fetched."""
+    """A RangeReader (fresh ranged GETs, transient faults retried) that counts the bytes it fetched."""
 
-    def __init__(self, fs: Any, path: str) -> None:
+    def __init__(self, fs: Any, path: str, *, base: int = 0) -> None:
         self.fs, self.path, self.bytes_read, self.reads = fs, path, 0, 0
+        self.base = base  # a pack member's first byte: offsets are relative to it
+        self.uri = full_uri(fs, path)
 
     def __call__(self, offset: int, length: int) -> bytes:
         if length == 0:
             return b""
-        data = self.fs.cat_file(self.path, start=offset, end=offset + length)
+        start = self.base + offset
+        data = retrying(self.uri, lambda: self.fs.cat_file(self.path, start=start, end=start + length))
         self.bytes_read += len(data)
         self.reads += 1
         return data
@@ -48,23 +53,33 @@ class CountingReader:
 class ArchiveReader:
     """One `.vdrc` object, read lazily: `index()` on first use, then `gop(i)` per GOP.
 
-    `size` (when a listing already gave it) saves the HEAD request. Errors: ContainerError for a
-    damaged or foreign object, CodecError for a decoder that cannot be built or holds other weights
-    (both one line, naming the object); storage errors (FileNotFoundError, ...) pass through for the
-    caller to word.
+    `size` (when a listing already gave it) saves the HEAD request; `member` reads one video of a
+    pack. Errors: ContainerError for a damaged or foreign object, CodecError for a decoder that cannot
+    be built or holds other weights (both one line, naming the object); storage errors
+    (FileNotFoundError, ...) pass through for the caller to word.
     """
 
-    def __init__(self, uri: str, *, endpoint_url: str | None = None, size: int | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        endpoint_url: str | None = None,
+        size: int | None = None,
+        member: tuple[int, int] | None = None,
+    ) -> None:
         self.uri = uri
         self.fs, self.path = filesystem(uri, endpoint_url=endpoint_url)
-        self.read = CountingReader(self.fs, self.path)
-        self._size = size
+        # a video inside a pack (`pipeline.pack`): its container is the byte range `member` = (offset,
+        # length) of the object, read exactly like a single-video object
+        self.member = member
+        self.read = CountingReader(self.fs, self.path, base=member[0] if member else 0)
+        self._size = member[1] if member else size
         self._index: ContainerIndex | None = None
 
     @property
     def size(self) -> int:
         if self._size is None:
-            self._size = int(self.fs.size(self.path))
+            self._size = int(retrying(self.uri, lambda: self.fs.size(self.path)))
         return self._size
 
     @property
@@ -76,6 +91,12 @@ class ArchiveReader:
         if self._index is None:
             self._index = read_index(self.read, self.size, name=self.uri)
         return self._index
+
+    def check_preamble(self) -> None:
+        """The object's first bytes (magic, format version). `index()` checks them for free when the
+        object fits in its one tail read; a larger object costs one more 8-byte ranged read."""
+        if self.index().size > TAIL_GUESS:
+            read_preamble(self.read, name=self.uri)
 
     @property
     def header(self) -> dict[str, Any]:
@@ -102,10 +123,21 @@ class ArchiveReader:
         attachment = index.attachment(TIMESTAMPS_ATTACHMENT)
         if attachment is None or not attachment.info.get("time_base"):
             return None
-        pts = np.frombuffer(read_attachment(self.read, attachment, name=self.uri), dtype="<i8")
+        try:
+            time_base = Fraction(str(attachment.info["time_base"]))
+        except (ValueError, ZeroDivisionError):
+            raise ContainerError(f"{self.uri}: the frame timestamps' time base is malformed") from None
+        if time_base <= 0:
+            raise ContainerError(f"{self.uri}: the frame timestamps' time base is not positive")
+        blob = read_attachment(self.read, attachment, name=self.uri)
+        if len(blob) % 8:
+            raise ContainerError(f"{self.uri}: the frame timestamps attachment is not whole int64 values")
+        pts = np.frombuffer(blob, dtype="<i8")
         if len(pts) != index.frame_count:
             raise ContainerError(f"{self.uri}: {len(pts)} frame timestamps for {index.frame_count} frames")
-        return pts, Fraction(attachment.info["time_base"])
+        if len(pts) > 1 and not (np.diff(pts) > 0).all():
+            raise ContainerError(f"{self.uri}: the frame timestamps do not increase")
+        return pts, time_base
 
     def decoder_for(self, *, model: str | None = None, device: str = "cpu") -> Codec:
         """The decoder this object's header asks for (`codec.registry.decoder_for`), errors naming it."""
@@ -135,9 +167,11 @@ def decode_payload(
     codec: Codec, payload: bytes, entry: GopEntry, header: dict[str, Any], *, name: str
 ) -> np.ndarray:
     """One GOP's frames from its payload; a decoder's refusal names the object and the GOP."""
+    where = f"{name}: GOP {entry.index} (frames {entry.first_frame}+{entry.frame_count})"
     try:
         return codec.decode(payload, entry.frame_count, int(header["width"]), int(header["height"]))
     except CodecError as exc:
-        raise CodecError(
-            f"{name}: GOP {entry.index} (frames {entry.first_frame}+{entry.frame_count}): {exc}"
-        ) from None
+        raise type(exc)(f"{where}: {exc}") from None
+    except (MemoryError, RecursionError, ArithmeticError, ValueError, TypeError, IndexError) as exc:
+        # a decoder must refuse bad bytes with CorruptPayloadError; anything else is still one line
+        raise CorruptPayloadError(f"{where}: the decoder failed ({type(exc).__name__}: {exc})") from None

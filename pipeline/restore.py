@@ -11,6 +11,8 @@ Choices where the brief is silent:
 - DEST `.mkv` is lossless (FFV1 on RGB (bgr0), so the decoded frames come back bit-exactly); `.mp4` is
   H.264 at CRF 10 (visually transparent), 4:2:0 when both sides are even, else 4:4:4 (4:2:0 cannot
   hold odd sizes), so an mp4 plays everywhere and an mkv is an exact copy of the archive's frames.
+  An archive coded at more than 8 bits (`coded_bit_depth`, a 10-bit source on a classic codec)
+  restores at depth: FFV1 on 16-bit RGB (gbrp16le) or H.264 High 10 (10-bit 4:2:0 / 4:4:4).
 - Timing: a constant-rate source is written at its rational rate (time base 1/fps); a variable-rate
   one with its original timestamps from the `frame_pts.i64` attachment. A frame range starts at 0.
 - Audio for a frame range: the audio packets overlapping the range's time span, shifted to start at
@@ -36,9 +38,10 @@ import numpy as np
 from codec.base import Codec
 from codec.errors import CodecError
 from pipeline.container import AUDIO_ATTACHMENT, ContainerError, ContainerIndex, GopEntry
+from pipeline.manifest import ArchiveParts, DamagedPart, PartsError
+from pipeline.manifest_layout import container_location
 from pipeline.reader import ArchiveReader
-from pipeline.runinfo import container_path
-from pipeline.storage import StorageError, filesystem, full_uri, is_local, join, open_atomic, redact
+from pipeline.storage import StorageError, filesystem, full_uri, is_local, open_atomic, redact
 
 DEST_FORMATS = {".mp4": "mp4", ".mkv": "matroska"}
 MP4_CRF = 10
@@ -69,6 +72,7 @@ class ArchivedVideo:
     source_uri: str | None
     archive_uri: str
     status: str
+    member: tuple[int, int] | None = None  # its range in a pack object (`pipeline.pack`), else None
 
 
 def restore_video(
@@ -89,9 +93,9 @@ def restore_video(
     if suffix not in DEST_FORMATS:
         raise RestoreError(f"{dest}: DEST must end in .mp4 or .mkv")
     entry = find_video(out, video, endpoint_url=endpoint_url)
-    reader = ArchiveReader(entry.archive_uri, endpoint_url=endpoint_url)
+    reader = ArchiveReader(entry.archive_uri, endpoint_url=endpoint_url, member=entry.member)
     try:
-        reader.size  # noqa: B018 (one HEAD: a missing object is worded here, before any decoding)
+        reader.fs.size(reader.path)  # one HEAD: a missing object is worded here, before any decoding
     except FileNotFoundError:
         raise RestoreError(f"{entry.archive_uri}: archive object is missing") from None
     except Exception as exc:
@@ -100,6 +104,8 @@ def restore_video(
         ) from None
     try:
         index = reader.index()
+        reader.check_preamble()
+        fps = _frame_rate(index.header, entry.archive_uri)
         first, stop = _frame_range(frames, index.frame_count, entry.archive_uri)
         gops = [g for g in index.gops if g.first_frame < stop and g.first_frame + g.frame_count > first]
         decoder = reader.decoder_for(model=model, device=device)
@@ -109,13 +115,15 @@ def restore_video(
             _write_video(tmp, DEST_FORMATS[suffix], reader, gops, decoder, (first, stop), audio, pts)
     except (ContainerError, CodecError) as exc:
         raise RestoreError(str(exc).splitlines()[0]) from None
+    except _av_error() as exc:  # the muxer refusing what a damaged archive decoded to
+        raise RestoreError(f"{entry.archive_uri}: cannot write {dest} ({exc})") from None
     return RestoreResult(
         dest=dest,
         video_key=entry.video_key,
         archive_uri=entry.archive_uri,
         first_frame=first,
         frame_count=stop - first,
-        fps=Fraction(int(index.header["fps_num"]), int(index.header["fps_den"])),
+        fps=fps,
         gops_decoded=len(gops),
         bytes_read=reader.bytes_read,
         audio=audio is not None,
@@ -123,43 +131,40 @@ def restore_video(
 
 
 # ---- finding the video ------------------------------------------------------------------------------
-def archived_videos(out: str, *, endpoint_url: str | None = None) -> list[ArchivedVideo]:
-    """Every video the manifest of `out` names (one entry per video_key)."""
-    import pyarrow.dataset as ds
-
-    from pipeline.schema import MANIFEST_SCHEMA
-
-    fs, root = filesystem(out, endpoint_url=endpoint_url)
-    folder = join(root, "manifest")
+def archived_videos(
+    out: str, *, endpoint_url: str | None = None
+) -> tuple[list[ArchivedVideo], list[DamagedPart]]:
+    """Every video the manifest of `out` names (one entry per video_key; parts, packs and compacted
+    files resolved by `manifest_layout`), and its damaged parts (a damaged part costs only its own
+    video: the others are listed)."""
+    columns = ["video_key", "source_uri", "status", "archive_uri", "member_offset", "member_length"]
     try:
-        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet")) if fs.exists(folder) else []
-    except Exception as exc:
-        raise StorageError(
-            f"{out}: cannot list the manifest ({type(exc).__name__}: {redact(str(exc))})"
-        ) from None
-    if not parts:
-        raise RestoreError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
-    columns = ["video_key", "source_uri", "status"]
-    table = ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs).to_table(
-        columns=columns
-    )
+        parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
+        if not len(parts):
+            raise RestoreError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
+        rows = parts.read(columns).to_pylist()
+    except PartsError as exc:
+        raise StorageError(str(exc)) from None
     videos: dict[str, ArchivedVideo] = {}
-    for row in table.to_pylist():
+    for row in rows:
         key = row["video_key"]
-        # the container under OUT (not the manifest's archive_uri): an archive may have been moved
-        archive_uri = full_uri(fs, container_path(root, key))
+        # the object under OUT (not the manifest's archive_uri): an archive may have been moved
+        path, member = container_location(parts.fs, parts.root, row)
         previous = videos.get(key)
         status = row["status"] or "unknown"
         if previous is not None and previous.status != "ok":
             status = previous.status
-        videos[key] = ArchivedVideo(key, row["source_uri"], archive_uri, status)
-    return sorted(videos.values(), key=lambda v: v.video_key)
+        videos[key] = ArchivedVideo(key, row["source_uri"], full_uri(parts.fs, path), status, member)
+    return sorted(videos.values(), key=lambda v: v.video_key), parts.damaged
 
 
 def find_video(out: str, video: str, *, endpoint_url: str | None = None) -> ArchivedVideo:
     """The archived video named `video`: its key, its source URI, its source's path relative to SRC
     (any unique trailing path), or its file name. Ambiguous names list the candidates."""
-    videos = archived_videos(out, endpoint_url=endpoint_url)
+    videos, damaged = archived_videos(out, endpoint_url=endpoint_url)
+    for part in damaged:
+        if part.video_key == video:
+            raise RestoreError(part.line())
     matches = [v for v in videos if v.video_key == video]
     if not matches:
         matches = [v for v in videos if v.source_uri == video]
@@ -167,7 +172,13 @@ def find_video(out: str, video: str, *, endpoint_url: str | None = None) -> Arch
         wanted = video.strip("/")
         matches = [v for v in videos if v.source_uri and _path_ends_with(v.source_uri, wanted)]
     if not matches:
-        raise RestoreError(f"{out}: no archived video named {video!r} (give a video_key or a source name)")
+        hint = ""
+        if damaged:
+            more = ", ..." if len(damaged) > 1 else ""
+            hint = f" ({len(damaged)} damaged manifest parts could not be searched: {damaged[0].uri}{more})"
+        raise RestoreError(
+            f"{out}: no archived video named {video!r} (give a video_key or a source name){hint}"
+        )
     if len(matches) > 1:
         listed = ", ".join(f"{m.video_key} ({m.source_uri})" for m in matches[:10])
         raise RestoreError(f"{out}: {video!r} is ambiguous; candidates: {listed}")
@@ -180,6 +191,18 @@ def find_video(out: str, video: str, *, endpoint_url: str | None = None) -> Arch
 def _path_ends_with(uri: str, tail: str) -> bool:
     parts, wanted = uri.rstrip("/").split("/"), tail.split("/")
     return parts[-len(wanted) :] == wanted
+
+
+def _frame_rate(header: dict[str, Any], name: str) -> Fraction:
+    if not header.get("fps_num") or not header.get("fps_den"):
+        raise RestoreError(f"{name}: the header records no frame rate (fps_num/fps_den)")
+    return Fraction(header["fps_num"], header["fps_den"])
+
+
+def _av_error() -> type[Exception]:
+    import av
+
+    return av.FFmpegError
 
 
 def _frame_range(frames: tuple[int | None, int | None] | None, total: int, name: str) -> tuple[int, int]:
@@ -250,7 +273,8 @@ def _write_video(
     header = index.header
     first, stop = span
     width, height = int(header["width"]), int(header["height"])
-    fps = Fraction(int(header["fps_num"]), int(header["fps_den"]))
+    fps = _frame_rate(header, reader.uri)
+    deep = isinstance(header.get("coded_bit_depth"), int) and header["coded_bit_depth"] > 8
     if vfr_pts is not None:
         time_base, pts = vfr_pts[1], vfr_pts[0] - vfr_pts[0][first]
     else:
@@ -262,7 +286,7 @@ def _write_video(
     audio_in = av.open(io.BytesIO(audio), mode="r", format="matroska") if audio else None
     try:
         with av.open(tmp, mode="w", format=fmt) as container:
-            stream = _video_stream(container, fmt, width, height, fps, time_base)
+            stream = _video_stream(container, fmt, width, height, fps, time_base, deep=deep)
             if header.get("rotation"):
                 with contextlib.suppress(AttributeError, ValueError):
                     stream.set_display_rotation(int(header["rotation"]))
@@ -279,7 +303,7 @@ def _write_video(
                     number = entry.first_frame + offset
                     if not first <= number < stop:
                         continue
-                    picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+                    picture = _picture(image, deep)
                     picture.pts, picture.time_base = int(pts[number]), time_base
                     container.mux(stream.encode(picture))
                 # interleave: audio up to the end of this GOP's frames (restored-file time)
@@ -299,16 +323,29 @@ def _span_seconds(first: int, stop: int, fps: Fraction, vfr: tuple[np.ndarray, F
     return float((vfr[0][stop] - vfr[0][first]) * vfr[1])
 
 
+def _picture(image: np.ndarray, deep: bool) -> Any:
+    """A decoded frame as a PyAV picture at the stream's depth (uint16 RGB48 when `deep`)."""
+    import av
+
+    from codec.base import to_8bit
+
+    if deep:
+        wide = image if image.dtype == np.uint16 else image.astype(np.uint16) * 257
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(wide), format="rgb48le")
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(to_8bit(image)), format="rgb24")
+
+
 def _video_stream(
-    container: Any, fmt: str, width: int, height: int, fps: Fraction, time_base: Fraction
+    container: Any, fmt: str, width: int, height: int, fps: Fraction, time_base: Fraction, *, deep: bool
 ) -> Any:
+    even = width % 2 == 0 and height % 2 == 0
     if fmt == "matroska":
         stream = container.add_stream("ffv1", rate=fps)
-        stream.pix_fmt = "bgr0"  # RGB kept as RGB: lossless for the decoded frames
+        stream.pix_fmt = "gbrp16le" if deep else "bgr0"  # RGB kept as RGB: lossless for the decoded frames
         stream.options = {"level": "3", "slicecrc": "1"}
     else:
         stream = container.add_stream("libx264", rate=fps)
-        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        stream.pix_fmt = ("yuv420p" if even else "yuv444p") + ("10le" if deep else "")
         stream.options = {"crf": str(MP4_CRF), "preset": "medium"}
     stream.width, stream.height = width, height
     stream.codec_context.time_base = time_base

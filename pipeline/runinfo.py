@@ -9,6 +9,15 @@ Layout under OUT (DESIGN.md "Archive layout", plus the markers):
     markers/done/<video_key>.json  written LAST, after the container and its manifest part
     markers/failed/<video_key>.json  a video that failed (with the reason); --retry-failed reruns it
 
+With `--pack N_MB`, many videos share one object instead (`pipeline.pack`):
+
+    packs/<pack_id>.vdrc           the videos' containers back to back, plus a pack index
+    manifest/pack-<pack_id>.parquet  the rows of every video in the pack
+    markers/packs/<pack_id>.json   written LAST; lists the pack's videos (they are done)
+
+A pack's part and object count only once its marker exists: a run killed before it leaves an orphan
+pack (never read; `vidarc compact` removes it) and its videos are redone into another pack.
+
 Markers live outside `runs/<run_id>/` because they describe the archive, not one run: a rerun with a
 new run id must see what earlier runs finished. A video counts as done only when its done marker
 exists, and the marker is written after the container and manifest part are both in place, so a run
@@ -22,11 +31,14 @@ import datetime as _dt
 import json
 import secrets
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 
-from pipeline.storage import join, redact, write_bytes
+from pipeline.keyset import KeySet
+from pipeline.listing import iter_pages
+from pipeline.storage import join, list_names, read_bytes, redact, write_bytes
 
 MARKERS_DIR = "markers"
 CONTAINER_SUFFIX = ".vdrc"
@@ -45,6 +57,21 @@ def manifest_path(out_root: str, video_key: str) -> str:
     return join(out_root, "manifest", f"part-{video_key}.parquet")
 
 
+def pack_path(out_root: str, pack_id: str) -> str:
+    """A pack object (`pipeline.pack`): many videos in one object."""
+    return join(out_root, "packs", pack_id + CONTAINER_SUFFIX)
+
+
+def pack_manifest_path(out_root: str, pack_id: str) -> str:
+    """The manifest rows of every video in a pack (one part per pack)."""
+    return join(out_root, "manifest", f"pack-{pack_id}.parquet")
+
+
+def pack_marker_path(out_root: str, pack_id: str) -> str:
+    """Written last: the pack's videos are done (the marker lists them)."""
+    return join(out_root, MARKERS_DIR, "packs", f"{pack_id}.json")
+
+
 def run_dir(out_root: str, run_id: str) -> str:
     return join(out_root, "runs", run_id)
 
@@ -57,16 +84,53 @@ def marker_path(out_root: str, state: str, video_key: str) -> str:
 
 def list_markers(fs: fsspec.AbstractFileSystem, out_root: str, state: str) -> set[str]:
     """Video keys with a `state` marker (one listing, not one request per video)."""
-    folder = join(out_root, MARKERS_DIR, state)
-    try:
-        names = fs.ls(folder, detail=False)
-    except FileNotFoundError:
-        return set()
+    names = list_names(fs, join(out_root, MARKERS_DIR, state))
     return {n.rsplit("/", 1)[-1][: -len(".json")] for n in names if n.endswith(".json")}
 
 
+def iter_marker_keys(fs: fsspec.AbstractFileSystem, out_root: str, state: str) -> Iterator[list[str]]:
+    """Pages of video keys with a `state` marker, listed page by page (never the whole folder at once)."""
+    folder = join(out_root, MARKERS_DIR, state)
+    for page in iter_pages(fs, folder, ordered=False):
+        keys = []
+        for item in page:
+            name = item.path.rsplit("/", 1)[-1]
+            if name.endswith(".json") and ".tmp-" not in name:
+                keys.append(name[: -len(".json")])
+        if keys:
+            yield keys
+
+
+def marker_keyset(fs: fsspec.AbstractFileSystem, out_root: str, state: str) -> KeySet:
+    """The keys with a `state` marker as a compact `KeySet` (16 bytes per video; for resuming huge runs).
+    Done includes every video of a committed pack."""
+    keys = KeySet()
+    for page in iter_marker_keys(fs, out_root, state):
+        keys.add(page)
+    if state == "done":
+        for marker in iter_pack_markers(fs, out_root):
+            keys.add(marker["members"])
+    return keys.freeze()
+
+
+def iter_pack_markers(fs: fsspec.AbstractFileSystem, out_root: str) -> Iterator[dict[str, Any]]:
+    """Every committed pack's marker (`pack_id`, `archive_uri`, `members`: its video keys)."""
+    folder = join(out_root, MARKERS_DIR, "packs")
+    for page in iter_pages(fs, folder):
+        for item in page:
+            name = item.path.rsplit("/", 1)[-1]
+            if not name.endswith(".json") or ".tmp-" in name:
+                continue
+            try:
+                marker = json.loads(read_bytes(fs, item.path))
+            except FileNotFoundError:
+                continue
+            if isinstance(marker, dict) and isinstance(marker.get("members"), list):
+                yield marker
+
+
 def read_marker(fs: fsspec.AbstractFileSystem, out_root: str, state: str, video_key: str) -> dict[str, Any]:
-    return json.loads(fs.cat_file(marker_path(out_root, state, video_key)))
+    return json.loads(read_bytes(fs, marker_path(out_root, state, video_key)))
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, record: dict[str, Any]) -> None:

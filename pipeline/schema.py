@@ -77,6 +77,20 @@ MANIFEST_SCHEMA = pa.schema(
         ("recon_sha256", pa.string()),  # sha256 of the encoder's reconstruction (uint8 T×H×W×3, C order)
         ("exact_sha256", pa.string()),  # sha256 of the exact part (Codec.exact_digest; classic: = recon)
         ("fingerprint", pa.binary()),  # compact per-frame 1/8-scale luma of the reconstruction
+        # --- from an input list (`vidarc archive LIST OUT`); null for a folder or prefix ---
+        ("caption", pa.string()),
+        ("license", pa.string()),
+        ("split", pa.string()),
+        # --- a video packed with others in one object (`--pack`): its container's range in the pack;
+        # null for a single-video object. `offset` is then absolute in the pack object ---
+        ("member_offset", pa.int64()),
+        ("member_length", pa.int64()),
+        # --- what the archive keeps of the source (null in parts of earlier releases) ---
+        ("source_bit_depth", pa.int32()),  # bits per component of the source's pixels (8, 10, ...)
+        ("source_chroma", pa.string()),  # "4:2:0", "4:2:2", "4:4:4", "4:0:0", "rgb"
+        ("coded_bit_depth", pa.int32()),  # what the codec stored: 10 for a 10-bit source on x265, 8 on glvc
+        ("source_frames_declared", pa.int64()),  # frames the source's container declares (null: unknown)
+        ("source_note", pa.string()),  # e.g. "truncated source: 6 of 30 declared frames are readable; ..."
     ]
 )
 
@@ -156,6 +170,9 @@ REFERENCE_SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+#: Input-list columns carried into every manifest row of a video.
+SOURCE_METADATA_COLUMNS = ("caption", "license", "split")
 
 VERIFY_SCHEMA = pa.schema(
     [

@@ -19,6 +19,13 @@ Choices where the brief is silent:
   rotation back, so nothing is resampled.
 - Files that do not open are either skipped (not a video) or failed (they look like a video container
   by their magic bytes or extension but cannot be read: truncated or corrupt).
+- Nothing is lost silently: the probe records the frames the container *declares* (its frame count,
+  else its duration × rate) next to the frames it can read, so a truncated source is archived with a
+  warning instead of quietly short; and the source's bit depth and chroma format (from its pixel
+  format), so a reduction (10-bit coded at 8, 4:4:4 at 4:2:0) is on record.
+- Memory is bounded before anything is decoded: a source whose declared frame size exceeds the pixel
+  budget (`max_pixels`, default 8K) fails at probe time, and a decoded frame larger than declared (or
+  than the budget) stops the GOP decode after that first frame.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 
 from codec.modeldir import sha256_file
 from pipeline.hashing_reader import HashingReader
-from pipeline.storage import filesystem, is_local
+from pipeline.storage import RetryingFile, filesystem, is_local
 
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
@@ -44,6 +51,8 @@ VIDEO_EXTENSIONS = (
 #: Demuxers that read still images; a PNG or JPEG "opens" as a one-frame video but is not one.
 IMAGE_FORMAT_SUFFIX = "_pipe"
 IMAGE_FORMATS = {"image2", "gif", "apng", "webp_pipe"}
+#: Default pixel budget per frame: 8K UHD (7680×4320). A decoded 48-frame GOP of it is ~4.8 GB of RGB.
+DEFAULT_MAX_PIXELS = 7680 * 4320
 
 
 class SourceError(Exception):
@@ -75,6 +84,27 @@ class VideoInfo:
     time_base: Fraction | None
     #: sha256 of the whole source object, taken while probing (see `hashing_reader`).
     source_sha256: str | None = None
+    #: Bits per component of the stored pixels (8, 10, 12, ...) and their chroma format ("4:2:0", ...).
+    bit_depth: int = 8
+    chroma: str | None = None
+    #: Frames the container declares (its count, else duration × rate); None when it does not say.
+    declared_frames: int | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Fewer readable frames than declared (a rounding frame's slack for duration estimates)."""
+        if self.declared_frames is None:
+            return False
+        return self.frame_count < self.declared_frames - max(1, self.declared_frames // 100)
+
+    def source_note(self) -> str | None:
+        """One line for the record when the source is not archived whole: truncated."""
+        if self.truncated:
+            return (
+                f"truncated source: {self.frame_count} of {self.declared_frames} declared frames are readable; "
+                f"the {self.frame_count} were archived"
+            )
+        return None
 
     def header_fields(self) -> dict[str, Any]:
         """Fields recorded in the archive header and run records (no per-frame lists)."""
@@ -92,6 +122,9 @@ class VideoInfo:
             "color": self.color,
             "time_base": str(self.time_base) if self.time_base else None,
             "source_sha256": self.source_sha256,
+            "source_bit_depth": self.bit_depth,
+            "source_chroma": self.chroma,
+            "source_frames_declared": self.declared_frames,
         }
 
 
@@ -106,7 +139,9 @@ def open_source(uri: str, endpoint_url: str | None = None) -> Iterator[Any]:
         if is_local(fs):
             container = av.open(path, mode="r", metadata_errors="ignore")
         else:
-            handle = fs.open(path, "rb", block_size=4 * 1024 * 1024, cache_type="readahead")
+            handle = RetryingFile(
+                fs.open(path, "rb", block_size=4 * 1024 * 1024, cache_type="readahead"), uri
+            )
             container = av.open(handle, mode="r", metadata_errors="ignore")
         try:
             yield container
@@ -117,8 +152,16 @@ def open_source(uri: str, endpoint_url: str | None = None) -> Iterator[Any]:
             handle.close()
 
 
-def probe(uri: str, *, endpoint_url: str | None = None, head: bytes = b"", sha256: bool = False) -> VideoInfo:
-    """Describe a source video. Raises NotAVideo (skip it) or SourceError (it is a broken video).
+def probe(
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    head: bytes = b"",
+    sha256: bool = False,
+    max_pixels: int | None = None,
+) -> VideoInfo:
+    """Describe a source video. Raises NotAVideo (skip it) or SourceError (it is a broken video, or
+    one whose declared frame size exceeds `max_pixels`, checked before its packets are read).
 
     `head` (the object's first bytes, if the caller has them) helps tell a broken video from a
     non-video when the container does not open. `sha256=True` also fills `source_sha256` (the
@@ -129,9 +172,9 @@ def probe(uri: str, *, endpoint_url: str | None = None, head: bytes = b"", sha25
     try:
         if not sha256:
             with open_source(uri, endpoint_url) as container:
-                return _describe(container, uri)
+                return _describe(container, uri, max_pixels)
         with _open_hashed(uri, endpoint_url) as (container, finish_hash):
-            info = _describe(container, uri)
+            info = _describe(container, uri, max_pixels)
             return dataclasses.replace(info, source_sha256=finish_hash())
     except (NotAVideo, SourceError):
         raise
@@ -157,7 +200,7 @@ def _open_hashed(uri: str, endpoint_url: str | None) -> Iterator[tuple[Any, Call
             yield container, lambda: sha256_file(Path(path))
         return
     with fs.open(path, "rb", block_size=4 * 1024 * 1024, cache_type="readahead") as handle:
-        reader = HashingReader(handle)
+        reader = HashingReader(RetryingFile(handle, uri))
         container = av.open(reader, mode="r", metadata_errors="ignore")
         try:
             yield container, reader.finish
@@ -165,7 +208,18 @@ def _open_hashed(uri: str, endpoint_url: str | None) -> Iterator[tuple[Any, Call
             container.close()
 
 
-def _describe(container: Any, uri: str) -> VideoInfo:
+def check_pixel_budget(
+    uri: str, width: int, height: int, max_pixels: int | None, what: str = "declares"
+) -> None:
+    """SourceError when a frame of width×height exceeds the pixel budget (a hostile or huge source)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise SourceError(
+            f"{uri}: {what} {width}x{height} frames ({width * height} pixels), over the pixel budget of "
+            f"{max_pixels} (--max-pixels; default 8K, 7680x4320)"
+        )
+
+
+def _describe(container: Any, uri: str, max_pixels: int | None = None) -> VideoInfo:
     fmt = container.format.name.split(",")[0]
     if fmt in IMAGE_FORMATS or fmt.endswith(IMAGE_FORMAT_SUFFIX):
         raise NotAVideo(f"{uri}: a still image ({fmt}), not a video")
@@ -175,6 +229,8 @@ def _describe(container: Any, uri: str) -> VideoInfo:
     has_audio = bool(container.streams.audio)
     codec_ctx = stream.codec_context
     width, height = int(codec_ctx.width), int(codec_ctx.height)
+    check_pixel_budget(uri, width, height, max_pixels)  # before reading a single packet
+    declared = _declared_frames(container, stream)
     pts_values: list[int] = []
     durations: set[int] = set()
     missing_pts = False
@@ -196,6 +252,7 @@ def _describe(container: Any, uri: str) -> VideoInfo:
     vfr = len(durations) > 1 or (pts_sorted is not None and _has_uneven_steps(pts_sorted))
     time_base = Fraction(stream.time_base) if stream.time_base else None
     fps = _frame_rate(stream, count, pts_sorted, time_base, vfr=vfr)
+    depth, chroma = pixel_format_traits(codec_ctx.pix_fmt)
     return VideoInfo(
         width=width,
         height=height,
@@ -210,7 +267,50 @@ def _describe(container: Any, uri: str) -> VideoInfo:
         has_audio=has_audio,
         frame_pts=pts_sorted,
         time_base=time_base,
+        bit_depth=depth,
+        chroma=chroma,
+        declared_frames=_declared_count(declared, fps),
     )
+
+
+def _declared_frames(container: Any, stream: Any) -> tuple[int | None, float | None]:
+    """(frame count the stream header states, duration in seconds the container states)."""
+    count = int(stream.frames) if stream.frames else None
+    seconds = None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / 1_000_000  # AV_TIME_BASE
+    return count, seconds
+
+
+def _declared_count(declared: tuple[int | None, float | None], fps: Fraction) -> int | None:
+    count, seconds = declared
+    if count:
+        return count
+    if seconds and seconds > 0 and fps > 0:
+        return round(seconds * float(fps))
+    return None
+
+
+def pixel_format_traits(pix_fmt: str | None) -> tuple[int, str | None]:
+    """(bits per component, chroma format) of a pixel format: ("yuv420p10le") -> (10, "4:2:0")."""
+    import av
+
+    if not pix_fmt:
+        return 8, None
+    try:
+        fmt = av.VideoFormat(pix_fmt)
+    except (ValueError, TypeError):
+        return 8, None
+    depth = max((c.bits for c in fmt.components), default=8)
+    if fmt.is_rgb:
+        return depth, "rgb"
+    if len(fmt.components) < 3:
+        return depth, "4:0:0"
+    wide, tall = fmt.chroma_width(64), fmt.chroma_height(64)
+    names = {(32, 32): "4:2:0", (32, 64): "4:2:2", (64, 64): "4:4:4", (16, 64): "4:1:1", (64, 32): "4:4:0"}
+    return depth, names.get((wide, tall), f"{wide}/{tall} of 64")
 
 
 def _has_uneven_steps(pts: tuple[int, ...]) -> bool:
@@ -283,14 +383,31 @@ def decode_frames(
     *,
     expected_pts: tuple[int, ...] | None,
     endpoint_url: str | None = None,
+    size: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
+    high_bit_depth: bool = False,
 ) -> np.ndarray:
-    """Frames `first_frame`..+`frame_count` as uint8 T×H×W×3 RGB, decoded as stored.
+    """Frames `first_frame`..+`frame_count` as RGB T×H×W×3, decoded as stored: uint8, or with
+    `high_bit_depth` uint16 (RGB48, full 16-bit scale) so a 10-bit source keeps its precision.
 
     With `expected_pts` (the GOP's frames' timestamps from `probe`) the decoder seeks to the keyframe
     before the first one and keeps exactly those frames; without, it decodes from the start.
+    Every decoded frame must be `size` (width, height; the probe's) and within `max_pixels`: the first
+    one that is not stops the decode (SourceError) before it is converted or more are decoded.
     Raises SourceError when frames are missing (a truncated or corrupt source).
     """
     import av
+
+    rgb = "rgb48le" if high_bit_depth else "rgb24"
+
+    def convert(frame: Any) -> np.ndarray:
+        check_pixel_budget(uri, frame.width, frame.height, max_pixels, what="decodes to")
+        if size is not None and (frame.width, frame.height) != tuple(size):
+            raise SourceError(
+                f"{uri}: a frame decodes to {frame.width}x{frame.height}, the stream declares "
+                f"{size[0]}x{size[1]} (corrupt, or the size changes mid-stream)"
+            )
+        return frame.to_ndarray(format=rgb)
 
     frames: list[np.ndarray] = []
     try:
@@ -305,14 +422,14 @@ def decode_frames(
                 for frame in container.decode(stream):
                     ts = frame.pts
                     if ts in wanted:
-                        frames.append(frame.to_ndarray(format="rgb24"))
+                        frames.append(convert(frame))
                         wanted.discard(ts)
                     if len(frames) == frame_count or (ts is not None and ts > last and not wanted):
                         break
             else:
                 for index, frame in enumerate(container.decode(stream)):
                     if index >= first_frame:
-                        frames.append(frame.to_ndarray(format="rgb24"))
+                        frames.append(convert(frame))
                     if len(frames) == frame_count:
                         break
     except av.FFmpegError as exc:

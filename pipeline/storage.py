@@ -5,25 +5,168 @@ single PUTs or multipart uploads that only appear when completed (an aborted upl
 killed writer never leaves a partial object under its final name. Credentials come from the standard AWS
 environment, profiles or instance roles, never from our own config files, and `redact` strips them from
 any text we log or store.
+
+Faults: every object read and write of the pipeline goes through `retrying` — transient errors
+(connection refused or dropped, timeouts, 5xx, throttling) are retried with exponential backoff and
+jitter (`RetryPolicy`: 8 attempts, 0.5 s doubling to 15 s, about 23–45 s in all, so a 20 s outage is
+ridden out); permanent ones (403 access denied, 404 missing) are raised at once, as themselves. When
+the attempts run out, `StorageUnavailable` says so in one line. botocore's own retries are switched
+off (one attempt per call) so the backoff is ours alone and does not multiply; s3fs still retries a
+dropped connection a few times within a call. `describe` words any storage error for a user: access
+denied, missing, or unreachable — never "unreachable" for a 403.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import os
+import random
 import re
+import tempfile
+import time
 import uuid
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.container import RangeReader
 
+T = TypeVar("T")
+
 
 class StorageError(Exception):
     """An object store is unreachable, a path is missing, or a write failed (one-line message)."""
+
+
+class StorageUnavailable(StorageError):
+    """Transient errors outlasted every retry: the store is down or unreachable (one line). A rerun
+    of the same command, once the store is back, finishes the job."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: attempt n waits between d/2 and d, d = min(cap, base·2^n)."""
+
+    attempts: int = 8
+    base_seconds: float = 0.5
+    cap_seconds: float = 15.0
+
+    @classmethod
+    def default(cls) -> RetryPolicy:
+        """The policy, with `VIDARC_STORAGE_RETRIES` / `VIDARC_STORAGE_BACKOFF_S` overriding attempts and
+        base (tests shorten the waits; operators may lengthen them for flaky stores)."""
+        attempts = int(os.environ.get("VIDARC_STORAGE_RETRIES") or cls.attempts)
+        base = float(os.environ.get("VIDARC_STORAGE_BACKOFF_S") or cls.base_seconds)
+        return cls(max(1, attempts), max(0.0, base), max(base, cls.cap_seconds))
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        ceiling = min(self.cap_seconds, self.base_seconds * 2**attempt)
+        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+_JITTER = random.Random()
+_TRANSIENT_ERRNOS = {
+    errno.EBUSY, errno.EAGAIN, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT,
+    errno.EPIPE, errno.ENETUNREACH, errno.EHOSTUNREACH, getattr(errno, "EREMOTEIO", errno.EIO),
+}  # fmt: skip
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable",
+                    "InternalError", "TooManyRequests", "RequestLimitExceeded"}  # fmt: skip
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying may help: connection trouble, timeouts, 5xx, throttling (not 403/404/bad input)."""
+    for error in _chain(exc):
+        if isinstance(error, StorageUnavailable):
+            return True
+        if isinstance(error, (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+            return False
+        status, code = _http_status(error)
+        if status is not None:
+            return status >= 500 or status == 429 or code in _TRANSIENT_CODES
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+            return True
+        module = type(error).__module__.split(".")[0]
+        if module in ("botocore", "aiohttp", "urllib3") and _looks_like_connection(error):
+            return True
+        if type(error).__name__ in ("FSTimeoutError", "IncompleteRead", "ClientPayloadError"):
+            return True
+    return False
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__  # explicit causes only: a bug raised inside a handler is not a fault
+
+
+def _http_status(error: BaseException) -> tuple[int | None, str | None]:
+    response = getattr(error, "response", None)
+    if not isinstance(response, dict):
+        return None, None
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = response.get("Error", {}).get("Code")
+    return (int(status) if status else None), code
+
+
+_CONNECTION_ERRORS = {
+    "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
+    "HTTPClientError", "ResponseStreamingError", "IncompleteReadError", "ClientConnectionError",
+    "ServerDisconnectedError", "ClientPayloadError", "ProtocolError", "ProxyConnectionError",
+}  # fmt: skip
+
+
+def _looks_like_connection(error: BaseException) -> bool:
+    return any(cls.__name__ in _CONNECTION_ERRORS for cls in type(error).__mro__)
+
+
+def retrying(what: str, operation: Callable[[], T], *, policy: RetryPolicy | None = None) -> T:
+    """Run `operation`, retrying transient storage errors with backoff (`what` names the object).
+
+    Permanent errors (access denied, not found, bad input) are raised as they are, at once;
+    transient ones that outlast the policy become `StorageUnavailable` with a one-line reason.
+    """
+    policy = policy or RetryPolicy.default()
+    for attempt in range(policy.attempts):
+        try:
+            return operation()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if attempt == policy.attempts - 1:
+                raise StorageUnavailable(
+                    f"{what}: storage unreachable after {policy.attempts} attempts ({_summary(exc)})"
+                ) from None
+            time.sleep(policy.delay(attempt, _JITTER))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def describe(exc: BaseException, uri: str) -> str:
+    """One line for a storage error: access denied, missing, or unreachable (with the cause)."""
+    if isinstance(exc, StorageError):
+        return redact(str(exc).splitlines()[0]) if str(exc).strip() else f"{uri}: storage error"
+    for error in _chain(exc):
+        status, _ = _http_status(error)
+        if isinstance(error, PermissionError) or status == 403:
+            return f"{uri}: access denied (403: the credentials lack permission for this bucket or key)"
+        if isinstance(error, FileNotFoundError) or status == 404:
+            return f"{uri}: no such object, prefix or bucket (404)"
+    if is_transient(exc):
+        return f"{uri}: storage unreachable ({_summary(exc)})"
+    return f"{uri}: storage error ({_summary(exc)})"
+
+
+def _summary(exc: BaseException) -> str:
+    text = redact(str(exc)).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -36,7 +179,12 @@ def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.Abs
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
-        options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}
+        # one attempt per botocore call: `retrying` owns the backoff (see the module docstring)
+        options["config_kwargs"] = {
+            "connect_timeout": 5,
+            "read_timeout": 60,
+            "retries": {"total_max_attempts": 1},
+        }
     try:
         fs, path = fsspec.core.url_to_fs(uri, **options)
     except Exception as exc:
@@ -60,9 +208,54 @@ def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write a whole object at once, atomically."""
-    with open_atomic(fs, path) as handle:
-        handle.write(data)
+    """Write a whole object at once, atomically, retrying transient faults."""
+    write_object(fs, path, lambda handle: handle.write(data))
+
+
+def write_object(fs: fsspec.AbstractFileSystem, path: str, writer: Callable[[BinaryIO], T]) -> T:
+    """`writer(handle)` into an atomic write of `path`, the whole write retried on transient faults
+    (so `writer` must be repeatable: it is called once per attempt)."""
+
+    def attempt() -> T:
+        with open_atomic(fs, path) as handle:
+            return writer(handle)
+
+    return retrying(full_uri(fs, path), attempt)
+
+
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """A whole object, retrying transient faults (FileNotFoundError and PermissionError at once)."""
+    return retrying(full_uri(fs, path), lambda: fs.cat_file(path))
+
+
+def remove(fs: fsspec.AbstractFileSystem, path: str, *, missing_ok: bool = True) -> None:
+    """Delete one object, retrying transient faults."""
+
+    def attempt() -> None:
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    retrying(full_uri(fs, path), attempt)
+
+
+def list_names(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
+    """Names directly under `folder` (empty when it does not exist), retrying transient faults."""
+
+    def attempt() -> list[str]:
+        try:
+            return list(fs.ls(folder, detail=False, refresh=True))
+        except FileNotFoundError:
+            return []
+        except TypeError:  # filesystems without `refresh`
+            try:
+                return list(fs.ls(folder, detail=False))
+            except FileNotFoundError:
+                return []
+
+    return retrying(full_uri(fs, folder), attempt)
 
 
 @contextlib.contextmanager
@@ -90,18 +283,62 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
         handle.closed = True  # so garbage collection does not try to complete the aborted upload
         raise
     else:
-        handle.close()
+        try:
+            handle.close()
+        except BaseException:  # the upload failed: abandon it, so no late retry completes it unseen
+            with contextlib.suppress(Exception):
+                handle.discard()
+            handle.closed = True
+            raise
 
 
 def range_reader(fs: fsspec.AbstractFileSystem, path: str) -> RangeReader:
     """read(offset, length) over one object, as ranged GETs (fresh reads, no caching layer)."""
 
+    uri = full_uri(fs, path)
+
     def read(offset: int, length: int) -> bytes:
         if length == 0:
             return b""
-        return fs.cat_file(path, start=offset, end=offset + length)
+        return retrying(uri, lambda: fs.cat_file(path, start=offset, end=offset + length))
 
     return read
+
+
+class RetryingFile:
+    """A read-only file over an fsspec handle whose reads are retried on transient faults (re-seeking
+    to where the failed read started), for demuxers that stream a remote object."""
+
+    def __init__(self, handle: BinaryIO, uri: str) -> None:
+        self._handle, self._uri = handle, uri
+
+    def read(self, size: int = -1) -> bytes:
+        position = self._handle.tell()
+
+        def attempt() -> bytes:
+            self._handle.seek(position)
+            return self._handle.read(size)
+
+        return retrying(self._uri, attempt)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._handle.close()
+
+    @property
+    def size(self) -> int:
+        return self._handle.size
 
 
 def check_reachable(fs: fsspec.AbstractFileSystem, path: str, uri: str, *, must_exist: bool) -> None:
@@ -115,9 +352,33 @@ def check_reachable(fs: fsspec.AbstractFileSystem, path: str, uri: str, *, must_
     except StorageError:
         raise
     except Exception as exc:
-        raise StorageError(f"{uri}: storage unreachable ({type(exc).__name__}: {redact(str(exc))})") from None
+        raise StorageError(describe(exc, uri)) from None
     if must_exist and not exists:
         raise StorageError(f"{uri}: no such file or prefix")
+
+
+def check_writable(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> None:
+    """Fail fast, writing nothing, when OUT cannot be a folder we write into: an existing file, or a
+    local folder (or its nearest existing parent) we may not write to."""
+    try:
+        if fs.isfile(path):
+            raise StorageError(f"{uri}: is an existing file, not a folder or prefix")
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError(describe(exc, uri)) from None
+    if not is_local(fs):
+        return  # S3 rights show on the first write (config.json), before any video work
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing) or "/"
+    if not os.path.isdir(existing):
+        raise StorageError(f"{uri}: {existing} is a file, so OUT cannot be created under it")
+    try:  # os.access is not enough (root, read-only mounts): try a temporary file, removed at once
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise StorageError(f"{uri}: not writable ({existing}: {exc.strerror or exc})") from None
 
 
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECURITY_TOKEN")

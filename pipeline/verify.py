@@ -6,7 +6,9 @@ Two layers, both reading the objects afresh (ranged GETs, no cache):
    container is checked (one ranged read per GOP) when the archive is small (≤ `FULL_SCAN_BYTES` in all): preamble, every GOP
    CRC32C, every attachment CRC, the footer CRC, the reserved fields, and that GOPs, attachments and
    footer tile the object with no unchecked gap — so a corrupted byte anywhere is caught. Larger
-   archives check each container's footer (index) CRC only — one ranged read per video — unless
+   archives check each container's footer (index) CRC and its attachments' CRCs (the audio is small
+   next to the video, and restore refuses a damaged one) — one ranged read per video, plus one per
+   attachment — unless
    `scan="full"`; `scan="index"` forces the cheap check. The index must also agree with the manifest
    (offset, length, CRC per GOP), and every done marker must have its container and manifest rows.
 2. The sample: for each sampled GOP, one ranged read of the container's index and one of the payload
@@ -50,6 +52,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from codec.errors import CodecError
 from pipeline.container import (
@@ -57,16 +60,22 @@ from pipeline.container import (
     TRAILER,
     ContainerError,
     ContainerIndex,
+    read_attachment,
     read_gop,
     read_index,
 )
 from pipeline.digests import DRIFT_LIMIT_DB, FingerprintError, fingerprint_psnr, frames_sha256
+from pipeline.listing import iter_objects
+from pipeline.manifest import ArchiveParts, DamagedPart, PartsError, parquet_bytes
+from pipeline.manifest_layout import container_location, done_keys
+from pipeline.pack import read_pack_index
 from pipeline.reader import ArchiveReader, CountingReader, decoder_key, header_decoder
-from pipeline.runinfo import container_path, list_markers, utc_now
-from pipeline.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA, rows_to_table
+from pipeline.runinfo import utc_now
+from pipeline.schema import VERIFY_SCHEMA
 from pipeline.storage import (
     StorageError,
     check_reachable,
+    describe,
     filesystem,
     full_uri,
     join,
@@ -168,12 +177,13 @@ def run_verify(
         check_reachable(fs, root, out, must_exist=True)
     except StorageError as exc:
         raise VerifyError(str(exc)) from None
-    manifest = _read_manifest(fs, root, out)
+    manifest, fingerprints, damaged = _read_manifest(out, endpoint_url)
     ok_rows = sorted(
         (r for r in manifest if r["status"] == "ok"), key=lambda r: (r["video_key"], r["gop_index"])
     )
     for row in ok_rows:  # the container under OUT, wherever the archive was written or moved from
-        row["archive_uri"] = full_uri(fs, container_path(root, row["video_key"]))
+        path, row["member"] = container_location(fs, root, row)  # member: its range in a pack, or None
+        row["archive_uri"] = full_uri(fs, path)
     failures: list[str] = []
     warnings = [
         f"{r['source_uri']}: recorded as failed by the archive run ({r.get('error') or 'no reason'})"
@@ -182,28 +192,36 @@ def run_verify(
     ]
     paths = _container_paths(fs, root, out)
     sizes = {uri: size for uri, (_, size) in paths.items()}
-    failures += _check_markers(fs, root, ok_rows, sizes)
+    failures += [part.line() for part in damaged]  # every manifest part was read and checked
+    failures += _check_markers(fs, root, ok_rows, sizes, {p.video_key for p in damaged})
     scan_mode = scan
     if scan == "auto":
         scan_mode = "full" if sum(sizes.values()) <= FULL_SCAN_BYTES else "index"
-    rows: list[dict[str, Any]] = []
-    by_container: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    rows: list[dict[str, Any]] = [_damaged_row(part, verify_run_id, device) for part in damaged]
+    by_container: dict[tuple[str, Any], list[dict[str, Any]]] = defaultdict(list)
     for row in ok_rows:
-        by_container[row["archive_uri"]].append(row)
+        by_container[(row["archive_uri"], row["member"])].append(row)
+    failures += _check_packs(fs, paths, by_container)
     checked = 0
-    for uri, container_rows in sorted(by_container.items()):
+    for (uri, member), container_rows in sorted(
+        by_container.items(), key=lambda item: (item[0][0], item[0][1] or (0, 0))
+    ):
         size = sizes.get(uri)
         if size is None:
             failures.append(f"{uri}: archive object is missing (manifest lists {len(container_rows)} GOPs)")
             continue
         checked += 1
-        problem = _check_container(fs, paths[uri][0], uri, size, container_rows, full=scan_mode == "full")
+        problem = _check_container(
+            fs, paths[uri][0], uri, size, container_rows, full=scan_mode == "full", member=member
+        )
         if problem:
             failures.append(problem)
             rows.append(_failed_row(container_rows[0], verify_run_id, device, problem, crc_ok=False))
     sample = _sample(ok_rows, fraction, count, seed)
     sample = [r for r in sample if r["archive_uri"] in sizes]
-    _attach_fingerprints(fs, root, out, sample)
+    for row in sample:  # only the sampled rows' fingerprints become Python objects
+        row["fingerprint"] = fingerprints[row["manifest_row"]].as_py()
+    del fingerprints
     placement = decode_placement(device)
     if placement.note:
         warnings.append(placement.note)
@@ -230,8 +248,11 @@ def run_verify(
     output_uri = None
     if rows:
         path = join(root, "verify", f"part-{verify_run_id}.parquet")
-        write_bytes(fs, path, _parquet(rows))
-        output_uri = full_uri(fs, path)
+        try:
+            write_bytes(fs, path, _parquet(rows))
+            output_uri = full_uri(fs, path)
+        except Exception as exc:  # the checks stand; their record could not be stored
+            failures.append(f"verify rows not written: {describe(exc, full_uri(fs, path))}")
     return VerifyReport(
         verify_run_id=verify_run_id,
         rows=rows,
@@ -245,72 +266,87 @@ def run_verify(
 
 
 # ---- reading the archive's records -------------------------------------------------------------
-def _read_manifest(fs: Any, root: str, out: str) -> list[dict[str, Any]]:
-    import pyarrow.dataset as ds
-
-    folder = join(root, "manifest")
+def _read_manifest(
+    out: str, endpoint_url: str | None
+) -> tuple[list[dict[str, Any]], pa.ChunkedArray, list[DamagedPart]]:
+    """Every readable manifest row once (parts, packs and compacted files resolved by
+    `manifest_layout`), each with its position `manifest_row`; the `fingerprint` column (kept as one
+    Arrow column: only the sampled rows' are turned into Python objects); and the damaged parts (each
+    read and checked on its own)."""
     try:
-        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet")) if fs.exists(folder) else []
-        if not parts:
+        parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
+        if not len(parts):
             raise VerifyError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
-        dataset = ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs)
-        columns = [*MANIFEST_COLUMNS, "error"]
-        return dataset.to_table(columns=columns).to_pylist()
-    except VerifyError:
-        raise
-    except Exception as exc:
-        raise VerifyError(
-            f"{out}: cannot read the manifest ({type(exc).__name__}: {redact(str(exc))})"
-        ) from None
-
-
-def _attach_fingerprints(fs: Any, root: str, out: str, sample: list[dict[str, Any]]) -> None:
-    """Each sampled row's `fingerprint`, read for the sampled videos only (the manifest is read without
-    that column: memory then grows with the sample, not with the archive)."""
-    import pyarrow.dataset as ds
-
-    if not sample:
-        return
-    keys = sorted({r["video_key"] for r in sample})
-    folder = join(root, "manifest")
-    try:
-        parts = sorted(p for p in fs.find(folder) if p.endswith(".parquet"))
-        dataset = ds.dataset(parts, schema=MANIFEST_SCHEMA, format="parquet", filesystem=fs)
-        table = dataset.to_table(
-            columns=["video_key", "gop_index", "run_id", "fingerprint"],
-            filter=ds.field("video_key").isin(keys),
-        )
-    except Exception as exc:
-        raise VerifyError(
-            f"{out}: cannot read the manifest's fingerprints ({type(exc).__name__}: {redact(str(exc))})"
-        ) from None
-    found = {(r["video_key"], r["gop_index"], r["run_id"]): r["fingerprint"] for r in table.to_pylist()}
-    for row in sample:
-        row["fingerprint"] = found.get((row["video_key"], row["gop_index"], row["run_id"]))
+        table = parts.read()  # every column, so every column checksum is verified
+        rows = table.select([*MANIFEST_COLUMNS, "error", "member_offset", "member_length"]).to_pylist()
+        fingerprints = table.column("fingerprint")
+    except PartsError as exc:
+        raise VerifyError(f"cannot read the manifest: {exc}") from None
+    for i, row in enumerate(rows):
+        row["manifest_row"] = i
+    return rows, fingerprints, parts.damaged
 
 
 def _container_paths(fs: Any, root: str, out: str) -> dict[str, tuple[str, int]]:
-    """archive_uri -> (path, size) for every container, from one listing (no HEAD per object)."""
-    folder = join(root, "videos")
-    try:
-        entries = fs.ls(folder, detail=True) if fs.exists(folder) else []
-    except FileNotFoundError:
-        return {}
-    except Exception as exc:
-        raise VerifyError(f"{out}: cannot list videos/ ({type(exc).__name__}: {redact(str(exc))})") from None
-    return {
-        full_uri(fs, e["name"]): (e["name"], int(e["size"]))
-        for e in entries
-        if e.get("type") == "file" and e["name"].endswith(".vdrc")
-    }
+    """archive_uri -> (path, size) for every container and pack, from one listing of videos/ and
+    packs/ (no HEAD per object)."""
+    found: dict[str, tuple[str, int]] = {}
+    for folder_name in ("videos", "packs"):
+        folder = join(root, folder_name)
+        try:
+            for item in iter_objects(fs, folder):
+                if item.path.endswith(".vdrc"):
+                    found[full_uri(fs, item.path)] = (item.path, item.size)
+        except Exception as exc:
+            raise VerifyError(
+                f"{out}: cannot list {folder_name}/ ({type(exc).__name__}: {redact(str(exc))})"
+            ) from None
+    return found
 
 
-def _check_markers(fs: Any, root: str, ok_rows: list[dict[str, Any]], sizes: dict[str, int]) -> list[str]:
-    """Every done video must have manifest rows and its container."""
+def _check_packs(
+    fs: Any, paths: dict[str, tuple[str, int]], by_container: dict[tuple[str, Any], list[dict[str, Any]]]
+) -> list[str]:
+    """Each pack's own index (one ranged read) must list every packed video the manifest places in it,
+    at the same range."""
+    problems = []
+    packs: dict[str, list[tuple[str, tuple[int, int]]]] = defaultdict(list)
+    for (uri, member), rows in by_container.items():
+        if member is not None and uri in paths:
+            packs[uri].append((rows[0]["video_key"], member))
+    for uri, members in sorted(packs.items()):
+        path, size = paths[uri]
+        try:
+            index = read_pack_index(CountingReader(fs, path), size, name=uri)
+        except ContainerError as exc:
+            problems.append(str(exc))
+            continue
+        except Exception as exc:
+            problems.append(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})")
+            continue
+        stored = {m.video_key: (m.offset, m.length) for m in index.members}
+        for key, member in sorted(members):
+            if stored.get(key) != member:
+                problems.append(
+                    f"{uri}: the pack index places video {key} at {stored.get(key)}, the manifest at {member}"
+                )
+    return problems
+
+
+def _check_markers(
+    fs: Any, root: str, ok_rows: list[dict[str, Any]], sizes: dict[str, int], damaged: set[str | None]
+) -> list[str]:
+    """Every done video must have manifest rows and its container (videos whose manifest part is
+    damaged are reported once, as that)."""
     with_rows = {r["video_key"] for r in ok_rows}
     stored = {uri.rsplit("/", 1)[-1].removesuffix(".vdrc") for uri in sizes}
+    stored |= {r["video_key"] for r in ok_rows if r.get("member") is not None and r["archive_uri"] in sizes}
     problems = []
-    for key in sorted(list_markers(fs, root, "done")):
+    try:
+        done = done_keys(fs, root)
+    except Exception as exc:
+        raise VerifyError(f"cannot list the done markers: {describe(exc, root)}") from None
+    for key in sorted(done - damaged):
         if key not in with_rows:
             problems.append(f"{key}: marked done but the manifest has no rows for it")
         elif key not in stored:
@@ -320,29 +356,45 @@ def _check_markers(fs: Any, root: str, ok_rows: list[dict[str, Any]], sizes: dic
 
 # ---- integrity of whole containers --------------------------------------------------------------
 def _check_container(
-    fs: Any, path: str, uri: str, size: int, rows: list[dict[str, Any]], *, full: bool
+    fs: Any,
+    path: str,
+    uri: str,
+    size: int,
+    rows: list[dict[str, Any]],
+    *,
+    full: bool,
+    member: tuple[int, int] | None = None,
 ) -> str | None:
-    """A one-line problem with the object, or None. `full` also reads every GOP and attachment (one
-    ranged read each, so memory stays bounded by the largest GOP, not the object)."""
-    read = CountingReader(fs, path)
+    """A one-line problem with the object (or with one video of a pack: `member` = its range), or
+    None. `full` also reads every GOP and attachment (one ranged read each, so memory stays bounded by
+    the largest GOP, not the object)."""
+    shift = member[0] if member else 0
+    if member is not None:
+        if member[0] < 0 or member[0] + member[1] > size:
+            return f"{uri}: the manifest places video {rows[0]['video_key']} outside the pack"
+        uri, size = f"{uri}#{rows[0]['video_key']}", member[1]
+    read = CountingReader(fs, path, base=shift)
     try:
         index = read_index(read, size, name=uri)
         if full:
             problem = _check_every_byte(read, index, uri)
             if problem:
                 return problem
+        else:  # attachments are small next to the video, and restore refuses a damaged one
+            for attachment in index.attachments:
+                read_attachment(read, attachment, name=uri)
     except ContainerError as exc:
         return str(exc)
     except FileNotFoundError:
         return f"{uri}: archive object is missing"
     except Exception as exc:
         return f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})"
-    return _compare_with_manifest(index, rows, uri)
+    return _compare_with_manifest(index, rows, uri, shift)
 
 
 def _check_every_byte(read: Any, index: ContainerIndex, uri: str) -> str | None:
     """Preamble, every GOP and attachment CRC, reserved fields, and no byte left unchecked."""
-    from pipeline.container import END_MAGIC, FORMAT_VERSION, MAGIC, read_attachment
+    from pipeline.container import END_MAGIC, FORMAT_VERSION, MAGIC
 
     magic, version, reserved = PREAMBLE.unpack(read(0, PREAMBLE.size))
     if magic != MAGIC or version != FORMAT_VERSION or reserved != 0:
@@ -368,13 +420,15 @@ def _check_every_byte(read: Any, index: ContainerIndex, uri: str) -> str | None:
     return None
 
 
-def _compare_with_manifest(index: ContainerIndex, rows: list[dict[str, Any]], uri: str) -> str | None:
+def _compare_with_manifest(
+    index: ContainerIndex, rows: list[dict[str, Any]], uri: str, shift: int = 0
+) -> str | None:
     for row in rows:
         i = row["gop_index"]
         if i is None or not 0 <= i < len(index.gops):
             return f"{uri}: manifest GOP {i} is not in the container's index"
         entry = index.gops[i]
-        stored = (entry.first_frame, entry.frame_count, entry.offset, entry.length, entry.crc32c)
+        stored = (entry.first_frame, entry.frame_count, entry.offset + shift, entry.length, entry.crc32c)
         listed = (row["first_frame"], row["frame_count"], row["offset"], row["length"], row["crc32c"])
         if stored != listed:
             return f"{uri}: GOP {i}: the manifest says (first, frames, offset, length, crc) {listed}, the index {stored}"
@@ -448,7 +502,7 @@ def _decode_all(
         if len(current) >= GOPS_PER_TASK:
             batches.append(current)
             current = []
-        current.append((row, sizes[row["archive_uri"]]))
+        current.append((row, row["member"][1] if row.get("member") else sizes[row["archive_uri"]]))
     if current:
         batches.append(current)
     if placement.ray_gpu_tasks:
@@ -483,7 +537,8 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
     label = f"{uri} GOP {row['gop_index']} (frames {row['first_frame']}+{row['frame_count']})"
     device = context["device"]
     result = _base_row(row, context["verify_run_id"], device)
-    reader = ArchiveReader(uri, endpoint_url=context["endpoint_url"], size=size)
+    member = tuple(row["member"]) if row.get("member") else None
+    reader = ArchiveReader(uri, endpoint_url=context["endpoint_url"], size=size, member=member)
     started = time.perf_counter()
     try:
         index = reader.index()  # fresh ranged read 1: the index
@@ -526,13 +581,14 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
     result.pop("problem", None)
     if not context["against_source"] or row.get("psnr") is None:
         return dict(result, status="ok")
-    source, note = _source_frames(row, context, sources)
+    source, note = _source_frames(row, context, sources, deep=frames.dtype == np.uint16)
     result["against_source"] = source is not None
     if source is None:
         return dict(result, status="ok", error=f"{label}: quality not re-measured ({note})")
+    from codec.base import to_8bit
     from pipeline.metrics import psnr_rgb
 
-    psnr = psnr_rgb(source, frames)
+    psnr = psnr_rgb(to_8bit(source), to_8bit(frames))  # as the archive measured it (metrics are 8-bit)
     same_device = _device_class(device) == _device_class(row.get("device"))
     tolerance = TOLERANCE_DB if same_device or row["codec"] in CLASSIC_CODECS else CROSS_DEVICE_TOLERANCE_DB
     result["psnr_verify"] = psnr
@@ -589,7 +645,7 @@ def decode_check(row: dict[str, Any], frames: np.ndarray, exact: str) -> dict[st
     )
 
 
-def _source_frames(row: dict, context: dict, cache: dict) -> tuple[np.ndarray | None, str]:
+def _source_frames(row: dict, context: dict, cache: dict, *, deep: bool) -> tuple[np.ndarray | None, str]:
     """The source frames of this GOP, or (None, why) when the source is gone or changed."""
     from pipeline import sources
 
@@ -608,7 +664,14 @@ def _source_frames(row: dict, context: dict, cache: dict) -> tuple[np.ndarray | 
             return None, info
         first, n = row["first_frame"], row["frame_count"]
         pts = info.frame_pts[first : first + n] if info.frame_pts else None
-        frames = sources.decode_frames(uri, first, n, expected_pts=pts, endpoint_url=context["endpoint_url"])
+        frames = sources.decode_frames(
+            uri,
+            first,
+            n,
+            expected_pts=pts,
+            endpoint_url=context["endpoint_url"],
+            high_bit_depth=deep,
+        )
         return frames, ""
     except Exception as exc:
         return None, f"source unreadable: {type(exc).__name__}: {redact(str(exc)).splitlines()[0]}"
@@ -642,6 +705,20 @@ def _base_row(row: dict, verify_run_id: str, device: str) -> dict[str, Any]:
     }
 
 
+def _damaged_row(part: DamagedPart, verify_run_id: str, device: str) -> dict[str, Any]:
+    """A verify row for a damaged manifest part (its video's rows cannot be checked)."""
+    row: dict[str, Any] = dict.fromkeys(VERIFY_SCHEMA.names)
+    row.update(
+        verify_run_id=verify_run_id,
+        video_key=part.video_key,
+        device=device,
+        status="failed",
+        error=part.line(),
+        created_at=utc_now(),
+    )
+    return row
+
+
 def _failed_row(row: dict, verify_run_id: str, device: str, error: str, *, crc_ok: bool) -> dict[str, Any]:
     """A whole-container failure found by the integrity scan (gop_index null)."""
     base = _base_row(row, verify_run_id, device)
@@ -670,10 +747,4 @@ def _cuda() -> bool:
 
 
 def _parquet(rows: list[dict[str, Any]]) -> bytes:
-    import io
-
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    pq.write_table(rows_to_table(rows, VERIFY_SCHEMA), buffer, compression="zstd")
-    return buffer.getvalue()
+    return parquet_bytes(rows, VERIFY_SCHEMA)

@@ -1,7 +1,8 @@
 """Shared fixtures: real sample videos (PyAV), one local Ray cluster per session, a moto S3 server.
 
 Fake AWS credentials are set for the whole session before Ray starts (workers inherit them), so
-S3 tests reach the local moto server and leak tests have known strings to look for.
+S3 tests reach the local moto server and leak tests have known strings to look for; so is a short
+storage-retry backoff, so fault-injection tests wait milliseconds between attempts.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ os.environ.update(
         "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "RAY_AUTH_MODE": "disabled",
+        # storage retries keep their count but wait milliseconds, not seconds (fault-injection tests)
+        "VIDARC_STORAGE_BACKOFF_S": "0.01",
     }
 )
 os.environ.pop("AWS_ENDPOINT_URL", None)

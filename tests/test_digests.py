@@ -96,3 +96,14 @@ def test_gops_archived_without_their_pixel_proof_are_judged_by_the_exact_part(fr
     assert decode_check(row, frames, "e" * 64) == {"decode_check": "exact-part", "exact_ok": True}
     wrong = decode_check(row, frames, "f" * 64)
     assert wrong["decode_check"] == "mismatch" and wrong["exact_ok"] is False
+
+
+def test_ten_bit_decodes_are_digested_in_full_and_fingerprinted_as_eight_bit(frames: np.ndarray) -> None:
+    """uint16 RGB48 frames (a 10-bit stream's decode): every bit reaches the digest; the fingerprint
+    is that of their 8-bit rounding (as the metrics see them)."""
+    deep = frames.astype(np.uint16) * 257
+    other = deep.copy()
+    other[0, 0, 0, 0] ^= 1 << 9  # one sample differs in its high byte only
+    assert frames_sha256(deep) != frames_sha256(other) != frames_sha256(frames)
+    assert fingerprint(deep) == fingerprint(frames)
+    assert fingerprint_psnr(fingerprint(frames), deep) == float("inf")

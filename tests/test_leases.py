@@ -1,6 +1,6 @@
 """One writer per video (pipeline/archive/leases.py): conditional creates locally and on the moto S3
-server, takeover of dead owners' leases, and a second archive run over the same videos refused up front
-while runs over disjoint videos share an OUT and keep each other's temporaries."""
+server, takeover of dead owners' leases, and a second archive run that leaves the videos another live
+run holds to it, while runs over disjoint videos share an OUT and keep each other's temporaries."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.archive import ArchiveError, run_archive
+from pipeline.archive import run_archive
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.leases import Leases, lease_path
@@ -115,7 +115,7 @@ def test_a_stalled_actor_is_killed_once_and_progress_resets_its_clock() -> None:
     assert no_limit.stalled() == []
 
 
-def test_second_writer_is_refused_and_disjoint_runs_share_an_out(
+def test_a_second_writer_leaves_held_videos_alone_and_disjoint_runs_share_an_out(
     sample_dir: Path, tmp_path: Path, ray_address: str, fast_metrics
 ) -> None:
     src = tmp_path / "src"
@@ -131,20 +131,29 @@ def test_second_writer_is_refused_and_disjoint_runs_share_an_out(
     (out / "videos").mkdir(parents=True)
     theirs = out / "videos" / f"{busy_key}.vdrc.tmp-0123456789ab"
     stale = out / "videos" / "gone-0000.vdrc.tmp-ba9876543210"
-    theirs.write_bytes(b"in flight")
-    stale.write_bytes(b"left by a dead run")
+    (out / "packs").mkdir()
+    unnamed = out / "packs" / "p-0001.vdrc.tmp-00aa11bb22cc"  # no lease names a pack: a live run may own it
+    for path in (theirs, stale, unnamed):
+        path.write_bytes(b"in flight, or left by a dead run")
 
     def config(**kw) -> ArchiveConfig:
         return ArchiveConfig(src=str(src), out=str(out), skip_metrics=fast_metrics, gop_frames=6, **kw)
 
-    with pytest.raises(ArchiveError, match="being archived by another run") as refused:
-        run_archive(config())
-    assert "with-audio.mp4" in str(refused.value) and "run-elsewhere" in str(refused.value)
-    assert not (out / "runs").exists()  # refused before anything was written
-
     result = run_archive(config(include=("short.mkv",)))  # a disjoint part of SRC: fine
 
     assert result.exit_code == 0 and result.summary["videos_ok"] == 1
-    assert theirs.exists() and not stale.exists()  # only a dead run's temporary was removed
+    assert theirs.exists() and unnamed.exists() and not stale.exists()  # only a dead run's video temporary
     assert not list((out / "leases").glob(f"{keys['short.mkv']}*"))  # released once committed
+
+    second = run_archive(config())  # over every video, the held one included
+
+    assert second.exit_code == 1 and "left to another run" in second.message
+    assert second.summary["videos_leased_elsewhere_total"] == 1
+    assert "with-audio.mp4" in second.summary["videos_leased_elsewhere"][0]
+    assert "run-elsewhere" in second.summary["videos_leased_elsewhere"][0]
+    assert second.summary["videos_failed"] == second.summary["videos_ok"] == 0  # short.mkv: done before
+    assert not (out / "markers" / "done" / f"{busy_key}.json").exists()  # never touched
     assert fs.exists(lease_path(root, busy_key))  # the other run's lease untouched
+    other_run.release(busy_key)
+    assert run_archive(config()).summary["videos_ok"] == 1  # once it is free, a rerun does it
+    assert not unnamed.exists()  # no live run any more: the pack temporary was stale

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 READ_SIDE = [
     "pipeline/container.py",
     "pipeline/schema.py",
+    "pipeline/manifest.py",
     "pipeline/keys.py",
     "pipeline/storage.py",
     "pipeline/runinfo.py",

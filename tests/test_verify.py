@@ -16,7 +16,8 @@ import pytest
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
 from pipeline.container import PREAMBLE, TRAILER, read_index
-from pipeline.schema import VERIFY_SCHEMA
+from pipeline.manifest import parquet_bytes
+from pipeline.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA
 from pipeline.storage import filesystem, range_reader
 from pipeline.verify import VerifyError, run_verify
 
@@ -126,7 +127,8 @@ def test_missing_container_and_quality_mismatch(copy: Path) -> None:
     table = pq.read_table(part)
     psnr = table.column("psnr").to_pylist()
     psnr[2] += 1.0  # the manifest now claims a better GOP 2 than the bytes give
-    pq.write_table(table.set_column(table.schema.get_field_index("psnr"), "psnr", [psnr]), part)
+    table = table.set_column(table.schema.get_field_index("psnr"), "psnr", [psnr])
+    pq.write_table(table.replace_schema_metadata(None), part)  # a deliberate edit: no column checksums
 
     report = run_verify(str(copy), fraction=1.0, against_source=True)
 
@@ -149,9 +151,10 @@ def test_a_decode_that_differs_from_the_encoders_is_a_mismatch_without_the_sourc
     exact, recon = table.column("exact_sha256").to_pylist(), table.column("recon_sha256").to_pylist()
     exact[4] = "0" * 64  # the exact part (for x264: the pixels) is not what the encoder made
     recon[6] = "0" * 64  # only the pixel digest differs: judged by the fingerprint, read for the sample
-    for name, values in (("exact_sha256", exact), ("recon_sha256", recon)):
-        table = table.set_column(table.schema.get_field_index(name), name, [values])
-    pq.write_table(table, part)
+    rows = table.to_pylist()
+    for row, e, r in zip(rows, exact, recon, strict=True):
+        row["exact_sha256"], row["recon_sha256"] = e, r
+    part.write_bytes(parquet_bytes(rows, MANIFEST_SCHEMA))  # a well-formed part (its checksums match)
 
     report = run_verify(str(copy), fraction=1.0, scan="index")
 

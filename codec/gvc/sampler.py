@@ -35,6 +35,8 @@ Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 #: Sanity limits (the paper's largest sweep is K = 65536, M = 256); a header beyond them is corrupt.
 MAX_ATOMS = 1 << 24
 MAX_ATOMS_PER_STEP = 4096
+MIN_SHIFT, MAX_SHIFT = 1e-2, 1e2
+MAX_G_SCALE = 1e2
 #: One codebook entry: (sorted atom indices, ±1 signs aligned with them).
 Entry = tuple[list[int], list[int]]
 
@@ -60,8 +62,13 @@ class SamplerConfig:
             raise ValueError(
                 f"K <= {MAX_ATOMS} and M <= {MAX_ATOMS_PER_STEP} (got K={self.num_atoms}, M={self.atoms_per_step})"
             )
-        if self.shift <= 0 or self.g_scale < 0:
-            raise ValueError("shift must be positive and g non-negative")
+        # Ranges, not just signs: a decoder replays these from the bitstream, and a shift of 6e-22
+        # (or NaN) makes the time grid divide by zero. Real schedules use shifts of about 1..20.
+        if not (MIN_SHIFT <= self.shift <= MAX_SHIFT and 0 <= self.g_scale <= MAX_G_SCALE):
+            raise ValueError(
+                f"need {MIN_SHIFT} <= shift <= {MAX_SHIFT} and 0 <= g <= {MAX_G_SCALE}, "
+                f"got shift={self.shift}, g={self.g_scale}"
+            )
 
     @property
     def coded_steps(self) -> int:

@@ -103,6 +103,9 @@ def stage_kind(stage: str, device: str | None) -> str:
     return CPU_DEVICE if stage in CPU_STAGES or not device else device
 
 
+MAX_VIDEOS_LISTED = 1000
+
+
 @dataclasses.dataclass
 class ComputeTally:
     """A run's device-seconds: per stage and device kind, per video, plus the reference's."""
@@ -110,7 +113,10 @@ class ComputeTally:
     by_stage: dict[str, dict[str, float]] = dataclasses.field(
         default_factory=lambda: collections.defaultdict(lambda: collections.defaultdict(float))
     )
+    #: per video, for the first `MAX_VIDEOS_LISTED` committed (a run's memory must not grow with its size;
+    #: every video's figures are in its manifest rows)
     videos: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    videos_total: int = 0
     actor_kinds: set[str] = dataclasses.field(default_factory=set)  # device kinds the actors reported
 
     def add_rows(self, video_key: str, rows: list[dict[str, Any]], commit_seconds: float | None) -> None:
@@ -133,7 +139,9 @@ class ComputeTally:
         for stage, kinds in per_video.items():
             for kind, seconds in kinds.items():
                 self.by_stage[stage][kind] += seconds
-        self.videos[video_key] = {stage: dict(kinds) for stage, kinds in per_video.items()}
+        self.videos_total += 1
+        if len(self.videos) < MAX_VIDEOS_LISTED:
+            self.videos[video_key] = {stage: dict(kinds) for stage, kinds in per_video.items()}
 
     def add_reference(self, cpu_seconds: float) -> None:
         self.by_stage["reference"][CPU_DEVICE] += float(cpu_seconds)
@@ -154,4 +162,5 @@ class ComputeTally:
             "archive_by_device": dict(archive_by_device),
             "actors_reserved": held_seconds or {},
             "videos": self.videos,
+            "videos_total": self.videos_total,  # `videos` lists the first MAX_VIDEOS_LISTED of them
         }

@@ -38,6 +38,7 @@ class EncodePool:
         self.restarts = 0
         self.clock = clock
         self.progress = [clock()] * len(actors)  # when each actor last finished a call (or got busy)
+        self.peak_load = 0  # most calls (GOP encodes or searches) one actor held at once
 
     @classmethod
     def start(cls, cfg: ArchiveConfig) -> tuple[EncodePool, dict[str, Any]]:
@@ -70,6 +71,7 @@ class EncodePool:
         if self.load[idx] == 0:
             self.progress[idx] = self.clock()  # an idle actor's stall clock starts with its work
         self.load[idx] += 1
+        self.peak_load = max(self.peak_load, self.load[idx])
         return idx, self.actors[idx]
 
     def release(self, idx: int) -> None:
@@ -162,6 +164,7 @@ def _new_actor(cfg: ArchiveConfig, cpus: float) -> Any:
 
     name = f"vidarc-encode-{cfg.run_id or 'run'}-{uuid.uuid4().hex[:8]}"
     remote_cls = ray.remote(EncodeWorker)
+    placed = {"resources": dict(cfg.actor_resources)} if cfg.actor_resources else {}  # e.g. GPU nodes
     # Threaded actor: its GOPs in flight run concurrently (`encode_worker`), plus one thread for the
     # driver's small calls (GOP length, utilisation) so they never wait behind the encodes.
     return remote_cls.options(
@@ -170,6 +173,7 @@ def _new_actor(cfg: ArchiveConfig, cpus: float) -> Any:
         num_gpus=cfg.num_gpus_per_actor,
         max_restarts=0,
         max_concurrency=cfg.gops_in_flight_per_actor + 1,
+        **placed,
     ).remote(
         cfg.codec,
         cfg.model,

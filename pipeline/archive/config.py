@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from codec.base import RateTarget
+from pipeline.sources import DEFAULT_MAX_PIXELS
 from pipeline.storage import redact
 
 #: Codec-native quality used when no rate option is given: visually good, not wasteful.
@@ -93,6 +94,16 @@ class ArchiveConfig:
     metric_weights: str | None = None
     #: Find each video's (or GOP's) rate setting from a quality target instead of a fixed `target`.
     quality_goal: QualityGoal | None = None
+    #: `--shard i/n`: this job archives the videos whose key hashes to shard i of n (`keys.shard_of`).
+    shard: tuple[int, int] | None = None
+    #: Ray custom resources each encode actor asks for (e.g. {"gpu_node": 1}): where the actors run.
+    actor_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Ray custom resources each probe/decode/commit task asks for: where the CPU work runs.
+    task_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: `--pack N_MB`: many videos per archive object (`pipeline.pack`), each pack about N MB of payload.
+    pack_mb: float | None = None
+    #: Pixel budget per frame (default 8K): larger sources fail at probe time, before any decoding.
+    max_pixels: int = DEFAULT_MAX_PIXELS
     #: Classic codec coding a sample of GOPs at the archive's measured quality (`archive/reference.py`).
     reference: str | None = None
     #: Fraction of each video's GOPs sampled for the reference (a few % is enough for a tight interval).
@@ -126,6 +137,10 @@ class ArchiveConfig:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
         if self.stall_seconds is not None and not self.stall_seconds > 0:
             raise ConfigError(f"--stall-timeout must be positive, got {self.stall_seconds:g}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+        if self.gops_in_flight_per_actor < 1:
+            raise ConfigError(f"--gops-per-actor must be at least 1, got {self.gops_in_flight_per_actor}")
         if self.metrics_every < 1:
             raise ConfigError(f"--metrics-every must be at least 1, got {self.metrics_every}")
         if self.fingerprint_every < 1:
@@ -136,6 +151,26 @@ class ArchiveConfig:
                 f"--skip-metric: unknown {sorted(unknown)}; choose from {', '.join(METRIC_SWITCHES)}"
             )
         _check_quality_goal(self)
+        if self.pack_mb is not None and not 0 < self.pack_mb <= 4096:
+            raise ConfigError(f"--pack is in MB, in (0, 4096]; got {self.pack_mb:g}")
+        if self.shard is not None:
+            index, count = self.shard
+            if count < 1 or not 0 <= index < count:
+                raise ConfigError(f"--shard {index}/{count}: need n >= 1 and 0 <= i < n")
+        for flag, resources in (
+            ("--actor-resources", self.actor_resources),
+            ("--task-resources", self.task_resources),
+        ):
+            for name, amount in resources.items():
+                if (
+                    not isinstance(name, str)
+                    or not name
+                    or not isinstance(amount, int | float)
+                    or amount <= 0
+                ):
+                    raise ConfigError(
+                        f"{flag}: {name!r}={amount!r} is not a resource name with a positive amount"
+                    )
         _check_reference(self)
         # A quality goal chooses each video's setting by search; there is no job-wide target then.
         target = (
@@ -163,6 +198,7 @@ class ArchiveConfig:
         record["quality_goal"] = self.quality_goal.as_record() if self.quality_goal else None
         for name in ("include", "exclude", "skip_metrics"):
             record[name] = list(getattr(self, name))
+        record["shard"] = f"{self.shard[0]}/{self.shard[1]}" if self.shard else None
         return _redact_values(record)
 
 
@@ -241,6 +277,26 @@ def quality_goal_from_options(
         return None
     metric, value = given[0]
     return QualityGoal(metric, float(value), per_gop=per_gop, max_kbps=max_kbps, sample_gops=search_gops)
+
+
+def resources_from_option(flag: str, text: str | None) -> dict[str, float]:
+    """`--actor-resources '{"gpu_node": 1}'` (JSON) or 'name=amount,name=amount' -> a dict."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        if text.strip().startswith("{"):
+            value = json.loads(text)
+        else:
+            value = {k.strip(): float(v) for k, _, v in (p.partition("=") for p in text.split(","))}
+        if not isinstance(value, dict):
+            raise ValueError
+        return {str(k): float(v) for k, v in value.items()}
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f'{flag} {text!r}: expected JSON like {{"gpu_node": 1}} or name=amount,...'
+        ) from None
 
 
 def rate_target_from_options(

@@ -1,8 +1,10 @@
 """The archive job's driver: discover -> probe -> plan GOPs -> decode -> encode -> commit per video.
 
-`run_archive` lists SRC, skips done videos, starts Ray and the encode pool (`actors`), writes the run's
-config record, hands the videos to the `Scheduler`, then writes the summary and runs the closing
-verify (with the run's `--model` and `--device`).
+`run_archive` opens the stream of videos to do (`worklist`: SRC or an input list listed page by page,
+minus other shards and done videos), starts Ray and the encode pool (`actors`) once there is one,
+writes the run's config record, hands the stream to the `Scheduler` (which pulls from it as slots free
+up, so the collection is never held), then writes the summary and runs the closing verify (with the
+run's `--model` and `--device`).
 
 Why plain Ray tasks and actors rather than Ray Data: the unit of commit is a *video* (one container,
 one manifest part, one done marker, written in that order), while the unit of work is a *GOP*. The
@@ -44,19 +46,33 @@ import os
 import time
 from typing import Any
 
-from pipeline.archive import discovery
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig, ConfigError
 from pipeline.archive.errors import ArchiveError
 from pipeline.archive.leases import LEASE_DIR, Leases
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.scheduler import Scheduler
-from pipeline.runinfo import list_markers, new_run_id, run_dir, tool_versions, write_json
-from pipeline.storage import StorageError, check_reachable, filesystem, is_local, join, redact
+from pipeline.archive.source_list import SourceList, SourceListError, list_format
+from pipeline.archive.worklist import WorkList
+from pipeline.runinfo import new_run_id, run_dir, tool_versions, write_json
+from pipeline.storage import (
+    StorageError,
+    check_reachable,
+    check_writable,
+    describe,
+    filesystem,
+    full_uri,
+    is_local,
+    join,
+    redact,
+)
 
 log = logging.getLogger("vidarc.archive")
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+#: The storage failed during the run (an outage longer than the retries): some videos or the run's
+#: summary could not be written. Nothing is marked failed for it: rerunning the same command finishes.
+EXIT_STORAGE = 3
 
 
 @dataclasses.dataclass
@@ -76,37 +92,46 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     src_fs, src_root = _open_store(cfg.src, cfg.endpoint_url)
     out_fs, out_root = _open_store(cfg.out, cfg.endpoint_url)
     try:
-        check_reachable(src_fs, src_root, cfg.src, must_exist=is_local(src_fs))
+        check_reachable(src_fs, src_root, cfg.src, must_exist=True)  # a missing S3 prefix, like a folder
         check_reachable(out_fs, out_root, cfg.out, must_exist=False)
-        entries = discovery.list_sources(
-            cfg.src,
+        check_writable(out_fs, out_root, cfg.out)
+        work = WorkList(
+            src=cfg.src,
+            out_fs=out_fs,
+            out_root=out_root,
             endpoint_url=cfg.endpoint_url,
             include=cfg.include,
             exclude=cfg.exclude,
             ignore_prefix=cfg.out,
+            shard=cfg.shard,
+            retry_failed=cfg.retry_failed,
         )
-    except StorageError as exc:
+        if cfg.quality_goal is not None and _list_has_targets(cfg):
+            raise ArchiveError(
+                f"{cfg.src}: the list's per-video rate targets cannot be combined with "
+                f"--target-{cfg.quality_goal.metric}; drop one"
+            )
+        first = work.peek()  # lists only as far as the first video to do
+    except (StorageError, SourceListError) as exc:
         raise ArchiveError(str(exc)) from None
+    except ArchiveError:
+        raise
     except Exception as exc:  # listing errors from any fsspec backend
         raise ArchiveError(f"{cfg.src}: cannot list ({type(exc).__name__}: {redact(str(exc))})") from None
-    if not entries:
+    if first is None and work.counts.seen == 0:
         return ArchiveResult(None, EXIT_OK, {}, f"{cfg.src}: no files found; nothing to archive")
 
-    done = list_markers(out_fs, out_root, "done")
-    failed_before = list_markers(out_fs, out_root, "failed")
-    todo = [e for e in entries if e.key not in done and (cfg.retry_failed or e.key not in failed_before)]
     run_id = cfg.run_id or new_run_id()
     cfg = dataclasses.replace(cfg, run_id=run_id)
-    counters = Counters(videos_skipped=len(entries) - len(todo))
+    counters = Counters()
     leases = Leases(out_fs, out_root, run_id)
     temporaries = _temporaries(out_root) if is_local(out_fs) else {}  # listed before the leases are read
     busy = leases.live_foreign(remove_dead=True)
-    _refuse_second_writer(cfg, todo, busy, leases)
-    _remove_stale_temporaries(temporaries, keep=set(busy))
+    _remove_stale_temporaries(temporaries, busy)
     display = display or ProgressDisplay(counters)
     display.counters = counters
 
-    if todo:
+    if first is not None:
         _start_ray(cfg)
         pool, identity = EncodePool.start(cfg)
     else:  # nothing left to do: no cluster, no actors, just the run records
@@ -118,34 +143,64 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         "versions": tool_versions(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_json(out_fs, join(run_dir(out_root, run_id), "config.json"), config_record)
+    try:
+        write_json(out_fs, join(run_dir(out_root, run_id), "config.json"), config_record)
+    except Exception as exc:  # the first write: OUT refuses it (403, read-only), nothing else written
+        pool.stop()
+        raise ArchiveError(describe(exc, cfg.out)) from None
     scheduler = Scheduler(
         cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root, leases=leases
     )
     try:
-        scheduler.run(todo)
+        scheduler.run(work)
     finally:
         leases.release_all()
         display.close()
-    summary = scheduler.summary(
-        entries_total=len(entries),
-        already_done=sum(e.key in done for e in entries),
-        previously_failed=sum(e.key in failed_before and e.key not in done for e in entries),
-    )
-    exit_code = EXIT_FAILURES if summary["videos_failed"] or summary["videos_leased_elsewhere"] else EXIT_OK
-    if cfg.verify_fraction:
+    summary = scheduler.summary(work.counts)
+    storage_failures = summary["failures_transient"]
+    leased_elsewhere = summary["videos_leased_elsewhere_total"]
+    exit_code = EXIT_FAILURES if summary["videos_failed"] or leased_elsewhere else EXIT_OK
+    if summary.get("listing_error"):
+        exit_code = EXIT_STORAGE
+    if cfg.verify_fraction and not storage_failures:
         summary["verify"] = _verify(cfg)
         if summary["verify"].get("failures"):
             exit_code = EXIT_FAILURES
-    write_json(out_fs, join(run_dir(out_root, run_id), "summary.json"), summary)
+    summary_path = join(run_dir(out_root, run_id), "summary.json")
+    try:
+        write_json(out_fs, summary_path, summary)
+    except Exception as exc:  # the run's work stands; its record could not be stored
+        summary["storage_error"] = f"summary not written: {describe(exc, full_uri(out_fs, summary_path))}"
+    if storage_failures or summary.get("storage_error"):
+        exit_code = EXIT_STORAGE
     message = (
         f"run {run_id}: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
         f"{summary['videos_skipped_done']} already done, {summary['videos_skipped_failed']} failed earlier "
-        f"(not retried), {len(summary['not_videos'])} non-video files skipped"
+        f"(not retried), {summary['not_videos_total']} non-video files skipped"
     )
-    if summary["videos_leased_elsewhere"]:
-        message += f", {len(summary['videos_leased_elsewhere'])} left to another run working on them"
+    if leased_elsewhere:
+        message += f", {leased_elsewhere} left to another run working on them (rerun once it is done)"
+    if cfg.shard is not None:
+        message += (
+            f"; shard {cfg.shard[0]}/{cfg.shard[1]} ({summary['files_in_other_shards']} in other shards)"
+        )
+    if summary.get("listing_error"):
+        message += f"; listing stopped: {summary['listing_error']} (rerun the same command to finish)"
+    if storage_failures or summary.get("storage_error"):
+        message += (
+            f"; storage failed during the run ({storage_failures} videos not written): "
+            "rerun the same command to finish"
+        )
     return ArchiveResult(run_id, exit_code, summary, message)
+
+
+def _list_has_targets(cfg: ArchiveConfig) -> bool:
+    if list_format(cfg.src) is None:
+        return False
+    try:
+        return SourceList(cfg.src, endpoint_url=cfg.endpoint_url).has_targets
+    except SourceListError:
+        return False  # not a list after all (a folder named *.csv): iter_sources lists it
 
 
 def _open_store(uri: str, endpoint_url: str | None):
@@ -155,44 +210,53 @@ def _open_store(uri: str, endpoint_url: str | None):
         raise ArchiveError(str(exc)) from None
 
 
-def _refuse_second_writer(cfg: ArchiveConfig, todo: list, busy: dict, leases: Leases) -> None:
-    """Exit 2 before any work when another live run holds the lease of a video this run would do."""
-    clash = [e for e in todo if e.key in busy]
-    if not clash:
-        return
-    first = clash[0]
-    raise ArchiveError(
-        f"{cfg.out}: {len(clash)} of the videos to archive are being archived by another run "
-        f"({first.uri}: {busy[first.key].describe(leases.clock())}); a second writer over the same videos "
-        "is refused: wait for that run, or archive a disjoint part of SRC (--include/--exclude)"
-    )
+_VIDEO_FOLDERS = ("videos", "markers/done", "markers/failed", "quality_search", LEASE_DIR)
 
 
-_TEMP_FOLDERS = ("videos", "manifest", "markers/done", "markers/failed", "quality_search", LEASE_DIR)
+def _temporaries(out_root: str) -> dict[str, tuple[str, str]]:
+    """`*.tmp-*` files under OUT (local outputs only: S3 uploads never appear unfinished), path ->
+    their owner: ("video", key), ("run", run_id), or ("other", "") for packs, compacted manifests and
+    verify parts, which no lease names."""
+    found: dict[str, tuple[str, str]] = {}
 
-
-def _temporaries(out_root: str) -> dict[str, str]:
-    """`*.tmp-*` files under OUT's folders (local outputs only: S3 uploads never appear unfinished),
-    path -> the video key they belong to."""
-    found = {}
-    for sub in _TEMP_FOLDERS:
+    def scan(sub: str, owner: Any) -> None:
         folder = os.path.join(out_root, sub)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
                 if ".tmp-" in name:
-                    stem = name.split(".tmp-", 1)[0].removeprefix("part-")
-                    found[os.path.join(folder, name)] = stem.rsplit(".", 1)[0]
+                    found[os.path.join(folder, name)] = owner(name.split(".tmp-", 1)[0])
+
+    for sub in _VIDEO_FOLDERS:
+        scan(sub, lambda stem: ("video", stem.rsplit(".", 1)[0]))
+    scan(  # part-<key>.parquet is a video's; pack-*, compacted-* are not
+        "manifest",
+        lambda stem: (
+            ("video", stem[len("part-") :].rsplit(".", 1)[0]) if stem.startswith("part-") else ("other", "")
+        ),
+    )
+    for sub in ("packs", "markers/packs", "verify"):
+        scan(sub, lambda stem: ("other", ""))
+    runs = os.path.join(out_root, "runs")
+    for run_id in os.listdir(runs) if os.path.isdir(runs) else []:
+        scan(os.path.join("runs", run_id), lambda stem, run_id=run_id: ("run", run_id))
     return found
 
 
-def _remove_stale_temporaries(temporaries: dict[str, str], *, keep: set[str]) -> None:
-    """Remove temporaries a killed run left behind, except those of videos a live run holds the lease
-    of (they may be that run's writes in flight). Listed before the leases were read, so a temporary
-    of a run that started since has its lease in `keep`."""
-    for path, key in temporaries.items():
-        if key not in keep:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+def _remove_stale_temporaries(temporaries: dict[str, tuple[str, str]], busy: dict[str, Any]) -> None:
+    """Remove temporaries a killed run left behind, except those a live run may still be writing: its
+    leased videos', its run folder's, and (while any other run is live, e.g. another shard) those no
+    lease names. Listed before the leases were read, so a run that started since has its leases in
+    `busy`."""
+    live_runs = {info.run_id for info in busy.values()}
+    for path, (kind, owner) in temporaries.items():
+        if (
+            (kind == "video" and owner in busy)
+            or (kind == "run" and owner in live_runs)
+            or (kind == "other" and live_runs)
+        ):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def _start_ray(cfg: ArchiveConfig) -> None:
@@ -228,8 +292,9 @@ def _verify(cfg: ArchiveConfig) -> dict[str, Any]:
             endpoint_url=cfg.endpoint_url,
             model=cfg.model,
         )
-    except VerifyError as exc:
-        return {"failures": [str(exc)], "rows": 0, "notes": [], "checks": {}}
+    except Exception as exc:  # e.g. the store went away: the run reports it, one line
+        reason = redact(str(exc).splitlines()[0]) if isinstance(exc, VerifyError) else describe(exc, cfg.out)
+        return {"failures": [f"closing verify could not run: {reason}"], "rows": 0, "notes": [], "checks": {}}
     return {
         "failures": [str(f) for f in report.failures],
         "rows": len(report.rows),

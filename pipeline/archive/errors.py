@@ -14,7 +14,21 @@ class ArchiveError(Exception):
 def one_line(uri: str, exc: BaseException) -> str:
     """A user-facing line for a task error: the original exception's own message, never a traceback."""
     cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    if isinstance(cause, (sources.SourceError, ConfigError)) or text.startswith(uri):
+    text = one_line_text(str(cause), uri) or type(cause).__name__
+    if isinstance(cause, (sources.SourceError, ConfigError)) or text.startswith(printable(uri)):
         return redact(text)
-    return redact(f"{uri}: {type(cause).__name__}: {text}")
+    return redact(f"{printable(uri)}: {type(cause).__name__}: {text}")
+
+
+def printable(text: str) -> str:
+    """`text` with line breaks and other control characters escaped (a file may be named "a\nb.mp4")."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def one_line_text(message: str, uri: str) -> str:
+    """The first line of `message`, where a URI with line breaks in it counts as one line (escaped),
+    so a failing file named "a\nb.mp4" keeps its reason instead of losing everything after the break."""
+    if uri and uri in message and uri != printable(uri):
+        message = message.replace(uri, printable(uri))
+    text = message.strip()
+    return text.splitlines()[0] if text else ""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import json
 import math
 import time
@@ -35,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.archive import accounting
+from pipeline.manifest import parquet_bytes
 from pipeline.runinfo import utc_now
-from pipeline.schema import REFERENCE_SCHEMA, rows_to_table
+from pipeline.schema import REFERENCE_SCHEMA
 from pipeline.storage import join, write_bytes
 
 if TYPE_CHECKING:
@@ -363,13 +363,11 @@ class References:
         clean = [
             {k: v for k, v in r.items() if k in columns} for r in sorted(rows, key=lambda r: r["gop_index"])
         ]
-        buffer = io.BytesIO()
-        import pyarrow.parquet as pq
-
-        pq.write_table(rows_to_table(clean, REFERENCE_SCHEMA), buffer, compression="zstd")
         owner = self.owner
-        try:
-            write_bytes(owner.out_fs, reference_path(owner.out_root, key), buffer.getvalue())
+        try:  # with page and column checksums, like every part (pipeline.manifest)
+            write_bytes(
+                owner.out_fs, reference_path(owner.out_root, key), parquet_bytes(clean, REFERENCE_SCHEMA)
+            )
         except Exception as exc:  # the reference is a measurement: the archive does not depend on it
             owner.display.log(f"could not write the reference rows of {rows[0]['source_uri']}: {exc}")
             return

@@ -29,12 +29,15 @@ from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.errors import one_line
 from pipeline.archive.failures import FailureLog
 from pipeline.archive.leases import Leases
+from pipeline.archive.pack_writer import commit_pack
 from pipeline.archive.plan import GopSpan, plan_gops
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.reference import References
 from pipeline.archive.searches import QualitySearches
 from pipeline.archive.summary import RunTally, build_summary
 from pipeline.archive.video_writer import VideoJob, commit_video
+from pipeline.archive.worklist import WorkCounts, WorkList
+from pipeline.storage import is_transient
 
 
 @dataclasses.dataclass
@@ -51,6 +54,7 @@ class Video:
     payloads: dict[int, Any] = dataclasses.field(default_factory=dict)  # gop index -> ObjectRef[bytes]
     in_flight: int = 0
     failed: bool = False
+    recodes: int = 0  # times its coded GOPs were lost with a node before the commit
 
 
 @dataclasses.dataclass
@@ -63,19 +67,25 @@ class GopTask:
 
 
 def _probe_remote(
-    entry: discovery.SourceEntry, endpoint_url: str | None
+    entry: discovery.SourceEntry, endpoint_url: str | None, max_pixels: int | None
 ) -> tuple[discovery.ProbeOutcome, float]:
     """(outcome, CPU-seconds spent probing)."""
     with accounting.stopwatch() as wall:
-        outcome = discovery.probe_entry(entry, endpoint_url=endpoint_url)
+        outcome = discovery.probe_entry(entry, endpoint_url=endpoint_url, max_pixels=max_pixels)
     return outcome, accounting.held("cpu").charge(wall[0])
 
 
-def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None):
-    """(frames, CPU-seconds spent decoding): two object refs (`num_returns=2`)."""
+def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None, options: dict[str, Any] | None = None):
+    """(frames, CPU-seconds spent decoding): two object refs (`num_returns=2`). `options`: the checks
+    and depth of `Scheduler.decode_gop` (size, pixel budget, RGB48)."""
     with accounting.stopwatch() as wall:
         frames = sources.decode_frames(
-            uri, span.first_frame, span.frame_count, expected_pts=span.pts, endpoint_url=endpoint_url
+            uri,
+            span.first_frame,
+            span.frame_count,
+            expected_pts=span.pts,
+            endpoint_url=endpoint_url,
+            **(options or {}),
         )
     return frames, accounting.held("cpu").charge(wall[0])
 
@@ -111,11 +121,14 @@ class Scheduler:
         self.counters = counters
         self.display = display
         self.leases = leases
-        self.probe = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False)(_probe_remote)
-        self.decode = ray.remote(num_cpus=0.5, num_returns=2, max_retries=2, retry_exceptions=False)(
-            _decode_remote
+        placed = {"resources": dict(cfg.task_resources)} if cfg.task_resources else {}  # e.g. CPU-only nodes
+        self.probe = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False, **placed)(_probe_remote)
+        self.decode = ray.remote(
+            num_cpus=0.5, num_returns=2, max_retries=2, retry_exceptions=False, **placed
+        )(_decode_remote)
+        self.commit = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False, **placed)(
+            _commit_remote
         )
-        self.commit = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False)(_commit_remote)
         self.videos: dict[str, Video] = {}
         self.ready: collections.deque[str] = collections.deque()  # planned videos awaiting GOP slots
         self.queue: collections.deque[GopTask] = collections.deque()
@@ -125,36 +138,58 @@ class Scheduler:
         ] = {}  # meta ref -> task, actor idx/handle, payload
         self.committing: dict[Any, str] = {}
         self.searches = QualitySearches(self)
-        self.failures = FailureLog(cfg, run_id, identity, counters, display)
+        self.failures = FailureLog(cfg, run_id, identity, counters, display, on_recorded=self._release)
         self.tally = RunTally()
         self.compute = accounting.ComputeTally()
         self.references = References(self)
         self.gop_cache: dict[Fraction, int | str] = {}
         self.codec_class = codec_class(cfg.codec)
         self.videos_started = 0
+        self.probing_keys: set[str] = set()
+        self.duplicates = 0
+        self.listing_error: str | None = None
+        self._listing_open = False
+        self.pack_open: list[str] = []  # finished videos waiting for the open pack to fill
+        self.pack_bytes = 0
+        self.pack_commits: dict[Any, list[str]] = {}
+        self.packs_started = 0
+        self.had_failed: Any = None  # keys with a failed marker at the start (KeySet; packs clear them)
+        self.commit_pack = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False, **placed)(
+            commit_pack
+        )
         self.utilisation: list[dict[str, Any]] = []  # the encode actors' busy measures, at the end
 
     # ---- main loop -------------------------------------------------------------------------------
-    def run(self, todo: list[discovery.SourceEntry]) -> None:
-        pending = collections.deque(todo)
-        self.counters.videos_total = len(todo)
+    def run(self, work: WorkList) -> None:
+        """Archive the videos `work` streams (listing goes on while earlier videos encode)."""
+        self._entries = work.entries()
+        self.had_failed = work.failed
+        self._next: discovery.SourceEntry | None = None
+        self._listing_open = True
         limit = self.cfg.limit
         searching = self.searches.running
-        while self._busy(pending):
-            while pending and self._videos_ahead() < self._probe_ahead():
+        while self._busy():
+            while self._videos_ahead() < self._probe_ahead():
                 if limit is not None and self.videos_started + len(self.probing) >= limit:
                     if self.videos_started >= limit:  # non-videos do not count against --limit
-                        self.counters.videos_total -= len(pending)
-                        pending.clear()
+                        self._close_listing()
                     break
-                entry = pending.popleft()
-                if self._leased_elsewhere(entry):
-                    continue
-                self.probing[self.probe.remote(entry, self.cfg.endpoint_url)] = entry
+                entry = self._take()
+                if entry is None:
+                    break
+                self._start(entry)
             self._fill_gop_slots()
+            self._maybe_close_pack()
             self._keep_alive()
             references = self.references.running
-            waiting = [*self.probing, *searching, *self.encoding, *self.committing, *references]
+            waiting = [
+                *self.probing,
+                *searching,
+                *self.encoding,
+                *self.committing,
+                *self.pack_commits,
+                *references,
+            ]
             if not waiting:
                 continue
             ready, _ = self.ray.wait(waiting, num_returns=1, timeout=1.0)
@@ -167,6 +202,8 @@ class Scheduler:
                     self._on_encoded(ref)
                 elif ref in self.committing:
                     self._on_committed(ref)
+                elif ref in self.pack_commits:
+                    self._on_pack_committed(ref)
                 elif ref in references:
                     self.references.on_done(ref)
             self.display.refresh()
@@ -182,7 +219,7 @@ class Scheduler:
         if holder is None:
             return False
         reason = f"{entry.uri}: being archived by {holder.describe(self.leases.clock())}"
-        self.tally.leased_elsewhere.append(reason)
+        self.tally.leased(reason)
         self.counters.videos_total -= 1
         self.display.log(f"left to another run: {reason}")
         return True
@@ -200,9 +237,47 @@ class Scheduler:
                 f"encode actor {idx} finished nothing for {self.cfg.stall_seconds:.0f} s; killed, its GOPs retried"
             )
 
-    def _busy(self, pending: collections.deque) -> bool:
+    def _take(self) -> discovery.SourceEntry | None:
+        """The next entry of the listing (None at its end, or when it failed: the run then finishes what
+        it started and reports the listing error)."""
+        if self._next is None and self._listing_open:
+            try:
+                self._next = next(self._entries, None)
+            except Exception as exc:  # a page that cannot be listed after the storage retries
+                self.listing_error = one_line(self.cfg.src, exc)
+                self.display.log(f"listing stopped: {self.listing_error}")
+            if self._next is None:
+                self._close_listing()
+        entry, self._next = self._next, None
+        return entry
+
+    def _close_listing(self) -> None:
+        self._listing_open = False
+        self._next = None
+
+    def _start(self, entry: discovery.SourceEntry) -> None:
+        """Probe one listed video (or fail it at once when its list row is unusable)."""
+        self.counters.videos_total += 1
+        if entry.key in self.videos or entry.key in self.probing_keys:
+            self.counters.videos_total -= 1
+            self.duplicates += 1  # an input list naming a video twice: archived once
+            return
+        if self._leased_elsewhere(entry):
+            return
+        if entry.error or (entry.target is not None and self.cfg.quality_goal is not None):
+            self.videos_started += 1
+            reason = (
+                entry.error
+                or f"{entry.uri}: a per-video rate target cannot be combined with a quality target"
+            )
+            self.failures.record(entry.key, entry.uri, entry.size or 0, reason)
+            return
+        self.probing[self.probe.remote(entry, self.cfg.endpoint_url, self.cfg.max_pixels)] = entry
+        self.probing_keys.add(entry.key)
+
+    def _busy(self) -> bool:
         return bool(
-            pending
+            self._listing_open
             or self.probing
             or self.searches
             or self.ready
@@ -210,6 +285,8 @@ class Scheduler:
             or self.encoding
             or self.committing
             or self.references
+            or self.pack_open
+            or self.pack_commits
         )
 
     def _probe_ahead(self) -> int:
@@ -247,9 +324,7 @@ class Scheduler:
 
     def _submit(self, task: GopTask, video: Video) -> None:
         if task.frames_ref is None:
-            task.frames_ref, task.decode_seconds_ref = self.decode.remote(
-                video.job.source_uri, task.span, self.cfg.endpoint_url
-            )
+            task.frames_ref, task.decode_seconds_ref = self.decode_gop(video, task.span)
         idx, actor = self.pool.pick()
         header = video.job.header
         label = f"{video.job.source_uri} GOP {task.span.index} (frames {task.span.first_frame}+{task.span.frame_count})"
@@ -261,31 +336,49 @@ class Scheduler:
         self.encoding[meta_ref] = (task, idx, actor, payload_ref)
         video.in_flight += 1
 
+    def decode_gop(self, video: Video, span: GopSpan) -> Any:
+        """A decode task for one GOP, as (frames, decode seconds) refs: the probed frame size and the
+        pixel budget are enforced on the decoded frames, and a source deeper than 8 bits decodes to
+        RGB48 when the codec keeps it."""
+        header = video.job.header
+        options = {
+            "size": (header["width"], header["height"]),
+            "max_pixels": self.cfg.max_pixels,
+            "high_bit_depth": header.get("coded_bit_depth", 8) > 8,
+        }
+        return self.decode.remote(video.job.source_uri, span, self.cfg.endpoint_url, options)
+
     # ---- results ---------------------------------------------------------------------------------
     def _on_probe(self, ref: Any) -> None:
         entry = self.probing.pop(ref)
+        self.probing_keys.discard(entry.key)
         probe_seconds = 0.0
         try:
             outcome, probe_seconds = self.ray.get(ref)
         except Exception as exc:
             outcome = discovery.ProbeOutcome(entry, "failed", reason=one_line(entry.uri, exc))
+        entry = outcome.entry  # with its size, when an input list had none
         if outcome.kind == "skip":
-            self.tally.not_videos.append(outcome.reason or entry.uri)
+            self.tally.not_video(outcome.reason or entry.uri)
             self.counters.videos_total -= 1
             self.display.log(f"skipped: {outcome.reason}")
             self._release(entry.key)
             return
         self.videos_started += 1
         if outcome.kind == "failed":
-            self.failures.record(entry.key, entry.uri, entry.size, outcome.reason or "unreadable")
-            self._release(entry.key)
+            self.failures.record(
+                entry.key,
+                entry.uri,
+                entry.size or 0,
+                outcome.reason or "unreadable",
+                transient=outcome.transient,
+            )
             return
         info = outcome.info
         assert info is not None
         gop_frames = self._gop_frames(info.fps)
         if isinstance(gop_frames, str):
             self.failures.record(entry.key, entry.uri, entry.size, f"{entry.uri}: {gop_frames}")
-            self._release(entry.key)
             return
         spans = tuple(plan_gops(info.frame_count, gop_frames, info.frame_pts))
         header = dict(
@@ -296,10 +389,18 @@ class Scheduler:
             video_key=entry.key,
             source_uri=entry.uri,
             source_bytes=entry.size,
-            target=self.cfg.target_record(),
+            target=_target_record(entry.target) if entry.target else self.cfg.target_record(),
             gop_frames=gop_frames,
             run_id=self.run_id,
+            **self._precision(info),
         )
+        if entry.metadata:
+            header["source_metadata"] = dict(entry.metadata)
+        if header.get("source_note"):
+            self.tally.warning(
+                {"video_key": entry.key, "source_uri": entry.uri, "warning": header["source_note"]}
+            )
+            self.display.log(f"warning: {entry.uri}: {header['source_note']}")
         job = VideoJob(
             video_key=entry.key,
             source_uri=entry.uri,
@@ -310,19 +411,33 @@ class Scheduler:
             header=header,
             spans=spans,
             has_audio=info.has_audio,
+            metadata=entry.metadata,
             compute={"probe": probe_seconds},
         )
         self.counters.frames_total += info.frame_count
         goal = self.cfg.quality_goal
         if goal is not None:
             job = dataclasses.replace(job, header=dict(job.header, quality_goal=goal.as_record()))
-        video = Video(job, target=self.cfg.target)
+        video = Video(job, target=entry.target or self.cfg.target)
         self.videos[entry.key] = video
         self.references.plan(video)
         if goal is None or goal.per_gop:
             self.ready.append(entry.key)
             return
         self.searches.add(video)
+
+    def _precision(self, info: sources.VideoInfo) -> dict[str, Any]:
+        """What the archive keeps of the source's precision (`coded_bit_depth`, `coded_chroma`), and a note of
+        anything it does not keep: a truncated source, bits or chroma the codec cannot store."""
+        kept = int(self.identity.get("max_bit_depth") or 8)
+        coded = min(info.bit_depth, kept) if info.bit_depth > 8 else 8
+        chroma = self.identity.get("coded_chroma")
+        notes = [info.source_note()] if info.source_note() else []
+        if coded < info.bit_depth:
+            notes.append(f"{info.bit_depth}-bit source coded at {coded} bits ({self.identity.get('codec')})")
+        if chroma and info.chroma in ("4:4:4", "4:2:2", "rgb", "4:4:0") and chroma != info.chroma:
+            notes.append(f"{info.chroma} source coded as {chroma}")
+        return {"coded_bit_depth": coded, "coded_chroma": chroma, "source_note": "; ".join(notes) or None}
 
     def _gop_frames(self, fps: Fraction) -> int | str:
         """The GOP length for a video at `fps`, or a one-line reason it cannot be used. Computed here
@@ -354,7 +469,7 @@ class Scheduler:
             return
         except Exception as exc:
             if not video.failed:
-                self.fail_video(video, one_line(video.job.source_uri, exc))
+                self.fail_video(video, one_line(video.job.source_uri, exc), transient=is_transient(exc))
             return
         if video.failed:
             return
@@ -373,10 +488,79 @@ class Scheduler:
         self.counters.frames_done += task.span.frame_count
         if len(video.metas) == len(video.job.spans):
             order = range(len(video.job.spans))
+            if self.cfg.pack_mb:
+                self._pack(video)
+                return
             commit_ref = self.commit.remote(
                 video.job, [video.metas[i] for i in order], *[video.payloads[i] for i in order]
             )
             self.committing[commit_ref] = video.job.video_key
+
+    # ---- packs (`--pack N_MB`) ---------------------------------------------------------------------
+    def _pack(self, video: Video) -> None:
+        """Add a finished video to the open pack; commit the pack once it holds N MB of payload."""
+        self.pack_open.append(video.job.video_key)
+        self.pack_bytes += sum(int(m.get("payload_bytes") or 0) for m in video.metas.values())
+        if self.pack_bytes >= self.cfg.pack_mb * 1e6 or len(self.pack_open) >= MAX_PACK_MEMBERS:
+            self._commit_pack()
+
+    def _commit_pack(self) -> None:
+        if not self.pack_open:
+            return
+        self.packs_started += 1
+        pack_id = f"{self.run_id}-{self.packs_started:06d}"
+        videos = [self.videos[key] for key in self.pack_open]
+        order = [range(len(v.job.spans)) for v in videos]
+        ref = self.commit_pack.remote(
+            pack_id,
+            [v.job for v in videos],
+            [[v.metas[i] for i in o] for v, o in zip(videos, order, strict=True)],
+            [bool(self.had_failed and v.job.video_key in self.had_failed) for v in videos],
+            *[v.payloads[i] for v, o in zip(videos, order, strict=True) for i in o],
+        )
+        self.pack_commits[ref] = list(self.pack_open)
+        self.pack_open, self.pack_bytes = [], 0
+
+    def _maybe_close_pack(self) -> None:
+        """At the end of the work, the last pack goes out however small it is."""
+        if self.pack_open and not (
+            self._listing_open or self.probing or self.searches or self.ready or self.queue or self.encoding
+        ):
+            self._commit_pack()
+
+    def _on_pack_committed(self, ref: Any) -> None:
+        keys = self.pack_commits.pop(ref)
+        try:
+            result = self.ray.get(ref)
+        except self.ray.exceptions.ObjectLostError:  # payloads lost with a node: encode them again
+            for key in keys:
+                video = self.videos[key]
+                if not self._recode(video):
+                    self.videos.pop(key)
+                    self.references.discard(key)
+                    reason = f"{video.job.source_uri}: payloads lost {video.recodes} times"
+                    self.failures.record(key, video.job.source_uri, video.job.source_bytes, reason)
+            return
+        except Exception as exc:
+            videos = [self.videos.pop(key) for key in keys]
+            for video in videos:
+                self.references.discard(video.job.video_key)
+                self.failures.record(
+                    video.job.video_key,
+                    video.job.source_uri,
+                    video.job.source_bytes,
+                    one_line(video.job.source_uri, exc),
+                )
+            return
+        for video in [self.videos.pop(key) for key in keys]:
+            key = video.job.video_key
+            member = result["members"].get(key)
+            if member is None:
+                self.references.discard(key)
+                reason = result["failed"].get(key) or f"{video.job.source_uri}: not in its pack"
+                self.failures.record(key, video.job.source_uri, video.job.source_bytes, reason)
+                continue
+            self._committed(video, member)
 
     def replace_actor(self, idx: int, dead: Any) -> None:
         if self.pool.replace(idx, dead):
@@ -384,29 +568,64 @@ class Scheduler:
 
     def _on_committed(self, ref: Any) -> None:
         key = self.committing.pop(ref)
-        video = self.videos.pop(key)
+        video = self.videos[key]
         try:
             result = self.ray.get(ref)
-        except Exception as exc:
+        except self.ray.exceptions.ObjectLostError:  # payloads lost with a node: encode the video again
+            if self._recode(video):
+                return
+            self.videos.pop(key)
             self.references.discard(key)
             self.failures.record(
-                key, video.job.source_uri, video.job.source_bytes, one_line(video.job.source_uri, exc)
+                key,
+                video.job.source_uri,
+                video.job.source_bytes,
+                f"{video.job.source_uri}: payloads lost {video.recodes} times",
             )
-            self._release(key)
             return
-        self._release(key)
+        except Exception as exc:
+            self.videos.pop(key)
+            self.references.discard(key)
+            self.failures.record(
+                key,
+                video.job.source_uri,
+                video.job.source_bytes,
+                one_line(video.job.source_uri, exc),
+                transient=is_transient(exc),
+            )
+            return
+        self.videos.pop(key)
+        self._committed(video, result)
+
+    def _recode(self, video: Video) -> bool:
+        """Queue all of a finished video's GOPs again (its coded payloads were lost with a node before
+        they were written); False once it has been recoded `max_gop_retries` times."""
+        if video.recodes >= self.cfg.max_gop_retries:
+            return False
+        video.recodes += 1
+        video.metas.clear()
+        video.payloads.clear()
+        self.counters.gops_done -= len(video.job.spans)
+        self.counters.frames_done -= sum(span.frame_count for span in video.job.spans)
+        self.queue.extendleft(GopTask(video.job.video_key, span) for span in reversed(video.job.spans))
+        self.display.log(f"{video.job.source_uri}: coded GOPs lost with a node; encoding the video again")
+        return True
+
+    def _committed(self, video: Video, result: dict[str, Any]) -> None:
+        key = video.job.video_key
         self.counters.videos_ok += 1
         self.counters.bytes_in += video.job.source_bytes
         self.counters.bytes_out += result["archive_bytes"]
         self.tally.committed(video.job.source_bytes, result)
         self.compute.add_rows(key, result.get("compute_rows", []), result.get("commit_device_seconds"))
         self.references.on_committed(key)
+        self._release(key)
 
     def tally_reference(self, cpu_seconds: float) -> None:
         """Reference rows were written: count their CPU-seconds (stage "reference")."""
         self.compute.add_reference(cpu_seconds)
 
-    def fail_video(self, video: Video, reason: str) -> None:
+    def fail_video(self, video: Video, reason: str, *, transient: bool = False) -> None:
         """Stop a video's remaining GOPs (queued ones are dropped, running ones ignored) and record it."""
         video.failed = True
         video.payloads.clear()
@@ -414,8 +633,9 @@ class Scheduler:
         if video.in_flight == 0:
             self.videos.pop(video.job.video_key, None)
         self.references.discard(video.job.video_key)
-        self.failures.record(video.job.video_key, video.job.source_uri, video.job.source_bytes, reason)
-        self._release(video.job.video_key)
+        self.failures.record(
+            video.job.video_key, video.job.source_uri, video.job.source_bytes, reason, transient=transient
+        )
 
     # ---- summary ---------------------------------------------------------------------------------
     def _reserved(self) -> dict[str, float]:
@@ -429,7 +649,7 @@ class Scheduler:
         per_actor = gpus if gpus > 0 else self.pool.cpus
         return {kind: self.counters.elapsed * len(self.pool) * per_actor}
 
-    def summary(self, *, entries_total: int, already_done: int, previously_failed: int) -> dict[str, Any]:
+    def summary(self, counts: WorkCounts) -> dict[str, Any]:
         summary = build_summary(
             cfg=self.cfg,
             run_id=self.run_id,
@@ -439,11 +659,27 @@ class Scheduler:
             failures=self.failures.records,
             targets_missed=self.searches.targets_missed,
             actor_restarts=self.pool.restarts,
+            peak_gops_per_actor=self.pool.peak_load,
             compute=self.compute.record(self._reserved()),
             reference=self.references.summary(),
-            entries_total=entries_total,
-            already_done=already_done,
-            previously_failed=previously_failed,
+            entries_total=counts.files_listed,
+            already_done=counts.already_done,
+            previously_failed=counts.previously_failed,
         )
+        summary["files_in_other_shards"] = counts.other_shards
+        summary["list_rows_without_uri"] = counts.rows_without_uri
+        summary["duplicate_sources"] = self.duplicates
+        summary["failures_total"] = self.failures.total
+        summary["failures_transient"] = self.failures.transient_total
+        if self.listing_error:
+            summary["listing_error"] = self.listing_error
         summary["encode_actors"] = self.utilisation
         return summary
+
+
+#: A pack closes at N MB of payload or at this many videos, whichever comes first.
+MAX_PACK_MEMBERS = 100_000
+
+
+def _target_record(target: RateTarget) -> dict[str, Any]:
+    return {"kind": target.kind, "value": target.value}

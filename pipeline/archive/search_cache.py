@@ -18,7 +18,7 @@ import fsspec
 from pipeline.archive.config import QualityGoal
 from pipeline.archive.plan import GopSpan
 from pipeline.runinfo import write_json
-from pipeline.storage import join
+from pipeline.storage import StorageError, join, read_bytes
 
 
 def search_cache_path(out_root: str, video_key: str) -> str:
@@ -49,11 +49,11 @@ def load_search(
     """The cached {"knob", "record"} if one exists for exactly this `key`; None otherwise (or unreadable)."""
     path = search_cache_path(out_root, video_key)
     try:
-        cached = json.loads(fs.cat_file(path))
+        cached = json.loads(read_bytes(fs, path))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        return None  # a damaged cache file is a miss, and is overwritten after the new search
+    except (OSError, ValueError, StorageError):
+        return None  # an unreadable or damaged cache file is a miss, and is overwritten after the new search
     if not isinstance(cached, dict) or cached.get("key") != _canonical(key):
         return None
     outcome = cached.get("outcome")

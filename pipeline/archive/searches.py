@@ -18,6 +18,7 @@ from pipeline.archive.accounting import add_per_video
 from pipeline.archive.errors import one_line
 from pipeline.archive.plan import GopSpan
 from pipeline.archive.search_cache import load_search, save_search, search_cache_key
+from pipeline.storage import is_transient
 
 if TYPE_CHECKING:
     from pipeline.archive.scheduler import Scheduler, Video
@@ -56,9 +57,7 @@ class QualitySearches:
         refs = []
         for span in self.sample_spans(video):
             if span.index not in video.sample_refs:  # (frames, decode seconds) refs
-                video.sample_refs[span.index] = owner.decode.remote(
-                    video.job.source_uri, span, self.cfg.endpoint_url
-                )
+                video.sample_refs[span.index] = owner.decode_gop(video, span)
             refs.append(video.sample_refs[span.index][0])
         idx, actor = owner.pool.pick()
         ref = actor.search_quality.remote(
@@ -86,7 +85,7 @@ class QualitySearches:
                 self.queue.appendleft(key)
             return
         except Exception as exc:
-            owner.fail_video(video, one_line(video.job.source_uri, exc))
+            owner.fail_video(video, one_line(video.job.source_uri, exc), transient=is_transient(exc))
             return
         if "error" in outcome:
             owner.fail_video(video, outcome["error"])

@@ -8,26 +8,112 @@ import dataclasses
 import time
 from typing import Any
 
+import numpy as np
+
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.progress import Counters
+from pipeline.audit.sketch import Reservoir
+
+#: Non-video file names kept for the summary (the count is always exact).
+MAX_LISTED = 1000
+RATE_COLUMNS = ("bpp", "kbps")
+QUALITY_COLUMNS = ("psnr", "ms_ssim", "lpips", "dists", "vmaf")
+
+
+class RunningStats:
+    """One GOP column over a run in bounded memory: exact count/min/max, frame-weighted mean, and
+    percentiles from a uniform reservoir (exact up to 100 000 GOPs; see `pipeline.audit.sketch`)."""
+
+    FLUSH = 4096
+
+    def __init__(self) -> None:
+        self.reservoir = Reservoir()
+        self.weighted = 0.0
+        self.weight = 0.0
+        self._buffer: list[float] = []
+
+    def add(self, value: float | None, frames: int) -> None:
+        if value is None or not np.isfinite(value):
+            return
+        self._buffer.append(float(value))
+        self.weighted += float(value) * frames
+        self.weight += frames
+        if len(self._buffer) >= self.FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self.reservoir.add(np.asarray(self._buffer, dtype=np.float64))
+            self._buffer = []
+
+    @property
+    def count(self) -> int:
+        self._flush()
+        return self.reservoir.count
+
+    def percentiles(self) -> dict[str, float]:
+        if not self.count:
+            return {}
+        p5, p50, p95 = (self.reservoir.quantile(q) for q in (0.05, 0.5, 0.95))
+        return {"p5": p5, "p50": p50, "p95": p95, "count": self.count}
+
+    def stats(self) -> dict[str, float] | None:
+        if not self.count:
+            return None
+        return {
+            "mean_per_frame": self.weighted / self.weight if self.weight else float("nan"),
+            **self.percentiles(),
+            "min": float(self.reservoir.minimum),
+            "max": float(self.reservoir.maximum),
+        }
 
 
 @dataclasses.dataclass
 class RunTally:
-    """What the committed videos of a run add up to (failures are kept by `FailureLog`)."""
+    """What the committed videos of a run add up to (failures are kept by `FailureLog`), in memory
+    that does not grow with the number of videos."""
 
-    gop_stats: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    not_videos: list[str] = dataclasses.field(default_factory=list)
-    #: Videos another live run holds the lease of (`leases`): not touched by this run.
+    gops: int = 0
+    frames: int = 0
+    #: Videos another live run holds the lease of (`leases`): not touched by this run; the first MAX_LISTED.
     leased_elsewhere: list[str] = dataclasses.field(default_factory=list)
+    leased_elsewhere_total: int = 0
     source_bytes: int = 0
     archive_bytes: int = 0
+    not_videos: list[str] = dataclasses.field(default_factory=list)  # the first MAX_LISTED
+    not_videos_total: int = 0
+    #: Sources archived with a note (truncated, or precision the codec does not keep); the first MAX_LISTED.
+    warnings: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    warnings_total: int = 0
+    columns: dict[str, RunningStats] = dataclasses.field(
+        default_factory=lambda: {name: RunningStats() for name in (*RATE_COLUMNS, *QUALITY_COLUMNS)}
+    )
 
     def committed(self, source_bytes: int, result: dict[str, Any]) -> None:
         """Add one committed video (`result`: what `video_writer.commit_video` returned)."""
         self.source_bytes += source_bytes
         self.archive_bytes += result["archive_bytes"]
-        self.gop_stats.extend(result["gops"])
+        for gop in result["gops"]:
+            self.gops += 1
+            self.frames += gop["frame_count"]
+            for name, stats in self.columns.items():
+                stats.add(gop.get(name), gop["frame_count"])
+
+    def warning(self, record: dict[str, str]) -> None:
+        self.warnings_total += 1
+        if len(self.warnings) < MAX_LISTED:
+            self.warnings.append(record)
+
+    def leased(self, key: str) -> None:
+        """A video another live run holds (its lease): skipped by this run."""
+        self.leased_elsewhere_total += 1
+        if len(self.leased_elsewhere) < MAX_LISTED:
+            self.leased_elsewhere.append(key)
+
+    def not_video(self, reason: str) -> None:
+        self.not_videos_total += 1
+        if len(self.not_videos) < MAX_LISTED:
+            self.not_videos.append(reason)
 
 
 def build_summary(
@@ -41,14 +127,14 @@ def build_summary(
     targets_missed: list[dict[str, Any]],
     actor_restarts: int,
     entries_total: int,
+    peak_gops_per_actor: int = 0,
     compute: dict[str, Any] | None = None,
     reference: dict[str, Any] | None = None,
     already_done: int,
     previously_failed: int,
 ) -> dict[str, Any]:
     c = counters
-    gops = tally.gop_stats
-    frames = sum(g["frame_count"] for g in gops)
+    frames = tally.frames
     return {
         "run_id": run_id,
         "codec": identity,
@@ -61,46 +147,25 @@ def build_summary(
         "videos_skipped_done": already_done,
         "videos_skipped_failed": 0 if cfg.retry_failed else previously_failed,
         "not_videos": tally.not_videos,
+        "not_videos_total": tally.not_videos_total,
         "videos_leased_elsewhere": tally.leased_elsewhere,
-        "gops": len(gops),
+        "videos_leased_elsewhere_total": tally.leased_elsewhere_total,
+        "warnings": tally.warnings,
+        "warnings_total": tally.warnings_total,
+        "gops": tally.gops,
         "frames": frames,
         "source_bytes": tally.source_bytes,
         "archive_bytes": tally.archive_bytes,
         "compression_ratio": (tally.source_bytes / tally.archive_bytes) if tally.archive_bytes else None,
-        "bpp": _stats([g["bpp"] for g in gops], weights=[g["frame_count"] for g in gops]),
-        "kbps": _stats([g["kbps"] for g in gops], weights=[g["frame_count"] for g in gops]),
-        "quality": {
-            name: _percentiles([g[name] for g in gops if g.get(name) is not None])
-            for name in ("psnr", "ms_ssim", "lpips", "dists", "vmaf")
-        },
+        "bpp": tally.columns["bpp"].stats(),
+        "kbps": tally.columns["kbps"].stats(),
+        "quality": {name: tally.columns[name].percentiles() for name in QUALITY_COLUMNS},
         "failures": failures,
         "actor_restarts": actor_restarts,
+        "peak_gops_in_flight_per_actor": peak_gops_per_actor,
         "compute": compute,
         "reference": reference,
         "wall_seconds": c.elapsed,
         "frames_per_second": frames / c.elapsed,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def _stats(values: list[float], *, weights: list[int]) -> dict[str, float] | None:
-    if not values:
-        return None
-    import numpy as np
-
-    v = np.asarray(values, dtype=float)
-    return {
-        "mean_per_frame": float(np.average(v, weights=np.asarray(weights, dtype=float))),
-        **_percentiles(values),
-        "min": float(v.min()),
-        "max": float(v.max()),
-    }
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    import numpy as np
-
-    p5, p50, p95 = np.percentile(np.asarray(values, dtype=float), [5, 50, 95])
-    return {"p5": float(p5), "p50": float(p50), "p95": float(p95), "count": len(values)}

@@ -10,24 +10,27 @@ and no container (a stale one from an earlier attempt is removed).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import time
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline import sources
 from pipeline.archive import accounting
 from pipeline.archive.plan import GopSpan
 from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_index, write_container
+from pipeline.manifest import parquet_bytes
 from pipeline.metrics import METRIC_COLUMNS
 from pipeline.runinfo import container_path, manifest_path, marker_path, utc_now, write_json
-from pipeline.schema import COMPUTE_STAGES, MANIFEST_SCHEMA, PROOF_COLUMNS, compute_column, rows_to_table
-from pipeline.storage import filesystem, full_uri, open_atomic, range_reader, redact, write_bytes
+from pipeline.schema import (
+    COMPUTE_STAGES,
+    MANIFEST_SCHEMA,
+    SOURCE_METADATA_COLUMNS,
+    compute_column,
+)
+from pipeline.storage import filesystem, full_uri, range_reader, redact, remove, write_bytes, write_object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,8 @@ class VideoJob:
     header: dict[str, Any]  # geometry, rate, colour, rotation, codec identity, target
     spans: tuple[GopSpan, ...]
     has_audio: bool
+    #: caption / license / split from an input list: copied into every row of the video.
+    metadata: dict[str, str] | None = None
     #: Per-video device-seconds measured before the commit ("probe", "search"; `accounting`).
     compute: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -51,33 +56,13 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
     """Write the video's container, manifest part and done marker; returns the per-GOP stats."""
     started = time.perf_counter()
     fs, out_root = filesystem(job.out, endpoint_url=job.endpoint_url)
-    attachments = []
-    if job.has_audio:
-        audio = sources.extract_audio(job.source_uri, endpoint_url=job.endpoint_url)
-        if audio is not None:
-            attachments.append((AUDIO_ATTACHMENT, audio[0], audio[1]))
-    pts = [t for span in job.spans for t in (span.pts or ())]
-    if job.header.get("vfr") and len(pts) == int(job.header["frame_count"]):
-        info = {"time_base": job.header.get("time_base"), "dtype": "<i8", "count": len(pts)}
-        attachments.append((TIMESTAMPS_ATTACHMENT, np.asarray(pts, dtype="<i8").tobytes(), info))
-    header = dict(job.header, created_at=utc_now().isoformat())  # source_sha256: taken by the probe
-    header.setdefault("decoder_options", {})  # what `codec.registry.decoder_for` rebuilds the decoder with
-    gops = [(s.first_frame, s.frame_count, p) for s, p in zip(job.spans, payloads, strict=True)]
+    header, gops, attachments = container_inputs(job, payloads)
     path = container_path(out_root, job.video_key)
-    with open_atomic(fs, path) as handle:
-        size = write_container(handle, header, gops, attachments)
+    size = write_object(fs, path, lambda handle: write_container(handle, header, gops, attachments))
     archive_uri = full_uri(fs, path)
     index = read_index(range_reader(fs, path), size, name=archive_uri)  # the index as stored
     cpu = accounting.held("cpu")
-    per_video = accounting.add_per_video(job.compute, "commit", cpu.charge(time.perf_counter() - started))
-    frames_total = sum(span.frame_count for span in job.spans) or 1
-    rows = [
-        dict(
-            _ok_row(job, span, meta, entry, archive_uri),
-            **accounting.row_columns(meta.get("compute", {}), per_video, span.frame_count / frames_total),
-        )
-        for span, meta, entry in zip(job.spans, metas, index.gops, strict=True)
-    ]
+    rows = video_rows(job, metas, index.gops, archive_uri, cpu.charge(time.perf_counter() - started))
     write_bytes(fs, manifest_path(out_root, job.video_key), _parquet_bytes(rows))
     marker = {
         "video_key": job.video_key,
@@ -90,15 +75,66 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
         "completed_at": utc_now().isoformat(),
     }
     write_json(fs, marker_path(out_root, "done", job.video_key), marker)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(marker_path(out_root, "failed", job.video_key))
+    remove(fs, marker_path(out_root, "failed", job.video_key))
+    return commit_result(size, bool(attachments), rows, cpu.charge(time.perf_counter() - started))
+
+
+def container_inputs(
+    job: VideoJob, payloads: list[bytes]
+) -> tuple[dict[str, Any], list[tuple[int, int, bytes]], list[tuple[str, bytes, dict[str, Any]]]]:
+    """(header, GOPs, attachments) of the video's container: the audio copied from the source, the
+    timestamps of a variable-rate source."""
+    attachments = []
+    if job.has_audio:
+        audio = sources.extract_audio(job.source_uri, endpoint_url=job.endpoint_url)
+        if audio is not None:
+            attachments.append((AUDIO_ATTACHMENT, audio[0], audio[1]))
+    pts = [t for span in job.spans for t in (span.pts or ())]
+    if job.header.get("vfr") and len(pts) == int(job.header["frame_count"]):
+        info = {"time_base": job.header.get("time_base"), "dtype": "<i8", "count": len(pts)}
+        attachments.append((TIMESTAMPS_ATTACHMENT, np.asarray(pts, dtype="<i8").tobytes(), info))
+    header = dict(job.header, created_at=utc_now().isoformat())  # source_sha256: taken by the probe
+    header.setdefault("decoder_options", {})  # what `codec.registry.decoder_for` rebuilds the decoder with
+    gops = [(s.first_frame, s.frame_count, p) for s, p in zip(job.spans, payloads, strict=True)]
+    return header, gops, attachments
+
+
+def video_rows(
+    job: VideoJob,
+    metas: list[dict[str, Any]],
+    entries: list[Any],
+    archive_uri: str,
+    commit_seconds: float,
+    *,
+    member: tuple[int, int] | None = None,
+) -> list[dict[str, Any]]:
+    """The video's manifest rows from its container index as stored. `member`: (offset, length) of
+    the video's container inside a pack; row offsets are then absolute in the pack object."""
+    per_video = accounting.add_per_video(job.compute, "commit", commit_seconds)
+    frames_total = sum(span.frame_count for span in job.spans) or 1
+    shift = member[0] if member else 0
+    placed = {"member_offset": member[0], "member_length": member[1]} if member else {}
+    return [
+        dict(
+            _ok_row(job, span, meta, dataclasses.replace(entry, offset=entry.offset + shift), archive_uri),
+            **placed,
+            **accounting.row_columns(meta.get("compute", {}), per_video, span.frame_count / frames_total),
+        )
+        for span, meta, entry in zip(job.spans, metas, entries, strict=True)
+    ]
+
+
+def commit_result(
+    size: int, audio: bool, rows: list[dict[str, Any]], commit_seconds: float
+) -> dict[str, Any]:
+    """What the scheduler needs of a committed video (its totals, per-GOP stats, compute)."""
     compute_columns = ("compute_device", *(compute_column(stage) for stage in COMPUTE_STAGES))
     return {
         "archive_bytes": size,
-        "audio": bool(attachments),
+        "audio": audio,
         "gops": [_gop_stats(r) for r in rows],
         "compute_rows": [{k: r.get(k) for k in compute_columns} for r in rows],
-        "commit_device_seconds": cpu.charge(time.perf_counter() - started),
+        "commit_device_seconds": commit_seconds,
     }
 
 
@@ -116,8 +152,7 @@ def record_failure(
     """Mark a video failed: one manifest row with the error, a failed marker, no container."""
     error = redact(error.splitlines()[0] if error else "unknown error")
     fs, out_root = filesystem(out, endpoint_url=endpoint_url)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(container_path(out_root, video_key))
+    remove(fs, container_path(out_root, video_key))
     row = {
         "run_id": run_id,
         "video_key": video_key,
@@ -177,8 +212,20 @@ def _ok_row(
         "status": "ok",
         "error": None,
         "created_at": utc_now(),
+        **{column: header.get(column) for column in _SOURCE_COLUMNS},
         **quality,
+        **{k: v for k, v in (job.metadata or {}).items() if k in SOURCE_METADATA_COLUMNS},
     }
+
+
+#: Header fields repeated on every row: what the archive keeps of the source (`sources.VideoInfo`).
+_SOURCE_COLUMNS = (
+    "source_bit_depth",
+    "source_chroma",
+    "coded_bit_depth",
+    "source_frames_declared",
+    "source_note",
+)
 
 
 _QUALITY_COLUMNS = (*METRIC_COLUMNS, "metrics_note")
@@ -200,13 +247,5 @@ def _gop_stats(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in keys}
 
 
-#: Columns with min/max statistics: all but the decode proof's, whose digests and fingerprints nobody
-#: filters on by range and whose statistics would store each value twice more in the footer.
-_STATISTICS = [name for name in MANIFEST_SCHEMA.names if name not in PROOF_COLUMNS]
-
-
 def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
-    buffer = io.BytesIO()
-    table = rows_to_table(rows, MANIFEST_SCHEMA)
-    pq.write_table(table, buffer, compression="zstd", write_statistics=_STATISTICS)
-    return buffer.getvalue()
+    return parquet_bytes(rows, MANIFEST_SCHEMA)  # page checksums + content digest (pipeline.manifest)

@@ -54,6 +54,8 @@ class Comparison:
     bd_quality: float | None
     bd_note: str | None
     videos: list[dict[str, Any]]
+    #: Damaged manifest parts of either archive (their videos are left out of the comparison).
+    damaged_parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: Compute, reference and break-even of each archive over the matched videos, and B's break-even
     #: against A (`costs`), when priced.
     costs_a: dict[str, Any] | None = None
@@ -64,12 +66,16 @@ class Comparison:
         return dataclasses.asdict(self)
 
 
-def _collect(out: str, metric: str, endpoint_url: str | None) -> dict[str, dict[str, _Point]]:
-    """source_uri -> group label -> accumulated point, from one streaming pass over the manifest."""
+def _collect(
+    out: str, metric: str, endpoint_url: str | None, damaged: list[dict[str, Any]]
+) -> dict[str, dict[str, _Point]]:
+    """source_uri -> group label -> accumulated point, from one streaming pass over the manifest
+    (damaged parts are appended to `damaged`)."""
     per_video: dict[str, dict[str, _Point]] = defaultdict(lambda: defaultdict(_Point))
     columns = ["source_uri", "codec", "target_kind", "target_value", "status", "payload_bytes"]
     columns += ["width", "height", "frame_count", metric]
-    for batch in iter_batches(open_manifest(out, endpoint_url=endpoint_url), columns):
+    parts = open_manifest(out, endpoint_url=endpoint_url)
+    for batch in iter_batches(parts, columns):
         for row in batch.to_pylist():
             if row["status"] != "ok" or row["source_uri"] is None:
                 continue
@@ -81,6 +87,7 @@ def _collect(out: str, metric: str, endpoint_url: str | None) -> dict[str, dict[
             if row[metric] is not None and np.isfinite(row[metric]):
                 point.quality_sum += row[metric]
                 point.quality_count += 1
+    damaged.extend(part.as_record() for part in parts.damaged)
     return per_video
 
 
@@ -130,8 +137,9 @@ def compare_archives(
     the cost figures of both over the matched videos and B's break-even against A."""
     if metric not in HIGHER_IS_BETTER:
         raise CompareError(f"unknown metric {metric!r}; choose one of {', '.join(HIGHER_IS_BETTER)}")
-    videos_a = _collect(out_a, metric, endpoint_url)
-    videos_b = _collect(out_b, metric, endpoint_url)
+    damaged: list[dict[str, Any]] = []
+    videos_a = _collect(out_a, metric, endpoint_url, damaged)
+    videos_b = _collect(out_b, metric, endpoint_url, damaged)
     matched = sorted(set(videos_a) & set(videos_b))
     if not matched:
         raise CompareError(f"{out_a} and {out_b} share no source videos (matched by source_uri)")
@@ -184,6 +192,7 @@ def compare_archives(
         bd_quality=bd_quality_value,
         bd_note=note,
         videos=per_video,
+        damaged_parts=damaged,
     )
 
 
@@ -208,6 +217,8 @@ def print_comparison(result: Comparison, console: Console, max_videos: int = 50)
         f"A = {result.out_a}\nB = {result.out_b}\n{result.matched_videos} videos in both "
         f"({result.only_in_a} only in A, {result.only_in_b} only in B); {result.metric}: {direction} is better"
     )
+    for part in result.damaged_parts:
+        console.print(f"damaged manifest part (its video is left out): {part['uri']}: {part['reason']}")
     points = Table(title="rate–quality points (matched videos)")
     for name in ("archive", "codec / target", "bpp", result.metric):
         points.add_column(name)

@@ -163,6 +163,8 @@ class AuditResult:
     failures: list[dict[str, Any]]
     verify: dict[str, Any] | None
     rows: int
+    #: Manifest parts that do not parse (uri, video_key, reason): their rows are not in the audit.
+    damaged_parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: Compute spent, the classic reference and the break-even (`costs.cost_report`), when priced.
     costs: dict[str, Any] | None = None
 
@@ -208,6 +210,7 @@ def audit_archive(
         failures=failures,
         verify=summarise_verify(out, endpoint_url=endpoint_url),
         rows=rows,
+        damaged_parts=[part.as_record() for part in dataset.damaged],
         costs=costs,
     )
 
@@ -324,5 +327,6 @@ def summarise_verify(out: str, *, endpoint_url: str | None = None, listed: int =
                     failed_rows.append(row)
     summary["runs"] = sorted(summary["runs"])
     summary["failures"] = failed_rows
+    summary["damaged_parts"] = [part.as_record() for part in dataset.damaged]
     summary["max_psnr_delta"] = max(deltas) if deltas else None
     return summary

@@ -21,6 +21,12 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def print_audit(result: AuditResult, console: Console, worst: int) -> None:
+    for part in result.damaged_parts:
+        console.print(
+            f"[red]damaged manifest part[/red] (its rows are left out): {part['uri']}: {part['reason']}",
+            soft_wrap=True,
+            markup=True,
+        )
     title = f"{result.out}" + (f"  (where {result.where})" if result.where else "")
     summary = Table(title=f"archive {title}: {result.rows:,} manifest rows")
     for name in ("codec / target", "videos", "GOPs", "bytes", "ratio", "bpp", "kbps", "failures"):

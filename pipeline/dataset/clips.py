@@ -95,7 +95,7 @@ class ClipReader:
     ) -> None:
         self.spec, self.columns = spec, columns
         self.endpoint_url, self.device, self.model = endpoint_url, device, model
-        self._readers: collections.OrderedDict[str, ArchiveReader] = collections.OrderedDict()
+        self._readers: collections.OrderedDict[tuple[str, Any], ArchiveReader] = collections.OrderedDict()
         self.reads = 0
         self.bytes_read = 0
 
@@ -106,18 +106,19 @@ class ClipReader:
             for gop in obj.gops:
                 yield self.read_gop(obj, gop)
         finally:
-            self._readers.pop(obj.archive_uri, None)  # done with this object
+            self._readers.pop((obj.archive_uri, obj.member), None)  # done with this object
 
-    def header(self, uri: str) -> dict[str, Any]:
-        """An object's container header (its index is read on first use and kept)."""
-        reader = self._reader(uri)
+    def header(self, uri: str, member: tuple[int, int] | None = None) -> dict[str, Any]:
+        """An object's container header (its index is read on first use and kept); `member`: a packed
+        video's range in its pack."""
+        reader = self._reader(uri, member)
         with self._reading(reader, uri):
             return reader.header
 
     def read_gop(self, obj: ObjectPlan, gop: GopRef) -> GopPayload:
         """One selected GOP (the object's index is read on first use and kept for the next GOPs)."""
         uri = obj.archive_uri
-        reader = self._reader(uri)
+        reader = self._reader(uri, obj.member)
         before = reader.bytes_read
         with self._reading(reader, uri):
             header = reader.header
@@ -148,9 +149,12 @@ class ClipReader:
             self.reads += reader.read.reads - before_reads
             self.bytes_read += reader.bytes_read - before_bytes
 
-    def _reader(self, uri: str) -> ArchiveReader:
-        reader = self._readers.pop(uri, None) or ArchiveReader(uri, endpoint_url=self.endpoint_url)
-        self._readers[uri] = reader
+    def _reader(self, uri: str, member: tuple[int, int] | None = None) -> ArchiveReader:
+        key = (uri, member)
+        reader = self._readers.pop(key, None) or ArchiveReader(
+            uri, endpoint_url=self.endpoint_url, member=member
+        )
+        self._readers[key] = reader
         while len(self._readers) > _READERS_KEPT:
             self._readers.popitem(last=False)
         return reader

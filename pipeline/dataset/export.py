@@ -143,7 +143,7 @@ def _export_mp4(
 
 def _video_frames(reader: ClipReader, obj: ObjectPlan) -> int:
     """The video's frame count from its container header (one small ranged read)."""
-    return int(reader.header(obj.archive_uri)["frame_count"])
+    return int(reader.header(obj.archive_uri, obj.member)["frame_count"])
 
 
 def _contiguous_runs(obj: ObjectPlan) -> list[list[Any]]:

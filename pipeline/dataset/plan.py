@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from pipeline.audit.filters import FilterError, parse_filter
 from pipeline.audit.reader import AuditError, iter_batches, open_manifest
-from pipeline.runinfo import container_path
+from pipeline.manifest_layout import container_location
 from pipeline.schema import MANIFEST_SCHEMA
 from pipeline.storage import StorageError, filesystem, full_uri
 
@@ -48,7 +48,10 @@ DEFAULT_COLUMNS = (
 #: Columns every row has whatever `columns` says: the clip's place (`first_frame`, `frame_count` are the
 #: clip's, not the GOP's) and what it cost to fetch.
 IDENTITY_COLUMNS = ("video_key", "gop_index", "first_frame", "frame_count")
-_PLANNING_COLUMNS = ("video_key", "gop_index", "first_frame", "frame_count", "codec", "length")
+_PLANNING_COLUMNS = (
+    "video_key", "gop_index", "first_frame", "frame_count", "codec", "length", "archive_uri", "member_offset",
+    "member_length",
+)  # fmt: skip
 
 
 class DatasetError(Exception):
@@ -118,6 +121,8 @@ class ObjectPlan:
     archive_uri: str  # the container under `out` (not the manifest's archive_uri: archives move)
     codec: str
     gops: tuple[GopRef, ...]
+    #: a packed video (`pipeline.pack`): its container's (offset, length) in the pack object
+    member: tuple[int, int] | None = None
 
     @property
     def payload_bytes(self) -> int:
@@ -217,11 +222,13 @@ def _plan_root(
     by_video: dict[str, list[dict[str, Any]]] = {}
     for (key, _), row in sorted(rows.items()):
         by_video.setdefault(key, []).append(row)
+    located = {key: container_location(fs, base, gops[0]) for key, gops in by_video.items()}
     return [
         ObjectPlan(
             out=root,
             video_key=key,
-            archive_uri=full_uri(fs, container_path(base, key)),
+            archive_uri=full_uri(fs, located[key][0]),
+            member=located[key][1],
             codec=str(gops[0]["codec"]),
             gops=tuple(
                 GopRef(

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from codec.base import to_8bit
 from pipeline.metrics.fidelity import check_pair, ms_ssim, psnr_rgb, psnr_y
 from pipeline.metrics.temporal import temporal_flicker
 from pipeline.metrics.vmaf import vmaf
@@ -108,11 +109,15 @@ def compute_gop_metrics(
 def compute_gop_metrics_timed(
     source: np.ndarray, recon: np.ndarray, config: MetricsConfig | None = None
 ) -> tuple[MetricValues, dict[str, float]]:
-    """(manifest quality columns, seconds spent per metric)."""
+    """(manifest quality columns, seconds spent per metric). uint16 (RGB48, a 10-bit source) pairs are
+    measured on their 8-bit rounding, and the note says so: every metric here is defined on 8 bits."""
     config = config or MetricsConfig()
+    notes: list[str] = []
+    if source.dtype == np.uint16 or recon.dtype == np.uint16:
+        source, recon = to_8bit(source), to_8bit(recon)
+        notes.append("measured on 8-bit renditions of high-bit-depth frames")
     check_pair(source, recon)
     values: MetricValues = dict.fromkeys(METRIC_COLUMNS)
-    notes: list[str] = []
     timing: dict[str, float] = {}
 
     def run(column: str, fn: Callable[[], tuple[float | None, str | None]]) -> None:

@@ -1,0 +1,72 @@
+"""`vidarc compact OUT` and `python -m jobs.compact OUT`: merge the manifest parts of finished videos into
+large Parquet files (about 128 MB), atomically and idempotently (`pipeline/compact.py`).
+
+Exit codes: 0 compacted (or nothing to do), 1 some parts were unreadable and were left as they are
+(each printed as one line), 2 the archive cannot be compacted (unreachable, not an archive, or another
+compaction holds its lock).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+COMMAND_HELP = "Merge the manifest parts of finished videos into large Parquet files (atomic, idempotent)."
+
+
+def compact_command(
+    out: Annotated[str, typer.Argument(help="Archive root: local folder or fsspec URL.")],
+    target_mb: Annotated[float, typer.Option(help="Size of each compacted file, MB of Parquet.")] = 128.0,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
+    orphan_hours: Annotated[
+        float, typer.Option(help="Remove packs whose commit never finished after this many hours.")
+    ] = 24.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Take the compaction lock even if a fresh one exists.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Merge the manifest parts of finished videos into large Parquet files (atomic, idempotent)."""
+    import dataclasses
+
+    from pipeline.compact import CompactError, compact
+    from pipeline.storage import redact
+
+    if not target_mb > 0:
+        print(f"error: --target-mb must be positive, got {target_mb:g}", file=sys.stderr)
+        raise typer.Exit(2)
+    try:
+        report = compact(
+            out,
+            endpoint_url=endpoint_url,
+            target_bytes=int(target_mb * 1024 * 1024),
+            orphan_hours=orphan_hours,
+            force=force,
+        )
+    except CompactError as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+    else:
+        print(report.line())
+    for line in report.damaged:
+        print(f"  unreadable part left as it is: {redact(line)}", file=sys.stderr)
+    raise typer.Exit(1 if report.damaged else 0)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compact", help=COMMAND_HELP)(compact_command)
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(help=COMMAND_HELP)(compact_command)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The stream of videos a run still has to do: SRC listed page by page, minus other shards, done videos
+and (without `--retry-failed`) failed ones.
+
+Nothing here holds the collection. The done and failed markers are read once, page by page, into
+`KeySet`s (16 bytes per video: 160 MB for ten million done videos, where a set of names would cost
+1.5 GB); the sources are then streamed (`discovery.iter_sources`) and checked a batch at a time, so the
+scheduler can start on the first video while the listing goes on. Counts (files listed, in other
+shards, already done, failed earlier) are kept as the stream is consumed, for the run's summary.
+
+`--shard i/n` keeps the videos whose key hashes to shard i (`keys.shard_of`): n jobs given the same SRC
+and OUT and shards 0..n-1 split the collection with no coordination; each one's markers make it
+resumable, and readers of OUT see every shard's videos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator
+
+from pipeline.archive import discovery
+from pipeline.keys import shard_of
+from pipeline.keyset import KeySet
+from pipeline.runinfo import marker_keyset
+
+BATCH = 1000
+
+
+@dataclasses.dataclass
+class WorkCounts:
+    files_listed: int = 0  # in this shard (or all, without --shard)
+    other_shards: int = 0
+    already_done: int = 0
+    previously_failed: int = 0  # failed earlier and not retried (or retried, with --retry-failed)
+    rows_without_uri: int = 0  # input lists only
+
+    @property
+    def seen(self) -> int:
+        return self.files_listed + self.other_shards
+
+
+class WorkList:
+    """`entries()` yields the videos to do; `counts` fills in as it goes."""
+
+    def __init__(
+        self,
+        *,
+        src: str,
+        out_fs,
+        out_root: str,
+        endpoint_url: str | None,
+        include: tuple[str, ...] = (),
+        exclude: tuple[str, ...] = (),
+        ignore_prefix: str | None = None,
+        shard: tuple[int, int] | None = None,
+        retry_failed: bool = False,
+    ) -> None:
+        self.counts = WorkCounts()
+        self.shard = shard
+        self.retry_failed = retry_failed
+        self.done: KeySet = marker_keyset(out_fs, out_root, "done")
+        self.failed: KeySet = marker_keyset(out_fs, out_root, "failed")
+        self._listing = discovery.ListingStats()
+        self._sources = discovery.iter_sources(
+            src,
+            endpoint_url=endpoint_url,
+            include=include,
+            exclude=exclude,
+            ignore_prefix=ignore_prefix,
+            stats=self._listing,
+        )
+        self._stream = self._todo()
+        self._peeked: list[discovery.SourceEntry] = []
+        self.exhausted = False
+
+    def peek(self) -> discovery.SourceEntry | None:
+        """The first video to do (listing as far as needed), or None when there is none."""
+        if not self._peeked:
+            entry = next(self._stream, None)
+            if entry is None:
+                self.exhausted = True
+                return None
+            self._peeked.append(entry)
+        return self._peeked[0]
+
+    def entries(self) -> Iterator[discovery.SourceEntry]:
+        """The videos to do, in listing order (consumes the stream)."""
+        while self._peeked:
+            yield self._peeked.pop(0)
+        yield from self._stream
+        self.exhausted = True
+
+    def _todo(self) -> Iterator[discovery.SourceEntry]:
+        while True:
+            batch = list(itertools.islice(self._sources, BATCH))
+            self.counts.rows_without_uri = self._listing.rows_without_uri
+            if not batch:
+                return
+            if self.shard is not None:
+                index, count = self.shard
+                mine = [e for e in batch if shard_of(e.key, count) == index]
+                self.counts.other_shards += len(batch) - len(mine)
+                batch = mine
+            self.counts.files_listed += len(batch)
+            keys = [e.key for e in batch]
+            done = self.done.contains_many(keys)
+            failed = self.failed.contains_many(keys)
+            for entry, is_done, has_failed in zip(batch, done, failed, strict=True):
+                if is_done:
+                    self.counts.already_done += 1
+                    continue
+                if has_failed:
+                    self.counts.previously_failed += 1
+                    if not self.retry_failed:
+                        continue
+                yield entry

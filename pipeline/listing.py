@@ -1,0 +1,140 @@
+"""Listing a prefix page by page: memory bounded by one page (or one folder), never the whole listing.
+
+`fs.find` returns every key under a prefix at once (and s3fs caches it too): ten million sources or
+markers are gigabytes of dicts. Here a listing is a stream of pages:
+- S3 (s3fs): `ListObjectsV2` pages of `PAGE_SIZE` keys, in S3's order (UTF-8 binary, i.e. sorted);
+- local folders: one folder at a time (`os.scandir`), in the order of full paths unless `ordered=False`
+  (then in directory order, holding nothing);
+- any other fsspec filesystem: `fs.ls` one folder at a time, in the same order.
+A caller that needs "every key" (the done-set, the shard filter) consumes the pages as they come.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import fsspec
+from fsspec.asyn import sync
+
+from pipeline.storage import is_local
+
+PAGE_SIZE = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ListedObject:
+    path: str  # as the filesystem names it (no protocol)
+    size: int
+
+
+def iter_pages(
+    fs: fsspec.AbstractFileSystem, root: str, *, ordered: bool = True, page_size: int = PAGE_SIZE
+) -> Iterator[list[ListedObject]]:
+    """Every file under `root` (recursively), as pages of at most about `page_size` objects.
+
+    A missing root gives no pages. `ordered=False` lets a local listing skip sorting (for set builds).
+    """
+    if is_local(fs):
+        yield from _local_pages(root, ordered, page_size)
+    elif _is_s3(fs):
+        yield from _s3_pages(fs, root, page_size)
+    else:
+        yield from _walk_pages(fs, root, page_size)
+
+
+def iter_objects(fs: fsspec.AbstractFileSystem, root: str, *, ordered: bool = True) -> Iterator[ListedObject]:
+    """`iter_pages`, one object at a time."""
+    for page in iter_pages(fs, root, ordered=ordered):
+        yield from page
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:  # pragma: no cover - s3fs is a dependency
+        return False
+    return isinstance(fs, S3FileSystem)
+
+
+def _local_pages(root: str, ordered: bool, page_size: int) -> Iterator[list[ListedObject]]:
+    def folder(path: str) -> Iterator[tuple[str, str, bool, int]]:
+        try:
+            scan = os.scandir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with scan:
+            for entry in scan:
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=True)
+                    if not is_dir and not entry.is_file(follow_symlinks=True):
+                        continue
+                    size = 0 if is_dir else entry.stat(follow_symlinks=True).st_size
+                except FileNotFoundError:  # removed while listing
+                    continue
+                yield entry.name, entry.path, is_dir, size
+
+    yield from _tree_pages(root, folder, ordered, page_size)
+
+
+def _tree_pages(root: str, list_folder, ordered: bool, page_size: int) -> Iterator[list[ListedObject]]:
+    """Depth first over folders; with `ordered`, in the order of full paths (a folder's name sorts as
+    `name/`), which is the order S3 lists keys in."""
+
+    def entries(path: str) -> Iterator[tuple[str, str, bool, int]]:
+        items = list_folder(path)
+        if ordered:
+            items = iter(sorted(items, key=lambda item: item[0] + ("/" if item[2] else "")))
+        return items
+
+    page: list[ListedObject] = []
+    stack = [entries(root)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        _name, path, is_dir, size = item
+        if is_dir:
+            stack.append(entries(path))
+            continue
+        page.append(ListedObject(path, size))
+        if len(page) >= page_size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def _s3_pages(fs: fsspec.AbstractFileSystem, root: str, page_size: int) -> Iterator[list[ListedObject]]:
+    bucket, _, key = root.strip("/").partition("/")
+    prefix = key.rstrip("/") + "/" if key else ""
+    request: dict = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+    while True:
+        reply = sync(fs.loop, fs._call_s3, "list_objects_v2", **request)
+        yield [
+            ListedObject(f"{bucket}/{item['Key']}", int(item.get("Size") or 0))
+            for item in reply.get("Contents", ())
+            if not item["Key"].endswith("/")  # folder placeholders
+        ]
+        token = reply.get("NextContinuationToken")
+        if not reply.get("IsTruncated") or not token:
+            return
+        request["ContinuationToken"] = token
+
+
+def _walk_pages(fs: fsspec.AbstractFileSystem, root: str, page_size: int) -> Iterator[list[ListedObject]]:
+    def folder(path: str) -> Iterator[tuple[str, str, bool, int]]:
+        try:
+            infos = fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for info in infos:
+            name = info["name"].rstrip("/")
+            if name == path.rstrip("/"):
+                continue
+            is_dir = info.get("type") == "directory"
+            yield name.rsplit("/", 1)[-1], name, is_dir, int(info.get("size") or 0)
+
+    yield from _tree_pages(root, folder, True, page_size)

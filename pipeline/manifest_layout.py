@@ -1,0 +1,393 @@
+"""Which manifest files hold which rows: per-video parts, pack parts and compacted files, resolved so that
+every reader sees each row exactly once — before, during and after a compaction (`pipeline.compact`).
+
+Files under `OUT/manifest/`:
+
+    part-<video_key>.parquet      one video's rows (written by its commit, or its failed row)
+    pack-<pack_id>.parquet        every video of a pack; counts only once `markers/packs/<pack_id>.json`
+                                  exists (the pack's commit writes it last)
+    compacted-<stamp>.parquet     many parts merged by `vidarc compact`: their rows plus two columns,
+                                  `source_part` (the part's file name) and `source_sha256` (of its bytes),
+                                  and in its key-value metadata `vidarc.compaction`: {"replaces":
+                                  {older compacted file name: [video keys whose rows this file supersedes]}}
+
+The rules a reader applies (`plan_manifest`):
+1. A part whose name *and* bytes (sha256) are recorded by a compacted file is covered: compaction wrote
+   the compacted file and had not yet deleted the part (it deletes parts only after the compacted
+   file is in place; a crash in between leaves such parts). It is skipped.
+2. A part not covered is read, and the rows of its videos in every compacted file are dropped: the
+   part was written after the compaction (a video redone after its done marker was deleted).
+3. A compacted file's rows of the keys a later compacted file `replaces` are dropped.
+4. A reader that listed a part which is gone when it reads it lost a race with a compaction: it
+   re-lists and reads that part's rows from the new compacted file (`ManifestPlan.recover`).
+Compaction is one writer at a time per archive (it takes `manifest/_compaction.lock`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fsspec
+
+from pipeline.listing import iter_objects
+from pipeline.storage import join, read_bytes
+
+PART_PREFIX = "part-"
+PACK_PREFIX = "pack-"
+COMPACTED_PREFIX = "compacted-"
+SUFFIX = ".parquet"
+SOURCE_PART = "source_part"
+SOURCE_SHA256 = "source_sha256"
+COMPACTION_KEY = b"vidarc.compaction"
+
+
+def file_kind(name: str) -> str | None:
+    """'part', 'pack' or 'compacted' for a manifest file name, None for anything else."""
+    if not name.endswith(SUFFIX) or ".tmp-" in name:
+        return None
+    for prefix, kind in ((PART_PREFIX, "part"), (PACK_PREFIX, "pack"), (COMPACTED_PREFIX, "compacted")):
+        if name.startswith(prefix):
+            return kind
+    return "part"  # any other *.parquet: an earlier release's part, read as one
+
+
+def part_key(name: str) -> str | None:
+    """The video key of `part-<key>.parquet`."""
+    if name.startswith(PART_PREFIX) and name.endswith(SUFFIX):
+        return name[len(PART_PREFIX) : -len(SUFFIX)]
+    return None
+
+
+def pack_id(name: str) -> str | None:
+    if name.startswith(PACK_PREFIX) and name.endswith(SUFFIX):
+        return name[len(PACK_PREFIX) : -len(SUFFIX)]
+    return None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclasses.dataclass
+class CompactedFile:
+    path: str
+    size: int
+    #: video keys whose rows here are superseded (by later compacted files or by newer parts)
+    drop_keys: set[str] = dataclasses.field(default_factory=set)
+    #: from its metadata: older compacted file name -> keys it replaces there
+    replaces: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclasses.dataclass
+class ManifestPlan:
+    """What to read: `parts` whole, `compacted` files minus their `drop_keys`."""
+
+    fs: Any
+    root: str
+    parts: list[tuple[str, int]]  # (path, size) of parts and committed pack parts to read
+    compacted: list[CompactedFile]
+    covered: list[str]  # parts already inside a compacted file (skipped; compaction deletes them)
+    orphan_packs: list[str]  # pack parts without a pack marker (a commit that did not finish)
+    pack_members: dict[str, list[str]]  # pack id -> its video keys (committed packs)
+    #: part path -> keys to leave out of it: a video packed twice (two jobs on the same videos at
+    #: once) counts in its latest pack only, and a video in a pack not in a stale part of its own
+    part_drops: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def paths(self) -> list[str]:
+        """Every file to read, parts first (their keys decide what compacted files drop)."""
+        return [p for p, _ in self.parts] + [c.path for c in self.compacted]
+
+    def drop_keys(self, path: str) -> set[str]:
+        """Video keys whose rows a reader must leave out of `path`."""
+        for compacted in self.compacted:
+            if compacted.path == path:
+                return compacted.drop_keys
+        return self.part_drops.get(path, set())
+
+    def recover(self, missing: list[str]) -> list[tuple[str, set[str]]]:
+        """Parts listed earlier and gone now (compacted meanwhile): [(new compacted file, the part names
+        whose rows to read from it)]. Re-lists the folder; a part that is in no compacted file either was
+        removed by a rerun (a failed video's part replaced): nothing to read for it."""
+        known = {c.path for c in self.compacted}
+        wanted = {p.rsplit("/", 1)[-1] for p in missing}
+        found: list[tuple[str, set[str]]] = []
+        newer = [
+            o.path
+            for o in iter_objects(self.fs, join(self.root, "manifest"))
+            if file_kind(o.path.rsplit("/", 1)[-1]) == "compacted" and o.path not in known
+        ]
+        for path in sorted(newer, reverse=True):  # the newest holds the latest copy
+            sources = set(_sources(self.fs, path, wanted))
+            if sources:
+                found.append((path, set(sources)))
+                wanted -= set(sources)
+        return found
+
+
+def plan_manifest(fs: fsspec.AbstractFileSystem, root: str, *, packs: bool = True) -> ManifestPlan:
+    """List `root/manifest/` once and resolve parts, packs and compacted files (rules above)."""
+    parts: dict[str, tuple[str, int]] = {}
+    compacted: list[CompactedFile] = []
+    pack_parts: dict[str, tuple[str, int]] = {}
+    for item in iter_objects(fs, join(root, "manifest")):
+        name = item.path.rsplit("/", 1)[-1]
+        kind = file_kind(name)
+        if kind == "compacted":
+            compacted.append(CompactedFile(item.path, item.size))
+        elif kind == "pack":
+            pack_parts[name] = (item.path, item.size)
+        elif kind == "part":
+            parts[name] = (item.path, item.size)
+    members = committed_packs(fs, root) if (packs and pack_parts) or compacted else {}
+    orphans = [path for name, (path, _) in pack_parts.items() if pack_id(name) not in members]
+    part_drops: dict[str, set[str]] = {}
+    latest: dict[str, str] = {}  # video key -> the latest committed pack holding it
+    for name in sorted(pack_parts):  # pack ids start with their run id: later runs sort later
+        if pack_id(name) in members:
+            for key in members[pack_id(name)]:
+                if key in latest:
+                    part_drops.setdefault(pack_parts[latest[key]][0], set()).add(key)
+                latest[key] = name
+    for name, entry in pack_parts.items():
+        if pack_id(name) in members:
+            parts[name] = entry
+    for key in latest:
+        single = f"{PART_PREFIX}{key}{SUFFIX}"
+        if single in parts:
+            part_drops.setdefault(parts[single][0], set()).add(key)
+    compacted.sort(key=lambda c: c.name)
+    covered: list[str] = []
+    if compacted:
+        by_name = {c.name: c for c in compacted}
+        recorded: dict[str, str] = {}  # part name -> sha256 recorded by the newest compacted file
+        for c in compacted:
+            c.replaces = _replaces(fs, c.path)
+            for older, keys in c.replaces.items():
+                if older in by_name:
+                    by_name[older].drop_keys.update(keys)
+            recorded.update(_sources(fs, c.path, set(parts)))
+        for name in [n for n in parts if n in recorded]:
+            path, _ = parts[name]
+            try:
+                digest = sha256_hex(fs.cat_file(path))
+            except FileNotFoundError:  # deleted by a compaction since the listing: it is covered
+                digest = recorded[name]
+            if digest == recorded[name]:
+                covered.append(path)
+                del parts[name]
+        newer_keys = set()
+        for name in parts:
+            key = part_key(name)
+            if key is not None:
+                newer_keys.add(key)
+            elif pack_id(name) in members:
+                newer_keys.update(members[pack_id(name)])
+        for c in compacted:
+            c.drop_keys |= newer_keys
+    return ManifestPlan(
+        fs=fs,
+        root=root,
+        parts=sorted(parts.values()),
+        compacted=compacted,
+        covered=sorted(covered),
+        orphan_packs=sorted(orphans),
+        pack_members=members,
+        part_drops=part_drops,
+    )
+
+
+def committed_packs(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, list[str]]:
+    """pack id -> member video keys, from `markers/packs/` (one small read per pack)."""
+    from pipeline.runinfo import iter_pack_markers
+
+    return {str(m["pack_id"]): [str(k) for k in m["members"]] for m in iter_pack_markers(fs, root)}
+
+
+def _replaces(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, list[str]]:
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as handle:
+        metadata = pq.ParquetFile(handle).metadata.metadata or {}
+    raw = metadata.get(COMPACTION_KEY)
+    if not raw:
+        return {}
+    try:
+        replaces = json.loads(raw).get("replaces", {})
+        return {str(k): [str(x) for x in v] for k, v in replaces.items()}
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _sources(fs: fsspec.AbstractFileSystem, path: str, names: set[str]) -> dict[str, str]:
+    """{part name: sha256} for the parts among `names` that compacted file `path` absorbed."""
+    if not names:
+        return {}
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    wanted = pa.array(sorted(names), type=pa.string())
+    found: dict[str, str] = {}
+    with fs.open(path, "rb") as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(
+            columns=[SOURCE_PART, SOURCE_SHA256], batch_size=65536
+        ):
+            hits = batch.filter(pc.is_in(batch.column(0), value_set=wanted))
+            found.update(zip(hits.column(0).to_pylist(), hits.column(1).to_pylist(), strict=True))
+    return found
+
+
+def iter_tables(
+    plan: ManifestPlan,
+    columns: list[str] | None = None,
+    batch_rows: int = 65536,
+    *,
+    on_damage: Callable[[str, str], None] | None = None,
+) -> Iterator[Any]:
+    """The manifest's rows as Arrow tables with `columns` of the manifest schema (default: all), each
+    row exactly once: parts whole, compacted files by row group minus their dropped keys, and the rows
+    of parts that a concurrent compaction moved (`ManifestPlan.recover`).
+
+    Every file is checked as it is read (`manifest.parse_part`: page checksums, column checksums; page
+    checksums for compacted files). A file that does not parse is damage, not a crash: its rows are
+    left out and `on_damage(path, reason)` is called (without it, ValueError is raised)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.manifest import parse_part
+    from pipeline.schema import MANIFEST_SCHEMA
+
+    wanted = list(columns) if columns is not None else MANIFEST_SCHEMA.names
+    schema = pa.schema([MANIFEST_SCHEMA.field(n) for n in wanted])
+
+    def damage(path: str, reason: str) -> None:
+        if on_damage is None:
+            raise ValueError(f"{path}: {reason}")
+        on_damage(path, reason)
+
+    def conform(table: pa.Table) -> pa.Table:
+        arrays = [
+            table.column(n).cast(schema.field(n).type)
+            if n in table.column_names
+            else pa.nulls(table.num_rows, schema.field(n).type)
+            for n in wanted
+        ]
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def compacted(path: str, keep: Any) -> Any:
+        try:
+            with plan.fs.open(path, "rb") as handle:
+                parquet = pq.ParquetFile(handle, page_checksum_verification=True)
+                names = parquet.schema_arrow.names
+                present = [n for n in {*wanted, "video_key", SOURCE_PART} if n in names]
+                for batch in parquet.iter_batches(columns=present, batch_size=batch_rows):
+                    table = pa.Table.from_batches([batch])
+                    mask = keep(table)
+                    if mask is not None:
+                        table = table.filter(mask)
+                    if table.num_rows:
+                        yield conform(table)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # a damaged compacted file: the rows before the damage were yielded
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            damage(path, f"{type(exc).__name__}: {text}"[:300])
+
+    read_columns = list(dict.fromkeys([*wanted, "video_key"]))
+    missing: list[str] = []
+    for path, data in prefetched(plan.fs, [p for p, _ in plan.parts]):
+        if data is None:
+            missing.append(path)
+            continue
+        try:
+            table = parse_part(data, MANIFEST_SCHEMA, read_columns)  # the columns asked for only
+        except ValueError as exc:
+            damage(path, str(exc))
+            continue
+        drop = plan.part_drops.get(path)
+        if drop:
+            table = table.filter(
+                pc.invert(pc.is_in(table.column("video_key"), value_set=pa.array(sorted(drop))))
+            )
+        yield conform(table)
+    for item in plan.compacted:
+        drop = pa.array(sorted(item.drop_keys), type=pa.string())
+        yield from compacted(
+            item.path,
+            lambda t, drop=drop: (
+                pc.invert(pc.is_in(t.column("video_key"), value_set=drop)) if len(drop) else None
+            ),
+        )
+    if missing:
+        for path, names in plan.recover(missing):
+            wanted_sources = pa.array(sorted(names), type=pa.string())
+            yield from compacted(
+                path, lambda t, s=wanted_sources: pc.is_in(t.column(SOURCE_PART), value_set=s)
+            )
+
+
+def done_keys(fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
+    """Video keys that are done: a done marker, or a member of a committed pack."""
+    from pipeline.runinfo import list_markers
+
+    keys = set(list_markers(fs, root, "done"))
+    for members in committed_packs(fs, root).values():
+        keys.update(members)
+    return keys
+
+
+def container_location(
+    fs: fsspec.AbstractFileSystem, root: str, row: dict[str, Any]
+) -> tuple[str, tuple[int, int] | None]:
+    """(path under OUT, pack member range or None) of the object holding a row's video. The archive
+    may have been moved since it was written, so the object is looked up under OUT by name."""
+    from pipeline.runinfo import container_path, pack_path
+
+    if (
+        row.get("member_offset") is not None
+        and row.get("member_length") is not None
+        and row.get("archive_uri")
+    ):
+        name = str(row["archive_uri"]).rsplit("/", 1)[-1].removesuffix(".vdrc")
+        return pack_path(root, name), (int(row["member_offset"]), int(row["member_length"]))
+    return container_path(root, row["video_key"]), None
+
+
+PREFETCH = 8
+
+
+def prefetched(fs: fsspec.AbstractFileSystem, paths: list[str]):
+    """(path, bytes or None when gone) in order, `PREFETCH` fetches in flight (object-store latency);
+    memory holds at most that many parts."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    def get(path: str) -> bytes | None:
+        try:
+            return read_bytes(fs, path)
+        except FileNotFoundError:
+            return None
+
+    with ThreadPoolExecutor(PREFETCH) as pool:
+        pending: collections.deque = collections.deque()
+        queue = iter(paths)
+        for path in queue:
+            pending.append((path, pool.submit(get, path)))
+            if len(pending) >= PREFETCH:
+                break
+        while pending:
+            path, future = pending.popleft()
+            following = next(queue, None)
+            if following is not None:
+                pending.append((following, pool.submit(get, following)))
+            yield path, future.result()
