@@ -109,13 +109,23 @@ class EncodePool:
         return idle
 
     def utilisation(self) -> list[dict[str, Any]]:
-        """Each live actor's own measure of how busy it kept its device (`EncodeWorker.utilisation`)."""
+        """Each live actor's own measure of how busy it kept its device (`EncodeWorker.utilisation`).
+        All asked at once and waited for together, at most `UTILISATION_TIMEOUT_S` in all: a dead or hung
+        actor has nothing to report and never holds the driver longer."""
         import ray
 
-        reports = []
+        refs = []
         for actor in self.actors:
-            with contextlib.suppress(Exception):  # a dead actor has nothing to report
-                reports.append(ray.get(actor.utilisation.remote(), timeout=30))
+            with contextlib.suppress(Exception):
+                refs.append(actor.utilisation.remote())
+        if not refs:
+            return []
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=UTILISATION_TIMEOUT_S)
+        reports = []
+        for ref in refs:  # in actor order
+            if ref in ready:
+                with contextlib.suppress(Exception):  # a dead actor's call fails
+                    reports.append(ray.get(ref))
         return reports
 
     def stop(self) -> None:
@@ -141,6 +151,8 @@ def _ask(actors: list[Any], call: Callable[[], Any], cfg: ArchiveConfig, cpus: f
 
 
 START_TIMEOUT_S = 600
+#: The end-of-run utilisation reports of all actors, waited for together (seconds).
+UTILISATION_TIMEOUT_S = 30
 
 
 def cpus_per_actor(cfg: ArchiveConfig) -> float:
