@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.keyset import KeySet
-from pipeline.manifest import parse_part
+from pipeline.manifest import parse_part, statistics_columns
 from pipeline.manifest_layout import (
     COMPACTED_PREFIX,
     COMPACTION_KEY,
@@ -181,7 +181,13 @@ def _write_file(
     rows = 0
     exhausted = True
     with open_atomic(fs, path) as handle:
-        writer = pq.ParquetWriter(handle, COMPACTED_SCHEMA, compression="zstd", write_page_checksum=True)
+        writer = pq.ParquetWriter(
+            handle,
+            COMPACTED_SCHEMA,
+            compression="zstd",
+            write_page_checksum=True,
+            write_statistics=statistics_columns(COMPACTED_SCHEMA),
+        )
         for part_path, data in parts:
             if data is None:  # replaced since the listing (a failed video redone): not ours
                 continue

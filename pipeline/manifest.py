@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from crc32c import crc32c
 
-from pipeline.schema import MANIFEST_SCHEMA, REFERENCE_SCHEMA, VERIFY_SCHEMA, rows_to_table
+from pipeline.schema import MANIFEST_SCHEMA, PROOF_COLUMNS, REFERENCE_SCHEMA, VERIFY_SCHEMA, rows_to_table
 from pipeline.storage import describe, filesystem, full_uri, join, read_bytes, retrying
 
 PREFETCH = 8
@@ -89,8 +89,15 @@ def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     checksums = ",".join(f"{column_checksum(column):08x}" for column in table.columns)
     table = table.replace_schema_metadata({COLUMN_CHECKSUMS_KEY: f"{names};{checksums}"})
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, **WRITE_OPTIONS)
+    pq.write_table(table, buffer, **WRITE_OPTIONS, write_statistics=statistics_columns(schema))
     return buffer.getvalue()
+
+
+def statistics_columns(schema: pa.Schema) -> list[str]:
+    """Columns written with min/max statistics: all but the decode proof's (`PROOF_COLUMNS`), whose
+    digests and fingerprints nobody filters on by range and whose statistics would store each value
+    twice more in the footer (+4.4 KB per GOP instead of +0.7 KB)."""
+    return [name for name in schema.names if name not in PROOF_COLUMNS]
 
 
 def column_checksum(column: pa.ChunkedArray | pa.Array) -> int:
