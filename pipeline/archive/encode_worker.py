@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from codec.base import Codec, RateTarget, bits_per_pixel, kilobits_per_second
+from codec.busy_clock import BusyClock
 from codec.errors import CodecError
-from codec.gpu import BusyClock
 from codec.registry import build_codec
 from pipeline.archive import accounting, utilisation
 from pipeline.archive.config import QualityGoal
