@@ -15,7 +15,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q --durations=25
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

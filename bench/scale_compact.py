@@ -7,7 +7,8 @@ Usage (repository root):
     nice -n 19 python bench/scale_compact.py --videos 10000 --gops 10 --s3       # the moto S3 server
 
 Writes a synthetic manifest (no videos): `--videos` parts of `--gops` rows each, with the columns an
-archive run fills (rates, PSNR/MS-SSIM, compute seconds; seeded values), and a done marker per video.
+archive run fills (rates, PSNR/MS-SSIM, compute seconds; seeded values), written as an archive run writes
+them (`pipeline.manifest.parquet_bytes`: page and column checksums), and a done marker per video.
 Then times `audit_archive` and `list_archive` over it, compacts it (`pipeline.compact`, timed), and times
 them again, checking that both see the same rows (counts and totals) before and after.
 """
@@ -15,7 +16,6 @@ them again, checking that both see the same rows (counts and totals) before and 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _part(key: str, gops: int, rng: np.random.Generator) -> bytes:
-    import pyarrow.parquet as pq
-
-    from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
+    from pipeline.manifest import parquet_bytes
+    from pipeline.schema import MANIFEST_SCHEMA
 
     rows = []
     for i in range(gops):
@@ -49,9 +48,7 @@ def _part(key: str, gops: int, rng: np.random.Generator) -> bytes:
                 "encode_device_seconds": 0.2, "decode_device_seconds": 0.05,
             }
         )  # fmt: skip
-    buffer = io.BytesIO()
-    pq.write_table(rows_to_table(rows, MANIFEST_SCHEMA), buffer, compression="zstd")
-    return buffer.getvalue()
+    return parquet_bytes(rows, MANIFEST_SCHEMA)  # as an archive run writes it: page and column checksums
 
 
 def build(out: str, endpoint_url: str | None, videos: int, gops: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
@@ -77,6 +78,8 @@ class EncodedGop:
     payload: bytes
     reconstruction: np.ndarray | None
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: `Codec.exact_digest` of `payload`, when the encoder already knows it (else computed on demand).
+    exact_digest: str | None = None
 
 
 class Codec(abc.ABC):
@@ -98,16 +101,26 @@ class Codec(abc.ABC):
     model_sha256: str | None = None
     device: str = "cpu"
 
+    @classmethod
     @abc.abstractmethod
-    def default_gop_frames(self, fps: Fraction) -> int:
-        """GOP length used when the user does not set --gop-frames."""
+    def default_gop_frames(cls, fps: Fraction) -> int:
+        """GOP length used when the user does not set --gop-frames. A class method: the archive driver
+        plans GOPs from the codec's class, without asking an encode actor."""
 
-    def check_gop_frames(self, gop_frames: int) -> None:
+    @classmethod
+    def check_gop_frames(cls, gop_frames: int) -> None:
         """Refuse a GOP length this codec cannot use (the last GOP of a video may be shorter)."""
-        if gop_frames < 1 or (gop_frames - self.gop_offset) % self.gop_multiple != 0:
+        if gop_frames < 1 or (gop_frames - cls.gop_offset) % cls.gop_multiple != 0:
             raise UnsupportedInputError(
-                f"{self.name} needs GOPs of {self.gop_offset}+{self.gop_multiple}k frames, got {gop_frames}"
+                f"{cls.name} needs GOPs of {cls.gop_offset}+{cls.gop_multiple}k frames, got {gop_frames}"
             )
+
+    @classmethod
+    def gop_frames_for(cls, requested: int | None, fps: Fraction) -> int:
+        """The GOP length for a video at `fps`: `requested` (checked) or the codec's default."""
+        frames = requested if requested is not None else cls.default_gop_frames(fps)
+        cls.check_gop_frames(frames)
+        return frames
 
     def check_geometry(self, width: int, height: int) -> None:
         """Raise UnsupportedInputError for a frame size this codec cannot code."""
@@ -137,6 +150,26 @@ class Codec(abc.ABC):
         Raises CorruptPayloadError for damaged bytes and ModelMismatchError for other weights.
         """
 
+    def exact_digest(self, payload: bytes, frame_count: int, width: int, height: int) -> str | None:
+        """sha256 of what this codec decodes exactly on every device, or None when that is the
+        reconstruction itself (classic codecs: libav's decoders are bit-exact).
+
+        Neural codecs decode their symbols exactly (GLVC: the entropy-coded latent symbols; GVC: the
+        codebook entries and the reference stills' exact parts), but their pixel decode goes through
+        float networks that may differ slightly across devices. Verify compares this digest to the
+        encoder's for proof that the stored bytes still decode to what was coded.
+        """
+        return None
+
+    def decode_with_digest(
+        self, payload: bytes, frame_count: int, width: int, height: int
+    ) -> tuple[np.ndarray, str]:
+        """(frames, exact digest): `decode` plus `exact_digest` (the frames' sha256 when the codec
+        promises exact pixels). Codecs override it to decode once."""
+        frames = self.decode(payload, frame_count, width, height)
+        exact = self.exact_digest(payload, frame_count, width, height)
+        return frames, exact if exact is not None else frames_sha256(frames)
+
     def decoder_options(self) -> dict[str, Any]:
         """Options a decoder needs to be rebuilt that are not in the payload (JSON-serialisable).
 
@@ -155,9 +188,23 @@ class Codec(abc.ABC):
             "model_sha256": self.model_sha256,
             "device": self.device,
             "decoder_options": self.decoder_options(),
+            "entropy_coder": self.entropy_coder(),
             "max_bit_depth": self.max_bit_depth,
             "coded_chroma": self.coded_chroma,
         }
+
+    def entropy_coder(self) -> dict[str, str] | None:
+        """The entropy coder and pinned profile this codec's payloads depend on (library, version,
+        profile), recorded in run configs and container headers; None when it uses none."""
+        return None
+
+
+def frames_sha256(frames: np.ndarray) -> str:
+    """sha256 of frames (T×H×W×3, C order): the digest of a reconstruction. uint8 frames as bytes;
+    uint16 RGB48 frames (a 10-bit stream's decode) as little-endian 16-bit values, every bit covered."""
+    if frames.dtype == np.uint16:
+        return hashlib.sha256(np.ascontiguousarray(frames, dtype="<u2").tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.uint8).tobytes()).hexdigest()
 
 
 def check_frames(frames: np.ndarray, codec_name: str, *, high_bit_depth: bool = False) -> None:

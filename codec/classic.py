@@ -104,7 +104,8 @@ class ClassicCodec(Codec):
         self.version = _library_version(type(self))
 
     # -- Codec interface ---------------------------------------------------------------------------
-    def default_gop_frames(self, fps: Fraction) -> int:
+    @classmethod
+    def default_gop_frames(cls, fps: Fraction) -> int:
         """About two seconds: long enough for inter coding to pay off, short enough that restoring
         one frame decodes little and a damaged GOP loses little."""
         return max(1, round(2 * float(fps)))

@@ -21,3 +21,9 @@ class UnsupportedInputError(CodecError):
 
 class ModelLoadError(CodecError):
     """A model directory is missing files, has a wrong hash, or holds weights in an unsafe format."""
+
+
+class UnsupportedFormatError(CorruptPayloadError):
+    """A payload format or entropy profile this decoder does not know (made by a newer release), or an
+    installed entropy coder that does not reproduce a pinned profile: decoding would give garbage.
+    A CorruptPayloadError for callers that only ask whether a payload can be decoded."""

@@ -91,6 +91,13 @@ def archive_command(
     exclude: Annotated[list[str] | None, typer.Option(help="Glob to leave out (repeatable).")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run id (default: time + random suffix).")] = None,
     metrics_every: Annotated[int, typer.Option(help="Measure quality on every Nth GOP of a video.")] = 1,
+    fingerprint_every: Annotated[
+        int,
+        typer.Option(
+            help="Record the decode proof's pixel fingerprint on every Nth GOP (1 = all; others are "
+            "proven by their exact part only, and skip the neural pixel decode)."
+        ),
+    ] = 1,
     metric_weights: Annotated[
         str | None, typer.Option(help="Folder with LPIPS/DISTS backbone weights (checked by sha256).")
     ] = None,
@@ -136,6 +143,10 @@ def archive_command(
     reference_preset: Annotated[
         str | None, typer.Option(help="Encoder preset of the --reference codec (default: the codec's).")
     ] = None,
+    stall_timeout: Annotated[
+        float,
+        typer.Option(help="Kill (and replace) an encode actor that finishes nothing for this many seconds."),
+    ] = 3600.0,
 ) -> None:
     """Archive every video under SRC (a folder, file or s3:// prefix) into OUT."""
     from pipeline.archive import ArchiveError, run_archive
@@ -174,10 +185,12 @@ def archive_command(
             verify_fraction=verify_fraction,
             limit=limit,
             retry_failed=retry_failed,
+            stall_seconds=stall_timeout,
             include=tuple(include or ()),
             exclude=tuple(exclude or ()),
             run_id=run_id,
             metrics_every=metrics_every,
+            fingerprint_every=fingerprint_every,
             skip_metrics=tuple(skip_metric or ()),
             metric_weights=metric_weights,
             shard=_shard(shard),

@@ -1,5 +1,9 @@
 """`vidarc verify OUT` and `python -m jobs.verify OUT`: decode a seeded sample of an archive and check it.
 
+Each sampled GOP's decode is proven against the digests recorded at encode time (exact, drift with its
+PSNR, or mismatch; see pipeline/verify.py) without reading the sources; `--against-source` also
+re-measures quality against sources that still exist.
+
 Exit codes: 0 everything checked is intact, 1 any failure (a corrupt byte, a missing object, a decode or
 quality mismatch; each printed as one line naming the object and GOP), 2 bad options or unreadable OUT.
 """
@@ -34,6 +38,12 @@ def verify_command(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address: decode the sample as Ray tasks there.")
     ] = None,
+    against_source: Annotated[
+        bool,
+        typer.Option(
+            "--against-source", help="Also measure PSNR against the source videos that still exist."
+        ),
+    ] = False,
 ) -> None:
     """Decode a seeded sample of an archive's GOPs from the stored bytes and check them."""
     from pipeline.storage import redact
@@ -52,7 +62,7 @@ def verify_command(
                 ray.init(address=address, log_to_driver=False)
         report = run_verify(
             out, fraction=fraction, count=count, seed=seed, device=device, endpoint_url=endpoint_url,
-            scan=scan, model=model,
+            scan=scan, model=model, against_source=against_source,
         )  # fmt: skip
     except VerifyError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
@@ -68,6 +78,19 @@ def verify_command(
         f"{report.containers_checked} containers checked ({report.scan} scan), "
         f"{len(report.failures)} failures"
     )
+    checks = report.checks()
+    if decoded:
+        worst = checks["worst_drift_db"]
+        drift = f" (worst {worst:.1f} dB)" if worst is not None else ""
+        print(
+            f"  decode proof: {checks['exact']} exact, {checks['drift']} drift{drift}, "
+            f"{checks['mismatch']} mismatch, {checks['unproven']} unproven (archived before digests)"
+        )
+        if checks["exact-part"]:
+            print(
+                f"  {checks['exact-part']} GOPs proven by their exact part only (archived with "
+                "--fingerprint-every > 1: no pixels recorded)"
+            )
     for warning in report.warnings:
         print(f"  note: {warning}")
     for failure in report.failures:

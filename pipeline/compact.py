@@ -20,7 +20,6 @@ of about `target_bytes` (128 MB), then deletes the parts it absorbed. Readers re
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import secrets
@@ -34,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.keyset import KeySet
+from pipeline.manifest import parse_part, statistics_columns
 from pipeline.manifest_layout import (
     COMPACTED_PREFIX,
     COMPACTION_KEY,
@@ -104,6 +104,7 @@ def compact(
     report = CompactReport()
     with _lock(fs, root, out, force):
         plan = plan_manifest(fs, root)
+        report.damaged += [f"{full_uri(fs, path)}: {reason}" for path, reason in plan.damaged]
         _remove(fs, plan.covered)
         report.leftovers_removed = len(plan.covered)
         done = marker_keyset(fs, root, "done")
@@ -175,11 +176,18 @@ def _write_file(
     path = join(root, "manifest", name)
     absorbed: list[str] = []
     pending: list[pa.Table] = []
+    pending_rows = pending_bytes = 0
     metadata: dict[str, list[str]] = {}
     rows = 0
     exhausted = True
     with open_atomic(fs, path) as handle:
-        writer = pq.ParquetWriter(handle, COMPACTED_SCHEMA, compression="zstd", write_page_checksum=True)
+        writer = pq.ParquetWriter(
+            handle,
+            COMPACTED_SCHEMA,
+            compression="zstd",
+            write_page_checksum=True,
+            write_statistics=statistics_columns(COMPACTED_SCHEMA),
+        )
         for part_path, data in parts:
             if data is None:  # replaced since the listing (a failed video redone): not ours
                 continue
@@ -190,15 +198,14 @@ def _write_file(
                 for older, listed in replaces.get(key, {}).items():
                     metadata.setdefault(older, []).extend(listed)
             pending.append(table)
+            pending_rows += table.num_rows  # running totals: summing over `pending` is quadratic
+            pending_bytes += table.get_total_buffer_size()
             rows += table.num_rows
             absorbed.append(part_path)
             report.bytes_in += len(data)
-            if (
-                sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS
-                or sum(t.nbytes for t in pending) >= target_bytes
-            ):
+            if pending_rows >= ROW_GROUP_ROWS or pending_bytes >= target_bytes:
                 writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-                pending = []
+                pending, pending_rows, pending_bytes = [], 0, 0
                 if handle.tell() >= target_bytes:  # within one row group of the target
                     exhausted = False
                     break
@@ -220,11 +227,13 @@ def _write_file(
 def _absorb(
     fs: Any, plan: ManifestPlan, part_path: str, data: bytes, report: CompactReport
 ) -> pa.Table | None:
-    """A part's rows in the compacted schema (with where they came from), or None if unreadable."""
+    """A part's rows in the compacted schema (with where they came from), or None if unreadable.
+    Checked as readers check it (`manifest.parse_part`: page and column checksums), so damage that
+    readers would name is never absorbed (and its part deleted) as if it were good rows."""
     try:
-        table = _conform(pq.read_table(io.BytesIO(data)))
-    except Exception as exc:  # a damaged part stays where it is, for readers to name
-        report.damaged.append(f"{full_uri(fs, part_path)}: {type(exc).__name__}: {exc}")
+        table = parse_part(data, MANIFEST_SCHEMA)
+    except ValueError as exc:  # a damaged part stays where it is, for readers to name
+        report.damaged.append(f"{full_uri(fs, part_path)}: {exc}")
         return None
     drop = plan.part_drops.get(part_path)
     if drop:  # rows readers leave out (a video packed twice counts in its latest pack)
@@ -233,17 +242,6 @@ def _absorb(
     source = part_path.rsplit("/", 1)[-1]
     table = table.append_column(SOURCE_PART, pa.array([source] * table.num_rows, pa.string()))
     return table.append_column(SOURCE_SHA256, pa.array([sha256_hex(data)] * table.num_rows, pa.string()))
-
-
-def _conform(table: pa.Table) -> pa.Table:
-    """A part's rows with exactly the manifest schema (columns an older part lacks are null)."""
-    arrays = [
-        table.column(field.name).cast(field.type)
-        if field.name in table.column_names
-        else pa.nulls(table.num_rows, field.type)
-        for field in MANIFEST_SCHEMA
-    ]
-    return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
 
 
 def _remove(fs: Any, paths: list[str]) -> None:

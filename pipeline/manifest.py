@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from crc32c import crc32c
 
-from pipeline.schema import MANIFEST_SCHEMA, REFERENCE_SCHEMA, VERIFY_SCHEMA, rows_to_table
+from pipeline.schema import MANIFEST_SCHEMA, PROOF_COLUMNS, REFERENCE_SCHEMA, VERIFY_SCHEMA, rows_to_table
 from pipeline.storage import describe, filesystem, full_uri, join, read_bytes, retrying
 
 PREFETCH = 8
@@ -53,6 +53,8 @@ class DamagedPart:
     uri: str
     folder: str
     reason: str
+    #: a committed pack's manifest part: the videos its pack marker lists (their rows are all in it)
+    members: tuple[str, ...] = ()
 
     @property
     def video_key(self) -> str | None:
@@ -61,8 +63,18 @@ class DamagedPart:
             return None
         return name[len("part-") : -len(".parquet")]
 
+    @property
+    def video_keys(self) -> tuple[str, ...]:
+        """Every video whose rows this part holds: its own, or a pack's members."""
+        return (self.video_key,) if self.video_key else self.members
+
     def line(self) -> str:
-        owner = f"; the rows of video {self.video_key} are unreadable" if self.video_key else ""
+        owner = ""
+        if self.video_key:
+            owner = f"; the rows of video {self.video_key} are unreadable"
+        elif self.members:
+            listed = ", ".join(self.members[:5]) + (", ..." if len(self.members) > 5 else "")
+            owner = f"; the rows of its {len(self.members)} packed videos ({listed}) are unreadable"
         return f"{self.uri}: damaged {self.folder} part ({self.reason}){owner}"
 
     def as_record(self) -> dict[str, Any]:
@@ -77,8 +89,15 @@ def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     checksums = ",".join(f"{column_checksum(column):08x}" for column in table.columns)
     table = table.replace_schema_metadata({COLUMN_CHECKSUMS_KEY: f"{names};{checksums}"})
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, **WRITE_OPTIONS)
+    pq.write_table(table, buffer, **WRITE_OPTIONS, write_statistics=statistics_columns(schema))
     return buffer.getvalue()
+
+
+def statistics_columns(schema: pa.Schema) -> list[str]:
+    """Columns written with min/max statistics: all but the decode proof's (`PROOF_COLUMNS`), whose
+    digests and fingerprints nobody filters on by range and whose statistics would store each value
+    twice more in the footer (+4.4 KB per GOP instead of +0.7 KB)."""
+    return [name for name in schema.names if name not in PROOF_COLUMNS]
 
 
 def column_checksum(column: pa.ChunkedArray | pa.Array) -> int:
@@ -152,7 +171,7 @@ class ArchiveParts:
                 from pipeline.manifest_layout import plan_manifest
 
                 self.plan = retrying(full_uri(self.fs, path), lambda: plan_manifest(self.fs, self.root))
-                found = list(self.plan.paths)
+                found = [*self.plan.paths, *(p for p, _ in self.plan.damaged)]  # damaged: named on read
             else:
                 found = retrying(full_uri(self.fs, path), lambda: self._find(path))
         except Exception as exc:
@@ -221,7 +240,13 @@ class ArchiveParts:
     def _damage(self, path: str, reason: str) -> None:
         if path not in self._damaged_seen:
             self._damaged_seen.add(path)
-            self.damaged.append(DamagedPart(self.uri(path), self.folder, reason))
+            members: tuple[str, ...] = ()
+            if self.plan is not None:
+                from pipeline.manifest_layout import pack_id
+
+                ident = pack_id(path.rsplit("/", 1)[-1])
+                members = tuple(self.plan.pack_members.get(ident, ())) if ident else ()
+            self.damaged.append(DamagedPart(self.uri(path), self.folder, reason, members))
 
     def _parse(
         self, path: str, future: concurrent.futures.Future[bytes], columns: Sequence[str]
@@ -250,5 +275,5 @@ class ArchiveParts:
         return pa.concat_tables(tables)
 
     def damaged_keys(self) -> dict[str, DamagedPart]:
-        """video_key -> its damaged manifest part."""
-        return {d.video_key: d for d in self.damaged if d.video_key}
+        """video_key -> its damaged manifest part (a pack's part: each of its members)."""
+        return {key: d for d in self.damaged for key in d.video_keys}

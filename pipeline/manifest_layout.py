@@ -100,6 +100,9 @@ class ManifestPlan:
     #: part path -> keys to leave out of it: a video packed twice (two jobs on the same videos at
     #: once) counts in its latest pack only, and a video in a pack not in a stale part of its own
     part_drops: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    #: compacted files whose footer or source columns do not parse: (path, reason); none of their
+    #: rows can be read, so readers name them (`iter_tables`) and read every other file
+    damaged: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def paths(self) -> list[str]:
@@ -126,7 +129,12 @@ class ManifestPlan:
             if file_kind(o.path.rsplit("/", 1)[-1]) == "compacted" and o.path not in known
         ]
         for path in sorted(newer, reverse=True):  # the newest holds the latest copy
-            sources = set(_sources(self.fs, path, wanted))
+            try:
+                sources = set(_sources(self.fs, path, wanted))
+            except Exception as exc:
+                if _damage_reason(exc) is None:
+                    raise
+                continue  # damaged: the next listing's plan names it
             if sources:
                 found.append((path, set(sources)))
                 wanted -= set(sources)
@@ -166,15 +174,28 @@ def plan_manifest(fs: fsspec.AbstractFileSystem, root: str, *, packs: bool = Tru
             part_drops.setdefault(parts[single][0], set()).add(key)
     compacted.sort(key=lambda c: c.name)
     covered: list[str] = []
+    damaged: list[tuple[str, str]] = []
     if compacted:
-        by_name = {c.name: c for c in compacted}
         recorded: dict[str, str] = {}  # part name -> sha256 recorded by the newest compacted file
+        readable = []
         for c in compacted:
-            c.replaces = _replaces(fs, c.path)
+            try:
+                c.replaces = _replaces(fs, c.path)
+                sources = _sources(fs, c.path, set(parts))
+            except Exception as exc:
+                reason = _damage_reason(exc)
+                if reason is None:
+                    raise  # storage, not damage
+                damaged.append((c.path, reason))  # its parts, if still there, are read as parts
+                continue
+            readable.append(c)
+            recorded.update(sources)
+        compacted = readable
+        by_name = {c.name: c for c in compacted}
+        for c in compacted:
             for older, keys in c.replaces.items():
                 if older in by_name:
                     by_name[older].drop_keys.update(keys)
-            recorded.update(_sources(fs, c.path, set(parts)))
         for name in [n for n in parts if n in recorded]:
             path, _ = parts[name]
             try:
@@ -202,7 +223,24 @@ def plan_manifest(fs: fsspec.AbstractFileSystem, root: str, *, packs: bool = Tru
         orphan_packs=sorted(orphans),
         pack_members=members,
         part_drops=part_drops,
+        damaged=damaged,
     )
+
+
+def _damage_reason(exc: BaseException) -> str | None:
+    """One-line reason when a compacted file's bytes do not parse; None for a storage error (missing,
+    denied, unreachable), which is not damage and is raised."""
+    from pipeline.storage import is_transient
+
+    chain: list[BaseException] = []
+    error: BaseException | None = exc
+    while error is not None and len(chain) < 10:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    if is_transient(exc) or any(isinstance(e, (PermissionError, FileNotFoundError)) for e in chain):
+        return None
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def committed_packs(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, list[str]]:
@@ -303,6 +341,8 @@ def iter_tables(
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             damage(path, f"{type(exc).__name__}: {text}"[:300])
 
+    for path, reason in plan.damaged:
+        damage(path, reason)
     read_columns = list(dict.fromkeys([*wanted, "video_key"]))
     missing: list[str] = []
     for path, data in prefetched(plan.fs, [p for p, _ in plan.parts]):

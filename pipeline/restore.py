@@ -163,7 +163,7 @@ def find_video(out: str, video: str, *, endpoint_url: str | None = None) -> Arch
     (any unique trailing path), or its file name. Ambiguous names list the candidates."""
     videos, damaged = archived_videos(out, endpoint_url=endpoint_url)
     for part in damaged:
-        if part.video_key == video:
+        if video in part.video_keys:
             raise RestoreError(part.line())
     matches = [v for v in videos if v.video_key == video]
     if not matches:

@@ -144,7 +144,7 @@ def tool_versions() -> dict[str, str | None]:
     import importlib.metadata as md
 
     versions: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for dist in ("vidarc", "torch", "ray", "av", "diffusers", "pyarrow", "numpy"):
+    for dist in ("vidarc", "torch", "ray", "av", "diffusers", "pyarrow", "numpy", "constriction"):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:

@@ -4,6 +4,16 @@ of the classic reference (one row per GOP sampled for it); the compute columns' 
 These are contracts users audit and query; add columns at the end, never rename or retype one.
 Quality columns are null when not computed: never a made-up value. `metrics_note` says why a column
 is null (e.g. "lpips: AlexNet weights not found in the torch hub cache").
+
+Decode proof. Each manifest row records, at encode time, `recon_sha256` (the encoder's reconstruction),
+`exact_sha256` (the part of the decode that is exact on every device: GLVC's latent symbols, GVC's
+codebook entries and stills, classic codecs' pixels) and `fingerprint` (per-frame luma at 1/8 scale,
+at most 16 cells along the long side, delta + zlib; about 0.6 KB for a 17-frame 64×48 GOP, 2.3 KB for
+33 frames of 1080p). Each verify row then says `decode_check`: "exact" (`recon_digest_ok`: the same
+frames), "drift" (exact part equal, pixels not; `fingerprint_psnr` says by how much, at or above
+`pipeline.digests.DRIFT_LIMIT_DB`), "exact-part" (exact part equal; the GOP was archived without its
+pixel proof, `--fingerprint-every N`: `recon_sha256` and `fingerprint` null), or "mismatch" (the exact
+part differs, or the drift is past that limit). `psnr_verify`/`quality_ok` compare with the source, only with `verify --against-source`.
 """
 
 from __future__ import annotations
@@ -63,6 +73,10 @@ MANIFEST_SCHEMA = pa.schema(
         ("metrics_device_seconds", pa.float64()),
         ("search_device_seconds", pa.float64()),
         ("commit_device_seconds", pa.float64()),
+        # --- what verify proves the decode with (pipeline/digests.py); null in archives made before ---
+        ("recon_sha256", pa.string()),  # sha256 of the encoder's reconstruction (uint8 T×H×W×3, C order)
+        ("exact_sha256", pa.string()),  # sha256 of the exact part (Codec.exact_digest; classic: = recon)
+        ("fingerprint", pa.binary()),  # compact per-frame 1/8-scale luma of the reconstruction
         # --- from an input list (`vidarc archive LIST OUT`); null for a folder or prefix ---
         ("caption", pa.string()),
         ("license", pa.string()),
@@ -116,6 +130,9 @@ def compute_column(stage: str) -> str:
 #: "unmeasured" (the archive GOP has no value of the metric); "failed" (`error` says why).
 #: `cpu_seconds`: the whole reference search (wall × 1 CPU: its encoder runs one thread);
 #: `encode_cpu_seconds`: one encode at the `high` setting, what a reference archive would spend.
+#: The manifest's decode-proof columns (written without min/max statistics: they are never range-filtered).
+PROOF_COLUMNS: tuple[str, ...] = ("recon_sha256", "exact_sha256", "fingerprint")
+
 REFERENCE_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -170,7 +187,7 @@ VERIFY_SCHEMA = pa.schema(
         ("device", pa.string()),
         ("crc_ok", pa.bool_()),
         ("decode_ok", pa.bool_()),
-        ("recon_digest_ok", pa.bool_()),  # null when the codec promises no exact digest
+        ("recon_digest_ok", pa.bool_()),  # decoded frames' sha256 == recon_sha256 (null: none recorded)
         ("psnr_manifest", pa.float64()),
         ("psnr_verify", pa.float64()),
         ("quality_ok", pa.bool_()),
@@ -178,6 +195,14 @@ VERIFY_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        # --- the decode proof (pipeline/verify.py); null for archives made before digests ---
+        ("exact_ok", pa.bool_()),  # the exact part's digest == the manifest's exact_sha256
+        ("fingerprint_psnr", pa.float64()),  # worst frame's luma-fingerprint PSNR (dB); null when exact
+        (
+            "decode_check",
+            pa.string(),
+        ),  # "exact" | "drift" | "exact-part" | "mismatch" (see pipeline/verify.py)
+        ("against_source", pa.bool_()),  # psnr_verify was measured against the source (--against-source)
     ]
 )
 

@@ -13,26 +13,38 @@ Two layers, both reading the objects afresh (ranged GETs, no cache):
    (offset, length, CRC per GOP), and every done marker must have its container and manifest rows.
 2. The sample: for each sampled GOP, one ranged read of the container's index and one of the payload
    (CRC-checked), a decode with the decoder the header asks for (`codec.registry.decoder_for`: its
-   codec, `decoder_options` and weights; built once per such key; other weights are refused), and — when the source is still readable and unchanged in size — the
-   PSNR of the decoded frames against the source, which must match the manifest's within tolerance.
+   codec, `decoder_options` and weights; built once per such key; other weights are refused), and the
+   **decode proof** against what the encoder recorded (`pipeline/digests.py`), with no source needed:
 
-Tolerances (where the brief is silent): 0.05 dB. Classic decoders are bit-exact, so the recomputed
-PSNR is identical and the tolerance only absorbs float summation order. Neural codecs' entropy
-decoding is exact but their synthesis networks are not bit-exact across device classes: decoding on
-another device than the encoder (the manifest's `device`) allows `CROSS_DEVICE_TOLERANCE_DB` (0.5 dB).
-A codec that records `recon_sha256` in its params promises an exact reconstruction; it is compared
-(`recon_digest_ok`) when decoding on the encoder's device class.
+   - *exact*: the decoded frames' sha256 equals the manifest's `recon_sha256`;
+   - *drift*: the exact part (`Codec.exact_digest`: GLVC's latent symbols, GVC's codebook entries and
+     stills) equals `exact_sha256` but the pixels do not — a neural pixel decode on another device
+     class or vector unit — and the worst frame's luma-fingerprint PSNR is at least
+     `DRIFT_LIMIT_DB`; the row records that PSNR;
+   - *exact-part*: the exact part equals `exact_sha256`, and the encoder recorded no pixels for this
+     GOP (archived with `--fingerprint-every N`: it skipped the neural pixel decode of the other GOPs),
+     so the pixels cannot be judged; by default every GOP has its fingerprint;
+   - *mismatch* (a failure): the exact part differs, or the fingerprint PSNR is below the limit.
+
+   Archives made before these digests existed get `decode_check` null (CRC and decoding only).
+   With `against_source`, the PSNR of the decoded frames against the source is also measured when the
+   source is still readable and unchanged in size, and must match the manifest's within
+   `TOLERANCE_DB` (0.05 dB), or `CROSS_DEVICE_TOLERANCE_DB` (0.5 dB) when a neural codec decodes on
+   another device class than it encoded on.
+
+Where decoding runs: on `device`. "cuda" decodes as Ray tasks on GPU workers when a cluster with GPUs is
+up (the head needs no CUDA: a KubeRay RayJob's head is CPU-only), in-process when this machine has
+CUDA, else on CPU with a note (a neural pixel decode may then drift, which the proof reports). "auto"
+picks cuda where it exists. On CPU, more than `RAY_MIN_GOPS` sampled GOPs decode as Ray tasks when Ray
+is initialised (batches grouped by container, so each task reads an index once).
 
 The default sample (neither fraction nor count): every GOP of an archive up to `DEFAULT_ALL_GOPS` GOPs,
-else a seeded sample of that many. With Ray initialised and more than `RAY_MIN_GOPS` GOPs sampled,
-decoding runs as Ray tasks (batches grouped by container, so each task reads an index once).
+else a seeded sample of that many.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import time
 import uuid
@@ -40,6 +52,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from codec.errors import CodecError
 from pipeline.container import (
@@ -51,6 +64,7 @@ from pipeline.container import (
     read_gop,
     read_index,
 )
+from pipeline.digests import DRIFT_LIMIT_DB, FingerprintError, fingerprint_psnr, frames_sha256
 from pipeline.listing import iter_objects
 from pipeline.manifest import ArchiveParts, DamagedPart, PartsError, parquet_bytes
 from pipeline.manifest_layout import container_location, done_keys
@@ -94,6 +108,8 @@ MANIFEST_COLUMNS = [
     "psnr",
     "codec_params",
     "status",
+    "recon_sha256",
+    "exact_sha256",
 ]
 
 
@@ -116,6 +132,15 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.failures
 
+    def checks(self) -> dict[str, Any]:
+        """Counts of decode checks (exact / drift / exact-part / mismatch / unproven) and the worst drift."""
+        counts = {"exact": 0, "drift": 0, "exact-part": 0, "mismatch": 0, "unproven": 0}
+        for row in self.rows:
+            if row.get("decode_ok") is not None:
+                counts[row.get("decode_check") or "unproven"] += 1
+        drifts = [r["fingerprint_psnr"] for r in self.rows if r.get("decode_check") == "drift"]
+        return {**counts, "worst_drift_db": min(drifts) if drifts else None}
+
 
 def run_verify(
     out: str,
@@ -128,6 +153,7 @@ def run_verify(
     verify_run_id: str | None = None,
     scan: str = "auto",
     model: str | None = None,
+    against_source: bool = False,
 ) -> VerifyReport:
     """Verify archive `out`; writes `<out>/verify/part-<verify_run_id>.parquet` and returns the report.
 
@@ -141,8 +167,8 @@ def run_verify(
         raise VerifyError(f"--count must be at least 1, got {count}")
     if scan not in ("auto", "full", "index"):
         raise VerifyError(f"scan must be auto, full or index, got {scan!r}")
-    if device == "auto":
-        device = "cuda" if _cuda() else "cpu"
+    if device not in ("cpu", "cuda", "auto"):
+        raise VerifyError(f"device must be cpu, cuda or auto, got {device!r}")
     verify_run_id = (
         verify_run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     )
@@ -151,7 +177,7 @@ def run_verify(
         check_reachable(fs, root, out, must_exist=True)
     except StorageError as exc:
         raise VerifyError(str(exc)) from None
-    manifest, damaged = _read_manifest(out, endpoint_url)
+    manifest, fingerprints, damaged = _read_manifest(out, endpoint_url)
     ok_rows = sorted(
         (r for r in manifest if r["status"] == "ok"), key=lambda r: (r["video_key"], r["gop_index"])
     )
@@ -167,7 +193,7 @@ def run_verify(
     paths = _container_paths(fs, root, out)
     sizes = {uri: size for uri, (_, size) in paths.items()}
     failures += [part.line() for part in damaged]  # every manifest part was read and checked
-    failures += _check_markers(fs, root, ok_rows, sizes, {p.video_key for p in damaged})
+    failures += _check_markers(fs, root, ok_rows, sizes, {k for p in damaged for k in p.video_keys})
     scan_mode = scan
     if scan == "auto":
         scan_mode = "full" if sum(sizes.values()) <= FULL_SCAN_BYTES else "index"
@@ -193,8 +219,26 @@ def run_verify(
             rows.append(_failed_row(container_rows[0], verify_run_id, device, problem, crc_ok=False))
     sample = _sample(ok_rows, fraction, count, seed)
     sample = [r for r in sample if r["archive_uri"] in sizes]
-    context = {"device": device, "endpoint_url": endpoint_url, "model": model, "verify_run_id": verify_run_id}
-    for result in _decode_all(sample, sizes, context):
+    for row in sample:  # only the sampled rows' fingerprints become Python objects
+        row["fingerprint"] = fingerprints[row["manifest_row"]].as_py()
+    del fingerprints
+    placement = decode_placement(device)
+    if placement.note:
+        warnings.append(placement.note)
+    context = {
+        "device": placement.device,
+        "endpoint_url": endpoint_url,
+        "model": model,
+        "verify_run_id": verify_run_id,
+        "against_source": against_source,
+    }
+    decoded = _decode_all(sample, sizes, context, placement)
+    if placement.device == "cuda" and any(r["device"] == "cpu" for r in decoded):
+        warnings.append(
+            f"--device {device}: a GPU task found no CUDA device (a GPU resource without CUDA behind it); "
+            "decoded on CPU instead (a neural pixel decode may drift, reported per GOP)"
+        )
+    for result in decoded:
         rows.append(result)
         if result["status"] != "ok":
             failures.append(result["error"])
@@ -222,18 +266,25 @@ def run_verify(
 
 
 # ---- reading the archive's records -------------------------------------------------------------
-def _read_manifest(out: str, endpoint_url: str | None) -> tuple[list[dict[str, Any]], list[DamagedPart]]:
+def _read_manifest(
+    out: str, endpoint_url: str | None
+) -> tuple[list[dict[str, Any]], pa.ChunkedArray, list[DamagedPart]]:
     """Every readable manifest row once (parts, packs and compacted files resolved by
-    `manifest_layout`), and the damaged parts (each read and checked on its own)."""
+    `manifest_layout`), each with its position `manifest_row`; the `fingerprint` column (kept as one
+    Arrow column: only the sampled rows' are turned into Python objects); and the damaged parts (each
+    read and checked on its own)."""
     try:
         parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
         if not len(parts):
             raise VerifyError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
         table = parts.read()  # every column, so every column checksum is verified
         rows = table.select([*MANIFEST_COLUMNS, "error", "member_offset", "member_length"]).to_pylist()
+        fingerprints = table.column("fingerprint")
     except PartsError as exc:
         raise VerifyError(f"cannot read the manifest: {exc}") from None
-    return rows, parts.damaged
+    for i, row in enumerate(rows):
+        row["manifest_row"] = i
+    return rows, fingerprints, parts.damaged
 
 
 def _container_paths(fs: Any, root: str, out: str) -> dict[str, tuple[str, int]]:
@@ -400,7 +451,51 @@ def _sample(rows: list[dict[str, Any]], fraction: float | None, count: int | Non
     return [rows[i] for i in sorted(picked)]
 
 
-def _decode_all(sample: list[dict], sizes: dict[str, int], context: dict[str, Any]) -> list[dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the sample decodes: the device, whether as Ray tasks (GPU ones need a GPU each), and why
+    it is not where the user asked (None when it is)."""
+
+    device: str
+    ray_gpu_tasks: bool = False
+    note: str | None = None
+
+
+def decode_placement(device: str) -> Placement:
+    """cuda -> GPU Ray tasks when the cluster has GPUs, else this machine's CUDA, else CPU with a note;
+    auto -> the same without the note; cpu -> cpu."""
+    if device == "cpu":
+        return Placement("cpu")
+    cluster_gpus = _cluster_gpus()
+    if cluster_gpus:
+        return Placement("cuda", ray_gpu_tasks=True)
+    if _cuda():
+        return Placement("cuda")
+    note = None
+    if device == "cuda":
+        where = (
+            "the Ray cluster has no GPU and this machine no CUDA"
+            if cluster_gpus is not None
+            else ("this machine has no CUDA device and no Ray cluster is connected")
+        )
+        note = f"--device cuda: {where}; decoded on CPU instead (a neural pixel decode may drift, reported per GOP)"
+    return Placement("cpu", note=note)
+
+
+def _cluster_gpus() -> float | None:
+    """GPUs in the connected Ray cluster (None when Ray is not initialised)."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    if not ray.is_initialized():
+        return None
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def _decode_all(
+    sample: list[dict], sizes: dict[str, int], context: dict[str, Any], placement: Placement
+) -> list[dict[str, Any]]:
     batches: list[list[tuple[dict, int]]] = []
     current: list[tuple[dict, int]] = []
     for row in sample:  # sorted by video, so batches group GOPs of the same container
@@ -410,10 +505,15 @@ def _decode_all(sample: list[dict], sizes: dict[str, int], context: dict[str, An
         current.append((row, row["member"][1] if row.get("member") else sizes[row["archive_uri"]]))
     if current:
         batches.append(current)
-    import ray
+    if placement.ray_gpu_tasks:
+        import ray
 
-    if ray.is_initialized() and len(sample) > RAY_MIN_GOPS:
-        task = ray.remote(num_cpus=1, num_gpus=1 if context["device"] == "cuda" else 0)(verify_batch)
+        task = ray.remote(num_cpus=1, num_gpus=1)(verify_batch)
+        results = ray.get([task.remote(b, context) for b in batches])
+    elif placement.device == "cpu" and len(sample) > RAY_MIN_GOPS and _cluster_gpus() is not None:
+        import ray
+
+        task = ray.remote(num_cpus=1)(verify_batch)
         results = ray.get([task.remote(b, context) for b in batches])
     else:
         results = [verify_batch(b, context) for b in batches]
@@ -421,7 +521,12 @@ def _decode_all(sample: list[dict], sizes: dict[str, int], context: dict[str, An
 
 
 def verify_batch(batch: list[tuple[dict, int]], context: dict[str, Any]) -> list[dict[str, Any]]:
-    """Decode and check GOPs (Ray task body or in-process). Codecs are built once per batch."""
+    """Decode and check GOPs (Ray task body or in-process). Codecs are built once per batch.
+
+    A worker asked for CUDA that has none (a Ray node declaring GPUs it cannot drive) decodes on CPU;
+    its rows say so (`device`), and `run_verify` adds the note."""
+    if context["device"] == "cuda" and not _cuda():
+        context = dict(context, device="cpu")
     decoders: dict[tuple, Any] = {}
     sources: dict[str, Any] = {}
     return [_verify_one(row, size, context, decoders, sources) for row, size in batch]
@@ -456,7 +561,9 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
         if key not in decoders:
             decoders[key] = header_decoder(header, device=device, model=context["model"], name=uri)
         codec = decoders[key]
-        frames = codec.decode(payload, entry.frame_count, int(header["width"]), int(header["height"]))
+        frames, exact = codec.decode_with_digest(
+            payload, entry.frame_count, int(header["width"]), int(header["height"])
+        )
     except (CodecError, ContainerError) as exc:
         return dict(result, decode_ok=False, status="failed", error=_line(label, exc))
     except Exception as exc:  # a decoder crash on hostile bytes is still a verify failure, one line
@@ -468,23 +575,21 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
         )
     result["decode_seconds"] = time.perf_counter() - started
     result["decode_ok"] = True
-    same_device = _device_class(device) == _device_class(row.get("device"))
-    params = _params(row.get("codec_params"))
-    if params.get("recon_sha256") and same_device:
-        result["recon_digest_ok"] = hashlib.sha256(frames.tobytes()).hexdigest() == params["recon_sha256"]
-        if not result["recon_digest_ok"]:
-            return dict(
-                result, status="failed", error=f"{label}: reconstruction digest differs from the encoder's"
-            )
-    if row.get("psnr") is None:
+    result.update(decode_check(row, frames, exact))
+    if result["decode_check"] == "mismatch":
+        return dict(result, status="failed", error=f"{label}: {result.pop('problem')}")
+    result.pop("problem", None)
+    if not context["against_source"] or row.get("psnr") is None:
         return dict(result, status="ok")
     source, note = _source_frames(row, context, sources, deep=frames.dtype == np.uint16)
+    result["against_source"] = source is not None
     if source is None:
         return dict(result, status="ok", error=f"{label}: quality not re-measured ({note})")
     from codec.base import to_8bit
     from pipeline.metrics import psnr_rgb
 
     psnr = psnr_rgb(to_8bit(source), to_8bit(frames))  # as the archive measured it (metrics are 8-bit)
+    same_device = _device_class(device) == _device_class(row.get("device"))
     tolerance = TOLERANCE_DB if same_device or row["codec"] in CLASSIC_CODECS else CROSS_DEVICE_TOLERANCE_DB
     result["psnr_verify"] = psnr
     result["quality_ok"] = abs(psnr - row["psnr"]) <= tolerance
@@ -495,6 +600,49 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
             error=f"{label}: PSNR {psnr:.3f} dB, the manifest says {row['psnr']:.3f} dB (tolerance {tolerance} dB)",
         )
     return dict(result, status="ok")
+
+
+def decode_check(row: dict[str, Any], frames: np.ndarray, exact: str) -> dict[str, Any]:
+    """The decode proof of one GOP against the digests its manifest row recorded at encode time:
+    verify columns (`exact_ok`, `recon_digest_ok`, `fingerprint_psnr`, `decode_check`) and, for a
+    mismatch, `problem` (one line). Rows of archives made before digests: `decode_check` None."""
+    out: dict[str, Any] = {"decode_check": None}
+    recorded_exact, recorded_recon = row.get("exact_sha256"), row.get("recon_sha256")
+    if not recorded_exact and not recorded_recon:
+        return out
+    if recorded_exact:
+        out["exact_ok"] = exact == recorded_exact
+        if not out["exact_ok"]:
+            what = "its pixels" if exact == frames_sha256(frames) else "its exact part (symbols)"
+            return dict(
+                out, decode_check="mismatch", problem=f"the decode differs from the encoder's in {what}"
+            )
+    blob = row.get("fingerprint")
+    if recorded_exact and not recorded_recon and blob is None:
+        # The encoder skipped this GOP's pixel decode (`--fingerprint-every` > 1): nothing to judge the
+        # pixels by, so the proof is the exact part alone, which is what every pixel decode starts from.
+        return dict(out, decode_check="exact-part")
+    if recorded_recon:
+        out["recon_digest_ok"] = frames_sha256(frames) == recorded_recon
+        if out["recon_digest_ok"]:
+            return dict(out, decode_check="exact")
+    if blob is None:
+        return dict(
+            out, decode_check="mismatch", problem="other pixels than the encoder's, and no fingerprint"
+        )
+    try:
+        psnr = fingerprint_psnr(bytes(blob), frames)
+    except FingerprintError as exc:
+        return dict(out, decode_check="mismatch", problem=f"unreadable fingerprint ({exc})")
+    out["fingerprint_psnr"] = psnr
+    if psnr >= DRIFT_LIMIT_DB:
+        return dict(out, decode_check="drift")
+    return dict(
+        out,
+        decode_check="mismatch",
+        problem=f"pixels drifted to {psnr:.1f} dB from the encoder's (worst frame's luma fingerprint; "
+        f"limit {DRIFT_LIMIT_DB:g} dB)",
+    )
 
 
 def _source_frames(row: dict, context: dict, cache: dict, *, deep: bool) -> tuple[np.ndarray | None, str]:
@@ -543,6 +691,10 @@ def _base_row(row: dict, verify_run_id: str, device: str) -> dict[str, Any]:
         "crc_ok": None,
         "decode_ok": None,
         "recon_digest_ok": None,
+        "exact_ok": None,
+        "fingerprint_psnr": None,
+        "decode_check": None,
+        "against_source": None,
         "psnr_manifest": row.get("psnr"),
         "psnr_verify": None,
         "quality_ok": None,
@@ -579,14 +731,6 @@ def _failed_row(row: dict, verify_run_id: str, device: str, error: str, *, crc_o
 def _line(label: str, exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return redact(text if text.startswith(label.split(" GOP ")[0]) else f"{label}: {text}")
-
-
-def _params(text: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _device_class(device: str | None) -> str:

@@ -126,12 +126,15 @@ def test_input_list_by_two_shards_packed_and_not_into_one_out(
     report = run_verify(str(out), scan="full")
     assert report.ok, report.failures
     assert report.gops_total == 2 + 2 + 2 + 5 and report.containers_checked == 4
+    # the decode proof reads through packs: every GOP, packed or not, proven exact by its digests
+    assert report.checks()["exact"] == 11 and all(r["recon_digest_ok"] for r in report.rows)
     audited = audit_archive(str(out)).rows
 
     compacted = compact(str(out))
     assert compacted.parts_absorbed >= 3 and compacted.parts_left == 1  # the failed video's part stays
     assert listed() == before and audit_archive(str(out)).rows == audited
-    assert run_verify(str(out), scan="full").ok
+    after = run_verify(str(out), scan="full")
+    assert after.ok and after.checks()["exact"] == 11  # and through compacted files
 
     for i, previous in enumerate(summaries):  # each shard resumes on its own: nothing left to do
         again = shard(i, **({"pack_mb": 0.004} if i == 0 else {}))

@@ -34,6 +34,19 @@ def test_gop_plan_tiles_the_video_exactly() -> None:
         plan_gops(0, 16)
 
 
+def test_gop_lengths_come_from_the_codec_class_without_loading_a_model() -> None:
+    """The driver plans GOPs from the codec's class (it never asks an encode actor)."""
+    from codec.registry import codec_class
+    from pipeline.archive.config import ArchiveConfig, ConfigError
+
+    glvc = codec_class("glvc")
+    assert glvc.gop_frames_for(None, Fraction(24)) == 49 and glvc.gop_frames_for(9, Fraction(24)) == 9
+    assert codec_class("gvc").gop_frames_for(None, Fraction(30000, 1001)) == 33
+    assert codec_class("x264").gop_frames_for(None, Fraction(25)) == 50
+    with pytest.raises(ConfigError, match=r"--gop-frames 8: glvc needs GOPs of 1\+4k frames"):
+        ArchiveConfig(src="s", out="o", codec="glvc", gop_frames=8).resolved()
+
+
 def test_seeking_decode_matches_a_sequential_decode(sample_dir: Path) -> None:
     source = str(sample_dir / "sub" / "with-audio.mp4")
     info = sources.probe(source)

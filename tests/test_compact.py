@@ -162,3 +162,70 @@ def test_a_video_packed_twice_counts_once(tmp_path: Path) -> None:
     assert _rows(fs, root) == expected
     compact(str(tmp_path / "out"))
     assert _rows(fs, root) == expected and plan_manifest(fs, root).orphan_packs
+
+
+def test_a_damaged_part_is_kept_and_named_never_absorbed(tmp_path: Path) -> None:
+    """A done video's part whose values no longer match their checksum (as readers check it) stays
+    where it is, named by the report, instead of being merged as good rows and deleted."""
+    import pyarrow as pa
+
+    from pipeline.manifest import COLUMN_CHECKSUMS_KEY, parquet_bytes
+
+    fs, root = filesystem(str(tmp_path / "out"))
+    for key in ("clip-000", "clip-001"):
+        rows = [{"run_id": "r1", "video_key": key, "gop_index": i, "status": "ok"} for i in range(2)]
+        write_bytes(fs, manifest_path(root, key), parquet_bytes(rows, MANIFEST_SCHEMA))
+        write_json(fs, marker_path(root, "done", key), {"video_key": key})
+    good = pq.read_table(io.BytesIO(fs.cat_file(manifest_path(root, "clip-001"))))
+    assert COLUMN_CHECKSUMS_KEY.encode() in good.schema.metadata
+    changed = good.set_column(
+        good.column_names.index("gop_index"),
+        "gop_index",
+        pa.array([5, 6], good.schema.field("gop_index").type),
+    )  # the values change, the checksums recorded with them do not
+    buffer = io.BytesIO()
+    pq.write_table(changed, buffer, compression="zstd")
+    write_bytes(fs, manifest_path(root, "clip-001"), buffer.getvalue())
+
+    report = compact(str(tmp_path / "out"))
+    assert report.parts_absorbed == 1 and len(report.damaged) == 1 and "clip-001" in report.damaged[0]
+    assert fs.exists(manifest_path(root, "clip-001"))
+    damaged: list[str] = []
+    tables = iter_tables(
+        plan_manifest(fs, root), ["video_key", "gop_index"], on_damage=lambda p, _: damaged.append(p)
+    )
+    assert sorted((r["video_key"], r["gop_index"]) for t in tables for r in t.to_pylist()) == [
+        ("clip-000", 0),
+        ("clip-000", 1),
+    ]
+    assert damaged == [manifest_path(root, "clip-001")]  # readers still name it
+
+
+def test_a_damaged_compacted_file_is_named_and_the_rest_reads(tmp_path: Path) -> None:
+    """A compacted file whose footer does not parse costs only its own rows: audit and ls read every
+    other file and name it; a later compaction goes on and names it too."""
+    out = str(tmp_path / "out")
+    fs, root = filesystem(out)
+    _archive(fs, root, videos=6)
+    compact(out)
+    (compacted,) = (tmp_path / "out" / "manifest").glob("compacted-*.parquet")
+    compacted.write_bytes(compacted.read_bytes()[:-40])  # the footer cut off
+    _video(fs, root, "clip-100", 2, run="r2")  # written after the compaction
+
+    result = audit_archive(out)
+    assert result.rows == 2  # clip-100's GOPs; nothing raised
+    assert [d["uri"] for d in result.damaged_parts] == [str(compacted)]
+    assert {v.video_key: v.gops for v in list_archive(out) if v.gops} == {"clip-100": 2}
+    report = compact(out)
+    assert report.parts_absorbed == 1 and report.damaged and str(compacted) in report.damaged[0]
+
+
+def test_an_archive_whose_only_manifest_file_is_damaged_says_so(tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    fs, root = filesystem(out)
+    _archive(fs, root, videos=3)
+    compact(out)
+    (compacted,) = (tmp_path / "out" / "manifest").glob("compacted-*.parquet")
+    compacted.write_bytes(b"not parquet")
+    result = audit_archive(out)  # not "no manifest parts; is this a vidarc archive?"
+    assert result.rows == 0 and [d["uri"] for d in result.damaged_parts] == [str(compacted)]

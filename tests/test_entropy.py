@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+from decimal import Decimal, getcontext
+
 import numpy as np
 import pytest
 
 from codec.entropy import (
+    GAUSS64_V1,
     EntropyCodingError,
     EntropyDecoder,
     EntropyEncoder,
+    EntropyProfile,
+    EntropyProfileError,
     GaussianTables,
+    check_conformance,
     clamp_symbols,
+    conformance_stream,
     decode_symbols,
     encode_symbols,
-    scale_table,
+    profile_by_id,
+    profile_for,
 )
 
 
@@ -52,7 +61,7 @@ def test_rate_follows_the_model() -> None:
 
 
 def test_out_of_range_symbols_are_refused_and_clamp_makes_them_codable() -> None:
-    tables = GaussianTables(symbol_range=15)
+    tables = GaussianTables(dataclasses.replace(GAUSS64_V1, id=0, symbol_range=15, conformance_sha256=None))
     symbols = np.array([0, 3, -40, 99], dtype=np.int32)
     indices = np.full(4, 20)
     with pytest.raises(EntropyCodingError, match="clamp"):
@@ -75,12 +84,57 @@ def test_table_selection_must_match() -> None:
     assert not np.array_equal(decode_symbols(data, indices + 1, tables), symbols)
 
 
-def test_scale_table_is_log_spaced_constants() -> None:
-    table = scale_table(64, 0.11, 64.0)
-    assert table[0] == pytest.approx(0.11) and table[-1] == pytest.approx(64.0)
-    ratios = table[1:] / table[:-1]
-    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-12)
-    np.testing.assert_array_equal(table, scale_table(64, 0.11, 64.0))
+def test_pinned_table_is_the_documented_formula_correctly_rounded() -> None:
+    """σ_i = 0.11 · (64 / 0.11)^(i / 63) in 60-digit decimal arithmetic, rounded once to binary64."""
+    getcontext().prec = 60
+    low, high = Decimal("0.11"), Decimal(64)
+    exact = [float((low.ln() + (high.ln() - low.ln()) * i / 63).exp()) for i in range(64)]
+    assert list(GAUSS64_V1.stds) == exact
+    assert GAUSS64_V1.stds[0] == 0.11 and GAUSS64_V1.stds[-1] == 64.0
+
+
+def _sweep_digest(stds) -> bytes:
+    return conformance_stream(dataclasses.replace(GAUSS64_V1, stds=tuple(float(s) for s in stds)))
+
+
+def test_format1_tables_and_one_ulp_neighbours_quantise_like_the_pinned_constants() -> None:
+    """Format-1 payloads were coded with tables computed by np.exp at load (some entries differ from the
+    constants in the last bit, and between machines): the installed coder maps each of those, and each
+    constant ±1 ulp, to exactly the same probabilities, so they decode under gauss64-v1."""
+    pinned = _sweep_digest(GAUSS64_V1.stds)
+    computed = np.exp(np.linspace(np.log(0.11), np.log(64.0), 64, dtype=np.float64))
+    assert np.any(computed != np.asarray(GAUSS64_V1.stds))  # the case that matters is exercised
+    stds = np.asarray(GAUSS64_V1.stds)
+    assert _sweep_digest(computed) == pinned
+    assert _sweep_digest(np.nextafter(stds, 0.0)) == pinned
+    assert _sweep_digest(np.nextafter(stds, np.inf)) == pinned
+    # ...while a real change of the table changes the code
+    assert _sweep_digest(stds * 1.01) != pinned
+
+
+def test_the_installed_coder_conforms_and_a_different_one_is_refused() -> None:
+    check_conformance(GAUSS64_V1)  # constriction as pinned in pyproject.toml
+    wrong = dataclasses.replace(GAUSS64_V1, conformance_sha256="0" * 64)
+    with pytest.raises(EntropyProfileError, match=r"install constriction==0\.5\.0"):
+        GaussianTables(wrong)
+
+
+def test_profiles_are_found_by_id_and_by_scale_settings() -> None:
+    assert profile_by_id(1) is GAUSS64_V1 and GAUSS64_V1.name == "gauss64-v1"
+    assert profile_for(64, 0.11, 64.0, 255) is GAUSS64_V1
+    with pytest.raises(EntropyProfileError, match="unknown"):
+        profile_by_id(9)
+    with pytest.raises(EntropyProfileError, match="no pinned entropy profile"):
+        profile_for(32, 0.11, 64.0, 255)
+    record = GAUSS64_V1.record()
+    assert record == {"library": "constriction", "version": record["version"], "profile": "gauss64-v1"}
+
+
+def test_an_unpinned_profile_is_not_a_payload_profile() -> None:
+    custom = EntropyProfile(0, "test", GAUSS64_V1.stds, 15, None)
+    GaussianTables(custom)  # usable for experiments
+    with pytest.raises(EntropyProfileError):
+        profile_by_id(custom.id)
 
 
 def test_malformed_streams_and_indices() -> None:

@@ -218,17 +218,3 @@ def test_tokenizer_runs_once_per_gop_across_quality_indices(model_dir: Path, fra
     assert len(calls) == 2
     fresh = GlvcCodec(model=str(model_dir))
     assert payloads[0] == payloads[2] == fresh.encode(gop, RateTarget("quality", 10), FPS).payload
-
-
-def test_default_gop_length_comes_from_the_model_card(tmp_path: Path) -> None:
-    """A bundle trained on short clips declares its GOP length; other models keep about two seconds."""
-    from codec.modeldir import write_model_card
-
-    root = build_random_model(tmp_path / "model", seed=1).path
-    assert GlvcCodec(model=str(root)).default_gop_frames(Fraction(24)) == 49
-    card = json.loads((root / "model_card.json").read_text())
-    write_model_card(
-        root, name=card["name"], version=card["version"], kind=card["kind"],
-        config={**card["config"], "glvc": {"gop_frames": 17}}, notes=card["notes"],
-    )  # fmt: skip
-    assert GlvcCodec(model=str(root)).default_gop_frames(Fraction(24)) == 17

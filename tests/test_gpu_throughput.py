@@ -31,6 +31,7 @@ from codec.gpu import (
 from codec.registry import create_codec
 from pipeline.archive.encode_worker import EncodeWorker
 from pipeline.bench import SKIPPED_METRICS
+from pipeline.digests import fingerprint_psnr, frames_sha256
 from pipeline.metrics import psnr_rgb
 
 FPS = Fraction(24)
@@ -104,9 +105,12 @@ def test_glvc_actor_overlaps_gops_and_skips_reconstructions_nobody_measures(
     glvc_model: Path, clip: np.ndarray
 ) -> None:
     """Two GOPs in flight at once on one actor (threads, as Ray's threaded actor runs them), quality
-    measured on every 2nd: the payloads are those of coding the GOPs one by one, the measured GOP gets
-    the metrics of the sequential reconstruction, and the tokenizer decoded only that one."""
-    worker = EncodeWorker("glvc", str(glvc_model), "cpu", {}, metrics_every=2, skip_metrics=SKIPPED_METRICS)
+    measured and pixel-proven on every 2nd: the payloads are those of coding the GOPs one by one, the
+    measured GOP gets the metrics and the pixel proof of the sequential reconstruction, the tokenizer
+    decoded only that one, and the other GOP's proof is its exact part alone."""
+    worker = EncodeWorker(
+        "glvc", str(glvc_model), "cpu", {}, metrics_every=2, skip_metrics=SKIPPED_METRICS, fingerprint_every=2
+    )
     codec = worker.codec
     assert codec is not None and codec.thread_safe
     gops = [np.ascontiguousarray(clip[5 * i : 5 * i + 5, :32, :32]) for i in range(2)]
@@ -123,10 +127,14 @@ def test_glvc_actor_overlaps_gops_and_skips_reconstructions_nobody_measures(
     for i, ((meta, payload), alone) in enumerate(zip(results, sequential, strict=True)):
         assert "error" not in meta
         assert payload == alone.payload
+        assert meta["exact_sha256"] == alone.exact_digest
         if i == 0:
             assert meta["psnr"] == pytest.approx(psnr_rgb(gops[i], alone.reconstruction))
+            assert meta["recon_sha256"] == frames_sha256(alone.reconstruction)
+            assert fingerprint_psnr(meta["fingerprint"], alone.reconstruction) == float("inf")
         else:
             assert meta.get("psnr") is None and "not measured" in meta["metrics_note"]
+            assert meta["recon_sha256"] is None and meta["fingerprint"] is None
 
 
 def test_gvc_skips_its_final_vae_decode_when_no_reconstruction_is_asked() -> None:

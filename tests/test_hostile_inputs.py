@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from jobs.cli import app
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.discovery import SourceEntry, probe_entry
-from pipeline.archive.driver import _remove_stale_temporaries
+from pipeline.archive.driver import _remove_stale_temporaries, _temporaries
 from pipeline.archive.failures import FailureLog
 from pipeline.archive.progress import Counters, ProgressDisplay
 
@@ -103,5 +103,5 @@ def test_a_killed_runs_leftover_temporaries_are_removed(tmp_path: Path) -> None:
     for path in [*leftovers, kept]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
-    _remove_stale_temporaries(str(out))
+    _remove_stale_temporaries(_temporaries(str(out)), busy={})  # no live run holds a lease
     assert not [p for p in leftovers if p.exists()] and kept.exists()

@@ -100,3 +100,28 @@ def test_a_damaged_pack_index_is_a_one_line_error(damage: str) -> None:
     with pytest.raises(ContainerError) as error:
         read_pack_index(_reader(bytes(broken))[0], len(broken), name="s3://b/packs/p.vdrc")
     assert str(error.value).startswith("s3://b/packs/p.vdrc: ") and "\n" not in str(error.value)
+
+
+def test_a_damaged_pack_part_names_its_members_once(tmp_path) -> None:
+    """A committed pack whose manifest part is damaged: `ls` lists each member as damaged (naming the
+    part), and `verify` reports the part once, not each member again as a done video without rows."""
+    from pipeline.inspect import list_archive
+    from pipeline.manifest import parquet_bytes
+    from pipeline.runinfo import pack_manifest_path, pack_marker_path, write_json
+    from pipeline.schema import MANIFEST_SCHEMA
+    from pipeline.storage import filesystem, write_bytes
+    from pipeline.verify import run_verify
+
+    out = str(tmp_path / "out")
+    fs, root = filesystem(out)
+    members = ["clip-a", "clip-b"]
+    rows = [{"run_id": "r1", "video_key": k, "gop_index": 0, "status": "ok"} for k in members]
+    data = parquet_bytes(rows, MANIFEST_SCHEMA)
+    write_bytes(fs, pack_manifest_path(root, "r1-000001"), data[: len(data) // 2])  # truncated
+    write_json(fs, pack_marker_path(root, "r1-000001"), {"pack_id": "r1-000001", "members": members})
+
+    listed = {v.video_key: v for v in list_archive(out)}
+    assert sorted(listed) == members and {v.status for v in listed.values()} == {"damaged"}
+    assert all("pack-r1-000001.parquet" in (v.error or "") for v in listed.values())
+    report = run_verify(out, count=1)
+    assert len(report.failures) == 1 and "2 packed videos (clip-a, clip-b)" in report.failures[0]

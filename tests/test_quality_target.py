@@ -21,7 +21,8 @@ class QuantizingCodec(Codec):
     version = "1"
     quality_range = (64, 1)
 
-    def default_gop_frames(self, fps: Fraction) -> int:
+    @classmethod
+    def default_gop_frames(cls, fps: Fraction) -> int:
         return 8
 
     def encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction) -> EncodedGop:

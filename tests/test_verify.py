@@ -3,6 +3,7 @@ fails with a line naming the object (and GOP); bad usage exits 2. Real archive, 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
 from pipeline.container import PREAMBLE, TRAILER, read_index
-from pipeline.schema import VERIFY_SCHEMA
+from pipeline.manifest import parquet_bytes
+from pipeline.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA
 from pipeline.storage import filesystem, range_reader
 from pipeline.verify import VerifyError, run_verify
 
@@ -54,14 +56,24 @@ def _index(path: Path):
 
 
 def test_intact_archive_verifies_every_gop_through_ray(copy: Path) -> None:
-    report = run_verify(str(copy), seed=1)  # default: every GOP of a small archive; 13 GOPs -> Ray tasks
+    # default: every GOP of a small archive; 13 GOPs -> Ray tasks
+    report = run_verify(str(copy), seed=1, against_source=True)
 
     assert report.ok, report.failures
     assert report.scan == "full" and report.containers_checked == 2
     assert len(report.rows) == report.gops_total == 13  # 37 frames -> 10 GOPs, 12 frames -> 3
     for row in report.rows:
-        assert row["crc_ok"] and row["decode_ok"] and row["quality_ok"]
+        assert row["crc_ok"] and row["decode_ok"] and row["quality_ok"] and row["against_source"]
         assert abs(row["psnr_verify"] - row["psnr_manifest"]) <= 0.05
+        assert row["decode_check"] == "exact" and row["exact_ok"] and row["recon_digest_ok"]
+    assert report.checks() == {
+        "exact": 13,
+        "drift": 0,
+        "exact-part": 0,
+        "mismatch": 0,
+        "unproven": 0,
+        "worst_drift_db": None,
+    }
     table = pq.read_table(copy / "verify" / f"part-{report.verify_run_id}.parquet")
     assert table.schema.equals(VERIFY_SCHEMA) and table.num_rows == 13
 
@@ -118,11 +130,41 @@ def test_missing_container_and_quality_mismatch(copy: Path) -> None:
     table = table.set_column(table.schema.get_field_index("psnr"), "psnr", [psnr])
     pq.write_table(table.replace_schema_metadata(None), part)  # a deliberate edit: no column checksums
 
-    report = run_verify(str(copy), fraction=1.0)
+    report = run_verify(str(copy), fraction=1.0, against_source=True)
 
     assert any(str(short) in f and "missing" in f for f in report.failures)
     quality = [r for r in report.rows if r["quality_ok"] is False]
     assert [r["gop_index"] for r in quality] == [2] and "PSNR" in quality[0]["error"]
+    # without --against-source no source is read: the decode proof alone passes these GOPs
+    proof = run_verify(str(copy), fraction=1.0)
+    assert all(
+        r["quality_ok"] is None and r["decode_check"] == "exact"
+        for r in proof.rows
+        if r["gop_index"] is not None
+    )
+
+
+def test_a_decode_that_differs_from_the_encoders_is_a_mismatch_without_the_source(copy: Path) -> None:
+    """The manifest's digests stand for what the encoder made: a decode that gives other frames fails."""
+    part = next(p for p in (copy / "manifest").glob("*.parquet") if "with-audio" in p.name)
+    table = pq.read_table(part)
+    exact, recon = table.column("exact_sha256").to_pylist(), table.column("recon_sha256").to_pylist()
+    exact[4] = "0" * 64  # the exact part (for x264: the pixels) is not what the encoder made
+    recon[6] = "0" * 64  # only the pixel digest differs: judged by the fingerprint, read for the sample
+    rows = table.to_pylist()
+    for row, e, r in zip(rows, exact, recon, strict=True):
+        row["exact_sha256"], row["recon_sha256"] = e, r
+    part.write_bytes(parquet_bytes(rows, MANIFEST_SCHEMA))  # a well-formed part (its checksums match)
+
+    report = run_verify(str(copy), fraction=1.0, scan="index")
+
+    bad = [r for r in report.rows if r["decode_check"] == "mismatch"]
+    assert [(r["gop_index"], r["exact_ok"], r["status"]) for r in bad] == [(4, False, "failed")]
+    assert (
+        report.failures == [bad[0]["error"]] and "differs from the encoder's in its pixels" in bad[0]["error"]
+    )
+    drift = [r for r in report.rows if r["decode_check"] == "drift"]
+    assert [(r["gop_index"], r["status"], r["fingerprint_psnr"]) for r in drift] == [(6, "ok", math.inf)]
 
 
 def test_source_gone_is_a_note_not_a_failure(tmp_path: Path, sample_dir: Path, archive: Path) -> None:
@@ -133,11 +175,22 @@ def test_source_gone_is_a_note_not_a_failure(tmp_path: Path, sample_dir: Path, a
     assert run_archive(config).exit_code == 0
     shutil.rmtree(src)
 
-    report = run_verify(str(out))
+    report = run_verify(str(out), against_source=True)
 
     assert report.ok and report.rows
-    assert all(r["decode_ok"] and r["quality_ok"] is None for r in report.rows)
+    assert all(
+        r["decode_ok"] and r["quality_ok"] is None and r["decode_check"] == "exact" for r in report.rows
+    )
     assert any("source no longer exists" in w for w in report.warnings)
+
+
+def test_cuda_verify_on_a_cpu_only_cluster_decodes_on_cpu_with_a_note(copy: Path, ray_address: str) -> None:
+    """A KubeRay RayJob's head has no CUDA: verify must not fail for it (it says where it decoded)."""
+    report = run_verify(str(copy), count=2, device="cuda", scan="index")
+
+    assert report.ok, report.failures
+    assert [r["device"] for r in report.rows] == ["cpu", "cpu"]
+    assert any("decoded on CPU instead" in w for w in report.warnings), report.warnings
 
 
 def test_bad_usage_raises() -> None:
@@ -192,6 +245,7 @@ def test_archive_verify_fraction_runs_verify_at_the_end(
     )
     result = run_archive(config)
 
-    assert result.exit_code == 0 and result.summary["verify"] == {"failures": [], "rows": 2}
+    assert result.exit_code == 0 and result.summary["verify"]["failures"] == []
+    assert result.summary["verify"]["rows"] == 2
     rows = pq.read_table(next((out / "verify").glob("part-*.parquet"))).to_pylist()
-    assert len(rows) == 2 and all(r["status"] == "ok" and r["quality_ok"] for r in rows)
+    assert len(rows) == 2 and all(r["status"] == "ok" and r["decode_check"] == "exact" for r in rows)

@@ -19,22 +19,23 @@ The quality index runs 0..63, higher = more bits and better quality; a `quality`
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from fractions import Fraction
 from typing import Any
 
-import crc32c
 import numpy as np
 import torch
 
 from codec.base import Codec, EncodedGop, RateTarget, check_frames
-from codec.entropy import EntropyCodingError
+from codec.entropy import EntropyCodingError, EntropyProfileError, profile_by_id, symbols_sha256
 from codec.errors import (
     CodecError,
     CorruptPayloadError,
     ModelLoadError,
     ModelMismatchError,
+    UnsupportedFormatError,
     UnsupportedInputError,
 )
 from codec.glvc.bitstream import GlvcHeader, pack_payload, unpack_payload
@@ -121,6 +122,10 @@ class GlvcCodec(Codec):
                 f"model {self.model_dir.path}: cannot load GLVC weights ({_first_line(exc)})"
             ) from None
         self.latent_codec.to(self.torch_device).eval()
+        try:  # the pinned entropy profile, checked against the installed coder before any work
+            self.entropy_profile = self.latent_codec.tables.profile
+        except EntropyProfileError as exc:
+            raise UnsupportedFormatError(f"model {self.model_id}: {exc}") from None
         if self.tokenizer.latent_channels != self.latent_codec.config.latent_channels:
             raise ModelLoadError(
                 f"model {self.model_id}: tokenizer has {self.tokenizer.latent_channels} latent channels, "
@@ -134,6 +139,9 @@ class GlvcCodec(Codec):
         self._uploader = PinnedUploader(self.torch_device)
         self._code_lock = threading.Lock()  # rate search + self-check: in order, one GOP at a time
 
+    def entropy_coder(self) -> dict[str, str]:
+        return self.entropy_profile.record()
+
     def decoder_options(self) -> dict[str, Any]:
         """What a decoder must be built with beyond the payload: the VAE's dtype policy ("auto": bf16
         on GPUs, float32 on CPUs). The entropy-coded symbols never depend on it; the pixels do, slightly."""
@@ -145,13 +153,9 @@ class GlvcCodec(Codec):
         return 0, self.num_q - 1
 
     # -- geometry -------------------------------------------------------------------------------------------
-    def default_gop_frames(self, fps: Fraction) -> int:
-        """The GOP length the model card asks for (config["glvc"]["gop_frames"]: a small tokenizer trained
-        on short clips is only good that far), else about two seconds; 1+4k frames either way (the
-        tokenizer's causal GOP shape)."""
-        declared = self.model_dir.config.get("glvc", {}).get("gop_frames")
-        if isinstance(declared, int) and declared >= 1 and (declared - 1) % 4 == 0:
-            return declared
+    @classmethod
+    def default_gop_frames(cls, fps: Fraction) -> int:
+        """About two seconds, rounded to 1+4k frames (the tokenizer's causal GOP shape)."""
         return 1 + 4 * max(1, round(2 * float(fps) / 4))
 
     def check_geometry(self, width: int, height: int) -> None:
@@ -192,7 +196,7 @@ class GlvcCodec(Codec):
         pw, ph = self.padded_size(width, height)
         latents = self._latents(frames)
         header = GlvcHeader(self.model_id, self.model_sha256, width, height, pw, ph, count,
-                            self.coded_frames(count), 0)  # fmt: skip
+                            self.coded_frames(count), 0, self.entropy_profile.id)  # fmt: skip
 
         def encode_at(q: int) -> tuple[bytes, CompressedLatents]:
             coded = self.latent_codec.compress(latents, q)
@@ -213,7 +217,10 @@ class GlvcCodec(Codec):
             with self.stage.run():
                 recon = self.tokenizer.decode(decoded.latents)[:count, :height, :width]
         return EncodedGop(
-            payload, recon, {"q_index": q, "target_reached": bool(reached), "evaluations": evaluations}
+            payload,
+            recon,
+            {"q_index": q, "target_reached": bool(reached), "evaluations": evaluations},
+            exact_digest=symbols_sha256(coded.symbols),
         )
 
     def _search(self, encode_at, budget: float):
@@ -236,9 +243,10 @@ class GlvcCodec(Codec):
 
         A quality-targeted search (`pipeline.quality_target`) codes one GOP at several quality indices;
         the tokenizer is ~95% of GLVC's time and its output does not depend on the index, so it runs
-        once. The key is the frames' shape and CRC32C (~1 ms per 4 MB), never their memory address.
+        once. The key is the frames' shape and a 256-bit BLAKE2b digest (a few ms per 4 MB), never their
+        memory address: a collision would silently code another GOP, so a 32-bit checksum is not enough.
         """
-        key = (frames.shape, crc32c.crc32c(np.ascontiguousarray(frames).data))
+        key = (frames.shape, hashlib.blake2b(np.ascontiguousarray(frames).data, digest_size=32).digest())
         cached = self._latent_cache
         if cached is not None and cached[0] == key:
             if self.torch_device.type == "cuda":  # made on another thread's stream: keep it alive here
@@ -274,6 +282,28 @@ class GlvcCodec(Codec):
 
     # -- decode ------------------------------------------------------------------------------------------------
     def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
+        return self.decode_with_digest(payload, frame_count, width, height)[0]
+
+    def exact_digest(self, payload: bytes, frame_count: int, width: int, height: int) -> str:
+        """sha256 of the decoded latent symbols (`codec.entropy.symbols_sha256`): entropy decoding
+        only, no synthesis or pixel decode. Identical on every device (the table selection is exact)."""
+        header, body = self._checked_payload(payload, frame_count, width, height)
+        with thread_stream(self.torch_device):
+            return symbols_sha256(self._decode_latents(header, body, synthesize=False).symbols)
+
+    def decode_with_digest(
+        self, payload: bytes, frame_count: int, width: int, height: int
+    ) -> tuple[np.ndarray, str]:
+        header, body = self._checked_payload(payload, frame_count, width, height)
+        with thread_stream(self.torch_device):
+            decoded = self._decode_latents(header, body)
+            with self.stage.run():
+                frames = self.tokenizer.decode(decoded.latents)[:frame_count, :height, :width]
+        return frames, symbols_sha256(decoded.symbols)
+
+    def _checked_payload(
+        self, payload: bytes, frame_count: int, width: int, height: int
+    ) -> tuple[GlvcHeader, bytes]:
         header, body = unpack_payload(payload)
         if header.model_sha256 != self.model_sha256:  # the id is a label; the weights' digest decides
             raise ModelMismatchError(
@@ -285,10 +315,7 @@ class GlvcCodec(Codec):
                 f"GLVC payload holds {header.frames} frames of {header.width}x{header.height}, "
                 f"expected {frame_count} of {width}x{height}"
             )
-        with thread_stream(self.torch_device):
-            decoded = self._decode_latents(header, body)
-            with self.stage.run():
-                return self.tokenizer.decode(decoded.latents)[:frame_count, :height, :width]
+        return header, body
 
     def _decode_latents(self, header: GlvcHeader, body: bytes, *, synthesize: bool = True):
         expected = (*self.padded_size(header.width, header.height), self.coded_frames(header.frames))
@@ -298,6 +325,15 @@ class GlvcCodec(Codec):
             header.coded_frames,
         ) != expected or header.q_index >= self.num_q:
             raise CorruptPayloadError("GLVC payload header is damaged (padded geometry or quality index)")
+        try:
+            profile = profile_by_id(header.profile)
+        except EntropyProfileError as exc:
+            raise UnsupportedFormatError(f"GLVC payload: {exc}") from None
+        if profile != self.entropy_profile:
+            raise ModelMismatchError(
+                f"GLVC payload is coded with entropy profile {profile.name}; the model's latent codec "
+                f"uses {self.entropy_profile.name}"
+            )
         s = self.tokenizer.spatial_factor
         try:
             return self.latent_codec.decompress(

@@ -24,8 +24,8 @@ Per latent frame x_t (normalised tokenizer latents, [B, 16, h, w]; one GOP = 1 i
    from m_{t-1}, fusion (switchable), plus a learned per-quality offset; outputs a mean and a scale index
    per element of y. **Two-step checkerboard**: anchors ((i+j) even) are coded first; their decoded
    values feed a context layer that refines mean/scale for the other half.
-6. **Symbols**: r = clamp(round(y·g_q − μ), ±range); ŷ = r + μ (exact). Scale = table[index] from a fixed
-   log-spaced float64 table (codec/entropy.py).
+6. **Symbols**: r = clamp(round(y·g_q − μ), ±range); ŷ = r + μ (exact). Scale = table[index] from the
+   pinned entropy profile's constants (codec/entropy.py: ``gauss64-v1``, named in every payload).
 7. **Synthesis** (float): ŷ·g'_q (+ memory, context) -> x̂_t. It feeds nothing back into the entropy
    path, so its float noise cannot desynchronise a decoder.
 
@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codec.entropy import EntropyDecoder, EntropyEncoder, GaussianTables
+from codec.entropy import EntropyDecoder, EntropyEncoder, EntropyProfile, GaussianTables, profile_for
 from codec.glvc.fixed_point import ACT_SCALE, ExactOps, FixedConv2d, Ops, TrainOps
 
 CONFIG_NAME = "config.json"
@@ -203,10 +203,16 @@ class LatentCodec(nn.Module):
         return (math.log(cfg.scale_max) - math.log(cfg.scale_min)) / (cfg.scale_levels - 1)
 
     @property
+    def entropy_profile(self) -> EntropyProfile:
+        """The pinned entropy profile of this codec's scale settings (EntropyProfileError if none)."""
+        cfg = self.config
+        return profile_for(cfg.scale_levels, cfg.scale_min, cfg.scale_max, cfg.symbol_range)
+
+    @property
     def tables(self) -> GaussianTables:
+        """The profile's tables: pinned constants, never recomputed (`codec.entropy`)."""
         if self._tables is None:
-            cfg = self.config
-            self._tables = GaussianTables(cfg.scale_levels, cfg.scale_min, cfg.scale_max, cfg.symbol_range)
+            self._tables = GaussianTables(self.entropy_profile)
         return self._tables
 
     def lmbda(self, q_index: Tensor) -> Tensor:

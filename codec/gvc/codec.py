@@ -167,8 +167,6 @@ class GvcCodec(Codec):
             key: value if value is not None else card_defaults.get(key, SAMPLER_DEFAULTS[key])
             for key, value in given.items()
         }
-        gop = card_defaults.get("gop_frames")  # a small model trained on short clips declares its GOP
-        self._gop_frames = gop if isinstance(gop, int) and gop >= 1 and (gop - 1) % 4 == 0 else 33
         self.sampler["seed"] = seed
         try:
             SamplerConfig(**self.sampler, atoms_per_step=1)  # validate now, not mid-job
@@ -201,13 +199,18 @@ class GvcCodec(Codec):
         steps, ODE tail, shift, g, K, M, seed, and each reference still's coder."""
         return {"dtype": self.dtype_policy}
 
+    def entropy_coder(self) -> dict[str, str] | None:
+        """GLVC stills are entropy coded (`codec.entropy`); the codebook indices are not."""
+        return self.stills.get("glvc").entropy_coder() if "glvc" in self.stills.names else None
+
     @property
     def quality_range(self) -> tuple[int, int]:
         """(worst, best) atoms per step M, for quality-targeted searches (`pipeline.quality_target`)."""
         return 1, int(self.sampler["num_atoms"]) // 2
 
-    def default_gop_frames(self, fps: Fraction) -> int:
-        return self._gop_frames
+    @classmethod
+    def default_gop_frames(cls, fps: Fraction) -> int:
+        return 33
 
     def check_geometry(self, width: int, height: int) -> None:
         if not (SPATIAL_MULTIPLE <= width <= MAX_SIDE and SPATIAL_MULTIPLE <= height <= MAX_SIDE):
@@ -347,6 +350,12 @@ class GvcCodec(Codec):
             raise CodecError("gvc self-check failed: the payload's indices differ from the encoder's")
 
     # -- decode -----------------------------------------------------------------------------------
+    def exact_digest(self, payload: bytes, frame_count: int, width: int, height: int) -> str:
+        """The exact part of a decode: entries, stills, tail (`codec.gvc.digest`)."""
+        from codec.gvc.digest import exact_digest
+
+        return exact_digest(self, payload, frame_count, width, height)
+
     def decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
         with self.stage.run():
             return self._decode(payload, frame_count, width, height)
@@ -410,7 +419,10 @@ class GvcCodec(Codec):
                     raise CorruptPayloadError(f"gvc {parsed.mode} payload lacks its {role} reference frame")
                 refs[role] = references.decode_still(sec.codec, sec.data, pw, ph, self.stills)
         with timer.stage("vae", dev):
-            condition = self._condition(refs, pixel_frames, latent_shape)
+            # the payload's mode, not this decoder's default: any GVC payload decodes with any GvcCodec
+            condition = self.backbone.condition(
+                parsed.mode, refs.get("first"), refs.get("last"), pixel_frames, latent_shape
+            )
         x, _ = run_sampler(
             lambda x, t: self.backbone.velocity(x, t, condition),
             latent_shape,

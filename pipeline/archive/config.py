@@ -77,9 +77,17 @@ class ArchiveConfig:
     max_gop_retries: int = 2
     #: Videos probed ahead of the encoders (probing is cheap; this bounds driver memory).
     probe_ahead: int = 8
+    #: An encode actor holding calls that finishes none for this long is killed and its GOPs retried
+    #: (hung, not dead). Generous: one GOP of a big model on a slow device takes minutes. None: never.
+    stall_seconds: float | None = 3600.0
     codec_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Quality metrics on every Nth GOP of each video (measuring costs more than coding for fast codecs).
     metrics_every: int = 1
+    #: The decode proof's pixel part (reconstruction sha256 + luma fingerprint) on every Nth GOP of each
+    #: video (and on every measured GOP). 1: every GOP, so verify can judge any GOP's pixels; N > 1 skips
+    #: the neural codecs' pixel decode on the others (GLVC: ~60% of its encode time), whose proof is
+    #: then the exact part only (`decode_check` "exact-part").
+    fingerprint_every: int = 1
     #: Metrics switched off ("lpips", "dists", "vmaf", "temporal"); their columns stay null with a note.
     skip_metrics: tuple[str, ...] = ()
     #: Folder with the perceptual metrics' official weights (else the torch hub cache is searched).
@@ -115,16 +123,28 @@ class ArchiveConfig:
             raise ConfigError(f"--num-gpus-per-actor must be >= 0, got {self.num_gpus_per_actor}")
         if self.gop_frames is not None and self.gop_frames < 1:
             raise ConfigError(f"--gop-frames must be at least 1, got {self.gop_frames}")
+        if self.gop_frames is not None:
+            from codec.errors import CodecError
+            from codec.registry import codec_class
+
+            try:  # from the codec's class: no model is loaded, no actor asked
+                codec_class(self.codec).check_gop_frames(self.gop_frames)
+            except CodecError as exc:
+                raise ConfigError(f"--gop-frames {self.gop_frames}: {exc}") from None
         if self.verify_fraction is not None and not 0 < self.verify_fraction <= 1:
             raise ConfigError(f"--verify-fraction must be in (0, 1], got {self.verify_fraction}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.stall_seconds is not None and not self.stall_seconds > 0:
+            raise ConfigError(f"--stall-timeout must be positive, got {self.stall_seconds:g}")
         if self.max_pixels < 1:
             raise ConfigError(f"--max-pixels must be at least 1, got {self.max_pixels}")
         if self.gops_in_flight_per_actor < 1:
             raise ConfigError(f"--gops-per-actor must be at least 1, got {self.gops_in_flight_per_actor}")
         if self.metrics_every < 1:
             raise ConfigError(f"--metrics-every must be at least 1, got {self.metrics_every}")
+        if self.fingerprint_every < 1:
+            raise ConfigError(f"--fingerprint-every must be at least 1, got {self.fingerprint_every}")
         unknown = set(self.skip_metrics) - set(METRIC_SWITCHES)
         if unknown:
             raise ConfigError(

@@ -49,6 +49,7 @@ from typing import Any
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig, ConfigError
 from pipeline.archive.errors import ArchiveError
+from pipeline.archive.leases import LEASE_DIR, Leases
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.scheduler import Scheduler
 from pipeline.archive.source_list import SourceList, SourceListError, list_format
@@ -123,10 +124,12 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     run_id = cfg.run_id or new_run_id()
     cfg = dataclasses.replace(cfg, run_id=run_id)
     counters = Counters()
+    leases = Leases(out_fs, out_root, run_id)
+    temporaries = _temporaries(out_root) if is_local(out_fs) else {}  # listed before the leases are read
+    busy = leases.live_foreign(remove_dead=True)
+    _remove_stale_temporaries(temporaries, busy)
     display = display or ProgressDisplay(counters)
     display.counters = counters
-    if is_local(out_fs):
-        _remove_stale_temporaries(out_root)
 
     if first is not None:
         _start_ray(cfg)
@@ -145,14 +148,18 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     except Exception as exc:  # the first write: OUT refuses it (403, read-only), nothing else written
         pool.stop()
         raise ArchiveError(describe(exc, cfg.out)) from None
-    scheduler = Scheduler(cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root)
+    scheduler = Scheduler(
+        cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root, leases=leases
+    )
     try:
         scheduler.run(work)
     finally:
+        leases.release_all()
         display.close()
     summary = scheduler.summary(work.counts)
     storage_failures = summary["failures_transient"]
-    exit_code = EXIT_FAILURES if summary["videos_failed"] else EXIT_OK
+    leased_elsewhere = summary["videos_leased_elsewhere_total"]
+    exit_code = EXIT_FAILURES if summary["videos_failed"] or leased_elsewhere else EXIT_OK
     if summary.get("listing_error"):
         exit_code = EXIT_STORAGE
     if cfg.verify_fraction and not storage_failures:
@@ -171,6 +178,8 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         f"{summary['videos_skipped_done']} already done, {summary['videos_skipped_failed']} failed earlier "
         f"(not retried), {summary['not_videos_total']} non-video files skipped"
     )
+    if leased_elsewhere:
+        message += f", {leased_elsewhere} left to another run working on them (rerun once it is done)"
     if cfg.shard is not None:
         message += (
             f"; shard {cfg.shard[0]}/{cfg.shard[1]} ({summary['files_in_other_shards']} in other shards)"
@@ -201,26 +210,53 @@ def _open_store(uri: str, endpoint_url: str | None):
         raise ArchiveError(str(exc)) from None
 
 
-def _remove_stale_temporaries(out_root: str) -> None:
-    """A killed run can leave `*.tmp-*` files behind (local outputs only; S3 uploads never appear
-    unfinished). One archive run per OUT at a time is assumed, so any left over are stale."""
-    runs = os.path.join(out_root, "runs")
-    run_folders = [os.path.join("runs", r) for r in os.listdir(runs)] if os.path.isdir(runs) else []
-    for sub in (
-        "videos",
-        "manifest",
-        "markers/done",
-        "markers/failed",
-        "quality_search",
-        "verify",
-        *run_folders,
-    ):
+_VIDEO_FOLDERS = ("videos", "markers/done", "markers/failed", "quality_search", LEASE_DIR)
+
+
+def _temporaries(out_root: str) -> dict[str, tuple[str, str]]:
+    """`*.tmp-*` files under OUT (local outputs only: S3 uploads never appear unfinished), path ->
+    their owner: ("video", key), ("run", run_id), or ("other", "") for packs, compacted manifests and
+    verify parts, which no lease names."""
+    found: dict[str, tuple[str, str]] = {}
+
+    def scan(sub: str, owner: Any) -> None:
         folder = os.path.join(out_root, sub)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
                 if ".tmp-" in name:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(os.path.join(folder, name))
+                    found[os.path.join(folder, name)] = owner(name.split(".tmp-", 1)[0])
+
+    for sub in _VIDEO_FOLDERS:
+        scan(sub, lambda stem: ("video", stem.rsplit(".", 1)[0]))
+    scan(  # part-<key>.parquet is a video's; pack-*, compacted-* are not
+        "manifest",
+        lambda stem: (
+            ("video", stem[len("part-") :].rsplit(".", 1)[0]) if stem.startswith("part-") else ("other", "")
+        ),
+    )
+    for sub in ("packs", "markers/packs", "verify"):
+        scan(sub, lambda stem: ("other", ""))
+    runs = os.path.join(out_root, "runs")
+    for run_id in os.listdir(runs) if os.path.isdir(runs) else []:
+        scan(os.path.join("runs", run_id), lambda stem, run_id=run_id: ("run", run_id))
+    return found
+
+
+def _remove_stale_temporaries(temporaries: dict[str, tuple[str, str]], busy: dict[str, Any]) -> None:
+    """Remove temporaries a killed run left behind, except those a live run may still be writing: its
+    leased videos', its run folder's, and (while any other run is live, e.g. another shard) those no
+    lease names. Listed before the leases were read, so a run that started since has its leases in
+    `busy`."""
+    live_runs = {info.run_id for info in busy.values()}
+    for path, (kind, owner) in temporaries.items():
+        if (
+            (kind == "video" and owner in busy)
+            or (kind == "run" and owner in live_runs)
+            or (kind == "other" and live_runs)
+        ):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def _start_ray(cfg: ArchiveConfig) -> None:
@@ -241,11 +277,11 @@ def _start_ray(cfg: ArchiveConfig) -> None:
 
 
 def _verify(cfg: ArchiveConfig) -> dict[str, Any]:
-    """Decode a sample of the archive (pipeline.verify) and report failures."""
-    try:
-        from pipeline.verify import VerifyError, run_verify
-    except ImportError:
-        return {"failures": ["verify unavailable: pipeline.verify is not installed"], "rows": 0}
+    """Decode a sample of the archive (pipeline.verify) where the codec's device is: GPU Ray tasks when
+    the run used GPUs (the encode actors are gone by now, so their GPUs are free), else CPU; with no
+    GPU reachable it decodes on CPU and says so in `notes`, never failing for a CPU-only head."""
+    from pipeline.verify import VerifyError, run_verify
+
     try:
         report = run_verify(
             cfg.out,
@@ -258,7 +294,10 @@ def _verify(cfg: ArchiveConfig) -> dict[str, Any]:
         )
     except Exception as exc:  # e.g. the store went away: the run reports it, one line
         reason = redact(str(exc).splitlines()[0]) if isinstance(exc, VerifyError) else describe(exc, cfg.out)
-        return {"failures": [f"closing verify could not run: {reason}"], "rows": 0}
-    failures = [str(f) for f in report.failures]
-    rows = report.rows
-    return {"failures": failures, "rows": len(rows) if hasattr(rows, "__len__") else rows}
+        return {"failures": [f"closing verify could not run: {reason}"], "rows": 0, "notes": [], "checks": {}}
+    return {
+        "failures": [str(f) for f in report.failures],
+        "rows": len(report.rows),
+        "notes": list(report.warnings),
+        "checks": report.checks(),
+    }

@@ -11,8 +11,10 @@ searches a video's sample GOPs once, before its GOPs are dispatched; with `per_g
 each GOP on itself and keeps the winning encoding (no extra encode).
 
 The reconstruction is asked for only where pixels are needed: GOPs whose quality is measured
-(`--metrics-every`) and quality searches. Elsewhere GLVC and GVC skip their tokenizer decode; the
-codec's self-check of the payload still runs, and the manifest marks the GOP as not measured.
+(`--metrics-every`), GOPs whose decode proof records pixels (`--fingerprint-every`, every GOP by
+default: verify needs the encoder's pixels to judge a GOP's pixel decode) and quality searches.
+Elsewhere GLVC and GVC skip their tokenizer decode; the codec's self-check of the payload still runs,
+the manifest marks the GOP as not measured, and its proof is the exact part's digest alone.
 
 Several GOPs are in flight per actor: the actor is a threaded Ray actor (`max_concurrency`, set by
 `actors`), and each call runs in its own thread. A codec that declares itself `thread_safe` (GLVC,
@@ -35,12 +37,13 @@ from typing import Any
 import numpy as np
 
 from codec.base import Codec, RateTarget, bits_per_pixel, kilobits_per_second
+from codec.busy_clock import BusyClock
 from codec.errors import CodecError
-from codec.gpu import BusyClock
 from codec.registry import build_codec
 from pipeline.archive import accounting, utilisation
 from pipeline.archive.config import QualityGoal
 from pipeline.archive.quality_target import QualityTargetError, find_rate_for_quality
+from pipeline.digests import fingerprint, frames_sha256
 from pipeline.schema import MANIFEST_SCHEMA
 
 
@@ -56,6 +59,7 @@ class EncodeWorker:
         metrics_every: int = 1,
         skip_metrics: tuple[str, ...] = (),
         metric_weights: str | None = None,
+        fingerprint_every: int = 1,
     ) -> None:
         import torch
 
@@ -67,6 +71,7 @@ class EncodeWorker:
         except CodecError as exc:
             self.init_error = f"codec {codec_name}: {exc}"
         self.metrics_every = metrics_every
+        self.fingerprint_every = fingerprint_every
         self.metric_weights = metric_weights
         self.skip_metrics = tuple(skip_metrics)
         # Codecs that are not thread-safe are called one at a time; thread-safe ones lock their own stages.
@@ -81,16 +86,6 @@ class EncodeWorker:
         if self.codec is None:
             return {"error": self.init_error}
         return dict(self.codec.describe())
-
-    def gop_frames(self, requested: int | None, fps_num: int, fps_den: int) -> int | str:
-        """The GOP length to use for a video at this rate, or a one-line reason it cannot be used."""
-        assert self.codec is not None
-        n = requested if requested is not None else self.codec.default_gop_frames(Fraction(fps_num, fps_den))
-        try:
-            self.codec.check_gop_frames(n)
-        except CodecError as exc:
-            return str(exc)
-        return n
 
     def check_metric(self, metric: str) -> str | None:
         """None if `metric` can be measured here (weights verified, ffmpeg has libvmaf), else why not.
@@ -167,13 +162,16 @@ class EncodeWorker:
                     encoded, search = self._search_gop(frames, goal, fps)
                 else:
                     assert target is not None
-                    encoded = self.codec.encode(frames, target, fps, reconstruct=self._measured(gop_index))
+                    encoded = self.codec.encode(
+                        frames, target, fps, reconstruct=self._pixels_needed(gop_index)
+                    )
+                seconds = time.perf_counter() - started
+                payload = bytes(encoded.payload)
+                digests = self._digests(encoded, payload, count, width, height)  # may decode: same lock
         except CodecError as exc:
             return {"error": f"{label}: {exc}"}, b""
         except QualityTargetError as exc:  # the metric cannot be computed, or nothing fits the cap
             return {"error": f"{label}: quality search: {exc}"}, b""
-        seconds = time.perf_counter() - started
-        payload = bytes(encoded.payload)
         params = dict(encoded.params)
         if search is not None:
             params["quality_search"] = search
@@ -184,11 +182,28 @@ class EncodeWorker:
             "encode_seconds": seconds,
             "params": params,
             "device": self.codec.device,
+            **digests,
         }
         with accounting.stopwatch() as metrics_wall:
             meta.update(self._quality(frames, encoded.reconstruction, gop_index, float(fps)))
         meta["compute"] = self._compute(seconds, metrics_wall[0], search, decode_seconds)
         return meta, payload
+
+    def _digests(self, encoded: Any, payload: bytes, count: int, width: int, height: int) -> dict[str, Any]:
+        """What verify proves the decode with (`pipeline.digests`): the exact part's sha256 (the codec's,
+        else the reconstruction's), and the reconstruction's sha256 and luma fingerprint — null when the
+        codec skipped its pixel decode (a GOP whose quality is not measured)."""
+        assert self.codec is not None
+        recon = encoded.reconstruction
+        recon_sha256 = None if recon is None else frames_sha256(recon)
+        exact = encoded.exact_digest
+        if exact is None:
+            exact = self.codec.exact_digest(payload, count, width, height)
+        return {
+            "recon_sha256": recon_sha256,
+            "exact_sha256": exact if exact is not None else recon_sha256,
+            "fingerprint": None if recon is None else fingerprint(recon),
+        }
 
     def _compute(
         self, seconds: float, metrics_seconds: float, search: dict[str, Any] | None, decode: float | None
@@ -209,11 +224,14 @@ class EncodeWorker:
             "search": None if search_wall is None else device.charge(search_wall),
         }
 
-    def _measured(self, gop_index: int) -> bool:
-        """Whether this GOP's quality is measured, i.e. whether its reconstruction is needed."""
+    def _pixels_needed(self, gop_index: int) -> bool:
+        """Whether this GOP's reconstruction is needed: its quality is measured, or the decode proof
+        records its pixels (`fingerprint_every`; every GOP by default)."""
         from pipeline.metrics import should_measure
 
-        return should_measure(gop_index, self.metrics_every)
+        return should_measure(gop_index, self.metrics_every) or should_measure(
+            gop_index, self.fingerprint_every
+        )
 
     def _start_nvml(self) -> None:
         if not self._nvml_started and self.codec is not None:

@@ -8,6 +8,7 @@ the same command retries it instead of skipping it as failed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.archive.config import ArchiveConfig
@@ -28,8 +29,11 @@ class FailureLog:
         identity: dict[str, Any],
         counters: Counters,
         display: ProgressDisplay,
+        *,
+        on_recorded: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg, self.run_id, self.identity = cfg, run_id, identity
+        self.on_recorded = on_recorded  # told each failed video's key once it is recorded (its lease goes)
         self.counters, self.display = counters, display
         self.records: list[dict[str, Any]] = []  # the first MAX_LISTED (the summary's list)
         self.total = 0
@@ -38,6 +42,13 @@ class FailureLog:
     def record(self, key: str, uri: str, size: int, reason: str, *, transient: bool = False) -> None:
         """Count, show and store one failed video (`reason`: its one-line error; `transient`: the
         storage failed, not the video, so nothing is stored and a rerun retries it)."""
+        try:
+            self._record(key, uri, size, reason, transient=transient)
+        finally:
+            if self.on_recorded is not None:
+                self.on_recorded(key)
+
+    def _record(self, key: str, uri: str, size: int, reason: str, *, transient: bool) -> None:
         reason = redact(one_line_text(reason, uri))
         self.total += 1
         self.transient_total += int(transient)

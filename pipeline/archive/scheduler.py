@@ -1,9 +1,15 @@
 """The driver loop: keeps probes, GOPs and commits in flight within bounds, and reacts to results.
 
 It owns the table of videos in progress and the queue of GOPs; quality searches (`searches`), failure
-records (`failures`), the run's totals (`summary`) and the actor pool (`actors`) are kept by their own
-classes. Memory is bounded explicitly: at most `actors × gops_in_flight_per_actor` GOPs are decoded or
-being coded at once, and new videos are probed only a few ahead (backpressure through `ray.wait`).
+records (`failures`), the run's totals (`summary`), the actor pool (`actors`) and the per-video leases
+(`leases`) are kept by their own classes. Memory is bounded explicitly: at most
+`actors × gops_in_flight_per_actor` GOPs are decoded or being coded at once, and new videos are probed
+only a few ahead (backpressure through `ray.wait`).
+
+The loop never blocks on an actor: GOP lengths come from the codec's class, results are read only when
+`ray.wait` reports them ready, and an actor that finishes nothing for `stall_seconds` is killed (its
+GOPs are retried like a dead actor's). A video's lease is taken before it is probed and given up once it
+is committed or failed; a video whose lease another live run holds is left to that run.
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ from fractions import Fraction
 from typing import Any
 
 from codec.base import RateTarget
+from codec.errors import CodecError
+from codec.registry import codec_class
 from pipeline import sources
 from pipeline.archive import accounting, discovery
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.errors import one_line
 from pipeline.archive.failures import FailureLog
+from pipeline.archive.leases import Leases
 from pipeline.archive.pack_writer import commit_pack
 from pipeline.archive.plan import GopSpan, plan_gops
 from pipeline.archive.progress import Counters, ProgressDisplay
@@ -99,6 +108,7 @@ class Scheduler:
         *,
         out_fs: Any,
         out_root: str,
+        leases: Leases | None = None,
     ) -> None:
         import ray
 
@@ -110,6 +120,7 @@ class Scheduler:
         self.pool = pool
         self.counters = counters
         self.display = display
+        self.leases = leases
         placed = {"resources": dict(cfg.task_resources)} if cfg.task_resources else {}  # e.g. CPU-only nodes
         self.probe = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False, **placed)(_probe_remote)
         self.decode = ray.remote(
@@ -127,11 +138,12 @@ class Scheduler:
         ] = {}  # meta ref -> task, actor idx/handle, payload
         self.committing: dict[Any, str] = {}
         self.searches = QualitySearches(self)
-        self.failures = FailureLog(cfg, run_id, identity, counters, display)
+        self.failures = FailureLog(cfg, run_id, identity, counters, display, on_recorded=self._release)
         self.tally = RunTally()
         self.compute = accounting.ComputeTally()
         self.references = References(self)
         self.gop_cache: dict[Fraction, int | str] = {}
+        self.codec_class = codec_class(cfg.codec)
         self.videos_started = 0
         self.probing_keys: set[str] = set()
         self.duplicates = 0
@@ -168,6 +180,7 @@ class Scheduler:
                 self._start(entry)
             self._fill_gop_slots()
             self._maybe_close_pack()
+            self._keep_alive()
             references = self.references.running
             waiting = [
                 *self.probing,
@@ -197,6 +210,33 @@ class Scheduler:
         self.utilisation = self.pool.utilisation()
         self.pool.stop()
 
+    def _leased_elsewhere(self, entry: discovery.SourceEntry) -> bool:
+        """Take the video's lease; False if taken, True (and the video left alone) if another live run
+        holds it (a run that started at the same time as this one: the driver refused the others)."""
+        if self.leases is None:
+            return False
+        holder = self.leases.acquire(entry.key)
+        if holder is None:
+            return False
+        reason = f"{entry.uri}: being archived by {holder.describe(self.leases.clock())}"
+        self.tally.leased(reason)
+        self.counters.videos_total -= 1
+        self.display.log(f"left to another run: {reason}")
+        return True
+
+    def _release(self, key: str) -> None:
+        if self.leases is not None:
+            self.leases.release(key)
+
+    def _keep_alive(self) -> None:
+        """Renew our leases; kill encode actors that stopped making progress (their GOPs are retried)."""
+        if self.leases is not None:
+            self.leases.renew()
+        for idx in self.pool.kill_stalled():
+            self.display.log(
+                f"encode actor {idx} finished nothing for {self.cfg.stall_seconds:.0f} s; killed, its GOPs retried"
+            )
+
     def _take(self) -> discovery.SourceEntry | None:
         """The next entry of the listing (None at its end, or when it failed: the run then finishes what
         it started and reports the listing error)."""
@@ -221,6 +261,8 @@ class Scheduler:
         if entry.key in self.videos or entry.key in self.probing_keys:
             self.counters.videos_total -= 1
             self.duplicates += 1  # an input list naming a video twice: archived once
+            return
+        if self._leased_elsewhere(entry):
             return
         if entry.error or (entry.target is not None and self.cfg.quality_goal is not None):
             self.videos_started += 1
@@ -320,6 +362,7 @@ class Scheduler:
             self.tally.not_video(outcome.reason or entry.uri)
             self.counters.videos_total -= 1
             self.display.log(f"skipped: {outcome.reason}")
+            self._release(entry.key)
             return
         self.videos_started += 1
         if outcome.kind == "failed":
@@ -342,6 +385,7 @@ class Scheduler:
             info.header_fields(),
             **{k: self.identity.get(k) for k in ("codec", "codec_version", "model_id", "model_sha256")},
             decoder_options=self.identity.get("decoder_options") or {},
+            entropy_coder=self.identity.get("entropy_coder"),
             video_key=entry.key,
             source_uri=entry.uri,
             source_bytes=entry.size,
@@ -396,10 +440,13 @@ class Scheduler:
         return {"coded_bit_depth": coded, "coded_chroma": chroma, "source_note": "; ".join(notes) or None}
 
     def _gop_frames(self, fps: Fraction) -> int | str:
+        """The GOP length for a video at `fps`, or a one-line reason it cannot be used. Computed here
+        from the codec's class: the driver never waits on an actor (behind its queued encodes)."""
         if fps not in self.gop_cache:
-            self.gop_cache[fps] = self.ray.get(
-                self.pool.actors[0].gop_frames.remote(self.cfg.gop_frames, fps.numerator, fps.denominator)
-            )
+            try:
+                self.gop_cache[fps] = self.codec_class.gop_frames_for(self.cfg.gop_frames, fps)
+            except CodecError as exc:
+                self.gop_cache[fps] = str(exc)
         return self.gop_cache[fps]
 
     def _on_encoded(self, ref: Any) -> None:
@@ -572,6 +619,7 @@ class Scheduler:
         self.tally.committed(video.job.source_bytes, result)
         self.compute.add_rows(key, result.get("compute_rows", []), result.get("commit_device_seconds"))
         self.references.on_committed(key)
+        self._release(key)
 
     def tally_reference(self, cpu_seconds: float) -> None:
         """Reference rows were written: count their CPU-seconds (stage "reference")."""

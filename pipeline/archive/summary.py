@@ -75,6 +75,9 @@ class RunTally:
 
     gops: int = 0
     frames: int = 0
+    #: Videos another live run holds the lease of (`leases`): not touched by this run; the first MAX_LISTED.
+    leased_elsewhere: list[str] = dataclasses.field(default_factory=list)
+    leased_elsewhere_total: int = 0
     source_bytes: int = 0
     archive_bytes: int = 0
     not_videos: list[str] = dataclasses.field(default_factory=list)  # the first MAX_LISTED
@@ -100,6 +103,12 @@ class RunTally:
         self.warnings_total += 1
         if len(self.warnings) < MAX_LISTED:
             self.warnings.append(record)
+
+    def leased(self, key: str) -> None:
+        """A video another live run holds (its lease): skipped by this run."""
+        self.leased_elsewhere_total += 1
+        if len(self.leased_elsewhere) < MAX_LISTED:
+            self.leased_elsewhere.append(key)
 
     def not_video(self, reason: str) -> None:
         self.not_videos_total += 1
@@ -139,6 +148,8 @@ def build_summary(
         "videos_skipped_failed": 0 if cfg.retry_failed else previously_failed,
         "not_videos": tally.not_videos,
         "not_videos_total": tally.not_videos_total,
+        "videos_leased_elsewhere": tally.leased_elsewhere,
+        "videos_leased_elsewhere_total": tally.leased_elsewhere_total,
         "warnings": tally.warnings,
         "warnings_total": tally.warnings_total,
         "gops": tally.gops,

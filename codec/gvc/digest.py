@@ -1,0 +1,82 @@
+"""The exact part of a GVC decode: what any device decodes bit for bit from a payload.
+
+GVC's pixels come out of a float sampler loop and VAE, which differ slightly across devices; what the
+payload determines exactly is (1) the codebook entries — which M of K atoms, with which signs, at each
+coded step and latent frame — (2) each reference still's exact part (an AV1 still's decoded pixels,
+libdav1d being bit-exact; a GLVC still's latent symbols), and (3) I2V's dequantised tail residual.
+
+Digest (version tag ``gvc-exact-v1``): sha256 over the tag, every entry in coding order as its sorted
+indices and their ±1 signs (little-endian int32 each), then per section in payload order its kind, a
+colon and the section's own exact digest (32 raw bytes). Verify compares it with the encoder's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from codec.base import frames_sha256
+from codec.errors import CorruptPayloadError, ModelMismatchError
+from codec.gvc import references
+from codec.gvc.bitstream import GvcPayload
+from codec.gvc.sampler import SamplerConfig
+from codec.gvc.subset_rank import unpack_entries
+
+TAG = b"gvc-exact-v1"
+
+
+def exact_digest(codec: Any, payload: bytes, frame_count: int, width: int, height: int) -> str:
+    """`Codec.exact_digest` for a `GvcCodec`: parses the payload, unpacks its entries and decodes its
+    sections' exact parts; no network runs."""
+    from codec.gvc.codec import _padded_frames, _padded_size
+
+    parsed = GvcPayload.from_bytes(bytes(payload))
+    if parsed.model_sha256 != codec.model_sha256:
+        raise ModelMismatchError(
+            f"gvc payload was made with model {parsed.model_id} ({parsed.model_sha256[:12]}…); "
+            f"this decoder holds {codec.model_id} ({codec.model_sha256[:12]}…)"
+        )
+    if (parsed.width, parsed.height, parsed.frames) != (width, height, frame_count):
+        raise CorruptPayloadError(
+            f"gvc payload is {parsed.width}x{parsed.height}x{parsed.frames}, "
+            f"expected {width}x{height}x{frame_count}"
+        )
+    try:
+        config = SamplerConfig(
+            steps=parsed.steps,
+            ode_tail=parsed.ode_tail,
+            shift=parsed.shift,
+            g_scale=parsed.g_scale,
+            num_atoms=parsed.num_atoms,
+            atoms_per_step=parsed.atoms_per_step,
+            seed=parsed.seed,
+        )
+    except ValueError as exc:
+        raise CorruptPayloadError(f"gvc payload has invalid sampler settings ({exc})") from None
+    tokenizer = codec.backbone.tokenizer
+    latent_frames = 1 + (_padded_frames(frame_count) - 1) // tokenizer.temporal_factor
+    entries = unpack_entries(
+        parsed.codebook, config.num_atoms, config.atoms_per_step, config.coded_steps * latent_frames
+    )
+    digest = hashlib.sha256(TAG)
+    for indices, signs in entries:
+        digest.update(np.asarray(indices, dtype="<i4").tobytes())
+        digest.update(np.asarray(signs, dtype="<i4").tobytes())
+    pw, ph = _padded_size(width), _padded_size(height)
+    for section in parsed.sections:
+        digest.update(section.kind.encode() + b":")
+        digest.update(bytes.fromhex(_section_digest(codec, section, pw, ph)))
+    return digest.hexdigest()
+
+
+def _section_digest(codec: Any, section: Any, width: int, height: int) -> str:
+    if section.kind == "tail":
+        tokenizer = codec.backbone.tokenizer
+        shape = (tokenizer.channels, height // tokenizer.spatial_factor, width // tokenizer.spatial_factor)
+        residual = references.decode_tail_residual(section.data, shape)
+        return hashlib.sha256(residual.numpy().astype("<f4").tobytes()).hexdigest()
+    still = codec.stills.get(section.codec)
+    exact = still.exact_digest(section.data, 1, width, height)
+    return exact if exact is not None else frames_sha256(still.decode(section.data, 1, width, height))
