@@ -39,14 +39,28 @@ def source(tmp_path_factory, clip: np.ndarray) -> Path:
 
 @pytest.fixture(scope="module")
 def archives(source, wan_dirs, tmp_path_factory, ray_address, fast_metrics) -> dict[str, Path]:
-    """One archive per checkpoint, default mode (the model's best), closing verify of every GOP."""
+    """One archive per checkpoint, default mode (the model's best), closing verify of every GOP. T2V goes
+    through the command line; I2V and FLF2V through the same `run_archive` in this process (a CLI
+    process per mode would only repeat the start-up)."""
+    from pipeline.archive import run_archive
+    from pipeline.archive.config import ArchiveConfig, rate_target_from_options
+
     outs = {}
     skips = [a for m in fast_metrics for a in ("--skip-metric", m)]
     for kind, model in wan_dirs.items():
         out = tmp_path_factory.mktemp(f"arc-{kind}")
-        proc = _run("jobs.archive", str(source), str(out), "--codec", "gvc", "--model", str(model), *FAST,
-                    "--verify-fraction", "1", "--address", ray_address, *skips)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        if kind == "t2v":
+            proc = _run("jobs.archive", str(source), str(out), "--codec", "gvc", "--model", str(model), *FAST,
+                        "--verify-fraction", "1", "--address", ray_address, *skips)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        else:
+            config = ArchiveConfig(
+                src=str(source), out=str(out), codec="gvc", model=str(model), gop_frames=9,
+                target=rate_target_from_options(None, None, 4), codec_options={"steps": 4, "atoms": 64},
+                verify_fraction=1.0, address=ray_address, skip_metrics=tuple(fast_metrics),
+            )  # fmt: skip
+            result = run_archive(config)
+            assert result.exit_code == 0, result.message
         outs[kind] = out
     return outs
 
