@@ -323,6 +323,18 @@ def bundled_model_path(name: str = "vidarc-tiny") -> Path:
     return BUNDLED_MODELS_DIR / name
 
 
+def card_gop_frames(codec: str, model: str | None) -> int | None:
+    """The GOP length a model's card declares for `codec` (`config.<codec>.gop_frames`: the clip length
+    its networks were trained on), or None. Reads only the card's JSON, so the archive driver plans GOPs
+    without loading a model; a remote or stock folder without such a card gives None."""
+    root = Path(model) if model else bundled_model_path()
+    try:
+        value = json.loads((root / CARD_NAME).read_text())["config"][codec]["gop_frames"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def _looks_like_model(root: Path) -> bool:
     if (root / "model_index.json").is_file() or (root / "config.json").is_file():
         return True

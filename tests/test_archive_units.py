@@ -117,3 +117,32 @@ def test_rerun_with_nothing_left_to_do_needs_no_cluster(tmp_path: Path, clip: np
     assert (
         json.loads((run / "summary.json").read_text())["videos_ok"] == 0 and (run / "config.json").is_file()
     )
+
+
+def test_neural_gop_length_defaults_to_what_the_model_card_declares(tmp_path: Path) -> None:
+    """A model trained on 17-frame clips is coded in 17-frame GOPs unless --gop-frames says otherwise;
+    the card is read without loading the model. A card declaring no GOP leaves the codec's default."""
+    import json
+    import shutil
+
+    from codec.modeldir import bundled_model_path
+    from pipeline.archive.config import ArchiveConfig, ConfigError
+
+    def resolved(**kw):
+        return ArchiveConfig(src="src", out="out", codec="glvc", **kw).resolved()
+
+    bundled = json.loads((bundled_model_path() / "model_card.json").read_text())
+    assert resolved().gop_frames == bundled["config"]["glvc"]["gop_frames"]
+    assert resolved(gop_frames=9).gop_frames == 9  # the user's choice wins
+    model = tmp_path / "model"
+    model.mkdir()
+    card = {"name": "m", "version": "1", "config": {"glvc": {"gop_frames": 33}}, "files": {}}
+    (model / "model_card.json").write_text(json.dumps(card))
+    assert resolved(model=str(model)).gop_frames == 33
+    card["config"]["glvc"]["gop_frames"] = 16  # not 1+4k: refused in one line, naming the card
+    (model / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match=r"model card's glvc\.gop_frames 16"):
+        resolved(model=str(model))
+    shutil.rmtree(model)
+    assert resolved(model=str(model)).gop_frames is None  # no card here: the codec's own default
+    assert ArchiveConfig(src="s", out="o", codec="x264").resolved().gop_frames is None

@@ -131,6 +131,20 @@ class ArchiveConfig:
                 codec_class(self.codec).check_gop_frames(self.gop_frames)
             except CodecError as exc:
                 raise ConfigError(f"--gop-frames {self.gop_frames}: {exc}") from None
+        gop_frames = self.gop_frames
+        if gop_frames is None and self.codec in ("glvc", "gvc"):
+            from codec.errors import CodecError
+            from codec.modeldir import card_gop_frames
+            from codec.registry import codec_class
+
+            gop_frames = card_gop_frames(self.codec, self.model)  # the GOP its model was trained on
+            if gop_frames is not None:
+                try:
+                    codec_class(self.codec).check_gop_frames(gop_frames)
+                except CodecError as exc:
+                    raise ConfigError(
+                        f"the model card's {self.codec}.gop_frames {gop_frames}: {exc}"
+                    ) from None
         if self.verify_fraction is not None and not 0 < self.verify_fraction <= 1:
             raise ConfigError(f"--verify-fraction must be in (0, 1], got {self.verify_fraction}")
         if self.limit is not None and self.limit < 1:
@@ -181,7 +195,7 @@ class ArchiveConfig:
         device = self.device
         if device == "auto":
             device = "cuda" if self.num_gpus_per_actor > 0 else "cpu"
-        return dataclasses.replace(self, target=target, device=device)
+        return dataclasses.replace(self, target=target, device=device, gop_frames=gop_frames)
 
     def target_record(self) -> dict[str, Any]:
         """What the user asked for, as stored in headers and rows: a rate target or the quality goal."""
