@@ -360,7 +360,11 @@ class GvcCodec(Codec):
         with self.stage.run():
             return self._decode(payload, frame_count, width, height)
 
-    def _decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
+    def parse_checked(
+        self, payload: bytes, frame_count: int, width: int, height: int
+    ) -> tuple[GvcPayload, SamplerConfig]:
+        """The payload parsed and checked against this decoder and the container's geometry, with its
+        sampler settings validated: what decode and the exact digest both start from."""
         parsed = GvcPayload.from_bytes(bytes(payload))
         if parsed.model_sha256 != self.model_sha256:  # the id is a label; the weights' digest decides
             raise ModelMismatchError(
@@ -371,12 +375,6 @@ class GvcCodec(Codec):
             raise CorruptPayloadError(
                 f"gvc payload is {parsed.width}x{parsed.height}x{parsed.frames}, "
                 f"expected {width}x{height}x{frame_count}"
-            )
-        self.check_geometry(width, height)
-        if parsed.mode not in self.backbone.modes:
-            raise ModelMismatchError(
-                f"gvc payload uses mode {parsed.mode}, which model {self.model_id} lacks "
-                f"(it supports {', '.join(self.backbone.modes)})"
             )
         try:
             config = SamplerConfig(
@@ -390,6 +388,16 @@ class GvcCodec(Codec):
             )
         except ValueError as exc:
             raise CorruptPayloadError(f"gvc payload has invalid sampler settings ({exc})") from None
+        return parsed, config
+
+    def _decode(self, payload: bytes, frame_count: int, width: int, height: int) -> np.ndarray:
+        parsed, config = self.parse_checked(payload, frame_count, width, height)
+        self.check_geometry(width, height)
+        if parsed.mode not in self.backbone.modes:
+            raise ModelMismatchError(
+                f"gvc payload uses mode {parsed.mode}, which model {self.model_id} lacks "
+                f"(it supports {', '.join(self.backbone.modes)})"
+            )
         pw, ph = _padded_size(width), _padded_size(height)
         pixel_frames = _padded_frames(frame_count)
         tok = self.backbone.tokenizer

@@ -18,10 +18,7 @@ from typing import Any
 import numpy as np
 
 from codec.base import frames_sha256
-from codec.errors import CorruptPayloadError, ModelMismatchError
 from codec.gvc import references
-from codec.gvc.bitstream import GvcPayload
-from codec.gvc.sampler import SamplerConfig
 from codec.gvc.subset_rank import unpack_entries
 
 TAG = b"gvc-exact-v1"
@@ -32,29 +29,7 @@ def exact_digest(codec: Any, payload: bytes, frame_count: int, width: int, heigh
     sections' exact parts; no network runs."""
     from codec.gvc.codec import _padded_frames, _padded_size
 
-    parsed = GvcPayload.from_bytes(bytes(payload))
-    if parsed.model_sha256 != codec.model_sha256:
-        raise ModelMismatchError(
-            f"gvc payload was made with model {parsed.model_id} ({parsed.model_sha256[:12]}…); "
-            f"this decoder holds {codec.model_id} ({codec.model_sha256[:12]}…)"
-        )
-    if (parsed.width, parsed.height, parsed.frames) != (width, height, frame_count):
-        raise CorruptPayloadError(
-            f"gvc payload is {parsed.width}x{parsed.height}x{parsed.frames}, "
-            f"expected {width}x{height}x{frame_count}"
-        )
-    try:
-        config = SamplerConfig(
-            steps=parsed.steps,
-            ode_tail=parsed.ode_tail,
-            shift=parsed.shift,
-            g_scale=parsed.g_scale,
-            num_atoms=parsed.num_atoms,
-            atoms_per_step=parsed.atoms_per_step,
-            seed=parsed.seed,
-        )
-    except ValueError as exc:
-        raise CorruptPayloadError(f"gvc payload has invalid sampler settings ({exc})") from None
+    parsed, config = codec.parse_checked(payload, frame_count, width, height)
     tokenizer = codec.backbone.tokenizer
     latent_frames = 1 + (_padded_frames(frame_count) - 1) // tokenizer.temporal_factor
     entries = unpack_entries(
