@@ -356,17 +356,7 @@ class GlvcCodec(Codec):
         Why: the latent codec's output is exactly the input of Wan-family diffusion training, so a
         training reader skips the VAE decode (most of GLVC's decode time). Same checks as `decode`.
         """
-        header, body = unpack_payload(payload)
-        if header.model_sha256 != self.model_sha256:
-            raise ModelMismatchError(
-                f"GLVC payload was made with model {header.model_id} (sha256 {header.model_sha256[:12]}…); "
-                f"this decoder holds {self.model_id} (sha256 {self.model_sha256[:12]}…)"
-            )
-        if (header.frames, header.width, header.height) != (frame_count, width, height):
-            raise CorruptPayloadError(
-                f"GLVC payload holds {header.frames} frames of {header.width}x{header.height}, "
-                f"expected {frame_count} of {width}x{height}"
-            )
+        header, body = self._checked_payload(payload, frame_count, width, height)
         return self._decode_latents(header, body).latents
 
     def latent_space(self) -> dict[str, Any]:
