@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,7 +98,11 @@ def test_glvc_on_s3_survives_a_killed_driver_then_verifies_and_restores(
     rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
 
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"{copies - done_at_kill} ok" in rerun.stdout and f"{done_at_kill} already done" in rerun.stdout
+    # a commit whose last request was in flight at the kill may land after it: count what the rerun found
+    counts = re.search(r"(\d+) ok, 0 failed, (\d+) already done", rerun.stdout)
+    assert counts, rerun.stdout
+    encoded, already_done = int(counts[1]), int(counts[2])
+    assert already_done >= done_at_kill and encoded + already_done == copies
     fs.invalidate_cache()
     assert len(_done_markers(fs, out_root)) == copies and not fs.find(f"{out_root}/leases")
     rows = [r for p in fs.find(f"{out_root}/manifest") for r in pq.read_table(p, filesystem=fs).to_pylist()]
