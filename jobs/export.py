@@ -9,6 +9,7 @@ Exit codes: 0 written, 2 any error (one line; nothing left in DEST).
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -41,29 +42,38 @@ def export_command(
         str | None,
         typer.Option(help="Model directory for neural codecs (default: the bundled model the header names)."),
     ] = None,
+    allow_damaged: Annotated[
+        bool,
+        typer.Option("--allow-damaged", help="Export what is readable when manifest parts are damaged."),
+    ] = False,
 ) -> None:
     """Export the selected GOPs of an archive as mp4 files or WebDataset shards."""
-    from pipeline.dataset import DatasetError
+    from pipeline.dataset import DamagedManifestWarning, DatasetError
     from pipeline.dataset.export import export_archive
     from pipeline.storage import StorageError, redact
 
     try:
-        result = export_archive(
-            out,
-            dest,
-            fmt=fmt,
-            where=where,
-            output=output,
-            clip_frames=clip_frames,
-            stride=stride,
-            clips_per_shard=clips_per_shard,
-            endpoint_url=endpoint_url,
-            device=device,
-            model=model,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DamagedManifestWarning)
+            result = export_archive(
+                out,
+                dest,
+                fmt=fmt,
+                where=where,
+                output=output,
+                clip_frames=clip_frames,
+                stride=stride,
+                clips_per_shard=clips_per_shard,
+                endpoint_url=endpoint_url,
+                device=device,
+                model=model,
+                allow_damaged=allow_damaged,
+            )
     except (DatasetError, StorageError, OSError) as exc:
         print(f"error: {redact(str(exc).splitlines()[0])}", file=sys.stderr)
         raise typer.Exit(2) from None
+    for warning in (w for w in caught if issubclass(w.category, DamagedManifestWarning)):
+        print(f"warning: {redact(str(warning.message))}", file=sys.stderr)
     if fmt == "mp4":
         print(
             f"exported {result.clips} mp4 files ({result.gops} GOPs, {result.bytes_read} bytes read) to {dest}"

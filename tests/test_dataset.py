@@ -22,7 +22,14 @@ from typer.testing import CliRunner
 
 from codec.base import RateTarget
 from codec.registry import create_codec
-from pipeline.dataset import ArchiveClipDataset, ClipSpec, DatasetError, plan_archive, read_archive
+from pipeline.dataset import (
+    ArchiveClipDataset,
+    ClipSpec,
+    DamagedManifestWarning,
+    DatasetError,
+    plan_archive,
+    read_archive,
+)
 from pipeline.dataset.export import export_archive
 from pipeline.metrics import psnr_rgb
 from pipeline.reader import ArchiveReader
@@ -351,3 +358,33 @@ def test_export_errors_are_one_line_and_leave_nothing(x264_archive: Path, tmp_pa
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
         assert not dest.exists() or list(dest.iterdir()) == []  # shards written before the error are gone
+
+
+def test_a_damaged_manifest_part_is_refused_unless_allowed_then_named(
+    x264_archive: Path, tmp_path: Path
+) -> None:
+    from jobs.cli import app
+
+    broken = tmp_path / "broken"
+    shutil.copytree(x264_archive, broken)
+    part = broken / "manifest" / "part-beta.parquet"
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # truncated: beta's rows are unreadable
+
+    with pytest.raises(
+        DatasetError, match=r"1 damaged manifest part.*part-beta\.parquet.*allow_damaged=True"
+    ):
+        plan_archive(str(broken))
+    with pytest.raises(DatasetError, match=r"part-beta\.parquet"):
+        ArchiveClipDataset(str(broken))
+    with pytest.warns(DamagedManifestWarning, match=r"part-beta\.parquet.*left out"):
+        plan = plan_archive(str(broken), allow_damaged=True)
+    assert {o.video_key for o in plan.objects} == {"alpha"} and len(plan.damaged) == 1
+    assert "part-beta.parquet" in plan.damaged[0]
+
+    runner = CliRunner()
+    dest = tmp_path / "mp4"
+    refused = runner.invoke(app, ["export", str(broken), str(dest)])
+    assert refused.exit_code == 2 and "--allow-damaged" in refused.output and not dest.exists()
+    allowed = runner.invoke(app, ["export", str(broken), str(dest), "--allow-damaged"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "warning: 1 damaged manifest part" in allowed.output and "exported 1 mp4 files" in allowed.output

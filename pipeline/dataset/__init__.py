@@ -17,6 +17,7 @@ from pipeline.dataset.plan import (
     OUTPUTS,
     ArchivePlan,
     ClipSpec,
+    DamagedManifestWarning,
     DatasetError,
     plan_archive,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ArchiveClipDataset",
     "ArchivePlan",
     "ClipSpec",
+    "DamagedManifestWarning",
     "DatasetError",
     "plan_archive",
     "read_archive",

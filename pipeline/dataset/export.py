@@ -66,6 +66,7 @@ def export_archive(
     endpoint_url: str | None = None,
     device: str = "cpu",
     model: str | None = None,
+    allow_damaged: bool = False,
 ) -> ExportResult:
     """Export the GOPs of `out` matching `where` into folder `dest` (local or fsspec URL).
 
@@ -79,7 +80,9 @@ def export_archive(
     if clips_per_shard < 1:
         raise DatasetError(f"--clips-per-shard must be at least 1, got {clips_per_shard}")
     spec = ClipSpec(output=output, clip_frames=clip_frames, stride=stride)
-    plan = plan_archive(out, where=where, spec=spec, columns=columns, endpoint_url=endpoint_url)
+    plan = plan_archive(
+        out, where=where, spec=spec, columns=columns, endpoint_url=endpoint_url, allow_damaged=allow_damaged
+    )
     fs, root = filesystem(dest, endpoint_url=endpoint_url)
     written: list[str] = []
     try:

@@ -8,11 +8,16 @@ needs. Nothing here reads a payload, imports Ray or torch, or needs the sources.
 Clips: a row is a whole GOP, or with `clip_frames` the windows of that many frames every `stride`
 frames inside one GOP. A window never crosses a GOP boundary (each GOP decodes alone, so one decode
 serves all its windows); a GOP shorter than `clip_frames` gives no clip.
+
+A damaged manifest part (one that fails its checksums) would silently drop its videos from a training
+set, so planning refuses it by default, naming the part; `allow_damaged=True` reads the rest, warns
+once, and lists the damaged parts in `ArchivePlan.damaged`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +25,7 @@ import pyarrow.compute as pc
 
 from pipeline.audit.filters import FilterError, parse_filter
 from pipeline.audit.reader import AuditError, iter_batches, open_manifest
+from pipeline.manifest import DamagedPart
 from pipeline.manifest_layout import container_location
 from pipeline.schema import MANIFEST_SCHEMA
 from pipeline.storage import StorageError, filesystem, full_uri
@@ -56,6 +62,10 @@ _PLANNING_COLUMNS = (
 
 class DatasetError(Exception):
     """An archive cannot be read as training data (bad options, filter, manifest, object): one line."""
+
+
+class DamagedManifestWarning(UserWarning):
+    """Some manifest parts are damaged and their GOPs are left out of the read (`allow_damaged=True`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +146,8 @@ class ArchivePlan:
     objects: tuple[ObjectPlan, ...]
     spec: ClipSpec
     columns: tuple[str, ...]
+    #: "<part uri>: <reason>" of each damaged manifest part left out (only with `allow_damaged=True`)
+    damaged: tuple[str, ...] = ()
 
     @property
     def gop_count(self) -> int:
@@ -162,11 +174,13 @@ def plan_archive(
     spec: ClipSpec | None = None,
     columns: Sequence[str] = DEFAULT_COLUMNS,
     endpoint_url: str | None = None,
+    allow_damaged: bool = False,
 ) -> ArchivePlan:
     """Scan the manifest(s) of `out` (one archive root or several) and select the GOPs to read.
 
-    Raises DatasetError (one line) for an unknown column, a bad filter, a missing manifest, an empty
-    selection, or latents asked of a codec that has none — all before any payload is read.
+    Raises DatasetError (one line) for an unknown column, a bad filter, a missing manifest, a damaged
+    manifest part (unless `allow_damaged`), an empty selection, or latents asked of a codec that has
+    none — all before any payload is read.
     """
     spec = spec or ClipSpec()
     roots = [out] if isinstance(out, str) else list(out)
@@ -179,8 +193,13 @@ def plan_archive(
             f"unknown manifest column(s) {', '.join(unknown)}; columns: {', '.join(MANIFEST_SCHEMA.names)}"
         )
     objects: list[ObjectPlan] = []
+    damaged: list[DamagedPart] = []
     for root in roots:
-        objects.extend(_plan_root(root, where, columns, endpoint_url))
+        planned, lost = _plan_root(root, where, columns, endpoint_url)
+        objects.extend(planned)
+        damaged.extend(lost)
+    if damaged:
+        _handle_damaged(damaged, allow_damaged)
     if not objects:
         condition = f" matches where={where!r}" if where else " is archived (status 'ok')"
         raise DatasetError(f"{', '.join(roots)}: no GOP{condition}")
@@ -197,12 +216,24 @@ def plan_archive(
             f"{', '.join(roots)}: no selected GOP has {spec.clip_frames} frames (clip_frames is longer "
             "than every GOP; windows never cross GOPs)"
         )
-    return ArchivePlan(tuple(objects), spec, columns)
+    return ArchivePlan(tuple(objects), spec, columns, tuple(f"{d.uri}: {d.reason}" for d in damaged))
+
+
+def _handle_damaged(damaged: list[DamagedPart], allow_damaged: bool) -> None:
+    first = damaged[0]
+    videos = f" (video {first.video_key})" if first.video_key else ""
+    named = f"{len(damaged)} damaged manifest part(s), first {first.uri}{videos}: {first.reason}"
+    if not allow_damaged:
+        raise DatasetError(
+            f"{named}; their GOPs would be missing from the read — pass allow_damaged=True "
+            "(export: --allow-damaged) to read the rest"
+        )
+    warnings.warn(f"{named}; their GOPs are left out", DamagedManifestWarning, stacklevel=3)
 
 
 def _plan_root(
     root: str, where: str | None, columns: tuple[str, ...], endpoint_url: str | None
-) -> list[ObjectPlan]:
+) -> tuple[list[ObjectPlan], list[DamagedPart]]:
     try:
         manifest = open_manifest(root, endpoint_url=endpoint_url)
         expression = parse_filter(where, MANIFEST_SCHEMA)
@@ -223,7 +254,7 @@ def _plan_root(
     for (key, _), row in sorted(rows.items()):
         by_video.setdefault(key, []).append(row)
     located = {key: container_location(fs, base, gops[0]) for key, gops in by_video.items()}
-    return [
+    planned = [
         ObjectPlan(
             out=root,
             video_key=key,
@@ -243,6 +274,7 @@ def _plan_root(
         )
         for key, gops in by_video.items()
     ]
+    return planned, list(manifest.damaged)
 
 
 def _refuse_codecs_without_latents(objects: list[ObjectPlan], output: str) -> None:

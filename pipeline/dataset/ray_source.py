@@ -61,6 +61,7 @@ def read_archive(
     num_gpus: float | None = None,
     concurrency: int | None = None,
     override_num_blocks: int | None = None,
+    allow_damaged: bool = False,
 ) -> Dataset:
     """Clips of archive(s) `out` as a `ray.data.Dataset`, read lazily when the dataset executes.
 
@@ -71,10 +72,14 @@ def read_archive(
     `where` uses the audit's filter language and prunes GOPs in the manifest before any payload is
     read. `num_gpus` (e.g. 1 or 0.25; `device="cuda"` alone means 1) decodes on an actor pool of
     `concurrency` actors (default 1) with the model on the GPU; `concurrency` alone gives a CPU pool.
+    A damaged manifest part is refused (DatasetError) unless `allow_damaged`, which reads the rest and
+    warns (`DamagedManifestWarning`).
     Raises DatasetError (one line) for bad options, filters, manifests or an empty selection.
     """
     spec = ClipSpec(output=output, clip_frames=clip_frames, stride=stride)
-    plan = plan_archive(out, where=where, spec=spec, columns=columns, endpoint_url=endpoint_url)
+    plan = plan_archive(
+        out, where=where, spec=spec, columns=columns, endpoint_url=endpoint_url, allow_damaged=allow_damaged
+    )
     if num_gpus and device == "cpu":
         device = "cuda"
     if device.startswith("cuda") and not num_gpus:

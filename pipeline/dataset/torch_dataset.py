@@ -56,6 +56,7 @@ class ArchiveClipDataset(IterableDataset):
         world_size: int | None = None,
         device: str = "cpu",
         model: str | None = None,
+        allow_damaged: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -66,7 +67,14 @@ class ArchiveClipDataset(IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise DatasetError(f"rank {self.rank} is outside world_size {self.world_size}")
         spec = ClipSpec(output=output, clip_frames=clip_frames, stride=stride)
-        self.plan = plan_archive(out, where=where, spec=spec, columns=columns, endpoint_url=endpoint_url)
+        self.plan = plan_archive(
+            out,
+            where=where,
+            spec=spec,
+            columns=columns,
+            endpoint_url=endpoint_url,
+            allow_damaged=allow_damaged,
+        )
         self.shuffle, self.seed, self.batch_size = shuffle, int(seed), int(batch_size)
         self.endpoint_url, self.device, self.model = endpoint_url, device, model
         self.epoch = 0
