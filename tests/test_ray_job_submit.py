@@ -3,7 +3,7 @@
 The test starts its own head (`ray start --head --block`, with the dashboard's job server) in a
 private temp dir, submits the archive job with the repository as working dir and the runtime env from
 `infra/runtime_env.yaml` (which keeps `.venv/` and `.git/` out of the upload), waits for it, and
-checks the archive the job wrote. The head is stopped by terminating the `ray start --block` process
+checks the archive the job wrote. The head is stopped by killing the `ray start --block` process
 group it runs in — only this test's cluster, never other Ray instances on the machine (which a bare
 `ray stop` would kill).
 """
@@ -69,9 +69,22 @@ def _submit(cmd: list[str], env: dict[str, str], patience: float = 90.0) -> subp
         time.sleep(2.0)
 
 
+def _head_report(head: subprocess.Popen, temp_dir: str) -> str:
+    """What a failed submission needs to be understood: whether the head still runs, and the tails of
+    its logs (the temp dir is removed at teardown)."""
+    lines = [f"head: {'running' if head.poll() is None else f'exited {head.returncode}'}"]
+    logs = Path(temp_dir) / "session_latest" / "logs"
+    for name in ("ray-start.log", "gcs_server.out", "raylet.out", "dashboard.log", "dashboard_agent.log"):
+        path = Path(temp_dir) / name if name == "ray-start.log" else logs / name
+        with contextlib.suppress(OSError):
+            lines.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
+    return "\n".join(lines)
+
+
 @pytest.fixture
 def ray_head():
-    """A local Ray head with the job server; yields (dashboard URL, env); always torn down."""
+    """A local Ray head with the job server; yields (dashboard URL, env, report of the head's state and
+    logs); always torn down."""
     temp_dir = tempfile.mkdtemp(prefix="vrj", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs_port, dashboard_port = _free_port(), _free_port()
     # Every port the head opens is chosen free: the agents' defaults (52365, 8085, …) would clash with
@@ -97,20 +110,18 @@ def ray_head():
     url = f"http://127.0.0.1:{dashboard_port}"
     try:
         _wait_for_job_server(url, head, log)
-        yield url, env
+        yield url, env, lambda: _head_report(head, temp_dir)
     finally:
+        # The job has finished and its archive is checked: nothing of this throw-away cluster needs a
+        # graceful stop (which spends ~30 s in Ray's shutdown waits), so its process group is killed.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=10)
+        head.wait(timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_submitted_archive_job_completes(ray_head, sample_dir: Path, tmp_path: Path) -> None:
-    url, env = ray_head
+    url, env, head_report = ray_head
     out = tmp_path / "out"
     submit = [
         RAY, "job", "submit", "--address", url, "--working-dir", str(REPO),
@@ -121,7 +132,7 @@ def test_submitted_archive_job_completes(ray_head, sample_dir: Path, tmp_path: P
     proc = _submit(submit, env)
     log = proc.stdout + proc.stderr
 
-    assert proc.returncode == 0, log[-3000:]
+    assert proc.returncode == 0, log[-3000:] + "\n" + head_report()
     assert "succeeded" in log and "2 ok, 0 failed" in log, log[-3000:]
     assert "Uploading package" in log or "Pushing file package" in log or "gcs://" in log, log[-3000:]
     rows = [r for p in sorted((out / "manifest").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
