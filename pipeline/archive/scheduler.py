@@ -532,35 +532,18 @@ class Scheduler:
         keys = self.pack_commits.pop(ref)
         try:
             result = self.ray.get(ref)
-        except self.ray.exceptions.ObjectLostError:  # payloads lost with a node: encode them again
-            for key in keys:
-                video = self.videos[key]
-                if not self._recode(video):
-                    self.videos.pop(key)
-                    self.references.discard(key)
-                    reason = f"{video.job.source_uri}: payloads lost {video.recodes} times"
-                    self.failures.record(key, video.job.source_uri, video.job.source_bytes, reason)
-            return
         except Exception as exc:
-            videos = [self.videos.pop(key) for key in keys]
-            for video in videos:
-                self.references.discard(video.job.video_key)
-                self.failures.record(
-                    video.job.video_key,
-                    video.job.source_uri,
-                    video.job.source_bytes,
-                    one_line(video.job.source_uri, exc),
-                )
+            for key in keys:
+                self._commit_failed(key, exc)
             return
-        for video in [self.videos.pop(key) for key in keys]:
-            key = video.job.video_key
+        for key in keys:
             member = result["members"].get(key)
             if member is None:
-                self.references.discard(key)
+                video = self.videos[key]
                 reason = result["failed"].get(key) or f"{video.job.source_uri}: not in its pack"
-                self.failures.record(key, video.job.source_uri, video.job.source_bytes, reason)
+                self._drop_failed(key, reason)
                 continue
-            self._committed(video, member)
+            self._committed(self.videos.pop(key), member)
 
     def replace_actor(self, idx: int, dead: Any) -> None:
         if self.pool.replace(idx, dead):
@@ -568,34 +551,28 @@ class Scheduler:
 
     def _on_committed(self, ref: Any) -> None:
         key = self.committing.pop(ref)
-        video = self.videos[key]
         try:
             result = self.ray.get(ref)
-        except self.ray.exceptions.ObjectLostError:  # payloads lost with a node: encode the video again
-            if self._recode(video):
-                return
-            self.videos.pop(key)
-            self.references.discard(key)
-            self.failures.record(
-                key,
-                video.job.source_uri,
-                video.job.source_bytes,
-                f"{video.job.source_uri}: payloads lost {video.recodes} times",
-            )
-            return
         except Exception as exc:
-            self.videos.pop(key)
-            self.references.discard(key)
-            self.failures.record(
-                key,
-                video.job.source_uri,
-                video.job.source_bytes,
-                one_line(video.job.source_uri, exc),
-                transient=is_transient(exc),
-            )
+            self._commit_failed(key, exc)
             return
-        self.videos.pop(key)
-        self._committed(video, result)
+        self._committed(self.videos.pop(key), result)
+
+    def _commit_failed(self, key: str, exc: Exception) -> None:
+        """A video's commit (alone or in a pack) raised: payloads lost with a node are encoded again (up
+        to `max_gop_retries` times); anything else fails the video, transient storage errors without a
+        failed marker so that a rerun retries it."""
+        video = self.videos[key]
+        if isinstance(exc, self.ray.exceptions.ObjectLostError):
+            if not self._recode(video):
+                self._drop_failed(key, f"{video.job.source_uri}: payloads lost {video.recodes} times")
+            return
+        self._drop_failed(key, one_line(video.job.source_uri, exc), transient=is_transient(exc))
+
+    def _drop_failed(self, key: str, reason: str, *, transient: bool = False) -> None:
+        video = self.videos.pop(key)
+        self.references.discard(key)
+        self.failures.record(key, video.job.source_uri, video.job.source_bytes, reason, transient=transient)
 
     def _recode(self, video: Video) -> bool:
         """Queue all of a finished video's GOPs again (its coded payloads were lost with a node before
