@@ -139,3 +139,29 @@ def test_a_run_that_loses_its_store_prints_its_summary_exits_3_and_a_rerun_finis
     assert [rule.hits for rule in faults] == [2, 2, 2]
     verify = runner.invoke(app, ["verify", out, "--endpoint-url", proxy.url])
     assert verify.exit_code == 0, verify.output
+
+
+def test_a_pack_lost_to_the_store_is_not_a_failure_of_its_videos(
+    proxy: FaultyProxy,
+    s3_bucket: str,
+    sample_dir: Path,
+    tmp_path: Path,
+    ray_address: str,
+    fast_metrics: tuple[str, ...],
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(sample_dir / "short.mkv", src / "a.mkv")
+    shutil.copy(sample_dir / "short.mkv", src / "b.mkv")
+    out = f"s3://{s3_bucket}/packed"
+    command = ["archive", str(src), out, "--endpoint-url", proxy.url, "--gop-frames", "12", "--pack", "64"]
+    command += [arg for metric in fast_metrics for arg in ("--skip-metric", metric)]
+    proxy.add(Rule("503", pattern=r"/markers/packs/", method="PUT", count=None))  # past every retry
+    runner = CliRunner()
+    lost = runner.invoke(app, command)
+    assert lost.exit_code == 3 and "2 failed" in lost.stdout, lost.output
+    fs, root = filesystem(out, endpoint_url=proxy.url)
+    assert not fs.exists(f"{root}/markers/failed")  # both members stay to be retried
+    proxy.clear()
+    rerun = runner.invoke(app, command)
+    assert rerun.exit_code == 0 and "2 ok, 0 failed" in rerun.stdout, rerun.output
