@@ -54,7 +54,7 @@ def export_command(
 
     try:
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", DamagedManifestWarning)
+            warnings.simplefilter("always", DamagedManifestWarning)  # others keep the default filters
             result = export_archive(
                 out,
                 dest,
@@ -72,8 +72,11 @@ def export_command(
     except (DatasetError, StorageError, OSError) as exc:
         print(f"error: {redact(str(exc).splitlines()[0])}", file=sys.stderr)
         raise typer.Exit(2) from None
-    for warning in (w for w in caught if issubclass(w.category, DamagedManifestWarning)):
-        print(f"warning: {redact(str(warning.message))}", file=sys.stderr)
+    for warning in caught:  # ours as one line; any other warning as Python would have shown it
+        if issubclass(warning.category, DamagedManifestWarning):
+            print(f"warning: {redact(str(warning.message))}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     if fmt == "mp4":
         print(
             f"exported {result.clips} mp4 files ({result.gops} GOPs, {result.bytes_read} bytes read) to {dest}"
