@@ -53,12 +53,20 @@ def tokenizer_command(
     eval_minutes: Annotated[
         float | None, typer.Option(help="Log held-out PSNR/colour error of the EMA weights this often.")
     ] = None,
+    trainable: Annotated[
+        str,
+        typer.Option(
+            help="all | decoder: 'decoder' freezes the encoder of --init, so the latent space (and the "
+            "bundle's latent codec and flow model trained on it) stays valid."
+        ),
+    ] = "all",
 ) -> None:
     """Train a small Wan2.1-architecture tokenizer (AutoencoderKLWan)."""
     from pipeline.synthetic import EVAL_IMAGES
     from pipeline.training.bundle import update_bundle_card
     from pipeline.training.loop import Stage, parse_curriculum
     from pipeline.training.tokenizer import (
+        TRAINABLE,
         TokenizerTraining,
         reconstruction_psnr,
         tokenizer_summary,
@@ -67,17 +75,22 @@ def tokenizer_command(
 
     _check_shape(size, frames, batch, steps, workers, block=8)
     _check_data(data, frames, size, endpoint_url)
+    if trainable not in TRAINABLE:
+        _fail(f"--trainable must be one of {', '.join(TRAINABLE)}, got {trainable!r}")
+    if trainable == "decoder" and not (init or resume):
+        _fail("--trainable decoder needs --init (a trained tokenizer whose encoder stays frozen) or --resume")
     settings = TokenizerTraining(
         data=data, out=out, steps=steps, minutes=minutes, size=size, frames=frames, batch=batch, lr=lr,
         workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, init=init,
         checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url, curriculum=curriculum, augment=augment,
-        checkpoint_minutes=checkpoint_minutes, eval_minutes=eval_minutes,
+        checkpoint_minutes=checkpoint_minutes, eval_minutes=eval_minutes, trainable=trainable,
     )  # fmt: skip
     started = time.monotonic()
     directory = _guard(lambda: train_tokenizer(settings))
     psnr = reconstruction_psnr(str(directory), EVAL_IMAGES)
     run = {
         "steps": _steps_done(settings), "resume": resume, "init": init, "curriculum": curriculum,
+        "trainable": trainable,
         "size": size, "frames": frames, "batch": batch, "lr": lr, "data": data, "augment": augment,
         "threads": threads, "workers": workers, "device": "gpu" if use_gpu else _cpu_name(),
         "wall_seconds": round(time.monotonic() - started),

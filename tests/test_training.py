@@ -115,3 +115,43 @@ def test_a_folder_without_usable_videos_is_refused_by_name(tmp_path):
     (tmp_path / "notes.txt").write_text("not a video")
     with pytest.raises(ValueError, match=str(tmp_path)):
         ClipSampler(str(tmp_path), frames=5, size=32, seed=0)
+
+
+def test_decoder_only_training_keeps_the_latent_space_bit_for_bit(toy_tokenizer, tmp_path):
+    """The bundle's latent codec and flow model were trained on the encoder's latents: continuing the
+    tokenizer with --trainable decoder must leave them exactly valid, while the decoder does learn."""
+    from safetensors.torch import load_file
+
+    _, start = toy_tokenizer
+    settings = TokenizerTraining(
+        data="synthetic", out=str(tmp_path / "bundle"), steps=2, size=32, frames=5, batch=1, lr=1e-2,
+        warmup=1, log_every=1, checkpoint_dir=str(tmp_path / "ck"), init=str(start), trainable="decoder",
+    )  # fmt: skip
+    directory = train_tokenizer(settings)
+    before = load_file(str(start / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(directory / "diffusion_pytorch_model.safetensors"))
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and decoder and len(encoder) + len(decoder) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    old, new = (json.loads((d / "config.json").read_text()) for d in (start, directory))
+    assert (new["latents_mean"], new["latents_std"]) == (old["latents_mean"], old["latents_std"])
+
+
+def test_decoder_only_training_needs_a_tokenizer_to_start_from(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "train", "tokenizer", "--out", str(tmp_path / "b"),
+         "--trainable", "decoder", "--steps", "1"],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--init" in lines[0], proc.stderr
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="start from"):
+        train_tokenizer(TokenizerTraining(data="synthetic", out=str(tmp_path / "c"), trainable="decoder"))

@@ -17,6 +17,12 @@ run killed at any time resumes where it stopped. Every `eval_minutes` the EMA mo
 colour error on a few held-out clips are logged (for watching the run, never for choosing weights).
 At the end the per-channel `latents_mean`/`latents_std` are measured on training clips and stored in
 the config, as Wan pipelines expect.
+
+`trainable="decoder"` continues a trained tokenizer with its encoder frozen: the latent space, and with it
+the `latents_mean`/`latents_std` kept from the starting model, stay exactly as they were, so a bundle's
+latent codec and flow model (trained on those latents) stay valid while the decoder, the part that has
+to invent detail, keeps learning. The encoder then runs without gradients, which also makes a step
+cheaper.
 """
 
 from __future__ import annotations
@@ -81,24 +87,34 @@ class TokenizerTraining(TrainingRun):
     curriculum: str | None = None
     augment: bool = True
     eval_minutes: float | None = None
+    trainable: str = "all"  # "all" | "decoder" (encoder frozen: the latent space does not move)
     architecture: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(TINY_ARCHITECTURE))
 
 
 class _VaeObjective(torch.nn.Module):
     """Reconstruction and KL in one forward, so DDP sees a single call per step."""
 
-    def __init__(self, vae) -> None:
+    def __init__(self, vae, *, frozen_encoder: bool = False) -> None:
         super().__init__()
         self.vae = vae
+        self.frozen_encoder = frozen_encoder
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        posterior = self.vae.encode(x).latent_dist
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_encoder):
+            posterior = self.vae.encode(x).latent_dist
         reconstruction = self.vae.decode(posterior.sample()).sample
         return reconstruction, posterior.kl().mean() / x[0].numel()
 
 
+TRAINABLE = ("all", "decoder")
+
+
 def train_tokenizer(settings: TokenizerTraining) -> Path:
     """Train, then write `<out>/tokenizer/` (diffusers format, EMA weights); returns that directory."""
+    if settings.trainable not in TRAINABLE:
+        raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}, got {settings.trainable!r}")
+    if settings.trainable == "decoder" and not (settings.init or settings.resume):
+        raise ValueError("training only the decoder needs a trained tokenizer to start from (init)")
     parse_curriculum(settings.curriculum, Stage(0, settings.size, settings.frames, settings.batch))
     config = settings.resolved()
     fit(_worker_loop, config, name="vidarc-tokenizer")
@@ -125,9 +141,14 @@ def _worker_loop(config: dict[str, Any]) -> None:
         ema = Ema.load(vae, config["ema_decay"], checkpoint / EMA_NAME)
     else:
         ema = Ema(vae, config["ema_decay"])
-    model = ray.train.torch.prepare_model(_VaeObjective(vae))
+    frozen_encoder = config["trainable"] == "decoder"
+    if frozen_encoder:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    model = ray.train.torch.prepare_model(_VaeObjective(vae, frozen_encoder=frozen_encoder))
     device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config["lr"], weight_decay=0.0)
     step = load_optimizer_state(checkpoint, optimizer) if checkpoint is not None else 0
     stages = parse_curriculum(
         config["curriculum"], Stage(0, config["size"], config["frames"], config["batch"])
@@ -158,7 +179,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         )  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         ema.update(unwrap(model).vae)
         step += 1
@@ -167,18 +188,29 @@ def _worker_loop(config: dict[str, Any]) -> None:
         if rank == 0 and timer.due(step):
             _checkpoint(config, step, unwrap(model).vae, optimizer, ema)
         if rank == 0 and config["eval_minutes"] and eval_timer.due(step):
-            log.record(step, **heldout_scores(_ema_model(unwrap(model).vae, ema)))
+            log.record(
+                step, **heldout_scores(_ema_model(unwrap(model).vae, ema, frozen_encoder=frozen_encoder))
+            )
         if step % config["log_every"] == 0:
             ray.train.report({"step": step, "loss": loss.item(), "psnr": psnr})
     if rank == 0:
         vae = unwrap(model).vae
         _checkpoint(config, step, vae, optimizer, ema)
-        _export(config, _ema_model(vae, ema), sampler)
+        _export(config, _ema_model(vae, ema, frozen_encoder=frozen_encoder), sampler)
 
 
-def _ema_model(vae, ema: Ema):
+#: The weights that define the latent space: frozen, and exported bit for bit, when only the decoder trains.
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")
+
+
+def _ema_model(vae, ema: Ema, *, frozen_encoder: bool = False):
+    """The EMA weights in a copy of `vae`; a frozen encoder is taken from `vae` itself, since averaging a
+    constant in float32 can still move it by an ulp, and the latent space must not move at all."""
     averaged = copy.deepcopy(vae).to("cpu")
     ema.copy_to(averaged)
+    if frozen_encoder:
+        live = {k: v for k, v in vae.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
+        averaged.load_state_dict(live, strict=False)
     return averaged.eval()
 
 
@@ -192,8 +224,15 @@ def _checkpoint(config: dict[str, Any], step: int, vae, optimizer, ema: Ema) -> 
 
 @torch.no_grad()
 def _export(config: dict[str, Any], vae, sampler: ClipSampler) -> None:
-    """Measure latent statistics on fresh training clips, store them in the config, save."""
+    """Measure latent statistics on fresh training clips, store them in the config, save. With a frozen
+    encoder the starting model's statistics are kept: re-measuring them on other clips would shift the
+    normalised latents that the bundle's latent codec and flow model were trained on."""
     vae = vae.to("cpu").eval()
+    if config["trainable"] == "decoder":
+        replace_directory(
+            Path(config["out"]) / COMPONENT, lambda d: vae.save_pretrained(str(d), safe_serialization=True)
+        )
+        return
     latents = []
     for _ in range(24):
         x = to_model_input(sampler.batch(1, 64, 17), "cpu")
