@@ -258,33 +258,52 @@ def glvc_decoder_command(
 @train_app.command("flow")
 def flow_command(
     out: Out,
+    data: Data = "synthetic",
     minutes: Annotated[float, typer.Option(help="Stop after this much wall time.")] = 20.0,
     steps: Steps = 1_000_000,
     frames: int = 17,
     size: int = 64,
     batch: int = 8,
     lr: float = 5e-4,
+    workers: Workers = 1,
+    use_gpu: UseGpu = False,
     threads: Threads = 1,
-    clips_per_image: Annotated[int, typer.Option(help="Training clips per training photograph.")] = 24,
+    resume: Resume = False,
+    clips_per_image: Annotated[
+        int,
+        typer.Option(help="Training clips cached per photograph or video (at most 4,096 in all)."),
+    ] = 24,
     init: Annotated[str | None, typer.Option(help="Continue from this flow model directory.")] = None,
+    checkpoint_dir: str | None = None,
+    endpoint_url: str | None = None,
+    checkpoint_minutes: Annotated[float, typer.Option(help="Checkpoint at least this often.")] = 5.0,
 ) -> None:
     """Train the GVC flow model (a small Wan transformer) on the bundle tokenizer's latents."""
     _check_shape(
-        size, frames, batch, max(steps, 1), 1, block=2 * _spatial_factor(f"{out.rstrip('/')}/tokenizer")
+        size, frames, batch, max(steps, 1), workers, block=2 * _spatial_factor(f"{out.rstrip('/')}/tokenizer")
     )
     if not (Path(out) / "tokenizer").is_dir():
         _fail(
             f"{out} has no tokenizer/ to train the flow model on; run `vidarc train tokenizer --out {out}` first"
         )
-    from pipeline.training.flow import train_flow
+    if init is not None and not (Path(init) / "config.json").is_file():
+        _fail(f"--init {init}: not a flow model directory (no config.json)")
+    _check_data(data, frames, size, endpoint_url)
+    from pipeline.training.flow import FlowTraining, train_flow
 
-    summary = _guard(
-        lambda: train_flow(
-            out, minutes=minutes, max_steps=steps, frames=frames, size=size, batch_size=batch, lr=lr,
-            threads=threads, clips_per_image=clips_per_image, init=init,
+    settings = _guard(
+        lambda: FlowTraining(
+            data=data, out=out, steps=steps, minutes=minutes, size=size, frames=frames, batch=batch, lr=lr,
+            workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, init=init,
+            checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url, clips_per_source=clips_per_image,
+            checkpoint_minutes=checkpoint_minutes,
         )
     )  # fmt: skip
-    print(f"flow model written to {out}/flow: {summary}")
+    summary = _guard(lambda: train_flow(settings))
+    print(
+        f"flow model written to {out}/flow: {summary['steps']} steps, final loss EMA "
+        f"{summary['final_loss_ema']:.4f}, {summary['wall_seconds_last_run']:.0f} s"
+    )
 
 
 def _json_object(text: str, option: str) -> dict:

@@ -155,3 +155,20 @@ def test_decoder_only_training_needs_a_tokenizer_to_start_from(tmp_path):
     assert not (tmp_path / "b").exists()
     with pytest.raises(ValueError, match="start from"):
         train_tokenizer(TokenizerTraining(data="synthetic", out=str(tmp_path / "c"), trainable="decoder"))
+
+
+def test_flow_training_refuses_an_init_that_is_not_a_flow_model(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "b" / "tokenizer").mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "train", "flow", "--out", str(tmp_path / "b"),
+         "--init", str(tmp_path / "nothing"), "--steps", "1"],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--init" in lines[0], proc.stderr
+    assert not (tmp_path / "b" / "flow").exists()

@@ -77,6 +77,11 @@ class ClipSampler:
             )
         return videos
 
+    @property
+    def video_count(self) -> int:
+        """Usable videos of a folder source (0 for the bundled photographs)."""
+        return len(self._videos)
+
     def clip(self, size: int | None = None, frames: int | None = None) -> np.ndarray:
         size, frames = size or self.size, frames or self.frames
         if self.source == SYNTHETIC:
