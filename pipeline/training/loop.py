@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +79,21 @@ def replace_directory(target: Path, write: Callable[[Path], None]) -> None:
     staging.rename(target)
 
 
+def free_local_port() -> int:
+    """A TCP port nothing listens on now, for this run's own Ray dashboard.
+
+    Ray Train's placement-group cleaner asks the state API whether the run's controller is alive.
+    Without a dashboard that API is "127.0.0.1:8265" regardless: it fails every second (log spam) or,
+    worse, reaches another Ray cluster's dashboard on this machine, which does not know the controller,
+    and the cleaner then removes the placement group and kills the training run (seen with two runs on
+    one machine). So a local run gets a dashboard of its own on a free port, and its workers are told
+    that address (`RAY_API_SERVER_ADDRESS`), since with several local clusters they cannot guess it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def fit(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str) -> None:
     """Run `loop(config)` on Ray Train workers; raise with the worker's error if it fails."""
     import ray
@@ -89,7 +105,14 @@ def fit(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name:
         if os.environ.get("RAY_ADDRESS"):  # a running cluster: it has its own resources
             ray.init(log_to_driver=True)
         else:
-            ray.init(num_cpus=max(2, workers * threads), include_dashboard=False, log_to_driver=True)
+            port = free_local_port()
+            ray.init(
+                num_cpus=max(2, workers * threads),
+                include_dashboard=True,
+                dashboard_port=port,
+                runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+                log_to_driver=True,
+            )
     storage = Path(config["checkpoint_dir"]).resolve() / "ray"
     trainer = TorchTrainer(
         loop,
