@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -102,9 +102,18 @@ def tokenizer_command(
         f"AutoencoderKLWan (Wan2.1 architecture, small config) trained on {data} clips "
         f"({summary['steps']} steps in all); held-out reconstruction PSNR {psnr:.2f} dB "
         "(EVAL_IMAGES, 64x64x17).",
-        extra_config={"glvc": {"gop_frames": longest}},  # GLVC's GOPs: as long as the training clips
+        extra_config=_default_glvc_gop(out, longest),
     )  # fmt: skip
     print(f"tokenizer written to {directory}; held-out reconstruction PSNR {psnr:.2f} dB")
+
+
+def _default_glvc_gop(out: str, clip_frames: int) -> dict[str, Any]:
+    """GLVC's GOP length is the latent codec's training clip length (its recurrent memory learned that
+    far); only a bundle without a latent codec yet takes the tokenizer's clips as the default."""
+    card = Path(out) / "model_card.json"
+    if card.is_file() and "latent_codec" in json.loads(card.read_text()).get("config", {}):
+        return {}
+    return {"glvc": {"gop_frames": clip_frames}}
 
 
 @train_app.command("glvc")
@@ -182,6 +191,7 @@ def glvc_command(
             f"GLVC latent codec, stage 1 (bits + λ(q)·latent MSE over 64 quality indices) on {data} clips "
             f"{size}x{size}x{frames}, on the tokenizer from {source}.",
             name=name or Path(out).name, version=version or "1",
+            extra_config={"glvc": {"gop_frames": frames}},  # its recurrent memory learned clips this long
         ),
         name, version,
     )  # fmt: skip

@@ -137,6 +137,7 @@ def test_decoder_only_training_keeps_the_latent_space_bit_for_bit(toy_tokenizer,
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
     old, new = (json.loads((d / "config.json").read_text()) for d in (start, directory))
     assert (new["latents_mean"], new["latents_std"]) == (old["latents_mean"], old["latents_std"])
+    assert "_name_or_path" not in new  # the --init path is not carried into the trained model
 
 
 def test_decoder_only_training_needs_a_tokenizer_to_start_from(tmp_path):
@@ -172,3 +173,22 @@ def test_flow_training_refuses_an_init_that_is_not_a_flow_model(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "--init" in lines[0], proc.stderr
     assert not (tmp_path / "b" / "flow").exists()
+
+
+def test_glvc_gop_length_follows_the_latent_codec_not_a_later_tokenizer_run(toy_tokenizer):
+    """A tokenizer trained on 9-frame clips into a bundle whose latent codec learned 17-frame clips must
+    not shorten GLVC's GOPs: the latent codec's recurrent memory is what the clip length limits."""
+    from jobs.train import _default_glvc_gop
+
+    _, tokenizer_dir = toy_tokenizer
+    root = tokenizer_dir.parent
+    update_bundle_card(root, "tokenizer", {"steps": 2}, "toy tokenizer")
+    assert _default_glvc_gop(str(root), 9) == {"glvc": {"gop_frames": 9}}
+    update_bundle_card(
+        root, "latent_codec", {"frames": 17}, "toy codec", extra_config={"glvc": {"gop_frames": 17}}
+    )
+    assert _default_glvc_gop(str(root), 9) == {}
+    update_bundle_card(
+        root, "tokenizer", {"steps": 3}, "toy tokenizer", extra_config=_default_glvc_gop(str(root), 9)
+    )
+    assert load_model_dir(root).config["glvc"] == {"gop_frames": 17}

@@ -109,6 +109,15 @@ class _VaeObjective(torch.nn.Module):
 TRAINABLE = ("all", "decoder")
 
 
+def without_source_path(model: Any) -> Any:
+    """Drop the `_name_or_path` that `from_pretrained` records: a trained model's config.json should
+    not carry the local path of the checkpoint or --init it happened to start from."""
+    from diffusers.configuration_utils import FrozenDict
+
+    model._internal_dict = FrozenDict({k: v for k, v in model.config.items() if k != "_name_or_path"})
+    return model
+
+
 def train_tokenizer(settings: TokenizerTraining) -> Path:
     """Train, then write `<out>/tokenizer/` (diffusers format, EMA weights); returns that directory."""
     if settings.trainable not in TRAINABLE:
@@ -132,9 +141,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"] + rank)
     checkpoint = latest_checkpoint(config["checkpoint_dir"]) if config["resume"] else None
     if checkpoint is not None:
-        vae = AutoencoderKLWan.from_pretrained(str(checkpoint / COMPONENT), use_safetensors=True)
+        vae = without_source_path(
+            AutoencoderKLWan.from_pretrained(str(checkpoint / COMPONENT), use_safetensors=True)
+        )
     elif config["init"]:
-        vae = AutoencoderKLWan.from_pretrained(config["init"], use_safetensors=True)
+        vae = without_source_path(AutoencoderKLWan.from_pretrained(config["init"], use_safetensors=True))
     else:
         vae = AutoencoderKLWan(**config["architecture"])
     if checkpoint is not None and (checkpoint / EMA_NAME).is_file():
