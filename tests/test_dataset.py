@@ -169,14 +169,14 @@ def test_glvc_latents_equal_the_encoders_without_a_pixel_decode(glvc_archive) ->
     out, codec, encoded, latents = glvc_archive
     rows = list(ArchiveClipDataset(str(out), output="both", shuffle=False))
     assert [(r["gop_index"], r["frame_count"]) for r in rows] == [(0, 5), (1, 4)]
-    s = codec.tokenizer.spatial_factor  # 8 for Wan's VAE, 4 for the bundled vidarc-tiny@3
+    s = codec.tokenizer.spatial_factor  # 8 for Wan's VAE, 4 for the bundled vidarc-tiny@4
     for row, gop, coded in zip(rows, encoded, latents, strict=True):
         # the encoder's decoded latents (coded at a padded size), cropped to the frame area (32×40 px)
         assert coded.shape[:3] == (1, 16, 2) and coded.shape[3] * s >= 32 and coded.shape[4] * s >= 40
         assert row["latents"].shape == (16, 2, 32 // s, 40 // s)
         assert torch.equal(row["latents"], coded[0, :, :, : 32 // s, : 40 // s])
         assert np.array_equal(row["frames"].numpy(), gop.reconstruction)
-        assert row["tokenizer_id"].startswith("vidarc-tiny@3/tokenizer@")
+        assert row["tokenizer_id"].startswith("vidarc-tiny@4/tokenizer@")
         assert row["latents_mean"].shape == row["latents_std"].shape == (16,)
     payload = encoded[1].payload
     full = codec.decode_latents(payload, 4, 40, 32)  # the codec's method: the coded (padded) latents
@@ -282,7 +282,7 @@ def test_ray_stages_carry_glvc_latents_as_tensor_columns(glvc_archive) -> None:
     row = table.to_pylist()[0]
     assert (row["gop_index"], row["first_frame"], row["frame_count"]) == (1, 5, 4)
     assert np.array_equal(row["latents"], latents[1][0, :, :, : 32 // s, : 40 // s].numpy())
-    assert row["tokenizer_id"].startswith("vidarc-tiny@3/") and len(row["latents_mean"]) == 16
+    assert row["tokenizer_id"].startswith("vidarc-tiny@4/") and len(row["latents_mean"]) == 16
 
 
 # ---- export ------------------------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_registry_builds_glvc_and_default_model(model_dir: Path) -> None:
     built = create_codec("glvc", model=str(model_dir), device="auto")
     assert built.describe()["model_id"] == "glvc-random@0"
     if (bundled_model_path() / "model_card.json").is_file():
-        assert GlvcCodec().model_id == "vidarc-tiny@3"
+        assert GlvcCodec().model_id == "vidarc-tiny@4"
     else:
         with pytest.raises(ModelLoadError, match="bundled GLVC model"):
             GlvcCodec()
@@ -175,7 +175,7 @@ def test_gpu_encode_decodes_on_cpu(model_dir: Path, frames: np.ndarray) -> None:
 )
 def test_bundled_model_round_trip(clip: np.ndarray) -> None:
     bundled = GlvcCodec()
-    assert bundled.model_id == "vidarc-tiny@3"
+    assert bundled.model_id == "vidarc-tiny@4"
     frames = np.ascontiguousarray(clip[:5])
     encoded = bundled.encode(frames, RateTarget("bpp", 0.1), FPS)
     np.testing.assert_array_equal(bundled.decode(encoded.payload, 5, 64, 48), encoded.reconstruction)
