@@ -192,3 +192,16 @@ def test_glvc_gop_length_follows_the_latent_codec_not_a_later_tokenizer_run(toy_
         root, "tokenizer", {"steps": 3}, "toy tokenizer", extra_config=_default_glvc_gop(str(root), 9)
     )
     assert load_model_dir(root).config["glvc"] == {"gop_frames": 17}
+
+
+def test_training_images_that_do_not_load_are_named_not_silently_dropped(caplog):
+    """A run whose data is smaller than asked (an optional package missing) must say so."""
+    import logging
+
+    from pipeline.training.data import available_images
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.training.data"):
+        assert available_images(("astronaut", "no_such_picture")) == ("astronaut",)
+    assert "training without 1 of 2 images" in caplog.text and "no_such_picture" in caplog.text
+    with pytest.raises(ValueError, match="none of the training images loads"):
+        available_images(("no_such_picture",))

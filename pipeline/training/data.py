@@ -18,6 +18,7 @@ With `augment` (the default for training), each clip also gets:
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import lru_cache
 
@@ -111,17 +112,26 @@ class ClipSampler:
 
 
 def available_images(names: tuple[str, ...]) -> tuple[str, ...]:
-    """The images of `names` that load here (scikit-learn's two are optional); refuses an empty set."""
-    usable = []
+    """The images of `names` that load here (scikit-learn's two are optional); refuses an empty set and
+    says which ones it leaves out and why, so a run's data is never silently smaller than asked."""
+    usable, skipped = [], []
     for name in names:
         try:
             _pyramid(name)
-        except ValueError:
+        except ValueError as exc:
+            skipped.append(str(exc))
             continue
         usable.append(name)
     if not usable:
         raise ValueError(f"none of the training images loads: {', '.join(names)}")
+    if skipped:
+        _warn_once(f"training without {len(skipped)} of {len(names)} images: " + "; ".join(skipped))
     return tuple(usable)
+
+
+@lru_cache(maxsize=16)
+def _warn_once(message: str) -> None:
+    logging.getLogger(__name__).warning(message)
 
 
 @lru_cache(maxsize=64)
