@@ -68,6 +68,7 @@ def tokenizer_command(
     from pipeline.training.tokenizer import (
         TRAINABLE,
         TokenizerTraining,
+        check_init,
         reconstruction_psnr,
         tokenizer_summary,
         train_tokenizer,
@@ -79,6 +80,8 @@ def tokenizer_command(
         _fail(f"--trainable must be one of {', '.join(TRAINABLE)}, got {trainable!r}")
     if trainable == "decoder" and not (init or resume):
         _fail("--trainable decoder needs --init (a trained tokenizer whose encoder stays frozen) or --resume")
+    if init is not None:
+        _guard(lambda: check_init(init))
     settings = TokenizerTraining(
         data=data, out=out, steps=steps, minutes=minutes, size=size, frames=frames, batch=batch, lr=lr,
         workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, init=init,
@@ -110,7 +113,9 @@ def tokenizer_command(
 def _default_glvc_gop(out: str, clip_frames: int) -> dict[str, Any]:
     """GLVC's GOP length is the latent codec's training clip length (its recurrent memory learned that
     far); only a bundle without a latent codec yet takes the tokenizer's clips as the default."""
-    card = Path(out) / "model_card.json"
+    from codec.modeldir import CARD_NAME
+
+    card = Path(out) / CARD_NAME
     if card.is_file() and "latent_codec" in json.loads(card.read_text()).get("config", {}):
         return {}
     return {"glvc": {"gop_frames": clip_frames}}

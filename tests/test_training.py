@@ -205,3 +205,23 @@ def test_training_images_that_do_not_load_are_named_not_silently_dropped(caplog)
     assert "training without 1 of 2 images" in caplog.text and "no_such_picture" in caplog.text
     with pytest.raises(ValueError, match="none of the training images loads"):
         available_images(("no_such_picture",))
+
+
+def test_tokenizer_training_refuses_an_init_without_weights_in_one_line(tmp_path):
+    """A wrong --init is the user's mistake: one line naming the folder, exit 2, no output, no Ray."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    init = tmp_path / "vae"
+    init.mkdir()
+    (init / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan"}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "train", "tokenizer", "--out", str(tmp_path / "b"),
+         "--init", str(init), "--steps", "1"],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and str(init) in lines[0], proc.stderr
+    assert not (tmp_path / "b").exists()

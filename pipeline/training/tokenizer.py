@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from codec.weights import load_diffusers_model
 from pipeline.training.data import ClipSampler, to_model_input
 from pipeline.training.loop import (
     EMA_NAME,
@@ -109,13 +110,12 @@ class _VaeObjective(torch.nn.Module):
 TRAINABLE = ("all", "decoder")
 
 
-def without_source_path(model: Any) -> Any:
-    """Drop the `_name_or_path` that `from_pretrained` records: a trained model's config.json should
-    not carry the local path of the checkpoint or --init it happened to start from."""
-    from diffusers.configuration_utils import FrozenDict
+def check_init(directory: str) -> None:
+    """Load an --init tokenizer once on the driver, so a wrong folder or damaged weights is a one-line
+    error before any Ray worker starts (raises `ModelLoadError`)."""
+    from diffusers import AutoencoderKLWan
 
-    model._internal_dict = FrozenDict({k: v for k, v in model.config.items() if k != "_name_or_path"})
-    return model
+    load_diffusers_model(AutoencoderKLWan, Path(directory), torch.device("cpu"), torch.float32)
 
 
 def train_tokenizer(settings: TokenizerTraining) -> Path:
@@ -140,12 +140,12 @@ def _worker_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"] + rank)
     checkpoint = latest_checkpoint(config["checkpoint_dir"]) if config["resume"] else None
-    if checkpoint is not None:
-        vae = without_source_path(
-            AutoencoderKLWan.from_pretrained(str(checkpoint / COMPONENT), use_safetensors=True)
+    start_from = checkpoint / COMPONENT if checkpoint is not None else config["init"]
+    if start_from:  # the project's loader: clear errors, and no `_name_or_path` carried into config.json
+        cpu = torch.device("cpu")
+        vae = load_diffusers_model(AutoencoderKLWan, Path(start_from), cpu, torch.float32).requires_grad_(
+            True
         )
-    elif config["init"]:
-        vae = without_source_path(AutoencoderKLWan.from_pretrained(config["init"], use_safetensors=True))
     else:
         vae = AutoencoderKLWan(**config["architecture"])
     if checkpoint is not None and (checkpoint / EMA_NAME).is_file():
