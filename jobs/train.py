@@ -94,8 +94,9 @@ def tokenizer_command(
     run = {
         "steps": _steps_done(settings), "resume": resume, "init": init, "curriculum": curriculum,
         "trainable": trainable,
-        "size": size, "frames": frames, "batch": batch, "lr": lr, "data": data, "augment": augment,
-        "threads": threads, "workers": workers, "device": "gpu" if use_gpu else _cpu_name(),
+        # a curriculum names every stage's crop and batch; the single-stage options then did not apply
+        **({} if curriculum else {"size": size, "frames": frames, "batch": batch}),
+        "lr": lr, "data": data, "augment": augment, "threads": threads, "workers": workers, "device": "gpu" if use_gpu else _cpu_name(),
         "wall_seconds": round(time.monotonic() - started),
     }  # fmt: skip
     summary = tokenizer_summary(out, directory, run, psnr)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.archive import accounting
+from pipeline.archive.video_writer import gop_identity
 from pipeline.manifest import parquet_bytes
 from pipeline.runinfo import utc_now
 from pipeline.schema import REFERENCE_SCHEMA
@@ -314,23 +315,10 @@ class References:
 
     # ---- internals -------------------------------------------------------------------------------
     def _row(self, video: Video, task: GopTask, meta: dict[str, Any]) -> dict[str, Any]:
-        header, span = video.job.header, task.span
         score = meta.get(self.metric)
         return {
-            "run_id": self.owner.run_id,
-            "video_key": video.job.video_key,
-            "source_uri": video.job.source_uri,
-            "gop_index": span.index,
-            "first_frame": span.first_frame,
-            "frame_count": span.frame_count,
-            "width": header["width"],
-            "height": header["height"],
-            "fps": header["fps_num"] / header["fps_den"],
-            "fps_num": header["fps_num"],
-            "fps_den": header["fps_den"],
-            "archive_codec": header["codec"],
-            "target_kind": header["target"]["kind"],
-            "target_value": header["target"]["value"],
+            **gop_identity(video.job, task.span),
+            "archive_codec": video.job.header["codec"],
             "archive_bytes": meta["payload_bytes"],
             "metric": self.metric,
             "metric_note": self.note,

@@ -172,16 +172,13 @@ def record_failure(
     write_json(fs, marker_path(out_root, "failed", video_key), marker)
 
 
-def _ok_row(
-    job: VideoJob, span: GopSpan, meta: dict[str, Any], entry: Any, archive_uri: str
-) -> dict[str, Any]:
+def gop_identity(job: VideoJob, span: GopSpan) -> dict[str, Any]:
+    """The columns that name one GOP of one run, shared by manifest and reference rows."""
     header = job.header
-    quality = {k: meta.get(k) for k in _QUALITY_COLUMNS if k in meta}
     return {
         "run_id": job.run_id,
         "video_key": job.video_key,
         "source_uri": job.source_uri,
-        "source_bytes": job.source_bytes,
         "gop_index": span.index,
         "first_frame": span.first_frame,
         "frame_count": span.frame_count,
@@ -190,12 +187,23 @@ def _ok_row(
         "fps": header["fps_num"] / header["fps_den"],
         "fps_num": header["fps_num"],
         "fps_den": header["fps_den"],
+        "target_kind": header["target"]["kind"],
+        "target_value": header["target"]["value"],
+    }
+
+
+def _ok_row(
+    job: VideoJob, span: GopSpan, meta: dict[str, Any], entry: Any, archive_uri: str
+) -> dict[str, Any]:
+    header = job.header
+    quality = {k: meta.get(k) for k in _QUALITY_COLUMNS if k in meta}
+    return {
+        **gop_identity(job, span),
+        "source_bytes": job.source_bytes,
         "codec": header["codec"],
         "codec_version": header["codec_version"],
         "model_id": header.get("model_id"),
         "model_sha256": header.get("model_sha256"),
-        "target_kind": header["target"]["kind"],
-        "target_value": header["target"]["value"],
         "payload_bytes": meta["payload_bytes"],
         "bpp": meta["bpp"],
         "kbps": meta["kbps"],
