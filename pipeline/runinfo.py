@@ -8,6 +8,8 @@ Layout under OUT (DESIGN.md "Archive layout", plus the markers):
     runs/<run_id>/summary.json     counts, bytes, rates, quality percentiles, failures, wall time
     markers/done/<video_key>.json  written LAST, after the container and its manifest part
     markers/failed/<video_key>.json  a video that failed (with the reason); --retry-failed reruns it
+    markers/reference/<video_key>.json  --reference: sampled GOPs whose reference part is still to
+                                   write (`pipeline.archive.reference`)
 
 With `--pack N_MB`, many videos share one object instead (`pipeline.pack`):
 

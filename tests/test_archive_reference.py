@@ -227,3 +227,37 @@ def test_gpu_actor_is_charged_its_share_of_the_named_gpu(tmp_path: Path, sample_
     reference = _rows(out, "reference")
     assert reference and {r["status"] for r in reference} <= {"ok", "unreachable"}
     assert compute["by_stage"]["reference"]["cpu"] > 0
+
+
+def test_reference_rows_a_run_could_not_write_are_completed_by_the_next_run(
+    x264_archive, fast_metrics, tmp_path
+):
+    """A video's reference part is written after its commit. When that write never happens (a driver
+    killed in between; here `reference` is a file, so the write fails), its sampled GOPs wait in
+    `markers/reference/`, and the next run with the same --reference completes the part from the
+    sources without archiving anything again."""
+    src = x264_archive[0].parent / "src"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "reference").write_text("in the way")
+    config = ArchiveConfig(src=str(src), out=str(out), codec="x264", gop_frames=GOP_FRAMES,
+                           skip_metrics=fast_metrics, reference="x265", reference_fraction=FRACTION)  # fmt: skip
+    first = run_archive(config)
+    assert first.exit_code == 0, first.summary["failures"]
+    done = sorted(p.stem for p in (out / "markers" / "done").glob("*.json"))
+    assert len(done) == 2 and first.summary["reference"]["gops_sampled"] == 0
+    assert sorted(p.stem for p in (out / "markers" / "reference").glob("*.json")) == done
+
+    (out / "reference").unlink()
+    second = run_archive(config)
+    assert second.exit_code == 0, second.summary["failures"]
+    assert second.summary["videos_ok"] == 0 and second.summary["videos_skipped_done"] == 2
+    assert second.summary["reference"]["backfilled_videos"] == 2
+    assert not list((out / "markers" / "reference").glob("*.json"))
+    rows = _check_reference_rows(out, second.summary, "x265", FRACTION)
+    assert {r["run_id"] for r in rows} == {first.run_id}  # the rows of the run that archived the GOPs
+    # The same GOPs an uninterrupted run samples (seeded by video), none twice.
+    original = _rows(x264_archive[0], "reference")
+    assert sorted((r["video_key"], r["gop_index"]) for r in rows) == sorted(
+        (r["video_key"], r["gop_index"]) for r in original
+    )

@@ -131,10 +131,13 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     display = display or ProgressDisplay(counters)
     display.counters = counters
 
+    backfill = first is None and cfg.reference is not None and _reference_pending(out_fs, out_root)
     if first is not None:
         _start_ray(cfg)
         pool, identity = EncodePool.start(cfg)
-    else:  # nothing left to do: no cluster, no actors, just the run records
+    else:  # nothing left to do: no actors, just the run records (and a killed run's reference rows)
+        if backfill:
+            _start_ray(cfg)
         pool, identity = EncodePool.empty(cfg), {"codec": cfg.codec}
     config_record = {
         "run_id": run_id,
@@ -149,8 +152,9 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         pool.stop()
         raise ArchiveError(describe(exc, cfg.out)) from None
     scheduler = Scheduler(
-        cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root, leases=leases
-    )
+        cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root, leases=leases,
+        reference_backfill=backfill,
+    )  # fmt: skip
     try:
         scheduler.run(work)
     finally:
@@ -194,6 +198,16 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     return ArchiveResult(run_id, exit_code, summary, message)
 
 
+def _reference_pending(out_fs: Any, out_root: str) -> bool:
+    from pipeline.archive.reference import has_pending
+
+    try:
+        return has_pending(out_fs, out_root)
+    except Exception as exc:  # the measurement waits for a run that can list it
+        log.warning("cannot list pending reference rows: %s", redact(str(exc)))
+        return False
+
+
 def _list_has_targets(cfg: ArchiveConfig) -> bool:
     if list_format(cfg.src) is None:
         return False
@@ -210,7 +224,14 @@ def _open_store(uri: str, endpoint_url: str | None):
         raise ArchiveError(str(exc)) from None
 
 
-_VIDEO_FOLDERS = ("videos", "markers/done", "markers/failed", "quality_search", LEASE_DIR)
+_VIDEO_FOLDERS = (
+    "videos",
+    "markers/done",
+    "markers/failed",
+    "markers/reference",
+    "quality_search",
+    LEASE_DIR,
+)
 
 
 def _temporaries(out_root: str) -> dict[str, tuple[str, str]]:

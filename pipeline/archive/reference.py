@@ -11,6 +11,14 @@ REFERENCE_SCHEMA`) once the video is committed and all its sampled GOPs are done
 `vidarc audit` turn them into "X % smaller than x265 at equal VMAF" with a confidence interval
 (`pipeline.audit.costs.equal_quality_ratio`).
 
+A video may be committed while its references still run (a CRF search takes longer than a GOP's
+encode). So that a driver killed in that window loses no rows, the video's sampled GOPs (their spans
+and archive scores) are written to `markers/reference/<video_key>.json` before its commit; the part's
+write deletes it (two small requests per sampled video). The next run with the same `--reference` finds the markers of done videos, decodes those
+GOPs from their sources again and completes the part (`References.resume`; counted as
+`backfilled_videos` in the summary). A run with another reference codec or metric leaves them, and
+says so.
+
 The metric is the quality target's (`--target-vmaf/-psnr/-dists`), else VMAF. When VMAF cannot be
 measured (switched off by `--skip-metric vmaf`, or an ffmpeg without libvmaf) the reference falls back
 to PSNR and says so: the reason is logged, and stored in every row's `metric_note` and in the summary.
@@ -34,14 +42,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.archive import accounting
+from pipeline.archive.plan import GopSpan
 from pipeline.archive.video_writer import gop_identity
+from pipeline.keys import shard_of
+from pipeline.listing import iter_pages
 from pipeline.manifest import parquet_bytes
-from pipeline.runinfo import utc_now
+from pipeline.runinfo import MARKERS_DIR, utc_now, write_json
 from pipeline.schema import REFERENCE_SCHEMA
-from pipeline.storage import join, write_bytes
+from pipeline.storage import join, read_bytes, remove, write_bytes
 
 if TYPE_CHECKING:
     from pipeline.archive.scheduler import GopTask, Scheduler, Video
+    from pipeline.keyset import KeySet
 
 REFERENCE_CODECS: tuple[str, ...] = ("x264", "x265", "av1")
 #: Reference tasks in flight per encode actor; sampled GOPs beyond it wait (without their frames,
@@ -51,6 +63,14 @@ IN_FLIGHT_PER_ACTOR = 2
 
 def reference_path(out_root: str, video_key: str) -> str:
     return join(out_root, "reference", f"part-{video_key}.parquet")
+
+
+#: `markers/reference/<video_key>.json`: a committed video's sampled GOPs whose part is not written yet.
+PENDING_FOLDER = "reference"
+
+
+def pending_path(out_root: str, video_key: str) -> str:
+    return join(out_root, MARKERS_DIR, PENDING_FOLDER, f"{video_key}.json")
 
 
 def choose_gops(video_key: str, eligible: list[int], fraction: float, seed: int) -> list[int]:
@@ -183,6 +203,18 @@ def bracket(
     return record
 
 
+def _vmaf_reason() -> str | None:
+    from pipeline.metrics.vmaf import ffmpeg_with_vmaf
+
+    return ffmpeg_with_vmaf()[1]
+
+
+def has_pending(fs: Any, out_root: str) -> bool:
+    """Whether any video's reference part is pending (a killed run's `markers/reference/`)."""
+    folder = join(out_root, MARKERS_DIR, PENDING_FOLDER)
+    return any(item.path.endswith(".json") for page in iter_pages(fs, folder, ordered=False) for item in page)
+
+
 def _reference_remote(frames: np.ndarray, spec: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     return code_reference_gop(frames, spec, row)
 
@@ -197,7 +229,7 @@ class References:
     def __init__(self, owner: Scheduler) -> None:
         self.owner = owner
         cfg = owner.cfg
-        self.enabled = cfg.reference is not None and len(owner.pool) > 0
+        self.enabled = cfg.reference is not None and (len(owner.pool) > 0 or owner.reference_backfill)
         self.planned: dict[str, list[int]] = {}
         self.rows: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
         self.committed: set[str] = set()
@@ -205,15 +237,19 @@ class References:
         self._pending: dict[Any, dict[str, Any]] = {}  # result ref -> the row it will complete
         self.waiting: collections.deque[tuple[Any, dict[str, Any]]] = collections.deque()
         self.written: list[dict[str, Any]] = []
+        # video key -> {GOP index: (span, the row its reference task starts from)}, until the part is written
+        self.inputs: dict[str, dict[int, tuple[GopSpan, dict[str, Any]]]] = {}
+        self.pending: set[str] = set()  # keys whose markers/reference/ marker this run wrote or found
+        self.backfilled = 0
         self.metric, self.note = "", None
         if not self.enabled:
             return
         import ray
 
         goal = cfg.quality_goal.metric if cfg.quality_goal else None
-        actor = owner.pool.actors[0]
+        check = ray.remote(num_cpus=0.25, max_retries=2)(_vmaf_reason)  # where reference tasks run
         self.metric, self.note = resolve_metric(
-            goal, cfg.skip_metrics, lambda: ray.get(actor.check_metric.remote("vmaf"), timeout=600)
+            goal, cfg.skip_metrics, lambda: ray.get(check.remote(), timeout=600)
         )
         spare = float(ray.cluster_resources().get("CPU", 1.0)) - len(owner.pool) * owner.pool.cpus
         self.cpus = round(min(1.0, max(0.25, spare)), 2)
@@ -250,15 +286,91 @@ class References:
         key = video.job.video_key
         if not self.enabled or task.span.index not in self.planned.get(key, ()):
             return
+        if task.span.index in self.inputs.get(key, {}):
+            return  # coded again (payloads lost with a node): its reference is already under way
         row = self._row(video, task, meta)
         if row["archive_score"] is None:
             note = meta.get("metrics_note") or "not measured"
-            self._add(key, dict(row, status="unmeasured", error=f"archive {self.metric}: {note}"))
+            row = dict(row, status="unmeasured", error=f"archive {self.metric}: {note}")
+        self.inputs.setdefault(key, {})[task.span.index] = (task.span, row)
+        self._start_gop(key, task.span, row, task.frames_ref)
+
+    def before_commit(self, video: Video) -> None:
+        """The video is about to be committed: record its sampled GOPs durably first
+        (`markers/reference/`), so a driver killed before its part is written loses none of them."""
+        key = video.job.video_key
+        if not self.enabled or key not in self.planned:
             return
-        if len(self.running) < self.limit:
-            self._submit(task.frames_ref, row)
-        else:
-            self.waiting.append((task.span, row))
+        if not self.planned[key]:
+            return
+        gops = [
+            {"span": [span.index, span.first_frame, span.frame_count, span.pts], "row": row}
+            for _, (span, row) in sorted(self.inputs.get(key, {}).items())
+        ]
+        record = {
+            "video_key": key,
+            "source_uri": video.job.source_uri,
+            "reference_codec": self.spec["codec"],
+            "metric": self.metric,
+            "gops": gops,
+        }
+        try:
+            write_json(self.owner.out_fs, pending_path(self.owner.out_root, key), record)
+        except Exception as exc:  # a measurement: the archive goes on without the safeguard
+            self.owner.display.log(f"could not record the pending reference of {video.job.source_uri}: {exc}")
+            return
+        self.pending.add(key)
+
+    def resume(self, done: KeySet, shard: tuple[int, int] | None) -> None:
+        """Complete the reference parts a killed run left pending (its markers under
+        `markers/reference/`), for the done videos of this shard, when this run's reference codec
+        and metric are the ones they were sampled with."""
+        if not self.enabled:
+            return
+        owner = self.owner
+        folder = join(owner.out_root, MARKERS_DIR, PENDING_FOLDER)
+        other = 0
+        for page in iter_pages(owner.out_fs, folder, ordered=False):
+            found = [
+                (item.path, item.path.rsplit("/", 1)[-1][: -len(".json")])
+                for item in page
+                if item.path.endswith(".json") and ".tmp-" not in item.path
+            ]
+            if shard is not None:
+                found = [(name, key) for name, key in found if shard_of(key, shard[1]) == shard[0]]
+            keys = [key for _, key in found]
+            for (name, key), is_done in zip(found, done.contains_many(keys), strict=True):
+                if not is_done or key in self.planned:
+                    continue  # not committed (it is redone, and sampled again) or already in hand
+                try:
+                    record = json.loads(read_bytes(owner.out_fs, name))
+                except Exception as exc:
+                    owner.display.log(f"reference: cannot read {name}: {exc}")
+                    continue
+                if (record.get("reference_codec"), record.get("metric")) != (self.spec["codec"], self.metric):
+                    other += 1
+                    continue
+                self._backfill(key, record)
+        if other:
+            owner.display.log(
+                f"reference: {other} videos have reference rows pending for another reference codec or "
+                "metric; left for a run with those"
+            )
+
+    def _backfill(self, key: str, record: dict[str, Any]) -> None:
+        gops = [(GopSpan(s[0], s[1], s[2], None if s[3] is None else tuple(s[3])), g["row"])
+                for g in record["gops"] for s in [g["span"]]]  # fmt: skip
+        self.planned[key] = [span.index for span, _ in gops]
+        self.inputs[key] = {span.index: (span, row) for span, row in gops}
+        self.committed.add(key)
+        self.pending.add(key)
+        self.backfilled += 1
+        self.owner.display.log(
+            f"reference: completing {len(gops)} sampled GOPs of {record.get('source_uri')} (left by a killed run)"
+        )
+        for span, row in gops:
+            self._start_gop(key, span, row, None)
+        self._maybe_write(key)
 
     def on_done(self, ref: Any) -> None:
         key, _ = self.running.pop(ref)
@@ -270,11 +382,7 @@ class References:
 
             row = dict(planned, status="failed", error=one_line(planned["source_uri"], exc))
         self._add(key, row)
-        while self.waiting and len(self.running) < self.limit:
-            span, row = self.waiting.popleft()
-            if row["video_key"] in self.planned:
-                frames_ref, _ = self.owner.decode.remote(row["source_uri"], span, self.owner.cfg.endpoint_url)
-                self._submit(frames_ref, row)
+        self._pump()
 
     def on_committed(self, key: str) -> None:
         if self.enabled and key in self.planned:
@@ -285,6 +393,8 @@ class References:
         """A failed video: its reference rows are dropped (there is no archive to compare)."""
         self.planned.pop(key, None)
         self.rows.pop(key, None)
+        self.inputs.pop(key, None)
+        self._drop_marker(key)
 
     def summary(self) -> dict[str, Any] | None:
         """The `reference` section of summary.json (this run's written rows)."""
@@ -307,6 +417,7 @@ class References:
             "fraction": cfg.reference_fraction,
             "seed": cfg.reference_seed,
             "gops_sampled": len(rows),
+            "backfilled_videos": self.backfilled,
             "gops": dict(status),
             "cpu_seconds": sum(r.get("cpu_seconds") or 0.0 for r in rows),
             "ratio": ratio,
@@ -325,6 +436,34 @@ class References:
             "archive_score": None if score is None or not math.isfinite(score) else float(score),
             "reference_codec": self.owner.cfg.reference,
         }
+
+    def _start_gop(self, key: str, span: GopSpan, row: dict[str, Any], frames_ref: Any) -> None:
+        """Run (or queue) one sampled GOP's reference; `frames_ref` None: decode it again first."""
+        if row.get("status") == "unmeasured":
+            self._add(key, dict(row))
+            return
+        if frames_ref is not None and len(self.running) < self.limit:
+            self._submit(frames_ref, row)
+        else:
+            self.waiting.append((span, row))
+            self._pump()
+
+    def _pump(self) -> None:
+        """Start waiting GOPs (decoding their frames again) while there is room."""
+        while self.waiting and len(self.running) < self.limit:
+            span, row = self.waiting.popleft()
+            if row["video_key"] in self.planned:
+                frames_ref, _ = self.owner.decode.remote(row["source_uri"], span, self.owner.cfg.endpoint_url)
+                self._submit(frames_ref, row)
+
+    def _drop_marker(self, key: str) -> None:
+        if key not in self.pending:
+            return
+        self.pending.discard(key)
+        try:
+            remove(self.owner.out_fs, pending_path(self.owner.out_root, key))
+        except Exception as exc:  # a stale marker costs the next run one read, nothing else
+            self.owner.display.log(f"could not remove the pending reference marker of {key}: {exc}")
 
     def _submit(self, frames_ref: Any, row: dict[str, Any]) -> None:
         ref = self.task.remote(frames_ref, self.spec, row)
@@ -345,7 +484,9 @@ class References:
             return
         self.planned.pop(key)
         self.rows.pop(key, None)
+        self.inputs.pop(key, None)
         if not rows:
+            self._drop_marker(key)
             return
         columns = set(REFERENCE_SCHEMA.names)
         clean = [
@@ -358,6 +499,7 @@ class References:
             )
         except Exception as exc:  # the reference is a measurement: the archive does not depend on it
             owner.display.log(f"could not write the reference rows of {rows[0]['source_uri']}: {exc}")
-            return
+            return  # a marker written before the commit stays: the next run completes the part
+        self._drop_marker(key)
         self.written.extend(clean)
         owner.tally_reference(sum(r.get("cpu_seconds") or 0.0 for r in clean))

@@ -109,6 +109,7 @@ class Scheduler:
         out_fs: Any,
         out_root: str,
         leases: Leases | None = None,
+        reference_backfill: bool = False,
     ) -> None:
         import ray
 
@@ -141,6 +142,7 @@ class Scheduler:
         self.failures = FailureLog(cfg, run_id, identity, counters, display, on_recorded=self._release)
         self.tally = RunTally()
         self.compute = accounting.ComputeTally()
+        self.reference_backfill = reference_backfill  # no video to do, but reference parts to complete
         self.references = References(self)
         self.gop_cache: dict[Fraction, int | str] = {}
         self.codec_class = codec_class(cfg.codec)
@@ -164,6 +166,7 @@ class Scheduler:
         """Archive the videos `work` streams (listing goes on while earlier videos encode)."""
         self._entries = work.entries()
         self.had_failed = work.failed
+        self.references.resume(work.done, self.cfg.shard)
         self._next: discovery.SourceEntry | None = None
         self._listing_open = True
         limit = self.cfg.limit
@@ -488,6 +491,7 @@ class Scheduler:
         self.counters.frames_done += task.span.frame_count
         if len(video.metas) == len(video.job.spans):
             order = range(len(video.job.spans))
+            self.references.before_commit(video)
             if self.cfg.pack_mb:
                 self._pack(video)
                 return
