@@ -101,7 +101,9 @@ MANIFEST_SCHEMA = pa.schema(
 #: named by `compute_device` (a GPU's model name, e.g. "NVIDIA H100 80GB HBM3", or "cpu"): a GPU actor
 #: is charged its GPUs only (a GPU-hour price is taken to include its host's share of CPUs), a CPU
 #: actor its reserved CPUs. `CPU_STAGES` always run on CPU tasks. Per-GOP stages (decode, encode,
-#: metrics, a `--per-gop` search) are that GOP's own measurements; per-video stages (probe, the
+#: metrics, a `--per-gop` search) are that GOP's own measurements; on an encode actor with several
+#: GOPs in flight, a moment when k GOPs were coding or measuring is charged 1/k to each (`BusyClock`
+#: shares), so the actor's busy time is charged once (`encode_seconds` stays the GOP's wall time); per-video stages (probe, the
 #: per-video quality search, commit) are measured once per video and apportioned to its rows by frame
 #: count, so a video's rows sum to what it spent. The commit columns hold the commit's time up to the
 #: manifest write (the manifest cannot contain its own write time; `summary.json` has the whole).

@@ -96,8 +96,9 @@ def _check_compute(out: Path, summary: dict, stages_on_actor: set[str]) -> None:
     held = cpus_per_actor(ArchiveConfig(src="", out=""))  # what Ray reserved for the one CPU actor
     for row in rows:
         assert row["compute_device"] == "cpu"
-        # Device-seconds are the actor's own wall seconds times the CPUs it holds.
-        assert row["encode_device_seconds"] == pytest.approx(row["encode_seconds"] * held, rel=1e-9)
+        # Device-seconds: the GOP's share of the actor's wall seconds (a GOP measured while another
+        # codes shares that time with it) times the CPUs the actor holds.
+        assert 0 < row["encode_device_seconds"] <= row["encode_seconds"] * held * (1 + 1e-9)
         for stage in COMPUTE_STAGES:
             value = row[compute_column(stage)]
             if stage == "search" and "search" not in stages_on_actor:
@@ -117,6 +118,10 @@ def _check_compute(out: Path, summary: dict, stages_on_actor: set[str]) -> None:
         sum(kinds["cpu"] for stage, kinds in compute["by_stage"].items() if stage != "reference")
     )
     assert compute["actors_reserved"]["cpu"] > 0
+    # The GOPs' coding and measuring are charged the actor's busy time once, however many were in flight.
+    busy = sum(actor["actor"]["busy_seconds"] for actor in summary["encode_actors"]) * held
+    on_actor = sum(r["encode_device_seconds"] + r["metrics_device_seconds"] for r in rows)
+    assert 0 < on_actor <= busy * (1 + 1e-9)
 
 
 def test_x264_archive_with_an_x265_reference(x264_archive) -> None:
@@ -220,7 +225,7 @@ def test_gpu_actor_is_charged_its_share_of_the_named_gpu(tmp_path: Path, sample_
     name = torch.cuda.get_device_name(0)
     for row in _rows(out, "manifest"):
         assert row["compute_device"] == name
-        assert row["encode_device_seconds"] == pytest.approx(row["encode_seconds"] * 0.5, rel=1e-9)
+        assert 0 < row["encode_device_seconds"] <= row["encode_seconds"] * 0.5 * (1 + 1e-9)
     compute = result.summary["compute"]
     assert set(compute["by_stage"]["encode"]) == {name} and set(compute["by_stage"]["decode"]) == {"cpu"}
     assert set(compute["actors_reserved"]) == {name}

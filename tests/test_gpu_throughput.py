@@ -96,6 +96,32 @@ def test_busy_clock_counts_overlapping_work_once() -> None:
     assert report == {"busy_seconds": 5.0, "span_seconds": 7.0, "busy_fraction": 5.0 / 7.0, "intervals": 3}
 
 
+def test_busy_clock_shares_overlapping_time_among_the_blocks_running_then() -> None:
+    """What each GOP in flight on an actor is charged: a stretch with k blocks running costs each 1/k
+    of it, so the shares add up to the busy time however the blocks overlap."""
+    now = [0.0]
+    clock = BusyClock(lambda: now[0])
+    a, b, c = clock.busy(), clock.busy(), clock.busy()
+    share_a = a.__enter__()
+    now[0] = 2.0
+    share_b = b.__enter__()  # 0-2: a alone
+    now[0] = 3.0
+    share_c = c.__enter__()  # 2-3: a, b
+    now[0] = 6.0
+    a.__exit__(None, None, None)  # 3-6: a, b, c
+    now[0] = 7.0
+    b.__exit__(None, None, None)  # 6-7: b, c
+    now[0] = 9.0
+    c.__exit__(None, None, None)  # 7-9: c alone
+    assert share_a.seconds == pytest.approx(2 + 0.5 + 1)
+    assert share_b.seconds == pytest.approx(0.5 + 1 + 0.5)
+    assert share_c.seconds == pytest.approx(1 + 0.5 + 2)
+    assert (share_a.wall, share_b.wall, share_c.wall) == (6.0, 5.0, 6.0)
+    assert share_a.seconds + share_b.seconds + share_c.seconds == pytest.approx(
+        clock.report()["busy_seconds"]
+    )
+
+
 @pytest.fixture(scope="module")
 def glvc_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_random_model(tmp_path_factory.mktemp("glvc") / "model", seed=0).path

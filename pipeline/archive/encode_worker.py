@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from fractions import Fraction
 from typing import Any
 
@@ -78,6 +77,7 @@ class EncodeWorker:
         safe = self.codec is not None and self.codec.thread_safe
         self._codec_lock: Any = contextlib.nullcontext() if safe else threading.RLock()
         self.busy = BusyClock()  # coding or measuring a GOP, any thread
+        self.sharing = BusyClock()  # the coding and measuring sections alone: each GOP's share of them
         self.gops = 0
         self._nvml: Any = None
         self._nvml_started = False
@@ -157,15 +157,15 @@ class EncodeWorker:
         try:
             self.codec.check_geometry(width, height)
             with self._codec_lock:  # a no-op for thread-safe codecs; the metrics below run outside it
-                started = time.perf_counter()
-                if goal is not None:
-                    encoded, search = self._search_gop(frames, goal, fps)
-                else:
-                    assert target is not None
-                    encoded = self.codec.encode(
-                        frames, target, fps, reconstruct=self._pixels_needed(gop_index)
-                    )
-                seconds = time.perf_counter() - started
+                with self.sharing.busy() as encode_share:
+                    if goal is not None:
+                        encoded, search = self._search_gop(frames, goal, fps)
+                    else:
+                        assert target is not None
+                        encoded = self.codec.encode(
+                            frames, target, fps, reconstruct=self._pixels_needed(gop_index)
+                        )
+                seconds = encode_share.wall
                 payload = bytes(encoded.payload)
                 digests = self._digests(encoded, payload, count, width, height)  # may decode: same lock
         except CodecError as exc:
@@ -184,9 +184,11 @@ class EncodeWorker:
             "device": self.codec.device,
             **digests,
         }
-        with accounting.stopwatch() as metrics_wall:
+        with self.sharing.busy() as metrics_share:
             meta.update(self._quality(frames, encoded.reconstruction, gop_index, float(fps)))
-        meta["compute"] = self._compute(seconds, metrics_wall[0], search, decode_seconds)
+        meta["compute"] = self._compute(
+            seconds, encode_share.seconds, metrics_share.seconds, search, decode_seconds
+        )
         return meta, payload
 
     def _digests(self, encoded: Any, payload: bytes, count: int, width: int, height: int) -> dict[str, Any]:
@@ -206,22 +208,30 @@ class EncodeWorker:
         }
 
     def _compute(
-        self, seconds: float, metrics_seconds: float, search: dict[str, Any] | None, decode: float | None
+        self,
+        seconds: float,
+        encode_share: float,
+        metrics_share: float,
+        search: dict[str, Any] | None,
+        decode: float | None,
     ) -> dict[str, Any]:
-        """This GOP's device-seconds per stage. A per-GOP search's chosen point is the encode (its
-        encoding is the one stored); the other points it measured are the search."""
+        """This GOP's device-seconds per stage: its share of the actor's busy time (`BusyClock`
+        shares: GOPs coding or measuring at the same moment split that moment, so the actor's time
+        is charged once, not once per GOP in flight). A per-GOP search's chosen point is the encode
+        (its encoding is the one stored); the other points it measured are the search."""
         device = accounting.held(self.codec.device if self.codec else "cpu")
         encode_wall, search_wall = seconds, None
         if search is not None:
             chosen = [p for p in search.get("points", []) if p["quality"] == search.get("chosen_quality")]
             encode_wall = min(seconds, chosen[0]["encode_seconds"]) if chosen else 0.0
             search_wall = seconds - encode_wall
+        shared = encode_share / seconds if seconds > 0 else 1.0  # of the coding's wall time
         return {
             "device": device.kind,
             "decode": decode,
-            "encode": device.charge(encode_wall),
-            "metrics": device.charge(metrics_seconds),
-            "search": None if search_wall is None else device.charge(search_wall),
+            "encode": device.charge(encode_wall * shared),
+            "metrics": device.charge(metrics_share),
+            "search": None if search_wall is None else device.charge(search_wall * shared),
         }
 
     def _pixels_needed(self, gop_index: int) -> bool:
