@@ -63,7 +63,7 @@ def tokenizer_command(
 ) -> None:
     """Train a small Wan2.1-architecture tokenizer (AutoencoderKLWan)."""
     from pipeline.synthetic import EVAL_IMAGES
-    from pipeline.training.bundle import update_bundle_card
+    from pipeline.training.bundle import describe_source, update_bundle_card
     from pipeline.training.loop import Stage, parse_curriculum
     from pipeline.training.tokenizer import (
         TRAINABLE,
@@ -92,7 +92,7 @@ def tokenizer_command(
     directory = _guard(lambda: train_tokenizer(settings))
     psnr = reconstruction_psnr(str(directory), EVAL_IMAGES)
     run = {
-        "steps": _steps_done(settings), "resume": resume, "init": init, "curriculum": curriculum,
+        "steps": _steps_done(settings), "resume": resume, "init": describe_source(init), "curriculum": curriculum,
         "trainable": trainable,
         # a curriculum names every stage's crop and batch; the single-stage options then did not apply
         **({} if curriculum else {"size": size, "frames": frames, "batch": batch}),
@@ -166,7 +166,7 @@ def glvc_command(
     checkpoint_minutes: Annotated[float, typer.Option(help="Checkpoint at least this often.")] = 5.0,
 ) -> None:
     """Stage 1 of GLVC: rate + λ·MSE in the frozen tokenizer's latent space, all quality indices."""
-    from pipeline.training.bundle import update_bundle_card
+    from pipeline.training.bundle import describe_source, update_bundle_card
     from pipeline.training.glvc import GlvcTraining, prepare_model_dir, train_glvc
 
     source = tokenizer or f"{out.rstrip('/')}/tokenizer"
@@ -186,10 +186,10 @@ def glvc_command(
     directory = _guard(lambda: train_glvc(settings))
     summary = {
         "steps": _steps_done(settings), "size": size, "frames": frames, "batch": batch, "lr": lr, "data": data,
-        "resume": resume, "init": init, "device": "gpu" if use_gpu else _cpu_name(), "threads": threads,
-        "wall_seconds_last_run": round(time.monotonic() - started),
+        "resume": resume, "init": describe_source(init), "device": "gpu" if use_gpu else _cpu_name(),
+        "threads": threads, "wall_seconds_last_run": round(time.monotonic() - started),
         "architecture": json.loads((directory / "config.json").read_text()),
-        "tokenizer_from": source,
+        "tokenizer_from": describe_source(source),
     }  # fmt: skip
     model = _named(
         update_bundle_card(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from codec.modeldir import load_model_dir
-from pipeline.training.bundle import update_bundle_card
+from pipeline.training.bundle import describe_source, update_bundle_card
 from pipeline.training.data import ClipSampler
 from pipeline.training.glvc import GlvcTraining, train_glvc
 from pipeline.training.loop import latest_checkpoint, load_optimizer_state, save_checkpoint
@@ -225,3 +225,22 @@ def test_tokenizer_training_refuses_an_init_without_weights_in_one_line(tmp_path
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and str(init) in lines[0], proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_cards_name_a_starting_point_by_bundle_and_weights_not_by_scratch_path(tmp_path):
+    """`--init`/`--tokenizer` recorded in a card: a component of a carded bundle is named by the
+    bundle's name, version and weights digest, which mean the same on any machine; anything else keeps
+    the path it was given."""
+    from codec.modeldir import write_model_card
+
+    bundle = tmp_path / "scratch-123"
+    (bundle / "flow").mkdir(parents=True)
+    (bundle / "flow" / "model.safetensors").write_bytes(b"weights")
+    (bundle / "flow" / "config.json").write_text("{}")
+    card = write_model_card(bundle, name="vidarc-tiny", version="7", kind="bundle", config={})
+    digest = card.card["files"]["flow/model.safetensors"]
+    assert describe_source(str(bundle / "flow")) == f"vidarc-tiny@7/flow (sha256 {digest[:12]})"
+    loose = tmp_path / "loose" / "flow"
+    loose.mkdir(parents=True)
+    assert describe_source(str(loose)) == str(loose)
+    assert describe_source(None) is None

@@ -40,3 +40,28 @@ def update_bundle_card(
         notes="\n".join([*kept, f"{prefix} {note}"]),
         extra=extra,
     )
+
+
+def describe_source(path: str | None) -> str | None:
+    """How a model card names a component a run started from: `name@version/component (sha256 …)`
+    when it belongs to a bundle with a card, so the record means the same on every machine (a scratch
+    path does not); else the path as given."""
+    if path is None:
+        return None
+    component = Path(path).resolve()
+    card_path = component.parent / CARD_NAME
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError):
+        return path
+    name, version = card.get("name"), card.get("version")
+    if not name:
+        return path
+    files = card.get("files", {})
+    weights = sorted(
+        digest
+        for rel, digest in files.items()
+        if rel.startswith(f"{component.name}/") and rel.endswith(".safetensors")
+    )
+    label = f"{name}@{version}/{component.name}" if version else f"{name}/{component.name}"
+    return f"{label} (sha256 {weights[0][:12]})" if len(weights) == 1 else label

@@ -38,7 +38,7 @@ import torch
 
 from codec.gvc.backbone import load_tokenizer_dir, save_flow, tiny_flow_config
 from codec.gvc.conditioning import build_condition
-from pipeline.training.bundle import update_bundle_card
+from pipeline.training.bundle import describe_source, update_bundle_card
 from pipeline.training.data import SYNTHETIC, ClipSampler
 from pipeline.training.loop import (
     EMA_NAME,
@@ -242,7 +242,7 @@ def train_flow(settings: FlowTraining) -> dict[str, Any]:
         "clips": clips,
         "data": settings.data,
         "images": list(sampler.images) if settings.data == SYNTHETIC else None,
-        "init": settings.init,
+        "init": describe_source(settings.init),
         "resume": settings.resume,
         "device": "gpu" if settings.use_gpu else _cpu_name(settings.threads),
         "workers": settings.workers,
