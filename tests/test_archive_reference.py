@@ -118,9 +118,13 @@ def _check_compute(out: Path, summary: dict, stages_on_actor: set[str]) -> None:
         sum(kinds["cpu"] for stage, kinds in compute["by_stage"].items() if stage != "reference")
     )
     assert compute["actors_reserved"]["cpu"] > 0
-    # The GOPs' coding and measuring are charged the actor's busy time once, however many were in flight.
+    # Coding, measuring and searching are charged the actor's busy time once, however many GOPs and
+    # searches were in flight together.
     busy = sum(actor["actor"]["busy_seconds"] for actor in summary["encode_actors"]) * held
-    on_actor = sum(r["encode_device_seconds"] + r["metrics_device_seconds"] for r in rows)
+    on_actor = sum(
+        r["encode_device_seconds"] + r["metrics_device_seconds"] + (r["search_device_seconds"] or 0.0)
+        for r in rows
+    )
     assert 0 < on_actor <= busy * (1 + 1e-9)
 
 

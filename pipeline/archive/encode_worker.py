@@ -110,10 +110,11 @@ class EncodeWorker:
     def search_quality(
         self, goal: QualityGoal, fps_num: int, fps_den: int, label: str, *sample_gops: np.ndarray
     ) -> dict[str, Any]:
-        """Per-video quality search on sample GOPs: {"knob", "record"} or {"error"} (one line)."""
+        """Per-video quality search on sample GOPs: {"knob", "record"} or {"error"} (one line).
+        Charged, like a GOP, its share of the actor's time (GOPs of other videos may run beside it)."""
         assert self.codec is not None
         try:
-            with accounting.stopwatch() as wall:
+            with self.busy.busy(), self.sharing.busy() as share:
                 height, width = sample_gops[0].shape[1:3]
                 self.codec.check_geometry(width, height)
                 result = self._search(list(sample_gops), goal, Fraction(fps_num, fps_den))
@@ -122,7 +123,7 @@ class EncodeWorker:
         except (CodecError, QualityTargetError) as exc:
             return {"error": f"{label}: quality search: {exc}"}
         device = accounting.held(self.codec.device)
-        compute = {"search": device.charge(wall[0]), "device": device.kind}
+        compute = {"search": device.charge(share.seconds), "device": device.kind}
         return {"knob": knob, "record": record, "compute": compute}
 
     def encode(self, frames: np.ndarray, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], bytes]:

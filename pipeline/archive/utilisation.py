@@ -1,7 +1,8 @@
 """How busy an encode actor kept its device: measured inside the actor, reported in summary.json.
 
 Three measures, each with its source named, because they answer different questions:
-- `actor`: the union of the intervals in which the actor was coding a GOP or measuring its quality
+- `actor`: the union of the intervals in which the actor was coding a GOP, measuring its quality or
+  searching a video's quality target
   (its own timers, `codec.gpu.BusyClock`); on a CPU actor this is the busy fraction.
 - `device_stage`: the union of the codec's heavy network passes (`DeviceStage`: tokenizer or sampler,
   each ended by a stream synchronise, so on a GPU it is the time the GPU had those passes to run).
