@@ -92,11 +92,13 @@ def tokenizer_command(
     directory = _guard(lambda: train_tokenizer(settings))
     psnr = reconstruction_psnr(str(directory), EVAL_IMAGES)
     run = {
-        "steps": _steps_done(settings), "resume": resume, "init": describe_source(init), "curriculum": curriculum,
+        "steps": _steps_done(settings), "resume": resume, "init": describe_source(init),
+        "curriculum": curriculum,
         "trainable": trainable,
         # a curriculum names every stage's crop and batch; the single-stage options then did not apply
         **({} if curriculum else {"size": size, "frames": frames, "batch": batch}),
-        "lr": lr, "data": data, "augment": augment, "threads": threads, "workers": workers, "device": "gpu" if use_gpu else _cpu_name(),
+        "lr": lr, "data": data, "augment": augment, "threads": threads, "workers": workers,
+        "device": "gpu" if use_gpu else _cpu_name(),
         "wall_seconds": round(time.monotonic() - started),
     }  # fmt: skip
     summary = tokenizer_summary(out, directory, run, psnr)

@@ -14,8 +14,8 @@ REFERENCE_SCHEMA`) once the video is committed and all its sampled GOPs are done
 A video may be committed while its references still run (a CRF search takes longer than a GOP's
 encode). So that a driver killed in that window loses no rows, the video's sampled GOPs (their spans
 and archive scores) are written to `markers/reference/<video_key>.json` before its commit; the part's
-write deletes it (two small requests per sampled video). The next run with the same `--reference` finds the markers of done videos, decodes those
-GOPs from their sources again and completes the part (`References.resume`; counted as
+write deletes it (two small requests per sampled video). The next run with the same `--reference`
+finds the markers of done videos, decodes those GOPs from their sources again and completes the part (`References.resume`; counted as
 `backfilled_videos` in the summary). A run with another reference codec or metric leaves them, and
 says so.
 
@@ -45,9 +45,8 @@ from pipeline.archive import accounting
 from pipeline.archive.plan import GopSpan
 from pipeline.archive.video_writer import gop_identity
 from pipeline.keys import shard_of
-from pipeline.listing import iter_pages
 from pipeline.manifest import parquet_bytes
-from pipeline.runinfo import MARKERS_DIR, utc_now, write_json
+from pipeline.runinfo import MARKERS_DIR, iter_marker_keys, utc_now, write_json
 from pipeline.schema import REFERENCE_SCHEMA
 from pipeline.storage import join, read_bytes, remove, write_bytes
 
@@ -211,8 +210,7 @@ def _vmaf_reason() -> str | None:
 
 def has_pending(fs: Any, out_root: str) -> bool:
     """Whether any video's reference part is pending (a killed run's `markers/reference/`)."""
-    folder = join(out_root, MARKERS_DIR, PENDING_FOLDER)
-    return any(item.path.endswith(".json") for page in iter_pages(fs, folder, ordered=False) for item in page)
+    return next(iter_marker_keys(fs, out_root, PENDING_FOLDER), None) is not None
 
 
 def _reference_remote(frames: np.ndarray, spec: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
@@ -299,9 +297,7 @@ class References:
         """The video is about to be committed: record its sampled GOPs durably first
         (`markers/reference/`), so a driver killed before its part is written loses none of them."""
         key = video.job.video_key
-        if not self.enabled or key not in self.planned:
-            return
-        if not self.planned[key]:
+        if not self.enabled or not self.planned.get(key):
             return
         gops = [
             {"span": [span.index, span.first_frame, span.frame_count, span.pts], "row": row}
@@ -328,24 +324,18 @@ class References:
         if not self.enabled:
             return
         owner = self.owner
-        folder = join(owner.out_root, MARKERS_DIR, PENDING_FOLDER)
         other = 0
-        for page in iter_pages(owner.out_fs, folder, ordered=False):
-            found = [
-                (item.path, item.path.rsplit("/", 1)[-1][: -len(".json")])
-                for item in page
-                if item.path.endswith(".json") and ".tmp-" not in item.path
-            ]
+        for keys in iter_marker_keys(owner.out_fs, owner.out_root, PENDING_FOLDER):
             if shard is not None:
-                found = [(name, key) for name, key in found if shard_of(key, shard[1]) == shard[0]]
-            keys = [key for _, key in found]
-            for (name, key), is_done in zip(found, done.contains_many(keys), strict=True):
+                keys = [key for key in keys if shard_of(key, shard[1]) == shard[0]]
+            for key, is_done in zip(keys, done.contains_many(keys), strict=True):
                 if not is_done or key in self.planned:
                     continue  # not committed (it is redone, and sampled again) or already in hand
+                path = pending_path(owner.out_root, key)
                 try:
-                    record = json.loads(read_bytes(owner.out_fs, name))
+                    record = json.loads(read_bytes(owner.out_fs, path))
                 except Exception as exc:
-                    owner.display.log(f"reference: cannot read {name}: {exc}")
+                    owner.display.log(f"reference: cannot read {path}: {exc}")
                     continue
                 if (record.get("reference_codec"), record.get("metric")) != (self.spec["codec"], self.metric):
                     other += 1
