@@ -6,7 +6,10 @@ VIDEO is a video_key or a source name (its file name or path relative to SRC, if
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -35,9 +38,10 @@ def restore_command(
 
     try:
         span = parse_frame_range(frames) if frames else None
-        result = restore_video(
-            out, video, dest, frames=span, endpoint_url=endpoint_url, device=device, model=model
-        )
+        with _index_warnings_as_lines():
+            result = restore_video(
+                out, video, dest, frames=span, endpoint_url=endpoint_url, device=device, model=model
+            )
     except (RestoreError, StorageError, OSError) as exc:
         print(f"error: {redact(str(exc).splitlines()[0])}", file=sys.stderr)
         raise typer.Exit(2) from None
@@ -46,6 +50,23 @@ def restore_command(
         f"({result.gops_decoded} GOPs, {result.bytes_read} bytes read"
         f"{', with audio' if result.audio else ''}) to {result.dest}"
     )
+
+
+@contextlib.contextmanager
+def _index_warnings_as_lines() -> Iterator[None]:
+    """A lookup that had to scan the manifest (an archive older than its index) says so in one line."""
+    from pipeline.locate import IndexWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IndexWarning)
+        try:
+            yield
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, IndexWarning):
+                    print(f"warning: {warning.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def register(app: typer.Typer) -> None:

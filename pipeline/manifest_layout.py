@@ -414,7 +414,7 @@ def prefetched(fs: fsspec.AbstractFileSystem, paths: list[str]):
 
     def get(path: str) -> bytes | None:
         try:
-            return read_bytes(fs, path)
+            return read_bytes(fs, path, small=True)
         except FileNotFoundError:
             return None
 

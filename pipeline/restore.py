@@ -37,11 +37,25 @@ import numpy as np
 
 from codec.base import Codec
 from codec.errors import CodecError
+from pipeline import locate
 from pipeline.container import AUDIO_ATTACHMENT, ContainerError, ContainerIndex, GopEntry
-from pipeline.manifest import ArchiveParts, DamagedPart, PartsError
+from pipeline.locate import ArchivedVideo
+from pipeline.manifest import DamagedPart, PartsError, parse_part
 from pipeline.manifest_layout import container_location
 from pipeline.reader import ArchiveReader
-from pipeline.storage import StorageError, filesystem, full_uri, is_local, open_atomic, redact
+from pipeline.runinfo import manifest_path
+from pipeline.schema import MANIFEST_SCHEMA
+from pipeline.storage import (
+    StorageError,
+    describe,
+    filesystem,
+    full_uri,
+    is_local,
+    open_atomic,
+    read_bytes,
+    redact,
+    retrying,
+)
 
 DEST_FORMATS = {".mp4": "mp4", ".mkv": "matroska"}
 MP4_CRF = 10
@@ -64,17 +78,6 @@ class RestoreResult:
     audio: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class ArchivedVideo:
-    """One video of an archive as the manifest names it."""
-
-    video_key: str
-    source_uri: str | None
-    archive_uri: str
-    status: str
-    member: tuple[int, int] | None = None  # its range in a pack object (`pipeline.pack`), else None
-
-
 def restore_video(
     out: str,
     video: str,
@@ -95,7 +98,8 @@ def restore_video(
     entry = find_video(out, video, endpoint_url=endpoint_url)
     reader = ArchiveReader(entry.archive_uri, endpoint_url=endpoint_url, member=entry.member)
     try:
-        reader.fs.size(reader.path)  # one HEAD: a missing object is worded here, before any decoding
+        # one HEAD (kept as the index read's size): a missing object is worded here, before any decoding
+        _ = reader.size if entry.member is None else reader.fs.size(reader.path)
     except FileNotFoundError:
         raise RestoreError(f"{entry.archive_uri}: archive object is missing") from None
     except Exception as exc:
@@ -131,66 +135,103 @@ def restore_video(
 
 
 # ---- finding the video ------------------------------------------------------------------------------
-def archived_videos(
-    out: str, *, endpoint_url: str | None = None
-) -> tuple[list[ArchivedVideo], list[DamagedPart]]:
-    """Every video the manifest of `out` names (one entry per video_key; parts, packs and compacted
-    files resolved by `manifest_layout`), and its damaged parts (a damaged part costs only its own
-    video: the others are listed)."""
-    columns = ["video_key", "source_uri", "status", "archive_uri", "member_offset", "member_length"]
+def find_video(out: str, video: str, *, endpoint_url: str | None = None) -> ArchivedVideo:
+    """The archived video named `video`: its key, its source URI, its source's path relative to SRC
+    (any unique trailing path), or its file name. Ambiguous names list the candidates.
+
+    Found from its markers and the archive's video index (`pipeline.locate`): a bounded number of
+    small reads, whatever the archive holds. An archive written before the index falls back to a
+    projected scan of the manifest, with a warning."""
+    fs, root = filesystem(out, endpoint_url=endpoint_url)
     try:
-        parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
-        if not len(parts):
-            raise RestoreError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
-        rows = parts.read(columns).to_pylist()
-    except PartsError as exc:
+        found = retrying(out, lambda: _lookup(fs, root, video))
+        if found is None and not locate.index_complete(fs, root):
+            found = _scan(out, video, endpoint_url)
+    except RestoreError:
+        raise
+    except (PartsError, StorageError) as exc:
         raise StorageError(str(exc)) from None
+    except Exception as exc:
+        raise StorageError(describe(exc, out)) from None
+    if not found:
+        raise RestoreError(f"{out}: no archived video named {video!r} (give a video_key or a source name)")
+    if len(found) > 1:
+        listed = ", ".join(f"{m.video_key} ({m.source_uri})" for m in found[:10])
+        raise RestoreError(f"{out}: {video!r} is ambiguous; candidates: {listed}")
+    match = found[0]
+    if match.status != "ok":
+        reason = f": {match.error}" if match.error else ""
+        raise RestoreError(
+            f"{out}: {video!r} ({match.video_key}) was not archived (status {match.status}){reason}"
+        )
+    _check_own_part(fs, root, match)
+    return match
+
+
+def _lookup(fs: Any, root: str, video: str) -> list[ArchivedVideo] | None:
+    """Candidates from the markers and the index; None when neither knows the name."""
+    if locate.looks_like_key(video):
+        entry = locate.by_key(fs, root, video)
+        if entry is not None:
+            return [entry]
+    named = locate.by_name(fs, root, video)
+    if not named:
+        return None
+    found = []
+    for key, source_uri in named:
+        entry = locate.by_key(fs, root, key)
+        found.append(entry or ArchivedVideo(key, source_uri, "", "incomplete"))
+    exact = [v for v in found if v.source_uri == video]
+    return exact or found
+
+
+def _scan(out: str, video: str, endpoint_url: str | None) -> list[ArchivedVideo] | None:
+    """The lookup of an archive written before the index: a projected scan of its manifest."""
+    rows, damaged = locate.scan_manifest(out, video, endpoint_url=endpoint_url)
+    for part in damaged:
+        if video in part.video_keys:
+            raise RestoreError(part.line())
+    fs, root = filesystem(out, endpoint_url=endpoint_url)
     videos: dict[str, ArchivedVideo] = {}
     for row in rows:
         key = row["video_key"]
         # the object under OUT (not the manifest's archive_uri): an archive may have been moved
-        path, member = container_location(parts.fs, parts.root, row)
+        path, member = container_location(fs, root, row)
         previous = videos.get(key)
         status = row["status"] or "unknown"
         if previous is not None and previous.status != "ok":
             status = previous.status
-        videos[key] = ArchivedVideo(key, row["source_uri"], full_uri(parts.fs, path), status, member)
-    return sorted(videos.values(), key=lambda v: v.video_key), parts.damaged
-
-
-def find_video(out: str, video: str, *, endpoint_url: str | None = None) -> ArchivedVideo:
-    """The archived video named `video`: its key, its source URI, its source's path relative to SRC
-    (any unique trailing path), or its file name. Ambiguous names list the candidates."""
-    videos, damaged = archived_videos(out, endpoint_url=endpoint_url)
-    for part in damaged:
-        if video in part.video_keys:
-            raise RestoreError(part.line())
-    matches = [v for v in videos if v.video_key == video]
-    if not matches:
-        matches = [v for v in videos if v.source_uri == video]
-    if not matches:
-        wanted = video.strip("/")
-        matches = [v for v in videos if v.source_uri and _path_ends_with(v.source_uri, wanted)]
-    if not matches:
-        hint = ""
-        if damaged:
-            more = ", ..." if len(damaged) > 1 else ""
-            hint = f" ({len(damaged)} damaged manifest parts could not be searched: {damaged[0].uri}{more})"
+        videos[key] = ArchivedVideo(key, row["source_uri"], full_uri(fs, path), status, member)
+    for tier in (
+        [v for v in videos.values() if v.video_key == video],
+        [v for v in videos.values() if v.source_uri == video],
+        list(videos.values()),
+    ):
+        if tier:
+            return sorted(tier, key=lambda v: v.video_key)
+    if damaged:
+        more = ", ..." if len(damaged) > 1 else ""
         raise RestoreError(
-            f"{out}: no archived video named {video!r} (give a video_key or a source name){hint}"
+            f"{out}: no archived video named {video!r} ({len(damaged)} damaged manifest parts could not "
+            f"be searched: {damaged[0].uri}{more})"
         )
-    if len(matches) > 1:
-        listed = ", ".join(f"{m.video_key} ({m.source_uri})" for m in matches[:10])
-        raise RestoreError(f"{out}: {video!r} is ambiguous; candidates: {listed}")
-    match = matches[0]
-    if match.status != "ok":
-        raise RestoreError(f"{out}: {video!r} ({match.video_key}) was not archived (status {match.status})")
-    return match
+    return None
 
 
-def _path_ends_with(uri: str, tail: str) -> bool:
-    parts, wanted = uri.rstrip("/").split("/"), tail.split("/")
-    return parts[-len(wanted) :] == wanted
+def _check_own_part(fs: Any, root: str, video: ArchivedVideo) -> None:
+    """A single video's own manifest part (one read; gone once compacted) must parse: a video whose rows
+    are damaged is refused as `ls`, `audit` and `verify` name it, not restored as if all were well."""
+    if video.member is not None:
+        return
+    path = manifest_path(root, video.video_key)
+    try:
+        data = read_bytes(fs, path, small=True)
+    except FileNotFoundError:
+        return
+    try:
+        parse_part(data, MANIFEST_SCHEMA, ["video_key"])
+    except ValueError as exc:
+        raise RestoreError(DamagedPart(full_uri(fs, path), "manifest", str(exc)).line()) from None
 
 
 def _frame_rate(header: dict[str, Any], name: str) -> Fraction:

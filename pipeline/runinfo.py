@@ -124,7 +124,7 @@ def iter_pack_markers(fs: fsspec.AbstractFileSystem, out_root: str) -> Iterator[
             if not name.endswith(".json") or ".tmp-" in name:
                 continue
             try:
-                marker = json.loads(read_bytes(fs, item.path))
+                marker = json.loads(read_bytes(fs, item.path, small=True))
             except FileNotFoundError:
                 continue
             if isinstance(marker, dict) and isinstance(marker.get("members"), list):
@@ -132,7 +132,7 @@ def iter_pack_markers(fs: fsspec.AbstractFileSystem, out_root: str) -> Iterator[
 
 
 def read_marker(fs: fsspec.AbstractFileSystem, out_root: str, state: str, video_key: str) -> dict[str, Any]:
-    return json.loads(read_bytes(fs, marker_path(out_root, state, video_key)))
+    return json.loads(read_bytes(fs, marker_path(out_root, state, video_key), small=True))
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, record: dict[str, Any]) -> None:

@@ -223,9 +223,23 @@ def write_object(fs: fsspec.AbstractFileSystem, path: str, writer: Callable[[Bin
     return retrying(full_uri(fs, path), attempt)
 
 
-def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
-    """A whole object, retrying transient faults (FileNotFoundError and PermissionError at once)."""
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str, *, small: bool = False) -> bytes:
+    """A whole object, retrying transient faults (FileNotFoundError and PermissionError at once).
+
+    `small`: an object known to be small (a marker, an index entry, a manifest part) is fetched with
+    one GET; s3fs otherwise asks for its size first (a HEAD) to split big objects into parallel
+    ranged reads, doubling the requests of a read that touches many small objects."""
+    if small and _is_s3(fs):
+        return retrying(full_uri(fs, path), lambda: fs.cat_file(path, max_concurrency=1))
     return retrying(full_uri(fs, path), lambda: fs.cat_file(path))
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:  # pragma: no cover - s3fs is a dependency
+        return False
+    return isinstance(fs, S3FileSystem)
 
 
 def remove(fs: fsspec.AbstractFileSystem, path: str, *, missing_ok: bool = True) -> None:

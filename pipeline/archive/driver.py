@@ -54,6 +54,7 @@ from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.scheduler import Scheduler
 from pipeline.archive.source_list import SourceList, SourceListError, list_format
 from pipeline.archive.worklist import WorkList
+from pipeline.locate import claim_new_archive
 from pipeline.runinfo import new_run_id, run_dir, tool_versions, write_json
 from pipeline.storage import (
     StorageError,
@@ -148,6 +149,7 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     }
     try:
         write_json(out_fs, join(run_dir(out_root, run_id), "config.json"), config_record)
+        claim_new_archive(out_fs, out_root)  # a new archive: every video it holds will be indexed
     except Exception as exc:  # the first write: OUT refuses it (403, read-only), nothing else written
         pool.stop()
         raise ArchiveError(describe(exc, cfg.out)) from None

@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.archive import accounting
 from pipeline.archive.errors import one_line
 from pipeline.archive.video_writer import VideoJob, commit_result, container_inputs, video_rows
+from pipeline.locate import write_many_index_entries
 from pipeline.manifest import parquet_bytes
 from pipeline.pack import PackWriter, read_member_index, read_pack_index
 from pipeline.runinfo import (
@@ -83,6 +84,11 @@ def commit_pack(
         )
     all_rows = [row for rows, _, _ in rows_by_video.values() for row in rows]
     write_bytes(fs, pack_manifest_path(out_root, pack_id), parquet_bytes(all_rows, MANIFEST_SCHEMA))
+    entries = [
+        (job.video_key, job.source_uri, (pack_id, stored[job.video_key].offset, stored[job.video_key].length))
+        for job, _, _ in inputs
+    ]
+    write_many_index_entries(fs, out_root, entries)  # before the marker: a committed pack is indexed
     marker = {
         "pack_id": pack_id,
         "run_id": jobs[0].run_id,

@@ -21,6 +21,7 @@ from pipeline import sources
 from pipeline.archive import accounting
 from pipeline.archive.plan import GopSpan
 from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_index, write_container
+from pipeline.locate import write_index_entries
 from pipeline.manifest import parquet_bytes
 from pipeline.metrics import METRIC_COLUMNS
 from pipeline.runinfo import container_path, manifest_path, marker_path, utc_now, write_json
@@ -64,6 +65,7 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
     cpu = accounting.held("cpu")
     rows = video_rows(job, metas, index.gops, archive_uri, cpu.charge(time.perf_counter() - started))
     write_bytes(fs, manifest_path(out_root, job.video_key), _parquet_bytes(rows))
+    write_index_entries(fs, out_root, job.video_key, job.source_uri)  # before the marker: done => indexed
     marker = {
         "video_key": job.video_key,
         "source_uri": job.source_uri,
@@ -168,6 +170,7 @@ def record_failure(
         "created_at": utc_now(),
     }
     write_bytes(fs, manifest_path(out_root, video_key), _parquet_bytes([row]))
+    write_index_entries(fs, out_root, video_key, source_uri)
     marker = {"video_key": video_key, "source_uri": source_uri, "run_id": run_id, "error": error}
     write_json(fs, marker_path(out_root, "failed", video_key), marker)
 

@@ -1,0 +1,168 @@
+"""Reads that cost what they touch, not what the archive holds: the storage requests of a restore are
+counted on a real local S3 server (every request through a logging proxy) and must not change when the
+manifest grows by 100,000 rows; an archive written before the video index still restores (by a scan,
+with a warning); a packed video is found from its key entry and its pack's marker."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.archive import run_archive
+from pipeline.archive.config import ArchiveConfig
+from pipeline.manifest import parquet_bytes
+from pipeline.schema import MANIFEST_SCHEMA
+from tests.faulty_proxy import FaultyProxy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def local_archive(tmp_path_factory, sample_dir: Path, ray_address: str, fast_metrics) -> Path:
+    src = tmp_path_factory.mktemp("scale-reads") / "src"
+    shutil.copytree(sample_dir, src)
+    out = src.parent / "out"
+    config = ArchiveConfig(
+        src=str(src), out=str(out), codec="x264", gop_frames=8, skip_metrics=fast_metrics, verify_fraction=None
+    )
+    assert run_archive(config).exit_code == 0
+    return out
+
+
+def _keys(out: Path) -> dict[str, str]:
+    """file name of the source -> video key, from the done markers."""
+    import json
+
+    keys = {}
+    for marker in (out / "markers" / "done").glob("*.json"):
+        record = json.loads(marker.read_text())
+        keys[record["source_uri"].rsplit("/", 1)[-1]] = record["video_key"]
+    return keys
+
+
+def _synthetic_rows(parts: int, rows_per_part: int) -> list[tuple[str, bytes]]:
+    """`parts` manifest files of `rows_per_part` rows of other videos each (as many rows as a large
+    archive's manifest holds; their objects need not exist: a bounded read never opens them)."""
+    created = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    files = []
+    for p in range(parts):
+        rows = [
+            {
+                "run_id": "r",
+                "video_key": f"synthetic-{p:03d}-{i:05d}-{p * rows_per_part + i:012x}",
+                "source_uri": f"s3://elsewhere/clip-{p}-{i}.mp4",
+                "gop_index": 0,
+                "first_frame": 0,
+                "frame_count": 8,
+                "width": 64,
+                "height": 48,
+                "codec": "x264",
+                "status": "ok",
+                "payload_bytes": 1000,
+                "psnr": 40.0,
+                "created_at": created,
+            }  # fmt: skip
+            for i in range(rows_per_part)
+        ]
+        files.append((f"part-synthetic-{p:03d}.parquet", parquet_bytes(rows, MANIFEST_SCHEMA)))
+    return files
+
+
+def _restore(endpoint: str, out: str, video: str, dest: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "jobs.restore", out, video, str(dest), "--endpoint-url", endpoint]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def _requests(proxy: FaultyProxy) -> list[tuple[str, str]]:
+    with proxy.lock:
+        requests = [(method, path) for method, path, _ in proxy.log]
+        proxy.log.clear()
+    return requests
+
+
+def test_restore_requests_do_not_grow_with_the_manifest(
+    local_archive: Path, s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.put(str(local_archive) + "/", f"{s3_bucket}/out/", recursive=True)
+    out = f"s3://{s3_bucket}/out"
+    key = _keys(local_archive)["with-audio.mp4"]
+    with FaultyProxy(s3_endpoint) as proxy:
+        measured = {}
+        for label in ("small", "grown"):
+            if label == "grown":  # 100,000 more manifest rows
+                for name, data in _synthetic_rows(20, 5000):
+                    fs.pipe(f"{s3_bucket}/out/manifest/{name}", data)
+            for video in (key, "with-audio.mp4"):
+                result = _restore(proxy.url, out, video, tmp_path / f"{label}.mkv")
+                assert result.returncode == 0, result.stderr
+                measured[(label, video)] = _requests(proxy)
+    for video in (key, "with-audio.mp4"):
+        small, grown = measured[("small", video)], measured[("grown", video)]
+        assert len(grown) == len(small), (small, grown)  # the same requests, whatever the manifest holds
+        outside = [(m, p) for m, p in grown if "/videos/" not in p]
+        assert not [p for _, p in outside if "manifest/" in p and key not in p], outside  # no other rows
+        assert len(outside) <= 6, outside  # markers, index entries, the video's own part
+    by_key = [p for _, p in measured[("grown", key)] if "/videos/" not in p]
+    assert not [p for p in by_key if "index/names" in p]  # a key needs no name lookup
+
+
+def test_archive_written_before_the_index_still_restores(local_archive: Path, tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    shutil.copytree(local_archive, out)
+    shutil.rmtree(out / "index")  # as an earlier release left it
+    key = _keys(out)["with-audio.mp4"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    by_name = subprocess.run(
+        [sys.executable, "-m", "jobs.restore", str(out), "with-audio.mp4", str(tmp_path / "a.mkv")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert by_name.returncode == 0, by_name.stderr
+    assert "written before the video index" in by_name.stderr and "Traceback" not in by_name.stderr
+    by_key = subprocess.run(
+        [sys.executable, "-m", "jobs.restore", str(out), key, str(tmp_path / "b.mkv")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert by_key.returncode == 0 and "warning" not in by_key.stderr  # the done marker names the object
+    missing = subprocess.run(
+        [sys.executable, "-m", "jobs.restore", str(out), "nope.mp4", str(tmp_path / "c.mkv")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "no archived video named 'nope.mp4'" in missing.stderr
+    assert not (tmp_path / "c.mkv").exists()
+
+
+def test_packed_video_is_found_from_its_key_entry(
+    tmp_path: Path, sample_dir: Path, ray_address: str, fast_metrics
+) -> None:
+    from pipeline.locate import by_key, index_complete
+    from pipeline.restore import find_video
+    from pipeline.storage import filesystem
+
+    out = tmp_path / "packed"
+    config = ArchiveConfig(
+        src=str(sample_dir), out=str(out), codec="x264", gop_frames=8, skip_metrics=fast_metrics,
+        verify_fraction=None, pack_mb=64,
+    )  # fmt: skip
+    assert run_archive(config).exit_code == 0
+    fs, root = filesystem(str(out))
+    assert index_complete(fs, root)
+    entries = list((out / "index" / "keys").glob("*.json"))
+    assert entries and not list((out / "markers" / "done").glob("*.json"))  # pack members only
+    key = entries[0].name.removesuffix(".json")
+    found = find_video(str(out), key)
+    assert found.member is not None and "/packs/" in found.archive_uri
+    assert find_video(str(out), found.source_uri.rsplit("/", 1)[-1]) == found
+    # an entry whose pack never committed (no marker) names nothing
+    for marker in (out / "markers" / "packs").glob("*.json"):
+        marker.unlink()
+    assert by_key(fs, root, key) is None or by_key(fs, root, key).status != "ok"
