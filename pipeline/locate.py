@@ -42,7 +42,7 @@ from pipeline.runinfo import (
     pack_path,
     write_json,
 )
-from pipeline.storage import full_uri, join, read_bytes, retrying
+from pipeline.storage import full_uri, join, read_bytes
 
 INDEX_DIR = "index"
 INDEX_VERSION = 1

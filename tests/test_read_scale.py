@@ -29,7 +29,12 @@ def local_archive(tmp_path_factory, sample_dir: Path, ray_address: str, fast_met
     shutil.copytree(sample_dir, src)
     out = src.parent / "out"
     config = ArchiveConfig(
-        src=str(src), out=str(out), codec="x264", gop_frames=8, skip_metrics=fast_metrics, verify_fraction=None
+        src=str(src),
+        out=str(out),
+        codec="x264",
+        gop_frames=8,
+        skip_metrics=fast_metrics,
+        verify_fraction=None,
     )
     assert run_archive(config).exit_code == 0
     return out
@@ -67,7 +72,7 @@ def _synthetic_rows(parts: int, rows_per_part: int) -> list[tuple[str, bytes]]:
                 "payload_bytes": 1000,
                 "psnr": 40.0,
                 "created_at": created,
-            }  # fmt: skip
+            }
             for i in range(rows_per_part)
         ]
         files.append((f"part-synthetic-{p:03d}.parquet", parquet_bytes(rows, MANIFEST_SCHEMA)))
