@@ -47,7 +47,11 @@ def inspect_command(
         str, typer.Option(help="cpu | cuda: where to build the decoder (with --model).")
     ] = "cpu",
     video: Annotated[
-        str | None, typer.Option(help="For a pack object: inspect this video (its key) of the pack.")
+        str | None,
+        typer.Option(
+            help="For a pack object: inspect this video (its key) of the pack. For an archive root "
+            "(OUT): inspect this video's object (a key or a source name)."
+        ),
     ] = None,
 ) -> None:
     """Header, model, decoder, GOP index and rates of one archive object (reads only its index)."""
@@ -113,7 +117,17 @@ def inspect_command(
 
 def ls_command(
     out: Annotated[str, typer.Argument(help="Archive root: local folder or fsspec URL.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON array (streamed) instead of tables.")
+    ] = False,
+    as_jsonl: Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per line.")] = False,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="List at most this many videos (default: all).")
+    ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option(help="List the videos whose key sorts after this one (the next page)."),
+    ] = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
     prices: po.PricesFile = None,
     gpu_hour: po.GpuHour = None,
@@ -121,70 +135,126 @@ def ls_command(
     storage_gb_month: po.StorageGbMonth = None,
     egress_gb: po.EgressGb = None,
 ) -> None:
-    """Videos in an archive with status, frames, bytes, rate, quality, compute spent, cost and the
-    classic reference (at the prices shown)."""
-    from pipeline.audit.costs import video_costs
-    from pipeline.audit.reader import AuditError
-    from pipeline.inspect import InspectError, list_archive
+    """Videos in an archive, in key order, with status, frames, bytes, rate, quality, compute spent,
+    cost and the classic reference (at the prices shown). Streams: memory does not grow with the
+    archive; --limit and --after page through it."""
+    from pipeline.audit.videos import ArchiveListing, ListingError
 
     priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb)
     try:
-        videos = list_archive(out, endpoint_url=endpoint_url)
-        costs = video_costs(out, priced, endpoint_url=endpoint_url) if videos else {}
-    except InspectError as exc:
+        listing = ArchiveListing(out, endpoint_url=endpoint_url, prices=priced, after=after, limit=limit)
+        if as_json or as_jsonl:
+            _print_json(listing, priced, lines=as_jsonl)
+        else:
+            _print_tables(out, listing, priced)
+    except ListingError as exc:
         _fail(str(exc))
         return
-    except AuditError:  # markers without manifest parts: nothing to cost
-        costs = {}
-    damaged = [v for v in videos if v.status == "damaged"]
-    if as_json:
-        prices_used = priced.to_json()  # in every video's costs: each row says what it was priced with
-        listing = [
-            dict(
-                dataclasses.asdict(v),
-                costs=dict(costs[v.video_key], prices=prices_used) if v.video_key in costs else None,
-            )
-            for v in videos
-        ]
-        sys.stdout.write(json.dumps(listing, indent=2) + "\n")
-        _exit_if_damaged(damaged)
-        return
+    _exit_if_damaged(listing.damaged)
+
+
+def _print_json(listing: Any, priced: Any, *, lines: bool) -> None:
+    """Each video as it comes: a JSON array written element by element, or JSON lines."""
+    prices_used = priced.to_json()  # in every video's costs: each row says what it was priced with
+    write = sys.stdout.write
+    first = True
+    if not lines:
+        write("[")
+    for item in listing:
+        record = dict(
+            dataclasses.asdict(item.video),
+            costs=dict(item.costs, prices=prices_used) if item.costs is not None else None,
+        )
+        text = json.dumps(record, allow_nan=False, default=_json_number)
+        if lines:
+            write(text + "\n")
+        else:
+            write(("\n  " if first else ",\n  ") + text)
+        first = False
+    if not lines:
+        write("\n]\n" if not first else "]\n")
+    sys.stdout.flush()
+
+
+def _json_number(value: Any) -> Any:
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+PAGE_ROWS = 500
+
+
+def _print_tables(out: str, listing: Any, priced: Any) -> None:
+    """Tables of `PAGE_ROWS` videos each, printed as the listing streams (never the whole archive)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from pipeline.audit.cost_views import ls_cells, print_prices
 
-    table = Table(title=f"{out}: {len(videos)} videos")
-    for name in ("video", "source", "status", "codec", "frames", "bytes", "bpp", "kbps", "PSNR", "MS-SSIM"):
-        text = name in ("video", "source", "status", "codec")
-        table.add_column(name, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
-    spent = Table(title="compute spent and bytes saved per video (device-time: wall × devices reserved)")
-    for name in ("video", "device time", "compute cost", "saved vs source", "vs reference at equal quality"):
-        spent.add_column(name, justify="left" if name == "video" else "right", overflow="fold")
-    for v in videos:
-        source = v.source_uri.rstrip("/").rsplit("/", 1)[-1] if v.source_uri else "-"
-        table.add_row(
-            v.video_key, source, v.status, v.codec or "-", str(v.frames), str(v.payload_bytes),
-            _fmt(v.bpp, 4), _fmt(v.kbps, 1), _fmt(v.psnr, 2), _fmt(v.ms_ssim, 4),
-        )  # fmt: skip
-        if v.video_key in costs:
-            spent.add_row(v.video_key, *ls_cells(costs[v.video_key], priced.currency))
     console = Console()
-    console.print(table)
-    if costs:
-        console.print(spent)
+    shown = 0
+    costed = False
+    errors: list[str] = []
+    items = iter(listing)
+    while True:
+        page = [item for _, item in zip(range(PAGE_ROWS), items, strict=False)]
+        if not page:
+            break
+        table = Table(title=f"{escape(out)}: videos {shown + 1}-{shown + len(page)}")
+        for name in (
+            "video",
+            "source",
+            "status",
+            "codec",
+            "frames",
+            "bytes",
+            "bpp",
+            "kbps",
+            "PSNR",
+            "MS-SSIM",
+        ):
+            text = name in ("video", "source", "status", "codec")
+            table.add_column(
+                name, justify="left" if text else "right", overflow="fold" if text else "ellipsis"
+            )
+        spent = Table(title="compute spent and bytes saved per video (device-time: wall × devices reserved)")
+        for name in (
+            "video",
+            "device time",
+            "compute cost",
+            "saved vs source",
+            "vs reference at equal quality",
+        ):
+            spent.add_column(name, justify="left" if name == "video" else "right", overflow="fold")
+        for item in page:
+            v = item.video
+            source = v.source_uri.rstrip("/").rsplit("/", 1)[-1] if v.source_uri else "-"
+            table.add_row(
+                escape(v.video_key), escape(source), v.status, escape(v.codec or "-"), str(v.frames),
+                str(v.payload_bytes), _fmt(v.bpp, 4), _fmt(v.kbps, 1), _fmt(v.psnr, 2), _fmt(v.ms_ssim, 4),
+            )  # fmt: skip
+            if item.costs is not None:
+                spent.add_row(escape(v.video_key), *ls_cells(item.costs, priced.currency))
+            if v.error and v.status != "damaged" and len(errors) < 1000:
+                errors.append(f"{v.video_key}: {v.error}")
+        console.print(table)
+        if spent.row_count:
+            costed = True
+            console.print(spent)
+        shown += len(page)
+    if not shown:
+        console.print(f"{escape(out)}: no videos")
+    if costed:
         print_prices({"prices": priced.to_json(), "uses_default_prices": priced.uses_defaults()}, console)
-    for v in videos:
-        if v.error and v.status != "damaged":
-            console.print(f"{v.video_key}: {v.error}", soft_wrap=True)
-    _exit_if_damaged(damaged)
+    for line in errors:
+        console.print(escape(line), soft_wrap=True, markup=False)
 
 
 def _exit_if_damaged(damaged: list[Any]) -> None:
     """Damaged manifest parts: one line each on stderr, exit 1 (the other videos were listed)."""
     if damaged:
-        for video in damaged:
-            print(f"damaged: {video.error}", file=sys.stderr)
+        for part in damaged:
+            print(f"damaged: {part.line()}", file=sys.stderr)
         raise typer.Exit(1)
 
 

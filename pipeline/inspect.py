@@ -12,8 +12,6 @@ GOPs' values over the GOPs that were measured (null when none was: never a made-
 
 from __future__ import annotations
 
-import dataclasses
-from collections import defaultdict
 from fractions import Fraction
 from typing import Any
 
@@ -21,12 +19,9 @@ from codec.base import bits_per_pixel, kilobits_per_second
 from codec.errors import CodecError
 from codec.registry import resolve_model
 from pipeline.container import ContainerError
-from pipeline.manifest import ArchiveParts, DamagedPart, PartsError
-from pipeline.manifest_layout import done_keys
 from pipeline.pack import is_pack, read_member_index, read_pack_index
 from pipeline.reader import ArchiveReader
-from pipeline.runinfo import list_markers
-from pipeline.storage import StorageError, check_reachable, filesystem, redact
+from pipeline.storage import StorageError, redact
 
 
 class InspectError(Exception):
@@ -46,7 +41,22 @@ def inspect_object(
 
     A pack object (`pipeline.pack`) gives its member list (one ranged read per member's index); with
     `video` (a member's key), that member is inspected like a single-video object, its GOP offsets
-    absolute in the pack."""
+    absolute in the pack.
+
+    `uri` may also be an archive root with `video` a key or source name of one of its videos: the
+    video is found as `restore` finds it (`pipeline.locate`: a few small reads, however large the
+    archive) and its object inspected."""
+    if video is not None and not uri.rstrip("/").endswith(".vdrc") and _is_archive_root(uri, endpoint_url):
+        from pipeline.restore import RestoreError, find_video
+
+        try:
+            found = find_video(uri, video, endpoint_url=endpoint_url)
+        except (RestoreError, StorageError) as exc:
+            raise InspectError(str(exc)) from None
+        packed_key = found.video_key if found.member is not None else None
+        return inspect_object(
+            found.archive_uri, endpoint_url=endpoint_url, model=model, device=device, video=packed_key
+        )
     try:
         reader = ArchiveReader(uri, endpoint_url=endpoint_url)
         size = reader.size
@@ -177,110 +187,12 @@ def _decoder(reader: ArchiveReader, model: str | None, device: str) -> dict[str,
     return record
 
 
-@dataclasses.dataclass(frozen=True)
-class VideoListing:
-    video_key: str
-    source_uri: str | None
-    status: str  # ok | failed | incomplete | damaged
-    codec: str | None
-    width: int | None
-    height: int | None
-    frames: int
-    gops: int
-    payload_bytes: int
-    bpp: float | None
-    kbps: float | None
-    psnr: float | None
-    ms_ssim: float | None
-    error: str | None
+def _is_archive_root(uri: str, endpoint_url: str | None) -> bool:
+    """Whether `uri` is an archive's root folder (it has markers/ or manifest/), not an object."""
+    from pipeline.storage import filesystem, join
 
-
-def list_archive(out: str, *, endpoint_url: str | None = None) -> list[VideoListing]:
-    """Every video the archive knows of, from its manifest rows and markers.
-
-    Status: `ok` (done marker and ok rows), `failed` (a failed row or marker), `incomplete` (rows
-    without a done marker, or a marker without rows: a run stopped between commit steps), `damaged`
-    (its manifest part does not parse; `error` names the part — the other videos list normally).
-    """
     try:
-        fs, root = filesystem(out, endpoint_url=endpoint_url)
-        check_reachable(fs, root, out, must_exist=True)
-        parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
-        done, failed = done_keys(fs, root), list_markers(fs, root, "failed")
-        columns = [
-            "video_key", "source_uri", "status", "codec", "width", "height", "frame_count", "fps_num",
-            "fps_den", "fps", "payload_bytes", "psnr", "ms_ssim", "error", "gop_index",
-        ]  # fmt: skip
-        rows = parts.read(columns).to_pylist()  # each row once: parts, packs, compacted files
-    except (StorageError, PartsError) as exc:
-        raise InspectError(str(exc)) from None
-    except Exception as exc:
-        raise InspectError(
-            f"{out}: cannot read the archive ({type(exc).__name__}: {redact(str(exc))})"
-        ) from None
-    by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        by_video[row["video_key"]].append(row)
-    damaged = parts.damaged_keys()
-    for key in done | failed | set(damaged):
-        by_video.setdefault(key, [])
-    listings = []
-    for key in sorted(by_video):
-        if key in damaged:
-            listings.append(_damaged_listing(key, damaged[key]))
-        else:
-            listings.append(_listing(key, by_video[key], key in done, key in failed))
-    return listings
-
-
-def _damaged_listing(key: str, part: DamagedPart) -> VideoListing:
-    return VideoListing(
-        video_key=key, source_uri=None, status="damaged", codec=None, width=None, height=None, frames=0,
-        gops=0, payload_bytes=0, bpp=None, kbps=None, psnr=None, ms_ssim=None, error=part.line(),
-    )  # fmt: skip
-
-
-def _listing(key: str, rows: list[dict[str, Any]], done: bool, failed: bool) -> VideoListing:
-    ok_rows = [r for r in rows if r["status"] == "ok"]
-    failed_rows = [r for r in rows if r["status"] != "ok"]
-    if failed_rows or (failed and not done):
-        status = "failed"
-    elif ok_rows and done:
-        status = "ok"
-    else:
-        status = "incomplete"
-    first = (ok_rows or rows or [{}])[0]
-    frames = sum(r["frame_count"] or 0 for r in ok_rows)
-    payload = sum(r["payload_bytes"] or 0 for r in ok_rows)
-    width, height = first.get("width"), first.get("height")
-    bpp = kbps = None
-    if ok_rows and frames and width and height:
-        bpp = bits_per_pixel(payload, width, height, frames)
-        if first.get("fps_num") and first.get("fps_den"):
-            kbps = kilobits_per_second(payload, frames, Fraction(first["fps_num"], first["fps_den"]))
-        elif first.get("fps"):
-            kbps = 8.0 * payload / (frames / first["fps"]) / 1000.0
-    return VideoListing(
-        video_key=key,
-        source_uri=first.get("source_uri"),
-        status=status,
-        codec=first.get("codec"),
-        width=width,
-        height=height,
-        frames=frames,
-        gops=len(ok_rows),
-        payload_bytes=payload,
-        bpp=bpp,
-        kbps=kbps,
-        psnr=_weighted_mean(ok_rows, "psnr"),
-        ms_ssim=_weighted_mean(ok_rows, "ms_ssim"),
-        error=next((r["error"] for r in failed_rows if r.get("error")), None),
-    )
-
-
-def _weighted_mean(rows: list[dict[str, Any]], column: str) -> float | None:
-    measured = [(r[column], r["frame_count"] or 0) for r in rows if r.get(column) is not None]
-    weight = sum(w for _, w in measured)
-    if not measured or weight == 0:
-        return None
-    return sum(v * w for v, w in measured) / weight
+        fs, root = filesystem(uri, endpoint_url=endpoint_url)
+        return any(fs.isdir(join(root, name)) for name in ("markers", "manifest"))
+    except Exception:
+        return False

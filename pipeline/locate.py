@@ -256,3 +256,49 @@ def scan_manifest(
     parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
     rows = [row for table in parts.tables(columns, predicate) for row in table.to_pylist()]
     return rows, parts.damaged
+
+
+def backfill_index(out: str, *, endpoint_url: str | None = None) -> int:
+    """Index an archive written before the video index: an entry for every video its manifest names
+    (one projected pass, in key order), then `FORMAT.json` complete. Returns the videos indexed. Safe
+    to repeat and beside running archive jobs (which write their own entries)."""
+    import pyarrow.compute as pc
+
+    from pipeline.manifest import ArchiveParts
+    from pipeline.manifest_videos import iter_videos
+    from pipeline.storage import filesystem
+
+    fs, root = filesystem(out, endpoint_url=endpoint_url)
+    if index_complete(fs, root):
+        return 0
+    parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
+    plan = parts.plan
+    packs = {key: pack for pack, members in plan.pack_members.items() for key in members}
+
+    def per_table(table: Any) -> Any:
+        firsts = table.group_by("video_key", use_threads=False).aggregate(
+            [("source_uri", "first"), ("member_offset", "first"), ("member_length", "first")]
+        )
+        firsts = firsts.filter(pc.is_valid(firsts.column("source_uri_first")))
+        for row in firsts.to_pylist():
+            yield row["video_key"], row
+
+    entries = []
+    count = 0
+    for row in iter_videos(
+        plan, ["source_uri", "member_offset", "member_length"], per_table, on_damage=parts._damage
+    ):
+        key = row["video_key"]
+        pack = None
+        if key in packs and row["member_offset_first"] is not None:
+            pack = (packs[key], row["member_offset_first"], row["member_length_first"])
+        entries.append((key, row["source_uri_first"], pack))
+        if len(entries) >= 1000:
+            write_many_index_entries(fs, root, entries)
+            count += len(entries)
+            entries = []
+    write_many_index_entries(fs, root, entries)
+    count += len(entries)
+    if not parts.damaged:  # a damaged file's videos could not be indexed: the index stays incomplete
+        mark_index(fs, root, complete=True)
+    return count

@@ -148,6 +148,20 @@ def parse_part(data: bytes, schema: pa.Schema, columns: Sequence[str] | None = N
         raise ValueError(f"{type(exc).__name__}: {text}"[:300]) from None
 
 
+def referenced_columns(expression: Any, schema: pa.Schema) -> list[str]:
+    """The schema's columns a pyarrow filter expression names (from its text: pyarrow has no public
+    way to list an expression's field references; a name that only appears in a string literal merely
+    reads one column more)."""
+    import re
+
+    text = str(expression)
+    return [
+        name
+        for name in schema.names
+        if re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text)
+    ]
+
+
 class ArchiveParts:
     """The parts under `out/<folder>/` (folder: "manifest", "verify" or "reference"), listed once.
 
@@ -199,7 +213,9 @@ class ArchiveParts:
     ) -> Iterator[pa.Table]:
         """One table per readable part, in name order (`columns` default: all of the schema)."""
         wanted = list(columns) if columns is not None else self.schema.names
-        read_columns = self.schema.names if filter_expression is not None else wanted
+        read_columns = wanted
+        if filter_expression is not None:  # projection: the columns asked for and those the filter reads
+            read_columns = list(dict.fromkeys([*wanted, *referenced_columns(filter_expression, self.schema)]))
         if self.plan is not None:
             yield from self._plan_tables(wanted, read_columns, filter_expression)
             return
@@ -228,7 +244,9 @@ class ArchiveParts:
         from pipeline.manifest_layout import iter_tables
 
         try:
-            for table in iter_tables(self.plan, read_columns, on_damage=self._damage):
+            for table in iter_tables(
+                self.plan, read_columns, on_damage=self._damage, filter_expression=filter_expression
+            ):
                 if filter_expression is not None:
                     table = table.filter(filter_expression).select(wanted)
                 yield table

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -290,6 +291,7 @@ def iter_tables(
     batch_rows: int = 65536,
     *,
     on_damage: Callable[[str, str], None] | None = None,
+    filter_expression: Any = None,
 ) -> Iterator[Any]:
     """The manifest's rows as Arrow tables with `columns` of the manifest schema (default: all), each
     row exactly once: parts whole, compacted files by row group minus their dropped keys, and the rows
@@ -297,7 +299,11 @@ def iter_tables(
 
     Every file is checked as it is read (`manifest.parse_part`: page checksums, column checksums; page
     checksums for compacted files). A file that does not parse is damage, not a crash: its rows are
-    left out and `on_damage(path, reason)` is called (without it, ValueError is raised)."""
+    left out and `on_damage(path, reason)` is called (without it, ValueError is raised).
+
+    `filter_expression` (optional, on the columns read) is pushed into the scan of compacted files:
+    row groups whose statistics cannot match are not read (key-sorted files prune key filters to a
+    row group or two). Parts are small and filtered after they are parsed; callers filter again."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -345,7 +351,15 @@ def iter_tables(
         damage(path, reason)
     read_columns = list(dict.fromkeys([*wanted, "video_key"]))
     missing: list[str] = []
-    for path, data in prefetched(plan.fs, [p for p, _ in plan.parts]):
+    part_paths = [p for p, _ in plan.parts]
+    pinned = pinned_keys(filter_expression)
+    if pinned is not None:  # a filter on keys only: other videos' own parts cannot match
+        part_paths = [
+            p
+            for p in part_paths
+            if part_key(p.rsplit("/", 1)[-1]) in pinned or part_key(p.rsplit("/", 1)[-1]) is None
+        ]
+    for path, data in prefetched(plan.fs, part_paths):
         if data is None:
             missing.append(path)
             continue
@@ -362,6 +376,9 @@ def iter_tables(
         yield conform(table)
     for item in plan.compacted:
         drop = pa.array(sorted(item.drop_keys), type=pa.string())
+        if filter_expression is not None:
+            yield from _pruned(plan, item.path, wanted, filter_expression, drop, conform, damage, batch_rows)
+            continue
         yield from compacted(
             item.path,
             lambda t, drop=drop: (
@@ -374,6 +391,69 @@ def iter_tables(
             yield from compacted(
                 path, lambda t, s=wanted_sources: pc.is_in(t.column(SOURCE_PART), value_set=s)
             )
+
+
+_KEY_TERM = re.compile(r'\(video_key == "((?:[^"\\]|\\.)*)"\)')
+
+
+def pinned_keys(expression: Any) -> set[str] | None:
+    """The video keys a filter selects when it is nothing but `video_key == K` terms joined by `or`
+    (`export --where "video_key = 'K'"`), else None. Read from the expression's text; anything else
+    (an `and`, another column, a function) is None, so the caller reads everything."""
+    if expression is None:
+        return None
+    text = str(expression)
+    keys = [json.loads(f'"{raw}"') for raw in _KEY_TERM.findall(text)]
+    rebuilt = _KEY_TERM.sub("K", text)
+    while True:
+        shorter = rebuilt.replace("(K or K)", "K")
+        if shorter == rebuilt:
+            break
+        rebuilt = shorter
+    return set(keys) if keys and rebuilt == "K" else None
+
+
+def _pruned(
+    plan: ManifestPlan,
+    path: str,
+    wanted: list[str],
+    expression: Any,
+    drop: Any,
+    conform: Callable[[Any], Any],
+    damage: Callable[[str, str], None],
+    batch_rows: int,
+) -> Iterator[Any]:
+    """A compacted file scanned with `expression` pushed down (row groups pruned by statistics, page
+    checksums verified), minus the dropped keys. A filter the columns cannot evaluate is the caller's
+    error and raised; anything else the file's bytes cause is damage."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    options = ds.ParquetFragmentScanOptions(page_checksum_verification=True)
+    file_format = ds.ParquetFileFormat(default_fragment_scan_options=options)
+    if len(drop):
+        expression = expression & pc.invert(pc.is_in(pc.field("video_key"), value_set=drop))
+    try:
+        dataset = ds.dataset(path, format=file_format, filesystem=plan.fs)
+        present = [n for n in dict.fromkeys([*wanted, "video_key"]) if n in dataset.schema.names]
+        from pipeline.manifest import referenced_columns
+        from pipeline.schema import MANIFEST_SCHEMA
+
+        if not set(referenced_columns(expression, MANIFEST_SCHEMA)) <= set(dataset.schema.names):
+            # a file written before a column the filter names: read it whole (the caller filters)
+            expression = pc.invert(pc.is_in(pc.field("video_key"), value_set=drop)) if len(drop) else None
+        batches = dataset.to_batches(
+            columns=present, filter=expression, batch_size=batch_rows, use_threads=False
+        )
+        for batch in batches:
+            if batch.num_rows:
+                yield conform(pa.Table.from_batches([batch]))
+    except (FileNotFoundError, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        raise
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        damage(path, f"{type(exc).__name__}: {text}"[:300])
 
 
 def done_keys(fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
@@ -406,17 +486,21 @@ def container_location(
 PREFETCH = 8
 
 
-def prefetched(fs: fsspec.AbstractFileSystem, paths: list[str]):
+def prefetched(
+    fs: fsspec.AbstractFileSystem, paths: list[str], transform: Callable[[bytes], Any] | None = None
+):
     """(path, bytes or None when gone) in order, `PREFETCH` fetches in flight (object-store latency);
-    memory holds at most that many parts."""
+    memory holds at most that many parts. `transform(bytes)` runs in the fetching thread too (parsing
+    many small parts: pyarrow releases the GIL while it decodes), and its result is given instead."""
     import collections
     from concurrent.futures import ThreadPoolExecutor
 
-    def get(path: str) -> bytes | None:
+    def get(path: str) -> Any:
         try:
-            return read_bytes(fs, path, small=True)
+            data = read_bytes(fs, path, small=True)
         except FileNotFoundError:
             return None
+        return transform(data) if transform is not None else data
 
     with ThreadPoolExecutor(PREFETCH) as pool:
         pending: collections.deque = collections.deque()

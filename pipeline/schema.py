@@ -91,6 +91,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("coded_bit_depth", pa.int32()),  # what the codec stored: 10 for a 10-bit source on x265, 8 on glvc
         ("source_frames_declared", pa.int64()),  # frames the source's container declares (null: unknown)
         ("source_note", pa.string()),  # e.g. "truncated source: 6 of 30 declared frames are readable; ..."
+        # --- the video's object: its size (a pack member: its length), so reads that price stored
+        # bytes need no listing of videos/ (null in parts of earlier releases) ---
+        ("archive_bytes", pa.int64()),
     ]
 )
 

@@ -45,6 +45,8 @@ else a seeded sample of that many.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import heapq
 import math
 import time
 import uuid
@@ -53,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from codec.errors import CodecError
 from pipeline.container import (
@@ -68,6 +71,7 @@ from pipeline.digests import DRIFT_LIMIT_DB, FingerprintError, fingerprint_psnr,
 from pipeline.listing import iter_objects
 from pipeline.manifest import ArchiveParts, DamagedPart, PartsError, parquet_bytes
 from pipeline.manifest_layout import container_location, done_keys
+from pipeline.manifest_videos import rows_of_videos
 from pipeline.pack import read_pack_index
 from pipeline.reader import ArchiveReader, CountingReader, decoder_key, header_decoder
 from pipeline.runinfo import utc_now
@@ -177,7 +181,13 @@ def run_verify(
         check_reachable(fs, root, out, must_exist=True)
     except StorageError as exc:
         raise VerifyError(str(exc)) from None
-    manifest, fingerprints, damaged = _read_manifest(out, endpoint_url)
+    scan_result = _scan_manifest(out, endpoint_url, fraction, count, seed)
+    if scan_result.rows is None:
+        return _verify_sample_of_large_archive(
+            out, fs, root, scan_result, scan, device, endpoint_url, verify_run_id, model, against_source
+        )
+    manifest, damaged = scan_result.rows, scan_result.damaged
+    fingerprints = pa.chunked_array(scan_result.fingerprints) if scan_result.fingerprints else None
     ok_rows = sorted(
         (r for r in manifest if r["status"] == "ok"), key=lambda r: (r["video_key"], r["gop_index"])
     )
@@ -220,8 +230,33 @@ def run_verify(
     sample = _sample(ok_rows, fraction, count, seed)
     sample = [r for r in sample if r["archive_uri"] in sizes]
     for row in sample:  # only the sampled rows' fingerprints become Python objects
-        row["fingerprint"] = fingerprints[row["manifest_row"]].as_py()
+        row["fingerprint"] = fingerprints[row["manifest_row"]].as_py() if fingerprints is not None else None
     del fingerprints
+    return _decode_and_report(
+        fs, root, sample, sizes, rows, failures, warnings, device, endpoint_url, verify_run_id, model,
+        against_source, checked=checked, scan_mode=scan_mode, gops_total=len(ok_rows),
+    )  # fmt: skip
+
+
+def _decode_and_report(
+    fs: Any,
+    root: str,
+    sample: list[dict[str, Any]],
+    sizes: dict[str, int],
+    rows: list[dict[str, Any]],
+    failures: list[str],
+    warnings: list[str],
+    device: str,
+    endpoint_url: str | None,
+    verify_run_id: str,
+    model: str | None,
+    against_source: bool,
+    *,
+    checked: int,
+    scan_mode: str,
+    gops_total: int,
+) -> VerifyReport:
+    """Decode the sample, prove each GOP, write the verify rows and report."""
     placement = decode_placement(device)
     if placement.note:
         warnings.append(placement.note)
@@ -260,31 +295,206 @@ def run_verify(
         warnings=warnings,
         containers_checked=checked,
         scan=scan_mode,
-        gops_total=len(ok_rows),
+        gops_total=gops_total,
         output_uri=output_uri,
     )
 
 
+def _verify_sample_of_large_archive(
+    out: str,
+    fs: Any,
+    root: str,
+    scan_result: ManifestScan,
+    scan: str,
+    device: str,
+    endpoint_url: str | None,
+    verify_run_id: str,
+    model: str | None,
+    against_source: bool,
+) -> VerifyReport:
+    """An archive too large to check object by object in one run: every manifest file was read and
+    checked; the sampled videos' objects are checked whole (index, attachments, and every byte with
+    `--scan full`) against all their manifest rows, read from the files that hold them; then the
+    sampled GOPs are decoded and proven as usual."""
+    damaged = scan_result.damaged
+    failures = [part.line() for part in damaged]
+    warnings = list(scan_result.failed_videos)
+    if scan_result.failed_total > len(scan_result.failed_videos):
+        warnings.append(f"... {scan_result.failed_total - len(scan_result.failed_videos)} more failed videos")
+    warnings.append(
+        f"{scan_result.ok_rows} GOPs: more than {IN_MEMORY_ROWS} to cross-check object by object in one run, "
+        "so the objects of the sampled videos were checked (with all their rows) and every manifest file "
+        "read and checked; done markers were not cross-checked against the objects"
+    )
+    sample = scan_result.sample
+    keys = {row["video_key"] for row in sample}
+    columns = [*MANIFEST_COLUMNS, "member_offset", "member_length"]
+    video_rows = rows_of_videos(
+        scan_result.plan, keys, columns, on_damage=lambda p, r: failures.append(f"{p}: {r}")
+    )
+    ok = pc.fill_null(pc.equal(video_rows.column("status"), "ok"), False)
+    by_container: dict[tuple[str, Any], list[dict[str, Any]]] = defaultdict(list)
+    for row in video_rows.filter(ok).to_pylist():
+        path, row["member"] = container_location(fs, root, row)
+        row["archive_uri"] = full_uri(fs, path)
+        by_container[(row["archive_uri"], row["member"])].append(row)
+    for row in sample:
+        path, row["member"] = container_location(fs, root, row)
+        row["archive_uri"] = full_uri(fs, path)
+    sizes: dict[str, int] = {}
+    rows: list[dict[str, Any]] = [_damaged_row(part, verify_run_id, device) for part in damaged]
+    checked = 0
+    for (uri, member), container_rows in sorted(
+        by_container.items(), key=lambda item: (item[0][0], item[0][1] or (0, 0))
+    ):
+        path = container_location(fs, root, container_rows[0])[0]
+        if uri not in sizes:
+            try:
+                sizes[uri] = int(fs.size(path))
+            except FileNotFoundError:
+                failures.append(
+                    f"{uri}: archive object is missing (manifest lists {len(container_rows)} GOPs)"
+                )
+                continue
+        checked += 1
+        problem = _check_container(
+            fs, path, uri, sizes[uri], container_rows, full=scan == "full", member=member
+        )
+        if problem:
+            failures.append(problem)
+            rows.append(_failed_row(container_rows[0], verify_run_id, device, problem, crc_ok=False))
+    sample = [r for r in sample if r["archive_uri"] in sizes]
+    return _decode_and_report(
+        fs, root, sample, sizes, rows, failures, warnings, device, endpoint_url, verify_run_id, model,
+        against_source, checked=checked, scan_mode="sample", gops_total=scan_result.ok_rows,
+    )  # fmt: skip
+
+
 # ---- reading the archive's records -------------------------------------------------------------
-def _read_manifest(
-    out: str, endpoint_url: str | None
-) -> tuple[list[dict[str, Any]], pa.ChunkedArray, list[DamagedPart]]:
-    """Every readable manifest row once (parts, packs and compacted files resolved by
-    `manifest_layout`), each with its position `manifest_row`; the `fingerprint` column (kept as one
-    Arrow column: only the sampled rows' are turned into Python objects); and the damaged parts (each
-    read and checked on its own)."""
+@dataclasses.dataclass
+class ManifestScan:
+    """One streamed pass over every manifest file (every column, so every checksum is verified).
+
+    Up to `IN_MEMORY_ROWS` GOP rows the rows are kept (`rows`, with their `fingerprint` column as
+    Arrow until sampled) and verify checks every object as before. Past that, only a seeded sample is
+    kept — the `k` rows with the smallest seeded hash of (video key, GOP index) (or, for a fraction,
+    those whose hash falls under it) — so memory does not grow with the archive, and the sample does
+    not depend on how the manifest is laid out (parts or compacted files)."""
+
+    rows: list[dict[str, Any]] | None
+    fingerprints: list[Any]
+    damaged: list[DamagedPart]
+    plan: Any
+    sample: list[dict[str, Any]]
+    ok_rows: int = 0
+    failed_videos: list[str] = dataclasses.field(default_factory=list)
+    failed_total: int = 0
+
+
+IN_MEMORY_ROWS = 100_000
+_LISTED_FAILURES = 1000
+
+
+def _scan_manifest(
+    out: str, endpoint_url: str | None, fraction: float | None, count: int | None, seed: int
+) -> ManifestScan:
+    columns = [*MANIFEST_COLUMNS, "error", "member_offset", "member_length", "fingerprint"]
     try:
         parts = ArchiveParts(out, "manifest", endpoint_url=endpoint_url)
         if not len(parts):
             raise VerifyError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
-        table = parts.read()  # every column, so every column checksum is verified
-        rows = table.select([*MANIFEST_COLUMNS, "error", "member_offset", "member_length"]).to_pylist()
-        fingerprints = table.column("fingerprint")
+        scan = ManifestScan(rows=[], fingerprints=[], damaged=parts.damaged, plan=parts.plan, sample=[])
+        sampler = _Sampler(fraction, count, seed)
+        for table in parts.tables():  # every column: every checksum verified, one file at a time
+            table = table.select(columns)
+            status = table.column("status")
+            ok = pc.fill_null(pc.equal(status, "ok"), False)
+            scan.ok_rows += pc.sum(pc.cast(ok, pa.int64())).as_py() or 0
+            _note_failures(scan, table.filter(pc.invert(ok)))
+            if scan.rows is not None:
+                start = sum(len(f) for f in scan.fingerprints)
+                records = table.drop_columns(["fingerprint"]).to_pylist()
+                for i, record in enumerate(records):
+                    record["manifest_row"] = start + i
+                scan.rows.extend(records)
+                scan.fingerprints.append(table.column("fingerprint").combine_chunks())
+                if len(scan.rows) > IN_MEMORY_ROWS:  # too many to hold: from here on, a sample
+                    held = pa.concat_arrays(scan.fingerprints) if scan.fingerprints else None
+                    for record in scan.rows:
+                        if record["status"] == "ok":
+                            sampler.offer(record, lambda r=record, h=held: h[r["manifest_row"]].as_py())
+                    scan.rows, scan.fingerprints = None, []
+                continue
+            kept = table.filter(ok)
+            keys = kept.column("video_key").to_pylist()
+            gops = kept.column("gop_index").to_pylist()
+            for i in sampler.candidates(keys, gops):
+                record = kept.slice(i, 1).to_pylist()[0]
+                sampler.offer(record, lambda r=record: r["fingerprint"])
+        if scan.rows is None:
+            scan.sample = sampler.rows()
+        return scan
     except PartsError as exc:
         raise VerifyError(f"cannot read the manifest: {exc}") from None
-    for i, row in enumerate(rows):
-        row["manifest_row"] = i
-    return rows, fingerprints, parts.damaged
+
+
+def _note_failures(scan: ManifestScan, failed: pa.Table) -> None:
+    """Videos the archive run recorded as failed (their one row without a GOP), listed up to a bound."""
+    whole = failed.filter(pc.is_null(failed.column("gop_index")))
+    scan.failed_total += whole.num_rows
+    room = _LISTED_FAILURES - len(scan.failed_videos)
+    for row in whole.slice(0, max(0, room)).select(["source_uri", "error"]).to_pylist():
+        scan.failed_videos.append(
+            f"{row['source_uri']}: recorded as failed by the archive run ({row.get('error') or 'no reason'})"
+        )
+
+
+class _Sampler:
+    """A seeded sample of GOP rows from a stream: by `count` (or the default size) the rows with the
+    smallest hash; by `fraction` the rows whose hash, as a fraction of 2**64, is below it."""
+
+    def __init__(self, fraction: float | None, count: int | None, seed: int) -> None:
+        self.fraction, self.seed = fraction, seed
+        self.k = count if count is not None else (None if fraction is not None else DEFAULT_ALL_GOPS)
+        self.heap: list[tuple[int, str, int, dict[str, Any]]] = []  # max-heap by -hash
+        self.kept: list[dict[str, Any]] = []
+
+    def hash(self, key: str, gop: int | None) -> int:
+        digest = hashlib.blake2b(f"{self.seed}\0{key}\0{gop}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big")
+
+    def candidates(self, keys: list[str], gops: list[int | None]) -> list[int]:
+        """Positions of the rows that may enter the sample (most rows are rejected by their hash)."""
+        found = []
+        for i, (key, gop) in enumerate(zip(keys, gops, strict=True)):
+            h = self.hash(key, gop)
+            if self.k is None:
+                if h < self.fraction * 2.0**64:  # type: ignore[operator]
+                    found.append(i)
+            elif len(self.heap) < self.k or -self.heap[0][0] > h:
+                found.append(i)
+        return found
+
+    def offer(self, record: dict[str, Any], fingerprint: Any) -> None:
+        h = self.hash(record["video_key"], record["gop_index"])
+        if self.k is None:
+            if h < self.fraction * 2.0**64:  # type: ignore[operator]
+                self.kept.append(dict(record, fingerprint=fingerprint()))
+            return
+        if len(self.heap) < self.k:
+            heapq.heappush(
+                self.heap,
+                (-h, record["video_key"], record["gop_index"], dict(record, fingerprint=fingerprint())),
+            )
+        elif -self.heap[0][0] > h:
+            heapq.heapreplace(
+                self.heap,
+                (-h, record["video_key"], record["gop_index"], dict(record, fingerprint=fingerprint())),
+            )
+
+    def rows(self) -> list[dict[str, Any]]:
+        chosen = self.kept if self.k is None else [item[3] for item in self.heap]
+        return sorted(chosen, key=lambda r: (r["video_key"], r["gop_index"]))
 
 
 def _container_paths(fs: Any, root: str, out: str) -> dict[str, tuple[str, int]]:

@@ -15,7 +15,8 @@ import pytest
 
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
-from pipeline.inspect import InspectError, inspect_object, list_archive
+from pipeline.audit.videos import list_archive
+from pipeline.inspect import InspectError, inspect_object
 
 REPO = Path(__file__).resolve().parents[1]
 

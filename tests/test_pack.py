@@ -105,7 +105,7 @@ def test_a_damaged_pack_index_is_a_one_line_error(damage: str) -> None:
 def test_a_damaged_pack_part_names_its_members_once(tmp_path) -> None:
     """A committed pack whose manifest part is damaged: `ls` lists each member as damaged (naming the
     part), and `verify` reports the part once, not each member again as a done video without rows."""
-    from pipeline.inspect import list_archive
+    from pipeline.audit.videos import list_archive
     from pipeline.manifest import parquet_bytes
     from pipeline.runinfo import pack_manifest_path, pack_marker_path, write_json
     from pipeline.schema import MANIFEST_SCHEMA

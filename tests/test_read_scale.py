@@ -145,6 +145,18 @@ def test_archive_written_before_the_index_still_restores(local_archive: Path, tm
     assert missing.returncode == 2 and "no archived video named 'nope.mp4'" in missing.stderr
     assert not (tmp_path / "c.mkv").exists()
 
+    from pipeline.locate import backfill_index, by_name, index_complete
+    from pipeline.storage import filesystem
+
+    assert backfill_index(str(out)) == len(_keys(out))  # what `vidarc compact` does to such an archive
+    fs, root = filesystem(str(out))
+    assert index_complete(fs, root) and [k for k, _ in by_name(fs, root, "with-audio.mp4")] == [key]
+    indexed = subprocess.run(
+        [sys.executable, "-m", "jobs.restore", str(out), "with-audio.mp4", str(tmp_path / "d.mkv")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert indexed.returncode == 0 and "warning" not in indexed.stderr
+
 
 def test_packed_video_is_found_from_its_key_entry(
     tmp_path: Path, sample_dir: Path, ray_address: str, fast_metrics
@@ -171,3 +183,76 @@ def test_packed_video_is_found_from_its_key_entry(
     for marker in (out / "markers" / "packs").glob("*.json"):
         marker.unlink()
     assert by_key(fs, root, key) is None or by_key(fs, root, key).status != "ok"
+
+
+def _ls_lines(out: Path, *args: str) -> list[dict]:
+    import json
+
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    result = CliRunner().invoke(app, ["ls", str(out), "--jsonl", *args])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_ls_streams_in_key_order_and_pages(local_archive: Path, tmp_path: Path, monkeypatch) -> None:
+    from pipeline import manifest_videos
+    from pipeline.compact import compact
+
+    everything = _ls_lines(local_archive)
+    keys = [v["video_key"] for v in everything]
+    assert len(keys) >= 3 and keys == sorted(keys) and all(v["status"] == "ok" for v in everything)
+    first = _ls_lines(local_archive, "--limit", "2")
+    rest = _ls_lines(local_archive, "--after", first[-1]["video_key"])
+    assert first + rest == everything  # pages join into the whole listing
+    compacted = tmp_path / "compacted"
+    shutil.copytree(local_archive, compacted)
+    compact(str(compacted))
+    assert not list((compacted / "manifest").glob("part-*.parquet"))
+    assert _ls_lines(compacted) == everything  # the same videos, whatever the layout
+    assert _ls_lines(compacted, "--after", keys[0], "--limit", "1") == everything[1:2]
+    monkeypatch.setattr(manifest_videos, "PROCESS_THRESHOLD", 1)  # parts parsed in worker processes
+    assert _ls_lines(local_archive) == everything
+
+
+def test_verify_of_a_large_archive_checks_a_seeded_sample(
+    local_archive: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from pipeline import verify
+    from pipeline.compact import compact
+
+    monkeypatch.setattr(verify, "IN_MEMORY_ROWS", 2)  # this archive counts as large
+    out = tmp_path / "large"
+    shutil.copytree(local_archive, out)
+    report = verify.run_verify(str(out), count=3, seed=7)
+    assert report.ok, report.failures
+    assert report.scan == "sample" and 1 <= report.containers_checked <= 3
+    decoded = [(r["video_key"], r["gop_index"]) for r in report.rows if r["gop_index"] is not None]
+    assert len(decoded) == 3 and all(r["decode_check"] == "exact" for r in report.rows)
+    assert any("more than 2" in w for w in report.warnings)
+    compact(str(out))
+    again = verify.run_verify(str(out), count=3, seed=7)
+    assert (
+        again.ok
+        and [(r["video_key"], r["gop_index"]) for r in again.rows if r["gop_index"] is not None] == decoded
+    )
+    # a damaged byte in a sampled video's object is found by the sample's object check
+    key = decoded[0][0]
+    container = out / "videos" / f"{key}.vdrc"
+    data = bytearray(container.read_bytes())
+    data[-20] ^= 0xFF  # inside the index footer
+    container.write_bytes(bytes(data))
+    damaged = verify.run_verify(str(out), count=3, seed=7)
+    assert not damaged.ok and any(key in line for line in damaged.failures)
+
+
+def test_inspect_one_video_of_an_archive_by_name(local_archive: Path) -> None:
+    from pipeline.inspect import InspectError, inspect_object
+
+    key = _keys(local_archive)["with-audio.mp4"]
+    report = inspect_object(str(local_archive), video="with-audio.mp4")
+    assert report["uri"].endswith(f"videos/{key}.vdrc") and report["totals"]["gops"] >= 1
+    with pytest.raises(InspectError, match="no archived video named 'nope.mp4'"):
+        inspect_object(str(local_archive), video="nope.mp4")

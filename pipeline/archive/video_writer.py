@@ -63,7 +63,8 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
     archive_uri = full_uri(fs, path)
     index = read_index(range_reader(fs, path), size, name=archive_uri)  # the index as stored
     cpu = accounting.held("cpu")
-    rows = video_rows(job, metas, index.gops, archive_uri, cpu.charge(time.perf_counter() - started))
+    seconds = cpu.charge(time.perf_counter() - started)
+    rows = video_rows(job, metas, index.gops, archive_uri, seconds, archive_bytes=size)
     write_bytes(fs, manifest_path(out_root, job.video_key), _parquet_bytes(rows))
     write_index_entries(fs, out_root, job.video_key, job.source_uri)  # before the marker: done => indexed
     marker = {
@@ -109,13 +110,17 @@ def video_rows(
     commit_seconds: float,
     *,
     member: tuple[int, int] | None = None,
+    archive_bytes: int | None = None,
 ) -> list[dict[str, Any]]:
     """The video's manifest rows from its container index as stored. `member`: (offset, length) of
-    the video's container inside a pack; row offsets are then absolute in the pack object."""
+    the video's container inside a pack; row offsets are then absolute in the pack object.
+    `archive_bytes`: the size of its object (a pack member: its length), so reads that price the
+    stored bytes never list `videos/`."""
     per_video = accounting.add_per_video(job.compute, "commit", commit_seconds)
     frames_total = sum(span.frame_count for span in job.spans) or 1
     shift = member[0] if member else 0
-    placed = {"member_offset": member[0], "member_length": member[1]} if member else {}
+    placed: dict[str, Any] = {"member_offset": member[0], "member_length": member[1]} if member else {}
+    placed["archive_bytes"] = member[1] if member else archive_bytes
     return [
         dict(
             _ok_row(job, span, meta, dataclasses.replace(entry, offset=entry.offset + shift), archive_uri),

@@ -28,11 +28,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.audit.prices import BYTES_PER_GB, Prices
 from pipeline.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, REFERENCE_SCHEMA, compute_column
@@ -143,56 +144,157 @@ class _Acc:
     reference: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-_MANIFEST_COLUMNS = (
-    "run_id", "video_key", "source_uri", "source_bytes", "gop_index", "codec", "target_kind", "target_value",
-    "status", "payload_bytes", "width", "height", "frame_count", "compute_device",
-    *(compute_column(s) for s in COMPUTE_STAGES),
-)  # fmt: skip
-
-
 def group_key_label(row: dict[str, Any]) -> str:
     from pipeline.audit.summary import group_label
 
     return group_label(row["codec"], row["target_kind"], row["target_value"])
 
 
+class CostCollector:
+    """Accumulates compute and sizes per group from manifest batches, with Arrow (no per-row Python:
+    a million-video manifest is millions of rows). `label`: "group" (codec/target, `group_key_label`)
+    or "video". `add(batch)` takes any batch holding `COST_COLUMNS`; `groups` and `sizes` hold the
+    result (`sizes`: the archive object's bytes per video, from the rows' `archive_bytes`)."""
+
+    def __init__(
+        self,
+        references: dict[tuple[str, int, str], dict[str, Any]],
+        *,
+        label: str = "group",
+        source_uris: set[str] | None = None,
+    ) -> None:
+        self.references = references
+        self.reference_videos = pa.array(sorted({key for key, _, _ in references}), type=pa.string())
+        self.label = label
+        self.source_uris = (
+            pa.array(sorted(source_uris), type=pa.string()) if source_uris is not None else None
+        )
+        self.groups: dict[str, _Acc] = collections.defaultdict(_Acc)
+        self.sizes: dict[str, int] = {}
+        self.sizes_known = True  # False once a row of an earlier release (no archive_bytes) is met
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        keep = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
+        if self.source_uris is not None:
+            keep = pc.and_(
+                keep, pc.fill_null(pc.is_in(table.column("source_uri"), value_set=self.source_uris), False)
+            )
+        table = table.filter(keep)
+        if not table.num_rows:
+            return
+        labels = self._labels(table)
+        frames = pc.cast(pc.fill_null(table.column("frame_count"), 0), pa.float64())
+        stage_columns = [compute_column(s) for s in COMPUTE_STAGES]
+        unaccounted = pc.is_null(table.column(stage_columns[0]))
+        for column in stage_columns[1:]:
+            unaccounted = pc.and_(unaccounted, pc.is_null(table.column(column)))
+        pixels = pc.multiply(
+            pc.multiply(
+                pc.cast(pc.fill_null(table.column("width"), 0), pa.float64()),
+                pc.cast(pc.fill_null(table.column("height"), 0), pa.float64()),
+            ),
+            frames,
+        )
+        derived = pa.table(
+            {
+                "label": labels,
+                "device": pc.fill_null(table.column("compute_device"), CPU_DEVICE),
+                "video_key": table.column("video_key"),
+                "frames": frames,
+                "pixels": pixels,
+                "payload": pc.cast(pc.fill_null(table.column("payload_bytes"), 0), pa.float64()),
+                "unaccounted": pc.cast(unaccounted, pa.int64()),
+                "source_bytes": table.column("source_bytes"),
+                "archive_bytes": table.column("archive_bytes"),
+                **{column: table.column(column) for column in stage_columns},
+            }
+        )
+        sums = [("frames", "sum"), ("pixels", "sum"), ("payload", "sum"), ("unaccounted", "sum"),
+                ("video_key", "count"), *((column, "sum") for column in stage_columns)]  # fmt: skip
+        for row in derived.group_by(["label", "device"], use_threads=False).aggregate(sums).to_pylist():
+            acc = self.groups[row["label"]]
+            acc.gops += row["video_key_count"]
+            acc.frames += int(row["frames_sum"] or 0)
+            acc.pixels += float(row["pixels_sum"] or 0.0)
+            acc.payload_bytes += int(row["payload_sum"] or 0)
+            acc.gops_unaccounted += int(row["unaccounted_sum"] or 0)
+            for stage, column in zip(COMPUTE_STAGES, stage_columns, strict=True):
+                value = row[f"{column}_sum"]
+                if value is not None:
+                    kind = CPU_DEVICE if stage in CPU_STAGES else row["device"]
+                    acc.seconds[stage][kind] += float(value)
+        per_video = derived.group_by(["label", "video_key"], use_threads=False).aggregate(
+            [("source_bytes", "first"), ("archive_bytes", "max")]
+        )
+        for label, key, source, stored in zip(
+            *(per_video.column(n).to_pylist() for n in ("label", "video_key", "source_bytes_first",
+                                                        "archive_bytes_max")),
+            strict=True,
+        ):  # fmt: skip
+            self.groups[label].videos[key] = int(source or 0)
+            if stored is None:
+                self.sizes_known = False
+            else:
+                self.sizes[key] = int(stored)
+        if len(self.reference_videos):
+            self._add_references(table, labels)
+
+    def _labels(self, table: pa.Table) -> pa.Array:
+        if self.label == "video":
+            return table.column("video_key").combine_chunks()
+        codec = table.column("codec").to_pylist()
+        kind = table.column("target_kind").to_pylist()
+        value = table.column("target_value").to_pylist()
+        cache: dict[tuple[Any, Any, Any], str] = {}
+        labels = []
+        for key in zip(codec, kind, value, strict=True):
+            label = cache.get(key)
+            if label is None:
+                label = cache[key] = group_key_label(
+                    dict(zip(("codec", "target_kind", "target_value"), key, strict=True))
+                )
+            labels.append(label)
+        return pa.array(labels, type=pa.string())
+
+    def _add_references(self, table: pa.Table, labels: pa.Array) -> None:
+        """The sampled GOPs' reference rows (a few per cent of GOPs), joined in Python."""
+        sampled = pc.fill_null(pc.is_in(table.column("video_key"), value_set=self.reference_videos), False)
+        rows = table.filter(sampled).select(["video_key", "gop_index", "run_id"]).to_pylist()
+        for row, label in zip(rows, labels.filter(sampled).to_pylist(), strict=True):
+            reference = self.references.get((row["video_key"], row["gop_index"], row["run_id"]))
+            if reference is not None:
+                self.groups[label].reference.append(reference)
+
+    def stored_sizes(self, out: str, endpoint_url: str | None) -> dict[str, int] | None:
+        """Object sizes per video: from the rows, or (an archive written before `archive_bytes`) from
+        one listing of `videos/`."""
+        return self.sizes if self.sizes_known else stored_bytes(out, endpoint_url)
+
+
+COST_COLUMNS = (
+    "run_id", "video_key", "source_uri", "source_bytes", "gop_index", "codec", "target_kind", "target_value",
+    "status", "payload_bytes", "width", "height", "frame_count", "compute_device", "archive_bytes",
+    *(compute_column(s) for s in COMPUTE_STAGES),
+)  # fmt: skip
+
+
 def collect(
     out: str,
     *,
-    key: Callable[[dict[str, Any]], str],
+    label: str = "group",
     where_expression: Any = None,
     source_uris: set[str] | None = None,
     endpoint_url: str | None = None,
-) -> dict[str, _Acc]:
-    """One pass over the manifest (and the reference rows) into accumulators keyed by `key(row)`."""
+) -> CostCollector:
+    """One pass over the manifest (and the reference rows) into per-group accumulators."""
     from pipeline.audit.reader import iter_batches, open_manifest
 
-    references = _reference_rows(out, endpoint_url)
-    groups: dict[str, _Acc] = collections.defaultdict(_Acc)
+    collector = CostCollector(_reference_rows(out, endpoint_url), label=label, source_uris=source_uris)
     dataset = open_manifest(out, endpoint_url=endpoint_url)
-    for batch in iter_batches(dataset, _MANIFEST_COLUMNS, where_expression):
-        for row in batch.to_pylist():
-            if row["status"] != "ok" or (source_uris is not None and row["source_uri"] not in source_uris):
-                continue
-            acc = groups[key(row)]
-            acc.videos[row["video_key"]] = int(row["source_bytes"] or 0)
-            acc.gops += 1
-            frames = int(row["frame_count"] or 0)
-            acc.frames += frames
-            acc.pixels += float((row["width"] or 0) * (row["height"] or 0) * frames)
-            acc.payload_bytes += int(row["payload_bytes"] or 0)
-            accounted = False
-            for stage in COMPUTE_STAGES:
-                value = row[compute_column(stage)]
-                if value is not None:
-                    accounted = True
-                    kind = CPU_DEVICE if stage in CPU_STAGES else (row["compute_device"] or CPU_DEVICE)
-                    acc.seconds[stage][kind] += float(value)
-            acc.gops_unaccounted += not accounted
-            reference = references.get((row["video_key"], row["gop_index"], row["run_id"]))
-            if reference is not None:
-                acc.reference.append(reference)
-    return groups
+    for batch in iter_batches(dataset, COST_COLUMNS, where_expression):
+        collector.add(batch)
+    return collector
 
 
 def _reference_rows(out: str, endpoint_url: str | None) -> dict[tuple[str, int, str], dict[str, Any]]:
@@ -369,9 +471,18 @@ def cost_report(
     endpoint_url: str | None = None,
 ) -> dict[str, Any]:
     """Figures per codec/target group and for the whole (filtered) archive, with the prices used."""
-    groups = collect(out, key=group_key_label, where_expression=where_expression, source_uris=source_uris,
-                     endpoint_url=endpoint_url)  # fmt: skip
-    sizes = stored_bytes(out, endpoint_url)
+    collector = collect(
+        out, where_expression=where_expression, source_uris=source_uris, endpoint_url=endpoint_url
+    )
+    return report_from(collector, prices, out, endpoint_url)
+
+
+def report_from(
+    collector: CostCollector, prices: Prices, out: str, endpoint_url: str | None
+) -> dict[str, Any]:
+    """`cost_report`'s figures from an already filled collector (audit fills it in its own pass)."""
+    groups = collector.groups
+    sizes = collector.stored_sizes(out, endpoint_url)
     total = _Acc()
     for acc in groups.values():
         total.videos.update(acc.videos)
@@ -390,10 +501,3 @@ def cost_report(
         "groups": {label: figures(acc, prices, sizes) for label, acc in sorted(groups.items())},
         "total": figures(total, prices, sizes),
     }
-
-
-def video_costs(out: str, prices: Prices, *, endpoint_url: str | None = None) -> dict[str, dict[str, Any]]:
-    """The same figures per video (for `vidarc ls`)."""
-    groups = collect(out, key=lambda row: row["video_key"], endpoint_url=endpoint_url)
-    sizes = stored_bytes(out, endpoint_url)
-    return {key: figures(acc, prices, sizes) for key, acc in groups.items()}

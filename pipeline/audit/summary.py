@@ -194,14 +194,23 @@ def audit_archive(
     worst_rows = {m: WorstRows(worst, HIGHER_IS_BETTER[m]) for m in QUALITY_METRICS}
     failures: list[dict[str, Any]] = []
     rows = 0
-    for batch in iter_batches(dataset, _NEEDED, expression, batch_size):
+    collector = None
+    columns: tuple[str, ...] = _NEEDED
+    if prices is not None:  # the costs come from the same pass over the manifest
+        from pipeline.audit.costs import COST_COLUMNS, CostCollector, _reference_rows
+
+        collector = CostCollector(_reference_rows(out, endpoint_url))
+        columns = tuple(dict.fromkeys([*_NEEDED, *COST_COLUMNS]))
+    for batch in iter_batches(dataset, columns, expression, batch_size):
         rows += batch.num_rows
         _accumulate(batch, groups, worst_rows, failures)
+        if collector is not None:
+            collector.add(batch)
     costs = None
-    if prices is not None:
-        from pipeline.audit.costs import cost_report
+    if collector is not None:
+        from pipeline.audit.costs import report_from
 
-        costs = cost_report(out, prices, where_expression=expression, endpoint_url=endpoint_url)
+        costs = report_from(collector, prices, out, endpoint_url)
     return AuditResult(
         out=out,
         where=where,
