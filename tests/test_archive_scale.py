@@ -12,10 +12,10 @@ from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.audit.summary import audit_archive
+from pipeline.audit.videos import list_archive
 from pipeline.compact import compact
 from pipeline.dataset.clips import ClipReader
 from pipeline.dataset.plan import plan_archive
-from pipeline.audit.videos import list_archive
 from pipeline.inspect import inspect_object
 from pipeline.keys import list_video_key, shard_of
 from pipeline.restore import restore_video

@@ -15,8 +15,8 @@ import pytest
 
 import pipeline.compact as compaction
 from pipeline.audit.summary import audit_archive
-from pipeline.compact import CompactError, compact
 from pipeline.audit.videos import list_archive
+from pipeline.compact import CompactError, compact
 from pipeline.manifest_layout import iter_tables, plan_manifest
 from pipeline.runinfo import manifest_path, marker_path, write_json
 from pipeline.schema import MANIFEST_SCHEMA, rows_to_table

@@ -254,5 +254,5 @@ def test_inspect_one_video_of_an_archive_by_name(local_archive: Path) -> None:
     key = _keys(local_archive)["with-audio.mp4"]
     report = inspect_object(str(local_archive), video="with-audio.mp4")
     assert report["uri"].endswith(f"videos/{key}.vdrc") and report["totals"]["gops"] >= 1
-    with pytest.raises(InspectError, match="no archived video named 'nope.mp4'"):
+    with pytest.raises(InspectError, match=r"no archived video named 'nope\.mp4'"):
         inspect_object(str(local_archive), video="nope.mp4")
