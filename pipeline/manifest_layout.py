@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -308,7 +309,6 @@ def iter_tables(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.manifest import parse_part
     from pipeline.schema import MANIFEST_SCHEMA
 
     wanted = list(columns) if columns is not None else MANIFEST_SCHEMA.names
@@ -359,21 +359,25 @@ def iter_tables(
             for p in part_paths
             if part_key(p.rsplit("/", 1)[-1]) in pinned or part_key(p.rsplit("/", 1)[-1]) is None
         ]
-    for path, data in prefetched(plan.fs, part_paths):
-        if data is None:
+    pending: list[pa.Table] = []  # parts are small: yielded a few hundred at a time
+    for path, table in parsed_parts(plan.fs, part_paths, read_columns):  # the columns asked for only
+        if table is None:
             missing.append(path)
             continue
-        try:
-            table = parse_part(data, MANIFEST_SCHEMA, read_columns)  # the columns asked for only
-        except ValueError as exc:
-            damage(path, str(exc))
+        if isinstance(table, Exception):
+            damage(path, str(table))
             continue
         drop = plan.part_drops.get(path)
         if drop:
             table = table.filter(
                 pc.invert(pc.is_in(table.column("video_key"), value_set=pa.array(sorted(drop))))
             )
-        yield conform(table)
+        pending.append(conform(table))
+        if len(pending) >= PARTS_PER_TABLE:
+            yield pa.concat_tables(pending)
+            pending = []
+    if pending:
+        yield pa.concat_tables(pending)
     for item in plan.compacted:
         drop = pa.array(sorted(item.drop_keys), type=pa.string())
         if filter_expression is not None:
@@ -484,6 +488,7 @@ def container_location(
 
 
 PREFETCH = 8
+PARTS_PER_TABLE = 256
 
 
 def prefetched(
@@ -515,3 +520,62 @@ def prefetched(
             if following is not None:
                 pending.append((following, pool.submit(get, following)))
             yield path, future.result()
+
+
+def parse_or_error(columns: list[str]) -> Callable[[bytes], Any]:
+    from pipeline.manifest import parse_part
+    from pipeline.schema import MANIFEST_SCHEMA
+
+    def parse(data: bytes) -> Any:
+        try:
+            return parse_part(data, MANIFEST_SCHEMA, columns)
+        except ValueError as exc:
+            return exc
+
+    return parse
+
+
+#: Parsing a small part costs about 3 ms of Python and pyarrow overhead, mostly under the GIL: past this
+#: many parts, they are fetched and parsed in one process per core (chunks of `CHUNK_PARTS`, in order).
+PROCESS_THRESHOLD = 2_000
+CHUNK_PARTS = 256
+
+
+def parsed_parts(fs: Any, paths: list[str], wanted: list[str]) -> Iterator[tuple[str, Any]]:
+    """(path, table | ValueError | None when gone) for each part, in order."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(paths) < PROCESS_THRESHOLD or workers < 2 or not _main_is_importable():
+        yield from prefetched(fs, paths, transform=parse_or_error(wanted))
+        return
+    import collections
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = (paths[i : i + CHUNK_PARTS] for i in range(0, len(paths), CHUNK_PARTS))
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_parse_chunk, fs, chunk, wanted))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            done = pending.popleft().result()
+            following = next(chunks, None)
+            if following is not None:
+                pending.append(pool.submit(_parse_chunk, fs, following, wanted))
+            yield from done
+
+
+def _parse_chunk(fs: Any, paths: list[str], wanted: list[str]) -> list[tuple[str, Any]]:
+    """A worker process's share: fetch (a few at a time) and parse a chunk of parts."""
+    return list(prefetched(fs, paths, transform=parse_or_error(wanted)))
+
+
+def _main_is_importable() -> bool:
+    """Worker processes start by importing the main module again (forkserver): a program read from
+    standard input or typed interactively has none, so its parts are parsed in threads instead."""
+    import sys
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)

@@ -23,7 +23,6 @@ last, after the merged stream: that race is rare and costs only the order of tho
 from __future__ import annotations
 
 import heapq
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,6 +34,8 @@ from pipeline.manifest_layout import (
     SOURCE_PART,
     CompactedFile,
     ManifestPlan,
+    parse_or_error,
+    parsed_parts,
     part_key,
     prefetched,
 )
@@ -101,19 +102,6 @@ def _after(table: pa.Table, after: str | None) -> pa.Table:
     return table if after is None else table.filter(pc.greater(table.column("video_key"), after))
 
 
-def _parse(columns: list[str]) -> Callable[[bytes], Any]:
-    from pipeline.manifest import parse_part
-    from pipeline.schema import MANIFEST_SCHEMA
-
-    def parse(data: bytes) -> Any:
-        try:
-            return parse_part(data, MANIFEST_SCHEMA, columns)
-        except ValueError as exc:
-            return exc
-
-    return parse
-
-
 def _singles(
     plan: ManifestPlan,
     singles: list[tuple[str, str]],
@@ -137,41 +125,6 @@ def _singles(
 
 
 SINGLES_PER_TABLE = 256
-#: Parsing a small part costs about 3 ms of Python and pyarrow overhead, mostly under the GIL: past this
-#: many parts, they are fetched and parsed in one process per core (chunks of `CHUNK_PARTS`, in order).
-PROCESS_THRESHOLD = 2_000
-CHUNK_PARTS = 256
-
-
-def _parsed_parts(fs: Any, paths: list[str], wanted: list[str]) -> Iterator[tuple[str, Any]]:
-    """(path, table | ValueError | None when gone) for each part, in order."""
-    workers = min(os.cpu_count() or 1, 8)
-    if len(paths) < PROCESS_THRESHOLD or workers < 2:
-        yield from prefetched(fs, paths, transform=_parse(wanted))
-        return
-    import collections
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    chunks = (paths[i : i + CHUNK_PARTS] for i in range(0, len(paths), CHUNK_PARTS))
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        pending: collections.deque = collections.deque()
-        for chunk in chunks:
-            pending.append(pool.submit(_parse_chunk, fs, chunk, wanted))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            done = pending.popleft().result()
-            following = next(chunks, None)
-            if following is not None:
-                pending.append(pool.submit(_parse_chunk, fs, following, wanted))
-            yield from done
-
-
-def _parse_chunk(fs: Any, paths: list[str], wanted: list[str]) -> list[tuple[str, Any]]:
-    """A worker process's share: fetch (a few at a time) and parse a chunk of parts."""
-    return list(prefetched(fs, paths, transform=_parse(wanted)))
 
 
 def _single_tables(
@@ -182,7 +135,7 @@ def _single_tables(
     on_damage: Damage,
     missing: list[str],
 ) -> Iterator[pa.Table]:
-    for path, parsed in _parsed_parts(plan.fs, paths, wanted):
+    for path, parsed in parsed_parts(plan.fs, paths, wanted):
         if parsed is None:
             missing.append(path)
         elif isinstance(parsed, Exception):
@@ -201,7 +154,7 @@ def _whole_file(
     plan: ManifestPlan, path: str, wanted: list[str], schema: pa.Schema, on_damage: Damage, after: str | None
 ) -> Iterator[pa.Table]:
     """A pack part (or an earlier layout's part): many videos, sorted in memory, one video per table."""
-    for _, parsed in prefetched(plan.fs, [path], transform=_parse(wanted)):
+    for _, parsed in prefetched(plan.fs, [path], transform=parse_or_error(wanted)):
         if parsed is None:
             return
         if isinstance(parsed, Exception):
@@ -327,7 +280,7 @@ def rows_of_videos(plan: ManifestPlan, keys: set[str], columns: list[str], *, on
         if keys.intersection(members) and f"pack-{pack}.parquet" in by_name:
             paths.append(by_name[f"pack-{pack}.parquet"])
     paths += [p for name, p in by_name.items() if part_key(name) is None and not name.startswith("pack-")]
-    for path, parsed in prefetched(plan.fs, paths, transform=_parse(wanted)):
+    for path, parsed in prefetched(plan.fs, paths, transform=parse_or_error(wanted)):
         if isinstance(parsed, Exception):
             on_damage(path, str(parsed))
         elif parsed is not None:

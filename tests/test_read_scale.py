@@ -198,7 +198,7 @@ def _ls_lines(out: Path, *args: str) -> list[dict]:
 
 
 def test_ls_streams_in_key_order_and_pages(local_archive: Path, tmp_path: Path, monkeypatch) -> None:
-    from pipeline import manifest_videos
+    from pipeline import manifest_layout
     from pipeline.compact import compact
 
     everything = _ls_lines(local_archive)
@@ -213,7 +213,7 @@ def test_ls_streams_in_key_order_and_pages(local_archive: Path, tmp_path: Path, 
     assert not list((compacted / "manifest").glob("part-*.parquet"))
     assert _ls_lines(compacted) == everything  # the same videos, whatever the layout
     assert _ls_lines(compacted, "--after", keys[0], "--limit", "1") == everything[1:2]
-    monkeypatch.setattr(manifest_videos, "PROCESS_THRESHOLD", 1)  # parts parsed in worker processes
+    monkeypatch.setattr(manifest_layout, "PROCESS_THRESHOLD", 1)  # parts parsed in worker processes
     assert _ls_lines(local_archive) == everything
 
 
