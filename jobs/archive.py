@@ -215,7 +215,12 @@ def archive_command(
     for warning in result.summary.get("warnings", []):
         print(f"  warning: {warning['source_uri']}: {warning['warning']}", file=sys.stderr)
     for failure in result.summary.get("failures", []):
-        print(f"  failed: {failure['error']}", file=sys.stderr)
+        label = "not written (storage failed)" if failure.get("transient") else "failed"
+        print(f"  {label}: {failure['error']}", file=sys.stderr)
+    if result.summary.get("lease_error"):
+        print(f"  storage: leases not written: {result.summary['lease_error']}", file=sys.stderr)
+    if result.summary.get("storage_stop"):
+        print(f"  storage: run stopped: {result.summary['storage_stop']}", file=sys.stderr)
     if result.summary.get("storage_error"):
         print(f"error: {redact(result.summary['storage_error'])}", file=sys.stderr)
     raise typer.Exit(result.exit_code)
