@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from jobs import price_options as po
+from pipeline.text import printable, text_console
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {printable(message)}", err=True)
     raise typer.Exit(2)
 
 
@@ -73,13 +73,13 @@ def audit(
     else:
         from pipeline.audit.tables import print_audit
 
-        print_audit(result, Console(), worst)
+        print_audit(result, text_console(), worst)
         if html is not None:
             typer.echo(f"report written to {html}")
     damaged = result.damaged_parts + ((result.verify or {}).get("damaged_parts") or [])
     if damaged:  # the audit of everything else stands; the damage is a finding, exit 1
         for part in damaged:
-            typer.echo(f"damaged: {part['uri']}: {part['reason']}", err=True)
+            typer.echo(f"damaged: {printable(part['uri'])}: {printable(part['reason'])}", err=True)
         raise typer.Exit(1)
 
 
@@ -119,7 +119,7 @@ def compare(
     else:
         from pipeline.audit.compare import print_comparison
 
-        print_comparison(result, Console())
+        print_comparison(result, text_console())
         if html is not None:
             typer.echo(f"report written to {html}")
 

@@ -19,8 +19,9 @@ from jobs import price_options as po
 
 def _fail(message: str) -> None:
     from pipeline.storage import redact
+    from pipeline.text import printable
 
-    print(f"error: {redact(message)}", file=sys.stderr)
+    print(f"error: {printable(redact(message))}", file=sys.stderr)
     raise typer.Exit(2)
 
 
@@ -63,10 +64,11 @@ def inspect_command(
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from pipeline.text import text_console
+
+    console = text_console()  # header strings and names are data: text, never markup or escapes
     if report.get("kind") == "pack":
         members = Table(
             title=f"pack {report['uri']} ({report['object_bytes']} bytes, {len(report['members'])} videos)"
@@ -149,10 +151,10 @@ def ls_command(
         sys.stdout.write(json.dumps(listing, indent=2) + "\n")
         _exit_if_damaged(damaged)
         return
-    from rich.console import Console
     from rich.table import Table
 
     from pipeline.audit.cost_views import ls_cells, print_prices
+    from pipeline.text import text_console
 
     table = Table(title=f"{out}: {len(videos)} videos")
     for name in ("video", "source", "status", "codec", "frames", "bytes", "bpp", "kbps", "PSNR", "MS-SSIM"):
@@ -169,7 +171,7 @@ def ls_command(
         )  # fmt: skip
         if v.video_key in costs:
             spent.add_row(v.video_key, *ls_cells(costs[v.video_key], priced.currency))
-    console = Console()
+    console = text_console()  # source names and errors are data: text, never markup or escapes
     console.print(table)
     if costs:
         console.print(spent)
@@ -182,9 +184,11 @@ def ls_command(
 
 def _exit_if_damaged(damaged: list[Any]) -> None:
     """Damaged manifest parts: one line each on stderr, exit 1 (the other videos were listed)."""
+    from pipeline.text import printable
+
     if damaged:
         for video in damaged:
-            print(f"damaged: {video.error}", file=sys.stderr)
+            print(f"damaged: {printable(video.error)}", file=sys.stderr)
         raise typer.Exit(1)
 
 

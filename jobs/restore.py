@@ -32,6 +32,7 @@ def restore_command(
     """Restore a video (or a frame range) from an archive into DEST (.mp4 or .mkv)."""
     from pipeline.restore import RestoreError, parse_frame_range, restore_video
     from pipeline.storage import StorageError, redact
+    from pipeline.text import printable
 
     try:
         span = parse_frame_range(frames) if frames else None
@@ -39,12 +40,12 @@ def restore_command(
             out, video, dest, frames=span, endpoint_url=endpoint_url, device=device, model=model
         )
     except (RestoreError, StorageError, OSError) as exc:
-        print(f"error: {redact(str(exc).splitlines()[0])}", file=sys.stderr)
+        print(f"error: {printable(redact(str(exc).splitlines()[0]))}", file=sys.stderr)
         raise typer.Exit(2) from None
     print(
         f"restored {result.video_key} frames {result.first_frame}:{result.first_frame + result.frame_count} "
         f"({result.gops_decoded} GOPs, {result.bytes_read} bytes read"
-        f"{', with audio' if result.audio else ''}) to {result.dest}"
+        f"{', with audio' if result.audio else ''}) to {printable(result.dest)}"
     )
 
 
