@@ -7,7 +7,6 @@ part is named on stderr, and `audit` exits 1.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from jobs import price_options as po
+from pipeline.runinfo import json_text
 from pipeline.text import printable, text_console
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -69,7 +69,7 @@ def audit(
         _fail(str(exc))
         return
     if as_json:
-        sys.stdout.write(json.dumps(result.to_json(), default=_json_default, indent=2) + "\n")
+        sys.stdout.write(json_text(result.to_json(), default=_json_default, indent=2) + "\n")
     else:
         from pipeline.audit.tables import print_audit
 
@@ -115,7 +115,7 @@ def compare(
         _fail(str(exc))
         return
     if as_json:
-        sys.stdout.write(json.dumps(result.to_json(), default=_json_default, indent=2) + "\n")
+        sys.stdout.write(json_text(result.to_json(), default=_json_default, indent=2) + "\n")
     else:
         from pipeline.audit.compare import print_comparison
 

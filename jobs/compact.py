@@ -8,7 +8,6 @@ compaction holds its lock).
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated
 
@@ -33,6 +32,7 @@ def compact_command(
     import dataclasses
 
     from pipeline.compact import CompactError, compact
+    from pipeline.runinfo import json_text
     from pipeline.storage import redact
     from pipeline.text import printable
 
@@ -51,7 +51,7 @@ def compact_command(
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         raise typer.Exit(2) from None
     if as_json:
-        print(json.dumps(dataclasses.asdict(report), indent=2))
+        print(json_text(dataclasses.asdict(report), indent=2))
     else:
         print(report.line())
     for line in report.damaged:

@@ -62,7 +62,9 @@ def inspect_command(
         _fail(str(exc))
         return
     if as_json:
-        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+        from pipeline.runinfo import json_text
+
+        sys.stdout.write(json_text(report, indent=2, sort_keys=True) + "\n")
         return
     from rich.table import Table
 
@@ -148,7 +150,9 @@ def ls_command(
             )
             for v in videos
         ]
-        sys.stdout.write(json.dumps(listing, indent=2) + "\n")
+        from pipeline.runinfo import json_text
+
+        sys.stdout.write(json_text(listing, indent=2) + "\n")
         _exit_if_damaged(damaged)
         return
     from rich.table import Table

@@ -148,7 +148,9 @@ def write_container(
         )
         position = _write(stream, blob, position)
     full_header = dict(header, attachments=attachment_info)
-    header_bytes = json.dumps(full_header, sort_keys=True, separators=(",", ":")).encode()
+    # allow_nan=False: a NaN (say, in a quality search's record) would make an archive its own reader
+    # refuses; a writer must drop it first (`pipeline.runinfo.finite`)
+    header_bytes = json.dumps(full_header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     footer = b"".join([U32.pack(len(header_bytes)), header_bytes, U32.pack(len(records)), *records])
     footer_offset = position
     position = _write(stream, footer, position)

@@ -5,6 +5,7 @@ on stdout or stderr, the names shown escaped (`\\x1b[2J`)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,10 @@ def test_printable_escapes_control_characters_and_keeps_text() -> None:
     console = text_console(width=200, record=True)
     console.print(f"[bold]{MARKUP}[/bold] {CLEAR} :smile:\nsecond line")
     assert console.export_text() == f"[bold]{MARKUP}[/bold] \\x1b[2J.mkv :smile:\nsecond line\n"
+
+
+def _refuse(token: str) -> None:
+    raise ValueError(f"not JSON: {token}")
 
 
 def _clean(result, *codes: int) -> str:
@@ -74,6 +79,13 @@ def test_hostile_source_names_print_as_text_everywhere(
         assert "source_uri" in report
     _clean(runner.invoke(app, ["verify", str(out)]), 0)
     _clean(runner.invoke(app, ["compare", str(out), str(out)]), 0)
+    # and every JSON written or printed is strict JSON (no NaN / Infinity tokens)
+    for written in out.rglob("*.json"):
+        json.loads(written.read_text(), parse_constant=_refuse)
+    container = next((out / "videos").glob("*.vdrc"))
+    for command in (["ls", str(out)], ["audit", str(out)], ["inspect", str(container)]):
+        printed = runner.invoke(app, [*command, "--json"])
+        json.loads(printed.stdout, parse_constant=_refuse)
     restored = _clean(runner.invoke(app, ["restore", str(out), CLEAR, str(tmp_path / "back.mkv")]), 0)
     assert (tmp_path / "back.mkv").exists() and "restored" in restored
     missing = _clean(runner.invoke(app, ["restore", str(out), "\x1b[2Jnone.mkv", str(tmp_path / "x.mkv")]), 2)
