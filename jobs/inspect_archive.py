@@ -103,11 +103,16 @@ def inspect_command(
     for name in ("GOP", "first frame", "frames", "offset", "length", "crc32c", "bpp", "kbps"):
         gops.add_column(name, justify="right")
     for g in report["gops"]:
+        crc = f"{g['payload_crc32c']}*" if g.get("payload_crc32c") else g["crc32c"]
         gops.add_row(
             str(g["index"]), str(g["first_frame"]), str(g["frame_count"]), str(g["offset"]),
-            str(g["length"]), g["crc32c"], _fmt(g["bpp"], 4), _fmt(g["kbps"], 1),
+            str(g["length"]), crc, _fmt(g["bpp"], 4), _fmt(g["kbps"], 1),
         )  # fmt: skip
     console.print(gops)
+    if any(g.get("payload_crc32c") for g in report["gops"]):
+        console.print(
+            "* the payload's own CRC-32C (its last 4 bytes; the index's CRC of such a payload is 48674bc7)"
+        )
     t = report["totals"]
     console.print(
         f"total: {t['frames']} frames in {t['gops']} GOPs, {t['payload_bytes']} payload bytes, "
