@@ -79,7 +79,8 @@ def archive_command(
         float, typer.Option(help="GPUs per encode actor (fractional ok; 0 = CPU).")
     ] = 0.0,
     verify_fraction: Annotated[
-        float | None, typer.Option(help="Verify this fraction of GOPs at the end.")
+        float | None,
+        typer.Option(help="Verify this fraction of GOPs at the end.", show_default="none: no closing verify"),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Archive at most this many videos in this run.")] = None,
     retry_failed: Annotated[
@@ -293,8 +294,11 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=COMMAND_HELP)(archive_command)
+    describe_defaults(app)
     app()
 
 

@@ -134,6 +134,9 @@ register(app)
 
 def main() -> None:
     """`python -m jobs.audit OUT ...` (the audit command; `compare` via `python -m jobs.audit compare`)."""
+    from jobs.help_defaults import describe_defaults
+
+    describe_defaults(app)
     argv = sys.argv[1:]
     if argv and argv[0] in ("audit", "compare"):
         app(argv)

@@ -163,6 +163,9 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
+    describe_defaults(bench_app)
     bench_app()
 
 

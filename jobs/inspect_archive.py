@@ -207,8 +207,11 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
     register(app)
+    describe_defaults(app)
     argv = sys.argv[1:]
     app(argv if argv and argv[0] in ("inspect", "ls") else ["inspect", *argv])
 

@@ -109,6 +109,9 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
+    describe_defaults(model_app)
     model_app()
 
 
