@@ -1,11 +1,15 @@
 """Seeded fuzzing of everything that parses archive bytes: the `.vdrc` container, the GLVC and GVC payload
-parsers, and the GLVC, GVC and x264 decoders.
+parsers, and the GLVC, GVC and x264 decoders; and of `vidarc inspect`, which prints what it parsed.
 
 Every target starts from a valid input and mutates it, blindly (bit flips, interesting bytes, cuts,
 insertions) and with knowledge of the format (a header field set to a hostile value, or a body byte
-changed, and the checksum recomputed so the mutation reaches the parser behind it). A target may
-accept an input or refuse it with its documented error (`ContainerError`, `CodecError`); any other
-exception is a crash, reported with the seed and iteration that reproduce it.
+changed, and the checksum recomputed so the mutation reaches the parser behind it). The container's
+knowing mutations include the hostile cases of issue 26: a timestamps time base such as
+"1e-100000000" (a hang once), frame counts that agree with the index but no payload could hold (2^40,
+10^9, none at all) and header strings with rich markup and terminal escape sequences, which the
+`inspect` target prints (no markup error, no raw control byte may come out). A target may accept an
+input or refuse it with its documented error (`ContainerError`, `CodecError`, exit 2 for `inspect`);
+any other exception is a crash, reported with the seed and iteration that reproduce it.
 
     python -m bench.fuzz --seconds 60            # every target for 60 s each, one JSON line per target
     python -m bench.fuzz --targets container --iterations 100000 --seed 3
@@ -51,6 +55,16 @@ INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFF, 0x5B, 0x7B, 0x22)
 HOSTILE_JSON = (
     "Infinity", "-Infinity", "NaN", "1e999", "-1", "0", "18446744073709551616", "[]", "{}", '"x"', "null",
     "true", "-0.0", "1.5", "[1]", '{"a": 1}', "[" * 5000 + "]" * 5000, '"' + "\\u0000" * 10 + '"',
+)  # fmt: skip
+HOSTILE_TIME_BASES = (
+    "1e-100000000", "1e100000000", "1/0", "0", "-1/2", "1/-2", "1.5", "nan", "inf", " 1/2", "1/2 ", "1//2",
+    "9" * 40, "1/" + "9" * 40, "4294967296/1", "½", "١/٢", "", 0, -1, 1.5, None, [1, 2], {"a": 1},
+)  # fmt: skip
+#: Frame counts a forged index may claim while still tiling the header's count.
+HOSTILE_COUNTS = (0, 1, 2**31, 2**32 - 1, 10**9, 2**40)
+HOSTILE_TEXT = (
+    "[/x]bad.mp4", "[bold red]x[/]", "\x1b]0;title\x07", "\x1b[2J", "\x1b[31mred", "\x9b2J", "a\nb\rc",
+    "\u202etxt.exe", ":smile:", "\x00", "\\[escaped]",
 )  # fmt: skip
 
 
@@ -180,7 +194,7 @@ def mutate_container(data: bytes, rng: random.Random) -> bytes:
     if rng.random() < 0.3:
         return mutate_bytes(data, rng)
     area, header, records = _split_container(data)
-    choice = rng.randrange(4)
+    choice = rng.randrange(7)
     if choice == 0:  # one header field set to a hostile JSON value
         fields = json.loads(header)
         key = rng.choice([*fields, "attachments", "frame_count", "width"])
@@ -194,9 +208,47 @@ def mutate_container(data: bytes, rng: random.Random) -> bytes:
         j = rng.randrange(len(fields))
         fields[j] = rng.choice((0, 1, 2**31, 2**32 - 1)) if j in (1, 4) else rng.choice((0, 7, 8, 2**63))
         records[i] = GOP_RECORD.pack(*fields)
-    else:  # blind edits in the payload area (the preamble, GOPs, attachments)
+    elif choice == 3:  # blind edits in the payload area (the preamble, GOPs, attachments)
         area = mutate_bytes(area, rng)[: len(area)].ljust(len(area), b"\x00")
+    elif choice == 4:  # the timestamps' time base, as text no reader may parse blindly
+        fields = json.loads(header)
+        for attachment in fields.get("attachments") or []:
+            if attachment.get("name") == TIMESTAMPS_ATTACHMENT:
+                attachment["info"]["time_base"] = rng.choice(HOSTILE_TIME_BASES)
+        header = json.dumps(fields).encode()
+    elif choice == 5:  # frame counts that agree with the index, but no payload could hold
+        header, records = _forged_counts(json.loads(header), records, rng)
+    else:  # a header string with markup or terminal control codes
+        fields = json.loads(header)
+        key = rng.choice(("source_uri", "codec_version", "model_id", "pix_fmt", "source_note", "video_key"))
+        fields[key] = "".join(rng.choice(HOSTILE_TEXT) for _ in range(rng.randint(1, 3)))
+        header = json.dumps(fields).encode()
     return _join_container(area, header, records)
+
+
+def _forged_counts(
+    fields: dict[str, Any], records: list[bytes], rng: random.Random
+) -> tuple[bytes, list[bytes]]:
+    """Header and GOP records whose frame counts tile (so the tiling check passes) but are hostile: one
+    huge GOP, many GOPs of 2^32-1 frames up to 2^40, empty payloads, or no GOP at all."""
+    kind = rng.randrange(3)
+    gops = [list(GOP_RECORD.unpack(r)) for r in records]
+    if kind == 0:  # one GOP claims a huge count
+        gops[rng.randrange(len(gops))][1] = rng.choice(HOSTILE_COUNTS[1:5])
+    elif kind == 1:  # 2^40 frames in 257 GOPs, payloads empty or the first GOP's
+        first = gops[0]
+        length = rng.choice((0, first[3]))
+        gops = [[i * (2**32 - 1), 2**32 - 1, first[2], length, crc32c(b"") if not length else first[4]]
+                for i in range(256)]  # fmt: skip
+        gops.append([256 * (2**32 - 1), 256, first[2], length, gops[0][4]])
+    else:  # no GOP and no frame
+        gops = []
+    first_frame = 0
+    for gop in gops:  # contiguous first frames, whatever the counts
+        gop[0] = first_frame
+        first_frame += gop[1]
+    fields["frame_count"] = first_frame
+    return json.dumps(fields).encode(), [GOP_RECORD.pack(*gop) for gop in gops]
 
 
 def parse_container(data: bytes) -> None:
@@ -215,6 +267,41 @@ def parse_container(data: bytes) -> None:
     reader = ArchiveReader.__new__(ArchiveReader)  # the timestamps check without a filesystem
     reader.uri, reader.read, reader._index = "fuzz.vdrc", read, index
     reader.timestamps()
+
+
+def inspect_target(workdir: Path) -> Target:
+    """`vidarc inspect` on a mutated object (its table printer included): exit 0 or a one-line exit 2,
+    and nothing from the object reaches the terminal as markup or control codes."""
+    path = workdir / "inspect.vdrc"
+
+    def run(data: bytes) -> None:
+        import contextlib
+
+        import typer
+
+        from jobs.inspect_archive import inspect_command
+
+        path.write_bytes(data)
+        out, err = io.StringIO(), io.StringIO()
+        code = 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                inspect_command(str(path))
+            except typer.Exit as stop:
+                code = stop.exit_code
+        printed = out.getvalue() + err.getvalue()
+        if any(ch in printed for ch in ("\x1b", "\x07", "\x9b")):
+            raise AssertionError(f"a raw control character was printed: {printed[:200]!r}")
+        if code not in (0, 2) or (code == 2 and len(err.getvalue().strip().splitlines()) != 1):
+            raise AssertionError(f"exit {code}: {err.getvalue()[:200]!r}")
+        if code == 2:
+            raise InspectRefused(err.getvalue().strip())
+
+    return Target("inspect", sample_container(), mutate_container, run, (InspectRefused,))
+
+
+class InspectRefused(Exception):
+    """`vidarc inspect` refused an object (exit 2, one line): the documented outcome of a bad one."""
 
 
 # ---- payload parsers ----------------------------------------------------------------------------------
@@ -389,11 +476,14 @@ def codec_targets(workdir: Path, names: set[str]) -> list[Target]:
     return [t for t in targets if t.name in names]
 
 
-ALL_TARGETS = ("container", "glvc-payload", "gvc-payload", "glvc-decode", "gvc-decode", "x264-decode")
+ALL_TARGETS = (
+    "container", "inspect", "glvc-payload", "gvc-payload", "glvc-decode", "gvc-decode", "x264-decode",
+)  # fmt: skip
 
 
 def build_targets(names: set[str], workdir: Path) -> list[Target]:
     targets = [container_target()] if "container" in names else []
+    targets += [inspect_target(workdir)] if "inspect" in names else []
     return targets + codec_targets(workdir, names)
 
 

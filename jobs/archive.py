@@ -79,7 +79,8 @@ def archive_command(
         float, typer.Option(help="GPUs per encode actor (fractional ok; 0 = CPU).")
     ] = 0.0,
     verify_fraction: Annotated[
-        float | None, typer.Option(help="Verify this fraction of GOPs at the end.")
+        float | None,
+        typer.Option(help="Verify this fraction of GOPs at the end.", show_default="none: no closing verify"),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Archive at most this many videos in this run.")] = None,
     retry_failed: Annotated[
@@ -158,6 +159,7 @@ def archive_command(
         resources_from_option,
     )
     from pipeline.storage import redact
+    from pipeline.text import printable
 
     try:
         config = ArchiveConfig(
@@ -204,20 +206,27 @@ def archive_command(
         )
         result = _run_with_ray(run_archive, config)
     except (ArchiveError, ConfigError) as exc:
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         raise typer.Exit(2) from None
-    print(result.message)
+    print(printable(result.message))
     if result.summary.get("reference"):
         print(result.summary["reference"]["statement"])
     for missed in result.summary.get("quality_targets_missed", []):
         where = missed["video_key"] + (f" GOP {missed['gop_index']}" if "gop_index" in missed else "")
-        print(f"  quality target not reached: {where}: {missed['note']}", file=sys.stderr)
+        print(f"  quality target not reached: {where}: {printable(missed['note'])}", file=sys.stderr)
     for warning in result.summary.get("warnings", []):
-        print(f"  warning: {warning['source_uri']}: {warning['warning']}", file=sys.stderr)
+        print(
+            f"  warning: {printable(warning['source_uri'])}: {printable(warning['warning'])}", file=sys.stderr
+        )
     for failure in result.summary.get("failures", []):
-        print(f"  failed: {failure['error']}", file=sys.stderr)
+        label = "not written (storage failed)" if failure.get("transient") else "failed"
+        print(f"  {label}: {printable(failure['error'])}", file=sys.stderr)
+    if result.summary.get("lease_error"):
+        print(f"  storage: leases not written: {result.summary['lease_error']}", file=sys.stderr)
+    if result.summary.get("storage_stop"):
+        print(f"  storage: run stopped: {result.summary['storage_stop']}", file=sys.stderr)
     if result.summary.get("storage_error"):
-        print(f"error: {redact(result.summary['storage_error'])}", file=sys.stderr)
+        print(f"error: {printable(redact(result.summary['storage_error']))}", file=sys.stderr)
     raise typer.Exit(result.exit_code)
 
 
@@ -285,8 +294,11 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=COMMAND_HELP)(archive_command)
+    describe_defaults(app)
     app()
 
 

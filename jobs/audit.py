@@ -7,21 +7,21 @@ part is named on stderr, and `audit` exits 1.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from jobs import price_options as po
+from pipeline.runinfo import json_text
+from pipeline.text import printable, text_console
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {printable(message)}", err=True)
     raise typer.Exit(2)
 
 
@@ -69,17 +69,17 @@ def audit(
         _fail(str(exc))
         return
     if as_json:
-        sys.stdout.write(json.dumps(result.to_json(), default=_json_default, indent=2) + "\n")
+        sys.stdout.write(json_text(result.to_json(), default=_json_default, indent=2) + "\n")
     else:
         from pipeline.audit.tables import print_audit
 
-        print_audit(result, Console(), worst)
+        print_audit(result, text_console(), worst)
         if html is not None:
             typer.echo(f"report written to {html}")
     damaged = result.damaged_parts + ((result.verify or {}).get("damaged_parts") or [])
     if damaged:  # the audit of everything else stands; the damage is a finding, exit 1
         for part in damaged:
-            typer.echo(f"damaged: {part['uri']}: {part['reason']}", err=True)
+            typer.echo(f"damaged: {printable(part['uri'])}: {printable(part['reason'])}", err=True)
         raise typer.Exit(1)
 
 
@@ -115,11 +115,11 @@ def compare(
         _fail(str(exc))
         return
     if as_json:
-        sys.stdout.write(json.dumps(result.to_json(), default=_json_default, indent=2) + "\n")
+        sys.stdout.write(json_text(result.to_json(), default=_json_default, indent=2) + "\n")
     else:
         from pipeline.audit.compare import print_comparison
 
-        print_comparison(result, Console())
+        print_comparison(result, text_console())
         if html is not None:
             typer.echo(f"report written to {html}")
 
@@ -134,6 +134,9 @@ register(app)
 
 def main() -> None:
     """`python -m jobs.audit OUT ...` (the audit command; `compare` via `python -m jobs.audit compare`)."""
+    from jobs.help_defaults import describe_defaults
+
+    describe_defaults(app)
     argv = sys.argv[1:]
     if argv and argv[0] in ("audit", "compare"):
         app(argv)

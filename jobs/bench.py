@@ -151,7 +151,9 @@ def _report(run: Callable[[], Any], record: Callable[[Any], dict], as_json: bool
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise typer.Exit(2) from None
     if as_json:
-        sys.stdout.write(json.dumps(record(result), indent=2) + "\n")
+        from pipeline.runinfo import json_text
+
+        sys.stdout.write(json_text(record(result), indent=2) + "\n")
     else:
         print("\n".join(result.lines()))
 
@@ -161,6 +163,9 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
+    describe_defaults(bench_app)
     bench_app()
 
 

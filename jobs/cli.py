@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from jobs import archive, audit, bench, compact, export, inspect_archive, model, restore, train, verify
+from jobs.help_defaults import describe_defaults
 
 app = typer.Typer(
     name="vidarc",
@@ -21,6 +22,7 @@ app = typer.Typer(
 
 for module in (archive, verify, restore, export, inspect_archive, audit, compact, bench, train, model):
     module.register(app)
+describe_defaults(app)  # every option's default in --help, "none"/"off" included
 
 
 if __name__ == "__main__":

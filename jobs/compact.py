@@ -8,7 +8,6 @@ compaction holds its lock).
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated
 
@@ -33,7 +32,9 @@ def compact_command(
     import dataclasses
 
     from pipeline.compact import CompactError, compact
+    from pipeline.runinfo import json_text
     from pipeline.storage import redact
+    from pipeline.text import printable
 
     if not target_mb > 0:
         print(f"error: --target-mb must be positive, got {target_mb:g}", file=sys.stderr)
@@ -47,14 +48,14 @@ def compact_command(
             force=force,
         )
     except CompactError as exc:
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         raise typer.Exit(2) from None
     if as_json:
-        print(json.dumps(dataclasses.asdict(report), indent=2))
+        print(json_text(dataclasses.asdict(report), indent=2))
     else:
         print(report.line())
     for line in report.damaged:
-        print(f"  unreadable part left as it is: {redact(line)}", file=sys.stderr)
+        print(f"  unreadable part left as it is: {printable(redact(line))}", file=sys.stderr)
     raise typer.Exit(1 if report.damaged else 0)
 
 
@@ -63,8 +64,11 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=COMMAND_HELP)(compact_command)
+    describe_defaults(app)
     app()
 
 

@@ -93,8 +93,11 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=COMMAND_HELP)(export_command)
+    describe_defaults(app)
     app()
 
 

@@ -19,8 +19,9 @@ from jobs import price_options as po
 
 def _fail(message: str) -> None:
     from pipeline.storage import redact
+    from pipeline.text import printable
 
-    print(f"error: {redact(message)}", file=sys.stderr)
+    print(f"error: {printable(redact(message))}", file=sys.stderr)
     raise typer.Exit(2)
 
 
@@ -65,12 +66,15 @@ def inspect_command(
         _fail(str(exc))
         return
     if as_json:
-        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+        from pipeline.runinfo import json_text
+
+        sys.stdout.write(json_text(report, indent=2, sort_keys=True) + "\n")
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from pipeline.text import text_console
+
+    console = text_console()  # header strings and names are data: text, never markup or escapes
     if report.get("kind") == "pack":
         members = Table(
             title=f"pack {report['uri']} ({report['object_bytes']} bytes, {len(report['members'])} videos)"
@@ -103,11 +107,16 @@ def inspect_command(
     for name in ("GOP", "first frame", "frames", "offset", "length", "crc32c", "bpp", "kbps"):
         gops.add_column(name, justify="right")
     for g in report["gops"]:
+        crc = f"{g['payload_crc32c']}*" if g.get("payload_crc32c") else g["crc32c"]
         gops.add_row(
             str(g["index"]), str(g["first_frame"]), str(g["frame_count"]), str(g["offset"]),
-            str(g["length"]), g["crc32c"], _fmt(g["bpp"], 4), _fmt(g["kbps"], 1),
+            str(g["length"]), crc, _fmt(g["bpp"], 4), _fmt(g["kbps"], 1),
         )  # fmt: skip
     console.print(gops)
+    if any(g.get("payload_crc32c") for g in report["gops"]):
+        console.print(
+            "* the payload's own CRC-32C (its last 4 bytes; the index's CRC of such a payload is 48674bc7)"
+        )
     t = report["totals"]
     console.print(
         f"total: {t['frames']} frames in {t['gops']} GOPs, {t['payload_bytes']} payload bytes, "
@@ -154,7 +163,9 @@ def ls_command(
 
 
 def _print_json(listing: Any, priced: Any, *, lines: bool) -> None:
-    """Each video as it comes: a JSON array written element by element, or JSON lines."""
+    """Each video as it comes: a JSON array written element by element, or JSON lines (strict JSON)."""
+    from pipeline.runinfo import json_text
+
     prices_used = priced.to_json()  # in every video's costs: each row says what it was priced with
     write = sys.stdout.write
     first = True
@@ -165,7 +176,7 @@ def _print_json(listing: Any, priced: Any, *, lines: bool) -> None:
             dataclasses.asdict(item.video),
             costs=dict(item.costs, prices=prices_used) if item.costs is not None else None,
         )
-        text = json.dumps(record, allow_nan=False, default=_json_number)
+        text = json_text(record)
         if lines:
             write(text + "\n")
         else:
@@ -176,22 +187,17 @@ def _print_json(listing: Any, priced: Any, *, lines: bool) -> None:
     sys.stdout.flush()
 
 
-def _json_number(value: Any) -> Any:
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
 PAGE_ROWS = 500
 
 
 def _print_tables(out: str, listing: Any, priced: Any) -> None:
     """Tables of `PAGE_ROWS` videos each, printed as the listing streams (never the whole archive)."""
-    from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
     from pipeline.audit.cost_views import ls_cells, print_prices
+    from pipeline.text import text_console
 
-    console = Console()
+    console = text_console()  # source names and errors are data: text, never markup or escapes
     shown = 0
     costed = False
     errors: list[str] = []
@@ -200,7 +206,7 @@ def _print_tables(out: str, listing: Any, priced: Any) -> None:
         page = [item for _, item in zip(range(PAGE_ROWS), items, strict=False)]
         if not page:
             break
-        table = Table(title=f"{escape(out)}: videos {shown + 1}-{shown + len(page)}")
+        table = Table(title=f"{out}: videos {shown + 1}-{shown + len(page)}")
         for name in (
             "video",
             "source",
@@ -230,11 +236,11 @@ def _print_tables(out: str, listing: Any, priced: Any) -> None:
             v = item.video
             source = v.source_uri.rstrip("/").rsplit("/", 1)[-1] if v.source_uri else "-"
             table.add_row(
-                escape(v.video_key), escape(source), v.status, escape(v.codec or "-"), str(v.frames),
+                v.video_key, source, v.status, v.codec or "-", str(v.frames),
                 str(v.payload_bytes), _fmt(v.bpp, 4), _fmt(v.kbps, 1), _fmt(v.psnr, 2), _fmt(v.ms_ssim, 4),
             )  # fmt: skip
             if item.costs is not None:
-                spent.add_row(escape(v.video_key), *ls_cells(item.costs, priced.currency))
+                spent.add_row(v.video_key, *ls_cells(item.costs, priced.currency))
             if v.error and v.status != "damaged" and len(errors) < 1000:
                 errors.append(f"{v.video_key}: {v.error}")
         console.print(table)
@@ -243,18 +249,20 @@ def _print_tables(out: str, listing: Any, priced: Any) -> None:
             console.print(spent)
         shown += len(page)
     if not shown:
-        console.print(f"{escape(out)}: no videos")
+        console.print(f"{out}: no videos")
     if costed:
         print_prices({"prices": priced.to_json(), "uses_default_prices": priced.uses_defaults()}, console)
     for line in errors:
-        console.print(escape(line), soft_wrap=True, markup=False)
+        console.print(line, soft_wrap=True)
 
 
 def _exit_if_damaged(damaged: list[Any]) -> None:
     """Damaged manifest parts: one line each on stderr, exit 1 (the other videos were listed)."""
+    from pipeline.text import printable
+
     if damaged:
         for part in damaged:
-            print(f"damaged: {part.line()}", file=sys.stderr)
+            print(f"damaged: {printable(part.line())}", file=sys.stderr)
         raise typer.Exit(1)
 
 
@@ -264,8 +272,11 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
     register(app)
+    describe_defaults(app)
     argv = sys.argv[1:]
     app(argv if argv and argv[0] in ("inspect", "ls") else ["inspect", *argv])
 

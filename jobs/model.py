@@ -8,7 +8,6 @@ files, but a card makes a changed or swapped file a load error rather than a new
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated
 
@@ -57,7 +56,9 @@ def info_command(
     except CodecError as exc:
         _fail(str(exc))
     if as_json:
-        print(json.dumps(summary, indent=2))
+        from pipeline.runinfo import json_text
+
+        print(json_text(summary, indent=2))
         return
     print(
         f"model     {summary['model_id']}{'' if summary['pinned'] else '  (unpinned: identity computed from its files)'}"
@@ -108,6 +109,9 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
+    describe_defaults(model_app)
     model_app()
 
 

@@ -35,6 +35,7 @@ def restore_command(
     """Restore a video (or a frame range) from an archive into DEST (.mp4 or .mkv)."""
     from pipeline.restore import RestoreError, parse_frame_range, restore_video
     from pipeline.storage import StorageError, redact
+    from pipeline.text import printable
 
     try:
         span = parse_frame_range(frames) if frames else None
@@ -43,12 +44,12 @@ def restore_command(
                 out, video, dest, frames=span, endpoint_url=endpoint_url, device=device, model=model
             )
     except (RestoreError, StorageError, OSError) as exc:
-        print(f"error: {redact(str(exc).splitlines()[0])}", file=sys.stderr)
+        print(f"error: {printable(redact(str(exc).splitlines()[0]))}", file=sys.stderr)
         raise typer.Exit(2) from None
     print(
         f"restored {result.video_key} frames {result.first_frame}:{result.first_frame + result.frame_count} "
         f"({result.gops_decoded} GOPs, {result.bytes_read} bytes read"
-        f"{', with audio' if result.audio else ''}) to {result.dest}"
+        f"{', with audio' if result.audio else ''}) to {printable(result.dest)}"
     )
 
 
@@ -56,6 +57,7 @@ def restore_command(
 def _index_warnings_as_lines() -> Iterator[None]:
     """A lookup that had to scan the manifest (an archive older than its index) says so in one line."""
     from pipeline.locate import IndexWarning
+    from pipeline.text import printable
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", IndexWarning)
@@ -64,7 +66,7 @@ def _index_warnings_as_lines() -> Iterator[None]:
         finally:
             for warning in caught:
                 if issubclass(warning.category, IndexWarning):
-                    print(f"warning: {warning.message}", file=sys.stderr)
+                    print(f"warning: {printable(str(warning.message))}", file=sys.stderr)
                 else:
                     warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
@@ -74,8 +76,11 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=COMMAND_HELP)(restore_command)
+    describe_defaults(app)
     app()
 
 

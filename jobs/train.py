@@ -436,6 +436,9 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
+    describe_defaults(train_app)
     train_app()
 
 

@@ -47,6 +47,7 @@ def verify_command(
 ) -> None:
     """Decode a seeded sample of an archive's GOPs from the stored bytes and check them."""
     from pipeline.storage import redact
+    from pipeline.text import printable
     from pipeline.verify import VerifyError, run_verify
 
     if device not in ("cpu", "cuda", "auto"):
@@ -65,7 +66,7 @@ def verify_command(
             scan=scan, model=model, against_source=against_source,
         )  # fmt: skip
     except VerifyError as exc:
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         raise typer.Exit(2) from None
     finally:
         if owned:
@@ -92,9 +93,9 @@ def verify_command(
                 "--fingerprint-every > 1: no pixels recorded)"
             )
     for warning in report.warnings:
-        print(f"  note: {warning}")
+        print(f"  note: {printable(warning)}")
     for failure in report.failures:
-        print(f"  FAILED: {failure}", file=sys.stderr)
+        print(f"  FAILED: {printable(failure)}", file=sys.stderr)
     if report.output_uri:
         print(f"rows written to {report.output_uri}")
     raise typer.Exit(0 if report.ok else 1)
@@ -105,8 +106,11 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
+    from jobs.help_defaults import describe_defaults
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(help=COMMAND_HELP)(verify_command)
+    describe_defaults(app)
     app()
 
 

@@ -30,8 +30,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import struct
 from collections.abc import Callable, Iterable
+from fractions import Fraction
 from typing import Any, BinaryIO
 
 import crc32c as _crc32c
@@ -146,7 +148,9 @@ def write_container(
         )
         position = _write(stream, blob, position)
     full_header = dict(header, attachments=attachment_info)
-    header_bytes = json.dumps(full_header, sort_keys=True, separators=(",", ":")).encode()
+    # allow_nan=False: a NaN (say, in a quality search's record) would make an archive its own reader
+    # refuses; a writer must drop it first (`pipeline.runinfo.finite`)
+    header_bytes = json.dumps(full_header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     footer = b"".join([U32.pack(len(header_bytes)), header_bytes, U32.pack(len(records)), *records])
     footer_offset = position
     position = _write(stream, footer, position)
@@ -231,12 +235,18 @@ def _parse_footer(
     cursor += U32.size
     if gop_count > MAX_GOPS or cursor + gop_count * GOP_RECORD.size != len(footer):
         raise ContainerError(f"{name}: GOP count {gop_count} does not match the footer size")
+    if gop_count == 0:  # every archive holds at least one frame; an empty index is a forged one
+        raise ContainerError(f"{name}: the index holds no GOPs (index is corrupt)")
     gops: list[GopEntry] = []
     next_first = 0
     for i in range(gop_count):
         first, count, offset, length, crc = GOP_RECORD.unpack_from(footer, cursor + i * GOP_RECORD.size)
         if first != next_first or count < 1:
             raise ContainerError(f"{name}: GOP {i} does not follow GOP {i - 1} (index is corrupt)")
+        if length == 0:  # every codec's payload states at least its geometry: frames from no bytes
+            raise ContainerError(
+                f"{name}: GOP {i} claims {count} frames in an empty payload (index is corrupt)"
+            )
         _check_span(offset, length, footer_offset, f"GOP {i}", name)
         gops.append(GopEntry(i, first, count, offset, length, crc))
         next_first = first + count
@@ -248,6 +258,23 @@ def _parse_footer(
         _check_span(att.offset, att.length, footer_offset, f"attachment {att.name!r}", name)
         attachments.append(att)
     return header, gops, attachments
+
+
+def parse_time_base(value: Any, name: str) -> Fraction:
+    """A time base as the writer stores it ("1/90000", or "1"), checked before any number is built:
+    `Fraction("1e-100000000")` would compute a hundred-million-digit integer (a hang), so the text
+    must be at most two decimal terms of 1..2^31-1 (what an AVRational holds)."""
+    text = str(value) if type(value) is int else value
+    match = _TIME_BASE.fullmatch(text) if isinstance(text, str) and len(text) <= 21 else None
+    numerator, denominator = (int(match[1]), int(match[2] or 1)) if match else (0, 0)
+    if not (1 <= numerator <= MAX_RATE_TERM and 1 <= denominator <= MAX_RATE_TERM):
+        raise ContainerError(
+            f"{name}: the frame timestamps' time base is malformed (want N/D, terms 1..{MAX_RATE_TERM})"
+        )
+    return Fraction(numerator, denominator)
+
+
+_TIME_BASE = re.compile(r"([0-9]{1,10})(?:/([0-9]{1,10}))?")
 
 
 # ---- the header: parsed with bounded depth, then checked field by field ---------------------------

@@ -1,6 +1,8 @@
 """Looking inside an archive: one object's header and GOP index (`inspect`), or its videos (`ls`).
 
-`inspect_object` reads only the object's tail (one ranged GET for the index), never its payloads. It
+`inspect_object` reads the object's tail (one ranged GET for the index), and of a payload that ends
+with its own CRC-32C (GLVC format 2, GVC) those 4 bytes: the index's CRC of such a payload is the
+CRC-32C residue, the same for every GOP, so the payload's own CRC is what tells the GOPs apart. It
 names the decoder the header asks for (codec, `decoder_options`, the model directory it would load);
 with `model` it also builds that decoder, which refuses weights other than the header's sha256.
 `list_archive` reads the manifest and the done/failed markers, never the containers.
@@ -86,6 +88,7 @@ def inspect_object(
     except Exception as exc:  # storage errors while reading the tail
         raise InspectError(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})") from None
     decoder = _decoder(reader, model, device)
+    own_crcs = _own_crcs(reader, index.gops, uri)
     header = {k: v for k, v in index.header.items() if k != "attachments"}
     width, height = int(header["width"]), int(header["height"])
     fps = Fraction(int(header.get("fps_num") or 25), int(header.get("fps_den") or 1))
@@ -97,6 +100,7 @@ def inspect_object(
             "offset": g.offset + (member.offset if member else 0),
             "length": g.length,
             "crc32c": f"{g.crc32c:08x}",
+            "payload_crc32c": own_crcs.get(g.index),  # the payload's own CRC, where it ends with one
             "bpp": bits_per_pixel(g.length, width, height, g.frame_count),
             "kbps": kilobits_per_second(g.length, g.frame_count, fps),
         }
@@ -130,6 +134,30 @@ def inspect_object(
             "seconds": float(frames / fps),
         },
     }
+
+
+#: crc32c(data + crc32c(data) as 4 little-endian bytes) is this constant, whatever the data.
+CRC32C_RESIDUE = 0x48674BC7
+
+
+def _own_crcs(reader: ArchiveReader, gops: list[Any], uri: str) -> dict[int, str]:
+    """GOP index -> the CRC-32C a payload stores in its last 4 bytes, for GOPs whose index CRC is the
+    residue (the payload ends with its own CRC): 4 bytes per such GOP, read in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = [g for g in gops if g.crc32c == CRC32C_RESIDUE and g.length >= 4]
+    if not wanted:
+        return {}
+
+    def tail(entry: Any) -> str:
+        data = reader.read(entry.offset + entry.length - 4, 4)
+        return f"{int.from_bytes(data, 'little'):08x}" if len(data) == 4 else "?"
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(16, len(wanted))) as pool:
+            return {g.index: crc for g, crc in zip(wanted, pool.map(tail, wanted), strict=True)}
+    except Exception as exc:  # storage errors while reading the tails
+        raise InspectError(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})") from None
 
 
 def _pack_report(uri: str, reader: ArchiveReader, pack: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pipeline.container import (
     ContainerError,
     ContainerIndex,
     GopEntry,
+    parse_time_base,
     read_attachment,
     read_gop,
     read_index,
@@ -123,12 +124,7 @@ class ArchiveReader:
         attachment = index.attachment(TIMESTAMPS_ATTACHMENT)
         if attachment is None or not attachment.info.get("time_base"):
             return None
-        try:
-            time_base = Fraction(str(attachment.info["time_base"]))
-        except (ValueError, ZeroDivisionError):
-            raise ContainerError(f"{self.uri}: the frame timestamps' time base is malformed") from None
-        if time_base <= 0:
-            raise ContainerError(f"{self.uri}: the frame timestamps' time base is not positive")
+        time_base = parse_time_base(attachment.info["time_base"], self.uri)
         blob = read_attachment(self.read, attachment, name=self.uri)
         if len(blob) % 8:
             raise ContainerError(f"{self.uri}: the frame timestamps attachment is not whole int64 values")

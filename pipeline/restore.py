@@ -316,10 +316,9 @@ def _write_video(
     width, height = int(header["width"]), int(header["height"])
     fps = _frame_rate(header, reader.uri)
     deep = isinstance(header.get("coded_bit_depth"), int) and header["coded_bit_depth"] > 8
-    if vfr_pts is not None:
-        time_base, pts = vfr_pts[1], vfr_pts[0] - vfr_pts[0][first]
-    else:
-        time_base, pts = 1 / fps, np.arange(index.frame_count, dtype=np.int64) - first
+    # a frame's timestamp is computed when it is written: nothing is sized by the header's frame count
+    time_base = vfr_pts[1] if vfr_pts is not None else 1 / fps
+    origin = int(vfr_pts[0][first]) if vfr_pts is not None else first
     start_seconds = float(first / fps) if vfr_pts is None else float(vfr_pts[0][first] * vfr_pts[1])
     end_seconds = start_seconds + _span_seconds(first, stop, fps, vfr_pts)
     if first == 0 and stop == index.frame_count:
@@ -345,7 +344,8 @@ def _write_video(
                     if not first <= number < stop:
                         continue
                     picture = _picture(image, deep)
-                    picture.pts, picture.time_base = int(pts[number]), time_base
+                    stamp = int(vfr_pts[0][number]) if vfr_pts is not None else number
+                    picture.pts, picture.time_base = stamp - origin, time_base
                     container.mux(stream.encode(picture))
                 # interleave: audio up to the end of this GOP's frames (restored-file time)
                 gop_end = min(stop, entry.first_frame + entry.frame_count)

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fsspec
@@ -137,8 +138,29 @@ def read_marker(fs: fsspec.AbstractFileSystem, out_root: str, state: str, video_
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, record: dict[str, Any]) -> None:
     """Atomic JSON write; the text passes through `redact` so no credential can be stored."""
-    text = redact(json.dumps(record, indent=2, sort_keys=True, default=str)) + "\n"
+    text = redact(json_text(record, indent=2, sort_keys=True)) + "\n"
     write_bytes(fs, path, text.encode())
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, ±Infinity, numpy's too) replaced by None: a number
+    that is not one is no measurement (null, never a made-up value), and strict JSON parsers refuse
+    the `NaN`/`Infinity` tokens `json.dumps` would write."""
+    if isinstance(value, float) or getattr(getattr(value, "dtype", None), "kind", None) == "f":
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
+def json_text(value: Any, *, default: Callable[[Any], Any] | None = str, **options: Any) -> str:
+    """`json.dumps` for everything the project writes: strict JSON (non-finite floats as null, via
+    `finite`, also in what `default` returns), so `json.loads(..., parse_constant=refuse)` reads it."""
+    wrapped = (lambda item: finite(default(item))) if default is not None else None
+    return json.dumps(finite(value), default=wrapped, allow_nan=False, **options)
 
 
 def tool_versions() -> dict[str, str | None]:

@@ -235,17 +235,23 @@ def _describe(container: Any, uri: str, max_pixels: int | None = None) -> VideoI
     durations: set[int] = set()
     missing_pts = False
     count = 0
+    cut: list[Any] = []  # corrupt packets not (yet) followed by a sound one
     for packet in container.demux(stream):
         if packet.size == 0:  # the flush packet demux yields at the end
             continue
-        count += 1
-        ts = packet.pts if packet.pts is not None else packet.dts
-        if ts is None:
-            missing_pts = True
-        else:
-            pts_values.append(int(ts))
-        if packet.duration:
-            durations.add(int(packet.duration))
+        if packet.is_corrupt:  # the last, partial packet of a cut file is no frame; one mid-stream is
+            cut.append(packet)
+            continue
+        for kept in (*cut, packet):
+            count += 1
+            ts = kept.pts if kept.pts is not None else kept.dts
+            if ts is None:
+                missing_pts = True
+            else:
+                pts_values.append(int(ts))
+            if kept.duration:
+                durations.add(int(kept.duration))
+        cut.clear()
     if count == 0 or width <= 0 or height <= 0:
         raise SourceError(f"{uri}: the video stream has no frames (truncated or empty)")
     pts_sorted = None if missing_pts or len(set(pts_values)) != count else tuple(sorted(pts_values))
@@ -419,7 +425,7 @@ def decode_frames(
                 last = expected_pts[-1]
                 if first_frame > 0:
                     container.seek(expected_pts[0], stream=stream, backward=True, any_frame=False)
-                for frame in container.decode(stream):
+                for frame in _decoded(container, stream):
                     ts = frame.pts
                     if ts in wanted:
                         frames.append(convert(frame))
@@ -427,7 +433,7 @@ def decode_frames(
                     if len(frames) == frame_count or (ts is not None and ts > last and not wanted):
                         break
             else:
-                for index, frame in enumerate(container.decode(stream)):
+                for index, frame in enumerate(_decoded(container, stream)):
                     if index >= first_frame:
                         frames.append(convert(frame))
                     if len(frames) == frame_count:
@@ -441,6 +447,22 @@ def decode_frames(
             f"{uri}: decoded {len(frames)} of frames {first_frame}+{frame_count} (truncated or corrupt source)"
         )
     return np.stack(frames)
+
+
+def _decoded(container: Any, stream: Any) -> Iterator[Any]:
+    """`container.decode(stream)`, except that corrupt packets at the very end of the stream (the
+    partial last packet of a cut file: no frame, as `probe` counts it) never reach the decoder: an
+    error there would make a frame-threaded decoder drop the frames it still holds (B-frames)."""
+    held: list[Any] = []  # corrupt packets not (yet) followed by a sound one
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the end: flush, without the trailing corrupt packets
+            held.clear()
+        elif packet.is_corrupt:
+            held.append(packet)
+            continue
+        for sent in (*held, packet):
+            yield from sent.decode()
+        held.clear()
 
 
 def extract_audio(uri: str, *, endpoint_url: str | None = None) -> tuple[bytes, dict[str, Any]] | None:

@@ -1,5 +1,7 @@
 """A fault-injecting HTTP proxy for S3 tests: forwards to the moto server, except requests that match
-a rule, which it answers with a 503 / 403, drops (closes the connection without a reply), or delays.
+a rule, which it answers with a 503 / 403, drops (closes the connection without a reply), or delays;
+a "down" rule makes the proxy die like a killed server at the first request it matches: that request
+and every later one are dropped, and the port stops accepting connections (refused).
 
 Deterministic on purpose: a rule fails the first `count` requests that match its method and path
 pattern (or all of them, `count=None`), never a random fraction or a timed window, so a test knows
@@ -28,7 +30,7 @@ _ERROR_BODY = (
 class Rule:
     """Fail (or slow) the first `count` requests whose method and path match."""
 
-    action: str  # "503" | "403" | "drop" | "slow"
+    action: str  # "503" | "403" | "drop" | "slow" | "down"
     pattern: str = ".*"  # regex searched in the request path (bucket/key?query)
     method: str | None = None  # e.g. "PUT"; None matches any
     count: int | None = 1  # None: every matching request
@@ -50,6 +52,7 @@ class FaultyProxy:
         self.rules: list[Rule] = []
         self.log: list[tuple[str, str, str]] = []  # (method, path, outcome)
         self.lock = threading.Lock()
+        self.down = threading.Event()  # set by a "down" rule: the server is gone for good
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -73,6 +76,9 @@ class FaultyProxy:
 
     def decide(self, method: str, path: str) -> Rule | None:
         with self.lock:
+            if self.down.is_set():
+                self.log.append((method, path, "down"))
+                return Rule("down")
             for rule in self.rules:
                 if rule.matches(method, path):
                     rule.hits += 1
@@ -80,6 +86,14 @@ class FaultyProxy:
                     return rule
             self.log.append((method, path, "forwarded"))
             return None
+
+    def go_down(self) -> None:
+        """Stop like a killed server: no more connections accepted, every open one dropped."""
+        if self.down.is_set():
+            return
+        self.down.set()
+        self.server.shutdown()  # called from a request thread, never the serving one
+        self.server.server_close()
 
     def __enter__(self) -> FaultyProxy:
         self.thread.start()
@@ -112,7 +126,9 @@ def _handler(proxy: FaultyProxy) -> type[BaseHTTPRequestHandler]:
         def _handle(self) -> None:
             body = self._body()
             rule = proxy.decide(self.command, self.path)
-            if rule is not None and rule.action == "drop":
+            if rule is not None and rule.action == "down":
+                proxy.go_down()
+            if rule is not None and rule.action in ("drop", "down"):
                 self.close_connection = True
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)

@@ -1,19 +1,23 @@
-"""Seeded, bounded fuzzing (a few seconds) of the container, both payload parsers and the GLVC, GVC and
-x264 decoders (`bench/fuzz.py`; tiny random-weight models): every input is accepted or refused with the
-target's documented one-line error, never another exception."""
+"""Seeded, bounded fuzzing (a few seconds) of the container, `vidarc inspect`, both payload parsers and the
+GLVC, GVC and x264 decoders (`bench/fuzz.py`; tiny random-weight models): every input is accepted or
+refused with the target's documented one-line error, never another exception (nor, for `inspect`, a
+markup error or a raw control character printed)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
 from bench import fuzz
 from codec.errors import CorruptPayloadError
+from pipeline.container import TIMESTAMPS_ATTACHMENT, ContainerError
 
 ITERATIONS = {
     "container": 1500,
+    "inspect": 150,
     "glvc-payload": 1500,
     "gvc-payload": 1500,
     "glvc-decode": 150,
@@ -63,3 +67,33 @@ def test_the_fuzz_command_reports_one_json_line_per_target(tmp_path: Path) -> No
     stats = fuzz.run_target(fuzz.container_target(), seed=0, iterations=50)
     record = stats.as_record()
     assert record["inputs"] == 50 and record["accepted"] + record["refused"] == 50
+
+
+@pytest.mark.timeout(60, method="thread")  # "1e-100000000" once made Fraction compute for minutes
+@pytest.mark.parametrize("time_base", fuzz.HOSTILE_TIME_BASES, ids=repr)
+def test_every_hostile_time_base_is_refused_or_means_no_timestamps(time_base: object) -> None:
+    area, header, records = fuzz._split_container(fuzz.sample_container())
+    fields = json.loads(header)
+    for attachment in fields["attachments"]:
+        if attachment["name"] == TIMESTAMPS_ATTACHMENT:
+            attachment["info"]["time_base"] = time_base
+    data = fuzz._join_container(area, json.dumps(fields).encode(), records)
+    if time_base in (None, "", 0):  # no time base: the object has no timestamps to read
+        fuzz.parse_container(data)
+        return
+    with pytest.raises(ContainerError, match="time base is malformed"):
+        fuzz.parse_container(data)
+
+
+@pytest.mark.parametrize("kind", range(8))
+def test_forged_frame_counts_are_refused(kind: int) -> None:
+    """Counts that tile the index but no payload holds: no GOP at all or empty payloads are refused by
+    the index; one huge GOP here by the timestamps (10 for more frames); restore never sizes anything
+    by them (tests/test_hostile_archives.py)."""
+    import random
+
+    area, header, records = fuzz._split_container(fuzz.sample_container())
+    header, records = fuzz._forged_counts(json.loads(header), records, random.Random(kind))
+    data = fuzz._join_container(area, header, records)
+    with pytest.raises(ContainerError):
+        fuzz.parse_container(data)

@@ -193,3 +193,95 @@ def test_the_index_scan_checks_attachments_too(tmp_path: Path) -> None:
     assert any("attachment 'audio.mka'" in f and str(container) in f for f in report.failures), (
         report.failures
     )
+
+
+# ---- issue 26: hostile time bases and frame counts -------------------------------------------------
+def _vfr_object(time_base: object) -> bytes:
+    """A valid container whose timestamps attachment (CRC intact) declares `time_base`."""
+    buffer = io.BytesIO()
+    pts = b"".join(i.to_bytes(8, "little") for i in range(4))
+    write_container(
+        buffer,
+        {**GOOD, "vfr": True},
+        [(0, 4, PAYLOAD)],
+        [(TIMESTAMPS_ATTACHMENT, pts, {"time_base": time_base})],
+    )
+    return buffer.getvalue()
+
+
+HOSTILE_TIME_BASES = ["1e-100000000", "1/0", "0", "-1/2", "1/2/3", " 1/2", "1" * 30, "1/4294967296", "½", 1.5]
+
+
+@pytest.mark.timeout(60, method="thread")  # the first case once computed 10**100000000 (a hang)
+@pytest.mark.parametrize("time_base", HOSTILE_TIME_BASES, ids=repr)
+def test_a_hostile_time_base_is_refused_before_any_number_is_built(tmp_path: Path, time_base: object) -> None:
+    out, container = _archive_with(tmp_path, _vfr_object(time_base))
+    with pytest.raises(ContainerError, match="time base is malformed"):
+        ArchiveReader(str(container)).timestamps()
+    dest = tmp_path / "back.mkv"
+    _one_line(CliRunner().invoke(app, ["restore", str(out), "k", str(dest)]), 2, "time base is malformed")
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("time_base", ["1/90000", "1", "1001/30000", 12288])
+def test_time_bases_every_release_wrote_still_read(tmp_path: Path, time_base: object) -> None:
+    _, container = _archive_with(tmp_path, _vfr_object(time_base))
+    pts, parsed = ArchiveReader(str(container)).timestamps()
+    assert list(pts) == [0, 1, 2, 3] and parsed > 0
+
+
+def _forged(header: dict, gops: list[tuple[int, int, bytes]]) -> bytes:
+    """A container with any GOP records (first frame, frame count, payload) and a valid footer CRC."""
+    preamble, body, records = b"VDRC\x01\x00\x00\x00", b"", []
+    for first, count, payload in gops:
+        records.append(
+            GOP_RECORD.pack(first, count, len(preamble) + len(body), len(payload), crc32c(payload))
+        )
+        body += payload
+    header_json = json.dumps(header).encode()
+    footer = U32.pack(len(header_json)) + header_json + U32.pack(len(records)) + b"".join(records)
+    trailer = TRAILER.pack(len(preamble) + len(body), len(footer), crc32c(footer), 1, 0, b"VDRCEND1")
+    return preamble + body + footer + trailer
+
+
+FORGED_COUNTS = {
+    "no GOPs and no frames": ({**GOOD, "frame_count": 0}, [], "holds no GOPs"),
+    "2^40 frames in empty GOPs": (
+        {**GOOD, "frame_count": 256 * (2**32 - 1) + 256},
+        [(i * (2**32 - 1), 2**32 - 1, b"") for i in range(256)] + [(256 * (2**32 - 1), 256, b"")],
+        "empty payload",
+    ),
+    "header and index disagree": ({**GOOD, "frame_count": 10**9}, [(0, 4, PAYLOAD)], "GOPs cover 4 frames"),
+    "GOPs that overlap": ({**GOOD, "frame_count": 8}, [(0, 4, PAYLOAD), (2, 4, PAYLOAD)], "does not follow"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED_COUNTS))
+def test_forged_frame_counts_are_refused_by_inspect_and_restore(tmp_path: Path, case: str) -> None:
+    header, gops, needle = FORGED_COUNTS[case]
+    out, container = _archive_with(tmp_path, _forged(header, gops))
+    runner = CliRunner()
+    _one_line(runner.invoke(app, ["inspect", str(container)]), 2, needle)
+    dest = tmp_path / "back.mkv"
+    _one_line(runner.invoke(app, ["restore", str(out), "k", str(dest)]), 2, needle)
+    assert not dest.exists()
+
+
+def test_restore_allocates_nothing_from_a_claimed_frame_count(tmp_path: Path) -> None:
+    """A 10**7-frame GOP in 64 bytes (header and index agree): restore refuses it when the payload
+    decodes to fewer frames, having allocated nothing sized by the claim (it once built every frame's
+    timestamp first: 8 GB for 10**9 frames from a 109 KB file)."""
+    import tracemalloc
+
+    claimed = 10**7
+    out, container = _archive_with(
+        tmp_path, _forged({**GOOD, "frame_count": claimed}, [(0, claimed, PAYLOAD)])
+    )
+    tracemalloc.start()
+    try:
+        result = CliRunner().invoke(app, ["restore", str(out), "k", str(tmp_path / "back.mkv")])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    _one_line(result, 2, str(container))
+    assert peak < claimed  # bytes: far below one byte per claimed frame

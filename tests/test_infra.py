@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-INFRA = Path(__file__).resolve().parents[1] / "infra"
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
 
 
 def _yaml(name: str) -> dict:
@@ -86,3 +87,31 @@ def test_dockerfile_builds_vidarc_on_cuda_with_python311() -> None:
         assert any(line.startswith(f"COPY {package} ") for line in instructions)
     entrypoint = next(line for line in instructions if line.startswith("ENTRYPOINT"))
     assert json.loads(entrypoint.removeprefix("ENTRYPOINT").strip()) == ["vidarc"]
+
+
+def test_pyproject_declares_its_license_as_an_spdx_string_setuptools_accepts(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """PEP 639: `license = "Apache-2.0"` (the table form is deprecated and warns on every build); the
+    metadata builds with warnings as errors and states the expression."""
+    import shutil
+    import warnings
+
+    import pytest
+    from setuptools import build_meta
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert not any(c.startswith("License ::") for c in project["project"].get("classifiers", []))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tmp_path / name)
+    for package in ("codec", "pipeline", "jobs"):  # the packages' names, not their contents
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").touch()
+    monkeypatch.chdir(tmp_path)  # setuptools builds the directory it runs in
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        info = build_meta.prepare_metadata_for_build_wheel(str(tmp_path))
+    assert "License-Expression: Apache-2.0" in (tmp_path / info / "METADATA").read_text()

@@ -106,3 +106,28 @@ def test_cli_json_tables_and_errors(archive: Path, tmp_path: Path) -> None:
     broken = _cli(str(bad))
     assert broken.returncode == 2 and broken.stderr.count("\n") == 1 and str(bad) in broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+@pytest.mark.parametrize("name", ["v2/glvc.vdrc", "v2/gvc-flf2v.vdrc"])
+def test_inspect_tells_self_checked_gops_apart_by_their_own_crc(name: str) -> None:
+    """A GLVC (format 2) or GVC payload ends with its own CRC-32C, so the index's CRC of it is the
+    CRC-32C residue, identical for every GOP; inspect shows the payload's own CRC beside it."""
+    from pipeline.container import crc32c
+    from pipeline.reader import ArchiveReader
+
+    path = REPO / "tests" / "golden" / name
+    report = inspect_object(str(path))
+    reader = ArchiveReader(str(path))
+    assert {g["crc32c"] for g in report["gops"]} == {"48674bc7"}  # the index's field, unchanged
+    own = [g["payload_crc32c"] for g in report["gops"]]
+    assert own == [f"{crc32c(reader.gop(g['index'])[:-4]):08x}" for g in report["gops"]]
+    assert len(set(own)) == len(own)
+    listed = subprocess.run(
+        [sys.executable, "-m", "jobs.inspect_archive", str(path)], cwd=REPO, capture_output=True, text=True
+    )
+    assert listed.returncode == 0 and all(f"{crc}*" in listed.stdout for crc in own), listed.stdout
+
+
+def test_inspect_shows_no_payload_crc_where_the_index_crc_identifies_gops() -> None:
+    report = inspect_object(str(REPO / "tests" / "golden" / "v1" / "x264.vdrc"))
+    assert all(g["payload_crc32c"] is None for g in report["gops"])

@@ -154,3 +154,64 @@ def test_archive_keeps_ten_bits_warns_on_truncation_and_bounds_gops_per_actor(
         assert ten_bit_levels(frame.to_ndarray(format="rgb48le")[None]) >= 48
     verify = CliRunner().invoke(app, ["verify", str(out)])
     assert verify.exit_code == 0, verify.output
+
+
+def write_cut_mp4(path: Path, clip: np.ndarray, frames: int = 72, keep: float = 0.6) -> Path:
+    """An H.264 (with B-frames) MP4 whose index is at the front (`faststart`, as streaming sites write
+    them), cut to its first `keep` of bytes: the index still declares every frame, and the last
+    packet left is partial (the demuxer flags it corrupt)."""
+    import av
+
+    whole = path.with_suffix(".whole.mp4")
+    moving = np.concatenate([clip, clip[::-1]] * (frames // (2 * len(clip)) + 1))[:frames]
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = clip.shape[2], clip.shape[1], "yuv420p"
+        for image in moving:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    data = whole.read_bytes()
+    whole.unlink()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.45, 0.6, 0.84, 0.96])
+def test_every_frame_probe_counts_in_a_cut_mp4_decodes(tmp_path: Path, clip: np.ndarray, keep: float) -> None:
+    """The partial last packet is no frame, and the frames the decoder still holds when it is reached
+    (B-frames) come out: probe's count is what the GOP decodes give (it once counted the partial
+    packet, and the decode lost the held frames: "decoded 11 of frames 16+14")."""
+    from pipeline.archive.plan import plan_gops
+
+    cut = str(write_cut_mp4(tmp_path / "cut.mp4", clip, keep=keep))
+    info = sources.probe(cut)
+    assert info.declared_frames == 72 and info.truncated
+    decoded = [
+        len(sources.decode_frames(cut, span.first_frame, span.frame_count, expected_pts=span.pts))
+        for span in plan_gops(info.frame_count, 16, info.frame_pts)
+    ]
+    assert sum(decoded) == info.frame_count
+
+
+def test_a_cut_mp4_is_archived_with_a_warning_and_its_declared_frame_count(
+    tmp_path: Path, clip: np.ndarray, ray_address: str, fast_metrics: tuple[str, ...]
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    write_cut_mp4(src / "cut.mp4", clip)
+    out = tmp_path / "out"
+    command = ["archive", str(src), str(out), "--gop-frames", "16"]
+    command += [arg for metric in fast_metrics for arg in ("--skip-metric", metric)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "1 ok, 0 failed" in result.stdout and "of 72 declared frames" in result.stderr
+    assert not (out / "markers" / "failed").exists()
+    rows = [r for part in (out / "manifest").glob("*.parquet") for r in pq.read_table(part).to_pylist()]
+    assert {r["status"] for r in rows} == {"ok"} and {r["source_frames_declared"] for r in rows} == {72}
+    archived = sum(r["frame_count"] for r in rows)
+    restored = tmp_path / "back.mkv"
+    assert CliRunner().invoke(app, ["restore", str(out), "cut.mp4", str(restored)]).exit_code == 0
+    import av
+
+    with av.open(str(restored)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == archived < 72

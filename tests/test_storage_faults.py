@@ -6,6 +6,7 @@ exits 3, marks nothing failed, and a rerun finishes it."""
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 from pathlib import Path
 
@@ -165,3 +166,41 @@ def test_a_pack_lost_to_the_store_is_not_a_failure_of_its_videos(
     proxy.clear()
     rerun = runner.invoke(app, command)
     assert rerun.exit_code == 0 and "2 ok, 0 failed" in rerun.stdout, rerun.output
+
+
+def test_a_store_that_dies_mid_run_gives_exit_3_its_summary_line_and_no_failed_marker(
+    s3_endpoint: str,
+    s3_bucket: str,
+    sample_dir: Path,
+    tmp_path: Path,
+    ray_address: str,
+    fast_metrics: tuple[str, ...],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store dies (like a killed server: connections refused) at the first container upload, and
+    stays dead: the commit, the lease renewals (every turn of the loop here) and the lease release
+    all meet it, and every one of them ends as the documented exit 3, never a traceback."""
+    monkeypatch.setenv("VIDARC_LEASE_TTL_S", "0.001")  # renew on every turn: the renewal meets the outage
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(sample_dir / "short.mkv", src)
+    out = f"s3://{s3_bucket}/dies"
+    skips = [arg for metric in fast_metrics for arg in ("--skip-metric", metric)]
+    runner = CliRunner()
+    with FaultyProxy(s3_endpoint) as dying:
+        dying.add(Rule("down", pattern=r"/videos/", method="PUT"))
+        lost = runner.invoke(
+            app, ["archive", str(src), out, "--endpoint-url", dying.url, "--gop-frames", "12", *skips]
+        )
+        assert dying.outcomes("down"), "the store never went down"
+    assert lost.exit_code == 3, lost.output
+    assert "Traceback" not in lost.output and isinstance(lost.exception, SystemExit)
+    assert "run " in lost.stdout and "rerun the same command" in lost.stdout
+    assert not re.search(r"^\s*failed: ", lost.stderr, re.M)  # a storage fault is not the video's failure
+    assert "not written" in lost.stderr
+    fs, root = filesystem(out, endpoint_url=s3_endpoint)  # the store itself, past the dead endpoint
+    assert not fs.exists(f"{root}/markers/failed")
+    rerun = runner.invoke(
+        app, ["archive", str(src), out, "--endpoint-url", s3_endpoint, "--gop-frames", "12", *skips]
+    )
+    assert rerun.exit_code == 0 and "1 ok, 0 failed" in rerun.stdout, rerun.output

@@ -49,7 +49,7 @@ from typing import Any
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig, ConfigError
 from pipeline.archive.errors import ArchiveError
-from pipeline.archive.leases import LEASE_DIR, Leases
+from pipeline.archive.leases import LEASE_DIR, Leases, lease_ttl
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.scheduler import Scheduler
 from pipeline.archive.source_list import SourceList, SourceListError, list_format
@@ -64,6 +64,7 @@ from pipeline.storage import (
     filesystem,
     full_uri,
     is_local,
+    is_transient,
     join,
     redact,
 )
@@ -125,7 +126,7 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     run_id = cfg.run_id or new_run_id()
     cfg = dataclasses.replace(cfg, run_id=run_id)
     counters = Counters()
-    leases = Leases(out_fs, out_root, run_id)
+    leases = Leases(out_fs, out_root, run_id, ttl=lease_ttl())
     temporaries = _temporaries(out_root) if is_local(out_fs) else {}  # listed before the leases are read
     busy = leases.live_foreign(remove_dead=True)
     _remove_stale_temporaries(temporaries, busy)
@@ -159,16 +160,21 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     )  # fmt: skip
     try:
         scheduler.run(work)
+    except Exception as exc:  # a storage fault met outside the paths that word their own
+        if not is_transient(exc):
+            raise
+        scheduler.stop_for_storage(exc)
     finally:
         leases.release_all()
         display.close()
     summary = scheduler.summary(work.counts)
     storage_failures = summary["failures_transient"]
+    storage_trouble = bool(storage_failures or summary.get("lease_error") or summary.get("storage_stop"))
     leased_elsewhere = summary["videos_leased_elsewhere_total"]
     exit_code = EXIT_FAILURES if summary["videos_failed"] or leased_elsewhere else EXIT_OK
     if summary.get("listing_error"):
         exit_code = EXIT_STORAGE
-    if cfg.verify_fraction and not storage_failures:
+    if cfg.verify_fraction and not storage_trouble:
         summary["verify"] = _verify(cfg)
         if summary["verify"].get("failures"):
             exit_code = EXIT_FAILURES
@@ -177,7 +183,7 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         write_json(out_fs, summary_path, summary)
     except Exception as exc:  # the run's work stands; its record could not be stored
         summary["storage_error"] = f"summary not written: {describe(exc, full_uri(out_fs, summary_path))}"
-    if storage_failures or summary.get("storage_error"):
+    if storage_trouble or summary.get("storage_error"):
         exit_code = EXIT_STORAGE
     message = (
         f"run {run_id}: {summary['videos_ok']} ok, {summary['videos_failed']} failed, "
@@ -192,7 +198,7 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         )
     if summary.get("listing_error"):
         message += f"; listing stopped: {summary['listing_error']} (rerun the same command to finish)"
-    if storage_failures or summary.get("storage_error"):
+    if storage_trouble or summary.get("storage_error"):
         message += (
             f"; storage failed during the run ({storage_failures} videos not written): "
             "rerun the same command to finish"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pipeline import sources
 from pipeline.archive.config import ConfigError
 from pipeline.storage import redact
+from pipeline.text import printable  # a file may be named "a\nb.mp4"
 
 
 class ArchiveError(Exception):
@@ -18,11 +19,6 @@ def one_line(uri: str, exc: BaseException) -> str:
     if isinstance(cause, (sources.SourceError, ConfigError)) or text.startswith(printable(uri)):
         return redact(text)
     return redact(f"{printable(uri)}: {type(cause).__name__}: {text}")
-
-
-def printable(text: str) -> str:
-    """`text` with line breaks and other control characters escaped (a file may be named "a\nb.mp4")."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def one_line_text(message: str, uri: str) -> str:

@@ -58,9 +58,10 @@ class FailureLog:
                 record["transient"] = True
             self.records.append(record)
         self.counters.videos_failed += 1
-        self.display.log(f"failed: {reason}")
-        if transient:
+        if transient:  # not the video's failure: nothing is recorded, a rerun retries it
+            self.display.log(f"not written, the storage failed (a rerun retries it): {reason}")
             return
+        self.display.log(f"failed: {reason}")
         try:
             record_failure(
                 out=self.cfg.out,

@@ -38,6 +38,10 @@ from pipeline.storage import is_local, join, write_bytes
 
 LEASE_DIR = "leases"
 DEFAULT_TTL_S = 300.0
+#: Runs of this process that still hold their leases: a lease naming this process but no run here is
+#: dead (a run whose store failed before it could release it; the next run in the same process, e.g.
+#: a notebook calling `run_archive` again, takes it over like a dead process's).
+_LIVE_RUNS: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +75,16 @@ class LeaseInfo:
     def describe(self, now: float) -> str:
         left = self.expires_at - now
         return f"run {self.run_id} (pid {self.pid} on {self.host}, lease expires in {max(0, left):.0f} s)"
+
+
+def lease_ttl() -> float:
+    """The ttl of this run's leases: `VIDARC_LEASE_TTL_S` when set (tests renew on every turn of the
+    driver loop; an operator may lengthen it for a driver that pauses), else `DEFAULT_TTL_S`."""
+    text = os.environ.get("VIDARC_LEASE_TTL_S")
+    try:
+        return max(0.0, float(text)) if text else DEFAULT_TTL_S
+    except ValueError:
+        return DEFAULT_TTL_S
 
 
 def lease_path(out_root: str, key: str) -> str:
@@ -116,6 +130,7 @@ class Leases:
         self.pid_started = _process_start(self.pid) or 0.0
         self.held: dict[str, str] = {}  # video key -> nonce of our lease
         self._renewed = clock()
+        _LIVE_RUNS.add(run_id)
 
     # ---- other runs' leases ----------------------------------------------------------------------
     def read(self, key: str) -> LeaseInfo | None:
@@ -128,6 +143,8 @@ class Leases:
     def alive(self, info: LeaseInfo) -> bool:
         """Whether a lease's owner may still be working: its process on this host exists (and is the
         same process), or, on another host, the lease has not expired."""
+        if info.host == self.host and info.pid == self.pid and info.pid_started == self.pid_started:
+            return info.run_id in _LIVE_RUNS
         if info.host == self.host:
             return _process_alive(info.pid, info.pid_started)
         return info.expires_at > self.clock()
@@ -204,6 +221,8 @@ class Leases:
                 self.fs.rm_file(lease_path(self.out_root, key))
 
     def release_all(self) -> None:
+        """Give up every lease at the end of the run; the run no longer counts as live in this process."""
+        _LIVE_RUNS.discard(self.run_id)
         for key in list(self.held):
             with contextlib.suppress(Exception):  # best effort at shutdown: an expired lease is harmless
                 self.release(key)

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import TextIO
 
+from pipeline.text import printable, text_console
+
 
 @dataclasses.dataclass
 class Counters:
@@ -69,14 +71,17 @@ class ProgressDisplay:
         if live is None:
             live = bool(getattr(self.stream, "isatty", lambda: False)())
         if live:
-            from rich.console import Console
             from rich.live import Live
 
-            self._live = Live("", console=Console(file=self.stream), refresh_per_second=4, transient=False)
+            self._live = Live(
+                "", console=text_console(file=self.stream), refresh_per_second=4, transient=False
+            )
             self._live.start()
 
     def log(self, message: str) -> None:
-        """A one-off message (a failure, a skipped file) above the live line."""
+        """A one-off message (a failure, a skipped file) above the live line; names in it are data,
+        shown as text (`pipeline.text.printable`), never as terminal control codes."""
+        message = printable(message)
         if self._live is not None:
             self._live.console.print(message, markup=False, highlight=False)
         else:

@@ -46,7 +46,7 @@ from pipeline.archive.plan import GopSpan
 from pipeline.archive.video_writer import gop_identity
 from pipeline.keys import shard_of
 from pipeline.manifest import parquet_bytes
-from pipeline.runinfo import MARKERS_DIR, iter_marker_keys, utc_now, write_json
+from pipeline.runinfo import MARKERS_DIR, iter_marker_keys, json_text, utc_now, write_json
 from pipeline.schema import REFERENCE_SCHEMA
 from pipeline.storage import join, read_bytes, remove, write_bytes
 
@@ -190,7 +190,7 @@ def bracket(
     if low is not None:
         record.update(low_quality=low, low_score=points[low][0], low_bytes=points[low][1])
     search = [{"quality": k, "score": round(v[0], 4), "bytes": v[1]} for k, v in sorted(points.items())]
-    record["search"] = json.dumps(search)
+    record["search"] = json_text(search)
     if high is None or low is None:
         where = "above the best" if high is None else "below the cheapest"
         record.update(status="unreachable", error=f"{metric} {target:.4g} is {where} {codec.name} reaches")

@@ -37,7 +37,7 @@ from pipeline.archive.searches import QualitySearches
 from pipeline.archive.summary import RunTally, build_summary
 from pipeline.archive.video_writer import VideoJob, commit_video
 from pipeline.archive.worklist import WorkCounts, WorkList
-from pipeline.storage import is_transient
+from pipeline.storage import StorageError, describe, is_transient
 
 
 @dataclasses.dataclass
@@ -150,6 +150,8 @@ class Scheduler:
         self.probing_keys: set[str] = set()
         self.duplicates = 0
         self.listing_error: str | None = None
+        self.lease_error: str | None = None  # the first lease the store refused to read or write
+        self.storage_stop: str | None = None  # why the loop stopped early (`stop_for_storage`)
         self._listing_open = False
         self.pack_open: list[str] = []  # finished videos waiting for the open pack to fill
         self.pack_bytes = 0
@@ -213,12 +215,28 @@ class Scheduler:
         self.utilisation = self.pool.utilisation()
         self.pool.stop()
 
+    def stop_for_storage(self, exc: Exception) -> None:
+        """The loop met a storage fault it does not handle where it happened: stop the encoders and
+        note it; the videos still in flight are neither done nor failed, so a rerun does them."""
+        self.pool.stop()
+        in_flight = len(self.videos) + len(self.probing)
+        self.storage_stop = f"{describe(exc, self.cfg.out)} ({in_flight} videos in flight left for a rerun)"
+        self.display.log(f"storage: run stopped: {self.storage_stop}")
+
     def _leased_elsewhere(self, entry: discovery.SourceEntry) -> bool:
         """Take the video's lease; False if taken, True (and the video left alone) if another live run
         holds it (a run that started at the same time as this one: the driver refused the others)."""
         if self.leases is None:
             return False
-        holder = self.leases.acquire(entry.key)
+        try:
+            holder = self.leases.acquire(entry.key)
+        except Exception as exc:  # the store is down: the video is not started, a rerun does it
+            self._lease_fault(exc)
+            self.videos_started += 1
+            self.failures.record(
+                entry.key, entry.uri, entry.size or 0, one_line(entry.uri, exc), transient=True
+            )
+            return True
         if holder is None:
             return False
         reason = f"{entry.uri}: being archived by {holder.describe(self.leases.clock())}"
@@ -228,13 +246,35 @@ class Scheduler:
         return True
 
     def _release(self, key: str) -> None:
-        if self.leases is not None:
+        """Give up a video's lease, best effort: once the store has refused a lease operation, leases
+        are left to expire (harmless: a rerun on this host takes them over at once, another host after
+        their ttl) rather than each costing the driver a full round of storage retries."""
+        if self.leases is None:
+            return
+        if self.lease_error is not None:
+            self.leases.held.pop(key, None)
+            return
+        try:
             self.leases.release(key)
+        except Exception as exc:
+            self._lease_fault(exc)
+
+    def _lease_fault(self, exc: Exception) -> None:
+        """Note a lease the store refused (the run then exits 3: storage failed); anything that is not
+        a storage error is a bug and is raised."""
+        if not (is_transient(exc) or isinstance(exc, (StorageError, OSError))):
+            raise exc
+        if self.lease_error is None:
+            self.lease_error = describe(exc, f"{self.cfg.out}/leases")
+            self.display.log(f"storage: leases cannot be written ({self.lease_error})")
 
     def _keep_alive(self) -> None:
         """Renew our leases; kill encode actors that stopped making progress (their GOPs are retried)."""
         if self.leases is not None:
-            self.leases.renew()
+            try:
+                self.leases.renew()
+            except Exception as exc:  # the store is down: the run goes on, its writes say what is lost
+                self._lease_fault(exc)
         for idx in self.pool.kill_stalled():
             self.display.log(
                 f"encode actor {idx} finished nothing for {self.cfg.stall_seconds:.0f} s; killed, its GOPs retried"
@@ -654,6 +694,10 @@ class Scheduler:
         summary["failures_transient"] = self.failures.transient_total
         if self.listing_error:
             summary["listing_error"] = self.listing_error
+        if self.lease_error:
+            summary["lease_error"] = self.lease_error
+        if self.storage_stop:
+            summary["storage_stop"] = self.storage_stop
         summary["encode_actors"] = self.utilisation
         return summary
 

@@ -61,7 +61,7 @@ class RunningStats:
         if not self.count:
             return None
         return {
-            "mean_per_frame": self.weighted / self.weight if self.weight else float("nan"),
+            "mean_per_frame": self.weighted / self.weight if self.weight else None,
             **self.percentiles(),
             "min": float(self.reservoir.minimum),
             "max": float(self.reservoir.maximum),

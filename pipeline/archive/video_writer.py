@@ -11,7 +11,6 @@ and no container (a stale one from an earlier attempt is removed).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Any
 
@@ -24,7 +23,15 @@ from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_ind
 from pipeline.locate import write_index_entries
 from pipeline.manifest import parquet_bytes
 from pipeline.metrics import METRIC_COLUMNS
-from pipeline.runinfo import container_path, manifest_path, marker_path, utc_now, write_json
+from pipeline.runinfo import (
+    container_path,
+    finite,
+    json_text,
+    manifest_path,
+    marker_path,
+    utc_now,
+    write_json,
+)
 from pipeline.schema import (
     COMPUTE_STAGES,
     MANIFEST_SCHEMA,
@@ -96,7 +103,8 @@ def container_inputs(
     if job.header.get("vfr") and len(pts) == int(job.header["frame_count"]):
         info = {"time_base": job.header.get("time_base"), "dtype": "<i8", "count": len(pts)}
         attachments.append((TIMESTAMPS_ATTACHMENT, np.asarray(pts, dtype="<i8").tobytes(), info))
-    header = dict(job.header, created_at=utc_now().isoformat())  # source_sha256: taken by the probe
+    # finite: a NaN (a quality search's score) would make a header the reader refuses; null instead
+    header = finite(dict(job.header, created_at=utc_now().isoformat()))  # source_sha256: from the probe
     header.setdefault("decoder_options", {})  # what `codec.registry.decoder_for` rebuilds the decoder with
     gops = [(s.first_frame, s.frame_count, p) for s, p in zip(job.spans, payloads, strict=True)]
     return header, gops, attachments
@@ -217,7 +225,7 @@ def _ok_row(
         "kbps": meta["kbps"],
         "encode_seconds": meta["encode_seconds"],
         "device": meta["device"],
-        "codec_params": json.dumps(meta.get("params", {}), sort_keys=True, default=str),
+        "codec_params": json_text(meta.get("params", {}), sort_keys=True),
         "archive_uri": archive_uri,
         "offset": entry.offset,
         "length": entry.length,

@@ -10,7 +10,6 @@ import html
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from pipeline.schema import COMPUTE_STAGES
@@ -157,12 +156,13 @@ def _headers() -> dict[str, list[str]]:
 
 # ---- rich --------------------------------------------------------------------------------------------
 def _rich_table(title: str, headers: list[str], rows: list[list[str]], left: int = 1) -> Table:
-    """A table whose cells are plain text (names like "storage_gb_month[standard]" are not markup)."""
-    table = Table(title=escape(title))
+    """A table of plain text: printed through `pipeline.text.text_console`, which parses no markup
+    (names like "storage_gb_month[standard]" or a GPU's name stay text)."""
+    table = Table(title=title)
     for i, name in enumerate(headers):
-        table.add_column(escape(name), justify="left" if i < left else "right")
+        table.add_column(name, justify="left" if i < left else "right")
     for row in rows:
-        table.add_row(*(escape(str(cell)) for cell in row))
+        table.add_row(*(str(cell) for cell in row))
     return table
 
 
@@ -351,4 +351,4 @@ def ls_cells(figures: dict[str, Any] | None, currency: str) -> list[str]:
         size(figures["vs_source"]["bytes_saved"]),
         "; ".join(references) or "—",
     ]
-    return [escape(cell) for cell in cells]  # rich cells: a GPU name is text, not markup
+    return cells  # text: the ls table prints through `text_console` (no markup)

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.audit.summary import HIGHER_IS_BETTER, PERCENTILES, AuditResult
+from pipeline.text import markup_text
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -23,7 +24,8 @@ def fmt(value: Any, digits: int = 3) -> str:
 def print_audit(result: AuditResult, console: Console, worst: int) -> None:
     for part in result.damaged_parts:
         console.print(
-            f"[red]damaged manifest part[/red] (its rows are left out): {part['uri']}: {part['reason']}",
+            f"[red]damaged manifest part[/red] (its rows are left out): {markup_text(part['uri'])}: "
+            f"{markup_text(part['reason'])}",
             soft_wrap=True,
             markup=True,
         )

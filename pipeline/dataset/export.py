@@ -19,8 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
-import math
 import tarfile
 import time
 from collections.abc import Sequence
@@ -39,6 +37,7 @@ from pipeline.dataset.plan import (
     plan_archive,
 )
 from pipeline.restore import MP4_CRF, RestoreError, restore_video
+from pipeline.runinfo import json_text
 from pipeline.storage import StorageError, filesystem, full_uri, join, open_atomic, redact, write_bytes
 
 FORMATS = ("mp4", "webdataset")
@@ -251,12 +250,10 @@ def clip_mp4(frames: np.ndarray, fps: Fraction) -> bytes:
 
 def _json_bytes(record: dict[str, Any]) -> bytes:
     def default(value: Any) -> Any:
-        if isinstance(value, float) and math.isnan(value):
-            return None
         if hasattr(value, "isoformat"):
             return value.isoformat()
         if isinstance(value, np.generic):
             return value.item()
         return str(value)
 
-    return (json.dumps(record, default=default, sort_keys=True) + "\n").encode()
+    return (json_text(record, default=default, sort_keys=True) + "\n").encode()

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.runinfo import json_text
+
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 EMA_NAME = "ema.safetensors"
@@ -152,7 +154,7 @@ def save_checkpoint(
     tensors, groups = _flatten_optimizer(optimizer)
     save_file(tensors, str(staging / OPTIMIZER_NAME))
     state = {"step": step, "param_groups": groups, "saved_at": time.time(), **(extra or {})}
-    (staging / STATE_NAME).write_text(json.dumps(state, indent=2))
+    (staging / STATE_NAME).write_text(json_text(state, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     for old in sorted(root.glob("step-*"))[:-keep]:
@@ -196,7 +198,7 @@ class TrainLog:
         """Log `metrics` at `step` whatever `every` says (evaluations, end-of-run figures)."""
         record = {"step": step, "seconds": round(time.monotonic() - self.started, 1), **metrics}
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json_text(record) + "\n")  # a NaN loss is logged as null: strict JSON
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         print(f"step {step} ({record['seconds']:.0f}s) {shown}", flush=True)
 
