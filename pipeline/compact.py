@@ -435,8 +435,9 @@ def _age_seconds(fs: Any, path: str, now: float) -> float:
 
 def lock_holder(fs: Any, root: str) -> dict[str, Any] | None:
     """The fresh compaction lock's record (host, pid, started, token, age), or None when there is no
-    lock or it is stale (older than `LOCK_STALE_SECONDS`: its compaction died). A lock that does not
-    parse (being written, or its writer died mid-write) is aged by its object's time."""
+    lock or it is stale: older than `LOCK_STALE_SECONDS`, or its process on this machine is gone (its
+    compaction died). A lock that does not parse (being written, or its writer died mid-write) is aged
+    by its object's time."""
     path = join(root, "manifest", LOCK_NAME)
     try:
         raw = fs.cat_file(path)
@@ -450,7 +451,23 @@ def lock_holder(fs: Any, root: str) -> dict[str, Any] | None:
             held, age = {}, _age_seconds(fs, path, time.time())
         except FileNotFoundError:
             return None
-    return {**held, "age": age} if age < LOCK_STALE_SECONDS else None
+    if age >= LOCK_STALE_SECONDS or _died_here(held):
+        return None
+    return {**held, "age": age}
+
+
+def _died_here(held: dict[str, Any]) -> bool:
+    """Whether the lock's compaction ran on this machine in a process that is gone (a killed run):
+    its lock need not wait out `LOCK_STALE_SECONDS`."""
+    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+        return False
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 class _lock:
