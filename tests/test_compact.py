@@ -342,3 +342,91 @@ def test_the_lock_is_taken_by_one_compaction_only(tmp_path: Path, store: str, re
         with pytest.raises(compaction.CompactionLocked, match="another compaction holds"):
             compaction._lock(fs, root, "out", force=False).__enter__()
     assert compaction.lock_holder(fs, root) is None and not fs.exists(path)
+
+
+def _archive_config(src: Path, out: Path, fast_metrics: tuple[str, ...], **kw):
+    from pipeline.archive.config import ArchiveConfig
+
+    return ArchiveConfig(
+        src=str(src), out=str(out), codec="x264", gop_frames=16, skip_metrics=fast_metrics, **kw
+    )
+
+
+def _manifest_names(out: Path) -> list[str]:
+    return sorted(p.name.split("-")[0] for p in (out / "manifest").iterdir())
+
+
+def test_an_archive_run_compacts_what_it_committed_unless_told_not_to(
+    samples: Path, tmp_path: Path, ray_address: str, fast_metrics: tuple[str, ...]
+) -> None:
+    """The job compacts without being asked (here also during the run: every committed video), records
+    it in summary.json and prints one line; `compact=False` (`--no-compact`) leaves the parts."""
+    import io as text_io
+    import json
+
+    from pipeline.archive import run_archive
+    from pipeline.archive.progress import Counters, ProgressDisplay
+
+    stream = text_io.StringIO()
+    out = tmp_path / "out"
+    display = ProgressDisplay(Counters(), stream=stream, live=False)
+    result = run_archive(_archive_config(samples, out, fast_metrics, compact_every=1), display=display)
+    assert result.exit_code == 0 and result.summary["videos_ok"] == 2
+    record = result.summary["compaction"]
+    assert record["parts_absorbed"] == 2 and record["compactions"] >= 1 and not record["warnings"]
+    assert _manifest_names(out) == ["compacted"] * record["files_written"]
+    assert "manifest compacted" in stream.getvalue()
+    stored = json.loads((out / "runs" / result.run_id / "summary.json").read_text())
+    assert stored["compaction"]["parts_absorbed"] == 2
+    fs, root = filesystem(str(out))
+    assert {k for k, _, _ in _rows(fs, root)} == {p.stem for p in (out / "videos").iterdir()}
+
+    plain = tmp_path / "plain"
+    kept = run_archive(_archive_config(samples, plain, fast_metrics, compact=False))
+    assert kept.exit_code == 0 and kept.summary["compaction"] is None
+    assert _manifest_names(plain) == ["part", "part"]
+
+
+def test_a_run_while_another_compaction_holds_the_lock_succeeds_and_says_so(
+    samples: Path, tmp_path: Path, ray_address: str, fast_metrics: tuple[str, ...]
+) -> None:
+    from pipeline.archive import run_archive
+
+    out = tmp_path / "out"
+    fs, root = filesystem(str(out))
+    with compaction._lock(fs, root, str(out), force=False):  # another shard's run, compacting
+        result = run_archive(_archive_config(samples, out, fast_metrics))
+    assert result.exit_code == 0 and result.summary["videos_ok"] == 2
+    (note,) = result.summary["compaction"]["notes"]
+    assert "another compaction holds" in note and not result.summary["compaction"]["warnings"]
+    assert _manifest_names(out) == ["part", "part"]
+    assert compact(str(out)).parts_absorbed == 2  # the next compaction takes them
+
+
+def test_a_compaction_that_fails_is_a_warning_of_the_run_never_an_error(tmp_path: Path) -> None:
+    """After the videos are committed, a compaction the store refuses (here the lock's name is taken by
+    a folder) is a warning in the run's record; the trigger counts committed videos."""
+    from pipeline.archive.compaction import RunCompaction
+    from pipeline.archive.config import ArchiveConfig
+    from pipeline.archive.progress import Counters
+
+    out = tmp_path / "out"
+    fs, root = filesystem(str(out))
+    _archive(fs, root, videos=3)
+    counters = Counters()
+    said: list[str] = []
+    run = RunCompaction(
+        ArchiveConfig(src=str(tmp_path), out=str(out), compact_every=2), counters, said.append
+    )
+    counters.videos_ok = 1
+    assert not run.due()
+    counters.videos_ok = 2
+    assert run.due()
+    (out / "manifest" / compaction.LOCK_NAME).mkdir()
+    record = run.finish()
+    assert record is not None and record["compactions"] == 0 and record["parts_absorbed"] == 0
+    (warning,) = record["warnings"]
+    assert (
+        warning.startswith("compaction stopped") and "\n" not in warning and said == [f"warning: {warning}"]
+    )
+    assert _manifest_names(out) == ["_compaction.lock", *["part"] * 3]
