@@ -284,18 +284,25 @@ def test_compacted_files_are_key_sorted_in_row_groups_whose_key_ranges_do_not_ov
 
 
 def test_compaction_holds_a_few_parts_at_once_not_the_manifest(tmp_path: Path) -> None:
-    """Memory is bounded by the row group, not the manifest: of 120 two-row parts compacted into
-    8-row groups, no more than two row groups' worth of parts wait in memory at any time."""
+    """Memory is bounded by the row group, not the manifest: of 300 three-row parts compacted into
+    200-row groups, no more than two row groups' worth of parts wait in memory at any time (merged into
+    one table every `MERGE_PARTS`)."""
     out = str(tmp_path / "out")
     fs, root = filesystem(out)
-    for i in range(120):
-        _video(fs, root, f"clip-{i:03d}", 2)
+    for i in range(300):
+        _video(fs, root, f"clip-{i:03d}", 3)
     expected = _rows(fs, root)
-    report = compact(out, row_group_rows=8)
-    assert report.parts_absorbed == 120 and len(report.files_written) == 1
-    assert 1 <= report.peak_parts_held <= 2 * 8 // 2 + 1
+    report = compact(out, row_group_rows=200)
+    assert report.parts_absorbed == 300 and len(report.files_written) == 1
+    assert compaction.MERGE_PARTS < report.peak_parts_held <= 2 * 200 // 3 + 1
     assert _rows(fs, root) == expected
-    assert pq.ParquetFile(next((tmp_path / "out" / "manifest").glob("compacted-*"))).num_row_groups == 30
+    (written,) = (tmp_path / "out" / "manifest").glob("compacted-*")
+    assert [group.num_rows for group in _row_groups(written)] == [200] * 4 + [100]
+
+
+def _row_groups(path: Path) -> list:
+    metadata = pq.ParquetFile(path).metadata
+    return [metadata.row_group(i) for i in range(metadata.num_row_groups)]
 
 
 def test_an_older_unsorted_compacted_file_still_reads_and_is_replaced_by_a_redo(tmp_path: Path) -> None:
