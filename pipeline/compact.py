@@ -25,10 +25,11 @@ group, not a scan):
   not assume order without it (`is_key_sorted`).
 - Row groups of `ROW_GROUP_ROWS` (16,384) rows with min/max statistics on `video_key` and the
   filterable columns; being sorted, their key ranges do not overlap, so a lookup reads one. Measured on
-  100,000 ten-GOP rows of a synthetic manifest (bench/scale_compact.py's parts): about 1.3 KB of footer
-  per row group (statistics of ~35 columns), so 16,384 rows keep the footer near 1% of the file, while
-  a lookup decodes 16,384 rows (about 700 KB of Parquet, all columns) instead of 65,536 before.
-  `docs/BENCHMARKS.md` has the measurements of 4,096 to 65,536 rows.
+  100,000 ten-GOP rows of bench/scale_compact.py's parts, per row group: about 6.9 KB of footer
+  (statistics and offsets of ~37 columns) and 710 KB of Parquet. A 128 MB file then has a ~1.1 MB
+  footer (1%) and a one-key lookup reads footer + one group, ~1.8 MB; 8,192 rows: 2.0 MB + 0.4 MB;
+  32,768: 0.6 + 1.2 MB; 65,536 (before): 0.35 + 2.3 MB. 16,384 ties 32,768 on a first lookup and
+  decodes half as much once the footer is cached (docs/BENCHMARKS.md).
 - Sorting never holds the manifest: parts are absorbed in key order (a video's part sorts by its key,
   a pack's part by its smallest member key), so rows below the next part's first key are final and
   are written as whole row groups; what is held is at most about two row groups (and one pack part).
