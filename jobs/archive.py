@@ -144,6 +144,17 @@ def archive_command(
     reference_preset: Annotated[
         str | None, typer.Option(help="Encoder preset of the --reference codec (default: the codec's).")
     ] = None,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            "--compact/--no-compact",
+            help="Merge the committed videos' manifest parts into large key-sorted files at the end of "
+            "the run and every --compact-every videos (as `vidarc compact` does).",
+        ),
+    ] = True,
+    compact_every: Annotated[
+        int, typer.Option(help="During the run, compact after this many more committed videos.")
+    ] = 10_000,
     stall_timeout: Annotated[
         float,
         typer.Option(help="Kill (and replace) an encode actor that finishes nothing for this many seconds."),
@@ -203,6 +214,8 @@ def archive_command(
             reference_fraction=reference_fraction,
             reference_seed=reference_seed,
             reference_preset=reference_preset,
+            compact=compact,
+            compact_every=compact_every,
         )
         result = _run_with_ray(run_archive, config)
     except (ArchiveError, ConfigError) as exc:

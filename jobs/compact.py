@@ -50,13 +50,29 @@ def compact_command(
     except CompactError as exc:
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         raise typer.Exit(2) from None
+    indexed = _index_older_archive(out, endpoint_url)
     if as_json:
-        print(json_text(dataclasses.asdict(report), indent=2))
+        print(json_text(dict(dataclasses.asdict(report), videos_indexed=indexed), indent=2))
     else:
         print(report.line())
+        if indexed:
+            print(f"indexed {indexed} videos written before the video index (index/)")
     for line in report.damaged:
         print(f"  unreadable part left as it is: {printable(redact(line))}", file=sys.stderr)
     raise typer.Exit(1 if report.damaged else 0)
+
+
+def _index_older_archive(out: str, endpoint_url: str | None) -> int:
+    """An archive written before the video index gets its entries now (once), so restores by name stop
+    scanning the manifest; a failure here is a warning, the compaction stands."""
+    from pipeline.locate import backfill_index
+    from pipeline.text import printable
+
+    try:
+        return backfill_index(out, endpoint_url=endpoint_url)
+    except Exception as exc:
+        print(f"warning: the video index was not written ({printable(str(exc))[:300]})", file=sys.stderr)
+        return 0
 
 
 def register(app: typer.Typer) -> None:

@@ -15,10 +15,31 @@ of about `target_bytes` (128 MB), then deletes the parts it absorbed. Readers re
   it later records, in the new file's metadata, which keys it `replaces` in the older file.
 - Idempotent: a second run finds nothing new to absorb (it only removes leftovers).
 - One compaction at a time per archive: `manifest/_compaction.lock` (refused while a fresh one exists).
+
+Layout of a compacted file, for readers that prune by statistics (one key costs one footer and one row
+group, not a scan):
+
+- Rows are sorted by `(video_key, gop_index)` across the whole file, and a video's rows are never split
+  between files; the key-value metadata says so (`vidarc.sorted_by: video_key,gop_index`, and Parquet's
+  own `sorting_columns`). Files written before this layout lack the key and are unsorted: readers must
+  not assume order without it (`is_key_sorted`).
+- Row groups of `ROW_GROUP_ROWS` (16,384) rows with min/max statistics on `video_key` and the
+  filterable columns; being sorted, their key ranges do not overlap, so a lookup reads one. Measured on
+  100,000 ten-GOP rows of bench/scale_compact.py's parts, per row group: about 6.9 KB of footer
+  (statistics and offsets of ~37 columns) and 710 KB of Parquet. A 128 MB file then has a ~1.1 MB
+  footer (1%) and a one-key lookup reads footer + one group, ~1.8 MB; 8,192 rows: 2.0 MB + 0.4 MB;
+  32,768: 0.6 + 1.2 MB; 65,536 (before): 0.35 + 2.3 MB. 16,384 ties 32,768 on a first lookup and
+  decodes half as much once the footer is cached (docs/BENCHMARKS.md).
+- Sorting never holds the manifest: parts are absorbed in key order (a video's part sorts by its key,
+  a pack's part by its smallest member key), so rows below the next part's first key are final and
+  are written as whole row groups; what is held is at most about two row groups (and one pack part).
+  A file whose held rows pass `MAX_HELD_ROW_GROUPS` row groups (packs whose key ranges interleave) is
+  closed early: it stays sorted, and the next file takes the remaining parts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -48,19 +69,46 @@ from pipeline.manifest_layout import (
 )
 from pipeline.runinfo import marker_keyset, pack_path
 from pipeline.schema import MANIFEST_SCHEMA
-from pipeline.storage import StorageError, check_reachable, filesystem, full_uri, join, open_atomic, redact
+from pipeline.storage import (
+    StorageError,
+    check_reachable,
+    filesystem,
+    full_uri,
+    is_local,
+    join,
+    open_atomic,
+    redact,
+)
 
 TARGET_BYTES = 128 * 1024 * 1024
-ROW_GROUP_ROWS = 65_536
+#: Rows per row group: small enough that a key lookup decodes little, large enough that the footer
+#: (statistics of every column per row group) stays small (module docstring; docs/BENCHMARKS.md).
+ROW_GROUP_ROWS = 16_384
+#: A file is closed early once this many row groups' rows are held, not yet final (bounds memory).
+MAX_HELD_ROW_GROUPS = 4
+#: Held parts are merged into one table this many at a time: a table per part costs about 80 KB of
+#: schema and array objects beyond its rows (measured: 1,642 ten-row parts held as tables, +130 MB RSS
+#: for 16 MB of Arrow data), which is where most of the earlier 890 MB at 10,000 parts went.
+MERGE_PARTS = 64
 LOCK_NAME = "_compaction.lock"
 LOCK_STALE_SECONDS = 6 * 3600
 COMPACTED_SCHEMA = pa.schema(
     [*MANIFEST_SCHEMA, pa.field(SOURCE_PART, pa.string()), pa.field(SOURCE_SHA256, pa.string())]
 )
+SORT_KEYS = [("video_key", "ascending"), ("gop_index", "ascending")]
+#: Key-value metadata of a compacted file whose rows are sorted by these columns (the whole file).
+SORTED_BY_KEY = b"vidarc.sorted_by"
+SORTED_BY = ",".join(name for name, _ in SORT_KEYS)
+#: min/max statistics: the manifest's filterable columns and `source_part`; not the random digests.
+STATISTICS = [name for name in statistics_columns(COMPACTED_SCHEMA) if name != SOURCE_SHA256]
 
 
 class CompactError(Exception):
     """The archive cannot be compacted (unreachable, not an archive, locked): one line, exit 2."""
+
+
+class CompactionLocked(CompactError):
+    """Another compaction holds `manifest/_compaction.lock` (an archive run skips its own then)."""
 
 
 @dataclasses.dataclass
@@ -74,6 +122,8 @@ class CompactReport:
     parts_left: int = 0  # failed, in-progress or unreadable videos' parts, kept as they are
     orphan_packs_removed: int = 0
     damaged: list[str] = dataclasses.field(default_factory=list)
+    #: the most parts whose rows were held in memory at once (waiting to be sorted into row groups)
+    peak_parts_held: int = 0
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -84,6 +134,12 @@ class CompactReport:
         )
 
 
+def is_key_sorted(metadata: dict[bytes, bytes] | None) -> bool:
+    """Whether a compacted file's key-value metadata says its rows are sorted by (video_key,
+    gop_index). Files of earlier releases are not; a reader may rely on order only when this is True."""
+    return (metadata or {}).get(SORTED_BY_KEY) == SORTED_BY.encode()
+
+
 def compact(
     out: str,
     *,
@@ -91,8 +147,10 @@ def compact(
     target_bytes: int = TARGET_BYTES,
     orphan_hours: float = 24.0,
     force: bool = False,
+    row_group_rows: int = ROW_GROUP_ROWS,
 ) -> CompactReport:
-    """Compact archive `out`'s manifest (see the module docstring); returns what was done."""
+    """Compact archive `out`'s manifest (see the module docstring); returns what was done. Raises
+    CompactError (CompactionLocked while another compaction runs) before touching anything."""
     started = time.perf_counter()
     try:
         fs, root = filesystem(out, endpoint_url=endpoint_url)
@@ -108,75 +166,172 @@ def compact(
         _remove(fs, plan.covered)
         report.leftovers_removed = len(plan.covered)
         done = marker_keyset(fs, root, "done")
-        eligible, kept = _eligible(plan, done)
+        units, kept = _eligible(plan, done)
+        del done
         report.parts_left = kept
-        replaces = _replaced_keys(fs, plan, eligible)
-        keys_of = {path: keys for path, _, keys in eligible}
-        parts = prefetched(fs, [path for path, _, _ in eligible])  # a few in flight, never all
-        while _write_file(fs, root, plan, parts, keys_of, replaces, report, target_bytes):
+        replaces = _replaced_keys(fs, plan, units)
+        stream = _stream(fs, units)
+        while _write_file(fs, root, plan, stream, replaces, report, target_bytes, row_group_rows):
             pass
         report.orphan_packs_removed = _remove_orphans(fs, root, plan, orphan_hours)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _eligible(plan: ManifestPlan, done: KeySet) -> tuple[list[tuple[str, int, list[str]]], int]:
-    """(path, size, video keys) of the parts to absorb: done videos' parts and committed packs."""
-    singles = [(path, size, part_key(path.rsplit("/", 1)[-1])) for path, size in plan.parts]
-    keys = [key for _, _, key in singles if key is not None]
-    is_done = dict(zip(keys, done.contains_many(keys).tolist(), strict=True)) if keys else {}
-    eligible, kept = [], 0
-    for path, size, key in singles:
+@dataclasses.dataclass(frozen=True)
+class _Unit:
+    """One manifest file to absorb: a done video's part, or a committed pack's part."""
+
+    first_key: str  # no row in it sorts before this key: units are absorbed in this order
+    path: str
+    keys: tuple[str, ...]
+
+
+def _eligible(plan: ManifestPlan, done: KeySet) -> tuple[list[_Unit], int]:
+    """The parts to absorb (done videos' parts and committed packs), in key order, and how many
+    parts are kept as they are."""
+    singles = [(path, part_key(path.rsplit("/", 1)[-1])) for path, _ in plan.parts]
+    keys = [key for _, key in singles if key is not None]
+    hits = done.contains_many(keys).tolist() if keys else []
+    is_done = {key for key, hit in zip(keys, hits, strict=True) if hit}
+    units: list[_Unit] = []
+    kept = 0
+    for path, key in singles:
         name = path.rsplit("/", 1)[-1]
         if key is not None:
-            if is_done.get(key):
-                eligible.append((path, size, [key]))
+            if key in is_done:
+                units.append(_Unit(key, path, (key,)))
             else:
                 kept += 1
         elif pack_id(name) in plan.pack_members:
-            eligible.append((path, size, plan.pack_members[pack_id(name)]))
+            members = tuple(plan.pack_members[pack_id(name)])
+            units.append(_Unit(min(members, default=""), path, members))
         else:
             kept += 1  # a file of an earlier layout: left alone
-    return eligible, kept
+    units.sort(key=lambda unit: (unit.first_key, unit.path))
+    return units, kept
 
 
-def _replaced_keys(
-    fs: Any, plan: ManifestPlan, eligible: list[tuple[str, int, list[str]]]
-) -> dict[str, dict[str, list[str]]]:
-    """video key -> {older compacted file: [key]} for eligible keys that older compacted files hold."""
-    if not plan.compacted or not eligible:
+def _replaced_keys(fs: Any, plan: ManifestPlan, units: list[_Unit]) -> dict[str, dict[str, list[str]]]:
+    """video key -> {older compacted file: [key]} for the keys about to be absorbed that older
+    compacted files hold. Reads only their `video_key` column, and of key-sorted files only the row
+    groups whose key range can hold one of them."""
+    if not plan.compacted or not units:
         return {}
-    wanted = KeySet.of(k for _, _, keys in eligible for k in keys)
+    ordered = sorted({key for unit in units for key in unit.keys})
+    wanted = pa.array(ordered, pa.string())
     found: dict[str, dict[str, list[str]]] = {}
     for compacted in plan.compacted:
         with fs.open(compacted.path, "rb") as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(columns=["video_key"], batch_size=65536):
-                keys = batch.column(0).to_pylist()
-                for key, hit in zip(keys, wanted.contains_many(keys), strict=True):
-                    if hit:
-                        found.setdefault(key, {}).setdefault(compacted.name, [key])
+            parquet = pq.ParquetFile(handle)
+            groups = _row_groups_in_range(parquet, ordered)
+            if not groups:
+                continue
+            for batch in parquet.iter_batches(columns=["video_key"], row_groups=groups, batch_size=65536):
+                column = batch.column(0)
+                for key in pc.unique(column.filter(pc.is_in(column, value_set=wanted))).to_pylist():
+                    found.setdefault(key, {}).setdefault(compacted.name, [key])
     return found
+
+
+def _row_groups_in_range(parquet: pq.ParquetFile, ordered: list[str]) -> list[int]:
+    """Row groups of `parquet` whose video_key min/max range holds one of `ordered` (sorted); every
+    row group when statistics are missing."""
+    import bisect
+
+    metadata = parquet.metadata
+    column = parquet.schema_arrow.get_field_index("video_key")
+    groups = []
+    for index in range(metadata.num_row_groups):
+        stats = metadata.row_group(index).column(column).statistics if column >= 0 else None
+        if stats is None or not stats.has_min_max:
+            groups.append(index)
+            continue
+        first = bisect.bisect_left(ordered, stats.min)
+        if first < len(ordered) and ordered[first] <= stats.max:
+            groups.append(index)
+    return groups
+
+
+def _stream(fs: Any, units: list[_Unit]) -> Iterator[tuple[_Unit, bytes | None, str | None]]:
+    """(unit, its bytes or None when gone, the next unit's first key or None at the end), fetched a
+    few ahead (`prefetched`: never all parts in memory)."""
+    fetched = prefetched(fs, [unit.path for unit in units])
+    for index, (unit, (_, data)) in enumerate(zip(units, fetched, strict=True)):
+        following = units[index + 1].first_key if index + 1 < len(units) else None
+        yield unit, data, following
+
+
+class _HeldRows:
+    """Absorbed rows waiting for their row group. Units arrive in first-key order, so the rows whose
+    key sorts before the next unit's first key are final: `ready` sorts what is held and hands those
+    out in whole row groups, keeping the rest (less than a row group, plus rows of a pack part whose
+    keys reach further)."""
+
+    def __init__(self, row_group_rows: int) -> None:
+        self.row_group_rows = row_group_rows
+        self.tables: list[pa.Table] = []  # merged runs of parts (and the rest of the last `ready`)
+        self.recent: list[pa.Table] = []  # parts added since the last merge, one table each
+        self.rows = 0
+        self.nbytes = 0  # of the Arrow tables: more than their Parquet will take
+        self.parts = 0  # parts with rows held here
+        self._settled = 0  # rows held after the last `ready` (not ready then)
+
+    def add(self, table: pa.Table) -> None:
+        self.recent.append(table)
+        self.rows += table.num_rows
+        self.nbytes += table.nbytes
+        self.parts += 1
+        if len(self.recent) >= MERGE_PARTS:  # one part's table costs ~80 KB beyond its rows' bytes
+            self.tables.append(pa.concat_tables(self.recent).combine_chunks())
+            self.recent = []
+
+    def ready(self, below: str | None) -> pa.Table | None:
+        """Whole row groups of sorted rows with keys before `below` (all rows when None), or None.
+        Sorts only once a row group's worth arrived since the last call (sorting is per row group,
+        not per part)."""
+        if below is not None and self.rows - self._settled < self.row_group_rows:
+            return None
+        table = self._sorted()
+        final = table.num_rows
+        if below is not None:
+            final = int(pc.sum(pc.less(table.column("video_key"), below)).as_py() or 0)
+            final -= final % self.row_group_rows
+        rest = table.slice(final)
+        self.tables, self.recent = ([rest] if rest.num_rows else []), []
+        self.rows = self._settled = rest.num_rows
+        self.nbytes = rest.nbytes
+        self.parts = _count_distinct(rest.column(SOURCE_PART)) if rest.num_rows else 0
+        return table.slice(0, final) if final else None
+
+    def _sorted(self) -> pa.Table:
+        tables = self.tables + self.recent
+        table = pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
+        return table.sort_by(SORT_KEYS)
+
+
+def _count_distinct(column: pa.ChunkedArray) -> int:
+    return int(pc.count_distinct(column).as_py())
 
 
 def _write_file(
     fs: Any,
     root: str,
     plan: ManifestPlan,
-    parts: Iterator[tuple[str, bytes | None]],
-    keys_of: dict[str, list[str]],
+    stream: Iterator[tuple[_Unit, bytes | None, str | None]],
     replaces: dict[str, dict[str, list[str]]],
     report: CompactReport,
     target_bytes: int,
+    row_group_rows: int,
 ) -> bool:
-    """One compacted file of about `target_bytes` from the next parts, written atomically; then those
-    parts are deleted. False once no part is left."""
+    """One key-sorted compacted file of about `target_bytes` from the next parts, written atomically;
+    then those parts are deleted. False once no part is left."""
     name = (
         f"{COMPACTED_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(4)}.parquet"
     )
     path = join(root, "manifest", name)
     absorbed: list[str] = []
-    pending: list[pa.Table] = []
-    pending_rows = pending_bytes = 0
+    held = _HeldRows(row_group_rows)
     metadata: dict[str, list[str]] = {}
     rows = 0
     exhausted = True
@@ -186,32 +341,38 @@ def _write_file(
             COMPACTED_SCHEMA,
             compression="zstd",
             write_page_checksum=True,
-            write_statistics=statistics_columns(COMPACTED_SCHEMA),
+            write_statistics=STATISTICS,
+            sorting_columns=pq.SortingColumn.from_ordering(COMPACTED_SCHEMA, SORT_KEYS),
         )
-        for part_path, data in parts:
+        for unit, data, following in stream:
             if data is None:  # replaced since the listing (a failed video redone): not ours
                 continue
-            table = _absorb(fs, plan, part_path, data, report)
+            table = _absorb(fs, plan, unit.path, data, report)
             if table is None:
                 continue
-            for key in keys_of.get(part_path, ()):
+            for key in unit.keys:
                 for older, listed in replaces.get(key, {}).items():
                     metadata.setdefault(older, []).extend(listed)
-            pending.append(table)
-            pending_rows += table.num_rows  # running totals: summing over `pending` is quadratic
-            pending_bytes += table.get_total_buffer_size()
+            held.add(table)
+            report.peak_parts_held = max(report.peak_parts_held, held.parts)
             rows += table.num_rows
-            absorbed.append(part_path)
+            absorbed.append(unit.path)
             report.bytes_in += len(data)
-            if pending_rows >= ROW_GROUP_ROWS or pending_bytes >= target_bytes:
-                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-                pending, pending_rows, pending_bytes = [], 0, 0
-                if handle.tell() >= target_bytes:  # within one row group of the target
-                    exhausted = False
-                    break
-        if pending:
-            writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-        writer.add_key_value_metadata({COMPACTION_KEY: json.dumps({"replaces": metadata})})
+            ready = held.ready(following)
+            if ready is not None:
+                writer.write_table(ready, row_group_size=row_group_rows)
+            if following is not None and (
+                handle.tell() + held.nbytes >= target_bytes
+                or held.rows >= MAX_HELD_ROW_GROUPS * row_group_rows
+            ):
+                exhausted = False  # the rest goes to the next file (this one stays sorted)
+                break
+        rest = held.ready(None) if held.rows else None
+        if rest is not None:
+            writer.write_table(rest, row_group_size=row_group_rows)
+        writer.add_key_value_metadata(
+            {COMPACTION_KEY: json.dumps({"replaces": metadata}), SORTED_BY_KEY: SORTED_BY}
+        )
         writer.close()
     if not absorbed:
         _remove(fs, [path])
@@ -282,34 +443,83 @@ def _age_seconds(fs: Any, path: str, now: float) -> float:
     return now - float(stamp)
 
 
+def lock_holder(fs: Any, root: str) -> dict[str, Any] | None:
+    """The fresh compaction lock's record (host, pid, started, token, age), or None when there is no
+    lock or it is stale: older than `LOCK_STALE_SECONDS`, or its process on this machine is gone (its
+    compaction died). A lock that does not parse (being written, or its writer died mid-write) is aged
+    by its object's time."""
+    path = join(root, "manifest", LOCK_NAME)
+    try:
+        raw = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    try:
+        held = json.loads(raw)
+        age = time.time() - float(held["started"])
+    except (ValueError, TypeError, KeyError):
+        try:
+            held, age = {}, _age_seconds(fs, path, time.time())
+        except FileNotFoundError:
+            return None
+    if age >= LOCK_STALE_SECONDS or _died_here(held):
+        return None
+    return {**held, "age": age}
+
+
+def _died_here(held: dict[str, Any]) -> bool:
+    """Whether the lock's compaction ran on this machine in a process that is gone (a killed run):
+    its lock need not wait out `LOCK_STALE_SECONDS`."""
+    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+        return False
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
 class _lock:
-    """`manifest/_compaction.lock` for the duration of a compaction (stale after 6 h, or `force`)."""
+    """`manifest/_compaction.lock` for the duration of a compaction (stale after 6 h, or `force`).
+
+    Created exclusively (O_EXCL on a local folder, `If-None-Match: *` on S3), then read back: of two
+    compactions starting at once, one gets the lock and the other is refused. Two at once would both
+    absorb the same parts into two files, and readers would count those rows twice."""
 
     def __init__(self, fs: Any, root: str, out: str, force: bool) -> None:
-        self.fs, self.path, self.out, self.force = fs, join(root, "manifest", LOCK_NAME), out, force
+        self.fs, self.root, self.out, self.force = fs, root, out, force
+        self.path = join(root, "manifest", LOCK_NAME)
         self.token = secrets.token_hex(8)
 
     def __enter__(self) -> _lock:
-        if self.fs.exists(self.path) and not self.force:
-            try:
-                held = json.loads(self.fs.cat_file(self.path))
-                age = time.time() - float(held.get("started", 0))
-            except (ValueError, TypeError, FileNotFoundError):
-                held, age = {}, LOCK_STALE_SECONDS
-            if age < LOCK_STALE_SECONDS:
-                raise CompactError(
-                    f"{self.out}: another compaction holds manifest/{LOCK_NAME} (started {age:.0f} s ago on "
-                    f"{redact(str(held.get('host')))}); wait for it, or pass --force if it died"
-                )
+        if self.fs.exists(self.path):
+            held = lock_holder(self.fs, self.root)
+            if held is not None and not self.force:
+                raise self._refused(held)
+            with contextlib.suppress(FileNotFoundError):  # stale (its compaction died), or forced
+                self.fs.rm_file(self.path)
         record = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": time.time(),
             "token": self.token,
         }
-        with open_atomic(self.fs, self.path) as handle:
-            handle.write(json.dumps(record).encode())
+        try:
+            _create_exclusive(self.fs, self.path, json.dumps(record).encode())
+        except FileExistsError:
+            raise self._refused(lock_holder(self.fs, self.root) or {}) from None
+        held = lock_holder(self.fs, self.root) or {}
+        if held.get("token") != self.token:  # a store that ignored the condition: another write won
+            raise self._refused(held)
         return self
+
+    def _refused(self, held: dict[str, Any]) -> CompactionLocked:
+        return CompactionLocked(
+            f"{self.out}: another compaction holds manifest/{LOCK_NAME} (started "
+            f"{float(held.get('age', 0)):.0f} s ago on {redact(str(held.get('host')))}); wait for it, "
+            "or pass --force if it died"
+        )
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -317,3 +527,15 @@ class _lock:
                 self.fs.rm_file(self.path)
         except (FileNotFoundError, ValueError):
             pass
+
+
+def _create_exclusive(fs: Any, path: str, data: bytes) -> None:
+    """Write `path` only if it does not exist (FileExistsError otherwise), atomically where the store
+    can: O_EXCL locally, a conditional PUT on S3; other stores check first (not atomic)."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        return
+    fs.pipe_file(path, data, mode="create")

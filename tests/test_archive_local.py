@@ -22,9 +22,13 @@ from pipeline.storage import filesystem, range_reader
 
 
 def _manifest(out: Path) -> list[dict]:
+    """Every manifest row, from per-video parts and the files a run's compaction merged them into."""
     rows = []
-    for part in sorted((out / "manifest").glob("part-*.parquet")):
-        rows.extend(pq.read_table(part).to_pylist())
+    for path in sorted((out / "manifest").glob("*.parquet")):
+        table = pq.read_table(path)
+        rows.extend(
+            table.drop_columns(sorted({"source_part", "source_sha256"} & set(table.column_names))).to_pylist()
+        )
     return rows
 
 
@@ -107,6 +111,9 @@ def test_archive_end_to_end_then_resume_and_retry(
     config = json.loads((run_dir / "config.json").read_text())
     assert config["versions"]["av"] == av.__version__ and config["codec"]["codec"] == "x264"
     assert json.loads((run_dir / "summary.json").read_text())["gops"] == 4
+    # the run compacted the parts of its done videos; the failed video's part stays for a retry
+    assert summary["compaction"]["parts_absorbed"] == 2 and summary["compaction"]["files_written"] == 1
+    assert sorted(p.name.split("-")[0] for p in (out / "manifest").iterdir()) == ["compacted", "part"]
 
     # Rerun: done videos are skipped, the failed one is not retried, nothing is rewritten.
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}

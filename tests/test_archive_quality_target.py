@@ -20,7 +20,7 @@ REACHABLE_PSNR = 27.0
 
 def _rows(out: Path) -> list[dict]:
     rows = []
-    for part in sorted((out / "manifest").glob("part-*.parquet")):
+    for part in sorted((out / "manifest").glob("*.parquet")):  # parts, or the run's compacted files
         rows.extend(pq.read_table(part).to_pylist())
     return rows
 

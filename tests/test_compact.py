@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,210 @@ def test_an_archive_whose_only_manifest_file_is_damaged_says_so(tmp_path: Path) 
     compacted.write_bytes(b"not parquet")
     result = audit_archive(out)  # not "no manifest parts; is this a vidarc archive?"
     assert result.rows == 0 and [d["uri"] for d in result.damaged_parts] == [str(compacted)]
+
+
+def _scrambled_archive(fs, root: str) -> collections.Counter:
+    """Done videos whose part names sort differently from their keys ("a" < "a-b" but
+    "part-a-b.parquet" < "part-a.parquet"), written in no particular order, and two committed packs
+    whose key ranges interleave."""
+    from pipeline.runinfo import pack_manifest_path, pack_marker_path
+
+    keys = [f"{stem}{suffix}" for stem in ("k", "m", "q", "a", "z", "c") for suffix in ("", "-b", ".x", "0")]
+    for i, key in enumerate(keys):
+        _video(fs, root, key, 1 + i % 5)
+    for pack, members in (("r1-000001", ["b1", "n1", "y1"]), ("r1-000002", ["b2", "n2"])):
+        rows = [
+            {"run_id": "r1", "video_key": k, "gop_index": g, "status": "ok"} for k in members for g in (1, 0)
+        ]
+        write_bytes(fs, pack_manifest_path(root, pack), _part(rows))
+        write_json(fs, pack_marker_path(root, pack), {"pack_id": pack, "members": members})
+    return _rows(fs, root)
+
+
+def test_compacted_files_are_key_sorted_in_row_groups_whose_key_ranges_do_not_overlap(
+    tmp_path: Path,
+) -> None:
+    """What readers prune by: every compacted file says it is sorted by (video_key, gop_index) and is;
+    several row groups each, with video_key min/max that follow each other; a video's rows in one file."""
+    out = str(tmp_path / "out")
+    fs, root = filesystem(out)
+    expected = _scrambled_archive(fs, root)
+    report = compact(out, target_bytes=24 * 1024, row_group_rows=8)
+    assert report.parts_absorbed == 26 and len(report.files_written) >= 2
+    assert _rows(fs, root) == expected
+    files_of: dict[str, set[str]] = collections.defaultdict(set)
+    for path in sorted((tmp_path / "out" / "manifest").glob("compacted-*.parquet")):
+        parquet = pq.ParquetFile(path)
+        assert compaction.is_key_sorted(parquet.metadata.metadata)
+        table = parquet.read(columns=["video_key", "gop_index"])
+        pairs = list(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
+        assert pairs == sorted(pairs)
+        ranges = []
+        for index in range(parquet.metadata.num_row_groups):
+            group = parquet.metadata.row_group(index)
+            stats = group.column(parquet.schema_arrow.get_field_index("video_key")).statistics
+            assert stats is not None and stats.has_min_max and group.num_rows <= 8
+            ranges.append((stats.min, stats.max))
+        assert all(high <= low for (_, high), (low, _) in itertools.pairwise(ranges))
+        for key, _ in pairs:
+            files_of[key].add(path.name)
+    assert all(len(names) == 1 for names in files_of.values())  # a video's rows never split
+    assert (
+        sum(pq.ParquetFile(p).metadata.num_row_groups for p in (tmp_path / "out" / "manifest").glob("c*")) > 3
+    )
+
+
+def test_compaction_holds_a_few_parts_at_once_not_the_manifest(tmp_path: Path) -> None:
+    """Memory is bounded by the row group, not the manifest: of 300 three-row parts compacted into
+    200-row groups, no more than two row groups' worth of parts wait in memory at any time (merged into
+    one table every `MERGE_PARTS`)."""
+    out = str(tmp_path / "out")
+    fs, root = filesystem(out)
+    for i in range(300):
+        _video(fs, root, f"clip-{i:03d}", 3)
+    expected = _rows(fs, root)
+    report = compact(out, row_group_rows=200)
+    assert report.parts_absorbed == 300 and len(report.files_written) == 1
+    assert compaction.MERGE_PARTS < report.peak_parts_held <= 2 * 200 // 3 + 1
+    assert _rows(fs, root) == expected
+    (written,) = (tmp_path / "out" / "manifest").glob("compacted-*")
+    assert [group.num_rows for group in _row_groups(written)] == [200] * 4 + [100]
+
+
+def _row_groups(path: Path) -> list:
+    metadata = pq.ParquetFile(path).metadata
+    return [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+
+
+def test_an_older_unsorted_compacted_file_still_reads_and_is_replaced_by_a_redo(tmp_path: Path) -> None:
+    """Compacted files of an earlier release (rows in part order, no `vidarc.sorted_by`): readers and
+    a later compaction treat them as before; a video redone since replaces its rows there."""
+    import pyarrow as pa
+
+    out = str(tmp_path / "out")
+    fs, root = filesystem(out)
+    expected = _archive(fs, root, videos=10)
+    compact(out)
+    (path,) = (tmp_path / "out" / "manifest").glob("compacted-*.parquet")
+    parquet = pq.ParquetFile(path)
+    metadata = {k: v for k, v in (parquet.metadata.metadata or {}).items() if k != compaction.SORTED_BY_KEY}
+    table = parquet.read()
+    old = table.take(pa.array(list(range(table.num_rows))[::-1])).replace_schema_metadata(metadata)
+    pq.write_table(old, path, row_group_size=3)  # as an earlier release wrote them: unsorted
+    assert not compaction.is_key_sorted(pq.ParquetFile(path).metadata.metadata)
+    assert _rows(fs, root) == expected
+    _video(fs, root, "clip-004", 2, run="r2")
+    report = compact(out)
+    assert report.parts_absorbed == 1
+    rows = _rows(fs, root)
+    assert {k for k in rows if k[0] == "clip-004"} == {("clip-004", 0, "r2"), ("clip-004", 1, "r2")}
+    assert sum(rows.values()) == sum(expected.values()) - 1 + 2 and max(rows.values()) == 1
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_the_lock_is_taken_by_one_compaction_only(tmp_path: Path, store: str, request) -> None:
+    """The lock is created exclusively (O_EXCL, S3's conditional PUT): of two compactions that both
+    found no lock, the second to create it is refused instead of absorbing the same parts twice."""
+    if store == "s3":
+        endpoint, bucket = request.getfixturevalue("s3_endpoint"), request.getfixturevalue("s3_bucket")
+        fs, root = filesystem(f"s3://{bucket}/archive", endpoint_url=endpoint)
+    else:
+        fs, root = filesystem(str(tmp_path / "out"))
+    path = f"{root}/manifest/{compaction.LOCK_NAME}"
+    compaction._create_exclusive(fs, path, b'{"started": 0}')
+    with pytest.raises(FileExistsError):
+        compaction._create_exclusive(fs, path, b"{}")
+    fs.rm_file(path)
+    with compaction._lock(fs, root, "out", force=False):
+        assert compaction.lock_holder(fs, root) is not None
+        with pytest.raises(compaction.CompactionLocked, match="another compaction holds"):
+            compaction._lock(fs, root, "out", force=False).__enter__()
+    assert compaction.lock_holder(fs, root) is None and not fs.exists(path)
+
+
+def _archive_config(src: Path, out: Path, fast_metrics: tuple[str, ...], **kw):
+    from pipeline.archive.config import ArchiveConfig
+
+    return ArchiveConfig(
+        src=str(src), out=str(out), codec="x264", gop_frames=16, skip_metrics=fast_metrics, **kw
+    )
+
+
+def _manifest_names(out: Path) -> list[str]:
+    return sorted(p.name.split("-")[0] for p in (out / "manifest").iterdir())
+
+
+def test_an_archive_run_compacts_what_it_committed_unless_told_not_to(
+    samples: Path, tmp_path: Path, ray_address: str, fast_metrics: tuple[str, ...]
+) -> None:
+    """The job compacts without being asked (here also during the run: every committed video), records
+    it in summary.json and prints one line; `compact=False` (`--no-compact`) leaves the parts."""
+    import io as text_io
+    import json
+
+    from pipeline.archive import run_archive
+    from pipeline.archive.progress import Counters, ProgressDisplay
+
+    stream = text_io.StringIO()
+    out = tmp_path / "out"
+    display = ProgressDisplay(Counters(), stream=stream, live=False)
+    result = run_archive(_archive_config(samples, out, fast_metrics, compact_every=1), display=display)
+    assert result.exit_code == 0 and result.summary["videos_ok"] == 2
+    record = result.summary["compaction"]
+    assert record["parts_absorbed"] == 2 and record["compactions"] >= 1 and not record["warnings"]
+    assert _manifest_names(out) == ["compacted"] * record["files_written"]
+    assert "manifest compacted" in stream.getvalue()
+    stored = json.loads((out / "runs" / result.run_id / "summary.json").read_text())
+    assert stored["compaction"]["parts_absorbed"] == 2
+    fs, root = filesystem(str(out))
+    assert {k for k, _, _ in _rows(fs, root)} == {p.stem for p in (out / "videos").iterdir()}
+
+    plain = tmp_path / "plain"
+    kept = run_archive(_archive_config(samples, plain, fast_metrics, compact=False))
+    assert kept.exit_code == 0 and kept.summary["compaction"] is None
+    assert _manifest_names(plain) == ["part", "part"]
+
+
+def test_a_run_while_another_compaction_holds_the_lock_succeeds_and_says_so(
+    samples: Path, tmp_path: Path, ray_address: str, fast_metrics: tuple[str, ...]
+) -> None:
+    from pipeline.archive import run_archive
+
+    out = tmp_path / "out"
+    fs, root = filesystem(str(out))
+    with compaction._lock(fs, root, str(out), force=False):  # another shard's run, compacting
+        result = run_archive(_archive_config(samples, out, fast_metrics))
+    assert result.exit_code == 0 and result.summary["videos_ok"] == 2
+    (note,) = result.summary["compaction"]["notes"]
+    assert "another compaction holds" in note and not result.summary["compaction"]["warnings"]
+    assert _manifest_names(out) == ["part", "part"]
+    assert compact(str(out)).parts_absorbed == 2  # the next compaction takes them
+
+
+def test_a_compaction_that_fails_is_a_warning_of_the_run_never_an_error(tmp_path: Path) -> None:
+    """After the videos are committed, a compaction the store refuses (here the lock's name is taken by
+    a folder) is a warning in the run's record; the trigger counts committed videos."""
+    from pipeline.archive.compaction import RunCompaction
+    from pipeline.archive.config import ArchiveConfig
+    from pipeline.archive.progress import Counters
+
+    out = tmp_path / "out"
+    fs, root = filesystem(str(out))
+    _archive(fs, root, videos=3)
+    counters = Counters()
+    said: list[str] = []
+    run = RunCompaction(
+        ArchiveConfig(src=str(tmp_path), out=str(out), compact_every=2), counters, said.append
+    )
+    counters.videos_ok = 1
+    assert not run.due()
+    counters.videos_ok = 2
+    assert run.due()
+    (out / "manifest" / compaction.LOCK_NAME).mkdir()
+    record = run.finish()
+    assert record is not None and record["compactions"] == 0 and record["parts_absorbed"] == 0
+    (warning,) = record["warnings"]
+    assert (
+        warning.startswith("compaction stopped") and "\n" not in warning and said == [f"warning: {warning}"]
+    )
+    assert _manifest_names(out) == ["_compaction.lock", *["part"] * 3]

@@ -92,7 +92,12 @@ def test_written_parts_carry_both_checksums() -> None:
 def archive(tmp_path_factory, sample_dir: Path, ray_address: str, fast_metrics) -> Path:
     out = tmp_path_factory.mktemp("damage") / "out"
     config = ArchiveConfig(
-        src=str(sample_dir), out=str(out), codec="x264", gop_frames=12, skip_metrics=fast_metrics
+        src=str(sample_dir),
+        out=str(out),
+        codec="x264",
+        gop_frames=12,
+        skip_metrics=fast_metrics,
+        compact=False,  # the per-video parts, one of which each test damages
     )
     assert run_archive(config).exit_code == 0
     return out

@@ -28,7 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 def archive(tmp_path_factory, sample_dir: Path, ray_address: str, fast_metrics) -> Path:
     out = tmp_path_factory.mktemp("verify") / "out"
     config = ArchiveConfig(
-        src=str(sample_dir), out=str(out), codec="x264", gop_frames=4, skip_metrics=fast_metrics
+        src=str(sample_dir),
+        out=str(out),
+        codec="x264",
+        gop_frames=4,
+        skip_metrics=fast_metrics,
+        compact=False,  # the per-video parts, which tests edit
     )
     assert run_archive(config).exit_code == 0
     return out

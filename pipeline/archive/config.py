@@ -110,6 +110,10 @@ class ArchiveConfig:
     reference_fraction: float = 0.05
     reference_seed: int = 0
     reference_preset: str | None = None
+    #: Compact the manifest as part of the run (`archive/compaction.py`): when it ends, and every
+    #: `compact_every` committed videos during it (None: only at the end). `--no-compact`: never.
+    compact: bool = True
+    compact_every: int | None = 10_000
 
     def resolved(self) -> ArchiveConfig:
         """A copy with defaults filled in, validated; raises ConfigError with a one-line reason."""
@@ -151,6 +155,8 @@ class ArchiveConfig:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
         if self.stall_seconds is not None and not self.stall_seconds > 0:
             raise ConfigError(f"--stall-timeout must be positive, got {self.stall_seconds:g}")
+        if self.compact_every is not None and self.compact_every < 1:
+            raise ConfigError(f"--compact-every must be at least 1, got {self.compact_every}")
         if self.max_pixels < 1:
             raise ConfigError(f"--max-pixels must be at least 1, got {self.max_pixels}")
         if self.gops_in_flight_per_actor < 1:

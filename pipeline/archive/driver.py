@@ -3,8 +3,9 @@
 `run_archive` opens the stream of videos to do (`worklist`: SRC or an input list listed page by page,
 minus other shards and done videos), starts Ray and the encode pool (`actors`) once there is one,
 writes the run's config record, hands the stream to the `Scheduler` (which pulls from it as slots free
-up, so the collection is never held), then writes the summary and runs the closing verify (with the
-run's `--model` and `--device`).
+up, so the collection is never held), compacts the manifest parts it committed (`compaction`: also
+every `--compact-every` videos during the run), then runs the closing verify (with the run's `--model`
+and `--device`) and writes the summary.
 
 Why plain Ray tasks and actors rather than Ray Data: the unit of commit is a *video* (one container,
 one manifest part, one done marker, written in that order), while the unit of work is a *GOP*. The
@@ -47,6 +48,7 @@ import time
 from typing import Any
 
 from pipeline.archive.actors import EncodePool
+from pipeline.archive.compaction import RunCompaction
 from pipeline.archive.config import ArchiveConfig, ConfigError
 from pipeline.archive.errors import ArchiveError
 from pipeline.archive.leases import LEASE_DIR, Leases, lease_ttl
@@ -129,7 +131,9 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     leases = Leases(out_fs, out_root, run_id, ttl=lease_ttl())
     temporaries = _temporaries(out_root) if is_local(out_fs) else {}  # listed before the leases are read
     busy = leases.live_foreign(remove_dead=True)
-    _remove_stale_temporaries(temporaries, busy)
+    _remove_stale_temporaries(
+        temporaries, busy, compacting=bool(temporaries) and _compacting(out_fs, out_root)
+    )
     display = display or ProgressDisplay(counters)
     display.counters = counters
 
@@ -158,18 +162,26 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         cfg, run_id, identity, pool, counters, display, out_fs=out_fs, out_root=out_root, leases=leases,
         reference_backfill=backfill,
     )  # fmt: skip
+    compaction = RunCompaction(cfg, counters, display.log)
+    compaction.start()
     try:
         scheduler.run(work)
     except Exception as exc:  # a storage fault met outside the paths that word their own
         if not is_transient(exc):
+            compaction.stop()
             raise
         scheduler.stop_for_storage(exc)
+    except BaseException:
+        compaction.stop()
+        raise
     finally:
         leases.release_all()
         display.close()
     summary = scheduler.summary(work.counts)
     storage_failures = summary["failures_transient"]
     storage_trouble = bool(storage_failures or summary.get("lease_error") or summary.get("storage_stop"))
+    skip = "the storage failed during the run; the rerun compacts" if storage_trouble else None
+    summary["compaction"] = compaction.finish(skip=skip)  # before the verify, which then reads it
     leased_elsewhere = summary["videos_leased_elsewhere_total"]
     exit_code = EXIT_FAILURES if summary["videos_failed"] or leased_elsewhere else EXIT_OK
     if summary.get("listing_error"):
@@ -271,17 +283,29 @@ def _temporaries(out_root: str) -> dict[str, tuple[str, str]]:
     return found
 
 
-def _remove_stale_temporaries(temporaries: dict[str, tuple[str, str]], busy: dict[str, Any]) -> None:
+def _compacting(out_fs: Any, out_root: str) -> bool:
+    """Whether a compaction holds OUT's lock now (its compacted file may be half written)."""
+    from pipeline.compact import lock_holder
+
+    try:
+        return lock_holder(out_fs, out_root) is not None
+    except Exception:  # unreadable: leave the temporaries, a later run removes them
+        return True
+
+
+def _remove_stale_temporaries(
+    temporaries: dict[str, tuple[str, str]], busy: dict[str, Any], *, compacting: bool = False
+) -> None:
     """Remove temporaries a killed run left behind, except those a live run may still be writing: its
-    leased videos', its run folder's, and (while any other run is live, e.g. another shard) those no
-    lease names. Listed before the leases were read, so a run that started since has its leases in
-    `busy`."""
+    leased videos', its run folder's, and (while any other run is live, e.g. another shard, or a
+    compaction holds its lock: it runs after a run's leases are gone) those no lease names. Listed
+    before the leases were read, so a run that started since has its leases in `busy`."""
     live_runs = {info.run_id for info in busy.values()}
     for path, (kind, owner) in temporaries.items():
         if (
             (kind == "video" and owner in busy)
             or (kind == "run" and owner in live_runs)
-            or (kind == "other" and live_runs)
+            or (kind == "other" and (live_runs or compacting))
         ):
             continue
         with contextlib.suppress(FileNotFoundError):
