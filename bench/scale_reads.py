@@ -182,48 +182,83 @@ class S3Store:
 
 
 # ---- one measured command --------------------------------------------------------------------------------
+def _processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, RSS bytes) of every process, from /proc (no psutil needed)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            table[int(entry)] = (int(fields[1]), int(fields[21]) * page)  # ppid, rss pages
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
+
+
+def _descendants(pid: int, table: dict[int, tuple[int, int]]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, ()))
+    return found
+
+
 def _tree_rss(pid: int) -> int:
-    try:
-        import psutil
-    except ImportError:
-        return 0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
-    return total
+    """RSS of `pid` and all its descendants, in bytes."""
+    table = _processes()
+    return sum(table[p][1] for p in _descendants(pid, table) if p in table)
 
 
 def _kill_tree(pid: int) -> None:
-    try:
-        import psutil
-
-        children = psutil.Process(pid).children(recursive=True)
-    except Exception:
-        children = []
+    table = _processes()
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    for child in children:
-        with contextlib.suppress(Exception):
-            child.kill()
+    for child in _descendants(pid, table):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)
+
+
+#: The tiny wrapper each measured command runs under: it forks, execs the command, waits for it and
+#: writes its exit code, wall seconds and `wait4` rusage. Its own few MB are the floor of the RSS figure:
+#: a process forked from this (large) benchmark would start with this process's RSS as its peak.
+WRAPPER = """
+import json, os, sys, time
+result, argv = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(result, "w") as handle:
+    json.dump({"rc": os.waitstatus_to_exitcode(status), "wall_s": time.perf_counter() - started,
+               "maxrss_kb": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime}, handle)
+"""
 
 
 def measure(argv: list[str], *, timeout: float, logs: Path, proxy: Any = None) -> dict[str, Any]:
-    """Run `argv` in its own process group; wall seconds, peak RSS (`wait4`), sampled peak RSS of the
+    """Run `argv` in its own process group under `WRAPPER`; wall seconds, peak RSS of the command
+    (`wait4`: the largest of it and the children it reaped), CPU seconds, sampled peak RSS of the whole
     process tree, exit code, stdout/stderr files, and the proxy's requests made meanwhile."""
     logs.parent.mkdir(parents=True, exist_ok=True)
     if proxy is not None:
         proxy.take()
     out_path, err_path = logs.with_suffix(".out"), logs.with_suffix(".err")
+    rusage_path = logs.with_suffix(".rusage.json")
+    rusage_path.unlink(missing_ok=True)
     with open(out_path, "wb") as stdout, open(err_path, "wb") as stderr:
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=REPO, env=sa.child_env(), stdout=stdout, stderr=stderr,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", WRAPPER, str(rusage_path), *argv], cwd=REPO,
+                                env=sa.child_env(), stdout=stdout, stderr=stderr, start_new_session=True)  # fmt: skip
         tree_peak, timed_out, next_sample = 0, False, 0.0
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -243,14 +278,21 @@ def measure(argv: list[str], *, timeout: float, logs: Path, proxy: Any = None) -
     proc.returncode = os.waitstatus_to_exitcode(status)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)  # anything it left running (Ray daemons)
-    rc = proc.returncode
+    try:
+        inner = json.loads(rusage_path.read_text())
+        rusage_path.unlink()
+    except (OSError, ValueError):  # killed (timeout) before it could write
+        inner = {"rc": proc.returncode, "wall_s": wall, "maxrss_kb": None, "cpu_s": None}
+    rc = inner["rc"]
+    maxrss = inner["maxrss_kb"] * 1024 if inner["maxrss_kb"] else 0
     err_tail = err_path.read_bytes()[-4000:].decode(errors="replace")
     result: dict[str, Any] = {
         "status": "timeout" if timed_out else ("ok" if rc == 0 else f"exit {rc}"),
         "rc": rc,
-        "wall_s": round(wall, 3),
-        "rss_mb": round(usage.ru_maxrss / 1024, 1),
-        "tree_rss_mb": round(max(tree_peak, usage.ru_maxrss * 1024) / 2**20, 1),
+        "wall_s": round(inner["wall_s"], 3),
+        "cpu_s": round(inner["cpu_s"], 2) if inner["cpu_s"] is not None else None,
+        "rss_mb": round(maxrss / 2**20, 1) if maxrss else None,
+        "tree_rss_mb": round(max(tree_peak, maxrss) / 2**20, 1),
         "stdout_bytes": out_path.stat().st_size,
         "stdout": str(out_path),
     }
@@ -259,9 +301,11 @@ def measure(argv: list[str], *, timeout: float, logs: Path, proxy: Any = None) -
     if timed_out:
         result["note"] = f"timed out after {timeout:g} s"
     elif rc != 0:
-        lines = [line for line in err_tail.splitlines() if line.strip()]
+        lines = [line.strip(" │╭╮╰╯─") for line in err_tail.splitlines()]
+        lines = [line for line in lines if line]
         if "No such option" in err_tail:
             result["status"] = "unsupported"
+            lines = [line for line in lines if "No such option" in line]
         result["note"] = (lines[-1] if lines else "")[:300]
     return result
 
@@ -338,7 +382,7 @@ def run_op(op: str, t: Target, *, timeout: float, work: Path, proxy: Any) -> dic
         Path(result["stdout"]).unlink(missing_ok=True)  # ls/audit output can be hundreds of MB
         result.pop("stdout")
     shutil.rmtree(tmp, ignore_errors=True)
-    print(f" {result['status']} {result['wall_s']:.2f} s, {result['rss_mb']:.0f} MB"
+    print(f" {result['status']} {result['wall_s']:.2f} s, {_fmt(result['rss_mb'], '.0f')} MB"
           + (f", {result['requests']['total']} requests" if "requests" in result else ""), flush=True)  # fmt: skip
     return dict(n=t.n, layout=t.layout, storage=t.storage, op=op, **result)
 
@@ -359,9 +403,9 @@ class Bench:
         self.results = load_results(Path(args.out)) if args.out else {"runs": [], "builds": []}
 
     def replicator(self, out: str, endpoint: str | None) -> sa.Replicator:
-        workers = self.args.workers or (8 if out.startswith("s3://") else 2)
-        return sa.Replicator(self.bases, self.base_out, out, endpoint_url=endpoint,
-                             pool_dir=self.work / "linkpool", workers=workers)  # fmt: skip
+        threads = self.args.threads or (8 if out.startswith("s3://") else 1)
+        return sa.Replicator(self.bases, self.base_out, out, endpoint_url=endpoint, pool_dir=self.work / "linkpool",
+                             processes=self.args.processes, threads=threads)  # fmt: skip
 
     def target(self, n: int, layout: str, storage: str, root: str, endpoint: str | None) -> Target:
         base_k, base_n = self.bases[(n - 1) % len(self.bases)], self.bases[(n // 2) % len(self.bases)]
@@ -417,7 +461,7 @@ class Bench:
             print(f"  compact {root} ...", end="", flush=True)
             result = measure(op_argv("compact", target, self.work), timeout=self.args.compact_timeout,
                              logs=self.work / "logs" / f"n{n}-{layout}-{storage}" / f"compact-{lo}", proxy=proxy)  # fmt: skip
-            print(f" {result['status']} {result['wall_s']:.1f} s, {result['rss_mb']:.0f} MB", flush=True)
+            print(f" {result['status']} {result['wall_s']:.1f} s, {_fmt(result['rss_mb'], '.0f')} MB", flush=True)
             if result["status"] != "ok":
                 raise SystemExit(f"compaction failed: {result.get('note')} (log: {result.get('stdout')})")
             compactions.append(result)
@@ -499,6 +543,7 @@ def _combine(results: list[dict[str, Any]], n: int, every: int) -> dict[str, Any
             "status": "ok",
             "rc": 0,
             "wall_s": round(sum(r["wall_s"] for r in results), 3),
+            "cpu_s": round(sum(r.get("cpu_s") or 0 for r in results), 2),
             "rss_mb": max(r["rss_mb"] for r in results),
             "tree_rss_mb": max(r["tree_rss_mb"] for r in results),
             "note": f"{len(results)} compactions, one after every {every} videos (wall summed, RSS max)",
@@ -558,7 +603,7 @@ def print_table(runs: list[dict[str, Any]], n: int, layout: str, storage: str) -
     rows = sorted((r for r in runs if (r["n"], r["layout"], r["storage"]) == (n, layout, storage)),
                   key=lambda r: OP_ORDER.index(r["op"]) if r["op"] in OP_ORDER else 99)  # fmt: skip
     print(f"\nN={n} layout={layout} storage={storage}")
-    header = f"{'op':<13} {'status':<11} {'wall s':>9} {'RSS MB':>8} {'tree MB':>8} {'requests':>9} {'to 1st payload':>14}  detail"
+    header = f"{'op':<13} {'status':<11} {'wall s':>9} {'CPU s':>8} {'RSS MB':>8} {'tree MB':>8} {'requests':>9} {'to 1st payload':>14}  detail"
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -570,7 +615,8 @@ def print_table(runs: list[dict[str, Any]], n: int, layout: str, storage: str) -
             detail = f"{r['lines']} videos ({r['format']}) " + detail
         if r["status"] != "ok" and r.get("note"):
             detail = r["note"][:120] + " " + detail
-        print(f"{r['op']:<13} {r['status']:<11} {_fmt(r.get('wall_s'), '9.2f')} {_fmt(r.get('rss_mb'), '8.0f')} "
+        print(f"{r['op']:<13} {r['status']:<11} {_fmt(r.get('wall_s'), '9.2f')} {_fmt(r.get('cpu_s'), '8.2f')} "
+              f"{_fmt(r.get('rss_mb'), '8.0f')} "
               f"{_fmt(r.get('tree_rss_mb'), '8.0f')} {_fmt(req.get('total'), '>9')} "
               f"{_fmt(req.get('before_payload'), '>14')}  {detail}")  # fmt: skip
     print()
@@ -612,7 +658,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compact-every", type=int, default=0,
                         help="build the compacted layout K videos at a time, compacting after each batch "
                         "(bounds one compaction's input at 1M; 0: one compaction of the whole parts layout)")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=0, help="build threads (default 2 local, 8 S3)")
+    parser.add_argument("--processes", type=int, default=1, help="build processes (use the cores you have)")
+    parser.add_argument("--threads", type=int, default=0, help="build threads per process (default 1 local, 8 S3)")
     parser.add_argument("--fresh", action="store_true", help="rebuild the archives of these sizes")
     parser.add_argument("--reuse", action="store_true", help="measure archives built from another base as they are")
     parser.add_argument("--rebuild-base", action="store_true", help="archive the base videos again")

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ BASE_VIDEOS = 20
 BASE_FRAMES = 40
 BASE_GOP_FRAMES = 8
 BASE_SIZE = (64, 48)
+#: photographs scikit-image ships in its wheel (no download); each base video has its own camera path
+BASE_IMAGES = ("astronaut", "coffee", "camera", "chelsea", "rocket")
 
 
 def git_commit() -> str:
@@ -99,13 +101,18 @@ def make_base(work: Path, *, videos: int = BASE_VIDEOS, rebuild: bool = False) -
         "--gop-frames", str(BASE_GOP_FRAMES), "--verify-fraction", "0", "--skip-metric", "lpips",
         "--skip-metric", "dists", "--skip-metric", "vmaf", "--no-compact",
     ]  # fmt: skip
-    print("base archive: " + " ".join(command[1:]), flush=True)
-    run = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True)
-    if run.returncode != 0 and "--no-compact" in run.stderr and "No such option" in run.stderr:
-        print("base archive: --no-compact not accepted by this code; archiving without it", flush=True)
-        command.remove("--no-compact")
-        shutil.rmtree(out, ignore_errors=True)
+    # options this code may not take yet: dropped (and said so) when refused
+    optional = {"--no-compact": ("--no-compact",), "--verify-fraction": ("--verify-fraction", "0")}
+    while True:
+        print("base archive: vidarc " + " ".join(command[3:]), flush=True)
         run = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True)
+        refused = [o for o in optional if run.returncode == 2 and o in run.stderr]
+        if run.returncode == 0 or not refused:
+            break
+        print(f"base archive: {refused[0]} refused by this code ({run.stderr.strip()[-200:]}); without it", flush=True)
+        for word in optional.pop(refused[0]):
+            command.remove(word)
+        shutil.rmtree(out, ignore_errors=True)
     if run.returncode != 0:
         raise SystemExit(f"base archive failed (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     done = list((out / "markers" / "done").glob("*.json"))
@@ -124,11 +131,15 @@ def make_base(work: Path, *, videos: int = BASE_VIDEOS, rebuild: bool = False) -
 
 def _write_sources(folder: Path, videos: int) -> None:
     """`videos` tiny real videos (camera moves over different photographs), every fourth with audio."""
-    from pipeline.synthetic import TRAIN_IMAGES, synthetic_clip, write_video
+    from pipeline.synthetic import synthetic_clip, write_video
 
     width, height = BASE_SIZE
     for j in range(videos):
-        frames = synthetic_clip(TRAIN_IMAGES[j % len(TRAIN_IMAGES)], BASE_FRAMES - (j % 3) * 4, width, height, seed=j)
+        image = BASE_IMAGES[j % len(BASE_IMAGES)]
+        try:
+            frames = synthetic_clip(image, BASE_FRAMES - (j % 3) * 4, width, height, seed=j)
+        except Exception:  # an image scikit-image would have to download
+            frames = synthetic_clip("astronaut", BASE_FRAMES - (j % 3) * 4, width, height, seed=j)
         audio = 1.5 if j % 4 == 0 else None
         write_video(folder / f"clip-{j:02d}.mp4", frames, fps=Fraction(24), audio_seconds=audio)
 
@@ -231,7 +242,8 @@ class LinkPool:
 
 
 class Replicator:
-    """Writes synthetic videos [start, stop) into the archive at `out` (local folder or s3:// URL)."""
+    """Writes synthetic videos [start, stop) into the archive at `out` (local folder or s3:// URL), with
+    `processes` worker processes of `threads` threads each (S3 requests wait; local writes compute)."""
 
     def __init__(
         self,
@@ -241,10 +253,14 @@ class Replicator:
         *,
         endpoint_url: str | None,
         pool_dir: Path,
-        workers: int,
+        processes: int = 1,
+        threads: int = 1,
+        base_objects: dict[str, str] | None = None,
     ) -> None:
         from pipeline.storage import filesystem, is_local
 
+        self.args = dict(bases=bases, base_out=base_out, out=out, endpoint_url=endpoint_url, pool_dir=pool_dir,
+                         threads=threads)  # fmt: skip
         self.bases = bases
         self.base_out = base_out
         self.out = out
@@ -252,9 +268,10 @@ class Replicator:
         self.fs, self.root = filesystem(out, endpoint_url=endpoint_url)
         self.local = is_local(self.fs)
         self.links = LinkPool(pool_dir)
-        self.workers = workers
+        self.processes = max(1, processes)
+        self.threads = max(1, threads)
         self.locate = _locate_module()
-        self.base_objects: dict[str, str] = {}
+        self.base_objects: dict[str, str] = dict(base_objects or {})
 
     # one-off archive-level files and, on S3, the base objects the copies come from
     def prepare(self) -> None:
@@ -277,11 +294,24 @@ class Replicator:
             for folder in ("videos", "manifest", "markers/done"):
                 os.makedirs(join(self.root, folder), exist_ok=True)
 
+    def _put(self, path: str, data: bytes) -> None:
+        """Atomic write; locally without the fsync `storage.write_bytes` does (a benchmark's archive need
+        not survive a power cut, and the fsyncs would cost more than the rest of the build)."""
+        from pipeline.storage import write_bytes
+
+        if not self.local:
+            write_bytes(self.fs, path, data)
+            return
+        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+
     def write(self, i: int) -> None:
         from pipeline.manifest import parquet_bytes
-        from pipeline.runinfo import container_path, manifest_path, marker_path, write_json
+        from pipeline.runinfo import container_path, manifest_path, marker_path
         from pipeline.schema import MANIFEST_SCHEMA
-        from pipeline.storage import full_uri, retrying, write_bytes
+        from pipeline.storage import full_uri, redact, retrying
 
         base = self.bases[i % len(self.bases)]
         key, source_uri = synthetic_name(base, i)
@@ -295,16 +325,29 @@ class Replicator:
         rows = [_renamed(row, names) for row in base.rows]
         for row in rows:
             row.update(video_key=key, source_uri=source_uri, archive_uri=archive_uri)
-        write_bytes(self.fs, manifest_path(self.root, key), parquet_bytes(rows, MANIFEST_SCHEMA))
+        self._put(manifest_path(self.root, key), parquet_bytes(rows, MANIFEST_SCHEMA))
         if self.locate is not None:
             self.locate.write_index_entries(self.fs, self.root, key, source_uri)
         marker = _renamed(base.marker, names)
         marker.update({k: v for k, v in (("video_key", key), ("source_uri", source_uri),
                                           ("archive_uri", archive_uri)) if k in marker})  # fmt: skip
-        write_json(self.fs, marker_path(self.root, "done", key), marker)
+        # as `runinfo.write_json` writes it (marker_path, same text), last
+        text = redact(json.dumps(marker, indent=2, sort_keys=True, default=str)) + "\n"
+        self._put(marker_path(self.root, "done", key), text.encode())
+
+    def write_many(self, ids: list[int]) -> int:
+        if self.threads == 1 or len(ids) == 1:
+            for i in ids:
+                self.write(i)
+        else:
+            with ThreadPoolExecutor(self.threads) as pool:
+                list(pool.map(self.write, ids))
+        return len(ids)
 
     def run(self, start: int, stop: int, *, label: str = "") -> dict[str, int]:
         """Write videos [start, stop) not done yet; returns counts. Progress every 10 s."""
+        import multiprocessing
+
         from pipeline.keyset import KeySet
         from pipeline.runinfo import iter_marker_keys
 
@@ -315,35 +358,51 @@ class Replicator:
         self.prepare()
         counts = {"written": 0, "skipped": 0}
         started = last = time.perf_counter()
-        chunk = 1024
-
-        def todo(lo: int, hi: int) -> list[int]:
-            ids = list(range(lo, hi))
-            keys = [synthetic_name(self.bases[i % len(self.bases)], i)[0] for i in ids]
-            present = done.contains_many(keys) if len(done) else [False] * len(ids)
-            return [i for i, p in zip(ids, present, strict=True) if not p]
-
-        with ThreadPoolExecutor(self.workers) as pool:
+        chunk = 64 if self.local else 256
+        if self.processes > 1:
+            executor: Any = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                initargs=(dict(self.args, base_objects=self.base_objects),),
+            )  # fmt: skip
+            submit = lambda ids: executor.submit(_write_many, ids)  # noqa: E731
+        else:
+            executor = ThreadPoolExecutor(1)
+            submit = lambda ids: executor.submit(self.write_many, ids)  # noqa: E731
+        with executor:
             pending: set = set()
             for lo in range(start, stop, chunk):
-                ids = todo(lo, min(stop, lo + chunk))
-                counts["skipped"] += min(stop, lo + chunk) - lo - len(ids)
-                for i in ids:
-                    while len(pending) >= 4 * self.workers:
+                hi = min(stop, lo + chunk)
+                ids = list(range(lo, hi))
+                keys = [synthetic_name(self.bases[i % len(self.bases)], i)[0] for i in ids]
+                if len(done):
+                    ids = [i for i, there in zip(ids, done.contains_many(keys), strict=True) if not there]
+                counts["skipped"] += hi - lo - len(ids)
+                if ids:
+                    while len(pending) >= 2 * self.processes:
                         finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for f in finished:
-                            f.result()
-                            counts["written"] += 1
-                    pending.add(pool.submit(self.write, i))
+                        counts["written"] += sum(f.result() for f in finished)
+                    pending.add(submit(ids))
                 now = time.perf_counter()
                 if now - last >= 10:
                     last = now
                     _progress(label, counts, stop - start, now - started)
             for f in pending:
-                f.result()
-                counts["written"] += 1
+                counts["written"] += f.result()
         _progress(label, counts, stop - start, time.perf_counter() - started)
         return counts
+
+
+_WORKER: Replicator | None = None
+
+
+def _init_worker(args: dict[str, Any]) -> None:
+    global _WORKER
+    _WORKER = Replicator(**args)
+
+
+def _write_many(ids: list[int]) -> int:
+    assert _WORKER is not None
+    return _WORKER.write_many(ids)
 
 
 def _progress(label: str, counts: dict[str, int], total: int, seconds: float) -> None:
@@ -374,6 +433,8 @@ def _locate_module() -> Any:
         module = importlib.import_module("pipeline.locate")
     except ModuleNotFoundError:
         module = None
+    if module is not None and not Path(module.__file__).resolve().is_relative_to(REPO):
+        module = None  # an editable install's copy from another checkout: not this code
     if module is None or not hasattr(module, "write_index_entries"):
         if not getattr(_locate_module, "noted", False):
             print("note: pipeline.locate.write_index_entries is not in this checkout: no OUT/index/ entries "
