@@ -365,7 +365,7 @@ def op_argv(op: str, t: Target, tmp: Path) -> list[str]:
 
 
 def run_op(op: str, t: Target, *, timeout: float, work: Path, proxy: Any) -> dict[str, Any]:
-    tmp = work / "tmp"
+    tmp = work / f"tmp-{os.getpid()}"  # runs of the benchmark may share WORK
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     logs = work / "logs" / f"n{t.n}-{t.layout}-{t.storage}" / op
