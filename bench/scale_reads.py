@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -115,10 +116,18 @@ def _request_kind(method: str, path: str, headers: Any) -> str:
 def summarize_requests(requests: list[tuple[str, str]]) -> dict[str, Any]:
     by_kind = Counter(kind for kind, _ in requests)
     before_payload = next(
-        (i for i, (kind, path) in enumerate(requests) if kind == "GET_RANGE" and ("/videos/" in path or "/packs/" in path)),
+        (
+            i
+            for i, (kind, path) in enumerate(requests)
+            if kind == "GET_RANGE" and ("/videos/" in path or "/packs/" in path)
+        ),
         None,
     )
-    return {"total": len(requests), "by_kind": dict(sorted(by_kind.items())), "before_payload": before_payload}
+    return {
+        "total": len(requests),
+        "by_kind": dict(sorted(by_kind.items())),
+        "before_payload": before_payload,
+    }
 
 
 class S3Store:
@@ -261,14 +270,14 @@ def measure(argv: list[str], *, timeout: float, logs: Path, proxy: Any = None) -
                                 env=sa.child_env(), stdout=stdout, stderr=stderr, start_new_session=True)  # fmt: skip
         tree_peak, timed_out, next_sample = 0, False, 0.0
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             elapsed = time.perf_counter() - started
             if elapsed > timeout:
                 timed_out = True
                 _kill_tree(proc.pid)
-                pid, status, usage = os.wait4(proc.pid, 0)
+                pid, status, _ = os.wait4(proc.pid, 0)
                 break
             if elapsed >= next_sample:
                 tree_peak = max(tree_peak, _tree_rss(proc.pid))
@@ -416,7 +425,9 @@ class Bench:
     def meta_for(self) -> dict[str, Any]:
         return dict(self.meta, reuse=self.args.reuse)
 
-    def build(self, n: int, layout: str, storage: str, store: S3Store | None) -> tuple[str, dict[str, Any] | None]:
+    def build(
+        self, n: int, layout: str, storage: str, store: S3Store | None
+    ) -> tuple[str, dict[str, Any] | None]:
         """The archive of (n, layout, storage), built or reused; returns its root and the compaction's
         measurement (compacted layout)."""
         label = f"build n={n} {layout} {storage}"
@@ -433,7 +444,9 @@ class Bench:
                 store.remove(n, layout)
         started = time.perf_counter()
         if layout == "parts":
-            record = sa.build_parts(lambda out: self.replicator(out, moto), root, n, self.meta_for(), label=label)
+            record = sa.build_parts(
+                lambda out: self.replicator(out, moto), root, n, self.meta_for(), label=label
+            )
             self.record_build(n, layout, storage, root, record, store)
             return root, None
         rep = self.replicator(root, moto)
@@ -461,7 +474,10 @@ class Bench:
             print(f"  compact {root} ...", end="", flush=True)
             result = measure(op_argv("compact", target, self.work), timeout=self.args.compact_timeout,
                              logs=self.work / "logs" / f"n{n}-{layout}-{storage}" / f"compact-{lo}", proxy=proxy)  # fmt: skip
-            print(f" {result['status']} {result['wall_s']:.1f} s, {_fmt(result['rss_mb'], '.0f')} MB", flush=True)
+            print(
+                f" {result['status']} {result['wall_s']:.1f} s, {_fmt(result['rss_mb'], '.0f')} MB",
+                flush=True,
+            )
             if result["status"] != "ok":
                 raise SystemExit(f"compaction failed: {result.get('note')} (log: {result.get('stdout')})")
             compactions.append(result)
@@ -568,6 +584,21 @@ def load_results(path: Path) -> dict[str, Any]:
     return {"runs": [], "builds": []}
 
 
+def merge_results(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Later files win for the same (N, layout, storage[, op])."""
+    merged: dict[str, Any] = {"runs": {}, "builds": {}}
+    for data in files:
+        for run in data.get("runs", []):
+            merged["runs"][(run["n"], run["layout"], run["storage"], run["op"])] = run
+        for build in data.get("builds", []):
+            merged["builds"][(build["n"], build["layout"], build["storage"])] = build
+        if data.get("meta"):
+            merged["meta"] = data["meta"]
+    merged["runs"] = list(merged["runs"].values())
+    merged["builds"] = list(merged["builds"].values())
+    return merged
+
+
 def exponents(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """log(x2/x1) / log(N2/N1) between consecutive N, per (layout, storage, op), for wall, RSS, requests."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -576,7 +607,7 @@ def exponents(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for (layout, storage, op), items in sorted(groups.items()):
         items = sorted(items, key=lambda r: r["n"])
-        for a, b in zip(items, items[1:]):
+        for a, b in itertools.pairwise(items):
             row: dict[str, Any] = {"layout": layout, "storage": storage, "op": op, "n1": a["n"], "n2": b["n"]}
             scale = math.log(b["n"] / a["n"])
             ok = a["status"] == "ok" and b["status"] == "ok"
@@ -595,30 +626,43 @@ def exponents(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _fmt(value: Any, spec: str = "") -> str:
     if value is None:
-        return "-"
+        width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+        return format("-", f">{width}") if width else "-"
     return format(value, spec) if spec else str(value)
 
 
-def print_table(runs: list[dict[str, Any]], n: int, layout: str, storage: str) -> None:
+def print_table(
+    runs: list[dict[str, Any]], n: int, layout: str, storage: str, *, markdown: bool = False
+) -> None:
     rows = sorted((r for r in runs if (r["n"], r["layout"], r["storage"]) == (n, layout, storage)),
                   key=lambda r: OP_ORDER.index(r["op"]) if r["op"] in OP_ORDER else 99)  # fmt: skip
-    print(f"\nN={n} layout={layout} storage={storage}")
-    header = f"{'op':<13} {'status':<11} {'wall s':>9} {'CPU s':>8} {'RSS MB':>8} {'tree MB':>8} {'requests':>9} {'to 1st payload':>14}  detail"
-    print(header)
-    print("-" * len(header))
+    names = ("op", "status", "wall s", "CPU s", "RSS MB", "tree MB", "requests", "to 1st payload", "detail")
+    lines = []
     for r in rows:
         req = r.get("requests") or {}
-        detail = ""
-        if req.get("by_kind"):
-            detail = " ".join(f"{k}={v}" for k, v in req["by_kind"].items())
+        detail = " ".join(f"{k}={v}" for k, v in (req.get("by_kind") or {}).items())
         if "lines" in r:
-            detail = f"{r['lines']} videos ({r['format']}) " + detail
+            detail = f"{r['lines']} videos ({r['format']}) {detail}"
         if r["status"] != "ok" and r.get("note"):
-            detail = r["note"][:120] + " " + detail
-        print(f"{r['op']:<13} {r['status']:<11} {_fmt(r.get('wall_s'), '9.2f')} {_fmt(r.get('cpu_s'), '8.2f')} "
-              f"{_fmt(r.get('rss_mb'), '8.0f')} "
-              f"{_fmt(r.get('tree_rss_mb'), '8.0f')} {_fmt(req.get('total'), '>9')} "
-              f"{_fmt(req.get('before_payload'), '>14')}  {detail}")  # fmt: skip
+            detail = f"{r['note'][:120]} {detail}"
+        lines.append((r["op"], r["status"], _fmt(r.get("wall_s"), "9.2f"), _fmt(r.get("cpu_s"), "8.2f"),
+                      _fmt(r.get("rss_mb"), "8.0f"), _fmt(r.get("tree_rss_mb"), "8.0f"), _fmt(req.get("total"), ">9"),
+                      _fmt(req.get("before_payload"), ">14"), detail.strip()))  # fmt: skip
+    if markdown:
+        print(f"\nN = {n:,}, {layout}, {storage}\n")
+        print("| " + " | ".join(names) + " |")
+        print("|" + "|".join(["---", "---", *["---:"] * 6, "---"]) + "|")
+        for line in lines:
+            print("| " + " | ".join(cell.strip() for cell in line) + " |")
+        print()
+        return
+    print(f"\nN={n} layout={layout} storage={storage}")
+    header = (f"{names[0]:<13} {names[1]:<11} {names[2]:>9} {names[3]:>8} {names[4]:>8} {names[5]:>8} "
+              f"{names[6]:>9} {names[7]:>14}  {names[8]}")  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    for line in lines:
+        print(f"{line[0]:<13} {line[1]:<11} " + " ".join(line[2:8]) + f"  {line[8]}")
     print()
 
 
@@ -645,7 +689,9 @@ def expand_ops(names: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, nargs="+", default=[10_000], help="archive sizes (videos)")
     parser.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
     parser.add_argument("--storage", nargs="+", choices=STORAGES, default=["local"])
@@ -659,18 +705,31 @@ def main(argv: list[str] | None = None) -> None:
                         help="build the compacted layout K videos at a time, compacting after each batch "
                         "(bounds one compaction's input at 1M; 0: one compaction of the whole parts layout)")  # fmt: skip
     parser.add_argument("--processes", type=int, default=1, help="build processes (use the cores you have)")
-    parser.add_argument("--threads", type=int, default=0, help="build threads per process (default 1 local, 8 S3)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="build threads per process (default 1 local, 8 S3)"
+    )
     parser.add_argument("--fresh", action="store_true", help="rebuild the archives of these sizes")
-    parser.add_argument("--reuse", action="store_true", help="measure archives built from another base as they are")
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure archives built from another base as they are"
+    )
     parser.add_argument("--rebuild-base", action="store_true", help="archive the base videos again")
     parser.add_argument("--build-only", action="store_true", help="build the archives, measure nothing")
     parser.add_argument("--drop-after", action="store_true", help="delete each archive once measured")
     parser.add_argument("--report", action="store_true", help="print the tables of --out and exit")
+    parser.add_argument("--markdown", action="store_true", help="with --report: markdown tables")
+    parser.add_argument("--merge", nargs="+", default=[],
+                        help="with --report: first merge these results files into --out (e.g. runs made in parallel)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.report:
+        if not args.out:
+            parser.error("--report needs --out")
         results = load_results(Path(args.out))
+        if args.merge:
+            results = merge_results([results, *(load_results(Path(p)) for p in args.merge)])
+            results["exponents"] = exponents(results["runs"])
+            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         for n, layout, storage in sorted({(r["n"], r["layout"], r["storage"]) for r in results["runs"]}):
-            print_table(results["runs"], n, layout, storage)
+            print_table(results["runs"], n, layout, storage, markdown=args.markdown)
         print_exponents(exponents(results["runs"]))
         return
     bench = Bench(args)

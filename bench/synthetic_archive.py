@@ -21,6 +21,7 @@ archive gets a stamp beside it (`<root>.built.json`) so later runs do not even l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -109,12 +110,17 @@ def make_base(work: Path, *, videos: int = BASE_VIDEOS, rebuild: bool = False) -
         refused = [o for o in optional if run.returncode == 2 and o in run.stderr]
         if run.returncode == 0 or not refused:
             break
-        print(f"base archive: {refused[0]} refused by this code ({run.stderr.strip()[-200:]}); without it", flush=True)
+        print(
+            f"base archive: {refused[0]} refused by this code ({run.stderr.strip()[-200:]}); without it",
+            flush=True,
+        )
         for word in optional.pop(refused[0]):
             command.remove(word)
         shutil.rmtree(out, ignore_errors=True)
     if run.returncode != 0:
-        raise SystemExit(f"base archive failed (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+        raise SystemExit(
+            f"base archive failed (exit {run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        )
     done = list((out / "markers" / "done").glob("*.json"))
     if len(done) != videos:
         raise SystemExit(f"base archive: {len(done)} done markers, expected {videos}")
@@ -177,8 +183,15 @@ def load_base(out: Path) -> list[BaseVideo]:
         marker = json.loads((out / "markers" / "done" / f"{key}.json").read_text())
         source = rows[0]["source_uri"]
         videos.append(
-            BaseVideo(key, source, int(rows[0]["source_bytes"] or 0), rows[0]["archive_uri"],
-                      str(out / "videos" / f"{key}.vdrc"), rows, marker)  # fmt: skip
+            BaseVideo(
+                key,
+                source,
+                int(rows[0]["source_bytes"] or 0),
+                rows[0]["archive_uri"],
+                str(out / "videos" / f"{key}.vdrc"),
+                rows,
+                marker,
+            )
         )
     if not videos:
         raise SystemExit(f"{out}: the base archive has no manifest rows")
@@ -235,10 +248,8 @@ class LinkPool:
                     shutil.copyfile(src, fresh)
                     self.current[src] = str(fresh)
                 source = self.current[src]
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.link(source, dst)
-            except FileExistsError:
-                pass
 
 
 class Replicator:
@@ -279,7 +290,13 @@ class Replicator:
 
         for path in sorted(self.base_out.rglob("*")):
             rel = path.relative_to(self.base_out).as_posix()
-            if path.is_file() and rel.split("/", 1)[0] not in ("videos", "manifest", "markers", "index", "leases"):
+            if path.is_file() and rel.split("/", 1)[0] not in (
+                "videos",
+                "manifest",
+                "markers",
+                "index",
+                "leases",
+            ):
                 write_bytes(self.fs, join(self.root, rel), path.read_bytes())  # runs/<run_id>/*.json
         for base in self.bases:
             if self.local:
