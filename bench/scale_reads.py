@@ -85,6 +85,14 @@ def counting_proxy(upstream: str) -> Any:
                 do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
             self.server.RequestHandlerClass = Handler
+            report = self.server.handle_error
+
+            def handle_error(request: Any, address: Any) -> None:
+                # a command killed at its timeout resets its connections: not worth a traceback
+                if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                    report(request, address)
+
+            self.server.handle_error = handle_error
 
         def decide(self, method: str, path: str) -> Any:
             headers = getattr(self.local, "headers", None)
