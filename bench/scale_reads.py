@@ -736,7 +736,8 @@ def main(argv: list[str] | None = None) -> None:
             results = merge_results([results, *(load_results(Path(p)) for p in args.merge)])
             results["exponents"] = exponents(results["runs"])
             Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        for n, layout, storage in sorted({(r["n"], r["layout"], r["storage"]) for r in results["runs"]}):
+        tables = {(r["n"], r["layout"], r["storage"]) for r in results["runs"]}
+        for n, layout, storage in sorted(tables, key=lambda t: (t[0], t[2], LAYOUTS.index(t[1]))):
             print_table(results["runs"], n, layout, storage, markdown=args.markdown)
         print_exponents(exponents(results["runs"]))
         return
