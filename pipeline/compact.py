@@ -22,7 +22,7 @@ group, not a scan):
 - Rows are sorted by `(video_key, gop_index)` across the whole file, and a video's rows are never split
   between files; the key-value metadata says so (`vidarc.sorted_by: video_key,gop_index`, and Parquet's
   own `sorting_columns`). Files written before this layout lack the key and are unsorted: readers must
-  not assume order without it (`is_key_sorted`).
+  not assume order without it (`manifest_videos.is_sorted_by_key`).
 - Row groups of `ROW_GROUP_ROWS` (16,384) rows with min/max statistics on `video_key` and the
   filterable columns; being sorted, their key ranges do not overlap, so a lookup reads one. Measured on
   100,000 ten-GOP rows of bench/scale_compact.py's parts, per row group: about 6.9 KB of footer
@@ -67,6 +67,7 @@ from pipeline.manifest_layout import (
     prefetched,
     sha256_hex,
 )
+from pipeline.manifest_videos import SORTED_BY_KEY
 from pipeline.runinfo import marker_keyset, pack_path
 from pipeline.schema import MANIFEST_SCHEMA
 from pipeline.storage import (
@@ -98,7 +99,6 @@ COMPACTED_SCHEMA = pa.schema(
 )
 SORT_KEYS = [("video_key", "ascending"), ("gop_index", "ascending")]
 #: Key-value metadata of a compacted file whose rows are sorted by these columns (the whole file).
-SORTED_BY_KEY = b"vidarc.sorted_by"
 SORTED_BY = ",".join(name for name, _ in SORT_KEYS)
 #: min/max statistics: the manifest's filterable columns and `source_part`; not the random digests.
 STATISTICS = [name for name in statistics_columns(COMPACTED_SCHEMA) if name != SOURCE_SHA256]
@@ -133,12 +133,6 @@ class CompactReport:
             f"{len(self.files_written)} files ({self.bytes_out} B); {self.leftovers_removed} leftover parts "
             f"removed; {self.parts_left} parts kept (videos not done); {self.seconds:.1f} s"
         )
-
-
-def is_key_sorted(metadata: dict[bytes, bytes] | None) -> bool:
-    """Whether a compacted file's key-value metadata says its rows are sorted by (video_key,
-    gop_index). Files of earlier releases are not; a reader may rely on order only when this is True."""
-    return (metadata or {}).get(SORTED_BY_KEY) == SORTED_BY.encode()
 
 
 def compact(

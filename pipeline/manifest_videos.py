@@ -183,8 +183,10 @@ def _split_by_video(table: pa.Table, rows: int = 65_536) -> Iterator[pa.Table]:
 
 
 def is_sorted_by_key(metadata: dict[bytes, bytes] | None) -> bool:
-    value = (metadata or {}).get(SORTED_BY_KEY, b"")
-    return value.decode(errors="replace").split(",")[0] == "video_key"
+    """Whether a compacted file's key-value metadata says its rows are sorted by (video_key,
+    gop_index) (`pipeline.compact` writes it). Files of earlier releases are not; a reader may rely
+    on order only when this is True."""
+    return (metadata or {}).get(SORTED_BY_KEY) == b"video_key,gop_index"
 
 
 def _compacted(

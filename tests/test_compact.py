@@ -19,6 +19,7 @@ from pipeline.audit.summary import audit_archive
 from pipeline.audit.videos import list_archive
 from pipeline.compact import CompactError, compact
 from pipeline.manifest_layout import iter_tables, plan_manifest
+from pipeline.manifest_videos import is_sorted_by_key
 from pipeline.runinfo import manifest_path, marker_path, write_json
 from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
 from pipeline.storage import filesystem, write_bytes
@@ -264,7 +265,7 @@ def test_compacted_files_are_key_sorted_in_row_groups_whose_key_ranges_do_not_ov
     files_of: dict[str, set[str]] = collections.defaultdict(set)
     for path in sorted((tmp_path / "out" / "manifest").glob("compacted-*.parquet")):
         parquet = pq.ParquetFile(path)
-        assert compaction.is_key_sorted(parquet.metadata.metadata)
+        assert is_sorted_by_key(parquet.metadata.metadata)
         table = parquet.read(columns=["video_key", "gop_index"])
         pairs = list(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
         assert pairs == sorted(pairs)
@@ -320,7 +321,7 @@ def test_an_older_unsorted_compacted_file_still_reads_and_is_replaced_by_a_redo(
     table = parquet.read()
     old = table.take(pa.array(list(range(table.num_rows))[::-1])).replace_schema_metadata(metadata)
     pq.write_table(old, path, row_group_size=3)  # as an earlier release wrote them: unsorted
-    assert not compaction.is_key_sorted(pq.ParquetFile(path).metadata.metadata)
+    assert not is_sorted_by_key(pq.ParquetFile(path).metadata.metadata)
     assert _rows(fs, root) == expected
     _video(fs, root, "clip-004", 2, run="r2")
     report = compact(out)
