@@ -7,8 +7,8 @@ The floor itself (what is measured, per video and why, the default levels) is `f
   (`floor.fallback_target`), on a fallback encode actor started the first time one is needed (a run
   whose videos all pass never pays for it). The attempt's bytes are dropped; its codec, quality and
   size go into the header's `quality_floor` record and from there into every manifest row. The
-  fallback's own result is stored whatever it measures: it is the best the job can do at that rate,
-  and the row says so (`fallback_of`).
+  fallback's own result is stored whatever it measures (it is the best the job can do at that rate;
+  the row says so, `fallback_of`), with a warning when it too is under the floor.
 
 The fallback actor is a classic-codec `EncodeWorker` on CPU (no GPU asked), with half a CPU so that it
 never starves the decode tasks feeding it while the main pool holds its own CPUs.
@@ -53,7 +53,7 @@ class FloorKeeper:
         """Called with every GOP of `video` coded: True when the floor took the video (failed, or
         queued again for the fallback), False when it goes on to its commit."""
         floor = self.floor
-        if floor is None or video.fallback:
+        if floor is None:
             return False
         spans = video.job.spans
         metas = [video.metas[span.index] for span in spans]
@@ -62,6 +62,12 @@ class FloorKeeper:
             self._unchecked(video, floor)
             return False
         if score >= floor.value:
+            return False
+        if video.fallback:  # the best the job can do at this rate: stored, and said
+            self._warn(
+                video,
+                f"the fallback {self.owner.cfg.fallback} reaches {floor.words(score)}, still under the floor of {floor.limit_words()} ({floor.flag})",
+            )
             return False
         fallback = self.owner.cfg.fallback
         if fallback is None:
@@ -74,7 +80,10 @@ class FloorKeeper:
         """No GOP measured the floor's metric (VMAF failed, metrics switched off): archived, with a
         warning rather than in silence."""
         self.unchecked += 1
-        note = f"quality floor not checked: no GOP has a {floor.metric} value"
+        self._warn(video, f"quality floor not checked: no GOP has a {floor.metric} value")
+
+    def _warn(self, video: Video, note: str) -> None:
+        """A warning in the log and in summary.json (printed by the CLI)."""
         self.owner.tally.warning(
             {"video_key": video.job.video_key, "source_uri": video.job.source_uri, "warning": note}
         )
