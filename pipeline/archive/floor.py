@@ -94,8 +94,9 @@ def under_floor_reason(source_uri: str, floor: Floor, score: float) -> str:
 
 def fallback_target(target: RateTarget | None, fallback: str) -> RateTarget:
     """The fallback's rate target: the same bits (`--target-bpp`/`--target-kbps`) — the point of the
-    comparison is quality at equal rate —; a codec-native `--quality` (or none) means nothing to
-    another codec, so the fallback's own default CRF (`DEFAULT_QUALITY`) takes its place."""
+    comparison is quality at equal rate —; a codec-native `--quality` (given, the default, or the
+    setting a quality target's search chose) means nothing to another codec, so the fallback's own
+    default CRF (`DEFAULT_QUALITY`) takes its place."""
     from pipeline.archive.config import DEFAULT_QUALITY
 
     if target is not None and target.kind in ("bpp", "kbps"):
