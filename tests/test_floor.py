@@ -120,16 +120,18 @@ def test_colour_bars_fail_under_the_floor_then_fall_back_natural_stays_glvc(
     bars = _write(src / "bars.mkv", colour_bars())
     _write(src / "natural.mkv", synthetic_clip("astronaut", FRAMES, 128, 128, seed=3))
     out = tmp_path / "out"
-    config = ArchiveConfig(src=str(src), out=str(out), codec="glvc", skip_metrics=SKIP)
+    skip = [arg for metric in SKIP for arg in ("--skip-metric", metric)]
 
-    result = run_archive(config)
+    proc = _archive(str(src), str(out), "--codec", "glvc", "--address", ray_address, *skip, timeout=900)
 
-    assert result.exit_code == 1
-    (failure,) = result.summary["failures"]
-    line = failure["error"]
-    assert line.startswith(f"{bars}: PSNR ") and "\n" not in line, line
-    assert f"is under the floor of {DEFAULT_MIN_PSNR:g} dB (--min-psnr)" in line
-    assert "--fallback" in line
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("  failed: ")]
+    assert len(lines) == 1, proc.stderr  # the run's list of failures: one line, naming the video
+    assert lines[0].startswith(f"  failed: {bars}: PSNR "), lines[0]
+    assert f"is under the floor of {DEFAULT_MIN_PSNR:g} dB (--min-psnr)" in lines[0]
+    assert "--fallback" in lines[0]
+    failed = [r for r in _rows(out) if r["source_uri"] == str(bars)]
+    assert [r["status"] for r in failed] == ["failed"] and "under the floor" in failed[0]["error"]
     natural = [r for r in _rows(out) if r["source_uri"].endswith("natural.mkv")]
     assert natural and all(r["status"] == "ok" and r["codec"] == "glvc" for r in natural)
     assert all(r["floor_metric"] == "psnr" and r["floor_value"] == DEFAULT_MIN_PSNR for r in natural)
