@@ -110,8 +110,10 @@ def test_compare_says_when_the_archives_are_not_at_equal_quality(tmp_path):
     payload = json.loads(runner.invoke(app, ["compare", out_a, out_bad, "--json"]).stdout)
     gap = payload["quality_gap"]
     assert gap["equal"] is False and gap["delta"] == pytest.approx(-17.0) and gap["tolerance"] == 1.0
-    text = runner.invoke(app, ["compare", out_a, out_bad])
+    report = tmp_path / "gap.html"
+    text = runner.invoke(app, ["compare", out_a, out_bad, "--html", str(report)])
     assert text.exit_code == 0
+    assert "not at equal quality" in report.read_text()
     words = " ".join(text.stdout.split())  # the console wraps long lines
     assert words.count("not at equal quality") == 1
     assert "17 dB apart" in words and "A is better" in words
