@@ -155,6 +155,26 @@ def archive_command(
     compact_every: Annotated[
         int, typer.Option(help="During the run, compact after this many more committed videos.")
     ] = 10_000,
+    min_psnr: Annotated[
+        float | None,
+        typer.Option(
+            help="Quality floor: each video's mean RGB PSNR (dB) must reach it, else the video falls back "
+            "(--fallback) or fails. Default 20 for glvc/gvc, off for classic codecs; 0 switches it off.",
+            metavar="DB",
+            show_default="20 for glvc/gvc, off for classic codecs",
+        ),
+    ] = None,
+    min_vmaf: Annotated[
+        float | None,
+        typer.Option(help="Quality floor on each video's mean VMAF (0-100) instead of PSNR.", metavar="V"),
+    ] = None,
+    fallback: Annotated[
+        str | None,
+        typer.Option(
+            help="x264 | x265 | av1: code a video under the quality floor again with this codec at the same "
+            "--target-bpp/--target-kbps (with --quality: the fallback's default CRF)."
+        ),
+    ] = None,
     stall_timeout: Annotated[
         float,
         typer.Option(help="Kill (and replace) an encode actor that finishes nothing for this many seconds."),
@@ -216,6 +236,9 @@ def archive_command(
             reference_preset=reference_preset,
             compact=compact,
             compact_every=compact_every,
+            min_psnr=min_psnr,
+            min_vmaf=min_vmaf,
+            fallback=fallback,
         )
         result = _run_with_ray(run_archive, config)
     except (ArchiveError, ConfigError) as exc:

@@ -94,6 +94,16 @@ MANIFEST_SCHEMA = pa.schema(
         # --- the video's object: its size (a pack member: its length), so reads that price stored
         # bytes need no listing of videos/ (null in parts of earlier releases) ---
         ("archive_bytes", pa.int64()),
+        # --- the quality floor (`--min-psnr`/`--min-vmaf`, `pipeline/archive/floor.py`): the floor the
+        # video was checked against (null: none), and on a fallback's rows the attempt that fell under
+        # it (its codec, frame-weighted mean PSNR/VMAF, payload bytes) and `fallback_of`, that codec ---
+        ("floor_metric", pa.string()),  # "psnr" | "vmaf"
+        ("floor_value", pa.float64()),
+        ("attempt_codec", pa.string()),
+        ("attempt_psnr", pa.float64()),
+        ("attempt_vmaf", pa.float64()),
+        ("attempt_bytes", pa.int64()),
+        ("fallback_of", pa.string()),
     ]
 )
 

@@ -32,6 +32,8 @@ from pipeline.verify import run_verify
 REPO = Path(__file__).resolve().parents[1]
 SKIP = ("lpips", "dists", "vmaf", "temporal")
 W, H = 32, 32  # GLVC's smallest frame (one latent block); GVC takes it too
+#: Frames this small are under the neural codecs' default quality floor (tests/test_floor.py covers it).
+NO_FLOOR = ("--min-psnr", "0")
 
 
 def _write(path: Path, frames: np.ndarray) -> None:
@@ -82,7 +84,7 @@ def test_glvc_on_s3_survives_a_killed_driver_then_verifies_and_restores(
         fs.put(str(local), f"{s3_bucket}/src/clip-{i}.mkv")
     out = f"s3://{s3_bucket}/archive"
     command = [sys.executable, "-m", "jobs.archive", f"s3://{s3_bucket}/src", out, "--codec", "glvc"]
-    command += ["--endpoint-url", s3_endpoint, "--address", ray_address, "--quality", "40"]
+    command += ["--endpoint-url", s3_endpoint, "--address", ray_address, "--quality", "40", *NO_FLOOR]
     command += [arg for m in SKIP for arg in ("--skip-metric", m)]
     driver = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out_root = f"{s3_bucket}/archive"
@@ -131,6 +133,7 @@ def test_gvc_archives_verifies_and_restores_locally(tmp_path: Path, ray_address:
         gop_frames=5,  # GOPs of 5 and 1 frames
         codec_options={"mode": "flf2v"},
         skip_metrics=SKIP,
+        min_psnr=0,
         metrics_every=2,
         fingerprint_every=2,  # GOP 1: no pixel decode at encode, so no pixel proof
         verify_fraction=1.0,  # the closing verify proves both GOPs too

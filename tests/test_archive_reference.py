@@ -223,7 +223,7 @@ def test_gpu_actor_is_charged_its_share_of_the_named_gpu(tmp_path: Path, sample_
     out = tmp_path / "out"
     config = ArchiveConfig(src=str(sample_dir), out=str(out), codec="glvc", gop_frames=5, include=("short.mkv",),
                            num_gpus_per_actor=0.5, skip_metrics=fast_metrics, reference="x264",
-                           reference_fraction=1.0)  # fmt: skip
+                           reference_fraction=1.0, min_psnr=0)  # fmt: skip  # 64×48: under GLVC's floor
     result = run_archive(config)
     assert result.exit_code == 0, result.summary["failures"]
     name = torch.cuda.get_device_name(0)

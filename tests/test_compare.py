@@ -98,3 +98,25 @@ def test_compare_errors_are_one_line(tmp_path):
     ):
         result = runner.invoke(app, ["compare", *args])
         assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
+
+
+def test_compare_says_when_the_archives_are_not_at_equal_quality(tmp_path):
+    """A neural archive that is 17 dB worse is not "cheaper at equal quality": one sentence says so,
+    and `--json` has the field; archives within the tolerance get no such sentence."""
+    out_a = write_archive(tmp_path / "a", 1.0, range(2))
+    out_bad = write_archive(tmp_path / "bad", 0.5, range(2), psnr_offset=-17.0)
+    out_close = write_archive(tmp_path / "close", 0.9, range(2), psnr_offset=0.5)
+    runner = CliRunner()
+    payload = json.loads(runner.invoke(app, ["compare", out_a, out_bad, "--json"]).stdout)
+    gap = payload["quality_gap"]
+    assert gap["equal"] is False and gap["delta"] == pytest.approx(-17.0) and gap["tolerance"] == 1.0
+    report = tmp_path / "gap.html"
+    text = runner.invoke(app, ["compare", out_a, out_bad, "--html", str(report)])
+    assert text.exit_code == 0
+    assert "not at equal quality" in report.read_text()
+    words = " ".join(text.stdout.split())  # the console wraps long lines
+    assert words.count("not at equal quality") == 1
+    assert "17 dB apart" in words and "A is better" in words
+    close = json.loads(runner.invoke(app, ["compare", out_a, out_close, "--json"]).stdout)
+    assert close["quality_gap"]["equal"] is True and close["quality_gap"]["statement"] is None
+    assert "not at equal quality" not in runner.invoke(app, ["compare", out_a, out_close]).stdout

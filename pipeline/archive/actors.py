@@ -55,6 +55,11 @@ class EncodePool:
             if reason:
                 stop_actors(actors)
                 raise ArchiveError(f"--target-{cfg.quality_goal.metric} cannot be measured: {reason}")
+        if cfg.min_vmaf:
+            reason = _ask(actors, lambda: actors[0].check_metric.remote("vmaf"), cfg, cpus)
+            if reason:
+                stop_actors(actors)
+                raise ArchiveError(f"--min-vmaf cannot be measured: {reason}")
         return cls(cfg, actors, cpus), identity
 
     @classmethod

@@ -114,6 +114,13 @@ class ArchiveConfig:
     #: `compact_every` committed videos during it (None: only at the end). `--no-compact`: never.
     compact: bool = True
     compact_every: int | None = 10_000
+    #: The quality floor (`archive/floor.py`): each video's frame-weighted mean RGB PSNR (dB) or VMAF
+    #: must reach it. None: the codec's default (`floor.DEFAULT_MIN_PSNR` for glvc/gvc, off for the
+    #: classic codecs); 0: off. At most one of the two.
+    min_psnr: float | None = None
+    min_vmaf: float | None = None
+    #: Classic codec a video under the floor is coded again with (None: such a video fails).
+    fallback: str | None = None
 
     def resolved(self) -> ArchiveConfig:
         """A copy with defaults filled in, validated; raises ConfigError with a one-line reason."""
@@ -192,6 +199,7 @@ class ArchiveConfig:
                         f"{flag}: {name!r}={amount!r} is not a resource name with a positive amount"
                     )
         _check_reference(self)
+        min_psnr = _check_floor(self)
         # A quality goal chooses each video's setting by search; there is no job-wide target then.
         target = (
             None
@@ -201,7 +209,15 @@ class ArchiveConfig:
         device = self.device
         if device == "auto":
             device = "cuda" if self.num_gpus_per_actor > 0 else "cpu"
-        return dataclasses.replace(self, target=target, device=device, gop_frames=gop_frames)
+        return dataclasses.replace(
+            self, target=target, device=device, gop_frames=gop_frames, min_psnr=min_psnr
+        )
+
+    def floor(self) -> Any:
+        """The quality floor of a resolved configuration (`floor.Floor`), None when off."""
+        from pipeline.archive.floor import floor_of
+
+        return floor_of(self.min_psnr, self.min_vmaf)
 
     def target_record(self) -> dict[str, Any]:
         """What the user asked for, as stored in headers and rows: a rate target or the quality goal."""
@@ -247,6 +263,34 @@ def _check_quality_goal(config: ArchiveConfig) -> None:
         raise ConfigError(f"--target-vmaf is a score in (0, 100], got {goal.target:g}")
     if goal.metric == "psnr" and not goal.target > 0:
         raise ConfigError(f"--target-psnr is in dB and must be positive, got {goal.target:g}")
+
+
+def _check_floor(config: ArchiveConfig) -> float | None:
+    """Validate the floor options; returns `min_psnr` with the codec's default filled in (a VMAF floor
+    replaces the default PSNR one; 0 keeps a floor off)."""
+    from pipeline.archive.floor import DEFAULT_MIN_PSNR, FALLBACK_CODECS, NEURAL_CODECS
+
+    psnr, vmaf = config.min_psnr, config.min_vmaf
+    if psnr is not None and not (psnr == 0 or 0 < psnr <= 100):
+        raise ConfigError(f"--min-psnr is in dB, in (0, 100] (0 switches the floor off); got {psnr:g}")
+    if vmaf is not None and not 0 <= vmaf <= 100:
+        raise ConfigError(f"--min-vmaf is a VMAF score in (0, 100] (0 switches it off); got {vmaf:g}")
+    if psnr and vmaf:
+        raise ConfigError("give one quality floor: --min-psnr or --min-vmaf, not both")
+    if vmaf and "vmaf" in config.skip_metrics:
+        raise ConfigError("--min-vmaf needs vmaf, which --skip-metric vmaf switches off")
+    if psnr is None and not vmaf and config.codec in NEURAL_CODECS:
+        psnr = DEFAULT_MIN_PSNR
+    if config.fallback is not None:
+        if config.fallback not in FALLBACK_CODECS:
+            raise ConfigError(
+                f"--fallback must be one of {', '.join(FALLBACK_CODECS)} (a classic codec), got {config.fallback!r}"
+            )
+        if config.fallback == config.codec:
+            raise ConfigError(f"--fallback {config.fallback} is the archive's own codec")
+        if not (psnr or vmaf):
+            raise ConfigError("--fallback applies to a quality floor (--min-psnr/--min-vmaf), which is off")
+    return psnr
 
 
 def _check_reference(config: ArchiveConfig) -> None:

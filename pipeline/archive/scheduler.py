@@ -28,6 +28,7 @@ from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.errors import one_line
 from pipeline.archive.failures import FailureLog
+from pipeline.archive.fallback import FloorKeeper
 from pipeline.archive.leases import Leases
 from pipeline.archive.pack_writer import commit_pack
 from pipeline.archive.plan import GopSpan, plan_gops
@@ -55,6 +56,7 @@ class Video:
     in_flight: int = 0
     failed: bool = False
     recodes: int = 0  # times its coded GOPs were lost with a node before the commit
+    fallback: bool = False  # under the quality floor: its GOPs go to the fallback codec (`fallback`)
 
 
 @dataclasses.dataclass
@@ -162,6 +164,7 @@ class Scheduler:
             commit_pack
         )
         self.utilisation: list[dict[str, Any]] = []  # the encode actors' busy measures, at the end
+        self.floor = FloorKeeper(self)
 
     # ---- main loop -------------------------------------------------------------------------------
     def run(self, work: WorkList) -> None:
@@ -214,11 +217,13 @@ class Scheduler:
             self.display.refresh()
         self.utilisation = self.pool.utilisation()
         self.pool.stop()
+        self.floor.stop()
 
     def stop_for_storage(self, exc: Exception) -> None:
         """The loop met a storage fault it does not handle where it happened: stop the encoders and
         note it; the videos still in flight are neither done nor failed, so a rerun does them."""
         self.pool.stop()
+        self.floor.stop()
         in_flight = len(self.videos) + len(self.probing)
         self.storage_stop = f"{describe(exc, self.cfg.out)} ({in_flight} videos in flight left for a rerun)"
         self.display.log(f"storage: run stopped: {self.storage_stop}")
@@ -356,22 +361,34 @@ class Scheduler:
                 if not self.ready:
                     return
                 video = self.videos[self.ready.popleft()]
-                for span in video.job.spans:
-                    frames_ref, seconds_ref = video.sample_refs.pop(span.index, (None, None))
-                    self.queue.append(GopTask(video.job.video_key, span, 0, frames_ref, seconds_ref))
+                self.queue.extend(self.gop_task(video, span) for span in video.job.spans)
             task = self.queue.popleft()
             video = self.videos.get(task.video_key)
             if video is None or video.failed:
                 continue
             self._submit(task, video)
 
+    def gop_task(self, video: Video, span: GopSpan) -> GopTask:
+        """A GOP to code, with the decoded frames a quality search already holds for it (if any)."""
+        frames_ref, seconds_ref = video.sample_refs.pop(span.index, (None, None))
+        return GopTask(video.job.video_key, span, 0, frames_ref, seconds_ref)
+
+    def pool_of(self, video: Video) -> EncodePool:
+        """The pool coding `video`'s GOPs: the fallback's once the video fell under the floor."""
+        if video.fallback:
+            assert self.floor.pool is not None
+            return self.floor.pool
+        return self.pool
+
     def _submit(self, task: GopTask, video: Video) -> None:
         if task.frames_ref is None:
             task.frames_ref, task.decode_seconds_ref = self.decode_gop(video, task.span)
-        idx, actor = self.pool.pick()
+        idx, actor = self.pool_of(video).pick()
         header = video.job.header
         label = f"{video.job.source_uri} GOP {task.span.index} (frames {task.span.first_frame}+{task.span.frame_count})"
         goal = self.cfg.quality_goal if self.cfg.quality_goal and self.cfg.quality_goal.per_gop else None
+        if video.fallback:
+            goal = None  # the fallback codes at its rate target (`floor.fallback_target`)
         meta_ref, payload_ref = actor.encode.options(num_returns=2).remote(
             task.frames_ref, video.target, header["fps_num"], header["fps_den"], task.span.index, label, goal,
             task.decode_seconds_ref,
@@ -461,6 +478,8 @@ class Scheduler:
         goal = self.cfg.quality_goal
         if goal is not None:
             job = dataclasses.replace(job, header=dict(job.header, quality_goal=goal.as_record()))
+        if self.floor.floor is not None:
+            job = dataclasses.replace(job, header=dict(job.header, quality_floor=self.floor.header_record()))
         video = Video(job, target=entry.target or self.cfg.target)
         self.videos[entry.key] = video
         self.references.plan(video)
@@ -494,15 +513,16 @@ class Scheduler:
 
     def _on_encoded(self, ref: Any) -> None:
         task, idx, actor, payload_ref = self.encoding.pop(ref)
-        self.pool.release(idx)
         video = self.videos[task.video_key]
+        pool = self.pool_of(video)
+        pool.release(idx)
         video.in_flight -= 1
         if video.failed and video.in_flight == 0:
             self.videos.pop(task.video_key, None)
         try:
             meta = self.ray.get(ref)
         except self.ray.exceptions.RayActorError:
-            self.replace_actor(idx, actor)
+            self.replace_actor(idx, actor, pool)
             if video.failed:
                 return
             if task.attempt >= self.cfg.max_gop_retries:
@@ -519,7 +539,7 @@ class Scheduler:
         if "error" in meta:
             self.fail_video(video, meta["error"])
             return
-        if video.search is not None:
+        if video.search is not None and not video.fallback:
             meta["params"] = {**meta["params"], "quality_search": video.search}
         elif not meta["params"].get("quality_search", {}).get("reached", True):
             note = meta["params"]["quality_search"]["note"]
@@ -530,6 +550,8 @@ class Scheduler:
         self.counters.gops_done += 1
         self.counters.frames_done += task.span.frame_count
         if len(video.metas) == len(video.job.spans):
+            if self.floor.holds(video):  # under the quality floor: failed, or queued for the fallback
+                return
             order = range(len(video.job.spans))
             self.references.before_commit(video)
             if self.cfg.pack_mb:
@@ -589,8 +611,8 @@ class Scheduler:
                 continue
             self._committed(self.videos.pop(key), member)
 
-    def replace_actor(self, idx: int, dead: Any) -> None:
-        if self.pool.replace(idx, dead):
+    def replace_actor(self, idx: int, dead: Any, pool: EncodePool | None = None) -> None:
+        if (pool or self.pool).replace(idx, dead):
             self.display.log(f"encode actor {idx} died; retrying its GOPs on a new actor")
 
     def _on_committed(self, ref: Any) -> None:
@@ -699,6 +721,7 @@ class Scheduler:
         if self.storage_stop:
             summary["storage_stop"] = self.storage_stop
         summary["encode_actors"] = self.utilisation
+        summary["quality_floor"] = self.floor.summary()
         return summary
 
 

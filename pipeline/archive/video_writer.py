@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline import sources
 from pipeline.archive import accounting
+from pipeline.archive.floor import floor_columns
 from pipeline.archive.plan import GopSpan
 from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_index, write_container
 from pipeline.locate import write_index_entries
@@ -237,6 +238,7 @@ def _ok_row(
         "error": None,
         "created_at": utc_now(),
         **{column: header.get(column) for column in _SOURCE_COLUMNS},
+        **floor_columns(header),
         **quality,
         **{k: v for k, v in (job.metadata or {}).items() if k in SOURCE_METADATA_COLUMNS},
     }

@@ -22,6 +22,19 @@ from pipeline.audit.bdrate import BdRateError, bd_quality, bd_rate
 from pipeline.audit.reader import iter_batches, open_manifest
 from pipeline.audit.summary import HIGHER_IS_BETTER, group_label
 
+#: How far apart two archives' mean quality may be and still count as equal quality (the metric's
+#: units): 1 dB of PSNR is about what a viewer starts to notice and about 15–20 % of a classic codec's
+#: rate; the others are set at a comparable step.
+EQUAL_QUALITY_TOLERANCE: dict[str, float] = {
+    "psnr": 1.0,
+    "psnr_y": 1.0,
+    "vmaf": 2.0,
+    "ms_ssim": 0.01,
+    "lpips": 0.02,
+    "lpips_vgg": 0.02,
+    "dists": 0.02,
+}
+
 
 class CompareError(Exception):
     """The archives cannot be compared (unknown metric, no shared videos): one line."""
@@ -61,6 +74,9 @@ class Comparison:
     costs_a: dict[str, Any] | None = None
     costs_b: dict[str, Any] | None = None
     b_vs_a: dict[str, Any] | None = None
+    #: Whether A and B are at equal quality over the matched videos (`quality_gap`): byte savings and a
+    #: break-even only mean something between archives of equal quality.
+    quality_gap: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,7 +192,15 @@ def compare_archives(
         costs_a = cost_report(out_a, prices, source_uris=matched_set, endpoint_url=endpoint_url)
         costs_b = cost_report(out_b, prices, source_uris=matched_set, endpoint_url=endpoint_url)
         b_vs_a = relative_payback(costs_a["total"], costs_b["total"], prices)
+    gap = quality_gap(
+        metric,
+        _totals(_merge([videos_a[v] for v in matched]))[1],
+        _totals(_merge([videos_b[v] for v in matched]))[1],
+    )
+    if b_vs_a is not None and not gap["equal"]:
+        b_vs_a = dict(b_vs_a, quality_note=gap["statement"])  # the break-even prices unequal quality
     return Comparison(
+        quality_gap=gap,
         costs_a=costs_a,
         costs_b=costs_b,
         b_vs_a=b_vs_a,
@@ -194,6 +218,36 @@ def compare_archives(
         videos=per_video,
         damaged_parts=damaged,
     )
+
+
+def quality_gap(metric: str, quality_a: float | None, quality_b: float | None) -> dict[str, Any]:
+    """Whether two archives' mean `metric` over the same videos is equal within
+    `EQUAL_QUALITY_TOLERANCE`, with one sentence saying so when it is not (`statement`; None when
+    equal or unknown). A neural archive whose model failed on some content can look cheap only because
+    it is worse: its byte savings are then not savings at equal quality."""
+    tolerance = EQUAL_QUALITY_TOLERANCE.get(metric)
+    delta = quality_b - quality_a if quality_a is not None and quality_b is not None else None
+    equal: bool | None = None
+    statement = None
+    if delta is not None and tolerance is not None:
+        equal = abs(delta) <= tolerance
+        if not equal:
+            unit = " dB" if metric.startswith("psnr") else ""
+            better = "B" if (delta > 0) == HIGHER_IS_BETTER[metric] else "A"
+            statement = (
+                f"A and B are not at equal quality: mean {metric} {quality_a:.4g}{unit} (A) vs "
+                f"{quality_b:.4g}{unit} (B), {abs(delta):.3g}{unit} apart (more than {tolerance:g}{unit}; "
+                f"{better} is better), so their byte savings and break-even compare different quality"
+            )
+    return {
+        "metric": metric,
+        "quality_a": quality_a,
+        "quality_b": quality_b,
+        "delta": delta,
+        "tolerance": tolerance,
+        "equal": equal,
+        "statement": statement,
+    }
 
 
 def _totals(groups: dict[str, _Point]) -> tuple[float | None, float | None]:
@@ -233,6 +287,8 @@ def print_comparison(result: Comparison, console: Console, max_videos: int = 50)
         )
     else:
         console.print(f"BD-rate: not computed ({result.bd_note})")
+    if result.quality_gap and result.quality_gap.get("statement"):
+        console.print(f"warning: {result.quality_gap['statement']}")
     if result.costs_a is not None and result.costs_b is not None:
         from pipeline.audit.cost_views import print_compare_costs
 

@@ -368,6 +368,12 @@ def _compare_costs(result: Any) -> str:
     return compare_costs_html(result.costs_a, result.costs_b, result.b_vs_a)
 
 
+def _quality_gap(result: Any) -> str:
+    """compare's equal-quality warning (`compare.quality_gap`), as in its text output."""
+    statement = (getattr(result, "quality_gap", None) or {}).get("statement")
+    return f"<p><b>warning: {html.escape(statement)}</b></p>" if statement else ""
+
+
 def write_compare_html(result: Any, path: str | Path) -> Path:
     """RD curves of both archives and the per-video rate/quality changes, as one HTML file."""
     metric = result.metric
@@ -407,6 +413,7 @@ def write_compare_html(result: Any, path: str | Path) -> Path:
         f"<p>A = <code>{html.escape(result.out_a)}</code><br>B = <code>{html.escape(result.out_b)}</code><br>"
         f"{result.matched_videos} matched videos ({result.only_in_a} only in A, {result.only_in_b} only in B)</p>"
         f"<p><b>{html.escape(bd)}</b></p>{_png(figure)}"
+        + _quality_gap(result)
         + _compare_costs(result)
         + _table(
             ["video", "bpp A", "bpp B", "rate Δ %", f"{metric} A", f"{metric} B", "Δ", "BD-rate %"],
