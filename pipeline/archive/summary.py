@@ -157,6 +157,7 @@ def build_summary(
         "source_bytes": tally.source_bytes,
         "archive_bytes": tally.archive_bytes,
         "compression_ratio": (tally.source_bytes / tally.archive_bytes) if tally.archive_bytes else None,
+        "compression_ratio_of": "source bytes / archive object bytes",  # as `vidarc audit` defines it
         "bpp": tally.columns["bpp"].stats(),
         "kbps": tally.columns["kbps"].stats(),
         "quality": {name: tally.columns[name].percentiles() for name in QUALITY_COLUMNS},

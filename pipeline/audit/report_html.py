@@ -255,7 +255,7 @@ def write_html_report(result: AuditResult, path: str | Path, *, endpoint_url: st
     sections.append("<h2>Summary</h2>")
     sections.append(
         _table(
-            ["codec / target", "videos", "GOPs", "bytes", "ratio", "bpp", "kbps", "failures"],
+            ["codec / target", "videos", "GOPs", "bytes", "ratio (source/stored)", "bpp", "kbps", "failures"],
             [
                 [
                     g["label"],

@@ -5,9 +5,11 @@ Definitions, so numbers can be checked by hand:
 
 - bytes: sum of GOP payload bytes (container overhead excluded); bpp = 8·bytes / Σ(width·height·frames)
   (never divided by 3); kbps = 8·bytes / Σ(frames/fps) / 1000.
-- compression ratio = Σ source_bytes of the group's videos (each video counted once) / Σ payload bytes.
-  Source bytes include the source's audio and container; with `--where` it relates whole sources to
-  the matching GOPs only, so read it on unfiltered audits.
+- compression ratio = Σ source bytes / Σ stored bytes of the group's videos (each counted once): the
+  source files against the archive objects that replace them (GOPs, audio, index), the definition
+  `summary.json` uses too (`compression_ratio_of` names it). Archives written before the manifest
+  recorded object sizes (`archive_bytes`) fall back to Σ GOP payload bytes, and say so. With `--where`
+  it relates whole sources to the matching GOPs' videos, so read it on unfiltered audits.
 - Quality percentiles are oriented to the bad tail: for metrics where higher is better (PSNR, MS-SSIM,
   VMAF) p1/p5/p50 are the 1st/5th/50th percentiles; for distances (LPIPS, DISTS, flicker) the "p1"
   column is the 99th percentile — in both cases "p1" is the value the worst 1 % of GOPs reach.
@@ -66,6 +68,7 @@ ROW_FIELDS: tuple[str, ...] = (
 _NEEDED = (
     *ROW_FIELDS,
     "source_bytes",
+    "archive_bytes",
     "payload_bytes",
     "encode_seconds",
     "status",
@@ -84,6 +87,8 @@ class _Group:
     target_value: float | None
     videos: set[str] = dataclasses.field(default_factory=set)
     source_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: video -> the size of its archive object (`archive_bytes`; a pack member: its length)
+    stored_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
     gops: int = 0
     failures: int = 0
     payload_bytes: int = 0
@@ -126,6 +131,22 @@ class _Group:
             "worst_video_mean": worst,
         }
 
+    def _ratio(self, source_total: int) -> dict[str, Any]:
+        """Source bytes over stored object bytes, or over GOP payloads for rows of older releases."""
+        if self.source_bytes and all(v in self.stored_bytes for v in self.source_bytes):
+            stored = sum(self.stored_bytes[v] for v in self.source_bytes)
+            return {
+                "compression_ratio": source_total / stored if stored else None,
+                "compression_ratio_of": "source bytes / archive object bytes",
+                "stored_bytes": stored,
+            }
+        return {
+            "compression_ratio": source_total / self.payload_bytes if self.payload_bytes else None,
+            "compression_ratio_of": "source bytes / GOP payload bytes (object sizes not recorded by the "
+            "release that wrote these rows)",
+            "stored_bytes": None,
+        }
+
     def result(self) -> dict[str, Any]:
         source_total = sum(self.source_bytes.values())
         quality: dict[str, dict[str, float | int | None]] = {}
@@ -145,7 +166,7 @@ class _Group:
             "failures": self.failures,
             "payload_bytes": self.payload_bytes,
             "source_bytes": source_total,
-            "compression_ratio": source_total / self.payload_bytes if self.payload_bytes else None,
+            **self._ratio(source_total),
             "bpp": 8.0 * self.payload_bytes / self.pixels if self.pixels else None,
             "kbps": 8.0 * self.payload_bytes / self.seconds / 1000.0 if self.seconds else None,
             "encode_seconds": self.encode_seconds,
@@ -252,6 +273,7 @@ def _accumulate(
     status = _column(batch, "status", object)
     video = _column(batch, "video_key", object)
     source_bytes = _column(batch, "source_bytes")
+    stored = _column(batch, "archive_bytes")
     payload = _column(batch, "payload_bytes")
     pixels = _column(batch, "width") * _column(batch, "height") * _column(batch, "frame_count")
     frames = _column(batch, "frame_count")
@@ -265,9 +287,11 @@ def _accumulate(
         group = groups.setdefault(key, _Group(*key))
         good = mask & ok
         group.videos.update(video[mask])
-        for v, b in zip(video[good], source_bytes[good], strict=True):
+        for v, b, a in zip(video[good], source_bytes[good], stored[good], strict=True):
             if not np.isnan(b):
                 group.source_bytes[v] = int(b)
+            if not np.isnan(a):
+                group.stored_bytes[v] = int(a)
         group.gops += int(good.sum())
         group.failures += int((mask & ~ok).sum())
         group.payload_bytes += int(np.nansum(payload[good]))

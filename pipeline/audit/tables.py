@@ -31,7 +31,16 @@ def print_audit(result: AuditResult, console: Console, worst: int) -> None:
         )
     title = f"{result.out}" + (f"  (where {result.where})" if result.where else "")
     summary = Table(title=f"archive {title}: {result.rows:,} manifest rows")
-    for name in ("codec / target", "videos", "GOPs", "bytes", "ratio", "bpp", "kbps", "failures"):
+    for name in (
+        "codec / target",
+        "videos",
+        "GOPs",
+        "bytes",
+        "ratio (source/stored)",
+        "bpp",
+        "kbps",
+        "failures",
+    ):
         summary.add_column(name, justify="left" if name == "codec / target" else "right")
     for group in result.groups:
         summary.add_row(
@@ -92,11 +101,12 @@ def print_audit(result: AuditResult, console: Console, worst: int) -> None:
     if worst > 0:
         for metric, rows in result.worst.items():
             table = Table(title=f"worst {len(rows)} GOPs by {metric}")
-            for name in ("video", "GOP", "frames", "codec / target", metric, "bpp"):
+            for name in ("video", "source", "GOP", "frames", "codec / target", metric, "bpp"):
                 table.add_column(name)
             for row in rows:
                 table.add_row(
-                    row["source_uri"] or row["video_key"],
+                    row["video_key"] or "-",
+                    source_name(row["source_uri"]),
                     fmt(row["gop_index"]),
                     f"{row['first_frame']}+{row['frame_count']}",
                     f"{row['codec']} {row['target_kind']}={fmt(row['target_value'])}",
@@ -108,9 +118,12 @@ def print_audit(result: AuditResult, console: Console, worst: int) -> None:
     if result.failures:
         table = Table(title=f"{len(result.failures)} failed rows")
         table.add_column("video")
+        table.add_column("source")
         table.add_column("error")
         for row in result.failures:
-            table.add_row(row["source_uri"] or row["video_key"], row["error"] or row["status"])
+            table.add_row(
+                row["video_key"] or "-", source_name(row["source_uri"]), row["error"] or row["status"]
+            )
         console.print(table)
 
     if result.costs is not None:
@@ -126,3 +139,8 @@ def print_audit(result: AuditResult, console: Console, worst: int) -> None:
             f"verify: {verify['rows']} GOPs decoded in {len(verify['runs'])} run(s), {verify['failed']} failed "
             f"(crc {verify['crc_failed']}, decode {verify['decode_failed']}, quality {verify['quality_failed']})"
         )
+
+
+def source_name(uri: str | None) -> str:
+    """A source as `ls` shows it: its file name (the key, in the column beside it, names the video)."""
+    return uri.rstrip("/").rsplit("/", 1)[-1] if uri else "-"
