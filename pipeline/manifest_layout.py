@@ -111,6 +111,17 @@ class ManifestPlan:
         """Every file to read, parts first (their keys decide what compacted files drop)."""
         return [p for p, _ in self.parts] + [c.path for c in self.compacted]
 
+    def without_dropped(self, path: str, table: Any) -> Any:
+        """`table`, rows of part `path`, less the videos readers leave out of it (`part_drops`)."""
+        drop = self.part_drops.get(path)
+        if not drop:
+            return table
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        keys = pa.array(sorted(drop), type=pa.string())
+        return table.filter(pc.invert(pc.is_in(table.column("video_key"), value_set=keys)))
+
     def drop_keys(self, path: str) -> set[str]:
         """Video keys whose rows a reader must leave out of `path`."""
         for compacted in self.compacted:
@@ -367,12 +378,7 @@ def iter_tables(
         if isinstance(table, Exception):
             damage(path, str(table))
             continue
-        drop = plan.part_drops.get(path)
-        if drop:
-            table = table.filter(
-                pc.invert(pc.is_in(table.column("video_key"), value_set=pa.array(sorted(drop))))
-            )
-        pending.append(conform(table))
+        pending.append(conform(plan.without_dropped(path, table)))
         if len(pending) >= PARTS_PER_TABLE:
             yield pa.concat_tables(pending)
             pending = []

@@ -141,11 +141,7 @@ def _single_tables(
         elif isinstance(parsed, Exception):
             on_damage(path, str(parsed))
         else:
-            drop = plan.part_drops.get(path)
-            if drop:
-                parsed = parsed.filter(
-                    pc.invert(pc.is_in(parsed.column("video_key"), value_set=pa.array(sorted(drop))))
-                )
+            parsed = plan.without_dropped(path, parsed)
             if parsed.num_rows:
                 yield _sorted(_conform(parsed, schema))
 
@@ -160,11 +156,7 @@ def _whole_file(
         if isinstance(parsed, Exception):
             on_damage(path, str(parsed))
             return
-        drop = plan.part_drops.get(path)
-        if drop:
-            parsed = parsed.filter(
-                pc.invert(pc.is_in(parsed.column("video_key"), value_set=pa.array(sorted(drop))))
-            )
+        parsed = plan.without_dropped(path, parsed)
         yield from _split_by_video(_sorted(_conform(_after(parsed, after), schema)))
 
 
@@ -286,13 +278,10 @@ def rows_of_videos(plan: ManifestPlan, keys: set[str], columns: list[str], *, on
         if isinstance(parsed, Exception):
             on_damage(path, str(parsed))
         elif parsed is not None:
-            drop = plan.part_drops.get(path, set())
-            keep = pc.is_in(parsed.column("video_key"), value_set=value_set)
-            if drop:
-                keep = pc.and_(
-                    keep, pc.invert(pc.is_in(parsed.column("video_key"), value_set=pa.array(sorted(drop))))
-                )
-            tables.append(_conform(parsed.filter(keep), schema))
+            parsed = plan.without_dropped(path, parsed)
+            tables.append(
+                _conform(parsed.filter(pc.is_in(parsed.column("video_key"), value_set=value_set)), schema)
+            )
     for item in plan.compacted:
         dropped = keys & item.drop_keys
         wanted_here = pa.array(sorted(keys - dropped), type=pa.string())
