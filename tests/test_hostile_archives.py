@@ -129,8 +129,10 @@ def _archive_with(tmp_path: Path, blob: bytes) -> tuple[Path, Path]:
 def _one_line(result, code: int, needle: str) -> None:
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert errors and needle in errors[0], result.stderr
+    # a hand-made OUT has no video index, so a restore by name also warns that it scanned the manifest
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if not line.startswith("warning: ")]
+    assert len(errors) == 1 and needle in errors[0], result.stderr
 
 
 @pytest.mark.parametrize("case", ["infinite frame count", "100k nested brackets", "frame rate is a list"])
