@@ -253,11 +253,6 @@ def _row_groups_after(parquet: pq.ParquetFile, after: str | None) -> list[int]:
     return kept
 
 
-def sorted_metadata() -> dict[bytes, bytes]:
-    """The key-value metadata a compacted file sorted by (video_key, gop_index) carries."""
-    return {SORTED_BY_KEY: b"video_key,gop_index"}
-
-
 def rows_of_videos(plan: ManifestPlan, keys: set[str], columns: list[str], *, on_damage: Damage) -> pa.Table:
     """Every row of the videos `keys`, reading only the files and row groups that can hold them: a
     video's own part by name, the packs that list it, and in key-sorted compacted files the row groups
