@@ -92,6 +92,13 @@ def archive_command(
     exclude: Annotated[list[str] | None, typer.Option(help="Glob to leave out (repeatable).")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run id (default: time + random suffix).")] = None,
     metrics_every: Annotated[int, typer.Option(help="Measure quality on every Nth GOP of a video.")] = 1,
+    metrics_sample: Annotated[
+        float,
+        typer.Option(
+            help="Share of the measured GOPs that also get the expensive metrics (MS-SSIM, VMAF, LPIPS, "
+            "DISTS), a seeded sample; PSNR, PSNR-Y and flicker are on every measured GOP. 1: every GOP."
+        ),
+    ] = 0.1,  # pipeline.metrics.DEFAULT_SAMPLE_FRACTION (kept literal: --help stays import-light)
     fingerprint_every: Annotated[
         int,
         typer.Option(
@@ -223,6 +230,7 @@ def archive_command(
             exclude=tuple(exclude or ()),
             run_id=run_id,
             metrics_every=metrics_every,
+            metrics_sample=metrics_sample,
             fingerprint_every=fingerprint_every,
             skip_metrics=tuple(skip_metric or ()),
             metric_weights=metric_weights,

@@ -16,7 +16,7 @@ from codec.registry import create_codec
 from pipeline.archive import ArchiveError, run_archive
 from pipeline.archive.config import ArchiveConfig
 from pipeline.container import read_attachment, read_gop, read_index
-from pipeline.metrics import psnr_rgb
+from pipeline.metrics import UNSAMPLED_NOTE, MetricsSample, psnr_rgb
 from pipeline.sources import decode_frames, probe
 from pipeline.storage import filesystem, range_reader
 
@@ -54,7 +54,7 @@ def test_archive_end_to_end_then_resume_and_retry(
     (samples / "broken.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     out = tmp_path / "out"
 
-    result = run_archive(_config(samples, out, fast_metrics, gop_frames=16))
+    result = run_archive(_config(samples, out, fast_metrics, gop_frames=16, metrics_sample=0.5))
 
     assert result.exit_code == 1  # the truncated source failed; everything else went on
     summary = result.summary
@@ -94,6 +94,9 @@ def test_archive_end_to_end_then_resume_and_retry(
             assert row["payload_bytes"] == entry.length
             assert row["bpp"] == pytest.approx(8 * entry.length / (64 * 48 * row["frame_count"]))
             assert row["psnr"] is not None and row["lpips"] is None and row["vmaf"] is None
+            # the expensive metrics (here MS-SSIM: null at 64x48 anyway) follow the seeded sample
+            sampled = MetricsSample(0.5).selects(row["video_key"], row["gop_index"])
+            assert (UNSAMPLED_NOTE in row["metrics_note"]) is not sampled
             assert (row["target_kind"], row["target_value"]) == ("quality", 23.0)
         header, frames = _restore(archive)
         source = samples / ("sub/with-audio.mp4" if name == "with-audio.mp4" else name)
@@ -110,7 +113,17 @@ def test_archive_end_to_end_then_resume_and_retry(
     run_dir = out / "runs" / result.run_id
     config = json.loads((run_dir / "config.json").read_text())
     assert config["versions"]["av"] == av.__version__ and config["codec"]["codec"] == "x264"
-    assert json.loads((run_dir / "summary.json").read_text())["gops"] == 4
+    stored_summary = json.loads((run_dir / "summary.json").read_text())
+    assert stored_summary["gops"] == 4
+    in_sample = sum(MetricsSample(0.5).selects(r["video_key"], r["gop_index"]) for r in ok_rows)
+    assert stored_summary["quality_sample"]["fraction"] == 0.5
+    assert (
+        stored_summary["quality_sample"]["gops_measured"],
+        stored_summary["quality_sample"]["gops_sampled"],
+    ) == (
+        4,
+        in_sample,
+    )
     # the run compacted the parts of its done videos; the failed video's part stays for a retry
     assert summary["compaction"]["parts_absorbed"] == 2 and summary["compaction"]["files_written"] == 1
     assert sorted(p.name.split("-")[0] for p in (out / "manifest").iterdir()) == ["compacted", "part"]

@@ -200,6 +200,7 @@ def _new_actor(cfg: ArchiveConfig, cpus: float) -> Any:
         cfg.skip_metrics,
         cfg.metric_weights,
         cfg.fingerprint_every,
+        cfg.always_measured(),
     )
 
 

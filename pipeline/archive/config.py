@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from codec.base import RateTarget
+from pipeline.metrics import DEFAULT_SAMPLE_FRACTION
 from pipeline.sources import DEFAULT_MAX_PIXELS
 from pipeline.storage import redact
 
@@ -88,6 +89,9 @@ class ArchiveConfig:
     #: the neural codecs' pixel decode on the others (GLVC: ~60% of its encode time), whose proof is
     #: then the exact part only (`decode_check` "exact-part").
     fingerprint_every: int = 1
+    #: Share of the measured GOPs that also get the expensive metrics (MS-SSIM, VMAF, LPIPS, DISTS), a
+    #: seeded sample (`pipeline.metrics.MetricsSample`); 1: every measured GOP.
+    metrics_sample: float = DEFAULT_SAMPLE_FRACTION
     #: Metrics switched off ("lpips", "dists", "vmaf", "temporal"); their columns stay null with a note.
     skip_metrics: tuple[str, ...] = ()
     #: Folder with the perceptual metrics' official weights (else the torch hub cache is searched).
@@ -170,6 +174,10 @@ class ArchiveConfig:
             raise ConfigError(f"--gops-per-actor must be at least 1, got {self.gops_in_flight_per_actor}")
         if self.metrics_every < 1:
             raise ConfigError(f"--metrics-every must be at least 1, got {self.metrics_every}")
+        if not 0 < self.metrics_sample <= 1:
+            raise ConfigError(
+                f"--metrics-sample is a fraction of GOPs in (0, 1] (1: every GOP), got {self.metrics_sample:g}"
+            )
         if self.fingerprint_every < 1:
             raise ConfigError(f"--fingerprint-every must be at least 1, got {self.fingerprint_every}")
         unknown = set(self.skip_metrics) - set(METRIC_SWITCHES)
@@ -218,6 +226,20 @@ class ArchiveConfig:
         from pipeline.archive.floor import floor_of
 
         return floor_of(self.min_psnr, self.min_vmaf)
+
+    def metrics_sample_spec(self) -> Any:
+        """The GOPs whose expensive metrics are measured (`pipeline.metrics.MetricsSample`)."""
+        from pipeline.metrics import MetricsSample
+
+        return MetricsSample(self.metrics_sample)
+
+    def always_measured(self) -> tuple[str, ...]:
+        """Expensive metrics measured on every GOP whatever the sample: the quality target's metric (its
+        audit checks each GOP) and a VMAF floor's (it is checked on each video's mean)."""
+        from pipeline.metrics import EXPENSIVE_METRICS
+
+        wanted = {self.quality_goal.metric if self.quality_goal else None, "vmaf" if self.min_vmaf else None}
+        return tuple(m for m in EXPENSIVE_METRICS if m in wanted)
 
     def target_record(self) -> dict[str, Any]:
         """What the user asked for, as stored in headers and rows: a rate target or the quality goal."""

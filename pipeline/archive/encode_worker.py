@@ -59,10 +59,13 @@ class EncodeWorker:
         skip_metrics: tuple[str, ...] = (),
         metric_weights: str | None = None,
         fingerprint_every: int = 1,
+        always_measured: tuple[str, ...] = (),
     ) -> None:
         import torch
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+        self.metric_threads = torch.get_num_threads()  # libvmaf's threads: the actor's cores, as torch's
+        self.always_measured = tuple(always_measured)
         self.init_error: str | None = None
         self.codec: Codec | None = None
         try:
@@ -145,11 +148,13 @@ class EncodeWorker:
         label: str,
         goal: QualityGoal | None = None,
         decode_seconds: float | None = None,
+        sampled: bool = True,
     ) -> tuple[dict[str, Any], bytes]:
         """Code one GOP: (metadata, payload). A codec refusal comes back as metadata["error"].
 
         `goal` (per-GOP quality target) replaces `target`: the GOP is searched on itself.
         `decode_seconds`: the CPU-seconds its decode task measured, carried into `meta["compute"]`.
+        `sampled`: the GOP is in the expensive metrics' sample (`pipeline.metrics.MetricsSample`).
         """
         assert self.codec is not None
         fps = Fraction(fps_num, fps_den)
@@ -186,7 +191,7 @@ class EncodeWorker:
             **digests,
         }
         with self.sharing.busy() as metrics_share:
-            meta.update(self._quality(frames, encoded.reconstruction, gop_index, float(fps)))
+            meta.update(self._quality(frames, encoded.reconstruction, gop_index, float(fps), sampled))
         meta["compute"] = self._compute(
             seconds, encode_share.seconds, metrics_share.seconds, search, decode_seconds
         )
@@ -286,7 +291,7 @@ class EncodeWorker:
             )
 
     def _quality(
-        self, source: np.ndarray, recon: np.ndarray | None, gop_index: int, fps: float
+        self, source: np.ndarray, recon: np.ndarray | None, gop_index: int, fps: float, sampled: bool
     ) -> dict[str, Any]:
         import torch
 
@@ -303,10 +308,12 @@ class EncodeWorker:
             vmaf="vmaf" not in self.skip_metrics,
             temporal="temporal" not in self.skip_metrics,
             weights_dir=self.metric_weights,
+            vmaf_threads=self.metric_threads,
+            always=self.always_measured,
         )
         try:
             with thread_stream(torch.device(config.device)):  # beside the codec's stream, not on it
-                values = compute_gop_metrics(source, recon, config)
+                values = compute_gop_metrics(source, recon, config, sampled=sampled)
         except Exception as exc:  # a metric failure must not lose the coded GOP
             return {"metrics_note": f"metrics failed: {type(exc).__name__}: {exc}"}
         columns = set(MANIFEST_SCHEMA.names)

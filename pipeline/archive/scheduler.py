@@ -146,6 +146,7 @@ class Scheduler:
         self.compute = accounting.ComputeTally()
         self.reference_backfill = reference_backfill  # no video to do, but reference parts to complete
         self.references = References(self)
+        self.metrics_sample = cfg.metrics_sample_spec()
         self.gop_cache: dict[Fraction, int | str] = {}
         self.codec_class = codec_class(cfg.codec)
         self.videos_started = 0
@@ -391,10 +392,18 @@ class Scheduler:
             goal = None  # the fallback codes at its rate target (`floor.fallback_target`)
         meta_ref, payload_ref = actor.encode.options(num_returns=2).remote(
             task.frames_ref, video.target, header["fps_num"], header["fps_den"], task.span.index, label, goal,
-            task.decode_seconds_ref,
+            task.decode_seconds_ref, self.expensive_metrics_on(video, task.span.index),
         )  # fmt: skip
         self.encoding[meta_ref] = (task, idx, actor, payload_ref)
         video.in_flight += 1
+
+    def expensive_metrics_on(self, video: Video, gop_index: int) -> bool:
+        """Whether the GOP's expensive metrics are measured: it is in the run's seeded sample, or the
+        classic reference compares at its measured quality (which needs its metric)."""
+        key = video.job.video_key
+        return self.metrics_sample.selects(key, gop_index) or gop_index in self.references.planned.get(
+            key, ()
+        )
 
     def decode_gop(self, video: Video, span: GopSpan) -> Any:
         """A decode task for one GOP, as (frames, decode seconds) refs: the probed frame size and the

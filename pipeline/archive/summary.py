@@ -13,6 +13,7 @@ import numpy as np
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.progress import Counters
 from pipeline.audit.sketch import Reservoir
+from pipeline.metrics import UNSAMPLED_NOTE
 
 #: Non-video file names kept for the summary (the count is always exact).
 MAX_LISTED = 1000
@@ -85,6 +86,9 @@ class RunTally:
     #: Sources archived with a note (truncated, or precision the codec does not keep); the first MAX_LISTED.
     warnings: list[dict[str, str]] = dataclasses.field(default_factory=list)
     warnings_total: int = 0
+    #: GOPs whose quality was measured, and those of them in the expensive metrics' sample.
+    gops_measured: int = 0
+    gops_sampled: int = 0
     columns: dict[str, RunningStats] = dataclasses.field(
         default_factory=lambda: {name: RunningStats() for name in (*RATE_COLUMNS, *QUALITY_COLUMNS)}
     )
@@ -98,6 +102,9 @@ class RunTally:
             self.frames += gop["frame_count"]
             for name, stats in self.columns.items():
                 stats.add(gop.get(name), gop["frame_count"])
+            if gop.get("psnr") is not None:
+                self.gops_measured += 1
+                self.gops_sampled += UNSAMPLED_NOTE not in (gop.get("metrics_note") or "")
 
     def warning(self, record: dict[str, str]) -> None:
         self.warnings_total += 1
@@ -114,6 +121,23 @@ class RunTally:
         self.not_videos_total += 1
         if len(self.not_videos) < MAX_LISTED:
             self.not_videos.append(reason)
+
+
+def quality_sample(cfg: ArchiveConfig, tally: RunTally) -> dict[str, Any]:
+    """How many GOPs each kind of metric was measured on: the cheap ones on every measured GOP, the
+    expensive ones on the seeded sample (`--metrics-sample`), which is what their counts rest on."""
+    from pipeline.metrics import EXPENSIVE_METRICS
+
+    sample = cfg.metrics_sample_spec()
+    return {
+        "expensive_metrics": list(EXPENSIVE_METRICS),
+        "fraction": sample.fraction,
+        "seed": sample.seed,
+        "on_every_measured_gop": list(cfg.always_measured()),
+        "gops": tally.gops,
+        "gops_measured": tally.gops_measured,
+        "gops_sampled": tally.gops_sampled,
+    }
 
 
 def build_summary(
@@ -161,6 +185,7 @@ def build_summary(
         "bpp": tally.columns["bpp"].stats(),
         "kbps": tally.columns["kbps"].stats(),
         "quality": {name: tally.columns[name].percentiles() for name in QUALITY_COLUMNS},
+        "quality_sample": quality_sample(cfg, tally),
         "failures": failures,
         "actor_restarts": actor_restarts,
         "peak_gops_in_flight_per_actor": peak_gops_per_actor,

@@ -269,6 +269,7 @@ def _gop_stats(row: dict[str, Any]) -> dict[str, Any]:
         "dists",
         "vmaf",
         "encode_seconds",
+        "metrics_note",
     )
     return {k: row.get(k) for k in keys}
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+#: Two-sided 95 % normal quantile.
+Z95 = 1.959963984540054
 
 
 class Reservoir:
@@ -25,6 +29,7 @@ class Reservoir:
         self.sample = np.empty(0, dtype=np.float64)
         self.count = 0
         self.total = 0.0
+        self.squares = 0.0
         self.minimum = np.inf
         self.maximum = -np.inf
         self._rng = np.random.default_rng(seed)
@@ -35,6 +40,7 @@ class Reservoir:
         if values.size == 0:
             return
         self.total += float(values.sum())
+        self.squares += float(np.square(values).sum())
         self.minimum = min(self.minimum, float(values.min()))
         self.maximum = max(self.maximum, float(values.max()))
         room = max(0, self.capacity - self.sample.size)
@@ -59,6 +65,31 @@ class Reservoir:
     @property
     def mean(self) -> float | None:
         return self.total / self.count if self.count else None
+
+    def mean_interval(self, z: float = Z95) -> tuple[float, float] | None:
+        """Normal-approximation interval of the mean (z·s/√n); None under two values. For a metric
+        measured on a sample of GOPs this is how far the sample's mean may be from all GOPs'."""
+        if self.count < 2:
+            return None
+        mean = self.total / self.count
+        variance = max(0.0, (self.squares - self.count * mean * mean) / (self.count - 1))
+        half = z * math.sqrt(variance / self.count)
+        return mean - half, mean + half
+
+    def quantile_interval(self, q: float, z: float = Z95) -> tuple[float | None, float | None]:
+        """Distribution-free interval of the q-quantile from order statistics of the (uniform) sample:
+        ranks n·q ∓ z·√(n·q·(1−q)). An end the sample is too small to bound is None (e.g. the 1st
+        percentile of 20 GOPs has no lower bound: nothing below the minimum was seen)."""
+        n = self.sample.size
+        if n == 0:
+            return None, None
+        ordered = np.sort(self.sample)
+        spread = z * math.sqrt(n * q * (1 - q))
+        low, high = math.floor(n * q - spread), math.ceil(n * q + spread)
+        return (
+            float(ordered[low - 1]) if low >= 1 else None,
+            float(ordered[high - 1]) if high <= n else None,
+        )
 
 
 class WorstRows:

@@ -14,6 +14,12 @@ Definitions, so numbers can be checked by hand:
   VMAF) p1/p5/p50 are the 1st/5th/50th percentiles; for distances (LPIPS, DISTS, flicker) the "p1"
   column is the 99th percentile — in both cases "p1" is the value the worst 1 % of GOPs reach.
   They come from `sketch.Reservoir` (exact up to 100 000 GOPs per group).
+- Each metric's `count` is the GOPs it was measured on, `of_gops` the group's GOPs: the expensive
+  metrics (MS-SSIM, VMAF, LPIPS, DISTS) are measured on a seeded sample by default
+  (`--metrics-sample`), so their figures carry 95 % intervals computed from the sample's size: the
+  mean's (normal approximation, z·s/√n) and each percentile's (distribution-free, from order
+  statistics; an end the sample is too small to bound is null). The cheap metrics' intervals are
+  there too, and are narrow.
 - failures: rows whose status is not "ok" (a failed video contributes one row with its error).
 - quality targets (groups archived with `--target-vmaf/-psnr/-dists`, target_kind = the metric): the
   manifest's own measurements checked against the target. A GOP falls short when its value is worse
@@ -152,9 +158,17 @@ class _Group:
         quality: dict[str, dict[str, float | int | None]] = {}
         for metric, reservoir in self.quality.items():
             higher = HIGHER_IS_BETTER[metric]
-            entry: dict[str, float | int | None] = {"count": reservoir.count, "mean": reservoir.mean}
+            interval = reservoir.mean_interval()
+            entry: dict[str, Any] = {
+                "count": reservoir.count,
+                "of_gops": self.gops,
+                "mean": reservoir.mean,
+                "mean_ci95": list(interval) if interval else None,
+            }
             for p in PERCENTILES:
-                entry[f"p{p}"] = reservoir.quantile((p if higher else 100 - p) / 100.0)
+                q = (p if higher else 100 - p) / 100.0
+                entry[f"p{p}"] = reservoir.quantile(q)
+                entry[f"p{p}_ci95"] = list(reservoir.quantile_interval(q))
             quality[metric] = entry
         return {
             "codec": self.codec,

@@ -61,16 +61,22 @@ def print_audit(result: AuditResult, console: Console, worst: int) -> None:
     for p in PERCENTILES:
         quality.add_column(f"p{p}", justify="right")
     quality.add_column("mean", justify="right")
-    quality.add_column("GOPs", justify="right")
+    quality.add_column("mean 95% CI", justify="right")
+    quality.add_column("GOPs measured", justify="right")
     for group in result.groups:
         for metric, stats in group["quality"].items():
             arrow = "↑" if HIGHER_IS_BETTER[metric] else "↓"
+            interval = stats.get("mean_ci95")
+            of = stats.get("of_gops")
             quality.add_row(
                 group["label"],
                 f"{metric} {arrow}",
                 *(fmt(stats[f"p{p}"], 4) for p in PERCENTILES),
                 fmt(stats["mean"], 4),
-                fmt(stats["count"]),
+                f"{fmt(interval[0], 4)} to {fmt(interval[1], 4)}" if interval else "-",
+                f"{fmt(stats['count'])} of {fmt(of)}"
+                if of is not None and of != stats["count"]
+                else fmt(stats["count"]),
             )
     console.print(quality)
 

@@ -23,21 +23,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.metrics.fidelity import check_pair, luma_bt709
+from pipeline.metrics.fidelity import pixel_metrics
+
+SINGLE_FRAME_NOTE = "temporal_flicker: single-frame GOP has no frame-to-frame change"
 
 
 def temporal_flicker(source: np.ndarray, recon: np.ndarray) -> tuple[float | None, str | None]:
-    """(flicker, None), or (None, note) for a GOP with fewer than two frames."""
-    check_pair(source, recon)
-    if source.shape[0] < 2:
-        return None, "temporal_flicker: single-frame GOP has no frame-to-frame change"
-    total = 0.0
-    previous_error: np.ndarray | None = None
-    for start in range(0, source.shape[0], 8):
-        error = luma_bt709(recon[start : start + 8]) - luma_bt709(source[start : start + 8])
-        if previous_error is not None:
-            error = np.concatenate([previous_error, error])
-        total += float(np.abs(np.diff(error, axis=0)).astype(np.float64).sum())
-        previous_error = error[-1:]
-    pixels = source.shape[1] * source.shape[2]
-    return total / ((source.shape[0] - 1) * pixels), None
+    """(flicker, None), or (None, note) for a GOP with fewer than two frames. Computed in
+    `fidelity.pixel_metrics`' single pass, beside PSNR and PSNR-Y, which share its luma error."""
+    flicker = pixel_metrics(source, recon).temporal_flicker
+    if flicker is None:
+        return None, SINGLE_FRAME_NOTE
+    return flicker, None

@@ -77,9 +77,11 @@ _DIE_WITH_PARENT = (
 def _feed(fd: int, frames: np.ndarray, errors: list[BaseException]) -> None:
     """Write `frames` into the pipe `fd` (and close it: ffmpeg sees the end of the input)."""
     try:
-        with open(fd, "wb") as pipe:
-            for frame in frames:
-                pipe.write(np.ascontiguousarray(frame).tobytes())
+        with open(fd, "wb", buffering=0) as pipe:
+            for frame in frames:  # the frame's own buffer: no bytes copy on the way into the pipe
+                view = memoryview(np.ascontiguousarray(frame)).cast("B")
+                while view:
+                    view = view[pipe.write(view) :]
     except BrokenPipeError:
         pass  # ffmpeg stopped reading; its exit status reports the reason
     except BaseException as exc:
