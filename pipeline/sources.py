@@ -89,6 +89,8 @@ class VideoInfo:
     chroma: str | None = None
     #: Frames the container declares (its count, else duration × rate); None when it does not say.
     declared_frames: int | None = None
+    #: Sorted timestamps of the keyframes (where a decode can start); None when the stream has no pts.
+    keyframe_pts: tuple[int, ...] | None = None
 
     @property
     def truncated(self) -> bool:
@@ -232,6 +234,7 @@ def _describe(container: Any, uri: str, max_pixels: int | None = None) -> VideoI
     check_pixel_budget(uri, width, height, max_pixels)  # before reading a single packet
     declared = _declared_frames(container, stream)
     pts_values: list[int] = []
+    keyframes: list[int] = []
     durations: set[int] = set()
     missing_pts = False
     count = 0
@@ -249,6 +252,8 @@ def _describe(container: Any, uri: str, max_pixels: int | None = None) -> VideoI
                 missing_pts = True
             else:
                 pts_values.append(int(ts))
+                if kept.is_keyframe:
+                    keyframes.append(int(ts))
             if kept.duration:
                 durations.add(int(kept.duration))
         cut.clear()
@@ -276,6 +281,7 @@ def _describe(container: Any, uri: str, max_pixels: int | None = None) -> VideoI
         bit_depth=depth,
         chroma=chroma,
         declared_frames=_declared_count(declared, fps),
+        keyframe_pts=None if pts_sorted is None else tuple(sorted(keyframes)),
     )
 
 
@@ -402,6 +408,34 @@ def decode_frames(
     one that is not stops the decode (SourceError) before it is converted or more are decoded.
     Raises SourceError when frames are missing (a truncated or corrupt source).
     """
+    (frames,) = decode_spans(
+        uri,
+        [(first_frame, frame_count, expected_pts)],
+        endpoint_url=endpoint_url,
+        size=size,
+        max_pixels=max_pixels,
+        high_bit_depth=high_bit_depth,
+    )
+    return frames
+
+
+def decode_spans(
+    uri: str,
+    spans: list[tuple[int, int, tuple[int, ...] | None]],
+    *,
+    endpoint_url: str | None = None,
+    size: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
+    high_bit_depth: bool = False,
+) -> list[np.ndarray]:
+    """`decode_frames` of consecutive spans (first frame, frame count, their pts) in one pass: one seek
+    to the keyframe before the first span, then each decoded frame goes to the span that wants it.
+
+    What GOPs that share a keyframe interval cost together: decoded one by one, each would decode
+    again from that keyframe (a source with one keyframe every 250 frames, cut into 40-frame GOPs,
+    would be decoded ~3 times over). The spans must all have pts, or none (then frames are counted
+    from the start). Checks and errors as `decode_frames`.
+    """
     import av
 
     rgb = "rgb48le" if high_bit_depth else "rgb24"
@@ -415,38 +449,44 @@ def decode_frames(
             )
         return frame.to_ndarray(format=rgb)
 
-    frames: list[np.ndarray] = []
+    with_pts = spans[0][2] is not None
+    if any((pts is not None) != with_pts for _, _, pts in spans):
+        raise ValueError("decode_spans: give pts for every span or for none")
+    outputs: list[list[np.ndarray]] = [[] for _ in spans]
+    owner: dict[int, int] = {}  # pts (or frame index) -> span
+    for number, (first, count, pts) in enumerate(spans):
+        owner.update(dict.fromkeys(pts if pts is not None else range(first, first + count), number))
+    wanted = sum(count for _, count, _ in spans)
+    found = 0
     try:
         with open_source(uri, endpoint_url) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            if expected_pts is not None:
-                wanted = set(expected_pts)
-                last = expected_pts[-1]
-                if first_frame > 0:
-                    container.seek(expected_pts[0], stream=stream, backward=True, any_frame=False)
-                for frame in _decoded(container, stream):
-                    ts = frame.pts
-                    if ts in wanted:
-                        frames.append(convert(frame))
-                        wanted.discard(ts)
-                    if len(frames) == frame_count or (ts is not None and ts > last and not wanted):
-                        break
-            else:
-                for index, frame in enumerate(_decoded(container, stream)):
-                    if index >= first_frame:
-                        frames.append(convert(frame))
-                    if len(frames) == frame_count:
-                        break
+            first_pts = spans[0][2]
+            last = max(owner) if owner else -1
+            if first_pts is not None and spans[0][0] > 0:
+                container.seek(first_pts[0], stream=stream, backward=True, any_frame=False)
+            for index, frame in enumerate(_decoded(container, stream)):
+                key = frame.pts if with_pts else index
+                number = owner.pop(key, None) if key is not None else None
+                if number is not None:
+                    outputs[number].append(convert(frame))
+                    found += 1
+                if found == wanted or (with_pts and key is not None and key > last and not owner):
+                    break
+                if not with_pts and index >= last:
+                    break
     except av.FFmpegError as exc:
+        first, count, _ = spans[0]
         raise SourceError(
-            f"{uri}: decoding frames {first_frame}+{frame_count} failed ({exc.strerror}; truncated or corrupt?)"
+            f"{uri}: decoding frames {first}+{count} failed ({exc.strerror}; truncated or corrupt?)"
         ) from None
-    if len(frames) != frame_count:
-        raise SourceError(
-            f"{uri}: decoded {len(frames)} of frames {first_frame}+{frame_count} (truncated or corrupt source)"
-        )
-    return np.stack(frames)
+    for (first, count, _), frames in zip(spans, outputs, strict=True):
+        if len(frames) != count:
+            raise SourceError(
+                f"{uri}: decoded {len(frames)} of frames {first}+{count} (truncated or corrupt source)"
+            )
+    return [np.stack(frames) for frames in outputs]
 
 
 def _decoded(container: Any, stream: Any) -> Iterator[Any]:

@@ -80,20 +80,36 @@ def _probe_remote(
 def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None, options: dict[str, Any] | None = None):
     """(frames, CPU-seconds spent decoding): two object refs (`num_returns=2`). `options`: the checks
     and depth of `Scheduler.decode_gop` (size, pixel budget, RGB48)."""
+    return _decode_group_remote(uri, [span], endpoint_url, options)
+
+
+def _decode_group_remote(
+    uri: str, spans: list[GopSpan], endpoint_url: str | None, options: dict[str, Any] | None = None
+) -> tuple[Any, ...]:
+    """Consecutive GOPs of one video decoded in one pass (`sources.decode_spans`): frames and
+    CPU-seconds for each, flat (`num_returns=2·len(spans)`); the seconds are split by frame count."""
     with accounting.stopwatch() as wall:
-        frames = sources.decode_frames(
+        decoded = sources.decode_spans(
             uri,
-            span.first_frame,
-            span.frame_count,
-            expected_pts=span.pts,
+            [(s.first_frame, s.frame_count, s.pts) for s in spans],
             endpoint_url=endpoint_url,
             **(options or {}),
         )
-    return frames, accounting.held("cpu").charge(wall[0])
+    seconds = accounting.held("cpu").charge(wall[0])
+    frames_total = sum(s.frame_count for s in spans)
+    out: list[Any] = []
+    for span, frames in zip(spans, decoded, strict=True):
+        out += [frames, seconds * span.frame_count / frames_total]
+    return tuple(out)
 
 
 def _commit_remote(job: VideoJob, metas: list[dict[str, Any]], *payloads: bytes) -> dict[str, Any]:
     return commit_video(job, metas, list(payloads))
+
+
+#: Frames one decode task may hold for the GOPs after its own (`Scheduler.decode_run`): enough for a
+#: few 640×360 GOPs, one 1080p GOP (then each GOP decodes alone, seeking as before).
+DECODE_RUN_BYTES = 128 * 2**20
 
 
 class Scheduler:
@@ -129,6 +145,9 @@ class Scheduler:
         self.decode = ray.remote(
             num_cpus=0.5, num_returns=2, max_retries=2, retry_exceptions=False, **placed
         )(_decode_remote)
+        self.decode_group = ray.remote(num_cpus=0.5, max_retries=2, retry_exceptions=False, **placed)(
+            _decode_group_remote
+        )
         self.commit = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False, **placed)(
             _commit_remote
         )
@@ -383,7 +402,9 @@ class Scheduler:
 
     def _submit(self, task: GopTask, video: Video) -> None:
         if task.frames_ref is None:
-            task.frames_ref, task.decode_seconds_ref = self.decode_gop(video, task.span)
+            task.frames_ref, task.decode_seconds_ref = video.sample_refs.pop(task.span.index, (None, None))
+        if task.frames_ref is None:
+            task.frames_ref, task.decode_seconds_ref = self.decode_run(video, task.span)
         idx, actor = self.pool_of(video).pick()
         header = video.job.header
         label = f"{video.job.source_uri} GOP {task.span.index} (frames {task.span.first_frame}+{task.span.frame_count})"
@@ -405,17 +426,49 @@ class Scheduler:
             key, ()
         )
 
+    def decode_run(self, video: Video, span: GopSpan) -> tuple[Any, Any]:
+        """(frames, seconds) refs of `span`, decoded in one pass with the GOPs after it that continue it
+        (they start between keyframes: `GopSpan.continues`), up to `DECODE_RUN_BYTES` of frames; the
+        later GOPs' refs wait in `video.sample_refs` for their turn."""
+        if self.cfg.quality_goal is not None:  # a search decoded some GOPs already: keep it simple
+            return self.decode_gop(video, span)
+        spans = video.job.spans
+        header = video.job.header
+        frame_bytes = (
+            header["width"] * header["height"] * 3 * (2 if header.get("coded_bit_depth", 8) > 8 else 1)
+        )
+        run = [span]
+        budget = DECODE_RUN_BYTES - span.frame_count * frame_bytes
+        for following in spans[span.index + 1 :]:
+            cost = following.frame_count * frame_bytes
+            if not following.continues or cost > budget or following.index in video.sample_refs:
+                break
+            run.append(following)
+            budget -= cost
+        if len(run) == 1:
+            return self.decode_gop(video, span)
+        refs = self.decode_group.options(num_returns=2 * len(run)).remote(
+            video.job.source_uri, run, self.cfg.endpoint_url, self._decode_options(video)
+        )
+        for position, later in enumerate(run[1:], start=1):
+            video.sample_refs[later.index] = (refs[2 * position], refs[2 * position + 1])
+        return refs[0], refs[1]
+
     def decode_gop(self, video: Video, span: GopSpan) -> Any:
         """A decode task for one GOP, as (frames, decode seconds) refs: the probed frame size and the
         pixel budget are enforced on the decoded frames, and a source deeper than 8 bits decodes to
         RGB48 when the codec keeps it."""
+        return self.decode.remote(
+            video.job.source_uri, span, self.cfg.endpoint_url, self._decode_options(video)
+        )
+
+    def _decode_options(self, video: Video) -> dict[str, Any]:
         header = video.job.header
-        options = {
+        return {
             "size": (header["width"], header["height"]),
             "max_pixels": self.cfg.max_pixels,
             "high_bit_depth": header.get("coded_bit_depth", 8) > 8,
         }
-        return self.decode.remote(video.job.source_uri, span, self.cfg.endpoint_url, options)
 
     # ---- results ---------------------------------------------------------------------------------
     def _on_probe(self, ref: Any) -> None:
@@ -449,7 +502,7 @@ class Scheduler:
         if isinstance(gop_frames, str):
             self.failures.record(entry.key, entry.uri, entry.size, f"{entry.uri}: {gop_frames}")
             return
-        spans = tuple(plan_gops(info.frame_count, gop_frames, info.frame_pts))
+        spans = tuple(plan_gops(info.frame_count, gop_frames, info.frame_pts, info.keyframe_pts))
         header = dict(
             info.header_fields(),
             **{k: self.identity.get(k) for k in ("codec", "codec_version", "model_id", "model_sha256")},
