@@ -1,7 +1,8 @@
 """`vidarc bench ...`: benchmarks as a sub-app, so each benchmark is `vidarc bench <name>`.
 
 `vidarc bench pipeline` compares a codec's own throughput with the whole Ray pipeline's on the same
-clips (see `pipeline.bench`); `vidarc bench metrics` times each quality metric against the codec's
+clips (see `pipeline.bench`), or with `--against ffmpeg` vidarc's archive job with a plain ffmpeg loop
+on the same files (see `pipeline.bench_ffmpeg`); `vidarc bench metrics` times each quality metric against the codec's
 encode on one GOP (see `pipeline.bench_metrics`); `vidarc bench gpu` sets a neural codec's own
 throughput beside the pipeline's, with the encode actors' device-busy fraction (see `pipeline.bench_gpu`).
 """
@@ -38,16 +39,66 @@ def pipeline_command(
     metrics_every: Annotated[
         int, typer.Option(min=1, help="The pipeline measures quality on every Nth GOP.")
     ] = 1,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            help="ffmpeg: vidarc (default metrics) against a plain ffmpeg loop with the same encoder "
+            "settings, on the same files.",
+            show_default="none: the codec alone",
+        ),
+    ] = None,
+    files: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --against: these videos, or the videos in these folders, instead of synthetic "
+            "clips (repeatable).",
+            show_default="none: synthetic clips",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
 ) -> None:
-    """Codec throughput alone vs the whole pipeline through Ray, on the same clips; prints the ratio."""
+    """Codec throughput alone vs the whole pipeline through Ray, on the same clips; prints the ratio.
+    With --against ffmpeg: vidarc archive vs a plain ffmpeg loop on the same files."""
+    if against is not None:
+        _against(against, codec, files, videos, frames, size, gop_frames, quality, metrics_every, as_json)
+        return
     from pipeline.bench import parse_size, result_record, run_pipeline_bench
 
     def run():
+        if files:
+            raise ValueError("--files needs --against ffmpeg")
         width, height = parse_size(size)
         return run_pipeline_bench(
             codec=codec, videos=videos, frames=frames, width=width, height=height, gop_frames=gop_frames,
             quality=quality, metrics_every=metrics_every,
+        )  # fmt: skip
+
+    _report(run, result_record, as_json)
+
+
+def _against(
+    against: str,
+    codec: str,
+    files: list[str] | None,
+    videos: int,
+    frames: int,
+    size: str,
+    gop_frames: int,
+    quality: float | None,
+    metrics_every: int,
+    as_json: bool,
+) -> None:
+    """`vidarc bench pipeline --against ffmpeg` (see `pipeline.bench_ffmpeg`)."""
+    from pipeline.bench import parse_size
+    from pipeline.bench_ffmpeg import AGAINST, result_record, run_ffmpeg_bench
+
+    def run():
+        if against not in AGAINST:
+            raise ValueError(f"--against {against!r}: expected one of {', '.join(AGAINST)}")
+        width, height = parse_size(size)
+        return run_ffmpeg_bench(
+            codec=codec, files=files, videos=videos, frames=frames, width=width, height=height,
+            gop_frames=gop_frames, quality=quality, metrics_every=metrics_every,
         )  # fmt: skip
 
     _report(run, result_record, as_json)
