@@ -64,6 +64,10 @@ class ClassicCodec(Codec):
 
     max_bit_depth = 10
     coded_chroma = "4:2:0"
+    #: Every encode and decode opens its own libav context, and PyAV leaves the GIL while the library
+    #: codes or converts, so an actor's GOPs in flight code at once (the only shared state, the rate
+    #: search's warm start, is a starting guess: any value gives a correct search).
+    thread_safe = True
 
     encoder_name: ClassVar[str]
     decoder_name: ClassVar[str]

@@ -39,6 +39,13 @@ def pipeline_command(
     metrics_every: Annotated[
         int, typer.Option(min=1, help="The pipeline measures quality on every Nth GOP.")
     ] = 1,
+    metrics_sample: Annotated[
+        float,
+        typer.Option(
+            help="With --against: the archive's --metrics-sample (share of GOPs with the expensive "
+            "metrics; 1: every GOP)."
+        ),
+    ] = 0.1,
     against: Annotated[
         str | None,
         typer.Option(
@@ -60,7 +67,19 @@ def pipeline_command(
     """Codec throughput alone vs the whole pipeline through Ray, on the same clips; prints the ratio.
     With --against ffmpeg: vidarc archive vs a plain ffmpeg loop on the same files."""
     if against is not None:
-        _against(against, codec, files, videos, frames, size, gop_frames, quality, metrics_every, as_json)
+        _against(
+            against,
+            codec,
+            files,
+            videos,
+            frames,
+            size,
+            gop_frames,
+            quality,
+            metrics_every,
+            metrics_sample,
+            as_json,
+        )
         return
     from pipeline.bench import parse_size, result_record, run_pipeline_bench
 
@@ -86,6 +105,7 @@ def _against(
     gop_frames: int,
     quality: float | None,
     metrics_every: int,
+    metrics_sample: float,
     as_json: bool,
 ) -> None:
     """`vidarc bench pipeline --against ffmpeg` (see `pipeline.bench_ffmpeg`)."""
@@ -98,7 +118,7 @@ def _against(
         width, height = parse_size(size)
         return run_ffmpeg_bench(
             codec=codec, files=files, videos=videos, frames=frames, width=width, height=height,
-            gop_frames=gop_frames, quality=quality, metrics_every=metrics_every,
+            gop_frames=gop_frames, quality=quality, metrics_every=metrics_every, metrics_sample=metrics_sample,
         )  # fmt: skip
 
     _report(run, result_record, as_json)

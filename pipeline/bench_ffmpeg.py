@@ -87,6 +87,9 @@ class FfmpegBenchResult:
     #: Device-seconds the encode actors held (busy or not), per device kind.
     actors_reserved_device_seconds: dict[str, float]
     metrics_every: int
+    #: the archive's --metrics-sample, and the GOPs its expensive metrics ran on (summary.json)
+    metrics_sample: float
+    gops_sampled: int | None
     #: Quality columns of summary.json with values, and the manifest's notes (e.g. why a metric has none).
     metrics_measured: list[str]
     metrics_notes: list[str]
@@ -116,7 +119,8 @@ class FfmpegBenchResult:
                 else "none (a cluster was running)"
             ),
             "vidarc device-seconds by stage (wall s x devices reserved; stages overlap), "
-            f"metrics on every {self.metrics_every}. GOP:",
+            f"metrics on every {self.metrics_every}. GOP, the expensive ones on {self.gops_sampled} GOPs "
+            f"(--metrics-sample {self.metrics_sample:g}):",
         ]
         lines += [
             f"  {stage:<28}{seconds:9.2f} s  {1000 * seconds / n:8.2f} ms/frame"
@@ -298,7 +302,13 @@ def _frames_in(paths: Sequence[Path]) -> int:
 
 # -- the vidarc side --------------------------------------------------------------------------------
 def _run_vidarc(
-    src: Path, out: Path, codec: str, target: RateTarget, gop_frames: int, metrics_every: int
+    src: Path,
+    out: Path,
+    codec: str,
+    target: RateTarget,
+    gop_frames: int,
+    metrics_every: int,
+    metrics_sample: float,
 ) -> tuple[float, float, dict[str, Any], list[str]]:
     """(wall seconds, start-up seconds, summary.json, the manifest's distinct metrics notes) of one
     archive run with the default metrics."""
@@ -315,6 +325,7 @@ def _run_vidarc(
         target=target,
         gop_frames=gop_frames,
         metrics_every=metrics_every,
+        metrics_sample=metrics_sample,
     )
     started, started_clock = time.perf_counter(), time.time()
     try:
@@ -353,6 +364,7 @@ def run_ffmpeg_bench(
     gop_frames: int = 48,
     quality: float | None = None,
     metrics_every: int = 1,
+    metrics_sample: float = 0.1,
     cpus: int | None = None,
     workdir: str | None = None,
 ) -> FfmpegBenchResult:
@@ -403,7 +415,7 @@ def run_ffmpeg_bench(
             ray_startup = time.perf_counter() - started
         try:
             wall, startup, summary, notes = _run_vidarc(
-                src, root / "out", codec, RateTarget("quality", q), gop_frames, metrics_every
+                src, root / "out", codec, RateTarget("quality", q), gop_frames, metrics_every, metrics_sample
             )
         finally:
             if owned:
@@ -458,6 +470,8 @@ def run_ffmpeg_bench(
             for kind, s in ((summary.get("compute") or {}).get("actors_reserved") or {}).items()
         },
         metrics_every=metrics_every,
+        metrics_sample=metrics_sample,
+        gops_sampled=(summary.get("quality_sample") or {}).get("gops_sampled"),
         metrics_measured=[name for name, stats in quality_stats.items() if stats],
         metrics_notes=notes,
         ratio=vidarc_fps / ffmpeg_fps,

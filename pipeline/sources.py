@@ -452,7 +452,8 @@ def decode_spans(
     with_pts = spans[0][2] is not None
     if any((pts is not None) != with_pts for _, _, pts in spans):
         raise ValueError("decode_spans: give pts for every span or for none")
-    outputs: list[list[np.ndarray]] = [[] for _ in spans]
+    outputs: list[np.ndarray | None] = [None] * len(spans)  # filled in place: no stacking copy
+    filled = [0] * len(spans)
     owner: dict[int, int] = {}  # pts (or frame index) -> span
     for number, (first, count, pts) in enumerate(spans):
         owner.update(dict.fromkeys(pts if pts is not None else range(first, first + count), number))
@@ -470,7 +471,11 @@ def decode_spans(
                 key = frame.pts if with_pts else index
                 number = owner.pop(key, None) if key is not None else None
                 if number is not None:
-                    outputs[number].append(convert(frame))
+                    image = convert(frame)
+                    if outputs[number] is None:
+                        outputs[number] = np.empty((spans[number][1], *image.shape), dtype=image.dtype)
+                    outputs[number][filled[number]] = image
+                    filled[number] += 1
                     found += 1
                 if found == wanted or (with_pts and key is not None and key > last and not owner):
                     break
@@ -481,12 +486,12 @@ def decode_spans(
         raise SourceError(
             f"{uri}: decoding frames {first}+{count} failed ({exc.strerror}; truncated or corrupt?)"
         ) from None
-    for (first, count, _), frames in zip(spans, outputs, strict=True):
-        if len(frames) != count:
+    for (first, count, _), done in zip(spans, filled, strict=True):
+        if done != count:
             raise SourceError(
-                f"{uri}: decoded {len(frames)} of frames {first}+{count} (truncated or corrupt source)"
+                f"{uri}: decoded {done} of frames {first}+{count} (truncated or corrupt source)"
             )
-    return [np.stack(frames) for frames in outputs]
+    return outputs  # type: ignore[return-value]  # every span is complete, so none is None
 
 
 def _decoded(container: Any, stream: Any) -> Iterator[Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 from fractions import Fraction
 from typing import Any
 
@@ -387,6 +388,23 @@ class Scheduler:
             if video is None or video.failed:
                 continue
             self._submit(task, video)
+        self._decode_ahead()
+
+    def _decode_ahead(self) -> None:
+        """Start the decodes of the next queued GOPs while the actors code: as many GOPs as the actors
+        hold in flight, so an actor that finishes a GOP finds the next one decoded instead of waiting
+        for its decode (which would leave it idle for a decode's time on every GOP)."""
+        ahead = len(self.pool) * self.cfg.gops_in_flight_per_actor
+        while len(self.queue) < ahead and self.ready:
+            video = self.videos[self.ready.popleft()]
+            self.queue.extend(self.gop_task(video, span) for span in video.job.spans)
+        for task in itertools.islice(self.queue, ahead):
+            video = self.videos.get(task.video_key)
+            if task.frames_ref is not None or video is None or video.failed:
+                continue
+            task.frames_ref, task.decode_seconds_ref = video.sample_refs.pop(task.span.index, (None, None))
+            if task.frames_ref is None:
+                task.frames_ref, task.decode_seconds_ref = self.decode_run(video, task.span)
 
     def gop_task(self, video: Video, span: GopSpan) -> GopTask:
         """A GOP to code, with the decoded frames a quality search already holds for it (if any)."""

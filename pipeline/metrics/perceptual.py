@@ -139,6 +139,8 @@ def get_model(metric: str, device: str, weights_dir: str | None) -> torch.nn.Mod
         if key in _failures:
             raise WeightsUnavailable(_failures[key])
         try:
+            if _override is None:  # no weights: say so before building (and randomly initialising) a VGG
+                locate_backbone(_BACKBONE_OF[metric], weights_dir)
             model = _build(metric, weights_dir).to(device).eval()
         except WeightsUnavailable as exc:
             _failures[key] = f"{metric}: {exc}"
