@@ -53,7 +53,7 @@ from pipeline.archive.config import ArchiveConfig, ConfigError
 from pipeline.archive.errors import ArchiveError
 from pipeline.archive.leases import LEASE_DIR, Leases, lease_ttl
 from pipeline.archive.progress import Counters, ProgressDisplay
-from pipeline.archive.scheduler import Scheduler
+from pipeline.archive.scheduler import Scheduler, warm_up_task_workers
 from pipeline.archive.source_list import SourceList, SourceListError, list_format
 from pipeline.archive.worklist import WorkList
 from pipeline.locate import claim_new_archive
@@ -140,6 +140,7 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     backfill = first is None and cfg.reference is not None and _reference_pending(out_fs, out_root)
     if first is not None:
         _start_ray(cfg)
+        warm_up_task_workers(cfg)  # beside the actors' start-up
         pool, identity = EncodePool.start(cfg)
     else:  # nothing left to do: no actors, just the run records (and a killed run's reference rows)
         if backfill:

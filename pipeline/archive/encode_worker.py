@@ -29,6 +29,8 @@ would only wrap the same threads. How busy the actor kept its device is measured
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
 from fractions import Fraction
 from typing import Any
@@ -61,10 +63,6 @@ class EncodeWorker:
         fingerprint_every: int = 1,
         always_measured: tuple[str, ...] = (),
     ) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-        self.metric_threads = torch.get_num_threads()  # libvmaf's threads: the actor's cores, as torch's
         self.always_measured = tuple(always_measured)
         self.init_error: str | None = None
         self.codec: Codec | None = None
@@ -72,6 +70,12 @@ class EncodeWorker:
             self.codec = build_codec(codec_name, model=model, device=device, options=options)
         except CodecError as exc:
             self.init_error = f"codec {codec_name}: {exc}"
+        # The classic codecs never load torch (4 s of start-up on a small machine); a neural one has.
+        self.metric_threads = max(1, min(4, os.cpu_count() or 1))  # libvmaf's threads: the actor's cores
+        if "torch" in sys.modules:
+            torch = sys.modules["torch"]
+            torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+            self.metric_threads = torch.get_num_threads()
         self.metrics_every = metrics_every
         self.fingerprint_every = fingerprint_every
         self.metric_weights = metric_weights
@@ -293,9 +297,6 @@ class EncodeWorker:
     def _quality(
         self, source: np.ndarray, recon: np.ndarray | None, gop_index: int, fps: float, sampled: bool
     ) -> dict[str, Any]:
-        import torch
-
-        from codec.gpu import thread_stream
         from pipeline.metrics import MetricsConfig, compute_gop_metrics, should_measure
 
         if not should_measure(gop_index, self.metrics_every) or recon is None:
@@ -312,9 +313,21 @@ class EncodeWorker:
             always=self.always_measured,
         )
         try:
-            with thread_stream(torch.device(config.device)):  # beside the codec's stream, not on it
+            with _metrics_stream(config.device):
                 values = compute_gop_metrics(source, recon, config, sampled=sampled)
         except Exception as exc:  # a metric failure must not lose the coded GOP
             return {"metrics_note": f"metrics failed: {type(exc).__name__}: {exc}"}
         columns = set(MANIFEST_SCHEMA.names)
         return {k: v for k, v in values.items() if k in columns}
+
+
+def _metrics_stream(device: str) -> Any:
+    """On a GPU, the metrics run on this thread's own CUDA stream, beside the codec's, not on it; on the
+    CPU nothing (and torch stays unloaded)."""
+    if device == "cpu":
+        return contextlib.nullcontext()
+    import torch
+
+    from codec.gpu import thread_stream
+
+    return thread_stream(torch.device(device))

@@ -104,6 +104,23 @@ def _decode_group_remote(
     return tuple(out)
 
 
+def _warm_up_remote() -> None:
+    """Nothing but the imports the probe, decode and commit tasks need: started beside the encode
+    actors' start-up, so that the first probes find a worker ready instead of starting one."""
+    import av  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+
+def warm_up_task_workers(cfg: ArchiveConfig) -> list[Any]:
+    """One warm-up task per CPU of the cluster (refs; nobody needs to wait for them)."""
+    import ray
+
+    placed = {"resources": dict(cfg.task_resources)} if cfg.task_resources else {}
+    task = ray.remote(num_cpus=0.25, max_retries=0, **placed)(_warm_up_remote)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return [task.remote() for _ in range(max(1, min(cpus, 8)))]
+
+
 def _commit_remote(job: VideoJob, metas: list[dict[str, Any]], *payloads: bytes) -> dict[str, Any]:
     return commit_video(job, metas, list(payloads))
 

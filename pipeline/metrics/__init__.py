@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 import time
 from collections.abc import Callable
 
@@ -195,10 +196,16 @@ def compute_gop_metrics_timed(
     if wanted("ms_ssim"):
         run("ms_ssim", lambda: ms_ssim(source, recon, device=config.device, batch_frames=config.batch_frames))
     perceptual = [("lpips", config.lpips), ("lpips_vgg", config.lpips), ("dists", config.dists)]
-    if any(enabled and wanted(column) for column, enabled in perceptual):
-        from pipeline.metrics.perceptual import perceptual_distance  # imports torch and the metric packages
     for column, enabled in perceptual:
-        if enabled and wanted(column):
+        if not (enabled and wanted(column)):
+            continue
+        missing = _weights_missing(column, config.weights_dir)
+        if missing is not None:
+            values[column] = None
+            notes.append(missing)
+        else:
+            from pipeline.metrics.perceptual import perceptual_distance  # imports torch and the packages
+
             run(
                 column,
                 lambda column=column: perceptual_distance(
@@ -224,6 +231,20 @@ def compute_gop_metrics_timed(
         notes.append(f"not computed (disabled): {', '.join(disabled)}")
     values["metrics_note"] = "; ".join(notes) or None
     return values, timing
+
+
+def _weights_missing(column: str, weights_dir: str | None) -> str | None:
+    """Why `column` cannot be measured for want of weights, found without importing torch (4 s on a
+    small machine, in every actor that never uses it). Once the perceptual module is loaded it answers
+    itself (it may hold injected backbones)."""
+    if "pipeline.metrics.perceptual" in sys.modules:
+        return None
+    from pipeline.metrics.weights import missing_backbone, warn_once
+
+    missing = missing_backbone(column, weights_dir)
+    if missing is not None:
+        warn_once(missing)
+    return missing
 
 
 def _expensive_switches(config: MetricsConfig) -> list[tuple[str, bool]]:

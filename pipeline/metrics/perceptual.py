@@ -23,6 +23,7 @@ import torch
 
 from pipeline.metrics.fidelity import to_tensor
 from pipeline.metrics.weights import (
+    BACKBONE_OF_METRIC,
     WeightsUnavailable,
     load_features_state,
     locate_backbone,
@@ -30,7 +31,7 @@ from pipeline.metrics.weights import (
     warn_once,
 )
 
-_BACKBONE_OF = {"lpips": "alexnet", "lpips_vgg": "vgg16", "dists": "vgg16"}
+_BACKBONE_OF = BACKBONE_OF_METRIC
 _models: dict[tuple[str, str, str | None], torch.nn.Module] = {}
 _failures: dict[tuple[str, str, str | None], str] = {}
 _lock = threading.Lock()

@@ -19,10 +19,13 @@ import dataclasses
 import hashlib
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported on use: finding out that weights are missing must not cost 4 s
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +95,33 @@ def search_dirs(weights_dir: str | os.PathLike[str] | None) -> list[Path]:
     dirs: list[Path] = []
     if weights_dir:
         dirs += [Path(weights_dir), Path(weights_dir) / "checkpoints"]
-    dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
+    dirs.append(hub_dir() / "checkpoints")
     return dirs
+
+
+#: The ImageNet backbone each perceptual metric is calibrated on.
+BACKBONE_OF_METRIC = {"lpips": "alexnet", "lpips_vgg": "vgg16", "dists": "vgg16"}
+
+
+def missing_backbone(metric: str, weights_dir: str | os.PathLike[str] | None) -> str | None:
+    """The manifest note when `metric`'s official backbone is missing or wrong (as `perceptual.get_model`
+    words it), else None; without importing torch, so a job without the weights never loads it."""
+    try:
+        locate_backbone(BACKBONE_OF_METRIC[metric], weights_dir)
+    except WeightsUnavailable as exc:
+        return f"{metric}: {exc}"
+    return None
+
+
+def hub_dir() -> Path:
+    """torch's hub folder: `torch.hub.get_dir()` once torch is loaded (it honours `set_dir`), else the
+    same rule read from the environment ($TORCH_HOME/hub, $XDG_CACHE_HOME/torch/hub, ~/.cache/torch/hub)."""
+    if "torch" in sys.modules:
+        return Path(sys.modules["torch"].hub.get_dir())
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"
+    )
+    return Path(os.path.expanduser(home)) / "hub"
 
 
 def locate_backbone(name: str, weights_dir: str | os.PathLike[str] | None) -> Path:
@@ -130,6 +158,8 @@ def load_features_state(path: Path) -> dict[str, torch.Tensor]:
 
     `weights_only=True`: a checkpoint is data, never code to unpickle.
     """
+    import torch
+
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return {
         key.removeprefix("features."): value for key, value in state.items() if key.startswith("features.")
