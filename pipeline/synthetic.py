@@ -152,8 +152,9 @@ def _add_moving_patches(video, rng: np.random.Generator, objects: int, speed: fl
     frames, _, height, width = video.shape
     donor = load_image(str(rng.choice(donors)))
     for _ in range(objects):
-        ph = int(rng.integers(max(2, height // 8), max(3, height // 3)))
-        pw = int(rng.integers(max(2, width // 8), max(3, width // 3)))
+        # at most the donor's size less one pixel (large frames ask for patches bigger than a donor)
+        ph = min(int(rng.integers(max(2, height // 8), max(3, height // 3))), donor.shape[0] - 1)
+        pw = min(int(rng.integers(max(2, width // 8), max(3, width // 3))), donor.shape[1] - 1)
         y0 = int(rng.integers(0, donor.shape[0] - ph))
         x0 = int(rng.integers(0, donor.shape[1] - pw))
         import torch
