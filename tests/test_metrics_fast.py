@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from pipeline.metrics.fidelity import CHUNK_FRAMES, PSNR_CAP_DB, ms_ssim, pixel_
 from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
 
 BT709 = np.array([0.2126, 0.7152, 0.0722])
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def x264_pair(frames: int, width: int, height: int, crf: float = 36) -> tuple[np.ndarray, np.ndarray]:
@@ -142,3 +144,32 @@ def test_reservoir_intervals_come_from_the_sample_size():
     single = Reservoir()
     single.add(np.array([3.0]))
     assert single.mean_interval() is None
+
+
+def test_a_classic_codec_actor_codes_and_measures_without_loading_torch():
+    """torch costs seconds of start-up in every actor; the classic path (codec, default metrics
+    without perceptual weights) must not load it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys, tempfile
+        import numpy as np
+        from codec.base import RateTarget
+        from pipeline.archive.encode_worker import EncodeWorker
+        worker = EncodeWorker("x264", None, "cpu", {}, metric_weights=tempfile.mkdtemp())
+        rng = np.random.default_rng(0)
+        frames = rng.integers(0, 255, (4, 176, 192, 3), dtype=np.uint8)
+        meta, payload = worker.encode(frames, RateTarget("quality", 30), 24, 1, 0, "clip GOP 0", None, None, True)
+        assert meta["ms_ssim"] is not None and meta["vmaf"] is not None and meta["lpips"] is None, meta
+        print("torch" in sys.modules)
+        """
+    )
+    env = {"HOME": "/nonexistent-home", "PATH": "/usr/bin:/bin"}  # no torch hub cache: no weights
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=str(ROOT)
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
