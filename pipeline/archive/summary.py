@@ -164,7 +164,10 @@ def build_summary(
         "codec": identity,
         "target": cfg.target_record(),
         "quality_goal": cfg.quality_goal.as_record() if cfg.quality_goal else None,
-        "quality_targets_missed": targets_missed,
+        # in video and GOP order: an actor codes several GOPs at once, so they finish in any order
+        "quality_targets_missed": sorted(
+            targets_missed, key=lambda m: (m["video_key"], m.get("gop_index", -1))
+        ),
         "files_listed": entries_total,
         "videos_ok": c.videos_ok,
         "videos_failed": c.videos_failed,
