@@ -146,7 +146,6 @@ def measure_pipeline(
     """(wall seconds, start-up seconds, actor encode seconds, frames) of one archive run through Ray."""
     import pyarrow.dataset as ds
 
-    from pipeline.archive import run_archive
     from pipeline.archive.config import ArchiveConfig
 
     config = ArchiveConfig(
@@ -158,17 +157,28 @@ def measure_pipeline(
         skip_metrics=SKIPPED_METRICS,
         metrics_every=metrics_every,
     )
-    started, started_clock = time.perf_counter(), time.time()
-    result = run_archive(config)
-    wall = time.perf_counter() - started
-    if result.exit_code != 0:
-        raise RuntimeError(f"the benchmark's archive run failed: {result.message}")
+    result, wall, startup = timed_archive_run(config)
     table = ds.dataset(str(out / "manifest"), format="parquet").to_table(
         columns=["encode_seconds", "created_at"]
     )
     actor_encode = float(sum(table.column("encode_seconds").to_pylist()))
-    startup = _startup_seconds(out, started_clock)
     return wall, startup, actor_encode, int(result.summary["frames"])
+
+
+def timed_archive_run(config: Any) -> tuple[Any, float, float]:
+    """(result, wall seconds, start-up seconds) of one `run_archive(config)`; RuntimeError in one line
+    when the run cannot start or fails (a benchmark measures successful runs only)."""
+    from pipeline.archive import ArchiveError, run_archive
+
+    started, started_clock = time.perf_counter(), time.time()
+    try:
+        result = run_archive(config)
+    except ArchiveError as exc:
+        raise RuntimeError(f"the benchmark's archive run could not start: {exc}") from None
+    wall = time.perf_counter() - started
+    if result.exit_code != 0 or result.run_id is None:
+        raise RuntimeError(f"the benchmark's archive run failed: {result.message}")
+    return result, wall, _startup_seconds(Path(config.out), started_clock)
 
 
 def _startup_seconds(out: Path, started_clock: float) -> float:

@@ -314,9 +314,8 @@ def _run_vidarc(
     archive run with the default metrics."""
     import pyarrow.dataset as ds
 
-    from pipeline.archive import ArchiveError, run_archive
     from pipeline.archive.config import ArchiveConfig
-    from pipeline.bench import _startup_seconds
+    from pipeline.bench import timed_archive_run
 
     config = ArchiveConfig(
         src=str(src),
@@ -327,20 +326,13 @@ def _run_vidarc(
         metrics_every=metrics_every,
         metrics_sample=metrics_sample,
     )
-    started, started_clock = time.perf_counter(), time.time()
-    try:
-        result = run_archive(config)
-    except ArchiveError as exc:
-        raise RuntimeError(f"the benchmark's archive run could not start: {exc}") from None
-    wall = time.perf_counter() - started
-    if result.exit_code != 0 or result.run_id is None:
-        raise RuntimeError(f"the benchmark's archive run failed: {result.message}")
+    result, wall, startup = timed_archive_run(config)
     summary = json.loads((out / "runs" / result.run_id / "summary.json").read_text())
     notes = ds.dataset(str(out / "manifest"), format="parquet").to_table(columns=["metrics_note"])
     distinct: dict[str, None] = {}
     for note in notes.column("metrics_note").to_pylist():
         distinct.update(dict.fromkeys(part.strip() for part in (note or "").split(";") if part.strip()))
-    return wall, _startup_seconds(out, started_clock), summary, list(distinct)
+    return wall, startup, summary, list(distinct)
 
 
 def _stage_seconds(compute: dict[str, Any]) -> dict[str, float]:

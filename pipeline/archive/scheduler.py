@@ -417,11 +417,15 @@ class Scheduler:
             self.queue.extend(self.gop_task(video, span) for span in video.job.spans)
         for task in itertools.islice(self.queue, ahead):
             video = self.videos.get(task.video_key)
-            if task.frames_ref is not None or video is None or video.failed:
-                continue
+            if video is not None and not video.failed:
+                self._decode_for(task, video)
+
+    def _decode_for(self, task: GopTask, video: Video) -> None:
+        """Give `task` its frames: those an earlier decode run left for it, else a decode run of its own."""
+        if task.frames_ref is None:
             task.frames_ref, task.decode_seconds_ref = video.sample_refs.pop(task.span.index, (None, None))
-            if task.frames_ref is None:
-                task.frames_ref, task.decode_seconds_ref = self.decode_run(video, task.span)
+        if task.frames_ref is None:
+            task.frames_ref, task.decode_seconds_ref = self.decode_run(video, task.span)
 
     def gop_task(self, video: Video, span: GopSpan) -> GopTask:
         """A GOP to code, with the decoded frames a quality search already holds for it (if any)."""
@@ -436,10 +440,7 @@ class Scheduler:
         return self.pool
 
     def _submit(self, task: GopTask, video: Video) -> None:
-        if task.frames_ref is None:
-            task.frames_ref, task.decode_seconds_ref = video.sample_refs.pop(task.span.index, (None, None))
-        if task.frames_ref is None:
-            task.frames_ref, task.decode_seconds_ref = self.decode_run(video, task.span)
+        self._decode_for(task, video)
         idx, actor = self.pool_of(video).pick()
         header = video.job.header
         label = f"{video.job.source_uri} GOP {task.span.index} (frames {task.span.first_frame}+{task.span.frame_count})"
