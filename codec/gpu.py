@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from codec.busy_clock import BusyClock
+from codec.cpu_threads import one_thread_on_cpu
 
 log = logging.getLogger("vidarc.gpu")
 
@@ -155,16 +156,19 @@ def thread_stream(device: torch.device) -> Iterator[None]:
 
 
 class DeviceStage:
-    """The heavy network passes of one codec: one at a time, each on its thread's stream, finished
-    (stream synchronised) before the next starts, and timed into `clock`."""
+    """The heavy network passes of one codec, timed into `clock`. On a GPU: one at a time, each on its
+    thread's stream, finished (stream synchronised) before the next starts. On the CPU, passes of
+    several threads run at once, each on one torch thread (`codec.cpu_threads`): that is how a CPU's
+    cores are used, and what keeps a pixel decode independent of the core count."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.lock = threading.Lock()
+        self.lock: Any = threading.Lock() if device.type != "cpu" else contextlib.nullcontext()
         self.clock = BusyClock()
 
     @contextlib.contextmanager
     def run(self) -> Iterator[None]:
+        one_thread_on_cpu(self.device)
         with self.lock, thread_stream(self.device), self.clock.busy():
             try:
                 yield

@@ -2,7 +2,8 @@
 
 `vidarc bench pipeline` compares a codec's own throughput with the whole Ray pipeline's on the same
 clips (see `pipeline.bench`), or with `--against ffmpeg` vidarc's archive job with a plain ffmpeg loop
-on the same files (see `pipeline.bench_ffmpeg`); `vidarc bench metrics` times each quality metric against the codec's
+on the same files (see `pipeline.bench_ffmpeg`); `vidarc bench codec` times one codec's encode and decode alone beside x265 on the same frames (see
+`pipeline.bench_codec`); `vidarc bench metrics` times each quality metric against the codec's
 encode on one GOP (see `pipeline.bench_metrics`); `vidarc bench gpu` sets a neural codec's own
 throughput beside the pipeline's, with the encode actors' device-busy fraction (see `pipeline.bench_gpu`).
 """
@@ -119,6 +120,37 @@ def _against(
         return run_ffmpeg_bench(
             codec=codec, files=files, videos=videos, frames=frames, width=width, height=height,
             gop_frames=gop_frames, quality=quality, metrics_every=metrics_every, metrics_sample=metrics_sample,
+        )  # fmt: skip
+
+    _report(run, result_record, as_json)
+
+
+@bench_app.command("codec")
+def codec_command(
+    codec: Annotated[str, typer.Option(help="glvc | gvc | x264 | x265 | av1.")] = "glvc",
+    size: Annotated[str, typer.Option(help="Frame size WxH.")] = "256x144",
+    frames: Annotated[int, typer.Option(min=1, help="Frames per GOP (GLVC/GVC: 1+4k).")] = 17,
+    gops: Annotated[
+        int, typer.Option(min=1, help="GOPs to code; more than 1 also decodes them side by side.")
+    ] = 2,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+    target: Annotated[
+        str | None,
+        typer.Option(help="bpp=N, kbps=N or quality=N.", show_default="the archive's default quality"),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model directory (default: the bundled one).")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="Codec option key=value.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+) -> None:
+    """One codec's encode and decode frames/s alone, beside x265 (medium) on the same frames."""
+    from pipeline.bench import parse_size
+    from pipeline.bench_codec import result_record, run_codec_bench
+
+    def run():
+        width, height = parse_size(size)
+        return run_codec_bench(
+            codec=codec, width=width, height=height, frames=frames, gops=gops, device=device,
+            target=target, model=model, options=_options(option or []),
         )  # fmt: skip
 
     _report(run, result_record, as_json)

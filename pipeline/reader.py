@@ -9,7 +9,10 @@ with one read from the end of the object, each GOP with one more.
 
 from __future__ import annotations
 
+import collections
 import json
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from typing import Any
 
@@ -143,6 +146,41 @@ class ArchiveReader:
         """GOP `i`'s frames (uint8 T×H×W×3): one ranged read, CRC check, decode."""
         entry = self.entry(i)
         return decode_payload(decoder, self.gop(i), entry, self.header, name=self.uri)
+
+    def decode_in_order(self, indices: list[int], decoder: Codec) -> Iterator[np.ndarray]:
+        """The frames of GOPs `indices`, in that order, decoded side by side where that pays.
+
+        A neural decoder on the CPU runs each pass on one torch thread (`codec.cpu_threads`), so its
+        GOPs decode on `decode_workers` threads at once; the payloads are read here, in order, and at
+        most one GOP per worker waits decoded ahead of the caller (memory stays a few GOPs). Other
+        decoders (libav's, or any on a GPU) decode one GOP at a time, as before."""
+        workers = decode_workers(decoder, len(indices))
+        if workers == 1:
+            for i in indices:
+                yield self.decode(i, decoder)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="vidarc-decode") as pool:
+            pending: collections.deque[Future[np.ndarray]] = collections.deque()
+            for i in indices:
+                entry = self.entry(i)
+                payload = self.gop(i)
+                pending.append(
+                    pool.submit(decode_payload, decoder, payload, entry, self.header, name=self.uri)
+                )
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+
+def decode_workers(decoder: Codec, gops: int) -> int:
+    """How many GOPs `decoder` should decode at once here: the usable cores for a thread-safe neural
+    decoder on the CPU (one torch thread each), else one."""
+    if gops < 2 or not decoder.thread_safe or decoder.model_id is None or decoder.device != "cpu":
+        return 1
+    from codec.cpu_threads import usable_cores
+
+    return max(1, min(gops, usable_cores()))
 
 
 def header_decoder(header: dict[str, Any], *, model: str | None, device: str, name: str) -> Codec:

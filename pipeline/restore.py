@@ -337,8 +337,8 @@ def _write_video(
                 audio_out = container.add_stream_from_template(source_audio)
                 audio_packets = _audio_packets(audio_in, source_audio, start_seconds, end_seconds)
             pending_audio = None
-            for entry in gops:
-                frames = reader.decode(entry.index, codec)
+            decoded = reader.decode_in_order([entry.index for entry in gops], codec)
+            for entry, frames in zip(gops, decoded, strict=True):
                 for offset, image in enumerate(frames):
                     number = entry.first_frame + offset
                     if not first <= number < stop:

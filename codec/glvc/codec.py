@@ -7,9 +7,12 @@ self-check: the encoder decodes its own payload's symbols and refuses to return 
 synthesis + tokenizer decode once for the reconstruction, cropped back — only when the caller asks for
 the reconstruction (`reconstruct=True`: the GOP's quality is measured); the self-check never needs it.
 
-Several threads may encode at once (`thread_safe`): the tokenizer passes take the codec's
-`DeviceStage` one at a time, while the latent codec (entropy coding on the CPU) of one GOP runs beside
-the next GOP's tokenizer pass, each thread on its own CUDA stream (`codec.gpu`). Payloads do not depend
+Several threads may encode or decode at once (`thread_safe`). On a GPU the tokenizer passes take the
+codec's `DeviceStage` one at a time, while the latent codec (entropy coding on the CPU) of one GOP runs
+beside the next GOP's tokenizer pass, each thread on its own CUDA stream (`codec.gpu`). On the CPU every
+pass runs on one torch thread and GOPs run side by side (`codec.cpu_threads`), so the pixels a decode
+gives do not depend on the machine's core count and verify on the machine that wrote the archive says
+*exact*. Payloads do not depend
 on that concurrency, with one nuance: a kbps/bpp search starts at the index of the GOP coded just
 before, which under concurrency is whichever finished first, so its `evaluations` may differ from a
 one-at-a-time run (the chosen index does not, wherever bits grow with the index).
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 
 from codec.base import Codec, EncodedGop, RateTarget, check_frames
+from codec.cpu_threads import one_thread_on_cpu
 from codec.entropy import EntropyCodingError, EntropyProfileError, profile_by_id, symbols_sha256
 from codec.errors import (
     CodecError,
@@ -135,7 +139,7 @@ class GlvcCodec(Codec):
         self.num_q = self.latent_codec.config.num_q
         self._last_q: int | None = None
         self._latent_cache: tuple[Any, torch.Tensor] | None = None  # (frames key, latents) of the last GOP
-        self.stage = DeviceStage(self.torch_device)  # tokenizer passes: one at a time, timed
+        self.stage = DeviceStage(self.torch_device)  # tokenizer passes: timed (one at a time on a GPU)
         self._uploader = PinnedUploader(self.torch_device)
         self._code_lock = threading.Lock()  # rate search + self-check: in order, one GOP at a time
 
@@ -188,6 +192,7 @@ class GlvcCodec(Codec):
         self.check_geometry(width, height)
         if count > 65535:
             raise UnsupportedInputError(f"glvc: a GOP of {count} frames is too long")
+        one_thread_on_cpu(self.torch_device)  # the reconstruction must be the decoder's bytes
         with thread_stream(self.torch_device):
             return self._encode(frames, target, Fraction(fps), reconstruct)
 
@@ -295,6 +300,7 @@ class GlvcCodec(Codec):
         self, payload: bytes, frame_count: int, width: int, height: int
     ) -> tuple[np.ndarray, str]:
         header, body = self._checked_payload(payload, frame_count, width, height)
+        one_thread_on_cpu(self.torch_device)  # the same pixels whatever the core count
         with thread_stream(self.torch_device):
             decoded = self._decode_latents(header, body)
             with self.stage.run():

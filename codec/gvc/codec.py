@@ -175,7 +175,7 @@ class GvcCodec(Codec):
         self.max_atoms_per_step = max_atoms_per_step
         self.reference_share, self.tail_share = reference_share, tail_share
         self.last_timing: dict[str, float] = {}
-        self.stage = DeviceStage(torch.device(self.device))  # one GOP's sampler at a time, timed
+        self.stage = DeviceStage(torch.device(self.device))  # the sampler: timed, one GOP at a time on a GPU
         if compile_transformer not in (None, "none") and hasattr(self.backbone, "transformer"):
             from codec.gpu import CompiledOrEager
 
@@ -227,7 +227,7 @@ class GvcCodec(Codec):
         check_frames(frames, self.name)
         height, width = frames.shape[1:3]
         self.check_geometry(width, height)
-        with self.stage.run():  # the sampler is GPU work from end to end: one GOP at a time
+        with self.stage.run():  # the sampler is device work from end to end (one thread on the CPU)
             return self._encode(frames, target, fps, reconstruct)
 
     def _encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction, reconstruct: bool) -> EncodedGop:

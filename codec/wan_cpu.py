@@ -1,0 +1,131 @@
+"""CPU kernels for the Wan VAE: the same network, computed the way a CPU is fast at.
+
+PyTorch has no fast CPU path for `conv3d` (it falls back to `slow_conv3d`: an im2col and a GEMM per
+frame), and the Wan VAE is almost nothing but causal 3-D convolutions: on the bundled tokenizer they are
+81 % of a decode. Two rewrites, both the same arithmetic in another summation order (outputs agree with
+diffusers' to float rounding, about 1e-6 relative; a decoded pixel moves by at most one level):
+
+- **A causal 3-D convolution as one 2-D convolution.** A kernel of depth kt over time is a 2-D
+  convolution over kt frames stacked along channels: output frame t sees input frames t·s … t·s+kt−1.
+  The stacked view is built with `unfold` (one copy), the weight [O, I, kt, kh, kw] is read as
+  [O, I·kt, kh, kw] (no copy), and oneDNN's 2-D kernels do the rest; spatial zero padding is the
+  2-D convolution's own, so the frames are never padded in memory. Measured on the bundled tokenizer at
+  256×160: 3.4× faster decode, 4× faster encode (`vidarc bench codec`). The stacked copy is built for a
+  few output frames at a time (`STACK_BYTES`) so a 720p pass of the full Wan VAE does not triple its
+  peak memory; the chunking depends only on shapes, never on the thread count.
+- **The RMS norm as a sum of squares and an `rsqrt`** instead of `F.normalize` (`linalg_vector_norm`,
+  9 % of a decode): the same per-position reduction over channels, in one pass.
+
+`use_cpu_kernels(vae)` switches a loaded VAE's modules to these forwards in place (their classes become
+subclasses of diffusers' own; parameters and state dict are untouched, so training, saving and GPU code
+see the same model). On CUDA the codecs keep diffusers' forwards (cuDNN has real 3-D kernels).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Upper bound on the stacked frames one 2-D convolution call reads (bytes): bounds the extra memory of
+#: the rewrite to this, whatever the frame size (at least one output frame per call).
+STACK_BYTES = 256 * 2**20
+
+
+def _diffusers_wan():
+    from diffusers.models.autoencoders import autoencoder_kl_wan
+
+    return autoencoder_kl_wan
+
+
+def causal_conv3d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: tuple[int, int, int],
+    spatial_padding: tuple[int, int],
+) -> Tensor:
+    """`conv3d(x, weight, bias, stride)` of an input [1, I, T, H, W] already padded in time, with zero
+    spatial padding (ph, pw), computed as 2-D convolutions over time-stacked frames -> [1, O, T', H', W']."""
+    if x.shape[0] != 1:  # the VAE codes one clip at a time; a batch goes through the 3-D convolution
+        return F.conv3d(x, weight, bias, stride, (0, *spatial_padding))
+    out_channels, in_channels, kt, kh, kw = weight.shape
+    st = stride[0]
+    frames_out = (x.shape[2] - kt) // st + 1
+    flat_weight = weight.reshape(out_channels, in_channels * kt, kh, kw)
+    clip = x[0]  # [I, T, H, W]
+    per_frame = in_channels * kt * clip.shape[2] * clip.shape[3] * clip.element_size()
+    step = max(1, STACK_BYTES // per_frame)
+    outputs = []
+    for first in range(0, frames_out, step):
+        count = min(step, frames_out - first)
+        window = clip[:, first * st : first * st + (count - 1) * st + kt]
+        if kt == 1:
+            stacked = window[:, ::st].transpose(0, 1)  # [T', I, H, W], a view
+        else:  # [I, T', H, W, kt] -> [T', I·kt, H, W]: input channel i, tap k at i·kt + k, as the weight
+            stacked = (
+                window.unfold(1, kt, st)
+                .permute(1, 0, 4, 2, 3)
+                .reshape(count, in_channels * kt, *clip.shape[2:])
+            )
+        outputs.append(F.conv2d(stacked, flat_weight, bias, stride[1:], spatial_padding))
+    y = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return y.transpose(0, 1)[None]
+
+
+def _make_classes():
+    wan = _diffusers_wan()
+
+    class CpuCausalConv3d(wan.WanCausalConv3d):
+        """diffusers' `WanCausalConv3d` (cache, causal padding) with `causal_conv3d` as its convolution."""
+
+        def forward(self, x: Tensor, cache_x: Tensor | None = None) -> Tensor:
+            time_padding = self._padding[4]
+            if cache_x is not None and time_padding > 0:
+                x = torch.cat([cache_x.to(x.device), x], dim=2)
+                time_padding -= cache_x.shape[2]
+            if time_padding > 0:
+                x = F.pad(x, (0, 0, 0, 0, time_padding, 0))
+            spatial = (self._padding[2], self._padding[0])  # (height, width), as conv2d takes them
+            if self.dilation != (1, 1, 1) or self.groups != 1:
+                return F.conv3d(
+                    F.pad(x, (*self._padding[:4], 0, 0)),
+                    self.weight,
+                    self.bias,
+                    self.stride,
+                    0,
+                    self.dilation,
+                    self.groups,
+                )
+            return causal_conv3d(x, self.weight, self.bias, self.stride, spatial)
+
+    class CpuRmsNorm(wan.WanRMS_norm):
+        """diffusers' `WanRMS_norm` as x·rsqrt(Σx²) (F.normalize's max(‖x‖, 1e-12) kept as a clamp)."""
+
+        def forward(self, x: Tensor) -> Tensor:
+            dim = 1 if self.channel_first else -1
+            work = x.float() if x.dtype != torch.float32 else x
+            squares = (work * work).sum(dim, keepdim=True)
+            normalized = (work * torch.rsqrt(squares.clamp_min(1e-24))).to(x.dtype)
+            return normalized * self.scale * self.gamma + self.bias
+
+    return {wan.WanCausalConv3d: CpuCausalConv3d, wan.WanRMS_norm: CpuRmsNorm}
+
+
+_CLASSES: dict[type, type] | None = None
+
+
+def use_cpu_kernels(model: torch.nn.Module) -> int:
+    """Switch every causal convolution and RMS norm of a Wan VAE to the CPU forwards, in place.
+
+    Returns how many modules were switched. Idempotent; modules of other classes are left alone."""
+    global _CLASSES
+    if _CLASSES is None:
+        _CLASSES = _make_classes()
+    switched = 0
+    for module in model.modules():
+        fast = _CLASSES.get(type(module))
+        if fast is not None:
+            module.__class__ = fast
+            switched += 1
+    return switched
