@@ -265,6 +265,8 @@ def archive_command(
     for failure in result.summary.get("failures", []):
         label = "not written (storage failed)" if failure.get("transient") else "failed"
         print(f"  {label}: {printable(failure['error'])}", file=sys.stderr)
+    for failure in (result.summary.get("verify") or {}).get("failures", []):
+        print(f"  verify FAILED: {printable(failure)}", file=sys.stderr)
     if result.summary.get("lease_error"):
         print(f"  storage: leases not written: {result.summary['lease_error']}", file=sys.stderr)
     if result.summary.get("storage_stop"):

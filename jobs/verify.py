@@ -4,6 +4,10 @@ Each sampled GOP's decode is proven against the digests recorded at encode time 
 PSNR, or mismatch; see pipeline/verify.py) without reading the sources; `--against-source` also
 re-measures quality against sources that still exist.
 
+Output: the report on stdout (with `--json`, one JSON document instead, `VerifyReport.to_json` plus the
+exit code, for scripts); progress lines ("verify: 3/12 GOPs decoded ...") and failures on stderr, so
+stdout is only the report either way.
+
 Exit codes: 0 everything checked is intact, 1 any failure (a corrupt byte, a missing object, a decode or
 quality mismatch; each printed as one line naming the object and GOP), 2 bad options or unreadable OUT.
 """
@@ -11,7 +15,7 @@ quality mismatch; each printed as one line naming the object and GOP), 2 bad opt
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -44,6 +48,9 @@ def verify_command(
             "--against-source", help="Also measure PSNR against the source videos that still exist."
         ),
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON on stdout (progress stays on stderr).")
+    ] = False,
 ) -> None:
     """Decode a seeded sample of an archive's GOPs from the stored bytes and check them."""
     from pipeline.storage import redact
@@ -63,7 +70,7 @@ def verify_command(
                 ray.init(address=address, log_to_driver=False)
         report = run_verify(
             out, fraction=fraction, count=count, seed=seed, device=device, endpoint_url=endpoint_url,
-            scan=scan, model=model, against_source=against_source,
+            scan=scan, model=model, against_source=against_source, progress=_to_stderr,
         )  # fmt: skip
     except VerifyError as exc:
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
@@ -73,18 +80,37 @@ def verify_command(
             import ray
 
             ray.shutdown()
-    decoded = sum(1 for r in report.rows if r.get("decode_ok") is not None)
+    code = 0 if report.ok else 1
+    if as_json:
+        from pipeline.runinfo import json_text
+
+        sys.stdout.write(json_text({**report.to_json(), "exit_code": code}, indent=2, sort_keys=True) + "\n")
+    else:
+        _print_report(report)
+    for failure in report.failures:
+        print(f"  FAILED: {printable(failure)}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _to_stderr(line: str) -> None:
+    from pipeline.text import printable
+
+    print(printable(line), file=sys.stderr, flush=True)
+
+
+def _print_report(report: Any) -> None:
+    """The human report on stdout (failures go to stderr, by the caller)."""
+    from pipeline.text import printable
+
     print(
-        f"verify {report.verify_run_id}: {decoded} of {report.gops_total} GOPs decoded, "
+        f"verify {report.verify_run_id}: {report.gops_decoded} of {report.gops_total} GOPs decoded, "
         f"{report.containers_checked} containers checked ({report.scan} scan), "
         f"{len(report.failures)} failures"
     )
     checks = report.checks()
-    if decoded:
-        worst = checks["worst_drift_db"]
-        drift = f" (worst {worst:.1f} dB)" if worst is not None else ""
+    if report.gops_decoded:
         print(
-            f"  decode proof: {checks['exact']} exact, {checks['drift']} drift{drift}, "
+            f"  decode proof: {checks['exact']} exact, {checks['drift']} drift{drift_words(checks)}, "
             f"{checks['mismatch']} mismatch, {checks['unproven']} unproven (archived before digests)"
         )
         if checks["exact-part"]:
@@ -94,11 +120,20 @@ def verify_command(
             )
     for warning in report.warnings:
         print(f"  note: {printable(warning)}")
-    for failure in report.failures:
-        print(f"  FAILED: {printable(failure)}", file=sys.stderr)
     if report.output_uri:
         print(f"rows written to {report.output_uri}")
-    raise typer.Exit(0 if report.ok else 1)
+
+
+def drift_words(checks: dict[str, Any]) -> str:
+    """How far the drifting GOPs are from the encoder's pixels, in words: the worst fingerprint PSNR,
+    or, for pixels that differ while the luma fingerprint is the same (an infinite PSNR), that."""
+    if not checks["drift"]:
+        return ""
+    worst, identical = checks["worst_drift_db"], checks["drift_fingerprint_identical"]
+    if worst is None:
+        return " (fingerprint identical; pixels differ)"
+    more = f"; {identical} with the fingerprint identical, pixels differing" if identical else ""
+    return f" (worst {worst:.1f} dB{more})"
 
 
 def register(app: typer.Typer) -> None:

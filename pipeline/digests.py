@@ -124,7 +124,8 @@ def read_fingerprint(blob: bytes) -> tuple[int, np.ndarray]:
 
 def fingerprint_psnr(blob: bytes, frames: np.ndarray) -> float:
     """PSNR (dB, 8-bit peak) between a stored fingerprint and `frames`' own, on the worst frame;
-    `math.inf` when they are identical. FingerprintError when the geometry does not match."""
+    `math.inf` when they are identical (verify records that as `fingerprint_identical`, never the
+    infinity). FingerprintError when the geometry does not match."""
     stride, stored = read_fingerprint(blob)
     count, height, width = frames.shape[:3]
     cell = SAMPLES * stride

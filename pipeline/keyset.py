@@ -87,3 +87,12 @@ class KeySet:
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and bool(self.contains_many([key])[0])
+
+    def identity(self) -> tuple[int, str]:
+        """(distinct keys, sha256 hex of their digests in sorted order): the identity of the set, however
+        the keys were added, in which order or how often (the closing verify records which videos it
+        covered, so a rerun can tell whether anything was committed since)."""
+        if not self._frozen:
+            raise RuntimeError("KeySet.freeze() must be called after add() and before identity()")
+        pairs = np.unique(np.stack([self._high, self._low], axis=1), axis=0)  # sorted by (high, low)
+        return int(pairs.shape[0]), hashlib.sha256(pairs.astype("<u8").tobytes()).hexdigest()

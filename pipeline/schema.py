@@ -11,7 +11,8 @@ codebook entries and stills, classic codecs' pixels) and `fingerprint` (per-fram
 at most 16 cells along the long side, delta + zlib; about 0.6 KB for a 17-frame 64×48 GOP, 2.3 KB for
 33 frames of 1080p). Each verify row then says `decode_check`: "exact" (`recon_digest_ok`: the same
 frames), "drift" (exact part equal, pixels not; `fingerprint_psnr` says by how much, at or above
-`pipeline.digests.DRIFT_LIMIT_DB`), "exact-part" (exact part equal; the GOP was archived without its
+`pipeline.digests.DRIFT_LIMIT_DB`, or `fingerprint_identical` when the fingerprints agree cell for
+cell: an infinite PSNR, stored as null, never as an infinity), "exact-part" (exact part equal; the GOP was archived without its
 pixel proof, `--fingerprint-every N`: `recon_sha256` and `fingerprint` null), or "mismatch" (the exact
 part differs, or the drift is past that limit). `psnr_verify`/`quality_ok` compare with the source, only with `verify --against-source`.
 """
@@ -213,11 +214,14 @@ VERIFY_SCHEMA = pa.schema(
         # --- the decode proof (pipeline/verify.py); null for archives made before digests ---
         ("exact_ok", pa.bool_()),  # the exact part's digest == the manifest's exact_sha256
         ("fingerprint_psnr", pa.float64()),  # worst frame's luma-fingerprint PSNR (dB); null when exact
+        # or when the fingerprints are identical (then `fingerprint_identical`; the PSNR is infinite)
         (
             "decode_check",
             pa.string(),
         ),  # "exact" | "drift" | "exact-part" | "mismatch" (see pipeline/verify.py)
         ("against_source", pa.bool_()),  # psnr_verify was measured against the source (--against-source)
+        # the pixels differ from the encoder's but their luma fingerprint is identical (null: not compared)
+        ("fingerprint_identical", pa.bool_()),
     ]
 )
 

@@ -47,3 +47,11 @@ def text_console(**options: Any) -> Any:
     options.setdefault("markup", False)
     options.setdefault("emoji", False)
     return TextConsole(**options)
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration as a clock reading, `m:ss` or `h:mm:ss`: how every progress line shows time."""
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

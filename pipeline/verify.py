@@ -20,7 +20,8 @@ Two layers, both reading the objects afresh (ranged GETs, no cache):
    - *drift*: the exact part (`Codec.exact_digest`: GLVC's latent symbols, GVC's codebook entries and
      stills) equals `exact_sha256` but the pixels do not — a neural pixel decode on another device
      class or vector unit — and the worst frame's luma-fingerprint PSNR is at least
-     `DRIFT_LIMIT_DB`; the row records that PSNR;
+     `DRIFT_LIMIT_DB`; the row records that PSNR (or `fingerprint_identical`, PSNR null, when the
+     fingerprints agree cell for cell: pixels that differ by less than a cell mean shows);
    - *exact-part*: the exact part equals `exact_sha256`, and the encoder recorded no pixels for this
      GOP (archived with `--fingerprint-every N`: it skipped the neural pixel decode of the other GOPs),
      so the pixels cannot be judged; by default every GOP has its fingerprint;
@@ -40,10 +41,16 @@ is initialised (batches grouped by container, so each task reads an index once).
 
 The default sample (neither fraction nor count): every GOP of an archive up to `DEFAULT_ALL_GOPS` GOPs,
 else a seeded sample of that many.
+
+A caller may ask for progress lines (`progress`; `pipeline/verify_progress.py`): manifest rows read and
+containers checked when slow, the decode GOP by GOP (Ray tasks count theirs on a small actor). Every
+verify ends by replacing `verify/last.json` with its outcome (`pipeline/verify_record.py`), which the
+archive's closing verify reads to skip a verify that could tell nothing new.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import heapq
@@ -51,6 +58,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -86,6 +94,8 @@ from pipeline.storage import (
     redact,
     write_bytes,
 )
+from pipeline.verify_progress import INTERVAL_SECONDS, VerifyProgress
+from pipeline.verify_record import write_record
 
 TOLERANCE_DB = 0.05
 CROSS_DEVICE_TOLERANCE_DB = 0.5
@@ -131,19 +141,59 @@ class VerifyReport:
     scan: str
     gops_total: int
     output_uri: str | None
+    wall_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
+    @property
+    def gops_decoded(self) -> int:
+        """Sampled GOPs whose decode was tried (read and decoded, or failed on the way)."""
+        return sum(1 for r in self.rows if r.get("decode_ok") is not None)
+
     def checks(self) -> dict[str, Any]:
-        """Counts of decode checks (exact / drift / exact-part / mismatch / unproven) and the worst drift."""
+        """Counts of decode checks (exact / drift / exact-part / mismatch / unproven) and the worst drift:
+        the lowest finite fingerprint PSNR of the drift rows (None when there is none), and how many
+        drifted with a fingerprint identical to the encoder's (their PSNR is infinite, stored as null)."""
         counts = {"exact": 0, "drift": 0, "exact-part": 0, "mismatch": 0, "unproven": 0}
         for row in self.rows:
             if row.get("decode_ok") is not None:
                 counts[row.get("decode_check") or "unproven"] += 1
-        drifts = [r["fingerprint_psnr"] for r in self.rows if r.get("decode_check") == "drift"]
-        return {**counts, "worst_drift_db": min(drifts) if drifts else None}
+        drift = [r for r in self.rows if r.get("decode_check") == "drift"]
+        measured = [r["fingerprint_psnr"] for r in drift if r.get("fingerprint_psnr") is not None]
+        return {
+            **counts,
+            "worst_drift_db": min(measured) if measured else None,
+            "drift_fingerprint_identical": sum(1 for r in drift if r.get("fingerprint_identical")),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The report for scripts (`vidarc verify --json`, the archive's `summary.json`): counts, checks,
+        every failure and note as one line, and the failed rows (GOPs, containers, damaged manifest
+        parts); every row is in the Parquet part at `rows_uri`. No number is infinite (strict JSON)."""
+        failed = [
+            {key: row.get(key) for key in _FAILED_ROW_FIELDS}
+            for row in self.rows
+            if row.get("status") == "failed"
+        ]
+        return {
+            "verify_run_id": self.verify_run_id,
+            "ok": self.ok,
+            "gops_total": self.gops_total,
+            "gops_decoded": self.gops_decoded,
+            "containers_checked": self.containers_checked,
+            "scan": self.scan,
+            "checks": self.checks(),
+            "failures": list(self.failures),
+            "notes": list(self.warnings),
+            "failed_rows": failed,
+            "rows_uri": self.output_uri,
+            "wall_seconds": round(self.wall_seconds, 3),
+        }
+
+
+_FAILED_ROW_FIELDS = ("video_key", "archive_uri", "gop_index", "crc_ok", "decode_ok", "decode_check", "error")
 
 
 def run_verify(
@@ -158,11 +208,20 @@ def run_verify(
     scan: str = "auto",
     model: str | None = None,
     against_source: bool = False,
+    progress: Callable[[str], None] | None = None,
+    progress_interval: float = INTERVAL_SECONDS,
+    covers: dict[str, Any] | None = None,
+    archive_run_id: str | None = None,
 ) -> VerifyReport:
-    """Verify archive `out`; writes `<out>/verify/part-<verify_run_id>.parquet` and returns the report.
+    """Verify archive `out`; writes `<out>/verify/part-<verify_run_id>.parquet` and the last-verify
+    record (`pipeline.verify_record`), and returns the report.
 
-    Raises VerifyError (nothing written) when the options are invalid or the archive cannot be read.
+    `progress` is called with rate-limited lines ("verify: 3/12 GOPs decoded ...", `verify_progress`).
+    `covers`/`archive_run_id`: given by the archive's closing verify, what it covered (kept in the
+    record, so a rerun that archived nothing can skip it). Raises VerifyError (nothing written) when
+    the options are invalid or the archive cannot be read.
     """
+    started = time.monotonic()
     if fraction is not None and count is not None:
         raise VerifyError("give --fraction or --count, not both")
     if fraction is not None and not 0 < fraction <= 1:
@@ -181,11 +240,55 @@ def run_verify(
         check_reachable(fs, root, out, must_exist=True)
     except StorageError as exc:
         raise VerifyError(str(exc)) from None
-    scan_result = _scan_manifest(out, endpoint_url, fraction, count, seed)
+    meter = VerifyProgress(progress, interval=progress_interval)
+    scan_result = _scan_manifest(out, endpoint_url, fraction, count, seed, meter)
     if scan_result.rows is None:
-        return _verify_sample_of_large_archive(
-            out, fs, root, scan_result, scan, device, endpoint_url, verify_run_id, model, against_source
-        )
+        report = _verify_sample_of_large_archive(
+            out, fs, root, scan_result, scan, device, endpoint_url, verify_run_id, model, against_source,
+            meter,
+        )  # fmt: skip
+    else:
+        report = _verify_every_object(
+            out, fs, root, scan_result, fraction, count, seed, scan, device, endpoint_url, verify_run_id,
+            model, against_source, meter,
+        )  # fmt: skip
+    report.wall_seconds = time.monotonic() - started
+    _record(fs, root, report, covers, archive_run_id)
+    return report
+
+
+def _record(
+    fs: Any, root: str, report: VerifyReport, covers: dict[str, Any] | None, archive_run_id: str | None
+) -> None:
+    """Replace `verify/last.json` with this verify's outcome; a failure to write it is a note (the
+    checks stand; a rerun then finds the older record, or none)."""
+    try:
+        write_record(
+            fs, root, verify_run_id=report.verify_run_id, passed=report.ok, gops_decoded=report.gops_decoded,
+            covers=covers, run_id=archive_run_id,
+        )  # fmt: skip
+    except Exception as exc:
+        report.warnings.append(f"last-verify record not written: {describe(exc, full_uri(fs, root))}")
+
+
+def _verify_every_object(
+    out: str,
+    fs: Any,
+    root: str,
+    scan_result: ManifestScan,
+    fraction: float | None,
+    count: int | None,
+    seed: int,
+    scan: str,
+    device: str,
+    endpoint_url: str | None,
+    verify_run_id: str,
+    model: str | None,
+    against_source: bool,
+    meter: VerifyProgress,
+) -> VerifyReport:
+    """An archive whose manifest rows fit in memory: every object checked against its rows and every
+    done marker against the objects, then the sample decoded and proven."""
     manifest, damaged = scan_result.rows, scan_result.damaged
     fingerprints = pa.chunked_array(scan_result.fingerprints) if scan_result.fingerprints else None
     ok_rows = sorted(
@@ -213,6 +316,7 @@ def run_verify(
         by_container[(row["archive_uri"], row["member"])].append(row)
     failures += _check_packs(fs, paths, by_container)
     checked = 0
+    meter.start("containers checked", len(by_container))
     for (uri, member), container_rows in sorted(
         by_container.items(), key=lambda item: (item[0][0], item[0][1] or (0, 0))
     ):
@@ -224,6 +328,7 @@ def run_verify(
         problem = _check_container(
             fs, paths[uri][0], uri, size, container_rows, full=scan_mode == "full", member=member
         )
+        meter.update(checked)
         if problem:
             failures.append(problem)
             rows.append(_failed_row(container_rows[0], verify_run_id, device, problem, crc_ok=False))
@@ -234,7 +339,7 @@ def run_verify(
     del fingerprints
     return _decode_and_report(
         fs, root, sample, sizes, rows, failures, warnings, device, endpoint_url, verify_run_id, model,
-        against_source, checked=checked, scan_mode=scan_mode, gops_total=len(ok_rows),
+        against_source, checked=checked, scan_mode=scan_mode, gops_total=len(ok_rows), meter=meter,
     )  # fmt: skip
 
 
@@ -255,11 +360,14 @@ def _decode_and_report(
     checked: int,
     scan_mode: str,
     gops_total: int,
+    meter: VerifyProgress,
 ) -> VerifyReport:
     """Decode the sample, prove each GOP, write the verify rows and report."""
     placement = decode_placement(device)
     if placement.note:
         warnings.append(placement.note)
+    if sample:  # an archive without a GOP to decode (every video failed) has nothing to report
+        meter.start("GOPs decoded", len(sample), line=f"decoding {len(sample)} GOPs {placement.describe()}")
     context = {
         "device": placement.device,
         "endpoint_url": endpoint_url,
@@ -267,7 +375,9 @@ def _decode_and_report(
         "verify_run_id": verify_run_id,
         "against_source": against_source,
     }
-    decoded = _decode_all(sample, sizes, context, placement)
+    decoded = _decode_all(sample, sizes, context, placement, meter)
+    if sample:
+        meter.finish()
     if placement.device == "cuda" and any(r["device"] == "cpu" for r in decoded):
         warnings.append(
             f"--device {device}: a GPU task found no CUDA device (a GPU resource without CUDA behind it); "
@@ -311,6 +421,7 @@ def _verify_sample_of_large_archive(
     verify_run_id: str,
     model: str | None,
     against_source: bool,
+    meter: VerifyProgress,
 ) -> VerifyReport:
     """An archive too large to check object by object in one run: every manifest file was read and
     checked; the sampled videos' objects are checked whole (index, attachments, and every byte with
@@ -344,6 +455,7 @@ def _verify_sample_of_large_archive(
     sizes: dict[str, int] = {}
     rows: list[dict[str, Any]] = [_damaged_row(part, verify_run_id, device) for part in damaged]
     checked = 0
+    meter.start("containers checked", len(by_container))
     for (uri, member), container_rows in sorted(
         by_container.items(), key=lambda item: (item[0][0], item[0][1] or (0, 0))
     ):
@@ -360,13 +472,14 @@ def _verify_sample_of_large_archive(
         problem = _check_container(
             fs, path, uri, sizes[uri], container_rows, full=scan == "full", member=member
         )
+        meter.update(checked)
         if problem:
             failures.append(problem)
             rows.append(_failed_row(container_rows[0], verify_run_id, device, problem, crc_ok=False))
     sample = [r for r in sample if r["archive_uri"] in sizes]
     return _decode_and_report(
         fs, root, sample, sizes, rows, failures, warnings, device, endpoint_url, verify_run_id, model,
-        against_source, checked=checked, scan_mode="sample", gops_total=scan_result.ok_rows,
+        against_source, checked=checked, scan_mode="sample", gops_total=scan_result.ok_rows, meter=meter,
     )  # fmt: skip
 
 
@@ -396,7 +509,12 @@ _LISTED_FAILURES = 1000
 
 
 def _scan_manifest(
-    out: str, endpoint_url: str | None, fraction: float | None, count: int | None, seed: int
+    out: str,
+    endpoint_url: str | None,
+    fraction: float | None,
+    count: int | None,
+    seed: int,
+    meter: VerifyProgress,
 ) -> ManifestScan:
     columns = [*MANIFEST_COLUMNS, "error", "member_offset", "member_length", "fingerprint"]
     try:
@@ -405,7 +523,9 @@ def _scan_manifest(
             raise VerifyError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
         scan = ManifestScan(rows=[], fingerprints=[], damaged=parts.damaged, plan=parts.plan, sample=[])
         sampler = _Sampler(fraction, count, seed)
+        meter.start("manifest rows read")
         for table in parts.tables():  # every column: every checksum verified, one file at a time
+            meter.advance(table.num_rows)
             table = table.select(columns)
             status = table.column("status")
             ok = pc.fill_null(pc.equal(status, "ok"), False)
@@ -670,6 +790,10 @@ class Placement:
     ray_gpu_tasks: bool = False
     note: str | None = None
 
+    def describe(self) -> str:
+        """Where, for the progress line ("on cpu", "on cuda as Ray GPU tasks")."""
+        return f"on {self.device}" + (" as Ray GPU tasks" if self.ray_gpu_tasks else "")
+
 
 def decode_placement(device: str) -> Placement:
     """cuda -> GPU Ray tasks when the cluster has GPUs, else this machine's CUDA, else CPU with a note;
@@ -704,7 +828,11 @@ def _cluster_gpus() -> float | None:
 
 
 def _decode_all(
-    sample: list[dict], sizes: dict[str, int], context: dict[str, Any], placement: Placement
+    sample: list[dict],
+    sizes: dict[str, int],
+    context: dict[str, Any],
+    placement: Placement,
+    meter: VerifyProgress,
 ) -> list[dict[str, Any]]:
     batches: list[list[tuple[dict, int]]] = []
     current: list[tuple[dict, int]] = []
@@ -716,22 +844,97 @@ def _decode_all(
     if current:
         batches.append(current)
     if placement.ray_gpu_tasks:
-        import ray
-
-        task = ray.remote(num_cpus=1, num_gpus=1)(verify_batch)
-        results = ray.get([task.remote(b, context) for b in batches])
+        results = _decode_on_ray(batches, context, meter, num_gpus=1)
     elif placement.device == "cpu" and len(sample) > RAY_MIN_GOPS and _cluster_gpus() is not None:
-        import ray
-
-        task = ray.remote(num_cpus=1)(verify_batch)
-        results = ray.get([task.remote(b, context) for b in batches])
+        results = _decode_on_ray(batches, context, meter, num_gpus=0)
     else:
-        results = [verify_batch(b, context) for b in batches]
+        results = [verify_batch(b, context, on_gop=meter.advance) for b in batches]
     return [row for batch in results for row in batch]
 
 
-def verify_batch(batch: list[tuple[dict, int]], context: dict[str, Any]) -> list[dict[str, Any]]:
-    """Decode and check GOPs (Ray task body or in-process). Codecs are built once per batch.
+#: Seconds between two looks at the Ray tasks' GOP count while they decode.
+POLL_SECONDS = 1.0
+
+
+def _decode_on_ray(
+    batches: list[list[tuple[dict, int]]], context: dict[str, Any], meter: VerifyProgress, *, num_gpus: int
+) -> list[list[dict[str, Any]]]:
+    """The batches as Ray tasks, results in batch order. Each task counts its GOPs on a small actor as
+    it decodes them, so progress moves GOP by GOP even when one task holds the whole sample (a batch
+    is up to `GOPS_PER_TASK` GOPs: a neural one decodes for minutes); without the actor, batch by batch."""
+    import ray
+
+    counter = _gop_counter() if meter.emit is not None else None
+    task = ray.remote(num_cpus=1, num_gpus=num_gpus)(_verify_batch_counted)
+    refs = [task.remote(b, context, counter) for b in batches]
+    sizes = dict(zip(refs, (len(b) for b in batches), strict=True))
+    pending, finished = list(refs), 0
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_SECONDS)
+            finished += sum(sizes[r] for r in ready)
+            meter.update(_counted(counter, finished))
+        return ray.get(refs)
+    finally:
+        if counter is not None:
+            ray.kill(counter)
+
+
+def _gop_counter() -> Any:
+    """A Ray actor (no CPU held) the verify tasks count decoded GOPs on; None if it cannot start."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class GopCounter:
+        def __init__(self) -> None:
+            self.count = 0
+
+        def add(self, n: int = 1) -> None:
+            self.count += n
+
+        def value(self) -> int:
+            return self.count
+
+    try:
+        return GopCounter.remote()
+    except Exception:  # progress is a courtesy: batch by batch then
+        return None
+
+
+def _counted(counter: Any, finished: int) -> int:
+    """GOPs decoded so far: the counter's count, at least those of the finished batches."""
+    if counter is None:
+        return finished
+    import ray
+
+    try:
+        return max(finished, int(ray.get(counter.value.remote(), timeout=POLL_SECONDS)))
+    except Exception:
+        return finished
+
+
+def _verify_batch_counted(
+    batch: list[tuple[dict, int]], context: dict[str, Any], counter: Any
+) -> list[dict[str, Any]]:
+    """`verify_batch` as a Ray task that counts each GOP on `counter` when given: sent as it is done,
+    and waited for (briefly) before the task returns, so a finished task's GOPs are all counted. The
+    count is a courtesy: a counter that went away never fails the verify."""
+    if counter is None:
+        return verify_batch(batch, context)
+    import ray
+
+    sent: list[Any] = []
+    rows = verify_batch(batch, context, on_gop=lambda: sent.append(counter.add.remote(1)))
+    with contextlib.suppress(Exception):  # one caller's actor calls run in order: the last is enough
+        ray.get(sent[-1:], timeout=10 * POLL_SECONDS)
+    return rows
+
+
+def verify_batch(
+    batch: list[tuple[dict, int]], context: dict[str, Any], *, on_gop: Callable[[], Any] | None = None
+) -> list[dict[str, Any]]:
+    """Decode and check GOPs (Ray task body or in-process). Codecs are built once per batch; `on_gop`
+    is called after each GOP (progress).
 
     A worker asked for CUDA that has none (a Ray node declaring GPUs it cannot drive) decodes on CPU;
     its rows say so (`device`), and `run_verify` adds the note."""
@@ -739,7 +942,12 @@ def verify_batch(batch: list[tuple[dict, int]], context: dict[str, Any]) -> list
         context = dict(context, device="cpu")
     decoders: dict[tuple, Any] = {}
     sources: dict[str, Any] = {}
-    return [_verify_one(row, size, context, decoders, sources) for row, size in batch]
+    rows = []
+    for row, size in batch:
+        rows.append(_verify_one(row, size, context, decoders, sources))
+        if on_gop is not None:
+            on_gop()
+    return rows
 
 
 def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: dict) -> dict[str, Any]:
@@ -814,8 +1022,14 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
 
 def decode_check(row: dict[str, Any], frames: np.ndarray, exact: str) -> dict[str, Any]:
     """The decode proof of one GOP against the digests its manifest row recorded at encode time:
-    verify columns (`exact_ok`, `recon_digest_ok`, `fingerprint_psnr`, `decode_check`) and, for a
-    mismatch, `problem` (one line). Rows of archives made before digests: `decode_check` None."""
+    verify columns (`exact_ok`, `recon_digest_ok`, `fingerprint_psnr`, `fingerprint_identical`,
+    `decode_check`) and, for a mismatch, `problem` (one line). Rows of archives made before digests:
+    `decode_check` None.
+
+    Pixels that differ from the encoder's while their fingerprint is the same cell for cell (a drift
+    below the fingerprint's 8-bit cell means) have an infinite fingerprint PSNR: that is recorded as
+    `fingerprint_identical` with `fingerprint_psnr` null, never as an infinity (Parquet and JSON
+    readers, and people, would get "inf dB")."""
     out: dict[str, Any] = {"decode_check": None}
     recorded_exact, recorded_recon = row.get("exact_sha256"), row.get("recon_sha256")
     if not recorded_exact and not recorded_recon:
@@ -844,7 +1058,8 @@ def decode_check(row: dict[str, Any], frames: np.ndarray, exact: str) -> dict[st
         psnr = fingerprint_psnr(bytes(blob), frames)
     except FingerprintError as exc:
         return dict(out, decode_check="mismatch", problem=f"unreadable fingerprint ({exc})")
-    out["fingerprint_psnr"] = psnr
+    out["fingerprint_identical"] = math.isinf(psnr)
+    out["fingerprint_psnr"] = psnr if math.isfinite(psnr) else None
     if psnr >= DRIFT_LIMIT_DB:
         return dict(out, decode_check="drift")
     return dict(
@@ -903,6 +1118,7 @@ def _base_row(row: dict, verify_run_id: str, device: str) -> dict[str, Any]:
         "recon_digest_ok": None,
         "exact_ok": None,
         "fingerprint_psnr": None,
+        "fingerprint_identical": None,
         "decode_check": None,
         "against_source": None,
         "psnr_manifest": row.get("psnr"),

@@ -48,6 +48,8 @@ READ_SIDE = [
 #: against a source that still exists), but never the archive job itself.
 READ_SIDE_TOOLS = [
     "pipeline/verify.py",
+    "pipeline/verify_progress.py",
+    "pipeline/verify_record.py",
     "pipeline/dataset/ray_source.py",  # a Ray Data datasource: Ray, but never the archive job
     "pipeline/dataset/torch_dataset.py",
     *sorted(str(p.relative_to(REPO)) for p in (REPO / "pipeline/audit").glob("*.py")),

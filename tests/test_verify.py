@@ -3,6 +3,7 @@ fails with a line naming the object (and GOP); bad usage exits 2. Real archive, 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -78,6 +79,7 @@ def test_intact_archive_verifies_every_gop_through_ray(copy: Path) -> None:
         "mismatch": 0,
         "unproven": 0,
         "worst_drift_db": None,
+        "drift_fingerprint_identical": 0,
     }
     table = pq.read_table(copy / "verify" / f"part-{report.verify_run_id}.parquet")
     assert table.schema.equals(VERIFY_SCHEMA) and table.num_rows == 13
@@ -149,17 +151,21 @@ def test_missing_container_and_quality_mismatch(copy: Path) -> None:
     )
 
 
+def _forge_digests(out: Path, *, exact_at: int | None = None, recon_at: int | None = None) -> None:
+    """Rewrite the with-audio video's manifest part (well formed: its checksums match) so GOP `exact_at`
+    records another exact part and GOP `recon_at` other pixels than the decode gives."""
+    part = next(p for p in (out / "manifest").glob("*.parquet") if "with-audio" in p.name)
+    rows = pq.read_table(part).to_pylist()
+    if exact_at is not None:
+        rows[exact_at]["exact_sha256"] = "0" * 64  # the exact part (for x264: the pixels) is another
+    if recon_at is not None:
+        rows[recon_at]["recon_sha256"] = "0" * 64  # only the pixel digest differs: judged by the fingerprint
+    part.write_bytes(parquet_bytes(rows, MANIFEST_SCHEMA))
+
+
 def test_a_decode_that_differs_from_the_encoders_is_a_mismatch_without_the_source(copy: Path) -> None:
     """The manifest's digests stand for what the encoder made: a decode that gives other frames fails."""
-    part = next(p for p in (copy / "manifest").glob("*.parquet") if "with-audio" in p.name)
-    table = pq.read_table(part)
-    exact, recon = table.column("exact_sha256").to_pylist(), table.column("recon_sha256").to_pylist()
-    exact[4] = "0" * 64  # the exact part (for x264: the pixels) is not what the encoder made
-    recon[6] = "0" * 64  # only the pixel digest differs: judged by the fingerprint, read for the sample
-    rows = table.to_pylist()
-    for row, e, r in zip(rows, exact, recon, strict=True):
-        row["exact_sha256"], row["recon_sha256"] = e, r
-    part.write_bytes(parquet_bytes(rows, MANIFEST_SCHEMA))  # a well-formed part (its checksums match)
+    _forge_digests(copy, exact_at=4, recon_at=6)
 
     report = run_verify(str(copy), fraction=1.0, scan="index")
 
@@ -169,7 +175,41 @@ def test_a_decode_that_differs_from_the_encoders_is_a_mismatch_without_the_sourc
         report.failures == [bad[0]["error"]] and "differs from the encoder's in its pixels" in bad[0]["error"]
     )
     drift = [r for r in report.rows if r["decode_check"] == "drift"]
-    assert [(r["gop_index"], r["status"], r["fingerprint_psnr"]) for r in drift] == [(6, "ok", math.inf)]
+    assert [(r["gop_index"], r["status"], r["fingerprint_identical"]) for r in drift] == [(6, "ok", True)]
+
+
+def _refuse(token: str) -> None:
+    raise AssertionError(f"not strict JSON: {token}")
+
+
+def test_an_identical_fingerprint_is_said_in_words_and_stored_as_null_never_inf(copy: Path) -> None:
+    """Pixels that differ from the encoder's while the luma fingerprint agrees cell for cell have an
+    infinite fingerprint PSNR: no output may carry it (Parquet, JSON) or print it ("inf dB")."""
+    _forge_digests(copy, recon_at=6)
+
+    report = run_verify(str(copy), fraction=1.0, scan="index")
+
+    assert report.ok, report.failures
+    checks = report.checks()
+    assert checks["drift"] == 1 and checks["drift_fingerprint_identical"] == 1
+    assert checks["worst_drift_db"] is None
+    table = pq.read_table(copy / "verify" / f"part-{report.verify_run_id}.parquet")
+    drift = [r for r in table.to_pylist() if r["decode_check"] == "drift"]
+    assert [(r["gop_index"], r["fingerprint_psnr"], r["fingerprint_identical"]) for r in drift] == [
+        (6, None, True)
+    ]
+    psnr = [v for v in table.column("fingerprint_psnr").to_pylist() if v is not None]
+    assert all(math.isfinite(v) for v in psnr)
+
+    human = _cli(str(copy), "--fraction", "1", "--scan", "index")
+    assert human.returncode == 0, human.stderr
+    assert "1 drift (fingerprint identical; pixels differ)" in human.stdout
+    assert "inf" not in human.stdout.lower()
+    as_json = _cli(str(copy), "--fraction", "1", "--scan", "index", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    document = json.loads(as_json.stdout, parse_constant=_refuse)
+    assert document["checks"]["drift_fingerprint_identical"] == 1
+    assert document["checks"]["worst_drift_db"] is None
 
 
 def test_source_gone_is_a_note_not_a_failure(tmp_path: Path, sample_dir: Path, archive: Path) -> None:
@@ -221,6 +261,30 @@ def test_cli_exit_codes(copy: Path, s3_endpoint: str) -> None:
     assert usage.returncode == 2 and usage.stderr.startswith("error: --fraction")
     gone = _cli("s3://no-such-bucket-vidarc/out", "--endpoint-url", s3_endpoint)
     assert gone.returncode == 2 and gone.stderr.count("\n") == 1 and "no-such-bucket-vidarc" in gone.stderr
+
+
+def test_cli_json_is_the_whole_stdout_with_the_same_exit_codes(copy: Path) -> None:
+    """`--json`: stdout is one strict JSON document (scripts parse it whole); progress and failures go
+    to stderr; exit codes as without it."""
+    ok = _cli(str(copy), "--count", "3", "--json")
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout, parse_constant=_refuse)
+    assert report["ok"] is True and report["exit_code"] == 0 and report["failures"] == []
+    assert report["gops_decoded"] == 3 and report["gops_total"] == 13 and report["containers_checked"] == 2
+    assert report["checks"]["exact"] == 3 and report["scan"] == "full"
+    assert report["rows_uri"].endswith(f"part-{report['verify_run_id']}.parquet")
+    assert "verify: decoding 3 GOPs on cpu" in ok.stderr and "verify: 3/3 GOPs decoded in" in ok.stderr
+
+    _flip(_container(copy), PREAMBLE.size + 1)
+    bad = _cli(str(copy), "--count", "1", "--json")
+    assert bad.returncode == 1, bad.stderr
+    failed = json.loads(bad.stdout, parse_constant=_refuse)
+    assert failed["ok"] is False and failed["exit_code"] == 1
+    assert failed["failures"] and all(str(_container(copy)) in line for line in failed["failures"])
+    assert failed["failed_rows"][0]["crc_ok"] is False and "FAILED" in bad.stderr
+
+    usage = _cli(str(copy), "--fraction", "2", "--json")
+    assert usage.returncode == 2 and usage.stdout == "" and usage.stderr.startswith("error: --fraction")
 
 
 def test_verify_on_s3(archive: Path, s3_endpoint: str, s3_bucket: str) -> None:

@@ -4,8 +4,9 @@
 minus other shards and done videos), starts Ray and the encode pool (`actors`) once there is one,
 writes the run's config record, hands the stream to the `Scheduler` (which pulls from it as slots free
 up, so the collection is never held), compacts the manifest parts it committed (`compaction`: also
-every `--compact-every` videos during the run), then runs the closing verify (with the run's `--model`
-and `--device`) and writes the summary.
+every `--compact-every` videos during the run), then runs the closing verify (`closing_verify`: with
+the run's `--model` and `--device`, progress on stderr, skipped when this run committed nothing and the
+last verify passed over the same archive) and writes the summary.
 
 Why plain Ray tasks and actors rather than Ray Data: the unit of commit is a *video* (one container,
 one manifest part, one done marker, written in that order), while the unit of work is a *GOP*. The
@@ -48,6 +49,7 @@ import time
 from typing import Any
 
 from pipeline.archive.actors import EncodePool
+from pipeline.archive.closing_verify import closing_verify
 from pipeline.archive.compaction import RunCompaction
 from pipeline.archive.config import ArchiveConfig, ConfigError
 from pipeline.archive.errors import ArchiveError
@@ -70,6 +72,7 @@ from pipeline.storage import (
     join,
     redact,
 )
+from pipeline.text import format_seconds
 
 log = logging.getLogger("vidarc.archive")
 
@@ -188,9 +191,11 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
     if summary.get("listing_error"):
         exit_code = EXIT_STORAGE
     if cfg.verify_fraction and not storage_trouble:
-        summary["verify"] = _verify(cfg)
+        nothing_new = not (summary["videos_ok"] or summary["videos_failed"])
+        summary["verify"] = closing_verify(cfg, run_id, committed_nothing=nothing_new, say=display.log)
         if summary["verify"].get("failures"):
             exit_code = EXIT_FAILURES
+    summary["wall_seconds"] = counters.elapsed  # the whole run: the closing compaction and verify too
     summary_path = join(run_dir(out_root, run_id), "summary.json")
     try:
         write_json(out_fs, summary_path, summary)
@@ -209,6 +214,8 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         message += (
             f"; shard {cfg.shard[0]}/{cfg.shard[1]} ({summary['files_in_other_shards']} in other shards)"
         )
+    if summary.get("verify"):
+        message += "; " + _verify_clause(summary["verify"])
     if summary.get("listing_error"):
         message += f"; listing stopped: {summary['listing_error']} (rerun the same command to finish)"
     if storage_trouble or summary.get("storage_error"):
@@ -330,28 +337,12 @@ def _start_ray(cfg: ArchiveConfig) -> None:
         ) from None
 
 
-def _verify(cfg: ArchiveConfig) -> dict[str, Any]:
-    """Decode a sample of the archive (pipeline.verify) where the codec's device is: GPU Ray tasks when
-    the run used GPUs (the encode actors are gone by now, so their GPUs are free), else CPU; with no
-    GPU reachable it decodes on CPU and says so in `notes`, never failing for a CPU-only head."""
-    from pipeline.verify import VerifyError, run_verify
-
-    try:
-        report = run_verify(
-            cfg.out,
-            fraction=cfg.verify_fraction,
-            count=None,
-            seed=0,
-            device=cfg.device,
-            endpoint_url=cfg.endpoint_url,
-            model=cfg.model,
-        )
-    except Exception as exc:  # e.g. the store went away: the run reports it, one line
-        reason = redact(str(exc).splitlines()[0]) if isinstance(exc, VerifyError) else describe(exc, cfg.out)
-        return {"failures": [f"closing verify could not run: {reason}"], "rows": 0, "notes": [], "checks": {}}
-    return {
-        "failures": [str(f) for f in report.failures],
-        "rows": len(report.rows),
-        "notes": list(report.warnings),
-        "checks": report.checks(),
-    }
+def _verify_clause(verify: dict[str, Any]) -> str:
+    """The closing verify in the run's one-line message."""
+    if verify.get("skipped"):
+        return "closing verify skipped (nothing archived since the last one passed)"
+    failures = len(verify.get("failures") or [])
+    return (
+        f"closing verify: {verify.get('gops_decoded', 0)} GOPs decoded, {failures} failures "
+        f"in {format_seconds(verify.get('wall_seconds') or 0)}"
+    )

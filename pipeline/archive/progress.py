@@ -12,7 +12,9 @@ import sys
 import time
 from typing import TextIO
 
-from pipeline.text import printable, text_console
+from pipeline.text import format_seconds, printable, text_console
+
+__all__ = ["Counters", "ProgressDisplay", "format_seconds", "human_bytes"]
 
 
 @dataclasses.dataclass
@@ -111,10 +113,3 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000.0
     return f"{n:.1f} TB"
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
