@@ -18,9 +18,17 @@ therefore runs torch on one intra-op thread from then on (documented in README's
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def one_thread_on_cpu(device: torch.device | str) -> None:
@@ -35,3 +43,54 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # platforms without affinity masks
         return max(1, os.cpu_count() or 1)
+
+
+class _PassCount:
+    """Neural passes running on the CPU now (`cpu_pass`): while several GOPs are coded side by side
+    they already use the cores, and `parallel_map` runs inline rather than making them queue."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+
+
+_passes = _PassCount()
+
+
+@contextlib.contextmanager
+def cpu_pass() -> Iterator[None]:
+    """Mark a neural pass running on this thread (`codec.gpu.DeviceStage` on the CPU)."""
+    with _passes.lock:
+        _passes.count += 1
+    try:
+        yield
+    finally:
+        with _passes.lock:
+            _passes.count -= 1
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_in_pool = threading.local()
+
+
+def _pin_worker() -> None:
+    torch.set_num_threads(1)
+    _in_pool.active = True
+
+
+def parallel_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`[fn(x) for x in items]`, spread over the process's cores, each call on one torch thread.
+
+    For work cut into pieces whose cut does not depend on the machine (a convolution's output frames):
+    each piece is the same single-threaded computation whichever worker runs it, so the result is
+    bit-identical on one core or sixteen. Calls from inside a worker, single items and single-core
+    processes run inline. The pool is shared by the whole process (GOPs decoded side by side wait on
+    the same cores rather than multiplying threads)."""
+    global _pool
+    if len(items) < 2 or getattr(_in_pool, "active", False) or _passes.count > 1 or usable_cores() < 2:
+        return [fn(item) for item in items]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(usable_cores(), "vidarc-cpu", initializer=_pin_worker)
+    return list(_pool.map(fn, items))

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from codec.busy_clock import BusyClock
-from codec.cpu_threads import one_thread_on_cpu
+from codec.cpu_threads import cpu_pass, one_thread_on_cpu
 
 log = logging.getLogger("vidarc.gpu")
 
@@ -169,7 +169,8 @@ class DeviceStage:
     @contextlib.contextmanager
     def run(self) -> Iterator[None]:
         one_thread_on_cpu(self.device)
-        with self.lock, thread_stream(self.device), self.clock.busy():
+        on_cpu = cpu_pass() if self.device.type == "cpu" else contextlib.nullcontext()
+        with self.lock, on_cpu, thread_stream(self.device), self.clock.busy():
             try:
                 yield
             finally:

@@ -55,6 +55,7 @@ import dataclasses
 import hashlib
 import heapq
 import math
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -848,8 +849,20 @@ def _decode_all(
     elif placement.device == "cpu" and len(sample) > RAY_MIN_GOPS and _cluster_gpus() is not None:
         results = _decode_on_ray(batches, context, meter, num_gpus=0)
     else:
-        results = [verify_batch(b, context, on_gop=meter.advance) for b in batches]
+        workers = _in_process_workers(context, len(sample))
+        results = [verify_batch(b, context, on_gop=meter.advance, workers=workers) for b in batches]
     return [row for batch in results for row in batch]
+
+
+def _in_process_workers(context: dict[str, Any], gops: int) -> int:
+    """GOPs decoded at once in this process: the usable cores on the CPU (a neural pass there runs one
+    torch thread, `codec.cpu_threads`; libav decoders are thread-safe too), one on a GPU or when the
+    sources are re-read (their decoded frames are cached per source, one reader at a time)."""
+    if context["device"] != "cpu" or context["against_source"] or gops < 2:
+        return 1
+    from codec.cpu_threads import usable_cores
+
+    return min(gops, usable_cores())
 
 
 #: Seconds between two looks at the Ray tasks' GOP count while they decode.
@@ -931,26 +944,54 @@ def _verify_batch_counted(
 
 
 def verify_batch(
-    batch: list[tuple[dict, int]], context: dict[str, Any], *, on_gop: Callable[[], Any] | None = None
+    batch: list[tuple[dict, int]],
+    context: dict[str, Any],
+    *,
+    on_gop: Callable[[], Any] | None = None,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
-    """Decode and check GOPs (Ray task body or in-process). Codecs are built once per batch; `on_gop`
-    is called after each GOP (progress).
+    """Decode and check GOPs (Ray task body or in-process), rows in batch order. Codecs are built once
+    per batch and shared by `workers` threads decoding GOPs at once; `on_gop` is called after each GOP
+    (progress).
 
     A worker asked for CUDA that has none (a Ray node declaring GPUs it cannot drive) decodes on CPU;
     its rows say so (`device`), and `run_verify` adds the note."""
     if context["device"] == "cuda" and not _cuda():
         context = dict(context, device="cpu")
-    decoders: dict[tuple, Any] = {}
+    decoders = _Decoders()
     sources: dict[str, Any] = {}
-    rows = []
-    for row, size in batch:
-        rows.append(_verify_one(row, size, context, decoders, sources))
+
+    def one(item: tuple[dict, int]) -> dict[str, Any]:
+        row = _verify_one(item[0], item[1], context, decoders, sources)
         if on_gop is not None:
             on_gop()
-    return rows
+        return row
+
+    if workers <= 1 or len(batch) < 2:
+        return [one(item) for item in batch]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(workers, len(batch)), thread_name_prefix="vidarc-verify") as pool:
+        return list(pool.map(one, batch))
 
 
-def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: dict) -> dict[str, Any]:
+class _Decoders(dict):
+    """The decoders of one batch by `decoder_key`, built once even when threads ask together; a
+    decoder that is not thread-safe decodes under its own lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def get_or_build(self, key: tuple, build: Callable[[], Any]) -> tuple[Any, Any]:
+        with self._lock:
+            if key not in self:
+                codec = build()
+                self[key] = (codec, contextlib.nullcontext() if codec.thread_safe else threading.Lock())
+            return self[key]
+
+
+def _verify_one(row: dict, size: int, context: dict, decoders: _Decoders, sources: dict) -> dict[str, Any]:
     uri = row["archive_uri"]
     label = f"{uri} GOP {row['gop_index']} (frames {row['first_frame']}+{row['frame_count']})"
     device = context["device"]
@@ -975,13 +1016,14 @@ def _verify_one(row: dict, size: int, context: dict, decoders: dict, sources: di
     ):
         return dict(result, status="failed", error=f"{label}: header codec/model disagree with the manifest")
     try:
-        key = decoder_key(header)
-        if key not in decoders:
-            decoders[key] = header_decoder(header, device=device, model=context["model"], name=uri)
-        codec = decoders[key]
-        frames, exact = codec.decode_with_digest(
-            payload, entry.frame_count, int(header["width"]), int(header["height"])
+        codec, lock = decoders.get_or_build(
+            decoder_key(header),
+            lambda: header_decoder(header, device=device, model=context["model"], name=uri),
         )
+        with lock:
+            frames, exact = codec.decode_with_digest(
+                payload, entry.frame_count, int(header["width"]), int(header["height"])
+            )
     except (CodecError, ContainerError) as exc:
         return dict(result, decode_ok=False, status="failed", error=_line(label, exc))
     except Exception as exc:  # a decoder crash on hostile bytes is still a verify failure, one line

@@ -13,6 +13,7 @@ containers) speak only when they are slow enough to reach the interval. Read sid
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -35,6 +36,7 @@ class VerifyProgress:
         self.emit, self.interval, self.clock = emit, interval, clock
         self.what, self.total, self.done = "", None, 0
         self.started = self.last = clock()
+        self._lock = threading.Lock()  # in-process verify decodes GOPs on several threads
 
     def start(self, what: str, total: int | None = None, *, line: str | None = None) -> None:
         """A new phase counting `what` ("GOPs decoded") up to `total` (None: unknown); `line` is said
@@ -45,8 +47,9 @@ class VerifyProgress:
             self._say(line)
 
     def advance(self, n: int = 1) -> None:
-        """`n` more done (in-process decodes: one GOP at a time)."""
-        self.update(self.done + n)
+        """`n` more done (in-process decodes, from any of their threads)."""
+        with self._lock:
+            self.update(self.done + n)
 
     def update(self, done: int) -> None:
         """`done` so far (Ray tasks: polled); a line when it moved and the interval has passed."""

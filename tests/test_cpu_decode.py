@@ -37,22 +37,11 @@ def _restore_torch_threads():
 
 
 @pytest.mark.parametrize(
-    ("kt", "stride", "padding", "stack_bytes"),
-    [
-        (3, (1, 1, 1), (1, 1), None),
-        (3, (2, 1, 1), (0, 0), None),
-        (1, (1, 1, 1), (0, 0), None),
-        (3, (1, 2, 2), (1, 1), None),
-        (3, (1, 1, 1), (1, 1), 1),
-    ],
+    ("kt", "stride", "padding"),
+    [(3, (1, 1, 1), (1, 1)), (3, (2, 1, 1), (0, 0)), (1, (1, 1, 1), (0, 0)), (3, (1, 2, 2), (1, 1))],
 )
-def test_causal_conv3d_as_2d_convolutions_equals_conv3d(
-    kt, stride, padding, stack_bytes, monkeypatch
-) -> None:
-    """Every shape the Wan VAE uses (temporal stride 2 in the encoder, 1×1×1 shortcuts, spatial
-    stride), and the chunked path (one output frame per call) the memory bound takes."""
-    if stack_bytes is not None:
-        monkeypatch.setattr(wan_cpu, "STACK_BYTES", stack_bytes)
+def test_causal_conv3d_as_2d_convolutions_equals_conv3d(kt, stride, padding) -> None:
+    """Every shape the Wan VAE uses: temporal stride 2 in the encoder, 1×1×1 shortcuts, spatial stride."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 6, 7, 10, 12, generator=g)
     weight = torch.randn(5, 6, kt, 3 if kt == 3 else 1, 3 if kt == 3 else 1, generator=g)
@@ -61,6 +50,21 @@ def test_causal_conv3d_as_2d_convolutions_equals_conv3d(
     got = wan_cpu.causal_conv3d(x, weight, bias, stride, padding)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_frames_spread_over_cores_give_the_bytes_of_one_core(monkeypatch) -> None:
+    """The convolution's frames on the shared pool, or inline as on a one-core machine: same bits."""
+    from codec import cpu_threads
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 16, 6, 40, 72, generator=g).transpose(3, 4).transpose(3, 4)  # a strided view
+    weight, bias = torch.randn(16, 16, 3, 3, 3, generator=g), torch.randn(16, generator=g)
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 4)
+    spread = wan_cpu.causal_conv3d(x, weight, bias, (1, 1, 1), (1, 1))
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 1)
+    torch.set_num_threads(1)
+    inline = wan_cpu.causal_conv3d(x, weight, bias, (1, 1, 1), (1, 1))
+    assert torch.equal(spread, inline)
 
 
 @pytest.fixture(scope="module")
