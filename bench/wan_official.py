@@ -6,6 +6,7 @@ folders are written here in the official Diffusers layout (sharded safetensors +
     # Host memory of loading a transformer: from_config + full state dict (the old path) vs
     # codec.weights (meta parameters, tensors straight to the device), each in a fresh process:
     python -m bench.wan_official load --config wan-1.3b --layers 10 --device cpu --dtype bfloat16
+    # (--json: one JSON object, both methods' rows under "methods")
 
     # On a GPU: whole folders (transformer, VAE, UMT5-XXL, CLIP ViT-H) and one 33-frame GOP per mode:
     python -m bench.wan_official gop --config wan-1.3b --kind t2v --size 832x480 --work /data/wan
@@ -176,10 +177,17 @@ def cmd_load(args: argparse.Namespace) -> None:
     from diffusers import WanTransformer3DModel
 
     directory = Path(args.work) / f"{args.config}-L{args.layers or 'all'}-{args.stored_dtype}" / "transformer"
+    written = None  # seconds to write the random checkpoint (None: an earlier run's was reused)
     if not (directory / "config.json").is_file():
-        print(f"writing a random checkpoint to {directory} …", flush=True)
+        print(
+            f"writing a random checkpoint to {directory} …",
+            flush=True,
+            file=sys.stderr if args.json else None,
+        )
+        start = time.perf_counter()
         config = transformer_config(args.config, "t2v", args.layers)
         write_random(WanTransformer3DModel, config, directory, DTYPES[args.stored_dtype])
+        written = round(time.perf_counter() - start, 2)
     rows = []
     for method in ("state-dict", "vidarc"):
         out = subprocess.run(
@@ -187,13 +195,21 @@ def cmd_load(args: argparse.Namespace) -> None:
             capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
         )  # fmt: skip
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    ratio = rows[0]["peak_rss_gib"] / max(rows[1]["peak_rss_gib"], 0.01)
+    if args.json:
+        print(json.dumps({
+            "config": args.config, "layers": args.layers, "stored_dtype": args.stored_dtype,
+            "device": args.device, "dtype": args.dtype, "parameters": rows[0]["parameters"],
+            "methods": {row["method"]: row for row in rows}, "peak_rss_ratio": round(ratio, 2),
+            "write_seconds": written,
+        }))  # fmt: skip
+        return
     print(f"{args.config} ({rows[0]['parameters'] / 1e9:.2f}B params, stored {args.stored_dtype}) -> "
           f"{args.device} {args.dtype}")  # fmt: skip
     print("  method       seconds   peak RSS   of it heap (anon)   mapped file   weights   peak GPU   (GiB)")
     for row in rows:
         print(f"  {row['method']:<11} {row['seconds']:>8.2f} {row['peak_rss_gib']:>10.2f} {row['peak_anon_gib']:>19.2f}"
               f" {row['peak_file_gib']:>13.2f} {row['weights_gib']:>9.2f} {row['peak_gpu_gib']!s:>10}")  # fmt: skip
-    ratio = rows[0]["peak_rss_gib"] / max(rows[1]["peak_rss_gib"], 0.01)
     print(f"  peak RSS ratio state-dict / vidarc: {ratio:.2f}x")
 
 
@@ -284,6 +300,7 @@ def main() -> None:
     load.add_argument("--layers", type=int, default=None, help="fewer blocks than the config (a mid size)")
     load.add_argument("--device", default="cpu")
     load.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    load.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     gop.add_argument("--kind", choices=["t2v", "i2v", "flf2v"], default="t2v")
     gop.add_argument("--size", default="832x480")
     gop.add_argument("--steps", type=int, default=20)

@@ -1,0 +1,199 @@
+"""`bench/gpu_suite.sh`, the GPU run: its plumbing on the CPU (`--dry-run`: every step's real tool at
+tiny sizes) and its runner (a failed, hung or incomplete step is recorded and the others still run).
+
+The dry run starts every tool in a fresh process (torch, diffusers and a Ray cluster each time), which
+is what its minutes go to; it is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from bench import gpu_suite
+from bench.gpu_suite import Step
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"non-finite {name}"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_dry_run_runs_every_step_and_fills_the_fields_of_the_real_run(tmp_path: Path) -> None:
+    out = tmp_path / "result" / "gpu_suite.json"
+    env = {**os.environ, "PYTHON": sys.executable}
+    env.pop("OUT", None)
+    started = time.monotonic()
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_suite.sh"), "--dry-run", "--out", str(out), "--workdir",
+         str(tmp_path / "work")],
+        capture_output=True, text=True, env=env, timeout=1200,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    report = _read(out)
+    problems = {
+        name: (e["status"], e.get("error")) for name, e in report["steps"].items() if e["status"] != "ok"
+    }
+    assert done.returncode == 0 and report["ok"] is True, (problems, done.stderr[-3000:])
+    assert report["dry_run"] is True and report["finished_at"] and 0 < report["seconds"] <= seconds
+    real = gpu_suite.steps(False, tmp_path, sys.executable)
+    assert list(report["steps"]) == [s.name for s in real]
+    for step in real:
+        entry = report["steps"][step.name]
+        assert entry["status"] == "ok" and entry["error"] is None and entry["exit_code"] == 0
+        assert entry["seconds"] > 0 and entry["command"] and entry["limit_s"] > 0
+        assert entry["expect"] == list(step.expect)  # the dry run checks what the real run fills
+        for path in step.expect:
+            assert gpu_suite.lookup(entry["output"], path)[0], (step.name, path)
+    steps = report["steps"]
+    assert (
+        steps["environment"]["output"]["torch"] and steps["environment"]["output"]["cuda_available"] is False
+    )
+    assert (
+        steps["glvc-720p"]["output"]["codec_encode_fps"] > 0
+        and steps["glvc-720p"]["output"]["pipeline_fps"] > 0
+    )
+    assert steps["glvc-codec-720p"]["output"]["codec_speed"]["decode_fps"] > 0
+    assert steps["gvc-speed-720p"]["output"]["decode_matches_encoder"] is True
+    assert steps["load-cuda"]["output"]["methods"]["vidarc"]["seconds"] > 0
+    assert steps["bench-gpu-default"]["output"]["model"] == "bundled"
+    assert set(report["headlines"]) == set(gpu_suite.HEADLINES)
+    assert report["headlines"]["gvc_720p_encode_s"] == steps["gvc-speed-720p"]["output"]["encode_s"]
+
+
+def _fake_steps(pid_file: Path):
+    """Steps that print JSON among other output, fail with an error line, hang with a child process,
+    print JSON short of a field, and succeed after all that."""
+    indented = (
+        "import json; print('progress'); print(json.dumps({'a': {'b': 1.5}, 'n': float('nan')}, indent=2))"
+    )
+    hang = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid)); print('started', file=sys.stderr, flush=True); "
+        "time.sleep(120)"
+    )
+
+    def fake(dry: bool, work: Path, python: str) -> list[Step]:
+        return [
+            Step("prints", "JSON after a progress line", 30, [python, "-c", indented], ("a.b", "n")),
+            Step("fails", "an error line", 30,
+                 [python, "-c", "import sys; print('error: the tool said no', file=sys.stderr); sys.exit(2)"], ()),
+            Step("hangs", "cut at its limit", 1, [python, "-c", hang], ()),
+            Step("lacks", "a field short", 30, [python, "-c", "print('{\"x\": 1}')"], ("x", "y.z")),
+            Step("after", "still runs", 30, [python, "-c", "print('{}')"], ()),
+        ]  # fmt: skip
+
+    return fake
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_a_failed_hung_or_incomplete_step_is_recorded_and_the_others_still_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gpu_suite, "steps", _fake_steps(tmp_path / "child.pid"))
+    monkeypatch.setattr(gpu_suite, "KILL_GRACE_S", 2)
+    out = tmp_path / "suite.json"
+    args = Namespace(dry_run=True, out=str(out), workdir=str(tmp_path / "work"), only=None, budget=None)
+    assert gpu_suite.run_suite(args) == 1
+    report = _read(out)
+    assert report["ok"] is False and report["finished_at"]
+    steps = report["steps"]
+    assert [(name, e["status"]) for name, e in steps.items()] == [
+        ("prints", "ok"), ("fails", "failed"), ("hangs", "timeout"), ("lacks", "failed"), ("after", "ok"),
+    ]  # fmt: skip
+    assert steps["prints"]["output"] == {"a": {"b": 1.5}, "n": None}  # strict JSON: NaN written as null
+    assert steps["fails"]["error"] == "error: the tool said no" and steps["fails"]["exit_code"] == 2
+    assert steps["hangs"]["error"].startswith("timed out after 4 s") and "started" in steps["hangs"]["error"]
+    assert steps["hangs"]["seconds"] < 30
+    assert not _alive(int((tmp_path / "child.pid").read_text()))  # the step's whole process group went
+    assert steps["lacks"]["error"] == "the output lacks y.z" and steps["lacks"]["missing"] == ["y.z"]
+    assert all(e["gpu_memory_used_after"] is None for e in steps.values())  # no nvidia-smi here
+
+
+def test_only_and_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpu_suite, "steps", _fake_steps(tmp_path / "child.pid"))
+    out = tmp_path / "suite.json"
+    args = Namespace(dry_run=True, out=str(out), workdir=str(tmp_path), only=["prints,after"], budget=None)
+    assert gpu_suite.run_suite(args) == 0
+    assert {name: e["status"] for name, e in _read(out)["steps"].items()} == {"prints": "ok", "after": "ok"}
+    args = Namespace(dry_run=True, out=str(out), workdir=str(tmp_path), only=["prints"], budget=5)
+    assert gpu_suite.run_suite(args) == 1  # under 20 s left: nothing starts
+    entry = _read(out)["steps"]["prints"]
+    assert entry["status"] == "skipped" and "budget" in entry["error"]
+    args = Namespace(dry_run=True, out=str(out), workdir=str(tmp_path), only=["nope"], budget=None)
+    assert gpu_suite.run_suite(args) == 2
+
+
+def test_the_real_run_measures_on_cuda_at_the_sizes_asked_for(tmp_path: Path) -> None:
+    commands = {s.name: s.command for s in gpu_suite.steps(False, tmp_path, "python")}
+    text = {name: " ".join(command) for name, command in commands.items()}
+    assert (
+        "bench gpu --codec glvc --random-model" in text["glvc-720p"]
+        and "--size 1280x720" in text["glvc-720p"]
+    )
+    assert "bench codec --codec glvc --device cuda --size 1280x720" in text["glvc-codec-720p"]
+    assert f"--model {tmp_path / 'vidarc-random-glvc'}" in text["glvc-codec-720p"]  # bench gpu's cache
+    for name, size in (
+        ("gvc-speed-480p", "--width 832 --height 480"),
+        ("gvc-speed-720p", "--width 1280 --height 720"),
+    ):
+        assert (
+            "--config wan-1.3b --device cuda --frames 33 --atoms 16384 --m 64" in text[name]
+            and size in text[name]
+        )
+    assert "load --config wan-1.3b --device cuda" in text["load-cuda"]
+    assert commands["bench-gpu-default"][-4:] == ["jobs.cli", "bench", "gpu", "--json"]
+    assert gpu_suite.BUDGET_S + gpu_suite.KILL_GRACE_S <= 8 * 60 - 5
+
+
+def test_a_stopped_suite_ends_the_running_step_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM to the suite (an outer timeout): the running step's process group goes, the file says
+    which step was cut and that the rest never ran."""
+    import signal
+    import threading
+
+    fake = _fake_steps(tmp_path / "child.pid")
+    monkeypatch.setattr(
+        gpu_suite, "steps", lambda *a: [s for s in fake(*a) if s.name in ("prints", "hangs", "after")]
+    )
+    monkeypatch.setattr(gpu_suite, "KILL_GRACE_S", 2)
+    out = tmp_path / "suite.json"
+    args = Namespace(dry_run=True, out=str(out), workdir=str(tmp_path / "work"), only=None, budget=None)
+    pid_file = tmp_path / "child.pid"
+
+    def stop_when_the_child_runs() -> None:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_when_the_child_runs, daemon=True).start()
+    assert gpu_suite.run_suite(args) == 1
+    steps = _read(out)["steps"]
+    assert [e["status"] for e in steps.values()] == ["ok", "stopped", "skipped"]
+    assert (
+        steps["hangs"]["error"] == f"the suite was stopped (signal {int(signal.SIGTERM)}) while this step ran"
+    )
+    assert steps["after"]["error"] == "the suite was stopped before this step"
+    assert not _alive(int(pid_file.read_text()))
+    assert signal.getsignal(signal.SIGTERM) is not gpu_suite._stop  # the handlers are put back
