@@ -123,3 +123,33 @@ def use_cpu_kernels(model: torch.nn.Module) -> int:
             module.__class__ = fast
             switched += 1
     return switched
+
+
+def use_cpu_attention() -> None:
+    """Wan transformer attention on the CPU, one head per call, heads spread over the cores.
+
+    The flow transformer's attention is most of a GVC decode on a CPU (the bundled model at 256×144:
+    2,880 tokens, 4 heads), and with one torch thread per pass (`codec.cpu_threads`) it would run on
+    one core. Each head is an independent attention; computed one head per call, single-threaded, on
+    whichever core `parallel_map` gives it, its bits do not depend on the core count. diffusers'
+    `WanAttnProcessor` reaches attention through its module's `dispatch_attention_fn`, so that name is
+    wrapped (once per process); the wrapper hands everything that is not a plain CPU self- or
+    cross-attention (a mask, a GPU tensor, one head) to the original unchanged."""
+    from diffusers.models.transformers import transformer_wan
+
+    original = transformer_wan.dispatch_attention_fn
+    if getattr(original, "vidarc_by_heads", False):
+        return
+
+    def by_heads(query: Tensor, key: Tensor, value: Tensor, *args, **kwargs) -> Tensor:
+        heads = query.shape[2] if query.dim() == 4 else 1  # [batch, tokens, heads, head dim]
+        if query.device.type != "cpu" or heads < 2 or kwargs.get("attn_mask") is not None or args:
+            return original(query, key, value, *args, **kwargs)
+
+        def head(h: int) -> Tensor:
+            return original(query[:, :, h : h + 1], key[:, :, h : h + 1], value[:, :, h : h + 1], **kwargs)
+
+        return torch.cat(parallel_map(head, range(heads)), dim=2)
+
+    by_heads.vidarc_by_heads = True  # type: ignore[attr-defined]
+    transformer_wan.dispatch_attention_fn = by_heads

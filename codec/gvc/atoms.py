@@ -28,6 +28,8 @@ from statistics import NormalDist
 
 import torch
 
+from codec.cpu_threads import parallel_map
+
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M0 = 0xD2511F53
 _PHILOX_M1 = 0xCD9E8D57
@@ -204,12 +206,20 @@ def inner_products(
     rows = max(1, chunk_elements // max(dim * frames, 1))
     rhs = residuals.to(torch.float32).unsqueeze(-1)
     rows = min(rows, num_atoms)
-    for start in range(0, num_atoms, rows):
+
+    def chunk(start: int) -> None:
         # Always a full chunk (one static shape for a compiled generator); extra atoms are dropped.
         idx = torch.arange(start, start + rows, dtype=torch.int64, device=device)
         block = gaussian_block(seed, step, frame_t, idx, dim, fast=True)  # [F, rows, D]
         keep = min(rows, num_atoms - start)
         out[:, start : start + keep] = torch.bmm(block[:, :keep], rhs).squeeze(-1)
+
+    starts = range(0, num_atoms, rows)
+    if device.type == "cpu":  # chunks are independent: spread over the cores (the search, not the decode)
+        parallel_map(chunk, starts)
+    else:
+        for start in starts:
+            chunk(start)
     return out
 
 

@@ -225,6 +225,10 @@ def load_backbone(
     tokenizer = load_tokenizer_dir(layout.vae_dir, device, dtype)
     image_encoder = load_image_encoder(layout.root, device, dtype) if layout.clip else None
     transformer = load_diffusers_model(WanTransformer3DModel, layout.flow_dir, device, dtype)
+    if device.type == "cpu":
+        from codec.wan_cpu import use_cpu_attention
+
+        use_cpu_attention()  # heads side by side on the cores, each on one thread
     conditioned = transformer.config.in_channels > transformer.config.out_channels
     return FlowBackbone(
         tokenizer,

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from codec.cpu_threads import parallel_map
 from codec.gvc import atoms as atom_gen
 from codec.gvc.atoms_fused import select_top_atoms
 
@@ -104,15 +105,22 @@ class StageTimer:
 def combine_atoms(
     seed: int, step: int, entries: Sequence[Entry], dim: int, device: torch.device
 ) -> torch.Tensor:
-    """The step's noise z [frames, dim]: per frame, Σ sign·atom over the chosen atoms, unit RMS."""
-    noise = []
-    for frame, (indices, signs) in enumerate(entries):
+    """The step's noise z [frames, dim]: per frame, Σ sign·atom over the chosen atoms, unit RMS.
+
+    Frames are independent: on the CPU they are spread over the cores (`parallel_map`), each frame the
+    same single-threaded arithmetic on any core, so encoder and decoder get the same bits anywhere."""
+
+    def frame_noise(frame: int) -> torch.Tensor:
+        indices, signs = entries[frame]
         idx = torch.tensor(indices, dtype=torch.int64, device=device)
         chosen = atom_gen.atoms_for(seed, step, frame, idx, dim)
         sgn = torch.tensor(signs, dtype=torch.float32, device=device).unsqueeze(1)
         z = (chosen * sgn).sum(dim=0)
-        noise.append(z / z.square().mean().sqrt())
-    return torch.stack(noise)
+        return z / z.square().mean().sqrt()
+
+    frames = range(len(entries))
+    on_cpu = torch.device(device).type == "cpu"
+    return torch.stack(parallel_map(frame_noise, frames) if on_cpu else [frame_noise(f) for f in frames])
 
 
 def select_atoms(seed: int, step: int, residuals: torch.Tensor, num_atoms: int, m: int) -> list[Entry]:
