@@ -38,11 +38,17 @@ def one_thread_on_cpu(device: torch.device | str) -> None:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, so a container's or a Ray task's limit)."""
+    """The cores this process may use: its affinity mask (a container's limit), and OMP_NUM_THREADS
+    when it is set (Ray sets it to the CPUs of a task or actor, so two actors on one machine do not
+    both spread over every core)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # platforms without affinity masks
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        cores = min(cores, int(omp))
+    return max(1, cores)
 
 
 class _PassCount:

@@ -22,11 +22,15 @@ see the same model). On CUDA the codecs keep diffusers' forwards (cuDNN has real
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from codec.cpu_threads import parallel_map
+
+log = logging.getLogger("vidarc.wan_cpu")
 
 
 def _diffusers_wan():
@@ -137,7 +141,10 @@ def use_cpu_attention() -> None:
     cross-attention (a mask, a GPU tensor, one head) to the original unchanged."""
     from diffusers.models.transformers import transformer_wan
 
-    original = transformer_wan.dispatch_attention_fn
+    original = getattr(transformer_wan, "dispatch_attention_fn", None)
+    if original is None:  # another diffusers: attention stays as it is (one core), said once
+        log.warning("diffusers' Wan transformer has no dispatch_attention_fn; its attention runs on one core")
+        return
     if getattr(original, "vidarc_by_heads", False):
         return
 

@@ -174,3 +174,36 @@ def test_bench_codec_refuses_bad_options_in_one_line(args: list[str], says: str)
     assert result.returncode == 2
     assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bpp_search_runs_the_tokenizer_once_per_gop() -> None:
+    """Only the latent codec runs per candidate quality index; the tokenizer's encoder once per GOP
+    and its decoder once, for the reconstruction of the chosen one."""
+    codec = build_codec("glvc", model=None, device="cpu", options={})
+    clip = synthetic_clip(EVAL_IMAGES[0], 18, 64, 48, seed=4)
+    passes, evaluations = codec.tokenizer._passes, []
+    for gop in (clip[:9], clip[9:]):
+        before = dict(passes)
+        evaluations.append(codec.encode(gop, RateTarget("bpp", 0.1), Fraction(25)).params["evaluations"])
+        assert passes["encoder"] - before["encoder"] == 1
+        assert passes["decoder"] - before["decoder"] == 1
+    assert evaluations[0] > 2  # a real search (the second GOP starts from the first one's index)
+
+
+def test_attention_by_heads_is_the_same_attention() -> None:
+    """GVC's flow transformer on the CPU: one head per call on the pool, the same values as all heads
+    at once (to float rounding), and left alone for what it does not cover (a mask)."""
+    from diffusers.models.transformers import transformer_wan
+
+    before = transformer_wan.dispatch_attention_fn
+    wan_cpu.use_cpu_attention()
+    wan_cpu.use_cpu_attention()  # once per process, however often it is asked
+    wrapped = transformer_wan.dispatch_attention_fn
+    assert wrapped.vidarc_by_heads and (before is wrapped or not getattr(before, "vidarc_by_heads", False))
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 40, 4, 8, generator=g) for _ in range(3))  # [batch, tokens, heads, dim]
+    expected = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    got = wrapped(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=1e-5, atol=1e-5)
+    mask = torch.ones(40, 40, dtype=torch.bool)
+    torch.testing.assert_close(wrapped(q, k, v, attn_mask=mask), got, rtol=1e-5, atol=1e-5)
