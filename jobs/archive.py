@@ -258,6 +258,17 @@ def archive_command(
     for missed in result.summary.get("quality_targets_missed", []):
         where = missed["video_key"] + (f" GOP {missed['gop_index']}" if "gop_index" in missed else "")
         print(f"  quality target not reached: {where}: {printable(missed['note'])}", file=sys.stderr)
+    missed = result.summary.get("rate_target_missed_gops") or 0
+    if missed:
+        target = result.summary.get("target") or {}
+        first = result.summary["rate_target_missed"][0]
+        rate = f"{first['bpp']:.4f} bpp" if target.get("kind") == "bpp" else f"{first['kbps']:.1f} kbps"
+        print(
+            f"  rate target not reached: {missed} of {result.summary.get('gops', 0)} GOPs over "
+            f"{target.get('kind')} {target.get('value')} (first: {printable(first['video_key'])} "
+            f"GOP {first['gop_index']} at {rate}); rows have target_reached false",
+            file=sys.stderr,
+        )
     for warning in result.summary.get("warnings", []):
         print(
             f"  warning: {printable(warning['source_uri'])}: {printable(warning['warning'])}", file=sys.stderr

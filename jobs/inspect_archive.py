@@ -243,6 +243,8 @@ def _print_tables(out: str, listing: Any, priced: Any) -> None:
                 spent.add_row(v.video_key, *ls_cells(item.costs, priced.currency))
             if v.error and v.status != "damaged" and len(errors) < 1000:
                 errors.append(f"{v.video_key}: {v.error}")
+            if v.rate_target_missed and len(errors) < 1000:
+                errors.append(f"{v.video_key}: rate target missed on {v.rate_target_missed} of {v.gops} GOPs")
         console.print(table)
         if spent.row_count:
             costed = True

@@ -105,6 +105,10 @@ MANIFEST_SCHEMA = pa.schema(
         ("attempt_vmaf", pa.float64()),
         ("attempt_bytes", pa.int64()),
         ("fallback_of", pa.string()),
+        # --- a bitrate target (`--target-kbps`/`--target-bpp`): whether the GOP's bits met it (within
+        # the rate search's tolerance; the codec's own verdict). Null for a quality target and in parts
+        # of earlier releases. A miss is counted in summary.json and by `vidarc audit` ---
+        ("target_reached", pa.bool_()),
     ]
 )
 

@@ -89,6 +89,9 @@ class RunTally:
     #: GOPs whose quality was measured, and those of them in the expensive metrics' sample.
     gops_measured: int = 0
     gops_sampled: int = 0
+    #: GOPs whose bits missed a bitrate target (the codec's verdict), and the first MAX_LISTED of them.
+    rate_target_missed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rate_target_missed_total: int = 0
     columns: dict[str, RunningStats] = dataclasses.field(
         default_factory=lambda: {name: RunningStats() for name in (*RATE_COLUMNS, *QUALITY_COLUMNS)}
     )
@@ -105,6 +108,12 @@ class RunTally:
             if gop.get("psnr") is not None:
                 self.gops_measured += 1
                 self.gops_sampled += UNSAMPLED_NOTE not in (gop.get("metrics_note") or "")
+            if gop.get("target_reached") is False:
+                self.rate_target_missed_total += 1
+                if len(self.rate_target_missed) < MAX_LISTED:
+                    self.rate_target_missed.append(
+                        {k: gop.get(k) for k in ("video_key", "gop_index", "bpp", "kbps", "payload_bytes")}
+                    )
 
     def warning(self, record: dict[str, str]) -> None:
         self.warnings_total += 1
@@ -168,6 +177,12 @@ def build_summary(
         "quality_targets_missed": sorted(
             targets_missed, key=lambda m: (m["video_key"], m.get("gop_index", -1))
         ),
+        # GOPs whose bits missed --target-kbps/--target-bpp (in video and GOP order; the first
+        # MAX_LISTED), and how many in all: a codec that cannot reach a rate says so here
+        "rate_target_missed": sorted(
+            tally.rate_target_missed, key=lambda m: (m["video_key"] or "", m["gop_index"] or 0)
+        ),
+        "rate_target_missed_gops": tally.rate_target_missed_total,
         "files_listed": entries_total,
         "videos_ok": c.videos_ok,
         "videos_failed": c.videos_failed,

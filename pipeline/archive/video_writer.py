@@ -227,6 +227,7 @@ def _ok_row(
         "encode_seconds": meta["encode_seconds"],
         "device": meta["device"],
         "codec_params": json_text(meta.get("params", {}), sort_keys=True),
+        "target_reached": rate_target_reached(header["target"]["kind"], meta.get("params", {})),
         "archive_uri": archive_uri,
         "offset": entry.offset,
         "length": entry.length,
@@ -257,8 +258,19 @@ _SOURCE_COLUMNS = (
 _QUALITY_COLUMNS = (*METRIC_COLUMNS, "metrics_note")
 
 
+def rate_target_reached(kind: str, params: dict[str, Any]) -> bool | None:
+    """The codec's verdict on a bitrate target (its `target_reached` parameter), None for a quality
+    target (nothing to reach) or a codec that gives none."""
+    if kind not in ("kbps", "bpp") or "target_reached" not in params:
+        return None
+    return bool(params["target_reached"])
+
+
 def _gop_stats(row: dict[str, Any]) -> dict[str, Any]:
     keys = (
+        "video_key",
+        "gop_index",
+        "target_reached",
         "frame_count",
         "payload_bytes",
         "bpp",

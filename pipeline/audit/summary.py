@@ -79,7 +79,12 @@ _NEEDED = (
     "encode_seconds",
     "status",
     "error",
+    "target_reached",
 )
+
+
+#: Target kinds that are bitrates (the others are quality metrics or a codec's own quality scale).
+RATE_TARGETS = ("kbps", "bpp")
 
 
 def group_label(codec: str | None, kind: str | None, value: float | None) -> str:
@@ -106,6 +111,10 @@ class _Group:
     target_sums: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     target_gops_short: int = 0
     target_gops_unmeasured: int = 0
+    #: Bitrate-target groups only: GOPs the codec said missed the rate, and those with no verdict
+    #: (rows of releases before `target_reached`).
+    rate_gops_missed: int = 0
+    rate_gops_unknown: int = 0
 
     @property
     def target_metric(self) -> str | None:
@@ -135,6 +144,17 @@ class _Group:
             "videos_short": len(short),
             "videos_short_listed": short[:50],
             "worst_video_mean": worst,
+        }
+
+    def rate_check(self) -> dict[str, Any] | None:
+        """A bitrate target's verdicts: how many GOPs missed it (the codec's own `target_reached`)."""
+        if self.target_kind not in RATE_TARGETS or self.target_value is None:
+            return None
+        return {
+            "target": f"{self.target_kind} {self.target_value:g}",
+            "gops_missed": self.rate_gops_missed,
+            "gops_unknown": self.rate_gops_unknown,
+            "of_gops": self.gops,
         }
 
     def _ratio(self, source_total: int) -> dict[str, Any]:
@@ -186,6 +206,7 @@ class _Group:
             "encode_seconds": self.encode_seconds,
             "quality": quality,
             "target_check": self.target_check(),
+            "rate_check": self.rate_check(),
         }
 
 
@@ -294,6 +315,7 @@ def _accumulate(
     seconds = frames / _column(batch, "fps")
     encode = _column(batch, "encode_seconds")
     metrics = {m: _column(batch, m) for m in QUALITY_METRICS}
+    reached = _column(batch, "target_reached")  # 1.0 / 0.0, NaN where the row has no verdict
     ok = status == "ok"
     keys = [(c, k, None if np.isnan(v) else float(v)) for c, k, v in zip(codec, kind, value, strict=True)]
     for key in dict.fromkeys(keys):
@@ -318,6 +340,10 @@ def _accumulate(
                 group.quality.setdefault(metric, Reservoir()).add(selected)
         if group.target_metric is not None and group.target_value is not None:
             _check_target(group, metrics[group.target_metric][good], video[good], frames[good])
+        if group.target_kind in RATE_TARGETS:
+            verdicts = reached[good]
+            group.rate_gops_missed += int((verdicts == 0.0).sum())
+            group.rate_gops_unknown += int(np.isnan(verdicts).sum())
     for metric, values in metrics.items():
         masked = np.where(ok, values, np.nan)
         worst_rows[metric].offer(masked, lambda i: _row(batch, i, ROW_FIELDS))

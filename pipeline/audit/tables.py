@@ -104,6 +104,15 @@ def print_audit(result: AuditResult, console: Console, worst: int) -> None:
             )
         console.print(targets)
 
+    rates = [(group["label"], group["rate_check"]) for group in result.groups if group.get("rate_check")]
+    if rates:
+        table = Table(title="rate targets: GOPs whose bits missed the target (the codec's verdict)")
+        for name in ("codec / target", "GOPs", "missed", "no verdict"):
+            table.add_column(name, justify="left" if name == "codec / target" else "right")
+        for label, check in rates:
+            table.add_row(label, fmt(check["of_gops"]), fmt(check["gops_missed"]), fmt(check["gops_unknown"]))
+        console.print(table)
+
     if worst > 0:
         for metric, rows in result.worst.items():
             table = Table(title=f"worst {len(rows)} GOPs by {metric}")

@@ -34,7 +34,7 @@ _STAGE_COLUMNS = [compute_column(s) for s in COMPUTE_STAGES]
 _COLUMNS = [
     "video_key", "source_uri", "status", "codec", "width", "height", "frame_count", "fps_num", "fps_den",
     "fps", "payload_bytes", "psnr", "ms_ssim", "error", "gop_index", "source_bytes", "compute_device",
-    "run_id", "archive_bytes", *_STAGE_COLUMNS,
+    "run_id", "archive_bytes", "target_reached", *_STAGE_COLUMNS,
 ]  # fmt: skip
 _FIRSTS = ["source_uri", "codec", "width", "height", "fps_num", "fps_den", "fps", "source_bytes"]
 
@@ -59,6 +59,8 @@ class VideoListing:
     psnr: float | None
     ms_ssim: float | None
     error: str | None
+    #: GOPs whose bits missed a bitrate target (`target_reached` false; 0 for a quality target).
+    rate_target_missed: int = 0
 
 
 @dataclasses.dataclass
@@ -200,6 +202,7 @@ class ArchiveListing:
             video_key=key, source_uri=record.get("source_uri"), status=status, codec=record.get("codec"),
             width=width, height=height, frames=frames, gops=ok_gops, payload_bytes=payload, bpp=bpp,
             kbps=kbps, psnr=_mean(record, "psnr"), ms_ssim=_mean(record, "ms_ssim"), error=record.get("error"),
+            rate_target_missed=record.get("rate_missed", 0),
         )  # fmt: skip
         costs = None
         if self.prices is not None and ok_gops:
@@ -256,7 +259,7 @@ def _combine(first: dict[str, Any] | None, other: dict[str, Any]) -> dict[str, A
         return other
     merged = dict(first)
     for name in ("ok_gops", "bad_gops", "ok_frames", "ok_payload", "ok_pixels", "unaccounted",
-                 "psnr_sum", "psnr_frames", "ms_ssim_sum", "ms_ssim_frames"):  # fmt: skip
+                 "psnr_sum", "psnr_frames", "ms_ssim_sum", "ms_ssim_frames", "rate_missed"):  # fmt: skip
         merged[name] = first.get(name, 0) + other.get(name, 0)
     for name in [*_FIRSTS, "error", "archive_bytes"]:
         if merged.get(name) is None:
@@ -297,6 +300,9 @@ def _per_video(table: pa.Table, *, with_runs: bool) -> Iterator[tuple[str, dict[
         "error": pc.if_else(ok, pa.scalar(None, pa.string()), table.column("error")),
         "archive_bytes": table.column("archive_bytes"),
         "unaccounted": pc.cast(pc.and_(ok, _all_null([table.column(c) for c in _STAGE_COLUMNS])), pa.int64()),
+        "rate_missed": pc.cast(
+            pc.and_(ok, pc.fill_null(pc.equal(table.column("target_reached"), False), False)), pa.int64()
+        ),
     }
     for metric in ("psnr", "ms_ssim"):
         value = table.column(metric)
@@ -313,7 +319,7 @@ def _per_video(table: pa.Table, *, with_runs: bool) -> Iterator[tuple[str, dict[
         columns[column] = pc.if_else(ok, table.column(column), pa.scalar(None, pa.float64()))
     derived = pa.table(columns)
     sums = ["ok", "bad", "ok_frames", "ok_payload", "ok_pixels", "unaccounted", "psnr_sum", "psnr_frames",
-            "ms_ssim_sum", "ms_ssim_frames"]  # fmt: skip
+            "ms_ssim_sum", "ms_ssim_frames", "rate_missed"]  # fmt: skip
     aggregations = [(name, "sum") for name in sums]
     aggregations += [(name, "first") for name in [*_FIRSTS, *(f"{n}_ok" for n in _FIRSTS), "error"]]
     aggregations += [("archive_bytes", "max")]
@@ -332,6 +338,7 @@ def _per_video(table: pa.Table, *, with_runs: bool) -> Iterator[tuple[str, dict[
             "ok_payload": row["ok_payload_sum"] or 0,
             "ok_pixels": row["ok_pixels_sum"] or 0.0,
             "unaccounted": row["unaccounted_sum"] or 0,
+            "rate_missed": row["rate_missed_sum"] or 0,
             "psnr_sum": row["psnr_sum_sum"] or 0.0,
             "psnr_frames": row["psnr_frames_sum"] or 0.0,
             "ms_ssim_sum": row["ms_ssim_sum_sum"] or 0.0,
