@@ -3,7 +3,9 @@ directories with valid cards, checkpoints resume, and bad data is refused clearl
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -60,10 +62,14 @@ def test_tokenizer_stage_writes_a_loadable_tokenizer_with_measured_latent_statis
     assert _logged_steps(settings) == [1, 2]
 
 
-def test_resume_continues_from_the_newest_checkpoint(toy_tokenizer):
-    settings, _ = toy_tokenizer
-    assert latest_checkpoint(settings.checkpoint_dir).name == "step-00000002"
-    settings.steps, settings.resume = 3, True
+def test_resume_continues_from_the_newest_checkpoint(toy_tokenizer, tmp_path):
+    shared, _ = toy_tokenizer
+    assert latest_checkpoint(shared.checkpoint_dir).name == "step-00000002"
+    # on copies: the module's fixture (its bundle and checkpoints) stays what the other tests expect
+    shutil.copytree(shared.checkpoint_dir, tmp_path / "ck")
+    settings = dataclasses.replace(
+        shared, steps=3, resume=True, checkpoint_dir=str(tmp_path / "ck"), out=str(tmp_path / "bundle")
+    )
     train_tokenizer(settings)
     newest = latest_checkpoint(settings.checkpoint_dir)
     assert newest.name == "step-00000003"
