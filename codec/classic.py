@@ -44,7 +44,6 @@ import numpy as np
 
 from codec.base import Codec, EncodedGop, RateTarget, check_frames
 from codec.errors import CodecError, CorruptPayloadError, UnsupportedInputError
-from codec.ratecontrol import search_rate
 
 # SVT-AV1 prints its whole configuration to stderr for every encoder it opens (once per CRF tried);
 # keep errors only, unless the user asked for something else. Read when the first encoder opens.
@@ -135,6 +134,8 @@ class ClassicCodec(Codec):
             payload, reached, evaluations = encode_at(crf), True, 1
         else:
             lo, hi = self.crf_range
+            from codec.ratecontrol import search_rate  # the encoder's: a decoder never loads it
+
             found = search_rate(
                 encode_at,
                 lambda data: 8.0 * len(data),

@@ -203,3 +203,30 @@ def test_reader_errors_name_the_object(tmp_path: Path, clip: np.ndarray) -> None
     reader.index().header["codec"] = "h266"
     with pytest.raises(CodecError, match="^" + re.escape(uri) + ": unknown codec"):
         reader.decoder_for()
+
+
+def test_restoring_neural_gops_loads_no_ray_metrics_or_search_code(tmp_path: Path) -> None:
+    """GLVC and GVC decodes (the golden archives, a fresh process): torch and diffusers, nothing of the
+    write side, no Ray, no rate or quality search, and not GVC's Triton search kernels (the encoder's;
+    torch itself may still import the triton package for its compiler)."""
+    golden = REPO / "tests" / "golden" / "v2"
+    script = f"""
+import json, sys
+from pipeline.reader import ArchiveReader
+shapes = []
+for name in ("glvc", "gvc-flf2v"):
+    reader = ArchiveReader({str(golden)!r} + "/" + name + ".vdrc")
+    shapes.append(list(reader.decode(0, reader.decoder_for(model={str(REPO / "tests" / "golden" / "model")!r})).shape))
+write_side = ("pipeline.metrics", "pipeline.archive", "pipeline.sources", "pipeline.verify",
+              "pipeline.quality_target", "codec.gvc.atoms_fused", "codec.ratecontrol")
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "ray" or m.startswith(write_side))
+print(json.dumps({{"shapes": shapes, "loaded": loaded, "torch": "torch" in sys.modules}}))
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(report["shapes"]) == 2 and all(shape[-1] == 3 for shape in report["shapes"])
+    assert report["torch"] and report["loaded"] == []

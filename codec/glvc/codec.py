@@ -47,7 +47,6 @@ from codec.glvc.latent_codec import LATENT_STRIDE, CompressedLatents, LatentCode
 from codec.glvc.tokenizer import Tokenizer, load_tokenizer
 from codec.gpu import DeviceStage, PinnedUploader, compile_by_default, thread_stream
 from codec.modeldir import ModelDir, bundled_model_path, load_model_dir
-from codec.ratecontrol import search_rate
 from codec.wan import glvc_vae_dir
 
 #: The components of a GLVC model: the Wan VAE (`tokenizer/`, or `vae/` in an official Wan folder) and
@@ -230,6 +229,8 @@ class GlvcCodec(Codec):
 
     def _search(self, encode_at, budget: float):
         """The rate search, warm-started at the previous GOP's index (the caller holds the code lock)."""
+        from codec.ratecontrol import search_rate  # the encoder's: a decoder never loads it
+
         result = search_rate(
             encode_at,
             lambda r: 8.0 * len(r[0]),

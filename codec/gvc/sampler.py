@@ -29,7 +29,6 @@ import torch
 
 from codec.cpu_threads import parallel_map
 from codec.gvc import atoms as atom_gen
-from codec.gvc.atoms_fused import select_top_atoms
 
 #: The flow model: (x_t [C, F, H, W] float32, t in (0, 1]) -> velocity, same shape, float32.
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
@@ -129,6 +128,8 @@ def select_atoms(seed: int, step: int, residuals: torch.Tensor, num_atoms: int, 
     On a GPU the search (and, for M ≤ 256, the selection itself) runs in the fused kernel
     (`atoms_fused`), elsewhere the reference products and `torch.topk`; either way only the choice
     travels, and the atoms are replayed exactly."""
+    from codec.gvc.atoms_fused import select_top_atoms  # the encoder's search: a decoder never loads Triton
+
     top, negative = select_top_atoms(seed, step, residuals, num_atoms, m)
     signs = torch.where(negative, -1, 1)
     return [(row.tolist(), sgn.tolist()) for row, sgn in zip(top.cpu(), signs.cpu(), strict=True)]
