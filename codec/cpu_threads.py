@@ -7,13 +7,13 @@ on the machine that wrote the archive reported every GOP as drift. With one intr
 arithmetic no longer depends on the core count; cores are used by coding several GOPs side by side
 instead (the neural codecs are thread-safe on the CPU: `codec.gpu.DeviceStage` lets CPU passes run
 concurrently, and the tokenizer gives each thread its own causal cache), which is also the faster way
-to use them: two GOPs on two cores decode 1.3-1.5× faster than one GOP on two threads (`vidarc bench
-codec --gops 2`).
+to use them: two GOPs side by side on two cores decode 1.4× the frames/s of one GOP spread over both
+(`vidarc bench codec --gops 2`); inside one GOP, `parallel_map` spreads pieces cut by shape only.
 
 `one_thread_on_cpu` sets it for the calling thread, as every entry point of a neural codec that runs
 networks on the CPU does. torch keeps the count per thread once a thread has run a parallel op, and the
 setting is also the default for threads that start later: a process that codes neural GOPs on the CPU
-therefore runs torch on one intra-op thread from then on (documented in README's restore section).
+therefore runs torch on one intra-op thread from then on (README says so where it describes verify).
 """
 
 from __future__ import annotations
