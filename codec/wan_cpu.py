@@ -7,13 +7,18 @@ diffusers' to float rounding, about 1e-6 relative; a decoded pixel moves by at m
 
 - **A causal 3-D convolution as one 2-D convolution.** A kernel of depth kt over time is a 2-D
   convolution over kt frames stacked along channels: output frame t sees input frames t·s … t·s+kt−1.
-  The weight [O, I, kt, kh, kw] is read as [O, I·kt, kh, kw] (no copy), and oneDNN's 2-D kernels do the rest; spatial zero padding is the
-  2-D convolution's own, so the frames are never padded in memory. One call per output frame, its
-  stacked input built by that call (so the extra memory is kt input frames per core, not kt times the
-  clip), the frames spread over the cores with `codec.cpu_threads.parallel_map`: each frame is the same
-  single-threaded computation on any core, so the output does not depend on the core count.
+  The weight [O, I, kt, kh, kw] is read as [O, I·kt, kh, kw] (no copy) and oneDNN's 2-D kernels do
+  the rest; spatial zero padding is the 2-D convolution's own, so frames are never padded in memory.
+  One call per output frame, its stacked input built by that call (the extra memory is kt input
+  frames per core, not kt times the clip), the frames spread over the cores with
+  `codec.cpu_threads.parallel_map`: each frame is the same single-threaded computation on any core,
+  so the output does not depend on the core count. At the bundled tokenizer's 16-64 channels a layer
+  is 7× faster; at the full Wan VAE's 96-384 channels `slow_conv3d` was never slow and this is about
+  as fast (docs/BENCHMARKS.md, "The neural codecs on a CPU").
 - **The RMS norm as a sum of squares and an `rsqrt`** instead of `F.normalize` (`linalg_vector_norm`,
   9 % of a decode): the same per-position reduction over channels, in one pass.
+- **The flow transformer's attention one head per call** (`use_cpu_attention`, for GVC): heads are
+  independent, so they spread over the cores with the same property.
 
 `use_cpu_kernels(vae)` switches a loaded VAE's modules to these forwards in place (their classes become
 subclasses of diffusers' own; parameters and state dict are untouched, so training, saving and GPU code
