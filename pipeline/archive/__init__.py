@@ -9,9 +9,27 @@ via `quality_target`), `searches` (per-video search bookkeeping, cached by `sear
 
 The write side uses the read side (container format, storage, run records); the read side never
 imports anything from here.
+
+`run_archive`, `ArchiveResult` and `ArchiveError` are loaded on first use (PEP 562): importing a
+small module of this package (say `plan`) loads that module alone, not the driver, Ray and every
+module the driver needs, and no module here reaches itself through the package.
 """
 
-from pipeline.archive.driver import ArchiveResult, run_archive
-from pipeline.archive.errors import ArchiveError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.archive.driver import ArchiveResult, run_archive
+    from pipeline.archive.errors import ArchiveError
 
 __all__ = ["ArchiveError", "ArchiveResult", "run_archive"]
+_HOMES = {"ArchiveResult": "pipeline.archive.driver", "run_archive": "pipeline.archive.driver",
+          "ArchiveError": "pipeline.archive.errors"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
