@@ -26,6 +26,12 @@ _FACTORIES: dict[str, str] = {
 }
 
 
+#: The codec families other parts name (a reference or a fallback must be classic; a quality floor is on
+#: by default for the neural ones): kept here, beside the codecs themselves.
+CLASSIC_CODECS: tuple[str, ...] = ("x264", "x265", "av1")
+NEURAL_CODECS: tuple[str, ...] = ("glvc", "gvc")
+
+
 def available_codecs() -> list[str]:
     return sorted(_FACTORIES)
 

@@ -447,7 +447,7 @@ def _pruned(
     try:
         dataset = ds.dataset(path, format=file_format, filesystem=plan.fs)
         present = [n for n in dict.fromkeys([*wanted, "video_key"]) if n in dataset.schema.names]
-        from pipeline.manifest import referenced_columns
+        from pipeline.manifest_part import referenced_columns
         from pipeline.schema import MANIFEST_SCHEMA
 
         if not set(referenced_columns(expression, MANIFEST_SCHEMA)) <= set(dataset.schema.names):
@@ -529,7 +529,7 @@ def prefetched(
 
 
 def parse_or_error(columns: list[str]) -> Callable[[bytes], Any]:
-    from pipeline.manifest import parse_part
+    from pipeline.manifest_part import parse_part
     from pipeline.schema import MANIFEST_SCHEMA
 
     def parse(data: bytes) -> Any:

@@ -1,12 +1,11 @@
-"""No import cycles among the modules of `codec`, `pipeline` and `jobs` at import time.
+"""No import cycles among the modules of `codec`, `pipeline` and `jobs`.
 
-What counts: every import a module runs when it is loaded (top level, not `if TYPE_CHECKING:` and not
-inside functions), including the package `__init__` a `from package import name` runs first. A cycle
-there makes the import order matter and loads more than a caller asked for. Imports inside functions
-(deferred on purpose) are listed by `lazy_cycles` but not refused yet: 14 modules of
-`pipeline/archive` (config, errors, reference, searches, the scheduler, ...) and three pairs
-(`codec.gvc.codec`/`digest`, `pipeline.manifest`/`manifest_layout`, `pipeline.audit.costs`/`summary`)
-still reach each other that way (issue 27).
+What counts: every import a module runs, when it is loaded (top level, including the package
+`__init__` a `from package import name` runs first) or later (inside a function: deferred, still a
+runtime dependency). A cycle makes the import order matter and loads more than a caller asked for.
+Imports under `if TYPE_CHECKING:` only name types and are not counted; `type_only_cycles` lists the
+cycles they would close (the scheduler's collaborators in `pipeline/archive` — fallback, reference,
+searches — still take the scheduler as their owner and name its types: issue 27).
 """
 
 from __future__ import annotations
@@ -28,24 +27,38 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _imported(tree: ast.Module, *, lazy: bool) -> set[str]:
-    """Names of modules an import statement names (`a.b` and, for `from a.b import c`, `a.b.c`)."""
-    nodes = ast.walk(tree) if lazy else tree.body
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imported(tree: ast.Module, *, deferred: bool, types: bool = False) -> set[str]:
+    """Names of modules the import statements name (`a.b` and, for `from a.b import c`, `a.b.c`):
+    top level only, or also inside functions (`deferred`); `if TYPE_CHECKING:` blocks with `types`."""
     names: set[str] = set()
-    for node in nodes:
+
+    def visit(node: ast.AST, top: bool) -> None:
+        if _is_type_checking(node) and not types:
+            return
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        nested = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)  # runs later
+        if top or deferred or not nested:
+            for child in ast.iter_child_nodes(node):
+                visit(child, top and not nested)
+
+    for node in tree.body:
+        visit(node, True)
     return names
 
 
-def _graph(*, lazy: bool) -> dict[str, set[str]]:
+def _graph(*, deferred: bool, types: bool = False) -> dict[str, set[str]]:
     modules = _modules()
     graph = {}
     for name, path in modules.items():
-        imported = _imported(ast.parse(path.read_text()), lazy=lazy)
+        imported = _imported(ast.parse(path.read_text()), deferred=deferred, types=types)
         targets = set()
         for target in imported:
             # importing a.b.c runs a/__init__ and a/b/__init__ first
@@ -90,12 +103,16 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def lazy_cycles() -> list[list[str]]:
-    return cycles(_graph(lazy=True))
+def type_only_cycles() -> list[list[str]]:
+    return cycles(_graph(deferred=True, types=True))
 
 
 def test_no_import_cycles_at_import_time() -> None:
-    assert cycles(_graph(lazy=False)) == []
+    assert cycles(_graph(deferred=False)) == []
+
+
+def test_no_import_cycles_with_deferred_imports() -> None:
+    assert cycles(_graph(deferred=True)) == []
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:

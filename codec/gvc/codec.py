@@ -35,10 +35,10 @@ from codec.errors import CodecError, CorruptPayloadError, ModelMismatchError, Un
 from codec.gpu import DeviceStage
 from codec.gvc import references
 from codec.gvc.bitstream import MODES, GvcPayload, Section, header_bytes
+from codec.gvc.geometry import SPATIAL_MULTIPLE, pad, padded_frames, padded_size
 from codec.gvc.sampler import SamplerConfig, StageTimer, run_sampler
 from codec.gvc.subset_rank import pack_entries, packed_bytes, unpack_entries
 
-SPATIAL_MULTIPLE = 16
 REFERENCE_FRAMES = {"t2v": (), "i2v": ("first",), "flf2v": ("first", "last")}
 MAX_SIDE = 4096
 #: The paper's settings (K = 16384, 20 steps, 3 ODE steps, g = 3, shift 3 as its T2V runs used). A model
@@ -233,7 +233,7 @@ class GvcCodec(Codec):
     def _encode(self, frames: np.ndarray, target: RateTarget, fps: Fraction, reconstruct: bool) -> EncodedGop:
         count, height, width = frames.shape[:3]
         timer = StageTimer()
-        padded = _pad(frames)
+        padded = pad(frames)
         dev = torch.device(self.device)
         with timer.stage("vae", dev):
             x0 = self.backbone.tokenizer.encode(padded).to(dev, torch.float32)
@@ -398,8 +398,8 @@ class GvcCodec(Codec):
                 f"gvc payload uses mode {parsed.mode}, which model {self.model_id} lacks "
                 f"(it supports {', '.join(self.backbone.modes)})"
             )
-        pw, ph = _padded_size(width), _padded_size(height)
-        pixel_frames = _padded_frames(frame_count)
+        pw, ph = padded_size(width), padded_size(height)
+        pixel_frames = padded_frames(frame_count)
         tok = self.backbone.tokenizer
         latent_shape = (
             tok.channels,
@@ -445,25 +445,6 @@ class GvcCodec(Codec):
             video = self._finish(x, refs, frame_count, height, width)
         self.last_timing = dict(timer.seconds)
         return video
-
-
-def _padded_size(n: int) -> int:
-    return -(-n // SPATIAL_MULTIPLE) * SPATIAL_MULTIPLE
-
-
-def _padded_frames(n: int) -> int:
-    return 1 + 4 * (-(-(n - 1) // 4))
-
-
-def _pad(frames: np.ndarray) -> np.ndarray:
-    count, height, width = frames.shape[:3]
-    pad = (
-        (0, _padded_frames(count) - count),
-        (0, _padded_size(height) - height),
-        (0, _padded_size(width) - width),
-        (0, 0),
-    )
-    return np.pad(frames, pad, mode="edge") if any(p[1] for p in pad) else frames
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

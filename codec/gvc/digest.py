@@ -19,6 +19,7 @@ import numpy as np
 
 from codec.base import frames_sha256
 from codec.gvc import references
+from codec.gvc.geometry import padded_frames, padded_size
 from codec.gvc.subset_rank import unpack_entries
 
 TAG = b"gvc-exact-v1"
@@ -27,11 +28,9 @@ TAG = b"gvc-exact-v1"
 def exact_digest(codec: Any, payload: bytes, frame_count: int, width: int, height: int) -> str:
     """`Codec.exact_digest` for a `GvcCodec`: parses the payload, unpacks its entries and decodes its
     sections' exact parts; no network runs."""
-    from codec.gvc.codec import _padded_frames, _padded_size
-
     parsed, config = codec.parse_checked(payload, frame_count, width, height)
     tokenizer = codec.backbone.tokenizer
-    latent_frames = 1 + (_padded_frames(frame_count) - 1) // tokenizer.temporal_factor
+    latent_frames = 1 + (padded_frames(frame_count) - 1) // tokenizer.temporal_factor
     entries = unpack_entries(
         parsed.codebook, config.num_atoms, config.atoms_per_step, config.coded_steps * latent_frames
     )
@@ -39,7 +38,7 @@ def exact_digest(codec: Any, payload: bytes, frame_count: int, width: int, heigh
     for indices, signs in entries:
         digest.update(np.asarray(indices, dtype="<i4").tobytes())
         digest.update(np.asarray(signs, dtype="<i4").tobytes())
-    pw, ph = _padded_size(width), _padded_size(height)
+    pw, ph = padded_size(width), padded_size(height)
     for section in parsed.sections:
         digest.update(section.kind.encode() + b":")
         digest.update(bytes.fromhex(_section_digest(codec, section, pw, ph)))

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 from codec.base import RateTarget
+from codec.registry import CLASSIC_CODECS, NEURAL_CODECS
 from pipeline.metrics import DEFAULT_SAMPLE_FRACTION
 from pipeline.sources import DEFAULT_MAX_PIXELS
 from pipeline.storage import redact
@@ -18,6 +19,13 @@ from pipeline.storage import redact
 #: Codec-native quality used when no rate option is given: visually good, not wasteful.
 #: CRF for x264/x265 (their "visually lossless-ish" defaults), CRF for SVT-AV1, and the middle of the
 #: neural codecs' quality ranges (GLVC: learned quantisation-scale index; GVC: atoms per step).
+#: The neural codecs' default quality floor (`floor.py`), RGB PSNR in dB. The bundled GLVC model reaches about 23–24 dB on
+#: natural content at 0.05 bpp (the demo videos in `samples/` included), and its failures land far
+#: below: ~10 dB on colour bars, ~6 dB on a one-pixel checkerboard, ~15 dB on a Mandelbrot zoom. 20 dB
+#: sits between the two with margin on both sides; under it colours and shapes are visibly wrong, not
+#: merely soft.
+DEFAULT_MIN_PSNR = 20.0
+
 DEFAULT_QUALITY: dict[str, float] = {"x264": 23, "x265": 28, "av1": 35, "glvc": 32, "gvc": 16}
 
 
@@ -119,7 +127,7 @@ class ArchiveConfig:
     compact: bool = True
     compact_every: int | None = 10_000
     #: The quality floor (`archive/floor.py`): each video's frame-weighted mean RGB PSNR (dB) or VMAF
-    #: must reach it. None: the codec's default (`floor.DEFAULT_MIN_PSNR` for glvc/gvc, off for the
+    #: must reach it. None: the codec's default (`DEFAULT_MIN_PSNR` for glvc/gvc, off for the
     #: classic codecs); 0: off. At most one of the two.
     min_psnr: float | None = None
     min_vmaf: float | None = None
@@ -221,12 +229,6 @@ class ArchiveConfig:
             self, target=target, device=device, gop_frames=gop_frames, min_psnr=min_psnr
         )
 
-    def floor(self) -> Any:
-        """The quality floor of a resolved configuration (`floor.Floor`), None when off."""
-        from pipeline.archive.floor import floor_of
-
-        return floor_of(self.min_psnr, self.min_vmaf)
-
     def metrics_sample_spec(self) -> Any:
         """The GOPs whose expensive metrics are measured (`pipeline.metrics.MetricsSample`)."""
         from pipeline.metrics import MetricsSample
@@ -290,8 +292,6 @@ def _check_quality_goal(config: ArchiveConfig) -> None:
 def _check_floor(config: ArchiveConfig) -> float | None:
     """Validate the floor options; returns `min_psnr` with the codec's default filled in (a VMAF floor
     replaces the default PSNR one; 0 keeps a floor off)."""
-    from pipeline.archive.floor import DEFAULT_MIN_PSNR, FALLBACK_CODECS, NEURAL_CODECS
-
     psnr, vmaf = config.min_psnr, config.min_vmaf
     if psnr is not None and not (psnr == 0 or 0 < psnr <= 100):
         raise ConfigError(f"--min-psnr is in dB, in (0, 100] (0 switches the floor off); got {psnr:g}")
@@ -304,9 +304,9 @@ def _check_floor(config: ArchiveConfig) -> float | None:
     if psnr is None and not vmaf and config.codec in NEURAL_CODECS:
         psnr = DEFAULT_MIN_PSNR
     if config.fallback is not None:
-        if config.fallback not in FALLBACK_CODECS:
+        if config.fallback not in CLASSIC_CODECS:
             raise ConfigError(
-                f"--fallback must be one of {', '.join(FALLBACK_CODECS)} (a classic codec), got {config.fallback!r}"
+                f"--fallback must be one of {', '.join(CLASSIC_CODECS)} (a classic codec), got {config.fallback!r}"
             )
         if config.fallback == config.codec:
             raise ConfigError(f"--fallback {config.fallback} is the archive's own codec")
@@ -316,15 +316,13 @@ def _check_floor(config: ArchiveConfig) -> float | None:
 
 
 def _check_reference(config: ArchiveConfig) -> None:
-    from pipeline.archive.reference import REFERENCE_CODECS
-
     if config.reference is None:
         if config.reference_preset is not None:
             raise ConfigError("--reference-preset applies to a --reference codec")
         return
-    if config.reference not in REFERENCE_CODECS:
+    if config.reference not in CLASSIC_CODECS:
         raise ConfigError(
-            f"--reference must be one of {', '.join(REFERENCE_CODECS)} (a classic codec), got {config.reference!r}"
+            f"--reference must be one of {', '.join(CLASSIC_CODECS)} (a classic codec), got {config.reference!r}"
         )
     if not 0 < config.reference_fraction <= 1:
         raise ConfigError(f"--reference-fraction must be in (0, 1], got {config.reference_fraction:g}")

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.errors import ArchiveError
-from pipeline.archive.floor import Floor, attempt_record, fallback_target, under_floor_reason, video_score
+from pipeline.archive.floor import (
+    Floor,
+    attempt_record,
+    fallback_target,
+    floor_of,
+    under_floor_reason,
+    video_score,
+)
 
 if TYPE_CHECKING:
     from pipeline.archive.scheduler import Scheduler, Video
@@ -38,7 +45,7 @@ class FloorKeeper:
 
     def __init__(self, owner: Scheduler) -> None:
         self.owner = owner
-        self.floor: Floor | None = owner.cfg.floor()
+        self.floor: Floor | None = floor_of(owner.cfg.min_psnr, owner.cfg.min_vmaf)
         self.pool: EncodePool | None = None
         self.pool_error: str | None = None
         self.identity: dict[str, Any] = {}

@@ -26,20 +26,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from codec.base import RateTarget
+from codec.registry import CLASSIC_CODECS
+from pipeline.archive.config import DEFAULT_QUALITY
 
 #: Codecs whose floor is on unless switched off (`--min-psnr 0`): their failures are content-dependent
-#: and silent. Classic codecs degrade gracefully with rate, so their floor is off unless asked for.
-NEURAL_CODECS: tuple[str, ...] = ("glvc", "gvc")
-
-#: Codecs a video under the floor can be coded again with.
-FALLBACK_CODECS: tuple[str, ...] = ("x264", "x265", "av1")
-
-#: The neural codecs' default floor, RGB PSNR in dB. The bundled GLVC model reaches about 23–24 dB on
-#: natural content at 0.05 bpp (the demo videos in `samples/` included), and its failures land far
-#: below: ~10 dB on colour bars, ~6 dB on a one-pixel checkerboard, ~15 dB on a Mandelbrot zoom. 20 dB
-#: sits between the two with margin on both sides; under it colours and shapes are visibly wrong, not
-#: merely soft.
-DEFAULT_MIN_PSNR = 20.0
+#: and silent (`codec.registry.NEURAL_CODECS`). Classic codecs degrade gracefully with rate, so their
+#: floor is off unless asked for; they are what a video under the floor can be coded again with.
+FALLBACK_CODECS: tuple[str, ...] = CLASSIC_CODECS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +90,6 @@ def fallback_target(target: RateTarget | None, fallback: str) -> RateTarget:
     comparison is quality at equal rate —; a codec-native `--quality` (given, the default, or the
     setting a quality target's search chose) means nothing to another codec, so the fallback's own
     default CRF (`DEFAULT_QUALITY`) takes its place."""
-    from pipeline.archive.config import DEFAULT_QUALITY
-
     if target is not None and target.kind in ("bpp", "kbps"):
         return target
     return RateTarget("quality", DEFAULT_QUALITY[fallback])

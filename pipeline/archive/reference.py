@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from codec.registry import CLASSIC_CODECS
 from pipeline.archive import accounting
 from pipeline.archive.plan import GopSpan
 from pipeline.archive.video_writer import gop_identity
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from pipeline.archive.scheduler import GopTask, Scheduler, Video
     from pipeline.keyset import KeySet
 
-REFERENCE_CODECS: tuple[str, ...] = ("x264", "x265", "av1")
+REFERENCE_CODECS: tuple[str, ...] = CLASSIC_CODECS
 #: Reference tasks in flight per encode actor; sampled GOPs beyond it wait (without their frames,
 #: which are decoded again when they start) so the reference never holds more than this many GOPs.
 IN_FLIGHT_PER_ACTOR = 2

@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.audit.bdrate import BdRateError, bd_quality, bd_rate
+from pipeline.audit.groups import group_label
 from pipeline.audit.reader import iter_batches, open_manifest
-from pipeline.audit.summary import HIGHER_IS_BETTER, group_label
+from pipeline.audit.summary import HIGHER_IS_BETTER
 
 #: How far apart two archives' mean quality may be and still count as equal quality (the metric's
 #: units): 1 dB of PSNR is about what a viewer starts to notice and about 15–20 % of a classic codec's

@@ -145,7 +145,7 @@ class _Acc:
 
 
 def group_key_label(row: dict[str, Any]) -> str:
-    from pipeline.audit.summary import group_label
+    from pipeline.audit.groups import group_label
 
     return group_label(row["codec"], row["target_kind"], row["target_value"])
 

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.audit.groups import group_label
 from pipeline.audit.reader import iter_batches, open_manifest
 from pipeline.audit.sketch import Reservoir
-from pipeline.audit.summary import QUALITY_METRICS, AuditResult, group_label
+from pipeline.audit.summary import QUALITY_METRICS, AuditResult
 from pipeline.metrics import HIGHER_IS_BETTER
 
 MAX_SERIES_VIDEOS = 8

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.audit.filters import FilterError, parse_filter
+from pipeline.audit.groups import RATE_TARGETS, group_label
 from pipeline.audit.reader import AuditError, iter_batches, open_manifest, open_verify
 from pipeline.audit.sketch import Reservoir, WorstRows
 from pipeline.metrics import HIGHER_IS_BETTER
@@ -81,14 +82,6 @@ _NEEDED = (
     "error",
     "target_reached",
 )
-
-
-#: Target kinds that are bitrates (the others are quality metrics or a codec's own quality scale).
-RATE_TARGETS = ("kbps", "bpp")
-
-
-def group_label(codec: str | None, kind: str | None, value: float | None) -> str:
-    return f"{codec or '?'} {kind or '?'}={value:g}" if value is not None else f"{codec or '?'} {kind or '?'}"
 
 
 @dataclasses.dataclass
