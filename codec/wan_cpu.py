@@ -80,7 +80,8 @@ def _make_classes():
     wan = _diffusers_wan()
 
     class CpuCausalConv3d(wan.WanCausalConv3d):
-        """diffusers' `WanCausalConv3d` (cache, causal padding) with `causal_conv3d` as its convolution."""
+        """diffusers' `WanCausalConv3d` (cache, causal padding) with `causal_conv3d` as its convolution
+        (diffusers builds them without dilation or groups, which `causal_conv3d` does not take)."""
 
         def forward(self, x: Tensor, cache_x: Tensor | None = None) -> Tensor:
             time_padding = self._padding[4]
@@ -90,16 +91,6 @@ def _make_classes():
             if time_padding > 0:
                 x = F.pad(x, (0, 0, 0, 0, time_padding, 0))
             spatial = (self._padding[2], self._padding[0])  # (height, width), as conv2d takes them
-            if self.dilation != (1, 1, 1) or self.groups != 1:
-                return F.conv3d(
-                    F.pad(x, (*self._padding[:4], 0, 0)),
-                    self.weight,
-                    self.bias,
-                    self.stride,
-                    0,
-                    self.dilation,
-                    self.groups,
-                )
             return causal_conv3d(x, self.weight, self.bias, self.stride, spatial)
 
     class CpuRmsNorm(wan.WanRMS_norm):
