@@ -186,6 +186,15 @@ def archive_command(
         float,
         typer.Option(help="Kill (and replace) an encode actor that finishes nothing for this many seconds."),
     ] = 3600.0,
+    storage_class: Annotated[
+        str | None,
+        typer.Option(
+            help="S3 class of the video and pack objects: STANDARD | STANDARD_IA | GLACIER_IR | GLACIER | "
+            "DEEP_ARCHIVE (GLACIER and DEEP_ARCHIVE need `vidarc thaw` before a read). Manifests, markers "
+            "and indexes stay in STANDARD.",
+            show_default="the bucket's default (STANDARD)",
+        ),
+    ] = None,
 ) -> None:
     """Archive every video under SRC (a folder, file or s3:// prefix) into OUT."""
     from pipeline.archive import ArchiveError, run_archive
@@ -247,6 +256,7 @@ def archive_command(
             min_psnr=min_psnr,
             min_vmaf=min_vmaf,
             fallback=fallback,
+            storage_class=storage_class,
         )
         result = _run_with_ray(run_archive, config)
     except (ArchiveError, ConfigError) as exc:

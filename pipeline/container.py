@@ -67,6 +67,12 @@ RangeReader = Callable[[int, int], bytes]
 """read(offset, length) -> exactly `length` bytes of the object (fewer means truncated)."""
 
 
+def bytes_reader(data: bytes) -> RangeReader:
+    """A RangeReader over bytes in memory (an object just written, a downloaded one)."""
+    view = memoryview(data)
+    return lambda offset, length: bytes(view[offset : offset + length])
+
+
 class ContainerError(Exception):
     """A .vdrc object is truncated, corrupt, of an unknown version, or not a .vdrc at all."""
 

@@ -109,6 +109,24 @@ MANIFEST_SCHEMA = pa.schema(
         # the rate search's tolerance; the codec's own verdict). Null for a quality target and in parts
         # of earlier releases. A miss is counted in summary.json and by `vidarc audit` ---
         ("target_reached", pa.bool_()),
+        # --- the archival lifecycle (`pipeline/storage_class.py`): where the video's object lives and what
+        # its fixity is checked against without a download (`vidarc verify --scan checksums`). Null in
+        # parts of earlier releases ---
+        ("storage_class", pa.string()),  # the S3 class it was written to (null: a local folder)
+        ("object_sha256", pa.string()),  # sha256 of the whole object (a pack member: of its pack)
+        (
+            "object_checksum",
+            pa.string(),
+        ),  # the store's own: "SHA256:<base64>" ("-N": multipart); null locally
+        # --- lineage (`vidarc migrate`): a video re-encoded from an earlier archive's decode ---
+        ("generation", pa.int32()),  # 1: coded from its source; n + 1: migrated from generation n
+        ("parent_archive_uri", pa.string()),  # the object it was decoded from (null: generation 1)
+        ("parent_object_sha256", pa.string()),  # that object's sha256 when it was decoded
+        ("parent_video_key", pa.string()),
+        (
+            "source_psnr",
+            pa.float64(),
+        ),  # a migration's PSNR against the original source, where it still exists
     ]
 )
 

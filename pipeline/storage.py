@@ -18,9 +18,11 @@ denied, missing, or unreachable — never "unreachable" for a 403.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import os
 import random
 import re
@@ -40,6 +42,10 @@ T = TypeVar("T")
 
 class StorageError(Exception):
     """An object store is unreachable, a path is missing, or a write failed (one-line message)."""
+
+
+class ObjectFrozen(StorageError):
+    """An object in GLACIER or DEEP_ARCHIVE was read before a restore request made it readable."""
 
 
 class StorageUnavailable(StorageError):
@@ -149,10 +155,24 @@ def retrying(what: str, operation: Callable[[], T], *, policy: RetryPolicy | Non
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def is_frozen(exc: BaseException) -> bool:
+    """Whether `exc` is S3 refusing a GET of an object in cold storage (InvalidObjectState)."""
+    return any(isinstance(e, ObjectFrozen) or _http_status(e)[1] == "InvalidObjectState" for e in _chain(exc))
+
+
+def frozen_message(uri: str) -> str:
+    return (
+        f"{uri}: in cold storage (GLACIER or DEEP_ARCHIVE) and not thawed; "
+        "`vidarc thaw OUT VIDEO` asks for a readable copy, `vidarc thaw OUT --status` says when it is ready"
+    )
+
+
 def describe(exc: BaseException, uri: str) -> str:
-    """One line for a storage error: access denied, missing, or unreachable (with the cause)."""
+    """One line for a storage error: frozen, access denied, missing, or unreachable (with the cause)."""
     if isinstance(exc, StorageError):
         return redact(str(exc).splitlines()[0]) if str(exc).strip() else f"{uri}: storage error"
+    if is_frozen(exc):  # s3fs words it as a PermissionError: it is not one
+        return frozen_message(uri)
     for error in _chain(exc):
         status, _ = _http_status(error)
         if isinstance(error, PermissionError) or status == 403:
@@ -212,15 +232,124 @@ def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     write_object(fs, path, lambda handle: handle.write(data))
 
 
-def write_object(fs: fsspec.AbstractFileSystem, path: str, writer: Callable[[BinaryIO], T]) -> T:
+def write_object(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    writer: Callable[[BinaryIO], T],
+    *,
+    open_options: dict[str, Any] | None = None,
+) -> T:
     """`writer(handle)` into an atomic write of `path`, the whole write retried on transient faults
-    (so `writer` must be repeatable: it is called once per attempt)."""
+    (so `writer` must be repeatable: it is called once per attempt). `open_options`: extra S3 request
+    parameters (storage class, checksum algorithm)."""
 
     def attempt() -> T:
-        with open_atomic(fs, path) as handle:
+        with open_atomic(fs, path, **(open_options or {})) as handle:
             return writer(handle)
 
     return retrying(full_uri(fs, path), attempt)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredObject:
+    """What the store holds after `put_checked`: the bytes' sha256 (hex), the store's own checksum as
+    it reports it ("SHA256:<base64>" for a whole-object checksum, "SHA256:<base64>-<parts>" for a
+    multipart upload's checksum of part checksums; None on a local folder or a store that keeps none)
+    and the storage class (None on a local folder)."""
+
+    size: int
+    sha256: str
+    checksum: str | None
+    storage_class: str | None
+
+
+#: One PUT up to S3's single-request limit; bigger objects go as a multipart upload.
+_SINGLE_PUT_LIMIT = 5 * 2**30
+
+
+def put_checked(
+    fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, storage_class: str | None = None
+) -> StoredObject:
+    """Write `data` atomically with an end-to-end checksum, retrying transient faults.
+
+    On S3 the object is sent with its SHA-256 (`ChecksumSHA256`): the store refuses a body that does
+    not match, and keeps the checksum, so a later fixity check is a HEAD, not a download
+    (`vidarc verify --scan checksums`). `storage_class` (an S3 class) goes with the PUT; on a local
+    folder only STANDARD (or None) makes sense. The returned record is what the manifest keeps.
+    """
+    digest = hashlib.sha256(data).digest()
+    if not _is_s3(fs):
+        if storage_class not in (None, "STANDARD"):
+            raise StorageError(f"{full_uri(fs, path)}: storage class {storage_class} needs an s3:// archive")
+        write_bytes(fs, path, data)
+        return StoredObject(len(data), digest.hex(), None, None)
+    extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"}
+    if storage_class:
+        extra["StorageClass"] = storage_class
+    bucket, key, _ = fs.split_path(path)
+    if len(data) <= _SINGLE_PUT_LIMIT:
+        b64 = base64.b64encode(digest).decode()
+        response = retrying(
+            full_uri(fs, path),
+            lambda: fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, ChecksumSHA256=b64, **extra),
+        )
+        fs.invalidate_cache(path)
+        stored = response.get("ChecksumSHA256")
+        if stored is not None and stored != b64:
+            raise StorageError(f"{full_uri(fs, path)}: the store's SHA-256 differs from the bytes sent")
+        checksum = f"SHA256:{stored}" if stored else None
+    else:
+        parts: list[dict[str, Any]] = []
+
+        def upload(handle: BinaryIO) -> None:
+            handle.write(data)
+            handle.flush()
+            parts[:] = list(getattr(handle, "parts", None) or [])
+
+        with_parts = dict(extra)
+        write_object(fs, path, lambda handle: upload(handle), open_options=with_parts)
+        sums = [p.get("ChecksumSHA256") for p in parts]
+        checksum = None
+        if sums and all(sums):
+            joined = b"".join(base64.b64decode(s) for s in sums)
+            checksum = f"SHA256:{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(sums)}"
+    return StoredObject(len(data), digest.hex(), checksum, storage_class or "STANDARD")
+
+
+def head_object(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:
+    """What the store says of one object without reading it (one HEAD on S3, with its checksum and
+    restore state; a stat on a local folder), None when it does not exist."""
+    uri = full_uri(fs, path)
+    if not _is_s3(fs):
+        try:
+            return {"ContentLength": os.path.getsize(path)}
+        except FileNotFoundError:
+            return None
+    bucket, key, _ = fs.split_path(path)
+
+    def attempt() -> dict[str, Any] | None:
+        try:
+            return dict(fs.call_s3("head_object", Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
+        except FileNotFoundError:
+            return None
+
+    return retrying(uri, attempt)
+
+
+def store_checksum(head: dict[str, Any]) -> str | None:
+    """A HEAD's SHA-256 in the form `StoredObject.checksum` records (None when the store has none)."""
+    value = head.get("ChecksumSHA256")
+    return f"SHA256:{value}" if value else None
+
+
+def same_checksum(recorded: str, reported: str) -> bool:
+    """Whether two recorded checksums name the same bytes. A multipart checksum's part count
+    ("-N") is compared only when both sides carry it (some stores leave it out of a HEAD)."""
+    left, right = recorded.split("-")[0], reported.split("-")[0]
+    if left != right:
+        return False
+    parts = [c.split("-")[1] for c in (recorded, reported) if "-" in c]
+    return len(parts) < 2 or parts[0] == parts[1]
 
 
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str, *, small: bool = False) -> bytes:
@@ -273,7 +402,7 @@ def list_names(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
+def open_atomic(fs: fsspec.AbstractFileSystem, path: str, **s3_options: Any) -> Iterator[BinaryIO]:
     """A writable handle whose object appears under `path` only if the block exits without error."""
     if is_local(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -288,7 +417,7 @@ def open_atomic(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
         return
-    handle = fs.open(path, "wb")
+    handle = fs.open(path, "wb", **s3_options)
     try:
         yield handle
     except BaseException:

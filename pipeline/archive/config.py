@@ -133,6 +133,9 @@ class ArchiveConfig:
     min_vmaf: float | None = None
     #: Classic codec a video under the floor is coded again with (None: such a video fails).
     fallback: str | None = None
+    #: S3 storage class of the video and pack objects (`pipeline/storage_class.py`); manifests,
+    #: markers, leases and indexes stay in STANDARD. None: the bucket's default (STANDARD).
+    storage_class: str | None = None
 
     def resolved(self) -> ArchiveConfig:
         """A copy with defaults filled in, validated; raises ConfigError with a one-line reason."""
@@ -194,6 +197,18 @@ class ArchiveConfig:
                 f"--skip-metric: unknown {sorted(unknown)}; choose from {', '.join(METRIC_SWITCHES)}"
             )
         _check_quality_goal(self)
+        storage_class = self.storage_class
+        if storage_class is not None:
+            from pipeline.storage_class import StorageClassError, check_storage_class
+
+            try:
+                storage_class = check_storage_class(storage_class)
+            except StorageClassError as exc:
+                raise ConfigError(f"--storage-class: {exc}") from None
+            if storage_class != "STANDARD" and not self.out.startswith(("s3://", "s3a://")):
+                raise ConfigError(
+                    f"--storage-class {storage_class} needs an s3:// OUT; {self.out} is a local folder"
+                )
         if self.pack_mb is not None and not 0 < self.pack_mb <= 4096:
             raise ConfigError(f"--pack is in MB, in (0, 4096]; got {self.pack_mb:g}")
         if self.shard is not None:
@@ -226,7 +241,12 @@ class ArchiveConfig:
         if device == "auto":
             device = "cuda" if self.num_gpus_per_actor > 0 else "cpu"
         return dataclasses.replace(
-            self, target=target, device=device, gop_frames=gop_frames, min_psnr=min_psnr
+            self,
+            target=target,
+            device=device,
+            gop_frames=gop_frames,
+            min_psnr=min_psnr,
+            storage_class=storage_class,
         )
 
     def metrics_sample_spec(self) -> Any:

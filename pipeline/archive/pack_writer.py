@@ -11,12 +11,14 @@ row and marker like any failed video, and the others are packed.
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
 from pipeline.archive import accounting
 from pipeline.archive.errors import one_line
-from pipeline.archive.video_writer import VideoJob, commit_result, container_inputs, video_rows
+from pipeline.archive.video_writer import VideoJob, commit_result, container_inputs, object_fields, video_rows
+from pipeline.container import bytes_reader
 from pipeline.locate import write_many_index_entries
 from pipeline.manifest import parquet_bytes
 from pipeline.pack import PackWriter, read_member_index, read_pack_index
@@ -30,7 +32,7 @@ from pipeline.runinfo import (
     write_json,
 )
 from pipeline.schema import MANIFEST_SCHEMA
-from pipeline.storage import filesystem, full_uri, range_reader, remove, write_bytes, write_object
+from pipeline.storage import filesystem, full_uri, is_local, put_checked, range_reader, remove, write_bytes
 
 
 def commit_pack(
@@ -58,15 +60,17 @@ def commit_pack(
         return {"pack_bytes": 0, "archive_uri": None, "members": {}, "failed": failed}
     path = pack_path(out_root, pack_id)
 
-    def write_pack(handle: Any) -> int:
-        writer = PackWriter(handle)
-        for job, _, (header, gops, attachments) in inputs:
-            writer.add(job.video_key, header, gops, attachments)
-        return writer.close()
-
-    size = write_object(fs, path, write_pack)
+    buffer = io.BytesIO()
+    writer = PackWriter(buffer)
+    for job, _, (header, gops, attachments) in inputs:
+        writer.add(job.video_key, header, gops, attachments)
+    writer.close()
+    data = buffer.getvalue()
+    stored = put_checked(fs, path, data, storage_class=jobs[0].storage_class)
+    size = stored.size
     archive_uri = full_uri(fs, path)
-    read = range_reader(fs, path)
+    # as stored: the bytes the store acknowledged by their checksum, else read back
+    read = bytes_reader(data) if stored.checksum or is_local(fs) else range_reader(fs, path)
     stored = {m.video_key: m for m in read_pack_index(read, size, name=archive_uri).members}  # as stored
     frames = {job.video_key: sum(s.frame_count for s in job.spans) for job, _, _ in inputs}
     frames_total = sum(frames.values()) or 1
@@ -78,7 +82,15 @@ def commit_pack(
         index = read_member_index(read, member, name=archive_uri)
         share = seconds * frames[job.video_key] / frames_total  # the commit's time, split by frames
         rows_by_video[job.video_key] = (
-            video_rows(job, job_metas, index.gops, archive_uri, share, member=(member.offset, member.length)),
+            video_rows(
+                job,
+                job_metas,
+                index.gops,
+                archive_uri,
+                share,
+                member=(member.offset, member.length),
+                stored=stored,
+            ),
             bool(attachments),
             member.length,
         )
@@ -94,6 +106,7 @@ def commit_pack(
         "run_id": jobs[0].run_id,
         "archive_uri": archive_uri,
         "archive_bytes": size,
+        **object_fields(stored),
         "members": list(rows_by_video),
         "completed_at": utc_now().isoformat(),
     }

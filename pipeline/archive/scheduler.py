@@ -571,6 +571,7 @@ class Scheduler:
             has_audio=info.has_audio,
             metadata=entry.metadata,
             compute={"probe": probe_seconds},
+            storage_class=self.cfg.storage_class,
         )
         self.counters.frames_total += info.frame_count
         goal = self.cfg.quality_goal

@@ -200,6 +200,7 @@ def build_summary(
         "archive_bytes": tally.archive_bytes,
         "compression_ratio": (tally.source_bytes / tally.archive_bytes) if tally.archive_bytes else None,
         "compression_ratio_of": "source bytes / archive object bytes",  # as `vidarc audit` defines it
+        "storage_class": cfg.storage_class,  # of the video and pack objects (None: the store's default)
         "bpp": tally.columns["bpp"].stats(),
         "kbps": tally.columns["kbps"].stats(),
         "quality": {name: tally.columns[name].percentiles() for name in QUALITY_COLUMNS},

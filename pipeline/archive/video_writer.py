@@ -11,6 +11,7 @@ and no container (a stale one from an earlier attempt is removed).
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from typing import Any
 
@@ -20,7 +21,13 @@ from pipeline import sources
 from pipeline.archive import accounting
 from pipeline.archive.floor import floor_columns
 from pipeline.archive.plan import GopSpan
-from pipeline.container import AUDIO_ATTACHMENT, TIMESTAMPS_ATTACHMENT, read_index, write_container
+from pipeline.container import (
+    AUDIO_ATTACHMENT,
+    TIMESTAMPS_ATTACHMENT,
+    bytes_reader,
+    read_index,
+    write_container,
+)
 from pipeline.locate import write_index_entries
 from pipeline.manifest import parquet_bytes
 from pipeline.metrics import METRIC_COLUMNS
@@ -39,7 +46,17 @@ from pipeline.schema import (
     SOURCE_METADATA_COLUMNS,
     compute_column,
 )
-from pipeline.storage import filesystem, full_uri, range_reader, redact, remove, write_bytes, write_object
+from pipeline.storage import (
+    StoredObject,
+    filesystem,
+    full_uri,
+    is_local,
+    put_checked,
+    range_reader,
+    redact,
+    remove,
+    write_bytes,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +76,10 @@ class VideoJob:
     metadata: dict[str, str] | None = None
     #: Per-video device-seconds measured before the commit ("probe", "search"; `accounting`).
     compute: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The S3 storage class of the video's object (`--storage-class`; None: the store's default).
+    storage_class: str | None = None
+    #: A migrated video's lineage columns (`generation`, `parent_*`); None: coded from its source.
+    lineage: dict[str, Any] | None = None
 
 
 def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -> dict[str, Any]:
@@ -67,12 +88,19 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
     fs, out_root = filesystem(job.out, endpoint_url=job.endpoint_url)
     header, gops, attachments = container_inputs(job, payloads)
     path = container_path(out_root, job.video_key)
-    size = write_object(fs, path, lambda handle: write_container(handle, header, gops, attachments))
+    buffer = io.BytesIO()
+    write_container(buffer, header, gops, attachments)
+    data = buffer.getvalue()
+    stored = put_checked(fs, path, data, storage_class=job.storage_class)
+    size = stored.size
     archive_uri = full_uri(fs, path)
-    index = read_index(range_reader(fs, path), size, name=archive_uri)  # the index as stored
+    # the index of the bytes the store acknowledged by their checksum (a cold object cannot be read
+    # back); without a store checksum, read back as stored
+    read = bytes_reader(data) if stored.checksum or is_local(fs) else range_reader(fs, path)
+    index = read_index(read, size, name=archive_uri)
     cpu = accounting.held("cpu")
     seconds = cpu.charge(time.perf_counter() - started)
-    rows = video_rows(job, metas, index.gops, archive_uri, seconds, archive_bytes=size)
+    rows = video_rows(job, metas, index.gops, archive_uri, seconds, archive_bytes=size, stored=stored)
     write_bytes(fs, manifest_path(out_root, job.video_key), _parquet_bytes(rows))
     write_index_entries(fs, out_root, job.video_key, job.source_uri)  # before the marker: done => indexed
     marker = {
@@ -81,6 +109,7 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
         "run_id": job.run_id,
         "archive_uri": archive_uri,
         "archive_bytes": size,
+        **object_fields(stored),
         "gops": len(rows),
         "frames": int(header["frame_count"]),
         "completed_at": utc_now().isoformat(),
@@ -120,16 +149,20 @@ def video_rows(
     *,
     member: tuple[int, int] | None = None,
     archive_bytes: int | None = None,
+    stored: StoredObject | None = None,
 ) -> list[dict[str, Any]]:
     """The video's manifest rows from its container index as stored. `member`: (offset, length) of
     the video's container inside a pack; row offsets are then absolute in the pack object.
     `archive_bytes`: the size of its object (a pack member: its length), so reads that price the
-    stored bytes never list `videos/`."""
+    stored bytes never list `videos/`. `stored`: the object's class and checksums (a pack's)."""
     per_video = accounting.add_per_video(job.compute, "commit", commit_seconds)
     frames_total = sum(span.frame_count for span in job.spans) or 1
     shift = member[0] if member else 0
     placed: dict[str, Any] = {"member_offset": member[0], "member_length": member[1]} if member else {}
     placed["archive_bytes"] = member[1] if member else archive_bytes
+    if stored is not None:
+        placed.update(object_fields(stored))
+    placed.update(job.lineage or {"generation": 1})
     return [
         dict(
             _ok_row(job, span, meta, dataclasses.replace(entry, offset=entry.offset + shift), archive_uri),
@@ -138,6 +171,15 @@ def video_rows(
         )
         for span, meta, entry in zip(job.spans, metas, entries, strict=True)
     ]
+
+
+def object_fields(stored: StoredObject) -> dict[str, Any]:
+    """The manifest's (and markers') record of where an object lives and its fixity."""
+    return {
+        "storage_class": stored.storage_class,
+        "object_sha256": stored.sha256,
+        "object_checksum": stored.checksum,
+    }
 
 
 def commit_result(
