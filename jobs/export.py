@@ -46,6 +46,12 @@ def export_command(
         bool,
         typer.Option("--allow-damaged", help="Export what is readable when manifest parts are damaged."),
     ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Wait for selected objects being thawed (`vidarc thaw`) instead of failing."
+        ),
+    ] = False,
 ) -> None:
     """Export the selected GOPs of an archive as mp4 files or WebDataset shards."""
     from pipeline.dataset import DamagedManifestWarning, DatasetError
@@ -68,6 +74,8 @@ def export_command(
                 device=device,
                 model=model,
                 allow_damaged=allow_damaged,
+                wait=wait,
+                progress=lambda line: print(line, file=sys.stderr, flush=True),
             )
     except (DatasetError, StorageError, OSError) as exc:
         print(f"error: {redact(str(exc).splitlines()[0])}", file=sys.stderr)

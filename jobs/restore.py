@@ -31,6 +31,13 @@ def restore_command(
             "archive's header names). Weights other than the header's sha256 are refused."
         ),
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="If the object is being thawed (`vidarc thaw`), wait for its copy instead of failing.",
+        ),
+    ] = False,
 ) -> None:
     """Restore a video (or a frame range) from an archive into DEST (.mp4 or .mkv)."""
     from pipeline.restore import RestoreError, parse_frame_range, restore_video
@@ -41,8 +48,9 @@ def restore_command(
         span = parse_frame_range(frames) if frames else None
         with _index_warnings_as_lines():
             result = restore_video(
-                out, video, dest, frames=span, endpoint_url=endpoint_url, device=device, model=model
-            )
+                out, video, dest, frames=span, endpoint_url=endpoint_url, device=device, model=model,
+                wait=wait, progress=lambda line: print(printable(line), file=sys.stderr, flush=True),
+            )  # fmt: skip
     except (RestoreError, StorageError, OSError) as exc:
         print(f"error: {printable(redact(str(exc).splitlines()[0]))}", file=sys.stderr)
         raise typer.Exit(2) from None

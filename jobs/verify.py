@@ -30,7 +30,12 @@ def verify_command(
     device: Annotated[str, typer.Option(help="cpu | cuda | auto: where to decode.")] = "cpu",
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint URL.")] = None,
     scan: Annotated[
-        str, typer.Option(help="auto | full | index: CRC every byte, or only each container's index.")
+        str,
+        typer.Option(
+            help="auto | full | index: CRC every byte, or only each container's index. checksums: fixity "
+            "of every object from what the store reports (one HEAD each, no download, cold objects "
+            "included), against the manifest's recorded checksum and size; nothing is decoded."
+        ),
     ] = "auto",
     model: Annotated[
         str | None,
@@ -51,6 +56,17 @@ def verify_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON on stdout (progress stays on stderr).")
     ] = False,
+    readable_only: Annotated[
+        bool,
+        typer.Option(
+            "--readable-only",
+            help="Check and sample only objects readable now: skip GLACIER/DEEP_ARCHIVE objects without a "
+            "thawed copy (their fixity: --scan checksums).",
+        ),
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for objects being thawed (`vidarc thaw`) instead of failing.")
+    ] = False,
 ) -> None:
     """Decode a seeded sample of an archive's GOPs from the stored bytes and check them."""
     from pipeline.storage import redact
@@ -60,6 +76,8 @@ def verify_command(
     if device not in ("cpu", "cuda", "auto"):
         print(f"error: --device must be cpu, cuda or auto, got {device!r}", file=sys.stderr)
         raise typer.Exit(2)
+    if scan == "checksums":
+        _fixity(out, endpoint_url, as_json)
     owned = False
     try:
         if address:
@@ -71,6 +89,7 @@ def verify_command(
         report = run_verify(
             out, fraction=fraction, count=count, seed=seed, device=device, endpoint_url=endpoint_url,
             scan=scan, model=model, against_source=against_source, progress=_to_stderr,
+            readable_only=readable_only, wait=wait,
         )  # fmt: skip
     except VerifyError as exc:
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
@@ -89,6 +108,43 @@ def verify_command(
         _print_report(report)
     for failure in report.failures:
         print(f"  FAILED: {printable(failure)}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _fixity(out: str, endpoint_url: str | None, as_json: bool) -> None:
+    """`--scan checksums`: the fixity pass (`pipeline/fixity.py`); exits 0 intact, 1 failures, 2 cannot run."""
+    from pipeline.fixity import FixityError, scan_checksums
+    from pipeline.runinfo import json_text
+    from pipeline.storage import redact
+    from pipeline.text import printable
+
+    try:
+        report = scan_checksums(out, endpoint_url=endpoint_url, progress=_to_stderr)
+    except FixityError as exc:
+        print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    code = 0 if report.ok else 1
+    if as_json:
+        sys.stdout.write(json_text({**report.to_json(), "exit_code": code}, indent=2, sort_keys=True) + "\n")
+    else:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(report.by_state.items())) or "none"
+        print(
+            f"fixity {report.scan_id}: {report.objects} objects checked ({states}), "
+            f"{report.requests} store requests, {report.bytes_hashed} bytes read"
+        )
+        if report.by_state.get("unrecorded"):
+            print(
+                f"  note: {report.by_state['unrecorded']} objects have no checksum on record (archived before "
+                "checksums were kept, or the store keeps none): only their size was compared"
+            )
+        if report.output_uri:
+            print(f"rows written to {report.output_uri}")
+    for failure in [*report.damaged_parts, *report.failures]:
+        print(f"  FAILED: {printable(failure)}", file=sys.stderr)
+    if report.failures_total > len(report.failures):
+        print(
+            f"  ... and {report.failures_total - len(report.failures)} more (see the rows)", file=sys.stderr
+        )
     raise typer.Exit(code)
 
 

@@ -27,6 +27,9 @@ PAGE_SIZE = 1000
 class ListedObject:
     path: str  # as the filesystem names it (no protocol)
     size: int
+    #: The object's S3 storage class as the listing reports it (None on a local folder): a listing
+    #: knows which objects are cold at no extra request.
+    storage_class: str | None = None
 
 
 def iter_pages(
@@ -114,7 +117,7 @@ def _s3_pages(fs: fsspec.AbstractFileSystem, root: str, page_size: int) -> Itera
     while True:
         reply = sync(fs.loop, fs._call_s3, "list_objects_v2", **request)
         yield [
-            ListedObject(f"{bucket}/{item['Key']}", int(item.get("Size") or 0))
+            ListedObject(f"{bucket}/{item['Key']}", int(item.get("Size") or 0), item.get("StorageClass"))
             for item in reply.get("Contents", ())
             if not item["Key"].endswith("/")  # folder placeholders
         ]

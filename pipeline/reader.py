@@ -86,6 +86,10 @@ class ArchiveReader:
             self._size = int(retrying(self.uri, lambda: self.fs.size(self.path)))
         return self._size
 
+    def set_size(self, size: int) -> None:
+        """The object's size from a HEAD the caller made anyway (saves the read's own)."""
+        self._size = size
+
     @property
     def bytes_read(self) -> int:
         return self.read.bytes_read

@@ -29,6 +29,7 @@ import io
 import os
 import tempfile
 import uuid
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import PurePosixPath
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 
 from codec.base import Codec
 from codec.errors import CodecError
-from pipeline import locate
+from pipeline import locate, thaw
 from pipeline.container import AUDIO_ATTACHMENT, ContainerError, ContainerIndex, GopEntry
 from pipeline.locate import ArchivedVideo
 from pipeline.manifest import DamagedPart, PartsError, parse_part
@@ -49,13 +50,16 @@ from pipeline.storage import (
     StorageError,
     describe,
     filesystem,
+    frozen_message,
     full_uri,
+    head_object,
+    is_frozen,
     is_local,
     open_atomic,
     read_bytes,
-    redact,
     retrying,
 )
+from pipeline.storage_class import thaw_state
 
 DEST_FORMATS = {".mp4": "mp4", ".mkv": "matroska"}
 MP4_CRF = 10
@@ -87,10 +91,14 @@ def restore_video(
     endpoint_url: str | None = None,
     device: str = "cpu",
     model: str | None = None,
+    wait: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> RestoreResult:
     """Write `video` (a video_key or a source name) from archive `out` to `dest` (.mp4 or .mkv).
 
-    Raises RestoreError with a one-line reason; DEST is written atomically (never half a file).
+    Raises RestoreError with a one-line reason; DEST is written atomically (never half a file). An
+    object in GLACIER or DEEP_ARCHIVE without a thawed copy is refused in one line (`vidarc thaw`), or
+    with `wait` waited for when a thaw was asked for.
     """
     suffix = PurePosixPath(dest).suffix.lower()
     if suffix not in DEST_FORMATS:
@@ -98,14 +106,21 @@ def restore_video(
     entry = find_video(out, video, endpoint_url=endpoint_url)
     reader = ArchiveReader(entry.archive_uri, endpoint_url=endpoint_url, member=entry.member)
     try:
-        # one HEAD (kept as the index read's size): a missing object is worded here, before any decoding
-        _ = reader.size if entry.member is None else reader.fs.size(reader.path)
+        # one HEAD (kept as the index read's size): a missing or frozen object is worded here, before
+        # any decoding
+        head = head_object(reader.fs, reader.path)
+        if head is None:
+            raise FileNotFoundError(reader.path)
+        if entry.member is None:
+            reader.set_size(int(head["ContentLength"]))
+        if not is_local(reader.fs) and not thaw_state(head).readable:
+            thaw.require_readable(reader.fs, [reader.path], out=out, wait=wait, progress=progress)
     except FileNotFoundError:
         raise RestoreError(f"{entry.archive_uri}: archive object is missing") from None
+    except StorageError as exc:
+        raise RestoreError(str(exc).splitlines()[0]) from None
     except Exception as exc:
-        raise RestoreError(
-            f"{entry.archive_uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})"
-        ) from None
+        raise RestoreError(describe(exc, entry.archive_uri)) from None
     try:
         index = reader.index()
         reader.check_preamble()
@@ -121,6 +136,10 @@ def restore_video(
         raise RestoreError(str(exc).splitlines()[0]) from None
     except _av_error() as exc:  # the muxer refusing what a damaged archive decoded to
         raise RestoreError(f"{entry.archive_uri}: cannot write {dest} ({exc})") from None
+    except Exception as exc:
+        if is_frozen(exc):  # moved to a cold class (a lifecycle rule) since the HEAD above
+            raise RestoreError(frozen_message(entry.archive_uri)) from None
+        raise
     return RestoreResult(
         dest=dest,
         video_key=entry.video_key,

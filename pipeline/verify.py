@@ -67,6 +67,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from codec.errors import CodecError
+from pipeline import thaw
 from pipeline.container import (
     PREAMBLE,
     TRAILER,
@@ -91,10 +92,12 @@ from pipeline.storage import (
     describe,
     filesystem,
     full_uri,
+    is_local,
     join,
     redact,
     write_bytes,
 )
+from pipeline.storage_class import is_cold
 from pipeline.verify_progress import INTERVAL_SECONDS, VerifyProgress
 from pipeline.verify_record import write_record
 
@@ -213,6 +216,8 @@ def run_verify(
     progress_interval: float = INTERVAL_SECONDS,
     covers: dict[str, Any] | None = None,
     archive_run_id: str | None = None,
+    readable_only: bool = False,
+    wait: bool = False,
 ) -> VerifyReport:
     """Verify archive `out`; writes `<out>/verify/part-<verify_run_id>.parquet` and the last-verify
     record (`pipeline.verify_record`), and returns the report.
@@ -220,7 +225,9 @@ def run_verify(
     `progress` is called with rate-limited lines ("verify: 3/12 GOPs decoded ...", `verify_progress`).
     `covers`/`archive_run_id`: given by the archive's closing verify, what it covered (kept in the
     record, so a rerun that archived nothing can skip it). Raises VerifyError (nothing written) when
-    the options are invalid or the archive cannot be read.
+    the options are invalid or the archive cannot be read. Objects in GLACIER or DEEP_ARCHIVE without a
+    thawed copy stop it with one line naming them (`pipeline.thaw`), unless `readable_only` (they are
+    left out, with a note) or `wait` (it waits for copies already asked for).
     """
     started = time.monotonic()
     if fraction is not None and count is not None:
@@ -243,15 +250,16 @@ def run_verify(
         raise VerifyError(str(exc)) from None
     meter = VerifyProgress(progress, interval=progress_interval)
     scan_result = _scan_manifest(out, endpoint_url, fraction, count, seed, meter)
+    cold = _ColdObjects(out, readable_only, wait, progress)
     if scan_result.rows is None:
         report = _verify_sample_of_large_archive(
             out, fs, root, scan_result, scan, device, endpoint_url, verify_run_id, model, against_source,
-            meter,
+            meter, cold,
         )  # fmt: skip
     else:
         report = _verify_every_object(
             out, fs, root, scan_result, fraction, count, seed, scan, device, endpoint_url, verify_run_id,
-            model, against_source, meter,
+            model, against_source, meter, cold,
         )  # fmt: skip
     report.wall_seconds = time.monotonic() - started
     _record(fs, root, report, covers, archive_run_id)
@@ -287,6 +295,7 @@ def _verify_every_object(
     model: str | None,
     against_source: bool,
     meter: VerifyProgress,
+    cold: _ColdObjects,
 ) -> VerifyReport:
     """An archive whose manifest rows fit in memory: every object checked against its rows and every
     done marker against the objects, then the sample decoded and proven."""
@@ -304,10 +313,14 @@ def _verify_every_object(
         for r in manifest
         if r["status"] != "ok" and r.get("gop_index") is None
     ]
-    paths = _container_paths(fs, root, out)
+    classes: dict[str, str | None] = {}
+    paths = _container_paths(fs, root, out, classes)
     sizes = {uri: size for uri, (_, size) in paths.items()}
     failures += [part.line() for part in damaged]  # every manifest part was read and checked
     failures += _check_markers(fs, root, ok_rows, sizes, {k for p in damaged for k in p.video_keys})
+    for uri in cold.left_out(fs, {u: paths[u][0] for u, c in classes.items() if is_cold(c)}, warnings):
+        del paths[uri], sizes[uri]  # not readable now, and --readable-only: neither checked nor sampled
+    ok_rows = [r for r in ok_rows if r["archive_uri"] in sizes or r["archive_uri"] not in classes]
     scan_mode = scan
     if scan == "auto":
         scan_mode = "full" if sum(sizes.values()) <= FULL_SCAN_BYTES else "index"
@@ -423,6 +436,7 @@ def _verify_sample_of_large_archive(
     model: str | None,
     against_source: bool,
     meter: VerifyProgress,
+    cold: _ColdObjects,
 ) -> VerifyReport:
     """An archive too large to check object by object in one run: every manifest file was read and
     checked; the sampled videos' objects are checked whole (index, attachments, and every byte with
@@ -456,11 +470,17 @@ def _verify_sample_of_large_archive(
     sizes: dict[str, int] = {}
     rows: list[dict[str, Any]] = [_damaged_row(part, verify_run_id, device) for part in damaged]
     checked = 0
+    object_paths = {
+        uri: container_location(fs, root, rows_[0])[0] for (uri, _), rows_ in by_container.items()
+    }
+    skipped = set(cold.left_out(fs, object_paths, warnings))
     meter.start("containers checked", len(by_container))
     for (uri, member), container_rows in sorted(
         by_container.items(), key=lambda item: (item[0][0], item[0][1] or (0, 0))
     ):
-        path = container_location(fs, root, container_rows[0])[0]
+        path = object_paths[uri]
+        if uri in skipped:
+            continue
         if uri not in sizes:
             try:
                 sizes[uri] = int(fs.size(path))
@@ -618,9 +638,46 @@ class _Sampler:
         return sorted(chosen, key=lambda r: (r["video_key"], r["gop_index"]))
 
 
-def _container_paths(fs: Any, root: str, out: str) -> dict[str, tuple[str, int]]:
+class _ColdObjects:
+    """What verify does with objects in cold storage that have no readable copy: stop with one line
+    naming them (default), wait for copies already asked for (`wait`), or leave them out with a note
+    (`readable_only`)."""
+
+    def __init__(
+        self, out: str, readable_only: bool, wait: bool, progress: Callable[[str], None] | None
+    ) -> None:
+        self.out, self.readable_only, self.wait, self.progress = out, readable_only, wait, progress
+
+    def left_out(self, fs: Any, candidates: dict[str, str], warnings: list[str]) -> list[str]:
+        """The URIs among `candidates` (uri -> path: objects the listing reports in a cold class, or
+        every object to read when no listing was made) to leave out; one HEAD each on S3."""
+        if not candidates or is_local(fs):
+            return []
+        states = thaw.object_states(fs, candidates.values())
+        by_path = {path: uri for uri, path in candidates.items()}
+        pending = {by_path[p]: s for p, s in states.items() if not s.readable and s.state != "missing"}
+        if not pending:
+            return []
+        if self.readable_only:
+            warnings.append(
+                f"{len(pending)} objects in cold storage without a readable copy were left out "
+                f"(--readable-only; first {min(pending)}): their fixity is checked by --scan checksums"
+            )
+            return sorted(pending)
+        try:
+            thaw.require_readable(
+                fs, [candidates[u] for u in pending], out=self.out, wait=self.wait, progress=self.progress
+            )
+        except thaw.ObjectsNotReadable as exc:
+            raise VerifyError(f"{exc} (or verify --readable-only)") from None
+        return []
+
+
+def _container_paths(
+    fs: Any, root: str, out: str, classes: dict[str, str | None] | None = None
+) -> dict[str, tuple[str, int]]:
     """archive_uri -> (path, size) for every container and pack, from one listing of videos/ and
-    packs/ (no HEAD per object)."""
+    packs/ (no HEAD per object); `classes` gets each object's storage class from the same listing."""
     found: dict[str, tuple[str, int]] = {}
     for folder_name in ("videos", "packs"):
         folder = join(root, folder_name)
@@ -628,6 +685,8 @@ def _container_paths(fs: Any, root: str, out: str) -> dict[str, tuple[str, int]]
             for item in iter_objects(fs, folder):
                 if item.path.endswith(".vdrc"):
                     found[full_uri(fs, item.path)] = (item.path, item.size)
+                    if classes is not None:
+                        classes[full_uri(fs, item.path)] = item.storage_class
         except Exception as exc:
             raise VerifyError(
                 f"{out}: cannot list {folder_name}/ ({type(exc).__name__}: {redact(str(exc))})"

@@ -103,7 +103,7 @@ def _run(cfg: ArchiveConfig, run_id: str, covers: dict[str, Any] | None, say: Ca
         report = run_verify(
             cfg.out, fraction=cfg.verify_fraction, count=None, seed=SEED, device=cfg.device,
             endpoint_url=cfg.endpoint_url, model=cfg.model, progress=say, covers=covers,
-            archive_run_id=run_id,
+            archive_run_id=run_id, readable_only=True,  # a GLACIER/DEEP_ARCHIVE object cannot be read back
         )  # fmt: skip
     except Exception as exc:  # e.g. the store went away: the run reports it, one line
         reason = redact(str(exc).splitlines()[0]) if isinstance(exc, VerifyError) else describe(exc, cfg.out)

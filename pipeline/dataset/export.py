@@ -21,12 +21,13 @@ import dataclasses
 import io
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
+from pipeline import thaw
 from pipeline.dataset.clips import ClipReader
 from pipeline.dataset.plan import (
     DEFAULT_COLUMNS,
@@ -38,7 +39,18 @@ from pipeline.dataset.plan import (
 )
 from pipeline.restore import MP4_CRF, RestoreError, restore_video
 from pipeline.runinfo import json_text
-from pipeline.storage import StorageError, filesystem, full_uri, join, open_atomic, redact, write_bytes
+from pipeline.storage import (
+    StorageError,
+    filesystem,
+    frozen_message,
+    full_uri,
+    is_frozen,
+    join,
+    open_atomic,
+    redact,
+    write_bytes,
+)
+from pipeline.storage_class import is_cold
 
 FORMATS = ("mp4", "webdataset")
 
@@ -66,6 +78,8 @@ def export_archive(
     device: str = "cpu",
     model: str | None = None,
     allow_damaged: bool = False,
+    wait: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export the GOPs of `out` matching `where` into folder `dest` (local or fsspec URL).
 
@@ -82,6 +96,7 @@ def export_archive(
     plan = plan_archive(
         out, where=where, spec=spec, columns=columns, endpoint_url=endpoint_url, allow_damaged=allow_damaged
     )
+    require_thawed(plan, endpoint_url=endpoint_url, wait=wait, progress=progress)
     fs, root = filesystem(dest, endpoint_url=endpoint_url)
     written: list[str] = []
     try:
@@ -97,9 +112,33 @@ def export_archive(
             raise
         if isinstance(exc, (RestoreError, StorageError)):
             raise DatasetError(str(exc).splitlines()[0]) from None
+        if is_frozen(exc):  # moved to a cold class by a lifecycle rule: the manifest did not say
+            raise DatasetError(frozen_message(str(getattr(exc, "filename", None) or out))) from None
         if isinstance(exc, OSError):
             raise DatasetError(f"{dest}: cannot write ({type(exc).__name__}: {redact(str(exc))})") from None
         raise
+
+
+def require_thawed(
+    plan: ArchivePlan,
+    *,
+    endpoint_url: str | None,
+    wait: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Refuse, in one line naming them, objects the manifest records in GLACIER or DEEP_ARCHIVE that
+    have no readable copy (one HEAD per such object; warm objects cost nothing), or wait for them."""
+    cold: dict[str, list[str]] = {}
+    for obj in plan.objects:
+        if is_cold(obj.storage_class):
+            cold.setdefault(obj.out, []).append(obj.archive_uri)
+    for out, uris in cold.items():
+        fs, _ = filesystem(out, endpoint_url=endpoint_url)
+        paths = [filesystem(uri, endpoint_url=endpoint_url)[1] for uri in uris]
+        try:
+            thaw.require_readable(fs, paths, out=out, wait=wait, progress=progress)
+        except StorageError as exc:
+            raise DatasetError(str(exc).splitlines()[0]) from None
 
 
 # ---- mp4 ---------------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ DEFAULT_COLUMNS = (
 IDENTITY_COLUMNS = ("video_key", "gop_index", "first_frame", "frame_count")
 _PLANNING_COLUMNS = (
     "video_key", "gop_index", "first_frame", "frame_count", "codec", "length", "archive_uri", "member_offset",
-    "member_length",
+    "member_length", "storage_class",
 )  # fmt: skip
 
 
@@ -133,6 +133,8 @@ class ObjectPlan:
     gops: tuple[GopRef, ...]
     #: a packed video (`pipeline.pack`): its container's (offset, length) in the pack object
     member: tuple[int, int] | None = None
+    #: the S3 class the manifest records for its object (None: a local folder or an older archive)
+    storage_class: str | None = None
 
     @property
     def payload_bytes(self) -> int:
@@ -261,6 +263,7 @@ def _plan_root(
             archive_uri=full_uri(fs, located[key][0]),
             member=located[key][1],
             codec=str(gops[0]["codec"]),
+            storage_class=gops[0].get("storage_class"),
             gops=tuple(
                 GopRef(
                     gop_index=int(r["gop_index"]),
