@@ -66,11 +66,11 @@ def commit_pack(
         writer.add(job.video_key, header, gops, attachments)
     writer.close()
     data = buffer.getvalue()
-    stored = put_checked(fs, path, data, storage_class=jobs[0].storage_class)
-    size = stored.size
+    written = put_checked(fs, path, data, storage_class=jobs[0].storage_class)
+    size = written.size
     archive_uri = full_uri(fs, path)
     # as stored: the bytes the store acknowledged by their checksum, else read back
-    read = bytes_reader(data) if stored.checksum or is_local(fs) else range_reader(fs, path)
+    read = bytes_reader(data) if written.checksum or is_local(fs) else range_reader(fs, path)
     stored = {m.video_key: m for m in read_pack_index(read, size, name=archive_uri).members}  # as stored
     frames = {job.video_key: sum(s.frame_count for s in job.spans) for job, _, _ in inputs}
     frames_total = sum(frames.values()) or 1
@@ -89,7 +89,7 @@ def commit_pack(
                 archive_uri,
                 share,
                 member=(member.offset, member.length),
-                stored=stored,
+                stored=written,
             ),
             bool(attachments),
             member.length,
@@ -106,7 +106,7 @@ def commit_pack(
         "run_id": jobs[0].run_id,
         "archive_uri": archive_uri,
         "archive_bytes": size,
-        **object_fields(stored),
+        **object_fields(written),
         "members": list(rows_by_video),
         "completed_at": utc_now().isoformat(),
     }
