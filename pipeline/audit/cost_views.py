@@ -181,7 +181,8 @@ def _break_even_rows(
         months = payback["months_in_class"]
         ends = (ci or {}).get("months_in_class")
         rows.append(
-            [*head, f"storage in {payback['storage_class']} (its class)", f"{amount(months)} months",
+            [*head, f"storage in {payback['storage_class']} "
+            + ("(--storage-class)" if payback.get("class_assumed") else "(its class)"), f"{amount(months)} months",
              _range(ends, months)]
         )  # fmt: skip
         head = ["", "", "", ""]

@@ -121,6 +121,7 @@ def payback(
         "bytes_saved": bytes_saved,
         "gb_saved": gb,
         "storage_class": storage["storage_class"],
+        "class_assumed": prices.assumed_class is not None,  # --storage-class, not the recorded class
         "class_gb_month": rate,
         "saving_per_month_in_class": gb * rate,
         "months_in_class": None,

@@ -25,8 +25,8 @@ Defaults (`DEFAULTS`), public on-demand list prices in USD, for orientation only
 - `gpu_hour` 3.00: an H100-class GPU-hour at GPU clouds (hyperscalers list more);
 - `cpu_hour` 0.045: one vCPU-hour of a compute-optimised instance (e.g. c7i: 0.0893 per 2 vCPU-hours);
 - `storage_gb_month`: object storage, first-tier list prices: standard 0.023, infrequent_access
-  0.0125, archive_instant 0.004, deep_archive 0.00099 (minimum durations and per-request fees are
-  not modelled);
+  0.0125, archive_instant 0.004, deep_archive 0.00099 (what-if rows: minimum durations, object
+  minimums and request fees are priced per S3 class, `class_prices.py`);
 - `egress_gb` 0.09: internet egress, first tier.
 
 The S3 storage classes (`class_prices.py`) carry more than a rate: minimum storage duration, minimum
