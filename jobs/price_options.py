@@ -30,7 +30,7 @@ StorageClass = Annotated[
         "--storage-class",
         help="Price the objects as if stored in this S3 class: STANDARD | STANDARD_IA | GLACIER_IR | "
         "GLACIER | DEEP_ARCHIVE (storage, minimums, writes, reads back, break-even).",
-        show_default="each object's recorded class (none: STANDARD)",
+        show_default="each object's recorded class, else STANDARD",
     ),
 ]
 
