@@ -51,6 +51,7 @@ def audit(
     cpu_hour: po.CpuHour = None,
     storage_gb_month: po.StorageGbMonth = None,
     egress_gb: po.EgressGb = None,
+    storage_class: po.StorageClass = None,
 ) -> None:
     """Summarise an archive: sizes, rates, quality percentiles, worst GOPs, failures, verify results,
     compute spent, the classic reference at equal quality and the break-even at the prices shown."""
@@ -58,7 +59,7 @@ def audit(
     from pipeline.audit.summary import audit_archive
     from pipeline.storage import StorageError
 
-    priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb)
+    priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb, storage_class)
     try:
         result = audit_archive(out, where=where, worst=worst, endpoint_url=endpoint_url, prices=priced)
         if html is not None:

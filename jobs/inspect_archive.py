@@ -143,13 +143,14 @@ def ls_command(
     cpu_hour: po.CpuHour = None,
     storage_gb_month: po.StorageGbMonth = None,
     egress_gb: po.EgressGb = None,
+    storage_class: po.StorageClass = None,
 ) -> None:
     """Videos in an archive, in key order, with status, frames, bytes, rate, quality, compute spent,
     cost and the classic reference (at the prices shown). Streams: memory does not grow with the
     archive; --limit and --after page through it."""
     from pipeline.audit.videos import ArchiveListing, ListingError
 
-    priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb)
+    priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb, storage_class)
     try:
         listing = ArchiveListing(out, endpoint_url=endpoint_url, prices=priced, after=after, limit=limit)
         if as_json or as_jsonl:
@@ -194,12 +195,13 @@ def _print_tables(out: str, listing: Any, priced: Any) -> None:
     """Tables of `PAGE_ROWS` videos each, printed as the listing streams (never the whole archive)."""
     from rich.table import Table
 
-    from pipeline.audit.cost_views import ls_cells, print_prices
+    from pipeline.audit.cost_views import LS_COLUMNS, ls_cells, print_prices
     from pipeline.text import text_console
 
     console = text_console()  # source names and errors are data: text, never markup or escapes
     shown = 0
     costed = False
+    classes: set[str] = set()
     errors: list[str] = []
     items = iter(listing)
     while True:
@@ -223,14 +225,10 @@ def _print_tables(out: str, listing: Any, priced: Any) -> None:
             table.add_column(
                 name, justify="left" if text else "right", overflow="fold" if text else "ellipsis"
             )
-        spent = Table(title="compute spent and bytes saved per video (device-time: wall × devices reserved)")
-        for name in (
-            "video",
-            "device time",
-            "compute cost",
-            "saved vs source",
-            "vs reference at equal quality",
-        ):
+        spent = Table(
+            title="compute spent, bytes saved and storage per video (device-time: wall × devices reserved)"
+        )
+        for name in ("video", *LS_COLUMNS):
             spent.add_column(name, justify="left" if name == "video" else "right", overflow="fold")
         for item in page:
             v = item.video
@@ -241,6 +239,7 @@ def _print_tables(out: str, listing: Any, priced: Any) -> None:
             )  # fmt: skip
             if item.costs is not None:
                 spent.add_row(v.video_key, *ls_cells(item.costs, priced.currency))
+                classes.update(item.costs["storage"]["classes"])
             if v.error and v.status != "damaged" and len(errors) < 1000:
                 errors.append(f"{v.video_key}: {v.error}")
             if v.rate_target_missed and len(errors) < 1000:
@@ -253,7 +252,11 @@ def _print_tables(out: str, listing: Any, priced: Any) -> None:
     if not shown:
         console.print(f"{out}: no videos")
     if costed:
-        print_prices({"prices": priced.to_json(), "uses_default_prices": priced.uses_defaults()}, console)
+        print_prices(
+            {"prices": priced.to_json(), "uses_default_prices": priced.uses_defaults()},
+            console,
+            sorted(classes),
+        )
     for line in errors:
         console.print(line, soft_wrap=True)
 

@@ -13,8 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.schema import COMPUTE_STAGES
+from pipeline.storage_class import COLD_CLASSES as _COLD
 
 DEFAULTS_HINT = "defaults: give --prices prices.toml or --gpu-hour/--cpu-hour/--storage-gb-month/--egress-gb"
+CLASS_HINT = "S3 class figures: override with [storage_class.CLASS] in --prices; --storage-class CLASS prices another class"
 
 
 def money(value: float | None, currency: str) -> str:
@@ -61,6 +63,62 @@ def price_rows(costs: dict[str, Any]) -> list[list[str]]:
     for price in costs["prices"]["prices"]:
         source = price["source"] + (" (not given)" if price["source"] == "default" else "")
         rows.append([price["name"], f"{price['value']:g} {currency}", source])
+    return rows
+
+
+def class_price_rows(costs: dict[str, Any], classes: list[str]) -> list[list[str]]:
+    """The figures of each S3 class in use (`class_prices`), one row each, with their source."""
+    currency = costs["prices"]["currency"]
+    table = costs["prices"].get("storage_classes", {})
+    rows = []
+    for name in classes:
+        c = table.get(name)
+        if c is None:
+            continue
+        v = {field: entry["value"] for field, entry in c.items()}
+        minimum = f"{v['min_object_kb']:g} KB" if v["min_object_kb"] else "—"
+        overhead = (
+            f"{v['overhead_kb']:g}+{v['overhead_standard_kb']:g} KB"
+            if v["overhead_kb"] or v["overhead_standard_kb"]
+            else "—"
+        )
+        restore = f"{v['restore_per_1000']:g}" + (
+            f" (Bulk {v['bulk_retrieval_gb']:g}/GB, {v['bulk_restore_per_1000']:g})" if name in _COLD else ""
+        )
+        sources = sorted({entry["source"] for entry in c.values()})
+        rows.append(
+            [name, f"{v['gb_month']:g} {currency}", f"{v['min_storage_days']:g} d", minimum, overhead,
+             f"{v['put_per_1000']:g}", f"{v['get_per_1000']:g}", f"{v['retrieval_gb']:g}", restore,
+             "; ".join(sources)]
+        )  # fmt: skip
+    return rows
+
+
+def classes_in(costs: dict[str, Any]) -> list[str]:
+    """The S3 classes a cost report priced objects in (an empty archive: the class it would use)."""
+    storage = costs["total"].get("storage") or {}
+    return list(storage.get("classes") or []) or [storage.get("storage_class", "STANDARD")]
+
+
+def storage_rows(entries: list[tuple[str, dict[str, Any]]], currency: str) -> list[list[str]]:
+    """Per group and class: objects, bytes stored and billed, per month, the minimum commitment, the
+    one-time PUTs and one read-back of everything (cold classes: Standard tier, Bulk in brackets)."""
+    rows = []
+    for label, figures in entries:
+        storage = figures.get("storage")
+        if not storage:
+            continue
+        for name, c in storage["classes"].items():
+            read = c["read_back"]
+            read_text = money(read["standard"]["total"], currency)
+            if "bulk" in read:
+                read_text += f" (Bulk {money(read['bulk']['total'], currency)})"
+            rows.append(
+                [label, name, f"{c['objects']:,.4g}", size(c["stored_bytes"]),
+                 size(c["billed_bytes"] + c["billed_standard_bytes"]), money(c["per_month"], currency),
+                 f"{money(c['minimum_commitment'], currency)} ({c['min_storage_days']:g} d)",
+                 money(c["write"], currency), read_text]
+            )  # fmt: skip
     return rows
 
 
@@ -119,13 +177,27 @@ def _break_even_rows(
     if payback["note"] and not payback["bytes_saved"] > 0:
         return [[*head, payback["note"], "", ""]]
     rows = []
+    if "months_in_class" in payback:  # the archive's own class first: the break-even that applies
+        months = payback["months_in_class"]
+        ends = (ci or {}).get("months_in_class")
+        rows.append(
+            [*head, f"storage in {payback['storage_class']} "
+            + ("(--storage-class)" if payback.get("class_assumed") else "(its class)"), f"{amount(months)} months",
+             _range(ends, months)]
+        )  # fmt: skip
+        head = ["", "", "", ""]
     for name, months in payback["months"].items():
         ends = (ci or {}).get("months", {}).get(name)
         rows.append([*head, f"{name} storage", f"{amount(months)} months", _range(ends, months)])
         head = ["", "", "", ""]
     downloads = payback["downloads"]
     rows.append(
-        [*head, "egress", f"{amount(downloads)} downloads", _range((ci or {}).get("downloads"), downloads)]
+        [
+            *head,
+            "egress + retrieval",
+            f"{amount(downloads)} downloads",
+            _range((ci or {}).get("downloads"), downloads),
+        ]
     )
     return rows
 
@@ -148,6 +220,10 @@ def _entries(costs: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def _headers() -> dict[str, list[str]]:
     return {
         "prices": ["price", "value", "source"],
+        "classes": ["S3 class", "per GB-month", "minimum duration", "minimum object", "overhead per object",
+                    "PUT /1,000", "GET /1,000", "retrieval /GB", "restore /1,000", "source"],
+        "storage": ["codec / target", "class", "objects", "stored", "billed", "per month",
+                    "minimum commitment", "write (PUTs)", "read back once"],
         "compute": ["codec / target", "device", *COMPUTE_STAGES, "total", "cost"],
         "reference": ["codec / target", "reference", "metric", "GOPs sampled", "archive smaller by", "95 % CI", "measurement cost"],
         "break_even": ["codec / target", "against", "saved", "extra compute", "paid back by", "after", "95 % CI"],
@@ -166,9 +242,14 @@ def _rich_table(title: str, headers: list[str], rows: list[list[str]], left: int
     return table
 
 
-def print_prices(costs: dict[str, Any], console: Console) -> None:
+def print_prices(costs: dict[str, Any], console: Console, classes: list[str] | None = None) -> None:
+    """The prices table, then the figures of the S3 classes in `classes` (those priced)."""
     title = "prices used (GB = 2^30 bytes)" + (f" — {DEFAULTS_HINT}" if costs["uses_default_prices"] else "")
     console.print(_rich_table(title, _headers()["prices"], price_rows(costs)))
+    rows = class_price_rows(costs, classes or [])
+    if rows:
+        title = f"S3 storage classes priced (KB = 1024 bytes; {CLASS_HINT})"
+        console.print(_rich_table(title, _headers()["classes"], rows))
 
 
 def print_costs(costs: dict[str, Any], console: Console) -> None:
@@ -176,7 +257,7 @@ def print_costs(costs: dict[str, Any], console: Console) -> None:
     currency = costs["prices"]["currency"]
     headers = _headers()
     entries = _entries(costs)
-    print_prices(costs, console)
+    print_prices(costs, console, classes_in(costs))
     console.print(
         _rich_table(
             "compute spent (device-time: wall × devices reserved)",
@@ -206,6 +287,14 @@ def print_costs(costs: dict[str, Any], console: Console) -> None:
         console.print(
             "reference: none sampled (archive with --reference x265 --reference-fraction F to add one)"
         )
+    console.print(
+        _rich_table(
+            f"storage in its S3 class ({costs['total']['storage']['class_from']}; a month = 30 days)",
+            headers["storage"],
+            storage_rows(entries, currency),
+            left=2,
+        )
+    )
     console.print(
         _rich_table(
             "break-even: when the bytes saved have paid for the compute ([…] = at the 95 % CI ends)",
@@ -241,6 +330,8 @@ def costs_html(costs: dict[str, Any]) -> str:
     hint = f" <b>{html.escape(DEFAULTS_HINT)}</b>" if costs["uses_default_prices"] else ""
     parts.append(f"<p>Prices used (GB = 2<sup>30</sup> bytes).{hint}</p>")
     parts.append(_html_table(headers["prices"], price_rows(costs)))
+    parts.append(f"<p>{html.escape(CLASS_HINT)} (KB = 1024 bytes).</p>")
+    parts.append(_html_table(headers["classes"], class_price_rows(costs, classes_in(costs))))
     parts.append("<h3>Compute spent</h3><p>Device-time per stage: wall seconds × devices reserved.</p>")
     parts.append(_html_table(headers["compute"], compute_rows(entries, currency), left=2))
     notes = [f"{label}: {f['note']}" for label, f in entries if f.get("note")]
@@ -261,6 +352,12 @@ def costs_html(costs: dict[str, Any]) -> str:
         parts.append(
             "<p>none sampled (archive with <code>--reference x265 --reference-fraction F</code>)</p>"
         )
+    parts.append(
+        "<h3>Storage in its S3 class</h3><p>Per month with the class's minimum object size or per-object "
+        "overhead, the minimum commitment (billed even if deleted at once), the PUTs of writing, and one "
+        "read-back of everything (a month = 30 days).</p>"
+    )
+    parts.append(_html_table(headers["storage"], storage_rows(entries, currency), left=2))
     parts.append(
         "<h3>Break-even</h3><p>Months of storage per class, or downloads of the whole archive, "
         "after which the bytes saved have paid for the extra compute ([…] = at the 95 % CI ends).</p>"
@@ -333,10 +430,17 @@ def compare_costs_html(
 
 
 # ---- ls ----------------------------------------------------------------------------------------------
+#: The cost columns of `vidarc ls` (after the video's key), in `ls_cells` order.
+LS_COLUMNS = (
+    "device time", "compute cost", "saved vs source", "vs reference at equal quality", "S3 class",
+    "storage / month (minimum)", "write / read back",
+)  # fmt: skip
+
+
 def ls_cells(figures: dict[str, Any] | None, currency: str) -> list[str]:
     """`vidarc ls` columns for one video: device time by kind, compute cost, saved vs source, reference."""
     if figures is None:
-        return ["—", "—", "—", "—"]
+        return ["—"] * len(LS_COLUMNS)
     time_text = ", ".join(
         f"{kind} {hours(s)}" for kind, s in sorted(figures["device_seconds_by_kind"].items())
     )
@@ -345,10 +449,15 @@ def ls_cells(figures: dict[str, Any] | None, currency: str) -> list[str]:
         ratio = ref["ratio"]
         if ratio is not None:
             references.append(f"{ratio['smaller_percent']:+.1f} % vs {ref['codec']} ({ratio['gops']} GOPs)")
+    storage = figures["storage"]
+    total = storage["total"]
     cells = [
         time_text or "—",
         money(figures["compute_cost"], currency),
         size(figures["vs_source"]["bytes_saved"]),
         "; ".join(references) or "—",
+        storage["storage_class"],
+        f"{money(total['per_month'], currency)} (min {money(total['minimum_commitment'], currency)})",
+        f"{money(total['write'], currency)} / {money(total['read_back'], currency)}",
     ]
     return cells  # text: the ls table prints through `text_console` (no markup)

@@ -19,8 +19,14 @@ reference's sampled rows (`reference/*.parquet`, see `pipeline.schema.REFERENCE_
   classic archive needs no search once its setting is known — the reference's cheapest plausible cost,
   so the break-even is conservative.
 - break-even (`payback`): with a saving of S GB and an extra compute cost C, storage pays back after
-  C / (S · price per GB-month) months for each storage class, and egress after C / (S · price per GB)
-  downloads of the whole archive. No extra cost: 0 (at once). No saving: never (null, with the reason).
+  C / (S · price per GB-month) months: in the archive's own S3 class (`months_in_class`: the rate of the
+  class its objects are in, byte-weighted if several, or the one `--storage-class` assumes), and for
+  each what-if entry of `storage_gb_month`; downloads after C / (S · (egress + the class's retrieval)
+  per GB) downloads of the whole archive. No extra cost: 0 (at once). No saving: never (null, with the
+  reason). The colder the class, the less a saved GB earns a month, the longer the compute takes to pay.
+- storage in its class (`storage`, `class_costs.storage_costs`): per month with the class's minimum
+  object size or overhead per object, the minimum commitment, the PUTs of writing and the cost of
+  reading the whole archive back once.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.audit.class_costs import storage_costs
 from pipeline.audit.prices import BYTES_PER_GB, Prices
 from pipeline.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, REFERENCE_SCHEMA, compute_column
 
@@ -97,15 +104,30 @@ def device_cost(seconds_by_kind: dict[str, float], prices: Prices) -> float:
     return sum(seconds / 3600.0 * prices.device_hour(kind).value for kind, seconds in seconds_by_kind.items())
 
 
-def payback(extra_cost: float, bytes_saved: float, prices: Prices) -> dict[str, Any]:
-    """Months of storage per class, and downloads, after which `bytes_saved` repay `extra_cost`."""
+def payback(
+    extra_cost: float, bytes_saved: float, prices: Prices, storage: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Months of storage in the archive's class and per what-if class, and downloads, after which
+    `bytes_saved` repay `extra_cost`. `storage`: the archive's `storage_costs` (its class and rates);
+    None: the assumed class, else STANDARD."""
     gb = bytes_saved / BYTES_PER_GB
+    if storage is None:
+        default = prices.storage_class(None)
+        storage = {"storage_class": default.name, "gb_month_rate": default["gb_month"],
+                   "retrieval_gb_rate": default["retrieval_gb"]}  # fmt: skip
+    rate, per_gb_read = storage["gb_month_rate"], prices.egress_gb.value + storage["retrieval_gb_rate"]
     result: dict[str, Any] = {
         "extra_cost": extra_cost,
         "bytes_saved": bytes_saved,
         "gb_saved": gb,
+        "storage_class": storage["storage_class"],
+        "class_assumed": prices.assumed_class is not None,  # --storage-class, not the recorded class
+        "class_gb_month": rate,
+        "saving_per_month_in_class": gb * rate,
+        "months_in_class": None,
         "saving_per_month": {name: gb * p.value for name, p in prices.storage_gb_month.items()},
-        "saving_per_download": gb * prices.egress_gb.value,
+        "saving_per_download": gb * per_gb_read,
+        "download_per_gb": per_gb_read,
         "months": dict.fromkeys(prices.storage_gb_month),
         "downloads": None,
         "note": None,
@@ -114,16 +136,17 @@ def payback(extra_cost: float, bytes_saved: float, prices: Prices) -> dict[str, 
         result["note"] = "not smaller: never pays back"
         return result
     if extra_cost <= 0:
+        result["months_in_class"] = 0.0
         result["months"] = dict.fromkeys(prices.storage_gb_month, 0.0)
         result["downloads"] = 0.0
         result["note"] = "smaller and no extra compute: pays back at once"
         return result
+    result["months_in_class"] = extra_cost / (gb * rate) if rate > 0 else None
     result["months"] = {
         name: extra_cost / (gb * p.value) if p.value > 0 else None
         for name, p in prices.storage_gb_month.items()
     }
-    egress = prices.egress_gb.value
-    result["downloads"] = extra_cost / (gb * egress) if egress > 0 else None
+    result["downloads"] = extra_cost / (gb * per_gb_read) if per_gb_read > 0 else None
     return result
 
 
@@ -138,6 +161,9 @@ class _Acc:
     frames: int = 0
     pixels: float = 0.0
     payload_bytes: int = 0
+    #: video key -> (its object: archive_uri, or the key when unrecorded; its recorded storage class)
+    objects: dict[str, tuple[str, str | None]] = dataclasses.field(default_factory=dict)
+    video_payload: dict[str, int] = dataclasses.field(default_factory=dict)  # video key -> payload bytes
     seconds: dict[str, dict[str, float]] = dataclasses.field(
         default_factory=lambda: collections.defaultdict(lambda: collections.defaultdict(float))
     )
@@ -207,6 +233,8 @@ class CostCollector:
                 "unaccounted": pc.cast(unaccounted, pa.int64()),
                 "source_bytes": table.column("source_bytes"),
                 "archive_bytes": table.column("archive_bytes"),
+                "archive_uri": table.column("archive_uri"),
+                "storage_class": table.column("storage_class"),
                 **{column: table.column(column) for column in stage_columns},
             }
         )
@@ -225,14 +253,19 @@ class CostCollector:
                     kind = CPU_DEVICE if stage in CPU_STAGES else row["device"]
                     acc.seconds[stage][kind] += float(value)
         per_video = derived.group_by(["label", "video_key"], use_threads=False).aggregate(
-            [("source_bytes", "first"), ("archive_bytes", "max")]
-        )
-        for label, key, source, stored in zip(
+            [("source_bytes", "first"), ("archive_bytes", "max"), ("archive_uri", "first"),
+             ("storage_class", "first"), ("payload", "sum")]
+        )  # fmt: skip
+        for label, key, source, stored, uri, recorded, payload in zip(
             *(per_video.column(n).to_pylist() for n in ("label", "video_key", "source_bytes_first",
-                                                        "archive_bytes_max")),
+                                                        "archive_bytes_max", "archive_uri_first",
+                                                        "storage_class_first", "payload_sum")),
             strict=True,
         ):  # fmt: skip
-            self.groups[label].videos[key] = int(source or 0)
+            acc = self.groups[label]
+            acc.videos[key] = int(source or 0)
+            acc.objects[key] = (uri or key, recorded)
+            acc.video_payload[key] = acc.video_payload.get(key, 0) + int(payload or 0)
             if stored is None:
                 self.sizes_known = False
             else:
@@ -275,7 +308,7 @@ class CostCollector:
 COST_COLUMNS = (
     "run_id", "video_key", "source_uri", "source_bytes", "gop_index", "codec", "target_kind", "target_value",
     "status", "payload_bytes", "width", "height", "frame_count", "compute_device", "archive_bytes",
-    *(compute_column(s) for s in COMPUTE_STAGES),
+    "archive_uri", "storage_class", *(compute_column(s) for s in COMPUTE_STAGES),
 )  # fmt: skip
 
 
@@ -333,8 +366,11 @@ def stored_bytes(out: str, endpoint_url: str | None) -> dict[str, int] | None:
 
 
 # ---- figures ---------------------------------------------------------------------------------------
-def figures(acc: _Acc, prices: Prices, sizes: dict[str, int] | None) -> dict[str, Any]:
-    """Compute, its cost, and the break-even against the source and the reference, for one group."""
+def figures(
+    acc: _Acc, prices: Prices, sizes: dict[str, int] | None, object_bytes: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Compute, its cost, storage in its class, and the break-even against the source and the
+    reference, for one group. `object_bytes`: whole objects' sizes where known (packs, for `ls`)."""
     by_device: dict[str, float] = collections.defaultdict(float)
     codec_by_device: dict[str, float] = collections.defaultdict(float)
     for stage, kinds in acc.seconds.items():
@@ -343,6 +379,7 @@ def figures(acc: _Acc, prices: Prices, sizes: dict[str, int] | None) -> dict[str
             if stage in CODEC_STAGES:
                 codec_by_device[kind] += seconds
     cost = device_cost(by_device, prices)
+    storage = storage_costs(_objects(acc, sizes, object_bytes or {}), prices)
     source = sum(acc.videos.values())
     if sizes is not None and all(v in sizes for v in acc.videos):
         stored, stored_note = sum(sizes[v] for v in acc.videos), "archive objects (videos/*.vdrc)"
@@ -363,7 +400,8 @@ def figures(acc: _Acc, prices: Prices, sizes: dict[str, int] | None) -> dict[str
         "compute_cost": cost,
         "cost_by_kind": {kind: device_cost({kind: s}, prices) for kind, s in by_device.items()},
         "codec_compute_cost": device_cost(codec_by_device, prices),
-        "vs_source": payback(cost, source - stored, prices),
+        "storage": storage,
+        "vs_source": payback(cost, source - stored, prices, storage),
         "references": [],
     }
     if acc.gops_unaccounted:
@@ -374,6 +412,24 @@ def figures(acc: _Acc, prices: Prices, sizes: dict[str, int] | None) -> dict[str
     for (codec, metric), rows in sorted(_by_reference(acc.reference).items()):
         result["references"].append(_reference_figures(codec, metric, rows, acc, result, prices))
     return result
+
+
+def _objects(
+    acc: _Acc, sizes: dict[str, int] | None, object_bytes: dict[str, int]
+) -> list[tuple[str | None, float, float]]:
+    """(recorded class, bytes in scope, whole object's bytes) per object of the group: a pack's
+    members add up to one object. A video's bytes: its object's size (a member's length), else its
+    payload (an archive whose objects could not be listed)."""
+    found: dict[str, list[Any]] = {}
+    for key in acc.videos:
+        uri, recorded = acc.objects.get(key, (key, None))
+        size = sizes[key] if sizes is not None and key in sizes else acc.video_payload.get(key, 0)
+        entry = found.setdefault(uri, [recorded, 0.0])
+        entry[1] += size
+    return [
+        (recorded, size, max(size, float(object_bytes.get(uri, 0))))
+        for uri, (recorded, size) in found.items()
+    ]
 
 
 def _by_reference(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -412,14 +468,15 @@ def _reference_figures(
         reference_bytes_estimate=reference_bytes,
         reference_compute_cost_estimate=reference_cost,
         codec_compute_cost=group["codec_compute_cost"],
-        vs_reference=payback(extra, reference_bytes - acc.payload_bytes, prices),
+        vs_reference=payback(extra, reference_bytes - acc.payload_bytes, prices, group["storage"]),
     )
     if ratio["ci_percent"] is not None:  # the break-even at both ends of the interval
         ends = []
         for percent in ratio["ci_percent"]:
             saved = acc.payload_bytes / (1.0 - percent / 100.0) - acc.payload_bytes
-            ends.append(payback(extra, saved, prices))
+            ends.append(payback(extra, saved, prices, group["storage"]))
         entry["vs_reference_ci"] = {
+            "months_in_class": [end["months_in_class"] for end in ends],
             "months": {name: [end["months"][name] for end in ends] for name in prices.storage_gb_month},
             "downloads": [end["downloads"] for end in ends],
         }
@@ -454,7 +511,10 @@ def relative_payback(a: dict[str, Any], b: dict[str, Any], prices: Prices) -> di
     compute (encode + search) against the payload bytes it saves. Quality is not equalised here: read
     it with compare's quality delta or BD-rate."""
     result = payback(
-        b["codec_compute_cost"] - a["codec_compute_cost"], a["payload_bytes"] - b["payload_bytes"], prices
+        b["codec_compute_cost"] - a["codec_compute_cost"],
+        a["payload_bytes"] - b["payload_bytes"],
+        prices,
+        b.get("storage"),
     )
     result["definition"] = (
         "B's codec compute (encode + search) minus A's, against A's payload bytes minus B's"
@@ -491,6 +551,9 @@ def report_from(
         total.frames += acc.frames
         total.pixels += acc.pixels
         total.payload_bytes += acc.payload_bytes
+        total.objects.update(acc.objects)
+        for key, payload in acc.video_payload.items():
+            total.video_payload[key] = total.video_payload.get(key, 0) + payload
         for stage, kinds in acc.seconds.items():
             for kind, seconds in kinds.items():
                 total.seconds[stage][kind] += seconds

@@ -25,9 +25,16 @@ Defaults (`DEFAULTS`), public on-demand list prices in USD, for orientation only
 - `gpu_hour` 3.00: an H100-class GPU-hour at GPU clouds (hyperscalers list more);
 - `cpu_hour` 0.045: one vCPU-hour of a compute-optimised instance (e.g. c7i: 0.0893 per 2 vCPU-hours);
 - `storage_gb_month`: object storage, first-tier list prices: standard 0.023, infrequent_access
-  0.0125, archive_instant 0.004, deep_archive 0.00099 (minimum durations and per-request fees are
-  not modelled);
+  0.0125, archive_instant 0.004, deep_archive 0.00099 (what-if rows: minimum durations, object
+  minimums and request fees are priced per S3 class, `class_prices.py`);
 - `egress_gb` 0.09: internet egress, first tier.
+
+The S3 storage classes (`class_prices.py`) carry more than a rate: minimum storage duration, minimum
+billable object size or per-object overhead, request fees and retrieval. Their defaults are AWS's us-east-1
+list prices; a `[storage_class.CLASS]` table in the file overrides any of their fields (class names as S3
+spells them, any case). The archive's own class (each row's `storage_class`, STANDARD where it is null, or
+the one `--storage-class` assumes: `assumed_class`) prices its storage, writes and reads and its
+break-even; the `storage_gb_month` entries above stay what-if rows beside it.
 """
 
 from __future__ import annotations
@@ -36,6 +43,15 @@ import dataclasses
 import math
 from pathlib import Path
 from typing import Any
+
+from pipeline.audit.class_prices import (
+    CLASS_FIELDS,
+    CLASS_PRICES_SOURCE,
+    ClassPrices,
+    default_class_prices,
+    override,
+)
+from pipeline.storage_class import StorageClassError, check_storage_class
 
 try:  # Python 3.11+
     import tomllib as _toml
@@ -48,6 +64,7 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport (a dependency the
 BYTES_PER_GB = float(2**30)
 DEFAULT_SOURCE = "default"
 FLAG_SOURCE = "flag"
+_CLASS_DEFAULT_SOURCE = f"{DEFAULT_SOURCE}: {CLASS_PRICES_SOURCE}"
 
 DEFAULTS: dict[str, Any] = {
     "currency": "USD",
@@ -55,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "cpu_hour": 0.045,
     "egress_gb": 0.09,
     "gpu_hour_by_model": {},
-    "storage_gb_month": {
+    "storage_gb_month": {  # what-if rows of the break-even (the S3 classes' own rates: class_prices.py)
         "standard": 0.023,
         "infrequent_access": 0.0125,
         "archive_instant": 0.004,
@@ -64,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
 }
 _SCALARS = ("gpu_hour", "cpu_hour", "egress_gb")
 _TABLES = ("gpu_hour_by_model", "storage_gb_month")
+CLASS_TABLE = "storage_class"
 
 
 class PricesError(ValueError):
@@ -84,12 +102,24 @@ class Prices:
     egress_gb: Price
     gpu_hour_by_model: dict[str, Price]
     storage_gb_month: dict[str, Price]
+    #: Every S3 class's figures (`class_prices.ClassPrices`), by the name S3 gives it.
+    storage_classes: dict[str, ClassPrices] = dataclasses.field(
+        default_factory=lambda: default_class_prices(_CLASS_DEFAULT_SOURCE)
+    )
+    #: `--storage-class`: price every object in this class instead of the class its rows record.
+    assumed_class: str | None = None
 
     def device_hour(self, kind: str) -> Price:
         """The price of one hour of device `kind` ("cpu", or a GPU model name)."""
         if kind == "cpu":
             return self.cpu_hour
         return self.gpu_hour_by_model.get(kind, self.gpu_hour)
+
+    def storage_class(self, recorded: str | None) -> ClassPrices:
+        """The class an object is priced in: the assumed one, else the recorded one, else STANDARD
+        (a local folder, or an archive written before the column)."""
+        name = self.assumed_class or recorded or "STANDARD"
+        return self.storage_classes.get(name.upper(), self.storage_classes["STANDARD"])
 
     def uses_defaults(self) -> bool:
         return any(p.source == DEFAULT_SOURCE for _, p in self.items())
@@ -107,6 +137,8 @@ class Prices:
             "currency": self.currency,
             "gb": "2^30 bytes",
             "prices": [{"name": n, "value": p.value, "source": p.source} for n, p in self.items()],
+            "assumed_storage_class": self.assumed_class,
+            "storage_classes": {name: c.to_json() for name, c in self.storage_classes.items()},
         }
 
 
@@ -117,18 +149,29 @@ def load_prices(
     cpu_hour: float | None = None,
     egress_gb: float | None = None,
     storage: list[str] | dict[str, float] | None = None,
+    storage_class: str | None = None,
 ) -> Prices:
-    """Defaults, then the TOML file at `path`, then the flags; raises PricesError (one line)."""
+    """Defaults, then the TOML file at `path`, then the flags; raises PricesError (one line).
+    `storage_class`: price every object in this S3 class (`--storage-class`)."""
     layers: dict[str, Any] = {k: Price(v, DEFAULT_SOURCE) for k, v in DEFAULTS.items() if k in _SCALARS}
     tables = {t: {k: Price(v, DEFAULT_SOURCE) for k, v in DEFAULTS[t].items()} for t in _TABLES}
     currency = DEFAULTS["currency"]
+    classes = default_class_prices(_CLASS_DEFAULT_SOURCE)
+    assumed = None
+    if storage_class is not None:
+        try:
+            assumed = check_storage_class(storage_class)
+        except StorageClassError as exc:
+            raise PricesError(f"--storage-class: {exc}") from None
     if path is not None:
         data = _read_toml(Path(path))
         source = str(path)
-        unknown = set(data) - {"currency", *_SCALARS, *_TABLES}
+        unknown = set(data) - {"currency", *_SCALARS, *_TABLES, CLASS_TABLE}
         if unknown:
             raise PricesError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: "
-                              f"currency, {', '.join((*_SCALARS, *_TABLES))}")  # fmt: skip
+                              f"currency, {', '.join((*_SCALARS, *_TABLES, CLASS_TABLE))}")  # fmt: skip
+        if CLASS_TABLE in data:
+            classes = _class_tables(data[CLASS_TABLE], classes, source)
         if "currency" in data:
             if not isinstance(data["currency"], str) or not data["currency"].strip():
                 raise PricesError(f'{path}: currency must be a name such as "USD"')
@@ -150,7 +193,30 @@ def load_prices(
         tables["storage_gb_month"][name] = Price(value, FLAG_SOURCE)
     if not tables["storage_gb_month"]:
         raise PricesError("no storage class priced: give [storage_gb_month] entries or --storage-gb-month")
-    return Prices(currency=currency, **layers, **tables)
+    return Prices(currency=currency, **layers, **tables, storage_classes=classes, assumed_class=assumed)
+
+
+def _class_tables(data: Any, classes: dict[str, ClassPrices], source: str) -> dict[str, ClassPrices]:
+    """`[storage_class.CLASS]` tables over the defaults: known classes and fields only, each a price."""
+    if not isinstance(data, dict):
+        raise PricesError(f"{source}: storage_class must hold tables, e.g. [storage_class.DEEP_ARCHIVE]")
+    result = dict(classes)
+    for name, fields in data.items():
+        try:
+            known = check_storage_class(str(name))
+        except StorageClassError as exc:
+            raise PricesError(f"{source}: storage_class.{name}: {exc}") from None
+        if not isinstance(fields, dict):
+            raise PricesError(f"{source}: storage_class.{name} must be a table of field = value")
+        unknown = set(fields) - set(CLASS_FIELDS)
+        if unknown:
+            raise PricesError(
+                f"{source}: storage_class.{name}: unknown field(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(CLASS_FIELDS)}"
+            )
+        values = {k: _number(v, f"{source}: storage_class.{name}.{k}") for k, v in fields.items()}
+        result[known] = override(result[known], values, source)
+    return result
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

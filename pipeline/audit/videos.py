@@ -34,9 +34,10 @@ _STAGE_COLUMNS = [compute_column(s) for s in COMPUTE_STAGES]
 _COLUMNS = [
     "video_key", "source_uri", "status", "codec", "width", "height", "frame_count", "fps_num", "fps_den",
     "fps", "payload_bytes", "psnr", "ms_ssim", "error", "gop_index", "source_bytes", "compute_device",
-    "run_id", "archive_bytes", "target_reached", *_STAGE_COLUMNS,
+    "run_id", "archive_bytes", "target_reached", "archive_uri", "storage_class", *_STAGE_COLUMNS,
 ]  # fmt: skip
-_FIRSTS = ["source_uri", "codec", "width", "height", "fps_num", "fps_den", "fps", "source_bytes"]
+_FIRSTS = ["source_uri", "codec", "width", "height", "fps_num", "fps_den", "fps", "source_bytes",
+           "archive_uri", "storage_class"]  # fmt: skip
 
 
 class ListingError(Exception):
@@ -95,6 +96,9 @@ class ArchiveListing:
         self.damaged: list[DamagedPart] = []
         self._references: dict[str, list[tuple[int, str, dict[str, Any]]]] | None = None
         self._sizes: dict[str, int] | bool | None = False  # False: not listed yet
+        #: pack object URI -> its size, from the pack markers: a packed video's share of its pack's
+        #: per-object fees and minimums (`class_costs`)
+        self._pack_bytes: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[Listed]:
         try:
@@ -176,7 +180,11 @@ class ArchiveListing:
 
     def _packed_keys(self) -> list[str]:
         """Members of committed packs (one marker per pack, so far fewer than videos)."""
-        keys = [str(k) for m in iter_pack_markers(self.fs, self.root) for k in m["members"]]
+        keys = []
+        for marker in iter_pack_markers(self.fs, self.root):
+            keys += [str(k) for k in marker["members"]]
+            if isinstance(marker.get("archive_uri"), str) and isinstance(marker.get("archive_bytes"), int):
+                self._pack_bytes[marker["archive_uri"]] = marker["archive_bytes"]
         return sorted(k for k in keys if self.after is None or k > self.after)
 
     # ---- one video ----------------------------------------------------------------------------------
@@ -206,7 +214,9 @@ class ArchiveListing:
         )  # fmt: skip
         costs = None
         if self.prices is not None and ok_gops:
-            costs = figures(self._acc(key, record), self.prices, self._sizes_for(key, record))
+            costs = figures(
+                self._acc(key, record), self.prices, self._sizes_for(key, record), self._pack_bytes
+            )
         return Listed(video, costs)
 
     def _acc(self, key: str, record: dict[str, Any]) -> _Acc:
@@ -215,6 +225,8 @@ class ArchiveListing:
         acc.gops, acc.frames = record["ok_gops"], record["ok_frames"]
         acc.pixels, acc.payload_bytes = float(record["ok_pixels"]), record["ok_payload"]
         acc.gops_unaccounted = record["unaccounted"]
+        acc.objects[key] = (record.get("archive_uri") or key, record.get("storage_class"))
+        acc.video_payload[key] = record["ok_payload"]
         for (stage, kind), seconds in record["seconds"].items():
             acc.seconds[stage][kind] += seconds
         acc.reference = [
