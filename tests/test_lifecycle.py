@@ -222,3 +222,30 @@ def test_bad_lifecycle_input_is_one_line_and_writes_nothing(
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     after = json.loads(_cli("thaw", out, "--status", "--json", endpoint=s3_endpoint).stdout)
     assert after["by_state"] == before["by_state"]  # no restore request went out
+
+
+def test_a_cold_pack_is_one_object_with_one_checksum(
+    sample_dir: Path, s3_endpoint: str, ray_address: str, fast_metrics
+) -> None:
+    import boto3
+
+    from pipeline.storage import filesystem
+
+    bucket = _bucket(s3_endpoint)
+    out = f"s3://{bucket}/packed"
+    _archive(sample_dir, out, s3_endpoint, fast_metrics, storage_class="DEEP_ARCHIVE", pack_mb=64)
+    fs, path = filesystem(out, endpoint_url=s3_endpoint)
+    ok = [r for r in _rows(fs, path) if r["status"] == "ok"]
+    assert len({r["video_key"] for r in ok}) == 2 and len({r["archive_uri"] for r in ok}) == 1
+    pack_key = ok[0]["archive_uri"].removeprefix(f"s3://{bucket}/")
+    head = boto3.client("s3", endpoint_url=s3_endpoint).head_object(
+        Bucket=bucket, Key=pack_key, ChecksumMode="ENABLED"
+    )
+    assert head["StorageClass"] == "DEEP_ARCHIVE"
+    assert {(r["storage_class"], r["object_checksum"]) for r in ok} == {
+        ("DEEP_ARCHIVE", "SHA256:" + head["ChecksumSHA256"])
+    }
+    scan = _cli("verify", out, "--scan", "checksums", "--json", endpoint=s3_endpoint)
+    assert scan.returncode == 0 and json.loads(scan.stdout)["by_state"] == {"ok": 1}, scan.stderr
+    asked = json.loads(_cli("thaw", out, "--json", endpoint=s3_endpoint).stdout)
+    assert asked["objects"] == 1 and len(asked["objects_detail"][0]["video_keys"]) == 2
