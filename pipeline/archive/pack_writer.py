@@ -71,14 +71,14 @@ def commit_pack(
     archive_uri = full_uri(fs, path)
     # as stored: the bytes the store acknowledged by their checksum, else read back
     read = bytes_reader(data) if stored.checksum or is_local(fs) else range_reader(fs, path)
-    stored = {m.video_key: m for m in read_pack_index(read, size, name=archive_uri).members}  # as stored
+    placed = {m.video_key: m for m in read_pack_index(read, size, name=archive_uri).members}  # as stored
     frames = {job.video_key: sum(s.frame_count for s in job.spans) for job, _, _ in inputs}
     frames_total = sum(frames.values()) or 1
     cpu = accounting.held("cpu")
     seconds = cpu.charge(time.perf_counter() - started)
     rows_by_video = {}
     for job, job_metas, (_, _, attachments) in inputs:
-        member = stored[job.video_key]
+        member = placed[job.video_key]
         index = read_member_index(read, member, name=archive_uri)
         share = seconds * frames[job.video_key] / frames_total  # the commit's time, split by frames
         rows_by_video[job.video_key] = (
@@ -97,7 +97,7 @@ def commit_pack(
     all_rows = [row for rows, _, _ in rows_by_video.values() for row in rows]
     write_bytes(fs, pack_manifest_path(out_root, pack_id), parquet_bytes(all_rows, MANIFEST_SCHEMA))
     entries = [
-        (job.video_key, job.source_uri, (pack_id, stored[job.video_key].offset, stored[job.video_key].length))
+        (job.video_key, job.source_uri, (pack_id, placed[job.video_key].offset, placed[job.video_key].length))
         for job, _, _ in inputs
     ]
     write_many_index_entries(fs, out_root, entries)  # before the marker: a committed pack is indexed
