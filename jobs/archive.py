@@ -262,6 +262,15 @@ def archive_command(
     except (ArchiveError, ConfigError) as exc:
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         raise typer.Exit(2) from None
+    report(result)
+
+
+def report(result) -> None:
+    """Print a finished run's outcome (summary line on stdout, problems on stderr) and exit with its
+    code; shared by `archive` and `migrate`."""
+    from pipeline.storage import redact
+    from pipeline.text import printable
+
     print(printable(result.message))
     if result.summary.get("reference"):
         print(result.summary["reference"]["statement"])

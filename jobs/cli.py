@@ -9,7 +9,20 @@ from __future__ import annotations
 
 import typer
 
-from jobs import archive, audit, bench, compact, export, inspect_archive, model, restore, thaw, train, verify
+from jobs import (
+    archive,
+    audit,
+    bench,
+    compact,
+    export,
+    inspect_archive,
+    migrate,
+    model,
+    restore,
+    thaw,
+    train,
+    verify,
+)
 from jobs.help_defaults import describe_defaults
 
 app = typer.Typer(
@@ -20,7 +33,20 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (archive, verify, restore, thaw, export, inspect_archive, audit, compact, bench, train, model):
+for module in (
+    archive,
+    migrate,
+    verify,
+    restore,
+    thaw,
+    export,
+    inspect_archive,
+    audit,
+    compact,
+    bench,
+    train,
+    model,
+):
     module.register(app)
 describe_defaults(app)  # every option's default in --help, "none"/"off" included
 

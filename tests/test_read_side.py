@@ -37,6 +37,7 @@ READ_SIDE = [
     "pipeline/locate.py",
     "pipeline/manifest_videos.py",
     "pipeline/manifest_layout.py",
+    "pipeline/archived_source.py",
     "pipeline/dataset/__init__.py",
     "pipeline/dataset/plan.py",
     "pipeline/dataset/clips.py",

@@ -59,6 +59,21 @@ class QualityGoal:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class MigrationSpec:
+    """`vidarc migrate OUT NEW_OUT`: the run's sources are OUT's archived videos (`archive/migration.py`).
+
+    `where` and `keys` select them (a video is migrated whole when any of its rows matches `where`);
+    `source_fraction` of each video's GOPs (a seeded sample, at least one) also get `source_psnr`
+    against the original source where it still exists; `parent_model` decodes a neural parent whose
+    model is not bundled."""
+
+    where: str | None = None
+    keys: tuple[str, ...] = ()
+    source_fraction: float = 0.1
+    parent_model: str | None = None
+
+
 @dataclasses.dataclass
 class ArchiveConfig:
     src: str
@@ -136,6 +151,8 @@ class ArchiveConfig:
     #: S3 storage class of the video and pack objects (`pipeline/storage_class.py`); manifests,
     #: markers, leases and indexes stay in STANDARD. None: the bucket's default (STANDARD).
     storage_class: str | None = None
+    #: A migration: `src` is then an archive whose videos are coded again (None: an ordinary run).
+    migration: MigrationSpec | None = None
 
     def resolved(self) -> ArchiveConfig:
         """A copy with defaults filled in, validated; raises ConfigError with a one-line reason."""
@@ -197,6 +214,7 @@ class ArchiveConfig:
                 f"--skip-metric: unknown {sorted(unknown)}; choose from {', '.join(METRIC_SWITCHES)}"
             )
         _check_quality_goal(self)
+        _check_migration(self)
         storage_class = self.storage_class
         if storage_class is not None:
             from pipeline.storage_class import StorageClassError, check_storage_class
@@ -280,6 +298,29 @@ class ArchiveConfig:
             record[name] = list(getattr(self, name))
         record["shard"] = f"{self.shard[0]}/{self.shard[1]}" if self.shard else None
         return _redact_values(record)
+
+
+def _check_migration(config: ArchiveConfig) -> None:
+    spec = config.migration
+    if spec is None:
+        return
+    if not 0 <= spec.source_fraction <= 1:
+        raise ConfigError(f"--source-fraction must be in [0, 1], got {spec.source_fraction:g}")
+    old, new = _comparable(config.src), _comparable(config.out)
+    if new == old or new.startswith(old + "/"):
+        raise ConfigError(
+            f"NEW_OUT {config.out} is {'OUT itself' if new == old else 'inside OUT'}; a migration writes a new archive "
+            "beside the old one"
+        )
+
+
+def _comparable(uri: str) -> str:
+    """`uri` as a comparable location: a local path made absolute (links resolved), a URL unslashed."""
+    import os
+
+    if "://" in uri and not uri.startswith("file://"):
+        return uri.rstrip("/")
+    return os.path.realpath(uri.removeprefix("file://")).rstrip("/")
 
 
 def _check_quality_goal(config: ArchiveConfig) -> None:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from codec.base import RateTarget
 from pipeline import sources
 from pipeline.archive.source_list import SourceList, list_format
+from pipeline.archived_source import ParentRef
 from pipeline.keys import list_video_key, video_key
 from pipeline.listing import ListedObject, iter_pages
 from pipeline.storage import describe, filesystem, full_uri, is_local, is_transient, retrying
@@ -42,6 +44,9 @@ class SourceEntry:
     target: RateTarget | None = None
     #: a problem with the list row itself: the video fails without being read.
     error: str | None = None
+    #: a migration (`archive/migration.py`): the archived video whose decode is coded again; `uri` is
+    #: then the original source (lineage), which is never read for the encode.
+    parent: ParentRef | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +59,10 @@ class ProbeOutcome:
     reason: str | None = None
     #: The failure was the storage's (outage, throttling), not the video's: a rerun should retry it.
     transient: bool = False
+    #: A migrated video's lineage columns (`VideoJob.lineage`) and the header fields it keeps from its
+    #: parent's header (the original source's checksum, depth, chroma...).
+    lineage: dict[str, Any] | None = None
+    inherited: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass

@@ -102,6 +102,7 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         check_reachable(src_fs, src_root, cfg.src, must_exist=True)  # a missing S3 prefix, like a folder
         check_reachable(out_fs, out_root, cfg.out, must_exist=False)
         check_writable(out_fs, out_root, cfg.out)
+        selection = _selection(cfg)  # a migration's parent videos, else None (SRC's listing)
         work = WorkList(
             src=cfg.src,
             out_fs=out_fs,
@@ -112,6 +113,7 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
             ignore_prefix=cfg.out,
             shard=cfg.shard,
             retry_failed=cfg.retry_failed,
+            sources=selection.entries() if selection is not None else None,
         )
         if cfg.quality_goal is not None and _list_has_targets(cfg):
             raise ArchiveError(
@@ -119,6 +121,8 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
                 f"--target-{cfg.quality_goal.metric}; drop one"
             )
         first = work.peek()  # lists only as far as the first video to do
+        if selection is not None and not selection.matched:
+            raise ArchiveError(f"{cfg.src}: {selection.describe()} matches no archived video")
     except (StorageError, SourceListError) as exc:
         raise ArchiveError(str(exc)) from None
     except ArchiveError:
@@ -182,6 +186,8 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
         leases.release_all()
         display.close()
     summary = scheduler.summary(work.counts)
+    if selection is not None:
+        summary["migration"] = _migration_record(cfg, selection)
     storage_failures = summary["failures_transient"]
     storage_trouble = bool(storage_failures or summary.get("lease_error") or summary.get("storage_stop"))
     skip = "the storage failed during the run; the rerun compacts" if storage_trouble else None
@@ -224,6 +230,28 @@ def run_archive(config: ArchiveConfig, *, display: ProgressDisplay | None = None
             "rerun the same command to finish"
         )
     return ArchiveResult(run_id, exit_code, summary, message)
+
+
+def _selection(cfg: ArchiveConfig) -> Any:
+    """A migration's `Selection` of parent videos (its filter checked now), or None."""
+    if cfg.migration is None:
+        return None
+    from pipeline.archive.migration import MigrationError, Selection
+
+    try:
+        return Selection(cfg.src, cfg.migration, endpoint_url=cfg.endpoint_url)
+    except MigrationError as exc:
+        raise ArchiveError(str(exc)) from None
+
+
+def _migration_record(cfg: ArchiveConfig, selection: Any) -> dict[str, Any]:
+    """The migration's part of `summary.json`: its parent, selection and what it could not read."""
+    return {
+        "parent": cfg.src,
+        "selection": selection.describe(),
+        "matched_videos": selection.matched,
+        "damaged_parent_parts": [f"{d.uri}: {d.reason}" for d in selection.damaged],
+    }
 
 
 def _reference_pending(out_fs: Any, out_root: str) -> bool:

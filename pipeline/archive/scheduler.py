@@ -74,7 +74,12 @@ def _probe_remote(
 ) -> tuple[discovery.ProbeOutcome, float]:
     """(outcome, CPU-seconds spent probing)."""
     with accounting.stopwatch() as wall:
-        outcome = discovery.probe_entry(entry, endpoint_url=endpoint_url, max_pixels=max_pixels)
+        if entry.parent is not None:  # a migration: the parent's container, not the source
+            from pipeline.archive.migration import probe_parent
+
+            outcome = probe_parent(entry, endpoint_url=endpoint_url, max_pixels=max_pixels)
+        else:
+            outcome = discovery.probe_entry(entry, endpoint_url=endpoint_url, max_pixels=max_pixels)
     return outcome, accounting.held("cpu").charge(wall[0])
 
 
@@ -88,14 +93,28 @@ def _decode_group_remote(
     uri: str, spans: list[GopSpan], endpoint_url: str | None, options: dict[str, Any] | None = None
 ) -> tuple[Any, ...]:
     """Consecutive GOPs of one video decoded in one pass (`sources.decode_spans`): frames and
-    CPU-seconds for each, flat (`num_returns=2·len(spans)`); the seconds are split by frame count."""
+    CPU-seconds for each, flat (`num_returns=2·len(spans)`); the seconds are split by frame count.
+    A migrated video's (`options["parent"]`) are decoded from its parent's GOPs (`archived_source`)."""
+    options = dict(options or {})
+    parent = options.pop("parent", None)
     with accounting.stopwatch() as wall:
-        decoded = sources.decode_spans(
-            uri,
-            [(s.first_frame, s.frame_count, s.pts) for s in spans],
-            endpoint_url=endpoint_url,
-            **(options or {}),
-        )
+        if parent is not None:
+            from pipeline import archived_source
+
+            decoded = archived_source.decode_spans(
+                parent,
+                [(s.first_frame, s.frame_count) for s in spans],
+                endpoint_url=endpoint_url,
+                size=options.get("size"),
+                high_bit_depth=bool(options.get("high_bit_depth")),
+            )
+        else:
+            decoded = sources.decode_spans(
+                uri,
+                [(s.first_frame, s.frame_count, s.pts) for s in spans],
+                endpoint_url=endpoint_url,
+                **options,
+            )
     seconds = accounting.held("cpu").charge(wall[0])
     frames_total = sum(s.frame_count for s in spans)
     out: list[Any] = []
@@ -122,7 +141,31 @@ def warm_up_task_workers(cfg: ArchiveConfig) -> list[Any]:
 
 
 def _commit_remote(job: VideoJob, metas: list[dict[str, Any]], *payloads: bytes) -> dict[str, Any]:
+    if job.source_check is not None:  # a migration: PSNR against the original source first
+        from pipeline.archive.source_quality import measure
+
+        metas = measure(job, metas, list(payloads))
     return commit_video(job, metas, list(payloads))
+
+
+def _commit_pack_remote(
+    pack_id: str,
+    jobs: list[VideoJob],
+    metas: list[list[dict[str, Any]]],
+    had_failed: list[bool],
+    *payloads: bytes,
+) -> dict[str, Any]:
+    """`commit_pack`, with a migration's source PSNR measured first (as `_commit_remote`)."""
+    if any(job.source_check is not None for job in jobs):
+        from pipeline.archive.source_quality import measure
+
+        position, measured = 0, []
+        for job, job_metas in zip(jobs, metas, strict=True):
+            own = list(payloads[position : position + len(job.spans)])
+            position += len(job.spans)
+            measured.append(measure(job, job_metas, own) if job.source_check is not None else job_metas)
+        metas = measured
+    return commit_pack(pack_id, jobs, metas, had_failed, *payloads)
 
 
 #: Frames one decode task may hold for the GOPs after its own (`Scheduler.decode_run`): enough for a
@@ -199,7 +242,7 @@ class Scheduler:
         self.packs_started = 0
         self.had_failed: Any = None  # keys with a failed marker at the start (KeySet; packs clear them)
         self.commit_pack = ray.remote(num_cpus=0.25, max_retries=2, retry_exceptions=False, **placed)(
-            commit_pack
+            _commit_pack_remote
         )
         self.utilisation: list[dict[str, Any]] = []  # the encode actors' busy measures, at the end
         self.floor = FloorKeeper(self)
@@ -500,11 +543,14 @@ class Scheduler:
 
     def _decode_options(self, video: Video) -> dict[str, Any]:
         header = video.job.header
-        return {
+        options: dict[str, Any] = {
             "size": (header["width"], header["height"]),
             "max_pixels": self.cfg.max_pixels,
             "high_bit_depth": header.get("coded_bit_depth", 8) > 8,
         }
+        if video.job.parent is not None:
+            options["parent"] = video.job.parent
+        return options
 
     # ---- results ---------------------------------------------------------------------------------
     def _on_probe(self, ref: Any) -> None:
@@ -554,6 +600,8 @@ class Scheduler:
         )
         if entry.metadata:
             header["source_metadata"] = dict(entry.metadata)
+        if outcome.lineage is not None:  # a migration: what is known of the source, and the parent
+            header.update(outcome.inherited or {}, lineage=outcome.lineage)
         if header.get("source_note"):
             self.tally.warning(
                 {"video_key": entry.key, "source_uri": entry.uri, "warning": header["source_note"]}
@@ -572,6 +620,9 @@ class Scheduler:
             metadata=entry.metadata,
             compute={"probe": probe_seconds},
             storage_class=self.cfg.storage_class,
+            lineage=outcome.lineage,
+            parent=entry.parent,
+            source_check=self._source_check() if entry.parent is not None else None,
         )
         self.counters.frames_total += info.frame_count
         goal = self.cfg.quality_goal
@@ -586,6 +637,11 @@ class Scheduler:
             self.ready.append(entry.key)
             return
         self.searches.add(video)
+
+    def _source_check(self) -> dict[str, Any]:
+        """A migrated video's `source_psnr` settings (`source_quality`)."""
+        spec = self.cfg.migration
+        return {"fraction": spec.source_fraction if spec else 0.0, "model": self.cfg.model}
 
     def _precision(self, info: sources.VideoInfo) -> dict[str, Any]:
         """What the archive keeps of the source's precision (`coded_bit_depth`, `coded_chroma`), and a note of

@@ -21,6 +21,7 @@ from pipeline import sources
 from pipeline.archive import accounting
 from pipeline.archive.floor import floor_columns
 from pipeline.archive.plan import GopSpan
+from pipeline.archived_source import ParentRef
 from pipeline.container import (
     AUDIO_ATTACHMENT,
     TIMESTAMPS_ATTACHMENT,
@@ -80,6 +81,10 @@ class VideoJob:
     storage_class: str | None = None
     #: A migrated video's lineage columns (`generation`, `parent_*`); None: coded from its source.
     lineage: dict[str, Any] | None = None
+    #: A migrated video's parent (`pipeline.archived_source`): its frames and audio come from there.
+    parent: ParentRef | None = None
+    #: A migrated video's `source_psnr` settings ({"fraction", "model"}; `source_quality`).
+    source_check: dict[str, Any] | None = None
 
 
 def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -> dict[str, Any]:
@@ -126,7 +131,12 @@ def container_inputs(
     timestamps of a variable-rate source."""
     attachments = []
     if job.has_audio:
-        audio = sources.extract_audio(job.source_uri, endpoint_url=job.endpoint_url)
+        if job.parent is not None:  # a migration: the parent's copy (the source may be gone)
+            from pipeline.archived_source import audio as parent_audio
+
+            audio = parent_audio(job.parent, endpoint_url=job.endpoint_url)
+        else:
+            audio = sources.extract_audio(job.source_uri, endpoint_url=job.endpoint_url)
         if audio is not None:
             attachments.append((AUDIO_ATTACHMENT, audio[0], audio[1]))
     pts = [t for span in job.spans for t in (span.pts or ())]
@@ -297,7 +307,7 @@ _SOURCE_COLUMNS = (
 )
 
 
-_QUALITY_COLUMNS = (*METRIC_COLUMNS, "metrics_note")
+_QUALITY_COLUMNS = (*METRIC_COLUMNS, "metrics_note", "source_psnr")
 
 
 def rate_target_reached(kind: str, params: dict[str, Any]) -> bool | None:

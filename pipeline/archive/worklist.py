@@ -54,6 +54,7 @@ class WorkList:
         ignore_prefix: str | None = None,
         shard: tuple[int, int] | None = None,
         retry_failed: bool = False,
+        sources: Iterator[discovery.SourceEntry] | None = None,
     ) -> None:
         self.counts = WorkCounts()
         self.shard = shard
@@ -61,13 +62,18 @@ class WorkList:
         self.done: KeySet = marker_keyset(out_fs, out_root, "done")
         self.failed: KeySet = marker_keyset(out_fs, out_root, "failed")
         self._listing = discovery.ListingStats()
-        self._sources = discovery.iter_sources(
-            src,
-            endpoint_url=endpoint_url,
-            include=include,
-            exclude=exclude,
-            ignore_prefix=ignore_prefix,
-            stats=self._listing,
+        # `sources`: another stream of entries than SRC's listing (a migration's parent videos)
+        self._sources = (
+            sources
+            if sources is not None
+            else discovery.iter_sources(
+                src,
+                endpoint_url=endpoint_url,
+                include=include,
+                exclude=exclude,
+                ignore_prefix=ignore_prefix,
+                stats=self._listing,
+            )
         )
         self._stream = self._todo()
         self._peeked: list[discovery.SourceEntry] = []
