@@ -22,6 +22,7 @@ COMMAND_HELP = (
 
 
 def archive_command(
+    ctx: typer.Context,
     src: Annotated[
         str,
         typer.Argument(
@@ -195,8 +196,26 @@ def archive_command(
             show_default="the bucket's default (STANDARD)",
         ),
     ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            help="TOML file of options for a run people repeat (their command-line names, e.g. codec = "
+            '"x265", storage-class = "DEEP_ARCHIVE"); options on the command line win.',
+            metavar="FILE.toml",
+        ),
+    ] = None,
 ) -> None:
     """Archive every video under SRC (a folder, file or s3:// prefix) into OUT."""
+    values = {name: value for name, value in locals().items() if name != "ctx"}
+    from types import SimpleNamespace
+
+    from jobs.archive_options import (
+        ConfigFileError,
+        apply_config_file,
+        codec_options,
+        parse_shard,
+        run_with_ray,
+    )
     from pipeline.archive import ArchiveError, run_archive
     from pipeline.archive.config import (
         ArchiveConfig,
@@ -209,57 +228,58 @@ def archive_command(
     from pipeline.text import printable
 
     try:
-        config = ArchiveConfig(
-            src=src,
-            out=out,
-            codec=codec,
-            target=rate_target_from_options(target_kbps, target_bpp, quality),
+        o = SimpleNamespace(**apply_config_file(ctx, values, config))
+        archive_config = ArchiveConfig(
+            src=o.src,
+            out=o.out,
+            codec=o.codec,
+            target=rate_target_from_options(o.target_kbps, o.target_bpp, o.quality),
             quality_goal=quality_goal_from_options(
-                target_vmaf,
-                target_psnr,
-                target_dists,
-                per_gop=per_gop,
-                max_kbps=max_kbps,
-                search_gops=search_gops,
+                o.target_vmaf,
+                o.target_psnr,
+                o.target_dists,
+                per_gop=o.per_gop,
+                max_kbps=o.max_kbps,
+                search_gops=o.search_gops,
             ),
-            gop_frames=gop_frames,
-            model=model,
-            codec_options=_codec_options(codec, gvc_mode, preset, gvc_steps, gvc_atoms),
-            endpoint_url=endpoint_url,
-            address=address,
-            actors=actors,
-            gops_in_flight_per_actor=gops_per_actor,
-            max_pixels=max_pixels,
-            num_gpus_per_actor=num_gpus_per_actor,
-            verify_fraction=verify_fraction,
-            limit=limit,
-            retry_failed=retry_failed,
-            stall_seconds=stall_timeout,
-            include=tuple(include or ()),
-            exclude=tuple(exclude or ()),
-            run_id=run_id,
-            metrics_every=metrics_every,
-            metrics_sample=metrics_sample,
-            fingerprint_every=fingerprint_every,
-            skip_metrics=tuple(skip_metric or ()),
-            metric_weights=metric_weights,
-            shard=_shard(shard),
-            actor_resources=resources_from_option("--actor-resources", actor_resources),
-            task_resources=resources_from_option("--task-resources", task_resources),
-            pack_mb=pack,
-            reference=reference,
-            reference_fraction=reference_fraction,
-            reference_seed=reference_seed,
-            reference_preset=reference_preset,
-            compact=compact,
-            compact_every=compact_every,
-            min_psnr=min_psnr,
-            min_vmaf=min_vmaf,
-            fallback=fallback,
-            storage_class=storage_class,
+            gop_frames=o.gop_frames,
+            model=o.model,
+            codec_options=codec_options(o.codec, o.gvc_mode, o.preset, o.gvc_steps, o.gvc_atoms),
+            endpoint_url=o.endpoint_url,
+            address=o.address,
+            actors=o.actors,
+            gops_in_flight_per_actor=o.gops_per_actor,
+            max_pixels=o.max_pixels,
+            num_gpus_per_actor=o.num_gpus_per_actor,
+            verify_fraction=o.verify_fraction,
+            limit=o.limit,
+            retry_failed=o.retry_failed,
+            stall_seconds=o.stall_timeout,
+            include=tuple(o.include or ()),
+            exclude=tuple(o.exclude or ()),
+            run_id=o.run_id,
+            metrics_every=o.metrics_every,
+            metrics_sample=o.metrics_sample,
+            fingerprint_every=o.fingerprint_every,
+            skip_metrics=tuple(o.skip_metric or ()),
+            metric_weights=o.metric_weights,
+            shard=parse_shard(o.shard),
+            actor_resources=resources_from_option("--actor-resources", o.actor_resources),
+            task_resources=resources_from_option("--task-resources", o.task_resources),
+            pack_mb=o.pack,
+            reference=o.reference,
+            reference_fraction=o.reference_fraction,
+            reference_seed=o.reference_seed,
+            reference_preset=o.reference_preset,
+            compact=o.compact,
+            compact_every=o.compact_every,
+            min_psnr=o.min_psnr,
+            min_vmaf=o.min_vmaf,
+            fallback=o.fallback,
+            storage_class=o.storage_class,
         )
-        result = _run_with_ray(run_archive, config)
-    except (ArchiveError, ConfigError) as exc:
+        result = run_with_ray(run_archive, archive_config)
+    except (ArchiveError, ConfigError, ConfigFileError) as exc:
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         raise typer.Exit(2) from None
     report(result)
@@ -304,65 +324,6 @@ def report(result) -> None:
     if result.summary.get("storage_error"):
         print(f"error: {printable(redact(result.summary['storage_error']))}", file=sys.stderr)
     raise typer.Exit(result.exit_code)
-
-
-def _shard(text: str | None) -> tuple[int, int] | None:
-    from pipeline.archive.config import ConfigError
-    from pipeline.keys import parse_shard
-
-    if text is None:
-        return None
-    try:
-        return parse_shard(text)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _codec_options(
-    codec: str,
-    gvc_mode: str | None,
-    preset: str | None,
-    gvc_steps: int | None = None,
-    gvc_atoms: int | None = None,
-) -> dict[str, str | int]:
-    """Codec-specific options, refused where they do not apply (rather than silently ignored)."""
-    from pipeline.archive.config import ConfigError
-
-    options: dict[str, str | int] = {}
-    for flag, key, value, low in (
-        ("--gvc-steps", "steps", gvc_steps, 2),
-        ("--gvc-atoms", "atoms", gvc_atoms, 2),
-    ):
-        if value is None:
-            continue
-        if codec != "gvc":
-            raise ConfigError(f"{flag} applies to --codec gvc, not {codec}")
-        if value < low:
-            raise ConfigError(f"{flag} must be at least {low}, got {value}")
-        options[key] = value
-    if gvc_mode is not None:
-        if codec != "gvc":
-            raise ConfigError(f"--gvc-mode applies to --codec gvc, not {codec}")
-        if gvc_mode not in ("t2v", "i2v", "flf2v"):
-            raise ConfigError(f"--gvc-mode must be t2v, i2v or flf2v, got {gvc_mode!r}")
-        options["mode"] = gvc_mode
-    if preset is not None:
-        if codec not in ("x264", "x265", "av1"):
-            raise ConfigError(f"--preset applies to the classic codecs, not {codec}")
-        options["preset"] = preset
-    return options
-
-
-def _run_with_ray(run, config):
-    """Run, and shut down the Ray connection only if this command opened it."""
-    import ray
-
-    owned = not ray.is_initialized()
-    try:
-        return run(config)
-    finally:
-        if owned and ray.is_initialized():
-            ray.shutdown()
 
 
 def register(app: typer.Typer) -> None:

@@ -24,6 +24,7 @@ COMMAND_HELP = (
 
 
 def migrate_command(
+    ctx: typer.Context,
     out: Annotated[str, typer.Argument(help="The archive to migrate from: local folder or fsspec URL.")],
     new_out: Annotated[str, typer.Argument(help="The new archive (not OUT, not inside it).")],
     codec: Annotated[str, typer.Option(help="x264 | x265 | av1 | glvc | gvc")] = "x264",
@@ -110,9 +111,27 @@ def migrate_command(
             show_default="the bucket's default (STANDARD)",
         ),
     ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            help="TOML file of options (their command-line names, as for `vidarc archive --config`); "
+            "options on the command line win.",
+            metavar="FILE.toml",
+        ),
+    ] = None,
 ) -> None:
     """Re-encode OUT's archived videos into NEW_OUT."""
-    from jobs.archive import _codec_options, _run_with_ray, _shard, report
+    values = {name: value for name, value in locals().items() if name != "ctx"}
+    from types import SimpleNamespace
+
+    from jobs.archive import report
+    from jobs.archive_options import (
+        ConfigFileError,
+        apply_config_file,
+        codec_options,
+        parse_shard,
+        run_with_ray,
+    )
     from pipeline.archive import ArchiveError, run_archive
     from pipeline.archive.config import (
         ArchiveConfig,
@@ -125,44 +144,45 @@ def migrate_command(
     from pipeline.text import printable
 
     try:
-        config = ArchiveConfig(
-            src=out,
-            out=new_out,
-            codec=codec,
-            target=rate_target_from_options(target_kbps, target_bpp, quality),
+        o = SimpleNamespace(**apply_config_file(ctx, values, config))
+        archive_config = ArchiveConfig(
+            src=o.out,
+            out=o.new_out,
+            codec=o.codec,
+            target=rate_target_from_options(o.target_kbps, o.target_bpp, o.quality),
             quality_goal=quality_goal_from_options(
-                target_vmaf, target_psnr, None, per_gop=False, max_kbps=None, search_gops=3
+                o.target_vmaf, o.target_psnr, None, per_gop=False, max_kbps=None, search_gops=3
             ),
-            gop_frames=gop_frames,
-            model=model,
-            codec_options=_codec_options(codec, None, preset),
-            endpoint_url=endpoint_url,
-            address=address,
-            actors=actors,
-            num_gpus_per_actor=num_gpus_per_actor,
-            gops_in_flight_per_actor=gops_per_actor,
-            verify_fraction=verify_fraction,
-            limit=limit,
-            retry_failed=retry_failed,
-            run_id=run_id,
-            metrics_every=metrics_every,
-            metrics_sample=metrics_sample,
-            skip_metrics=tuple(skip_metric or ()),
-            metric_weights=metric_weights,
-            shard=_shard(shard),
-            pack_mb=pack,
-            min_psnr=min_psnr,
-            fallback=fallback,
-            storage_class=storage_class,
+            gop_frames=o.gop_frames,
+            model=o.model,
+            codec_options=codec_options(o.codec, None, o.preset),
+            endpoint_url=o.endpoint_url,
+            address=o.address,
+            actors=o.actors,
+            num_gpus_per_actor=o.num_gpus_per_actor,
+            gops_in_flight_per_actor=o.gops_per_actor,
+            verify_fraction=o.verify_fraction,
+            limit=o.limit,
+            retry_failed=o.retry_failed,
+            run_id=o.run_id,
+            metrics_every=o.metrics_every,
+            metrics_sample=o.metrics_sample,
+            skip_metrics=tuple(o.skip_metric or ()),
+            metric_weights=o.metric_weights,
+            shard=parse_shard(o.shard),
+            pack_mb=o.pack,
+            min_psnr=o.min_psnr,
+            fallback=o.fallback,
+            storage_class=o.storage_class,
             migration=MigrationSpec(
-                where=where,
-                keys=tuple(video or ()),
-                source_fraction=source_fraction,
-                parent_model=parent_model,
+                where=o.where,
+                keys=tuple(o.video or ()),
+                source_fraction=o.source_fraction,
+                parent_model=o.parent_model,
             ),
         )
-        result = _run_with_ray(run_archive, config)
-    except (ArchiveError, ConfigError) as exc:
+        result = run_with_ray(run_archive, archive_config)
+    except (ArchiveError, ConfigError, ConfigFileError) as exc:
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         raise typer.Exit(2) from None
     report(result)
