@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import compact_merge
 from pipeline.keyset import KeySet
 from pipeline.manifest import parse_part, statistics_columns
 from pipeline.manifest_layout import (
@@ -125,13 +126,23 @@ class CompactReport:
     damaged: list[str] = dataclasses.field(default_factory=list)
     #: the most parts whose rows were held in memory at once (waiting to be sorted into row groups)
     peak_parts_held: int = 0
+    #: small compacted files merged into bigger ones (`compact_merge`), the files that made, and
+    #: merged-away files deleted after their grace period
+    files_merged: int = 0
+    merged_files_written: list[str] = dataclasses.field(default_factory=list)
+    superseded_removed: int = 0
     seconds: float = 0.0
 
     def line(self) -> str:
+        merged = (
+            f"; merged {self.files_merged} small compacted files into {len(self.merged_files_written)}"
+            if self.files_merged
+            else ""
+        )
         return (
             f"compacted {self.parts_absorbed} parts ({self.rows} rows, {self.bytes_in} B) into "
             f"{len(self.files_written)} files ({self.bytes_out} B); {self.leftovers_removed} leftover parts "
-            f"removed; {self.parts_left} parts kept (videos not done); {self.seconds:.1f} s"
+            f"removed; {self.parts_left} parts kept (videos not done){merged}; {self.seconds:.1f} s"
         )
 
 
@@ -143,9 +154,13 @@ def compact(
     orphan_hours: float = 24.0,
     force: bool = False,
     row_group_rows: int = ROW_GROUP_ROWS,
+    merge_min_files: int = compact_merge.MERGE_MIN_FILES,
+    merged_grace_seconds: float = compact_merge.GRACE_SECONDS,
 ) -> CompactReport:
     """Compact archive `out`'s manifest (see the module docstring); returns what was done. Raises
-    CompactError (CompactionLocked while another compaction runs) before touching anything."""
+    CompactError (CompactionLocked while another compaction runs) before touching anything. Then
+    small compacted files are merged (`compact_merge`: `merge_min_files` of them at least), and files
+    merged away more than `merged_grace_seconds` ago are deleted."""
     started = time.perf_counter()
     try:
         fs, root = filesystem(out, endpoint_url=endpoint_url)
@@ -169,8 +184,34 @@ def compact(
         while _write_file(fs, root, plan, stream, replaces, report, target_bytes, row_group_rows):
             pass
         report.orphan_packs_removed = _remove_orphans(fs, root, plan, orphan_hours)
+        _merge(fs, root, report, target_bytes, row_group_rows, merge_min_files, merged_grace_seconds)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _merge(
+    fs: Any,
+    root: str,
+    report: CompactReport,
+    target_bytes: int,
+    row_group_rows: int,
+    min_files: int,
+    grace_seconds: float,
+) -> None:
+    """Delete merged-away files past their grace, then merge small compacted files (a fresh plan:
+    what this compaction wrote counts)."""
+    merged = compact_merge.MergeReport()
+    plan = plan_manifest(fs, root)
+    compact_merge.remove_superseded(fs, plan, grace_seconds, merged)
+    for group in compact_merge.merge_groups(plan, fs, target_bytes, min_files):
+        compact_merge.merge_files(
+            fs, root, group, COMPACTED_SCHEMA, row_group_rows=row_group_rows, statistics=STATISTICS,
+            sort_keys=SORT_KEYS, report=merged,
+        )  # fmt: skip
+    report.files_merged += merged.files_merged
+    report.merged_files_written += merged.files_written
+    report.superseded_removed += merged.superseded_removed
+    report.damaged += merged.damaged
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,8 @@ Files under `OUT/manifest/`:
     compacted-<stamp>.parquet     many parts merged by `vidarc compact`: their rows plus two columns,
                                   `source_part` (the part's file name) and `source_sha256` (of its bytes),
                                   and in its key-value metadata `vidarc.compaction`: {"replaces":
-                                  {older compacted file name: [video keys whose rows this file supersedes]}}
+                                  {older compacted file name: [video keys whose rows this file supersedes]},
+                                  "merges": [compacted files whose rows it holds, merged into it]}
 
 The rules a reader applies (`plan_manifest`):
 1. A part whose name *and* bytes (sha256) are recorded by a compacted file is covered: compaction wrote
@@ -20,6 +21,10 @@ The rules a reader applies (`plan_manifest`):
 3. A compacted file's rows of the keys a later compacted file `replaces` are dropped.
 4. A reader that listed a part which is gone when it reads it lost a race with a compaction: it
    re-lists and reads that part's rows from the new compacted file (`ManifestPlan.recover`).
+5. A compacted file another readable compacted file `merges` is superseded: its rows (less those
+   readers dropped from it) are in the merged file, so it is not read. Compaction deletes it once the
+   merged file is older than a grace period (`pipeline.compact_merge`), so a reader that planned with
+   it before the merge still finds it.
 Compaction is one writer at a time per archive (it takes `manifest/_compaction.lock`).
 """
 
@@ -82,6 +87,8 @@ class CompactedFile:
     drop_keys: set[str] = dataclasses.field(default_factory=set)
     #: from its metadata: older compacted file name -> keys it replaces there
     replaces: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    #: from its metadata: the compacted files merged into it (rule 5)
+    merges: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -105,6 +112,8 @@ class ManifestPlan:
     #: compacted files whose footer or source columns do not parse: (path, reason); none of their
     #: rows can be read, so readers name them (`iter_tables`) and read every other file
     damaged: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    #: compacted files merged into another (rule 5): path -> the path of the file that holds them now
+    superseded: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def paths(self) -> list[str]:
@@ -188,13 +197,13 @@ def plan_manifest(fs: fsspec.AbstractFileSystem, root: str, *, packs: bool = Tru
     compacted.sort(key=lambda c: c.name)
     covered: list[str] = []
     damaged: list[tuple[str, str]] = []
+    superseded: dict[str, str] = {}
     if compacted:
         recorded: dict[str, str] = {}  # part name -> sha256 recorded by the newest compacted file
         readable = []
         for c in compacted:
             try:
-                c.replaces = _replaces(fs, c.path)
-                sources = _sources(fs, c.path, set(parts))
+                c.replaces, c.merges = _compaction_metadata(fs, c.path)
             except Exception as exc:
                 reason = _damage_reason(exc)
                 if reason is None:
@@ -202,8 +211,22 @@ def plan_manifest(fs: fsspec.AbstractFileSystem, root: str, *, packs: bool = Tru
                 damaged.append((c.path, reason))  # its parts, if still there, are read as parts
                 continue
             readable.append(c)
+        merged_into = {name: c.path for c in readable for name in c.merges}
+        superseded = {c.path: merged_into[c.name] for c in readable if c.name in merged_into}
+        compacted = []
+        for c in readable:
+            if c.path in superseded:
+                continue  # rule 5: its rows are in the file that merged it
+            try:
+                sources = _sources(fs, c.path, set(parts))
+            except Exception as exc:
+                reason = _damage_reason(exc)
+                if reason is None:
+                    raise
+                damaged.append((c.path, reason))
+                continue
+            compacted.append(c)
             recorded.update(sources)
-        compacted = readable
         by_name = {c.name: c for c in compacted}
         for c in compacted:
             for older, keys in c.replaces.items():
@@ -237,6 +260,7 @@ def plan_manifest(fs: fsspec.AbstractFileSystem, root: str, *, packs: bool = Tru
         pack_members=members,
         part_drops=part_drops,
         damaged=damaged,
+        superseded=superseded,
     )
 
 
@@ -263,19 +287,22 @@ def committed_packs(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, list[
     return {str(m["pack_id"]): [str(k) for k in m["members"]] for m in iter_pack_markers(fs, root)}
 
 
-def _replaces(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, list[str]]:
+def _compaction_metadata(fs: fsspec.AbstractFileSystem, path: str) -> tuple[dict[str, list[str]], list[str]]:
+    """(replaces, merges) from a compacted file's footer (empty for a file that records neither)."""
     import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as handle:
         metadata = pq.ParquetFile(handle).metadata.metadata or {}
     raw = metadata.get(COMPACTION_KEY)
     if not raw:
-        return {}
+        return {}, []
     try:
-        replaces = json.loads(raw).get("replaces", {})
-        return {str(k): [str(x) for x in v] for k, v in replaces.items()}
+        record = json.loads(raw)
+        replaces = {str(k): [str(x) for x in v] for k, v in record.get("replaces", {}).items()}
+        merges = [str(name) for name in record.get("merges", [])]
     except (ValueError, AttributeError, TypeError):
-        return {}
+        return {}, []
+    return replaces, merges
 
 
 def _sources(fs: fsspec.AbstractFileSystem, path: str, names: set[str]) -> dict[str, str]:
