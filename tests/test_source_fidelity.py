@@ -20,7 +20,7 @@ from codec.base import RateTarget, to_8bit
 from codec.registry import create_codec
 from jobs.cli import app
 from pipeline import sources
-from pipeline.archive.scheduler import Scheduler
+from pipeline.archive.video_setup import precision
 
 FIRST_LEVEL = 480
 
@@ -86,11 +86,9 @@ def test_probe_records_depth_chroma_and_the_declared_frame_count(tmp_path: Path,
 
 def test_precision_the_codec_does_not_keep_is_recorded() -> None:
     info = SimpleNamespace(bit_depth=10, chroma="4:4:4", source_note=lambda: None)
-    neural = Scheduler._precision(SimpleNamespace(identity={"codec": "glvc", "max_bit_depth": 8}), info)
+    neural = precision({"codec": "glvc", "max_bit_depth": 8}, info)
     assert neural["coded_bit_depth"] == 8 and "10-bit source coded at 8 bits (glvc)" in neural["source_note"]
-    classic = Scheduler._precision(
-        SimpleNamespace(identity={"codec": "x265", "max_bit_depth": 10, "coded_chroma": "4:2:0"}), info
-    )
+    classic = precision({"codec": "x265", "max_bit_depth": 10, "coded_chroma": "4:2:0"}, info)
     assert classic["coded_bit_depth"] == 10 and classic["source_note"] == "4:4:4 source coded as 4:2:0"
 
 

@@ -55,8 +55,9 @@ from pipeline.archive.config import ArchiveConfig, ConfigError
 from pipeline.archive.errors import ArchiveError
 from pipeline.archive.leases import LEASE_DIR, Leases, lease_ttl
 from pipeline.archive.progress import Counters, ProgressDisplay
-from pipeline.archive.scheduler import Scheduler, warm_up_task_workers
+from pipeline.archive.scheduler import Scheduler
 from pipeline.archive.source_list import SourceList, SourceListError, list_format
+from pipeline.archive.tasks import warm_up_task_workers
 from pipeline.archive.worklist import WorkList
 from pipeline.locate import claim_new_archive
 from pipeline.runinfo import new_run_id, run_dir, tool_versions, write_json

@@ -17,7 +17,8 @@ never starves the decode tasks feeding it while the main pool holds its own CPUs
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.errors import ArchiveError
@@ -29,9 +30,8 @@ from pipeline.archive.floor import (
     under_floor_reason,
     video_score,
 )
-
-if TYPE_CHECKING:
-    from pipeline.archive.scheduler import Scheduler, Video
+from pipeline.archive.run_context import RunContext
+from pipeline.archive.video_state import Video
 
 #: CPUs the fallback encode actor reserves (Ray's logical CPUs; its encoder may use more threads).
 FALLBACK_ACTOR_CPUS = 0.5
@@ -43,9 +43,18 @@ IDENTITY_FIELDS: tuple[str, ...] = ("codec", "codec_version", "model_id", "model
 class FloorKeeper:
     """Checks each finished video against the run's floor; starts and holds the fallback pool."""
 
-    def __init__(self, owner: Scheduler) -> None:
-        self.owner = owner
-        self.floor: Floor | None = floor_of(owner.cfg.min_psnr, owner.cfg.min_vmaf)
+    def __init__(
+        self,
+        ctx: RunContext,
+        *,
+        fail: Callable[[Video, str], None],
+        code_again: Callable[[Video], None],
+    ) -> None:
+        """`fail(video, reason)`: the loop records the video as failed; `code_again(video)`: the loop
+        drops its coded GOPs and queues them all again (for the fallback codec)."""
+        self.ctx, self.fail, self.code_again = ctx, fail, code_again
+        self.cfg = ctx.cfg
+        self.floor: Floor | None = floor_of(ctx.cfg.min_psnr, ctx.cfg.min_vmaf)
         self.pool: EncodePool | None = None
         self.pool_error: str | None = None
         self.identity: dict[str, Any] = {}
@@ -73,12 +82,12 @@ class FloorKeeper:
         if video.fallback:  # the best the job can do at this rate: stored, and said
             self._warn(
                 video,
-                f"the fallback {self.owner.cfg.fallback} reaches {floor.words(score)}, still under the floor of {floor.limit_words()} ({floor.flag})",
+                f"the fallback {self.cfg.fallback} reaches {floor.words(score)}, still under the floor of {floor.limit_words()} ({floor.flag})",
             )
             return False
-        fallback = self.owner.cfg.fallback
+        fallback = self.cfg.fallback
         if fallback is None:
-            self.owner.fail_video(video, under_floor_reason(video.job.source_uri, floor, score))
+            self.fail(video, under_floor_reason(video.job.source_uri, floor, score))
             return True
         self._fall_back(video, floor, score, fallback, metas)
         return True
@@ -91,19 +100,18 @@ class FloorKeeper:
 
     def _warn(self, video: Video, note: str) -> None:
         """A warning in the log and in summary.json (printed by the CLI)."""
-        self.owner.tally.warning(
+        self.ctx.tally.warning(
             {"video_key": video.job.video_key, "source_uri": video.job.source_uri, "warning": note}
         )
-        self.owner.display.log(f"warning: {video.job.source_uri}: {note}")
+        self.ctx.display.log(f"warning: {video.job.source_uri}: {note}")
 
     def _fall_back(
         self, video: Video, floor: Floor, score: float, fallback: str, metas: list[dict[str, Any]]
     ) -> None:
         """Queue all of the video's GOPs again for the fallback codec, its header naming the fallback."""
-        owner = self.owner
         if self.start_pool() is None:  # the fallback codec cannot run: the video fails, saying both
             reason = under_floor_reason(video.job.source_uri, floor, score).split(";")[0]
-            owner.fail_video(video, f"{reason}; --fallback {fallback} cannot start: {self.pool_error}")
+            self.fail(video, f"{reason}; --fallback {fallback} cannot start: {self.pool_error}")
             return
         spans = video.job.spans
         attempt = attempt_record(
@@ -118,14 +126,9 @@ class FloorKeeper:
         video.job = dataclasses.replace(video.job, header=header)
         video.target = target
         video.fallback = True
-        video.metas.clear()
-        video.payloads.clear()
-        owner.references.discard(video.job.video_key)  # its archive GOPs are not the ones stored
-        owner.counters.gops_done -= len(spans)
-        owner.counters.frames_done -= sum(span.frame_count for span in spans)
-        owner.queue.extendleft(owner.gop_task(video, span) for span in reversed(spans))
+        self.code_again(video)
         self.fallbacks += 1
-        owner.display.log(
+        self.ctx.display.log(
             f"{video.job.source_uri}: {floor.words(score)} is under the floor of {floor.limit_words()} "
             f"({floor.flag}); coding it again with {fallback}"
         )
@@ -134,7 +137,7 @@ class FloorKeeper:
         """The fallback encode pool (one CPU actor), started the first time a video needs it; None
         (and `pool_error` says why) when it cannot start."""
         if self.pool is None and self.pool_error is None:
-            cfg = self.owner.cfg
+            cfg = self.cfg
             assert cfg.fallback is not None
             fallback_cfg = dataclasses.replace(
                 cfg,
@@ -165,7 +168,7 @@ class FloorKeeper:
         return {
             "metric": self.floor.metric,
             "value": self.floor.value,
-            "fallback": self.owner.cfg.fallback,
+            "fallback": self.cfg.fallback,
             "fallback_videos": self.fallbacks,
             "unchecked_videos": self.unchecked,
         }

@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,8 @@ from pipeline.schema import REFERENCE_SCHEMA
 from pipeline.storage import join, read_bytes, remove, write_bytes
 
 if TYPE_CHECKING:
-    from pipeline.archive.scheduler import GopTask, Scheduler, Video
+    from pipeline.archive.run_context import RunContext
+    from pipeline.archive.video_state import GopTask, Video
     from pipeline.keyset import KeySet
 
 REFERENCE_CODECS: tuple[str, ...] = CLASSIC_CODECS
@@ -225,10 +227,14 @@ class References:
     Disabled (every method a no-op) when the run has no `--reference`.
     """
 
-    def __init__(self, owner: Scheduler) -> None:
-        self.owner = owner
-        cfg = owner.cfg
-        self.enabled = cfg.reference is not None and (len(owner.pool) > 0 or owner.reference_backfill)
+    def __init__(
+        self, ctx: RunContext, *, backfill: bool = False, on_cpu_seconds: Callable[[float], None]
+    ) -> None:
+        """`backfill`: no video to do, but reference parts a killed run left to complete;
+        `on_cpu_seconds(s)`: the loop counts the CPU-seconds of reference rows written."""
+        self.ctx, self.on_cpu_seconds = ctx, on_cpu_seconds
+        cfg = ctx.cfg
+        self.enabled = cfg.reference is not None and (len(ctx.pool) > 0 or backfill)
         self.planned: dict[str, list[int]] = {}
         self.rows: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
         self.committed: set[str] = set()
@@ -250,17 +256,17 @@ class References:
         self.metric, self.note = resolve_metric(
             goal, cfg.skip_metrics, lambda: ray.get(check.remote(), timeout=600)
         )
-        spare = float(ray.cluster_resources().get("CPU", 1.0)) - len(owner.pool) * owner.pool.cpus
+        spare = float(ray.cluster_resources().get("CPU", 1.0)) - len(ctx.pool) * ctx.pool.cpus
         self.cpus = round(min(1.0, max(0.25, spare)), 2)
         self.task = ray.remote(num_cpus=self.cpus, max_retries=1, retry_exceptions=False)(_reference_remote)
-        self.limit = max(2, IN_FLIGHT_PER_ACTOR * len(owner.pool))
+        self.limit = max(2, IN_FLIGHT_PER_ACTOR * len(ctx.pool))
         self.spec = {
             "codec": cfg.reference,
             "metric": self.metric,
             "preset": cfg.reference_preset,
             "weights_dir": cfg.metric_weights,
         }
-        owner.display.log(
+        ctx.display.log(
             f"reference: {cfg.reference} on {cfg.reference_fraction:.3g} of the GOPs at equal {self.metric}"
             + (f" ({self.note})" if self.note and cfg.quality_goal is None else "")
         )
@@ -274,7 +280,7 @@ class References:
             return
         from pipeline.metrics import should_measure
 
-        cfg = self.owner.cfg
+        cfg = self.ctx.cfg
         eligible = [s.index for s in video.job.spans if should_measure(s.index, cfg.metrics_every)]
         self.planned[video.job.video_key] = choose_gops(
             video.job.video_key, eligible, cfg.reference_fraction, cfg.reference_seed
@@ -312,9 +318,9 @@ class References:
             "gops": gops,
         }
         try:
-            write_json(self.owner.out_fs, pending_path(self.owner.out_root, key), record)
+            write_json(self.ctx.out_fs, pending_path(self.ctx.out_root, key), record)
         except Exception as exc:  # a measurement: the archive goes on without the safeguard
-            self.owner.display.log(f"could not record the pending reference of {video.job.source_uri}: {exc}")
+            self.ctx.display.log(f"could not record the pending reference of {video.job.source_uri}: {exc}")
             return
         self.pending.add(key)
 
@@ -324,26 +330,26 @@ class References:
         and metric are the ones they were sampled with."""
         if not self.enabled:
             return
-        owner = self.owner
+        ctx = self.ctx
         other = 0
-        for keys in iter_marker_keys(owner.out_fs, owner.out_root, PENDING_FOLDER):
+        for keys in iter_marker_keys(ctx.out_fs, ctx.out_root, PENDING_FOLDER):
             if shard is not None:
                 keys = [key for key in keys if shard_of(key, shard[1]) == shard[0]]
             for key, is_done in zip(keys, done.contains_many(keys), strict=True):
                 if not is_done or key in self.planned:
                     continue  # not committed (it is redone, and sampled again) or already in hand
-                path = pending_path(owner.out_root, key)
+                path = pending_path(ctx.out_root, key)
                 try:
-                    record = json.loads(read_bytes(owner.out_fs, path))
+                    record = json.loads(read_bytes(ctx.out_fs, path))
                 except Exception as exc:
-                    owner.display.log(f"reference: cannot read {path}: {exc}")
+                    ctx.display.log(f"reference: cannot read {path}: {exc}")
                     continue
                 if (record.get("reference_codec"), record.get("metric")) != (self.spec["codec"], self.metric):
                     other += 1
                     continue
                 self._backfill(key, record)
         if other:
-            owner.display.log(
+            ctx.display.log(
                 f"reference: {other} videos have reference rows pending for another reference codec or "
                 "metric; left for a run with those"
             )
@@ -356,7 +362,7 @@ class References:
         self.committed.add(key)
         self.pending.add(key)
         self.backfilled += 1
-        self.owner.display.log(
+        self.ctx.display.log(
             f"reference: completing {len(gops)} sampled GOPs of {record.get('source_uri')} (left by a killed run)"
         )
         for span, row in gops:
@@ -367,7 +373,7 @@ class References:
         key, _ = self.running.pop(ref)
         planned = self._pending.pop(ref)
         try:
-            row = self.owner.ray.get(ref)
+            row = self.ctx.ray.get(ref)
         except Exception as exc:  # the task died (worker lost): the GOP is counted as failed
             from pipeline.archive.errors import one_line
 
@@ -394,7 +400,7 @@ class References:
         from pipeline.audit.costs import equal_quality_ratio, statement
 
         rows = self.written
-        cfg = self.owner.cfg
+        cfg = self.ctx.cfg
         status = collections.Counter(r["status"] for r in rows)
         ok = [r for r in rows if r["status"] == "ok"]
         ratio = equal_quality_ratio(
@@ -425,7 +431,7 @@ class References:
             "metric": self.metric,
             "metric_note": self.note,
             "archive_score": None if score is None or not math.isfinite(score) else float(score),
-            "reference_codec": self.owner.cfg.reference,
+            "reference_codec": self.ctx.cfg.reference,
         }
 
     def _start_gop(self, key: str, span: GopSpan, row: dict[str, Any], frames_ref: Any) -> None:
@@ -444,7 +450,9 @@ class References:
         while self.waiting and len(self.running) < self.limit:
             span, row = self.waiting.popleft()
             if row["video_key"] in self.planned:
-                frames_ref, _ = self.owner.decode.remote(row["source_uri"], span, self.owner.cfg.endpoint_url)
+                frames_ref, _ = self.ctx.tasks.decode.remote(
+                    row["source_uri"], span, self.ctx.cfg.endpoint_url
+                )
                 self._submit(frames_ref, row)
 
     def _drop_marker(self, key: str) -> None:
@@ -452,9 +460,9 @@ class References:
             return
         self.pending.discard(key)
         try:
-            remove(self.owner.out_fs, pending_path(self.owner.out_root, key))
+            remove(self.ctx.out_fs, pending_path(self.ctx.out_root, key))
         except Exception as exc:  # a stale marker costs the next run one read, nothing else
-            self.owner.display.log(f"could not remove the pending reference marker of {key}: {exc}")
+            self.ctx.display.log(f"could not remove the pending reference marker of {key}: {exc}")
 
     def _submit(self, frames_ref: Any, row: dict[str, Any]) -> None:
         ref = self.task.remote(frames_ref, self.spec, row)
@@ -483,14 +491,12 @@ class References:
         clean = [
             {k: v for k, v in r.items() if k in columns} for r in sorted(rows, key=lambda r: r["gop_index"])
         ]
-        owner = self.owner
+        ctx = self.ctx
         try:  # with page and column checksums, like every part (pipeline.manifest)
-            write_bytes(
-                owner.out_fs, reference_path(owner.out_root, key), parquet_bytes(clean, REFERENCE_SCHEMA)
-            )
+            write_bytes(ctx.out_fs, reference_path(ctx.out_root, key), parquet_bytes(clean, REFERENCE_SCHEMA))
         except Exception as exc:  # the reference is a measurement: the archive does not depend on it
-            owner.display.log(f"could not write the reference rows of {rows[0]['source_uri']}: {exc}")
+            ctx.display.log(f"could not write the reference rows of {rows[0]['source_uri']}: {exc}")
             return  # a marker written before the commit stays: the next run completes the part
         self._drop_marker(key)
         self.written.extend(clean)
-        owner.tally_reference(sum(r.get("cpu_seconds") or 0.0 for r in clean))
+        self.on_cpu_seconds(sum(r.get("cpu_seconds") or 0.0 for r in clean))

@@ -11,25 +11,38 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from codec.base import RateTarget
 from pipeline.archive.accounting import add_per_video
+from pipeline.archive.decodes import GopDecodes
 from pipeline.archive.errors import one_line
 from pipeline.archive.plan import GopSpan
+from pipeline.archive.run_context import RunContext
 from pipeline.archive.search_cache import load_search, save_search, search_cache_key
+from pipeline.archive.video_state import Video, VideoBook
 from pipeline.storage import is_transient
 
-if TYPE_CHECKING:
-    from pipeline.archive.scheduler import Scheduler, Video
+#: `fail(video, reason, transient=...)`: the loop stops the video's work and records it as failed.
+FailVideo = Callable[..., None]
 
 
 class QualitySearches:
     """Searches waiting for an actor (`queue`) and running (`running`: result ref -> key, actor)."""
 
-    def __init__(self, owner: Scheduler) -> None:
-        self.owner = owner
-        self.cfg = owner.cfg
+    def __init__(
+        self,
+        ctx: RunContext,
+        book: VideoBook,
+        decodes: GopDecodes,
+        *,
+        fail: FailVideo,
+        replace_actor: Callable[[int, Any], None],
+    ) -> None:
+        self.ctx, self.book, self.decodes = ctx, book, decodes
+        self.fail, self.replace_actor = fail, replace_actor
+        self.cfg = ctx.cfg
         self.queue: collections.deque[str] = collections.deque()  # videos awaiting a search
         self.running: dict[Any, tuple[str, int, Any]] = {}  # result ref -> video key, actor idx/handle
         self.targets_missed: list[dict[str, Any]] = []
@@ -39,65 +52,63 @@ class QualitySearches:
 
     def add(self, video: Video) -> None:
         """A planned video with a per-video goal: reuse a cached search, or queue one."""
-        owner = self.owner
-        cached = load_search(owner.out_fs, owner.out_root, video.job.video_key, self._key(video))
+        ctx = self.ctx
+        cached = load_search(ctx.out_fs, ctx.out_root, video.job.video_key, self._key(video))
         if cached is not None:
-            owner.display.log(f"{video.job.source_uri}: quality search reused from an earlier run")
+            ctx.display.log(f"{video.job.source_uri}: quality search reused from an earlier run")
             self._apply(video, cached)
         else:
             self.queue.append(video.job.video_key)
 
     def submit(self, key: str) -> None:
         """Start the search of video `key` on the least loaded actor (its sample GOPs decode first)."""
-        owner = self.owner
-        video = owner.videos.get(key)
+        ctx = self.ctx
+        video = self.book.videos.get(key)
         if video is None or video.failed:
             return
         header = video.job.header
         refs = []
         for span in self.sample_spans(video):
             if span.index not in video.sample_refs:  # (frames, decode seconds) refs
-                video.sample_refs[span.index] = owner.decode_gop(video, span)
+                video.sample_refs[span.index] = self.decodes.decode_gop(video, span)
             refs.append(video.sample_refs[span.index][0])
-        idx, actor = owner.pool.pick()
+        idx, actor = ctx.pool.pick()
         ref = actor.search_quality.remote(
             self.cfg.quality_goal, header["fps_num"], header["fps_den"], video.job.source_uri, *refs
         )
         self.running[ref] = (key, idx, actor)
-        owner.display.log(f"{video.job.source_uri}: searching the setting for {self._goal_text()}")
+        ctx.display.log(f"{video.job.source_uri}: searching the setting for {self._goal_text()}")
 
     def on_done(self, ref: Any) -> None:
         """A search finished: apply (and cache) its result, retry it after an actor death, or fail."""
-        owner = self.owner
+        ctx = self.ctx
         key, idx, actor = self.running.pop(ref)
-        owner.pool.release(idx)
-        video = owner.videos[key]
+        ctx.pool.release(idx)
+        video = self.book.videos[key]
         try:
-            outcome = owner.ray.get(ref)
-        except owner.ray.exceptions.RayActorError:
-            owner.replace_actor(idx, actor)
+            outcome = ctx.ray.get(ref)
+        except ctx.ray.exceptions.RayActorError:
+            self.replace_actor(idx, actor)
             video.search_attempts += 1
             if video.search_attempts > self.cfg.max_gop_retries:
-                owner.fail_video(
-                    video, f"{video.job.source_uri}: encode actor died during the quality search"
-                )
+                self.fail(video, f"{video.job.source_uri}: encode actor died during the quality search")
             else:
                 self.queue.appendleft(key)
             return
         except Exception as exc:
-            owner.fail_video(video, one_line(video.job.source_uri, exc), transient=is_transient(exc))
+            self.fail(video, one_line(video.job.source_uri, exc), transient=is_transient(exc))
             return
         if "error" in outcome:
-            owner.fail_video(video, outcome["error"])
+            self.fail(video, outcome["error"])
             return
         compute = outcome.pop("compute", None)  # this run's cost: not part of the cached search
         if compute:
             per_video = add_per_video(video.job.compute, "search", compute["search"], compute["device"])
             video.job = dataclasses.replace(video.job, compute=per_video)
         try:
-            save_search(owner.out_fs, owner.out_root, key, self._key(video), outcome)
+            save_search(ctx.out_fs, ctx.out_root, key, self._key(video), outcome)
         except Exception as exc:  # the cache only saves time; the archive does not depend on it
-            owner.display.log(f"could not cache the quality search of {video.job.source_uri}: {exc}")
+            ctx.display.log(f"could not cache the quality search of {video.job.source_uri}: {exc}")
         self._apply(video, outcome)
 
     def missed(self, video_key: str, note: str, gop_index: int | None = None) -> None:
@@ -119,7 +130,7 @@ class QualitySearches:
     def _key(self, video: Video) -> dict[str, Any]:
         return search_cache_key(
             video.job,
-            self.owner.identity,
+            self.ctx.identity,
             self.cfg.codec_options,
             self.cfg.quality_goal,
             self.sample_spans(video),
@@ -133,8 +144,8 @@ class QualitySearches:
         video.job = dataclasses.replace(video.job, header=dict(video.job.header, quality_search=record))
         if not record["reached"]:
             self.missed(video.job.video_key, record["note"])
-            self.owner.display.log(f"{video.job.source_uri}: {record['note']}")
-        self.owner.ready.append(video.job.video_key)
+            self.ctx.display.log(f"{video.job.source_uri}: {record['note']}")
+        self.book.ready.append(video.job.video_key)
 
     def _goal_text(self) -> str:
         goal = self.cfg.quality_goal
