@@ -63,6 +63,8 @@ class Edge:
     line: int
 
     def describe(self) -> str:
+        if self.line == 0:  # the checked module's own package: importing it runs that __init__ first
+            return f"{self.path} is in this package"
         how = {"import": "", "package": ", its package __init__", "by name": ", importlib by name"}[self.via]
         when = ", inside a function" if self.when == "deferred" else ""
         return f"{self.path}:{self.line}{when}{how}"

@@ -241,6 +241,11 @@ def test_a_package_init_counts_only_for_what_it_loads(tmp_path: Path) -> None:
         "pipeline.data", "-> ray  [pipeline/data/__init__.py:1]",
         "(also reached from pipeline.data.plan, pipeline.export)",
     ) in _results(tmp_path)[READ]  # fmt: skip
+    only_plan = CONFIG.replace('modules = ["read_side"]\nforbidden = ["write_side"', 'modules = ["pipeline.data.plan"]\nforbidden = ["write_side"')  # fmt: skip
+    assert _chain(
+        "pipeline.data.plan", "-> pipeline.data  [pipeline/data/plan.py is in this package]",
+        "-> ray  [pipeline/data/__init__.py:1]",
+    ) in _results(tmp_path, only_plan)[READ]  # fmt: skip
 
 
 def test_an_allowed_import_is_named_scoped_and_must_still_exist(tmp_path: Path) -> None:
