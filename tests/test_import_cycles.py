@@ -19,12 +19,9 @@ from layer_contracts import build_graph
 REPO = Path(__file__).resolve().parents[1]
 
 #: Deferred cycles known and named, each with its reason; the test fails when one goes away too, so
-#: the list cannot outlive the code. Found once `importlib.import_module` by name was counted: the
-#: registry builds GVC on first use, and GVC's reference stills are coded by AV1 or GLVC built through
-#: the registry (`codec/gvc/references.py`, `StillCoders.get`, inside a function). Harmless at run time
-#: (both ends are deferred, the registry is loaded first); importing `codec.classic.Av1Codec` and
-#: `codec.glvc.codec.GlvcCodec` there directly instead of `create_codec` would remove it (issue 27).
-KNOWN_DEFERRED_CYCLES = [["codec.gvc.codec", "codec.gvc.digest", "codec.gvc.references", "codec.registry"]]
+#: the list cannot outlive the code. None today: GVC's reference stills once built AV1/GLVC through the
+#: registry, which builds GVC by name (`codec/gvc/references.py` now imports the two classes).
+KNOWN_DEFERRED_CYCLES: list[list[str]] = []
 
 
 def _graph(*, deferred: bool, types: bool = False) -> dict[str, set[str]]:

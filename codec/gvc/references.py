@@ -52,11 +52,15 @@ class StillCoders:
             raise CorruptPayloadError(
                 f"GVC reference frame uses still coder {name!r}, which this decoder lacks"
             )
-        if name not in self._built:
-            from codec.registry import create_codec
+        if name not in self._built:  # the classes themselves, not the registry (which builds GVC)
+            if name == "glvc":
+                from codec.glvc.codec import GlvcCodec
 
-            opts = {"model": self.glvc_model, "device": self.device} if name == "glvc" else {}
-            self._built[name] = create_codec(name, **opts)
+                self._built[name] = GlvcCodec(model=self.glvc_model, device=self.device)
+            else:
+                from codec.classic import Av1Codec
+
+                self._built[name] = Av1Codec()
         return self._built[name]
 
 
