@@ -52,6 +52,15 @@ class RateTarget:
     def describe(self) -> str:
         return f"{self.kind}={self.value:g}"
 
+    def to_record(self) -> dict[str, Any]:
+        """The target as container headers, config records and summaries store it."""
+        return {"kind": self.kind, "value": self.value}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RateTarget:
+        """The target a record names (ValueError for a kind or value a target cannot have)."""
+        return cls(record["kind"], float(record["value"]))
+
 
 def bits_per_pixel(payload_bytes: int, width: int, height: int, frames: int) -> float:
     """Standard bpp: bits / (width · height · frames). Never divided by 3 for colour channels."""

@@ -146,3 +146,16 @@ def test_neural_gop_length_defaults_to_what_the_model_card_declares(tmp_path: Pa
     shutil.rmtree(model)
     assert resolved(model=str(model)).gop_frames is None  # no card here: the codec's own default
     assert ArchiveConfig(src="s", out="o", codec="x264").resolved().gop_frames is None
+
+
+def test_a_rate_target_has_one_record_form_both_ways() -> None:
+    from codec.base import RateTarget
+
+    for target in (RateTarget("kbps", 800.0), RateTarget("bpp", 0.05), RateTarget("quality", 28.0)):
+        record = target.to_record()
+        assert record == {"kind": target.kind, "value": target.value}
+        assert RateTarget.from_record(record) == target
+    with pytest.raises(ValueError):
+        RateTarget.from_record({"kind": "kbps", "value": -1})
+    with pytest.raises(ValueError):
+        RateTarget.from_record({"kind": "speed", "value": 1})

@@ -287,12 +287,12 @@ class ArchiveConfig:
         if goal is not None:
             return {"kind": goal.metric, "value": goal.target}
         assert self.target is not None
-        return {"kind": self.target.kind, "value": self.target.value}
+        return self.target.to_record()
 
     def as_record(self) -> dict[str, Any]:
         """JSON-ready, credential-free view for config.json and logs."""
         record = dataclasses.asdict(self)
-        record["target"] = {"kind": self.target.kind, "value": self.target.value} if self.target else None
+        record["target"] = self.target.to_record() if self.target else None
         record["quality_goal"] = self.quality_goal.as_record() if self.quality_goal else None
         for name in ("include", "exclude", "skip_metrics"):
             record[name] = list(getattr(self, name))

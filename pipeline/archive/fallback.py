@@ -121,7 +121,7 @@ class FloorKeeper:
         header = dict(video.job.header)
         header.update({k: self.identity.get(k) for k in IDENTITY_FIELDS})
         header["decoder_options"] = self.identity.get("decoder_options") or {}
-        header["target"] = {"kind": target.kind, "value": target.value}
+        header["target"] = target.to_record()
         header["quality_floor"] = {**(self.header_record() or {}), **attempt}
         video.job = dataclasses.replace(video.job, header=header)
         video.target = target

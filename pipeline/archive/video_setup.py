@@ -7,7 +7,6 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
-from codec.base import RateTarget
 from codec.errors import CodecError
 from codec.registry import codec_class
 from pipeline import sources
@@ -42,7 +41,7 @@ class JobBuilder:
             video_key=entry.key,
             source_uri=entry.uri,
             source_bytes=entry.size,
-            target=target_record(entry.target) if entry.target else cfg.target_record(),
+            target=entry.target.to_record() if entry.target else cfg.target_record(),
             gop_frames=gop_frames,
             run_id=ctx.run_id,
             **precision(identity, info),
@@ -106,7 +105,3 @@ def precision(identity: dict[str, Any], info: sources.VideoInfo) -> dict[str, An
     if chroma and info.chroma in ("4:4:4", "4:2:2", "rgb", "4:4:0") and chroma != info.chroma:
         notes.append(f"{info.chroma} source coded as {chroma}")
     return {"coded_bit_depth": coded, "coded_chroma": chroma, "source_note": "; ".join(notes) or None}
-
-
-def target_record(target: RateTarget) -> dict[str, Any]:
-    return {"kind": target.kind, "value": target.value}
