@@ -41,7 +41,7 @@ from pipeline.archive.summary import RunTally, build_summary
 from pipeline.archive.tasks import RemoteTasks
 from pipeline.archive.video_setup import JobBuilder
 from pipeline.archive.video_state import GopTask, Video, VideoBook
-from pipeline.archive.worklist import WorkCounts, WorkList
+from pipeline.archive.worklist import Listing, WorkCounts, WorkList
 from pipeline.storage import describe, is_transient
 
 
@@ -105,28 +105,26 @@ class Scheduler:
         self.encoding: dict[Any, tuple[GopTask, int, Any, Any]] = {}  # meta ref -> task, actor, payload
         self.videos_started = 0
         self.duplicates = 0
-        self.listing_error: str | None = None
+        self.listing = Listing(iter(()), cfg.src, display)  # `run` opens the work's
+        self.listing.close()
         self.storage_stop: str | None = None  # why the loop stopped early (`stop_for_storage`)
-        self._listing_open = False
         self.utilisation: list[dict[str, Any]] = []  # the encode actors' busy measures, at the end
 
     # ---- main loop -------------------------------------------------------------------------------
     def run(self, work: WorkList) -> None:
         """Archive the videos `work` streams (listing goes on while earlier videos encode)."""
-        self._entries = work.entries()
+        self.listing = Listing(work.entries(), self.cfg.src, self.display)
         self.packer.had_failed = work.failed
         self.references.resume(work.done, self.cfg.shard)
-        self._next: discovery.SourceEntry | None = None
-        self._listing_open = True
         limit = self.cfg.limit
         searching = self.searches.running
         while self._busy():
             while self._videos_ahead() < self._probe_ahead():
                 if limit is not None and self.videos_started + len(self.probing) >= limit:
                     if self.videos_started >= limit:  # non-videos do not count against --limit
-                        self._close_listing()
+                        self.listing.close()
                     break
-                entry = self._take()
+                entry = self.listing.take()
                 if entry is None:
                     break
                 self._start(entry)
@@ -176,24 +174,6 @@ class Scheduler:
                 f"encode actor {idx} finished nothing for {self.cfg.stall_seconds:.0f} s; killed, its GOPs retried"
             )
 
-    def _take(self) -> discovery.SourceEntry | None:
-        """The next entry of the listing (None at its end, or when it failed: the run then finishes what
-        it started and reports the listing error)."""
-        if self._next is None and self._listing_open:
-            try:
-                self._next = next(self._entries, None)
-            except Exception as exc:  # a page that cannot be listed after the storage retries
-                self.listing_error = one_line(self.cfg.src, exc)
-                self.display.log(f"listing stopped: {self.listing_error}")
-            if self._next is None:
-                self._close_listing()
-        entry, self._next = self._next, None
-        return entry
-
-    def _close_listing(self) -> None:
-        self._listing_open = False
-        self._next = None
-
     def _start(self, entry: discovery.SourceEntry) -> None:
         """Probe one listed video (or fail it at once when its list row is unusable)."""
         self.counters.videos_total += 1
@@ -226,7 +206,7 @@ class Scheduler:
         """Whether more videos may still finish coding (the last pack waits for them)."""
         book = self.book
         return bool(
-            self._listing_open or self.probing or self.searches or book.ready or book.queue or self.encoding
+            self.listing.open or self.probing or self.searches or book.ready or book.queue or self.encoding
         )
 
     def _busy(self) -> bool:
@@ -444,8 +424,8 @@ class Scheduler:
         summary["duplicate_sources"] = self.duplicates
         summary["failures_total"] = self.failures.total
         summary["failures_transient"] = self.failures.transient_total
-        if self.listing_error:
-            summary["listing_error"] = self.listing_error
+        if self.listing.error:
+            summary["listing_error"] = self.listing.error
         if self.leases.error:
             summary["lease_error"] = self.leases.error
         if self.storage_stop:

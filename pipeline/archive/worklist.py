@@ -17,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 from pipeline.archive import discovery
+from pipeline.archive.errors import one_line
 from pipeline.keys import shard_of
 from pipeline.keyset import KeySet
 from pipeline.runinfo import marker_keyset
@@ -120,3 +122,30 @@ class WorkList:
                     if not self.retry_failed:
                         continue
                 yield entry
+
+
+class Listing:
+    """The work stream as the driver loop takes it, one entry at a time: `take()` the next (None at
+    its end, or once a page could not be listed after the storage retries: the run then finishes
+    what it started and reports `error`), `close()` it early (`--limit` reached)."""
+
+    def __init__(self, entries: Iterator[discovery.SourceEntry], src: str, display: Any) -> None:
+        self.entries, self.src, self.display = entries, src, display
+        self.open = True
+        self.error: str | None = None
+
+    def take(self) -> discovery.SourceEntry | None:
+        if not self.open:
+            return None
+        try:
+            entry = next(self.entries, None)
+        except Exception as exc:  # a page that cannot be listed after the storage retries
+            self.error = one_line(self.src, exc)
+            self.display.log(f"listing stopped: {self.error}")
+            entry = None
+        if entry is None:
+            self.close()
+        return entry
+
+    def close(self) -> None:
+        self.open = False
