@@ -199,11 +199,15 @@ def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.Abs
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
-        # one attempt per botocore call: `retrying` owns the backoff (see the module docstring)
+        # one attempt per botocore call: `retrying` owns the backoff (see the module docstring).
+        # Checksums only where asked: archive objects carry their SHA-256 (`put_checked`); botocore's
+        # default CRC32 on every other request is refused by some S3-compatible stores.
         options["config_kwargs"] = {
             "connect_timeout": 5,
             "read_timeout": 60,
             "retries": {"total_max_attempts": 1},
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
         }
     try:
         fs, path = fsspec.core.url_to_fs(uri, **options)
@@ -283,16 +287,27 @@ def put_checked(
             raise StorageError(f"{full_uri(fs, path)}: storage class {storage_class} needs an s3:// archive")
         write_bytes(fs, path, data)
         return StoredObject(len(data), digest.hex(), None, None)
-    extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"}
+    checksums = _store_name(fs) not in _NO_CHECKSUMS
+    extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"} if checksums else {}
     if storage_class:
         extra["StorageClass"] = storage_class
     bucket, key, _ = fs.split_path(path)
     if len(data) <= _SINGLE_PUT_LIMIT:
         b64 = base64.b64encode(digest).decode()
-        response = retrying(
-            full_uri(fs, path),
-            lambda: fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, ChecksumSHA256=b64, **extra),
-        )
+        sent = {"ChecksumSHA256": b64, **extra} if checksums else extra
+
+        def put() -> dict[str, Any]:
+            return fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **sent)
+
+        try:
+            response = retrying(full_uri(fs, path), put)
+        except Exception as exc:
+            if not (checksums and _checksums_refused(exc)):
+                raise
+            # an S3-compatible store without additional checksums: the object goes without one (its
+            # fixity is then its size, and the sha256 the manifest records), and so do the next ones
+            _NO_CHECKSUMS.add(_store_name(fs))
+            return put_checked(fs, path, data, storage_class=storage_class)
         fs.invalidate_cache(path)
         stored = response.get("ChecksumSHA256")
         if stored is not None and stored != b64:
@@ -314,6 +329,24 @@ def put_checked(
             joined = b"".join(base64.b64decode(s) for s in sums)
             checksum = f"SHA256:{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(sums)}"
     return StoredObject(len(data), digest.hex(), checksum, storage_class or "STANDARD")
+
+
+#: S3-compatible stores (by endpoint) that refused an additional checksum in this process.
+_NO_CHECKSUMS: set[str] = set()
+
+
+def _store_name(fs: fsspec.AbstractFileSystem) -> str:
+    kwargs = getattr(fs, "client_kwargs", None) or {}
+    return str(kwargs.get("endpoint_url") or "aws")
+
+
+def _checksums_refused(exc: BaseException) -> bool:
+    """Whether a PUT failed because the store does not take `x-amz-checksum-*` (400 or 501 saying so)."""
+    for error in _chain(exc):
+        status, code = _http_status(error)
+        if status in (400, 501) and (code == "NotImplemented" or "checksum" in str(error).lower()):
+            return True
+    return False
 
 
 def head_object(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | None:

@@ -30,15 +30,18 @@ _ERROR_BODY = (
 class Rule:
     """Fail (or slow) the first `count` requests whose method and path match."""
 
-    action: str  # "503" | "403" | "drop" | "slow" | "down"
+    action: str  # "503" | "403" | "400" (a request the store refuses) | "drop" | "slow" | "down"
     pattern: str = ".*"  # regex searched in the request path (bucket/key?query)
     method: str | None = None  # e.g. "PUT"; None matches any
     count: int | None = 1  # None: every matching request
     delay: float = 0.5  # seconds, for "slow"
+    header: str | None = None  # only requests that carry this header (any case), e.g. a checksum
     hits: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, headers: dict[str, str] | None = None) -> bool:
         if self.count is not None and self.hits >= self.count:
+            return False
+        if self.header is not None and self.header.lower() not in {k.lower() for k in (headers or {})}:
             return False
         return (self.method is None or self.method == method) and re.search(self.pattern, path) is not None
 
@@ -74,13 +77,13 @@ class FaultyProxy:
         with self.lock:
             return [(m, p) for m, p, o in self.log if o == action]
 
-    def decide(self, method: str, path: str) -> Rule | None:
+    def decide(self, method: str, path: str, headers: dict[str, str] | None = None) -> Rule | None:
         with self.lock:
             if self.down.is_set():
                 self.log.append((method, path, "down"))
                 return Rule("down")
             for rule in self.rules:
-                if rule.matches(method, path):
+                if rule.matches(method, path, headers):
                     rule.hits += 1
                     self.log.append((method, path, rule.action))
                     return rule
@@ -125,7 +128,7 @@ def _handler(proxy: FaultyProxy) -> type[BaseHTTPRequestHandler]:
 
         def _handle(self) -> None:
             body = self._body()
-            rule = proxy.decide(self.command, self.path)
+            rule = proxy.decide(self.command, self.path, dict(self.headers.items()))
             if rule is not None and rule.action == "down":
                 proxy.go_down()
             if rule is not None and rule.action in ("drop", "down"):
@@ -133,12 +136,12 @@ def _handler(proxy: FaultyProxy) -> type[BaseHTTPRequestHandler]:
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            if rule is not None and rule.action in ("503", "403"):
-                code, message = (
-                    ("ServiceUnavailable", "Service is unavailable (injected)")
-                    if rule.action == "503"
-                    else ("AccessDenied", "Access Denied (injected)")
-                )
+            if rule is not None and rule.action in ("503", "403", "400"):
+                code, message = {
+                    "503": ("ServiceUnavailable", "Service is unavailable (injected)"),
+                    "403": ("AccessDenied", "Access Denied (injected)"),
+                    "400": ("InvalidArgument", f"{rule.header or 'request'} is not supported (injected)"),
+                }[rule.action]
                 data = _ERROR_BODY.format(code=code, message=message).encode()
                 self.send_response(int(rule.action))
                 self.send_header("Content-Type", "application/xml")

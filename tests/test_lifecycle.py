@@ -249,3 +249,25 @@ def test_a_cold_pack_is_one_object_with_one_checksum(
     assert scan.returncode == 0 and json.loads(scan.stdout)["by_state"] == {"ok": 1}, scan.stderr
     asked = json.loads(_cli("thaw", out, "--json", endpoint=s3_endpoint).stdout)
     assert asked["objects"] == 1 and len(asked["objects_detail"][0]["video_keys"]) == 2
+
+
+def test_a_store_without_additional_checksums_still_archives_and_says_so(
+    sample_dir: Path, s3_endpoint: str, ray_address: str, fast_metrics
+) -> None:
+    from pipeline.storage import filesystem
+    from tests.faulty_proxy import Rule
+
+    bucket = _bucket(s3_endpoint)
+    out = f"s3://{bucket}/plain"
+    with FaultyProxy(s3_endpoint) as proxy:  # a store that refuses x-amz-checksum-sha256 on PUT
+        refused = proxy.add(
+            Rule("400", pattern="/videos/", method="PUT", header="x-amz-checksum-sha256", count=None)
+        )
+        _archive(sample_dir, out, proxy.url, fast_metrics)
+        assert refused.hits >= 1
+        scan = _cli("verify", out, "--scan", "checksums", "--json", endpoint=proxy.url)
+    fs, path = filesystem(out, endpoint_url=s3_endpoint)
+    ok = [r for r in _rows(fs, path) if r["status"] == "ok"]
+    assert ok and all(r["object_checksum"] is None and len(r["object_sha256"]) == 64 for r in ok)
+    report = json.loads(scan.stdout)
+    assert scan.returncode == 0 and report["by_state"] == {"unrecorded": 2}, scan.stderr
