@@ -213,9 +213,40 @@ def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.Abs
         fs, path = fsspec.core.url_to_fs(uri, **options)
     except Exception as exc:
         raise StorageError(f"{uri}: cannot open ({type(exc).__name__}: {redact(str(exc))})") from None
+    if _is_s3(fs):
+        _quiet_dropped_writes()
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
     return fs, path.rstrip("/") or "/"
+
+
+_QUIETED: list[Any] = []
+
+
+def _quiet_dropped_writes() -> None:
+    """When a store drops a connection mid-request, aiohttp's task writing the request body fails
+    too, and asyncio prints that task's traceback ("Task exception was never retrieved") from fsspec's
+    IO loop, on stderr, whenever it is collected. The request itself already failed and was retried
+    or worded (`retrying`, `describe`), so such a connection error is not printed; any other error
+    in that loop is, as before."""
+    import fsspec.asyn
+
+    loop = fsspec.asyn.get_loop()
+    if loop in _QUIETED:
+        return
+
+    def handler(loop: Any, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if error is not None and (
+            isinstance(error, ConnectionError)
+            or _looks_like_connection(error)
+            or (isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS)
+        ):
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    _QUIETED.append(loop)
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

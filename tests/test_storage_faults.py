@@ -204,3 +204,43 @@ def test_a_store_that_dies_mid_run_gives_exit_3_its_summary_line_and_no_failed_m
         app, ["archive", str(src), out, "--endpoint-url", s3_endpoint, "--gop-frames", "12", *skips]
     )
     assert rerun.exit_code == 0 and "1 ok, 0 failed" in rerun.stdout, rerun.output
+
+
+def test_a_dropped_connection_in_the_io_loop_prints_no_traceback(s3_endpoint: str) -> None:
+    """aiohttp's body-writing task fails with the connection a store dropped; that request failed and
+    was retried or worded already, so asyncio must not report the task's traceback later. Any other
+    error in that loop is still reported (asyncio reports through its logger)."""
+    import asyncio
+    import gc
+    import logging
+
+    import fsspec.asyn
+    from aiohttp import ClientOSError
+
+    filesystem("s3://any-bucket/x", endpoint_url=s3_endpoint)  # sets the loop's handler up
+    loop = fsspec.asyn.get_loop()
+    reported: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            reported.append(record.getMessage() + str(record.exc_info and record.exc_info[1]))
+
+    async def fails(error: Exception) -> None:
+        raise error
+
+    async def orphan(error: Exception) -> None:
+        task = asyncio.ensure_future(fails(error))
+        await asyncio.sleep(0.01)
+        del task
+        gc.collect()
+
+    handler = Collect()
+    logging.getLogger("asyncio").addHandler(handler)
+    try:
+        dropped = ClientOSError(32, "Cannot write to closing transport")
+        asyncio.run_coroutine_threadsafe(orphan(dropped), loop).result()
+        assert reported == []
+        asyncio.run_coroutine_threadsafe(orphan(ValueError("a bug, not a connection")), loop).result()
+        assert any("a bug, not a connection" in line for line in reported)
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
