@@ -55,13 +55,16 @@ def audit(
 ) -> None:
     """Summarise an archive: sizes, rates, quality percentiles, worst GOPs, failures, verify results,
     compute spent, the classic reference at equal quality and the break-even at the prices shown."""
+    from jobs.warning_lines import notes_for
     from pipeline.audit.reader import AuditError
     from pipeline.audit.summary import audit_archive
+    from pipeline.manifest import UncompactedManifest
     from pipeline.storage import StorageError
 
     priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb, storage_class)
     try:
-        result = audit_archive(out, where=where, worst=worst, endpoint_url=endpoint_url, prices=priced)
+        with notes_for(UncompactedManifest):
+            result = audit_archive(out, where=where, worst=worst, endpoint_url=endpoint_url, prices=priced)
         if html is not None:
             from pipeline.audit.report_html import write_html_report
 

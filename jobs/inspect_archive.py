@@ -148,15 +148,18 @@ def ls_command(
     """Videos in an archive, in key order, with status, frames, bytes, rate, quality, compute spent,
     cost and the classic reference (at the prices shown). Streams: memory does not grow with the
     archive; --limit and --after page through it."""
+    from jobs.warning_lines import notes_for
     from pipeline.audit.videos import ArchiveListing, ListingError
+    from pipeline.manifest import UncompactedManifest
 
     priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb, storage_class)
     try:
-        listing = ArchiveListing(out, endpoint_url=endpoint_url, prices=priced, after=after, limit=limit)
-        if as_json or as_jsonl:
-            _print_json(listing, priced, lines=as_jsonl)
-        else:
-            _print_tables(out, listing, priced)
+        with notes_for(UncompactedManifest):
+            listing = ArchiveListing(out, endpoint_url=endpoint_url, prices=priced, after=after, limit=limit)
+            if as_json or as_jsonl:
+                _print_json(listing, priced, lines=as_jsonl)
+            else:
+                _print_tables(out, listing, priced)
     except ListingError as exc:
         _fail(str(exc))
         return

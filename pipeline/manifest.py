@@ -22,6 +22,7 @@ a few parts, never the whole manifest.
 from __future__ import annotations
 
 import concurrent.futures
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -48,6 +49,14 @@ __all__ = [
 
 #: Parts fetched at once (object-store latency), in threads.
 PREFETCH = 8
+
+
+#: Uncompacted parts from which a whole-archive read says that `vidarc compact` would speed it up.
+UNCOMPACTED_NOTE = 10_000
+
+
+class UncompactedManifest(UserWarning):
+    """A whole-archive read met many uncompacted manifest parts (one line, with the fix)."""
 
 
 class ArchiveParts:
@@ -83,6 +92,15 @@ class ArchiveParts:
         self.paths = sorted(
             p for p in found if p.endswith(".parquet") and ".tmp-" not in p.rsplit("/", 1)[-1]
         )
+        uncompacted = len(self.plan.parts) if self.plan is not None else 0
+        if uncompacted >= UNCOMPACTED_NOTE:
+            warnings.warn(
+                f"{out}: {uncompacted} manifest parts are not compacted, so this read opens each one; "
+                f"`vidarc compact {out}` merges them into a few key-sorted files (an archive run does it "
+                "at its end unless --no-compact)",
+                UncompactedManifest,
+                stacklevel=2,
+            )
 
     def _find(self, path: str) -> list[str]:
         try:

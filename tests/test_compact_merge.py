@@ -117,3 +117,27 @@ def test_few_small_files_are_left_alone(tmp_path: Path) -> None:
     report = compact(out)  # the default threshold: three small files are cheap to read
     assert report.files_merged == 0 and len(_compacted(tmp_path / "out" / "manifest")) == 3
     assert _rows(fs, root) == expected
+
+
+def test_reads_of_many_uncompacted_parts_say_how_to_speed_them_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import pipeline.manifest
+    from jobs.cli import app
+
+    out = str(tmp_path / "out")
+    fs, root = filesystem(out)
+    for i in range(5):
+        _video(fs, root, f"clip-{i:03d}", 2)
+    monkeypatch.setattr(pipeline.manifest, "UNCOMPACTED_NOTE", 5)  # instead of 10,000
+    runner = CliRunner()
+    for command in (["ls", out, "--json"], ["audit", out, "--json"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+        assert "note: " in result.stderr and "5 manifest parts are not compacted" in result.stderr
+        assert f"vidarc compact {out}" in result.stderr and result.stderr.count("note: ") == 1
+    compact(out, merge_min_files=NO_MERGE)
+    quiet = runner.invoke(app, ["ls", out, "--json"])
+    assert quiet.exit_code == 0 and "note: " not in quiet.stderr
