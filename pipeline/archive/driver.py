@@ -374,10 +374,8 @@ def _start_ray(cfg: ArchiveConfig) -> None:
         "logging_level": logging.WARNING,
     }
     try:
-        try:
-            ray.init(
-                address=cfg.address, _system_config=dict(LOCAL_RAY_SYSTEM_CONFIG), **options
-            )  # Ray adds to it
+        try:  # a copy: Ray adds its own keys to the dict it is given
+            ray.init(address=cfg.address, _system_config=dict(LOCAL_RAY_SYSTEM_CONFIG), **options)
         except ValueError as exc:  # an existing cluster was found: its own settings apply
             if "_system_config" not in str(exc):
                 raise
