@@ -210,10 +210,13 @@ class Codec(abc.ABC):
 
 def frames_sha256(frames: np.ndarray) -> str:
     """sha256 of frames (T×H×W×3, C order): the digest of a reconstruction. uint8 frames as bytes;
-    uint16 RGB48 frames (a 10-bit stream's decode) as little-endian 16-bit values, every bit covered."""
-    if frames.dtype == np.uint16:
-        return hashlib.sha256(np.ascontiguousarray(frames, dtype="<u2").tobytes()).hexdigest()
-    return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.uint8).tobytes()).hexdigest()
+    uint16 RGB48 frames (a 10-bit stream's decode) as little-endian 16-bit values, every bit covered.
+
+    The array's buffer is hashed in place (no `tobytes` copy: that copy of a GOP cost as much as the
+    hash itself); the digest is the same as that of the bytes."""
+    dtype = np.dtype("<u2") if frames.dtype == np.uint16 else np.dtype(np.uint8)
+    data = np.ascontiguousarray(frames, dtype=dtype)  # no copy when already contiguous of that type
+    return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
 
 
 def check_frames(frames: np.ndarray, codec_name: str, *, high_bit_depth: bool = False) -> None:

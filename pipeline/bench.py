@@ -205,6 +205,7 @@ def run_pipeline_bench(
     import ray
 
     from pipeline.archive.config import DEFAULT_QUALITY
+    from pipeline.archive.driver import LOCAL_RAY_SYSTEM_CONFIG
 
     target = RateTarget("quality", quality if quality is not None else DEFAULT_QUALITY.get(codec, 23))
     cpus = cpus or os.cpu_count() or 1
@@ -216,7 +217,12 @@ def run_pipeline_bench(
         before = measure_codec(paths, codec, target, gop_frames, metrics_every)
         owned = not ray.is_initialized()
         if owned:
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                _system_config=dict(LOCAL_RAY_SYSTEM_CONFIG),  # a copy: Ray adds to it
+            )
         try:
             wall, startup, actor_encode, n_pipeline = measure_pipeline(
                 src, root / "out", codec, target, gop_frames

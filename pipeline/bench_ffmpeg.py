@@ -7,7 +7,8 @@ file. In one run, on the same files, this measures
     to the encoder, e.g. `open-gop=0`), so the two sides cannot drift apart;
 (b) `vidarc archive` on the same files as a user gets it by default: every quality metric on (those
     that cannot run here, e.g. LPIPS without its weights, are listed), compaction at the end; on a
-    local Ray cluster started before timing, as a submitted job finds one (its start-up is reported
+    local Ray cluster started before timing, as a submitted job finds one, with the settings of the
+    cluster `vidarc archive` starts itself (`driver.LOCAL_RAY_SYSTEM_CONFIG`; its start-up is reported
     apart and is in no frames/s figure); the run's own start-up (until the encode actors answered) is
     reported too, and frames/s given with and without it;
 (c) the loop again. The two loops' mean is used and their difference reported, so a machine whose
@@ -366,6 +367,7 @@ def run_ffmpeg_bench(
 
     from codec.registry import codec_class, create_codec
     from pipeline.archive.config import DEFAULT_QUALITY
+    from pipeline.archive.driver import LOCAL_RAY_SYSTEM_CONFIG
     from pipeline.bench import make_clips
 
     if codec not in CLASSIC_CODECS:
@@ -403,7 +405,12 @@ def run_ffmpeg_bench(
         ray_startup = None
         if owned:
             started = time.perf_counter()
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                _system_config=dict(LOCAL_RAY_SYSTEM_CONFIG),  # a copy: Ray adds to it
+            )
             ray_startup = time.perf_counter() - started
         try:
             wall, startup, summary, notes = _run_vidarc(

@@ -183,3 +183,28 @@ def test_default_gop_is_about_two_seconds() -> None:
     assert codec.default_gop_frames(Fraction(24)) == 48
     assert codec.default_gop_frames(Fraction(30000, 1001)) == 60
     assert codec.default_gop_frames(Fraction(1, 5)) == 1
+
+
+def test_x264_codes_with_frame_threads_and_each_gop_still_decodes_alone(cat: np.ndarray) -> None:
+    """vidarc's x264 threads like ffmpeg's command line (frame threads, `sliced_threads=0`), not like
+    PyAV's default (slices); a GOP coded on several threads is still one closed GOP: it starts with a
+    key frame, decodes alone to the reconstruction, and the same frames give the same bytes."""
+    from codec.classic import _to_yuv_frames
+
+    codec = create_codec("x264", threads=3)
+    pictures = _to_yuv_frames(cat)
+    ctx = codec._open_encoder(28, 96, 64, len(cat), FPS, "yuv420p")
+    for index, picture in enumerate(pictures):
+        picture.pts, picture.time_base = index, ctx.time_base
+    banner = b"".join(bytes(p) for frame in [*pictures, None] for p in ctx.encode(frame))
+    options = banner[banner.index(b"options: ") :].split(b"\x00")[0].decode("ascii", "replace")
+    assert "sliced_threads=0" in options.split() and "threads=3" in options.split()
+
+    first = codec.encode(cat, RateTarget("quality", 28), FPS)
+    again = codec.encode(cat, RateTarget("quality", 28), FPS)
+    assert first.payload == again.payload
+    decoder = av.CodecContext.create("h264", "r")
+    packets = decoder.parse(first.payload) + decoder.parse(None)
+    assert packets[0].is_keyframe
+    alone = create_codec("x264", threads=1).decode(first.payload, len(cat), 96, 64)
+    np.testing.assert_array_equal(alone, first.reconstruction)

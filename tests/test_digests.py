@@ -107,3 +107,19 @@ def test_ten_bit_decodes_are_digested_in_full_and_fingerprinted_as_eight_bit(fra
     assert frames_sha256(deep) != frames_sha256(other) != frames_sha256(frames)
     assert fingerprint(deep) == fingerprint(frames)
     assert fingerprint_psnr(fingerprint(frames), deep) == float("inf")
+
+
+def test_recon_sha256_is_the_sha256_of_the_frames_bytes_whatever_their_layout(frames: np.ndarray) -> None:
+    """The digest is hashed from the array's buffer, not a copy of it: still exactly the sha256 of
+    the C-order bytes (uint8, or little-endian 16-bit values), for views that are not contiguous too."""
+    import hashlib
+
+    deep = frames.astype(np.uint16) * 257 + 3
+    for array, raw in [
+        (frames, frames.tobytes()),
+        (deep, deep.astype("<u2").tobytes()),
+        (frames[:, ::2, 1:], np.ascontiguousarray(frames[:, ::2, 1:]).tobytes()),
+        (deep[::-1], np.ascontiguousarray(deep[::-1]).astype("<u2").tobytes()),
+    ]:
+        assert frames_sha256(array) == hashlib.sha256(raw).hexdigest()
+    assert frames_sha256(frames[:, :, ::-1]) != frames_sha256(frames)
