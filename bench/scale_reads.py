@@ -329,7 +329,8 @@ def measure(argv: list[str], *, timeout: float, logs: Path, proxy: Any = None) -
 
 def count_listing(path: Path) -> tuple[int, str]:
     """Videos in `ls --json` output without loading it: JSON lines (one object a line) or one JSON
-    document (a list printed with indent=2: its elements open with a line '  {')."""
+    array, whose elements start a line with '  {' (a whole element on that line, as `ls` streams it,
+    or only its opening brace, as indent=2 prints it)."""
     with open(path, "rb") as handle:
         head = handle.read(256).lstrip()
     if not head:
@@ -338,7 +339,7 @@ def count_listing(path: Path) -> tuple[int, str]:
         count = 0
         with open(path, "rb") as handle:
             for line in handle:
-                if line == b"  {\n":
+                if line.startswith(b"  {"):
                     count += 1
         if count == 0 and path.stat().st_size < 2**26:
             with open(path, "rb") as handle:
