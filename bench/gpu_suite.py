@@ -538,7 +538,7 @@ def random_glvc(directory: Path, tiny: bool) -> dict[str, Any]:
             build_random_model(staging, name="glvc-random-tiny")
             staging.rename(directory)
         else:
-            from pipeline.bench_gpu import random_model
+            from pipeline.benchmarks.gpu_goals import random_model
 
             random_model("glvc", directory, "cuda")
     size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())

@@ -1,11 +1,11 @@
 """`vidarc bench ...`: benchmarks as a sub-app, so each benchmark is `vidarc bench <name>`.
 
 `vidarc bench pipeline` compares a codec's own throughput with the whole Ray pipeline's on the same
-clips (see `pipeline.bench`), or with `--against ffmpeg` vidarc's archive job with a plain ffmpeg loop
-on the same files (see `pipeline.bench_ffmpeg`); `vidarc bench codec` times one codec's encode and decode alone beside x265 on the same frames (see
-`pipeline.bench_codec`); `vidarc bench metrics` times each quality metric against the codec's
-encode on one GOP (see `pipeline.bench_metrics`); `vidarc bench gpu` sets a neural codec's own
-throughput beside the pipeline's, with the encode actors' device-busy fraction (see `pipeline.bench_gpu`).
+clips (see `pipeline.benchmarks.throughput`), or with `--against ffmpeg` vidarc's archive job with a plain ffmpeg loop
+on the same files (see `pipeline.benchmarks.ffmpeg_loop`); `vidarc bench codec` times one codec's encode and decode alone beside x265 on the same frames (see
+`pipeline.benchmarks.codec_speed`); `vidarc bench metrics` times each quality metric against the codec's
+encode on one GOP (see `pipeline.benchmarks.metric_costs`); `vidarc bench gpu` sets a neural codec's own
+throughput beside the pipeline's, with the encode actors' device-busy fraction (see `pipeline.benchmarks.gpu_goals`).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def pipeline_command(
             as_json,
         )
         return
-    from pipeline.bench import parse_size, result_record, run_pipeline_bench
+    from pipeline.benchmarks.throughput import parse_size, result_record, run_pipeline_bench
 
     def run():
         if files:
@@ -109,9 +109,9 @@ def _against(
     metrics_sample: float,
     as_json: bool,
 ) -> None:
-    """`vidarc bench pipeline --against ffmpeg` (see `pipeline.bench_ffmpeg`)."""
-    from pipeline.bench import parse_size
-    from pipeline.bench_ffmpeg import AGAINST, result_record, run_ffmpeg_bench
+    """`vidarc bench pipeline --against ffmpeg` (see `pipeline.benchmarks.ffmpeg_loop`)."""
+    from pipeline.benchmarks.ffmpeg_loop import AGAINST, result_record, run_ffmpeg_bench
+    from pipeline.benchmarks.throughput import parse_size
 
     def run():
         if against not in AGAINST:
@@ -143,8 +143,8 @@ def codec_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
 ) -> None:
     """One codec's encode and decode frames/s alone, beside x265 (medium) on the same frames."""
-    from pipeline.bench import parse_size
-    from pipeline.bench_codec import result_record, run_codec_bench
+    from pipeline.benchmarks.codec_speed import result_record, run_codec_bench
+    from pipeline.benchmarks.throughput import parse_size
 
     def run():
         width, height = parse_size(size)
@@ -168,8 +168,8 @@ def metrics_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
 ) -> None:
     """Seconds per GOP of every quality metric, side by side with the codec's encode."""
-    from pipeline.bench import parse_size
-    from pipeline.bench_metrics import result_record, run_metrics_bench
+    from pipeline.benchmarks.metric_costs import result_record, run_metrics_bench
+    from pipeline.benchmarks.throughput import parse_size
 
     def run():
         width, height = parse_size(size)
@@ -215,8 +215,8 @@ def gpu_command(
 ) -> None:
     """A neural codec alone (encode without reconstruction, decode) vs the whole pipeline on the same clips,
     with the encode actors' device-busy fraction."""
-    from pipeline.bench import parse_size
-    from pipeline.bench_gpu import result_record, run_gpu_bench
+    from pipeline.benchmarks.gpu_goals import result_record, run_gpu_bench
+    from pipeline.benchmarks.throughput import parse_size
 
     def run():
         width, height = parse_size(size)

@@ -30,7 +30,7 @@ from codec.gpu import (
 )
 from codec.registry import create_codec
 from pipeline.archive.encode_worker import EncodeWorker
-from pipeline.bench import SKIPPED_METRICS
+from pipeline.benchmarks.throughput import SKIPPED_METRICS
 from pipeline.digests import fingerprint_psnr, frames_sha256
 from pipeline.metrics import psnr_rgb
 
@@ -182,7 +182,7 @@ def test_bench_gpu_runs_codec_and_pipeline_with_two_actors_sharing_a_gpu(
 ) -> None:
     """`--num-gpus-per-actor 0.5` on a cluster with one (logical) GPU: both actors schedule at once,
     each holds half the GPU, both code GOPs, and the bench reports their busy measures."""
-    from pipeline.bench_gpu import result_record, run_gpu_bench
+    from pipeline.benchmarks.gpu_goals import result_record, run_gpu_bench
 
     result = run_gpu_bench(
         codec="x264", videos=2, frames=8, width=64, height=48, gop_frames=4, metrics_every=1, actors=2,

@@ -44,20 +44,20 @@ def test_modules_belong_to_their_folders_group() -> None:
     names = [
         "pipeline.restore", "pipeline.fixity", "pipeline.audit.reader", "pipeline.audit.videos",
         "pipeline.dataset.plan", "pipeline.dataset.ray_source", "pipeline.archive.plan",
-        "pipeline.metrics.vmaf", "pipeline.bench_gpu", "codec.gvc.atoms",
+        "pipeline.metrics.vmaf", "pipeline.benchmarks.gpu_goals", "codec.gvc.atoms",
         # modules that do not exist (yet): covered by their folder
         "pipeline.brand_new_reader", "pipeline.audit.brand_new_table", "pipeline.archive.brand_new_stage",
-        "pipeline.metrics.brand_new_metric", "pipeline.bench_brand_new",
+        "pipeline.metrics.brand_new_metric", "pipeline.benchmarks.brand_new",
     ]  # fmt: skip
     graph = Graph(REPO, ("codec", "pipeline", "jobs"), dict.fromkeys(names, ""))
     assert assign_groups(graph, groups) == {
         "pipeline.restore": "read_side", "pipeline.fixity": "read_side", "pipeline.audit.reader": "read_side",
         "pipeline.audit.videos": "tools", "pipeline.dataset.plan": "read_side",
         "pipeline.dataset.ray_source": "tools", "pipeline.archive.plan": "write_side",
-        "pipeline.metrics.vmaf": "shared", "pipeline.bench_gpu": "write_side_users", "codec.gvc.atoms": "codec",
+        "pipeline.metrics.vmaf": "shared", "pipeline.benchmarks.gpu_goals": "write_side_users", "codec.gvc.atoms": "codec",
         "pipeline.brand_new_reader": "read_side", "pipeline.audit.brand_new_table": "tools",
         "pipeline.archive.brand_new_stage": "write_side", "pipeline.metrics.brand_new_metric": "shared",
-        "pipeline.bench_brand_new": "write_side_users",
+        "pipeline.benchmarks.brand_new": "write_side_users",
     }  # fmt: skip
 
 

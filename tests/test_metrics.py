@@ -190,7 +190,7 @@ def test_perceptual_plumbing_is_zero_for_identical_and_grows_with_distortion(inj
 
 
 def test_metrics_bench_times_every_metric_against_the_encode():
-    from pipeline.bench_metrics import ALL_METRIC_COLUMNS, run_metrics_bench
+    from pipeline.benchmarks.metric_costs import ALL_METRIC_COLUMNS, run_metrics_bench
 
     result = run_metrics_bench(width=64, height=48, frames=4, repeats=1)
     assert set(result.metric_seconds) == set(ALL_METRIC_COLUMNS)

@@ -38,7 +38,7 @@ NEVER_ON_RESTORE = (
     "pipeline.verify",
     "pipeline.audit",
     "pipeline.training",
-    "pipeline.bench",
+    "pipeline.benchmarks",
     "pipeline.dataset.ray_source",
     "codec.ratecontrol",  # the encoders' rate search
     "codec.gvc.atoms_fused",  # GVC's codebook search, the one module of ours that imports Triton

@@ -78,7 +78,7 @@ class FfmpegBenchResult:
     #: Seconds of `ray.init` (None: a cluster was already running); in no other figure.
     ray_startup_seconds: float | None
     vidarc_wall_seconds: float
-    #: From the call until the encode actors answered (`pipeline.bench._startup_seconds`).
+    #: From the call until the encode actors answered (`pipeline.benchmarks.throughput._startup_seconds`).
     vidarc_startup_seconds: float
     vidarc_fps: float
     vidarc_steady_fps: float
@@ -316,7 +316,7 @@ def _run_vidarc(
     import pyarrow.dataset as ds
 
     from pipeline.archive.config import ArchiveConfig
-    from pipeline.bench import timed_archive_run
+    from pipeline.benchmarks.throughput import timed_archive_run
 
     config = ArchiveConfig(
         src=str(src),
@@ -368,7 +368,7 @@ def run_ffmpeg_bench(
     from codec.registry import codec_class, create_codec
     from pipeline.archive.config import DEFAULT_QUALITY
     from pipeline.archive.driver import LOCAL_RAY_SYSTEM_CONFIG
-    from pipeline.bench import make_clips
+    from pipeline.benchmarks.throughput import make_clips
 
     if codec not in CLASSIC_CODECS:
         raise ValueError(

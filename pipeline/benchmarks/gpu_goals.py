@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from codec.base import RateTarget
-from pipeline.bench import SKIPPED_METRICS, make_clips
+from pipeline.benchmarks.throughput import SKIPPED_METRICS, make_clips
 
 #: The Wan2.1-1.3B T2V transformer (diffusers' config of Wan-AI/Wan2.1-T2V-1.3B-Diffusers).
 WAN_13B_T2V: dict[str, Any] = dict(
