@@ -460,23 +460,13 @@ def _remove_orphans(fs: Any, root: str, plan: ManifestPlan, hours: float) -> int
     now = time.time()
     for part in plan.orphan_packs:
         ident = pack_id(part.rsplit("/", 1)[-1])
-        if ident is None or _age_seconds(fs, part, now) < hours * 3600:
+        if ident is None or compact_merge.age_seconds(fs, part, now) < hours * 3600:
             continue
         for path in (part, pack_path(root, ident)):
             if fs.exists(path):
                 fs.rm_file(path)
         removed += 1
     return removed
-
-
-def _age_seconds(fs: Any, path: str, now: float) -> float:
-    info = fs.info(path)
-    stamp = info.get("mtime") or info.get("LastModified") or info.get("created")
-    if stamp is None:
-        return 0.0
-    if hasattr(stamp, "timestamp"):
-        stamp = stamp.timestamp()
-    return now - float(stamp)
 
 
 def lock_holder(fs: Any, root: str) -> dict[str, Any] | None:
@@ -494,7 +484,7 @@ def lock_holder(fs: Any, root: str) -> dict[str, Any] | None:
         age = time.time() - float(held["started"])
     except (ValueError, TypeError, KeyError):
         try:
-            held, age = {}, _age_seconds(fs, path, time.time())
+            held, age = {}, compact_merge.age_seconds(fs, path, time.time())
         except FileNotFoundError:
             return None
     if age >= LOCK_STALE_SECONDS or _died_here(held):

@@ -142,7 +142,7 @@ def remove_superseded(fs: Any, plan: ManifestPlan, grace_seconds: float, report:
     now = time.time()
     for path, merged_by in sorted(plan.superseded.items()):
         try:
-            if _age_seconds(fs, merged_by, now) < grace_seconds:
+            if age_seconds(fs, merged_by, now) < grace_seconds:
                 continue
             fs.rm_file(path)
         except FileNotFoundError:
@@ -237,7 +237,8 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _age_seconds(fs: Any, path: str, now: float) -> float:
+def age_seconds(fs: Any, path: str, now: float) -> float:
+    """Seconds since `path` was last written (0 when the store says nothing)."""
     info = fs.info(path)
     stamp = info.get("mtime") or info.get("LastModified") or info.get("created")
     if stamp is None:
