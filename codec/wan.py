@@ -22,7 +22,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from codec.errors import ModelLoadError
+from codec.errors import ModelLoadError, UnsupportedInputError
 
 #: GVC modes, best first: FLF2V codes a GOP for the fewest bits at a given quality (GVCC's results).
 MODES_BEST_FIRST: tuple[str, ...] = ("flf2v", "i2v", "t2v")
@@ -48,6 +48,15 @@ class FlowLayout:
     @property
     def best_mode(self) -> str:
         return self.modes[0]
+
+
+def check_mode(mode: str, modes: tuple[str, ...], model: str) -> None:
+    """Refuse a GVC mode the model cannot condition on (one line). Torch-free, so the archive driver
+    can say it before it starts Ray or loads a weight."""
+    if mode not in modes:
+        raise UnsupportedInputError(
+            f"gvc: model {model} supports mode {' | '.join(modes)}, not {mode}; use --gvc-mode {modes[0]}"
+        )
 
 
 def read_json(path: Path) -> dict[str, Any]:

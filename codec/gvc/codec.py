@@ -38,6 +38,7 @@ from codec.gvc.bitstream import MODES, GvcPayload, Section, header_bytes
 from codec.gvc.geometry import SPATIAL_MULTIPLE, pad, padded_frames, padded_size
 from codec.gvc.sampler import SamplerConfig, StageTimer, run_sampler
 from codec.gvc.subset_rank import pack_entries, packed_bytes, unpack_entries
+from codec.wan import check_mode
 
 REFERENCE_FRAMES = {"t2v": (), "i2v": ("first",), "flf2v": ("first", "last")}
 MAX_SIDE = 4096
@@ -146,7 +147,7 @@ class GvcCodec(Codec):
             source = open_model_dir(model or bundled_model_path())
             layout = flow_layout(source.path)
             mode = mode or layout.best_mode
-            _check_mode(mode, layout.modes, source.label)  # before any weight is read
+            check_mode(mode, layout.modes, source.label)  # before any weight is read
             model_dir = source.verify()
             backbone = load_backbone(layout, model_dir, torch.device(self.device), _DTYPES[self.dtype])
             model_id, model_sha256 = model_dir.model_id, model_dir.components_digest(list(layout.components))
@@ -158,7 +159,7 @@ class GvcCodec(Codec):
         if model_id is None or model_sha256 is None:
             raise ValueError("gvc: a backbone passed directly needs model_id and model_sha256")
         mode = mode or backbone.modes[0]
-        _check_mode(mode, tuple(backbone.modes), model_id)
+        check_mode(mode, tuple(backbone.modes), model_id)
         self.backbone, self.model_id, self.model_sha256 = backbone, model_id, model_sha256
         self.mode = mode
         self.stills = references.StillCoders(glvc_model, self.device)
@@ -457,13 +458,6 @@ def _pick_dtype(dtype: str | None, device: str) -> str:
     if dtype not in _DTYPES:
         raise UnsupportedInputError(f"gvc: dtype must be auto or one of {', '.join(_DTYPES)}, got {dtype!r}")
     return dtype
-
-
-def _check_mode(mode: str, modes: tuple[str, ...], model: str) -> None:
-    if mode not in modes:
-        raise UnsupportedInputError(
-            f"gvc: model {model} supports mode {' | '.join(modes)}, not {mode}; use --gvc-mode {modes[0]}"
-        )
 
 
 def _pick_device(device: str) -> str:

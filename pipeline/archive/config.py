@@ -8,6 +8,7 @@ profiles at the point of use, and `as_record` redacts anything that looks like o
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from codec.base import RateTarget
@@ -166,28 +167,6 @@ class ArchiveConfig:
             raise ConfigError(f"--num-gpus-per-actor must be >= 0, got {self.num_gpus_per_actor}")
         if self.gop_frames is not None and self.gop_frames < 1:
             raise ConfigError(f"--gop-frames must be at least 1, got {self.gop_frames}")
-        if self.gop_frames is not None:
-            from codec.errors import CodecError
-            from codec.registry import codec_class
-
-            try:  # from the codec's class: no model is loaded, no actor asked
-                codec_class(self.codec).check_gop_frames(self.gop_frames)
-            except CodecError as exc:
-                raise ConfigError(f"--gop-frames {self.gop_frames}: {exc}") from None
-        gop_frames = self.gop_frames
-        if gop_frames is None and self.codec in ("glvc", "gvc"):
-            from codec.errors import CodecError
-            from codec.modeldir import card_gop_frames
-            from codec.registry import codec_class
-
-            gop_frames = card_gop_frames(self.codec, self.model)  # the GOP its model was trained on
-            if gop_frames is not None:
-                try:
-                    codec_class(self.codec).check_gop_frames(gop_frames)
-                except CodecError as exc:
-                    raise ConfigError(
-                        f"the model card's {self.codec}.gop_frames {gop_frames}: {exc}"
-                    ) from None
         if self.verify_fraction is not None and not 0 < self.verify_fraction <= 1:
             raise ConfigError(f"--verify-fraction must be in (0, 1], got {self.verify_fraction}")
         if self.limit is not None and self.limit < 1:
@@ -215,6 +194,7 @@ class ArchiveConfig:
             )
         _check_quality_goal(self)
         _check_migration(self)
+        _check_gvc_mode(self)
         storage_class = self.storage_class
         if storage_class is not None:
             from pipeline.storage_class import StorageClassError, check_storage_class
@@ -249,6 +229,7 @@ class ArchiveConfig:
                     )
         _check_reference(self)
         min_psnr = _check_floor(self)
+        gop_frames = _resolved_gop_frames(self)
         # A quality goal chooses each video's setting by search; there is no job-wide target then.
         target = (
             None
@@ -395,6 +376,45 @@ def _check_reference(config: ArchiveConfig) -> None:
         build_codec(config.reference, model=None, device="cpu", options=options)
     except CodecError as exc:
         raise ConfigError(f"--reference {config.reference}: {exc}") from None
+
+
+def _resolved_gop_frames(config: ArchiveConfig) -> int | None:
+    """The GOP length asked for or the one the model card declares, checked by the codec's class (no
+    model is loaded, no actor asked). Last of the checks: a neural codec's class imports torch."""
+    from codec.errors import CodecError
+    from codec.modeldir import card_gop_frames
+    from codec.registry import codec_class
+
+    gop_frames, origin = config.gop_frames, f"--gop-frames {config.gop_frames}"
+    if gop_frames is None and config.codec in ("glvc", "gvc"):
+        gop_frames = card_gop_frames(config.codec, config.model)  # the GOP its model was trained on
+        origin = f"the model card's {config.codec}.gop_frames {gop_frames}"
+    if gop_frames is not None:
+        try:
+            codec_class(config.codec).check_gop_frames(gop_frames)
+        except CodecError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
+    return gop_frames
+
+
+def _check_gvc_mode(config: ArchiveConfig) -> None:
+    """A GVC mode the model cannot condition on is refused here, from its configs, before Ray starts
+    and before any weight is read (the encode actor checks again). Local model folders only: a remote
+    model is fetched by the actors, not by the driver."""
+    mode = config.codec_options.get("mode")
+    if config.codec != "gvc" or mode is None:
+        return
+    from codec.errors import CodecError
+    from codec.modeldir import bundled_model_path, open_model_dir
+    from codec.wan import check_mode, flow_layout
+
+    if config.model is not None and not Path(config.model).is_dir():
+        return
+    try:
+        source = open_model_dir(config.model or bundled_model_path())
+        check_mode(mode, flow_layout(source.path).modes, source.label)
+    except CodecError as exc:
+        raise ConfigError(f"codec gvc: {exc}") from None
 
 
 def quality_goal_from_options(

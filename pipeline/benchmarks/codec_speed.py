@@ -161,17 +161,18 @@ def run_codec_bench(
     options: dict[str, Any] | None = None,
 ) -> CodecBenchResult:
     """Build `codec` (and x265), code `gops` GOPs of `frames` frames with each, and time them."""
-    import torch
-
-    from codec.registry import build_codec
+    from codec.registry import build_codec, codec_class
     from pipeline.archive.config import DEFAULT_QUALITY
 
+    # What can be refused without a model is refused before one is loaded (a bad option: one line, fast).
     if width < 16 or height < 16 or width % 2 or height % 2:
         raise ValueError(f"--size {width}x{height}: expected even sides of at least 16")
-    built = build_codec(codec, model=model, device=device, options=dict(options or {}))
-    built.check_gop_frames(frames)
-    built.check_geometry(width, height)
     rate = parse_target(target) if target else RateTarget("quality", DEFAULT_QUALITY.get(codec, 23))
+    codec_class(codec).check_gop_frames(frames)
+    import torch
+
+    built = build_codec(codec, model=model, device=device, options=dict(options or {}))
+    built.check_geometry(width, height)
     warm_count = 2 if getattr(built, "device", "cpu") == "cuda" else 1
     clips = _gops(width, height, frames, gops + warm_count)
     warm_ups, clips = clips[gops:], clips[:gops]
