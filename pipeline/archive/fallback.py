@@ -114,15 +114,14 @@ class FloorKeeper:
             self.fail(video, f"{reason}; --fallback {fallback} cannot start: {self.pool_error}")
             return
         spans = video.job.spans
-        attempt = attempt_record(
-            floor, str(video.job.header.get("codec")), metas, [s.frame_count for s in spans]
-        )
+        attempt = attempt_record(floor, str(video.job.header.codec), metas, [s.frame_count for s in spans])
         target = fallback_target(video.target, fallback)
-        header = dict(video.job.header)
-        header.update({k: self.identity.get(k) for k in IDENTITY_FIELDS})
-        header["decoder_options"] = self.identity.get("decoder_options") or {}
-        header["target"] = target.to_record()
-        header["quality_floor"] = {**(self.header_record() or {}), **attempt}
+        header = video.job.header.updated(
+            **{k: self.identity.get(k) for k in IDENTITY_FIELDS},
+            decoder_options=self.identity.get("decoder_options") or {},
+            target=target.to_record(),
+            quality_floor={**(self.header_record() or {}), **attempt},
+        )
         video.job = dataclasses.replace(video.job, header=header)
         video.target = target
         video.fallback = True

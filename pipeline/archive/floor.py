@@ -28,6 +28,7 @@ from typing import Any
 from codec.base import RateTarget
 from codec.registry import CLASSIC_CODECS
 from pipeline.archive.config import DEFAULT_QUALITY
+from pipeline.container_header import ContainerHeader
 
 #: Codecs whose floor is on unless switched off (`--min-psnr 0`): their failures are content-dependent
 #: and silent (`codec.registry.NEURAL_CODECS`). Classic codecs degrade gracefully with rate, so their
@@ -120,10 +121,10 @@ FLOOR_COLUMNS: tuple[str, ...] = (
 )
 
 
-def floor_columns(header: dict[str, Any]) -> dict[str, Any]:
+def floor_columns(header: ContainerHeader) -> dict[str, Any]:
     """A row's floor columns from its container header's `quality_floor` record (all null when the
     video was archived without a floor)."""
-    record = header.get("quality_floor") or {}
+    record = header.extra.get("quality_floor") or {}
     return {
         "floor_metric": record.get("metric"),
         "floor_value": record.get("value"),

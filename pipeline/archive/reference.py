@@ -426,7 +426,7 @@ class References:
         score = meta.get(self.metric)
         return {
             **gop_identity(video.job, task.span),
-            "archive_codec": video.job.header["codec"],
+            "archive_codec": video.job.header.codec,
             "archive_bytes": meta["payload_bytes"],
             "metric": self.metric,
             "metric_note": self.note,

@@ -271,7 +271,7 @@ class Scheduler:
         if video.fallback:
             goal = None  # the fallback codes at its rate target (`floor.fallback_target`)
         meta_ref, payload_ref = actor.encode.options(num_returns=2).remote(
-            task.frames_ref, video.target, header["fps_num"], header["fps_den"], task.span.index, label, goal,
+            task.frames_ref, video.target, header.fps_num, header.fps_den, task.span.index, label, goal,
             task.decode_seconds_ref, self.expensive_metrics_on(video, task.span.index),
         )  # fmt: skip
         self.encoding[meta_ref] = (task, idx, actor, payload_ref)

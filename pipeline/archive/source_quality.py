@@ -84,16 +84,16 @@ def _measure(job: VideoJob, chosen: list[int], payloads: list[bytes], model: str
         raise _Unavailable(f"the original source cannot be read ({exc})") from None
     except Exception as exc:  # frozen, denied, unreachable
         raise _Unavailable(describe(exc, uri)) from None
-    expected = header.get("source_sha256")
+    expected = header.source_sha256
     if not expected:
         raise _Unavailable("the parent recorded no source sha256, so the source cannot be confirmed")
     if info.source_sha256 != expected:
         raise _Unavailable(f"the original source {uri} changed since it was archived (sha256 differs)")
-    if info.frame_count != int(header["frame_count"]):
+    if info.frame_count != header.frame_count:
         raise _Unavailable(
-            f"the original source has {info.frame_count} frames, the archive {header['frame_count']}"
+            f"the original source has {info.frame_count} frames, the archive {header.frame_count}"
         )
-    width, height = int(header["width"]), int(header["height"])
+    width, height = header.width, header.height
     decoder = decoder_for(header, model=model, device="cpu")
     values = {}
     for i in chosen:
