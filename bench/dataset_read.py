@@ -32,6 +32,7 @@ from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
 
 def build_archive(out: Path, args: argparse.Namespace) -> tuple[int, int]:
     """A GLVC archive of `args.videos` videos × `args.gops` GOPs; returns (GOPs, payload bytes)."""
+    from pipeline.archive.gop_result import GopResult
     from pipeline.archive.plan import plan_gops
     from pipeline.archive.video_writer import VideoJob, commit_video
     from pipeline.container_header import ContainerHeader
@@ -48,8 +49,8 @@ def build_archive(out: Path, args: argparse.Namespace) -> tuple[int, int]:
             gop = frames[span.first_frame : span.first_frame + span.frame_count]
             payload = codec.encode(gop, RateTarget("quality", args.quality), fps).payload
             payloads.append(payload)
-            metas.append({"payload_bytes": len(payload), "bpp": 8 * len(payload) / gop[..., 0].size,
-                          "kbps": 0.0, "encode_seconds": 0.0, "device": args.device})  # fmt: skip
+            metas.append(GopResult(payload_bytes=len(payload), bpp=8 * len(payload) / gop[..., 0].size,
+                                   device=args.device))  # fmt: skip
         identity = codec.describe()
         key = f"bench-{v:03d}"
         header = ContainerHeader(

@@ -43,6 +43,7 @@ def write_archive(out: Path, key: str, frames: np.ndarray, codec, *, gop_frames:
                   audio_source: Path | None = None) -> list:  # fmt: skip
     """One video committed by the writer (no Ray): container, manifest part with real PSNR, marker.
     Returns each GOP's `EncodedGop`."""
+    from pipeline.archive.gop_result import GopResult
     from pipeline.archive.plan import plan_gops
     from pipeline.archive.video_writer import VideoJob, commit_video
 
@@ -53,9 +54,9 @@ def write_archive(out: Path, key: str, frames: np.ndarray, codec, *, gop_frames:
         result = codec.encode(gop, RateTarget("quality", quality), FPS)
         encoded.append(result)
         metas.append(
-            {"payload_bytes": len(result.payload), "bpp": 8 * len(result.payload) / gop.size * 3,
-             "kbps": 1.0, "encode_seconds": 0.0, "device": "cpu", "params": result.params,
-             "psnr": psnr_rgb(gop, result.reconstruction)}
+            GopResult(payload_bytes=len(result.payload), bpp=8 * len(result.payload) / gop.size * 3,
+                      kbps=1.0, device="cpu", params=result.params,
+                      metrics={"psnr": psnr_rgb(gop, result.reconstruction)})
         )  # fmt: skip
     identity = codec.describe()
     header = ContainerHeader(

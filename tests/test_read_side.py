@@ -92,6 +92,7 @@ def _fresh(script: str) -> dict:
 
 def _write_archive(out: Path, clip: np.ndarray, *, gop_frames: int = 4) -> str:
     """A real x264 archive of `clip` made by the writer itself (no Ray): container, manifest, marker."""
+    from pipeline.archive.gop_result import GopResult
     from pipeline.archive.plan import plan_gops
     from pipeline.archive.video_writer import VideoJob, commit_video
 
@@ -105,9 +106,10 @@ def _write_archive(out: Path, clip: np.ndarray, *, gop_frames: int = 4) -> str:
         )
         payloads.append(encoded.payload)
         metas.append(
-            {"payload_bytes": len(encoded.payload), "bpp": 0.1, "kbps": 1.0, "encode_seconds": 0.0,
-             "device": "cpu", "params": encoded.params}
-        )  # fmt: skip
+            GopResult(
+                payload_bytes=len(encoded.payload), bpp=0.1, kbps=1.0, device="cpu", params=encoded.params
+            )
+        )
     identity = codec.describe()
     header = ContainerHeader(
         **{k: identity[k] for k in ("codec", "codec_version", "model_id", "model_sha256", "decoder_options")},

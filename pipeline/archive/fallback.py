@@ -30,6 +30,7 @@ from pipeline.archive.floor import (
     under_floor_reason,
     video_score,
 )
+from pipeline.archive.gop_result import GopResult
 from pipeline.archive.run_context import RunContext
 from pipeline.archive.video_state import Video
 
@@ -106,7 +107,7 @@ class FloorKeeper:
         self.ctx.display.log(f"warning: {video.job.source_uri}: {note}")
 
     def _fall_back(
-        self, video: Video, floor: Floor, score: float, fallback: str, metas: list[dict[str, Any]]
+        self, video: Video, floor: Floor, score: float, fallback: str, metas: list[GopResult]
     ) -> None:
         """Queue all of the video's GOPs again for the fallback codec, its header naming the fallback."""
         if self.start_pool() is None:  # the fallback codec cannot run: the video fails, saying both

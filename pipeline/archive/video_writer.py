@@ -20,6 +20,7 @@ import numpy as np
 from pipeline import sources
 from pipeline.archive import accounting
 from pipeline.archive.floor import floor_columns
+from pipeline.archive.gop_result import GopResult
 from pipeline.archive.plan import GopSpan
 from pipeline.archived_source import ParentRef
 from pipeline.container import (
@@ -32,7 +33,6 @@ from pipeline.container import (
 from pipeline.container_header import ContainerHeader
 from pipeline.locate import write_index_entries
 from pipeline.manifest import parquet_bytes
-from pipeline.metrics import METRIC_COLUMNS
 from pipeline.runinfo import (
     container_path,
     finite,
@@ -88,7 +88,7 @@ class VideoJob:
     source_check: dict[str, Any] | None = None
 
 
-def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -> dict[str, Any]:
+def commit_video(job: VideoJob, metas: list[GopResult], payloads: list[bytes]) -> dict[str, Any]:
     """Write the video's container, manifest part and done marker; returns the per-GOP stats."""
     started = time.perf_counter()
     fs, out_root = filesystem(job.out, endpoint_url=job.endpoint_url)
@@ -155,7 +155,7 @@ def container_inputs(
 
 def video_rows(
     job: VideoJob,
-    metas: list[dict[str, Any]],
+    metas: list[GopResult],
     entries: list[Any],
     archive_uri: str,
     commit_seconds: float,
@@ -180,7 +180,7 @@ def video_rows(
         dict(
             _ok_row(job, span, meta, dataclasses.replace(entry, offset=entry.offset + shift), archive_uri),
             **placed,
-            **accounting.row_columns(meta.get("compute", {}), per_video, span.frame_count / frames_total),
+            **accounting.row_columns(meta.compute, per_video, span.frame_count / frames_total),
         )
         for span, meta, entry in zip(job.spans, metas, entries, strict=True)
     ]
@@ -264,11 +264,8 @@ def gop_identity(job: VideoJob, span: GopSpan) -> dict[str, Any]:
     }
 
 
-def _ok_row(
-    job: VideoJob, span: GopSpan, meta: dict[str, Any], entry: Any, archive_uri: str
-) -> dict[str, Any]:
+def _ok_row(job: VideoJob, span: GopSpan, meta: GopResult, entry: Any, archive_uri: str) -> dict[str, Any]:
     header = job.header
-    quality = {k: meta.get(k) for k in _QUALITY_COLUMNS if k in meta}
     return {
         **gop_identity(job, span),
         "source_bytes": job.source_bytes,
@@ -276,26 +273,26 @@ def _ok_row(
         "codec_version": header.codec_version,
         "model_id": header.model_id,
         "model_sha256": header.model_sha256,
-        "payload_bytes": meta["payload_bytes"],
-        "bpp": meta["bpp"],
-        "kbps": meta["kbps"],
-        "encode_seconds": meta["encode_seconds"],
-        "device": meta["device"],
-        "codec_params": json_text(meta.get("params", {}), sort_keys=True),
-        "target_reached": rate_target_reached(header.target["kind"], meta.get("params", {})),
+        "payload_bytes": meta.payload_bytes,
+        "bpp": meta.bpp,
+        "kbps": meta.kbps,
+        "encode_seconds": meta.encode_seconds,
+        "device": meta.device,
+        "codec_params": json_text(meta.params, sort_keys=True),
+        "target_reached": rate_target_reached(header.target["kind"], meta.params),
         "archive_uri": archive_uri,
         "offset": entry.offset,
         "length": entry.length,
         "crc32c": entry.crc32c,
-        "recon_sha256": meta.get("recon_sha256"),
-        "exact_sha256": meta.get("exact_sha256"),
-        "fingerprint": meta.get("fingerprint"),
+        "recon_sha256": meta.recon_sha256,
+        "exact_sha256": meta.exact_sha256,
+        "fingerprint": meta.fingerprint,
         "status": "ok",
         "error": None,
         "created_at": utc_now(),
         **{column: getattr(header, column) for column in _SOURCE_COLUMNS},
         **floor_columns(header),
-        **quality,
+        **meta.quality_columns(),
         **{k: v for k, v in (job.metadata or {}).items() if k in SOURCE_METADATA_COLUMNS},
     }
 
@@ -308,9 +305,6 @@ _SOURCE_COLUMNS = (
     "source_frames_declared",
     "source_note",
 )
-
-
-_QUALITY_COLUMNS = (*METRIC_COLUMNS, "metrics_note", "source_psnr")
 
 
 def rate_target_reached(kind: str, params: dict[str, Any]) -> bool | None:
