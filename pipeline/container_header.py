@@ -161,15 +161,15 @@ class ContainerHeader:
         return cls(**known, extra=extra, absent=frozenset(HEADER_FIELDS) - fields.keys())
 
     def to_dict(self) -> dict[str, Any]:
-        """The header's fields as JSON values: what `from_dict` took (an absent field left out unless
-        it was given a value since)."""
+        """The header's fields as JSON values, in the stored (sorted) order: what `from_dict` took (an
+        absent field left out unless it was given a value since)."""
         fields = {
             name: getattr(self, name)
             for name in HEADER_FIELDS
             if getattr(self, name) is not None or name not in self.absent
         }
         fields.update((k, v) for k, v in self.extra.items() if k not in HEADER_FIELDS)
-        return fields
+        return dict(sorted(fields.items()))
 
     def updated(self, **fields: Any) -> ContainerHeader:
         """This header with `fields` set, known ones and extra alike (the writer amending a video's
