@@ -32,8 +32,10 @@ from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
 
 def build_archive(out: Path, args: argparse.Namespace) -> tuple[int, int]:
     """A GLVC archive of `args.videos` videos × `args.gops` GOPs; returns (GOPs, payload bytes)."""
+    from pipeline.archive.gop_result import GopResult
     from pipeline.archive.plan import plan_gops
     from pipeline.archive.video_writer import VideoJob, commit_video
+    from pipeline.container_header import ContainerHeader
 
     codec = create_codec("glvc", model=args.model, device=args.device)
     fps, gops, payload_bytes = Fraction(24), 0, 0
@@ -47,17 +49,16 @@ def build_archive(out: Path, args: argparse.Namespace) -> tuple[int, int]:
             gop = frames[span.first_frame : span.first_frame + span.frame_count]
             payload = codec.encode(gop, RateTarget("quality", args.quality), fps).payload
             payloads.append(payload)
-            metas.append({"payload_bytes": len(payload), "bpp": 8 * len(payload) / gop[..., 0].size,
-                          "kbps": 0.0, "encode_seconds": 0.0, "device": args.device})  # fmt: skip
+            metas.append(GopResult(payload_bytes=len(payload), bpp=8 * len(payload) / gop[..., 0].size,
+                                   device=args.device))  # fmt: skip
         identity = codec.describe()
-        header = {
-            **{k: identity[k] for k in ("codec", "codec_version", "model_id", "model_sha256", "decoder_options")},
-            "width": args.width, "height": args.height, "frame_count": len(frames), "fps_num": 24,
-            "fps_den": 1, "vfr": False, "rotation": 0, "target": {"kind": "quality", "value": args.quality},
-        }  # fmt: skip
         key = f"bench-{v:03d}"
-        job = VideoJob(key, f"synthetic://{key}", 0, str(out), "bench", None, dict(header, video_key=key),
-                       spans, False)  # fmt: skip
+        header = ContainerHeader(
+            **{k: identity[k] for k in ("codec", "codec_version", "model_id", "model_sha256", "decoder_options")},
+            width=args.width, height=args.height, frame_count=len(frames), fps_num=24, fps_den=1, vfr=False,
+            rotation=0, target={"kind": "quality", "value": args.quality}, video_key=key,
+        )  # fmt: skip
+        job = VideoJob(key, f"synthetic://{key}", 0, str(out), "bench", None, header, spans, False)
         commit_video(job, metas, payloads)
         gops += len(spans)
         payload_bytes += sum(len(p) for p in payloads)

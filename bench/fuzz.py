@@ -155,6 +155,7 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
 def sample_container() -> bytes:
     """A valid object: three GOPs, audio and VFR timestamps, a header with nested records."""
     from pipeline.container import write_container
+    from pipeline.container_header import ContainerHeader
 
     header = {
         "codec": "x264", "codec_version": "1", "width": 64, "height": 48, "frame_count": 10,
@@ -168,7 +169,7 @@ def sample_container() -> bytes:
         (TIMESTAMPS_ATTACHMENT, pts, {"time_base": "1/1000", "dtype": "<i8", "count": 10}),
     ]
     buffer = io.BytesIO()
-    write_container(buffer, header, gops, attachments)
+    write_container(buffer, ContainerHeader.from_dict(header), gops, attachments)
     return buffer.getvalue()
 
 

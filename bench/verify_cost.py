@@ -100,7 +100,7 @@ def main() -> None:
         decoders: dict = {}
         for container in sorted((out / "videos").glob("*.vdrc")):
             reader = ArchiveReader(str(container))
-            key = reader.header["model_sha256"]
+            key = reader.header.model_sha256
             decoders.setdefault(key, reader.decoder_for())
             for entry in reader.index().gops:
                 reader.decode(entry.index, decoders[key])

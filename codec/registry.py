@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any
+from typing import Any, Protocol
 
 from codec.base import Codec
 from codec.errors import CodecError, ModelMismatchError
@@ -69,18 +69,32 @@ def build_codec(name: str, *, model: str | None, device: str, options: dict[str,
     return create_codec(name, **wanted)
 
 
-def resolve_model(header: dict[str, Any], model: str | None) -> str | None:
+class DecoderSpec(Protocol):
+    """What a container header says of its decoder (`pipeline.container_header.ContainerHeader` has these
+    attributes; codec/ never imports pipeline/, so it names them here)."""
+
+    @property
+    def codec(self) -> str | None: ...
+    @property
+    def model_id(self) -> str | None: ...
+    @property
+    def model_sha256(self) -> str | None: ...
+    @property
+    def decoder_options(self) -> dict[str, Any] | None: ...
+
+
+def resolve_model(header: DecoderSpec, model: str | None) -> str | None:
     """The model directory to decode with: the user's `model`, else the bundled model the header's
     model_id ("name@version") names, else None (classic codecs, or the codec's own default)."""
-    if model is not None or not header.get("model_id"):
+    if model is not None or not header.model_id:
         return model
     from codec.modeldir import bundled_model_path
 
-    bundled = bundled_model_path(str(header["model_id"]).split("@", 1)[0])
+    bundled = bundled_model_path(str(header.model_id).split("@", 1)[0])
     return str(bundled) if bundled.is_dir() else None
 
 
-def decoder_for(header: dict[str, Any], *, model: str | None = None, device: str = "cpu") -> Codec:
+def decoder_for(header: DecoderSpec, *, model: str | None = None, device: str = "cpu") -> Codec:
     """The decoder an archive header asks for: its codec, built with the header's `decoder_options`
     (absent in archives of earlier releases: then none) and the weights it was made with.
 
@@ -89,10 +103,10 @@ def decoder_for(header: dict[str, Any], *, model: str | None = None, device: str
     unknown codec or the codec cannot be built, and ModelMismatchError when the weights differ from
     the header's `model_sha256` (decoding would give garbage).
     """
-    codec_name = header.get("codec")
+    codec_name = header.codec
     if not codec_name:
         raise CodecError("the header names no codec")
-    options = header.get("decoder_options") or {}
+    options = header.decoder_options or {}
     if not isinstance(options, dict):
         raise CodecError(f"the header's decoder_options is not an object: {options!r}")
     try:
@@ -103,10 +117,10 @@ def decoder_for(header: dict[str, Any], *, model: str | None = None, device: str
         raise CodecError(str(exc)) from None
     except CodecError as exc:
         raise type(exc)(f"cannot build the {codec_name} decoder ({exc})") from None
-    wanted = header.get("model_sha256")
+    wanted = header.model_sha256
     if wanted and codec.model_sha256 != wanted:
         raise ModelMismatchError(
-            f"made with model {header.get('model_id')} sha256 {str(wanted)[:12]}…, but the decoder "
+            f"made with model {header.model_id} sha256 {str(wanted)[:12]}…, but the decoder "
             f"holds {codec.model_id} sha256 {str(codec.model_sha256)[:12]}… (give --model with the right weights)"
         )
     return codec

@@ -207,78 +207,15 @@ def archive_command(
 ) -> None:
     """Archive every video under SRC (a folder, file or s3:// prefix) into OUT."""
     values = {name: value for name, value in locals().items() if name != "ctx"}
-    from types import SimpleNamespace
-
-    from jobs.archive_options import (
-        ConfigFileError,
-        apply_config_file,
-        codec_options,
-        parse_shard,
-        run_with_ray,
-    )
+    from jobs.archive_options import ConfigFileError, apply_config_file, archive_config, run_with_ray
     from pipeline.archive import ArchiveError, run_archive
-    from pipeline.archive.config import (
-        ArchiveConfig,
-        ConfigError,
-        quality_goal_from_options,
-        rate_target_from_options,
-        resources_from_option,
-    )
+    from pipeline.archive.config import ConfigError
     from pipeline.storage import redact
     from pipeline.text import printable
 
     try:
-        o = SimpleNamespace(**apply_config_file(ctx, values, config))
-        archive_config = ArchiveConfig(
-            src=o.src,
-            out=o.out,
-            codec=o.codec,
-            target=rate_target_from_options(o.target_kbps, o.target_bpp, o.quality),
-            quality_goal=quality_goal_from_options(
-                o.target_vmaf,
-                o.target_psnr,
-                o.target_dists,
-                per_gop=o.per_gop,
-                max_kbps=o.max_kbps,
-                search_gops=o.search_gops,
-            ),
-            gop_frames=o.gop_frames,
-            model=o.model,
-            codec_options=codec_options(o.codec, o.gvc_mode, o.preset, o.gvc_steps, o.gvc_atoms),
-            endpoint_url=o.endpoint_url,
-            address=o.address,
-            actors=o.actors,
-            gops_in_flight_per_actor=o.gops_per_actor,
-            max_pixels=o.max_pixels,
-            num_gpus_per_actor=o.num_gpus_per_actor,
-            verify_fraction=o.verify_fraction,
-            limit=o.limit,
-            retry_failed=o.retry_failed,
-            stall_seconds=o.stall_timeout,
-            include=tuple(o.include or ()),
-            exclude=tuple(o.exclude or ()),
-            run_id=o.run_id,
-            metrics_every=o.metrics_every,
-            metrics_sample=o.metrics_sample,
-            fingerprint_every=o.fingerprint_every,
-            skip_metrics=tuple(o.skip_metric or ()),
-            metric_weights=o.metric_weights,
-            shard=parse_shard(o.shard),
-            actor_resources=resources_from_option("--actor-resources", o.actor_resources),
-            task_resources=resources_from_option("--task-resources", o.task_resources),
-            pack_mb=o.pack,
-            reference=o.reference,
-            reference_fraction=o.reference_fraction,
-            reference_seed=o.reference_seed,
-            reference_preset=o.reference_preset,
-            compact=o.compact,
-            compact_every=o.compact_every,
-            min_psnr=o.min_psnr,
-            min_vmaf=o.min_vmaf,
-            fallback=o.fallback,
-            storage_class=o.storage_class,
-        )
-        result = run_with_ray(run_archive, archive_config)
+        run_config = archive_config(apply_config_file(ctx, values, config))
+        result = run_with_ray(run_archive, run_config)
     except (ArchiveError, ConfigError, ConfigFileError) as exc:
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         raise typer.Exit(2) from None

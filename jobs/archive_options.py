@@ -1,6 +1,7 @@
 """The archive job's options in one place: which `ArchiveConfig` field each command-line option sets
 (`OPTION_FIELDS`, checked against both by `tests/test_archive_options.py`, so neither can drift from
-the other), the options' parsing shared by `archive` and `migrate`, and `--config FILE.toml`.
+the other), the one `ArchiveConfig` built from them (`archive_config`, for `archive` and `migrate`),
+and `--config FILE.toml`.
 
 A config file holds the options of a run people repeat, under their command-line names (`codec`,
 `quality`, `storage-class`, `skip-metric = ["vmaf"]`; dashes or underscores), at the top level or in an
@@ -12,8 +13,12 @@ a wrong type or an unknown key is one line naming the file and the key, exit 2, 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.archive.config import ArchiveConfig
 
 #: Command-line parameter -> the `ArchiveConfig` field(s) it sets. Several options may build one field
 #: (the rate target, the quality goal, the codec options).
@@ -75,6 +80,59 @@ OPTION_FIELDS: dict[str, tuple[str, ...]] = {
 INTERNAL_FIELDS = frozenset({"cpus_per_actor", "device", "max_gop_retries", "probe_ahead", "migration"})
 #: Options a config file may not set: the run's arguments, and the file itself.
 NOT_IN_FILE = frozenset({"src", "out", "config", "new_out"})
+
+
+def archive_config(options: Mapping[str, Any], **fields: Any) -> ArchiveConfig:
+    """The `ArchiveConfig` a command's parsed options ask for: each option of `OPTION_FIELDS` the command
+    has, converted into its field (several options building one field together, in `OPTION_FIELDS`
+    order, so the first bad option is the one reported); a field no option of the command sets keeps
+    its default. `fields` are set as given, over the options (`migrate`: its OUT as the source, NEW_OUT,
+    the migration)."""
+    from pipeline.archive.config import (
+        ArchiveConfig,
+        QualityGoal,
+        quality_goal_from_options,
+        rate_target_from_options,
+        resources_from_option,
+    )
+
+    o = options
+    goal_defaults = {f.name: f.default for f in dataclasses.fields(QualityGoal)}  # options migrate lacks
+    composite: dict[str, Callable[[], Any]] = {
+        "target": lambda: rate_target_from_options(
+            o.get("target_kbps"), o.get("target_bpp"), o.get("quality")
+        ),
+        "quality_goal": lambda: quality_goal_from_options(
+            o.get("target_vmaf"),
+            o.get("target_psnr"),
+            o.get("target_dists"),
+            per_gop=o.get("per_gop", goal_defaults["per_gop"]),
+            max_kbps=o.get("max_kbps"),
+            search_gops=o.get("search_gops", goal_defaults["sample_gops"]),
+        ),
+        "codec_options": lambda: codec_options(
+            o["codec"], o.get("gvc_mode"), o.get("preset"), o.get("gvc_steps"), o.get("gvc_atoms")
+        ),
+    }
+    convert: dict[str, Callable[[Any], Any]] = {
+        "include": lambda v: tuple(v or ()),
+        "exclude": lambda v: tuple(v or ()),
+        "skip_metric": lambda v: tuple(v or ()),
+        "shard": parse_shard,
+        "actor_resources": lambda v: resources_from_option("--actor-resources", v),
+        "task_resources": lambda v: resources_from_option("--task-resources", v),
+    }
+    built: dict[str, Any] = {}
+    for name, targets in OPTION_FIELDS.items():
+        if name not in o or not targets:
+            continue
+        (field,) = targets
+        if field in composite:
+            if field not in built:
+                built[field] = composite[field]()
+        else:
+            built[field] = convert.get(name, lambda v: v)(o[name])
+    return ArchiveConfig(**{**built, **fields})
 
 
 class ConfigFileError(ValueError):

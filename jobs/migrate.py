@@ -122,66 +122,21 @@ def migrate_command(
 ) -> None:
     """Re-encode OUT's archived videos into NEW_OUT."""
     values = {name: value for name, value in locals().items() if name != "ctx"}
-    from types import SimpleNamespace
-
     from jobs.archive import report
-    from jobs.archive_options import (
-        ConfigFileError,
-        apply_config_file,
-        codec_options,
-        parse_shard,
-        run_with_ray,
-    )
+    from jobs.archive_options import ConfigFileError, apply_config_file, archive_config, run_with_ray
     from pipeline.archive import ArchiveError, run_archive
-    from pipeline.archive.config import (
-        ArchiveConfig,
-        ConfigError,
-        MigrationSpec,
-        quality_goal_from_options,
-        rate_target_from_options,
-    )
+    from pipeline.archive.config import ConfigError, MigrationSpec
     from pipeline.storage import redact
     from pipeline.text import printable
 
     try:
-        o = SimpleNamespace(**apply_config_file(ctx, values, config))
-        archive_config = ArchiveConfig(
-            src=o.out,
-            out=o.new_out,
-            codec=o.codec,
-            target=rate_target_from_options(o.target_kbps, o.target_bpp, o.quality),
-            quality_goal=quality_goal_from_options(
-                o.target_vmaf, o.target_psnr, None, per_gop=False, max_kbps=None, search_gops=3
-            ),
-            gop_frames=o.gop_frames,
-            model=o.model,
-            codec_options=codec_options(o.codec, None, o.preset),
-            endpoint_url=o.endpoint_url,
-            address=o.address,
-            actors=o.actors,
-            num_gpus_per_actor=o.num_gpus_per_actor,
-            gops_in_flight_per_actor=o.gops_per_actor,
-            verify_fraction=o.verify_fraction,
-            limit=o.limit,
-            retry_failed=o.retry_failed,
-            run_id=o.run_id,
-            metrics_every=o.metrics_every,
-            metrics_sample=o.metrics_sample,
-            skip_metrics=tuple(o.skip_metric or ()),
-            metric_weights=o.metric_weights,
-            shard=parse_shard(o.shard),
-            pack_mb=o.pack,
-            min_psnr=o.min_psnr,
-            fallback=o.fallback,
-            storage_class=o.storage_class,
-            migration=MigrationSpec(
-                where=o.where,
-                keys=tuple(o.video or ()),
-                source_fraction=o.source_fraction,
-                parent_model=o.parent_model,
-            ),
-        )
-        result = run_with_ray(run_archive, archive_config)
+        o = apply_config_file(ctx, values, config)
+        migration = MigrationSpec(
+            where=o["where"], keys=tuple(o["video"] or ()), source_fraction=o["source_fraction"],
+            parent_model=o["parent_model"],
+        )  # fmt: skip
+        run_config = archive_config(o, src=o["out"], out=o["new_out"], migration=migration)
+        result = run_with_ray(run_archive, run_config)
     except (ArchiveError, ConfigError, ConfigFileError) as exc:
         print(f"error: {printable(redact(str(exc)))}", file=sys.stderr)
         raise typer.Exit(2) from None

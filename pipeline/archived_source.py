@@ -23,6 +23,7 @@ import numpy as np
 
 from codec.base import Codec
 from pipeline.container import AUDIO_ATTACHMENT, ContainerIndex
+from pipeline.container_header import ContainerHeader
 from pipeline.reader import ArchiveReader, decoder_key
 from pipeline.storage import filesystem, retrying
 
@@ -52,7 +53,7 @@ class ParentRef:
 class ParentInfo:
     """What the probe of an ordinary source gives, read from the parent's header and index."""
 
-    header: dict[str, Any]
+    header: ContainerHeader
     frame_count: int
     fps: Fraction
     frame_pts: tuple[int, ...] | None  # a variable-rate video's timestamps (its attachment), else None
@@ -65,8 +66,8 @@ def describe(ref: ParentRef, *, endpoint_url: str | None = None) -> ParentInfo:
     reader = ref.reader(endpoint_url)
     index: ContainerIndex = reader.index()
     header = index.header
-    fps = Fraction(int(header.get("fps_num") or 24), int(header.get("fps_den") or 1))
-    stamps = reader.timestamps() if header.get("vfr") else None
+    fps = Fraction(header.fps_num or 24, header.fps_den or 1)
+    stamps = reader.timestamps() if header.vfr else None
     pts = tuple(int(t) for t in stamps[0]) if stamps is not None else None
     return ParentInfo(
         header=header,
@@ -103,7 +104,7 @@ def decode_spans(
     that cover them are decoded once each, in order, and cut at the spans' bounds."""
     reader = ref.reader(endpoint_url)
     index = reader.index()
-    if size is not None and (int(index.header["width"]), int(index.header["height"])) != tuple(size):
+    if size is not None and (index.header.width, index.header.height) != tuple(size):
         raise ValueError(f"{ref.archive_uri}: the container's size changed since it was described")
     first = spans[0][0]
     last = spans[-1][0] + spans[-1][1]

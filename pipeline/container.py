@@ -17,19 +17,15 @@ one GOP restores with a second ranged read. Every length and offset is bounds-ch
 size before anything is allocated: a corrupt or hostile file gives `ContainerError`, never a crash, hang
 or huge allocation.
 
-The header JSON is untrusted input too: it is parsed with its nesting depth bounded (a scan before
-`json.loads`, so 100 000 nested brackets are refused instead of exhausting the stack), without
-`NaN`/`Infinity`, and checked against `HEADER_FIELDS` (types and ranges of every field a reader uses)
-before anything reads it. Unknown fields are kept (a later writer may add some); fields a reader uses
-must have the type every release wrote. The preamble (magic, version) is checked whenever the bytes
-are at hand: always when the object is smaller than the tail read, else by `read_preamble`.
+The header is untrusted input too: `read_index` parses it once into a `ContainerHeader`
+(`pipeline.container_header`: nesting bounded, every field a reader uses checked) before anything reads
+it. The preamble (magic, version) is checked whenever the bytes are at hand: always when the object is
+smaller than the tail read, else by `read_preamble`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import re
 import struct
 from collections.abc import Callable, Iterable
@@ -37,6 +33,9 @@ from fractions import Fraction
 from typing import Any, BinaryIO
 
 import crc32c as _crc32c
+
+from pipeline.container_header import MAX_RATE_TERM, ContainerHeader, HeaderError
+from pipeline.container_header import json_depth as json_depth  # re-exported: the fuzz tests use it
 
 MAGIC = b"VDRC"
 END_MAGIC = b"VDRCEND1"
@@ -48,14 +47,6 @@ U32 = struct.Struct("<I")
 TAIL_GUESS = 256 * 1024
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_GOPS = 10_000_000
-MAX_HEADER_DEPTH = 32
-MAX_ATTACHMENTS = 64
-#: Frame geometry a reader accepts: 65535 per side (what every payload format can state) and at most
-#: 2^28 pixels per frame (16384×16384), so a hostile header cannot ask a decoder for terabytes.
-MAX_DIMENSION = 65_535
-MAX_FRAME_PIXELS = 1 << 28
-MAX_FRAME_COUNT = 1 << 40
-MAX_RATE_TERM = (1 << 31) - 1
 
 #: Attachments this format defines: the source's audio, stream-copied into Matroska, and, for a
 #: variable-frame-rate source, every frame's timestamp (little-endian int64 in the header's
@@ -104,14 +95,14 @@ class Attachment:
 
 @dataclasses.dataclass(frozen=True)
 class ContainerIndex:
-    header: dict[str, Any]
+    header: ContainerHeader
     gops: list[GopEntry]
     attachments: list[Attachment]
     size: int
 
     @property
     def frame_count(self) -> int:
-        return int(self.header["frame_count"])
+        return self.header.frame_count
 
     def gop_for_frame(self, frame: int) -> GopEntry:
         for entry in self.gops:
@@ -125,14 +116,15 @@ class ContainerIndex:
 
 def write_container(
     stream: BinaryIO,
-    header: dict[str, Any],
+    header: ContainerHeader,
     gops: Iterable[tuple[int, int, bytes]],
     attachments: Iterable[tuple[str, bytes, dict[str, Any]]] = (),
 ) -> int:
     """Write a whole object to `stream`: `gops` yields (first_frame, frame_count, payload) in order.
 
     Returns the object's size. GOPs must tile the video: consecutive, starting at frame 0, summing to
-    header["frame_count"], so the reader's bounds checks can rely on it.
+    `header.frame_count`, so the reader's bounds checks can rely on it. The header's `attachments` are
+    those written here.
     """
     position = _write(stream, PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0), 0)
     records: list[bytes] = []
@@ -145,18 +137,15 @@ def write_container(
         records.append(GOP_RECORD.pack(first_frame, frame_count, position, len(payload), crc32c(payload)))
         position = _write(stream, payload, position)
         expected_first += frame_count
-    if expected_first != int(header["frame_count"]):
-        raise ValueError(f"GOPs cover {expected_first} frames, header says {header['frame_count']}")
+    if expected_first != int(header.frame_count):
+        raise ValueError(f"GOPs cover {expected_first} frames, header says {header.frame_count}")
     attachment_info = []
     for name, blob, info in attachments:
         attachment_info.append(
             {"name": name, "offset": position, "length": len(blob), "crc32c": crc32c(blob), "info": info}
         )
         position = _write(stream, blob, position)
-    full_header = dict(header, attachments=attachment_info)
-    # allow_nan=False: a NaN (say, in a quality search's record) would make an archive its own reader
-    # refuses; a writer must drop it first (`pipeline.runinfo.finite`)
-    header_bytes = json.dumps(full_header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    header_bytes = dataclasses.replace(header, attachments=attachment_info).to_json()
     footer = b"".join([U32.pack(len(header_bytes)), header_bytes, U32.pack(len(records)), *records])
     footer_offset = position
     position = _write(stream, footer, position)
@@ -228,14 +217,14 @@ def read_attachment(read: RangeReader, attachment: Attachment, *, name: str) -> 
 
 def _parse_footer(
     footer: bytes, footer_offset: int, name: str
-) -> tuple[dict, list[GopEntry], list[Attachment]]:
+) -> tuple[ContainerHeader, list[GopEntry], list[Attachment]]:
     if len(footer) < 2 * U32.size:
         raise ContainerError(f"{name}: footer too short")
     (header_len,) = U32.unpack_from(footer, 0)
     if header_len > MAX_HEADER_BYTES or U32.size + header_len + U32.size > len(footer):
         raise ContainerError(f"{name}: header length {header_len} does not fit the footer")
     header = parse_header(bytes(footer[U32.size : U32.size + header_len]), name)
-    frame_count = header["frame_count"]
+    frame_count = header.frame_count
     cursor = U32.size + header_len
     (gop_count,) = U32.unpack_from(footer, cursor)
     cursor += U32.size
@@ -259,7 +248,7 @@ def _parse_footer(
     if next_first != frame_count:
         raise ContainerError(f"{name}: GOPs cover {next_first} frames but the header says {frame_count}")
     attachments = []
-    for item in header.get("attachments") or []:
+    for item in header.attachments or []:
         att = _attachment(item, name)
         _check_span(att.offset, att.length, footer_offset, f"attachment {att.name!r}", name)
         attachments.append(att)
@@ -283,107 +272,16 @@ def parse_time_base(value: Any, name: str) -> Fraction:
 _TIME_BASE = re.compile(r"([0-9]{1,10})(?:/([0-9]{1,10}))?")
 
 
-# ---- the header: parsed with bounded depth, then checked field by field ---------------------------
+def parse_header(raw: bytes, name: str) -> ContainerHeader:
+    """The header JSON checked once (`ContainerHeader.parse`); a refusal names the object."""
+    try:
+        return ContainerHeader.parse(raw)
+    except HeaderError as exc:
+        raise ContainerError(f"{name}: {exc}") from None
+
+
 def _int(low: int, high: int) -> Callable[[Any], bool]:
     return lambda v: type(v) is int and low <= v <= high
-
-
-def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda v: v is None or check(v)
-
-
-def _is_str(v: Any) -> bool:
-    return isinstance(v, str)
-
-
-def _is_dict(v: Any) -> bool:
-    return isinstance(v, dict)
-
-
-def _is_rotation(v: Any) -> bool:
-    return type(v) in (int, float) and -360 <= v <= 360
-
-
-_TEXT_FIELDS = (
-    "codec", "codec_version", "model_id", "model_sha256", "time_base", "pix_fmt", "source_format",
-    "source_codec", "source_sha256", "source_uri", "video_key", "run_id", "created_at", "source_chroma",
-    "coded_chroma", "source_note",
-)  # fmt: skip
-
-#: field -> (required, check). Types are those every release wrote; a reader may rely on them.
-HEADER_FIELDS: dict[str, tuple[bool, Callable[[Any], bool]]] = {
-    "frame_count": (True, _int(0, MAX_FRAME_COUNT)),
-    "width": (True, _int(1, MAX_DIMENSION)),
-    "height": (True, _int(1, MAX_DIMENSION)),
-    "fps_num": (False, _optional(_int(1, MAX_RATE_TERM))),
-    "fps_den": (False, _optional(_int(1, MAX_RATE_TERM))),
-    "rotation": (False, _optional(_is_rotation)),
-    "vfr": (False, _optional(lambda v: isinstance(v, bool))),
-    "gop_frames": (False, _optional(_int(1, MAX_FRAME_COUNT))),
-    "source_bytes": (False, _optional(_int(0, 1 << 62))),
-    "attachments": (False, _optional(lambda v: isinstance(v, list) and len(v) <= MAX_ATTACHMENTS)),
-    "decoder_options": (False, _optional(_is_dict)),
-    "color": (False, _optional(_is_dict)),
-    "target": (False, _optional(_is_dict)),
-    "coded_bit_depth": (False, _optional(_int(1, 16))),
-    "source_bit_depth": (False, _optional(_int(1, 32))),
-    "source_frames_declared": (False, _optional(_int(0, MAX_FRAME_COUNT))),
-    **{field: (False, _optional(_is_str)) for field in _TEXT_FIELDS},
-}
-
-
-def parse_header(raw: bytes, name: str) -> dict[str, Any]:
-    """The header JSON as a dict whose fields have the types and ranges of `HEADER_FIELDS`."""
-    depth = json_depth(raw)
-    if depth > MAX_HEADER_DEPTH:
-        raise ContainerError(f"{name}: unreadable header (nested {depth} deep; at most {MAX_HEADER_DEPTH})")
-    try:
-        header = json.loads(raw.decode(), parse_constant=_refuse_constant, parse_float=_finite_float)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ContainerError(f"{name}: unreadable header ({_first_line(exc)})") from None
-    if not isinstance(header, dict):
-        raise ContainerError(f"{name}: unreadable header (not a JSON object)")
-    for field, (required, check) in HEADER_FIELDS.items():
-        if field not in header:
-            if required:
-                raise ContainerError(f"{name}: header has no {field!r}")
-            continue
-        if not check(header[field]):
-            raise ContainerError(f"{name}: header field {field!r} is out of range or of the wrong type")
-    if header["width"] * header["height"] > MAX_FRAME_PIXELS:
-        raise ContainerError(
-            f"{name}: header geometry {header['width']}x{header['height']} exceeds {MAX_FRAME_PIXELS} pixels"
-        )
-    return header
-
-
-def json_depth(raw: bytes) -> int:
-    """Deepest nesting of arrays/objects in JSON text, brackets inside strings ignored; linear time,
-    no recursion (a quote is escaped when an odd run of backslashes precedes it)."""
-    import numpy as np
-
-    text = np.frombuffer(raw, dtype=np.uint8)
-    if not len(text):
-        return 0
-    positions = np.arange(len(text))
-    last_plain = np.maximum.accumulate(np.where(text != ord("\\"), positions, -1))
-    before = np.concatenate(([-1], last_plain[:-1]))  # last non-backslash before each position
-    escaped = ((positions - 1 - before) % 2).astype(bool)
-    quotes = (text == ord('"')) & ~escaped
-    outside = np.cumsum(quotes) % 2 == 0
-    steps = (text == ord("[")).astype(np.int64) + (text == ord("{")) - (text == ord("]")) - (text == ord("}"))
-    return max(0, int(np.cumsum(np.where(outside, steps, 0)).max()))
-
-
-def _refuse_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not a number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is not a finite number")
-    return value
 
 
 def _attachment(item: Any, name: str) -> Attachment:
@@ -399,11 +297,6 @@ def _attachment(item: Any, name: str) -> Attachment:
     if not isinstance(info, dict):
         raise ContainerError(f"{name}: attachment {item['name']!r} has malformed info")
     return Attachment(item["name"], item["offset"], item["length"], item["crc32c"], info)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_span(offset: int, length: int, limit: int, what: str, name: str) -> None:

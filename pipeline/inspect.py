@@ -89,9 +89,9 @@ def inspect_object(
         raise InspectError(f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})") from None
     decoder = _decoder(reader, model, device)
     own_crcs = _own_crcs(reader, index.gops, uri)
-    header = {k: v for k, v in index.header.items() if k != "attachments"}
-    width, height = int(header["width"]), int(header["height"])
-    fps = Fraction(int(header.get("fps_num") or 25), int(header.get("fps_den") or 1))
+    header = index.header
+    width, height = header.width, header.height
+    fps = Fraction(header.fps_num or 25, header.fps_den or 1)
     gops = [
         {
             "index": g.index,
@@ -116,8 +116,8 @@ def inspect_object(
             if member
             else {}
         ),
-        "header": header,
-        "model": {k: header.get(k) for k in ("codec", "codec_version", "model_id", "model_sha256")},
+        "header": {k: v for k, v in header.to_dict().items() if k != "attachments"},
+        "model": {k: getattr(header, k) for k in ("codec", "codec_version", "model_id", "model_sha256")},
         "decoder": decoder,
         "attachments": [
             {"name": a.name, "bytes": a.length, "crc32c": f"{a.crc32c:08x}", "info": a.info}
@@ -166,20 +166,20 @@ def _pack_report(uri: str, reader: ArchiveReader, pack: Any) -> dict[str, Any]:
     for member in pack.members:
         index = read_member_index(reader.read, member, name=uri)
         header = index.header
-        width, height, frames = int(header["width"]), int(header["height"]), index.frame_count
-        fps = Fraction(int(header.get("fps_num") or 25), int(header.get("fps_den") or 1))
+        width, height, frames = header.width, header.height, index.frame_count
+        fps = Fraction(header.fps_num or 25, header.fps_den or 1)
         payload = sum(g.length for g in index.gops)
         members.append(
             {
                 "video_key": member.video_key,
                 "offset": member.offset,
                 "length": member.length,
-                "codec": header.get("codec"),
+                "codec": header.codec,
                 "width": width,
                 "height": height,
                 "frames": frames,
                 "gops": len(index.gops),
-                "source_uri": header.get("source_uri"),
+                "source_uri": header.source_uri,
                 "bpp": bits_per_pixel(payload, width, height, frames),
                 "kbps": kilobits_per_second(payload, frames, fps),
             }
@@ -201,8 +201,8 @@ def _decoder(reader: ArchiveReader, model: str | None, device: str) -> dict[str,
     """The decoder the header asks for; built only when the user names a model (weights load then)."""
     header = reader.header
     record: dict[str, Any] = {
-        "codec": header.get("codec"),
-        "options": header.get("decoder_options") or {},
+        "codec": header.codec,
+        "options": header.decoder_options or {},
         "model_dir": resolve_model(header, model),
         "weights_checked": False,
     }

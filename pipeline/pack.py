@@ -37,6 +37,7 @@ from pipeline.container import (
     read_index,
     write_container,
 )
+from pipeline.container_header import ContainerHeader
 
 PACK_FORMAT_VERSION = 2
 PACK_KIND = 1
@@ -93,7 +94,7 @@ class PackWriter:
     def add(
         self,
         video_key: str,
-        header: dict[str, Any],
+        header: ContainerHeader,
         gops: list[tuple[int, int, bytes]],
         attachments: list[tuple[str, bytes, dict[str, Any]]] = (),  # type: ignore[assignment]
     ) -> PackMember:

@@ -33,6 +33,7 @@ from pipeline.container import (
     read_index,
     read_preamble,
 )
+from pipeline.container_header import ContainerHeader
 from pipeline.storage import filesystem, full_uri, retrying
 
 
@@ -107,7 +108,7 @@ class ArchiveReader:
             read_preamble(self.read, name=self.uri)
 
     @property
-    def header(self) -> dict[str, Any]:
+    def header(self) -> ContainerHeader:
         return self.index().header
 
     def entry(self, i: int) -> GopEntry:
@@ -187,7 +188,7 @@ def decode_workers(decoder: Codec, gops: int) -> int:
     return max(1, min(gops, usable_cores()))
 
 
-def header_decoder(header: dict[str, Any], *, model: str | None, device: str, name: str) -> Codec:
+def header_decoder(header: ContainerHeader, *, model: str | None, device: str, name: str) -> Codec:
     """`decoder_for` with the object's name in front of any error."""
     try:
         return decoder_for(header, model=model, device=device)
@@ -195,19 +196,19 @@ def header_decoder(header: dict[str, Any], *, model: str | None, device: str, na
         raise type(exc)(f"{name}: {exc}") from None
 
 
-def decoder_key(header: dict[str, Any]) -> tuple[Any, ...]:
+def decoder_key(header: ContainerHeader) -> tuple[Any, ...]:
     """What decides a decoder: objects with the same key can share one (verify builds one per key)."""
-    options = json.dumps(header.get("decoder_options") or {}, sort_keys=True, default=str)
-    return (header.get("codec"), header.get("model_id"), header.get("model_sha256"), options)
+    options = json.dumps(header.decoder_options or {}, sort_keys=True, default=str)
+    return (header.codec, header.model_id, header.model_sha256, options)
 
 
 def decode_payload(
-    codec: Codec, payload: bytes, entry: GopEntry, header: dict[str, Any], *, name: str
+    codec: Codec, payload: bytes, entry: GopEntry, header: ContainerHeader, *, name: str
 ) -> np.ndarray:
     """One GOP's frames from its payload; a decoder's refusal names the object and the GOP."""
     where = f"{name}: GOP {entry.index} (frames {entry.first_frame}+{entry.frame_count})"
     try:
-        return codec.decode(payload, entry.frame_count, int(header["width"]), int(header["height"]))
+        return codec.decode(payload, entry.frame_count, header.width, header.height)
     except CodecError as exc:
         raise type(exc)(f"{where}: {exc}") from None
     except (MemoryError, RecursionError, ArithmeticError, ValueError, TypeError, IndexError) as exc:

@@ -40,6 +40,7 @@ from codec.base import Codec
 from codec.errors import CodecError
 from pipeline import locate, thaw
 from pipeline.container import AUDIO_ATTACHMENT, ContainerError, ContainerIndex, GopEntry
+from pipeline.container_header import ContainerHeader
 from pipeline.locate import ArchivedVideo
 from pipeline.manifest import DamagedPart, PartsError, parse_part
 from pipeline.manifest_layout import container_location
@@ -253,10 +254,10 @@ def _check_own_part(fs: Any, root: str, video: ArchivedVideo) -> None:
         raise RestoreError(DamagedPart(full_uri(fs, path), "manifest", str(exc)).line()) from None
 
 
-def _frame_rate(header: dict[str, Any], name: str) -> Fraction:
-    if not header.get("fps_num") or not header.get("fps_den"):
+def _frame_rate(header: ContainerHeader, name: str) -> Fraction:
+    if not header.fps_num or not header.fps_den:
         raise RestoreError(f"{name}: the header records no frame rate (fps_num/fps_den)")
-    return Fraction(header["fps_num"], header["fps_den"])
+    return Fraction(header.fps_num, header.fps_den)
 
 
 def _av_error() -> type[Exception]:
@@ -332,9 +333,9 @@ def _write_video(
     index: ContainerIndex = reader.index()
     header = index.header
     first, stop = span
-    width, height = int(header["width"]), int(header["height"])
+    width, height = header.width, header.height
     fps = _frame_rate(header, reader.uri)
-    deep = isinstance(header.get("coded_bit_depth"), int) and header["coded_bit_depth"] > 8
+    deep = header.coded_bit_depth is not None and header.coded_bit_depth > 8
     # a frame's timestamp is computed when it is written: nothing is sized by the header's frame count
     time_base = vfr_pts[1] if vfr_pts is not None else 1 / fps
     origin = int(vfr_pts[0][first]) if vfr_pts is not None else first
@@ -346,9 +347,9 @@ def _write_video(
     try:
         with av.open(tmp, mode="w", format=fmt) as container:
             stream = _video_stream(container, fmt, width, height, fps, time_base, deep=deep)
-            if header.get("rotation"):
+            if header.rotation:
                 with contextlib.suppress(AttributeError, ValueError):
-                    stream.set_display_rotation(int(header["rotation"]))
+                    stream.set_display_rotation(int(header.rotation))
             audio_out = None
             audio_packets: Any = iter(())
             if audio_in is not None and audio_in.streams.audio:

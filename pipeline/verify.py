@@ -1070,9 +1070,7 @@ def _verify_one(row: dict, size: int, context: dict, decoders: _Decoders, source
         )
     result["crc_ok"] = True
     header = index.header
-    if header.get("codec") != row["codec"] or (header.get("model_sha256") or None) != (
-        row["model_sha256"] or None
-    ):
+    if header.codec != row["codec"] or (header.model_sha256 or None) != (row["model_sha256"] or None):
         return dict(result, status="failed", error=f"{label}: header codec/model disagree with the manifest")
     try:
         codec, lock = decoders.get_or_build(
@@ -1080,9 +1078,7 @@ def _verify_one(row: dict, size: int, context: dict, decoders: _Decoders, source
             lambda: header_decoder(header, device=device, model=context["model"], name=uri),
         )
         with lock:
-            frames, exact = codec.decode_with_digest(
-                payload, entry.frame_count, int(header["width"]), int(header["height"])
-            )
+            frames, exact = codec.decode_with_digest(payload, entry.frame_count, header.width, header.height)
     except (CodecError, ContainerError) as exc:
         return dict(result, decode_ok=False, status="failed", error=_line(label, exc))
     except Exception as exc:  # a decoder crash on hostile bytes is still a verify failure, one line

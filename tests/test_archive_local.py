@@ -37,8 +37,8 @@ def _restore(archive: Path) -> tuple[dict, np.ndarray]:
     fs, path = filesystem(str(archive))
     read = range_reader(fs, path)
     index = read_index(read, archive.stat().st_size, name=str(archive))
-    codec = create_codec(index.header["codec"])
-    w, h = index.header["width"], index.header["height"]
+    codec = create_codec(index.header.codec)
+    w, h = index.header.width, index.header.height
     frames = [codec.decode(read_gop(read, g, name=str(archive)), g.frame_count, w, h) for g in index.gops]
     return index.header, np.concatenate(frames)
 
@@ -101,14 +101,14 @@ def test_archive_end_to_end_then_resume_and_retry(
         header, frames = _restore(archive)
         source = samples / ("sub/with-audio.mp4" if name == "with-audio.mp4" else name)
         info = probe(str(source))
-        assert frames.shape == (info.frame_count, 48, 64, 3) == (header["frame_count"], 48, 64, 3)
+        assert frames.shape == (info.frame_count, 48, 64, 3) == (header.frame_count, 48, 64, 3)
         original = decode_frames(str(source), 0, info.frame_count, expected_pts=info.frame_pts)
         for row in video_rows:  # the manifest's quality is that of the frames a restore gives back
             span = slice(row["first_frame"], row["first_frame"] + row["frame_count"])
             assert psnr_rgb(original[span], frames[span]) == pytest.approx(row["psnr"], abs=1e-6)
             assert row["psnr"] > 25
-        assert header["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
-        assert header["decoder_options"] == {}  # x264 needs none; the key is always written
+        assert header.source_sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+        assert header.decoder_options == {}  # x264 needs none; the key is always written
 
     run_dir = out / "runs" / result.run_id
     config = json.loads((run_dir / "config.json").read_text())
@@ -226,8 +226,8 @@ def test_vfr_timestamps_and_rotation_reach_the_archive(
     fs, path = filesystem(str(archive))
     index = read_index(range_reader(fs, path), archive.stat().st_size, name=path)
     header = index.header
-    assert (header["rotation"], header["vfr"], header["frame_count"]) == (90, True, 10)
-    assert (header["fps_num"], header["fps_den"]) == (450, 37)
+    assert (header.rotation, header.vfr, header.frame_count) == (90, True, 10)
+    assert (header.fps_num, header.fps_den) == (450, 37)
     stamps = index.attachment("frame_pts.i64")
     assert stamps is not None and stamps.info["time_base"] == "1/1000"
     pts = np.frombuffer(read_attachment(range_reader(fs, path), stamps, name=path), dtype="<i8")

@@ -158,9 +158,13 @@ def test_gvc_archives_verifies_and_restores_locally(tmp_path: Path, ray_address:
     ]
     container = next((out / "videos").glob("*.vdrc"))
     header = ArchiveReader(str(container)).header
-    assert codec_class("gvc").gop_frames_for(None, Fraction(24)) == 33 and header["gop_frames"] == 5
+    assert codec_class("gvc").gop_frames_for(None, Fraction(24)) == 33 and header.gop_frames == 5
     # what defines the decode of its GLVC stills is recorded: coder, version, pinned profile
-    assert header["entropy_coder"] == {"library": "constriction", "version": "0.5.0", "profile": "gauss64-v1"}
+    assert header.extra["entropy_coder"] == {
+        "library": "constriction",
+        "version": "0.5.0",
+        "profile": "gauss64-v1",
+    }
     run_config = json.loads(next((out / "runs").glob("*/config.json")).read_text())
     assert run_config["versions"]["constriction"] == "0.5.0"
     dest = tmp_path / "restored.mkv"

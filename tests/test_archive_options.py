@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import typer.main
 
-from jobs.archive_options import INTERNAL_FIELDS, NOT_IN_FILE, OPTION_FIELDS, config_fields
+from codec.base import RateTarget
+from jobs.archive_options import INTERNAL_FIELDS, NOT_IN_FILE, OPTION_FIELDS, archive_config, config_fields
 from jobs.cli import app
-from pipeline.archive.config import ArchiveConfig
+from pipeline.archive.config import ArchiveConfig, ConfigError, MigrationSpec, QualityGoal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,6 +58,33 @@ def test_migrate_shares_the_archive_options_it_takes() -> None:
     assert shared <= set(archive), shared - set(archive)
     for name in sorted(shared):
         assert migrate[name].default == archive[name].default, name
+
+
+def _defaults(command: str) -> dict:
+    return {name: param.default for name, param in _params(command).items()}
+
+
+def test_one_function_builds_the_config_of_archive_and_migrate() -> None:
+    options = _defaults("archive") | {"src": "/in", "out": "/out"}
+    assert archive_config(options) == ArchiveConfig(src="/in", out="/out")
+    given = options | {"quality": 30, "include": ["*.mp4"], "shard": "1/4", "task_resources": "cpu_node=1",
+                       "preset": "fast", "target_vmaf": 90.0, "per_gop": True, "stall_timeout": 60.0}  # fmt: skip
+    built = archive_config(given)
+    assert (built.target, built.include, built.shard, built.task_resources) == (
+        RateTarget("quality", 30.0),
+        ("*.mp4",),
+        (1, 4),
+        {"cpu_node": 1.0},
+    )
+    assert built.quality_goal == QualityGoal("vmaf", 90.0, per_gop=True)
+    assert (built.codec_options, built.stall_seconds) == ({"preset": "fast"}, 60.0)
+    with pytest.raises(ConfigError, match="at most one of --target-kbps"):  # the first bad option wins
+        archive_config(given | {"target_bpp": 0.1, "shard": "9/4"})
+    migrate = _defaults("migrate") | {"out": "/old", "new_out": "/new"}
+    spec = MigrationSpec(where="codec == 'x264'")
+    assert archive_config(migrate, src="/old", out="/new", migration=spec) == ArchiveConfig(
+        src="/old", out="/new", migration=spec
+    )
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

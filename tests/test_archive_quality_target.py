@@ -71,7 +71,7 @@ def test_per_video_target_is_reached_at_the_cheapest_setting_and_recorded(
         archive = Path(video_rows[0]["archive_uri"].removeprefix("file://"))
         fs, path = filesystem(str(archive))
         header = read_index(range_reader(fs, path), archive.stat().st_size, name=str(archive)).header
-        assert header["quality_search"] == search and header["target"] == {"kind": "psnr", "value": 27.0}
+        assert header.extra["quality_search"] == search and header.target == {"kind": "psnr", "value": 27.0}
 
     # The search is cached: archiving the same video again (here after deleting its outputs) reuses it.
     short = keys["short.mkv"]

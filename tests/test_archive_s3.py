@@ -66,7 +66,7 @@ def test_s3_end_to_end_without_credential_leaks(
         frames[row["source_uri"].rsplit("/", 1)[-1]] = index.frame_count
         # Hashed while the probe demuxed the object (one read of the source), yet of every byte:
         source = fs.cat_file(row["source_uri"].removeprefix("s3://"))
-        assert index.header["source_sha256"] == hashlib.sha256(source).hexdigest()
+        assert index.header.source_sha256 == hashlib.sha256(source).hexdigest()
     assert frames == {"with-audio.mp4": 37, "short.mkv": 12}
 
     key_id, secret = fake_credentials

@@ -59,10 +59,11 @@ def write_x264_archive(path: Path, frames) -> None:
     from codec.base import RateTarget
     from codec.registry import create_codec
     from pipeline.container import write_container
+    from pipeline.container_header import ContainerHeader
 
     codec = create_codec("x264")
     payloads = [codec.encode(frames[i : i + 10], RateTarget("quality", 18), 25).payload for i in (0, 10)]
-    header = {"codec": "x264", "width": 64, "height": 48, "frame_count": 20, "fps_num": 25, "fps_den": 1}
+    header = ContainerHeader(codec="x264", width=64, height=48, frame_count=20, fps_num=25, fps_den=1)
     with path.open("wb") as stream:
         write_container(stream, header, [(0, 10, payloads[0]), (10, 10, payloads[1])])
 

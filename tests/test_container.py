@@ -20,8 +20,9 @@ from pipeline.container import (
     read_preamble,
     write_container,
 )
+from pipeline.container_header import ContainerHeader
 
-HEADER = {"codec": "x264", "codec_version": "1", "width": 64, "height": 48, "frame_count": 37}
+HEADER = ContainerHeader(codec="x264", codec_version="1", width=64, height=48, frame_count=37)
 GOPS = [(0, 16, b"first-gop-" * 7), (16, 16, b"second" * 11), (32, 5, b"tail")]
 AUDIO = ("audio.mka", b"\x1a\x45\xdf\xa3-audio-bytes", {"codec": "aac"})
 
@@ -38,7 +39,7 @@ def _reader(data: bytes):
     return lambda offset, length: data[offset : offset + length]
 
 
-def _read_everything(data: bytes) -> tuple[dict, list[bytes]]:
+def _read_everything(data: bytes) -> tuple[ContainerHeader, list[bytes]]:
     index = read_index(_reader(data), len(data), name="mem://x.vdrc")
     read_preamble(_reader(data), name="mem://x.vdrc")
     blobs = [read_gop(_reader(data), entry, name="mem://x.vdrc") for entry in index.gops]
@@ -49,7 +50,7 @@ def _read_everything(data: bytes) -> tuple[dict, list[bytes]]:
 def test_round_trip_keeps_header_gops_and_attachments() -> None:
     data = _build()
     index = read_index(_reader(data), len(data), name="x.vdrc")
-    assert index.header["codec"] == "x264" and index.frame_count == 37
+    assert index.header.codec == "x264" and index.frame_count == 37
     assert [(g.first_frame, g.frame_count) for g in index.gops] == [(0, 16), (16, 16), (32, 5)]
     assert [read_gop(_reader(data), g, name="x.vdrc") for g in index.gops] == [p for _, _, p in GOPS]
     assert index.gop_for_frame(33).index == 2

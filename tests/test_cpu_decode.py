@@ -128,7 +128,7 @@ def test_neural_gops_decoded_side_by_side_equal_one_at_a_time(name: str) -> None
     in_order = [frames_sha256(f) for f in reader.decode_in_order([g.index for g in gops], decoder)]
     assert in_order == one_at_a_time
     recorded = [g["frames_sha256"] for g in record["gops"]]
-    width, height = int(reader.header["width"]), int(reader.header["height"])
+    width, height = int(reader.header.width), int(reader.header.height)
     exact = [decoder.decode_with_digest(reader.gop(g.index), g.frame_count, width, height)[1] for g in gops]
     assert exact == [g["exact_sha256"] for g in record["gops"]]
     assert len(set(one_at_a_time)) == len(gops) and len(recorded) == len(gops)

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from codec.base import RateTarget
 from codec.registry import create_codec
+from pipeline.container_header import ContainerHeader
 from pipeline.dataset import (
     ArchiveClipDataset,
     ClipSpec,
@@ -42,6 +43,7 @@ def write_archive(out: Path, key: str, frames: np.ndarray, codec, *, gop_frames:
                   audio_source: Path | None = None) -> list:  # fmt: skip
     """One video committed by the writer (no Ray): container, manifest part with real PSNR, marker.
     Returns each GOP's `EncodedGop`."""
+    from pipeline.archive.gop_result import GopResult
     from pipeline.archive.plan import plan_gops
     from pipeline.archive.video_writer import VideoJob, commit_video
 
@@ -52,17 +54,16 @@ def write_archive(out: Path, key: str, frames: np.ndarray, codec, *, gop_frames:
         result = codec.encode(gop, RateTarget("quality", quality), FPS)
         encoded.append(result)
         metas.append(
-            {"payload_bytes": len(result.payload), "bpp": 8 * len(result.payload) / gop.size * 3,
-             "kbps": 1.0, "encode_seconds": 0.0, "device": "cpu", "params": result.params,
-             "psnr": psnr_rgb(gop, result.reconstruction)}
+            GopResult(payload_bytes=len(result.payload), bpp=8 * len(result.payload) / gop.size * 3,
+                      kbps=1.0, device="cpu", params=result.params,
+                      metrics={"psnr": psnr_rgb(gop, result.reconstruction)})
         )  # fmt: skip
     identity = codec.describe()
-    header = {
+    header = ContainerHeader(
         **{k: identity[k] for k in ("codec", "codec_version", "model_id", "model_sha256", "decoder_options")},
-        "width": frames.shape[2], "height": frames.shape[1], "frame_count": len(frames), "fps_num": 24,
-        "fps_den": 1, "vfr": False, "rotation": 0, "target": {"kind": "quality", "value": quality},
-        "video_key": key,
-    }  # fmt: skip
+        width=frames.shape[2], height=frames.shape[1], frame_count=len(frames), fps_num=24,
+        fps_den=1, vfr=False, rotation=0, target={"kind": "quality", "value": quality}, video_key=key,
+    )  # fmt: skip
     source = str(audio_source) if audio_source else str(out / f"{key}.mp4")
     job = VideoJob(
         video_key=key, source_uri=source, source_bytes=1, out=str(out), run_id="r1", endpoint_url=None,

@@ -16,6 +16,7 @@ from codec.base import RateTarget
 from pipeline.archive import run_archive
 from pipeline.archive.config import DEFAULT_MIN_PSNR, ArchiveConfig, ConfigError
 from pipeline.archive.floor import Floor, fallback_target, floor_of, video_score
+from pipeline.archive.gop_result import GopResult
 from pipeline.reader import ArchiveReader
 from pipeline.restore import restore_video
 from pipeline.synthetic import synthetic_clip
@@ -104,9 +105,9 @@ def test_bad_floor_options_are_one_line_and_write_nothing(
 
 
 def test_video_score_is_frame_weighted_over_measured_gops() -> None:
-    metas = [{"psnr": 10.0}, {"psnr": 30.0}, {"psnr": None}]
+    metas = [GopResult(metrics={"psnr": value}) for value in (10.0, 30.0, None)]
     assert video_score(metas, [1, 3, 5], "psnr") == pytest.approx(25.0)
-    assert video_score([{"psnr": None}], [9], "psnr") is None
+    assert video_score([GopResult(metrics={"psnr": None})], [9], "psnr") is None
 
 
 def test_fallback_keeps_the_rate_and_maps_quality_to_its_default() -> None:

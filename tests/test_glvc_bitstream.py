@@ -87,7 +87,7 @@ def test_a_format1_golden_payload_repacked_as_format2_decodes_to_the_same_symbol
     header, body = unpack_payload(v1)
     assert header.version == 1
     v2 = pack_payload(header, body)
-    args = (entry.frame_count, reader.header["width"], reader.header["height"])
+    args = (entry.frame_count, reader.header.width, reader.header.height)
     assert decoder.exact_digest(v2, *args) == decoder.exact_digest(v1, *args)
 
 
@@ -96,5 +96,5 @@ def test_an_unknown_entropy_profile_is_refused_in_one_line(golden_glvc) -> None:
     header, body = unpack_payload(reader.gop(0))
     payload = pack_payload(dataclasses.replace(header, profile=7), body)
     with pytest.raises(UnsupportedFormatError, match="entropy profile 7 is unknown") as caught:
-        decoder.decode(payload, reader.entry(0).frame_count, reader.header["width"], reader.header["height"])
+        decoder.decode(payload, reader.entry(0).frame_count, reader.header.width, reader.header.height)
     assert "\n" not in str(caught.value)

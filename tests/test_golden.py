@@ -58,9 +58,9 @@ def test_golden_archive_decodes_bit_for_bit(version: str, name: str, entry: dict
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["file_sha256"], "goldens are never edited"
     reader = ArchiveReader(str(path))
     header = reader.header
-    assert header["codec"] == entry["codec"]
+    assert header.codec == entry["codec"]
     model = str(MODEL) if entry["codec"] in NEURAL else None
-    key = (entry["codec"], json.dumps(header.get("decoder_options") or {}, sort_keys=True))
+    key = (entry["codec"], json.dumps(header.decoder_options or {}, sort_keys=True))
     if key not in decoders:
         decoders[key] = reader.decoder_for(model=model, device="cpu")
     decoder = decoders[key]
@@ -72,10 +72,10 @@ def test_golden_archive_decodes_bit_for_bit(version: str, name: str, entry: dict
     for gop, expected in zip(gops, entry["gops"], strict=True):
         payload = reader.gop(gop.index)
         frames, exact = decoder.decode_with_digest(
-            payload, gop.frame_count, int(header["width"]), int(header["height"])
+            payload, gop.frame_count, int(header.width), int(header.height)
         )
         label = f"{name} GOP {gop.index}"
-        assert frames.shape == (gop.frame_count, header["height"], header["width"], 3)
+        assert frames.shape == (gop.frame_count, header.height, header.width, 3)
         assert exact == expected["exact_sha256"], f"{label}: the exact part decodes differently"
         if frames_sha256(frames) == expected["frames_sha256"]:
             continue

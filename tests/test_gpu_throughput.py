@@ -151,16 +151,16 @@ def test_glvc_actor_overlaps_gops_and_skips_reconstructions_nobody_measures(
     assert codec.tokenizer.last_tiled is False
     sequential = [codec.encode(g, target, FPS) for g in gops]
     for i, ((meta, payload), alone) in enumerate(zip(results, sequential, strict=True)):
-        assert "error" not in meta
+        assert meta.error is None
         assert payload == alone.payload
-        assert meta["exact_sha256"] == alone.exact_digest
+        assert meta.exact_sha256 == alone.exact_digest
         if i == 0:
-            assert meta["psnr"] == pytest.approx(psnr_rgb(gops[i], alone.reconstruction))
-            assert meta["recon_sha256"] == frames_sha256(alone.reconstruction)
-            assert fingerprint_psnr(meta["fingerprint"], alone.reconstruction) == float("inf")
+            assert meta.metric("psnr") == pytest.approx(psnr_rgb(gops[i], alone.reconstruction))
+            assert meta.recon_sha256 == frames_sha256(alone.reconstruction)
+            assert fingerprint_psnr(meta.fingerprint, alone.reconstruction) == float("inf")
         else:
-            assert meta.get("psnr") is None and "not measured" in meta["metrics_note"]
-            assert meta["recon_sha256"] is None and meta["fingerprint"] is None
+            assert meta.metric("psnr") is None and "not measured" in meta.metrics_note
+            assert meta.recon_sha256 is None and meta.fingerprint is None
 
 
 def test_gvc_skips_its_final_vae_decode_when_no_reconstruction_is_asked() -> None:

@@ -28,6 +28,7 @@ from pipeline.container import (
     read_index,
     write_container,
 )
+from pipeline.container_header import ContainerHeader
 from pipeline.reader import ArchiveReader
 from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
 
@@ -95,10 +96,10 @@ def test_headers_of_earlier_releases_still_read() -> None:
         "future_field": {"anything": [1, {"deep": True}]},
     }
     buffer = io.BytesIO()
-    size = write_container(buffer, header, [(0, 4, PAYLOAD)])
+    size = write_container(buffer, ContainerHeader.from_dict(header), [(0, 4, PAYLOAD)])
     data = buffer.getvalue()
     index = read_index(lambda o, n: data[o : o + n], size, name="old.vdrc")
-    assert index.header["quality_search"]["points"][0]["knob"] == 23
+    assert index.header.extra["quality_search"]["points"][0]["knob"] == 23
 
 
 def _archive_with(tmp_path: Path, blob: bytes) -> tuple[Path, Path]:
@@ -164,7 +165,7 @@ def test_a_zeroed_magic_is_refused_by_inspect_and_restore(tmp_path: Path, size: 
 def test_malformed_frame_timestamps_are_refused(tmp_path: Path) -> None:
     buffer = io.BytesIO()
     pts = (b"\x00" * 8) * 4  # four equal timestamps: not increasing
-    header = {**GOOD, "vfr": True}
+    header = ContainerHeader.from_dict({**GOOD, "vfr": True})
     write_container(buffer, header, [(0, 4, PAYLOAD)], [(TIMESTAMPS_ATTACHMENT, pts, {"time_base": "1/0"})])
     path = tmp_path / "vfr.vdrc"
     path.write_bytes(buffer.getvalue())
@@ -185,7 +186,12 @@ def test_the_index_scan_checks_attachments_too(tmp_path: Path) -> None:
     from pipeline.verify import run_verify
 
     buffer = io.BytesIO()
-    write_container(buffer, GOOD, [(0, 4, PAYLOAD)], [(AUDIO_ATTACHMENT, b"\x1a\x45\xdf\xa3" * 50, {})])
+    write_container(
+        buffer,
+        ContainerHeader.from_dict(GOOD),
+        [(0, 4, PAYLOAD)],
+        [(AUDIO_ATTACHMENT, b"\x1a\x45\xdf\xa3" * 50, {})],
+    )
     blob = bytearray(buffer.getvalue())
     out, container = _archive_with(tmp_path, bytes(blob))
     index = read_index(lambda o, n: bytes(blob[o : o + n]), len(blob), name="x")
@@ -204,7 +210,7 @@ def _vfr_object(time_base: object) -> bytes:
     pts = b"".join(i.to_bytes(8, "little") for i in range(4))
     write_container(
         buffer,
-        {**GOOD, "vfr": True},
+        ContainerHeader.from_dict({**GOOD, "vfr": True}),
         [(0, 4, PAYLOAD)],
         [(TIMESTAMPS_ATTACHMENT, pts, {"time_base": time_base})],
     )

@@ -115,7 +115,7 @@ def test_x264_to_x265_keeps_lineage_and_measures_against_old_decode_and_source(
             assert row["source_psnr"] == pytest.approx(psnr_rgb(source[span], new_frames[span]), abs=1e-6)
             assert row["source_psnr"] < row["psnr"] + 10  # a real measurement, not a copy of psnr
         header = ArchiveReader(new_uri).header
-        assert header["lineage"]["generation"] == 2 and header["source_sha256"]
+        assert header.extra["lineage"]["generation"] == 2 and header.source_sha256
     with_audio = next(k for k in parents if "with-audio" in parents[k]["source_uri"])
     old_audio = ArchiveReader(parents[with_audio]["archive_uri"]).attachment(AUDIO_ATTACHMENT)
     new_uri = next(r["archive_uri"] for r in rows if r["video_key"] == with_audio)

@@ -9,11 +9,12 @@ import io
 import pytest
 
 from pipeline.container import ContainerError, read_index, write_container
+from pipeline.container_header import ContainerHeader
 from pipeline.pack import PackWriter, is_pack, read_member_index, read_pack_index
 
 
-def _header(frames: int, key: str) -> dict:
-    return {"frame_count": frames, "width": 8, "height": 8, "codec": "x264", "video_key": key}
+def _header(frames: int, key: str) -> ContainerHeader:
+    return ContainerHeader(frame_count=frames, width=8, height=8, codec="x264", video_key=key)
 
 
 def _pack() -> tuple[bytes, list[tuple[str, list[bytes]]]]:
@@ -48,13 +49,13 @@ def test_each_member_reads_alone_with_ranged_reads() -> None:
     for member, (key, payloads) in zip(index.members, videos, strict=True):
         reads.clear()
         member_index = read_member_index(read, member, name="s3://b/packs/p.vdrc")
-        assert len(reads) == 1 and member_index.header["video_key"] == key  # one ranged read: its footer
+        assert len(reads) == 1 and member_index.header.video_key == key  # one ranged read: its footer
         for entry, payload in zip(member_index.gops, payloads, strict=True):
             absolute = member.offset + entry.offset
             assert data[absolute : absolute + entry.length] == payload
         # the member's bytes are a complete single-video object
         alone = data[member.offset : member.offset + member.length]
-        assert read_index(lambda o, n, b=alone: b[o : o + n], len(alone), name=key).header["video_key"] == key
+        assert read_index(lambda o, n, b=alone: b[o : o + n], len(alone), name=key).header.video_key == key
 
 
 def test_single_video_readers_and_writers_are_unchanged() -> None:
@@ -64,7 +65,7 @@ def test_single_video_readers_and_writers_are_unchanged() -> None:
     single = io.BytesIO()
     size = write_container(single, _header(2, "one"), [(0, 2, b"payload")])
     read = _reader(single.getvalue())[0]
-    assert not is_pack(read, size) and read_index(read, size, name="one.vdrc").header["video_key"] == "one"
+    assert not is_pack(read, size) and read_index(read, size, name="one.vdrc").header.video_key == "one"
     with pytest.raises(ContainerError, match="no pack trailer"):
         read_pack_index(read, size, name="one.vdrc")
 

@@ -8,6 +8,7 @@ here, at run time, by restoring GOPs — x264, GLVC and GVC — in a fresh proce
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from codec.base import RateTarget
 from codec.errors import CodecError, ModelMismatchError
 from codec.registry import create_codec, decoder_for
 from pipeline.container import ContainerError
+from pipeline.container_header import ContainerHeader
 from pipeline.reader import ArchiveReader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +92,7 @@ def _fresh(script: str) -> dict:
 
 def _write_archive(out: Path, clip: np.ndarray, *, gop_frames: int = 4) -> str:
     """A real x264 archive of `clip` made by the writer itself (no Ray): container, manifest, marker."""
+    from pipeline.archive.gop_result import GopResult
     from pipeline.archive.plan import plan_gops
     from pipeline.archive.video_writer import VideoJob, commit_video
 
@@ -103,15 +106,16 @@ def _write_archive(out: Path, clip: np.ndarray, *, gop_frames: int = 4) -> str:
         )
         payloads.append(encoded.payload)
         metas.append(
-            {"payload_bytes": len(encoded.payload), "bpp": 0.1, "kbps": 1.0, "encode_seconds": 0.0,
-             "device": "cpu", "params": encoded.params}
-        )  # fmt: skip
+            GopResult(
+                payload_bytes=len(encoded.payload), bpp=0.1, kbps=1.0, device="cpu", params=encoded.params
+            )
+        )
     identity = codec.describe()
-    header = {
+    header = ContainerHeader(
         **{k: identity[k] for k in ("codec", "codec_version", "model_id", "model_sha256", "decoder_options")},
-        "width": clip.shape[2], "height": clip.shape[1], "frame_count": len(clip), "fps_num": 24, "fps_den": 1,
-        "vfr": False, "rotation": 0, "target": {"kind": "quality", "value": 23}, "video_key": "clip-0001",
-    }  # fmt: skip
+        width=clip.shape[2], height=clip.shape[1], frame_count=len(clip), fps_num=24, fps_den=1,
+        vfr=False, rotation=0, target={"kind": "quality", "value": 23}, video_key="clip-0001",
+    )  # fmt: skip
     job = VideoJob(
         video_key="clip-0001", source_uri=str(out / "clip.mp4"), source_bytes=1, out=str(out), run_id="r1",
         endpoint_url=None, header=header, spans=spans, has_audio=False,
@@ -145,7 +149,7 @@ def test_archive_reader_reads_index_and_one_gop_with_two_ranged_reads(
     assert [g.frame_count for g in index.gops] == [4, 4, 4] and reader.read.reads == 1
     payload = reader.gop(2)
     assert reader.read.reads == 2 and len(payload) == index.gops[2].length
-    assert reader.header["decoder_options"] == {}  # the writer always records them
+    assert reader.header.decoder_options == {}  # the writer always records them
     frames = reader.decode(2, reader.decoder_for())
     reference = create_codec("x264").decode(payload, 4, clip.shape[2], clip.shape[1])
     assert np.array_equal(frames, reference)
@@ -162,25 +166,26 @@ def test_archive_reader_reads_index_and_one_gop_with_two_ranged_reads(
 
 
 def test_decoder_for_rebuilds_from_header_options_and_reads_old_headers() -> None:
-    base = {"codec": "x264", "width": 64, "height": 48, "frame_count": 4}
+    base = ContainerHeader.from_dict({"codec": "x264", "width": 64, "height": 48, "frame_count": 4})
     old = decoder_for(base)  # an archive of an earlier release: no decoder_options
     assert old.name == "x264" and old.preset == old.default_preset
-    rebuilt = decoder_for(dict(base, decoder_options={"preset": "veryfast", "threads": 1}))
+    rebuilt = decoder_for(base.updated(decoder_options={"preset": "veryfast", "threads": 1}))
     assert (rebuilt.preset, rebuilt.threads) == ("veryfast", 1)
     with pytest.raises(CodecError, match=r"cannot build the x264 decoder .*does not understand"):
-        decoder_for(dict(base, decoder_options={"bogus": 1}))
+        decoder_for(base.updated(decoder_options={"bogus": 1}))
     with pytest.raises(CodecError, match="unknown codec 'h266'"):
-        decoder_for(dict(base, codec="h266"))
+        decoder_for(base.updated(codec="h266"))
     with pytest.raises(CodecError, match="names no codec"):
-        decoder_for({"width": 64})
+        decoder_for(ContainerHeader(frame_count=4, width=64, height=48))
     with pytest.raises(ModelMismatchError, match="give --model"):
-        decoder_for(dict(base, model_id="m@1", model_sha256="ab" * 32))
+        decoder_for(base.updated(model_id="m@1", model_sha256="ab" * 32))
 
 
 def test_reader_errors_name_the_object(tmp_path: Path, clip: np.ndarray) -> None:
     uri = _write_archive(tmp_path / "out", clip[:4])
     reader = ArchiveReader(uri)
-    reader.index().header["codec"] = "h266"
+    index = reader.index()
+    reader._index = dataclasses.replace(index, header=index.header.updated(codec="h266"))
     with pytest.raises(CodecError, match="^" + re.escape(uri) + ": unknown codec"):
         reader.decoder_for()
 

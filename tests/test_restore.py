@@ -44,8 +44,8 @@ def _decode_archive(container: Path) -> tuple[dict, np.ndarray]:
     fs, path = filesystem(str(container))
     read = range_reader(fs, path)
     index = read_index(read, container.stat().st_size, name=str(container))
-    codec = create_codec(index.header["codec"])
-    w, h = index.header["width"], index.header["height"]
+    codec = create_codec(index.header.codec)
+    w, h = index.header.width, index.header.height
     frames = [codec.decode(read_gop(read, g, name="x"), g.frame_count, w, h) for g in index.gops]
     return index, np.concatenate(frames)
 

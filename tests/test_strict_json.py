@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.archive.summary import RunTally
 from pipeline.container import read_index, write_container
+from pipeline.container_header import ContainerHeader
 from pipeline.runinfo import finite, json_text, write_json
 from pipeline.storage import filesystem
 
@@ -67,9 +68,9 @@ def test_a_summary_column_without_frames_has_no_nan_mean() -> None:
 def test_a_header_with_nan_is_refused_by_the_writer_and_finite_makes_it_readable() -> None:
     header = {"codec": "x264", "width": 64, "height": 48, "frame_count": 4, "search": {"score": float("nan")}}
     with pytest.raises(ValueError):
-        write_container(io.BytesIO(), header, [(0, 4, b"\x00\x00\x00\x01p")])
+        write_container(io.BytesIO(), ContainerHeader.from_dict(header), [(0, 4, b"\x00\x00\x00\x01p")])
     buffer = io.BytesIO()
-    size = write_container(buffer, finite(header), [(0, 4, b"\x00\x00\x00\x01p")])
+    size = write_container(buffer, ContainerHeader.from_dict(finite(header)), [(0, 4, b"\x00\x00\x00\x01p")])
     data = buffer.getvalue()
     index = read_index(lambda o, n: data[o : o + n], size, name="x.vdrc")
-    assert index.header["search"] == {"score": None}
+    assert index.header.extra["search"] == {"score": None}

@@ -38,9 +38,7 @@ class GopDecodes:
             return self.decode_gop(video, span)
         spans = video.job.spans
         header = video.job.header
-        frame_bytes = (
-            header["width"] * header["height"] * 3 * (2 if header.get("coded_bit_depth", 8) > 8 else 1)
-        )
+        frame_bytes = header.width * header.height * 3 * (2 if (header.coded_bit_depth or 8) > 8 else 1)
         run = [span]
         budget = DECODE_RUN_BYTES - span.frame_count * frame_bytes
         for following in spans[span.index + 1 :]:
@@ -69,9 +67,9 @@ class GopDecodes:
     def options(self, video: Video) -> dict[str, Any]:
         header = video.job.header
         options: dict[str, Any] = {
-            "size": (header["width"], header["height"]),
+            "size": (header.width, header.height),
             "max_pixels": self.cfg.max_pixels,
-            "high_bit_depth": header.get("coded_bit_depth", 8) > 8,
+            "high_bit_depth": (header.coded_bit_depth or 8) > 8,
         }
         if video.job.parent is not None:
             options["parent"] = video.job.parent

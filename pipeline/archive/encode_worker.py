@@ -1,7 +1,7 @@
 """The encode actor: builds one codec per actor (weights load once) and codes GOPs with it.
 
 A GOP arrives as decoded frames (an object-store reference resolved by Ray, zero-copy) and leaves as
-two results: a small metadata dict the driver reads for progress and scheduling, and the payload
+two results: a small `GopResult` the driver reads for progress and scheduling, and the payload
 bytes, which go straight to the video's writer task without passing through the driver. The
 reconstruction the codec returns (every encoder decodes its own output) is used here for the quality
 metrics and then dropped: it never travels.
@@ -43,6 +43,7 @@ from codec.errors import CodecError
 from codec.registry import build_codec
 from pipeline.archive import accounting, utilisation
 from pipeline.archive.config import QualityGoal
+from pipeline.archive.gop_result import GopResult
 from pipeline.archive.quality_target import QualityTargetError, find_rate_for_quality
 from pipeline.digests import fingerprint, frames_sha256
 from pipeline.schema import MANIFEST_SCHEMA
@@ -133,7 +134,7 @@ class EncodeWorker:
         compute = {"search": device.charge(share.seconds), "device": device.kind}
         return {"knob": knob, "record": record, "compute": compute}
 
-    def encode(self, frames: np.ndarray, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], bytes]:
+    def encode(self, frames: np.ndarray, *args: Any, **kwargs: Any) -> tuple[GopResult, bytes]:
         """`_encode_gop`, timed as the actor's busy time; one call at a time unless the codec is
         thread-safe (then concurrent calls overlap, see the module docstring)."""
         self._start_nvml()
@@ -153,11 +154,11 @@ class EncodeWorker:
         goal: QualityGoal | None = None,
         decode_seconds: float | None = None,
         sampled: bool = True,
-    ) -> tuple[dict[str, Any], bytes]:
-        """Code one GOP: (metadata, payload). A codec refusal comes back as metadata["error"].
+    ) -> tuple[GopResult, bytes]:
+        """Code one GOP: (result, payload). A codec refusal comes back as the result's `error`.
 
         `goal` (per-GOP quality target) replaces `target`: the GOP is searched on itself.
-        `decode_seconds`: the CPU-seconds its decode task measured, carried into `meta["compute"]`.
+        `decode_seconds`: the CPU-seconds its decode task measured, carried into the result's `compute`.
         `sampled`: the GOP is in the expensive metrics' sample (`pipeline.metrics.MetricsSample`).
         """
         assert self.codec is not None
@@ -179,27 +180,30 @@ class EncodeWorker:
                 payload = bytes(encoded.payload)
                 digests = self._digests(encoded, payload, count, width, height)  # may decode: same lock
         except CodecError as exc:
-            return {"error": f"{label}: {exc}"}, b""
+            return GopResult.failed(f"{label}: {exc}"), b""
         except QualityTargetError as exc:  # the metric cannot be computed, or nothing fits the cap
-            return {"error": f"{label}: quality search: {exc}"}, b""
+            return GopResult.failed(f"{label}: quality search: {exc}"), b""
         params = dict(encoded.params)
         if search is not None:
             params["quality_search"] = search
-        meta: dict[str, Any] = {
-            "payload_bytes": len(payload),
-            "bpp": bits_per_pixel(len(payload), width, height, count),
-            "kbps": kilobits_per_second(len(payload), count, fps),
-            "encode_seconds": seconds,
-            "params": params,
-            "device": self.codec.device,
-            **digests,
-        }
         with self.sharing.busy() as metrics_share:
-            meta.update(self._quality(frames, encoded.reconstruction, gop_index, float(fps), sampled))
-        meta["compute"] = self._compute(
-            seconds, encode_share.seconds, metrics_share.seconds, search, decode_seconds
+            quality = self._quality(frames, encoded.reconstruction, gop_index, float(fps), sampled)
+        note = quality.pop("metrics_note", None)
+        result = GopResult(
+            payload_bytes=len(payload),
+            bpp=bits_per_pixel(len(payload), width, height, count),
+            kbps=kilobits_per_second(len(payload), count, fps),
+            encode_seconds=seconds,
+            params=params,
+            device=self.codec.device,
+            **digests,
+            metrics=quality,
+            metrics_note=note,
+            compute=self._compute(
+                seconds, encode_share.seconds, metrics_share.seconds, search, decode_seconds
+            ),
         )
-        return meta, payload
+        return result, payload
 
     def _digests(self, encoded: Any, payload: bytes, count: int, width: int, height: int) -> dict[str, Any]:
         """What verify proves the decode with (`pipeline.digests`): the exact part's sha256 (the codec's,

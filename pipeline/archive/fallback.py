@@ -30,6 +30,7 @@ from pipeline.archive.floor import (
     under_floor_reason,
     video_score,
 )
+from pipeline.archive.gop_result import GopResult
 from pipeline.archive.run_context import RunContext
 from pipeline.archive.video_state import Video
 
@@ -106,7 +107,7 @@ class FloorKeeper:
         self.ctx.display.log(f"warning: {video.job.source_uri}: {note}")
 
     def _fall_back(
-        self, video: Video, floor: Floor, score: float, fallback: str, metas: list[dict[str, Any]]
+        self, video: Video, floor: Floor, score: float, fallback: str, metas: list[GopResult]
     ) -> None:
         """Queue all of the video's GOPs again for the fallback codec, its header naming the fallback."""
         if self.start_pool() is None:  # the fallback codec cannot run: the video fails, saying both
@@ -114,15 +115,14 @@ class FloorKeeper:
             self.fail(video, f"{reason}; --fallback {fallback} cannot start: {self.pool_error}")
             return
         spans = video.job.spans
-        attempt = attempt_record(
-            floor, str(video.job.header.get("codec")), metas, [s.frame_count for s in spans]
-        )
+        attempt = attempt_record(floor, str(video.job.header.codec), metas, [s.frame_count for s in spans])
         target = fallback_target(video.target, fallback)
-        header = dict(video.job.header)
-        header.update({k: self.identity.get(k) for k in IDENTITY_FIELDS})
-        header["decoder_options"] = self.identity.get("decoder_options") or {}
-        header["target"] = target.to_record()
-        header["quality_floor"] = {**(self.header_record() or {}), **attempt}
+        header = video.job.header.updated(
+            **{k: self.identity.get(k) for k in IDENTITY_FIELDS},
+            decoder_options=self.identity.get("decoder_options") or {},
+            target=target.to_record(),
+            quality_floor={**(self.header_record() or {}), **attempt},
+        )
         video.job = dataclasses.replace(video.job, header=header)
         video.target = target
         video.fallback = True

@@ -28,6 +28,8 @@ from typing import Any
 from codec.base import RateTarget
 from codec.registry import CLASSIC_CODECS
 from pipeline.archive.config import DEFAULT_QUALITY
+from pipeline.archive.gop_result import GopResult
+from pipeline.container_header import ContainerHeader
 
 #: Codecs whose floor is on unless switched off (`--min-psnr 0`): their failures are content-dependent
 #: and silent (`codec.registry.NEURAL_CODECS`). Classic codecs degrade gracefully with rate, so their
@@ -65,11 +67,11 @@ def floor_of(min_psnr: float | None, min_vmaf: float | None) -> Floor | None:
     return None
 
 
-def video_score(metas: Iterable[dict[str, Any]], frame_counts: Iterable[int], metric: str) -> float | None:
+def video_score(results: Iterable[GopResult], frame_counts: Iterable[int], metric: str) -> float | None:
     """The frame-weighted mean of `metric` over the GOPs that measured it (None: none did)."""
     total = weight = 0.0
-    for meta, frames in zip(metas, frame_counts, strict=True):
-        value = meta.get(metric)
+    for result, frames in zip(results, frame_counts, strict=True):
+        value = result.metric(metric)
         if value is None or value != value:  # null or NaN: not measured
             continue
         total += float(value) * frames
@@ -96,14 +98,14 @@ def fallback_target(target: RateTarget | None, fallback: str) -> RateTarget:
 
 
 def attempt_record(
-    floor: Floor, codec: str, metas: list[dict[str, Any]], frame_counts: list[int]
+    floor: Floor, codec: str, results: list[GopResult], frame_counts: list[int]
 ) -> dict[str, Any]:
     """What the manifest keeps of an attempt that fell under the floor (the video's means)."""
     return {
         "attempt_codec": codec,
-        "attempt_psnr": video_score(metas, frame_counts, "psnr"),
-        "attempt_vmaf": video_score(metas, frame_counts, "vmaf"),
-        "attempt_bytes": sum(int(m.get("payload_bytes") or 0) for m in metas),
+        "attempt_psnr": video_score(results, frame_counts, "psnr"),
+        "attempt_vmaf": video_score(results, frame_counts, "vmaf"),
+        "attempt_bytes": sum(r.payload_bytes for r in results),
         "fallback_of": codec,
     }
 
@@ -120,10 +122,10 @@ FLOOR_COLUMNS: tuple[str, ...] = (
 )
 
 
-def floor_columns(header: dict[str, Any]) -> dict[str, Any]:
+def floor_columns(header: ContainerHeader) -> dict[str, Any]:
     """A row's floor columns from its container header's `quality_floor` record (all null when the
     video was archived without a floor)."""
-    record = header.get("quality_floor") or {}
+    record = header.extra.get("quality_floor") or {}
     return {
         "floor_metric": record.get("metric"),
         "floor_value": record.get("value"),

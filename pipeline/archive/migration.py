@@ -165,7 +165,7 @@ def probe_parent(
     except Exception as exc:  # frozen, missing, unreachable, damaged: this video fails, the run goes on
         return ProbeOutcome(entry, "failed", reason=_parent_error(parent, exc), transient=is_transient(exc))
     header = info.header
-    width, height = int(header["width"]), int(header["height"])
+    width, height = header.width, header.height
     if max_pixels is not None and width * height > max_pixels:
         return ProbeOutcome(
             entry, "failed", reason=f"{parent.archive_uri}: {width}x{height} is over the pixel budget"
@@ -177,19 +177,19 @@ def probe_parent(
         height=height,
         frame_count=info.frame_count,
         fps=info.fps,
-        vfr=bool(header.get("vfr")),
-        rotation=int(header.get("rotation") or 0),
-        container_format=str(header.get("source_format") or "vdrc"),
-        video_codec=str(header.get("source_codec") or header.get("codec") or ""),
-        pix_fmt=header.get("pix_fmt"),
-        color=dict(header.get("color") or {}),
+        vfr=bool(header.vfr),
+        rotation=int(header.rotation or 0),
+        container_format=str(header.source_format or "vdrc"),
+        video_codec=str(header.source_codec or header.codec or ""),
+        pix_fmt=header.pix_fmt,
+        color=dict(header.color or {}),
         has_audio=info.has_audio,
         frame_pts=info.frame_pts,
-        time_base=_fraction(header.get("time_base")),
-        source_sha256=header.get("source_sha256"),
-        bit_depth=int(header.get("coded_bit_depth") or 8),  # the depth of the frames it decodes to
-        chroma=header.get("source_chroma"),
-        declared_frames=header.get("source_frames_declared"),
+        time_base=_fraction(header.time_base),
+        source_sha256=header.source_sha256,
+        bit_depth=int(header.coded_bit_depth or 8),  # the depth of the frames it decodes to
+        chroma=header.source_chroma,
+        declared_frames=header.source_frames_declared,
         keyframe_pts=keyframes,
     )
     lineage = {
@@ -198,8 +198,9 @@ def probe_parent(
         "parent_object_sha256": sha256,
         "parent_video_key": parent.video_key,
     }
-    inherited = {k: header[k] for k in INHERITED if header.get(k) is not None}
-    metadata = header.get("source_metadata")
+    fields = header.to_dict()
+    inherited = {k: fields[k] for k in INHERITED if fields.get(k) is not None}
+    metadata = header.extra.get("source_metadata")
     if isinstance(metadata, dict) and not entry.metadata:  # caption / license / split, into the rows
         entry = dataclasses.replace(entry, metadata={str(k): str(v) for k, v in metadata.items()})
     return ProbeOutcome(entry, "video", info=video, lineage=lineage, inherited=inherited)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.archive import accounting
 from pipeline.archive.errors import one_line
+from pipeline.archive.gop_result import GopResult
 from pipeline.archive.video_writer import VideoJob, commit_result, container_inputs, object_fields, video_rows
 from pipeline.container import bytes_reader
 from pipeline.locate import write_many_index_entries
@@ -38,7 +39,7 @@ from pipeline.storage import filesystem, full_uri, is_local, put_checked, range_
 def commit_pack(
     pack_id: str,
     jobs: list[VideoJob],
-    metas: list[list[dict[str, Any]]],
+    metas: list[list[GopResult]],
     had_failed: list[bool],
     *payloads: bytes,
 ) -> dict[str, Any]:

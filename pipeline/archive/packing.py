@@ -29,7 +29,7 @@ class Packer:
     def add(self, video: Video) -> None:
         """Add a finished video to the open pack; commit the pack once it holds N MB of payload."""
         self.open.append(video.job.video_key)
-        self.bytes += sum(int(m.get("payload_bytes") or 0) for m in video.metas.values())
+        self.bytes += sum(result.payload_bytes for result in video.metas.values())
         pack_mb = self.ctx.cfg.pack_mb or 0
         if self.bytes >= pack_mb * 1e6 or len(self.open) >= MAX_PACK_MEMBERS:
             self.commit()

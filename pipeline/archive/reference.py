@@ -44,6 +44,7 @@ import numpy as np
 
 from codec.registry import CLASSIC_CODECS
 from pipeline.archive import accounting
+from pipeline.archive.gop_result import GopResult
 from pipeline.archive.plan import GopSpan
 from pipeline.archive.video_writer import gop_identity
 from pipeline.keys import shard_of
@@ -286,16 +287,16 @@ class References:
             video.job.video_key, eligible, cfg.reference_fraction, cfg.reference_seed
         )
 
-    def on_encoded(self, video: Video, task: GopTask, meta: dict[str, Any]) -> None:
+    def on_encoded(self, video: Video, task: GopTask, result: GopResult) -> None:
         """A GOP is coded: if it is sampled, start (or queue) its reference at the GOP's own score."""
         key = video.job.video_key
         if not self.enabled or task.span.index not in self.planned.get(key, ()):
             return
         if task.span.index in self.inputs.get(key, {}):
             return  # coded again (payloads lost with a node): its reference is already under way
-        row = self._row(video, task, meta)
+        row = self._row(video, task, result)
         if row["archive_score"] is None:
-            note = meta.get("metrics_note") or "not measured"
+            note = result.metrics_note or "not measured"
             row = dict(row, status="unmeasured", error=f"archive {self.metric}: {note}")
         self.inputs.setdefault(key, {})[task.span.index] = (task.span, row)
         self._start_gop(key, task.span, row, task.frames_ref)
@@ -422,12 +423,12 @@ class References:
         }
 
     # ---- internals -------------------------------------------------------------------------------
-    def _row(self, video: Video, task: GopTask, meta: dict[str, Any]) -> dict[str, Any]:
-        score = meta.get(self.metric)
+    def _row(self, video: Video, task: GopTask, result: GopResult) -> dict[str, Any]:
+        score = result.metric(self.metric)
         return {
             **gop_identity(video.job, task.span),
-            "archive_codec": video.job.header["codec"],
-            "archive_bytes": meta["payload_bytes"],
+            "archive_codec": video.job.header.codec,
+            "archive_bytes": result.payload_bytes,
             "metric": self.metric,
             "metric_note": self.note,
             "archive_score": None if score is None or not math.isfinite(score) else float(score),

@@ -30,6 +30,7 @@ from pipeline.archive.decodes import GopDecodes
 from pipeline.archive.errors import one_line
 from pipeline.archive.failures import FailureLog
 from pipeline.archive.fallback import FloorKeeper
+from pipeline.archive.gop_result import GopResult
 from pipeline.archive.lease_keeper import ELSEWHERE, UNREACHABLE, LeaseKeeper
 from pipeline.archive.leases import Leases
 from pipeline.archive.packing import Packer
@@ -271,7 +272,7 @@ class Scheduler:
         if video.fallback:
             goal = None  # the fallback codes at its rate target (`floor.fallback_target`)
         meta_ref, payload_ref = actor.encode.options(num_returns=2).remote(
-            task.frames_ref, video.target, header["fps_num"], header["fps_den"], task.span.index, label, goal,
+            task.frames_ref, video.target, header.fps_num, header.fps_den, task.span.index, label, goal,
             task.decode_seconds_ref, self.expensive_metrics_on(video, task.span.index),
         )  # fmt: skip
         self.encoding[meta_ref] = (task, idx, actor, payload_ref)
@@ -329,7 +330,7 @@ class Scheduler:
         if video.failed and video.in_flight == 0:
             self.book.videos.pop(task.video_key, None)
         try:
-            meta = self.ray.get(ref)
+            result: GopResult = self.ray.get(ref)
         except self.ray.exceptions.RayActorError:
             self.replace_actor(idx, actor, pool)
             if video.failed:
@@ -345,17 +346,17 @@ class Scheduler:
             return
         if video.failed:
             return
-        if "error" in meta:
-            self.fail_video(video, meta["error"])
+        if result.error is not None:
+            self.fail_video(video, result.error)
             return
         if video.search is not None and not video.fallback:
-            meta["params"] = {**meta["params"], "quality_search": video.search}
-        elif not meta["params"].get("quality_search", {}).get("reached", True):
-            note = meta["params"]["quality_search"]["note"]
+            result = dataclasses.replace(result, params={**result.params, "quality_search": video.search})
+        elif not result.params.get("quality_search", {}).get("reached", True):
+            note = result.params["quality_search"]["note"]
             self.searches.missed(video.job.video_key, note, gop_index=task.span.index)
-        video.metas[task.span.index] = meta
+        video.metas[task.span.index] = result
         video.payloads[task.span.index] = payload_ref
-        self.references.on_encoded(video, task, meta)
+        self.references.on_encoded(video, task, result)
         self.counters.gops_done += 1
         self.counters.frames_done += task.span.frame_count
         if len(video.metas) == len(video.job.spans):

@@ -74,7 +74,7 @@ class QualitySearches:
             refs.append(video.sample_refs[span.index][0])
         idx, actor = ctx.pool.pick()
         ref = actor.search_quality.remote(
-            self.cfg.quality_goal, header["fps_num"], header["fps_den"], video.job.source_uri, *refs
+            self.cfg.quality_goal, header.fps_num, header.fps_den, video.job.source_uri, *refs
         )
         self.running[ref] = (key, idx, actor)
         ctx.display.log(f"{video.job.source_uri}: searching the setting for {self._goal_text()}")
@@ -141,7 +141,7 @@ class QualitySearches:
         record = outcome["record"]
         video.target = RateTarget("quality", float(outcome["knob"]))
         video.search = record
-        video.job = dataclasses.replace(video.job, header=dict(video.job.header, quality_search=record))
+        video.job = dataclasses.replace(video.job, header=video.job.header.updated(quality_search=record))
         if not record["reached"]:
             self.missed(video.job.video_key, record["note"])
             self.ctx.display.log(f"{video.job.source_uri}: {record['note']}")

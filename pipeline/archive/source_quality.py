@@ -19,11 +19,12 @@ Every GOP left null says why in `metrics_note` ("source_psnr: ...").
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from typing import Any
 
 import numpy as np
 
+from pipeline.archive.gop_result import GopResult
 from pipeline.archive.video_writer import VideoJob
 
 
@@ -37,7 +38,7 @@ def sampled_gops(video_key: str, gops: int, fraction: float) -> list[int]:
     return sorted(ranked[:count])
 
 
-def measure(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -> list[dict[str, Any]]:
+def measure(job: VideoJob, metas: list[GopResult], payloads: list[bytes]) -> list[GopResult]:
     """`metas` with `source_psnr` on the sampled GOPs (and a note on every GOP left null)."""
     check = job.source_check or {}
     fraction = float(check.get("fraction") or 0)
@@ -51,13 +52,14 @@ def measure(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -
             reason = str(exc)
     out = []
     for i, meta in enumerate(metas):
-        meta = dict(meta)
         if i in values:
-            meta["source_psnr"] = values[i]
+            meta = dataclasses.replace(meta, source_psnr=values[i])
         else:
             why = reason or f"GOP not in the source sample (--source-fraction {fraction:g})"
-            note = meta.get("metrics_note")
-            meta["metrics_note"] = f"{note}; source_psnr: {why}" if note else f"source_psnr: {why}"
+            note = meta.metrics_note
+            meta = dataclasses.replace(
+                meta, metrics_note=f"{note}; source_psnr: {why}" if note else f"source_psnr: {why}"
+            )
         out.append(meta)
     return out
 
@@ -84,16 +86,16 @@ def _measure(job: VideoJob, chosen: list[int], payloads: list[bytes], model: str
         raise _Unavailable(f"the original source cannot be read ({exc})") from None
     except Exception as exc:  # frozen, denied, unreachable
         raise _Unavailable(describe(exc, uri)) from None
-    expected = header.get("source_sha256")
+    expected = header.source_sha256
     if not expected:
         raise _Unavailable("the parent recorded no source sha256, so the source cannot be confirmed")
     if info.source_sha256 != expected:
         raise _Unavailable(f"the original source {uri} changed since it was archived (sha256 differs)")
-    if info.frame_count != int(header["frame_count"]):
+    if info.frame_count != header.frame_count:
         raise _Unavailable(
-            f"the original source has {info.frame_count} frames, the archive {header['frame_count']}"
+            f"the original source has {info.frame_count} frames, the archive {header.frame_count}"
         )
-    width, height = int(header["width"]), int(header["height"])
+    width, height = header.width, header.height
     decoder = decoder_for(header, model=model, device="cpu")
     values = {}
     for i in chosen:

@@ -9,6 +9,7 @@ from typing import Any
 from pipeline import sources
 from pipeline.archive import accounting, discovery
 from pipeline.archive.config import ArchiveConfig
+from pipeline.archive.gop_result import GopResult
 from pipeline.archive.pack_writer import commit_pack
 from pipeline.archive.plan import GopSpan
 from pipeline.archive.video_writer import VideoJob, commit_video
@@ -85,7 +86,7 @@ def warm_up_task_workers(cfg: ArchiveConfig) -> list[Any]:
     return [task.remote() for _ in range(max(1, min(cpus, 8)))]
 
 
-def _commit_remote(job: VideoJob, metas: list[dict[str, Any]], *payloads: bytes) -> dict[str, Any]:
+def _commit_remote(job: VideoJob, metas: list[GopResult], *payloads: bytes) -> dict[str, Any]:
     if job.source_check is not None:  # a migration: PSNR against the original source first
         from pipeline.archive.source_quality import measure
 
@@ -96,7 +97,7 @@ def _commit_remote(job: VideoJob, metas: list[dict[str, Any]], *payloads: bytes)
 def _commit_pack_remote(
     pack_id: str,
     jobs: list[VideoJob],
-    metas: list[list[dict[str, Any]]],
+    metas: list[list[GopResult]],
     had_failed: list[bool],
     *payloads: bytes,
 ) -> dict[str, Any]:

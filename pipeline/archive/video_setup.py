@@ -14,6 +14,7 @@ from pipeline.archive import discovery
 from pipeline.archive.plan import plan_gops
 from pipeline.archive.run_context import RunContext
 from pipeline.archive.video_writer import VideoJob
+from pipeline.container_header import ContainerHeader
 
 
 class JobBuilder:
@@ -33,7 +34,7 @@ class JobBuilder:
             return f"{entry.uri}: {gop_frames}"
         spans = tuple(plan_gops(info.frame_count, gop_frames, info.frame_pts, info.keyframe_pts))
         identity = ctx.identity
-        header = dict(
+        fields = dict(
             info.header_fields(),
             **{k: identity.get(k) for k in ("codec", "codec_version", "model_id", "model_sha256")},
             decoder_options=identity.get("decoder_options") or {},
@@ -47,18 +48,19 @@ class JobBuilder:
             **precision(identity, info),
         )
         if entry.metadata:
-            header["source_metadata"] = dict(entry.metadata)
+            fields["source_metadata"] = dict(entry.metadata)
         if outcome.lineage is not None:  # a migration: what is known of the source, and the parent
-            header.update(outcome.inherited or {}, lineage=outcome.lineage)
+            fields.update(outcome.inherited or {}, lineage=outcome.lineage)
         if cfg.quality_goal is not None:
-            header["quality_goal"] = cfg.quality_goal.as_record()
+            fields["quality_goal"] = cfg.quality_goal.as_record()
         if self.floor_record is not None:
-            header["quality_floor"] = self.floor_record
-        if header.get("source_note"):
+            fields["quality_floor"] = self.floor_record
+        header = ContainerHeader.from_dict(fields)
+        if header.source_note:
             ctx.tally.warning(
-                {"video_key": entry.key, "source_uri": entry.uri, "warning": header["source_note"]}
+                {"video_key": entry.key, "source_uri": entry.uri, "warning": header.source_note}
             )
-            ctx.display.log(f"warning: {entry.uri}: {header['source_note']}")
+            ctx.display.log(f"warning: {entry.uri}: {header.source_note}")
         return VideoJob(
             video_key=entry.key,
             source_uri=entry.uri,

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 from codec.base import RateTarget
+from pipeline.archive.gop_result import GopResult
 from pipeline.archive.plan import GopSpan
 from pipeline.archive.video_writer import VideoJob
 
@@ -23,7 +24,7 @@ class Video:
     search_attempts: int = 0
     #: gop index -> (decoded frames, decode CPU-seconds) refs of the quality search's sample GOPs
     sample_refs: dict[int, Any] = dataclasses.field(default_factory=dict)
-    metas: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    metas: dict[int, GopResult] = dataclasses.field(default_factory=dict)  # gop index -> its result
     payloads: dict[int, Any] = dataclasses.field(default_factory=dict)  # gop index -> ObjectRef[bytes]
     in_flight: int = 0
     failed: bool = False

@@ -20,6 +20,7 @@ import numpy as np
 from pipeline import sources
 from pipeline.archive import accounting
 from pipeline.archive.floor import floor_columns
+from pipeline.archive.gop_result import GopResult
 from pipeline.archive.plan import GopSpan
 from pipeline.archived_source import ParentRef
 from pipeline.container import (
@@ -29,9 +30,9 @@ from pipeline.container import (
     read_index,
     write_container,
 )
+from pipeline.container_header import ContainerHeader
 from pipeline.locate import write_index_entries
 from pipeline.manifest import parquet_bytes
-from pipeline.metrics import METRIC_COLUMNS
 from pipeline.runinfo import (
     container_path,
     finite,
@@ -70,7 +71,7 @@ class VideoJob:
     out: str
     run_id: str
     endpoint_url: str | None
-    header: dict[str, Any]  # geometry, rate, colour, rotation, codec identity, target
+    header: ContainerHeader  # geometry, rate, colour, rotation, codec identity, target
     spans: tuple[GopSpan, ...]
     has_audio: bool
     #: caption / license / split from an input list: copied into every row of the video.
@@ -87,7 +88,7 @@ class VideoJob:
     source_check: dict[str, Any] | None = None
 
 
-def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[bytes]) -> dict[str, Any]:
+def commit_video(job: VideoJob, metas: list[GopResult], payloads: list[bytes]) -> dict[str, Any]:
     """Write the video's container, manifest part and done marker; returns the per-GOP stats."""
     started = time.perf_counter()
     fs, out_root = filesystem(job.out, endpoint_url=job.endpoint_url)
@@ -116,7 +117,7 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
         "archive_bytes": size,
         **object_fields(stored),
         "gops": len(rows),
-        "frames": int(header["frame_count"]),
+        "frames": header.frame_count,
         "completed_at": utc_now().isoformat(),
     }
     write_json(fs, marker_path(out_root, "done", job.video_key), marker)
@@ -126,7 +127,7 @@ def commit_video(job: VideoJob, metas: list[dict[str, Any]], payloads: list[byte
 
 def container_inputs(
     job: VideoJob, payloads: list[bytes]
-) -> tuple[dict[str, Any], list[tuple[int, int, bytes]], list[tuple[str, bytes, dict[str, Any]]]]:
+) -> tuple[ContainerHeader, list[tuple[int, int, bytes]], list[tuple[str, bytes, dict[str, Any]]]]:
     """(header, GOPs, attachments) of the video's container: the audio copied from the source, the
     timestamps of a variable-rate source."""
     attachments = []
@@ -140,19 +141,21 @@ def container_inputs(
         if audio is not None:
             attachments.append((AUDIO_ATTACHMENT, audio[0], audio[1]))
     pts = [t for span in job.spans for t in (span.pts or ())]
-    if job.header.get("vfr") and len(pts) == int(job.header["frame_count"]):
-        info = {"time_base": job.header.get("time_base"), "dtype": "<i8", "count": len(pts)}
+    if job.header.vfr and len(pts) == job.header.frame_count:
+        info = {"time_base": job.header.time_base, "dtype": "<i8", "count": len(pts)}
         attachments.append((TIMESTAMPS_ATTACHMENT, np.asarray(pts, dtype="<i8").tobytes(), info))
-    # finite: a NaN (a quality search's score) would make a header the reader refuses; null instead
-    header = finite(dict(job.header, created_at=utc_now().isoformat()))  # source_sha256: from the probe
-    header.setdefault("decoder_options", {})  # what `codec.registry.decoder_for` rebuilds the decoder with
+    # finite: a NaN (a quality search's score) would make a header the reader refuses; null instead.
+    # (source_sha256 is the probe's.)
+    fields = finite(dict(job.header.to_dict(), created_at=utc_now().isoformat()))
+    fields.setdefault("decoder_options", {})  # what `codec.registry.decoder_for` rebuilds the decoder with
+    header = ContainerHeader.from_dict(fields)
     gops = [(s.first_frame, s.frame_count, p) for s, p in zip(job.spans, payloads, strict=True)]
     return header, gops, attachments
 
 
 def video_rows(
     job: VideoJob,
-    metas: list[dict[str, Any]],
+    metas: list[GopResult],
     entries: list[Any],
     archive_uri: str,
     commit_seconds: float,
@@ -177,7 +180,7 @@ def video_rows(
         dict(
             _ok_row(job, span, meta, dataclasses.replace(entry, offset=entry.offset + shift), archive_uri),
             **placed,
-            **accounting.row_columns(meta.get("compute", {}), per_video, span.frame_count / frames_total),
+            **accounting.row_columns(meta.compute, per_video, span.frame_count / frames_total),
         )
         for span, meta, entry in zip(job.spans, metas, entries, strict=True)
     ]
@@ -251,48 +254,45 @@ def gop_identity(job: VideoJob, span: GopSpan) -> dict[str, Any]:
         "gop_index": span.index,
         "first_frame": span.first_frame,
         "frame_count": span.frame_count,
-        "width": header["width"],
-        "height": header["height"],
-        "fps": header["fps_num"] / header["fps_den"],
-        "fps_num": header["fps_num"],
-        "fps_den": header["fps_den"],
-        "target_kind": header["target"]["kind"],
-        "target_value": header["target"]["value"],
+        "width": header.width,
+        "height": header.height,
+        "fps": header.fps_num / header.fps_den,
+        "fps_num": header.fps_num,
+        "fps_den": header.fps_den,
+        "target_kind": header.target["kind"],
+        "target_value": header.target["value"],
     }
 
 
-def _ok_row(
-    job: VideoJob, span: GopSpan, meta: dict[str, Any], entry: Any, archive_uri: str
-) -> dict[str, Any]:
+def _ok_row(job: VideoJob, span: GopSpan, meta: GopResult, entry: Any, archive_uri: str) -> dict[str, Any]:
     header = job.header
-    quality = {k: meta.get(k) for k in _QUALITY_COLUMNS if k in meta}
     return {
         **gop_identity(job, span),
         "source_bytes": job.source_bytes,
-        "codec": header["codec"],
-        "codec_version": header["codec_version"],
-        "model_id": header.get("model_id"),
-        "model_sha256": header.get("model_sha256"),
-        "payload_bytes": meta["payload_bytes"],
-        "bpp": meta["bpp"],
-        "kbps": meta["kbps"],
-        "encode_seconds": meta["encode_seconds"],
-        "device": meta["device"],
-        "codec_params": json_text(meta.get("params", {}), sort_keys=True),
-        "target_reached": rate_target_reached(header["target"]["kind"], meta.get("params", {})),
+        "codec": header.codec,
+        "codec_version": header.codec_version,
+        "model_id": header.model_id,
+        "model_sha256": header.model_sha256,
+        "payload_bytes": meta.payload_bytes,
+        "bpp": meta.bpp,
+        "kbps": meta.kbps,
+        "encode_seconds": meta.encode_seconds,
+        "device": meta.device,
+        "codec_params": json_text(meta.params, sort_keys=True),
+        "target_reached": rate_target_reached(header.target["kind"], meta.params),
         "archive_uri": archive_uri,
         "offset": entry.offset,
         "length": entry.length,
         "crc32c": entry.crc32c,
-        "recon_sha256": meta.get("recon_sha256"),
-        "exact_sha256": meta.get("exact_sha256"),
-        "fingerprint": meta.get("fingerprint"),
+        "recon_sha256": meta.recon_sha256,
+        "exact_sha256": meta.exact_sha256,
+        "fingerprint": meta.fingerprint,
         "status": "ok",
         "error": None,
         "created_at": utc_now(),
-        **{column: header.get(column) for column in _SOURCE_COLUMNS},
+        **{column: getattr(header, column) for column in _SOURCE_COLUMNS},
         **floor_columns(header),
-        **quality,
+        **meta.quality_columns(),
         **{k: v for k, v in (job.metadata or {}).items() if k in SOURCE_METADATA_COLUMNS},
     }
 
@@ -305,9 +305,6 @@ _SOURCE_COLUMNS = (
     "source_frames_declared",
     "source_note",
 )
-
-
-_QUALITY_COLUMNS = (*METRIC_COLUMNS, "metrics_note", "source_psnr")
 
 
 def rate_target_reached(kind: str, params: dict[str, Any]) -> bool | None:

@@ -27,6 +27,7 @@ import numpy as np
 from codec.base import Codec
 from codec.errors import CodecError
 from pipeline.container import ContainerError, GopEntry
+from pipeline.container_header import ContainerHeader
 from pipeline.dataset.plan import ClipSpec, DatasetError, GopRef, ObjectPlan
 from pipeline.reader import ArchiveReader, decode_payload, decoder_key, header_decoder
 from pipeline.storage import redact
@@ -44,7 +45,7 @@ class GopPayload:
     video_key: str
     gop: GopRef
     entry: GopEntry
-    header: dict[str, Any]
+    header: ContainerHeader
     payload: bytes
     bytes_read: int  # this GOP's ranged read, plus the index read if this GOP triggered it
 
@@ -58,7 +59,7 @@ class GopPayload:
             "_video_key": self.video_key,
             "_gop": json.dumps(gop),
             "_entry": json.dumps(dataclasses.asdict(self.entry)),
-            "_header": json.dumps(self.header, default=str),
+            "_header": self.header.to_json().decode(),
             "_payload": self.payload,
             "_bytes_read": self.bytes_read,
         }
@@ -71,7 +72,7 @@ class GopPayload:
             video_key=row["_video_key"],
             gop=gop,
             entry=GopEntry(**json.loads(row["_entry"])),
-            header=json.loads(row["_header"]),
+            header=ContainerHeader.from_dict(json.loads(row["_header"])),
             payload=bytes(row["_payload"]),
             bytes_read=int(row["_bytes_read"]),
         )
@@ -108,7 +109,7 @@ class ClipReader:
         finally:
             self._readers.pop((obj.archive_uri, obj.member), None)  # done with this object
 
-    def header(self, uri: str, member: tuple[int, int] | None = None) -> dict[str, Any]:
+    def header(self, uri: str, member: tuple[int, int] | None = None) -> ContainerHeader:
         """An object's container header (its index is read on first use and kept); `member`: a packed
         video's range in its pack."""
         reader = self._reader(uri, member)
@@ -194,7 +195,7 @@ class ClipReader:
             rows.append(row)
         return rows
 
-    def decoder(self, header: dict[str, Any], uri: str) -> Codec:
+    def decoder(self, header: ContainerHeader, uri: str) -> Codec:
         """The decoder `header` asks for, built once per process (per model and device) and reused."""
         key = (*decoder_key(header), self.model, self.device)
         decoder = _DECODERS.pop(key, None)
@@ -215,8 +216,7 @@ class ClipReader:
                 f"{fetched.archive_uri}: {decoder.name} archives hold no latents (only GLVC's entropy "
                 "decode yields tokenizer latents); read frames instead"
             )
-        header = fetched.header
-        width, height = int(header["width"]), int(header["height"])
+        width, height = fetched.header.width, fetched.header.height
         try:
             coded = decode_latents(fetched.payload, fetched.entry.frame_count, width, height)
         except CodecError as exc:

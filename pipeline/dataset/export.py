@@ -184,7 +184,7 @@ def _export_mp4(
 
 def _video_frames(reader: ClipReader, obj: ObjectPlan) -> int:
     """The video's frame count from its container header (one small ranged read)."""
-    return int(reader.header(obj.archive_uri, obj.member)["frame_count"])
+    return reader.header(obj.archive_uri, obj.member).frame_count
 
 
 def _contiguous_runs(obj: ObjectPlan) -> list[list[Any]]:
@@ -206,7 +206,7 @@ def _export_webdataset(
     with _ShardWriter(fs, root, clips_per_shard, written) as shards:
         for obj in plan.objects:
             for fetched in reader.read_object(obj):
-                fps = Fraction(int(fetched.header["fps_num"]), int(fetched.header["fps_den"]))
+                fps = Fraction(int(fetched.header.fps_num), int(fetched.header.fps_den))
                 for row in reader.clips(fetched):
                     shards.add(row, fps)
     return ExportResult(list(written), clips=shards.count, gops=plan.gop_count, bytes_read=reader.bytes_read)

@@ -139,7 +139,7 @@ def decode_all(path: Path, codec: str) -> tuple[list[dict[str, str]], np.ndarray
     for entry in reader.index().gops:
         payload = reader.gop(entry.index)
         frames, exact = decoder.decode_with_digest(
-            payload, entry.frame_count, int(reader.header["width"]), int(reader.header["height"])
+            payload, entry.frame_count, reader.header.width, reader.header.height
         )
         out.append({"frames_sha256": frames_sha256(frames), "exact_sha256": exact})
         decoded.append(frames)
