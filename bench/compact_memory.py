@@ -37,7 +37,7 @@ def build(template: str, videos: int, gops: int, fast: bool, start: int = 0) -> 
     import numpy as np
 
     from bench.scale_compact import _part
-    from pipeline.runinfo import manifest_path, marker_path
+    from pipeline.format.runinfo import manifest_path, marker_path
 
     root = str(Path(template).resolve())
     for folder in ("manifest", "markers/done"):
@@ -62,8 +62,13 @@ def _fast_parts(gops: int, rng):
     import pyarrow.parquet as pq
 
     from bench.scale_compact import _part
-    from pipeline.manifest import COLUMN_CHECKSUMS_KEY, WRITE_OPTIONS, column_checksum, statistics_columns
-    from pipeline.schema import MANIFEST_SCHEMA
+    from pipeline.format.schema import MANIFEST_SCHEMA
+    from pipeline.read.manifest import (
+        COLUMN_CHECKSUMS_KEY,
+        WRITE_OPTIONS,
+        column_checksum,
+        statistics_columns,
+    )
 
     base = pq.read_table(io.BytesIO(_part("clip-base", gops, rng)))
     names_crc, _, listed = base.schema.metadata[COLUMN_CHECKSUMS_KEY.encode()].decode().partition(";")
@@ -100,7 +105,7 @@ def child(out: str, trace: bool) -> None:
         import tracemalloc
 
         tracemalloc.start(8)
-    from pipeline.compact import compact
+    from pipeline.tools.compact import compact
 
     started, cpu = time.perf_counter(), _cpu_seconds()
     report = compact(out)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from codec.base import RateTarget
 from codec.registry import create_codec
-from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
 
 def build_archive(out: Path, args: argparse.Namespace) -> tuple[int, int]:
@@ -35,7 +35,7 @@ def build_archive(out: Path, args: argparse.Namespace) -> tuple[int, int]:
     from pipeline.archive.gop_result import GopResult
     from pipeline.archive.plan import plan_gops
     from pipeline.archive.video_writer import VideoJob, commit_video
-    from pipeline.container_header import ContainerHeader
+    from pipeline.format.container_header import ContainerHeader
 
     codec = create_codec("glvc", model=args.model, device=args.device)
     fps, gops, payload_bytes = Fraction(24), 0, 0

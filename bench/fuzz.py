@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from codec.errors import CodecError
-from pipeline.container import (
+from pipeline.format.container import (
     AUDIO_ATTACHMENT,
     GOP_RECORD,
     TIMESTAMPS_ATTACHMENT,
@@ -154,8 +154,8 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
 # ---- the container ----------------------------------------------------------------------------------
 def sample_container() -> bytes:
     """A valid object: three GOPs, audio and VFR timestamps, a header with nested records."""
-    from pipeline.container import write_container
-    from pipeline.container_header import ContainerHeader
+    from pipeline.format.container import write_container
+    from pipeline.format.container_header import ContainerHeader
 
     header = {
         "codec": "x264", "codec_version": "1", "width": 64, "height": 48, "frame_count": 10,
@@ -254,7 +254,7 @@ def _forged_counts(
 
 def parse_container(data: bytes) -> None:
     """Everything a reader does with an object: index, preamble, every GOP and attachment."""
-    from pipeline.reader import ArchiveReader
+    from pipeline.read.reader import ArchiveReader
 
     def read(offset: int, length: int) -> bytes:
         return data[offset : offset + length]
@@ -448,7 +448,7 @@ def tiny_gvc_model(root: Path) -> Path:
 def codec_targets(workdir: Path, names: set[str]) -> list[Target]:
     """Payload-parser and decoder targets; models and payloads built once here (random weights)."""
     from codec.base import RateTarget
-    from pipeline.synthetic import synthetic_clip
+    from pipeline.sources.synthetic import synthetic_clip
 
     fps = Fraction(24)
     targets: list[Target] = []

@@ -8,7 +8,7 @@ Variants (each a latent codec trained the same way on the same tokenizer; `Laten
 - no spatial context (`spatial_context=False`): the second checkerboard half uses the first half's
   means and scales.
 
-Every variant codes the same held-out clips (`pipeline.synthetic.EVAL_IMAGES`, 256×176×17, seed
+Every variant codes the same held-out clips (`pipeline.sources.synthetic.EVAL_IMAGES`, 256×176×17, seed
 500 + i as in `bench/glvc_rd.py`) at the same quality indices; the tokenizer encodes each clip once.
 Bits are the real entropy-coded bytes (plus nothing else: the GLVC header is the same for all), bpp =
 bits / (width·height·frames). Quality twice: latent PSNR = 10·log10(1 / latent MSE) on the normalised
@@ -35,7 +35,7 @@ import torch
 
 from pipeline.audit.bdrate import BdRateError, bd_rate
 from pipeline.metrics.fidelity import psnr_rgb
-from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
 
 def measure_variant(codec, tokenizer, clips: dict, latents: dict, q_indices: list[int]) -> list[dict]:

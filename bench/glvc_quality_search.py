@@ -19,7 +19,7 @@ import torch
 
 from codec.glvc.codec import GlvcCodec
 from pipeline.archive.quality_target import find_rate_for_quality
-from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
 
 def _timed_search(codec: GlvcCodec, clip, target: float, reuse: bool) -> tuple[float, int, float]:

@@ -1,6 +1,6 @@
 """Rate–distortion of GLVC against x264, x265 and SVT-AV1 at low rates, on content no model saw.
 
-Clips are synthesised from `pipeline.synthetic.EVAL_IMAGES` (held out from every training run). Each
+Clips are synthesised from `pipeline.sources.synthetic.EVAL_IMAGES` (held out from every training run). Each
 classic codec is driven to each target bpp by its own rate control; GLVC sweeps its quality index (its
 natural operating points) and also runs its rate control at the same targets. Achieved bpp comes from
 the real payload bytes (bits / (width·height·frames)); quality from the decoded frames: PSNR (RGB) and
@@ -28,7 +28,7 @@ from codec.registry import create_codec
 from pipeline.audit.bdrate import bd_rate
 from pipeline.metrics.fidelity import ms_ssim, psnr_rgb
 from pipeline.metrics.vmaf import vmaf
-from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
 FPS = Fraction(24)
 

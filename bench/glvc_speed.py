@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codec.entropy import EntropyEncoder, GaussianTables
 from codec.glvc.latent_codec import LATENT_STRIDE, LatentCodec, LatentCodecConfig
 from codec.glvc.tokenizer import Tokenizer, load_tokenizer
-from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
 
 def _timed(fn, device: torch.device, repeats: int):

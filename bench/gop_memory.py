@@ -46,7 +46,7 @@ def reset_peak() -> None:
 def make_frames(path: str, width: int, height: int, frames: int) -> None:
     import numpy as np
 
-    from pipeline.synthetic import synthetic_clip
+    from pipeline.sources.synthetic import synthetic_clip
 
     # no moving patches: they are cut from the 512-pixel photograph, too small for 1080p
     np.save(path, synthetic_clip("astronaut", frames, width, height, seed=0, objects=0))

@@ -1,6 +1,6 @@
 """Rate–distortion of GVC's three modes with the bundled model, against x265 and AV1 at the same rates.
 
-Clips are synthesised from `pipeline.synthetic.EVAL_IMAGES`, which the bundled models never saw. For
+Clips are synthesised from `pipeline.sources.synthetic.EVAL_IMAGES`, which the bundled models never saw. For
 every clip and target bpp, each codec encodes one GOP with its own rate control; the achieved bpp comes
 from the real payload bytes (bits / (width·height·frames)) and the quality from the decoded frames
 (PSNR over RGB; MS-SSIM where the frame is large enough). LPIPS/DISTS/VMAF are left to the archive
@@ -27,7 +27,7 @@ import torch
 from codec.base import RateTarget, bits_per_pixel
 from codec.registry import create_codec
 from pipeline.metrics.fidelity import ms_ssim, psnr_rgb
-from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
 FPS = Fraction(24)
 

@@ -1,6 +1,6 @@
 """What reading the manifest part by part, with its checksums verified, costs against one dataset scan.
 
-`pipeline.manifest.ArchiveParts` parses every part on its own (so a damaged part costs only its own
+`pipeline.read.manifest.ArchiveParts` parses every part on its own (so a damaged part costs only its own
 video) and verifies page checksums and the content checksum; a pyarrow dataset scan reads the same
 parts in one multithreaded pass but stops at the first damaged part. Both read the same local parts,
 alternately, twice each; the best of each is printed with their ratio.
@@ -21,8 +21,8 @@ COLUMNS = ["video_key", "source_uri", "status", "codec", "frame_count", "payload
 
 
 def write_parts(root: Path, parts: int, rows: int) -> None:
-    from pipeline.manifest import parquet_bytes
-    from pipeline.schema import MANIFEST_SCHEMA
+    from pipeline.format.schema import MANIFEST_SCHEMA
+    from pipeline.read.manifest import parquet_bytes
 
     folder = root / "manifest"
     folder.mkdir(parents=True)
@@ -43,7 +43,7 @@ def _row(key: str, gop: int, created: dt.datetime) -> dict:
 
 
 def per_part(root: Path) -> int:
-    from pipeline.manifest import ArchiveParts
+    from pipeline.read.manifest import ArchiveParts
 
     return ArchiveParts(str(root)).read(COLUMNS).num_rows
 
@@ -51,7 +51,7 @@ def per_part(root: Path) -> int:
 def one_scan(root: Path) -> int:
     import pyarrow.dataset as ds
 
-    from pipeline.schema import MANIFEST_SCHEMA
+    from pipeline.format.schema import MANIFEST_SCHEMA
 
     files = sorted(str(p) for p in (root / "manifest").glob("*.parquet"))
     return ds.dataset(files, schema=MANIFEST_SCHEMA, format="parquet").to_table(columns=COLUMNS).num_rows

@@ -1,6 +1,6 @@
 """What merging small compacted files buys readers: an archive compacted after each of R runs (one
 small compacted file per run, as a long-lived archive gets), read whole by `ls` and `audit` before and
-after `vidarc compact` merges the files (`pipeline/compact_merge.py`). A benchmark, not a test.
+after `vidarc compact` merges the files (`pipeline/tools/compact_merge.py`). A benchmark, not a test.
 
     nice -n 19 python -m bench.merge_compacted --videos 20000 --runs 200 [--s3]
 
@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 
 from pipeline.audit.summary import audit_archive
 from pipeline.audit.videos import list_archive
-from pipeline.compact import compact
-from pipeline.runinfo import manifest_path, marker_path, write_json
-from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
-from pipeline.storage import filesystem, write_bytes
+from pipeline.format.runinfo import manifest_path, marker_path, write_json
+from pipeline.format.schema import MANIFEST_SCHEMA, rows_to_table
+from pipeline.store.storage import filesystem, write_bytes
+from pipeline.tools.compact import compact
 
 
 def _part(key: str, gops: int) -> bytes:

@@ -70,7 +70,7 @@ def main() -> None:
     from pipeline.metrics.fidelity import pixel_metrics
     from pipeline.metrics.msssim_cpu import ms_ssim_gop
     from pipeline.metrics.vmaf import vmaf
-    from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+    from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
     n = args.frames
     source = synthetic_clip(EVAL_IMAGES[0], n, width, height, seed=0)

@@ -1,6 +1,6 @@
 """What the classic reference costs, and whether its sample tells the truth about the whole archive.
 
-The same held-out clips (`pipeline.synthetic.EVAL_IMAGES`, several camera paths each) are archived
+The same held-out clips (`pipeline.sources.synthetic.EVAL_IMAGES`, several camera paths each) are archived
 three times through the real pipeline on a local Ray cluster, side by side in one run:
 
 1. without a reference (the baseline wall time and compute);
@@ -65,7 +65,7 @@ def main() -> None:
 
     from pipeline.audit.costs import cost_report
     from pipeline.audit.prices import load_prices
-    from pipeline.synthetic import EVAL_IMAGES, synthetic_clip, write_video
+    from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip, write_video
 
     work = Path(tempfile.mkdtemp(prefix="vidarc-reference-bench-"))
     src = work / "src"

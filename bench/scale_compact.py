@@ -8,9 +8,9 @@ Usage (repository root):
 
 Writes a synthetic manifest (no videos): `--videos` parts of `--gops` rows each, with the columns an
 archive run fills (rates, PSNR/MS-SSIM, compute seconds; seeded values), written as an archive run writes
-them (`pipeline.manifest.parquet_bytes`: page and column checksums), and a done marker per video.
-Then times `audit_archive` and `list_archive` over it, compacts it (`pipeline.compact`, timed), and times
-them again, checking that both see the same rows (counts and totals) before and after.
+them (`pipeline.read.manifest.parquet_bytes`: page and column checksums), and a done marker per video.
+Then times `audit_archive` and `list_archive` over it, compacts it (`pipeline.tools.compact`, timed), and
+times them again, checking that both see the same rows (counts and totals) before and after.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _part(key: str, gops: int, rng: np.random.Generator) -> bytes:
-    from pipeline.manifest import parquet_bytes
-    from pipeline.schema import MANIFEST_SCHEMA
+    from pipeline.format.schema import MANIFEST_SCHEMA
+    from pipeline.read.manifest import parquet_bytes
 
     rows = []
     for i in range(gops):
@@ -52,8 +52,8 @@ def _part(key: str, gops: int, rng: np.random.Generator) -> bytes:
 
 
 def build(out: str, endpoint_url: str | None, videos: int, gops: int) -> None:
-    from pipeline.runinfo import manifest_path, marker_path
-    from pipeline.storage import filesystem, write_bytes
+    from pipeline.format.runinfo import manifest_path, marker_path
+    from pipeline.store.storage import filesystem, write_bytes
 
     fs, root = filesystem(out, endpoint_url=endpoint_url)
     rng = np.random.default_rng(0)
@@ -70,7 +70,7 @@ def build(out: str, endpoint_url: str | None, videos: int, gops: int) -> None:
 
 def timed(out: str, endpoint_url: str | None) -> dict:
     from pipeline.audit.summary import audit_archive
-    from pipeline.inspect import list_archive
+    from pipeline.read.inspect import list_archive
 
     started = time.perf_counter()
     result = audit_archive(out, endpoint_url=endpoint_url)
@@ -123,7 +123,7 @@ def main() -> None:
     print(f"wrote {args.videos} parts of {args.gops} rows in {time.perf_counter() - started:.1f} s to {out}")
     before = timed(out, endpoint)
     print(f"before: {json.dumps(before)}")
-    from pipeline.compact import compact
+    from pipeline.tools.compact import compact
 
     report = compact(out, endpoint_url=endpoint)
     print(f"compact: {report.line()}")

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fsspec
 from s3fs import S3FileSystem
 
-from pipeline.keys import video_key
+from pipeline.format.keys import video_key
 
 BUCKET = "bench"
 PER_FOLDER = 1000

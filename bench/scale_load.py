@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def make_videos(folder: Path, count: int) -> None:
     """`count` distinct 32×32, 8-frame x264 videos (a moving gradient, one phase per video)."""
-    from pipeline.synthetic import write_video
+    from pipeline.sources.synthetic import write_video
 
     folder.mkdir(parents=True, exist_ok=True)
     y, x = np.mgrid[0:32, 0:32]

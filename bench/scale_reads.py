@@ -8,7 +8,7 @@ process (a benchmark, not a timed test: it is not part of the pytest suite).
    (`vidarc archive SRC BASE --codec x264 --quality 30 --verify-fraction 0 --no-compact`), cached under
    WORK/base.
 2. For each N, synthetic archives of N videos replicated from it (new keys, sources, manifest parts with
-   valid checksums, done markers, index entries where `pipeline.locate` exists; objects hard-linked
+   valid checksums, done markers, index entries where `pipeline.read.locate` exists; objects hard-linked
    locally, server-side copies on S3), in two layouts: `parts` (one manifest part per video, as
    `archive` leaves them without compaction) and `compacted` (the parts layout, compacted by the real
    `vidarc compact`, itself measured). Builds stream, resume and skip what exists; a finished archive

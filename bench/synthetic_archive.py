@@ -2,15 +2,15 @@
 
 The base archive is real: a few tiny videos written with PyAV and archived by the real CLI
 (`python -m jobs.cli archive SRC BASE --codec x264 ...`). Synthetic video i is base video i % B under a
-new name: a new `video_key` (same shape, `<slug>-<12 hex>`, from `pipeline.keys.video_key` of a made-up
+new name: a new `video_key` (same shape, `<slug>-<12 hex>`, from `pipeline.format.keys.video_key` of a made-up
 source URI, so deterministic in i) and `source_uri`, and everything that names it rewritten:
 
 - `videos/<key>.vdrc`: a hard link to the base object (local; a fresh copy of the base object is made
   when a file reaches the file system's link limit) or a server-side copy (S3: CopyObject);
 - `manifest/part-<key>.parquet`: the base video's rows with `video_key`, `source_uri` and `archive_uri`
-  replaced (every other string value naming the base key too), written by `pipeline.manifest.parquet_bytes`
-  so page and column checksums are valid;
-- `index/...`: whatever `pipeline.locate.write_index_entries` writes, when that module exists;
+  replaced (every other string value naming the base key too), written by
+  `pipeline.read.manifest.parquet_bytes` so page and column checksums are valid;
+- `index/...`: whatever `pipeline.read.locate.write_index_entries` writes, when that module exists;
 - `markers/done/<key>.json`: the base marker's fields with the names substituted, written last.
 
 Writing streams (bounded memory: one window of videos in flight, the done markers as a `KeySet` of 16
@@ -137,7 +137,7 @@ def make_base(work: Path, *, videos: int = BASE_VIDEOS, rebuild: bool = False) -
 
 def _write_sources(folder: Path, videos: int) -> None:
     """`videos` tiny real videos (camera moves over different photographs), every fourth with audio."""
-    from pipeline.synthetic import synthetic_clip, write_video
+    from pipeline.sources.synthetic import synthetic_clip, write_video
 
     width, height = BASE_SIZE
     for j in range(videos):
@@ -168,7 +168,7 @@ def load_base(out: Path) -> list[BaseVideo]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.schema import MANIFEST_SCHEMA
+    from pipeline.format.schema import MANIFEST_SCHEMA
 
     tables = []
     for path in sorted((out / "manifest").glob("*.parquet")):
@@ -210,7 +210,7 @@ def base_fingerprint(out: Path) -> str:
 def synthetic_name(base: BaseVideo, i: int) -> tuple[str, str]:
     """(video_key, source_uri) of synthetic video i: the base source's folder + `synthetic/<i//1000>/`
     + `<stem>-<i>.<ext>`; the key as the archive would derive it (same shape as every real key)."""
-    from pipeline.keys import video_key
+    from pipeline.format.keys import video_key
 
     folder, _, name = base.source_uri.rpartition("/")
     stem, dot, ext = name.rpartition(".")
@@ -268,7 +268,7 @@ class Replicator:
         threads: int = 1,
         base_objects: dict[str, str] | None = None,
     ) -> None:
-        from pipeline.storage import filesystem, is_local
+        from pipeline.store.storage import filesystem, is_local
 
         self.args = dict(bases=bases, base_out=base_out, out=out, endpoint_url=endpoint_url, pool_dir=pool_dir,
                          threads=threads)  # fmt: skip
@@ -286,7 +286,7 @@ class Replicator:
 
     # one-off archive-level files and, on S3, the base objects the copies come from
     def prepare(self) -> None:
-        from pipeline.storage import join, write_bytes
+        from pipeline.store.storage import join, write_bytes
 
         for path in sorted(self.base_out.rglob("*")):
             rel = path.relative_to(self.base_out).as_posix()
@@ -314,7 +314,7 @@ class Replicator:
     def _put(self, path: str, data: bytes) -> None:
         """Atomic write; locally without the fsync `storage.write_bytes` does (a benchmark's archive need
         not survive a power cut, and the fsyncs would cost more than the rest of the build)."""
-        from pipeline.storage import write_bytes
+        from pipeline.store.storage import write_bytes
 
         if not self.local:
             write_bytes(self.fs, path, data)
@@ -325,10 +325,10 @@ class Replicator:
         os.replace(tmp, path)
 
     def write(self, i: int) -> None:
-        from pipeline.manifest import parquet_bytes
-        from pipeline.runinfo import container_path, manifest_path, marker_path
-        from pipeline.schema import MANIFEST_SCHEMA
-        from pipeline.storage import full_uri, redact, retrying
+        from pipeline.format.runinfo import container_path, manifest_path, marker_path
+        from pipeline.format.schema import MANIFEST_SCHEMA
+        from pipeline.read.manifest import parquet_bytes
+        from pipeline.store.storage import full_uri, redact, retrying
 
         base = self.bases[i % len(self.bases)]
         key, source_uri = synthetic_name(base, i)
@@ -365,8 +365,8 @@ class Replicator:
         """Write videos [start, stop) not done yet; returns counts. Progress every 10 s."""
         import multiprocessing
 
-        from pipeline.keyset import KeySet
-        from pipeline.runinfo import iter_marker_keys
+        from pipeline.format.runinfo import iter_marker_keys
+        from pipeline.store.keyset import KeySet
 
         done = KeySet()
         for page in iter_marker_keys(self.fs, self.root, "done"):
@@ -445,17 +445,17 @@ def _renamed(value: Any, names: Iterable[tuple[str, str]]) -> Any:
 
 
 def _locate_module() -> Any:
-    """`pipeline.locate` if this checkout has it (with `write_index_entries`), else None (printed once)."""
+    """`pipeline.read.locate` if this checkout has it (with `write_index_entries`), else None (noted once)."""
     try:
-        module = importlib.import_module("pipeline.locate")
+        module = importlib.import_module("pipeline.read.locate")
     except ModuleNotFoundError:
         module = None
     if module is not None and not Path(module.__file__).resolve().is_relative_to(REPO):
         module = None  # an editable install's copy from another checkout: not this code
     if module is None or not hasattr(module, "write_index_entries"):
         if not getattr(_locate_module, "noted", False):
-            print("note: pipeline.locate.write_index_entries is not in this checkout: no OUT/index/ entries "
-                  "written for the synthetic videos")  # fmt: skip
+            print("note: pipeline.read.locate.write_index_entries is not in this checkout: no OUT/index/ "
+                  "entries written for the synthetic videos")  # fmt: skip
             _locate_module.noted = True  # type: ignore[attr-defined]
         return None
     return module
@@ -478,7 +478,7 @@ def read_stamp(fs: Any, root: str) -> dict[str, Any] | None:
 
 
 def write_stamp(fs: Any, root: str, record: dict[str, Any]) -> None:
-    from pipeline.storage import write_bytes
+    from pipeline.store.storage import write_bytes
 
     write_bytes(fs, stamp_path(fs, root), (json.dumps(record, indent=2) + "\n").encode())
 

@@ -1,8 +1,8 @@
 """The tokenizer alone (encode, then decode, no latent codec) on held-out clips: PSNR and colour error.
 
 GLVC and GVC cannot be better than their tokenizer, so this is the ceiling of both codecs. Clips are the
-ones `bench/glvc_rd.py` codes (`pipeline.synthetic.EVAL_IMAGES`, 256×176×17 by default, seed 500 + i),
-content no bundled model saw. Several models (`--model DIR` per model, each a bundle with a
+ones `bench/glvc_rd.py` codes (`pipeline.sources.synthetic.EVAL_IMAGES`, 256×176×17 by default, seed
+500 + i), content no bundled model saw. Several models (`--model DIR` per model, each a bundle with a
 `tokenizer/` or a tokenizer directory itself) are measured side by side in one run.
 
 Colour error: the mean signed difference decoded − source per RGB channel over the whole clip, in 8-bit
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.metrics.fidelity import psnr_rgb
-from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
 
 def tokenizer_directory(path: str) -> Path:

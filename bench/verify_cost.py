@@ -42,11 +42,11 @@ def main() -> None:
     from pipeline.archive import run_archive
     from pipeline.archive.config import ArchiveConfig
     from pipeline.archive.progress import Counters, ProgressDisplay
-    from pipeline.manifest import parquet_bytes
-    from pipeline.reader import ArchiveReader
-    from pipeline.schema import MANIFEST_SCHEMA, PROOF_COLUMNS
-    from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
-    from pipeline.verify import run_verify
+    from pipeline.format.schema import MANIFEST_SCHEMA, PROOF_COLUMNS
+    from pipeline.read.manifest import parquet_bytes
+    from pipeline.read.reader import ArchiveReader
+    from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
+    from pipeline.tools.verify import run_verify
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="vidarc-verify-cost-") as tmp:
@@ -113,8 +113,8 @@ def main() -> None:
 
 
 def _big_fingerprint(width: int, height: int, frames: int = 33) -> None:
-    from pipeline.digests import fingerprint, frames_sha256
-    from pipeline.synthetic import synthetic_clip
+    from pipeline.format.digests import fingerprint, frames_sha256
+    from pipeline.sources.synthetic import synthetic_clip
 
     clip = synthetic_clip("astronaut", frames, width, height, seed=3)
     started = time.perf_counter()

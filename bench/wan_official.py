@@ -250,7 +250,7 @@ def cmd_gop(args: argparse.Namespace) -> None:
 
     from codec.base import RateTarget
     from codec.gvc.codec import GvcCodec
-    from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+    from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
     width, height = (int(v) for v in args.size.split("x"))
     root = write_official(

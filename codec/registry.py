@@ -70,8 +70,8 @@ def build_codec(name: str, *, model: str | None, device: str, options: dict[str,
 
 
 class DecoderSpec(Protocol):
-    """What a container header says of its decoder (`pipeline.container_header.ContainerHeader` has these
-    attributes; codec/ never imports pipeline/, so it names them here)."""
+    """What a container header says of its decoder (`pipeline.format.container_header.ContainerHeader` has
+    these attributes; codec/ never imports pipeline/, so it names them here)."""
 
     @property
     def codec(self) -> str | None: ...

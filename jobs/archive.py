@@ -210,7 +210,7 @@ def archive_command(
     from jobs.archive_options import ConfigFileError, apply_config_file, archive_config, run_with_ray
     from pipeline.archive import ArchiveError, run_archive
     from pipeline.archive.config import ConfigError
-    from pipeline.storage import redact
+    from pipeline.store.storage import redact
     from pipeline.text import printable
 
     try:
@@ -225,7 +225,7 @@ def archive_command(
 def report(result) -> None:
     """Print a finished run's outcome (summary line on stdout, problems on stderr) and exit with its
     code; shared by `archive` and `migrate`."""
-    from pipeline.storage import redact
+    from pipeline.store.storage import redact
     from pipeline.text import printable
 
     print(printable(result.message))

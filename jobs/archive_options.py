@@ -191,7 +191,7 @@ def _read(path: str) -> dict[str, Any]:
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     from pipeline.archive.config import ConfigError
-    from pipeline.keys import parse_shard as parse
+    from pipeline.format.keys import parse_shard as parse
 
     if text is None:
         return None

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from jobs import price_options as po
-from pipeline.runinfo import json_text
+from pipeline.format.runinfo import json_text
 from pipeline.text import printable, text_console
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -58,8 +58,8 @@ def audit(
     from jobs.warning_lines import notes_for
     from pipeline.audit.reader import AuditError
     from pipeline.audit.summary import audit_archive
-    from pipeline.manifest import UncompactedManifest
-    from pipeline.storage import StorageError
+    from pipeline.read.manifest import UncompactedManifest
+    from pipeline.store.storage import StorageError
 
     priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb, storage_class)
     try:
@@ -106,7 +106,7 @@ def compare(
     one's compute, reference and break-even, and B's break-even against A, at the prices shown."""
     from pipeline.audit.compare import CompareError, compare_archives
     from pipeline.audit.reader import AuditError
-    from pipeline.storage import StorageError
+    from pipeline.store.storage import StorageError
 
     priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb)
     try:

@@ -254,7 +254,7 @@ def _report(run: Callable[[], Any], record: Callable[[Any], dict], as_json: bool
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         raise typer.Exit(2) from None
     if as_json:
-        from pipeline.runinfo import json_text
+        from pipeline.format.runinfo import json_text
 
         sys.stdout.write(json_text(record(result), indent=2) + "\n")
     else:

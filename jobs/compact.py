@@ -1,5 +1,5 @@
 """`vidarc compact OUT` and `python -m jobs.compact OUT`: merge the manifest parts of finished videos into
-large Parquet files (about 128 MB), atomically and idempotently (`pipeline/compact.py`).
+large Parquet files (about 128 MB), atomically and idempotently (`pipeline/tools/compact.py`).
 
 Exit codes: 0 compacted (or nothing to do), 1 some parts were unreadable and were left as they are
 (each printed as one line), 2 the archive cannot be compacted (unreachable, not an archive, or another
@@ -31,10 +31,10 @@ def compact_command(
     """Merge the manifest parts of finished videos into large Parquet files (atomic, idempotent)."""
     import dataclasses
 
-    from pipeline.compact import CompactError, compact
-    from pipeline.runinfo import json_text
-    from pipeline.storage import redact
+    from pipeline.format.runinfo import json_text
+    from pipeline.store.storage import redact
     from pipeline.text import printable
+    from pipeline.tools.compact import CompactError, compact
 
     if not target_mb > 0:
         print(f"error: --target-mb must be positive, got {target_mb:g}", file=sys.stderr)
@@ -65,7 +65,7 @@ def compact_command(
 def _index_older_archive(out: str, endpoint_url: str | None) -> int:
     """An archive written before the video index gets its entries now (once), so restores by name stop
     scanning the manifest; a failure here is a warning, the compaction stands."""
-    from pipeline.locate import backfill_index
+    from pipeline.read.locate import backfill_index
     from pipeline.text import printable
 
     try:

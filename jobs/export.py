@@ -56,7 +56,7 @@ def export_command(
     """Export the selected GOPs of an archive as mp4 files or WebDataset shards."""
     from pipeline.dataset import DamagedManifestWarning, DatasetError
     from pipeline.dataset.export import export_archive
-    from pipeline.storage import StorageError, redact
+    from pipeline.store.storage import StorageError, redact
 
     try:
         with warnings.catch_warnings(record=True) as caught:

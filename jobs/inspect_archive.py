@@ -18,7 +18,7 @@ from jobs import price_options as po
 
 
 def _fail(message: str) -> None:
-    from pipeline.storage import redact
+    from pipeline.store.storage import redact
     from pipeline.text import printable
 
     print(f"error: {printable(redact(message))}", file=sys.stderr)
@@ -56,7 +56,7 @@ def inspect_command(
     ] = None,
 ) -> None:
     """Header, model, decoder, GOP index and rates of one archive object (reads only its index)."""
-    from pipeline.inspect import InspectError, inspect_object
+    from pipeline.read.inspect import InspectError, inspect_object
 
     try:
         report = inspect_object(
@@ -66,7 +66,7 @@ def inspect_command(
         _fail(str(exc))
         return
     if as_json:
-        from pipeline.runinfo import json_text
+        from pipeline.format.runinfo import json_text
 
         sys.stdout.write(json_text(report, indent=2, sort_keys=True) + "\n")
         return
@@ -150,7 +150,7 @@ def ls_command(
     archive; --limit and --after page through it."""
     from jobs.warning_lines import notes_for
     from pipeline.audit.videos import ArchiveListing, ListingError
-    from pipeline.manifest import UncompactedManifest
+    from pipeline.read.manifest import UncompactedManifest
 
     priced = po.load(prices, gpu_hour, cpu_hour, storage_gb_month, egress_gb, storage_class)
     try:
@@ -168,7 +168,7 @@ def ls_command(
 
 def _print_json(listing: Any, priced: Any, *, lines: bool) -> None:
     """Each video as it comes: a JSON array written element by element, or JSON lines (strict JSON)."""
-    from pipeline.runinfo import json_text
+    from pipeline.format.runinfo import json_text
 
     prices_used = priced.to_json()  # in every video's costs: each row says what it was priced with
     write = sys.stdout.write

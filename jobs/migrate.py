@@ -126,7 +126,7 @@ def migrate_command(
     from jobs.archive_options import ConfigFileError, apply_config_file, archive_config, run_with_ray
     from pipeline.archive import ArchiveError, run_archive
     from pipeline.archive.config import ConfigError, MigrationSpec
-    from pipeline.storage import redact
+    from pipeline.store.storage import redact
     from pipeline.text import printable
 
     try:

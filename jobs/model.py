@@ -56,7 +56,7 @@ def info_command(
     except CodecError as exc:
         _fail(str(exc))
     if as_json:
-        from pipeline.runinfo import json_text
+        from pipeline.format.runinfo import json_text
 
         print(json_text(summary, indent=2))
         return

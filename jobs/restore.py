@@ -40,8 +40,8 @@ def restore_command(
     ] = False,
 ) -> None:
     """Restore a video (or a frame range) from an archive into DEST (.mp4 or .mkv)."""
-    from pipeline.restore import RestoreError, parse_frame_range, restore_video
-    from pipeline.storage import StorageError, redact
+    from pipeline.read.restore import RestoreError, parse_frame_range, restore_video
+    from pipeline.store.storage import StorageError, redact
     from pipeline.text import printable
 
     try:
@@ -64,7 +64,7 @@ def restore_command(
 @contextlib.contextmanager
 def _index_warnings_as_lines() -> Iterator[None]:
     """A lookup that had to scan the manifest (an archive older than its index) says so in one line."""
-    from pipeline.locate import IndexWarning
+    from pipeline.read.locate import IndexWarning
     from pipeline.text import printable
 
     with warnings.catch_warnings(record=True) as caught:

@@ -1,7 +1,7 @@
 """`vidarc thaw OUT [VIDEO…]` and `python -m jobs.thaw ...`: readable copies of archive objects in
 GLACIER or DEEP_ARCHIVE, and where they stand (`--status`).
 
-A thaw is an S3 restore request per object (`pipeline/thaw.py`): a temporary copy readable for
+A thaw is an S3 restore request per object (`pipeline/store/thaw.py`): a temporary copy readable for
 `--days` days, ready after hours (the tier: Expedited, Standard or Bulk; DEEP_ARCHIVE has no
 Expedited). The read commands (restore, export, verify) then read the objects, or with `--wait` wait
 for copies that are on their way.
@@ -43,12 +43,12 @@ def thaw_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Ask S3 for readable copies of archive objects in GLACIER or DEEP_ARCHIVE (or --status)."""
-    from pipeline import thaw
-    from pipeline.runinfo import json_text
-    from pipeline.storage import StorageError, filesystem, redact
-    from pipeline.storage_class import StorageClassError, check_tier
+    from pipeline.format.runinfo import json_text
+    from pipeline.read.thaw_plan import ThawSelectionError, select_objects
+    from pipeline.store import thaw
+    from pipeline.store.storage import StorageError, filesystem, redact
+    from pipeline.store.storage_class import StorageClassError, check_tier
     from pipeline.text import printable
-    from pipeline.thaw_plan import ThawSelectionError, select_objects
 
     def fail(message: str) -> None:
         print(f"error: {printable(redact(message))}", file=sys.stderr)

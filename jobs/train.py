@@ -62,7 +62,7 @@ def tokenizer_command(
     ] = "all",
 ) -> None:
     """Train a small Wan2.1-architecture tokenizer (AutoencoderKLWan)."""
-    from pipeline.synthetic import EVAL_IMAGES
+    from pipeline.sources.synthetic import EVAL_IMAGES
     from pipeline.training.bundle import describe_source, update_bundle_card
     from pipeline.training.loop import Stage, parse_curriculum
     from pipeline.training.tokenizer import (

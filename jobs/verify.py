@@ -1,7 +1,7 @@
 """`vidarc verify OUT` and `python -m jobs.verify OUT`: decode a seeded sample of an archive and check it.
 
 Each sampled GOP's decode is proven against the digests recorded at encode time (exact, drift with its
-PSNR, or mismatch; see pipeline/verify.py) without reading the sources; `--against-source` also
+PSNR, or mismatch; see pipeline/tools/verify.py) without reading the sources; `--against-source` also
 re-measures quality against sources that still exist.
 
 Output: the report on stdout (with `--json`, one JSON document instead, `VerifyReport.to_json` plus the
@@ -69,9 +69,9 @@ def verify_command(
     ] = False,
 ) -> None:
     """Decode a seeded sample of an archive's GOPs from the stored bytes and check them."""
-    from pipeline.storage import redact
+    from pipeline.store.storage import redact
     from pipeline.text import printable
-    from pipeline.verify import VerifyError, run_verify
+    from pipeline.tools.verify import VerifyError, run_verify
 
     if device not in ("cpu", "cuda", "auto"):
         print(f"error: --device must be cpu, cuda or auto, got {device!r}", file=sys.stderr)
@@ -101,7 +101,7 @@ def verify_command(
             ray.shutdown()
     code = 0 if report.ok else 1
     if as_json:
-        from pipeline.runinfo import json_text
+        from pipeline.format.runinfo import json_text
 
         sys.stdout.write(json_text({**report.to_json(), "exit_code": code}, indent=2, sort_keys=True) + "\n")
     else:
@@ -112,10 +112,11 @@ def verify_command(
 
 
 def _fixity(out: str, endpoint_url: str | None, as_json: bool) -> None:
-    """`--scan checksums`: the fixity pass (`pipeline/fixity.py`); exits 0 intact, 1 failures, 2 cannot run."""
-    from pipeline.fixity import FixityError, scan_checksums
-    from pipeline.runinfo import json_text
-    from pipeline.storage import redact
+    """`--scan checksums`: the fixity pass (`pipeline/read/fixity.py`); exits 0 intact, 1 failures, 2 cannot
+    run."""
+    from pipeline.format.runinfo import json_text
+    from pipeline.read.fixity import FixityError, scan_checksums
+    from pipeline.store.storage import redact
     from pipeline.text import printable
 
     try:

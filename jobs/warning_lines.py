@@ -13,7 +13,7 @@ from collections.abc import Iterator
 def notes_for(*categories: type[Warning]) -> Iterator[None]:
     """Inside the block, warnings of `categories` are printed as `note: …` lines (each once); any
     other warning is shown as Python would."""
-    from pipeline.storage import redact
+    from pipeline.store.storage import redact
     from pipeline.text import printable
 
     with warnings.catch_warnings(record=True) as caught:

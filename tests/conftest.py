@@ -37,7 +37,7 @@ os.environ.pop("AWS_PROFILE", None)
 @pytest.fixture(scope="session")
 def clip() -> np.ndarray:
     """40 natural-looking 64×48 frames (camera move over a photograph)."""
-    from pipeline.synthetic import synthetic_clip
+    from pipeline.sources.synthetic import synthetic_clip
 
     return synthetic_clip("astronaut", 40, 64, 48, seed=3)
 
@@ -45,7 +45,7 @@ def clip() -> np.ndarray:
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory, clip: np.ndarray) -> Path:
     """A small collection: two videos (one with audio, in a subfolder) and a text file."""
-    from pipeline.synthetic import write_video
+    from pipeline.sources.synthetic import write_video
 
     root = tmp_path_factory.mktemp("samples")
     (root / "sub").mkdir()

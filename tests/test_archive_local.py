@@ -15,10 +15,10 @@ import pytest
 from codec.registry import create_codec
 from pipeline.archive import ArchiveError, run_archive
 from pipeline.archive.config import ArchiveConfig
-from pipeline.container import read_attachment, read_gop, read_index
+from pipeline.format.container import read_attachment, read_gop, read_index
 from pipeline.metrics import UNSAMPLED_NOTE, MetricsSample, psnr_rgb
-from pipeline.sources import decode_frames, probe
-from pipeline.storage import filesystem, range_reader
+from pipeline.sources.media import decode_frames, probe
+from pipeline.store.storage import filesystem, range_reader
 
 
 def _manifest(out: Path) -> list[dict]:

@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 from codec.registry import codec_class
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
-from pipeline.reader import ArchiveReader
-from pipeline.restore import restore_video
-from pipeline.storage import filesystem
-from pipeline.synthetic import synthetic_clip
-from pipeline.verify import run_verify
+from pipeline.read.reader import ArchiveReader
+from pipeline.read.restore import restore_video
+from pipeline.sources.synthetic import synthetic_clip
+from pipeline.store.storage import filesystem
+from pipeline.tools.verify import run_verify
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP = ("lpips", "dists", "vmaf", "temporal")

@@ -11,8 +11,8 @@ import pytest
 
 from pipeline.archive import ArchiveError, run_archive
 from pipeline.archive.config import ArchiveConfig, ConfigError, QualityGoal, quality_goal_from_options
-from pipeline.container import read_index
-from pipeline.storage import filesystem, range_reader
+from pipeline.format.container import read_index
+from pipeline.store.storage import filesystem, range_reader
 
 # 4:2:0 chroma caps x264's RGB PSNR near 30 dB on the 64×48 test clip: 27 dB sits inside its CRF range.
 REACHABLE_PSNR = 27.0

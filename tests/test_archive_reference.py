@@ -19,7 +19,7 @@ from jobs.audit import app as audit_app
 from jobs.inspect_archive import register as register_inspect
 from pipeline.archive import ArchiveError, run_archive
 from pipeline.archive.config import ArchiveConfig, QualityGoal
-from pipeline.schema import COMPUTE_STAGES, compute_column
+from pipeline.format.schema import COMPUTE_STAGES, compute_column
 
 FRACTION = 0.5
 GOP_FRAMES = 8

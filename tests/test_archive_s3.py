@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.container import read_index
-from pipeline.storage import filesystem, range_reader
+from pipeline.format.container import read_index
+from pipeline.store.storage import filesystem, range_reader
 
 REPO = Path(__file__).resolve().parents[1]
 

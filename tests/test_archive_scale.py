@@ -13,13 +13,13 @@ from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.audit.summary import audit_archive
 from pipeline.audit.videos import list_archive
-from pipeline.compact import compact
 from pipeline.dataset.clips import ClipReader
 from pipeline.dataset.plan import plan_archive
-from pipeline.inspect import inspect_object
-from pipeline.keys import list_video_key, shard_of
-from pipeline.restore import restore_video
-from pipeline.verify import run_verify
+from pipeline.format.keys import list_video_key, shard_of
+from pipeline.read.inspect import inspect_object
+from pipeline.read.restore import restore_video
+from pipeline.tools.compact import compact
+from pipeline.tools.verify import run_verify
 
 
 def _quiet() -> ProgressDisplay:
@@ -146,8 +146,8 @@ def test_input_list_by_two_shards_packed_and_not_into_one_out(
 
 
 def _manifest(out: Path):
-    from pipeline.manifest_layout import iter_tables, plan_manifest
-    from pipeline.storage import filesystem
+    from pipeline.read.manifest_layout import iter_tables, plan_manifest
+    from pipeline.store.storage import filesystem
 
     fs, root = filesystem(str(out))
     return iter_tables(plan_manifest(fs, root))

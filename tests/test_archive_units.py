@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import sources
 from pipeline.archive.discovery import list_sources, probe_entry
 from pipeline.archive.plan import plan_gops
-from pipeline.keys import slugify, video_key
+from pipeline.format.keys import slugify, video_key
+from pipeline.sources import media
 
 VFR_PTS = (0, 40, 80, 200, 240, 400, 440, 480, 700, 740)  # the pts `vfr_writer` uses
 
@@ -49,20 +49,20 @@ def test_gop_lengths_come_from_the_codec_class_without_loading_a_model() -> None
 
 def test_seeking_decode_matches_a_sequential_decode(sample_dir: Path) -> None:
     source = str(sample_dir / "sub" / "with-audio.mp4")
-    info = sources.probe(source)
+    info = media.probe(source)
     assert (info.frame_count, info.width, info.height, info.fps, info.has_audio) == (37, 64, 48, 24, True)
-    seeked = sources.decode_frames(source, 16, 16, expected_pts=info.frame_pts[16:32])
-    sequential = sources.decode_frames(source, 16, 16, expected_pts=None)
+    seeked = media.decode_frames(source, 16, 16, expected_pts=info.frame_pts[16:32])
+    sequential = media.decode_frames(source, 16, 16, expected_pts=None)
     assert np.array_equal(seeked, sequential)
-    assert not np.array_equal(seeked, sources.decode_frames(source, 0, 16, expected_pts=info.frame_pts[:16]))
+    assert not np.array_equal(seeked, media.decode_frames(source, 0, 16, expected_pts=info.frame_pts[:16]))
 
 
 def test_vfr_and_rotation_are_recorded(tmp_path: Path, clip: np.ndarray, vfr_writer) -> None:
-    info = sources.probe(str(vfr_writer(tmp_path / "vfr.mkv", clip[:10], rotation=90)))
+    info = media.probe(str(vfr_writer(tmp_path / "vfr.mkv", clip[:10], rotation=90)))
     assert info.vfr and info.frame_count == 10 and info.frame_pts == VFR_PTS
     assert info.fps == Fraction(9 * 1000, 740)  # measured average, not the muxer's nominal 24
     assert info.rotation == 90 and (info.width, info.height) == (64, 48)  # decoded as stored
-    frames = sources.decode_frames(str(tmp_path / "vfr.mkv"), 5, 5, expected_pts=VFR_PTS[5:])
+    frames = media.decode_frames(str(tmp_path / "vfr.mkv"), 5, 5, expected_pts=VFR_PTS[5:])
     assert frames.shape == (5, 48, 64, 3)
 
 
@@ -91,9 +91,9 @@ def test_rerun_with_nothing_left_to_do_needs_no_cluster(tmp_path: Path, clip: np
     import subprocess
     import sys
 
-    from pipeline.runinfo import marker_path, write_json
-    from pipeline.storage import filesystem
-    from pipeline.synthetic import write_video
+    from pipeline.format.runinfo import marker_path, write_json
+    from pipeline.sources.synthetic import write_video
+    from pipeline.store.storage import filesystem
 
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()

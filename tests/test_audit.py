@@ -18,7 +18,7 @@ from pipeline.audit.filters import FilterError, parse_filter
 from pipeline.audit.reader import AuditError
 from pipeline.audit.sketch import Reservoir
 from pipeline.audit.summary import audit_archive
-from pipeline.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA, rows_to_table
+from pipeline.format.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA, rows_to_table
 
 
 def gop_row(

@@ -13,7 +13,7 @@ from test_audit import gop_row, verify_row, write_part
 from typer.testing import CliRunner
 
 from jobs.audit import app
-from pipeline.schema import VERIFY_SCHEMA
+from pipeline.format.schema import VERIFY_SCHEMA
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -58,8 +58,8 @@ def write_x264_archive(path: Path, frames) -> None:
     """A real .vdrc object: two x264 GOPs of 10 frames and the container index."""
     from codec.base import RateTarget
     from codec.registry import create_codec
-    from pipeline.container import write_container
-    from pipeline.container_header import ContainerHeader
+    from pipeline.format.container import write_container
+    from pipeline.format.container_header import ContainerHeader
 
     codec = create_codec("x264")
     payloads = [codec.encode(frames[i : i + 10], RateTarget("quality", 18), 25).payload for i in (0, 10)]
@@ -72,7 +72,7 @@ def write_x264_archive(path: Path, frames) -> None:
 def archive_with_sources(tmp_path, clip):
     """Two real sources; video 0 has a real x264 archive object, video 1's object is missing."""
     pytest.importorskip("codec.classic", reason="the classic codecs are not in this checkout yet")
-    from pipeline.synthetic import write_video
+    from pipeline.sources.synthetic import write_video
 
     sources = [write_video(tmp_path / f"video{v}.mp4", clip[:20], fps=25) for v in range(2)]
     out = tmp_path / "out"

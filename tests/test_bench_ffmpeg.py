@@ -14,7 +14,7 @@ from jobs.cli import app
 
 def test_against_ffmpeg_runs_both_sides_on_the_same_files(tmp_path: Path, ray_address: str) -> None:
     from pipeline.benchmarks.throughput import make_clips
-    from pipeline.schema import COMPUTE_STAGES
+    from pipeline.format.schema import COMPUTE_STAGES
 
     folder = tmp_path / "videos"
     folder.mkdir()

@@ -17,7 +17,7 @@ from jobs.audit import app as audit_app
 from jobs.inspect_archive import register
 from pipeline.audit.costs import cost_report
 from pipeline.audit.prices import PricesError, load_prices
-from pipeline.schema import REFERENCE_SCHEMA
+from pipeline.format.schema import REFERENCE_SCHEMA
 
 GB = 2**30
 KB = 1024

@@ -25,7 +25,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def cat() -> np.ndarray:
     """A camera panning over a real photograph: 24 frames, 96×64."""
-    from pipeline.synthetic import synthetic_clip
+    from pipeline.sources.synthetic import synthetic_clip
 
     return synthetic_clip("cat", 24, 96, 64, seed=5)
 

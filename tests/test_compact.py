@@ -14,15 +14,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.compact as compaction
+import pipeline.tools.compact as compaction
 from pipeline.audit.summary import audit_archive
 from pipeline.audit.videos import list_archive
-from pipeline.compact import CompactError, compact
-from pipeline.manifest_layout import iter_tables, plan_manifest
-from pipeline.manifest_videos import is_sorted_by_key
-from pipeline.runinfo import manifest_path, marker_path, write_json
-from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
-from pipeline.storage import filesystem, write_bytes
+from pipeline.format.runinfo import manifest_path, marker_path, write_json
+from pipeline.format.schema import MANIFEST_SCHEMA, rows_to_table
+from pipeline.read.manifest_layout import iter_tables, plan_manifest
+from pipeline.read.manifest_videos import is_sorted_by_key
+from pipeline.store.storage import filesystem, write_bytes
+from pipeline.tools.compact import CompactError, compact
 
 REPO = Path(__file__).resolve().parents[1]
 FAILED = {f"clip-{i:03d}" for i in range(7, 30, 10)}
@@ -152,7 +152,7 @@ def test_compact_cli_refuses_a_held_lock_and_a_non_archive(tmp_path: Path) -> No
 def test_a_video_packed_twice_counts_once(tmp_path: Path) -> None:
     """Two jobs that archived the same videos at once into packs: each video counts in its latest pack
     only, for readers and for compaction."""
-    from pipeline.runinfo import pack_manifest_path, pack_marker_path
+    from pipeline.format.runinfo import pack_manifest_path, pack_marker_path
 
     fs, root = filesystem(str(tmp_path / "out"))
     for pack, run in (("runA-000001", "rA"), ("runB-000001", "rB")):
@@ -171,7 +171,7 @@ def test_a_damaged_part_is_kept_and_named_never_absorbed(tmp_path: Path) -> None
     where it is, named by the report, instead of being merged as good rows and deleted."""
     import pyarrow as pa
 
-    from pipeline.manifest import COLUMN_CHECKSUMS_KEY, parquet_bytes
+    from pipeline.read.manifest import COLUMN_CHECKSUMS_KEY, parquet_bytes
 
     fs, root = filesystem(str(tmp_path / "out"))
     for key in ("clip-000", "clip-001"):
@@ -237,7 +237,7 @@ def _scrambled_archive(fs, root: str) -> collections.Counter:
     """Done videos whose part names sort differently from their keys ("a" < "a-b" but
     "part-a-b.parquet" < "part-a.parquet"), written in no particular order, and two committed packs
     whose key ranges interleave."""
-    from pipeline.runinfo import pack_manifest_path, pack_marker_path
+    from pipeline.format.runinfo import pack_manifest_path, pack_marker_path
 
     keys = [f"{stem}{suffix}" for stem in ("k", "m", "q", "a", "z", "c") for suffix in ("", "-b", ".x", "0")]
     for i, key in enumerate(keys):

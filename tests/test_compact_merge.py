@@ -1,4 +1,4 @@
-"""Small compacted files are merged into few large key-sorted ones (`pipeline.compact_merge`): every
+"""Small compacted files are merged into few large key-sorted ones (`pipeline.tools.compact_merge`): every
 row reads exactly once before, during and after a merge (also for a reader that planned before it),
 rows readers drop stay dropped (a video redone after its compaction, a later file's `replaces`), the
 merged-away files stay until the grace period ends, and a crash mid-merge leaves everything as it was.
@@ -12,12 +12,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.compact_merge as compact_merge
-from pipeline.compact import compact
-from pipeline.manifest_layout import plan_manifest
-from pipeline.manifest_videos import is_sorted_by_key
-from pipeline.runinfo import marker_path
-from pipeline.storage import filesystem
+import pipeline.tools.compact_merge as compact_merge
+from pipeline.format.runinfo import marker_path
+from pipeline.read.manifest_layout import plan_manifest
+from pipeline.read.manifest_videos import is_sorted_by_key
+from pipeline.store.storage import filesystem
+from pipeline.tools.compact import compact
 from tests.test_compact import _rows, _video
 
 NO_MERGE = 10_000  # merge_min_files that never merges
@@ -124,14 +124,14 @@ def test_reads_of_many_uncompacted_parts_say_how_to_speed_them_up(
 ) -> None:
     from typer.testing import CliRunner
 
-    import pipeline.manifest
+    import pipeline.read.manifest
     from jobs.cli import app
 
     out = str(tmp_path / "out")
     fs, root = filesystem(out)
     for i in range(5):
         _video(fs, root, f"clip-{i:03d}", 2)
-    monkeypatch.setattr(pipeline.manifest, "UNCOMPACTED_NOTE", 5)  # instead of 10,000
+    monkeypatch.setattr(pipeline.read.manifest, "UNCOMPACTED_NOTE", 5)  # instead of 10,000
     runner = CliRunner()
     for command in (["ls", out, "--json"], ["audit", out, "--json"]):
         result = runner.invoke(app, command)

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from pipeline.container import (
+from pipeline.format.container import (
     GOP_RECORD,
     TRAILER,
     U32,
@@ -20,7 +20,7 @@ from pipeline.container import (
     read_preamble,
     write_container,
 )
-from pipeline.container_header import ContainerHeader
+from pipeline.format.container_header import ContainerHeader
 
 HEADER = ContainerHeader(codec="x264", codec_version="1", width=64, height=48, frame_count=37)
 GOPS = [(0, 16, b"first-gop-" * 7), (16, 16, b"second" * 11), (32, 5, b"tail")]

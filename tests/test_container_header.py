@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.container import TRAILER, U32
-from pipeline.container_header import ContainerHeader, HeaderError
+from pipeline.format.container import TRAILER, U32
+from pipeline.format.container_header import ContainerHeader, HeaderError
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 

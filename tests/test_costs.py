@@ -17,7 +17,7 @@ from pipeline.archive.reference import choose_gops, resolve_metric
 from pipeline.audit import prices as prices_module
 from pipeline.audit.costs import cost_report, device_cost, equal_quality_ratio, payback
 from pipeline.audit.prices import PricesError, load_prices
-from pipeline.schema import REFERENCE_SCHEMA
+from pipeline.format.schema import REFERENCE_SCHEMA
 
 GB = 2**30
 PRICES_TOML = """

@@ -22,7 +22,7 @@ from codec.base import RateTarget, frames_sha256
 from codec.glvc.tokenizer import load_tokenizer
 from codec.modeldir import bundled_model_path, load_model_dir
 from codec.registry import build_codec
-from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
@@ -104,7 +104,7 @@ def test_neural_gops_decoded_side_by_side_equal_one_at_a_time(name: str) -> None
     """The CPU passes of several threads run at once (no device lock on the CPU; each thread has its
     own causal cache): every GOP decodes to the golden digest whichever thread decodes it."""
     from codec.cpu_threads import usable_cores
-    from pipeline.reader import ArchiveReader, decode_workers
+    from pipeline.read.reader import ArchiveReader, decode_workers
 
     reader = ArchiveReader(str(GOLDEN / "v2" / f"{name}.vdrc"))
     record = json.loads((GOLDEN / "v2" / "goldens.json").read_text())["archives"][name]
@@ -135,7 +135,7 @@ def test_neural_gops_decoded_side_by_side_equal_one_at_a_time(name: str) -> None
 
 
 def test_classic_decoders_decode_one_gop_at_a_time() -> None:
-    from pipeline.reader import decode_workers
+    from pipeline.read.reader import decode_workers
 
     assert decode_workers(build_codec("x264", model=None, device="cpu", options={}), 8) == 1
 

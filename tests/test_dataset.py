@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from codec.base import RateTarget
 from codec.registry import create_codec
-from pipeline.container_header import ContainerHeader
 from pipeline.dataset import (
     ArchiveClipDataset,
     ClipSpec,
@@ -32,9 +31,10 @@ from pipeline.dataset import (
     read_archive,
 )
 from pipeline.dataset.export import export_archive
+from pipeline.format.container_header import ContainerHeader
 from pipeline.metrics import psnr_rgb
-from pipeline.reader import ArchiveReader
-from pipeline.restore import restore_video
+from pipeline.read.reader import ArchiveReader
+from pipeline.read.restore import restore_video
 
 FPS = Fraction(24)
 

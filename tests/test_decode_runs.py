@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import sources
 from pipeline.archive.plan import plan_gops
-from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+from pipeline.sources import media
+from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
 
 def _write(path: Path, frames: np.ndarray, keyint: int) -> Path:
@@ -46,7 +46,7 @@ def clip() -> np.ndarray:
     [(250, [False, True, True, True, True]), (16, [False, True, False, True, False])],
 )
 def test_the_plan_marks_gops_that_start_between_keyframes(tmp_path, clip, keyint, continuing):
-    info = sources.probe(str(_write(tmp_path / "v.mp4", clip, keyint)))
+    info = media.probe(str(_write(tmp_path / "v.mp4", clip, keyint)))
     assert info.keyframe_pts is not None and info.keyframe_pts[0] == info.frame_pts[0]
     assert len(info.keyframe_pts) == -(-40 // keyint)
     spans = plan_gops(info.frame_count, 8, info.frame_pts, info.keyframe_pts)
@@ -61,14 +61,12 @@ def test_without_timestamps_every_later_gop_continues():
 @pytest.mark.parametrize("keyint", [250, 16])
 def test_one_pass_over_several_gops_gives_each_gop_its_own_frames(tmp_path, clip, keyint):
     path = str(_write(tmp_path / "v.mp4", clip, keyint))
-    info = sources.probe(path)
+    info = media.probe(path)
     spans = plan_gops(info.frame_count, 8, info.frame_pts, info.keyframe_pts)
-    one_by_one = [
-        sources.decode_frames(path, s.first_frame, s.frame_count, expected_pts=s.pts) for s in spans
-    ]
+    one_by_one = [media.decode_frames(path, s.first_frame, s.frame_count, expected_pts=s.pts) for s in spans]
     for start in (0, 1, 3):  # a run from the first GOP, and runs that begin mid-video (a seek)
         run = spans[start:]
-        together = sources.decode_spans(path, [(s.first_frame, s.frame_count, s.pts) for s in run])
+        together = media.decode_spans(path, [(s.first_frame, s.frame_count, s.pts) for s in run])
         assert len(together) == len(run)
         for span, frames in zip(run, together, strict=True):
             np.testing.assert_array_equal(frames, one_by_one[span.index])
@@ -76,8 +74,8 @@ def test_one_pass_over_several_gops_gives_each_gop_its_own_frames(tmp_path, clip
 
 def test_a_run_past_the_end_of_a_cut_source_fails_naming_the_missing_frames(tmp_path, clip):
     path = str(_write(tmp_path / "v.mp4", clip, 250))
-    info = sources.probe(path)
+    info = media.probe(path)
     spans = plan_gops(info.frame_count, 8, info.frame_pts, info.keyframe_pts)
     beyond = (spans[-1].first_frame + 8, 8, tuple(p + 10**6 for p in spans[-1].pts))
-    with pytest.raises(sources.SourceError, match=r"decoded 0 of frames 40\+8"):
-        sources.decode_spans(path, [(s.first_frame, s.frame_count, s.pts) for s in spans[-2:]] + [beyond])
+    with pytest.raises(media.SourceError, match=r"decoded 0 of frames 40\+8"):
+        media.decode_spans(path, [(s.first_frame, s.frame_count, s.pts) for s in spans[-2:]] + [beyond])

@@ -14,9 +14,9 @@ import pytest
 from codec.glvc.random_model import build_random_model
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
-from pipeline.inspect import InspectError, inspect_object
-from pipeline.restore import RestoreError, restore_video
-from pipeline.verify import run_verify
+from pipeline.read.inspect import InspectError, inspect_object
+from pipeline.read.restore import RestoreError, restore_video
+from pipeline.tools.verify import run_verify
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def archived(tmp_path_factory, clip: np.ndarray, ray_address: str, fast_metrics) -> tuple[Path, Path]:
     """(OUT, model dir): one 9-frame video archived with GLVC and a model that is not bundled, with a
     closing verify of every GOP."""
-    from pipeline.synthetic import write_video
+    from pipeline.sources.synthetic import write_video
 
     root = tmp_path_factory.mktemp("model")
     model = build_random_model(root / "model", seed=1).path

@@ -1,4 +1,4 @@
-"""The decode proof's parts (pipeline/digests.py) and verify's per-GOP verdict (`decode_check`)."""
+"""The decode proof's parts (pipeline/format/digests.py) and verify's per-GOP verdict (`decode_check`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.digests import (
+from pipeline.format.digests import (
     DRIFT_LIMIT_DB,
     FingerprintError,
     cell_size,
@@ -16,8 +16,8 @@ from pipeline.digests import (
     frames_sha256,
     read_fingerprint,
 )
-from pipeline.synthetic import synthetic_clip
-from pipeline.verify import decode_check
+from pipeline.sources.synthetic import synthetic_clip
+from pipeline.tools.verify import decode_check
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from pipeline.archive import run_archive
 from pipeline.archive.config import DEFAULT_MIN_PSNR, ArchiveConfig, ConfigError
 from pipeline.archive.floor import Floor, fallback_target, floor_of, video_score
 from pipeline.archive.gop_result import GopResult
-from pipeline.reader import ArchiveReader
-from pipeline.restore import restore_video
-from pipeline.synthetic import synthetic_clip
+from pipeline.read.reader import ArchiveReader
+from pipeline.read.restore import restore_video
+from pipeline.sources.synthetic import synthetic_clip
 from tests.test_archive_cli import _archive, _assert_one_line_error
 
 SKIP = ("lpips", "dists", "vmaf", "temporal")

@@ -13,7 +13,7 @@ import pytest
 
 from bench import fuzz
 from codec.errors import CorruptPayloadError
-from pipeline.container import TIMESTAMPS_ATTACHMENT, ContainerError
+from pipeline.format.container import TIMESTAMPS_ATTACHMENT, ContainerError
 
 ITERATIONS = {
     "container": 1500,

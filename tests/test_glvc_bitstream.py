@@ -12,7 +12,7 @@ import pytest
 
 from codec.errors import CorruptPayloadError, UnsupportedFormatError
 from codec.glvc.bitstream import FORMAT_VERSION, GlvcHeader, pack_payload, unpack_payload
-from pipeline.reader import ArchiveReader
+from pipeline.read.reader import ArchiveReader
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 HEADER = GlvcHeader("vidarc-golden@1", "ab" * 32, 60, 30, 64, 32, 5, 5, 17, 1)

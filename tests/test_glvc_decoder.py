@@ -21,7 +21,7 @@ from codec.glvc.latent_codec import LatentCodec
 from codec.glvc.random_model import build_random_model
 from codec.glvc.tokenizer import load_tokenizer
 from codec.modeldir import load_model_dir
-from pipeline.synthetic import TRAIN_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import TRAIN_IMAGES, synthetic_clip
 from pipeline.training.bundle import update_bundle_card
 from pipeline.training.data import to_model_input
 from pipeline.training.glvc_decoder import (

@@ -20,7 +20,7 @@ from codec.base import RateTarget
 from codec.errors import ModelLoadError, ModelMismatchError
 from codec.glvc.codec import GlvcCodec
 from codec.modeldir import load_model_dir, sha256_file, write_model_card
-from pipeline.synthetic import TRAIN_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import TRAIN_IMAGES, synthetic_clip
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = ["--steps", "2", "--size", "32", "--frames", "5", "--batch", "1"]

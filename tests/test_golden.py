@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from codec.base import frames_sha256
-from pipeline.reader import ArchiveReader
+from pipeline.read.reader import ArchiveReader
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 MODEL = GOLDEN / "model"

@@ -8,9 +8,9 @@ import pickle
 from pipeline.archive.gop_result import GopResult
 from pipeline.archive.plan import GopSpan
 from pipeline.archive.video_writer import VideoJob, video_rows
-from pipeline.container import GopEntry
-from pipeline.container_header import ContainerHeader
-from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
+from pipeline.format.container import GopEntry
+from pipeline.format.container_header import ContainerHeader
+from pipeline.format.schema import MANIFEST_SCHEMA, rows_to_table
 
 COMPUTE = {"device": "cpu", "decode": 0.1, "encode": 0.2, "metrics": 0.3, "search": None}
 MEASURED = GopResult(

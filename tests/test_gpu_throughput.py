@@ -31,7 +31,7 @@ from codec.gpu import (
 from codec.registry import create_codec
 from pipeline.archive.encode_worker import EncodeWorker
 from pipeline.benchmarks.throughput import SKIPPED_METRICS
-from pipeline.digests import fingerprint_psnr, frames_sha256
+from pipeline.format.digests import fingerprint_psnr, frames_sha256
 from pipeline.metrics import psnr_rgb
 
 FPS = Fraction(24)
@@ -165,7 +165,7 @@ def test_glvc_actor_overlaps_gops_and_skips_reconstructions_nobody_measures(
 
 def test_gvc_skips_its_final_vae_decode_when_no_reconstruction_is_asked() -> None:
     from codec.gvc.oracle import OracleBackbone
-    from pipeline.synthetic import TRAIN_IMAGES, synthetic_clip
+    from pipeline.sources.synthetic import TRAIN_IMAGES, synthetic_clip
 
     clip = synthetic_clip(TRAIN_IMAGES[0], 5, 32, 32, seed=0)
     codec = create_codec("gvc", backbone=OracleBackbone([clip], sigma=0.0), mode="t2v", steps=4, ode_tail=1,

@@ -19,7 +19,7 @@ from codec.gvc.bitstream import GvcPayload
 from codec.gvc.codec import GvcCodec
 from codec.gvc.oracle import OracleBackbone
 from codec.registry import create_codec
-from pipeline.synthetic import TRAIN_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import TRAIN_IMAGES, synthetic_clip
 
 FPS = Fraction(24)
 W, H, T = 64, 48, 9

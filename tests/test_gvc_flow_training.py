@@ -19,7 +19,7 @@ from codec.modeldir import load_model_dir, write_model_card
 def test_train_flow_writes_a_bundle_component_that_gvc_loads(tmp_path, monkeypatch, ray_address):
     from diffusers import AutoencoderKLWan
 
-    from pipeline.synthetic import synthetic_clip
+    from pipeline.sources.synthetic import synthetic_clip
     from pipeline.training.flow import FlowTraining, train_flow
     from pipeline.training.loop import STATE_NAME, latest_checkpoint
 

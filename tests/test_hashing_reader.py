@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import pytest
 
-from pipeline.hashing_reader import HashingReader
+from pipeline.sources.hashing_reader import HashingReader
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 

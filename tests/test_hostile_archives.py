@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from pipeline.container import (
+from pipeline.format.container import (
     GOP_RECORD,
     TAIL_GUESS,
     TIMESTAMPS_ATTACHMENT,
@@ -28,9 +28,9 @@ from pipeline.container import (
     read_index,
     write_container,
 )
-from pipeline.container_header import ContainerHeader
-from pipeline.reader import ArchiveReader
-from pipeline.schema import MANIFEST_SCHEMA, rows_to_table
+from pipeline.format.container_header import ContainerHeader
+from pipeline.format.schema import MANIFEST_SCHEMA, rows_to_table
+from pipeline.read.reader import ArchiveReader
 
 GOOD = {"codec": "x264", "width": 64, "height": 48, "frame_count": 4, "fps_num": 24, "fps_den": 1}
 PAYLOAD = b"\x00\x00\x00\x01" + b"p" * 60
@@ -182,8 +182,8 @@ def test_malformed_frame_timestamps_are_refused(tmp_path: Path) -> None:
 
 def test_the_index_scan_checks_attachments_too(tmp_path: Path) -> None:
     """`verify --scan index` once passed a corrupt audio attachment that restore refuses."""
-    from pipeline.container import AUDIO_ATTACHMENT
-    from pipeline.verify import run_verify
+    from pipeline.format.container import AUDIO_ATTACHMENT
+    from pipeline.tools.verify import run_verify
 
     buffer = io.BytesIO()
     write_container(

@@ -16,7 +16,7 @@ import pytest
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
 from pipeline.audit.videos import list_archive
-from pipeline.inspect import InspectError, inspect_object
+from pipeline.read.inspect import InspectError, inspect_object
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,8 +112,8 @@ def test_cli_json_tables_and_errors(archive: Path, tmp_path: Path) -> None:
 def test_inspect_tells_self_checked_gops_apart_by_their_own_crc(name: str) -> None:
     """A GLVC (format 2) or GVC payload ends with its own CRC-32C, so the index's CRC of it is the
     CRC-32C residue, identical for every GOP; inspect shows the payload's own CRC beside it."""
-    from pipeline.container import crc32c
-    from pipeline.reader import ArchiveReader
+    from pipeline.format.container import crc32c
+    from pipeline.read.reader import ArchiveReader
 
     path = REPO / "tests" / "golden" / name
     report = inspect_object(str(path))

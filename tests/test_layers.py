@@ -41,24 +41,47 @@ def test_every_contract_of_layers_toml_is_kept(real: Contracts) -> None:
 def test_modules_belong_to_their_folders_group() -> None:
     """Groups come from patterns, not a list: a module added to a folder is in that folder's group."""
     groups = tomllib.loads(CONTRACTS.read_text())["groups"]
-    names = [
-        "pipeline.restore", "pipeline.fixity", "pipeline.audit.reader", "pipeline.audit.videos",
-        "pipeline.dataset.plan", "pipeline.dataset.ray_source", "pipeline.archive.plan",
-        "pipeline.metrics.vmaf", "pipeline.benchmarks.gpu_goals", "codec.gvc.atoms",
+    expected = {
+        "pipeline.format.container": "read_side", "pipeline.store.storage": "read_side",
+        "pipeline.read.restore": "read_side", "pipeline.read.fixity": "read_side", "pipeline.text": "read_side",
+        "pipeline.audit.reader": "read_side", "pipeline.audit.videos": "tools",
+        "pipeline.dataset.plan": "read_side", "pipeline.dataset.ray_source": "tools",
+        "pipeline.tools.verify": "tools", "pipeline.tools.compact": "tools",
+        "pipeline.archive.plan": "write_side", "pipeline.sources.media": "shared",
+        "pipeline.sources.synthetic": "shared", "pipeline.metrics.vmaf": "shared",
+        "pipeline.benchmarks.gpu_goals": "write_side_users", "pipeline.training.loop": "write_side_users",
+        "codec.gvc.atoms": "codec",
         # modules that do not exist (yet): covered by their folder
-        "pipeline.brand_new_reader", "pipeline.audit.brand_new_table", "pipeline.archive.brand_new_stage",
-        "pipeline.metrics.brand_new_metric", "pipeline.benchmarks.brand_new",
-    ]  # fmt: skip
-    graph = Graph(REPO, ("codec", "pipeline", "jobs"), dict.fromkeys(names, ""))
-    assert assign_groups(graph, groups) == {
-        "pipeline.restore": "read_side", "pipeline.fixity": "read_side", "pipeline.audit.reader": "read_side",
-        "pipeline.audit.videos": "tools", "pipeline.dataset.plan": "read_side",
-        "pipeline.dataset.ray_source": "tools", "pipeline.archive.plan": "write_side",
-        "pipeline.metrics.vmaf": "shared", "pipeline.benchmarks.gpu_goals": "write_side_users", "codec.gvc.atoms": "codec",
-        "pipeline.brand_new_reader": "read_side", "pipeline.audit.brand_new_table": "tools",
-        "pipeline.archive.brand_new_stage": "write_side", "pipeline.metrics.brand_new_metric": "shared",
+        "pipeline.brand_new_reader": "read_side", "pipeline.format.brand_new_object": "read_side",
+        "pipeline.read.brand_new_reader": "read_side", "pipeline.tools.brand_new_tool": "tools",
+        "pipeline.audit.brand_new_table": "tools", "pipeline.archive.brand_new_stage": "write_side",
+        "pipeline.sources.brand_new_source": "shared", "pipeline.metrics.brand_new_metric": "shared",
         "pipeline.benchmarks.brand_new": "write_side_users",
     }  # fmt: skip
+    graph = Graph(REPO, ("codec", "pipeline", "jobs"), dict.fromkeys(expected, ""))
+    assert assign_groups(graph, groups) == expected
+
+
+def test_every_module_of_pipeline_sits_in_its_groups_folder(real: Contracts) -> None:
+    """The folders of pipeline/ are the groups: each module's group is its folder's, but for the four
+    modules layers.toml names (the audit's manifest reader and `--where` filters are read side; the
+    dataset's Ray and torch front ends are tools), and no module but `text` sits at the top."""
+    groups = tomllib.loads(CONTRACTS.read_text())["groups"]
+    graph = real.graph
+    folders = {
+        "format": "read_side", "store": "read_side", "read": "read_side", "dataset": "read_side",
+        "tools": "tools", "audit": "tools", "archive": "write_side", "sources": "shared",
+        "metrics": "shared", "benchmarks": "write_side_users", "training": "write_side_users",
+    }  # fmt: skip
+    named = {
+        "pipeline.audit.reader": "read_side", "pipeline.audit.filters": "read_side",
+        "pipeline.dataset.ray_source": "tools", "pipeline.dataset.torch_dataset": "tools",
+    }  # fmt: skip
+    tops = {m.split(".")[1] for m in graph.modules if m.startswith("pipeline.")}
+    assert tops == {"text", *folders}, "a new module of pipeline/ goes in the folder of its layer"
+    for module, group in assign_groups(graph, groups).items():
+        if module.startswith("pipeline.") and module != "pipeline.text":
+            assert group == named.get(module, folders[module.split(".")[1]]), module
 
 
 def test_the_graph_sees_deferred_by_name_and_package_imports_of_the_real_code(real: Contracts) -> None:
@@ -307,11 +330,11 @@ def test_layers_toml_catches_a_new_module_and_a_deferred_import_in_a_copy_of_the
             REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("models", "__pycache__")
         )
     (tmp_path / "pipeline/brand_new.py").write_text("from pipeline.archive.plan import plan_gops\n")
-    locate = tmp_path / "pipeline/locate.py"
+    locate = tmp_path / "pipeline/read/locate.py"
     lines = locate.read_text().splitlines()
     line = len(lines) + 3  # after a blank line and the def
     locate.write_text(
-        "\n".join([*lines, "", "def _check():", "    from pipeline.verify import verify_archive", ""])
+        "\n".join([*lines, "", "def _check():", "    from pipeline.tools.verify import verify_archive", ""])
     )
     config = tomllib.loads(CONTRACTS.read_text())
     results = {r.name: r for r in Contracts(config, build_graph(tmp_path)).results()}
@@ -319,8 +342,11 @@ def test_layers_toml_catches_a_new_module_and_a_deferred_import_in_a_copy_of_the
     text = report.describe()
     assert _chain("pipeline.brand_new", "-> pipeline.archive.plan  [pipeline/brand_new.py:1]") in text
     assert (
-        _chain("pipeline.locate", f"-> pipeline.verify  [pipeline/locate.py:{line}, inside a function]")
+        _chain(
+            "pipeline.read.locate",
+            f"-> pipeline.tools.verify  [pipeline/read/locate.py:{line}, inside a function]",
+        )
         in text
     )
-    assert "pipeline.restore" in text.split(f"pipeline/locate.py:{line}")[1]  # also reached from restore
+    assert "pipeline.read.restore" in text.split(f"pipeline/read/locate.py:{line}")[1]  # also from restore
     assert [r.name for r in results.values() if not r.kept] == [report.name]  # the load scope ignores it

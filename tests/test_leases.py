@@ -16,7 +16,7 @@ from pipeline.archive import run_archive
 from pipeline.archive.actors import EncodePool
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.leases import Leases, lease_path
-from pipeline.storage import filesystem, write_bytes
+from pipeline.store.storage import filesystem, write_bytes
 
 
 class Clock:

@@ -60,7 +60,7 @@ def _keys(rows: list[dict]) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cold_archive(sample_dir: Path, s3_endpoint: str, ray_address: str, fast_metrics) -> dict:
     """Two videos archived to DEEP_ARCHIVE (nothing thawed yet)."""
-    from pipeline.storage import filesystem
+    from pipeline.store.storage import filesystem
 
     bucket = _bucket(s3_endpoint)
     out = f"s3://{bucket}/cold"
@@ -156,7 +156,7 @@ def test_fixity_scan_names_changed_and_missing_objects_without_a_get(
     out = f"s3://{bucket}/fix"
     _archive(sample_dir, out, s3_endpoint, fast_metrics, storage_class="GLACIER")
     client = boto3.client("s3", endpoint_url=s3_endpoint)
-    from pipeline.storage import filesystem
+    from pipeline.store.storage import filesystem
 
     fs, path = filesystem(out, endpoint_url=s3_endpoint)
     keys = _keys(_rows(fs, path))
@@ -229,7 +229,7 @@ def test_a_cold_pack_is_one_object_with_one_checksum(
 ) -> None:
     import boto3
 
-    from pipeline.storage import filesystem
+    from pipeline.store.storage import filesystem
 
     bucket = _bucket(s3_endpoint)
     out = f"s3://{bucket}/packed"
@@ -254,7 +254,7 @@ def test_a_cold_pack_is_one_object_with_one_checksum(
 def test_a_store_without_additional_checksums_still_archives_and_says_so(
     sample_dir: Path, s3_endpoint: str, ray_address: str, fast_metrics
 ) -> None:
-    from pipeline.storage import filesystem
+    from pipeline.store.storage import filesystem
     from tests.faulty_proxy import Rule
 
     bucket = _bucket(s3_endpoint)

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from jobs.cli import app
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
-from pipeline.manifest import COLUMN_CHECKSUMS_KEY, ArchiveParts, parquet_bytes, parse_part
-from pipeline.schema import MANIFEST_SCHEMA
+from pipeline.format.schema import MANIFEST_SCHEMA
+from pipeline.read.manifest import COLUMN_CHECKSUMS_KEY, ArchiveParts, parquet_bytes, parse_part
 
 ROWS = [
     {

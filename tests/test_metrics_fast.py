@@ -26,7 +26,7 @@ from pipeline.metrics import (
     compute_gop_metrics,
 )
 from pipeline.metrics.fidelity import CHUNK_FRAMES, PSNR_CAP_DB, ms_ssim, pixel_metrics
-from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
 BT709 = np.array([0.2126, 0.7152, 0.0722])
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,10 +26,10 @@ import pytest
 
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig, MigrationSpec
-from pipeline.container import AUDIO_ATTACHMENT
+from pipeline.format.container import AUDIO_ATTACHMENT
 from pipeline.metrics.fidelity import psnr_rgb
-from pipeline.reader import ArchiveReader
-from pipeline.synthetic import synthetic_clip
+from pipeline.read.reader import ArchiveReader
+from pipeline.sources.synthetic import synthetic_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP = ("lpips", "dists", "vmaf", "temporal")

@@ -1,6 +1,6 @@
-"""The pack object (`pipeline/pack.py`): members written back to back, each read alone with ranged reads
-like a single-video object; the pack index is bounds-checked; a single-video reader refuses a pack in
-one line; single-video objects of earlier releases still read."""
+"""The pack object (`pipeline/format/pack.py`): members written back to back, each read alone with ranged
+reads like a single-video object; the pack index is bounds-checked; a single-video reader refuses a pack
+in one line; single-video objects of earlier releases still read."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import io
 
 import pytest
 
-from pipeline.container import ContainerError, read_index, write_container
-from pipeline.container_header import ContainerHeader
-from pipeline.pack import PackWriter, is_pack, read_member_index, read_pack_index
+from pipeline.format.container import ContainerError, read_index, write_container
+from pipeline.format.container_header import ContainerHeader
+from pipeline.format.pack import PackWriter, is_pack, read_member_index, read_pack_index
 
 
 def _header(frames: int, key: str) -> ContainerHeader:
@@ -90,7 +90,7 @@ def test_a_damaged_pack_index_is_a_one_line_error(damage: str) -> None:
         import json
         import struct
 
-        from pipeline.container import TRAILER, crc32c
+        from pipeline.format.container import TRAILER, crc32c
 
         body = json.dumps(
             {"members": [[m.video_key, m.offset + 1, m.length] for m in index.members]}
@@ -107,11 +107,11 @@ def test_a_damaged_pack_part_names_its_members_once(tmp_path) -> None:
     """A committed pack whose manifest part is damaged: `ls` lists each member as damaged (naming the
     part), and `verify` reports the part once, not each member again as a done video without rows."""
     from pipeline.audit.videos import list_archive
-    from pipeline.manifest import parquet_bytes
-    from pipeline.runinfo import pack_manifest_path, pack_marker_path, write_json
-    from pipeline.schema import MANIFEST_SCHEMA
-    from pipeline.storage import filesystem, write_bytes
-    from pipeline.verify import run_verify
+    from pipeline.format.runinfo import pack_manifest_path, pack_marker_path, write_json
+    from pipeline.format.schema import MANIFEST_SCHEMA
+    from pipeline.read.manifest import parquet_bytes
+    from pipeline.store.storage import filesystem, write_bytes
+    from pipeline.tools.verify import run_verify
 
     out = str(tmp_path / "out")
     fs, root = filesystem(out)

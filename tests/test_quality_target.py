@@ -11,7 +11,7 @@ import pytest
 from codec.base import Codec, EncodedGop, RateTarget
 from pipeline.archive.quality_target import QualityTargetError, find_rate_for_quality
 from pipeline.metrics import psnr_rgb
-from pipeline.synthetic import synthetic_clip
+from pipeline.sources.synthetic import synthetic_clip
 
 
 class QuantizingCodec(Codec):

@@ -16,8 +16,8 @@ import pytest
 
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
-from pipeline.manifest import parquet_bytes
-from pipeline.schema import MANIFEST_SCHEMA
+from pipeline.format.schema import MANIFEST_SCHEMA
+from pipeline.read.manifest import parquet_bytes
 from tests.faulty_proxy import FaultyProxy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,8 +146,8 @@ def test_archive_written_before_the_index_still_restores(local_archive: Path, tm
     assert missing.returncode == 2 and "no archived video named 'nope.mp4'" in missing.stderr
     assert not (tmp_path / "c.mkv").exists()
 
-    from pipeline.locate import backfill_index, by_name, index_complete
-    from pipeline.storage import filesystem
+    from pipeline.read.locate import backfill_index, by_name, index_complete
+    from pipeline.store.storage import filesystem
 
     assert backfill_index(str(out)) == len(_keys(out))  # what `vidarc compact` does to such an archive
     fs, root = filesystem(str(out))
@@ -162,9 +162,9 @@ def test_archive_written_before_the_index_still_restores(local_archive: Path, tm
 def test_packed_video_is_found_from_its_key_entry(
     tmp_path: Path, sample_dir: Path, ray_address: str, fast_metrics
 ) -> None:
-    from pipeline.locate import by_key, index_complete
-    from pipeline.restore import find_video
-    from pipeline.storage import filesystem
+    from pipeline.read.locate import by_key, index_complete
+    from pipeline.read.restore import find_video
+    from pipeline.store.storage import filesystem
 
     out = tmp_path / "packed"
     config = ArchiveConfig(
@@ -199,8 +199,8 @@ def _ls_lines(out: Path, *args: str) -> list[dict]:
 
 
 def test_ls_streams_in_key_order_and_pages(local_archive: Path, tmp_path: Path, monkeypatch) -> None:
-    from pipeline import manifest_layout
-    from pipeline.compact import compact
+    from pipeline.read import manifest_layout
+    from pipeline.tools.compact import compact
 
     everything = _ls_lines(local_archive)
     keys = [v["video_key"] for v in everything]
@@ -221,8 +221,8 @@ def test_ls_streams_in_key_order_and_pages(local_archive: Path, tmp_path: Path, 
 def test_verify_of_a_large_archive_checks_a_seeded_sample(
     local_archive: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from pipeline import verify
-    from pipeline.compact import compact
+    from pipeline.tools import verify
+    from pipeline.tools.compact import compact
 
     monkeypatch.setattr(verify, "IN_MEMORY_ROWS", 2)  # this archive counts as large
     out = tmp_path / "large"
@@ -250,7 +250,7 @@ def test_verify_of_a_large_archive_checks_a_seeded_sample(
 
 
 def test_inspect_one_video_of_an_archive_by_name(local_archive: Path) -> None:
-    from pipeline.inspect import InspectError, inspect_object
+    from pipeline.read.inspect import InspectError, inspect_object
 
     key = _keys(local_archive)["with-audio.mp4"]
     report = inspect_object(str(local_archive), video="with-audio.mp4")

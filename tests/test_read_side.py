@@ -23,9 +23,9 @@ import pytest
 from codec.base import RateTarget
 from codec.errors import CodecError, ModelMismatchError
 from codec.registry import create_codec, decoder_for
-from pipeline.container import ContainerError
-from pipeline.container_header import ContainerHeader
-from pipeline.reader import ArchiveReader
+from pipeline.format.container import ContainerError
+from pipeline.format.container_header import ContainerHeader
+from pipeline.read.reader import ArchiveReader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ NEVER_ON_RESTORE = (
     "pipeline.archive",  # the write side: scheduler, encode worker, quality search (quality_target, searches)
     "pipeline.metrics",
     "pipeline.sources",
-    "pipeline.verify",
+    "pipeline.tools",  # verify, compact
     "pipeline.audit",
     "pipeline.training",
     "pipeline.benchmarks",
@@ -129,8 +129,8 @@ def test_restoring_one_gop_loads_no_ray_metrics_search_or_torch(tmp_path: Path, 
     never = (*NEVER_ON_RESTORE, "torch", "triton", "diffusers")
     report = _fresh(f"""
 import json, sys
-from pipeline.reader import ArchiveReader
-from pipeline.restore import restore_video
+from pipeline.read.reader import ArchiveReader
+from pipeline.read.restore import restore_video
 reader = ArchiveReader({uri!r})
 frames = reader.decode(1, reader.decoder_for())
 result = restore_video({str(tmp_path / "out")!r}, "clip-0001", {str(tmp_path / "gop.mkv")!r}, frames=(4, 8))
@@ -202,7 +202,7 @@ def test_restoring_neural_gops_loads_no_ray_metrics_or_search_code(tmp_path: Pat
     golden = REPO / "tests" / "golden"
     report = _fresh(f"""
 import json, sys
-from pipeline.reader import ArchiveReader
+from pipeline.read.reader import ArchiveReader
 shapes = []
 for name in ("glvc", "gvc-flf2v"):
     reader = ArchiveReader({str(golden / "v2")!r} + "/" + name + ".vdrc")

@@ -19,10 +19,10 @@ import pytest
 from codec.registry import create_codec
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
-from pipeline.container import read_attachment, read_gop, read_index
+from pipeline.format.container import read_attachment, read_gop, read_index
 from pipeline.metrics import psnr_rgb
-from pipeline.restore import RestoreError, find_video, parse_frame_range, restore_video
-from pipeline.storage import filesystem, range_reader
+from pipeline.read.restore import RestoreError, find_video, parse_frame_range, restore_video
+from pipeline.store.storage import filesystem, range_reader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def test_vfr_and_rotated_source_restores_its_timestamps_and_rotation(
 ) -> None:
     """A phone-style source (variable frame rate, display rotation 90°) comes back with the same
     frame timestamps and rotation, whole or as a frame range (timestamps then start at 0)."""
-    from pipeline.sources import probe
+    from pipeline.sources.media import probe
 
     pts = [0, 40, 80, 200, 240, 400, 440, 480, 700, 740]
     (tmp_path / "src").mkdir()

@@ -13,11 +13,11 @@ import pytest
 from pipeline.archive.discovery import iter_sources, list_sources
 from pipeline.archive.source_list import SourceList, SourceListError
 from pipeline.archive.worklist import WorkList
-from pipeline.keys import list_video_key, parse_shard, shard_of
-from pipeline.keyset import KeySet
-from pipeline.listing import iter_pages
-from pipeline.runinfo import marker_keyset, marker_path, write_json
-from pipeline.storage import filesystem
+from pipeline.format.keys import list_video_key, parse_shard, shard_of
+from pipeline.format.runinfo import marker_keyset, marker_path, write_json
+from pipeline.store.keyset import KeySet
+from pipeline.store.listing import iter_pages
+from pipeline.store.storage import filesystem
 
 
 def _tree(root: Path, names: list[str]) -> None:

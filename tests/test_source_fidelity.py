@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from codec.base import RateTarget, to_8bit
 from codec.registry import create_codec
 from jobs.cli import app
-from pipeline import sources
 from pipeline.archive.video_setup import precision
+from pipeline.sources import media
 
 FIRST_LEVEL = 480
 
@@ -77,9 +77,9 @@ def test_classic_codecs_keep_ten_bits(name: str) -> None:
 
 
 def test_probe_records_depth_chroma_and_the_declared_frame_count(tmp_path: Path, clip: np.ndarray) -> None:
-    deep = sources.probe(str(write_10bit(tmp_path / "ten.mkv", ramp())))
+    deep = media.probe(str(write_10bit(tmp_path / "ten.mkv", ramp())))
     assert (deep.bit_depth, deep.chroma, deep.frame_count, deep.truncated) == (10, "4:2:0", 12, False)
-    cut = sources.probe(str(write_truncated(tmp_path / "cut.mkv", clip)))
+    cut = media.probe(str(write_truncated(tmp_path / "cut.mkv", clip)))
     assert cut.declared_frames == 30 and cut.frame_count < 30 and cut.truncated
     assert f"{cut.frame_count} of 30 declared frames" in (cut.source_note() or "")
 
@@ -96,19 +96,19 @@ def test_a_source_over_the_pixel_budget_fails_before_decoding(tmp_path: Path) ->
     """A 52 KB file that declares 16000×16000 frames once drove a job past 21 GB."""
     hostile = tmp_path / "huge.y4m"
     hostile.write_bytes(b"YUV4MPEG2 W16000 H16000 F24:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\x80" * 52_000)
-    with pytest.raises(sources.SourceError, match="over the pixel budget of 33177600"):
-        sources.probe(str(hostile), max_pixels=sources.DEFAULT_MAX_PIXELS)
+    with pytest.raises(media.SourceError, match="over the pixel budget of 33177600"):
+        media.probe(str(hostile), max_pixels=media.DEFAULT_MAX_PIXELS)
 
 
 def test_decoded_frames_must_match_the_declared_size_and_budget(tmp_path: Path, clip: np.ndarray) -> None:
     from tests.conftest import write_odd_video
 
     path = write_odd_video(tmp_path / "v.mkv", clip[:4])
-    info = sources.probe(str(path))
-    with pytest.raises(sources.SourceError, match="decodes to 64x48, the stream declares 32x32"):
-        sources.decode_frames(str(path), 0, 4, expected_pts=info.frame_pts, size=(32, 32))
-    with pytest.raises(sources.SourceError, match="over the pixel budget of 1000"):
-        sources.decode_frames(str(path), 0, 4, expected_pts=info.frame_pts, max_pixels=1000)
+    info = media.probe(str(path))
+    with pytest.raises(media.SourceError, match="decodes to 64x48, the stream declares 32x32"):
+        media.decode_frames(str(path), 0, 4, expected_pts=info.frame_pts, size=(32, 32))
+    with pytest.raises(media.SourceError, match="over the pixel budget of 1000"):
+        media.decode_frames(str(path), 0, 4, expected_pts=info.frame_pts, max_pixels=1000)
 
 
 def test_archive_keeps_ten_bits_warns_on_truncation_and_bounds_gops_per_actor(
@@ -182,10 +182,10 @@ def test_every_frame_probe_counts_in_a_cut_mp4_decodes(tmp_path: Path, clip: np.
     from pipeline.archive.plan import plan_gops
 
     cut = str(write_cut_mp4(tmp_path / "cut.mp4", clip, keep=keep))
-    info = sources.probe(cut)
+    info = media.probe(cut)
     assert info.declared_frames == 72 and info.truncated
     decoded = [
-        len(sources.decode_frames(cut, span.first_frame, span.frame_count, expected_pts=span.pts))
+        len(media.decode_frames(cut, span.first_frame, span.frame_count, expected_pts=span.pts))
         for span in plan_gops(info.frame_count, 16, info.frame_pts)
     ]
     assert sum(decoded) == info.frame_count

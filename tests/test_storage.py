@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.storage import (
+from pipeline.store.storage import (
     StorageError,
     check_reachable,
     filesystem,

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from pipeline.storage import (
+from pipeline.store.storage import (
     RetryPolicy,
     StorageError,
     StorageUnavailable,

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline.archive.summary import RunTally
-from pipeline.container import read_index, write_container
-from pipeline.container_header import ContainerHeader
-from pipeline.runinfo import finite, json_text, write_json
-from pipeline.storage import filesystem
+from pipeline.format.container import read_index, write_container
+from pipeline.format.container_header import ContainerHeader
+from pipeline.format.runinfo import finite, json_text, write_json
+from pipeline.store.storage import filesystem
 
 
 def _refuse(token: str) -> None:

@@ -47,7 +47,7 @@ def toy_tokenizer(tmp_path_factory, ray_address):
 
 def test_tokenizer_stage_writes_a_loadable_tokenizer_with_measured_latent_statistics(toy_tokenizer):
     from codec.glvc.tokenizer import load_tokenizer
-    from pipeline.synthetic import synthetic_clip
+    from pipeline.sources.synthetic import synthetic_clip
 
     settings, directory = toy_tokenizer
     config = json.loads((directory / "config.json").read_text())

@@ -218,8 +218,8 @@ def test_two_node_cluster_survives_losing_the_encoder_node(
 
     import pyarrow.parquet as pq
 
-    from pipeline.storage import filesystem
-    from pipeline.verify import run_verify
+    from pipeline.store.storage import filesystem
+    from pipeline.tools.verify import run_verify
 
     fs, root = filesystem(out, endpoint_url=s3_endpoint)
     containers = sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{root}/videos"))

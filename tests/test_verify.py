@@ -16,11 +16,11 @@ import pytest
 
 from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
-from pipeline.container import PREAMBLE, TRAILER, read_index
-from pipeline.manifest import parquet_bytes
-from pipeline.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA
-from pipeline.storage import filesystem, range_reader
-from pipeline.verify import VerifyError, run_verify
+from pipeline.format.container import PREAMBLE, TRAILER, read_index
+from pipeline.format.schema import MANIFEST_SCHEMA, VERIFY_SCHEMA
+from pipeline.read.manifest import parquet_bytes
+from pipeline.store.storage import filesystem, range_reader
+from pipeline.tools.verify import VerifyError, run_verify
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,11 +21,11 @@ from pipeline.archive import run_archive
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.audit.summary import summarise_verify
-from pipeline.container import read_index
-from pipeline.keyset import KeySet
-from pipeline.storage import filesystem, range_reader
-from pipeline.verify import _gop_counter, _verify_batch_counted, run_verify
-from pipeline.verify_progress import VerifyProgress
+from pipeline.format.container import read_index
+from pipeline.store.keyset import KeySet
+from pipeline.store.storage import filesystem, range_reader
+from pipeline.tools.verify import _gop_counter, _verify_batch_counted, run_verify
+from pipeline.tools.verify_progress import VerifyProgress
 
 
 class _Clock:

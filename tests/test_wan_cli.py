@@ -31,7 +31,7 @@ def _run(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory, clip: np.ndarray) -> Path:
-    from pipeline.synthetic import write_video
+    from pipeline.sources.synthetic import write_video
 
     root = tmp_path_factory.mktemp("wan-src")
     write_video(root / "clip.mp4", clip[:9], fps=24)
@@ -68,8 +68,8 @@ def archives(source, wan_dirs, tmp_path_factory, ray_address, fast_metrics) -> d
 
 @pytest.mark.parametrize("kind", ["t2v", "i2v", "flf2v"])
 def test_archive_verify_restore_with_the_official_layout(archives, wan_dirs, tmp_path, kind):
-    from pipeline.restore import restore_video
-    from pipeline.verify import run_verify
+    from pipeline.read.restore import restore_video
+    from pipeline.tools.verify import run_verify
 
     out, model = archives[kind], wan_dirs[kind]
     summary = json.loads(next((out / "runs").glob("*/summary.json")).read_text())
@@ -94,7 +94,7 @@ def test_archive_verify_restore_with_the_official_layout(archives, wan_dirs, tmp
 
 
 def test_a_swapped_component_is_refused_at_decode(archives, wan_dirs, tmp_path):
-    from pipeline.restore import RestoreError, restore_video
+    from pipeline.read.restore import RestoreError, restore_video
 
     swapped = tmp_path / "swapped"
     shutil.copytree(wan_dirs["t2v"], swapped, ignore=shutil.ignore_patterns(".vidarc"))

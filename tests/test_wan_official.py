@@ -24,7 +24,7 @@ from codec.errors import ModelLoadError, ModelMismatchError, UnsupportedInputErr
 from codec.gvc.codec import GvcCodec
 from codec.modeldir import HashCache, load_model_dir, pin_model_dir
 from codec.wan import flow_layout
-from pipeline.synthetic import TRAIN_IMAGES, synthetic_clip
+from pipeline.sources.synthetic import TRAIN_IMAGES, synthetic_clip
 
 REPO = Path(__file__).resolve().parents[1]
 W, H, T = 64, 48, 9

@@ -3,7 +3,7 @@
 A stage measures its own wall time inside the Ray task or actor that runs it and multiplies it by the
 devices Ray reserved there (`held`): CPUs for tasks and CPU actors, GPUs for GPU actors (a GPU-hour
 price is taken to cover its host's CPUs, so a GPU actor's CPUs are not charged again). The definitions
-of the manifest's compute columns are in `pipeline.schema` (`COMPUTE_STAGES`); this module measures,
+of the manifest's compute columns are in `pipeline.format.schema` (`COMPUTE_STAGES`); this module measures,
 apportions per-video stages to a video's GOP rows, and adds them up for `summary.json`.
 """
 
@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, compute_column
+from pipeline.format.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, compute_column
 
 #: Stages measured once per video (apportioned to its rows by frame count).
 PER_VIDEO_STAGES: tuple[str, ...] = ("probe", "search", "commit")
@@ -156,7 +156,7 @@ class ComputeTally:
                 if stage != "reference":
                     archive_by_device[kind] += seconds
         return {
-            "unit": "device-seconds (wall seconds x devices reserved; see pipeline/schema.py COMPUTE_STAGES)",
+            "unit": "device-seconds (wall seconds x devices reserved; see pipeline/format/schema.py COMPUTE_STAGES)",
             "by_stage": {stage: dict(kinds) for stage, kinds in sorted(self.by_stage.items())},
             "by_device": dict(by_device),
             "archive_by_device": dict(archive_by_device),

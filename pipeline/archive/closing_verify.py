@@ -1,16 +1,16 @@
 """The archive job's closing verify (`--verify-fraction`): visible, timed, and not repeated for nothing.
 
 After the last commit (and the closing compaction) the driver decodes a seeded sample of the whole
-archive (`pipeline.verify.run_verify`) with the run's `--model` and `--device`. Three things make that
+archive (`pipeline.tools.verify.run_verify`) with the run's `--model` and `--device`. Three things make that
 step honest to the person watching:
 
 - it speaks: progress lines on stderr like the rest of the run ("verify: 3/12 GOPs decoded (0:41, ETA
-  1:58)"; `pipeline.verify_progress`), since a neural sample on a CPU decodes for minutes;
+  1:58)"; `pipeline.tools.verify_progress`), since a neural sample on a CPU decodes for minutes;
 - its time is its own: `summary.json`'s `verify.wall_seconds` is measured around it (the run's
   `wall_seconds` covers the whole run, verify included; `archive_wall_seconds` the work before it);
 - it is not repeated for nothing: when this run committed nothing (no video archived or failed) and
   the last verify of the archive was a closing verify that passed over the same committed videos with
-  the same fraction, seed, device, model and software (`pipeline.verify_record`), it is skipped with
+  the same fraction, seed, device, model and software (`pipeline.tools.verify_record`), it is skipped with
   one line saying so and how to check again. A failed last verify, any video committed since (by any
   run), or other settings run it again.
 """
@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.archive.config import ArchiveConfig
-from pipeline.runinfo import tool_versions
-from pipeline.storage import describe, filesystem, redact
-from pipeline.verify_record import committed_state, read_record
+from pipeline.format.runinfo import tool_versions
+from pipeline.store.storage import describe, filesystem, redact
+from pipeline.tools.verify_record import committed_state, read_record
 
 #: The closing verify's sample seed (`vidarc verify --seed`'s default): reruns draw the same sample.
 SEED = 0
@@ -94,10 +94,10 @@ def _skipped(last: dict[str, Any], covers: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(cfg: ArchiveConfig, run_id: str, covers: dict[str, Any] | None, say: Callable[[str], None]) -> dict:
-    """Decode a sample of the archive (pipeline.verify) where the codec's device is: GPU Ray tasks when
+    """Decode a sample of the archive (pipeline.tools.verify) where the codec's device is: GPU Ray tasks when
     the run used GPUs (the encode actors are gone by now, so their GPUs are free), else CPU; with no
     GPU reachable it decodes on CPU and says so in `notes`, never failing for a CPU-only head."""
-    from pipeline.verify import VerifyError, run_verify
+    from pipeline.tools.verify import VerifyError, run_verify
 
     try:
         report = run_verify(

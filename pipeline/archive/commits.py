@@ -12,7 +12,7 @@ from pipeline.archive.errors import one_line
 from pipeline.archive.failures import FailureLog
 from pipeline.archive.run_context import RunContext
 from pipeline.archive.video_state import Video, VideoBook
-from pipeline.storage import is_transient
+from pipeline.store.storage import is_transient
 
 
 class Commits:

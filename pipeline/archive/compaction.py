@@ -1,10 +1,10 @@
-"""Compaction as part of the archive job (`pipeline.compact`), so an archive never piles up millions of
+"""Compaction as part of the archive job (`pipeline.tools.compact`), so an archive never piles up millions of
 per-video manifest parts because nobody ran `vidarc compact`.
 
 When:
 - during the run, each time `ArchiveConfig.compact_every` more videos (default 10,000) have been
   committed since the last compaction began: in a thread of the driver, so the encoders never wait for
-  it (readers stay correct while it runs: `pipeline.manifest_layout`);
+  it (readers stay correct while it runs: `pipeline.read.manifest_layout`);
 - once when the run ends, if it committed anything since, *before* the closing verify: the verify then
   reads the manifest as it will stay, so it also checks the compacted files' rows against the objects.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.progress import Counters
-from pipeline.storage import describe, redact
+from pipeline.store.storage import describe, redact
 
 log = logging.getLogger("vidarc.archive")
 
@@ -86,7 +86,7 @@ class RunCompaction:
 
     def compact_now(self) -> None:
         """One compaction; never raises for storage or a held lock (noted instead)."""
-        from pipeline.compact import CompactError, CompactionLocked, compact
+        from pipeline.tools.compact import CompactError, CompactionLocked, compact
 
         with self._busy:
             self._started_at = self.counters.videos_ok

@@ -14,8 +14,8 @@ from typing import Any
 from codec.base import RateTarget
 from codec.registry import CLASSIC_CODECS, NEURAL_CODECS
 from pipeline.metrics import DEFAULT_SAMPLE_FRACTION
-from pipeline.sources import DEFAULT_MAX_PIXELS
-from pipeline.storage import redact
+from pipeline.sources.media import DEFAULT_MAX_PIXELS
+from pipeline.store.storage import redact
 
 #: Codec-native quality used when no rate option is given: visually good, not wasteful.
 #: CRF for x264/x265 (their "visually lossless-ish" defaults), CRF for SVT-AV1, and the middle of the
@@ -128,7 +128,7 @@ class ArchiveConfig:
     actor_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     #: Ray custom resources each probe/decode/commit task asks for: where the CPU work runs.
     task_resources: dict[str, float] = dataclasses.field(default_factory=dict)
-    #: `--pack N_MB`: many videos per archive object (`pipeline.pack`), each pack about N MB of payload.
+    #: `--pack N_MB`: many videos per archive object (`pipeline.format.pack`), each pack about N MB of payload.
     pack_mb: float | None = None
     #: Pixel budget per frame (default 8K): larger sources fail at probe time, before any decoding.
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -149,7 +149,7 @@ class ArchiveConfig:
     min_vmaf: float | None = None
     #: Classic codec a video under the floor is coded again with (None: such a video fails).
     fallback: str | None = None
-    #: S3 storage class of the video and pack objects (`pipeline/storage_class.py`); manifests,
+    #: S3 storage class of the video and pack objects (`pipeline/store/storage_class.py`); manifests,
     #: markers, leases and indexes stay in STANDARD. None: the bucket's default (STANDARD).
     storage_class: str | None = None
     #: A migration: `src` is then an archive whose videos are coded again (None: an ordinary run).
@@ -197,7 +197,7 @@ class ArchiveConfig:
         _check_gvc_mode(self)
         storage_class = self.storage_class
         if storage_class is not None:
-            from pipeline.storage_class import StorageClassError, check_storage_class
+            from pipeline.store.storage_class import StorageClassError, check_storage_class
 
             try:
                 storage_class = check_storage_class(storage_class)

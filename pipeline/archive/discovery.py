@@ -2,11 +2,11 @@
 
 A file is a video if PyAV opens it and finds a video stream, whatever its name: collections hold
 `.MOV`, extension-less exports and mislabelled files. Listing is streamed page by page
-(`pipeline.listing`: ListObjectsV2 pages on S3, one folder at a time elsewhere), so the driver never
+(`pipeline.store.listing`: ListObjectsV2 pages on S3, one folder at a time elsewhere), so the driver never
 holds the whole collection; SRC may also be an input list (`source_list`: Parquet/CSV/JSON lines of
 URIs with optional caption/license/split and per-video targets). Probing reads each object's container header and packet table and runs in Ray tasks,
 not in the driver. Files that are not videos are skipped and listed in the summary, not failures;
-files that look like videos but cannot be read are failures (see `sources.probe`).
+files that look like videos but cannot be read are failures (see `media.probe`).
 
 `--include`/`--exclude` globs match the path relative to SRC; a pattern without '/' also matches the
 file name alone, so `--include '*.mp4'` works at any depth. Exclusion wins over inclusion.
@@ -20,12 +20,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from codec.base import RateTarget
-from pipeline import sources
 from pipeline.archive.source_list import SourceList, list_format
-from pipeline.archived_source import ParentRef
-from pipeline.keys import list_video_key, video_key
-from pipeline.listing import ListedObject, iter_pages
-from pipeline.storage import describe, filesystem, full_uri, is_local, is_transient, retrying
+from pipeline.format.keys import list_video_key, video_key
+from pipeline.read.archived_source import ParentRef
+from pipeline.sources import media
+from pipeline.store.listing import ListedObject, iter_pages
+from pipeline.store.storage import describe, filesystem, full_uri, is_local, is_transient, retrying
 
 HEAD_BYTES = 512
 
@@ -55,7 +55,7 @@ class ProbeOutcome:
 
     entry: SourceEntry
     kind: str  # "video" | "skip" | "failed"
-    info: sources.VideoInfo | None = None
+    info: media.VideoInfo | None = None
     reason: str | None = None
     #: The failure was the storage's (outage, throttling), not the video's: a rerun should retry it.
     transient: bool = False
@@ -100,7 +100,7 @@ def iter_sources(
 ) -> Iterator[SourceEntry]:
     """Every object under `src` (a folder, prefix, single file, or input list), filtered by the globs.
 
-    Streamed page by page (`pipeline.listing`): a folder or prefix comes in path order, a list in its
+    Streamed page by page (`pipeline.store.listing`): a folder or prefix comes in path order, a list in its
     row order; memory holds one page. `ignore_prefix` (the archive's OUT, when it lies inside SRC) is
     never listed, so a rerun does not try to archive its own output. The caller has checked that `src`
     exists.
@@ -206,13 +206,13 @@ def probe_entry(
         return ProbeOutcome(
             entry,
             "video",
-            info=sources.probe(
+            info=media.probe(
                 entry.uri, endpoint_url=endpoint_url, head=head, sha256=True, max_pixels=max_pixels
             ),
         )
-    except sources.NotAVideo as exc:
+    except media.NotAVideo as exc:
         return ProbeOutcome(entry, "skip", reason=str(exc))
-    except sources.SourceError as exc:
+    except media.SourceError as exc:
         return ProbeOutcome(entry, "failed", reason=str(exc))
     except Exception as exc:  # storage errors while reading one object must not stop the run
         if is_transient(exc):

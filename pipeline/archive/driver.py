@@ -59,9 +59,9 @@ from pipeline.archive.scheduler import Scheduler
 from pipeline.archive.source_list import SourceList, SourceListError, list_format
 from pipeline.archive.tasks import warm_up_task_workers
 from pipeline.archive.worklist import WorkList
-from pipeline.locate import claim_new_archive
-from pipeline.runinfo import new_run_id, run_dir, tool_versions, write_json
-from pipeline.storage import (
+from pipeline.format.runinfo import new_run_id, run_dir, tool_versions, write_json
+from pipeline.read.locate import claim_new_archive
+from pipeline.store.storage import (
     StorageError,
     check_reachable,
     check_writable,
@@ -322,7 +322,7 @@ def _temporaries(out_root: str) -> dict[str, tuple[str, str]]:
 
 def _compacting(out_fs: Any, out_root: str) -> bool:
     """Whether a compaction holds OUT's lock now (its compacted file may be half written)."""
-    from pipeline.compact import lock_holder
+    from pipeline.tools.compact import lock_holder
 
     try:
         return lock_holder(out_fs, out_root) is not None

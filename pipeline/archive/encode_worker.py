@@ -45,8 +45,8 @@ from pipeline.archive import accounting, utilisation
 from pipeline.archive.config import QualityGoal
 from pipeline.archive.gop_result import GopResult
 from pipeline.archive.quality_target import QualityTargetError, find_rate_for_quality
-from pipeline.digests import fingerprint, frames_sha256
-from pipeline.schema import MANIFEST_SCHEMA
+from pipeline.format.digests import fingerprint, frames_sha256
+from pipeline.format.schema import MANIFEST_SCHEMA
 
 
 class EncodeWorker:
@@ -206,7 +206,7 @@ class EncodeWorker:
         return result, payload
 
     def _digests(self, encoded: Any, payload: bytes, count: int, width: int, height: int) -> dict[str, Any]:
-        """What verify proves the decode with (`pipeline.digests`): the exact part's sha256 (the codec's,
+        """What verify proves the decode with (`pipeline.format.digests`): the exact part's sha256 (the codec's,
         else the reconstruction's), and the reconstruction's sha256 and luma fingerprint — null when the
         codec skipped its pixel decode (a GOP whose quality is not measured)."""
         assert self.codec is not None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline import sources
 from pipeline.archive.config import ConfigError
-from pipeline.storage import redact
+from pipeline.sources import media
+from pipeline.store.storage import redact
 from pipeline.text import printable  # a file may be named "a\nb.mp4"
 
 
@@ -16,7 +16,7 @@ def one_line(uri: str, exc: BaseException) -> str:
     """A user-facing line for a task error: the original exception's own message, never a traceback."""
     cause = getattr(exc, "cause", None) or exc
     text = one_line_text(str(cause), uri) or type(cause).__name__
-    if isinstance(cause, (sources.SourceError, ConfigError)) or text.startswith(printable(uri)):
+    if isinstance(cause, (media.SourceError, ConfigError)) or text.startswith(printable(uri)):
         return redact(text)
     return redact(f"{printable(uri)}: {type(cause).__name__}: {text}")
 

@@ -16,7 +16,7 @@ from pipeline.archive.errors import one_line, one_line_text
 from pipeline.archive.progress import Counters, ProgressDisplay
 from pipeline.archive.summary import MAX_LISTED
 from pipeline.archive.video_writer import record_failure
-from pipeline.storage import redact
+from pipeline.store.storage import redact
 
 
 class FailureLog:

@@ -29,7 +29,7 @@ from codec.base import RateTarget
 from codec.registry import CLASSIC_CODECS
 from pipeline.archive.config import DEFAULT_QUALITY
 from pipeline.archive.gop_result import GopResult
-from pipeline.container_header import ContainerHeader
+from pipeline.format.container_header import ContainerHeader
 
 #: Codecs whose floor is on unless switched off (`--min-psnr 0`): their failures are content-dependent
 #: and silent (`codec.registry.NEURAL_CODECS`). Classic codecs degrade gracefully with rate, so their

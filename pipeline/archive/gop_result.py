@@ -23,7 +23,7 @@ class GopResult:
     #: The settings the rate control chose (`EncodedGop.params`; a quality search's record under
     #: "quality_search"), stored as the row's `codec_params`.
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: The decode proof (`pipeline.digests`): null where the codec skipped its pixel decode.
+    #: The decode proof (`pipeline.format.digests`): null where the codec skipped its pixel decode.
     recon_sha256: str | None = None
     exact_sha256: str | None = None
     fingerprint: bytes | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pipeline.archive import discovery
 from pipeline.archive.leases import Leases
 from pipeline.archive.run_context import RunContext
-from pipeline.storage import StorageError, describe, is_transient
+from pipeline.store.storage import StorageError, describe, is_transient
 
 TAKEN, ELSEWHERE, UNREACHABLE = "taken", "elsewhere", "unreachable"
 

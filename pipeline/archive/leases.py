@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.storage import is_local, join, write_bytes
+from pipeline.store.storage import is_local, join, write_bytes
 
 LEASE_DIR = "leases"
 DEFAULT_TTL_S = 300.0

@@ -9,7 +9,7 @@ both here:
   unchanged, and the original `source_uri`, so the lineage reaches back to the source;
 - each entry is "probed" from its parent's container (`probe_parent`: header, index and timestamps in
   one ranged read; the original source is not read), and its GOPs are decoded from the parent's GOPs
-  (`pipeline.archived_source`), so the new encode's quality columns measure it against the frames it
+  (`pipeline.read.archived_source`), so the new encode's quality columns measure it against the frames it
   was given: the parent's decode. `source_quality` adds `source_psnr` against the original source
   where it still exists.
 
@@ -30,16 +30,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipeline import sources
 from pipeline.archive.config import MigrationSpec
 from pipeline.archive.discovery import ProbeOutcome, SourceEntry
-from pipeline.archived_source import ParentRef, describe, object_sha256
-from pipeline.manifest import ArchiveParts, DamagedPart, PartsError
-from pipeline.manifest_layout import container_location
-from pipeline.runinfo import marker_keyset
-from pipeline.schema import MANIFEST_SCHEMA
-from pipeline.storage import describe as describe_error
-from pipeline.storage import filesystem, full_uri, is_transient
+from pipeline.format.runinfo import marker_keyset
+from pipeline.format.schema import MANIFEST_SCHEMA
+from pipeline.read.archived_source import ParentRef, describe, object_sha256
+from pipeline.read.manifest import ArchiveParts, DamagedPart, PartsError
+from pipeline.read.manifest_layout import container_location
+from pipeline.sources import media
+from pipeline.store.storage import describe as describe_error
+from pipeline.store.storage import filesystem, full_uri, is_transient
 
 _COLUMNS = [
     "status", "source_uri", "source_bytes", "generation", "object_sha256", "archive_uri", "member_offset",
@@ -90,12 +90,12 @@ class Selection:
 
     def entries(self) -> Iterator[SourceEntry]:
         """One `SourceEntry` per selected done video of the parent, in key order."""
-        from pipeline.manifest_videos import iter_videos
+        from pipeline.read.manifest_videos import iter_videos
 
         done = marker_keyset(self.fs, self.root, "done")
         columns = list(_COLUMNS)
         if self.expression is not None:
-            from pipeline.manifest import referenced_columns
+            from pipeline.read.manifest import referenced_columns
 
             columns += [c for c in referenced_columns(self.expression, MANIFEST_SCHEMA) if c not in columns]
         records = iter_videos(self.parts.plan, columns, self._per_table, on_damage=self._on_damage)
@@ -172,7 +172,7 @@ def probe_parent(
         )
     starts = set(info.gop_starts)
     keyframes = tuple(t for i, t in enumerate(info.frame_pts) if i in starts) if info.frame_pts else None
-    video = sources.VideoInfo(
+    video = media.VideoInfo(
         width=width,
         height=height,
         frame_count=info.frame_count,
@@ -208,7 +208,7 @@ def probe_parent(
 
 def _parent_error(parent: ParentRef, exc: Exception) -> str:
     """One line for a parent that cannot be read; a frozen one says how to thaw it."""
-    from pipeline.container import ContainerError
+    from pipeline.format.container import ContainerError
 
     if isinstance(exc, ContainerError):
         return str(exc).splitlines()[0]

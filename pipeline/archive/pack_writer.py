@@ -19,11 +19,9 @@ from pipeline.archive import accounting
 from pipeline.archive.errors import one_line
 from pipeline.archive.gop_result import GopResult
 from pipeline.archive.video_writer import VideoJob, commit_result, container_inputs, object_fields, video_rows
-from pipeline.container import bytes_reader
-from pipeline.locate import write_many_index_entries
-from pipeline.manifest import parquet_bytes
-from pipeline.pack import PackWriter, read_member_index, read_pack_index
-from pipeline.runinfo import (
+from pipeline.format.container import bytes_reader
+from pipeline.format.pack import PackWriter, read_member_index, read_pack_index
+from pipeline.format.runinfo import (
     manifest_path,
     marker_path,
     pack_manifest_path,
@@ -32,8 +30,18 @@ from pipeline.runinfo import (
     utc_now,
     write_json,
 )
-from pipeline.schema import MANIFEST_SCHEMA
-from pipeline.storage import filesystem, full_uri, is_local, put_checked, range_reader, remove, write_bytes
+from pipeline.format.schema import MANIFEST_SCHEMA
+from pipeline.read.locate import write_many_index_entries
+from pipeline.read.manifest import parquet_bytes
+from pipeline.store.storage import (
+    filesystem,
+    full_uri,
+    is_local,
+    put_checked,
+    range_reader,
+    remove,
+    write_bytes,
+)
 
 
 def commit_pack(

@@ -6,7 +6,7 @@ actors codes the same source frames with the reference codec at the archive GOP'
 quality*: the reference's CRF is searched per GOP exactly as a `--per-gop` quality target is
 (`quality_target.find_rate_for_quality`), the search is completed to the two adjacent CRFs that
 bracket the archive's score, and the reference's size at equal quality is interpolated between them
-in log(bytes) (`bracket`). Rows go to `reference/part-<video_key>.parquet` (`pipeline.schema.
+in log(bytes) (`bracket`). Rows go to `reference/part-<video_key>.parquet` (`pipeline.format.schema.
 REFERENCE_SCHEMA`) once the video is committed and all its sampled GOPs are done; `summary.json` and
 `vidarc audit` turn them into "X % smaller than x265 at equal VMAF" with a confidence interval
 (`pipeline.audit.costs.equal_quality_ratio`).
@@ -47,16 +47,16 @@ from pipeline.archive import accounting
 from pipeline.archive.gop_result import GopResult
 from pipeline.archive.plan import GopSpan
 from pipeline.archive.video_writer import gop_identity
-from pipeline.keys import shard_of
-from pipeline.manifest import parquet_bytes
-from pipeline.runinfo import MARKERS_DIR, iter_marker_keys, json_text, utc_now, write_json
-from pipeline.schema import REFERENCE_SCHEMA
-from pipeline.storage import join, read_bytes, remove, write_bytes
+from pipeline.format.keys import shard_of
+from pipeline.format.runinfo import MARKERS_DIR, iter_marker_keys, json_text, utc_now, write_json
+from pipeline.format.schema import REFERENCE_SCHEMA
+from pipeline.read.manifest import parquet_bytes
+from pipeline.store.storage import join, read_bytes, remove, write_bytes
 
 if TYPE_CHECKING:
     from pipeline.archive.run_context import RunContext
     from pipeline.archive.video_state import GopTask, Video
-    from pipeline.keyset import KeySet
+    from pipeline.store.keyset import KeySet
 
 REFERENCE_CODECS: tuple[str, ...] = CLASSIC_CODECS
 #: Reference tasks in flight per encode actor; sampled GOPs beyond it wait (without their frames,
@@ -493,7 +493,7 @@ class References:
             {k: v for k, v in r.items() if k in columns} for r in sorted(rows, key=lambda r: r["gop_index"])
         ]
         ctx = self.ctx
-        try:  # with page and column checksums, like every part (pipeline.manifest)
+        try:  # with page and column checksums, like every part (pipeline.read.manifest)
             write_bytes(ctx.out_fs, reference_path(ctx.out_root, key), parquet_bytes(clean, REFERENCE_SCHEMA))
         except Exception as exc:  # the reference is a measurement: the archive does not depend on it
             ctx.display.log(f"could not write the reference rows of {rows[0]['source_uri']}: {exc}")

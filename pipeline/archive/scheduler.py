@@ -43,7 +43,7 @@ from pipeline.archive.tasks import RemoteTasks
 from pipeline.archive.video_setup import JobBuilder
 from pipeline.archive.video_state import GopTask, Video, VideoBook
 from pipeline.archive.worklist import Listing, WorkCounts, WorkList
-from pipeline.storage import describe, is_transient
+from pipeline.store.storage import describe, is_transient
 
 
 class Scheduler:

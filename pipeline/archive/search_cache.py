@@ -17,8 +17,8 @@ import fsspec
 
 from pipeline.archive.config import QualityGoal
 from pipeline.archive.plan import GopSpan
-from pipeline.runinfo import write_json
-from pipeline.storage import StorageError, join, read_bytes
+from pipeline.format.runinfo import write_json
+from pipeline.store.storage import StorageError, join, read_bytes
 
 
 def search_cache_path(out_root: str, video_key: str) -> str:

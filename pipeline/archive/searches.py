@@ -22,7 +22,7 @@ from pipeline.archive.plan import GopSpan
 from pipeline.archive.run_context import RunContext
 from pipeline.archive.search_cache import load_search, save_search, search_cache_key
 from pipeline.archive.video_state import Video, VideoBook
-from pipeline.storage import is_transient
+from pipeline.store.storage import is_transient
 
 #: `fail(video, reason, transient=...)`: the loop stops the video's work and records it as failed.
 FailVideo = Callable[..., None]

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from codec.base import RateTarget
-from pipeline.storage import filesystem, full_uri
+from pipeline.store.storage import filesystem, full_uri
 
 LIST_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".ndjson": "json"}
 URI_COLUMNS = ("uri", "source_uri", "url", "path")

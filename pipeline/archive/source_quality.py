@@ -70,19 +70,19 @@ class _Unavailable(Exception):
 
 def _measure(job: VideoJob, chosen: list[int], payloads: list[bytes], model: str | None) -> dict[int, float]:
     from codec.registry import decoder_for
-    from pipeline import sources
     from pipeline.metrics.fidelity import psnr_rgb
-    from pipeline.storage import describe, filesystem
+    from pipeline.sources import media
+    from pipeline.store.storage import describe, filesystem
 
     uri, header = job.source_uri, job.header
     try:
         fs, path = filesystem(uri, endpoint_url=job.endpoint_url)
         if not fs.exists(path):
             raise _Unavailable(f"the original source {uri} no longer exists")
-        info = sources.probe(uri, endpoint_url=job.endpoint_url, sha256=True)
+        info = media.probe(uri, endpoint_url=job.endpoint_url, sha256=True)
     except _Unavailable:
         raise
-    except (sources.NotAVideo, sources.SourceError) as exc:
+    except (media.NotAVideo, media.SourceError) as exc:
         raise _Unavailable(f"the original source cannot be read ({exc})") from None
     except Exception as exc:  # frozen, denied, unreachable
         raise _Unavailable(describe(exc, uri)) from None
@@ -105,7 +105,7 @@ def _measure(job: VideoJob, chosen: list[int], payloads: list[bytes], model: str
             if info.frame_pts
             else None
         )
-        source = sources.decode_spans(
+        source = media.decode_spans(
             uri,
             [(span.first_frame, span.frame_count, pts)],
             endpoint_url=job.endpoint_url,

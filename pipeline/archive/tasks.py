@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import sources
 from pipeline.archive import accounting, discovery
 from pipeline.archive.config import ArchiveConfig
 from pipeline.archive.gop_result import GopResult
 from pipeline.archive.pack_writer import commit_pack
 from pipeline.archive.plan import GopSpan
 from pipeline.archive.video_writer import VideoJob, commit_video
+from pipeline.sources import media
 
 
 def _probe_remote(
@@ -38,14 +38,14 @@ def _decode_remote(uri: str, span: GopSpan, endpoint_url: str | None, options: d
 def _decode_group_remote(
     uri: str, spans: list[GopSpan], endpoint_url: str | None, options: dict[str, Any] | None = None
 ) -> tuple[Any, ...]:
-    """Consecutive GOPs of one video decoded in one pass (`sources.decode_spans`): frames and
+    """Consecutive GOPs of one video decoded in one pass (`media.decode_spans`): frames and
     CPU-seconds for each, flat (`num_returns=2·len(spans)`); the seconds are split by frame count.
     A migrated video's (`options["parent"]`) are decoded from its parent's GOPs (`archived_source`)."""
     options = dict(options or {})
     parent = options.pop("parent", None)
     with accounting.stopwatch() as wall:
         if parent is not None:
-            from pipeline import archived_source
+            from pipeline.read import archived_source
 
             decoded = archived_source.decode_spans(
                 parent,
@@ -55,7 +55,7 @@ def _decode_group_remote(
                 high_bit_depth=bool(options.get("high_bit_depth")),
             )
         else:
-            decoded = sources.decode_spans(
+            decoded = media.decode_spans(
                 uri,
                 [(s.first_frame, s.frame_count, s.pts) for s in spans],
                 endpoint_url=endpoint_url,

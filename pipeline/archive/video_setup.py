@@ -9,12 +9,12 @@ from typing import Any
 
 from codec.errors import CodecError
 from codec.registry import codec_class
-from pipeline import sources
 from pipeline.archive import discovery
 from pipeline.archive.plan import plan_gops
 from pipeline.archive.run_context import RunContext
 from pipeline.archive.video_writer import VideoJob
-from pipeline.container_header import ContainerHeader
+from pipeline.format.container_header import ContainerHeader
+from pipeline.sources import media
 
 
 class JobBuilder:
@@ -95,7 +95,7 @@ class JobBuilder:
         return self.gop_cache[fps]
 
 
-def precision(identity: dict[str, Any], info: sources.VideoInfo) -> dict[str, Any]:
+def precision(identity: dict[str, Any], info: media.VideoInfo) -> dict[str, Any]:
     """What the archive keeps of the source's precision (`coded_bit_depth`, `coded_chroma`), and a note of
     anything it does not keep: a truncated source, bits or chroma the codec cannot store."""
     kept = int(identity.get("max_bit_depth") or 8)

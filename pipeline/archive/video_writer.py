@@ -17,23 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import sources
 from pipeline.archive import accounting
 from pipeline.archive.floor import floor_columns
 from pipeline.archive.gop_result import GopResult
 from pipeline.archive.plan import GopSpan
-from pipeline.archived_source import ParentRef
-from pipeline.container import (
+from pipeline.format.container import (
     AUDIO_ATTACHMENT,
     TIMESTAMPS_ATTACHMENT,
     bytes_reader,
     read_index,
     write_container,
 )
-from pipeline.container_header import ContainerHeader
-from pipeline.locate import write_index_entries
-from pipeline.manifest import parquet_bytes
-from pipeline.runinfo import (
+from pipeline.format.container_header import ContainerHeader
+from pipeline.format.runinfo import (
     container_path,
     finite,
     json_text,
@@ -42,13 +38,17 @@ from pipeline.runinfo import (
     utc_now,
     write_json,
 )
-from pipeline.schema import (
+from pipeline.format.schema import (
     COMPUTE_STAGES,
     MANIFEST_SCHEMA,
     SOURCE_METADATA_COLUMNS,
     compute_column,
 )
-from pipeline.storage import (
+from pipeline.read.archived_source import ParentRef
+from pipeline.read.locate import write_index_entries
+from pipeline.read.manifest import parquet_bytes
+from pipeline.sources import media
+from pipeline.store.storage import (
     StoredObject,
     filesystem,
     full_uri,
@@ -82,7 +82,7 @@ class VideoJob:
     storage_class: str | None = None
     #: A migrated video's lineage columns (`generation`, `parent_*`); None: coded from its source.
     lineage: dict[str, Any] | None = None
-    #: A migrated video's parent (`pipeline.archived_source`): its frames and audio come from there.
+    #: A migrated video's parent (`pipeline.read.archived_source`): its frames and audio come from there.
     parent: ParentRef | None = None
     #: A migrated video's `source_psnr` settings ({"fraction", "model"}; `source_quality`).
     source_check: dict[str, Any] | None = None
@@ -133,11 +133,11 @@ def container_inputs(
     attachments = []
     if job.has_audio:
         if job.parent is not None:  # a migration: the parent's copy (the source may be gone)
-            from pipeline.archived_source import audio as parent_audio
+            from pipeline.read.archived_source import audio as parent_audio
 
             audio = parent_audio(job.parent, endpoint_url=job.endpoint_url)
         else:
-            audio = sources.extract_audio(job.source_uri, endpoint_url=job.endpoint_url)
+            audio = media.extract_audio(job.source_uri, endpoint_url=job.endpoint_url)
         if audio is not None:
             attachments.append((AUDIO_ATTACHMENT, audio[0], audio[1]))
     pts = [t for span in job.spans for t in (span.pts or ())]
@@ -297,7 +297,7 @@ def _ok_row(job: VideoJob, span: GopSpan, meta: GopResult, entry: Any, archive_u
     }
 
 
-#: Header fields repeated on every row: what the archive keeps of the source (`sources.VideoInfo`).
+#: Header fields repeated on every row: what the archive keeps of the source (`media.VideoInfo`).
 _SOURCE_COLUMNS = (
     "source_bit_depth",
     "source_chroma",
@@ -336,4 +336,4 @@ def _gop_stats(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
-    return parquet_bytes(rows, MANIFEST_SCHEMA)  # page checksums + content digest (pipeline.manifest)
+    return parquet_bytes(rows, MANIFEST_SCHEMA)  # page checksums + content digest (pipeline.read.manifest)

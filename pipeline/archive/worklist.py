@@ -21,9 +21,9 @@ from typing import Any
 
 from pipeline.archive import discovery
 from pipeline.archive.errors import one_line
-from pipeline.keys import shard_of
-from pipeline.keyset import KeySet
-from pipeline.runinfo import marker_keyset
+from pipeline.format.keys import shard_of
+from pipeline.format.runinfo import marker_keyset
+from pipeline.store.keyset import KeySet
 
 BATCH = 1000
 

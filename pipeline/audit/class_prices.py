@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pipeline.storage_class import COLD_CLASSES, STORAGE_CLASSES
+from pipeline.store.storage_class import COLD_CLASSES, STORAGE_CLASSES
 
 #: Where the defaults come from, printed beside every default class price.
 CLASS_PRICES_SOURCE = "AWS S3 pricing page, us-east-1, as published in 2026"

@@ -12,8 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.schema import COMPUTE_STAGES
-from pipeline.storage_class import COLD_CLASSES as _COLD
+from pipeline.format.schema import COMPUTE_STAGES
+from pipeline.store.storage_class import COLD_CLASSES as _COLD
 
 DEFAULTS_HINT = "defaults: give --prices prices.toml or --gpu-hour/--cpu-hour/--storage-gb-month/--egress-gb"
 CLASS_HINT = "S3 class figures: override with [storage_class.CLASS] in --prices; --storage-class CLASS prices another class"

@@ -1,10 +1,10 @@
 """What an archive cost and what it saved: compute spent, bytes saved, and when it pays for itself.
 
 One streaming pass over the (filtered) manifest's compute columns and sizes, joined to the classic
-reference's sampled rows (`reference/*.parquet`, see `pipeline.schema.REFERENCE_SCHEMA`), priced with
+reference's sampled rows (`reference/*.parquet`, see `pipeline.format.schema.REFERENCE_SCHEMA`), priced with
 `prices.Prices`. Definitions, so every figure can be checked by hand:
 
-- compute: device-seconds per stage and device kind, from the manifest (`pipeline.schema.
+- compute: device-seconds per stage and device kind, from the manifest (`pipeline.format.schema.
   COMPUTE_STAGES`); cost = Σ device-hours × the kind's price. The reference's own CPU time is the
   *measurement* cost, shown apart and never charged to the archive.
 - against the source: bytes saved = Σ source bytes − Σ stored archive objects (`videos/*.vdrc`, audio
@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 
 from pipeline.audit.class_costs import storage_costs
 from pipeline.audit.prices import BYTES_PER_GB, Prices
-from pipeline.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, REFERENCE_SCHEMA, compute_column
+from pipeline.format.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, REFERENCE_SCHEMA, compute_column
 
 #: Stages of the archive's codec compared against a reference encode (see the module docstring).
 CODEC_STAGES: tuple[str, ...] = ("encode", "search")
@@ -346,8 +346,8 @@ def _reference_rows(out: str, endpoint_url: str | None) -> dict[tuple[str, int, 
 
 def stored_bytes(out: str, endpoint_url: str | None) -> dict[str, int] | None:
     """video key -> size of its archive object, from one listing of `videos/` (None if unlistable)."""
-    from pipeline import storage
-    from pipeline.runinfo import CONTAINER_SUFFIX
+    from pipeline.format.runinfo import CONTAINER_SUFFIX
+    from pipeline.store import storage
 
     try:
         fs, root = storage.filesystem(out, endpoint_url=endpoint_url)

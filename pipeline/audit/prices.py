@@ -51,7 +51,7 @@ from pipeline.audit.class_prices import (
     default_class_prices,
     override,
 )
-from pipeline.storage_class import StorageClassError, check_storage_class
+from pipeline.store.storage_class import StorageClassError, check_storage_class
 
 try:  # Python 3.11+
     import tomllib as _toml

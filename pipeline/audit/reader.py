@@ -1,9 +1,9 @@
 """Reading an archive's manifest, verify and reference parts for the audit, part by part (local or S3).
 
-The manifest is resolved by `pipeline.manifest_layout` (per-video parts, packs and compacted files,
+The manifest is resolved by `pipeline.read.manifest_layout` (per-video parts, packs and compacted files,
 each row once, also while a compaction runs).
 
-Parts are read through `pipeline.manifest.ArchiveParts` (the reader ls, restore and verify share):
+Parts are read through `pipeline.read.manifest.ArchiveParts` (the reader ls, restore and verify share):
 each part on its own, with page and column checksums verified, so a damaged part costs only its own
 rows and is reported by name (`parts.damaged`). A local folder and `s3://bucket/prefix` (with
 `--endpoint-url` for S3-compatible servers) behave alike. The manifest schema is imposed on read:
@@ -17,8 +17,8 @@ from collections.abc import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from pipeline import storage
-from pipeline.manifest import ArchiveParts, PartsError
+from pipeline.read.manifest import ArchiveParts, PartsError
+from pipeline.store import storage
 
 
 class AuditError(Exception):

@@ -161,7 +161,7 @@ def _series_plot(series: dict[str, list[tuple[int, dict[str, float | None]]]], m
 def decode_archived_frame(row: dict[str, Any], offset_in_gop: int, endpoint_url: str | None) -> np.ndarray:
     """One frame of a GOP decoded from the archive object named in the manifest row (with the decoder
     its header asks for: the bundled model when it names one)."""
-    from pipeline.reader import ArchiveReader
+    from pipeline.read.reader import ArchiveReader
 
     reader = ArchiveReader(row["archive_uri"], endpoint_url=endpoint_url)
     frames = reader.decode(int(row["gop_index"]), reader.decoder_for())
@@ -169,7 +169,7 @@ def decode_archived_frame(row: dict[str, Any], offset_in_gop: int, endpoint_url:
 
 
 def _frame_pairs(result: AuditResult, metric: str, endpoint_url: str | None) -> str:
-    from pipeline.sources import decode_frames
+    from pipeline.sources.media import decode_frames
 
     parts = []
     for row in result.worst.get(metric, [])[:MAX_FRAME_PAIRS]:
@@ -204,7 +204,7 @@ def _frame_pairs(result: AuditResult, metric: str, endpoint_url: str | None) -> 
 
 
 def _one_line(exc: BaseException) -> str:
-    from pipeline.storage import redact
+    from pipeline.store.storage import redact
 
     text = str(exc).strip().splitlines()
     return redact(text[0] if text else type(exc).__name__)
@@ -245,7 +245,7 @@ def _page(title: str, body: str) -> str:
 def write_html_report(result: AuditResult, path: str | Path, *, endpoint_url: str | None = None) -> Path:
     """Render `result` (plus a second pass over its manifest) as one self-contained HTML file."""
     from pipeline.audit.filters import parse_filter
-    from pipeline.schema import MANIFEST_SCHEMA
+    from pipeline.format.schema import MANIFEST_SCHEMA
 
     series_videos = {row["source_uri"] or row["video_key"] for rows in result.worst.values() for row in rows}
     series_videos = set(sorted(series_videos)[:MAX_SERIES_VIDEOS])

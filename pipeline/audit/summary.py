@@ -39,8 +39,8 @@ from pipeline.audit.filters import FilterError, parse_filter
 from pipeline.audit.groups import RATE_TARGETS, group_label
 from pipeline.audit.reader import AuditError, iter_batches, open_manifest, open_verify
 from pipeline.audit.sketch import Reservoir, WorstRows
+from pipeline.format.schema import MANIFEST_SCHEMA
 from pipeline.metrics import HIGHER_IS_BETTER
-from pipeline.schema import MANIFEST_SCHEMA
 
 QUALITY_METRICS: tuple[str, ...] = (
     "psnr",

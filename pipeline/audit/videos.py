@@ -1,7 +1,7 @@
 """`vidarc ls`: every video of an archive with its status, rate, quality and costs, streamed in key order.
 
 Memory does not grow with the archive: the manifest is read as tables of whole videos in key order
-(`pipeline.manifest_videos`), each aggregated per video with Arrow, and merged with the done and
+(`pipeline.read.manifest_videos`), each aggregated per video with Arrow, and merged with the done and
 failed markers (listed page by page, in key order) so that a video with a marker and no rows (a run
 stopped between commit steps) is listed too. `after` and `limit` page through millions of videos.
 
@@ -24,11 +24,11 @@ import pyarrow.compute as pc
 from codec.base import bits_per_pixel, kilobits_per_second
 from pipeline.audit.costs import _Acc, _reference_rows, figures, stored_bytes
 from pipeline.audit.prices import Prices
-from pipeline.manifest import ArchiveParts, DamagedPart, PartsError
-from pipeline.manifest_videos import iter_videos
-from pipeline.runinfo import MARKERS_DIR, iter_pack_markers
-from pipeline.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, compute_column
-from pipeline.storage import StorageError, check_reachable, filesystem, join, redact
+from pipeline.format.runinfo import MARKERS_DIR, iter_pack_markers
+from pipeline.format.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, compute_column
+from pipeline.read.manifest import ArchiveParts, DamagedPart, PartsError
+from pipeline.read.manifest_videos import iter_videos
+from pipeline.store.storage import StorageError, check_reachable, filesystem, join, redact
 
 _STAGE_COLUMNS = [compute_column(s) for s in COMPUTE_STAGES]
 _COLUMNS = [
@@ -166,7 +166,7 @@ class ArchiveListing:
 
     def _marker_keys(self, state: str) -> Iterator[str]:
         """Keys with a `state` marker, in key order, page by page."""
-        from pipeline.listing import iter_pages
+        from pipeline.store.listing import iter_pages
 
         for page in iter_pages(self.fs, join(self.root, MARKERS_DIR, state)):
             keys = []

@@ -2,7 +2,7 @@
 
 What a user restoring, verifying or exporting a neural archive on their own machine waits for is the
 codec's decode; what an archive run waits for on a CPU is its encode. Both are measured here on
-synthetic GOPs (`pipeline.synthetic`: photographs with moving objects), through the `Codec` interface
+synthetic GOPs (`pipeline.sources.synthetic`: photographs with moving objects), through the `Codec` interface
 exactly as the pipeline calls it:
 
 - **encode**: `encode(frames, target, reconstruct=True)` per GOP, one GOP at a time, as an archive run
@@ -103,7 +103,7 @@ def parse_target(text: str) -> RateTarget:
 
 def _gops(width: int, height: int, frames: int, count: int) -> list[np.ndarray]:
     """`count` different GOPs of `frames` frames (one clip cut in pieces: real motion, real content)."""
-    from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+    from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
     clip = synthetic_clip(EVAL_IMAGES[0], frames * count, width, height, seed=1)
     return [clip[i * frames : (i + 1) * frames] for i in range(count)]

@@ -83,7 +83,7 @@ class FfmpegBenchResult:
     vidarc_fps: float
     vidarc_steady_fps: float
     vidarc_archive_bytes: int
-    #: Device-seconds per stage (all device kinds added), every stage of `pipeline.schema.COMPUTE_STAGES`.
+    #: Device-seconds per stage (all device kinds added), every stage of `pipeline.format.schema.COMPUTE_STAGES`.
     stage_device_seconds: dict[str, float]
     #: Device-seconds the encode actors held (busy or not), per device kind.
     actors_reserved_device_seconds: dict[str, float]
@@ -168,13 +168,13 @@ def source_files(items: Sequence[str]) -> list[Path]:
     """The videos named by `--files`: files as given, folders searched recursively (hidden entries and
     files that are not videos skipped). ValueError in one line for a path that does not exist, a file
     that is not a video, or a folder without any."""
-    from pipeline import sources
+    from pipeline.sources import media
 
     def is_video(path: Path) -> str | None:
         """None for a video, else why not."""
         try:
-            sources.probe(str(path))
-        except (sources.NotAVideo, sources.SourceError) as exc:
+            media.probe(str(path))
+        except (media.NotAVideo, media.SourceError) as exc:
             return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None
 
@@ -338,7 +338,7 @@ def _run_vidarc(
 
 def _stage_seconds(compute: dict[str, Any]) -> dict[str, float]:
     """Device-seconds per stage, device kinds added; every compute stage listed (0 where none ran)."""
-    from pipeline.schema import COMPUTE_STAGES
+    from pipeline.format.schema import COMPUTE_STAGES
 
     by_stage: dict[str, dict[str, float]] = compute.get("by_stage") or {}
     stages = [*COMPUTE_STAGES, *(s for s in sorted(by_stage) if s not in COMPUTE_STAGES)]

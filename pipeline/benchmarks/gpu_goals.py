@@ -162,16 +162,16 @@ def random_model(kind: str, root: Path, device: str) -> Path:
 
 def _gops(paths: list[Path], gop_frames: int) -> tuple[list[Any], float]:
     """Every GOP of the clips, decoded as the pipeline does; (GOPs, seconds)."""
-    from pipeline import sources
     from pipeline.archive.plan import plan_gops
+    from pipeline.sources import media
 
     started = time.perf_counter()
     gops = []
     for path in paths:
-        info = sources.probe(str(path))
+        info = media.probe(str(path))
         for span in plan_gops(info.frame_count, gop_frames, info.frame_pts):
             gops.append(
-                sources.decode_frames(str(path), span.first_frame, span.frame_count, expected_pts=span.pts)
+                media.decode_frames(str(path), span.first_frame, span.frame_count, expected_pts=span.pts)
             )
     return gops, time.perf_counter() - started
 

@@ -85,7 +85,7 @@ def run_metrics_bench(
     from pipeline.metrics import MetricsConfig, compute_gop_metrics_timed
     from pipeline.metrics.perceptual import backbone_override, get_model
     from pipeline.metrics.weights import WeightsUnavailable
-    from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+    from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
     source = synthetic_clip(EVAL_IMAGES[0], frames, width, height, seed=0)
     coder = create_codec(codec)

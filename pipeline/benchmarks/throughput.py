@@ -1,7 +1,7 @@
 """The pipeline benchmark: how much of a codec's own speed survives the whole Ray workflow.
 
 In one run, on the same synthetic clips (real files written with PyAV), it measures
-(a) the codec alone: one process decodes each source GOP (`sources.decode_frames`, as the pipeline
+(a) the codec alone: one process decodes each source GOP (`media.decode_frames`, as the pipeline
     does) and encodes it (`codec.encode`) — frames/s of decode + encode, no Ray, no writing; and
 (b) the pipeline: `pipeline.archive.run_archive` on the same clips through Ray (probe, decode tasks,
     encode actor, quality metrics, container + manifest + marker commits) — frames/s over its wall time,
@@ -97,7 +97,7 @@ class BenchResult:
 
 def make_clips(folder: Path, videos: int, frames: int, width: int, height: int, fps: int = 24) -> list[Path]:
     """Near-lossless H.264 sources of natural-looking content (synthetic camera moves over photos)."""
-    from pipeline.synthetic import EVAL_IMAGES, synthetic_clip, write_video
+    from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip, write_video
 
     paths = []
     for i in range(videos):
@@ -112,21 +112,19 @@ def measure_codec(
     """(decode seconds, encode seconds, metrics seconds, frames) for decode + encode in one process;
     the metrics the pipeline computes (PSNR, MS-SSIM on the GOPs it measures) are timed apart."""
     from codec.registry import create_codec
-    from pipeline import sources
     from pipeline.archive.plan import plan_gops
     from pipeline.metrics import should_measure
     from pipeline.metrics.fidelity import ms_ssim, psnr_rgb
+    from pipeline.sources import media
 
     codec = create_codec(codec_name)
     decode_s = encode_s = metrics_s = 0.0
     frames_done = 0
     for path in paths:
-        info = sources.probe(str(path))
+        info = media.probe(str(path))
         for span in plan_gops(info.frame_count, gop_frames, info.frame_pts):
             started = time.perf_counter()
-            frames = sources.decode_frames(
-                str(path), span.first_frame, span.frame_count, expected_pts=span.pts
-            )
+            frames = media.decode_frames(str(path), span.first_frame, span.frame_count, expected_pts=span.pts)
             decoded = time.perf_counter()
             encoded = codec.encode(frames, target, info.fps)
             finished = time.perf_counter()

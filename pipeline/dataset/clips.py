@@ -1,7 +1,7 @@
 """Fetching selected GOPs by ranged reads and turning them into clip rows (frames and/or latents).
 
 The shared engine of the Ray datasource, the torch dataset and `vidarc export`: Ray-free and
-torch-free itself (a neural decoder brings torch with it). Reads go through `pipeline.reader`: an
+torch-free itself (a neural decoder brings torch with it). Reads go through `pipeline.read.reader`: an
 object's index with one ranged read from its end (kept while the object is in use), then one ranged
 read per selected GOP, CRC-checked, so every selected GOP is fetched exactly once and nothing else.
 Decoders are the ones the header asks for (`decoder_for`), built once per process and reused.
@@ -26,11 +26,11 @@ import numpy as np
 
 from codec.base import Codec
 from codec.errors import CodecError
-from pipeline.container import ContainerError, GopEntry
-from pipeline.container_header import ContainerHeader
 from pipeline.dataset.plan import ClipSpec, DatasetError, GopRef, ObjectPlan
-from pipeline.reader import ArchiveReader, decode_payload, decoder_key, header_decoder
-from pipeline.storage import redact
+from pipeline.format.container import ContainerError, GopEntry
+from pipeline.format.container_header import ContainerHeader
+from pipeline.read.reader import ArchiveReader, decode_payload, decoder_key, header_decoder
+from pipeline.store.storage import redact
 
 _READERS_KEPT = 64  # indexes kept per process (a few KB each) while reading GOPs in shuffled order
 _DECODERS_KEPT = 4  # decoders kept per process (a neural one holds its weights)

@@ -1,6 +1,6 @@
 """`vidarc export`: the selected part of an archive as files, for users who want files.
 
-- `mp4`: one H.264 file per video, with its audio (`pipeline.restore.restore_video`, the restore's
+- `mp4`: one H.264 file per video, with its audio (`pipeline.read.restore.restore_video`, the restore's
   muxing), for each contiguous run of selected GOPs: `<video_key>.mp4` when the run is the whole video,
   else `<video_key>.f<first>-<stop>.mp4` (half-open frame range). Beside each, `<name>.json`: the video,
   the range and the manifest columns of its GOPs.
@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import thaw
 from pipeline.dataset.clips import ClipReader
 from pipeline.dataset.plan import (
     DEFAULT_COLUMNS,
@@ -37,9 +36,10 @@ from pipeline.dataset.plan import (
     ObjectPlan,
     plan_archive,
 )
-from pipeline.restore import MP4_CRF, RestoreError, restore_video
-from pipeline.runinfo import json_text
-from pipeline.storage import (
+from pipeline.format.runinfo import json_text
+from pipeline.read.restore import MP4_CRF, RestoreError, restore_video
+from pipeline.store import thaw
+from pipeline.store.storage import (
     StorageError,
     filesystem,
     frozen_message,
@@ -50,7 +50,7 @@ from pipeline.storage import (
     redact,
     write_bytes,
 )
-from pipeline.storage_class import is_cold
+from pipeline.store.storage_class import is_cold
 
 FORMATS = ("mp4", "webdataset")
 

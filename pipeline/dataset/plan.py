@@ -25,10 +25,10 @@ import pyarrow.compute as pc
 
 from pipeline.audit.filters import FilterError, parse_filter
 from pipeline.audit.reader import AuditError, iter_batches, open_manifest
-from pipeline.manifest import DamagedPart
-from pipeline.manifest_layout import container_location
-from pipeline.schema import MANIFEST_SCHEMA
-from pipeline.storage import StorageError, filesystem, full_uri
+from pipeline.format.schema import MANIFEST_SCHEMA
+from pipeline.read.manifest import DamagedPart
+from pipeline.read.manifest_layout import container_location
+from pipeline.store.storage import StorageError, filesystem, full_uri
 
 OUTPUTS = ("frames", "latents", "both")
 #: Codecs whose entropy decode yields latents a diffusion model trains on (GLVC: Wan2.1 VAE latents).
@@ -131,7 +131,7 @@ class ObjectPlan:
     archive_uri: str  # the container under `out` (not the manifest's archive_uri: archives move)
     codec: str
     gops: tuple[GopRef, ...]
-    #: a packed video (`pipeline.pack`): its container's (offset, length) in the pack object
+    #: a packed video (`pipeline.format.pack`): its container's (offset, length) in the pack object
     member: tuple[int, int] | None = None
     #: the S3 class the manifest records for its object (None: a local folder or an older archive)
     storage_class: str | None = None

@@ -34,7 +34,7 @@ from pipeline.dataset.plan import (
     ObjectPlan,
     plan_archive,
 )
-from pipeline.schema import MANIFEST_SCHEMA
+from pipeline.format.schema import MANIFEST_SCHEMA
 
 _PAYLOAD_FIELDS = [
     ("_archive_uri", pa.string()),

@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.dataset.clips import ClipReader
 from pipeline.dataset.plan import DEFAULT_COLUMNS, ClipSpec, DatasetError, plan_archive
-from pipeline.schema import MANIFEST_SCHEMA
+from pipeline.format.schema import MANIFEST_SCHEMA
 
 _STATE_VERSION = 1
 

@@ -1,8 +1,8 @@
 """Training clips: random GOP-length windows and crops, from real videos or from synthetic camera moves.
 
 Real sources go through the archive job's own discovery and decoding (`pipeline.archive.discovery`,
-`pipeline.sources`), so a model trains on exactly what the archive job will feed it. `synthetic` draws
-from `pipeline.synthetic.TRAIN_IMAGES` (photographs moved by a virtual camera); the held-out
+`pipeline.sources.media`), so a model trains on exactly what the archive job will feed it. `synthetic` draws
+from `pipeline.sources.synthetic.TRAIN_IMAGES` (photographs moved by a virtual camera); the held-out
 `EVAL_IMAGES` are never used here, so benchmarks measure on unseen content.
 
 With `augment` (the default for training), each clip also gets:
@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from pipeline.synthetic import TRAIN_IMAGES, load_image
+from pipeline.sources.synthetic import TRAIN_IMAGES, load_image
 
 SYNTHETIC = "synthetic"
 #: Source pixels per output pixel, the range scale augmentation draws from (log-uniform).
@@ -61,14 +61,14 @@ class ClipSampler:
             self._videos = self._discover(source)
 
     def _discover(self, source: str) -> list[tuple[str, int, tuple[int, ...] | None]]:
-        from pipeline import sources
         from pipeline.archive import discovery
+        from pipeline.sources import media
 
         videos = []
         for entry in discovery.list_sources(source, endpoint_url=self.endpoint_url):
             try:
-                info = sources.probe(entry.uri, endpoint_url=self.endpoint_url)
-            except (sources.NotAVideo, sources.SourceError):
+                info = media.probe(entry.uri, endpoint_url=self.endpoint_url)
+            except (media.NotAVideo, media.SourceError):
                 continue
             if info.frame_count >= self.frames and min(info.width, info.height) >= self.size:
                 videos.append((entry.uri, info.frame_count, info.frame_pts))
@@ -87,7 +87,7 @@ class ClipSampler:
         size, frames = size or self.size, frames or self.frames
         if self.source == SYNTHETIC:
             if not self.augment:
-                from pipeline.synthetic import synthetic_clip
+                from pipeline.sources.synthetic import synthetic_clip
 
                 image = str(self.rng.choice(self.images))
                 seed = int(self.rng.integers(1 << 31))
@@ -97,12 +97,12 @@ class ClipSampler:
         return colour_augment(clip, self.rng) if self.augment else clip
 
     def _video_clip(self, size: int, frames: int) -> np.ndarray:
-        from pipeline import sources
+        from pipeline.sources import media
 
         uri, count, pts = self._videos[int(self.rng.integers(len(self._videos)))]
         first = int(self.rng.integers(0, count - frames + 1))
         window = None if pts is None else pts[first : first + frames]
-        video = sources.decode_frames(uri, first, frames, expected_pts=window, endpoint_url=self.endpoint_url)
+        video = media.decode_frames(uri, first, frames, expected_pts=window, endpoint_url=self.endpoint_url)
         y = int(self.rng.integers(0, video.shape[1] - size + 1))
         x = int(self.rng.integers(0, video.shape[2] - size + 1))
         return np.ascontiguousarray(video[:, y : y + size, x : x + size])

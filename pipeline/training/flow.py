@@ -1,6 +1,6 @@
 """Train the bundled GVC flow model: a small Wan transformer, rectified flow on the tokenizer's latents.
 
-Data: augmented camera clips of `pipeline.synthetic.TRAIN_IMAGES` (`pipeline.training.data`: scale,
+Data: augmented camera clips of `pipeline.sources.synthetic.TRAIN_IMAGES` (`pipeline.training.data`: scale,
 motion and colour augmentation; never the held-out EVAL_IMAGES) or clips of a video folder (`data`),
 encoded once by the bundle's frozen tokenizer. Objective: rectified flow, x_t = (1−t)·x0 + t·ε, regress the
 velocity ε − x0, with t drawn logit-normal (Esser et al. 2024, SD3: more weight on mid-range t where

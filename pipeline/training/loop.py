@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.runinfo import json_text
+from pipeline.format.runinfo import json_text
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"

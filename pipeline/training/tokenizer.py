@@ -260,7 +260,7 @@ def _export(config: dict[str, Any], vae, sampler: ClipSampler) -> None:
 @torch.no_grad()
 def heldout_scores(vae, *, frames: int = 9, size: int = 96) -> dict[str, float]:
     """RGB PSNR and mean |per-channel mean error| (levels) of encode->decode on held-out clips."""
-    from pipeline.synthetic import EVAL_IMAGES, synthetic_clip
+    from pipeline.sources.synthetic import EVAL_IMAGES, synthetic_clip
 
     psnrs, colour = [], []
     for i, image in enumerate(EVAL_IMAGES):
@@ -280,7 +280,7 @@ def tokenizer_summary(bundle: str, directory: Path, run: dict[str, Any], psnr: f
     import json
 
     from codec.modeldir import CARD_NAME
-    from pipeline.synthetic import TRAIN_IMAGES
+    from pipeline.sources.synthetic import TRAIN_IMAGES
     from pipeline.training.data import SYNTHETIC, available_images
 
     config = json.loads((directory / "config.json").read_text())
@@ -313,7 +313,7 @@ def reconstruction_psnr(
     """Mean RGB PSNR of tokenizer encode->decode over clips of `images` (for model cards and checks)."""
     from codec.glvc.tokenizer import load_tokenizer
     from pipeline.metrics import psnr_rgb
-    from pipeline.synthetic import synthetic_clip
+    from pipeline.sources.synthetic import synthetic_clip
 
     tokenizer = load_tokenizer(tokenizer_dir)
     values = []

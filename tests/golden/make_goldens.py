@@ -87,7 +87,7 @@ def write_source(path: Path) -> None:
     """The clip every golden codes: a camera move over a photograph, stored losslessly (FFV1)."""
     import av
 
-    from pipeline.synthetic import synthetic_clip
+    from pipeline.sources.synthetic import synthetic_clip
 
     frames = synthetic_clip("astronaut", FRAMES, WIDTH, HEIGHT, seed=5)
     with av.open(str(path), mode="w") as container:
@@ -131,7 +131,7 @@ def decode_all(path: Path, codec: str) -> tuple[list[dict[str, str]], np.ndarray
     """Per GOP: sha256 of the decoded frames and of the exact part, decoded the way readers do; and
     all decoded frames (kept for neural codecs: the reference their pixel drift is measured against)."""
     from codec.base import frames_sha256
-    from pipeline.reader import ArchiveReader
+    from pipeline.read.reader import ArchiveReader
 
     reader = ArchiveReader(str(path))
     decoder = reader.decoder_for(model=str(MODEL) if codec in NEURAL else None, device="cpu")

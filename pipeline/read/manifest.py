@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.manifest_part import (  # the part format, re-exported: callers import it from here too
+from pipeline.format.manifest_part import (  # the part format, re-exported: callers import it from here too
     COLUMN_CHECKSUMS_KEY,
     SCHEMAS,
     WRITE_OPTIONS,
@@ -40,7 +40,7 @@ from pipeline.manifest_part import (  # the part format, re-exported: callers im
     referenced_columns,
     statistics_columns,
 )
-from pipeline.storage import describe, filesystem, full_uri, join, read_bytes, retrying
+from pipeline.store.storage import describe, filesystem, full_uri, join, read_bytes, retrying
 
 __all__ = [
     "COLUMN_CHECKSUMS_KEY", "PREFETCH", "SCHEMAS", "WRITE_OPTIONS", "ArchiveParts", "DamagedPart", "PartsError",
@@ -62,7 +62,7 @@ class UncompactedManifest(UserWarning):
 class ArchiveParts:
     """The parts under `out/<folder>/` (folder: "manifest", "verify" or "reference"), listed once.
 
-    The manifest is resolved by `pipeline.manifest_layout` (per-video parts, committed packs and
+    The manifest is resolved by `pipeline.read.manifest_layout` (per-video parts, committed packs and
     compacted files, each row exactly once); verify and reference results are plain parts.
     `tables(columns, filter)` yields readable tables; damaged files are skipped and collected in
     `damaged`. Raises PartsError when the folder cannot be listed or a file fetched.
@@ -79,7 +79,7 @@ class ArchiveParts:
         path = join(self.root, folder)
         try:
             if folder == "manifest":
-                from pipeline.manifest_layout import plan_manifest
+                from pipeline.read.manifest_layout import plan_manifest
 
                 self.plan = retrying(full_uri(self.fs, path), lambda: plan_manifest(self.fs, self.root))
                 found = [*self.plan.paths, *(p for p, _ in self.plan.damaged)]  # damaged: named on read
@@ -147,7 +147,7 @@ class ArchiveParts:
     def _plan_tables(
         self, wanted: list[str], read_columns: list[str], filter_expression: Any
     ) -> Iterator[pa.Table]:
-        from pipeline.manifest_layout import iter_tables
+        from pipeline.read.manifest_layout import iter_tables
 
         try:
             for table in iter_tables(
@@ -166,7 +166,7 @@ class ArchiveParts:
             self._damaged_seen.add(path)
             members: tuple[str, ...] = ()
             if self.plan is not None:
-                from pipeline.manifest_layout import pack_id
+                from pipeline.read.manifest_layout import pack_id
 
                 ident = pack_id(path.rsplit("/", 1)[-1])
                 members = tuple(self.plan.pack_members.get(ident, ())) if ident else ()

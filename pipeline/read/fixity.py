@@ -34,8 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.audit.reader import AuditError, iter_batches, open_manifest
-from pipeline.manifest_layout import container_location
-from pipeline.storage import (
+from pipeline.read.manifest_layout import container_location
+from pipeline.store.storage import (
     StorageError,
     describe,
     filesystem,

@@ -1,7 +1,7 @@
 """Restoring a video (or a frame range of it) from an archive into a playable file.
 
 A restore reads only what it needs: the container's index with one ranged read from the end, then the
-payloads of the GOPs that cover the requested frames, one ranged read each (`pipeline.reader`). Frames
+payloads of the GOPs that cover the requested frames, one ranged read each (`pipeline.read.reader`). Frames
 are decoded with the decoder the header asks for (`codec.registry.decoder_for`: the codec, its
 `decoder_options`, the model given with `--model` or the bundled one the header names), re-encoded at
 high quality and muxed with the audio attachment, stream-copied back as it was in the source.
@@ -38,16 +38,17 @@ import numpy as np
 
 from codec.base import Codec
 from codec.errors import CodecError
-from pipeline import locate, thaw
-from pipeline.container import AUDIO_ATTACHMENT, ContainerError, ContainerIndex, GopEntry
-from pipeline.container_header import ContainerHeader
-from pipeline.locate import ArchivedVideo
-from pipeline.manifest import DamagedPart, PartsError, parse_part
-from pipeline.manifest_layout import container_location
-from pipeline.reader import ArchiveReader
-from pipeline.runinfo import manifest_path
-from pipeline.schema import MANIFEST_SCHEMA
-from pipeline.storage import (
+from pipeline.format.container import AUDIO_ATTACHMENT, ContainerError, ContainerIndex, GopEntry
+from pipeline.format.container_header import ContainerHeader
+from pipeline.format.runinfo import manifest_path
+from pipeline.format.schema import MANIFEST_SCHEMA
+from pipeline.read import locate
+from pipeline.read.locate import ArchivedVideo
+from pipeline.read.manifest import DamagedPart, PartsError, parse_part
+from pipeline.read.manifest_layout import container_location
+from pipeline.read.reader import ArchiveReader
+from pipeline.store import thaw
+from pipeline.store.storage import (
     StorageError,
     describe,
     filesystem,
@@ -60,7 +61,7 @@ from pipeline.storage import (
     read_bytes,
     retrying,
 )
-from pipeline.storage_class import thaw_state
+from pipeline.store.storage_class import thaw_state
 
 DEST_FORMATS = {".mp4": "mp4", ".mkv": "matroska"}
 MP4_CRF = 10
@@ -159,7 +160,7 @@ def find_video(out: str, video: str, *, endpoint_url: str | None = None) -> Arch
     """The archived video named `video`: its key, its source URI, its source's path relative to SRC
     (any unique trailing path), or its file name. Ambiguous names list the candidates.
 
-    Found from its markers and the archive's video index (`pipeline.locate`): a bounded number of
+    Found from its markers and the archive's video index (`pipeline.read.locate`): a bounded number of
     small reads, whatever the archive holds. An archive written before the index falls back to a
     projected scan of the manifest, with a warning."""
     fs, root = filesystem(out, endpoint_url=endpoint_url)

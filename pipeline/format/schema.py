@@ -11,7 +11,7 @@ codebook entries and stills, classic codecs' pixels) and `fingerprint` (per-fram
 at most 16 cells along the long side, delta + zlib; about 0.6 KB for a 17-frame 64×48 GOP, 2.3 KB for
 33 frames of 1080p). Each verify row then says `decode_check`: "exact" (`recon_digest_ok`: the same
 frames), "drift" (exact part equal, pixels not; `fingerprint_psnr` says by how much, at or above
-`pipeline.digests.DRIFT_LIMIT_DB`, or `fingerprint_identical` when the fingerprints agree cell for
+`pipeline.format.digests.DRIFT_LIMIT_DB`, or `fingerprint_identical` when the fingerprints agree cell for
 cell: an infinite PSNR, stored as null, never as an infinity), "exact-part" (exact part equal; the GOP was archived without its
 pixel proof, `--fingerprint-every N`: `recon_sha256` and `fingerprint` null), or "mismatch" (the exact
 part differs, or the drift is past that limit). `psnr_verify`/`quality_ok` compare with the source, only with `verify --against-source`.
@@ -74,7 +74,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("metrics_device_seconds", pa.float64()),
         ("search_device_seconds", pa.float64()),
         ("commit_device_seconds", pa.float64()),
-        # --- what verify proves the decode with (pipeline/digests.py); null in archives made before ---
+        # --- what verify proves the decode with (pipeline/format/digests.py); null in archives made before ---
         ("recon_sha256", pa.string()),  # sha256 of the encoder's reconstruction (uint8 T×H×W×3, C order)
         ("exact_sha256", pa.string()),  # sha256 of the exact part (Codec.exact_digest; classic: = recon)
         ("fingerprint", pa.binary()),  # compact per-frame 1/8-scale luma of the reconstruction
@@ -109,7 +109,7 @@ MANIFEST_SCHEMA = pa.schema(
         # the rate search's tolerance; the codec's own verdict). Null for a quality target and in parts
         # of earlier releases. A miss is counted in summary.json and by `vidarc audit` ---
         ("target_reached", pa.bool_()),
-        # --- the archival lifecycle (`pipeline/storage_class.py`): where the video's object lives and what
+        # --- the archival lifecycle (`pipeline/store/storage_class.py`): where the video's object lives and what
         # its fixity is checked against without a download (`vidarc verify --scan checksums`). Null in
         # parts of earlier releases ---
         ("storage_class", pa.string()),  # the S3 class it was written to (null: a local folder)
@@ -233,14 +233,14 @@ VERIFY_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
-        # --- the decode proof (pipeline/verify.py); null for archives made before digests ---
+        # --- the decode proof (pipeline/tools/verify.py); null for archives made before digests ---
         ("exact_ok", pa.bool_()),  # the exact part's digest == the manifest's exact_sha256
         ("fingerprint_psnr", pa.float64()),  # worst frame's luma-fingerprint PSNR (dB); null when exact
         # or when the fingerprints are identical (then `fingerprint_identical`; the PSNR is infinite)
         (
             "decode_check",
             pa.string(),
-        ),  # "exact" | "drift" | "exact-part" | "mismatch" (see pipeline/verify.py)
+        ),  # "exact" | "drift" | "exact-part" | "mismatch" (see pipeline/tools/verify.py)
         ("against_source", pa.bool_()),  # psnr_verify was measured against the source (--against-source)
         # the pixels differ from the encoder's but their luma fingerprint is identical (null: not compared)
         ("fingerprint_identical", pa.bool_()),

@@ -5,7 +5,7 @@ what the archive holds. The name of every object a restore needs follows from th
 
     markers/done/<key>.json              a single-video object is done: `videos/<key>.vdrc`
     markers/failed/<key>.json            the video failed (its reason)
-    index/keys/<key>.json                a pack member: its pack and byte range (`pipeline.pack`);
+    index/keys/<key>.json                a pack member: its pack and byte range (`pipeline.format.pack`);
                                          confirmed by the pack's marker, which lists it
     index/names/<name_hash>/<key>.json   the source's URI, under the hash of its file name, so a
                                          video named by its source (URI, trailing path or file name)
@@ -35,19 +35,19 @@ from typing import Any
 
 import fsspec
 
-from pipeline.runinfo import (
+from pipeline.format.runinfo import (
     container_path,
     marker_path,
     pack_marker_path,
     pack_path,
     write_json,
 )
-from pipeline.storage import full_uri, join, read_bytes
+from pipeline.store.storage import full_uri, join, read_bytes
 
 INDEX_DIR = "index"
 INDEX_VERSION = 1
 FORMAT_NAME = "FORMAT.json"
-#: `<slug>-<12 hex>` (`pipeline.keys.video_key`): only such names are tried as keys first
+#: `<slug>-<12 hex>` (`pipeline.format.keys.video_key`): only such names are tried as keys first
 _KEY_SHAPE = re.compile(r"^[a-z0-9._-]*-[0-9a-f]{12}$")
 
 
@@ -63,7 +63,7 @@ class ArchivedVideo:
     source_uri: str | None
     archive_uri: str
     status: str  # ok | failed | incomplete
-    member: tuple[int, int] | None = None  # its range in a pack object (`pipeline.pack`), else None
+    member: tuple[int, int] | None = None  # its range in a pack object (`pipeline.format.pack`), else None
     error: str | None = None
 
 
@@ -145,7 +145,7 @@ def claim_new_archive(fs: fsspec.AbstractFileSystem, root: str) -> bool:
 
 
 def _has_any(fs: fsspec.AbstractFileSystem, folder: str) -> bool:
-    from pipeline.listing import iter_pages
+    from pipeline.store.listing import iter_pages
 
     return any(page for page in iter_pages(fs, folder, ordered=False, page_size=1))
 
@@ -202,7 +202,7 @@ def by_key(fs: fsspec.AbstractFileSystem, root: str, video_key: str) -> Archived
 def by_name(fs: fsspec.AbstractFileSystem, root: str, name: str) -> list[tuple[str, str]]:
     """(video key, source URI) of every indexed video whose source URI is `name` or ends with it as a
     path (`a/b.mp4` matches `s3://bucket/x/a/b.mp4`): one listing of the file name's folder."""
-    from pipeline.listing import iter_objects
+    from pipeline.store.listing import iter_objects
 
     wanted = name.strip("/")
     if not wanted:
@@ -235,11 +235,11 @@ def scan_manifest(
     """(rows, damaged parts): the manifest rows (video_key, source_uri, status, archive_uri, member range)
     that name `name` as a key, a source URI or a trailing path of one, found by a projected scan of the
     manifest with the match pushed into it; warns that the archive has no complete index. Raises
-    `pipeline.manifest.PartsError` when the manifest cannot be read."""
+    `pipeline.read.manifest.PartsError` when the manifest cannot be read."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from pipeline.manifest import ArchiveParts
+    from pipeline.read.manifest import ArchiveParts
 
     warnings.warn(
         f"{out}: written before the video index (index/{FORMAT_NAME}); finding {name!r} scans the whole "
@@ -264,9 +264,9 @@ def backfill_index(out: str, *, endpoint_url: str | None = None) -> int:
     to repeat and beside running archive jobs (which write their own entries)."""
     import pyarrow.compute as pc
 
-    from pipeline.manifest import ArchiveParts
-    from pipeline.manifest_videos import iter_videos
-    from pipeline.storage import filesystem
+    from pipeline.read.manifest import ArchiveParts
+    from pipeline.read.manifest_videos import iter_videos
+    from pipeline.store.storage import filesystem
 
     fs, root = filesystem(out, endpoint_url=endpoint_url)
     if index_complete(fs, root):

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import fsspec
 from fsspec.asyn import sync
 
-from pipeline.storage import is_local
+from pipeline.store.storage import is_local
 
 PAGE_SIZE = 1000
 

@@ -20,10 +20,10 @@ from typing import Any
 from codec.base import bits_per_pixel, kilobits_per_second
 from codec.errors import CodecError
 from codec.registry import resolve_model
-from pipeline.container import ContainerError
-from pipeline.pack import is_pack, read_member_index, read_pack_index
-from pipeline.reader import ArchiveReader
-from pipeline.storage import StorageError, redact
+from pipeline.format.container import ContainerError
+from pipeline.format.pack import is_pack, read_member_index, read_pack_index
+from pipeline.read.reader import ArchiveReader
+from pipeline.store.storage import StorageError, redact
 
 
 class InspectError(Exception):
@@ -41,15 +41,15 @@ def inspect_object(
     """Header, model, decoder, attachments, GOP index with per-GOP rates, and totals of one `.vdrc`
     object. With `model`, the decoder is built on `device` (loads and checks the weights).
 
-    A pack object (`pipeline.pack`) gives its member list (one ranged read per member's index); with
+    A pack object (`pipeline.format.pack`) gives its member list (one ranged read per member's index); with
     `video` (a member's key), that member is inspected like a single-video object, its GOP offsets
     absolute in the pack.
 
     `uri` may also be an archive root with `video` a key or source name of one of its videos: the
-    video is found as `restore` finds it (`pipeline.locate`: a few small reads, however large the
+    video is found as `restore` finds it (`pipeline.read.locate`: a few small reads, however large the
     archive) and its object inspected."""
     if video is not None and not uri.rstrip("/").endswith(".vdrc") and _is_archive_root(uri, endpoint_url):
-        from pipeline.restore import RestoreError, find_video
+        from pipeline.read.restore import RestoreError, find_video
 
         try:
             found = find_video(uri, video, endpoint_url=endpoint_url)
@@ -217,7 +217,7 @@ def _decoder(reader: ArchiveReader, model: str | None, device: str) -> dict[str,
 
 def _is_archive_root(uri: str, endpoint_url: str | None) -> bool:
     """Whether `uri` is an archive's root folder (it has markers/ or manifest/), not an object."""
-    from pipeline.storage import filesystem, join
+    from pipeline.store.storage import filesystem, join
 
     try:
         fs, root = filesystem(uri, endpoint_url=endpoint_url)

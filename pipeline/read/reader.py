@@ -21,7 +21,7 @@ import numpy as np
 from codec.base import Codec
 from codec.errors import CodecError, CorruptPayloadError
 from codec.registry import decoder_for
-from pipeline.container import (
+from pipeline.format.container import (
     TAIL_GUESS,
     TIMESTAMPS_ATTACHMENT,
     ContainerError,
@@ -33,8 +33,8 @@ from pipeline.container import (
     read_index,
     read_preamble,
 )
-from pipeline.container_header import ContainerHeader
-from pipeline.storage import filesystem, full_uri, retrying
+from pipeline.format.container_header import ContainerHeader
+from pipeline.store.storage import filesystem, full_uri, retrying
 
 
 class CountingReader:
@@ -74,7 +74,7 @@ class ArchiveReader:
     ) -> None:
         self.uri = uri
         self.fs, self.path = filesystem(uri, endpoint_url=endpoint_url)
-        # a video inside a pack (`pipeline.pack`): its container is the byte range `member` = (offset,
+        # a video inside a pack (`pipeline.format.pack`): its container is the byte range `member` = (offset,
         # length) of the object, read exactly like a single-video object
         self.member = member
         self.read = CountingReader(self.fs, self.path, base=member[0] if member else 0)

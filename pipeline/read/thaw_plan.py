@@ -12,8 +12,8 @@ import dataclasses
 from collections.abc import Sequence
 
 from pipeline.dataset.plan import DatasetError, plan_archive
-from pipeline.restore import RestoreError, find_video
-from pipeline.storage import StorageError, filesystem
+from pipeline.read.restore import RestoreError, find_video
+from pipeline.store.storage import StorageError, filesystem
 
 
 class ThawSelectionError(Exception):

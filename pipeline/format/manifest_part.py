@@ -1,6 +1,6 @@
 """One Parquet part of an archive (a manifest part, verify results, classic-reference rows): how it is
-written and how it is parsed, on its own, with its checksums checked. `pipeline.manifest` reads many
-of them (`ArchiveParts`); `pipeline.manifest_layout` resolves which files hold which rows; both use this.
+written and how it is parsed, on its own, with its checksums checked. `pipeline.read.manifest` reads many
+of them (`ArchiveParts`); `pipeline.read.manifest_layout` resolves which files hold which rows; both use this.
 
 Parts are written with Parquet page checksums (`parquet_bytes`) and read with them verified. Page
 checksums do not cover the Parquet footer, where a flipped byte can silently turn a column's values into
@@ -24,7 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from crc32c import crc32c
 
-from pipeline.schema import MANIFEST_SCHEMA, PROOF_COLUMNS, REFERENCE_SCHEMA, VERIFY_SCHEMA, rows_to_table
+from pipeline.format.schema import (
+    MANIFEST_SCHEMA,
+    PROOF_COLUMNS,
+    REFERENCE_SCHEMA,
+    VERIFY_SCHEMA,
+    rows_to_table,
+)
 
 COLUMN_CHECKSUMS_KEY = "vidarc.column_crc32c"
 #: Parquet options every part is written with: page checksums, so damage is caught on read.

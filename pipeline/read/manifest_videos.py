@@ -1,7 +1,7 @@
 """The manifest one video at a time, in key order, in memory that does not grow with the archive.
 
 `ls` lists millions of videos; holding every row (or every video) in memory does not scale. The files
-`pipeline.manifest_layout` resolves are each in key order or cheap to put in it:
+`pipeline.read.manifest_layout` resolves are each in key order or cheap to put in it:
 
 - per-video parts (`part-<key>.parquet`): one video each, read in key order (a few fetched and
   parsed at once, in threads);
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.manifest_layout import (
+from pipeline.read.manifest_layout import (
     SOURCE_PART,
     CompactedFile,
     ManifestPlan,
@@ -54,7 +54,7 @@ def iter_videos(
 ) -> Iterator[Any]:
     """`per_table(table)` -> (video key, record) items in key order, over every table of whole videos
     with `columns` (+ video_key) of every manifest file, merged into one stream in key order."""
-    from pipeline.schema import MANIFEST_SCHEMA
+    from pipeline.format.schema import MANIFEST_SCHEMA
 
     wanted = list(dict.fromkeys(["video_key", *columns]))
     schema = pa.schema([MANIFEST_SCHEMA.field(n) for n in wanted])
@@ -176,7 +176,7 @@ def _split_by_video(table: pa.Table, rows: int = 65_536) -> Iterator[pa.Table]:
 
 def is_sorted_by_key(metadata: dict[bytes, bytes] | None) -> bool:
     """Whether a compacted file's key-value metadata says its rows are sorted by (video_key,
-    gop_index) (`pipeline.compact` writes it). Files of earlier releases are not; a reader may rely
+    gop_index) (`pipeline.tools.compact` writes it). Files of earlier releases are not; a reader may rely
     on order only when this is True."""
     return (metadata or {}).get(SORTED_BY_KEY) == b"video_key,gop_index"
 
@@ -257,7 +257,7 @@ def rows_of_videos(plan: ManifestPlan, keys: set[str], columns: list[str], *, on
     """Every row of the videos `keys`, reading only the files and row groups that can hold them: a
     video's own part by name, the packs that list it, and in key-sorted compacted files the row groups
     whose `video_key` statistics span it (an older, unsorted compacted file is scanned, projected)."""
-    from pipeline.schema import MANIFEST_SCHEMA
+    from pipeline.format.schema import MANIFEST_SCHEMA
 
     wanted = list(dict.fromkeys(["video_key", *columns]))
     schema = pa.schema([MANIFEST_SCHEMA.field(n) for n in wanted])

@@ -1,6 +1,6 @@
 """What each GOP records at encode time so `verify` can prove its decode without the source.
 
-Three records per GOP (manifest columns, `pipeline/schema.py`):
+Three records per GOP (manifest columns, `pipeline/format/schema.py`):
 
 - ``recon_sha256``: sha256 of the encoder's reconstruction (uint8 T×H×W×3, C order) — what a decoder
   must produce. Equal digests mean an exact decode.

@@ -20,7 +20,7 @@ from typing import Any
 
 import fsspec
 
-from pipeline.storage import (
+from pipeline.store.storage import (
     StorageError,
     describe,
     full_uri,
@@ -28,7 +28,7 @@ from pipeline.storage import (
     is_local,
     retrying,
 )
-from pipeline.storage_class import ThawState, thaw_state
+from pipeline.store.storage_class import ThawState, thaw_state
 
 #: HEAD and restore requests in flight at once (S3 serves thousands per second per prefix).
 REQUEST_WORKERS = 16

@@ -1,5 +1,5 @@
 """Which manifest files hold which rows: per-video parts, pack parts and compacted files, resolved so that
-every reader sees each row exactly once — before, during and after a compaction (`pipeline.compact`).
+every reader sees each row exactly once — before, during and after a compaction (`pipeline.tools.compact`).
 
 Files under `OUT/manifest/`:
 
@@ -23,7 +23,7 @@ The rules a reader applies (`plan_manifest`):
    re-lists and reads that part's rows from the new compacted file (`ManifestPlan.recover`).
 5. A compacted file another readable compacted file `merges` is superseded: its rows (less those
    readers dropped from it) are in the merged file, so it is not read. Compaction deletes it once the
-   merged file is older than a grace period (`pipeline.compact_merge`), so a reader that planned with
+   merged file is older than a grace period (`pipeline.tools.compact_merge`), so a reader that planned with
    it before the merge still finds it.
 Compaction is one writer at a time per archive (it takes `manifest/_compaction.lock`).
 """
@@ -40,8 +40,8 @@ from typing import Any
 
 import fsspec
 
-from pipeline.listing import iter_objects
-from pipeline.storage import join, read_bytes
+from pipeline.store.listing import iter_objects
+from pipeline.store.storage import join, read_bytes
 
 PART_PREFIX = "part-"
 PACK_PREFIX = "pack-"
@@ -267,7 +267,7 @@ def plan_manifest(fs: fsspec.AbstractFileSystem, root: str, *, packs: bool = Tru
 def _damage_reason(exc: BaseException) -> str | None:
     """One-line reason when a compacted file's bytes do not parse; None for a storage error (missing,
     denied, unreachable), which is not damage and is raised."""
-    from pipeline.storage import is_transient
+    from pipeline.store.storage import is_transient
 
     chain: list[BaseException] = []
     error: BaseException | None = exc
@@ -282,7 +282,7 @@ def _damage_reason(exc: BaseException) -> str | None:
 
 def committed_packs(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, list[str]]:
     """pack id -> member video keys, from `markers/packs/` (one small read per pack)."""
-    from pipeline.runinfo import iter_pack_markers
+    from pipeline.format.runinfo import iter_pack_markers
 
     return {str(m["pack_id"]): [str(k) for k in m["members"]] for m in iter_pack_markers(fs, root)}
 
@@ -347,7 +347,7 @@ def iter_tables(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.schema import MANIFEST_SCHEMA
+    from pipeline.format.schema import MANIFEST_SCHEMA
 
     wanted = list(columns) if columns is not None else MANIFEST_SCHEMA.names
     schema = pa.schema([MANIFEST_SCHEMA.field(n) for n in wanted])
@@ -474,8 +474,8 @@ def _pruned(
     try:
         dataset = ds.dataset(path, format=file_format, filesystem=plan.fs)
         present = [n for n in dict.fromkeys([*wanted, "video_key"]) if n in dataset.schema.names]
-        from pipeline.manifest_part import referenced_columns
-        from pipeline.schema import MANIFEST_SCHEMA
+        from pipeline.format.manifest_part import referenced_columns
+        from pipeline.format.schema import MANIFEST_SCHEMA
 
         if not set(referenced_columns(expression, MANIFEST_SCHEMA)) <= set(dataset.schema.names):
             # a file written before a column the filter names: read it whole (the caller filters)
@@ -495,7 +495,7 @@ def _pruned(
 
 def done_keys(fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
     """Video keys that are done: a done marker, or a member of a committed pack."""
-    from pipeline.runinfo import list_markers
+    from pipeline.format.runinfo import list_markers
 
     keys = set(list_markers(fs, root, "done"))
     for members in committed_packs(fs, root).values():
@@ -508,7 +508,7 @@ def container_location(
 ) -> tuple[str, tuple[int, int] | None]:
     """(path under OUT, pack member range or None) of the object holding a row's video. The archive
     may have been moved since it was written, so the object is looked up under OUT by name."""
-    from pipeline.runinfo import container_path, pack_path
+    from pipeline.format.runinfo import container_path, pack_path
 
     if (
         row.get("member_offset") is not None
@@ -556,8 +556,8 @@ def prefetched(
 
 
 def parse_or_error(columns: list[str]) -> Callable[[bytes], Any]:
-    from pipeline.manifest_part import parse_part
-    from pipeline.schema import MANIFEST_SCHEMA
+    from pipeline.format.manifest_part import parse_part
+    from pipeline.format.schema import MANIFEST_SCHEMA
 
     def parse(data: bytes) -> Any:
         try:

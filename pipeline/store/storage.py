@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline.container import RangeReader
+from pipeline.format.container import RangeReader
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ first, into files of about the target size: a streaming k-way merge by `(video_k
 key-sorted inputs, read `MERGE_BATCH_ROWS` rows at a time (memory: a batch per input), so the output
 is key-sorted too and no video's rows are split between files.
 
-What readers see (`pipeline.manifest_layout`, rule 5): the merged file records the files it holds
+What readers see (`pipeline.read.manifest_layout`, rule 5): the merged file records the files it holds
 (`merges`), and a file some readable compacted file merges is not read. The merge drops what readers
 drop from its inputs (rows superseded by newer parts or by a later file's `replaces`), keeps each
 row's `source_part`/`source_sha256` (so parts a crash left behind stay recognised as covered), and
@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.manifest_layout import COMPACTED_PREFIX, COMPACTION_KEY, CompactedFile, ManifestPlan
-from pipeline.manifest_videos import SORTED_BY_KEY, is_sorted_by_key
-from pipeline.storage import full_uri, join, open_atomic
+from pipeline.read.manifest_layout import COMPACTED_PREFIX, COMPACTION_KEY, CompactedFile, ManifestPlan
+from pipeline.read.manifest_videos import SORTED_BY_KEY, is_sorted_by_key
+from pipeline.store.storage import full_uri, join, open_atomic
 
 #: Small compacted files it takes before they are merged (a few files cost readers little).
 MERGE_MIN_FILES = 8

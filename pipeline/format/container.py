@@ -18,7 +18,7 @@ size before anything is allocated: a corrupt or hostile file gives `ContainerErr
 or huge allocation.
 
 The header is untrusted input too: `read_index` parses it once into a `ContainerHeader`
-(`pipeline.container_header`: nesting bounded, every field a reader uses checked) before anything reads
+(`pipeline.format.container_header`: nesting bounded, every field a reader uses checked) before anything reads
 it. The preamble (magic, version) is checked whenever the bytes are at hand: always when the object is
 smaller than the tail read, else by `read_preamble`.
 """
@@ -34,8 +34,8 @@ from typing import Any, BinaryIO
 
 import crc32c as _crc32c
 
-from pipeline.container_header import MAX_RATE_TERM, ContainerHeader, HeaderError
-from pipeline.container_header import json_depth as json_depth  # re-exported: the fuzz tests use it
+from pipeline.format.container_header import MAX_RATE_TERM, ContainerHeader, HeaderError
+from pipeline.format.container_header import json_depth as json_depth  # re-exported: the fuzz tests use it
 
 MAGIC = b"VDRC"
 END_MAGIC = b"VDRCEND1"

@@ -2,7 +2,7 @@
 
 Archive storage classes charge a minimum object size (e.g. 128 KB) or a fee per object, and a tiny
 clip's `.vdrc` is a few kilobytes; a pack holds many of them. Each member is a complete `.vdrc`
-container (`pipeline.container`, format version 1, its offsets relative to its own first byte), so a
+container (`pipeline.format.container`, format version 1, its offsets relative to its own first byte), so a
 member restores alone with ranged reads exactly like a single-video object: one read for its footer
 (its own index), one per GOP. Layout (little-endian):
 
@@ -26,7 +26,7 @@ import json
 import struct
 from typing import Any, BinaryIO
 
-from pipeline.container import (
+from pipeline.format.container import (
     MAGIC,
     PREAMBLE,
     TRAILER,
@@ -37,7 +37,7 @@ from pipeline.container import (
     read_index,
     write_container,
 )
-from pipeline.container_header import ContainerHeader
+from pipeline.format.container_header import ContainerHeader
 
 PACK_FORMAT_VERSION = 2
 PACK_KIND = 1

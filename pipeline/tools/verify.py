@@ -14,7 +14,7 @@ Two layers, both reading the objects afresh (ranged GETs, no cache):
 2. The sample: for each sampled GOP, one ranged read of the container's index and one of the payload
    (CRC-checked), a decode with the decoder the header asks for (`codec.registry.decoder_for`: its
    codec, `decoder_options` and weights; built once per such key; other weights are refused), and the
-   **decode proof** against what the encoder recorded (`pipeline/digests.py`), with no source needed:
+   **decode proof** against what the encoder recorded (`pipeline/format/digests.py`), with no source needed:
 
    - *exact*: the decoded frames' sha256 equals the manifest's `recon_sha256`;
    - *drift*: the exact part (`Codec.exact_digest`: GLVC's latent symbols, GVC's codebook entries and
@@ -42,9 +42,9 @@ is initialised (batches grouped by container, so each task reads an index once).
 The default sample (neither fraction nor count): every GOP of an archive up to `DEFAULT_ALL_GOPS` GOPs,
 else a seeded sample of that many.
 
-A caller may ask for progress lines (`progress`; `pipeline/verify_progress.py`): manifest rows read and
+A caller may ask for progress lines (`progress`; `pipeline/tools/verify_progress.py`): manifest rows read and
 containers checked when slow, the decode GOP by GOP (Ray tasks count theirs on a small actor). Every
-verify ends by replacing `verify/last.json` with its outcome (`pipeline/verify_record.py`), which the
+verify ends by replacing `verify/last.json` with its outcome (`pipeline/tools/verify_record.py`), which the
 archive's closing verify reads to skip a verify that could tell nothing new.
 """
 
@@ -67,8 +67,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from codec.errors import CodecError
-from pipeline import thaw
-from pipeline.container import (
+from pipeline.format.container import (
     PREAMBLE,
     TRAILER,
     ContainerError,
@@ -77,16 +76,17 @@ from pipeline.container import (
     read_gop,
     read_index,
 )
-from pipeline.digests import DRIFT_LIMIT_DB, FingerprintError, fingerprint_psnr, frames_sha256
-from pipeline.listing import iter_objects
-from pipeline.manifest import ArchiveParts, DamagedPart, PartsError, parquet_bytes
-from pipeline.manifest_layout import container_location, done_keys
-from pipeline.manifest_videos import rows_of_videos
-from pipeline.pack import read_pack_index
-from pipeline.reader import ArchiveReader, CountingReader, decoder_key, header_decoder
-from pipeline.runinfo import utc_now
-from pipeline.schema import VERIFY_SCHEMA
-from pipeline.storage import (
+from pipeline.format.digests import DRIFT_LIMIT_DB, FingerprintError, fingerprint_psnr, frames_sha256
+from pipeline.format.pack import read_pack_index
+from pipeline.format.runinfo import utc_now
+from pipeline.format.schema import VERIFY_SCHEMA
+from pipeline.read.manifest import ArchiveParts, DamagedPart, PartsError, parquet_bytes
+from pipeline.read.manifest_layout import container_location, done_keys
+from pipeline.read.manifest_videos import rows_of_videos
+from pipeline.read.reader import ArchiveReader, CountingReader, decoder_key, header_decoder
+from pipeline.store import thaw
+from pipeline.store.listing import iter_objects
+from pipeline.store.storage import (
     StorageError,
     check_reachable,
     describe,
@@ -97,9 +97,9 @@ from pipeline.storage import (
     redact,
     write_bytes,
 )
-from pipeline.storage_class import is_cold
-from pipeline.verify_progress import INTERVAL_SECONDS, VerifyProgress
-from pipeline.verify_record import write_record
+from pipeline.store.storage_class import is_cold
+from pipeline.tools.verify_progress import INTERVAL_SECONDS, VerifyProgress
+from pipeline.tools.verify_record import write_record
 
 TOLERANCE_DB = 0.05
 CROSS_DEVICE_TOLERANCE_DB = 0.5
@@ -220,13 +220,13 @@ def run_verify(
     wait: bool = False,
 ) -> VerifyReport:
     """Verify archive `out`; writes `<out>/verify/part-<verify_run_id>.parquet` and the last-verify
-    record (`pipeline.verify_record`), and returns the report.
+    record (`pipeline.tools.verify_record`), and returns the report.
 
     `progress` is called with rate-limited lines ("verify: 3/12 GOPs decoded ...", `verify_progress`).
     `covers`/`archive_run_id`: given by the archive's closing verify, what it covered (kept in the
     record, so a rerun that archived nothing can skip it). Raises VerifyError (nothing written) when
     the options are invalid or the archive cannot be read. Objects in GLACIER or DEEP_ARCHIVE without a
-    thawed copy stop it with one line naming them (`pipeline.thaw`), unless `readable_only` (they are
+    thawed copy stop it with one line naming them (`pipeline.store.thaw`), unless `readable_only` (they are
     left out, with a note) or `wait` (it waits for copies already asked for).
     """
     started = time.monotonic()
@@ -784,7 +784,7 @@ def _check_container(
 
 def _check_every_byte(read: Any, index: ContainerIndex, uri: str) -> str | None:
     """Preamble, every GOP and attachment CRC, reserved fields, and no byte left unchecked."""
-    from pipeline.container import END_MAGIC, FORMAT_VERSION, MAGIC
+    from pipeline.format.container import END_MAGIC, FORMAT_VERSION, MAGIC
 
     magic, version, reserved = PREAMBLE.unpack(read(0, PREAMBLE.size))
     if magic != MAGIC or version != FORMAT_VERSION or reserved != 0:
@@ -1169,7 +1169,7 @@ def decode_check(row: dict[str, Any], frames: np.ndarray, exact: str) -> dict[st
 
 def _source_frames(row: dict, context: dict, cache: dict, *, deep: bool) -> tuple[np.ndarray | None, str]:
     """The source frames of this GOP, or (None, why) when the source is gone or changed."""
-    from pipeline import sources
+    from pipeline.sources import media
 
     uri = row["source_uri"]
     try:
@@ -1180,13 +1180,13 @@ def _source_frames(row: dict, context: dict, cache: dict, *, deep: bool) -> tupl
             elif fs.size(path) != row["source_bytes"]:
                 cache[uri] = "source changed size since archiving"
             else:
-                cache[uri] = sources.probe(uri, endpoint_url=context["endpoint_url"])
+                cache[uri] = media.probe(uri, endpoint_url=context["endpoint_url"])
         info = cache[uri]
         if isinstance(info, str):
             return None, info
         first, n = row["first_frame"], row["frame_count"]
         pts = info.frame_pts[first : first + n] if info.frame_pts else None
-        frames = sources.decode_frames(
+        frames = media.decode_frames(
             uri,
             first,
             n,

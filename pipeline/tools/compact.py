@@ -3,7 +3,7 @@
 A ten-million-video archive has ten million `manifest/part-*.parquet` objects; every `ls`, `audit` and
 `verify` opens each one. Compaction writes their rows into `manifest/compacted-<stamp>.parquet` files
 of about `target_bytes` (128 MB), then deletes the parts it absorbed. Readers resolve what to read with
-`pipeline.manifest_layout`, so each row is seen exactly once before, during and after a compaction:
+`pipeline.read.manifest_layout`, so each row is seen exactly once before, during and after a compaction:
 
 - Only parts of *done* videos (a done marker, or a committed pack) are absorbed: those are never
   rewritten by an archive run. Failed and in-progress videos keep their parts.
@@ -53,10 +53,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import compact_merge
-from pipeline.keyset import KeySet
-from pipeline.manifest import parse_part, statistics_columns
-from pipeline.manifest_layout import (
+from pipeline.format.runinfo import marker_keyset, pack_path
+from pipeline.format.schema import MANIFEST_SCHEMA
+from pipeline.read.manifest import parse_part, statistics_columns
+from pipeline.read.manifest_layout import (
     COMPACTED_PREFIX,
     COMPACTION_KEY,
     SOURCE_PART,
@@ -68,10 +68,9 @@ from pipeline.manifest_layout import (
     prefetched,
     sha256_hex,
 )
-from pipeline.manifest_videos import SORTED_BY_KEY
-from pipeline.runinfo import marker_keyset, pack_path
-from pipeline.schema import MANIFEST_SCHEMA
-from pipeline.storage import (
+from pipeline.read.manifest_videos import SORTED_BY_KEY
+from pipeline.store.keyset import KeySet
+from pipeline.store.storage import (
     StorageError,
     check_reachable,
     filesystem,
@@ -81,6 +80,7 @@ from pipeline.storage import (
     open_atomic,
     redact,
 )
+from pipeline.tools import compact_merge
 
 TARGET_BYTES = 128 * 1024 * 1024
 #: Rows per row group: small enough that a key lookup decodes little, large enough that the footer

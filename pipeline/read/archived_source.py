@@ -8,7 +8,7 @@ header and index: one ranged read, never the original source), `decode_spans` fo
 imports `pipeline/archive/`.
 
 A parent in cold storage (GLACIER, DEEP_ARCHIVE) cannot be read until it is thawed; its reads raise the
-store's error, which `pipeline.storage.describe` words as such (the caller fails the video with it).
+store's error, which `pipeline.store.storage.describe` words as such (the caller fails the video with it).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from codec.base import Codec
-from pipeline.container import AUDIO_ATTACHMENT, ContainerIndex
-from pipeline.container_header import ContainerHeader
-from pipeline.reader import ArchiveReader, decoder_key
-from pipeline.storage import filesystem, retrying
+from pipeline.format.container import AUDIO_ATTACHMENT, ContainerIndex
+from pipeline.format.container_header import ContainerHeader
+from pipeline.read.reader import ArchiveReader, decoder_key
+from pipeline.store.storage import filesystem, retrying
 
 #: Bytes hashed per read when an older parent's object has no recorded sha256.
 HASH_CHUNK = 8 * 2**20

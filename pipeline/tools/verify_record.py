@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.runinfo import marker_keyset, utc_now, write_json
-from pipeline.storage import join, read_bytes
+from pipeline.format.runinfo import marker_keyset, utc_now, write_json
+from pipeline.store.storage import join, read_bytes
 
 RECORD_FORMAT = 1
 RECORD_NAME = "last.json"

@@ -11,7 +11,7 @@ Layout under OUT (DESIGN.md "Archive layout", plus the markers):
     markers/reference/<video_key>.json  --reference: sampled GOPs whose reference part is still to
                                    write (`pipeline.archive.reference`)
 
-With `--pack N_MB`, many videos share one object instead (`pipeline.pack`):
+With `--pack N_MB`, many videos share one object instead (`pipeline.format.pack`):
 
     packs/<pack_id>.vdrc           the videos' containers back to back, plus a pack index
     manifest/pack-<pack_id>.parquet  the rows of every video in the pack
@@ -39,9 +39,9 @@ from typing import Any
 
 import fsspec
 
-from pipeline.keyset import KeySet
-from pipeline.listing import iter_pages
-from pipeline.storage import join, list_names, read_bytes, redact, write_bytes
+from pipeline.store.keyset import KeySet
+from pipeline.store.listing import iter_pages
+from pipeline.store.storage import join, list_names, read_bytes, redact, write_bytes
 
 MARKERS_DIR = "markers"
 CONTAINER_SUFFIX = ".vdrc"
@@ -61,7 +61,7 @@ def manifest_path(out_root: str, video_key: str) -> str:
 
 
 def pack_path(out_root: str, pack_id: str) -> str:
-    """A pack object (`pipeline.pack`): many videos in one object."""
+    """A pack object (`pipeline.format.pack`): many videos in one object."""
     return join(out_root, "packs", pack_id + CONTAINER_SUFFIX)
 
 

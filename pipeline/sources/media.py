@@ -41,8 +41,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from codec.modeldir import sha256_file
-from pipeline.hashing_reader import HashingReader
-from pipeline.storage import RetryingFile, filesystem, is_local
+from pipeline.sources.hashing_reader import HashingReader
+from pipeline.store.storage import RetryingFile, filesystem, is_local
 
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
