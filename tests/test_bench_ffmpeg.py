@@ -83,9 +83,11 @@ def test_the_bench_works_in_the_same_folder_every_run_and_one_at_a_time(tmp_path
 
     with _stable_workdir(tmp_path, "bench") as first:
         (first / "left-over").write_text("x")
-        with pytest.raises(RuntimeError, match="another bench is running"):
-            with _stable_workdir(tmp_path, "bench"):
-                pass
+        with (
+            pytest.raises(RuntimeError, match="another bench is running"),
+            _stable_workdir(tmp_path, "bench"),
+        ):
+            pass
     assert not first.exists()
     with _stable_workdir(tmp_path, "bench") as second:
         assert second == first and list(second.iterdir()) == []
