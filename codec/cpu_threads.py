@@ -19,13 +19,14 @@ therefore runs torch on one intra-op thread from then on (README says so where i
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
+
+from codec.cores import usable_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -35,20 +36,6 @@ def one_thread_on_cpu(device: torch.device | str) -> None:
     """On the CPU, make this thread's torch ops single-threaded (no-op elsewhere, or when already)."""
     if torch.device(device).type == "cpu" and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-
-
-def usable_cores() -> int:
-    """The cores this process may use: its affinity mask (a container's limit), and OMP_NUM_THREADS
-    when it is set (Ray sets it to the CPUs of a task or actor, so two actors on one machine do not
-    both spread over every core)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # platforms without affinity masks
-        cores = os.cpu_count() or 1
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    if omp.isdigit() and int(omp) > 0:
-        cores = min(cores, int(omp))
-    return max(1, cores)
 
 
 class _PassCount:

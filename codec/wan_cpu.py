@@ -22,7 +22,10 @@ diffusers' to float rounding, about 1e-6 relative; a decoded pixel moves by at m
 
 `use_cpu_kernels(vae)` switches a loaded VAE's modules to these forwards in place (their classes become
 subclasses of diffusers' own; parameters and state dict are untouched, so training, saving and GPU code
-see the same model). On CUDA the codecs keep diffusers' forwards (cuDNN has real 3-D kernels).
+see the same model). On CUDA the codecs keep diffusers' forwards (cuDNN has real 3-D kernels). On the
+CPU the tokenizer now runs a Wan2.1-layout VAE through `codec.wan_vae_cpu` (these same computations, a
+whole clip per layer, without diffusers); these forwards serve diffusers' model where it is still used
+(training, tiling, other layouts) and define the bits `codec.wan_vae_cpu` reproduces.
 """
 
 from __future__ import annotations

@@ -77,6 +77,11 @@ def write_odd_video(path: Path, frames: np.ndarray, fps: int = 24) -> Path:
     return path
 
 
+#: The session cluster keeps idle workers (as the archive job's own local cluster does, for a minute):
+#: a task worker that imported the codecs and metrics serves the next test instead of a new process.
+_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": int(os.environ.get("VIDARC_TEST_IDLE_MS", "600000"))}
+
+
 @pytest.fixture(scope="session")
 def ray_address() -> str:
     """One small local Ray cluster for the whole session; returns its address for subprocess drivers.
@@ -85,7 +90,10 @@ def ray_address() -> str:
     (`--num-gpus-per-actor 0.5`) then schedule as on a GPU node, and run on the CPU."""
     import ray
 
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
+        _system_config=_SYSTEM_CONFIG,
+    )  # fmt: skip
     address = ray.get_runtime_context().gcs_address
     yield address
     ray.shutdown()

@@ -74,3 +74,20 @@ def test_files_without_against_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["bench", "pipeline", "--files", str(tmp_path)])
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --files needs --against ffmpeg"
+
+
+def test_the_bench_works_in_the_same_folder_every_run_and_one_at_a_time(tmp_path: Path) -> None:
+    """Video keys hash the source path and the expensive metrics' sample is keyed by them: the same
+    folder on every run measures the same GOPs. A second bench on that folder at once is refused."""
+    from pipeline.benchmarks.ffmpeg_loop import _stable_workdir
+
+    with _stable_workdir(tmp_path, "bench") as first:
+        (first / "left-over").write_text("x")
+        with (
+            pytest.raises(RuntimeError, match="another bench is running"),
+            _stable_workdir(tmp_path, "bench"),
+        ):
+            pass
+    assert not first.exists()
+    with _stable_workdir(tmp_path, "bench") as second:
+        assert second == first and list(second.iterdir()) == []

@@ -103,7 +103,7 @@ def test_a_glvc_pixel_decode_does_not_depend_on_the_thread_count() -> None:
 def test_neural_gops_decoded_side_by_side_equal_one_at_a_time(name: str) -> None:
     """The CPU passes of several threads run at once (no device lock on the CPU; each thread has its
     own causal cache): every GOP decodes to the golden digest whichever thread decodes it."""
-    from codec.cpu_threads import usable_cores
+    from codec.cores import usable_cores
     from pipeline.read.reader import ArchiveReader, decode_workers
 
     reader = ArchiveReader(str(GOLDEN / "v2" / f"{name}.vdrc"))

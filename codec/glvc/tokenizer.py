@@ -19,6 +19,11 @@ Why a wrapper: the codec needs a few conventions the VAE leaves to callers —
   pixels slightly from run to run or device to device, never the entropy-coded symbols;
 - on the CPU, by default, the VAE's causal 3-D convolutions and RMS norms run as the CPU kernels of
   `codec.wan_cpu` (the same network: 3-4× faster, pixels within one level of diffusers' forwards);
+- on the CPU, by default, a Wan2.1-layout float32 VAE is loaded as `codec.wan_vae_cpu.WanVaeCpu`: the
+  same weights and bits as those kernels, a whole clip per layer with every frame's work on the cores,
+  and no diffusers import (a restore starts seconds sooner). diffusers' model is built from the same
+  weight tensors when something asks for `Tokenizer.vae` (training) or a pass must tile or does not fit
+  whole, and from then on the passes that need it use it;
 - several threads may run passes at once (the codecs decode GOPs side by side on a CPU): diffusers keeps
   a pass's causal feature cache on the VAE object, so each thread runs a shallow copy of it of its own
   (same modules and weights, its own cache).
@@ -36,6 +41,7 @@ import torch
 from torch import Tensor
 
 from codec.gpu import CompiledOrEager, free_memory_bytes, vae_needs_tiling
+from codec.wan_vae_cpu import WanVaeCpu, load_cpu_vae, read_config, supports, whole_clip_bytes
 
 
 class Tokenizer:
@@ -60,13 +66,20 @@ class Tokenizer:
         autotune: bool | None = None,
         cpu_kernels: bool | None = None,
     ) -> None:
+        self.whole_clip: WanVaeCpu | None = None
+        if isinstance(vae, WanVaeCpu):  # diffusers' model only when something needs it (`vae`)
+            self.whole_clip, self._cpu_model, self._cpu_kernels = vae, vae, cpu_kernels
+            self.device, self.dtype, self.channels_last = torch.device("cpu"), torch.float32, False
+            self.compiled, self._vae = False, None
+            self._setup(vae.config)
+            return
         if vae.dtype != dtype:
             vae = vae.to(dtype=dtype)
-        self.vae = vae.to(device=device).eval()
+        self._vae = vae.to(device=device).eval()
         self.device, self.dtype = torch.device(device), dtype
         self.channels_last = channels_last
         if channels_last:  # the 3-D convolutions' weights (the VAE also has 2-D ones, left as they are)
-            for module in self.vae.modules():
+            for module in self._vae.modules():
                 if isinstance(module, torch.nn.Conv3d):
                     module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
         if autotune if autotune is not None else self.device.type == "cuda":
@@ -74,13 +87,16 @@ class Tokenizer:
         if cpu_kernels if cpu_kernels is not None else self.device.type == "cpu":
             from codec.wan_cpu import use_cpu_kernels
 
-            use_cpu_kernels(self.vae)
-        self._local = threading.local()  # this thread's view of the VAE (its own feature cache)
+            use_cpu_kernels(self._vae)
         self.compiled = compile
+        self._setup(vae.config)
+
+    def _setup(self, cfg) -> None:
+        self._local = threading.local()  # this thread's view of the VAE (its own feature cache)
+        self._vae_lock = threading.Lock()
         self._passes = {"encoder": 0, "decoder": 0}
         #: Whether the last encode/decode ran tiled (benchmarks report it).
         self.last_tiled: bool | None = None
-        cfg = vae.config
         self.base_dim = int(getattr(cfg, "base_dim", 96))
         self.latent_channels = int(cfg.z_dim)
         self.spatial_factor = 2 ** sum(1 for _ in cfg.dim_mult[1:])
@@ -91,6 +107,20 @@ class Tokenizer:
             raise ValueError("latents_mean/latents_std must have one entry per latent channel")
         self.mean = mean.view(1, -1, 1, 1, 1).to(self.device)
         self.std = std.view(1, -1, 1, 1, 1).to(self.device)
+
+    @property
+    def vae(self):
+        """diffusers' `AutoencoderKLWan`. A tokenizer loaded as `WanVaeCpu` builds it on first use from
+        the same weight tensors (with `codec.wan_cpu`'s kernels) and from then on runs every pass through
+        it: whoever asked may train or change it, and the passes must see what it sees."""
+        self.whole_clip = None
+        return self._diffusers_vae()
+
+    def _diffusers_vae(self):
+        with self._vae_lock:
+            if self._vae is None:
+                self._vae = _diffusers_from(self._cpu_model, self._cpu_kernels)
+            return self._vae
 
     def latent_frames(self, frames: int) -> int:
         return 1 + (frames - 1) // self.temporal_factor
@@ -107,8 +137,20 @@ class Tokenizer:
         read each other's cache."""
         vae = getattr(self._local, "vae", None)
         if vae is None:
-            vae = self._local.vae = copy.copy(self.vae)
+            vae = self._local.vae = copy.copy(self._diffusers_vae())
         return vae
+
+    def _whole_clip_for(self, height: int, width: int, frames: int) -> WanVaeCpu | None:
+        """The whole-clip model for a pass of this size, or None: diffusers' chunked forwards then (a
+        pass that must tile, or whose whole clip would not fit the memory this process can get)."""
+        model = self.whole_clip
+        if model is None or self.needs_tiling(height, width, frames):
+            return None
+        free = free_memory_bytes(self.device)
+        if free is not None and whole_clip_bytes(model.config, frames, height, width) > free:
+            return None
+        self.last_tiled = False
+        return model
 
     def _tiling_for(self, vae, height: int, width: int, frames: int) -> None:
         self.last_tiled = self.needs_tiling(height, width, frames)
@@ -121,7 +163,8 @@ class Tokenizer:
         """Wrap `part` (encoder/decoder) in `torch.compile` as its second pass starts."""
         self._passes[part] += 1
         if self.compiled and self._passes[part] == 2:
-            setattr(self.vae, part, CompiledOrEager(getattr(self.vae, part), f"the tokenizer's {part}"))
+            vae = self._diffusers_vae()
+            setattr(vae, part, CompiledOrEager(getattr(vae, part), f"the tokenizer's {part}"))
 
     def _as_input(self, x: Tensor) -> Tensor:
         x = x.permute(3, 0, 1, 2)[None].to(self.dtype) / 127.5 - 1.0
@@ -140,10 +183,14 @@ class Tokenizer:
         if isinstance(frames, np.ndarray):
             frames = torch.from_numpy(np.ascontiguousarray(frames))
         x = self._as_input(frames.to(self.device))
-        vae = self._thread_vae()
-        self._tiling_for(vae, height, width, count)
         self._count_pass("encoder")
-        mode = vae.encode(x).latent_dist.mode()
+        whole = self._whole_clip_for(height, width, count)
+        if whole is not None:
+            mode = whole.encode_mode(x)
+        else:
+            vae = self._thread_vae()
+            self._tiling_for(vae, height, width, count)
+            mode = vae.encode(x).latent_dist.mode()
         return (mode.float() - self.mean) / self.std
 
     @torch.no_grad()
@@ -152,12 +199,20 @@ class Tokenizer:
         z = (latents.to(self.device).float() * self.std + self.mean).to(self.dtype)
         frames = 1 + (latents.shape[2] - 1) * self.temporal_factor
         s = self.spatial_factor
-        vae = self._thread_vae()
-        self._tiling_for(vae, latents.shape[-2] * s, latents.shape[-1] * s, frames)
+        height, width = latents.shape[-2] * s, latents.shape[-1] * s
         self._count_pass("decoder")
+        whole = self._whole_clip_for(height, width, frames)
+        if whole is not None:  # each frame finished to uint8 on the core that decoded it
+            done = whole.decode_frames(z, lambda f: _to_uint8(f[0]).permute(1, 2, 0))
+            return torch.stack(done).numpy()
+        vae = self._thread_vae()
+        self._tiling_for(vae, height, width, frames)
         video = vae.decode(z).sample[0]  # [3, T, H, W] in about [-1, 1]
-        video = ((video.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-        return video.permute(1, 2, 3, 0).cpu().numpy()
+        return _to_uint8(video).permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _to_uint8(video: Tensor) -> Tensor:
+    return ((video.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
 
 
 def load_tokenizer(
@@ -169,10 +224,35 @@ def load_tokenizer(
     """Load a diffusers-format `AutoencoderKLWan` directory (safetensors only) as a Tokenizer, its
     weights read straight onto `device` in `dtype` (`codec.weights`); `options` are the Tokenizer's
     (compile, channels_last, autotune)."""
+    dtype = dtype or torch.float32
+    plain = (
+        not any(options.get(k) for k in ("compile", "channels_last"))
+        and options.get("cpu_kernels") is not False
+    )
+    if torch.device(device).type == "cpu" and dtype == torch.float32 and plain:
+        config = read_config(directory)
+        if supports(config):
+            return Tokenizer(load_cpu_vae(directory, config), cpu_kernels=options.get("cpu_kernels"))
     from diffusers import AutoencoderKLWan
 
     from codec.weights import load_diffusers_model
 
-    dtype = dtype or torch.float32
     vae = load_diffusers_model(AutoencoderKLWan, Path(directory), torch.device(device), dtype)
     return Tokenizer(vae, device=device, dtype=dtype, **options)
+
+
+def _diffusers_from(model: WanVaeCpu, cpu_kernels: bool | None):
+    """diffusers' `AutoencoderKLWan` holding `model`'s very weight tensors (nothing copied)."""
+    from diffusers import AutoencoderKLWan
+
+    from codec.weights import parameters_on_meta
+
+    with parameters_on_meta():
+        vae = AutoencoderKLWan.from_config(model.source_config)
+    vae.load_state_dict(model.state_dict(), strict=True, assign=True)
+    vae = vae.eval().requires_grad_(False)
+    if cpu_kernels is not False:
+        from codec.wan_cpu import use_cpu_kernels
+
+        use_cpu_kernels(vae)
+    return vae

@@ -12,7 +12,10 @@ exactly as the pipeline calls it:
 - **decode**: `decode_with_digest` per GOP, one at a time; and, with `--gops N` (N > 1), the same N
   GOPs decoded side by side on N threads (`codec.cpu_threads`: how restore and verify use a CPU's cores);
 - **x265** (medium, vidarc's default CRF 28) encodes and decodes the same frames in the same process, so every
-  figure is also a ratio to x265 that survives a busy machine.
+  figure is also a ratio to x265 that survives a busy machine;
+- **CPU seconds** per GOP (the process's, all threads) beside the wall seconds: on a shared machine whose
+  cores are busy elsewhere (a VM's steal time) the wall time says little about the work, and CPU/wall
+  says how many cores a pass really kept busy.
 
 One GOP (two on CUDA, where the second pass compiles) of other frames is coded and decoded first as a
 warm-up (weights paged in, kernels chosen) and not timed. Nothing
@@ -46,6 +49,8 @@ class CodecSpeed:
     bpp: float
     evaluations: float | None = None  # rate-search candidates per GOP (mean)
     parallel_decode_seconds: float | None = None  # wall time of N GOPs decoded side by side, per GOP
+    encode_cpu_seconds: float | None = None  # process CPU time per GOP (median), all threads
+    decode_cpu_seconds: float | None = None
 
     def fps(self, frames: int) -> dict[str, float | None]:
         par = self.parallel_decode_seconds
@@ -84,6 +89,11 @@ class CodecBenchResult:
             label = f"decode frames/s ({self.gops} side by side)"
             out.append(f"{label:<28}{ours['parallel_decode_fps']:>12.2f}")
         out.append(f"{'bits per pixel':<28}{self.measured.bpp:>12.4f}{self.x265.bpp:>12.4f}")
+        m = self.measured
+        for label, cpu, wall in (("encode", m.encode_cpu_seconds, m.encode_seconds),
+                                 ("decode", m.decode_cpu_seconds, m.decode_seconds)):  # fmt: skip
+            if cpu is not None:
+                out.append(f"{label + ' CPU s per GOP':<28}{cpu:>12.2f}   ({cpu / wall:.2f} cores busy)")
         if self.measured.evaluations is not None:
             out.append(f"{'rate-search candidates/GOP':<28}{self.measured.evaluations:>12.1f}")
         out.extend(f"note: {note}" for note in self.notes)
@@ -118,19 +128,21 @@ def _measure(
     for frames in warm_ups:
         warm = codec.encode(frames, target, FPS)
         codec.decode_with_digest(warm.payload, count, width, height)
-    encoded, enc_times, evaluations = [], [], []
+    encoded, enc_times, enc_cpu, evaluations = [], [], [], []
     for frames in gops:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         gop = codec.encode(frames, target, FPS)
         enc_times.append(time.perf_counter() - start)
+        enc_cpu.append(time.process_time() - cpu)
         encoded.append(gop)
         if "evaluations" in gop.params:
             evaluations.append(gop.params["evaluations"])
-    dec_times = []
+    dec_times, dec_cpu = [], []
     for gop in encoded:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         codec.decode_with_digest(gop.payload, count, width, height)
         dec_times.append(time.perf_counter() - start)
+        dec_cpu.append(time.process_time() - cpu)
     side_by_side = None
     if parallel and len(encoded) > 1:
         with ThreadPoolExecutor(len(encoded)) as pool:
@@ -145,6 +157,8 @@ def _measure(
         bpp=bits_per_pixel(payload_bytes, width, height, count * len(encoded)),
         evaluations=statistics.mean(evaluations) if evaluations else None,
         parallel_decode_seconds=side_by_side,
+        encode_cpu_seconds=statistics.median(enc_cpu),
+        decode_cpu_seconds=statistics.median(dec_cpu),
     )
 
 

@@ -26,16 +26,20 @@ versions are reported.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import json
 import os
 import re
 import resource
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +205,35 @@ def source_files(items: Sequence[str]) -> list[Path]:
     if not found:
         raise ValueError("--files: no files given")
     return list(found)
+
+
+@contextlib.contextmanager
+def _stable_workdir(parent: Path, name: str) -> Iterator[Path]:
+    """An empty folder at the same path on every run of the same bench, removed afterwards.
+
+    The archive's video keys hash the source path, and the expensive metrics' seeded sample is keyed
+    by them: in a random temporary folder each run measured other GOPs, so the metrics stage's
+    seconds moved between runs with the sample alone. A lock refuses a second bench on the same folder.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    root = parent / name
+    with open(parent / f"{name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another bench is running in {root}") from None
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        try:
+            yield root
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _files_tag(paths: Sequence[Path]) -> str:
+    """A short name for a list of source files (their resolved paths)."""
+    digest = hashlib.sha256("\0".join(str(p.resolve()) for p in paths).encode()).hexdigest()[:12]
+    return f"files-{digest}"
 
 
 def _linked_folder(paths: Sequence[Path], folder: Path) -> Path:
@@ -385,8 +418,8 @@ def run_ffmpeg_bench(
     paths = source_files(files) if files else None
     cpus = cpus or os.cpu_count() or 1
 
-    with tempfile.TemporaryDirectory(prefix="vidarc-bench-ffmpeg-", dir=workdir) as tmp:
-        root = Path(tmp)
+    name = f"{codec}-{width}x{height}-{videos}x{frames}" if paths is None else _files_tag(paths)
+    with _stable_workdir(Path(workdir or tempfile.gettempdir()), f"vidarc-bench-ffmpeg-{name}") as root:
         if paths is None:
             src = root / "src"
             src.mkdir()

@@ -115,15 +115,16 @@ class ArchiveParts:
         return full_uri(self.fs, path)
 
     def tables(
-        self, columns: Sequence[str] | None = None, filter_expression: Any = None
+        self, columns: Sequence[str] | None = None, filter_expression: Any = None, *, batch_rows: int = 65536
     ) -> Iterator[pa.Table]:
-        """One table per readable part, in name order (`columns` default: all of the schema)."""
+        """One table per readable part, in name order (`columns` default: all of the schema); compacted
+        files `batch_rows` rows at a time."""
         wanted = list(columns) if columns is not None else self.schema.names
         read_columns = wanted
         if filter_expression is not None:  # projection: the columns asked for and those the filter reads
             read_columns = list(dict.fromkeys([*wanted, *referenced_columns(filter_expression, self.schema)]))
         if self.plan is not None:
-            yield from self._plan_tables(wanted, read_columns, filter_expression)
+            yield from self._plan_tables(wanted, read_columns, filter_expression, batch_rows)
             return
         with concurrent.futures.ThreadPoolExecutor(max_workers=PREFETCH) as pool:
             pending: list[tuple[str, concurrent.futures.Future[bytes]]] = []
@@ -145,13 +146,17 @@ class ArchiveParts:
                 yield table
 
     def _plan_tables(
-        self, wanted: list[str], read_columns: list[str], filter_expression: Any
+        self, wanted: list[str], read_columns: list[str], filter_expression: Any, batch_rows: int
     ) -> Iterator[pa.Table]:
         from pipeline.read.manifest_layout import iter_tables
 
         try:
             for table in iter_tables(
-                self.plan, read_columns, on_damage=self._damage, filter_expression=filter_expression
+                self.plan,
+                read_columns,
+                batch_rows,
+                on_damage=self._damage,
+                filter_expression=filter_expression,
             ):
                 if filter_expression is not None:
                     table = table.filter(filter_expression).select(wanted)

@@ -89,6 +89,8 @@ class CompactedFile:
     replaces: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     #: from its metadata: the compacted files merged into it (rule 5)
     merges: list[str] = dataclasses.field(default_factory=list)
+    #: rows in the file (its footer), before `drop_keys`: an upper bound of what it contributes
+    num_rows: int = 0
 
     @property
     def name(self) -> str:
@@ -203,7 +205,7 @@ def plan_manifest(fs: fsspec.AbstractFileSystem, root: str, *, packs: bool = Tru
         readable = []
         for c in compacted:
             try:
-                c.replaces, c.merges = _compaction_metadata(fs, c.path)
+                c.replaces, c.merges, c.num_rows = _compaction_metadata(fs, c.path)
             except Exception as exc:
                 reason = _damage_reason(exc)
                 if reason is None:
@@ -287,22 +289,25 @@ def committed_packs(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, list[
     return {str(m["pack_id"]): [str(k) for k in m["members"]] for m in iter_pack_markers(fs, root)}
 
 
-def _compaction_metadata(fs: fsspec.AbstractFileSystem, path: str) -> tuple[dict[str, list[str]], list[str]]:
-    """(replaces, merges) from a compacted file's footer (empty for a file that records neither)."""
+def _compaction_metadata(
+    fs: fsspec.AbstractFileSystem, path: str
+) -> tuple[dict[str, list[str]], list[str], int]:
+    """(replaces, merges, rows) from a compacted file's footer (empty for a file that records neither)."""
     import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as handle:
-        metadata = pq.ParquetFile(handle).metadata.metadata or {}
+        footer = pq.ParquetFile(handle).metadata
+    metadata, rows = footer.metadata or {}, footer.num_rows
     raw = metadata.get(COMPACTION_KEY)
     if not raw:
-        return {}, []
+        return {}, [], rows
     try:
         record = json.loads(raw)
         replaces = {str(k): [str(x) for x in v] for k, v in record.get("replaces", {}).items()}
         merges = [str(name) for name in record.get("merges", [])]
     except (ValueError, AttributeError, TypeError):
-        return {}, []
-    return replaces, merges
+        return {}, [], rows
+    return replaces, merges, rows
 
 
 def _sources(fs: fsspec.AbstractFileSystem, path: str, names: set[str]) -> dict[str, str]:

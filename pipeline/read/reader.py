@@ -183,7 +183,7 @@ def decode_workers(decoder: Codec, gops: int) -> int:
     decoder on the CPU (one torch thread each), else one."""
     if gops < 2 or not decoder.thread_safe or decoder.model_id is None or decoder.device != "cpu":
         return 1
-    from codec.cpu_threads import usable_cores
+    from codec.cores import usable_cores
 
     return max(1, min(gops, usable_cores()))
 

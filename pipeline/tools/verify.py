@@ -526,6 +526,8 @@ class ManifestScan:
 
 
 IN_MEMORY_ROWS = 100_000
+#: Rows per batch of the scan of compacted files (their row groups hold 16,384).
+SCAN_BATCH_ROWS = 16_384
 _LISTED_FAILURES = 1000
 
 
@@ -544,39 +546,53 @@ def _scan_manifest(
             raise VerifyError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
         scan = ManifestScan(rows=[], fingerprints=[], damaged=parts.damaged, plan=parts.plan, sample=[])
         sampler = _Sampler(fraction, count, seed)
+        # the rows while every object may still be checked, as Arrow (not Python objects)
+        held: list[pa.Table] | None = []
+        held_rows = 0
+        if parts.plan is not None and sum(c.num_rows for c in parts.plan.compacted) > IN_MEMORY_ROWS:
+            held = None  # the compacted files' footers already say: a sample from the start
         meter.start("manifest rows read")
-        for table in parts.tables():  # every column: every checksum verified, one file at a time
+        # every column (every checksum verified), a row group at a time: memory flat in the archive's size
+        for table in parts.tables(batch_rows=SCAN_BATCH_ROWS):
             meter.advance(table.num_rows)
             table = table.select(columns)
-            status = table.column("status")
-            ok = pc.fill_null(pc.equal(status, "ok"), False)
+            ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
             scan.ok_rows += pc.sum(pc.cast(ok, pa.int64())).as_py() or 0
             _note_failures(scan, table.filter(pc.invert(ok)))
-            if scan.rows is not None:
-                start = sum(len(f) for f in scan.fingerprints)
-                records = table.drop_columns(["fingerprint"]).to_pylist()
-                for i, record in enumerate(records):
-                    record["manifest_row"] = start + i
-                scan.rows.extend(records)
-                scan.fingerprints.append(table.column("fingerprint").combine_chunks())
-                if len(scan.rows) > IN_MEMORY_ROWS:  # too many to hold: from here on, a sample
-                    held = pa.concat_arrays(scan.fingerprints) if scan.fingerprints else None
-                    for record in scan.rows:
-                        if record["status"] == "ok":
-                            sampler.offer(record, lambda r=record, h=held: h[r["manifest_row"]].as_py())
-                    scan.rows, scan.fingerprints = None, []
+            if held is not None:
+                held.append(table)
+                held_rows += table.num_rows
+                if held_rows <= IN_MEMORY_ROWS:
+                    continue
+                for kept in held:  # too many to hold: from here on, a sample
+                    _offer_candidates(sampler, kept)
+                held = None
                 continue
-            kept = table.filter(ok)
-            keys = kept.column("video_key").to_pylist()
-            gops = kept.column("gop_index").to_pylist()
-            for i in sampler.candidates(keys, gops):
-                record = kept.slice(i, 1).to_pylist()[0]
-                sampler.offer(record, lambda r=record: r["fingerprint"])
-        if scan.rows is None:
-            scan.sample = sampler.rows()
+            _offer_candidates(sampler, table)
+        if held is None:
+            scan.rows, scan.sample = None, sampler.rows()
+            return scan
+        start = 0
+        for table in held:
+            records = table.drop_columns(["fingerprint"]).to_pylist()
+            for i, record in enumerate(records, start):
+                record["manifest_row"] = i
+            start += len(records)
+            scan.rows.extend(records)
+            scan.fingerprints.append(table.column("fingerprint").combine_chunks())
         return scan
     except PartsError as exc:
         raise VerifyError(f"cannot read the manifest: {exc}") from None
+
+
+def _offer_candidates(sampler: _Sampler, table: pa.Table) -> None:
+    """Offer a batch's ok rows to the sample; only the few its hash admits become Python objects."""
+    kept = table.filter(pc.fill_null(pc.equal(table.column("status"), "ok"), False))
+    keys = kept.column("video_key").to_pylist()
+    gops = kept.column("gop_index").to_pylist()
+    for i in sampler.candidates(keys, gops):
+        record = kept.slice(i, 1).to_pylist()[0]
+        sampler.offer(record, lambda r=record: r["fingerprint"])
 
 
 def _note_failures(scan: ManifestScan, failed: pa.Table) -> None:
@@ -919,7 +935,7 @@ def _in_process_workers(context: dict[str, Any], gops: int) -> int:
     sources are re-read (their decoded frames are cached per source, one reader at a time)."""
     if context["device"] != "cpu" or context["against_source"] or gops < 2:
         return 1
-    from codec.cpu_threads import usable_cores
+    from codec.cores import usable_cores
 
     return min(gops, usable_cores())
 

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from codec.weights import load_diffusers_model
+from codec.weights import load_diffusers_model, weight_shards
 from pipeline.training.data import ClipSampler, to_model_input
 from pipeline.training.loop import (
     EMA_NAME,
@@ -113,6 +113,7 @@ TRAINABLE = ("all", "decoder")
 def check_init(directory: str) -> None:
     """Load an --init tokenizer once on the driver, so a wrong folder or damaged weights is a one-line
     error before any Ray worker starts (raises `ModelLoadError`)."""
+    weight_shards(Path(directory))  # a folder without weights is refused before diffusers is imported
     from diffusers import AutoencoderKLWan
 
     load_diffusers_model(AutoencoderKLWan, Path(directory), torch.device("cpu"), torch.float32)
