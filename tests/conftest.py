@@ -79,7 +79,9 @@ def write_odd_video(path: Path, frames: np.ndarray, fps: int = 24) -> Path:
 
 #: The session cluster keeps idle workers (as the archive job's own local cluster does, for a minute):
 #: a task worker that imported the codecs and metrics serves the next test instead of a new process.
-_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": int(os.environ.get("VIDARC_TEST_IDLE_MS", "600000"))}
+_SYSTEM_CONFIG = {
+    "idle_worker_killing_time_threshold_ms": int(os.environ.get("VIDARC_TEST_IDLE_MS", "600000"))
+}
 
 
 @pytest.fixture(scope="session")

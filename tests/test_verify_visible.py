@@ -236,4 +236,3 @@ def test_closing_verify_is_visible_timed_and_skipped_only_when_nothing_changed(
     assert _last(out)["kind"] == "closing" and _last(out)["passed"] is False
     eighth, _ = _run(config)  # same settings, nothing new: skipped only after a passed verify
     assert eighth.summary["verify"]["skipped"] is False and eighth.exit_code == 1
-
