@@ -50,5 +50,10 @@ def test_an_embedded_cluster_keeps_idle_workers_and_a_running_one_is_joined_as_i
 ) -> None:
     assert LOCAL_RAY_SYSTEM_CONFIG["idle_worker_killing_time_threshold_ms"] >= 10_000
     assert _cluster_settings("", tmp_path) == LOCAL_RAY_SYSTEM_CONFIG  # and not changed by Ray
+    import ray
+
+    running = ray._private.state.state.get_system_config()  # the session's cluster: its own settings
+    own = {key: running.get(key) for key in LOCAL_RAY_SYSTEM_CONFIG}
+    assert own != LOCAL_RAY_SYSTEM_CONFIG  # (else the next check could not tell them apart)
     joined = _cluster_settings(ray_address, tmp_path)  # refused settings: joined without them
-    assert joined == dict.fromkeys(LOCAL_RAY_SYSTEM_CONFIG)
+    assert joined == own
