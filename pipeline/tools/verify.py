@@ -556,7 +556,7 @@ def _scan_manifest(
         for table in parts.tables(batch_rows=SCAN_BATCH_ROWS):
             meter.advance(table.num_rows)
             table = table.select(columns)
-            ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
+            ok = _ok_mask(table)
             scan.ok_rows += pc.sum(pc.cast(ok, pa.int64())).as_py() or 0
             _note_failures(scan, table.filter(pc.invert(ok)))
             if held is not None:
@@ -565,10 +565,10 @@ def _scan_manifest(
                 if held_rows <= IN_MEMORY_ROWS:
                     continue
                 for kept in held:  # too many to hold: from here on, a sample
-                    _offer_candidates(sampler, kept)
+                    _offer_candidates(sampler, kept.filter(_ok_mask(kept)))
                 held = None
                 continue
-            _offer_candidates(sampler, table)
+            _offer_candidates(sampler, table.filter(ok))
         if held is None:
             scan.rows, scan.sample = None, sampler.rows()
             return scan
@@ -585,9 +585,12 @@ def _scan_manifest(
         raise VerifyError(f"cannot read the manifest: {exc}") from None
 
 
-def _offer_candidates(sampler: _Sampler, table: pa.Table) -> None:
+def _ok_mask(table: pa.Table) -> pa.ChunkedArray:
+    return pc.fill_null(pc.equal(table.column("status"), "ok"), False)
+
+
+def _offer_candidates(sampler: _Sampler, kept: pa.Table) -> None:
     """Offer a batch's ok rows to the sample; only the few its hash admits become Python objects."""
-    kept = table.filter(pc.fill_null(pc.equal(table.column("status"), "ok"), False))
     keys = kept.column("video_key").to_pylist()
     gops = kept.column("gop_index").to_pylist()
     for i in sampler.candidates(keys, gops):
