@@ -168,19 +168,25 @@ def ls_command(
 
 def _print_json(listing: Any, priced: Any, *, lines: bool) -> None:
     """Each video as it comes: a JSON array written element by element, or JSON lines (strict JSON)."""
+    from pipeline.audit.videos import VideoListing
     from pipeline.format.runinfo import json_text
 
-    prices_used = priced.to_json()  # in every video's costs: each row says what it was priced with
+    # In every video's costs: each row says what it was priced with. The same ~9 KB for every video,
+    # so it is encoded once and spliced in (the text is what json_text(record) would give).
+    prices_text = json_text(priced.to_json())
+    fields = [field.name for field in dataclasses.fields(VideoListing)]
     write = sys.stdout.write
     first = True
     if not lines:
         write("[")
     for item in listing:
-        record = dict(
-            dataclasses.asdict(item.video),
-            costs=dict(item.costs, prices=prices_used) if item.costs is not None else None,
-        )
-        text = json_text(record)
+        video = json_text({name: getattr(item.video, name) for name in fields})
+        if item.costs is None:
+            costs = "null"
+        else:
+            costs = json_text({key: value for key, value in item.costs.items() if key != "prices"})
+            costs = f'{costs[:-1]}{", " if len(costs) > 2 else ""}"prices": {prices_text}}}'
+        text = f'{video[:-1]}, "costs": {costs}}}'
         if lines:
             write(text + "\n")
         else:

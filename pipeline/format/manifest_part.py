@@ -135,7 +135,8 @@ def parse_part(data: bytes, schema: pa.Schema, columns: Sequence[str] | None = N
         for name in wanted:
             field = schema.field(name)
             if name in present:
-                arrays.append(table.column(name).cast(field.type, safe=True))
+                column = table.column(name)
+                arrays.append(column if column.type == field.type else column.cast(field.type, safe=True))
             else:
                 arrays.append(pa.nulls(table.num_rows, field.type))
         return pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(n) for n in wanted]))

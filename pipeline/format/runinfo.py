@@ -160,7 +160,18 @@ def json_text(value: Any, *, default: Callable[[Any], Any] | None = str, **optio
     """`json.dumps` for everything the project writes: strict JSON (non-finite floats as null, via
     `finite`, also in what `default` returns), so `json.loads(..., parse_constant=refuse)` reads it."""
     wrapped = (lambda item: finite(default(item))) if default is not None else None
-    return json.dumps(finite(value), default=wrapped, allow_nan=False, **options)
+
+    def fast_default(item: Any) -> Any:
+        if getattr(getattr(item, "dtype", None), "kind", None) == "f":  # numpy floats: numbers
+            return finite(item)
+        if wrapped is None:
+            raise TypeError(f"Object of type {type(item).__name__} is not JSON serializable")
+        return wrapped(item)
+
+    try:  # most values hold no NaN: encode once, without copying the value through `finite` first
+        return json.dumps(value, default=fast_default, allow_nan=False, **options)
+    except (ValueError, TypeError):  # a non-finite float somewhere (or an error the slow path repeats)
+        return json.dumps(finite(value), default=wrapped, allow_nan=False, **options)
 
 
 def tool_versions() -> dict[str, str | None]:

@@ -363,9 +363,12 @@ def iter_tables(
         on_damage(path, reason)
 
     def conform(table: pa.Table) -> pa.Table:
+        if table.schema.equals(schema):  # a parsed part has the schema already: once per part
+            return table
+        present = set(table.column_names)  # a new list on each call: read once
         arrays = [
             table.column(n).cast(schema.field(n).type)
-            if n in table.column_names
+            if n in present
             else pa.nulls(table.num_rows, schema.field(n).type)
             for n in wanted
         ]

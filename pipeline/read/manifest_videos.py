@@ -23,6 +23,7 @@ last, after the merged stream: that race is rare and costs only the order of tho
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -82,9 +83,15 @@ def iter_videos(
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns and types. Parsed parts usually have it already, and
+    this runs once per part: the common case returns at once (`Table.column_names` builds a new list
+    on each call, so it is read once)."""
+    if table.schema.equals(schema):
+        return table
+    present = set(table.column_names)
     arrays = []
     for field in schema:
-        if field.name in table.column_names:
+        if field.name in present:
             column = table.column(field.name)
             arrays.append(column if column.type == field.type else column.cast(field.type))
         else:
@@ -93,9 +100,29 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _sorted(table: pa.Table) -> pa.Table:
-    if "gop_index" in table.column_names:
-        return table.sort_by([("video_key", "ascending"), ("gop_index", "ascending")])
-    return table.sort_by("video_key")
+    """`table` in (video_key, gop_index) order. A part is usually in that order already (its writer
+    commits GOPs in order), so order is checked before paying for a sort."""
+    names = table.column_names
+    order = ["video_key", "gop_index"] if "gop_index" in names else ["video_key"]
+    if _is_ordered(table, order):
+        return table
+    return table.sort_by([(name, "ascending") for name in order])
+
+
+def _is_ordered(table: pa.Table, order: list[str]) -> bool:
+    """Whether a one-video table (a part) is already in `order`; any other table: False (sorted)."""
+    if table.num_rows < 2:
+        return True
+    keys = table.column(order[0])
+    if keys.null_count or not pc.all(pc.equal(keys, keys[0])).as_py():
+        return False
+    if len(order) < 2:
+        return True
+    gops = table.column(order[1])
+    if gops.null_count:
+        return False
+    values = gops.to_pylist()
+    return all(a <= b for a, b in itertools.pairwise(values))
 
 
 def _after(table: pa.Table, after: str | None) -> pa.Table:
