@@ -268,3 +268,20 @@ def test_quality_target_archives_are_checked_against_their_target(tmp_path):
 
     page = write_html_report(result, tmp_path / "report.html").read_text()
     assert "<h2>Quality targets</h2>" in page and "x264 vmaf=90" in page
+
+
+def test_worst_rows_do_not_depend_on_how_the_rows_were_batched():
+    """Equal values are common (a replicated clip, a metric capped at 100): the rows named must be the
+    earliest of them in the stream, whether a layout yields one part per batch or 65,536 rows."""
+    from pipeline.audit.sketch import WorstRows
+
+    values = np.random.default_rng(0).integers(0, 5, size=1000).astype(float)
+    expected = sorted(range(1000), key=lambda i: (values[i], i))[:10]
+    for batch in (1, 7, 64, 1000):
+        worst = WorstRows(10, higher_is_better=True)
+        for start in range(0, 1000, batch):
+            worst.offer(values[start : start + batch], lambda i, start=start: {"row": start + i})
+        assert [row["row"] for row in worst.rows()] == expected, batch
+    lowest = WorstRows(3, higher_is_better=False)  # lower is better: the largest values are worst
+    lowest.offer(np.array([1.0, 9.0, np.nan, 9.0, 2.0]), lambda i: {"row": i})
+    assert [row["row"] for row in lowest.rows()] == [1, 3, 4]

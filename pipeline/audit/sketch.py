@@ -93,13 +93,17 @@ class Reservoir:
 
 
 class WorstRows:
-    """The `n` rows with the worst value of one metric (lowest when higher is better)."""
+    """The `n` rows with the worst value of one metric (lowest when higher is better). Among equal
+    values the earliest rows offered win, whatever the batches were, so the parts and the compacted
+    layout of one archive name the same rows."""
 
     def __init__(self, n: int, higher_is_better: bool) -> None:
         self.n = n
         self.sign = 1.0 if higher_is_better else -1.0
-        self._heap: list[tuple[float, int, dict[str, Any]]] = []  # max-heap on badness via negation
-        self._tie = itertools.count()
+        #: min-heap of (badness, -arrival, row): its root is the row to drop next, the least bad and,
+        #: among equals, the latest
+        self._heap: list[tuple[float, int, dict[str, Any]]] = []
+        self._arrival = itertools.count()
 
     def offer(self, values: np.ndarray, fetch_row: Callable[[int], dict[str, Any]]) -> None:
         """Consider a batch; `fetch_row(i)` builds row i's dict only for candidates (cheap for big batches)."""
@@ -110,10 +114,12 @@ class WorstRows:
         valid = np.flatnonzero(np.isfinite(badness))
         if valid.size == 0:
             return
-        if valid.size > self.n:
-            valid = valid[np.argpartition(badness[valid], -self.n)[-self.n :]]
-        for i in valid:
-            item = (float(badness[i]), next(self._tie), fetch_row(int(i)))
+        if valid.size > self.n:  # the n worst, ties broken by position: worst first, then earliest
+            threshold = np.partition(badness[valid], -self.n)[-self.n]
+            valid = valid[badness[valid] >= threshold]
+            valid = valid[np.lexsort((valid, -badness[valid]))][: self.n]
+        for i in np.sort(valid):  # in batch order, so arrival follows the rows' order
+            item = (float(badness[i]), -next(self._arrival), fetch_row(int(i)))
             if len(self._heap) < self.n:
                 heapq.heappush(self._heap, item)
             elif item[0] > self._heap[0][0]:
@@ -121,4 +127,4 @@ class WorstRows:
 
     def rows(self) -> list[dict[str, Any]]:
         """Worst first."""
-        return [row for _, _, row in sorted(self._heap, key=lambda item: (-item[0], item[1]))]
+        return [row for _, _, row in sorted(self._heap, key=lambda item: (-item[0], -item[1]))]

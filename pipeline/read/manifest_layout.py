@@ -405,7 +405,8 @@ def iter_tables(
             for p in part_paths
             if part_key(p.rsplit("/", 1)[-1]) in pinned or part_key(p.rsplit("/", 1)[-1]) is None
         ]
-    pending: list[pa.Table] = []  # parts are small: yielded a few hundred at a time
+    # parts are small: yielded a few hundred at a time, as one chunk (callers pay a fixed cost per batch)
+    pending: list[pa.Table] = []
     for path, table in parsed_parts(plan.fs, part_paths, read_columns):  # the columns asked for only
         if table is None:
             missing.append(path)
@@ -415,10 +416,10 @@ def iter_tables(
             continue
         pending.append(conform(plan.without_dropped(path, table)))
         if len(pending) >= PARTS_PER_TABLE:
-            yield pa.concat_tables(pending)
+            yield pa.concat_tables(pending).combine_chunks()
             pending = []
     if pending:
-        yield pa.concat_tables(pending)
+        yield pa.concat_tables(pending).combine_chunks()
     for item in plan.compacted:
         drop = pa.array(sorted(item.drop_keys), type=pa.string())
         if filter_expression is not None:

@@ -145,10 +145,10 @@ def _singles(
     for table in _single_tables(plan, paths, wanted, schema, on_damage, missing):
         pending.append(table)
         if len(pending) >= SINGLES_PER_TABLE:
-            yield pa.concat_tables(pending)
+            yield pa.concat_tables(pending).combine_chunks()
             pending = []
     if pending:
-        yield pa.concat_tables(pending)
+        yield pa.concat_tables(pending).combine_chunks()
 
 
 SINGLES_PER_TABLE = 256
