@@ -62,6 +62,10 @@ def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
 
 
 def _local_pages(root: str, ordered: bool, page_size: int) -> Iterator[list[ListedObject]]:
+    if ordered:
+        yield from _local_sorted_pages(root, page_size)
+        return
+
     def folder(path: str) -> Iterator[tuple[str, str, bool, int]]:
         try:
             scan = os.scandir(path)
@@ -79,6 +83,56 @@ def _local_pages(root: str, ordered: bool, page_size: int) -> Iterator[list[List
                 yield entry.name, entry.path, is_dir, size
 
     yield from _tree_pages(root, folder, ordered, page_size)
+
+
+def _local_sorted_pages(root: str, page_size: int) -> Iterator[list[ListedObject]]:
+    """A local tree in the order of full paths. Sorting a folder means holding it; what is held is its
+    sorted names only (a folder's name with a trailing "/"), and sizes are read as pages are made: a
+    folder of a million markers holds about 100 MB of names instead of about 350 MB of entries."""
+    page: list[ListedObject] = []
+    folders = [root]
+    stack = [iter(_sorted_names(root))]
+    while stack:
+        name = next(stack[-1], None)
+        if name is None:
+            stack.pop()
+            folders.pop()
+            continue
+        path = os.path.join(folders[-1], name.rstrip("/"))
+        if name.endswith("/"):
+            folders.append(path)
+            stack.append(iter(_sorted_names(path)))
+            continue
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:  # removed while listing
+            continue
+        page.append(ListedObject(path, size))
+        if len(page) >= page_size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def _sorted_names(path: str) -> list[str]:
+    """A folder's files and folders (these with a trailing "/"), sorted; nothing for a missing folder."""
+    names = []
+    try:
+        scan = os.scandir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return names
+    with scan:
+        for entry in scan:
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    names.append(entry.name + "/")
+                elif entry.is_file(follow_symlinks=True):
+                    names.append(entry.name)
+            except FileNotFoundError:  # removed while listing
+                continue
+    names.sort()
+    return names
 
 
 def _tree_pages(root: str, list_folder, ordered: bool, page_size: int) -> Iterator[list[ListedObject]]:
