@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,6 +44,7 @@ import pyarrow.compute as pc
 
 from pipeline.audit.class_costs import storage_costs
 from pipeline.audit.prices import BYTES_PER_GB, Prices
+from pipeline.format.runinfo import CONTAINER_SUFFIX
 from pipeline.format.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, REFERENCE_SCHEMA, compute_column
 
 #: Stages of the archive's codec compared against a reference encode (see the module docstring).
@@ -264,7 +266,9 @@ class CostCollector:
         ):  # fmt: skip
             acc = self.groups[label]
             acc.videos[key] = int(source or 0)
-            acc.objects[key] = (uri or key, recorded)
+            own = uri is None or uri == key or uri.endswith(f"/{key}{CONTAINER_SUFFIX}")
+            if not own or recorded is not None:  # a video in its own object, unclassed: the default
+                acc.objects[key] = (key if own else uri, sys.intern(recorded) if recorded else recorded)
             acc.video_payload[key] = acc.video_payload.get(key, 0) + int(payload or 0)
             if stored is None:
                 self.sizes_known = False
@@ -346,7 +350,6 @@ def _reference_rows(out: str, endpoint_url: str | None) -> dict[tuple[str, int, 
 
 def stored_bytes(out: str, endpoint_url: str | None) -> dict[str, int] | None:
     """video key -> size of its archive object, from one listing of `videos/` (None if unlistable)."""
-    from pipeline.format.runinfo import CONTAINER_SUFFIX
     from pipeline.store import storage
 
     try:
@@ -418,7 +421,8 @@ def _objects(
     acc: _Acc, sizes: dict[str, int] | None, object_bytes: dict[str, int]
 ) -> list[tuple[str | None, float, float]]:
     """(recorded class, bytes in scope, whole object's bytes) per object of the group: a pack's
-    members add up to one object. A video's bytes: its object's size (a member's length), else its
+    members add up to one object. `acc.objects` holds only what differs from a video in its own
+    object with no recorded class (a million such entries were most of a large audit's memory). A video's bytes: its object's size (a member's length), else its
     payload (an archive whose objects could not be listed)."""
     found: dict[str, list[Any]] = {}
     for key in acc.videos:
