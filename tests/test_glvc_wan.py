@@ -47,8 +47,9 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
 @pytest.fixture(scope="module")
 def glvc_on_wan(wan_dirs, tmp_path_factory, ray_address) -> Path:
     out = tmp_path_factory.mktemp("glvc") / "glvc-wan"
+    # the glvc stage's Ray Train run (test_training.py trains it in-process)
     proc = _train("glvc", "--tokenizer", str(wan_dirs["t2v"]), "--out", str(out), "--name", "glvc-wan",
-                  "--version", "2", "--pool", "2", *TOY, ray_address=ray_address)  # fmt: skip
+                  "--version", "2", "--pool", "2", "--backend", "ray", *TOY, ray_address=ray_address)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
@@ -99,6 +100,7 @@ def test_another_tokenizer_into_an_existing_model_is_refused(glvc_on_wan, wan_di
         (["--frames", "6"], "--frames must be 1+4k"),
         (["--size", "40"], "--size must be a positive multiple of 32"),
         (["--data", "{tmp}/no-videos"], "no-videos"),
+        (["--backend", "cluster"], "--backend must be one of auto, ray, local"),
     ],
 )
 def test_bad_train_options_are_one_line_with_exit_2(wan_dirs, tmp_path, options, needle):

@@ -1,5 +1,6 @@
-"""`train_flow` runs as a real Ray Train job, writes a loadable flow model, re-hashes the card, and
-checkpoints so an interrupted run resumes instead of starting over."""
+"""`train_flow` writes a loadable flow model, re-hashes the card, and checkpoints so an interrupted run
+resumes instead of starting over: the first run in this process (the local backend), the resumed one as
+a real Ray Train job (the flow stage's Ray Train run), from the first one's checkpoint."""
 
 from __future__ import annotations
 
@@ -35,19 +36,21 @@ def test_train_flow_writes_a_bundle_component_that_gvc_loads(tmp_path, monkeypat
         bundle, name="tiny-test", version="3", kind="bundle", config={"tokenizer": {"z": 4}}, notes="tok"
     )
 
-    def settings(steps: int, resume: bool) -> FlowTraining:
+    def settings(steps: int, resume: bool, backend: str) -> FlowTraining:
         return FlowTraining(
             data="synthetic", out=str(bundle), steps=steps, minutes=2, frames=5, size=32, clips_per_source=1, batch=2,
             width=32, layers=1, text_dim=8, log_every=1, checkpoint_every=2, resume=resume,
-            checkpoint_dir=str(ck),
+            checkpoint_dir=str(ck), backend=backend,
         )  # fmt: skip
 
-    summary = train_flow(settings(3, resume=False))
+    summary = train_flow(settings(3, resume=False, backend="local"))
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss_ema"])
     first = latest_checkpoint(ck)
     assert json.loads((first / STATE_NAME).read_text())["step"] == 3 and (first / "flow").is_dir()
     latents = (ck / "latents.pt").stat().st_mtime_ns
-    resumed = train_flow(settings(5, resume=True))
+    assert not (ck / "ray").exists()  # it did run in this process
+    resumed = train_flow(settings(5, resume=True, backend="ray"))
+    assert (ck / "ray").is_dir()
     assert resumed["steps"] == 5 and resumed["resume"]
     assert (ck / "latents.pt").stat().st_mtime_ns == latents  # the cached clips were reused
     logged = [json.loads(line)["step"] for line in (ck / "train_log.jsonl").read_text().splitlines()]
