@@ -73,6 +73,11 @@ def tokenizer_command(
     ] = "all",
 ) -> None:
     """Train a small Wan2.1-architecture tokenizer (AutoencoderKLWan)."""
+    _check_shape(size, frames, batch, steps, workers, block=8)
+    _check_backend(backend, workers, use_gpu)
+    _check_data(data, frames, size, endpoint_url)
+    if trainable == "decoder" and not (init or resume):
+        _fail("--trainable decoder needs --init (a trained tokenizer whose encoder stays frozen) or --resume")
     from pipeline.sources.synthetic import EVAL_IMAGES
     from pipeline.training.bundle import describe_source, update_bundle_card
     from pipeline.training.loop import Stage, parse_curriculum
@@ -85,13 +90,8 @@ def tokenizer_command(
         train_tokenizer,
     )
 
-    _check_shape(size, frames, batch, steps, workers, block=8)
-    _check_backend(backend, workers, use_gpu)
-    _check_data(data, frames, size, endpoint_url)
     if trainable not in TRAINABLE:
         _fail(f"--trainable must be one of {', '.join(TRAINABLE)}, got {trainable!r}")
-    if trainable == "decoder" and not (init or resume):
-        _fail("--trainable decoder needs --init (a trained tokenizer whose encoder stays frozen) or --resume")
     if init is not None:
         _guard(lambda: check_init(init))
     settings = TokenizerTraining(
@@ -181,15 +181,15 @@ def glvc_command(
     checkpoint_minutes: Annotated[float, typer.Option(help="Checkpoint at least this often.")] = 5.0,
 ) -> None:
     """Stage 1 of GLVC: rate + λ·MSE in the frozen tokenizer's latent space, all quality indices."""
-    from pipeline.training.bundle import describe_source, update_bundle_card
-    from pipeline.training.glvc import GlvcTraining, prepare_model_dir, train_glvc
-
     source = tokenizer or f"{out.rstrip('/')}/tokenizer"
     _check_shape(size, frames, batch, steps, workers, block=4 * _spatial_factor(source))
     _check_backend(backend, workers, use_gpu)
     if pool < 1:
         _fail(f"--pool must be at least 1, got {pool}")
     _check_data(data, frames, size, endpoint_url)
+    from pipeline.training.bundle import describe_source, update_bundle_card
+    from pipeline.training.glvc import GlvcTraining, prepare_model_dir, train_glvc
+
     copied = _guard(lambda: prepare_model_dir(tokenizer, out))
     fields = _guard(lambda: _json_object(architecture, "--architecture")) if architecture else {}
     settings = GlvcTraining(

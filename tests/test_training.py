@@ -1,8 +1,9 @@
 """Training stages at toy scale, in this process (the local backend: one CPU worker, what Ray Train's
 start-up would add nothing to) and through the real Ray Train path: outputs are loadable model
 directories with valid cards, checkpoints resume — across backends, to the same bits — and bad data or
-options are refused clearly. The other stages' Ray Train runs: test_glvc_wan.py (glvc, through the
-command line), test_glvc_decoder.py (glvc-decoder), test_gvc_flow_training.py (flow)."""
+options are refused clearly. Ray Train runs here for the shared `fit` (the tokenizer's resume) and in
+test_glvc_decoder.py for the glvc-decoder stage; test_glvc_wan.py trains glvc through the command line
+with `--backend auto` (in that process), test_gvc_flow_training.py the flow model locally."""
 
 from __future__ import annotations
 
