@@ -110,7 +110,7 @@ def steps(dry: bool, work: Path, python: str) -> list[Step]:
             [*gvc, "--width", "48", "--height", "32"],
             [*gvc, "--width", "64", "--height", "48"],
         )
-        load = [*py, "bench.wan_official", "load", "--config", "wan-1.3b", "--layers", "1", "--device", "cpu",
+        load = [*py, "bench.wan_official", "load", "--config", "tiny", "--device", "cpu",
                 "--dtype", "bfloat16", "--stored-dtype", "bfloat16", "--work", str(work / "wan"), "--json"]  # fmt: skip
         default = [*cli, "bench", "gpu", *tiny, "--workdir", str(work), "--json"]
     else:
