@@ -98,7 +98,8 @@ def tokenizer_command(
         data=data, out=out, steps=steps, minutes=minutes, size=size, frames=frames, batch=batch, lr=lr,
         workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, init=init,
         checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url, curriculum=curriculum, augment=augment,
-        checkpoint_minutes=checkpoint_minutes, eval_minutes=eval_minutes, trainable=trainable, backend=backend,
+        checkpoint_minutes=checkpoint_minutes, eval_minutes=eval_minutes, trainable=trainable,
+        backend=backend,
     )  # fmt: skip
     started = time.monotonic()
     directory = _guard(lambda: train_tokenizer(settings))

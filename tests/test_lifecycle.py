@@ -126,7 +126,8 @@ def test_frozen_reads_refuse_in_one_line_then_thaw_makes_them_readable(
         _start("restore", out, key, str(dest), endpoint=s3_endpoint),
         _start("restore", out, key, str(tmp_path / "waited.mkv"), "--wait", endpoint=s3_endpoint),
         _start("verify", out, endpoint=s3_endpoint),
-        _start("export", out, str(tmp_path / "exported"), "--where", f"video_key == '{key}'", endpoint=s3_endpoint),
+        _start("export", out, str(tmp_path / "exported"), "--where", f"video_key == '{key}'",
+               endpoint=s3_endpoint),
         _start("thaw", out, "--status", "--json", endpoint=s3_endpoint),
     ])  # fmt: skip
     assert refused.returncode == 2 and "Traceback" not in refused.stderr

@@ -12,11 +12,12 @@ with the weights.
 
 Runs on the shared training plumbing (`pipeline.training.loop`): one CPU worker by default (at this
 scale data parallelism on two shared cores only adds communication; without a cluster it trains in this
-process), DDP across `--workers` GPUs with `--use-gpu` on Ray Train. Checkpoints (weights, their EMA, the optimizer) every `checkpoint_every` steps or
-`checkpoint_minutes`, so a long niced run loses minutes, not hours, and `--resume` continues from the
-newest one. The worker stops at `minutes` of wall time or `steps`. Learning rate: warm-up, then a
-cosine to 5% at `steps` (constant after the warm-up when `steps` is open-ended); the exported weights
-are an EMA of the trained ones. `init` continues from an existing flow model.
+process), DDP across `--workers` GPUs with `--use-gpu` on Ray Train. Checkpoints (weights, their EMA,
+the optimizer) every `checkpoint_every` steps or `checkpoint_minutes`, so a long niced run loses
+minutes, not hours, and `--resume` continues from the newest one. The worker stops at `minutes` of wall
+time or `steps`. Learning rate: warm-up, then a cosine to 5% at `steps` (constant after the warm-up when
+`steps` is open-ended); the exported weights are an EMA of the trained ones. `init` continues from an
+existing flow model.
 
 The training clips — `clips_per_source` per photograph or video, at most `MAX_CLIPS` — are encoded once
 by the frozen tokenizer on the driver and cached beside the checkpoints (`latents.pt`, reused by a
@@ -111,7 +112,8 @@ def make_latent_dataset(tokenizer, sampler: ClipSampler, clips: int) -> dict[str
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    """The worker (Ray Train's, or this process): loads the cached latents, trains, checkpoints, writes `<out>/flow/`."""
+    """The worker (Ray Train's, or this process): loads the cached latents, trains, checkpoints, writes
+    `<out>/flow/`."""
     from diffusers import WanTransformer3DModel
 
     rank = worker_context.world_rank()

@@ -105,7 +105,8 @@ def free_local_port() -> int:
 
 def fit(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str) -> str:
     """Run `loop(config)` on Ray Train workers or in this process (`config["backend"]`, see
-    `worker_context.choose_backend`); raise RuntimeError with the worker's error if it fails. Returns the backend used.
+    `worker_context.choose_backend`); raise RuntimeError with the worker's error if it fails. Returns
+    the backend used ("ray" or "local").
 
     Both backends give the loop the same config (a copy) and the same answers a single CPU worker gets
     from Ray Train, so checkpoints, logs and outputs do not depend on the backend; a local run leaves
@@ -121,7 +122,9 @@ def fit(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name:
 
 
 def _fit_locally(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str) -> None:
-    print(f"{name}: one CPU worker, no Ray cluster: training in this process", flush=True)
+    print(
+        f"{name}: training in this process (one CPU worker; --backend ray runs it on Ray Train)", flush=True
+    )
     threads = torch.get_num_threads()
     try:
         with worker_context.local_run(), torch.random.fork_rng(devices=[]):
