@@ -40,6 +40,8 @@ from codec.weights import load_diffusers_model, parameters_on_meta
 WAN = {  # diffusers' Wan2.1 transformer configurations (Wan-AI/Wan2.1-*-Diffusers transformer/config.json)
     "wan-1.3b": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
     "wan-14b": dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40),
+    # not a Wan size: the GPU suite's dry run (the plumbing of `load` on a CPU, in a second)
+    "tiny": dict(num_attention_heads=2, attention_head_dim=64, ffn_dim=256, num_layers=1),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SHARD_BYTES = 2 * 2**30

@@ -1,4 +1,5 @@
-"""`vidarc train tokenizer|glvc|flow` and `python -m jobs.train ...`: training stages on Ray Train.
+"""`vidarc train tokenizer|glvc|glvc-decoder|flow` and `python -m jobs.train ...`: the training stages,
+on Ray Train, or in this process for one CPU worker without a cluster (`--backend`).
 
 Each stage writes one component into a model bundle directory (`--out`, e.g. codec/models/vidarc-tiny)
 and re-hashes the bundle's model card. Checkpoints go beside it (`<out>.checkpoints/<component>/` unless
@@ -15,7 +16,9 @@ from typing import Annotated, Any
 
 import typer
 
-train_app = typer.Typer(help="Train the bundled models' components on Ray Train.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train the bundled models' components (Ray Train, or this process: --backend).", no_args_is_help=True
+)
 
 Data = Annotated[str, typer.Option(help="'synthetic' (clips of bundled photographs) or a video folder/URL.")]
 Out = Annotated[str, typer.Option(help="Model bundle directory to write the component into.")]
@@ -25,6 +28,13 @@ Workers = Annotated[int, typer.Option(help="Ray Train workers (DDP across them).
 UseGpu = Annotated[bool, typer.Option("--use-gpu", help="One GPU per worker.")]
 Threads = Annotated[int, typer.Option(help="CPU threads per worker.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint.")]
+Backend = Annotated[
+    str,
+    typer.Option(
+        help="Where the workers run: ray (Ray Train), local (this process; one CPU worker) or auto "
+        "(local for one CPU worker when no cluster is asked for — no RAY_ADDRESS —, else ray)."
+    ),
+]
 
 
 @train_app.command("tokenizer")
@@ -41,6 +51,7 @@ def tokenizer_command(
     use_gpu: UseGpu = False,
     threads: Threads = 1,
     resume: Resume = False,
+    backend: Backend = "auto",
     init: Annotated[str | None, typer.Option(help="Start from this AutoencoderKLWan directory.")] = None,
     checkpoint_dir: str | None = None,
     endpoint_url: str | None = None,
@@ -62,6 +73,11 @@ def tokenizer_command(
     ] = "all",
 ) -> None:
     """Train a small Wan2.1-architecture tokenizer (AutoencoderKLWan)."""
+    _check_shape(size, frames, batch, steps, workers, block=8)
+    _check_backend(backend, workers, use_gpu)
+    _check_data(data, frames, size, endpoint_url)
+    if trainable == "decoder" and not (init or resume):
+        _fail("--trainable decoder needs --init (a trained tokenizer whose encoder stays frozen) or --resume")
     from pipeline.sources.synthetic import EVAL_IMAGES
     from pipeline.training.bundle import describe_source, update_bundle_card
     from pipeline.training.loop import Stage, parse_curriculum
@@ -74,12 +90,8 @@ def tokenizer_command(
         train_tokenizer,
     )
 
-    _check_shape(size, frames, batch, steps, workers, block=8)
-    _check_data(data, frames, size, endpoint_url)
     if trainable not in TRAINABLE:
         _fail(f"--trainable must be one of {', '.join(TRAINABLE)}, got {trainable!r}")
-    if trainable == "decoder" and not (init or resume):
-        _fail("--trainable decoder needs --init (a trained tokenizer whose encoder stays frozen) or --resume")
     if init is not None:
         _guard(lambda: check_init(init))
     settings = TokenizerTraining(
@@ -87,6 +99,7 @@ def tokenizer_command(
         workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, init=init,
         checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url, curriculum=curriculum, augment=augment,
         checkpoint_minutes=checkpoint_minutes, eval_minutes=eval_minutes, trainable=trainable,
+        backend=backend,
     )  # fmt: skip
     started = time.monotonic()
     directory = _guard(lambda: train_tokenizer(settings))
@@ -156,6 +169,7 @@ def glvc_command(
     use_gpu: UseGpu = False,
     threads: Threads = 1,
     resume: Resume = False,
+    backend: Backend = "auto",
     init: Annotated[str | None, typer.Option(help="Start from this latent_codec directory.")] = None,
     checkpoint_dir: str | None = None,
     endpoint_url: str | None = None,
@@ -168,21 +182,22 @@ def glvc_command(
     checkpoint_minutes: Annotated[float, typer.Option(help="Checkpoint at least this often.")] = 5.0,
 ) -> None:
     """Stage 1 of GLVC: rate + λ·MSE in the frozen tokenizer's latent space, all quality indices."""
-    from pipeline.training.bundle import describe_source, update_bundle_card
-    from pipeline.training.glvc import GlvcTraining, prepare_model_dir, train_glvc
-
     source = tokenizer or f"{out.rstrip('/')}/tokenizer"
     _check_shape(size, frames, batch, steps, workers, block=4 * _spatial_factor(source))
+    _check_backend(backend, workers, use_gpu)
     if pool < 1:
         _fail(f"--pool must be at least 1, got {pool}")
     _check_data(data, frames, size, endpoint_url)
+    from pipeline.training.bundle import describe_source, update_bundle_card
+    from pipeline.training.glvc import GlvcTraining, prepare_model_dir, train_glvc
+
     copied = _guard(lambda: prepare_model_dir(tokenizer, out))
     fields = _guard(lambda: _json_object(architecture, "--architecture")) if architecture else {}
     settings = GlvcTraining(
         data=data, tokenizer=str(copied), out=out, steps=steps, pool=pool,
         minutes=minutes, size=size, frames=frames, batch=batch, lr=lr, workers=workers, use_gpu=use_gpu,
         threads=threads, resume=resume, init=init, checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url,
-        architecture=fields, checkpoint_minutes=checkpoint_minutes,
+        architecture=fields, checkpoint_minutes=checkpoint_minutes, backend=backend,
     )  # fmt: skip
     started = time.monotonic()
     directory = _guard(lambda: train_glvc(settings))
@@ -228,6 +243,7 @@ def glvc_decoder_command(
     use_gpu: UseGpu = False,
     threads: Threads = 1,
     resume: Resume = False,
+    backend: Backend = "auto",
     checkpoint_dir: str | None = None,
     endpoint_url: str | None = None,
 ) -> None:
@@ -241,6 +257,7 @@ def glvc_decoder_command(
     _check_shape(
         size, frames, batch, steps, workers, block=4 * _spatial_factor(f"{out.rstrip('/')}/tokenizer")
     )
+    _check_backend(backend, workers, use_gpu)
     _check_data(data, frames, size, endpoint_url)
     _guard(lambda: prepare_model_dir(None, out))
     if not (Path(out) / "latent_codec").is_dir():
@@ -251,6 +268,7 @@ def glvc_decoder_command(
             workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, checkpoint_dir=checkpoint_dir,
             endpoint_url=endpoint_url, metric=metric, metric_weights=metric_weights,
             perceptual_weight=perceptual_weight, adversarial_weight=adversarial_weight, trainable=trainable,
+            backend=backend,
         )
     )  # fmt: skip
     if perceptual_weight > 0:
@@ -287,6 +305,7 @@ def flow_command(
     use_gpu: UseGpu = False,
     threads: Threads = 1,
     resume: Resume = False,
+    backend: Backend = "auto",
     clips_per_image: Annotated[
         int,
         typer.Option(help="Training clips cached per photograph or video (at most 4,096 in all)."),
@@ -300,6 +319,7 @@ def flow_command(
     _check_shape(
         size, frames, batch, max(steps, 1), workers, block=2 * _spatial_factor(f"{out.rstrip('/')}/tokenizer")
     )
+    _check_backend(backend, workers, use_gpu)
     if not (Path(out) / "tokenizer").is_dir():
         _fail(
             f"{out} has no tokenizer/ to train the flow model on; run `vidarc train tokenizer --out {out}` first"
@@ -314,7 +334,7 @@ def flow_command(
             data=data, out=out, steps=steps, minutes=minutes, size=size, frames=frames, batch=batch, lr=lr,
             workers=workers, use_gpu=use_gpu, threads=threads, resume=resume, init=init,
             checkpoint_dir=checkpoint_dir, endpoint_url=endpoint_url, clips_per_source=clips_per_image,
-            checkpoint_minutes=checkpoint_minutes,
+            checkpoint_minutes=checkpoint_minutes, backend=backend,
         )
     )  # fmt: skip
     summary = _guard(lambda: train_flow(settings))
@@ -361,7 +381,7 @@ def _steps_done(settings) -> int:
 
 def _guard(run):
     """Bad input (missing data, wrong directories or weights) as one line and exit code 2, not a
-    traceback; a training run that fails inside Ray as one line and exit code 1."""
+    traceback; a training run that fails (on Ray Train or in this process) as one line and exit code 1."""
     from codec.errors import CodecError
 
     try:
@@ -402,6 +422,16 @@ def _check_shape(size: int, frames: int, batch: int, steps: int, workers: int, *
     for option, value in (("--batch", batch), ("--steps", steps), ("--workers", workers)):
         if value < 1:
             _fail(f"{option} must be at least 1, got {value}")
+
+
+def _check_backend(backend: str, workers: int, use_gpu: bool) -> None:
+    """A --backend value that is not one, or local with what only Ray Train runs: one line, exit 2."""
+    from pipeline.training.worker_context import choose_backend
+
+    try:
+        choose_backend(backend, workers=workers, use_gpu=use_gpu)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _check_data(data: str, frames: int, size: int, endpoint_url: str | None) -> None:

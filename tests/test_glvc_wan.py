@@ -26,10 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 TOY = ["--steps", "2", "--size", "32", "--frames", "5", "--batch", "1"]
 
 
-def _train(*args: str, ray_address: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    if ray_address:
-        env["RAY_ADDRESS"] = ray_address
+def _train(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO)
     return subprocess.run(
         [sys.executable, "-m", "jobs.cli", "train", *args], cwd=REPO, capture_output=True, text=True,
         timeout=600, env=env,
@@ -45,11 +44,14 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def glvc_on_wan(wan_dirs, tmp_path_factory, ray_address) -> Path:
+def glvc_on_wan(wan_dirs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("glvc") / "glvc-wan"
+    # --backend auto with one CPU worker and no cluster asked for (no RAY_ADDRESS): in that process
     proc = _train("glvc", "--tokenizer", str(wan_dirs["t2v"]), "--out", str(out), "--name", "glvc-wan",
-                  "--version", "2", "--pool", "2", *TOY, ray_address=ray_address)  # fmt: skip
+                  "--version", "2", "--pool", "2", *TOY)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "vidarc-glvc: training in this process (one CPU worker" in proc.stdout
+    assert not (out.parent / "glvc-wan.checkpoints" / "latent_codec" / "ray").exists()
     return out
 
 
@@ -99,6 +101,7 @@ def test_another_tokenizer_into_an_existing_model_is_refused(glvc_on_wan, wan_di
         (["--frames", "6"], "--frames must be 1+4k"),
         (["--size", "40"], "--size must be a positive multiple of 32"),
         (["--data", "{tmp}/no-videos"], "no-videos"),
+        (["--backend", "cluster"], "--backend must be one of auto, ray, local"),
     ],
 )
 def test_bad_train_options_are_one_line_with_exit_2(wan_dirs, tmp_path, options, needle):

@@ -1,9 +1,10 @@
 """`bench/gpu_suite.sh`, the GPU run: its plumbing on the CPU (`--dry-run`: every step's real tool at
 tiny sizes) and its runner (a failed, hung or incomplete step is recorded and the others still run).
 
-The dry run starts every tool in a fresh process (torch, diffusers and a Ray cluster each time), which
-is what its minutes go to (about 4 on the 2-core machine). The suite runs the steps whose tools no other
-test runs (`CORE_STEPS`: `bench codec` on a model path, GVC's speed bench, `wan_official load`, the
+The dry run imports torch and diffusers once and forks every step's tool from there (`ForkedModule`:
+the same module and arguments, a process group of its own); `load-cuda`'s two measurements still start
+fresh processes, and the two `bench gpu` steps a Ray cluster each. The suite runs the steps whose tools
+no other test runs (`CORE_STEPS`: `bench codec` on a model path, GVC's speed bench, `wan_official load`, the
 environment); the two `bench gpu` steps (each its own Ray cluster; `run_gpu_bench` is tested in
 test_gpu_throughput.py) join them with VIDARC_FULL_DRY_RUN=1.
 """
@@ -132,6 +133,60 @@ def test_a_failed_hung_or_incomplete_step_is_recorded_and_the_others_still_run(
     assert not _alive(int((tmp_path / "child.pid").read_text()))  # the step's whole process group went
     assert steps["lacks"]["error"] == "the output lacks y.z" and steps["lacks"]["missing"] == ["y.z"]
     assert all(e["gpu_memory_used_after"] is None for e in steps.values())  # no nvidia-smi here
+
+
+FORKED_DRIVER = """
+import sys
+from pathlib import Path
+from bench import gpu_suite
+from bench.gpu_suite import Step
+
+py = sys.executable
+gpu_suite.PRELOAD, gpu_suite.DRY_SLACK, gpu_suite.KILL_GRACE_S = (), 1, 2
+gpu_suite.steps = lambda dry, work, python: [
+    Step("prints", "JSON after a line", 30, [py, "-m", "step_prints", "--n", "3"], ("argv", "main")),
+    Step("fails", "an error line", 30, [py, "-m", "step_fails"], ()),
+    Step("raises", "a traceback", 30, [py, "-m", "step_raises"], ()),
+    Step("hangs", "cut at its limit", 2, [py, "-m", "step_hangs", sys.argv[1]], ()),
+    Step("after", "still runs", 30, [py, "-c", "print('{}')"], ()),
+]
+sys.exit(gpu_suite.main(["--dry-run", "--out", sys.argv[2], "--workdir", sys.argv[3]]))
+"""
+FORKED_STEPS = {
+    "step_prints": "import json, os, sys\nprint('progress')\n"
+    "print(json.dumps({'argv': sys.argv[1:], 'main': __name__, 'cwd': os.getcwd()}))",
+    "step_fails": "import sys\nprint('error: the tool said no', file=sys.stderr)\nsys.exit(2)",
+    "step_raises": "raise ValueError('bad input')",
+    "step_hangs": "import subprocess, sys, time\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+    "open(sys.argv[1], 'w').write(str(child.pid))\ntime.sleep(120)",
+}
+
+
+def test_a_dry_runs_forked_steps_run_their_module_and_fail_hang_and_exit_like_processes(
+    tmp_path: Path,
+) -> None:
+    """A dry run forks each `python -m` step from the suite (`ForkedModule`): the module runs as
+    __main__ with its arguments in the repository, and its exit code, error line, traceback and limit
+    (its whole process group ended) are recorded as for a fresh process."""
+    for name, text in FORKED_STEPS.items():
+        (tmp_path / f"{name}.py").write_text(text + "\n")
+    out, pid_file = tmp_path / "suite.json", tmp_path / "child.pid"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_DRIVER, str(pid_file), str(out), str(tmp_path / "work")],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    steps = _read(out)["steps"]
+    assert [(name, e["status"]) for name, e in steps.items()] == [
+        ("prints", "ok"), ("fails", "failed"), ("raises", "failed"), ("hangs", "timeout"), ("after", "ok"),
+    ]  # fmt: skip
+    assert steps["prints"]["output"] == {"argv": ["--n", "3"], "main": "__main__", "cwd": str(ROOT)}
+    assert steps["fails"]["error"] == "error: the tool said no" and steps["fails"]["exit_code"] == 2
+    assert steps["raises"]["error"] == "ValueError: bad input" and steps["raises"]["exit_code"] == 1
+    assert steps["hangs"]["error"].startswith("timed out after 2 s") and steps["hangs"]["seconds"] < 30
+    assert not _alive(int(pid_file.read_text()))  # the forked step's whole process group went
 
 
 def test_only_and_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

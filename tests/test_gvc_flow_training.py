@@ -1,5 +1,6 @@
-"""`train_flow` runs as a real Ray Train job, writes a loadable flow model, re-hashes the card, and
-checkpoints so an interrupted run resumes instead of starting over."""
+"""`train_flow` writes a loadable flow model, re-hashes the card, and checkpoints so an interrupted run
+resumes instead of starting over. In this process (the local backend, one CPU worker): the shared
+Ray Train path, and a resume across backends, are tested in test_training.py."""
 
 from __future__ import annotations
 
@@ -16,14 +17,13 @@ from codec.modeldir import load_model_dir, write_model_card
 
 
 @pytest.mark.slow
-def test_train_flow_writes_a_bundle_component_that_gvc_loads(tmp_path, monkeypatch, ray_address):
+def test_train_flow_writes_a_bundle_component_that_gvc_loads(tmp_path):
     from diffusers import AutoencoderKLWan
 
     from pipeline.sources.synthetic import synthetic_clip
     from pipeline.training.flow import FlowTraining, train_flow
     from pipeline.training.loop import STATE_NAME, latest_checkpoint
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     bundle, ck = tmp_path / "bundle", tmp_path / "ck"  # checkpoints outside the bundle its card hashes
     torch.manual_seed(0)
     vae = AutoencoderKLWan(
@@ -39,7 +39,7 @@ def test_train_flow_writes_a_bundle_component_that_gvc_loads(tmp_path, monkeypat
         return FlowTraining(
             data="synthetic", out=str(bundle), steps=steps, minutes=2, frames=5, size=32, clips_per_source=1, batch=2,
             width=32, layers=1, text_dim=8, log_every=1, checkpoint_every=2, resume=resume,
-            checkpoint_dir=str(ck),
+            checkpoint_dir=str(ck), backend="local",
         )  # fmt: skip
 
     summary = train_flow(settings(3, resume=False))
@@ -48,6 +48,7 @@ def test_train_flow_writes_a_bundle_component_that_gvc_loads(tmp_path, monkeypat
     assert json.loads((first / STATE_NAME).read_text())["step"] == 3 and (first / "flow").is_dir()
     latents = (ck / "latents.pt").stat().st_mtime_ns
     resumed = train_flow(settings(5, resume=True))
+    assert not (ck / "ray").exists()  # it did run in this process
     assert resumed["steps"] == 5 and resumed["resume"]
     assert (ck / "latents.pt").stat().st_mtime_ns == latents  # the cached clips were reused
     logged = [json.loads(line)["step"] for line in (ck / "train_log.jsonl").read_text().splitlines()]

@@ -24,11 +24,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args: str, endpoint: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return _finish(_start(*args, endpoint=endpoint), timeout)
+
+
+def _start(*args: str, endpoint: str | None = None) -> subprocess.Popen:
+    """`vidarc ARGS` started, not waited for: commands that do not depend on each other run side by
+    side (each is mostly its own start-up), and `_finish` collects each."""
     command = [sys.executable, "-m", "jobs.cli", *args]
     if endpoint:
         command += ["--endpoint-url", endpoint]
     env = dict(os.environ, PYTHONPATH=str(REPO), VIDARC_THAW_POLL_S="0.2")
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    return subprocess.Popen(command, cwd=REPO, env=env, **pipes)
+
+
+def _finish(proc: subprocess.Popen, timeout: int = 300) -> subprocess.CompletedProcess:
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def _bucket(endpoint: str) -> str:
@@ -104,23 +121,26 @@ def test_frozen_reads_refuse_in_one_line_then_thaw_makes_them_readable(
     out, keys = cold_archive["out"], cold_archive["keys"]
     key = keys["short.mkv"]
     dest = tmp_path / "short.mkv"
-    refused = _cli("restore", out, key, str(dest), endpoint=s3_endpoint)
+    # everything before the thaw request only reads: side by side
+    refused, waiting, verify, export, status = map(_finish, [
+        _start("restore", out, key, str(dest), endpoint=s3_endpoint),
+        _start("restore", out, key, str(tmp_path / "waited.mkv"), "--wait", endpoint=s3_endpoint),
+        _start("verify", out, endpoint=s3_endpoint),
+        _start("export", out, str(tmp_path / "exported"), "--where", f"video_key == '{key}'",
+               endpoint=s3_endpoint),
+        _start("thaw", out, "--status", "--json", endpoint=s3_endpoint),
+    ])  # fmt: skip
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert f"videos/{key}.vdrc (frozen)" in refused.stderr and "vidarc thaw" in refused.stderr
     assert not dest.exists()
-    waiting = _cli("restore", out, key, str(dest), "--wait", endpoint=s3_endpoint)
     assert waiting.returncode == 2 and "frozen" in waiting.stderr  # nobody asked: waiting would never end
+    assert not (tmp_path / "waited.mkv").exists()
 
-    verify = _cli("verify", out, endpoint=s3_endpoint)
     assert verify.returncode == 2 and "not readable yet (2 frozen)" in verify.stderr, verify.stderr
-    export = _cli(
-        "export", out, str(tmp_path / "exported"), "--where", f"video_key == '{key}'", endpoint=s3_endpoint
-    )
     assert export.returncode == 2 and "frozen" in export.stderr and "Traceback" not in export.stderr
     assert not (tmp_path / "exported").exists() or not any((tmp_path / "exported").iterdir())
 
-    status = _cli("thaw", out, "--status", "--json", endpoint=s3_endpoint)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["by_state"] == {"frozen": 2}
 
@@ -133,14 +153,16 @@ def test_frozen_reads_refuse_in_one_line_then_thaw_makes_them_readable(
     assert states == {key: "thawed", keys["with-audio.mp4"]: "frozen"}
     assert after["first_expiry"]
 
-    restored = _cli("restore", out, key, str(dest), "--wait", endpoint=s3_endpoint)
+    restored, partial = map(_finish, [
+        _start("restore", out, key, str(dest), "--wait", endpoint=s3_endpoint),
+        _start("verify", out, "--readable-only", "--json", endpoint=s3_endpoint),
+    ])  # fmt: skip
     assert restored.returncode == 0, restored.stderr
     import av
 
     with av.open(str(dest)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 12
 
-    partial = _cli("verify", out, "--readable-only", "--json", endpoint=s3_endpoint)
     report = json.loads(partial.stdout)
     assert partial.returncode == 0, partial.stderr
     assert report["containers_checked"] == 1 and report["gops_decoded"] >= 1
@@ -202,22 +224,26 @@ def test_local_fixity_hashes_against_the_recorded_sha256(
 def test_bad_lifecycle_input_is_one_line_and_writes_nothing(
     cold_archive: dict, s3_endpoint: str, tmp_path: Path, sample_dir: Path
 ) -> None:
-    unknown = _cli("archive", str(sample_dir), str(tmp_path / "a"), "--storage-class", "FROZEN")
-    local_cold = _cli("archive", str(sample_dir), str(tmp_path / "b"), "--storage-class", "glacier")
+    out = cold_archive["out"]
+    unknown, local_cold, status = map(_finish, [  # side by side: none of them changes anything
+        _start("archive", str(sample_dir), str(tmp_path / "a"), "--storage-class", "FROZEN"),
+        _start("archive", str(sample_dir), str(tmp_path / "b"), "--storage-class", "glacier"),
+        _start("thaw", out, "--status", "--json", endpoint=s3_endpoint),
+    ])  # fmt: skip
     for result, words in ((unknown, "unknown storage class 'FROZEN'"), (local_cold, "needs an s3:// OUT")):
         assert result.returncode == 2 and words in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    out = cold_archive["out"]
-    before = json.loads(_cli("thaw", out, "--status", "--json", endpoint=s3_endpoint).stdout)
-    for args, words in (
+    before = json.loads(status.stdout)
+    cases = (
         (("--days", "0"), "--days must be at least 1"),
         (("nope.mp4",), "no archived video named 'nope.mp4'"),
         (("--tier", "fast"), "unknown thaw tier 'fast'"),
         (("--tier", "Expedited"), "DEEP_ARCHIVE has no Expedited tier"),
         (("--where", "psnr >"), "--where: the expression ends too early"),
-    ):
-        result = _cli("thaw", out, *args, endpoint=s3_endpoint)
+    )
+    started = [_start("thaw", out, *args, endpoint=s3_endpoint) for args, _ in cases]
+    for (args, words), result in zip(cases, map(_finish, started), strict=True):
         assert result.returncode == 2 and words in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     after = json.loads(_cli("thaw", out, "--status", "--json", endpoint=s3_endpoint).stdout)

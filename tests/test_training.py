@@ -1,11 +1,17 @@
-"""Training stages through the real Ray Train path, at toy scale: outputs are loadable model
-directories with valid cards, checkpoints resume, and bad data is refused clearly."""
+"""Training stages at toy scale, in this process (the local backend: one CPU worker, what Ray Train's
+start-up would add nothing to) and through the real Ray Train path: outputs are loadable model
+directories with valid cards, checkpoints resume — across backends, to the same bits — and bad data or
+options are refused clearly. Ray Train runs here for the shared `fit` (the tokenizer's resume) and in
+test_glvc_decoder.py for the glvc-decoder stage; test_glvc_wan.py trains glvc through the command line
+with `--backend auto` (in that process), test_gvc_flow_training.py the flow model locally."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +22,7 @@ from pipeline.training.data import ClipSampler
 from pipeline.training.glvc import GlvcTraining, train_glvc
 from pipeline.training.loop import latest_checkpoint, load_optimizer_state, save_checkpoint
 from pipeline.training.tokenizer import TokenizerTraining, train_tokenizer
+from pipeline.training.worker_context import choose_backend
 
 TOY_VAE = {
     "base_dim": 4,
@@ -35,11 +42,12 @@ def _logged_steps(settings) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def toy_tokenizer(tmp_path_factory, ray_address):
+def toy_tokenizer(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     settings = TokenizerTraining(
         data="synthetic", out=str(root / "bundle"), steps=2, size=32, frames=5, batch=1,
         checkpoint_every=1, log_every=1, checkpoint_dir=str(root / "ck"), architecture=dict(TOY_VAE),
+        backend="local",
     )  # fmt: skip
     directory = train_tokenizer(settings)
     return settings, directory
@@ -62,18 +70,63 @@ def test_tokenizer_stage_writes_a_loadable_tokenizer_with_measured_latent_statis
     assert _logged_steps(settings) == [1, 2]
 
 
-def test_resume_continues_from_the_newest_checkpoint(toy_tokenizer, tmp_path):
+def test_resume_continues_from_the_newest_checkpoint_on_ray_train_and_locally_alike(
+    toy_tokenizer, tmp_path, ray_address
+):
+    """The in-process run's checkpoint resumed on Ray Train and in this process: both continue at step 3
+    and end with the same tokenizer, bit for bit (one CPU thread, the same seeds: the backend must not
+    matter)."""
+    from safetensors.torch import load_file
+
     shared, _ = toy_tokenizer
     assert latest_checkpoint(shared.checkpoint_dir).name == "step-00000002"
-    # on copies: the module's fixture (its bundle and checkpoints) stays what the other tests expect
-    shutil.copytree(shared.checkpoint_dir, tmp_path / "ck")
-    settings = dataclasses.replace(
-        shared, steps=3, resume=True, checkpoint_dir=str(tmp_path / "ck"), out=str(tmp_path / "bundle")
+    assert not (Path(shared.checkpoint_dir) / "ray").exists()  # it did run in this process
+    exported = {}
+    for backend in ("ray", "local"):
+        # on copies: the module's fixture (its bundle and checkpoints) stays what the other tests expect
+        shutil.copytree(shared.checkpoint_dir, tmp_path / backend / "ck")
+        settings = dataclasses.replace(
+            shared, steps=3, resume=True, checkpoint_dir=str(tmp_path / backend / "ck"),
+            out=str(tmp_path / backend / "bundle"), backend=backend,
+        )  # fmt: skip
+        directory = train_tokenizer(settings)
+        assert latest_checkpoint(settings.checkpoint_dir).name == "step-00000003"
+        assert _logged_steps(settings) == [1, 2, 3]  # resumed at 3, not restarted at 1
+        assert (Path(settings.checkpoint_dir) / "ray").is_dir() == (backend == "ray")
+        exported[backend] = load_file(str(directory / "diffusion_pytorch_model.safetensors"))
+        exported[backend + " config"] = (directory / "config.json").read_text()
+    ray_run, local_run = exported["ray"], exported["local"]
+    assert ray_run.keys() == local_run.keys()
+    assert all(torch.equal(ray_run[k], local_run[k]) for k in ray_run)
+    assert exported["ray config"] == exported["local config"]  # the measured latent statistics too
+
+
+def test_the_backend_is_local_only_for_one_cpu_worker_without_a_cluster(ray_address, monkeypatch):
+    import subprocess
+    import sys
+
+    assert choose_backend("auto", workers=1, use_gpu=False) == "ray"  # this session's Ray is running
+    assert choose_backend("local", workers=1, use_gpu=False) == "local"
+    assert choose_backend("auto", workers=2, use_gpu=False) == "ray"
+    assert choose_backend("auto", workers=1, use_gpu=True) == "ray"
+    for workers, use_gpu, asked in ((2, False, "--workers 2"), (1, True, "--use-gpu")):
+        with pytest.raises(ValueError, match=f"{asked} needs --backend ray"):
+            choose_backend("local", workers=workers, use_gpu=use_gpu)
+    with pytest.raises(ValueError, match="--backend must be one of auto, ray, local, got 'cluster'"):
+        choose_backend("cluster", workers=1, use_gpu=False)
+    # a fresh process without Ray: local; with RAY_ADDRESS (a cluster asked for): Ray
+    probe = (
+        "import sys; from pipeline.training.worker_context import choose_backend; "
+        "print(choose_backend('auto', workers=1, use_gpu=False), 'torch' in sys.modules)"
     )
-    train_tokenizer(settings)
-    newest = latest_checkpoint(settings.checkpoint_dir)
-    assert newest.name == "step-00000003"
-    assert _logged_steps(settings) == [1, 2, 3]  # resumed at 3, not restarted at 1
+    repo = Path(__file__).resolve().parents[1]
+    for address, expected in ((None, "local"), (ray_address, "ray")):
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env.update({"PYTHONPATH": str(repo), **({"RAY_ADDRESS": address} if address else {})})
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, timeout=300, env=env
+        )
+        assert proc.returncode == 0 and proc.stdout.split() == [expected, "False"], proc.stderr
 
 
 def test_glvc_stage_trains_a_latent_codec_on_the_frozen_tokenizer(toy_tokenizer, tmp_path):
@@ -83,7 +136,7 @@ def test_glvc_stage_trains_a_latent_codec_on_the_frozen_tokenizer(toy_tokenizer,
     settings = GlvcTraining(
         data="synthetic", tokenizer=str(tokenizer_dir), out=str(tmp_path / "bundle"), steps=2, size=32,
         frames=9, batch=1, pool=2, log_every=1, checkpoint_dir=str(tmp_path / "ck"),
-        architecture=dict(TOY_CODEC),
+        architecture=dict(TOY_CODEC), backend="local",
     )  # fmt: skip
     directory = train_glvc(settings)
     codec = LatentCodec.from_pretrained(directory)
@@ -132,6 +185,7 @@ def test_decoder_only_training_keeps_the_latent_space_bit_for_bit(toy_tokenizer,
     settings = TokenizerTraining(
         data="synthetic", out=str(tmp_path / "bundle"), steps=2, size=32, frames=5, batch=1, lr=1e-2,
         warmup=1, log_every=1, checkpoint_dir=str(tmp_path / "ck"), init=str(start), trainable="decoder",
+        backend="local",
     )  # fmt: skip
     directory = train_tokenizer(settings)
     before = load_file(str(start / "diffusion_pytorch_model.safetensors"))

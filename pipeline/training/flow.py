@@ -10,13 +10,14 @@ frames (flf2v) — as a 4-channel mask plus the latent of the conditioning video
 `codec.gvc.conditioning`), like Wan I2V without CLIP. The text input is a fixed null embedding stored
 with the weights.
 
-Runs on the shared Ray Train plumbing (`pipeline.training.loop`): one CPU worker by default (at this
-scale data parallelism on two shared cores only adds communication), DDP across `--workers` GPUs with
-`--use-gpu`. Checkpoints (weights, their EMA, the optimizer) every `checkpoint_every` steps or
-`checkpoint_minutes`, so a long niced run loses minutes, not hours, and `--resume` continues from the
-newest one. The worker stops at `minutes` of wall time or `steps`. Learning rate: warm-up, then a
-cosine to 5% at `steps` (constant after the warm-up when `steps` is open-ended); the exported weights
-are an EMA of the trained ones. `init` continues from an existing flow model.
+Runs on the shared training plumbing (`pipeline.training.loop`): one CPU worker by default (at this
+scale data parallelism on two shared cores only adds communication; without a cluster it trains in this
+process), DDP across `--workers` GPUs with `--use-gpu` on Ray Train. Checkpoints (weights, their EMA,
+the optimizer) every `checkpoint_every` steps or `checkpoint_minutes`, so a long niced run loses
+minutes, not hours, and `--resume` continues from the newest one. The worker stops at `minutes` of wall
+time or `steps`. Learning rate: warm-up, then a cosine to 5% at `steps` (constant after the warm-up when
+`steps` is open-ended); the exported weights are an EMA of the trained ones. `init` continues from an
+existing flow model.
 
 The training clips — `clips_per_source` per photograph or video, at most `MAX_CLIPS` — are encoded once
 by the frozen tokenizer on the driver and cached beside the checkpoints (`latents.pt`, reused by a
@@ -38,6 +39,7 @@ import torch
 
 from codec.gvc.backbone import load_tokenizer_dir, save_flow, tiny_flow_config
 from codec.gvc.conditioning import build_condition
+from pipeline.training import worker_context
 from pipeline.training.bundle import describe_source, update_bundle_card
 from pipeline.training.data import SYNTHETIC, ClipSampler
 from pipeline.training.loop import (
@@ -110,14 +112,13 @@ def make_latent_dataset(tokenizer, sampler: ClipSampler, clips: int) -> dict[str
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    """The Ray Train worker: loads the cached latents, trains, checkpoints, writes `<out>/flow/`."""
-    import ray.train
-    import ray.train.torch
+    """The worker (Ray Train's, or this process): loads the cached latents, trains, checkpoints, writes
+    `<out>/flow/`."""
     from diffusers import WanTransformer3DModel
 
-    rank = ray.train.get_context().get_world_rank()
+    rank = worker_context.world_rank()
     torch.set_num_threads(config["threads"])
-    device = ray.train.torch.get_device()
+    device = worker_context.device()
     data = torch.load(config["latents"], weights_only=True)
     checkpoint = latest_checkpoint(config["checkpoint_dir"]) if config["resume"] else None
     start_from = checkpoint / COMPONENT if checkpoint is not None else config["init"]
@@ -135,7 +136,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         ema = Ema.load(model, config["ema_decay"], checkpoint / EMA_NAME)
     else:
         ema = Ema(model, config["ema_decay"])
-    model = ray.train.torch.prepare_model(model)
+    model = worker_context.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.01)
     step = load_optimizer_state(checkpoint, optimizer) if checkpoint is not None else 0
     loss_ema = json.loads((checkpoint / STATE_NAME).read_text()).get("loss_ema") if checkpoint else None
@@ -180,7 +181,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         if rank == 0 and timer.due(step):
             _checkpoint(config, step, unwrap(model), text, optimizer, ema, loss_ema)
         if step % config["log_every"] == 0:
-            ray.train.report({"step": step, "loss": loss_ema})
+            worker_context.report({"step": step, "loss": loss_ema})
     if rank == 0:
         trained = unwrap(model)
         _checkpoint(config, step, trained, text, optimizer, ema, loss_ema)
@@ -215,8 +216,8 @@ def _checkpoint(config, step, model, text, optimizer, ema: Ema, loss_ema: float 
 def train_flow(settings: FlowTraining) -> dict[str, Any]:
     """Train `<out>/flow/` on latents of `<out>/tokenizer/` and re-hash the bundle's card.
 
-    Returns a summary (steps, final loss, parameters, wall seconds of this run). Needs a running Ray or
-    starts a local one.
+    Returns a summary (steps, final loss, parameters, wall seconds of this run). On Ray Train it needs a
+    running Ray or starts a local one; the local backend needs neither.
     """
     root = Path(settings.out)
     config = settings.resolved()

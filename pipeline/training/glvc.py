@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from pipeline.training import worker_context
 from pipeline.training.data import ClipSampler
 from pipeline.training.loop import (
     EMA_NAME,
@@ -127,16 +128,13 @@ def train_glvc(settings: GlvcTraining) -> Path:
 def _worker_loop(config: dict[str, Any]) -> None:
     import time
 
-    import ray.train
-    import ray.train.torch
-
     from codec.glvc.latent_codec import LatentCodec, LatentCodecConfig
     from codec.glvc.tokenizer import load_tokenizer
 
-    rank = ray.train.get_context().get_world_rank()
+    rank = worker_context.world_rank()
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"] + rank)
-    device = ray.train.torch.get_device()
+    device = worker_context.device()
     tokenizer = load_tokenizer(config["tokenizer"], device=device)
     checkpoint = latest_checkpoint(config["checkpoint_dir"]) if config["resume"] else None
     if checkpoint is not None:
@@ -149,7 +147,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         ema = Ema.load(codec, config["ema_decay"], checkpoint / EMA_NAME)
     else:
         ema = Ema(codec, config["ema_decay"])
-    model = ray.train.torch.prepare_model(_CodecObjective(codec))
+    model = worker_context.prepare_model(_CodecObjective(codec))
     optimizer = torch.optim.AdamW(parameter_groups(model), lr=config["lr"], weight_decay=0.0)
     step = load_optimizer_state(checkpoint, optimizer) if checkpoint is not None else 0
     sampler = ClipSampler(
@@ -190,7 +188,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         if rank == 0 and timer.due(step):
             _checkpoint(config, step, unwrap(model).codec, optimizer, ema)
         if step % config["log_every"] == 0:
-            ray.train.report({"step": step, "loss": loss.item()})
+            worker_context.report({"step": step, "loss": loss.item()})
     if rank == 0:
         codec = unwrap(model).codec
         _checkpoint(config, step, codec, optimizer, ema)

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from pipeline.training import worker_context
 from pipeline.training.data import ClipSampler, to_model_input
 from pipeline.training.loop import (
     TrainingRun,
@@ -173,17 +174,15 @@ def train_glvc_decoder(settings: DecoderTraining) -> Path:
 def _worker_loop(config: dict[str, Any]) -> None:
     import time
 
-    import ray.train
-    import ray.train.torch
     from safetensors.torch import load_file, save_file
 
     from codec.glvc.latent_codec import LatentCodec
     from codec.glvc.tokenizer import load_tokenizer
 
-    rank = ray.train.get_context().get_world_rank()
+    rank = worker_context.world_rank()
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"] + rank)
-    device = ray.train.torch.get_device()
+    device = worker_context.device()
     out = Path(config["out"])
     checkpoint = latest_checkpoint(config["checkpoint_dir"]) if config["resume"] else None
     tokenizer = load_tokenizer((checkpoint or out) / COMPONENT, device=device)

@@ -1,13 +1,16 @@
-"""Ray Train plumbing shared by the training stages: run, checkpoint, resume, log.
+"""Training plumbing shared by the stages: run, checkpoint, resume, log.
 
-Each stage supplies a per-worker loop; `fit` runs it on a `TorchTrainer` (DDP across GPU workers, one
-CPU worker on a laptop). Checkpoints are ordinary vidarc model directories — config + safetensors +
+Each stage supplies a per-worker loop; `fit` runs it on a `TorchTrainer` (DDP across GPU workers) or,
+for one CPU worker with no cluster in sight, in this process (`backend`: "auto", "ray" or "local"; the
+loops reach their rank, device and DDP wrapper through `worker_context`, so the same loop runs on
+both). Checkpoints are ordinary vidarc model directories — config + safetensors +
 model card with hashes — plus `trainer_state.json` and `optimizer.safetensors`, so a checkpoint can be
 loaded as a model, inspected, or resumed from, and nothing is ever pickled.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -23,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.format.runinfo import json_text
+from pipeline.training import worker_context
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -58,6 +62,9 @@ class TrainingRun:
     init: str | None = None
     checkpoint_dir: str | None = None
     endpoint_url: str | None = None
+    #: Where the loop runs: "ray" (Ray Train workers), "local" (this process; one CPU worker) or "auto"
+    #: (local for one CPU worker when no cluster was asked for, else Ray): `worker_context.choose_backend`.
+    backend: str = "auto"
 
     def resolved(self) -> dict[str, Any]:
         """Options as a plain dict for the workers, with local paths made absolute: Ray Train workers
@@ -96,8 +103,39 @@ def free_local_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def fit(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str) -> None:
-    """Run `loop(config)` on Ray Train workers; raise with the worker's error if it fails."""
+def fit(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str) -> str:
+    """Run `loop(config)` on Ray Train workers or in this process (`config["backend"]`, see
+    `worker_context.choose_backend`); raise RuntimeError with the worker's error if it fails. Returns
+    the backend used ("ray" or "local").
+
+    Both backends give the loop the same config (a copy) and the same answers a single CPU worker gets
+    from Ray Train, so checkpoints, logs and outputs do not depend on the backend; a local run leaves
+    this process's torch thread count and random state as they were.
+    """
+    workers, use_gpu = config["workers"], config["use_gpu"]
+    backend = worker_context.choose_backend(config.get("backend", "auto"), workers=workers, use_gpu=use_gpu)
+    if backend == "local":
+        _fit_locally(loop, config, name=name)
+    else:
+        _fit_on_ray(loop, config, name=name)
+    return backend
+
+
+def _fit_locally(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str) -> None:
+    print(
+        f"{name}: training in this process (one CPU worker; --backend ray runs it on Ray Train)", flush=True
+    )
+    threads = torch.get_num_threads()
+    try:
+        with worker_context.local_run(), torch.random.fork_rng(devices=[]):
+            loop(copy.deepcopy(config))  # as Ray Train's workers get it: a copy, never the caller's dict
+    except Exception as exc:
+        raise RuntimeError(f"{name} training failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_on_ray(loop: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str) -> None:
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from codec.weights import load_diffusers_model, weight_shards
+from pipeline.training import worker_context
 from pipeline.training.data import ClipSampler, to_model_input
 from pipeline.training.loop import (
     EMA_NAME,
@@ -132,12 +133,9 @@ def train_tokenizer(settings: TokenizerTraining) -> Path:
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch
     from diffusers import AutoencoderKLWan
 
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank = worker_context.world_rank()
     torch.set_num_threads(config["threads"])
     torch.manual_seed(config["seed"] + rank)
     checkpoint = latest_checkpoint(config["checkpoint_dir"]) if config["resume"] else None
@@ -157,8 +155,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if frozen_encoder:
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
-    model = ray.train.torch.prepare_model(_VaeObjective(vae, frozen_encoder=frozen_encoder))
-    device = ray.train.torch.get_device()
+    model = worker_context.prepare_model(_VaeObjective(vae, frozen_encoder=frozen_encoder))
+    device = worker_context.device()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config["lr"], weight_decay=0.0)
     step = load_optimizer_state(checkpoint, optimizer) if checkpoint is not None else 0
@@ -204,7 +202,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
                 step, **heldout_scores(_ema_model(unwrap(model).vae, ema, frozen_encoder=frozen_encoder))
             )
         if step % config["log_every"] == 0:
-            ray.train.report({"step": step, "loss": loss.item(), "psnr": psnr})
+            worker_context.report({"step": step, "loss": loss.item(), "psnr": psnr})
     if rank == 0:
         vae = unwrap(model).vae
         _checkpoint(config, step, vae, optimizer, ema)
