@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import fsspec
 from fsspec.asyn import sync
 
-from pipeline.store.storage import is_local
+from pipeline.store.storage import is_local, is_s3
 
 PAGE_SIZE = 1000
 
@@ -41,7 +41,7 @@ def iter_pages(
     """
     if is_local(fs):
         yield from _local_pages(root, ordered, page_size)
-    elif _is_s3(fs):
+    elif is_s3(fs):
         yield from _s3_pages(fs, root, page_size)
     else:
         yield from _walk_pages(fs, root, page_size)
@@ -51,14 +51,6 @@ def iter_objects(fs: fsspec.AbstractFileSystem, root: str, *, ordered: bool = Tr
     """`iter_pages`, one object at a time."""
     for page in iter_pages(fs, root, ordered=ordered):
         yield from page
-
-
-def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
-    try:
-        from s3fs import S3FileSystem
-    except ImportError:  # pragma: no cover - s3fs is a dependency
-        return False
-    return isinstance(fs, S3FileSystem)
 
 
 def _local_pages(root: str, ordered: bool, page_size: int) -> Iterator[list[ListedObject]]:

@@ -26,6 +26,7 @@ import hashlib
 import os
 import random
 import re
+import sys
 import tempfile
 import time
 import uuid
@@ -213,7 +214,7 @@ def filesystem(uri: str, *, endpoint_url: str | None = None) -> tuple[fsspec.Abs
         fs, path = fsspec.core.url_to_fs(uri, **options)
     except Exception as exc:
         raise StorageError(f"{uri}: cannot open ({type(exc).__name__}: {redact(str(exc))})") from None
-    if _is_s3(fs):
+    if is_s3(fs):
         _quiet_dropped_writes()
     if isinstance(fs, LocalFileSystem):
         path = os.path.abspath(path)
@@ -313,7 +314,7 @@ def put_checked(
     folder only STANDARD (or None) makes sense. The returned record is what the manifest keeps.
     """
     digest = hashlib.sha256(data).digest()
-    if not _is_s3(fs):
+    if not is_s3(fs):
         if storage_class not in (None, "STANDARD"):
             raise StorageError(f"{full_uri(fs, path)}: storage class {storage_class} needs an s3:// archive")
         write_bytes(fs, path, data)
@@ -384,7 +385,7 @@ def head_object(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any] | No
     """What the store says of one object without reading it (one HEAD on S3, with its checksum and
     restore state; a stat on a local folder), None when it does not exist."""
     uri = full_uri(fs, path)
-    if not _is_s3(fs):
+    if not is_s3(fs):
         try:
             return {"ContentLength": os.path.getsize(path)}
         except FileNotFoundError:
@@ -422,17 +423,19 @@ def read_bytes(fs: fsspec.AbstractFileSystem, path: str, *, small: bool = False)
     `small`: an object known to be small (a marker, an index entry, a manifest part) is fetched with
     one GET; s3fs otherwise asks for its size first (a HEAD) to split big objects into parallel
     ranged reads, doubling the requests of a read that touches many small objects."""
-    if small and _is_s3(fs):
+    if small and is_s3(fs):
         return retrying(full_uri(fs, path), lambda: fs.cat_file(path, max_concurrency=1))
     return retrying(full_uri(fs, path), lambda: fs.cat_file(path))
 
 
-def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
-    try:
-        from s3fs import S3FileSystem
-    except ImportError:  # pragma: no cover - s3fs is a dependency
-        return False
-    return isinstance(fs, S3FileSystem)
+def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether `fs` is s3fs's, without importing s3fs when nothing has: importing it (and aiobotocore)
+    takes about 2 s, which a read of a local folder must not pay, and no S3 filesystem can exist
+    before its module was imported."""
+    module = sys.modules.get("s3fs")
+    return module is not None and isinstance(fs, module.S3FileSystem)
+
+
 
 
 def remove(fs: fsspec.AbstractFileSystem, path: str, *, missing_ok: bool = True) -> None:
