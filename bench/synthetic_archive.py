@@ -703,6 +703,7 @@ def build_compacted_direct(
     if not rep.local or rep.parts:
         raise SystemExit("build_compacted_direct: a local folder, and a Replicator(parts=False)")
     progress_path = direct_progress_path(rep.root)
+    progress_path.parent.mkdir(parents=True, exist_ok=True)
     progress: dict[str, Any] = json.loads(progress_path.read_text()) if progress_path.exists() else {}
     wanted = {"n": n, "batch": batch, "base": meta.get("base")}
     clash = {k: progress[k] for k in wanted if k in progress and progress[k] != wanted[k]}
