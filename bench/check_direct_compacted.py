@@ -4,7 +4,8 @@ makes the same archive as the parts layout compacted by the real `vidarc compact
     nice -n 19 python -m bench.check_direct_compacted --work /tmp/scale-reads --n 2000 --batch 250
 
 Builds N synthetic videos twice from the cached base archive (WORK/base, made by bench/scale_reads.py):
-`WORK/check-direct/n<N>/parts` (one manifest part per video, then `compact`) and `.../direct` (one
+`WORK/check-direct/n<N>/parts` (one manifest part per video, then `compact` and the index backfill
+`vidarc compact` does for an archive without `index/FORMAT.json`) and `.../direct` (one
 compacted file per batch, then `compact`, which merges them once there are 8 or more, then the merged
 files removed as `bench.scale_reads --direct-compacted` does), then compares, with each archive's own
 folder replaced by ROOT: the manifest rows readers see (`plan_manifest` + `iter_tables`, every column),
@@ -31,6 +32,7 @@ from bench import synthetic_archive as sa  # noqa: E402
 
 
 def build_both(work: Path, n: int, batch: int) -> tuple[str, str]:
+    from pipeline.read.locate import backfill_index
     from pipeline.tools.compact import compact
 
     base_out = sa.make_base(work)
@@ -46,7 +48,11 @@ def build_both(work: Path, n: int, batch: int) -> tuple[str, str]:
         0, n, label="parts"
     )
     report = compact(parts)
-    print(f"parts layout + compact: {time.perf_counter() - started:.1f} s; {report.line()}", flush=True)
+    indexed = backfill_index(
+        parts
+    )  # what `vidarc compact` does next for an archive without index/FORMAT.json
+    print(f"parts layout + compact: {time.perf_counter() - started:.1f} s; {report.line()}; index backfilled "
+          f"({indexed} videos)", flush=True)  # fmt: skip
 
     started = time.perf_counter()
     rep = sa.Replicator(bases, base_out, direct, endpoint_url=None, pool_dir=pool, threads=4, parts=False)
