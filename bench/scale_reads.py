@@ -420,10 +420,10 @@ class Bench:
         }
         self.results = load_results(Path(args.out)) if args.out else {"runs": [], "builds": []}
 
-    def replicator(self, out: str, endpoint: str | None) -> sa.Replicator:
-        threads = self.args.threads or (8 if out.startswith("s3://") else 1)
+    def replicator(self, out: str, endpoint: str | None, *, parts: bool = True) -> sa.Replicator:
+        threads = self.args.threads or (8 if out.startswith("s3://") else 1 if parts else 4)
         return sa.Replicator(self.bases, self.base_out, out, endpoint_url=endpoint, pool_dir=self.work / "linkpool",
-                             processes=self.args.processes, threads=threads)  # fmt: skip
+                             processes=self.args.processes, threads=threads, parts=parts)  # fmt: skip
 
     def target(self, n: int, layout: str, storage: str, root: str, endpoint: str | None) -> Target:
         base_k, base_n = self.bases[(n - 1) % len(self.bases)], self.bases[(n // 2) % len(self.bases)]
@@ -465,6 +465,10 @@ class Bench:
             print(f"{label}: complete ({stamp.get('seconds')} s to build), reused", flush=True)
             self.record_build(n, layout, storage, root, stamp, store)
             return root, dict(stamp["compact"], note="measured when the layout was built")
+        if self.args.direct_compacted:
+            if store is not None:
+                raise SystemExit("--direct-compacted builds local folders only (--storage local)")
+            return self.build_direct(n, root, label)
         endpoint = store.proxy.url if store else None
         proxy = store.proxy if store else None
         target = self.target(n, layout, storage, root, endpoint)
@@ -497,11 +501,47 @@ class Bench:
         self.record_build(n, layout, storage, root, record, store)
         return root, compact
 
+    def build_direct(self, n: int, root: str, label: str) -> tuple[str, dict[str, Any]]:
+        """The compacted layout built directly (`sa.build_compacted_direct`: one compacted file per
+        `--compact-every` batch, default 100,000 videos, no part written), then the real `vidarc compact`,
+        measured: it merges the batch files when there are `MERGE_MIN_FILES` or more, as the archive
+        job's compaction would; the files it merged away are then deleted at once (in this process,
+        `compact(..., merged_grace_seconds=0)`), as the next compaction past their grace period would."""
+        from pipeline.tools.compact import compact as compact_now
+
+        started = time.perf_counter()
+        rep = self.replicator(root, None, parts=False)
+        built = sa.build_compacted_direct(rep, n, self.meta_for(), batch=self.args.compact_every or sa.DIRECT_BATCH,
+                                          label=label)  # fmt: skip
+        build_s = time.perf_counter() - started
+        print(f"  compact {root} ...", end="", flush=True)
+        result = measure(op_argv("compact", self.target(n, "compacted", "local", root, None), self.work),
+                         timeout=self.args.compact_timeout,
+                         logs=self.work / "logs" / f"n{n}-compacted-local" / "compact-direct")  # fmt: skip
+        said = Path(result.pop("stdout")).read_text().strip().splitlines()[-1:] if "stdout" in result else []
+        print(f" {result['status']} {result['wall_s']:.1f} s, {_fmt(result['rss_mb'], '.0f')} MB: "
+              f"{' '.join(said)}", flush=True)  # fmt: skip
+        if result["status"] != "ok":
+            raise SystemExit(f"compaction failed: {result.get('note')}")
+        removed = compact_now(root, merged_grace_seconds=0).superseded_removed
+        print(f"  {removed} merged-away batch files removed", flush=True)
+        compact = dict(result, note=f"after a direct build of {built['files']} files: {' '.join(said)}"[:300])
+        # seconds: the whole build (every batch, also those of earlier runs it resumed) and the compaction
+        seconds = round(built["manifest_s"] + built["files_s"] + result["wall_s"], 1)
+        record = dict(self.meta, n=n, layout="compacted", seconds=seconds, this_run_seconds=round(
+            time.perf_counter() - started, 1), build_seconds_before_compact=round(build_s, 1), direct=built,
+            compact=compact)  # fmt: skip
+        sa.write_stamp(rep.fs, rep.root, record)
+        self.record_build(n, "compacted", "local", root, record, None)
+        return root, compact
+
     def record_build(self, n: int, layout: str, storage: str, root: str, record: dict[str, Any],
                      store: S3Store | None) -> None:  # fmt: skip
         entry = {"n": n, "layout": layout, "storage": storage, "root": root,
                  "build_seconds": record.get("seconds"), "commit": record.get("commit"),
                  "index_entries": record.get("index_entries")}  # fmt: skip
+        if record.get("direct"):
+            entry["direct"] = record["direct"]
         if store is None:
             entry["disk_bytes"] = sa.disk_usage([root])
         else:
@@ -713,6 +753,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compact-every", type=int, default=0,
                         help="build the compacted layout K videos at a time, compacting after each batch "
                         "(bounds one compaction's input at 1M; 0: one compaction of the whole parts layout)")  # fmt: skip
+    parser.add_argument("--direct-compacted", action="store_true",
+                        help="build the compacted layout directly, local only: each --compact-every batch's "
+                        "rows (default 100000 videos) written as one compacted file by compact's own writer, "
+                        "no manifest part ever written; then the real `vidarc compact` (merging the batch "
+                        "files), measured (bench/synthetic_archive.build_compacted_direct)")  # fmt: skip
     parser.add_argument("--processes", type=int, default=1, help="build processes (use the cores you have)")
     parser.add_argument(
         "--threads", type=int, default=0, help="build threads per process (default 1 local, 8 S3)"

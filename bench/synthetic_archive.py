@@ -267,11 +267,14 @@ class Replicator:
         processes: int = 1,
         threads: int = 1,
         base_objects: dict[str, str] | None = None,
+        parts: bool = True,
     ) -> None:
         from pipeline.store.storage import filesystem, is_local
 
         self.args = dict(bases=bases, base_out=base_out, out=out, endpoint_url=endpoint_url, pool_dir=pool_dir,
-                         threads=threads)  # fmt: skip
+                         threads=threads, parts=parts)  # fmt: skip
+        #: write each video's manifest part (False: the direct build writes the rows as compacted files)
+        self.parts = parts
         self.bases = bases
         self.base_out = base_out
         self.out = out
@@ -338,11 +341,12 @@ class Replicator:
             self.links.link(self.base_objects[base.key], obj)
         else:
             retrying(archive_uri, lambda: self.fs.copy(self.base_objects[base.key], obj))
-        names = ((base.archive_uri, archive_uri), (base.source_uri, source_uri), (base.key, key))
-        rows = [_renamed(row, names) for row in base.rows]
-        for row in rows:
-            row.update(video_key=key, source_uri=source_uri, archive_uri=archive_uri)
-        self._put(manifest_path(self.root, key), parquet_bytes(rows, MANIFEST_SCHEMA))
+        names = rename_pairs(base, key, source_uri, archive_uri)
+        if self.parts:
+            rows = [_renamed(row, names) for row in base.rows]
+            for row in rows:
+                row.update(video_key=key, source_uri=source_uri, archive_uri=archive_uri)
+            self._put(manifest_path(self.root, key), parquet_bytes(rows, MANIFEST_SCHEMA))
         if self.locate is not None:
             self.locate.write_index_entries(self.fs, self.root, key, source_uri)
         marker = _renamed(base.marker, names)
@@ -428,6 +432,11 @@ def _progress(label: str, counts: dict[str, int], total: int, seconds: float) ->
     eta = (total - done) / rate if rate > 0 else 0.0
     print(f"  {label}: {done}/{total} ({counts['skipped']} already there), {rate:.0f} videos/s, "
           f"{seconds:.0f} s, ETA {eta:.0f} s", flush=True)  # fmt: skip
+
+
+def rename_pairs(base: BaseVideo, key: str, source_uri: str, archive_uri: str) -> tuple[tuple[str, str], ...]:
+    """(base name, replica's name) pairs, in the order `_renamed` applies them."""
+    return ((base.archive_uri, archive_uri), (base.source_uri, source_uri), (base.key, key))
 
 
 def _renamed(value: Any, names: Iterable[tuple[str, str]]) -> Any:
@@ -545,3 +554,217 @@ def _check_stamp(stamp: dict[str, Any], meta: dict[str, Any], out: str) -> None:
         )
     if stamp.get("commit") != meta.get("commit"):
         print(f"note: {out} was built at commit {stamp.get('commit')}, the code is at {meta.get('commit')}")
+
+
+# ---- the compacted layout, built directly ----------------------------------------------------------------
+#: Videos per compacted file of a direct build (as `bench/scale_reads.py --compact-every 100000` compacts).
+DIRECT_BATCH = 100_000
+#: What a direct build stores as a row's `source_sha256`: sha256(PLACEHOLDER_PREFIX + part name).
+PLACEHOLDER_PREFIX = b"vidarc synthetic archive, direct build, no part was written: "
+
+
+def placeholder_sha256(part_name: str) -> str:
+    """The `source_sha256` a direct build records for the part `part_name` that was never written
+    (`build_compacted_direct`): 64 hex digits like a real digest (same column size), never equal to
+    the sha256 of real part bytes."""
+    return hashlib.sha256(PLACEHOLDER_PREFIX + part_name.encode()).hexdigest()
+
+
+def _template(value: Any, olds: list[str]) -> list[Any] | None:
+    """`value` split around the base names it holds, as `_renamed` would replace them (in order):
+    [text, name index, text, name index, ..., text]; None for None."""
+    if value is None:
+        return None
+    marked = value
+    for index, old in enumerate(olds):
+        if old and old in marked:
+            marked = marked.replace(old, f"\0{index}\0")
+    pieces: list[Any] = marked.split("\0")
+    return [int(p) if k % 2 else p for k, p in enumerate(pieces)]
+
+
+class DirectRows:
+    """The manifest rows of synthetic videos made with Arrow kernels from the base archive's rows: the
+    same values `Replicator.write` puts in each video's part (every string naming the base video
+    renamed, as `_renamed` does, then `video_key`, `source_uri` and `archive_uri` set), plus the two
+    columns compaction adds (`source_part`: the part's name; `source_sha256`: `placeholder_sha256`)."""
+
+    def __init__(self, bases: list[BaseVideo], fs: Any, root: str) -> None:
+        import pyarrow as pa
+
+        from pipeline.format.schema import MANIFEST_SCHEMA
+
+        self.bases, self.fs, self.root = bases, fs, root
+        self.tables = [pa.Table.from_pylist(b.rows, schema=MANIFEST_SCHEMA) for b in bases]
+        nested = [f.name for f in MANIFEST_SCHEMA if pa.types.is_nested(f.type)]
+        if any(row[name] is not None for b in bases for row in b.rows for name in nested):
+            raise SystemExit(f"direct build: nested columns {nested} are not renamed here (DirectRows)")
+        strings = [
+            f.name for f in MANIFEST_SCHEMA if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        ]
+        #: per base video: {string column: its rows' templates} for the columns that name the video
+        self.templates: list[dict[str, list[list[Any] | None]]] = []
+        for base in bases:
+            olds = [old for old, _ in rename_pairs(base, "", "", "")]
+            columns = {}
+            for column in strings:
+                pieces = [_template(row[column], olds) for row in base.rows]
+                if any(p is not None and len(p) > 1 for p in pieces):
+                    columns[column] = pieces
+            self.templates.append(columns)
+
+    def batch(self, ids: Iterable[int]) -> Any:
+        """The rows (a pyarrow Table, `COMPACTED_SCHEMA` columns, not sorted) of synthetic videos `ids`."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from pipeline.format.runinfo import container_path
+        from pipeline.store.storage import full_uri
+        from pipeline.tools.compact import COMPACTED_SCHEMA
+
+        ids = np.fromiter(ids, dtype=np.int64)
+        count = len(self.bases)
+        tables = []
+        for b, base in enumerate(self.bases):
+            mine = ids[ids % count == b]
+            if not len(mine):
+                continue
+            names = [synthetic_name(base, int(i)) for i in mine]
+            keys = [key for key, _ in names]
+            sources = [uri for _, uri in names]
+            archives = [full_uri(self.fs, container_path(self.root, key)) for key in keys]
+            m, table = len(mine), self.tables[b]
+            r = table.num_rows
+            base_row = np.tile(np.arange(r), m)
+            replica = np.repeat(np.arange(m), r)
+            table = table.take(pa.array(base_row))
+            # name index 0, 1, 2: archive URI, source URI, key (rename_pairs' order); 3: "" (padding)
+            new = pa.array(archives + sources + keys + [""], pa.string())
+            for column, pieces in self.templates[b].items():
+                width = max(len(p) for p in pieces if p is not None)
+                arrays = []
+                for k in range(width):
+                    if k % 2 == 0:
+                        texts = [None if p is None else (p[k] if k < len(p) else "") for p in pieces]
+                        arrays.append(pa.array(texts, pa.string()).take(pa.array(base_row)))
+                    else:
+                        which = np.array([p[k] if p is not None and k < len(p) else 3 for p in pieces])[
+                            base_row
+                        ]
+                        arrays.append(new.take(pa.array(np.where(which == 3, 3 * m, which * m + replica))))
+                joined = pc.binary_join_element_wise(*arrays, "")  # null where the base value is null
+                table = table.set_column(table.schema.get_field_index(column), column, joined)
+            take = pa.array(replica)
+            for column, values in (("video_key", keys), ("source_uri", sources), ("archive_uri", archives)):
+                table = table.set_column(
+                    table.schema.get_field_index(column), column, pa.array(values, pa.string()).take(take)
+                )
+            part_names = [f"part-{key}.parquet" for key in keys]
+            table = table.append_column("source_part", pa.array(part_names, pa.string()).take(take))
+            table = table.append_column(
+                "source_sha256", pa.array([placeholder_sha256(p) for p in part_names], pa.string()).take(take)
+            )
+            tables.append(table)
+        return pa.concat_tables(tables).select(COMPACTED_SCHEMA.names).cast(COMPACTED_SCHEMA)
+
+
+def direct_progress_path(root: str) -> Path:
+    return Path(root.rstrip("/") + ".direct.json")
+
+
+def build_compacted_direct(
+    rep: Replicator, n: int, meta: dict[str, Any], *, batch: int = DIRECT_BATCH, label: str = "direct"
+) -> dict[str, Any]:
+    """The compacted layout of `n` synthetic videos at `rep`'s local folder, built without writing a
+    single manifest part: for each batch of `batch` videos, their rows (`DirectRows`, vectorised) are
+    written as one compacted file by `pipeline.tools.compact.write_compacted_table` (the writer
+    `vidarc compact` uses: key-sorted, row groups of `ROW_GROUP_ROWS` with statistics, the
+    `vidarc.sorted_by` metadata, `source_part`/`source_sha256`, atomic), named
+    `compacted-<build stamp>-<first video, 8 hex>.parquet`; then each video's object (hard link),
+    index entries (`locate.write_index_entries`) and done marker are written exactly as the parts
+    layout writes them (`Replicator(parts=False)`), the marker last. Unlike the parts layout (whose
+    first `vidarc compact` then backfills the whole index, as for an archive older than the index:
+    about 60 s at 100,000 videos, measured as part of that compaction), `index/FORMAT.json` says the
+    index is complete, as the archive job's `locate.claim_new_archive` makes it when a run starts a
+    new archive (the base archive has it). The result is what
+    `bench/scale_reads.py --compact-every <batch>` leaves before its compactions merge their files
+    (the caller then runs the real `vidarc compact`, which merges them as the archive job's would).
+
+    `source_sha256` (the sha256 of the part's bytes a compaction absorbed) holds `placeholder_sha256`
+    of the part's name: no part was ever written, so no digest of one exists, and computing the bytes
+    the parts layout would write (12 ms a video) is what this build avoids. Readers compare the column
+    only with a part of that name still in `manifest/` (a crash between a compaction's write and its
+    deletes); no such part exists here, and a placeholder never equals a real part's digest, so a
+    part written later (a video redone) would win over these rows as it should.
+
+    Resumable: progress (build stamp, batch size, batches finished) is kept beside the archive in
+    `<root>.direct.json`; a batch's file is written once (its name is fixed), its videos with a done
+    marker are skipped. Returns the build's record (seconds, files, rows, counts)."""
+    from pipeline.store.storage import join
+    from pipeline.tools.compact import compacted_name, write_compacted_table
+
+    if not rep.local or rep.parts:
+        raise SystemExit("build_compacted_direct: a local folder, and a Replicator(parts=False)")
+    progress_path = direct_progress_path(rep.root)
+    progress_path.parent.mkdir(parents=True, exist_ok=True)
+    progress: dict[str, Any] = json.loads(progress_path.read_text()) if progress_path.exists() else {}
+    wanted = {"n": n, "batch": batch, "base": meta.get("base")}
+    clash = {k: progress[k] for k in wanted if k in progress and progress[k] != wanted[k]}
+    if clash:
+        raise SystemExit(f"{rep.root}: a direct build with {clash} was started there, not {wanted}: --fresh")
+    progress = {**wanted, "stamp": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), "batches": {}, **progress}
+
+    def save() -> None:
+        tmp = progress_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(progress, indent=2) + "\n")
+        tmp.replace(progress_path)
+
+    save()
+    # a new archive's index is complete from its first run on, as the archive job claims it
+    if rep.locate is not None:
+        rep.locate.claim_new_archive(rep.fs, rep.root)
+    rows = DirectRows(rep.bases, rep.fs, rep.root)
+    os.makedirs(join(rep.root, "manifest"), exist_ok=True)
+    for lo in range(0, n, batch):
+        hi = min(n, lo + batch)
+        if str(lo) in progress["batches"]:
+            continue
+        name = compacted_name(progress["stamp"], f"{lo:08x}")
+        path = join(rep.root, "manifest", name)
+        started = time.perf_counter()
+        cpu = time.process_time()
+        written_rows = None
+        if not os.path.exists(path):
+            table = rows.batch(range(lo, hi))
+            written_rows = table.num_rows
+            write_compacted_table(rep.fs, rep.root, table, name=name)
+            del table
+        manifest_s = time.perf_counter() - started
+        print(f"  {label} [{lo}:{hi}]: {name} ({written_rows if written_rows is not None else 'already'} rows, "
+              f"{os.path.getsize(path) / 2**20:.1f} MiB) in {manifest_s:.1f} s "
+              f"({time.process_time() - cpu:.1f} CPU s)", flush=True)  # fmt: skip
+        files_started = time.perf_counter()
+        counts = rep.run(lo, hi, label=f"{label} [{lo}:{hi}] objects, index entries, markers")
+        progress["batches"][str(lo)] = {
+            "file": name,
+            "bytes": os.path.getsize(path),
+            "rows": written_rows,
+            "manifest_s": round(manifest_s, 1),
+            "files_s": round(time.perf_counter() - files_started, 1),
+            **counts,
+        }
+        save()
+    if rep.locate is not None and not rep.locate.index_complete(rep.fs, rep.root):
+        rep.locate.mark_index(rep.fs, rep.root, complete=True)  # a build resumed past its first batch
+    done = progress["batches"].values()
+    return {
+        "build": "direct",
+        "batch": batch,
+        "files": len(progress["batches"]),
+        "manifest_bytes": sum(b["bytes"] for b in done),
+        "manifest_s": round(sum(b["manifest_s"] for b in done), 1),
+        "files_s": round(sum(b["files_s"] for b in done), 1),
+        "written": sum(b.get("written", 0) for b in done),
+        "skipped": sum(b.get("skipped", 0) for b in done),
+    }

@@ -362,24 +362,14 @@ def _write_file(
 ) -> bool:
     """One key-sorted compacted file of about `target_bytes` from the next parts, written atomically;
     then those parts are deleted. False once no part is left."""
-    name = (
-        f"{COMPACTED_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(4)}.parquet"
-    )
-    path = join(root, "manifest", name)
+    path = join(root, "manifest", compacted_name())
     absorbed: list[str] = []
     held = _HeldRows(row_group_rows)
     metadata: dict[str, list[str]] = {}
     rows = 0
     exhausted = True
     with open_atomic(fs, path) as handle:
-        writer = pq.ParquetWriter(
-            handle,
-            COMPACTED_SCHEMA,
-            compression="zstd",
-            write_page_checksum=True,
-            write_statistics=STATISTICS,
-            sorting_columns=pq.SortingColumn.from_ordering(COMPACTED_SCHEMA, SORT_KEYS),
-        )
+        writer = compacted_writer(handle)
         for unit, data, following in stream:
             if data is None:  # replaced since the listing (a failed video redone): not ours
                 continue
@@ -406,9 +396,7 @@ def _write_file(
         rest = held.ready(None) if held.rows else None
         if rest is not None:
             writer.write_table(rest, row_group_size=row_group_rows)
-        writer.add_key_value_metadata(
-            {COMPACTION_KEY: json.dumps({"replaces": metadata}), SORTED_BY_KEY: SORTED_BY}
-        )
+        writer.add_key_value_metadata(compacted_metadata(metadata))
         writer.close()
     if not absorbed:
         _remove(fs, [path])
@@ -419,6 +407,55 @@ def _write_file(
     report.rows += rows
     _remove(fs, absorbed)  # only now: a crash before this leaves covered parts, never lost rows
     return not exhausted
+
+
+def compacted_name(stamp: str | None = None, token: str | None = None) -> str:
+    """A compacted file's name: `compacted-<UTC stamp>-<8 hex>.parquet` (now and random by default)."""
+    stamp = stamp or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{COMPACTED_PREFIX}{stamp}-{token or secrets.token_hex(4)}.parquet"
+
+
+def compacted_writer(handle: Any) -> pq.ParquetWriter:
+    """The Parquet writer of every compacted file `compact` writes: `COMPACTED_SCHEMA`, zstd, page
+    checksums, min/max statistics on `STATISTICS`, Parquet's `sorting_columns` = `SORT_KEYS`."""
+    return pq.ParquetWriter(
+        handle,
+        COMPACTED_SCHEMA,
+        compression="zstd",
+        write_page_checksum=True,
+        write_statistics=STATISTICS,
+        sorting_columns=pq.SortingColumn.from_ordering(COMPACTED_SCHEMA, SORT_KEYS),
+    )
+
+
+def compacted_metadata(replaces: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """A compacted file's key-value metadata: `vidarc.compaction` ({"replaces": older compacted file
+    name -> keys this file supersedes there}) and `vidarc.sorted_by` (its rows are key-sorted)."""
+    return {COMPACTION_KEY: json.dumps({"replaces": replaces or {}}), SORTED_BY_KEY: SORTED_BY}
+
+
+def write_compacted_table(
+    fs: Any, root: str, table: pa.Table, *, name: str | None = None, row_group_rows: int = ROW_GROUP_ROWS
+) -> str:
+    """Write `table` (rows of `COMPACTED_SCHEMA`: the manifest's columns plus `source_part` and
+    `source_sha256`, every row of a video in this table) as one compacted file `manifest/<name>` of
+    archive `root`, exactly as `compact` lays one out: sorted by `SORT_KEYS` (sorted here), row groups
+    of `row_group_rows` with statistics, `compacted_metadata()` (replacing nothing), written atomically
+    (`open_atomic`: the file appears whole or not at all). Returns its path. Nothing else changes: no
+    part is read or deleted, no lock taken; the caller makes sure no other file holds these videos.
+
+    For writers that make the rows themselves rather than absorbing parts (the synthetic archives of
+    bench/scale_reads.py, `bench/synthetic_archive.build_compacted_direct`); `compact` uses the same
+    `compacted_writer` and `compacted_metadata`."""
+    path = join(root, "manifest", name or compacted_name())
+    table = table.select(COMPACTED_SCHEMA.names).cast(COMPACTED_SCHEMA).sort_by(SORT_KEYS)
+    with open_atomic(fs, path) as handle:
+        writer = compacted_writer(handle)
+        if table.num_rows:
+            writer.write_table(table, row_group_size=row_group_rows)
+        writer.add_key_value_metadata(compacted_metadata())
+        writer.close()
+    return path
 
 
 def _absorb(
