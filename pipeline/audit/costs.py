@@ -32,6 +32,7 @@ reference's sampled rows (`reference/*.parquet`, see `pipeline.format.schema.REF
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import math
 import sys
@@ -547,6 +548,14 @@ def report_from(
     """`cost_report`'s figures from an already filled collector (audit fills it in its own pass)."""
     groups = collector.groups
     sizes = collector.stored_sizes(out, endpoint_url)
+    by_group = {label: figures(acc, prices, sizes) for label, acc in sorted(groups.items())}
+    if len(by_group) == 1:  # the total is the one group: no second copy of its per-video state
+        return {
+            "prices": prices.to_json(),
+            "uses_default_prices": prices.uses_defaults(),
+            "groups": by_group,
+            "total": copy.deepcopy(next(iter(by_group.values()))),
+        }
     total = _Acc()
     for acc in groups.values():
         total.videos.update(acc.videos)
@@ -565,6 +574,6 @@ def report_from(
     return {
         "prices": prices.to_json(),
         "uses_default_prices": prices.uses_defaults(),
-        "groups": {label: figures(acc, prices, sizes) for label, acc in sorted(groups.items())},
+        "groups": by_group,
         "total": figures(total, prices, sizes),
     }
