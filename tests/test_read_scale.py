@@ -257,3 +257,35 @@ def test_inspect_one_video_of_an_archive_by_name(local_archive: Path) -> None:
     assert report["uri"].endswith(f"videos/{key}.vdrc") and report["totals"]["gops"] >= 1
     with pytest.raises(InspectError, match=r"no archived video named 'nope\.mp4'"):
         inspect_object(str(local_archive), video="nope.mp4")
+
+
+def test_a_parse_worker_ends_with_the_reader_that_started_it() -> None:
+    """`ls`/`audit` parse a large parts layout in worker processes (children of a forkserver, not of
+    the reader). A reader killed outright runs no clean-up; its workers must not wait forever."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    reader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pipeline.read.manifest_layout import _exit_with\n"
+            f"_exit_with({reader.pid})\n"
+            "print('watching', flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "watching"
+        assert worker.poll() is None  # alive while its reader is
+        reader.kill()
+        reader.wait()
+        assert worker.wait(timeout=120) == 1  # it ended itself: nothing here killed it
+    finally:
+        for process in (reader, worker):
+            if process.poll() is None:
+                process.kill()
+                process.wait()

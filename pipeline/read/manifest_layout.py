@@ -595,7 +595,9 @@ def parsed_parts(fs: Any, paths: list[str], wanted: list[str]) -> Iterator[tuple
 
     chunks = (paths[i : i + CHUNK_PARTS] for i in range(0, len(paths), CHUNK_PARTS))
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+    ) as pool:
         pending: collections.deque = collections.deque()
         for chunk in chunks:
             pending.append(pool.submit(_parse_chunk, fs, chunk, wanted))
@@ -607,6 +609,26 @@ def parsed_parts(fs: Any, paths: list[str], wanted: list[str]) -> Iterator[tuple
             if following is not None:
                 pending.append(pool.submit(_parse_chunk, fs, following, wanted))
             yield from done
+
+
+def _exit_with(reader_pid: int) -> None:
+    """A parse worker's start: end with the reader that started it. A reader killed outright (SIGTERM,
+    SIGKILL, an out-of-memory kill) runs no clean-up, and its workers — children of the forkserver,
+    not of the reader — would otherwise wait on their queue forever."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(reader_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # the pid was reused by another user's process: the reader is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-reader", daemon=True).start()
 
 
 def _parse_chunk(fs: Any, paths: list[str], wanted: list[str]) -> list[tuple[str, Any]]:
