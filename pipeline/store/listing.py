@@ -54,8 +54,8 @@ def iter_objects(fs: fsspec.AbstractFileSystem, root: str, *, ordered: bool = Tr
 
 
 def _local_pages(root: str, ordered: bool, page_size: int) -> Iterator[list[ListedObject]]:
-    if ordered:
-        yield from _local_sorted_pages(root, page_size)
+    if ordered:  # already in order: `_tree_pages` need not sort (and hold) the entries
+        yield from _tree_pages(root, _local_sorted_folder, False, page_size)
         return
 
     def folder(path: str) -> Iterator[tuple[str, str, bool, int]]:
@@ -77,34 +77,20 @@ def _local_pages(root: str, ordered: bool, page_size: int) -> Iterator[list[List
     yield from _tree_pages(root, folder, ordered, page_size)
 
 
-def _local_sorted_pages(root: str, page_size: int) -> Iterator[list[ListedObject]]:
-    """A local tree in the order of full paths. Sorting a folder means holding it; what is held is its
-    sorted names only (a folder's name with a trailing "/"), and sizes are read as pages are made: a
-    folder of a million markers holds about 100 MB of names instead of about 350 MB of entries."""
-    page: list[ListedObject] = []
-    folders = [root]
-    stack = [iter(_sorted_names(root))]
-    while stack:
-        name = next(stack[-1], None)
-        if name is None:
-            stack.pop()
-            folders.pop()
-            continue
-        path = os.path.join(folders[-1], name.rstrip("/"))
+def _local_sorted_folder(path: str) -> Iterator[tuple[str, str, bool, int]]:
+    """A local folder's entries in the order of full paths. Sorting a folder means holding it; what is
+    held is its sorted names only, and each file's size is read as it is reached: a folder of a
+    million markers holds about 100 MB of names instead of about 350 MB of entries."""
+    for name in _sorted_names(path):
+        child = os.path.join(path, name.rstrip("/"))
         if name.endswith("/"):
-            folders.append(path)
-            stack.append(iter(_sorted_names(path)))
+            yield name, child, True, 0
             continue
         try:
-            size = os.stat(path).st_size
+            size = os.stat(child).st_size
         except FileNotFoundError:  # removed while listing
             continue
-        page.append(ListedObject(path, size))
-        if len(page) >= page_size:
-            yield page
-            page = []
-    if page:
-        yield page
+        yield name, child, False, size
 
 
 def _sorted_names(path: str) -> list[str]:

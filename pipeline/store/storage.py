@@ -436,8 +436,6 @@ def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
     return module is not None and isinstance(fs, module.S3FileSystem)
 
 
-
-
 def remove(fs: fsspec.AbstractFileSystem, path: str, *, missing_ok: bool = True) -> None:
     """Delete one object, retrying transient faults."""
 
