@@ -423,8 +423,9 @@ def _objects(
 ) -> list[tuple[str | None, float, float]]:
     """(recorded class, bytes in scope, whole object's bytes) per object of the group: a pack's
     members add up to one object. `acc.objects` holds only what differs from a video in its own
-    object with no recorded class (a million such entries were most of a large audit's memory). A video's bytes: its object's size (a member's length), else its
-    payload (an archive whose objects could not be listed)."""
+    object with no recorded class (a million such entries were much of a large audit's memory). A
+    video's bytes: its object's size (a member's length), else its payload (an archive whose objects
+    could not be listed)."""
     found: dict[str, list[Any]] = {}
     for key in acc.videos:
         uri, recorded = acc.objects.get(key, (key, None))

@@ -363,16 +363,7 @@ def iter_tables(
         on_damage(path, reason)
 
     def conform(table: pa.Table) -> pa.Table:
-        if table.schema.equals(schema):  # a parsed part has the schema already: once per part
-            return table
-        present = set(table.column_names)  # a new list on each call: read once
-        arrays = [
-            table.column(n).cast(schema.field(n).type)
-            if n in present
-            else pa.nulls(table.num_rows, schema.field(n).type)
-            for n in wanted
-        ]
-        return pa.Table.from_arrays(arrays, schema=schema)
+        return conform_to(table, schema)
 
     def compacted(path: str, keep: Any) -> Any:
         try:
@@ -437,6 +428,25 @@ def iter_tables(
             yield from compacted(
                 path, lambda t, s=wanted_sources: pc.is_in(t.column(SOURCE_PART), value_set=s)
             )
+
+
+def conform_to(table: Any, schema: Any) -> Any:
+    """`table` with exactly `schema`'s columns and types (a column it lacks: nulls). Parsed parts
+    usually have the schema already, and this runs once per part, so that case returns at once
+    (`Table.column_names` builds a new list on each call: it is read once)."""
+    import pyarrow as pa
+
+    if table.schema.equals(schema):
+        return table
+    present = set(table.column_names)
+    arrays = []
+    for field in schema:
+        if field.name in present:
+            column = table.column(field.name)
+            arrays.append(column if column.type == field.type else column.cast(field.type))
+        else:
+            arrays.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 _KEY_TERM = re.compile(r'\(video_key == "((?:[^"\\]|\\.)*)"\)')
@@ -623,9 +633,7 @@ def _exit_with(reader_pid: int) -> None:
             time.sleep(1.0)
             try:
                 os.kill(reader_pid, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:  # the pid was reused by another user's process: the reader is gone
+            except (ProcessLookupError, PermissionError):  # gone (or its pid reused by another user)
                 os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-reader", daemon=True).start()

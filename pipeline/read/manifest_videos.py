@@ -35,6 +35,7 @@ from pipeline.read.manifest_layout import (
     SOURCE_PART,
     CompactedFile,
     ManifestPlan,
+    conform_to,
     parse_or_error,
     parsed_parts,
     part_key,
@@ -78,25 +79,8 @@ def iter_videos(
             for table in _compacted_batches(plan, path, wanted, on_damage, None):
                 table = table.filter(pc.is_in(table.column(SOURCE_PART), value_set=wanted_sources))
                 if table.num_rows:
-                    for _, record in per_table(_conform(table, schema)):
+                    for _, record in per_table(conform_to(table, schema)):
                         yield record
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table` with exactly `schema`'s columns and types. Parsed parts usually have it already, and
-    this runs once per part: the common case returns at once (`Table.column_names` builds a new list
-    on each call, so it is read once)."""
-    if table.schema.equals(schema):
-        return table
-    present = set(table.column_names)
-    arrays = []
-    for field in schema:
-        if field.name in present:
-            column = table.column(field.name)
-            arrays.append(column if column.type == field.type else column.cast(field.type))
-        else:
-            arrays.append(pa.nulls(table.num_rows, field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _sorted(table: pa.Table) -> pa.Table:
@@ -170,7 +154,7 @@ def _single_tables(
         else:
             parsed = plan.without_dropped(path, parsed)
             if parsed.num_rows:
-                yield _sorted(_conform(parsed, schema))
+                yield _sorted(conform_to(parsed, schema))
 
 
 def _whole_file(
@@ -184,7 +168,7 @@ def _whole_file(
             on_damage(path, str(parsed))
             return
         parsed = plan.without_dropped(path, parsed)
-        yield from _split_by_video(_sorted(_conform(_after(parsed, after), schema)))
+        yield from _split_by_video(_sorted(conform_to(_after(parsed, after), schema)))
 
 
 def _split_by_video(table: pa.Table, rows: int = 65_536) -> Iterator[pa.Table]:
@@ -222,7 +206,7 @@ def _compacted(
             table = table.filter(pc.invert(pc.is_in(table.column("video_key"), value_set=drop)))
         table = _after(table, after)
         if table.num_rows:
-            yield _conform(table, schema)
+            yield conform_to(table, schema)
 
 
 def _compacted_batches(
@@ -302,14 +286,15 @@ def rows_of_videos(plan: ManifestPlan, keys: set[str], columns: list[str], *, on
         elif parsed is not None:
             parsed = plan.without_dropped(path, parsed)
             tables.append(
-                _conform(parsed.filter(pc.is_in(parsed.column("video_key"), value_set=value_set)), schema)
+                conform_to(parsed.filter(pc.is_in(parsed.column("video_key"), value_set=value_set)), schema)
             )
     for item in plan.compacted:
         dropped = keys & item.drop_keys
         wanted_here = pa.array(sorted(keys - dropped), type=pa.string())
         if len(wanted_here):
             tables += [
-                _conform(t, schema) for t in _compacted_rows(plan, item.path, wanted, wanted_here, on_damage)
+                conform_to(t, schema)
+                for t in _compacted_rows(plan, item.path, wanted, wanted_here, on_damage)
             ]
     if not tables:
         return schema.empty_table()
