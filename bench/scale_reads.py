@@ -12,7 +12,9 @@ process (a benchmark, not a timed test: it is not part of the pytest suite).
    locally, server-side copies on S3), in two layouts: `parts` (one manifest part per video, as
    `archive` leaves them without compaction) and `compacted` (the parts layout, compacted by the real
    `vidarc compact`, itself measured). Builds stream, resume and skip what exists; a finished archive
-   is stamped and reused by later runs (`--fresh` builds it again).
+   is stamped and reused by later runs (`--fresh` builds it again). `--direct-compacted` writes the
+   compacted layout without parts (local folders); on S3 it copies that local build into the bucket
+   (`mirror_to_s3`, object URIs renamed to the bucket's) and runs `vidarc compact` on the copy.
 3. Each operation runs as `python -m jobs.cli ...` in its own process: wall seconds, the peak RSS of
    that process (`os.wait4`'s rusage: the largest of it and the children it reaped) and of its whole
    process tree (sampled), and on S3 every storage request by kind, counted by a logging proxy
@@ -29,10 +31,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import itertools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,6 +45,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -74,17 +79,6 @@ def counting_proxy(upstream: str) -> Any:
         def __init__(self, upstream: str) -> None:
             super().__init__(upstream)
             self.requests: list[tuple[str, str]] = []
-            local = self.local = threading.local()
-            base = self.server.RequestHandlerClass
-
-            class Handler(base):  # type: ignore[misc,valid-type]
-                def _handle(self) -> None:
-                    local.headers = self.headers
-                    super()._handle()
-
-                do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-            self.server.RequestHandlerClass = Handler
             report = self.server.handle_error
 
             def handle_error(request: Any, address: Any) -> None:
@@ -94,13 +88,12 @@ def counting_proxy(upstream: str) -> Any:
 
             self.server.handle_error = handle_error
 
-        def decide(self, method: str, path: str) -> Any:
-            headers = getattr(self.local, "headers", None)
-            kind = _request_kind(method, path, headers)
+        def decide(self, method: str, path: str, headers: dict[str, str] | None = None) -> Any:
+            kind = _request_kind(method, path, {k.lower(): v for k, v in (headers or {}).items()})
             with self.lock:
                 self.requests.append((kind, path))
                 self.log.clear()  # FaultyProxy's own log is not needed here; keep memory flat
-            return super().decide(method, path)
+            return super().decide(method, path, headers)
 
         def take(self) -> list[tuple[str, str]]:
             with self.lock:
@@ -110,13 +103,14 @@ def counting_proxy(upstream: str) -> Any:
     return CountingProxy(upstream)
 
 
-def _request_kind(method: str, path: str, headers: Any) -> str:
+def _request_kind(method: str, path: str, headers: dict[str, str]) -> str:
+    """The kind of one request (`headers`: lower-cased names)."""
     target, _, query = path.partition("?")
     if method == "GET":
         if "list-type=" in query or (target.strip("/").count("/") == 0 and ("prefix=" in query or not query)):
             return "LIST"
-        return "GET_RANGE" if headers is not None and headers.get("Range") else "GET"
-    if method == "PUT" and headers is not None and headers.get("x-amz-copy-source"):
+        return "GET_RANGE" if headers.get("range") else "GET"
+    if method == "PUT" and headers.get("x-amz-copy-source"):
         return "COPY"
     return method
 
@@ -196,6 +190,106 @@ class S3Store:
 
     def server_rss_mb(self) -> float | None:
         return _tree_rss(self.proc.pid) / 2**20 if self.proc else None
+
+
+#: an object's URI in a marker's JSON text (`runinfo.write_json`'s layout): its folder, up to the object's
+#: own folder, is what a move to another root renames
+_MARKER_URI = re.compile(rb'("archive_uri": ")[^"]*/(videos|packs)/')
+
+
+def relocated(rel: str, data: bytes, root_uri: str) -> bytes:
+    """The bytes of file `rel` of an archive moved to `root_uri`: readers open the absolute `archive_uri`
+    that manifest rows, verify rows and markers hold, so a local archive's copy on S3 would still read
+    the local objects; those URIs now name the same object under `root_uri`. Other files as they are."""
+    if rel.startswith("markers/") and rel.endswith(".json"):
+        return _MARKER_URI.sub(lambda m: m[1] + f"{root_uri}/".encode() + m[2] + b"/", data)
+    folder = rel.split("/", 1)[0]
+    if not rel.endswith(".parquet") or folder not in ("manifest", "verify", "reference"):
+        return data
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.format.manifest_part import SCHEMAS, parquet_bytes
+    from pipeline.tools.compact import COMPACTED_PREFIX, COMPACTED_SCHEMA, compacted_writer
+
+    source = pq.ParquetFile(io.BytesIO(data))
+    table = source.read()
+    if "archive_uri" not in table.column_names:
+        return data
+    uris = pc.replace_substring_regex(table["archive_uri"], r"^.*/(videos|packs)/", root_uri + r"/\1/")
+    table = table.set_column(table.column_names.index("archive_uri"), "archive_uri", uris)
+    if not rel.rsplit("/", 1)[-1].startswith(COMPACTED_PREFIX):
+        return parquet_bytes(table.to_pylist(), SCHEMAS[folder])  # a part: its column checksums again
+    # a compacted file: compact's writer, the same row groups and key-value metadata
+    out = io.BytesIO()
+    writer = compacted_writer(out)
+    rows = source.metadata.row_group(0).num_rows if source.metadata.num_row_groups else 1
+    writer.write_table(table.select(COMPACTED_SCHEMA.names).cast(COMPACTED_SCHEMA), row_group_size=rows)
+    kv = source.metadata.metadata or {}
+    writer.add_key_value_metadata({k.decode(): v.decode() for k, v in kv.items() if k != b"ARROW:schema"})
+    writer.close()
+    return out.getvalue()
+
+
+def mirror_to_s3(
+    local: Path, endpoint: str, bucket: str, *, prefix: str = "archive", threads: int = 16, label: str = ""
+) -> dict[str, Any]:
+    """Every file of the local archive `local` as `s3://bucket/prefix/<its relative path>` (`relocated`; a
+    hard-linked file becomes an object of its own), put by `threads` threads straight to `endpoint`, not
+    through the counting proxy: a copy of a direct build is minutes where per-video writes and a real
+    compaction through moto are ~30 min per 10,000 videos. Resumable: a key already there is skipped (a
+    put is atomic: a key is a whole object). Progress every 10 s; returns the counts and seconds."""
+    import boto3
+    from botocore.config import Config
+
+    started = last = time.perf_counter()
+    config = Config(max_pool_connections=threads, retries={"max_attempts": 10, "mode": "standard"},
+                    request_checksum_calculation="when_required")  # fmt: skip
+    client = boto3.client("s3", endpoint_url=endpoint, config=config)
+    there: set[str] = set()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        there.update(item["Key"] for item in page.get("Contents", ()))
+    rels = sorted(
+        os.path.relpath(os.path.join(folder, name), local).replace(os.sep, "/")
+        for folder, _, names in os.walk(local)
+        for name in names
+    )
+    todo = [rel for rel in rels if f"{prefix}/{rel}" not in there]
+    root_uri = f"s3://{bucket}/{prefix}"
+    counts = {"files": len(rels), "skipped": len(rels) - len(todo), "put": 0, "bytes": 0, "relocated": 0}
+    lock = threading.Lock()
+
+    def put(rel: str) -> None:
+        data = (local / rel).read_bytes()
+        body = relocated(rel, data, root_uri)
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{rel}", Body=body)
+        with lock:
+            counts["put"] += 1
+            counts["bytes"] += len(body)
+            counts["relocated"] += body != data
+
+    def progress() -> None:
+        seconds = time.perf_counter() - started
+        rate = counts["put"] / seconds if seconds else 0.0
+        print(f"  {label} upload: {counts['put']}/{len(todo)} files ({counts['skipped']} already there), "
+              f"{counts['bytes'] / 2**20:.0f} MiB, {rate:.0f} files/s, {seconds:.0f} s, "
+              f"ETA {(len(todo) - counts['put']) / rate if rate else 0:.0f} s", flush=True)  # fmt: skip
+
+    with ThreadPoolExecutor(threads) as pool:
+        pending: set = set()
+        for rel in todo:
+            if len(pending) >= 4 * threads:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+            pending.add(pool.submit(put, rel))
+            if time.perf_counter() - last >= 10:
+                last = time.perf_counter()
+                progress()
+        for future in pending:
+            future.result()
+    progress()
+    return dict(counts, threads=threads, seconds=round(time.perf_counter() - started, 1))
 
 
 # ---- one measured command --------------------------------------------------------------------------------
@@ -467,7 +561,7 @@ class Bench:
             return root, dict(stamp["compact"], note="measured when the layout was built")
         if self.args.direct_compacted:
             if store is not None:
-                raise SystemExit("--direct-compacted builds local folders only (--storage local)")
+                return self.build_mirror(n, root, label, store, rep)
             return self.build_direct(n, root, label)
         endpoint = store.proxy.url if store else None
         proxy = store.proxy if store else None
@@ -535,19 +629,50 @@ class Bench:
         self.record_build(n, "compacted", "local", root, record, None)
         return root, compact
 
+    def build_mirror(
+        self, n: int, root: str, label: str, store: S3Store, rep: sa.Replicator
+    ) -> tuple[str, dict[str, Any]]:
+        """`--direct-compacted` on S3: the local direct build of `n` (made, or reused when stamped, as
+        `--storage local` does) copied into the bucket (`mirror_to_s3`), then the real `vidarc compact`
+        on the copy, measured through the proxy (nothing left to merge: what a compaction of a compacted
+        archive costs on S3); the bucket's stamp last."""
+        local, _ = self.build(n, "compacted", "local", None)
+        local_stamp = json.loads(Path(local + ".built.json").read_text())
+        started = time.perf_counter()
+        bucket = root.removeprefix("s3://").split("/", 1)[0]
+        mirror = mirror_to_s3(
+            Path(local), store.moto_url, bucket, threads=self.args.threads or 16, label=label
+        )
+        print(f"  compact {root} ...", end="", flush=True)
+        result = measure(op_argv("compact", self.target(n, "compacted", "s3", root, store.proxy.url), self.work),
+                         timeout=self.args.compact_timeout, logs=self.work / "logs" / f"n{n}-compacted-s3" /
+                         "compact-mirror", proxy=store.proxy)  # fmt: skip
+        said = Path(result.pop("stdout")).read_text().strip().splitlines()[-1:] if "stdout" in result else []
+        print(f" {result['status']} {result['wall_s']:.1f} s, {_fmt(result['rss_mb'], '.0f')} MB: "
+              f"{' '.join(said)}", flush=True)  # fmt: skip
+        if result["status"] != "ok":
+            raise SystemExit(f"compaction failed: {result.get('note')}")
+        compact = dict(result, note=f"on the S3 copy of a compacted layout: {' '.join(said)}"[:300])
+        mirror.update(source=local, source_seconds=local_stamp.get("seconds"))
+        record = dict(self.meta, n=n, layout="compacted", seconds=round(time.perf_counter() - started, 1),
+                      mirror=mirror, compact=compact)  # fmt: skip
+        sa.write_stamp(rep.fs, rep.root, record)
+        self.record_build(n, "compacted", "s3", root, record, store)
+        return root, compact
+
     def record_build(self, n: int, layout: str, storage: str, root: str, record: dict[str, Any],
                      store: S3Store | None) -> None:  # fmt: skip
         entry = {"n": n, "layout": layout, "storage": storage, "root": root,
                  "build_seconds": record.get("seconds"), "commit": record.get("commit"),
                  "index_entries": record.get("index_entries")}  # fmt: skip
-        if record.get("direct"):
-            entry["direct"] = record["direct"]
+        entry.update({k: record[k] for k in ("direct", "mirror") if record.get(k)})
         if store is None:
             entry["disk_bytes"] = sa.disk_usage([root])
         else:
             entry["moto_rss_mb"] = round(store.server_rss_mb() or 0, 1)
         print(f"  {layout} {storage} n={n}: built in {entry['build_seconds']} s"
               + (f", {entry['disk_bytes'] / 2**20:.0f} MiB on disk" if entry.get("disk_bytes") else "")
+              + (f", {entry['mirror']['put']} files uploaded in {entry['mirror']['seconds']} s" if "mirror" in entry else "")
               + (f", moto RSS {entry['moto_rss_mb']:.0f} MiB" if "moto_rss_mb" in entry else ""), flush=True)  # fmt: skip
         self.results["builds"] = [b for b in self.results["builds"]
                                   if (b["n"], b["layout"], b["storage"]) != (n, layout, storage)] + [entry]  # fmt: skip
@@ -754,14 +879,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="build the compacted layout K videos at a time, compacting after each batch "
                         "(bounds one compaction's input at 1M; 0: one compaction of the whole parts layout)")  # fmt: skip
     parser.add_argument("--direct-compacted", action="store_true",
-                        help="build the compacted layout directly, local only: each --compact-every batch's "
-                        "rows (default 100000 videos) written as one compacted file by compact's own writer, "
-                        "no manifest part ever written; then the real `vidarc compact` (merging the batch "
-                        "files), measured (bench/synthetic_archive.build_compacted_direct)")  # fmt: skip
+                        help="build the compacted layout directly: each --compact-every batch's rows (default "
+                        "100000 videos) written as one compacted file by compact's own writer, no manifest "
+                        "part ever written; then the real `vidarc compact` (merging the batch files), measured "
+                        "(bench/synthetic_archive.build_compacted_direct); on S3 that local build (WORK/local) "
+                        "is copied into the bucket (mirror_to_s3, --threads, default 16), then compacted, "
+                        "measured")  # fmt: skip
     parser.add_argument("--processes", type=int, default=1, help="build processes (use the cores you have)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="build threads per process (default 1 local, 8 S3)"
-    )
+        "--threads", type=int, default=0,
+        help="build threads per process (default 1 local, 8 S3; 16 for the S3 copy of --direct-compacted)",
+    )  # fmt: skip
     parser.add_argument("--fresh", action="store_true", help="rebuild the archives of these sizes")
     parser.add_argument(
         "--reuse", action="store_true", help="measure archives built from another base as they are"
