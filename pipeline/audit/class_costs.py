@@ -26,6 +26,10 @@ import collections
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.audit.prices import BYTES_PER_GB, Prices
 
 KB = 1024.0
@@ -58,6 +62,46 @@ def storage_costs(objects: Iterable[tuple[str | None, float, float]], prices: Pr
         acc[1] += size
         acc[2] += share * (max(whole, c["min_object_kb"] * KB) + c["overhead_kb"] * KB)
         acc[3] += share * c["overhead_standard_kb"] * KB
+    return _class_figures(scoped, prices)
+
+
+def storage_costs_of(
+    recorded: pa.Array | pa.ChunkedArray, size: np.ndarray, whole: np.ndarray, prices: Prices
+) -> dict[str, Any]:
+    """`storage_costs` of objects given as columns (a million objects are no Python loop), with the
+    same figures to the last bit: each class's sums are added object by object in the same order."""
+    codes, names = _class_codes(recorded, prices)
+    scoped: dict[str, list[float]] = {}
+    for code, name in enumerate(names):
+        mine = codes == code
+        c = prices.storage_classes[name]
+        s, w = size[mine], whole[mine]
+        share = np.divide(s, w, out=np.ones_like(s), where=w > 0)
+        billed = share * (np.maximum(w, c["min_object_kb"] * KB) + c["overhead_kb"] * KB)
+        standard = share * c["overhead_standard_kb"] * KB
+        scoped[name] = [_sum_in_order(column) for column in (share, s, billed, standard)]
+    return _class_figures(scoped, prices)
+
+
+def _class_codes(recorded: pa.Array | pa.ChunkedArray, prices: Prices) -> tuple[np.ndarray, list[str]]:
+    """Each object's priced class as an index into the sorted class names (few distinct recorded values;
+    null and "" are both "none recorded")."""
+    if isinstance(recorded, pa.ChunkedArray):
+        recorded = recorded.combine_chunks()
+    encoded = pc.dictionary_encode(pc.fill_null(recorded, ""))
+    priced = [prices.storage_class(value or None).name for value in encoded.dictionary.to_pylist()]
+    names = sorted(set(priced))
+    lookup = np.array([names.index(name) for name in priced], dtype=np.int64)
+    return lookup[encoded.indices.to_numpy(zero_copy_only=False)], names
+
+
+def _sum_in_order(values: np.ndarray) -> float:
+    """Σ left to right, as `storage_costs` adds (cumsum is sequential; `np.sum` would pair terms)."""
+    return float(np.cumsum(values)[-1]) if values.size else 0.0
+
+
+def _class_figures(scoped: dict[str, list[float]], prices: Prices) -> dict[str, Any]:
+    """Per class and in total, from each class's (objects, stored, billed, billed at STANDARD) sums."""
     standard_rate = prices.storage_classes["STANDARD"]["gb_month"]
     classes: dict[str, dict[str, Any]] = {}
     for name, (count, stored, billed, billed_standard) in sorted(scoped.items()):
