@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.audit.class_prices import ClassPrices
 from pipeline.audit.prices import BYTES_PER_GB, Prices
 
 KB = 1024.0
@@ -69,23 +70,38 @@ def storage_costs_of(
     recorded: pa.Array | pa.ChunkedArray, size: np.ndarray, whole: np.ndarray, prices: Prices
 ) -> dict[str, Any]:
     """`storage_costs` of objects given as columns (a million objects are no Python loop), with the
-    same figures to the last bit: each class's sums are added object by object in the same order."""
+    same figures to the last bit: each class's sums are added object by object in the same order,
+    a block of objects at a time (bounded temporaries)."""
     codes, names = _class_codes(recorded, prices)
-    scoped: dict[str, list[float]] = {}
-    for code, name in enumerate(names):
-        mine = codes == code
-        c = prices.storage_classes[name]
-        s, w = size[mine], whole[mine]
-        share = np.divide(s, w, out=np.ones_like(s), where=w > 0)
-        billed = share * (np.maximum(w, c["min_object_kb"] * KB) + c["overhead_kb"] * KB)
-        standard = share * c["overhead_standard_kb"] * KB
-        scoped[name] = [_sum_in_order(column) for column in (share, s, billed, standard)]
-    return _class_figures(scoped, prices)
+    sums = np.zeros((len(names), 4))
+    for start in range(0, len(codes), _BLOCK):
+        block = slice(start, start + _BLOCK)
+        for code in np.unique(codes[block]):
+            mine = codes[block] == code
+            _add_in_order(
+                sums[code], prices.storage_classes[names[code]], size[block][mine], whole[block][mine]
+            )
+    return _class_figures({name: [float(v) for v in sums[code]] for code, name in enumerate(names)}, prices)
+
+
+_BLOCK = 1 << 16
+
+
+def _add_in_order(sums: np.ndarray, c: ClassPrices, size: np.ndarray, whole: np.ndarray) -> None:
+    """Add the objects' share, bytes, billed bytes and bytes billed at STANDARD to `sums` one object
+    after the other, as `storage_costs` does (cumsum is sequential; `np.sum` would pair terms)."""
+    share = np.divide(size, whole, out=np.ones_like(size), where=whole > 0)
+    billed = share * (np.maximum(whole, c["min_object_kb"] * KB) + c["overhead_kb"] * KB)
+    standard = share * c["overhead_standard_kb"] * KB
+    for i, column in enumerate((share, size, billed, standard)):
+        sums[i] = np.cumsum(np.concatenate(([sums[i]], column)))[-1]
 
 
 def _class_codes(recorded: pa.Array | pa.ChunkedArray, prices: Prices) -> tuple[np.ndarray, list[str]]:
     """Each object's priced class as an index into the sorted class names (few distinct recorded values;
     null and "" are both "none recorded")."""
+    if len(recorded) and recorded.null_count == len(recorded):
+        return np.zeros(len(recorded), dtype=np.int64), [prices.storage_class(None).name]
     if isinstance(recorded, pa.ChunkedArray):
         recorded = recorded.combine_chunks()
     encoded = pc.dictionary_encode(pc.fill_null(recorded, ""))
@@ -93,11 +109,6 @@ def _class_codes(recorded: pa.Array | pa.ChunkedArray, prices: Prices) -> tuple[
     names = sorted(set(priced))
     lookup = np.array([names.index(name) for name in priced], dtype=np.int64)
     return lookup[encoded.indices.to_numpy(zero_copy_only=False)], names
-
-
-def _sum_in_order(values: np.ndarray) -> float:
-    """Σ left to right, as `storage_costs` adds (cumsum is sequential; `np.sum` would pair terms)."""
-    return float(np.cumsum(values)[-1]) if values.size else 0.0
 
 
 def _class_figures(scoped: dict[str, list[float]], prices: Prices) -> dict[str, Any]:

@@ -154,9 +154,16 @@ def payback(
 
 
 # ---- accumulation over an archive ------------------------------------------------------------------
-#: Per video of a group: its source bytes (the latest batch's) and its OK rows' payload bytes.
-_VIDEO_SCHEMA = pa.schema([(KEY, pa.string()), ("source", pa.int64()), ("payload", pa.int64())])
-_VIDEO_SUMS: tuple[Aggregation, ...] = (("source", "last", None), ("payload", "sum", None))
+#: Per video of a group: its source bytes (the latest batch's), its OK rows' payload bytes, and the size
+#: of its archive object (`archive_bytes`, the latest batch's that recorded it).
+_VIDEO_SCHEMA = pa.schema(
+    [(KEY, pa.string()), ("source", pa.int64()), ("payload", pa.int64()), ("stored", pa.int64())]
+)
+_VIDEO_SUMS: tuple[Aggregation, ...] = (
+    ("source", "last", None),
+    ("payload", "sum", None),
+    ("stored", "last", None),
+)
 #: Per video not in its own unclassed object: its object (null: its own) and recorded class, both of
 #: the latest batch that recorded either.
 _OBJECT_SCHEMA = pa.schema([(KEY, pa.string()), ("object", pa.string()), ("storage_class", pa.string())])
@@ -164,7 +171,7 @@ _OBJECT_SUMS: tuple[Aggregation, ...] = (
     ("object", "last", OF_THE_ROW),
     ("storage_class", "last", OF_THE_ROW),
 )
-#: Per video: the size of its archive object (`archive_bytes`), the latest batch's that recorded it.
+#: Per video, over every group: the size of its archive object, the latest batch's that recorded it.
 _SIZE_SCHEMA = pa.schema([(KEY, pa.string()), ("stored", pa.int64())])
 _SIZE_SUMS: tuple[Aggregation, ...] = (("stored", "last", None),)
 
@@ -250,12 +257,24 @@ class CostCollector:
             pa.array(sorted(source_uris), type=pa.string()) if source_uris is not None else None
         )
         self.groups: dict[str, _Acc] = collections.defaultdict(_Acc)
-        self._sizes = VideoRows(_SIZE_SCHEMA, _SIZE_SUMS)
+        #: Object sizes over all groups, held apart only once a second group is met: until then the
+        #: one group's rows hold them (no second copy of a million keys).
+        self._sizes: VideoRows | None = None
         self.sizes_known = True  # False once a row of an earlier release (no archive_bytes) is met
 
     @property
     def sizes(self) -> pa.Table:
-        return self._sizes.table()
+        """`video_key`, `stored`: each video's object size (the latest batch's that recorded it)."""
+        if self._sizes is not None:
+            return self._sizes.table()
+        if not self.groups:
+            return _SIZE_SCHEMA.empty_table()
+        sizes = next(iter(self.groups.values())).videos.table().select(_SIZE_SCHEMA.names)
+        return (
+            sizes
+            if not sizes.column("stored").null_count
+            else sizes.filter(pc.is_valid(sizes.column("stored")))
+        )
 
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
@@ -302,19 +321,31 @@ class CostCollector:
         stored = per_video.column("archive_bytes_max")
         if stored.null_count:
             self.sizes_known = False
-        self._sizes.add(pa.table({KEY: keys, "stored": stored}).filter(pc.is_valid(stored)))
+        self._add_sizes(pa.table({KEY: keys, "stored": stored}).filter(pc.is_valid(stored)))
         videos = pa.table(
             {
                 "label": per_video.column("label"),
                 KEY: keys,
                 "source": pc.fill_null(pc.cast(per_video.column("source_bytes_first"), pa.int64()), 0),
                 "payload": pc.cast(per_video.column("payload_sum"), pa.int64(), safe=False),
+                "stored": stored,
             }
         )
         for label, rows in _by_label(videos):
             self.groups[label].videos.add(rows)
         for label, rows in _by_label(_object_entries(per_video)):
             self.groups[label].objects.add(rows)
+
+    def _add_sizes(self, rows: pa.Table) -> None:
+        """One batch's object sizes over all groups: apart from the groups' rows once there are two
+        (seeded with the first group's, every earlier batch's rows being that group's)."""
+        if self._sizes is None and len(self.groups) > 1:
+            first = next(iter(self.groups.values()))
+            self._sizes = VideoRows(_SIZE_SCHEMA, _SIZE_SUMS)
+            earlier = first.videos.table().select(_SIZE_SCHEMA.names)
+            self._sizes.add(earlier.filter(pc.is_valid(earlier.column("stored"))))
+        if self._sizes is not None:
+            self._sizes.add(rows)
 
     def _labels(self, table: pa.Table) -> pa.Array:
         if self.label == "video":

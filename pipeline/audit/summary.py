@@ -157,7 +157,8 @@ class _Group:
 
     def _ratio(self, source_total: int, videos: pa.Table) -> dict[str, Any]:
         """Source bytes over stored object bytes, or over GOP payloads for rows of older releases."""
-        with_source = videos.filter(pc.is_valid(videos.column("source")))
+        sizes = videos.select(["source", "stored"])  # not the keys: no copy of a million of them
+        with_source = sizes.filter(pc.is_valid(sizes.column("source")))
         if with_source.num_rows and with_source.column("stored").null_count == 0:
             stored = int(pc.sum(with_source.column("stored")).as_py() or 0)
             return {
