@@ -54,6 +54,7 @@ class VideoRows:
         rows = rows.select(self.schema.names).cast(self.schema)
         self._rows += rows.num_rows
         if rows.num_rows >= _SMALL_ROWS:
+            self._combine_small()  # the smaller tables added before it come before it
             self._chunks.append(rows)
         else:
             self._small.append(rows)
