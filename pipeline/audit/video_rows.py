@@ -41,7 +41,8 @@ class VideoRows:
             raise ValueError(f"VideoRows: the schema must be {KEY} and the aggregated columns, in order")
         self.schema = schema
         self.aggregations = tuple(aggregations)
-        self._reduced: pa.Table = schema.empty_table()  # one row per video
+        self._reduced: pa.Table | None = None  # one row per video (None: none yet; an `ls` of a million
+        # videos makes two of these per video and never adds to them, and an empty table costs ~60 µs)
         self._chunks: list[pa.Table] = []  # rows added since
         self._small: list[pa.Table] = []
         self._small_rows = 0
@@ -61,12 +62,14 @@ class VideoRows:
             self._small_rows += rows.num_rows
             if len(self._small) >= _SMALL_TABLES or self._small_rows >= _SMALL_ROWS:
                 self._combine_small()
-        if self._rows >= max(_MIN_ROWS_TO_REDUCE, 2 * self._reduced.num_rows):
+        if self._rows >= max(_MIN_ROWS_TO_REDUCE, 2 * self._reduced_rows()):
             self.table()
 
     def table(self) -> pa.Table:
         """One row per video, in the order first met (an empty table of the schema if none)."""
         self._combine_small()
+        if self._reduced is None:
+            self._reduced = self.schema.empty_table()
         if self._chunks:
             reduced = _appended_in_key_order(self._reduced, self._chunks, self.aggregations)
             if reduced is None:  # keys out of order: hash them all
@@ -74,6 +77,9 @@ class VideoRows:
             self._reduced, self._chunks = reduced, []
             self._rows = reduced.num_rows
         return self._reduced
+
+    def _reduced_rows(self) -> int:
+        return 0 if self._reduced is None else self._reduced.num_rows
 
     def _combine_small(self) -> None:
         if self._small:
