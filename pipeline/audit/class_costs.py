@@ -26,6 +26,11 @@ import collections
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.audit.class_prices import ClassPrices
 from pipeline.audit.prices import BYTES_PER_GB, Prices
 
 KB = 1024.0
@@ -58,6 +63,56 @@ def storage_costs(objects: Iterable[tuple[str | None, float, float]], prices: Pr
         acc[1] += size
         acc[2] += share * (max(whole, c["min_object_kb"] * KB) + c["overhead_kb"] * KB)
         acc[3] += share * c["overhead_standard_kb"] * KB
+    return _class_figures(scoped, prices)
+
+
+def storage_costs_of(
+    recorded: pa.Array | pa.ChunkedArray, size: np.ndarray, whole: np.ndarray, prices: Prices
+) -> dict[str, Any]:
+    """`storage_costs` of objects given as columns (a million objects are no Python loop), with the
+    same figures to the last bit: each class's sums are added object by object in the same order,
+    a block of objects at a time (bounded temporaries)."""
+    codes, names = _class_codes(recorded, prices)
+    sums = np.zeros((len(names), 4))
+    for start in range(0, len(codes), _BLOCK):
+        block = slice(start, start + _BLOCK)
+        for code in np.unique(codes[block]):
+            mine = codes[block] == code
+            _add_in_order(
+                sums[code], prices.storage_classes[names[code]], size[block][mine], whole[block][mine]
+            )
+    return _class_figures({name: [float(v) for v in sums[code]] for code, name in enumerate(names)}, prices)
+
+
+_BLOCK = 1 << 16
+
+
+def _add_in_order(sums: np.ndarray, c: ClassPrices, size: np.ndarray, whole: np.ndarray) -> None:
+    """Add the objects' share, bytes, billed bytes and bytes billed at STANDARD to `sums` one object
+    after the other, as `storage_costs` does (cumsum is sequential; `np.sum` would pair terms)."""
+    share = np.divide(size, whole, out=np.ones_like(size), where=whole > 0)
+    billed = share * (np.maximum(whole, c["min_object_kb"] * KB) + c["overhead_kb"] * KB)
+    standard = share * c["overhead_standard_kb"] * KB
+    for i, column in enumerate((share, size, billed, standard)):
+        sums[i] = np.cumsum(np.concatenate(([sums[i]], column)))[-1]
+
+
+def _class_codes(recorded: pa.Array | pa.ChunkedArray, prices: Prices) -> tuple[np.ndarray, list[str]]:
+    """Each object's priced class as an index into the sorted class names (few distinct recorded values;
+    null and "" are both "none recorded")."""
+    if len(recorded) and recorded.null_count == len(recorded):
+        return np.zeros(len(recorded), dtype=np.int64), [prices.storage_class(None).name]
+    if isinstance(recorded, pa.ChunkedArray):
+        recorded = recorded.combine_chunks()
+    encoded = pc.dictionary_encode(pc.fill_null(recorded, ""))
+    priced = [prices.storage_class(value or None).name for value in encoded.dictionary.to_pylist()]
+    names = sorted(set(priced))
+    lookup = np.array([names.index(name) for name in priced], dtype=np.int64)
+    return lookup[encoded.indices.to_numpy(zero_copy_only=False)], names
+
+
+def _class_figures(scoped: dict[str, list[float]], prices: Prices) -> dict[str, Any]:
+    """Per class and in total, from each class's (objects, stored, billed, billed at STANDARD) sums."""
     standard_rate = prices.storage_classes["STANDARD"]["gb_month"]
     classes: dict[str, dict[str, Any]] = {}
     for name, (count, stored, billed, billed_standard) in sorted(scoped.items()):

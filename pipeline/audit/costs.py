@@ -35,16 +35,16 @@ import collections
 import copy
 import dataclasses
 import math
-import sys
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.audit.class_costs import storage_costs
+from pipeline.audit.class_costs import storage_costs, storage_costs_of
 from pipeline.audit.prices import BYTES_PER_GB, Prices
+from pipeline.audit.video_rows import KEY, OF_THE_ROW, Aggregation, VideoRows
 from pipeline.format.runinfo import CONTAINER_SUFFIX
 from pipeline.format.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, REFERENCE_SCHEMA, compute_column
 
@@ -154,23 +154,80 @@ def payback(
 
 
 # ---- accumulation over an archive ------------------------------------------------------------------
+#: Per video of a group: its source bytes (the latest batch's), its OK rows' payload bytes, and the size
+#: of its archive object (`archive_bytes`, the latest batch's that recorded it).
+_VIDEO_SCHEMA = pa.schema(
+    [(KEY, pa.string()), ("source", pa.int64()), ("payload", pa.int64()), ("stored", pa.int64())]
+)
+_VIDEO_SUMS: tuple[Aggregation, ...] = (
+    ("source", "last", None),
+    ("payload", "sum", None),
+    ("stored", "last", None),
+)
+#: Per video not in its own unclassed object: its object (null: its own) and recorded class, both of
+#: the latest batch that recorded either.
+_OBJECT_SCHEMA = pa.schema([(KEY, pa.string()), ("object", pa.string()), ("storage_class", pa.string())])
+_OBJECT_SUMS: tuple[Aggregation, ...] = (
+    ("object", "last", OF_THE_ROW),
+    ("storage_class", "last", OF_THE_ROW),
+)
+#: Per video, over every group: the size of its archive object, the latest batch's that recorded it.
+_SIZE_SCHEMA = pa.schema([(KEY, pa.string()), ("stored", pa.int64())])
+_SIZE_SUMS: tuple[Aggregation, ...] = (("stored", "last", None),)
+
+
+def _video_rows() -> VideoRows:
+    return VideoRows(_VIDEO_SCHEMA, _VIDEO_SUMS)
+
+
+def _object_rows() -> VideoRows:
+    return VideoRows(_OBJECT_SCHEMA, _OBJECT_SUMS)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneVideo:
+    """What `ls` knows of one video: figures for it need no Arrow (a million of them, one at a time)."""
+
+    key: str
+    source_bytes: int
+    payload_bytes: int
+    object: str  # its archive object (a pack's URI for a member)
+    storage_class: str | None
+
+
 @dataclasses.dataclass
 class _Acc:
     """Sizes and compute of one group (a codec/target label, or one video)."""
 
-    videos: dict[str, int] = dataclasses.field(default_factory=dict)  # video key -> source bytes
     gops: int = 0
     gops_unaccounted: int = 0
     frames: int = 0
     pixels: float = 0.0
     payload_bytes: int = 0
-    #: video key -> (its object: archive_uri, or the key when unrecorded; its recorded storage class)
-    objects: dict[str, tuple[str, str | None]] = dataclasses.field(default_factory=dict)
-    video_payload: dict[str, int] = dataclasses.field(default_factory=dict)  # video key -> payload bytes
     seconds: dict[str, dict[str, float]] = dataclasses.field(
         default_factory=lambda: collections.defaultdict(lambda: collections.defaultdict(float))
     )
     reference: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Arrow rows per video (`_VIDEO_SCHEMA`), not dicts: a million videos were much of a large audit's memory.
+    videos: VideoRows = dataclasses.field(default_factory=_video_rows)
+    #: Only the videos not in their own object with no recorded class (`_OBJECT_SCHEMA`).
+    objects: VideoRows = dataclasses.field(default_factory=_object_rows)
+    #: Set by `ls` instead of `videos` and `objects`.
+    one_video: OneVideo | None = None
+
+    def add(self, other: _Acc) -> None:
+        """Another group's figures into this one (the total): its videos' rows after this one's."""
+        self.gops += other.gops
+        self.gops_unaccounted += other.gops_unaccounted
+        self.frames += other.frames
+        self.pixels += other.pixels
+        self.payload_bytes += other.payload_bytes
+        for stage, kinds in other.seconds.items():
+            for kind, seconds in kinds.items():
+                self.seconds[stage][kind] += seconds
+        self.reference.extend(other.reference)
+        self.videos.add(other.videos.table())
+        self.objects.add(other.objects.table())
 
 
 def group_key_label(row: dict[str, Any]) -> str:
@@ -183,7 +240,8 @@ class CostCollector:
     """Accumulates compute and sizes per group from manifest batches, with Arrow (no per-row Python:
     a million-video manifest is millions of rows). `label`: "group" (codec/target, `group_key_label`)
     or "video". `add(batch)` takes any batch holding `COST_COLUMNS`; `groups` and `sizes` hold the
-    result (`sizes`: the archive object's bytes per video, from the rows' `archive_bytes`)."""
+    result (`sizes`: the archive object's bytes per video, from the rows' `archive_bytes`, as a table
+    of `video_key`, `stored`)."""
 
     def __init__(
         self,
@@ -199,8 +257,24 @@ class CostCollector:
             pa.array(sorted(source_uris), type=pa.string()) if source_uris is not None else None
         )
         self.groups: dict[str, _Acc] = collections.defaultdict(_Acc)
-        self.sizes: dict[str, int] = {}
+        #: Object sizes over all groups, held apart only once a second group is met: until then the
+        #: one group's rows hold them (no second copy of a million keys).
+        self._sizes: VideoRows | None = None
         self.sizes_known = True  # False once a row of an earlier release (no archive_bytes) is met
+
+    @property
+    def sizes(self) -> pa.Table:
+        """`video_key`, `stored`: each video's object size (the latest batch's that recorded it)."""
+        if self._sizes is not None:
+            return self._sizes.table()
+        if not self.groups:
+            return _SIZE_SCHEMA.empty_table()
+        sizes = next(iter(self.groups.values())).videos.table().select(_SIZE_SCHEMA.names)
+        return (
+            sizes
+            if not sizes.column("stored").null_count
+            else sizes.filter(pc.is_valid(sizes.column("stored")))
+        )
 
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
@@ -213,39 +287,24 @@ class CostCollector:
         if not table.num_rows:
             return
         labels = self._labels(table)
-        frames = pc.cast(pc.fill_null(table.column("frame_count"), 0), pa.float64())
+        derived = _derived(table, labels)
+        self._add_compute(derived)
+        per_video = derived.group_by(["label", KEY], use_threads=False).aggregate(
+            [("source_bytes", "first"), ("archive_bytes", "max"), ("archive_uri", "first"),
+             ("storage_class", "first"), ("payload", "sum")]
+        )  # fmt: skip
+        self._add_videos(per_video)
+        if len(self.reference_videos):
+            self._add_references(table, labels)
+
+    def _add_compute(self, derived: pa.Table) -> None:
+        """Counts, sizes and device-seconds per group (a few rows: one per group and device)."""
         stage_columns = [compute_column(s) for s in COMPUTE_STAGES]
-        unaccounted = pc.is_null(table.column(stage_columns[0]))
-        for column in stage_columns[1:]:
-            unaccounted = pc.and_(unaccounted, pc.is_null(table.column(column)))
-        pixels = pc.multiply(
-            pc.multiply(
-                pc.cast(pc.fill_null(table.column("width"), 0), pa.float64()),
-                pc.cast(pc.fill_null(table.column("height"), 0), pa.float64()),
-            ),
-            frames,
-        )
-        derived = pa.table(
-            {
-                "label": labels,
-                "device": pc.fill_null(table.column("compute_device"), CPU_DEVICE),
-                "video_key": table.column("video_key"),
-                "frames": frames,
-                "pixels": pixels,
-                "payload": pc.cast(pc.fill_null(table.column("payload_bytes"), 0), pa.float64()),
-                "unaccounted": pc.cast(unaccounted, pa.int64()),
-                "source_bytes": table.column("source_bytes"),
-                "archive_bytes": table.column("archive_bytes"),
-                "archive_uri": table.column("archive_uri"),
-                "storage_class": table.column("storage_class"),
-                **{column: table.column(column) for column in stage_columns},
-            }
-        )
         sums = [("frames", "sum"), ("pixels", "sum"), ("payload", "sum"), ("unaccounted", "sum"),
-                ("video_key", "count"), *((column, "sum") for column in stage_columns)]  # fmt: skip
+                (KEY, "count"), *((column, "sum") for column in stage_columns)]  # fmt: skip
         for row in derived.group_by(["label", "device"], use_threads=False).aggregate(sums).to_pylist():
             acc = self.groups[row["label"]]
-            acc.gops += row["video_key_count"]
+            acc.gops += row[f"{KEY}_count"]
             acc.frames += int(row["frames_sum"] or 0)
             acc.pixels += float(row["pixels_sum"] or 0.0)
             acc.payload_bytes += int(row["payload_sum"] or 0)
@@ -255,32 +314,42 @@ class CostCollector:
                 if value is not None:
                     kind = CPU_DEVICE if stage in CPU_STAGES else row["device"]
                     acc.seconds[stage][kind] += float(value)
-        per_video = derived.group_by(["label", "video_key"], use_threads=False).aggregate(
-            [("source_bytes", "first"), ("archive_bytes", "max"), ("archive_uri", "first"),
-             ("storage_class", "first"), ("payload", "sum")]
-        )  # fmt: skip
-        for label, key, source, stored, uri, recorded, payload in zip(
-            *(per_video.column(n).to_pylist() for n in ("label", "video_key", "source_bytes_first",
-                                                        "archive_bytes_max", "archive_uri_first",
-                                                        "storage_class_first", "payload_sum")),
-            strict=True,
-        ):  # fmt: skip
-            acc = self.groups[label]
-            acc.videos[key] = int(source or 0)
-            own = uri is None or uri == key or uri.endswith(f"/{key}{CONTAINER_SUFFIX}")
-            if not own or recorded is not None:  # a video in its own object, unclassed: the default
-                acc.objects[key] = (key if own else uri, sys.intern(recorded) if recorded else recorded)
-            acc.video_payload[key] = acc.video_payload.get(key, 0) + int(payload or 0)
-            if stored is None:
-                self.sizes_known = False
-            else:
-                self.sizes[key] = int(stored)
-        if len(self.reference_videos):
-            self._add_references(table, labels)
+
+    def _add_videos(self, per_video: pa.Table) -> None:
+        """One batch's rows per (group, video) into the groups' and the sizes' Arrow rows."""
+        keys = per_video.column(KEY)
+        stored = per_video.column("archive_bytes_max")
+        if stored.null_count:
+            self.sizes_known = False
+        self._add_sizes(pa.table({KEY: keys, "stored": stored}).filter(pc.is_valid(stored)))
+        videos = pa.table(
+            {
+                "label": per_video.column("label"),
+                KEY: keys,
+                "source": pc.fill_null(pc.cast(per_video.column("source_bytes_first"), pa.int64()), 0),
+                "payload": pc.cast(per_video.column("payload_sum"), pa.int64(), safe=False),
+                "stored": stored,
+            }
+        )
+        for label, rows in _by_label(videos):
+            self.groups[label].videos.add(rows)
+        for label, rows in _by_label(_object_entries(per_video)):
+            self.groups[label].objects.add(rows)
+
+    def _add_sizes(self, rows: pa.Table) -> None:
+        """One batch's object sizes over all groups: apart from the groups' rows once there are two
+        (seeded with the first group's, every earlier batch's rows being that group's)."""
+        if self._sizes is None and len(self.groups) > 1:
+            first = next(iter(self.groups.values()))
+            self._sizes = VideoRows(_SIZE_SCHEMA, _SIZE_SUMS)
+            earlier = first.videos.table().select(_SIZE_SCHEMA.names)
+            self._sizes.add(earlier.filter(pc.is_valid(earlier.column("stored"))))
+        if self._sizes is not None:
+            self._sizes.add(rows)
 
     def _labels(self, table: pa.Table) -> pa.Array:
         if self.label == "video":
-            return table.column("video_key").combine_chunks()
+            return table.column(KEY).combine_chunks()
         codec = table.column("codec").to_pylist()
         kind = table.column("target_kind").to_pylist()
         value = table.column("target_value").to_pylist()
@@ -297,17 +366,105 @@ class CostCollector:
 
     def _add_references(self, table: pa.Table, labels: pa.Array) -> None:
         """The sampled GOPs' reference rows (a few per cent of GOPs), joined in Python."""
-        sampled = pc.fill_null(pc.is_in(table.column("video_key"), value_set=self.reference_videos), False)
-        rows = table.filter(sampled).select(["video_key", "gop_index", "run_id"]).to_pylist()
+        sampled = pc.fill_null(pc.is_in(table.column(KEY), value_set=self.reference_videos), False)
+        rows = table.filter(sampled).select([KEY, "gop_index", "run_id"]).to_pylist()
         for row, label in zip(rows, labels.filter(sampled).to_pylist(), strict=True):
-            reference = self.references.get((row["video_key"], row["gop_index"], row["run_id"]))
+            reference = self.references.get((row[KEY], row["gop_index"], row["run_id"]))
             if reference is not None:
                 self.groups[label].reference.append(reference)
 
-    def stored_sizes(self, out: str, endpoint_url: str | None) -> dict[str, int] | None:
-        """Object sizes per video: from the rows, or (an archive written before `archive_bytes`) from
-        one listing of `videos/`."""
-        return self.sizes if self.sizes_known else stored_bytes(out, endpoint_url)
+    def stored_sizes(self, out: str, endpoint_url: str | None) -> pa.Table | None:
+        """Object sizes per video (`video_key`, `stored`): from the rows, or (an archive written before
+        `archive_bytes`) from one listing of `videos/`."""
+        if self.sizes_known:
+            return self.sizes
+        listed = stored_bytes(out, endpoint_url)
+        return None if listed is None else _size_table(listed)
+
+
+def _derived(table: pa.Table, labels: pa.Array) -> pa.Table:
+    """The columns the sums need, per OK row: frames, pixels, payload as float64, compute accounted."""
+    frames = pc.cast(pc.fill_null(table.column("frame_count"), 0), pa.float64())
+    stage_columns = [compute_column(s) for s in COMPUTE_STAGES]
+    unaccounted = pc.is_null(table.column(stage_columns[0]))
+    for column in stage_columns[1:]:
+        unaccounted = pc.and_(unaccounted, pc.is_null(table.column(column)))
+    pixels = pc.multiply(
+        pc.multiply(
+            pc.cast(pc.fill_null(table.column("width"), 0), pa.float64()),
+            pc.cast(pc.fill_null(table.column("height"), 0), pa.float64()),
+        ),
+        frames,
+    )
+    return pa.table(
+        {
+            "label": labels,
+            "device": pc.fill_null(table.column("compute_device"), CPU_DEVICE),
+            KEY: table.column(KEY),
+            "frames": frames,
+            "pixels": pixels,
+            "payload": pc.cast(pc.fill_null(table.column("payload_bytes"), 0), pa.float64()),
+            "unaccounted": pc.cast(unaccounted, pa.int64()),
+            "source_bytes": table.column("source_bytes"),
+            "archive_bytes": table.column("archive_bytes"),
+            "archive_uri": table.column("archive_uri"),
+            "storage_class": table.column("storage_class"),
+            **{column: table.column(column) for column in stage_columns},
+        }
+    )
+
+
+def _object_entries(per_video: pa.Table) -> pa.Table:
+    """The (group, video) rows whose object is not their own unclassed one: a pack's member (its
+    object's URI) or a recorded class (object null: its own)."""
+    keys, uris = per_video.column(KEY), per_video.column("archive_uri_first")
+    recorded = per_video.column("storage_class_first")
+    own = _own_object(keys, uris)
+    entries = pa.table(
+        {
+            "label": per_video.column("label"),
+            KEY: keys,
+            "object": pc.if_else(own, pa.scalar(None, pa.string()), uris),
+            "storage_class": recorded,
+        }
+    )
+    return entries.filter(pc.or_(pc.invert(own), pc.is_valid(recorded)))
+
+
+def _own_object(keys: pa.ChunkedArray, uris: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Whether each video's object is its own: `uri is None or uri == key or
+    uri.endswith(f"/{key}{CONTAINER_SUFFIX}")`, as Arrow kernels (a key holds no "/"; were one to, row
+    by row)."""
+    if pc.any(pc.match_substring(keys, "/")).as_py():
+        pairs = zip(keys.to_pylist(), uris.to_pylist(), strict=True)
+        return pa.chunked_array(
+            [pa.array([u is None or u == k or u.endswith(f"/{k}{CONTAINER_SUFFIX}") for k, u in pairs])]
+        )
+    name = pc.struct_field(pc.extract_regex(uris, r"/(?P<name>[^/]*)\z"), [0])  # after the last "/"
+    named = pc.equal(name, pc.binary_join_element_wise(keys, CONTAINER_SUFFIX, ""))
+    return pc.fill_null(pc.or_kleene(pc.or_kleene(pc.is_null(uris), pc.equal(uris, keys)), named), False)
+
+
+def _by_label(rows: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """`rows` split by their `label` column (dropped), each part in its rows' order."""
+    if not rows.num_rows:
+        return
+    labels = rows.column("label")
+    rows = rows.drop_columns(["label"])
+    encoded = pc.dictionary_encode(labels.combine_chunks())
+    if len(encoded.dictionary) == 1:
+        yield encoded.dictionary[0].as_py(), rows
+        return
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    for part in np.split(order, np.flatnonzero(np.diff(codes[order])) + 1):
+        yield encoded.dictionary[codes[part[0]]].as_py(), rows.take(part)
+
+
+def _size_table(sizes: Mapping[str, int]) -> pa.Table:
+    return pa.table(
+        {KEY: pa.array(list(sizes), pa.string()), "stored": pa.array(list(sizes.values()), pa.int64())}
+    )
 
 
 COST_COLUMNS = (
@@ -370,8 +527,22 @@ def stored_bytes(out: str, endpoint_url: str | None) -> dict[str, int] | None:
 
 
 # ---- figures ---------------------------------------------------------------------------------------
+#: Video key -> the size of its archive object: a mapping, or a table of `video_key`, `stored`.
+Sizes = Mapping[str, int] | pa.Table | None
+
+
+class _Held(NamedTuple):
+    """What a group's videos hold: their count, source bytes, stored bytes (None where an object's size
+    is unknown) and the storage of their objects in their classes (`class_costs`)."""
+
+    videos: int
+    source_bytes: int
+    stored_bytes: int | None
+    storage: dict[str, Any]
+
+
 def figures(
-    acc: _Acc, prices: Prices, sizes: dict[str, int] | None, object_bytes: dict[str, int] | None = None
+    acc: _Acc, prices: Prices, sizes: Sizes, object_bytes: dict[str, int] | None = None
 ) -> dict[str, Any]:
     """Compute, its cost, storage in its class, and the break-even against the source and the
     reference, for one group. `object_bytes`: whole objects' sizes where known (packs, for `ls`)."""
@@ -383,19 +554,22 @@ def figures(
             if stage in CODEC_STAGES:
                 codec_by_device[kind] += seconds
     cost = device_cost(by_device, prices)
-    storage = storage_costs(_objects(acc, sizes, object_bytes or {}), prices)
-    source = sum(acc.videos.values())
-    if sizes is not None and all(v in sizes for v in acc.videos):
-        stored, stored_note = sum(sizes[v] for v in acc.videos), "archive objects (videos/*.vdrc)"
+    if acc.one_video is not None:
+        held = _one_video_held(acc.one_video, prices, sizes, object_bytes or {})
+    else:
+        held = _held(acc, prices, sizes, object_bytes or {})
+    if held.stored_bytes is not None:
+        stored, stored_note = held.stored_bytes, "archive objects (videos/*.vdrc)"
     else:
         stored, stored_note = acc.payload_bytes, "GOP payloads (archive objects could not be listed)"
+    storage = held.storage
     result: dict[str, Any] = {
-        "videos": len(acc.videos),
+        "videos": held.videos,
         "gops": acc.gops,
         "gops_without_accounting": acc.gops_unaccounted,
         "frames": acc.frames,
         "payload_bytes": acc.payload_bytes,
-        "source_bytes": source,
+        "source_bytes": held.source_bytes,
         "stored_bytes": stored,
         "stored_bytes_are": stored_note,
         "device_seconds": {stage: dict(kinds) for stage, kinds in sorted(acc.seconds.items())},
@@ -405,7 +579,7 @@ def figures(
         "cost_by_kind": {kind: device_cost({kind: s}, prices) for kind, s in by_device.items()},
         "codec_compute_cost": device_cost(codec_by_device, prices),
         "storage": storage,
-        "vs_source": payback(cost, source - stored, prices, storage),
+        "vs_source": payback(cost, held.source_bytes - stored, prices, storage),
         "references": [],
     }
     if acc.gops_unaccounted:
@@ -418,24 +592,104 @@ def figures(
     return result
 
 
+def _one_video_held(video: OneVideo, prices: Prices, sizes: Sizes, object_bytes: dict[str, int]) -> _Held:
+    """`_held` of one video, in plain Python (`ls` asks once per video)."""
+    stored = _size_of(sizes, video.key)
+    size = float(stored if stored is not None else video.payload_bytes)
+    whole = max(size, float(object_bytes.get(video.object, 0)))
+    storage = storage_costs([(video.storage_class, size, whole)], prices)
+    return _Held(1, video.source_bytes, stored, storage)
+
+
+def _size_of(sizes: Sizes, key: str) -> int | None:
+    if sizes is None:
+        return None
+    if isinstance(sizes, pa.Table):
+        found = sizes.filter(pc.equal(sizes.column(KEY), key)).column("stored").to_pylist()
+        return found[-1] if found else None
+    return sizes.get(key)
+
+
+def _held(acc: _Acc, prices: Prices, sizes: Sizes, object_bytes: dict[str, int]) -> _Held:
+    """A group's videos with Arrow kernels: sums, their object sizes looked up, and their objects'
+    storage (a pack's members add up to one object)."""
+    videos = acc.videos.table()
+    stored = _stored_of(videos.column(KEY), sizes)
+    source = int(pc.sum(videos.column("source")).as_py() or 0)
+    known = stored is not None and stored.null_count == 0
+    stored_total = int(pc.sum(stored).as_py() or 0) if known else None
+    recorded, size, whole = _objects(videos, stored, acc.objects.table(), object_bytes)
+    return _Held(videos.num_rows, source, stored_total, storage_costs_of(recorded, size, whole, prices))
+
+
+def _stored_of(keys: pa.ChunkedArray, sizes: Sizes) -> pa.ChunkedArray | pa.Array | None:
+    """Each video's object size from `sizes` (null where it has none), or None without `sizes`."""
+    if sizes is None:
+        return None
+    if not isinstance(sizes, pa.Table):
+        return pa.array([sizes.get(key) for key in keys.to_pylist()], pa.int64())
+    if sizes.num_rows == len(keys) and sizes.column(KEY).equals(keys):  # one group: its own videos
+        return sizes.column("stored")
+    index = pc.index_in(keys, value_set=sizes.column(KEY).combine_chunks())
+    return pc.take(sizes.column("stored"), index)
+
+
 def _objects(
-    acc: _Acc, sizes: dict[str, int] | None, object_bytes: dict[str, int]
-) -> list[tuple[str | None, float, float]]:
-    """(recorded class, bytes in scope, whole object's bytes) per object of the group: a pack's
-    members add up to one object. `acc.objects` holds only what differs from a video in its own
-    object with no recorded class (a million such entries were much of a large audit's memory). A
-    video's bytes: its object's size (a member's length), else its payload (an archive whose objects
-    could not be listed)."""
-    found: dict[str, list[Any]] = {}
-    for key in acc.videos:
-        uri, recorded = acc.objects.get(key, (key, None))
-        size = sizes[key] if sizes is not None and key in sizes else acc.video_payload.get(key, 0)
-        entry = found.setdefault(uri, [recorded, 0.0])
-        entry[1] += size
-    return [
-        (recorded, size, max(size, float(object_bytes.get(uri, 0))))
-        for uri, (recorded, size) in found.items()
-    ]
+    videos: pa.Table,
+    stored: pa.ChunkedArray | pa.Array | None,
+    objects: pa.Table,
+    object_bytes: dict[str, int],
+) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(recorded class, bytes in scope, whole object's bytes) per object of the group, as columns, in
+    the order their first video was met: a pack's members add up to one object. A video's bytes: its
+    object's size (a member's length), else its payload (objects that could not be listed). `objects`
+    holds only what differs from a video in its own object with no recorded class."""
+    payload = videos.column("payload")
+    size = payload if stored is None else pc.coalesce(stored, payload)
+    keys = videos.column(KEY)
+    if not objects.num_rows and not object_bytes:  # each video in its own object, no class recorded
+        return pa.nulls(len(keys), pa.string()), _floats(size), _floats(size)
+    index = pc.index_in(keys, value_set=objects.column(KEY).combine_chunks())
+    shared = pc.take(objects.column("object"), index)  # null: the video's own object
+    recorded = pc.take(objects.column("storage_class"), index)
+    if shared.null_count == len(shared) and not object_bytes:  # own objects, some with a class
+        return recorded, _floats(size), _floats(size)
+    rows = pa.table(
+        {
+            "object": pc.coalesce(shared, keys),
+            "storage_class": recorded,
+            "size": size,
+            "first": pa.array(np.arange(len(keys), dtype=np.int64)),
+        }
+    )
+    rows = _one_row_per_object(rows, pc.is_valid(shared))
+    sizes = _floats(rows.column("size"))
+    whole = sizes
+    if object_bytes:
+        listed = [float(object_bytes.get(uri, 0)) for uri in rows.column("object").to_pylist()]
+        whole = np.maximum(sizes, np.asarray(listed, dtype=np.float64))
+    return rows.column("storage_class"), sizes, whole
+
+
+def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(column.to_numpy(), dtype=np.float64)
+
+
+def _one_row_per_object(rows: pa.Table, shared: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """Videos sharing an object (pack members, or one named like another's key) -> one row: their
+    summed size, the first one's class and position; objects ordered by that position."""
+    if not pc.any(shared).as_py():
+        return rows
+    named = rows.column("object").filter(shared).combine_chunks()
+    grouped = pc.or_(shared, pc.is_in(rows.column("object"), value_set=named))
+    merged = (
+        rows.filter(grouped)
+        .group_by("object", use_threads=False)
+        .aggregate([("storage_class", "first", OF_THE_ROW), ("size", "sum"), ("first", "min")])
+        .rename_columns({"storage_class_first": "storage_class", "size_sum": "size", "first_min": "first"})
+    )
+    together = pa.concat_tables([rows.filter(pc.invert(grouped)), merged.select(rows.column_names)])
+    return together.take(pc.sort_indices(together, [("first", "ascending")]))
 
 
 def _by_reference(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -559,19 +813,7 @@ def report_from(
         }
     total = _Acc()
     for acc in groups.values():
-        total.videos.update(acc.videos)
-        total.gops += acc.gops
-        total.gops_unaccounted += acc.gops_unaccounted
-        total.frames += acc.frames
-        total.pixels += acc.pixels
-        total.payload_bytes += acc.payload_bytes
-        total.objects.update(acc.objects)
-        for key, payload in acc.video_payload.items():
-            total.video_payload[key] = total.video_payload.get(key, 0) + payload
-        for stage, kinds in acc.seconds.items():
-            for kind, seconds in kinds.items():
-                total.seconds[stage][kind] += seconds
-        total.reference.extend(acc.reference)
+        total.add(acc)
     return {
         "prices": prices.to_json(),
         "uses_default_prices": prices.uses_defaults(),

@@ -40,6 +40,7 @@ from pipeline.audit.filters import FilterError, parse_filter
 from pipeline.audit.groups import RATE_TARGETS, group_label
 from pipeline.audit.reader import AuditError, iter_batches, open_manifest, open_verify
 from pipeline.audit.sketch import Reservoir, WorstRows
+from pipeline.audit.video_rows import KEY, Aggregation, VideoRows, reduce_rows
 from pipeline.format.schema import MANIFEST_SCHEMA
 from pipeline.metrics import HIGHER_IS_BETTER
 
@@ -90,10 +91,9 @@ class _Group:
     codec: str | None
     target_kind: str | None
     target_value: float | None
-    #: one row per video and batch: (video_key, its OK rows' source_bytes and archive_bytes — the
-    #: size of its archive object; a pack member: its length), reduced to one row per video by
-    #: `_videos`. Arrow, not Python sets and dicts: a million videos are ~80 MB here instead of ~350.
-    video_rows: list[pa.Table] = dataclasses.field(default_factory=list)
+    #: per video: its OK rows' source_bytes and archive_bytes (the size of its archive object; a pack
+    #: member: its length). Arrow, not Python sets and dicts: a million videos are ~70 MB here, not ~350.
+    video_rows: VideoRows = dataclasses.field(default_factory=lambda: VideoRows(_VIDEO_SCHEMA, _VIDEO_MAX))
     gops: int = 0
     failures: int = 0
     payload_bytes: int = 0
@@ -153,18 +153,12 @@ class _Group:
 
     def add_videos(self, rows: pa.Table) -> None:
         """`rows`: video_key, source, stored (null where no OK row had it), any number per video."""
-        self.video_rows.append(_per_video_sizes(rows))
-        if len(self.video_rows) >= _VIDEO_ROWS_HELD:  # a long run of batches: reduce as it goes
-            self.video_rows = [_per_video_sizes(pa.concat_tables(self.video_rows))]
-
-    def _videos(self) -> pa.Table:
-        if not self.video_rows:
-            return _per_video_sizes(_EMPTY_VIDEO_ROWS)
-        return _per_video_sizes(pa.concat_tables(self.video_rows))
+        self.video_rows.add(reduce_rows(rows, _VIDEO_MAX))
 
     def _ratio(self, source_total: int, videos: pa.Table) -> dict[str, Any]:
         """Source bytes over stored object bytes, or over GOP payloads for rows of older releases."""
-        with_source = videos.filter(pc.is_valid(videos.column("source")))
+        sizes = videos.select(["source", "stored"])  # not the keys: no copy of a million of them
+        with_source = sizes.filter(pc.is_valid(sizes.column("source")))
         if with_source.num_rows and with_source.column("stored").null_count == 0:
             stored = int(pc.sum(with_source.column("stored")).as_py() or 0)
             return {
@@ -180,7 +174,7 @@ class _Group:
         }
 
     def result(self) -> dict[str, Any]:
-        videos = self._videos()
+        videos = self.video_rows.table()
         source_total = int(pc.sum(videos.column("source")).as_py() or 0)
         quality: dict[str, dict[str, float | int | None]] = {}
         for metric, reservoir in self.quality.items():
@@ -364,27 +358,10 @@ def _accumulate(
         )
 
 
-_VIDEO_ROWS_HELD = 64
-_EMPTY_VIDEO_ROWS = pa.table(
-    {
-        "video_key": pa.array([], pa.string()),
-        "source": pa.array([], pa.float64()),
-        "stored": pa.array([], pa.float64()),
-    }
-)
-
-
-def _per_video_sizes(rows: pa.Table) -> pa.Table:
-    """One row per video: its source and stored bytes (every row of a video carries the same; null
-    where none of its OK rows had one), as float64 (exact for the byte counts of any archive)."""
-    grouped = rows.group_by("video_key", use_threads=False).aggregate([("source", "max"), ("stored", "max")])
-    return pa.table(
-        {
-            "video_key": grouped.column("video_key"),
-            "source": pc.cast(grouped.column("source_max"), pa.float64()),
-            "stored": pc.cast(grouped.column("stored_max"), pa.float64()),
-        }
-    )
+#: Per video: its source and stored bytes (every row of a video carries the same; null where none of
+#: its OK rows had one), as float64 (exact for the byte counts of any archive).
+_VIDEO_SCHEMA = pa.schema([(KEY, pa.string()), ("source", pa.float64()), ("stored", pa.float64())])
+_VIDEO_MAX: tuple[Aggregation, ...] = (("source", "max", None), ("stored", "max", None))
 
 
 def _check_target(group: _Group, values: np.ndarray, videos: np.ndarray, frames: np.ndarray) -> None:

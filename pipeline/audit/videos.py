@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from codec.base import bits_per_pixel, kilobits_per_second
-from pipeline.audit.costs import _Acc, _reference_rows, figures, stored_bytes
+from pipeline.audit.costs import OneVideo, _Acc, _reference_rows, figures, stored_bytes
 from pipeline.audit.prices import Prices
 from pipeline.format.runinfo import MARKERS_DIR, iter_pack_markers
 from pipeline.format.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, compute_column
@@ -219,13 +219,17 @@ class ArchiveListing:
         return Listed(video, costs)
 
     def _acc(self, key: str, record: dict[str, Any]) -> _Acc:
-        acc = _Acc()
-        acc.videos[key] = int(record.get("source_bytes") or 0)
+        video = OneVideo(
+            key=key,
+            source_bytes=int(record.get("source_bytes") or 0),
+            payload_bytes=record["ok_payload"],
+            object=record.get("archive_uri") or key,
+            storage_class=record.get("storage_class"),
+        )
+        acc = _Acc(one_video=video)
         acc.gops, acc.frames = record["ok_gops"], record["ok_frames"]
         acc.pixels, acc.payload_bytes = float(record["ok_pixels"]), record["ok_payload"]
         acc.gops_unaccounted = record["unaccounted"]
-        acc.objects[key] = (record.get("archive_uri") or key, record.get("storage_class"))
-        acc.video_payload[key] = record["ok_payload"]
         for (stage, kind), seconds in record["seconds"].items():
             acc.seconds[stage][kind] += seconds
         acc.reference = [
