@@ -45,7 +45,7 @@ GOPS = 4
 
 def _manifest_rows(key: str) -> list[dict]:
     return [
-        {"run_id": "r1", "video_key": key, "gop_index": g, "status": "ok", "codec": "x264",
+        {"run_id": "r1", "video_key": key, "source_uri": f"/src/{key}.mp4", "gop_index": g, "status": "ok", "codec": "x264",
          "target_kind": "crf", "target_value": 23.0, "payload_bytes": 1000 + 10 * g, "frame_count": 8,
          "width": 64, "height": 48, "source_bytes": 50_000, "compute_device": "cpu",
          "encode_device_seconds": 0.5 + g / 10, "decode_device_seconds": 0.1}
@@ -94,8 +94,9 @@ def write_part(fs, root: str, key: str, rows: list[dict]) -> None:
     write_bytes(fs, reference_path(root, key), parquet_bytes(rows, REFERENCE_SCHEMA))
 
 
-def _cli(out: str, endpoint_url: str | None = None) -> tuple[str, str]:
-    """(audit --json, ls --json) with a CPU price (so the reference's figures are in both), as sorted JSON."""
+def _cli(out: str, endpoint_url: str | None = None) -> tuple[str, str, str]:
+    """(audit --json, ls --json, compare --json of the archive with itself) with a CPU price (so the
+    reference's figures are in all three), as sorted JSON."""
     runner = CliRunner()
     extra = ["--endpoint-url", endpoint_url] if endpoint_url else []
     audit = runner.invoke(audit_app, ["audit", out, "--json", "--cpu-hour", "0.04", *extra])
@@ -104,11 +105,15 @@ def _cli(out: str, endpoint_url: str | None = None) -> tuple[str, str]:
     register_inspect(app)
     listing = runner.invoke(app, ["ls", out, "--json", "--cpu-hour", "0.04", *extra])
     assert listing.exit_code == 0, listing.output
-    audited, listed = json.loads(audit.stdout), json.loads(listing.stdout)
+    compared = runner.invoke(audit_app, ["compare", out, out, "--json", "--cpu-hour", "0.04", *extra])
+    assert compared.exit_code == 0, compared.output
+    audited, listed, comparison = (json.loads(r.stdout) for r in (audit, listing, compared))
     (reference,) = audited["costs"]["total"]["references"]  # the figures this test is about are there
     assert reference["gops_sampled"] == 2 * len(SAMPLED)
     assert sum(bool(v["costs"]["references"]) for v in listed) == len(SAMPLED)
-    return json.dumps(audited, sort_keys=True), json.dumps(listed, sort_keys=True)
+    (reference,) = comparison["costs_a"]["total"]["references"]
+    assert reference["gops_sampled"] == 2 * len(SAMPLED)
+    return tuple(json.dumps(x, sort_keys=True) for x in (audited, listed, comparison))
 
 
 def _names(folder: Path) -> list[str]:
@@ -223,6 +228,40 @@ def test_a_part_written_after_its_compaction_wins(tmp_path: Path) -> None:
     assert _reference_rows(out, None) == expected  # the newer compacted file sorts after the older one
 
 
+def test_a_read_under_way_during_a_compaction_loses_no_row(tmp_path: Path) -> None:
+    """A reader that listed `reference/` before a compaction finds the absorbed parts gone when it
+    fetches them: it lists again and reads the compacted file that appeared meanwhile."""
+    out = str(tmp_path / "out")
+    fs, root = filesystem(out)
+    _archive(fs, root)
+    rows = _reference_rows(out, None)
+    parts = open_reference(out)  # listed now: eight parts
+    assert parts is not None and len(parts) == len(SAMPLED)
+    assert compact(out).reference.parts_absorbed == 6  # deletes six of them
+    read = {(r["video_key"], r["gop_index"], r["run_id"]): r for t in parts.tables() for r in t.to_pylist()}
+    assert read == rows and not parts.damaged
+
+
+def test_a_file_written_under_a_slower_clock_still_sorts_last(tmp_path: Path) -> None:
+    """The next compacted file sorts after the newest one there is, whatever this machine's clock says:
+    a part rewritten after its rows were compacted by a machine whose clock was ahead still wins."""
+    out = str(tmp_path / "out")
+    fs, root = filesystem(out)
+    _archive(fs, root)
+    compact(out)
+    (first,) = (tmp_path / "out" / "reference").glob("compacted-*.parquet")
+    ahead = first.with_name("compacted-20991231T235959999999Z-00000000.parquet")
+    first.rename(ahead)  # as a compaction on a machine whose clock is far ahead names it
+    write_part(fs, root, "clip-01", _reference_rows_of("clip-01", ratio=0.5))
+    expected = _reference_rows(out, None)
+    assert expected[("clip-01", 0, "r1")]["log_ratio"] == 0.5  # the part, read after the compacted file
+    assert compact(out).reference.parts_absorbed == 1
+    names = sorted(p.name for p in (tmp_path / "out" / "reference").glob("compacted-*.parquet"))
+    assert len(names) == 2 and names[0] == ahead.name and names[1].startswith("compacted-21000101T000000")
+    assert _reference_rows(out, None) == expected
+    assert compact_reference.compacted_name(after="compacted-not-a-stamp.parquet") > "compacted-2025"
+
+
 def test_damage_is_named_in_one_line_never_a_crash(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     fs, root = filesystem(out)
@@ -247,9 +286,26 @@ def test_damage_is_named_in_one_line_never_a_crash(tmp_path: Path) -> None:
     lines = sorted(d.line() for d in parts.damaged)
     assert len(lines) == 2 and all("\n" not in x and "damaged reference part" in x for x in lines)
     assert "log_ratio" in lines[0] and "does not match its checksum" in lines[0]
+    # audit and ls figure the rest and name both files (exit 1: damage is a finding), never a traceback
     runner = CliRunner()
     audit = runner.invoke(audit_app, ["audit", out, "--json", "--cpu-hour", "0.04"])
-    assert audit.exit_code == 0 and "Traceback" not in audit.output  # the rest is audited
+    assert audit.exit_code == 1 and "Traceback" not in audit.output
+    audited = json.loads(audit.stdout)
+    assert sorted((d["folder"], d["uri"].rsplit("/", 1)[-1]) for d in audited["damaged_parts"]) == [
+        ("reference", compacted.name),
+        ("reference", "part-clip-08.parquet"),
+    ]
+    assert audited["costs"]["total"]["references"][0]["gops_sampled"] == 4  # the kept parts' rows
+    named = [line for line in audit.stderr.splitlines() if line.startswith("damaged: ")]
+    assert len(named) == 2 and compacted.name in "".join(named) and "part-clip-08.parquet" in "".join(named)
+    app = typer.Typer()
+    register_inspect(app)
+    listing = runner.invoke(app, ["ls", out, "--json", "--cpu-hour", "0.04"])
+    assert listing.exit_code == 1 and "Traceback" not in listing.output
+    assert len(json.loads(listing.stdout)) == len(VIDEOS)  # every video is listed
+    named = [line for line in listing.stderr.splitlines() if line.startswith("damaged: ")]
+    assert len(named) == 2 and all("left out of the reference figures" in line for line in named)
+    assert compacted.name in "".join(named)
 
 
 def test_compaction_on_s3(s3_endpoint: str, s3_bucket: str) -> None:

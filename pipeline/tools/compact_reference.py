@@ -23,19 +23,23 @@ of every column's values in the key-value metadata, computed here a row group at
 
 Crash safety and readers. Every reader of reference rows goes through `pipeline.audit.costs.
 _reference_rows` (audit, ls, compare), which keys rows by (video_key, gop_index, run_id) and reads the
-files in name order: compacted files (by stamp) before parts. So a row in both a compacted file and a part
-counts once, and a part written after the compaction wins over the compacted copy of its rows (its other
-rows add to them). The compacted file is written atomically and the parts are deleted only once it is in
-place: a crash before leaves everything as it was, a crash between leaves parts whose rows are also in
-the file (counted once), which the next compaction absorbs again (the same rows in a newer file) and
-deletes. Stamps have microseconds, so a later file sorts after an earlier one. One gap is the reader's:
-`ArchiveParts` skips a listed part that is gone when it fetches it, so a read that listed `reference/`
-before a compaction wrote its file and fetched a part after it was deleted misses that part's rows (the
-manifest's reader re-lists instead, `ManifestPlan.recover`).
+files in name order (`pipeline.read.manifest.ArchiveParts`): compacted files (by stamp) before parts, the
+last copy of a row kept. So a row in both a compacted file and a part counts once, and a part written
+after the compaction wins over the compacted copy of its rows (its other rows add to them). The
+compacted file is written atomically and the parts are deleted only once it is in place: a crash before
+leaves everything as it was, a crash between leaves parts whose rows are also in the file (counted once),
+which the next compaction absorbs again (the same rows in a newer file) and deletes. A new file's stamp
+sorts after the newest compacted file listed (`compacted_name`: also where this machine's clock is behind
+the one that wrote it). Compacted files are never deleted or rewritten here, so a reader that listed
+`reference/` before a compaction and finds a part gone when it fetches it lists again and reads the
+compacted files that appeared since (`ArchiveParts`): no row is lost during a compaction either. A
+damaged compacted file is skipped and named like a damaged part (`DamagedPart`; audit and ls exit 1):
+it costs its own rows, up to `MAX_ROWS`.
 """
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import json
 import secrets
@@ -114,6 +118,8 @@ class Eligible:
     #: a killed compaction's unfinished files (local folders: `compacted-*.tmp-*`); only a compaction
     #: writes those names, and it holds the lock, so they are dead
     temporaries: list[str] = dataclasses.field(default_factory=list)
+    #: the name of the newest compacted file there is: the next one must sort after it
+    latest: str | None = None
 
 
 def eligible_parts(fs: Any, root: str, done: KeySet) -> Eligible:
@@ -123,8 +129,11 @@ def eligible_parts(fs: Any, root: str, done: KeySet) -> Eligible:
     candidates: dict[str, str] = {}  # video key -> its part
     kept = 0
     temporaries: list[str] = []
+    latest: str | None = None
     for page in iter_pages(fs, folder, ordered=False):
         temporaries += [item.path for item in page if _is_compaction_temporary(item.path, folder)]
+        compacted = [name for item in page if (name := _compacted_name(item.path, folder))]
+        latest = max([*compacted, *([latest] if latest else [])], default=None)
         keyed = [(key, item.path) for item in page if (key := _part_key(item.path, folder)) is not None]
         if not keyed:
             continue
@@ -139,7 +148,7 @@ def eligible_parts(fs: Any, root: str, done: KeySet) -> Eligible:
             for key in keys:
                 if candidates.pop(key, None) is not None:
                     kept += 1
-    return Eligible([candidates[key] for key in sorted(candidates)], kept, temporaries)
+    return Eligible([candidates[key] for key in sorted(candidates)], kept, temporaries, latest)
 
 
 def has_parts(fs: Any, root: str) -> bool:
@@ -164,6 +173,18 @@ def _is_compaction_temporary(path: str, folder: str) -> bool:
     return parent == folder and name.startswith(COMPACTED_PREFIX) and ".tmp-" in name
 
 
+def _compacted_name(path: str, folder: str) -> str | None:
+    parent, _, name = path.rpartition("/")
+    if (
+        parent == folder
+        and name.startswith(COMPACTED_PREFIX)
+        and name.endswith(SUFFIX)
+        and ".tmp-" not in name
+    ):
+        return name
+    return None
+
+
 def compact_parts(
     fs: Any,
     root: str,
@@ -179,8 +200,13 @@ def compact_parts(
     report.parts_left += eligible.kept
     remove_paths(fs, eligible.temporaries)
     stream = prefetched(fs, eligible.paths)
-    while _write_file(fs, root, stream, report, damaged, max_rows, row_group_rows):
-        pass
+    latest = eligible.latest
+    while True:
+        name = compacted_name(after=latest)
+        more = _write_file(fs, root, name, stream, report, damaged, max_rows, row_group_rows)
+        latest = name
+        if not more:
+            break
 
 
 class _Nothing(Exception):
@@ -190,6 +216,7 @@ class _Nothing(Exception):
 def _write_file(
     fs: Any,
     root: str,
+    name: str,
     stream: Iterator[tuple[str, bytes | None]],
     report: ReferenceReport,
     damaged: list[str],
@@ -198,7 +225,7 @@ def _write_file(
 ) -> bool:
     """One compacted file from the next parts (about `max_rows` rows), written atomically, then those
     parts deleted. False once no part is left."""
-    path = join(root, FOLDER, compacted_name())
+    path = join(root, FOLDER, name)
     absorbed: list[str] = []
     more = False
     try:
@@ -248,18 +275,31 @@ def _absorb(
     return table.sort_by(SORT_KEYS[1:])
 
 
-_last_stamp = 0
+STAMP_FORMAT = "%Y%m%dT%H%M%S"
+STAMP_CHARS = 22  # 20250102T030405678901Z
 
 
-def compacted_name() -> str:
-    """`compacted-<UTC stamp with microseconds>-<8 hex>.parquet`: later files sort later (a reader
-    keeps the last copy of a row it meets)."""
-    global _last_stamp
-    micros = max(time.time_ns() // 1000, _last_stamp + 1)
-    _last_stamp = micros
+def compacted_name(after: str | None = None) -> str:
+    """`compacted-<UTC stamp with microseconds>-<8 hex>.parquet`, sorting after `after` (the newest
+    compacted file there is): a later file sorts later, also where this machine's clock is behind the
+    one that wrote `after` (a reader keeps the last copy of a row it meets)."""
+    micros = time.time_ns() // 1000
+    if after is not None:
+        micros = max(micros, _stamp_micros(after) + 1)
     seconds, fraction = divmod(micros, 1_000_000)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds)) + f"{fraction:06d}Z"
+    stamp = time.strftime(STAMP_FORMAT, time.gmtime(seconds)) + f"{fraction:06d}Z"
     return f"{COMPACTED_PREFIX}{stamp}-{secrets.token_hex(4)}{SUFFIX}"
+
+
+def _stamp_micros(name: str) -> int:
+    """The stamp of a compacted file's name in microseconds since the epoch (0 for a name that has none,
+    which then sorts as it sorts)."""
+    stamp = name[len(COMPACTED_PREFIX) : len(COMPACTED_PREFIX) + STAMP_CHARS]
+    try:
+        seconds = calendar.timegm(time.strptime(stamp[:15], STAMP_FORMAT))
+        return seconds * 1_000_000 + int(stamp[15:21])
+    except ValueError:
+        return 0
 
 
 class PartWriter:
