@@ -199,6 +199,8 @@ def compact_parts(
     parts once it is in place. Unreadable parts are kept and named in `damaged`."""
     report.parts_left += eligible.kept
     remove_paths(fs, eligible.temporaries)
+    if not eligible.paths:
+        return
     stream = prefetched(fs, eligible.paths)
     latest = eligible.latest
     while True:
