@@ -1,8 +1,8 @@
 """`vidarc audit` and `vidarc compare`: read an archive's manifest and say what it holds and how good it is.
 
 Thin entry points: the work lives in `pipeline.audit`. Errors a user can act on are one line, exit 2.
-A damaged manifest or verify part is a finding: the audit of the other parts is printed, each damaged
-part is named on stderr, and `audit` exits 1.
+A damaged manifest or verify part (or classic-reference file) is a finding: the
+audit of the other parts is printed, each damaged part is named on stderr, and `audit` exits 1.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """`vidarc compact OUT` and `python -m jobs.compact OUT`: merge the manifest parts of finished videos into
-large Parquet files (about 128 MB), atomically and idempotently (`pipeline/tools/compact.py`).
+large Parquet files (about 128 MB), atomically and idempotently (`pipeline/tools/compact.py`), and the
+classic reference's parts of those videos into files of about 100,000 rows
+(`pipeline/tools/compact_reference.py`). The one-line report counts both.
 
 Exit codes: 0 compacted (or nothing to do), 1 some parts were unreadable and were left as they are
 (each printed as one line), 2 the archive cannot be compacted (unreachable, not an archive, or another
@@ -13,7 +15,10 @@ from typing import Annotated
 
 import typer
 
-COMMAND_HELP = "Merge the manifest parts of finished videos into large Parquet files (atomic, idempotent)."
+COMMAND_HELP = (
+    "Merge the manifest (and classic-reference) parts of finished videos into large Parquet files "
+    "(atomic, idempotent)."
+)
 
 
 def compact_command(
@@ -28,7 +33,8 @@ def compact_command(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Merge the manifest parts of finished videos into large Parquet files (atomic, idempotent)."""
+    """Merge the manifest (and classic-reference) parts of finished videos into large Parquet files
+    (atomic, idempotent)."""
     import dataclasses
 
     from pipeline.format.runinfo import json_text

@@ -1,7 +1,8 @@
 """`vidarc inspect ARCHIVE_OBJECT` and `vidarc ls OUT`: what one object holds, what an archive holds.
 
 Both print rich tables, or JSON with `--json` for scripts. Errors are one line, exit code 2. `ls`
-exits 1 when manifest parts are damaged (each named on stderr; the other videos are listed).
+exits 1 when manifest parts (or classic-reference files) are damaged (each named on
+stderr; the other videos are listed).
 `python -m jobs.inspect_archive OBJECT` runs `inspect`; `python -m jobs.inspect_archive ls OUT` runs `ls`.
 """
 

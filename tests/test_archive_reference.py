@@ -135,6 +135,9 @@ def test_x264_archive_with_an_x265_reference(x264_archive) -> None:
     ref = summary["reference"]
     assert ref["metric"] == "psnr" and "--skip-metric vmaf" in ref["metric_note"]
     assert {r["metric_note"] for r in _rows(out, "reference")} == {ref["metric_note"]}
+    # the run's closing compaction took both videos' reference parts (their references were complete)
+    assert [p.name.split("-")[0] for p in (out / "reference").iterdir()] == ["compacted"]
+    assert summary["compaction"]["reference_parts_absorbed"] == 2
 
 
 def test_x265_archive_at_a_target_with_an_x264_reference(x265_archive) -> None:

@@ -7,6 +7,13 @@ When:
   it (readers stay correct while it runs: `pipeline.read.manifest_layout`);
 - once when the run ends, if it committed anything since, *before* the closing verify: the verify then
   reads the manifest as it will stay, so it also checks the compacted files' rows against the objects.
+  A run with `--reference` that committed nothing compacts too when `reference/` holds parts (it may
+  have completed a killed run's reference parts).
+
+Each compaction also compacts the classic reference's parts (`pipeline.tools.compact_reference`): those
+of done videos whose reference is complete. During the run only once `MIN_PARTS_DURING_RUN` of them are
+eligible (a file per 10,000 committed videos would be small); at the end, all of them (the run's
+reference tasks are all finished by then).
 
 Safe beside other runs on the same OUT (other shards): compaction absorbs only done videos' parts and
 takes `manifest/_compaction.lock`; while another run holds it this run skips with a one-line note and
@@ -42,6 +49,9 @@ class RunCompaction:
         self.files_written = 0
         self.rows = 0
         self.leftovers_removed = 0
+        self.reference_parts_absorbed = 0
+        self.reference_files_written = 0
+        self.reference_rows = 0
         self.seconds = 0.0
         self.notes: list[str] = []  # skipped: another compaction held the lock, or the run's storage failed
         self.warnings: list[str] = []  # a compaction that failed (storage), or parts it found damaged
@@ -80,19 +90,25 @@ class RunCompaction:
             return None
         if skip is not None:
             self._note(f"compaction skipped: {skip}")
-        elif self.counters.videos_ok > self._started_at or self._retry:
-            self.compact_now()
+        elif self.counters.videos_ok > self._started_at or self._retry or self._reference_parts():
+            self.compact_now(final=True)
         return self.record()
 
-    def compact_now(self) -> None:
-        """One compaction; never raises for storage or a held lock (noted instead)."""
+    def compact_now(self, *, final: bool = False) -> None:
+        """One compaction; never raises for storage or a held lock (noted instead). Reference parts are
+        absorbed during the run only once enough are eligible, at its end (`final`) all of them."""
         from pipeline.tools.compact import CompactError, CompactionLocked, compact
+        from pipeline.tools.compact_reference import MIN_PARTS_DURING_RUN
 
         with self._busy:
             self._started_at = self.counters.videos_ok
             self._retry = True
             try:
-                report = compact(self.cfg.out, endpoint_url=self.cfg.endpoint_url)
+                report = compact(
+                    self.cfg.out,
+                    endpoint_url=self.cfg.endpoint_url,
+                    reference_min_parts=0 if final else MIN_PARTS_DURING_RUN,
+                )
             except CompactionLocked as exc:
                 self._note(f"compaction skipped: {redact(str(exc))}; these parts wait for the next one")
                 return
@@ -108,9 +124,12 @@ class RunCompaction:
             self.files_written += len(report.files_written)
             self.rows += report.rows
             self.leftovers_removed += report.leftovers_removed
+            self.reference_parts_absorbed += report.reference.parts_absorbed
+            self.reference_files_written += len(report.reference.files_written)
+            self.reference_rows += report.reference.rows
             self.seconds += report.seconds
             for damaged in report.damaged:
-                self._warn(f"unreadable manifest file left as it is: {redact(damaged)}")
+                self._warn(f"unreadable file left as it is: {redact(damaged)}")
             self.say(f"manifest {report.line()}")
 
     def record(self) -> dict[str, Any]:
@@ -120,10 +139,28 @@ class RunCompaction:
             "files_written": self.files_written,
             "rows": self.rows,
             "leftovers_removed": self.leftovers_removed,
+            "reference_parts_absorbed": self.reference_parts_absorbed,
+            "reference_files_written": self.reference_files_written,
+            "reference_rows": self.reference_rows,
             "seconds": round(self.seconds, 3),
             "notes": self.notes,
             "warnings": self.warnings,
         }
+
+    def _reference_parts(self) -> bool:
+        """A `--reference` run that committed nothing may still have written reference parts (those a
+        killed run left pending): whether `reference/` holds any (one listing request)."""
+        if self.cfg.reference is None:
+            return False
+        from pipeline.store.storage import filesystem
+        from pipeline.tools.compact_reference import has_parts
+
+        try:
+            fs, root = filesystem(self.cfg.out, endpoint_url=self.cfg.endpoint_url)
+            return has_parts(fs, root)
+        except Exception as exc:  # the parts wait for the next compaction
+            self._warn(f"compaction could not look at reference/: {describe(exc, self.cfg.out)}")
+            return False
 
     def _watch(self) -> None:
         while not self._stop.wait(POLL_SECONDS):

@@ -190,8 +190,14 @@ def compare_archives(
         from pipeline.audit.costs import cost_report, relative_payback
 
         matched_set = set(matched)
-        costs_a = cost_report(out_a, prices, source_uris=matched_set, endpoint_url=endpoint_url)
-        costs_b = cost_report(out_b, prices, source_uris=matched_set, endpoint_url=endpoint_url)
+        reference_damaged: list[Any] = []
+        costs_a = cost_report(
+            out_a, prices, source_uris=matched_set, endpoint_url=endpoint_url, damaged=reference_damaged
+        )
+        costs_b = cost_report(
+            out_b, prices, source_uris=matched_set, endpoint_url=endpoint_url, damaged=reference_damaged
+        )
+        damaged.extend(part.as_record() for part in reference_damaged)
         b_vs_a = relative_payback(costs_a["total"], costs_b["total"], prices)
     gap = quality_gap(
         metric,
@@ -273,7 +279,14 @@ def print_comparison(result: Comparison, console: Console, max_videos: int = 50)
         f"({result.only_in_a} only in A, {result.only_in_b} only in B); {result.metric}: {direction} is better"
     )
     for part in result.damaged_parts:
-        console.print(f"damaged manifest part (its video is left out): {part['uri']}: {part['reason']}")
+        left_out = (
+            "its video is left out"
+            if part.get("folder", "manifest") == "manifest"
+            else "its rows are left out"
+        )
+        console.print(
+            f"damaged {part.get('folder', 'manifest')} part ({left_out}): {part['uri']}: {part['reason']}"
+        )
     points = Table(title="rate–quality points (matched videos)")
     for name in ("archive", "codec / target", "bpp", result.metric):
         points.add_column(name)

@@ -260,6 +260,8 @@ class CostCollector:
         #: Object sizes over all groups, held apart only once a second group is met: until then the
         #: one group's rows hold them (no second copy of a million keys).
         self._sizes: VideoRows | None = None
+        #: damaged reference files (`DamagedPart`), set by whoever read `references`: their rows are out
+        self.damaged: list[Any] = []
         self.sizes_known = True  # False once a row of an earlier release (no archive_bytes) is met
 
     @property
@@ -485,15 +487,26 @@ def collect(
     """One pass over the manifest (and the reference rows) into per-group accumulators."""
     from pipeline.audit.reader import iter_batches, open_manifest
 
-    collector = CostCollector(_reference_rows(out, endpoint_url), label=label, source_uris=source_uris)
+    damaged: list[Any] = []
+    collector = CostCollector(
+        _reference_rows(out, endpoint_url, damaged), label=label, source_uris=source_uris
+    )
+    collector.damaged = damaged
     dataset = open_manifest(out, endpoint_url=endpoint_url)
     for batch in iter_batches(dataset, COST_COLUMNS, where_expression):
         collector.add(batch)
     return collector
 
 
-def _reference_rows(out: str, endpoint_url: str | None) -> dict[tuple[str, int, str], dict[str, Any]]:
-    """Reference rows by (video_key, gop_index, run_id): rows of an earlier encoding never match."""
+def _reference_rows(
+    out: str, endpoint_url: str | None, damaged: list[Any] | None = None
+) -> dict[tuple[str, int, str], dict[str, Any]]:
+    """Reference rows by (video_key, gop_index, run_id): rows of an earlier encoding never match.
+
+    The files are read in name order, `reference/compacted-*` (`pipeline.tools.compact_reference`,
+    oldest first) before `reference/part-*`, and the last copy of a row is kept: a row both in a compacted
+    file and in a part (a compaction killed before it deleted the parts) counts once, and a part written
+    after its rows were compacted wins. Damaged files (`DamagedPart`) are appended to `damaged`."""
     from pipeline.audit.reader import iter_batches, open_reference
 
     dataset = open_reference(out, endpoint_url=endpoint_url)
@@ -503,6 +516,8 @@ def _reference_rows(out: str, endpoint_url: str | None) -> dict[tuple[str, int, 
     for batch in iter_batches(dataset, REFERENCE_SCHEMA.names):
         for row in pa.Table.from_batches([batch]).to_pylist():
             rows[(row["video_key"], row["gop_index"], row["run_id"])] = row
+    if damaged is not None:
+        damaged.extend(dataset.damaged)
     return rows
 
 
@@ -789,11 +804,15 @@ def cost_report(
     where_expression: Any = None,
     source_uris: set[str] | None = None,
     endpoint_url: str | None = None,
+    damaged: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Figures per codec/target group and for the whole (filtered) archive, with the prices used."""
+    """Figures per codec/target group and for the whole (filtered) archive, with the prices used;
+    damaged reference files (`DamagedPart`, their rows left out) are appended to `damaged`."""
     collector = collect(
         out, where_expression=where_expression, source_uris=source_uris, endpoint_url=endpoint_url
     )
+    if damaged is not None:
+        damaged.extend(collector.damaged)
     return report_from(collector, prices, out, endpoint_url)
 
 

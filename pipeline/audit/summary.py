@@ -220,7 +220,8 @@ class AuditResult:
     failures: list[dict[str, Any]]
     verify: dict[str, Any] | None
     rows: int
-    #: Manifest parts that do not parse (uri, video_key, reason): their rows are not in the audit.
+    #: Manifest parts, and with prices reference files, that do not parse (uri, folder, video_key,
+    #: reason): their rows are not in the audit.
     damaged_parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: Compute spent, the classic reference and the break-even (`costs.cost_report`), when priced.
     costs: dict[str, Any] | None = None
@@ -252,11 +253,12 @@ def audit_archive(
     failures: list[dict[str, Any]] = []
     rows = 0
     collector = None
+    reference_damaged: list[Any] = []  # damaged reference files: a finding like a damaged manifest part
     columns: tuple[str, ...] = _NEEDED
     if prices is not None:  # the costs come from the same pass over the manifest
         from pipeline.audit.costs import COST_COLUMNS, CostCollector, _reference_rows
 
-        collector = CostCollector(_reference_rows(out, endpoint_url))
+        collector = CostCollector(_reference_rows(out, endpoint_url, reference_damaged))
         columns = tuple(dict.fromkeys([*_NEEDED, *COST_COLUMNS]))
     for batch in iter_batches(dataset, columns, expression, batch_size):
         rows += batch.num_rows
@@ -276,7 +278,7 @@ def audit_archive(
         failures=failures,
         verify=summarise_verify(out, endpoint_url=endpoint_url),
         rows=rows,
-        damaged_parts=[part.as_record() for part in dataset.damaged],
+        damaged_parts=[part.as_record() for part in [*dataset.damaged, *reference_damaged]],
         costs=costs,
     )
 

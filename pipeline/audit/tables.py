@@ -24,7 +24,8 @@ def fmt(value: Any, digits: int = 3) -> str:
 def print_audit(result: AuditResult, console: Console, worst: int) -> None:
     for part in result.damaged_parts:
         console.print(
-            f"[red]damaged manifest part[/red] (its rows are left out): {markup_text(part['uri'])}: "
+            f"[red]damaged {part.get('folder', 'manifest')} part[/red] (its rows are left out): "
+            f"{markup_text(part['uri'])}: "
             f"{markup_text(part['reason'])}",
             soft_wrap=True,
             markup=True,

@@ -75,7 +75,7 @@ class Listed:
 
 class ArchiveListing:
     """`for item in ArchiveListing(out, prices=...)`: the archive's videos in key order; `damaged`
-    fills in as damaged manifest files are met."""
+    fills in as damaged manifest files are met (and, with prices, damaged reference files)."""
 
     def __init__(
         self,
@@ -241,8 +241,10 @@ class ArchiveListing:
         """The classic reference's rows by video (a seeded sample of GOPs: small)."""
         if self._references is None:
             self._references = {}
-            for (video, gop, run), row in _reference_rows(self.out, self.endpoint_url).items():
+            damaged: list[DamagedPart] = []
+            for (video, gop, run), row in _reference_rows(self.out, self.endpoint_url, damaged).items():
                 self._references.setdefault(video, []).append((gop, run, row))
+            self.damaged += damaged  # named by ls like a damaged manifest part (no video's rows: no key)
         return self._references
 
     def _references_of(self, key: str) -> list[tuple[int, str, dict[str, Any]]]:

@@ -71,10 +71,12 @@ class DamagedPart:
         elif self.members:
             listed = ", ".join(self.members[:5]) + (", ..." if len(self.members) > 5 else "")
             owner = f"; the rows of its {len(self.members)} packed videos ({listed}) are unreadable"
+        elif self.folder == "reference":
+            owner = "; its rows are left out of the reference figures"
         return f"{self.uri}: damaged {self.folder} part ({self.reason}){owner}"
 
     def as_record(self) -> dict[str, Any]:
-        return {"uri": self.uri, "video_key": self.video_key, "reason": self.reason}
+        return {"uri": self.uri, "folder": self.folder, "video_key": self.video_key, "reason": self.reason}
 
 
 def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:

@@ -63,9 +63,11 @@ class ArchiveParts:
     """The parts under `out/<folder>/` (folder: "manifest", "verify" or "reference"), listed once.
 
     The manifest is resolved by `pipeline.read.manifest_layout` (per-video parts, committed packs and
-    compacted files, each row exactly once); verify and reference results are plain parts.
-    `tables(columns, filter)` yields readable tables; damaged files are skipped and collected in
-    `damaged`. Raises PartsError when the folder cannot be listed or a file fetched.
+    compacted files, each row exactly once); verify and reference results are plain parts (the
+    reference's `compacted-*` files too, read first: name order; a reader keys their rows, so a row in a
+    compacted file and in a part counts once, the part's copy last). `tables(columns, filter)` yields
+    readable tables; damaged files are skipped and collected in `damaged`. Raises PartsError when the
+    folder cannot be listed or a file fetched.
     """
 
     def __init__(self, out: str, folder: str = "manifest", *, endpoint_url: str | None = None) -> None:
@@ -126,9 +128,42 @@ class ArchiveParts:
         if self.plan is not None:
             yield from self._plan_tables(wanted, read_columns, filter_expression, batch_rows)
             return
+        gone: list[str] = []
+        yield from self._path_tables(self.paths, wanted, read_columns, filter_expression, gone)
+        if gone and self.folder == "reference":
+            yield from self._path_tables(self._appeared(), wanted, read_columns, filter_expression, [])
+
+    def _appeared(self) -> list[str]:
+        """The reference's compacted files listed now but not when this reader listed: a part gone when
+        fetched was absorbed by one of them (`pipeline.tools.compact_reference` deletes parts only once
+        their compacted file is in place, and never deletes a compacted file), so reading them after the
+        parts loses no row. Their rows come after the parts' (a reader keeps the last copy of a row):
+        the same values, but for a part rewritten after that compaction *during* this read."""
+        path = join(self.root, self.folder)
+        try:
+            self.fs.invalidate_cache(path)  # s3fs keeps listings: this one must be made now
+            found = retrying(full_uri(self.fs, path), lambda: self._find(path))
+        except Exception as exc:
+            raise PartsError(
+                f"{self.out}: cannot list {self.folder}/ ({describe(exc, self.uri(path))})"
+            ) from None
+        from pipeline.read.manifest_layout import file_kind
+
+        listed = set(self.paths)
+        return sorted(p for p in found if p not in listed and file_kind(p.rsplit("/", 1)[-1]) == "compacted")
+
+    def _path_tables(
+        self,
+        paths: list[str],
+        wanted: list[str],
+        read_columns: list[str],
+        filter_expression: Any,
+        gone: list[str],
+    ) -> Iterator[pa.Table]:
+        """`paths`' readable tables in order; the paths removed since the listing go to `gone`."""
         with concurrent.futures.ThreadPoolExecutor(max_workers=PREFETCH) as pool:
             pending: list[tuple[str, concurrent.futures.Future[bytes]]] = []
-            queue = iter(self.paths)
+            queue = iter(paths)
             for path in queue:
                 pending.append((path, pool.submit(read_bytes, self.fs, path)))
                 if len(pending) >= PREFETCH:
@@ -138,7 +173,7 @@ class ArchiveParts:
                 following = next(queue, None)
                 if following is not None:
                     pending.append((following, pool.submit(read_bytes, self.fs, following)))
-                table = self._parse(path, future, read_columns)
+                table = self._parse(path, future, read_columns, gone)
                 if table is None:
                     continue
                 if filter_expression is not None:
@@ -178,12 +213,13 @@ class ArchiveParts:
             self.damaged.append(DamagedPart(self.uri(path), self.folder, reason, members))
 
     def _parse(
-        self, path: str, future: concurrent.futures.Future[bytes], columns: Sequence[str]
+        self, path: str, future: concurrent.futures.Future[bytes], columns: Sequence[str], gone: list[str]
     ) -> pa.Table | None:
         try:
             data = future.result()
-        except FileNotFoundError:
-            return None  # removed since the listing (a rerun replacing a failed video's part)
+        except FileNotFoundError:  # removed since the listing (a rerun replacing a failed video's part,
+            gone.append(path)  # a reference part absorbed by a compaction)
+            return None
         except Exception as exc:
             raise PartsError(describe(exc, self.uri(path))) from None
         try:

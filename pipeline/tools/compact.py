@@ -15,6 +15,8 @@ of about `target_bytes` (128 MB), then deletes the parts it absorbed. Readers re
   it later records, in the new file's metadata, which keys it `replaces` in the older file.
 - Idempotent: a second run finds nothing new to absorb (it only removes leftovers).
 - One compaction at a time per archive: `manifest/_compaction.lock` (refused while a fresh one exists).
+- The classic reference's parts (`reference/part-<video_key>.parquet`) of done videos whose reference
+  is complete are compacted too, into `reference/compacted-<stamp>.parquet` (`compact_reference`).
 
 Layout of a compacted file, for readers that prune by statistics (one key costs one footer and one row
 group, not a scan):
@@ -80,7 +82,7 @@ from pipeline.store.storage import (
     open_atomic,
     redact,
 )
-from pipeline.tools import compact_merge
+from pipeline.tools import compact_merge, compact_reference
 
 TARGET_BYTES = 128 * 1024 * 1024
 #: Rows per row group: small enough that a key lookup decodes little, large enough that the footer
@@ -131,6 +133,10 @@ class CompactReport:
     files_merged: int = 0
     merged_files_written: list[str] = dataclasses.field(default_factory=list)
     superseded_removed: int = 0
+    #: the classic reference's parts (`compact_reference`)
+    reference: compact_reference.ReferenceReport = dataclasses.field(
+        default_factory=compact_reference.ReferenceReport
+    )
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -142,7 +148,8 @@ class CompactReport:
         return (
             f"compacted {self.parts_absorbed} parts ({self.rows} rows, {self.bytes_in} B) into "
             f"{len(self.files_written)} files ({self.bytes_out} B); {self.leftovers_removed} leftover parts "
-            f"removed; {self.parts_left} parts kept (videos not done){merged}; {self.seconds:.1f} s"
+            f"removed; {self.parts_left} parts kept (videos not done){merged}{self.reference.clause()}; "
+            f"{self.seconds:.1f} s"
         )
 
 
@@ -156,11 +163,14 @@ def compact(
     row_group_rows: int = ROW_GROUP_ROWS,
     merge_min_files: int = compact_merge.MERGE_MIN_FILES,
     merged_grace_seconds: float = compact_merge.GRACE_SECONDS,
+    reference_min_parts: int = 0,
+    reference_max_rows: int = compact_reference.MAX_ROWS,
 ) -> CompactReport:
     """Compact archive `out`'s manifest (see the module docstring); returns what was done. Raises
     CompactError (CompactionLocked while another compaction runs) before touching anything. Then
     small compacted files are merged (`compact_merge`: `merge_min_files` of them at least), and files
-    merged away more than `merged_grace_seconds` ago are deleted."""
+    merged away more than `merged_grace_seconds` ago are deleted. The reference parts are compacted
+    into files of about `reference_max_rows` rows when at least `reference_min_parts` are eligible."""
     started = time.perf_counter()
     try:
         fs, root = filesystem(out, endpoint_url=endpoint_url)
@@ -177,12 +187,20 @@ def compact(
         report.leftovers_removed = len(plan.covered)
         done = marker_keyset(fs, root, "done")
         units, kept = _eligible(plan, done)
+        references = compact_reference.eligible_parts(fs, root, done)  # lists its markers after `done`
         del done
         report.parts_left = kept
         replaces = _replaced_keys(fs, plan, units)
         stream = _stream(fs, units)
         while _write_file(fs, root, plan, stream, replaces, report, target_bytes, row_group_rows):
             pass
+        if len(references.paths) < reference_min_parts:  # too few for a file of their own yet
+            references = dataclasses.replace(
+                references, paths=[], kept=references.kept + len(references.paths)
+            )
+        compact_reference.compact_parts(
+            fs, root, references, report.reference, report.damaged, max_rows=reference_max_rows
+        )
         report.orphan_packs_removed = _remove_orphans(fs, root, plan, orphan_hours)
         _merge(fs, root, report, target_bytes, row_group_rows, merge_min_files, merged_grace_seconds)
     report.seconds = time.perf_counter() - started
