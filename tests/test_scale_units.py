@@ -40,6 +40,59 @@ def test_local_listing_pages_in_path_order(tmp_path: Path) -> None:
     unordered = [o.path for page in iter_pages(fs, root, ordered=False) for o in page]
     assert sorted(unordered) == sorted(str(tmp_path / n) for n in NAMES)
     assert list(iter_pages(fs, str(tmp_path / "missing"))) == []
+    later = [o.path[len(root) + 1 :] for page in iter_pages(fs, root, start_after="a.mp4") for o in page]
+    assert later == [n for n in sorted(NAMES) if n > "a.mp4"]  # what S3's StartAfter gives
+
+
+def test_marker_names_come_back_in_key_order() -> None:
+    """Markers list in name order ("<key>.json"); where one key is a prefix of another, key order
+    differs ("a-1-2.json" lists before "a-1.json")."""
+    from pipeline.audit.videos import marker_keys_in_key_order
+
+    rng = __import__("random").Random(9)
+
+    def key(parent: str) -> str:
+        slug = "".join(rng.choice("ab-._1") for _ in range(rng.randint(0, 3)))
+        return f"{parent}{rng.choice('-._') if parent else ''}{slug}-{rng.getrandbits(48):012x}"
+
+    keys = [key("") for _ in range(300)]
+    for _ in range(3):  # keys that extend other keys: a source named like another's key
+        keys += [key(rng.choice(keys)) for _ in range(300)]
+    by_name = sorted(set(keys), key=lambda k: k + ".json")
+    assert by_name != sorted(set(keys))  # the case exists in this sample
+    assert list(marker_keys_in_key_order(iter(by_name))) == sorted(set(keys))
+    plain = sorted(f"clip-{i:05d}.mp4-{i * 7919 % 65521:012x}" for i in range(2000))
+    consumed = []
+    stream = marker_keys_in_key_order(consumed.append(k) or k for k in plain)
+    for count, key in enumerate(stream, 1):
+        assert key == plain[count - 1] and len(consumed) == count  # streamed: nothing held back
+
+
+def test_a_large_local_folder_is_sorted_through_spilled_runs(tmp_path: Path, monkeypatch) -> None:
+    """Past `SPILL_NAMES` a folder's names go to disk in sorted runs: same order, same entries."""
+    from pipeline.store import listing
+
+    rng = __import__("random").Random(4)
+    names = sorted(
+        {"".join(rng.choice("ab-._0zé") for _ in range(rng.randint(1, 9))) + ".json" for _ in range(300)}
+    )
+    _tree(tmp_path, [*names, "sub/inner.json", "sub-/x.json", "zz/y.json"])
+    fs, root = filesystem(str(tmp_path))
+    whole = [(o.path, o.size) for page in iter_pages(fs, root, page_size=7) for o in page]
+    monkeypatch.setattr(listing, "SPILL_NAMES", 16)
+    runs = []
+    spill = listing._spilled_run
+    monkeypatch.setattr(
+        listing, "_spilled_run", lambda file, names: runs.append(len(names)) or spill(file, names)
+    )
+    assert [(o.path, o.size) for page in iter_pages(fs, root, page_size=7) for o in page] == whole
+    assert len(runs) >= len(names) // 16  # the names went through runs on disk
+    assert [p[len(root) + 1 :] for p, _ in whole] == sorted(
+        [*names, "sub/inner.json", "sub-/x.json", "zz/y.json"]
+    )
+    partly = iter_pages(fs, root, page_size=5)
+    assert len(next(partly)) == 5
+    partly.close()  # a listing left early closes its runs' files
 
 
 def test_s3_listing_pages_through_continuation_tokens(s3_endpoint: str, s3_bucket: str) -> None:
@@ -50,6 +103,10 @@ def test_s3_listing_pages_through_continuation_tokens(s3_endpoint: str, s3_bucke
     pages = list(iter_pages(fs, f"{s3_bucket}/src", page_size=3))
     assert [len(p) for p in pages] == [3, 3, 1]
     assert [o.path for page in pages for o in page] == [f"{s3_bucket}/src/{n}" for n in sorted(NAMES)]
+    later = [
+        o.path for page in iter_pages(fs, f"{s3_bucket}/src", page_size=2, start_after="a.mp4") for o in page
+    ]
+    assert later == [f"{s3_bucket}/src/{n}" for n in sorted(NAMES) if n > "a.mp4"]  # S3 starts there
     # the archive's discovery gives the same entries as for a local copy of the collection
     entries = list_sources(f"s3://{s3_bucket}/src", endpoint_url=s3_endpoint, include=("*.mp4",))
     assert [e.relative for e in entries] == sorted(n for n in NAMES if n.endswith(".mp4"))

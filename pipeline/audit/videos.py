@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import re
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
@@ -165,18 +166,16 @@ class ArchiveListing:
                 yield Listed(_damaged_listing(key, part))
 
     def _marker_keys(self, state: str) -> Iterator[str]:
-        """Keys with a `state` marker, in key order, page by page."""
-        from pipeline.store.listing import iter_pages
+        """Keys with a `state` marker, in key order, as the listing pages come."""
+        from pipeline.store.listing import iter_objects
 
-        for page in iter_pages(self.fs, join(self.root, MARKERS_DIR, state)):
-            keys = []
-            for item in page:
-                name = item.path.rsplit("/", 1)[-1]
-                if name.endswith(".json") and ".tmp-" not in name:
-                    key = name[: -len(".json")]
-                    if self.after is None or key > self.after:
-                        keys.append(key)
-            yield from sorted(keys)
+        # every "<key>.json" with key > after sorts after `after` itself (S3 starts its listing there)
+        folder = join(self.root, MARKERS_DIR, state)
+        names = (
+            item.path.rsplit("/", 1)[-1] for item in iter_objects(self.fs, folder, start_after=self.after)
+        )
+        keys = (name[: -len(".json")] for name in names if name.endswith(".json") and ".tmp-" not in name)
+        yield from marker_keys_in_key_order(k for k in keys if self.after is None or k > self.after)
 
     def _packed_keys(self) -> list[str]:
         """Members of committed packs (one marker per pack, so far fewer than videos)."""
@@ -253,6 +252,32 @@ class ArchiveListing:
         if self._sizes is False:
             self._sizes = stored_bytes(self.out, self.endpoint_url)
         return self._sizes  # type: ignore[return-value]
+
+
+def marker_keys_in_key_order(keys: Iterator[str]) -> Iterator[str]:
+    """Keys of markers listed in name order ("<key>.json"), in key order. The two orders differ only
+    where one key is a prefix of another ("a-0123456789ab" and "a-0123456789ab-ffffffffffff": the
+    longer one's marker lists first), so a key is held back only while such a prefix of it may still
+    be listed: a handful of keys, not the listing."""
+    held: list[str] = []
+    for key in keys:
+        heapq.heappush(held, key)
+        while held and _settled(held[0], key):
+            yield heapq.heappop(held)
+    while held:
+        yield heapq.heappop(held)
+
+
+def _settled(key: str, latest: str) -> bool:
+    """Whether no key listed after `latest` can sort before `key`. Only a prefix of `key` can: one
+    that is itself a key (`<slug>-<12 hex digits>`, `pipeline.format.keys`) and is followed in `key`
+    by "-" or "." (any other character puts its marker's name first)."""
+    latest_name = latest + ".json"
+    return all(key[: m.end()] + ".json" <= latest_name for m in _KEY_INSIDE.finditer(key))
+
+
+#: Where a key's prefix ends like a key and is followed by "-" or ".".
+_KEY_INSIDE = re.compile(r"-[0-9a-f]{12}(?=[-.])")
 
 
 def list_archive(out: str, *, endpoint_url: str | None = None) -> list[VideoListing]:

@@ -11,9 +11,14 @@ A caller that needs "every key" (the done-set, the shard filter) consumes the pa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import heapq
 import os
+import sys
+import tempfile
 from collections.abc import Iterator
+from typing import IO
 
 import fsspec
 from fsspec.asyn import sync
@@ -33,29 +38,45 @@ class ListedObject:
 
 
 def iter_pages(
-    fs: fsspec.AbstractFileSystem, root: str, *, ordered: bool = True, page_size: int = PAGE_SIZE
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    *,
+    ordered: bool = True,
+    page_size: int = PAGE_SIZE,
+    start_after: str | None = None,
 ) -> Iterator[list[ListedObject]]:
     """Every file under `root` (recursively), as pages of at most about `page_size` objects.
 
     A missing root gives no pages. `ordered=False` lets a local listing skip sorting (for set builds).
+    `start_after` (a path relative to `root`) is a hint for an ordered listing: objects of a flat
+    folder at or before it are not listed (S3's StartAfter: paging a listing from its middle costs no
+    requests for what comes before). Callers still filter.
     """
     if is_local(fs):
-        yield from _local_pages(root, ordered, page_size)
+        yield from _local_pages(root, ordered, page_size, start_after if ordered else None)
     elif is_s3(fs):
-        yield from _s3_pages(fs, root, page_size)
+        yield from _s3_pages(fs, root, page_size, start_after)
     else:
         yield from _walk_pages(fs, root, page_size)
 
 
-def iter_objects(fs: fsspec.AbstractFileSystem, root: str, *, ordered: bool = True) -> Iterator[ListedObject]:
+def iter_objects(
+    fs: fsspec.AbstractFileSystem, root: str, *, ordered: bool = True, start_after: str | None = None
+) -> Iterator[ListedObject]:
     """`iter_pages`, one object at a time."""
-    for page in iter_pages(fs, root, ordered=ordered):
+    for page in iter_pages(fs, root, ordered=ordered, start_after=start_after):
         yield from page
 
 
-def _local_pages(root: str, ordered: bool, page_size: int) -> Iterator[list[ListedObject]]:
+def _local_pages(
+    root: str, ordered: bool, page_size: int, start_after: str | None
+) -> Iterator[list[ListedObject]]:
     if ordered:  # already in order: `_tree_pages` need not sort (and hold) the entries
-        yield from _tree_pages(root, _local_sorted_folder, False, page_size)
+
+        def sorted_folder(path: str) -> Iterator[tuple[str, str, bool, int]]:
+            return _local_sorted_folder(path, start_after if path == root else None)
+
+        yield from _tree_pages(root, sorted_folder, False, page_size)
         return
 
     def folder(path: str) -> Iterator[tuple[str, str, bool, int]]:
@@ -77,11 +98,11 @@ def _local_pages(root: str, ordered: bool, page_size: int) -> Iterator[list[List
     yield from _tree_pages(root, folder, ordered, page_size)
 
 
-def _local_sorted_folder(path: str) -> Iterator[tuple[str, str, bool, int]]:
-    """A local folder's entries in the order of full paths. Sorting a folder means holding it; what is
-    held is its sorted names only, and each file's size is read as it is reached: a folder of a
-    million markers holds about 100 MB of names instead of about 350 MB of entries."""
-    for name in _sorted_names(path):
+def _local_sorted_folder(path: str, start_after: str | None = None) -> Iterator[tuple[str, str, bool, int]]:
+    """A local folder's entries in the order of full paths. Sorting a folder means seeing all of it:
+    what is held is its sorted names only (spilled to disk past `SPILL_NAMES`), and each file's size
+    is read as it is reached."""
+    for name in _sorted_names(path, start_after):
         child = os.path.join(path, name.rstrip("/"))
         if name.endswith("/"):
             yield name, child, True, 0
@@ -93,24 +114,52 @@ def _local_sorted_folder(path: str) -> Iterator[tuple[str, str, bool, int]]:
         yield name, child, False, size
 
 
-def _sorted_names(path: str) -> list[str]:
-    """A folder's files and folders (these with a trailing "/"), sorted; nothing for a missing folder."""
-    names = []
+#: Past this many names, a folder's sorted names are spilled to temporary files in sorted runs and
+#: merged back: a folder of ten million markers then holds a few runs' buffers, not a gigabyte of names.
+SPILL_NAMES = 100_000
+
+
+def _sorted_names(path: str, start_after: str | None = None) -> Iterator[str]:
+    """A folder's files and folders (these with a trailing "/"), sorted; nothing for a missing folder.
+    Files at or before `start_after` are left out (folders are kept: their contents may follow it)."""
     try:
         scan = os.scandir(path)
     except (FileNotFoundError, NotADirectoryError):
-        return names
-    with scan:
-        for entry in scan:
-            try:
-                if entry.is_dir(follow_symlinks=True):
-                    names.append(entry.name + "/")
-                elif entry.is_file(follow_symlinks=True):
-                    names.append(entry.name)
-            except FileNotFoundError:  # removed while listing
-                continue
+        return
+    with contextlib.ExitStack() as spilled:
+        runs: list[Iterator[str]] = []
+        names: list[str] = []
+        with scan:
+            for entry in scan:
+                try:
+                    if entry.is_dir(follow_symlinks=True):
+                        names.append(entry.name + "/")
+                    elif entry.is_file(follow_symlinks=True) and (
+                        start_after is None or entry.name > start_after
+                    ):
+                        names.append(entry.name)
+                except FileNotFoundError:  # removed while listing
+                    continue
+                if len(names) >= SPILL_NAMES:
+                    runs.append(_spilled_run(spilled.enter_context(tempfile.TemporaryFile()), names))
+                    names = []
+        names.sort()
+        yield from heapq.merge(names, *runs) if runs else names
+
+
+def _spilled_run(file: IO[bytes], names: list[str]) -> Iterator[str]:
+    """Write `names`, sorted, to `file` (NUL-separated: no file name holds a NUL); read them back lazily."""
     names.sort()
-    return names
+    file.write(("\0".join(names) + "\0").encode(sys.getfilesystemencoding(), "surrogateescape"))
+    file.seek(0)
+
+    def read_back() -> Iterator[str]:
+        tail = b""
+        while block := file.read(1 << 20):
+            *complete, tail = (tail + block).split(b"\0")
+            yield from map(os.fsdecode, complete)
+
+    return read_back()
 
 
 def _tree_pages(root: str, list_folder, ordered: bool, page_size: int) -> Iterator[list[ListedObject]]:
@@ -142,10 +191,14 @@ def _tree_pages(root: str, list_folder, ordered: bool, page_size: int) -> Iterat
         yield page
 
 
-def _s3_pages(fs: fsspec.AbstractFileSystem, root: str, page_size: int) -> Iterator[list[ListedObject]]:
+def _s3_pages(
+    fs: fsspec.AbstractFileSystem, root: str, page_size: int, start_after: str | None
+) -> Iterator[list[ListedObject]]:
     bucket, _, key = root.strip("/").partition("/")
     prefix = key.rstrip("/") + "/" if key else ""
     request: dict = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+    if start_after:
+        request["StartAfter"] = prefix + start_after
     while True:
         reply = sync(fs.loop, fs._call_s3, "list_objects_v2", **request)
         yield [

@@ -52,8 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import heapq
 import math
 import threading
 import time
@@ -100,6 +98,7 @@ from pipeline.store.storage import (
 from pipeline.store.storage_class import is_cold
 from pipeline.tools.verify_progress import INTERVAL_SECONDS, VerifyProgress
 from pipeline.tools.verify_record import write_record
+from pipeline.tools.verify_sample import SeededSample
 
 TOLERANCE_DB = 0.05
 CROSS_DEVICE_TOLERANCE_DB = 0.5
@@ -545,7 +544,7 @@ def _scan_manifest(
         if not len(parts):
             raise VerifyError(f"{out}: no manifest parts (manifest/*.parquet); is this a vidarc archive?")
         scan = ManifestScan(rows=[], fingerprints=[], damaged=parts.damaged, plan=parts.plan, sample=[])
-        sampler = _Sampler(fraction, count, seed)
+        sampler = SeededSample(fraction, count, seed, DEFAULT_ALL_GOPS)
         # the rows while every object may still be checked, as Arrow (not Python objects)
         held: list[pa.Table] | None = []
         held_rows = 0
@@ -565,10 +564,10 @@ def _scan_manifest(
                 if held_rows <= IN_MEMORY_ROWS:
                     continue
                 for kept in held:  # too many to hold: from here on, a sample
-                    _offer_candidates(sampler, kept.filter(_ok_mask(kept)))
+                    sampler.offer(kept.filter(_ok_mask(kept)))
                 held = None
                 continue
-            _offer_candidates(sampler, table.filter(ok))
+            sampler.offer(table.filter(ok))
         if held is None:
             scan.rows, scan.sample = None, sampler.rows()
             return scan
@@ -589,15 +588,6 @@ def _ok_mask(table: pa.Table) -> pa.ChunkedArray:
     return pc.fill_null(pc.equal(table.column("status"), "ok"), False)
 
 
-def _offer_candidates(sampler: _Sampler, kept: pa.Table) -> None:
-    """Offer a batch's ok rows to the sample; only the few its hash admits become Python objects."""
-    keys = kept.column("video_key").to_pylist()
-    gops = kept.column("gop_index").to_pylist()
-    for i in sampler.candidates(keys, gops):
-        record = kept.slice(i, 1).to_pylist()[0]
-        sampler.offer(record, lambda r=record: r["fingerprint"])
-
-
 def _note_failures(scan: ManifestScan, failed: pa.Table) -> None:
     """Videos the archive run recorded as failed (their one row without a GOP), listed up to a bound."""
     whole = failed.filter(pc.is_null(failed.column("gop_index")))
@@ -607,54 +597,6 @@ def _note_failures(scan: ManifestScan, failed: pa.Table) -> None:
         scan.failed_videos.append(
             f"{row['source_uri']}: recorded as failed by the archive run ({row.get('error') or 'no reason'})"
         )
-
-
-class _Sampler:
-    """A seeded sample of GOP rows from a stream: by `count` (or the default size) the rows with the
-    smallest hash; by `fraction` the rows whose hash, as a fraction of 2**64, is below it."""
-
-    def __init__(self, fraction: float | None, count: int | None, seed: int) -> None:
-        self.fraction, self.seed = fraction, seed
-        self.k = count if count is not None else (None if fraction is not None else DEFAULT_ALL_GOPS)
-        self.heap: list[tuple[int, str, int, dict[str, Any]]] = []  # max-heap by -hash
-        self.kept: list[dict[str, Any]] = []
-
-    def hash(self, key: str, gop: int | None) -> int:
-        digest = hashlib.blake2b(f"{self.seed}\0{key}\0{gop}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big")
-
-    def candidates(self, keys: list[str], gops: list[int | None]) -> list[int]:
-        """Positions of the rows that may enter the sample (most rows are rejected by their hash)."""
-        found = []
-        for i, (key, gop) in enumerate(zip(keys, gops, strict=True)):
-            h = self.hash(key, gop)
-            if self.k is None:
-                if h < self.fraction * 2.0**64:  # type: ignore[operator]
-                    found.append(i)
-            elif len(self.heap) < self.k or -self.heap[0][0] > h:
-                found.append(i)
-        return found
-
-    def offer(self, record: dict[str, Any], fingerprint: Any) -> None:
-        h = self.hash(record["video_key"], record["gop_index"])
-        if self.k is None:
-            if h < self.fraction * 2.0**64:  # type: ignore[operator]
-                self.kept.append(dict(record, fingerprint=fingerprint()))
-            return
-        if len(self.heap) < self.k:
-            heapq.heappush(
-                self.heap,
-                (-h, record["video_key"], record["gop_index"], dict(record, fingerprint=fingerprint())),
-            )
-        elif -self.heap[0][0] > h:
-            heapq.heapreplace(
-                self.heap,
-                (-h, record["video_key"], record["gop_index"], dict(record, fingerprint=fingerprint())),
-            )
-
-    def rows(self) -> list[dict[str, Any]]:
-        chosen = self.kept if self.k is None else [item[3] for item in self.heap]
-        return sorted(chosen, key=lambda r: (r["video_key"], r["gop_index"]))
 
 
 class _ColdObjects:
