@@ -132,3 +132,28 @@ def test_arranged_sorts_each_part_on_its_own_and_only_when_out_of_order() -> Non
     assert whole.column("video_key").to_pylist() == ["a", "a", "b", "b"]
     ordered = table.slice(2, 2)
     assert _arranged(ordered, [2]) is ordered
+
+
+def test_parts_ordered_agrees_with_is_ordered_part_by_part() -> None:
+    """The check of a whole run of parts at once says ordered exactly when each part alone is
+    (`_is_ordered`): null keys or GOPs, another video's row, GOPs back or equal, one-row parts, runs
+    whose parts differ in key from their neighbours (never compared across a boundary)."""
+    from pipeline.read.manifest_videos import _is_ordered, _parts_ordered
+
+    rng = random.Random(3)
+    for _ in range(400):
+        sizes = [rng.choice([1, 1, 2, 3, 5]) for _ in range(rng.randrange(1, 6))]
+        keys: list[Any] = []
+        gops: list[Any] = []
+        for p, size in enumerate(sizes):
+            key = f"k{rng.randrange(3)}-{p}"
+            for g in range(size):
+                roll = rng.random()
+                keys.append(None if roll < 0.03 else key + "x" if roll < 0.06 else key)
+                gops.append(None if rng.random() < 0.03 else g - (rng.random() < 0.08) * rng.randrange(2, 4))
+        table = pa.table({"video_key": keys, "gop_index": pa.array(gops, pa.int32())})
+        for names in (["video_key", "gop_index"], ["video_key"]):
+            part = table.select(names)
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            each = all(_is_ordered(part.slice(s, n), names) for s, n in zip(starts, sizes, strict=True))
+            assert _parts_ordered(part, sizes) == each, (keys, gops, sizes)
