@@ -396,21 +396,8 @@ def iter_tables(
             for p in part_paths
             if part_key(p.rsplit("/", 1)[-1]) in pinned or part_key(p.rsplit("/", 1)[-1]) is None
         ]
-    # parts are small: yielded a few hundred at a time, as one chunk (callers pay a fixed cost per batch)
-    pending: list[pa.Table] = []
-    for path, table in parsed_parts(plan.fs, part_paths, read_columns):  # the columns asked for only
-        if table is None:
-            missing.append(path)
-            continue
-        if isinstance(table, Exception):
-            damage(path, str(table))
-            continue
-        pending.append(conform(plan.without_dropped(path, table)))
-        if len(pending) >= PARTS_PER_TABLE:
-            yield pa.concat_tables(pending).combine_chunks()
-            pending = []
-    if pending:
-        yield pa.concat_tables(pending).combine_chunks()
+    # parts are small: yielded a few hundred at a time, as one table (callers pay a fixed cost per table)
+    yield from part_tables(plan, part_paths, read_columns, schema, on_damage=damage, missing=missing)
     for item in plan.compacted:
         drop = pa.array(sorted(item.drop_keys), type=pa.string())
         if filter_expression is not None:
@@ -587,23 +574,36 @@ def parse_or_error(columns: list[str]) -> Callable[[bytes], Any]:
     return parse
 
 
-#: Parsing a small part costs about 3 ms of Python and pyarrow overhead, mostly under the GIL: past this
-#: many parts, they are fetched and parsed in one process per core (chunks of `CHUNK_PARTS`, in order).
+#: Parsing a small part costs about 1.5 ms of pyarrow work (its footer, a zstd context for each page)
+#: and Python: past this many parts, they are fetched and parsed in one process per core (chunks of
+#: `CHUNK_PARTS`, in order), each chunk sent back as one table.
 PROCESS_THRESHOLD = 2_000
 CHUNK_PARTS = 256
 
 
-def parsed_parts(fs: Any, paths: list[str], wanted: list[str]) -> Iterator[tuple[str, Any]]:
-    """(path, table | ValueError | None when gone) for each part, in order."""
+@dataclasses.dataclass
+class PartsChunk:
+    """Parts parsed together (`parsed_chunks`): `table` holds the rows of the readable ones in their
+    order (the columns asked for, with the manifest schema's types); for each of `paths`, `outcomes`
+    says how many of those rows are its own, why it is damaged (a one-line reason) or None (gone)."""
+
+    paths: list[str]
+    outcomes: list[int | str | None]
+    table: Any
+
+
+def parsed_chunks(fs: Any, paths: list[str], wanted: list[str]) -> Iterator[PartsChunk]:
+    """The parts `paths`, `CHUNK_PARTS` at a time, in order; in worker processes when there are many."""
+    chunks = (paths[i : i + CHUNK_PARTS] for i in range(0, len(paths), CHUNK_PARTS))
     workers = min(os.cpu_count() or 1, 8)
     if len(paths) < PROCESS_THRESHOLD or workers < 2 or not _main_is_importable():
-        yield from prefetched(fs, paths, transform=parse_or_error(wanted))
+        for chunk in chunks:
+            yield _parse_chunk(fs, chunk, wanted)
         return
     import collections
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    chunks = (paths[i : i + CHUNK_PARTS] for i in range(0, len(paths), CHUNK_PARTS))
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
@@ -618,7 +618,92 @@ def parsed_parts(fs: Any, paths: list[str], wanted: list[str]) -> Iterator[tuple
             following = next(chunks, None)
             if following is not None:
                 pending.append(pool.submit(_parse_chunk, fs, following, wanted))
-            yield from done
+            yield done
+
+
+def part_tables(
+    plan: ManifestPlan,
+    paths: list[str],
+    columns: list[str],
+    schema: Any,
+    *,
+    on_damage: Callable[[str, str], None],
+    missing: list[str],
+    skip_empty: bool = False,
+    arrange: Callable[[Any, list[int]], Any] | None = None,
+) -> Iterator[Any]:
+    """The rows of the parts `paths` (`columns` read, then `conform_to(schema)`), less the videos the
+    plan leaves out of them, `PARTS_PER_TABLE` parts to a table (with `skip_empty`, parts left without
+    rows do not count). A damaged part is named (`on_damage`), a gone one added to `missing`.
+    `arrange(table, rows of each part)` may reorder a run of whole parts (each part within itself).
+
+    A chunk of parts arrives as one table, so runs of whole parts are sliced from it, not rebuilt part
+    by part; the tables are those a part-by-part reading gave (the same rows, the same boundaries)."""
+    batch = _Batch(arrange or (lambda table, _: table))
+    for chunk in parsed_chunks(plan.fs, paths, columns):
+        table = conform_to(chunk.table, schema)
+        offset = 0
+        for path, outcome in zip(chunk.paths, chunk.outcomes, strict=True):
+            if outcome is None:
+                missing.append(path)
+            elif isinstance(outcome, str):
+                on_damage(path, outcome)
+            else:
+                if path in plan.part_drops:  # its rows less some videos (`video_key` is read)
+                    rows = plan.without_dropped(path, chunk.table.slice(offset, outcome))
+                    batch.add_alone(conform_to(rows, schema), skip_empty)
+                else:
+                    batch.add(table, offset, outcome, skip_empty)
+                offset += outcome
+                if batch.parts >= PARTS_PER_TABLE:
+                    yield batch.take()
+        batch.close_run()
+    if batch.parts or batch.pieces:
+        yield batch.take()
+
+
+class _Batch:
+    """The parts of the table being gathered: runs of whole parts of one chunk's table kept as one
+    slice each (with the rows of each part, for `arrange`), parts less dropped videos on their own."""
+
+    def __init__(self, arrange: Callable[[Any, list[int]], Any]) -> None:
+        self.arrange = arrange
+        self.pieces: list[Any] = []
+        self.parts = 0
+        self._run: tuple[Any, int, list[int]] | None = None  # (table, first row, rows of each part)
+
+    def add(self, table: Any, start: int, rows: int, skip_empty: bool) -> None:
+        """A whole part: rows [start, start + rows) of `table`, which follow the run's, if any."""
+        if skip_empty and not rows:
+            return
+        if self._run is None or self._run[0] is not table:
+            self.close_run()
+            self._run = (table, start, [])
+        self._run[2].append(rows)
+        self.parts += 1
+
+    def add_alone(self, table: Any, skip_empty: bool) -> None:
+        """A part with some of its videos left out: not part of a run."""
+        self.close_run()
+        if skip_empty and not table.num_rows:
+            return
+        self.pieces.append(self.arrange(table, [table.num_rows]))
+        self.parts += 1
+
+    def close_run(self) -> None:
+        if self._run is not None:
+            table, start, sizes = self._run
+            self.pieces.append(self.arrange(table.slice(start, sum(sizes)), sizes))
+            self._run = None
+
+    def take(self) -> Any:
+        """The gathered parts' rows as one table; the batch starts anew."""
+        import pyarrow as pa
+
+        self.close_run()
+        table = pa.concat_tables(self.pieces).combine_chunks()
+        self.pieces, self.parts = [], 0
+        return table
 
 
 def _exit_with(reader_pid: int) -> None:
@@ -639,9 +724,19 @@ def _exit_with(reader_pid: int) -> None:
     threading.Thread(target=watch, name="exit-with-reader", daemon=True).start()
 
 
-def _parse_chunk(fs: Any, paths: list[str], wanted: list[str]) -> list[tuple[str, Any]]:
-    """A worker process's share: fetch (a few at a time) and parse a chunk of parts."""
-    return list(prefetched(fs, paths, transform=parse_or_error(wanted)))
+def _parse_chunk(fs: Any, paths: list[str], wanted: list[str]) -> PartsChunk:
+    """A chunk of parts fetched (a few at a time, in threads) and parsed as they arrive, as one table:
+    in a worker process, one table is cheaper to send back than a table per part. Parsing in the
+    fetching threads instead costs more CPU (their GIL hand-offs) than it saves (measured)."""
+    from pipeline.format.manifest_part import PartsParser
+    from pipeline.format.schema import MANIFEST_SCHEMA
+
+    parser = PartsParser(MANIFEST_SCHEMA, wanted)
+    opened = [None if data is None else parser.open(data) for _, data in prefetched(fs, paths)]
+    table, parsed = parser.finish([part for part in opened if part is not None])
+    found = iter(parsed)
+    outcomes = [None if part is None else next(found) for part in opened]
+    return PartsChunk(paths, outcomes, table)
 
 
 def _main_is_importable() -> bool:

@@ -3,8 +3,8 @@
 `ls` lists millions of videos; holding every row (or every video) in memory does not scale. The files
 `pipeline.read.manifest_layout` resolves are each in key order or cheap to put in it:
 
-- per-video parts (`part-<key>.parquet`): one video each, read in key order (a few fetched and
-  parsed at once, in threads);
+- per-video parts (`part-<key>.parquet`): one video each, read in key order (fetched a few at a
+  time, parsed a chunk at a time, in worker processes when there are many: `manifest_layout.part_tables`);
 - pack parts: one pack's videos, sorted in memory (a pack is small);
 - compacted files: written sorted by key (`vidarc.sorted_by` in their metadata) and read by row group,
   whole videos at a time; an older, unsorted compacted file is read whole and sorted (bounded by the
@@ -27,18 +27,20 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.read.manifest_layout import (
+    PARTS_PER_TABLE,
     SOURCE_PART,
     CompactedFile,
     ManifestPlan,
     conform_to,
     parse_or_error,
-    parsed_parts,
     part_key,
+    part_tables,
     prefetched,
 )
 
@@ -122,39 +124,47 @@ def _singles(
     after: str | None,
     missing: list[str],
 ) -> Iterator[pa.Table]:
-    """Per-video parts in key order, parsed a few at a time in threads, yielded a few hundred videos
-    at a time (per-table work has a fixed cost that one small part would pay alone)."""
+    """Per-video parts in key order, parsed a chunk at a time, yielded a few hundred videos at a time
+    (per-table work has a fixed cost that one small part would pay alone), each part in key order."""
     paths = [path for key, path in singles if after is None or key > after]
-    pending: list[pa.Table] = []
-    for table in _single_tables(plan, paths, wanted, schema, on_damage, missing):
-        pending.append(table)
-        if len(pending) >= SINGLES_PER_TABLE:
-            yield pa.concat_tables(pending).combine_chunks()
-            pending = []
-    if pending:
-        yield pa.concat_tables(pending).combine_chunks()
+    yield from part_tables(
+        plan, paths, wanted, schema, on_damage=on_damage, missing=missing, skip_empty=True, arrange=_arranged
+    )
 
 
-SINGLES_PER_TABLE = 256
+SINGLES_PER_TABLE = PARTS_PER_TABLE
 
 
-def _single_tables(
-    plan: ManifestPlan,
-    paths: list[str],
-    wanted: list[str],
-    schema: pa.Schema,
-    on_damage: Damage,
-    missing: list[str],
-) -> Iterator[pa.Table]:
-    for path, parsed in parsed_parts(plan.fs, paths, wanted):
-        if parsed is None:
-            missing.append(path)
-        elif isinstance(parsed, Exception):
-            on_damage(path, str(parsed))
-        else:
-            parsed = plan.without_dropped(path, parsed)
-            if parsed.num_rows:
-                yield _sorted(conform_to(parsed, schema))
+def _arranged(table: pa.Table, sizes: list[int]) -> pa.Table:
+    """Consecutive parts (`sizes`: the rows of each), each in (video_key, gop_index) order, as `_sorted`
+    puts one part. Parts nearly always are (one video each, GOPs written in order): that is checked for
+    all of them at once, and only when one is not is each part sorted on its own."""
+    if _parts_ordered(table, sizes):
+        return table
+    starts = itertools.accumulate(sizes, initial=0)
+    return pa.concat_tables(
+        [_sorted(table.slice(start, rows)) for start, rows in zip(starts, sizes, strict=False)]
+    )
+
+
+def _parts_ordered(table: pa.Table, sizes: list[int]) -> bool:
+    """Whether each part, the rows of `sizes` in turn, is what `_is_ordered` calls ordered: within a
+    part, every key equal (none null) and, when `gop_index` is read, GOPs non-decreasing (none null)."""
+    rows = table.num_rows
+    if rows < 2:
+        return True
+    within = np.ones(rows - 1, dtype=bool)  # pair (i, i + 1) lies in one part
+    starts = np.cumsum(sizes[:-1], dtype=np.int64)
+    within[starts[(starts > 0) & (starts < rows)] - 1] = False
+    checks = [("video_key", pc.equal)]
+    if "gop_index" in table.column_names:
+        checks.append(("gop_index", pc.greater_equal))
+    for name, compare in checks:
+        column = table.column(name)
+        pairs = pc.fill_null(compare(column.slice(1), column.slice(0, rows - 1)), False)
+        if not np.all(pairs.to_numpy()[within]):
+            return False
+    return True
 
 
 def _whole_file(
