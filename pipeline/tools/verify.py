@@ -57,7 +57,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -104,6 +104,11 @@ TOLERANCE_DB = 0.05
 CROSS_DEVICE_TOLERANCE_DB = 0.5
 CLASSIC_CODECS = frozenset({"x264", "x265", "av1"})
 FULL_SCAN_BYTES = 1 << 30
+#: A container (or pack member) this small is checked in full from one GET, not a ranged GET per GOP:
+#: on S3 a request costs far more than its bytes (a 14 KB object was 8 requests).
+WHOLE_READ_BYTES = 8 << 20
+#: Containers checked at once: their reads are storage round trips, not CPU (`fixity.REQUEST_WORKERS`).
+CHECK_WORKERS = 8
 DEFAULT_ALL_GOPS = 200
 RAY_MIN_GOPS = 8
 GOPS_PER_TASK = 16
@@ -330,17 +335,20 @@ def _verify_every_object(
     failures += _check_packs(fs, paths, by_container)
     checked = 0
     meter.start("containers checked", len(by_container))
-    for (uri, member), container_rows in sorted(
-        by_container.items(), key=lambda item: (item[0][0], item[0][1] or (0, 0))
-    ):
-        size = sizes.get(uri)
-        if size is None:
+    containers = sorted(by_container.items(), key=lambda item: (item[0][0], item[0][1] or (0, 0)))
+
+    def check(item: tuple[tuple[str, Any], list[dict[str, Any]]]) -> str | None:
+        (uri, member), container_rows = item
+        if uri not in sizes:
+            return None
+        full = scan_mode == "full"
+        return _check_container(fs, paths[uri][0], uri, sizes[uri], container_rows, full=full, member=member)
+
+    for ((uri, _), container_rows), problem in _in_order(check, containers, CHECK_WORKERS):
+        if uri not in sizes:
             failures.append(f"{uri}: archive object is missing (manifest lists {len(container_rows)} GOPs)")
             continue
         checked += 1
-        problem = _check_container(
-            fs, paths[uri][0], uri, size, container_rows, full=scan_mode == "full", member=member
-        )
         meter.update(checked)
         if problem:
             failures.append(problem)
@@ -724,8 +732,10 @@ def _check_container(
         if member[0] < 0 or member[0] + member[1] > size:
             return f"{uri}: the manifest places video {rows[0]['video_key']} outside the pack"
         uri, size = f"{uri}#{rows[0]['video_key']}", member[1]
-    read = CountingReader(fs, path, base=shift)
+    read: Any = CountingReader(fs, path, base=shift)
     try:
+        if full and size <= WHOLE_READ_BYTES:
+            read = _HeldBytes(read(0, size), read)
         index = read_index(read, size, name=uri)
         if full:
             problem = _check_every_byte(read, index, uri)
@@ -741,6 +751,40 @@ def _check_container(
     except Exception as exc:
         return f"{uri}: cannot read ({type(exc).__name__}: {redact(str(exc))})"
     return _compare_with_manifest(index, rows, uri, shift)
+
+
+class _HeldBytes:
+    """A small container read whole (one request), served as the ranged reads the checks make; a
+    read that starts outside it goes to the object itself, so errors read as they would."""
+
+    def __init__(self, data: bytes, fallback: Callable[[int, int], bytes]) -> None:
+        self.data, self.fallback = data, fallback
+
+    def __call__(self, offset: int, length: int) -> bytes:
+        if 0 <= offset <= len(self.data):
+            return self.data[offset : offset + length]
+        return self.fallback(offset, length)
+
+
+def _in_order(work: Callable[[Any], Any], items: list[Any], workers: int) -> Iterator[tuple[Any, Any]]:
+    """(item, work(item)) for each item, in the items' order, `workers` at a time and at most
+    `2 * workers` in flight (memory bounded, whatever the archive holds)."""
+    if workers <= 1 or len(items) <= 1:
+        yield from ((item, work(item)) for item in items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="vidarc-verify-check") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append((item, pool.submit(work, item)))
+            if len(pending) >= 2 * workers:
+                head, future = pending.popleft()
+                yield head, future.result()
+        while pending:
+            head, future = pending.popleft()
+            yield head, future.result()
 
 
 def _check_every_byte(read: Any, index: ContainerIndex, uri: str) -> str | None:
