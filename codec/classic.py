@@ -24,7 +24,8 @@ uint16 frames, an 8-bit one uint8.
 
 Geometry: frames are padded by edge replication to what the encoder accepts (even sizes; x265 also
 needs width ≥ 64 and height ≥ 16 — narrower inputs crash libx265 4.1 with heap corruption; SVT-AV1
-needs ≥ 4×4, padded to 8×8) and cropped back on decode.
+needs ≥ 16×16 — SVT-AV1 4.3 (PyAV 18's wheels) corrupts its heap at 8×8, which 2.x took) and cropped
+back on decode. Payloads coded at an older minimum still decode: the decoder follows the stream's size.
 
 Rate control: `quality` is the CRF itself. `kbps`/`bpp` search the CRF on the actual bytes
 (`codec.ratecontrol.search_rate`), warm-started from the previous GOP's choice.
@@ -318,7 +319,7 @@ class Av1Codec(ClassicCodec):
     decoder_name = "libdav1d"
     crf_range = (1, 63)
     default_preset = "8"
-    min_size = (8, 8)
+    min_size = (16, 16)
     fractional_crf = False
 
     def encoder_options(self, crf: int | float, frame_count: int) -> dict[str, str]:
