@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 from jobs.audit import app
 from pipeline.archive.reference import choose_gops, resolve_metric
 from pipeline.audit import prices as prices_module
-from pipeline.audit.costs import cost_report, device_cost, equal_quality_ratio, payback
+from pipeline.audit.costs import (
+    REFERENCE_COST_COLUMNS,
+    _reference_rows,
+    cost_report,
+    device_cost,
+    equal_quality_ratio,
+    payback,
+)
 from pipeline.audit.prices import PricesError, load_prices
 from pipeline.format.schema import REFERENCE_SCHEMA
 
@@ -224,3 +231,19 @@ def test_cost_report_on_a_hand_built_archive(tmp_path: Path, prices_file: Path) 
     assert text.exit_code == 0 and "default (not given)" in text.stdout and "deep_archive" in text.stdout
     bad = CliRunner().invoke(app, ["audit", str(tmp_path), "--prices", str(tmp_path / "none.toml")])
     assert bad.exit_code == 2 and "no such prices file" in bad.output and "Traceback" not in bad.output
+
+
+def test_reference_rows_hold_the_columns_the_figures_read_with_repeated_strings_shared(
+    tmp_path: Path,
+) -> None:
+    """A million-video archive samples hundreds of thousands of reference GOPs, each held as a dict:
+    only the columns the figures read, and one string object per distinct run, codec, metric, note."""
+    fs = fsspec.filesystem("file")
+    (tmp_path / "reference").mkdir()
+    written = [_reference_row(v, g) for v in range(3) for g in range(2)]
+    write_part(fs, str(tmp_path / "reference/part-0.parquet"), written, REFERENCE_SCHEMA)
+    rows = list(_reference_rows(str(tmp_path), None).values())
+    assert len(rows) == 6 and all(set(row) == set(REFERENCE_COST_COLUMNS) for row in rows)
+    for column in ("run_id", "reference_codec", "metric", "metric_note", "status"):
+        assert len({id(row[column]) for row in rows}) == 1, column
+    assert [row["log_ratio"] for row in rows] == [w["log_ratio"] for w in written]

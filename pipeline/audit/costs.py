@@ -46,7 +46,7 @@ from pipeline.audit.class_costs import storage_costs, storage_costs_of
 from pipeline.audit.prices import BYTES_PER_GB, Prices
 from pipeline.audit.video_rows import KEY, OF_THE_ROW, Aggregation, VideoRows
 from pipeline.format.runinfo import CONTAINER_SUFFIX
-from pipeline.format.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, REFERENCE_SCHEMA, compute_column
+from pipeline.format.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, compute_column
 
 #: Stages of the archive's codec compared against a reference encode (see the module docstring).
 CODEC_STAGES: tuple[str, ...] = ("encode", "search")
@@ -498,6 +498,16 @@ def collect(
     return collector
 
 
+#: The reference columns the figures read (`_by_reference`, `_reference_figures`) and the row's key:
+#: a million-video archive samples hundreds of thousands of reference GOPs, each held as a dict.
+REFERENCE_COST_COLUMNS = (
+    "video_key", "gop_index", "run_id", "reference_codec", "metric", "metric_note", "status",
+    "log_ratio", "frame_count", "width", "height", "cpu_seconds", "encode_cpu_seconds",
+)  # fmt: skip
+#: Columns with few distinct values (the same run, codec, metric and note on every row).
+_REPEATED_COLUMNS = ("run_id", "reference_codec", "metric", "metric_note", "status")
+
+
 def _reference_rows(
     out: str, endpoint_url: str | None, damaged: list[Any] | None = None
 ) -> dict[tuple[str, int, str], dict[str, Any]]:
@@ -513,8 +523,11 @@ def _reference_rows(
     if dataset is None:
         return {}
     rows: dict[tuple[str, int, str], dict[str, Any]] = {}
-    for batch in iter_batches(dataset, REFERENCE_SCHEMA.names):
+    shared: dict[str, dict[Any, Any]] = {column: {} for column in _REPEATED_COLUMNS}
+    for batch in iter_batches(dataset, list(REFERENCE_COST_COLUMNS)):
         for row in pa.Table.from_batches([batch]).to_pylist():
+            for column, values in shared.items():  # one str object per distinct value, not per row
+                row[column] = values.setdefault(row[column], row[column])
             rows[(row["video_key"], row["gop_index"], row["run_id"])] = row
     if damaged is not None:
         damaged.extend(dataset.damaged)
