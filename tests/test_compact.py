@@ -93,7 +93,7 @@ def test_a_crash_between_writing_and_deleting_loses_and_duplicates_nothing(
         if paths:  # the absorbed parts' deletion: the compacted file is in place by now
             raise KeyboardInterrupt("killed after the compacted file was written")
 
-    monkeypatch.setattr(compaction, "_remove", crash)
+    monkeypatch.setattr(compaction, "remove_paths", crash)
     with pytest.raises(KeyboardInterrupt):
         compact(str(tmp_path / "out"), force=True)
     monkeypatch.undo()

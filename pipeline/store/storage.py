@@ -449,6 +449,18 @@ def remove(fs: fsspec.AbstractFileSystem, path: str, *, missing_ok: bool = True)
     retrying(full_uri(fs, path), attempt)
 
 
+def remove_paths(fs: fsspec.AbstractFileSystem, paths: list[str]) -> None:
+    """Delete many objects (S3: 1,000 keys a request); one already gone is no error."""
+    for start in range(0, len(paths), 1000):
+        chunk = paths[start : start + 1000]
+        try:
+            fs.rm(chunk)
+        except FileNotFoundError:
+            for path in chunk:
+                if fs.exists(path):
+                    fs.rm_file(path)
+
+
 def list_names(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
     """Names directly under `folder` (empty when it does not exist), retrying transient faults."""
 

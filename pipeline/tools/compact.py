@@ -81,6 +81,7 @@ from pipeline.store.storage import (
     join,
     open_atomic,
     redact,
+    remove_paths,
 )
 from pipeline.tools import compact_merge, compact_reference
 
@@ -183,7 +184,7 @@ def compact(
     with _lock(fs, root, out, force):
         plan = plan_manifest(fs, root)
         report.damaged += [f"{full_uri(fs, path)}: {reason}" for path, reason in plan.damaged]
-        _remove(fs, plan.covered)
+        remove_paths(fs, plan.covered)
         report.leftovers_removed = len(plan.covered)
         done = marker_keyset(fs, root, "done")
         units, kept = _eligible(plan, done)
@@ -417,13 +418,13 @@ def _write_file(
         writer.add_key_value_metadata(compacted_metadata(metadata))
         writer.close()
     if not absorbed:
-        _remove(fs, [path])
+        remove_paths(fs, [path])
         return not exhausted
     report.files_written.append(full_uri(fs, path))
     report.bytes_out += int(fs.size(path))
     report.parts_absorbed += len(absorbed)
     report.rows += rows
-    _remove(fs, absorbed)  # only now: a crash before this leaves covered parts, never lost rows
+    remove_paths(fs, absorbed)  # only now: a crash before this leaves covered parts, never lost rows
     return not exhausted
 
 
@@ -494,19 +495,6 @@ def _absorb(
     source = part_path.rsplit("/", 1)[-1]
     table = table.append_column(SOURCE_PART, pa.array([source] * table.num_rows, pa.string()))
     return table.append_column(SOURCE_SHA256, pa.array([sha256_hex(data)] * table.num_rows, pa.string()))
-
-
-def _remove(fs: Any, paths: list[str]) -> None:
-    if not paths:
-        return
-    for start in range(0, len(paths), 1000):  # S3 deletes up to 1000 keys per request
-        chunk = paths[start : start + 1000]
-        try:
-            fs.rm(chunk)
-        except FileNotFoundError:
-            for path in chunk:
-                if fs.exists(path):
-                    fs.rm_file(path)
 
 
 def _remove_orphans(fs: Any, root: str, plan: ManifestPlan, hours: float) -> int:

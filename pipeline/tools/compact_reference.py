@@ -64,7 +64,7 @@ from pipeline.read.manifest_layout import COMPACTED_PREFIX, PART_PREFIX, SUFFIX,
 from pipeline.read.manifest_videos import SORTED_BY_KEY
 from pipeline.store.keyset import KeySet
 from pipeline.store.listing import iter_objects, iter_pages
-from pipeline.store.storage import full_uri, join, open_atomic
+from pipeline.store.storage import full_uri, join, open_atomic, remove_paths
 
 #: `reference/`, and `markers/reference/` (`pipeline.archive.reference.reference_path`/`pending_path`:
 #: restated here, since the tools never import the archive job).
@@ -378,15 +378,3 @@ class _ListChecksum:
 
     def value(self) -> int:
         return crc32c(b"]", self.crc)
-
-
-def remove_paths(fs: Any, paths: list[str]) -> None:
-    """Delete `paths` (S3: 1,000 keys a request); one already gone is no error."""
-    for start in range(0, len(paths), 1000):
-        chunk = paths[start : start + 1000]
-        try:
-            fs.rm(chunk)
-        except FileNotFoundError:
-            for path in chunk:
-                if fs.exists(path):
-                    fs.rm_file(path)
