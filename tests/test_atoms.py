@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +28,11 @@ def _tensor_philox(ctr: list[int], seed: int) -> list[int]:
     return [int(w) for w in atoms.philox4x32(*words, seed)]
 
 
+def _numpy_philox(ctr: list[int], seed: int) -> list[int]:
+    words = [np.array([v], dtype=np.uint32) for v in ctr]
+    return [int(w[0]) for w in atoms.philox4x32_numpy(*words, seed)]
+
+
 @pytest.mark.parametrize(
     ("ctr", "key", "expected"),
     [
@@ -41,6 +47,7 @@ def _tensor_philox(ctr: list[int], seed: int) -> list[int]:
 )
 def test_philox_matches_published_known_answers(ctr, key, expected):
     assert _tensor_philox(ctr, key[0] | key[1] << 32) == expected
+    assert _numpy_philox(ctr, key[0] | key[1] << 32) == expected
 
 
 def test_philox_matches_python_integer_reference_on_random_counters():
@@ -49,6 +56,30 @@ def test_philox_matches_python_integer_reference_on_random_counters():
         ctr = [rng.getrandbits(32) for _ in range(4)]
         key = [rng.getrandbits(32), rng.getrandbits(32)]
         assert _tensor_philox(ctr, key[0] | key[1] << 32) == _philox_reference(ctr, key)
+        assert _numpy_philox(ctr, key[0] | key[1] << 32) == _philox_reference(ctr, key)
+
+
+@pytest.mark.parametrize(
+    ("seed", "step", "frames", "indices", "dim"),
+    [
+        (11, 3, [0, 2], [0, 5, 17, 1023, 4000], 1000),  # dim not a multiple of 4
+        (2**64 - 1, atoms.INITIAL_NOISE_STEP, [0, 1, MASK], [0, 2**31 + 5, MASK], 9216),  # all-ones words
+        (42, 5, [7], [3], 1),
+        (2**40 + 9, 0, [0, 3, 4], list(range(37)), 515),
+    ],
+)
+@pytest.mark.parametrize("slab_quads", [1, 7, 64, 1 << 16])
+def test_cpu_generator_gives_the_tensor_generators_bits(
+    monkeypatch, seed, step, frames, indices, dim, slab_quads
+):
+    """The CPU's numpy Philox (made in slabs of counters, cut across atoms and within an atom) and the
+    torch-op generator other devices run give the same float32 atoms, bit for bit."""
+    monkeypatch.setattr(atoms, "_SLAB_QUADS", slab_quads)
+    frames_t, idx = torch.tensor(frames), torch.tensor(indices)
+    fast = atoms.gaussian_block(seed, step, frames_t, idx, dim)
+    tensor_ops = atoms._gaussian_block_tensor(seed, step, frames_t, idx, dim)
+    assert fast.shape == (len(frames), len(indices), dim) and fast.is_contiguous()
+    assert torch.equal(fast, tensor_ops)
 
 
 def test_atoms_identical_across_chunk_sizes_and_subsets():
