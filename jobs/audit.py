@@ -2,7 +2,8 @@
 
 Thin entry points: the work lives in `pipeline.audit`. Errors a user can act on are one line, exit 2.
 A damaged manifest or verify part (or classic-reference file) is a finding: the
-audit of the other parts is printed, each damaged part is named on stderr, and `audit` exits 1.
+audit (or comparison) of the other parts is printed, each damaged part is named on stderr, and `audit`
+and `compare` exit 1.
 """
 
 from __future__ import annotations
@@ -126,6 +127,10 @@ def compare(
         print_comparison(result, text_console())
         if html is not None:
             typer.echo(f"report written to {html}")
+    if result.damaged_parts:  # as audit: the comparison of the rest stands, the damage is a finding
+        for part in result.damaged_parts:
+            typer.echo(f"damaged: {printable(part['uri'])}: {printable(part['reason'])}", err=True)
+        raise typer.Exit(1)
 
 
 def register(parent: typer.Typer) -> None:

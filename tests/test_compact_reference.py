@@ -307,6 +307,11 @@ def test_damage_is_named_in_one_line_never_a_crash(tmp_path: Path) -> None:
     named = [line for line in listing.stderr.splitlines() if line.startswith("damaged: ")]
     assert len(named) == 2 and all("left out of the reference figures" in line for line in named)
     assert compacted.name in "".join(named)
+    compared = runner.invoke(audit_app, ["compare", out, out, "--json", "--cpu-hour", "0.04"])
+    assert compared.exit_code == 1 and "Traceback" not in compared.output  # compare: the same finding
+    assert json.loads(compared.stdout)["matched_videos"] == len(VIDEOS)
+    named = [line for line in compared.stderr.splitlines() if line.startswith("damaged: ")]
+    assert compacted.name in "".join(named) and "part-clip-08.parquet" in "".join(named)
 
 
 def test_compaction_on_s3(s3_endpoint: str, s3_bucket: str) -> None:
