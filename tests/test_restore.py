@@ -79,6 +79,10 @@ def test_whole_video_to_mkv_is_exact_with_audio(archive: Path, tmp_path: Path) -
         stored_packets = [p for p in stored.demux(stored.streams.audio[0]) if p.size]
     assert result.audio and audio_packets == len(stored_packets) > 0
     assert not [p for p in tmp_path.iterdir() if p.name != "restored.mkv"]  # no temporaries left
+    again = tmp_path / "again" / "restored.mkv"
+    again.parent.mkdir()
+    restore_video(str(archive), "with-audio.mp4", str(again))
+    assert again.read_bytes() == dest.read_bytes()  # the same bytes each time (no random segment UID)
 
 
 def test_frame_range_decodes_only_covering_gops(archive: Path, tmp_path: Path) -> None:

@@ -346,7 +346,9 @@ def _write_video(
         end_seconds = float("inf")  # a whole video keeps all its audio, even a tail past the last frame
     audio_in = av.open(io.BytesIO(audio), mode="r", format="matroska") if audio else None
     try:
-        with av.open(tmp, mode="w", format=fmt) as container:
+        # bitexact: no random segment UID nor library version in the container, so a restore of the same
+        # archive gives the same bytes each time (and on another machine with the same libraries)
+        with av.open(tmp, mode="w", format=fmt, options={"fflags": "+bitexact"}) as container:
             stream = _video_stream(container, fmt, width, height, fps, time_base, deep=deep)
             if header.rotation:
                 with contextlib.suppress(AttributeError, ValueError):
