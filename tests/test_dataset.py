@@ -337,6 +337,38 @@ def test_export_webdataset_shards(glvc_archive, x264_archive: Path, tmp_path: Pa
     assert frames.shape == (4, 48, 64, 3) and psnr_rgb(archived["frames"].numpy(), frames) > 32
 
 
+def _shard_members(folder: Path) -> list[tuple[str, str, bytes]]:
+    out = []
+    for path in sorted(folder.glob("shard-*.tar")):
+        with tarfile.open(path) as shard:
+            out += [(path.name, m.name, shard.extractfile(m).read()) for m in shard.getmembers()]
+    return out
+
+
+def test_export_decodes_gops_side_by_side_into_the_same_shards(
+    glvc_archive, x264_archive: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """GOPs are decoded (and their clips encoded) on several threads, and the shards hold the same
+    samples in the same order, byte for byte, as with one: GLVC frames and latents, x264 clips."""
+    from pipeline.dataset import export as export_module
+
+    out = glvc_archive[0]
+    exports = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(export_module, "export_workers", lambda workers=workers: workers)
+        for name, archive, options in (
+            ("glvc", out, {"output": "both", "clips_per_shard": 1}),
+            ("x264", x264_archive, {"clip_frames": 2, "clips_per_shard": 3}),
+        ):
+            dest = tmp_path / f"{name}-{workers}"
+            export_archive(str(archive), str(dest), fmt="webdataset", **options)
+            exports[name, workers] = _shard_members(dest)
+    for name in ("glvc", "x264"):
+        assert exports[name, 1] == exports[name, 3] and len(exports[name, 1]) > 4
+    names = [member for _, member, _ in exports["glvc", 1]]
+    assert names == [f"gamma-g0000{g}-f000000{5 * g}.{x}" for g in (0, 1) for x in ("npy", "mp4", "json")]
+
+
 def test_export_errors_are_one_line_and_leave_nothing(x264_archive: Path, tmp_path: Path) -> None:
     from jobs.cli import app
 

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +36,9 @@ from pipeline.store.storage import redact
 _READERS_KEPT = 64  # indexes kept per process (a few KB each) while reading GOPs in shuffled order
 _DECODERS_KEPT = 4  # decoders kept per process (a neural one holds its weights)
 _DECODERS: collections.OrderedDict[tuple[Any, ...], Codec] = collections.OrderedDict()
+_DECODERS_LOCK = threading.Lock()
+#: Held while a decoder that is not `thread_safe` decodes (GOPs may be decoded on several threads).
+_ONE_AT_A_TIME = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,12 +174,13 @@ class ClipReader:
         decoder = self.decoder(fetched.header, fetched.archive_uri)
         frames = latents = None
         space: dict[str, Any] = {}
-        if self.spec.wants_frames:
-            frames = decode_payload(
-                decoder, fetched.payload, fetched.entry, fetched.header, name=fetched.archive_uri
-            )
-        if self.spec.wants_latents:
-            latents, space = self._latents(decoder, fetched)
+        with contextlib.nullcontext() if decoder.thread_safe else _ONE_AT_A_TIME:
+            if self.spec.wants_frames:
+                frames = decode_payload(
+                    decoder, fetched.payload, fetched.entry, fetched.header, name=fetched.archive_uri
+                )
+            if self.spec.wants_latents:
+                latents, space = self._latents(decoder, fetched)
         base = fetched.gop.column_values()
         rows = []
         for number, (start, count) in enumerate(self.spec.windows(fetched.gop.frame_count)):
@@ -196,17 +201,21 @@ class ClipReader:
         return rows
 
     def decoder(self, header: ContainerHeader, uri: str) -> Codec:
-        """The decoder `header` asks for, built once per process (per model and device) and reused."""
+        """The decoder `header` asks for, built once per process (per model and device) and reused.
+
+        Thread-safe: GOPs decoded side by side (`vidarc export`) ask at once, and a decoder that is not
+        built yet must be built once, not once per thread (a neural one loads its weights)."""
         key = (*decoder_key(header), self.model, self.device)
-        decoder = _DECODERS.pop(key, None)
-        if decoder is None:
-            try:
-                decoder = header_decoder(header, model=self.model, device=self.device, name=uri)
-            except CodecError as exc:
-                raise DatasetError(str(exc).splitlines()[0]) from None
-        _DECODERS[key] = decoder
-        while len(_DECODERS) > _DECODERS_KEPT:
-            _DECODERS.popitem(last=False)
+        with _DECODERS_LOCK:
+            decoder = _DECODERS.pop(key, None)
+            if decoder is None:
+                try:
+                    decoder = header_decoder(header, model=self.model, device=self.device, name=uri)
+                except CodecError as exc:
+                    raise DatasetError(str(exc).splitlines()[0]) from None
+            _DECODERS[key] = decoder
+            while len(_DECODERS) > _DECODERS_KEPT:
+                _DECODERS.popitem(last=False)
         return decoder
 
     def _latents(self, decoder: Codec, fetched: GopPayload) -> tuple[np.ndarray, dict[str, Any]]:

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.dataset.clips import ClipReader
+from codec.cores import usable_cores
+from pipeline.dataset.clips import ClipReader, GopPayload
 from pipeline.dataset.plan import (
     DEFAULT_COLUMNS,
     ArchivePlan,
@@ -37,6 +38,7 @@ from pipeline.dataset.plan import (
     plan_archive,
 )
 from pipeline.format.runinfo import json_text
+from pipeline.read.ordered import ordered_map
 from pipeline.read.restore import MP4_CRF, RestoreError, restore_video
 from pipeline.store import thaw
 from pipeline.store.storage import (
@@ -202,14 +204,27 @@ def _export_webdataset(
     plan: ArchivePlan, fs: Any, root: str, written: list[str], clips_per_shard: int,
     endpoint_url: str | None, device: str, model: str | None,
 ) -> ExportResult:  # fmt: skip
+    """Payloads are fetched in order on this thread; each GOP's decode and its samples' encoding (an
+    H.264 clip, an .npy) run on `export_workers()` threads side by side; samples are written in order,
+    so the shards are the same whatever the number of workers (tested)."""
     reader = ClipReader(plan.spec, plan.columns, endpoint_url=endpoint_url, device=device, model=model)
+
+    def samples(fetched: GopPayload) -> list[list[tuple[str, bytes]]]:
+        fps = Fraction(int(fetched.header.fps_num), int(fetched.header.fps_den))
+        return [sample_members(row, fps) for row in reader.clips(fetched)]
+
+    fetched = (gop for obj in plan.objects for gop in reader.read_object(obj))
     with _ShardWriter(fs, root, clips_per_shard, written) as shards:
-        for obj in plan.objects:
-            for fetched in reader.read_object(obj):
-                fps = Fraction(int(fetched.header.fps_num), int(fetched.header.fps_den))
-                for row in reader.clips(fetched):
-                    shards.add(row, fps)
+        for gop_samples in ordered_map(samples, fetched, export_workers(), name="vidarc-export"):
+            for members in gop_samples:
+                shards.add(members)
     return ExportResult(list(written), clips=shards.count, gops=plan.gop_count, bytes_read=reader.bytes_read)
+
+
+def export_workers() -> int:
+    """GOPs decoded and encoded at once: the usable cores (each neural pass on the CPU runs one torch
+    thread, and libx264 clips are encoded side by side; on a GPU its passes queue on the device)."""
+    return usable_cores()
 
 
 class _ShardWriter:
@@ -221,7 +236,7 @@ class _ShardWriter:
         self.stack = contextlib.ExitStack()
         self.tar: tarfile.TarFile | None = None
 
-    def add(self, row: dict[str, Any], fps: Fraction) -> None:
+    def add(self, members: list[tuple[str, bytes]]) -> None:
         if self.count % self.per_shard == 0:
             self.stack.close()  # the previous shard is complete: commit it
             self.stack = contextlib.ExitStack()
@@ -232,7 +247,8 @@ class _ShardWriter:
                 tarfile.open(fileobj=handle, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
             )
         assert self.tar is not None
-        _add_sample(self.tar, row, fps)
+        for name, data in members:
+            _add_member(self.tar, name, data)
         self.count += 1
 
     def __enter__(self) -> _ShardWriter:
@@ -247,19 +263,22 @@ def sample_key(row: dict[str, Any]) -> str:
     return f"{str(row['video_key']).replace('.', '_')}-g{int(row['gop_index']):05d}-f{int(row['first_frame']):07d}"
 
 
-def _add_sample(shard: tarfile.TarFile, row: dict[str, Any], fps: Fraction) -> None:
+def sample_members(row: dict[str, Any], fps: Fraction) -> list[tuple[str, bytes]]:
+    """One clip row as its WebDataset members (name, bytes): `.npy` latents, `.mp4` frames, `.json`."""
     key = sample_key(row)
     meta = {k: v for k, v in row.items() if k not in ("frames", "latents", "latents_mean", "latents_std")}
     meta["fps"] = float(fps)
+    members = []
     if "latents" in row:
         meta["latents_mean"] = [float(v) for v in row["latents_mean"]]
         meta["latents_std"] = [float(v) for v in row["latents_std"]]
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(row["latents"], dtype=np.float32))
-        _add_member(shard, f"{key}.npy", buffer.getvalue())
+        members.append((f"{key}.npy", buffer.getvalue()))
     if "frames" in row:
-        _add_member(shard, f"{key}.mp4", clip_mp4(row["frames"], fps))
-    _add_member(shard, f"{key}.json", _json_bytes(meta))
+        members.append((f"{key}.mp4", clip_mp4(row["frames"], fps)))
+    members.append((f"{key}.json", _json_bytes(meta)))
+    return members
 
 
 def _add_member(shard: tarfile.TarFile, name: str, data: bytes) -> None:

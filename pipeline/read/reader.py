@@ -9,10 +9,8 @@ with one read from the end of the object, each GOP with one more.
 
 from __future__ import annotations
 
-import collections
 import json
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from typing import Any
 
@@ -34,6 +32,7 @@ from pipeline.format.container import (
     read_preamble,
 )
 from pipeline.format.container_header import ContainerHeader
+from pipeline.read.ordered import ordered_map
 from pipeline.store.storage import filesystem, full_uri, retrying
 
 
@@ -159,23 +158,16 @@ class ArchiveReader:
         GOPs decode on `decode_workers` threads at once; the payloads are read here, in order, and at
         most one GOP per worker waits decoded ahead of the caller (memory stays a few GOPs). Other
         decoders (libav's, or any on a GPU) decode one GOP at a time, as before."""
+
+        def payloads() -> Iterator[tuple[GopEntry, bytes]]:
+            for i in indices:
+                yield self.entry(i), self.gop(i)
+
+        def decode(item: tuple[GopEntry, bytes]) -> np.ndarray:
+            return decode_payload(decoder, item[1], item[0], self.header, name=self.uri)
+
         workers = decode_workers(decoder, len(indices))
-        if workers == 1:
-            for i in indices:
-                yield self.decode(i, decoder)
-            return
-        with ThreadPoolExecutor(workers, thread_name_prefix="vidarc-decode") as pool:
-            pending: collections.deque[Future[np.ndarray]] = collections.deque()
-            for i in indices:
-                entry = self.entry(i)
-                payload = self.gop(i)
-                pending.append(
-                    pool.submit(decode_payload, decoder, payload, entry, self.header, name=self.uri)
-                )
-                if len(pending) > workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+        yield from ordered_map(decode, payloads(), workers, name="vidarc-decode")
 
 
 def decode_workers(decoder: Codec, gops: int) -> int:

@@ -769,22 +769,11 @@ class _HeldBytes:
 def _in_order(work: Callable[[Any], Any], items: list[Any], workers: int) -> Iterator[tuple[Any, Any]]:
     """(item, work(item)) for each item, in the items' order, `workers` at a time and at most
     `2 * workers` in flight (memory bounded, whatever the archive holds)."""
-    if workers <= 1 or len(items) <= 1:
-        yield from ((item, work(item)) for item in items)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
+    from pipeline.read.ordered import ordered_map
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="vidarc-verify-check") as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append((item, pool.submit(work, item)))
-            if len(pending) >= 2 * workers:
-                head, future = pending.popleft()
-                yield head, future.result()
-        while pending:
-            head, future = pending.popleft()
-            yield head, future.result()
+    return ordered_map(
+        lambda item: (item, work(item)), items, workers, ahead=2 * workers, name="vidarc-verify-check"
+    )
 
 
 def _check_every_byte(read: Any, index: ContainerIndex, uri: str) -> str | None:
