@@ -4,7 +4,8 @@
 script uses only what every commit since the codecs landed has (`codec.registry.build_codec`, the
 `Codec` interface, the synthetic clips under either of their module paths) and times what the benchmark
 times: encode with the reconstruction, one GOP at a time; decode (`decode_with_digest`) one GOP at a
-time; the same GOPs decoded two side by side. A warm-up GOP of other frames is coded first, untimed.
+time; the same GOPs decoded two side by side, then encoded two side by side (as an archive run's encode
+actor holds several GOPs in flight). A warm-up GOP of other frames is coded first, untimed.
 It prints one JSON line with (wall, CPU) seconds per GOP and the payload sizes, which must be equal
 between the two commits of a pair (same payloads: only the speed differs).
 
@@ -70,6 +71,10 @@ def main() -> None:
         wall = time.perf_counter()
         list(pool.map(decode, encoded))
         side_by_side = (time.perf_counter() - wall) / 2
+    with ThreadPoolExecutor(2) as pool:  # as an archive run's encode actor holds several GOPs in flight
+        wall = time.perf_counter()
+        list(pool.map(lambda gop: codec.encode(gop, target, FPS), gops[:2]))
+        encode_side_by_side = (time.perf_counter() - wall) / 2
     record = {
         "codec": args.codec,
         "target": f"{args.kind}={args.value:g}",
@@ -77,6 +82,7 @@ def main() -> None:
         "encode_wall_cpu": encode_times,
         "decode_wall_cpu": decode_times,
         "side_by_side_decode_wall_per_gop": side_by_side,
+        "side_by_side_encode_wall_per_gop": encode_side_by_side,
         "payload_bytes": [len(gop.payload) for gop in encoded],
     }
     print(json.dumps(record))

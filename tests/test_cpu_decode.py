@@ -155,6 +155,10 @@ def test_bench_codec_measures_a_codec_beside_x265() -> None:
     for side in ("codec_speed", "x265"):
         assert record[side]["encode_fps"] > 0 and record[side]["decode_fps"] > 0
     assert record["codec_speed"]["evaluations"] >= 1  # a bpp target searches
+    assert (
+        record["codec_speed"]["parallel_encode_fps"] > 0 and record["codec_speed"]["parallel_decode_fps"] > 0
+    )
+    assert record["x265"]["parallel_encode_fps"] is None  # the baseline is coded one GOP at a time
     assert record["decode_ratio_to_x265"] == pytest.approx(
         record["codec_speed"]["decode_fps"] / record["x265"]["decode_fps"]
     )

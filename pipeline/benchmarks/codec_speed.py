@@ -11,6 +11,8 @@ exactly as the pipeline calls it:
   once per GOP and only the latent codec per candidate);
 - **decode**: `decode_with_digest` per GOP, one at a time; and, with `--gops N` (N > 1), the same N
   GOPs decoded side by side on N threads (`codec.cpu_threads`: how restore and verify use a CPU's cores);
+- **encode side by side**: with `--gops N`, the same N GOPs encoded at once on N threads, as an archive
+  run's encode actor holds several GOPs in flight (its throughput on a CPU);
 - **x265** (medium, vidarc's default CRF 28) encodes and decodes the same frames in the same process, so every
   figure is also a ratio to x265 that survives a busy machine;
 - **CPU seconds** per GOP (the process's, all threads) beside the wall seconds: on a shared machine whose
@@ -49,15 +51,17 @@ class CodecSpeed:
     bpp: float
     evaluations: float | None = None  # rate-search candidates per GOP (mean)
     parallel_decode_seconds: float | None = None  # wall time of N GOPs decoded side by side, per GOP
+    parallel_encode_seconds: float | None = None  # wall time of N GOPs encoded side by side, per GOP
     encode_cpu_seconds: float | None = None  # process CPU time per GOP (median), all threads
     decode_cpu_seconds: float | None = None
 
     def fps(self, frames: int) -> dict[str, float | None]:
-        par = self.parallel_decode_seconds
+        par, par_encode = self.parallel_decode_seconds, self.parallel_encode_seconds
         return {
             "encode_fps": frames / self.encode_seconds,
             "decode_fps": frames / self.decode_seconds,
             "parallel_decode_fps": frames / par if par else None,
+            "parallel_encode_fps": frames / par_encode if par_encode else None,
         }
 
 
@@ -85,9 +89,10 @@ class CodecBenchResult:
         ours, x265 = self.measured.fps(f), self.x265.fps(f)
         for key, label in (("encode_fps", "encode frames/s"), ("decode_fps", "decode frames/s (1 GOP)")):
             out.append(f"{label:<28}{ours[key]:>12.2f}{x265[key]:>12.1f}{ours[key] / x265[key]:>10.3f}")
-        if ours["parallel_decode_fps"]:
-            label = f"decode frames/s ({self.gops} side by side)"
-            out.append(f"{label:<28}{ours['parallel_decode_fps']:>12.2f}")
+        for key, what in (("parallel_encode_fps", "encode"), ("parallel_decode_fps", "decode")):
+            if ours[key]:
+                label = f"{what} frames/s ({self.gops} side by side)"
+                out.append(f"{label:<28}{ours[key]:>12.2f}")
         out.append(f"{'bits per pixel':<28}{self.measured.bpp:>12.4f}{self.x265.bpp:>12.4f}")
         m = self.measured
         for label, cpu, wall in (("encode", m.encode_cpu_seconds, m.encode_seconds),
@@ -143,12 +148,18 @@ def _measure(
         codec.decode_with_digest(gop.payload, count, width, height)
         dec_times.append(time.perf_counter() - start)
         dec_cpu.append(time.process_time() - cpu)
-    side_by_side = None
+    side_by_side = encode_side_by_side = None
     if parallel and len(encoded) > 1:
         with ThreadPoolExecutor(len(encoded)) as pool:
             start = time.perf_counter()
             list(pool.map(lambda g: codec.decode_with_digest(g.payload, count, width, height), encoded))
             side_by_side = (time.perf_counter() - start) / len(encoded)
+        # as an archive run codes a video's GOPs: several in flight on one codec (GLVC's tokenizer cache
+        # holds one GOP, so each encode here runs its tokenizer again, as in a run)
+        with ThreadPoolExecutor(len(gops)) as pool:
+            start = time.perf_counter()
+            list(pool.map(lambda frames: codec.encode(frames, target, FPS), gops))
+            encode_side_by_side = (time.perf_counter() - start) / len(gops)
     payload_bytes = sum(len(g.payload) for g in encoded)
     return CodecSpeed(
         codec=codec.name,
@@ -157,6 +168,7 @@ def _measure(
         bpp=bits_per_pixel(payload_bytes, width, height, count * len(encoded)),
         evaluations=statistics.mean(evaluations) if evaluations else None,
         parallel_decode_seconds=side_by_side,
+        parallel_encode_seconds=encode_side_by_side,
         encode_cpu_seconds=statistics.median(enc_cpu),
         decode_cpu_seconds=statistics.median(dec_cpu),
     )
