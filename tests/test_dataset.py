@@ -345,11 +345,16 @@ def _shard_members(folder: Path) -> list[tuple[str, str, bytes]]:
     return out
 
 
+def _shard_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.glob("shard-*.tar"))}
+
+
 def test_export_decodes_gops_side_by_side_into_the_same_shards(
     glvc_archive, x264_archive: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """GOPs are decoded (and their clips encoded) on several threads, and the shards hold the same
-    samples in the same order, byte for byte, as with one: GLVC frames and latents, x264 clips."""
+    samples in the same order, byte for byte, as with one: GLVC frames and latents, x264 clips. The
+    shard files are the same bytes too (members carry a fixed time): an export is reproducible."""
     from pipeline.dataset import export as export_module
 
     out = glvc_archive[0]
@@ -363,8 +368,10 @@ def test_export_decodes_gops_side_by_side_into_the_same_shards(
             dest = tmp_path / f"{name}-{workers}"
             export_archive(str(archive), str(dest), fmt="webdataset", **options)
             exports[name, workers] = _shard_members(dest)
+            exports[name, workers, "bytes"] = _shard_bytes(dest)
     for name in ("glvc", "x264"):
         assert exports[name, 1] == exports[name, 3] and len(exports[name, 1]) > 4
+        assert exports[name, 1, "bytes"] == exports[name, 3, "bytes"]  # and the same files, byte for byte
     names = [member for _, member, _ in exports["glvc", 1]]
     assert names == [f"gamma-g0000{g}-f000000{5 * g}.{x}" for g in (0, 1) for x in ("npy", "mp4", "json")]
 

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import io
 import tarfile
-import time
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
@@ -283,7 +282,8 @@ def sample_members(row: dict[str, Any], fps: Fraction) -> list[tuple[str, bytes]
 
 def _add_member(shard: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+    # a fixed time (as reproducible builds use): the same selection exports to the same bytes each time
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
     shard.addfile(info, io.BytesIO(data))
 
 
