@@ -21,7 +21,8 @@ import pipeline.tools.compact_reference as compact_reference
 from jobs.audit import app as audit_app
 from jobs.inspect_archive import register as register_inspect
 from pipeline.archive.reference import pending_path, reference_path
-from pipeline.audit.costs import REFERENCE_COST_COLUMNS, _reference_rows
+from pipeline.audit import costs
+from pipeline.audit.costs import REFERENCE_COST_COLUMNS
 from pipeline.audit.reader import open_reference
 from pipeline.format.manifest_part import COLUMN_CHECKSUMS_KEY, column_checksum, parquet_bytes, parse_part
 from pipeline.format.runinfo import (
@@ -51,6 +52,14 @@ def _manifest_rows(key: str) -> list[dict]:
          "encode_device_seconds": 0.5 + g / 10, "decode_device_seconds": 0.1}
         for g in range(GOPS)
     ]  # fmt: skip
+
+
+def _reference_rows(out: str, endpoint_url: str | None) -> dict[tuple[str, int, str], dict]:
+    """The reference rows audit and ls hold (`costs._reference_rows`, one Arrow table) by their key."""
+    table = costs._reference_rows(out, endpoint_url)
+    keyed = {(r["video_key"], r["gop_index"], r["run_id"]): r for r in table.to_pylist()}
+    assert len(keyed) == table.num_rows  # one row per key
+    return keyed
 
 
 def _reference_rows_of(key: str, *, ratio: float = 0.1) -> list[dict]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pytest
 from test_audit import gop_row, write_part
 from typer.testing import CliRunner
@@ -17,6 +18,7 @@ from pipeline.archive.reference import choose_gops, resolve_metric
 from pipeline.audit import prices as prices_module
 from pipeline.audit.costs import (
     REFERENCE_COST_COLUMNS,
+    REFERENCE_ROWS_SCHEMA,
     _reference_rows,
     cost_report,
     device_cost,
@@ -233,17 +235,17 @@ def test_cost_report_on_a_hand_built_archive(tmp_path: Path, prices_file: Path) 
     assert bad.exit_code == 2 and "no such prices file" in bad.output and "Traceback" not in bad.output
 
 
-def test_reference_rows_hold_the_columns_the_figures_read_with_repeated_strings_shared(
-    tmp_path: Path,
-) -> None:
-    """A million-video archive samples hundreds of thousands of reference GOPs, each held as a dict:
-    only the columns the figures read, and one string object per distinct run, codec, metric, note."""
+def test_reference_rows_hold_the_columns_the_figures_read_as_one_arrow_table(tmp_path: Path) -> None:
+    """A million-video archive samples hundreds of thousands of reference GOPs: one Arrow table of only
+    the columns the figures read, the codec, metric, note and status dictionary-encoded, in the order
+    read."""
     fs = fsspec.filesystem("file")
     (tmp_path / "reference").mkdir()
     written = [_reference_row(v, g) for v in range(3) for g in range(2)]
     write_part(fs, str(tmp_path / "reference/part-0.parquet"), written, REFERENCE_SCHEMA)
-    rows = list(_reference_rows(str(tmp_path), None).values())
-    assert len(rows) == 6 and all(set(row) == set(REFERENCE_COST_COLUMNS) for row in rows)
-    for column in ("run_id", "reference_codec", "metric", "metric_note", "status"):
-        assert len({id(row[column]) for row in rows}) == 1, column
-    assert [row["log_ratio"] for row in rows] == [w["log_ratio"] for w in written]
+    rows = _reference_rows(str(tmp_path), None)
+    assert isinstance(rows, pa.Table) and rows.num_rows == 6
+    assert rows.schema == REFERENCE_ROWS_SCHEMA and rows.column_names == list(REFERENCE_COST_COLUMNS)
+    for column in ("reference_codec", "metric", "metric_note", "status"):
+        assert pa.types.is_dictionary(rows.schema.field(column).type), column
+    assert rows.column("log_ratio").to_pylist() == [w["log_ratio"] for w in written]

@@ -46,7 +46,13 @@ from pipeline.audit.class_costs import storage_costs, storage_costs_of
 from pipeline.audit.prices import BYTES_PER_GB, Prices
 from pipeline.audit.video_rows import KEY, OF_THE_ROW, Aggregation, VideoRows
 from pipeline.format.runinfo import CONTAINER_SUFFIX
-from pipeline.format.schema import COMPUTE_STAGES, CPU_DEVICE, CPU_STAGES, compute_column
+from pipeline.format.schema import (
+    COMPUTE_STAGES,
+    CPU_DEVICE,
+    CPU_STAGES,
+    REFERENCE_SCHEMA,
+    compute_column,
+)
 
 #: Stages of the archive's codec compared against a reference encode (see the module docstring).
 CODEC_STAGES: tuple[str, ...] = ("encode", "search")
@@ -207,7 +213,8 @@ class _Acc:
     seconds: dict[str, dict[str, float]] = dataclasses.field(
         default_factory=lambda: collections.defaultdict(lambda: collections.defaultdict(float))
     )
-    reference: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: The group's classic-reference rows (`REFERENCE_ROWS_SCHEMA`), in the order its GOPs were met.
+    reference: pa.Table = dataclasses.field(default_factory=lambda: REFERENCE_ROWS_SCHEMA.empty_table())
     #: Arrow rows per video (`_VIDEO_SCHEMA`), not dicts: a million videos were much of a large audit's memory.
     videos: VideoRows = dataclasses.field(default_factory=_video_rows)
     #: Only the videos not in their own object with no recorded class (`_OBJECT_SCHEMA`).
@@ -225,7 +232,7 @@ class _Acc:
         for stage, kinds in other.seconds.items():
             for kind, seconds in kinds.items():
                 self.seconds[stage][kind] += seconds
-        self.reference.extend(other.reference)
+        self.reference = pa.concat_tables([self.reference, other.reference])
         self.videos.add(other.videos.table())
         self.objects.add(other.objects.table())
 
@@ -245,18 +252,22 @@ class CostCollector:
 
     def __init__(
         self,
-        references: dict[tuple[str, int, str], dict[str, Any]],
+        references: pa.Table,
         *,
         label: str = "group",
         source_uris: set[str] | None = None,
     ) -> None:
+        #: The reference rows (`_reference_rows`: one per key, `REFERENCE_ROWS_SCHEMA`).
         self.references = references
-        self.reference_videos = pa.array(sorted({key for key, _, _ in references}), type=pa.string())
+        self.reference_videos = pc.unique(references.column(KEY).combine_chunks())
         self.label = label
         self.source_uris = (
             pa.array(sorted(source_uris), type=pa.string()) if source_uris is not None else None
         )
-        self.groups: dict[str, _Acc] = collections.defaultdict(_Acc)
+        self._groups: dict[str, _Acc] = collections.defaultdict(_Acc)
+        #: The sampled manifest rows met so far (`label`, and the reference key), per batch in the order
+        #: met: joined to `references` at once when `groups` is read (`_join_references`).
+        self._sampled: list[pa.Table] = []
         #: Object sizes over all groups, held apart only once a second group is met: until then the
         #: one group's rows hold them (no second copy of a million keys).
         self._sizes: VideoRows | None = None
@@ -265,13 +276,19 @@ class CostCollector:
         self.sizes_known = True  # False once a row of an earlier release (no archive_bytes) is met
 
     @property
+    def groups(self) -> dict[str, _Acc]:
+        """The figures per group, their reference rows joined (in the order the manifest rows came)."""
+        self._join_references()
+        return self._groups
+
+    @property
     def sizes(self) -> pa.Table:
         """`video_key`, `stored`: each video's object size (the latest batch's that recorded it)."""
         if self._sizes is not None:
             return self._sizes.table()
-        if not self.groups:
+        if not self._groups:
             return _SIZE_SCHEMA.empty_table()
-        sizes = next(iter(self.groups.values())).videos.table().select(_SIZE_SCHEMA.names)
+        sizes = next(iter(self._groups.values())).videos.table().select(_SIZE_SCHEMA.names)
         return (
             sizes
             if not sizes.column("stored").null_count
@@ -305,7 +322,7 @@ class CostCollector:
         sums = [("frames", "sum"), ("pixels", "sum"), ("payload", "sum"), ("unaccounted", "sum"),
                 (KEY, "count"), *((column, "sum") for column in stage_columns)]  # fmt: skip
         for row in derived.group_by(["label", "device"], use_threads=False).aggregate(sums).to_pylist():
-            acc = self.groups[row["label"]]
+            acc = self._groups[row["label"]]
             acc.gops += row[f"{KEY}_count"]
             acc.frames += int(row["frames_sum"] or 0)
             acc.pixels += float(row["pixels_sum"] or 0.0)
@@ -334,15 +351,15 @@ class CostCollector:
             }
         )
         for label, rows in _by_label(videos):
-            self.groups[label].videos.add(rows)
+            self._groups[label].videos.add(rows)
         for label, rows in _by_label(_object_entries(per_video)):
-            self.groups[label].objects.add(rows)
+            self._groups[label].objects.add(rows)
 
     def _add_sizes(self, rows: pa.Table) -> None:
         """One batch's object sizes over all groups: apart from the groups' rows once there are two
         (seeded with the first group's, every earlier batch's rows being that group's)."""
-        if self._sizes is None and len(self.groups) > 1:
-            first = next(iter(self.groups.values()))
+        if self._sizes is None and len(self._groups) > 1:
+            first = next(iter(self._groups.values()))
             self._sizes = VideoRows(_SIZE_SCHEMA, _SIZE_SUMS)
             earlier = first.videos.table().select(_SIZE_SCHEMA.names)
             self._sizes.add(earlier.filter(pc.is_valid(earlier.column("stored"))))
@@ -367,13 +384,36 @@ class CostCollector:
         return pa.array(labels, type=pa.string())
 
     def _add_references(self, table: pa.Table, labels: pa.Array) -> None:
-        """The sampled GOPs' reference rows (a few per cent of GOPs), joined in Python."""
+        """The sampled GOPs' keys (a few per cent of the rows) with their group, kept in the order met:
+        joined to the reference rows once, not per batch (`_join_references`)."""
         sampled = pc.fill_null(pc.is_in(table.column(KEY), value_set=self.reference_videos), False)
-        rows = table.filter(sampled).select([KEY, "gop_index", "run_id"]).to_pylist()
-        for row, label in zip(rows, labels.filter(sampled).to_pylist(), strict=True):
-            reference = self.references.get((row[KEY], row["gop_index"], row["run_id"]))
-            if reference is not None:
-                self.groups[label].reference.append(reference)
+        if not pc.any(sampled).as_py():
+            return
+        keys = table.filter(sampled).select(list(REFERENCE_KEY))
+        self._sampled.append(keys.append_column("label", pc.dictionary_encode(labels.filter(sampled))))
+
+    def _join_references(self) -> None:
+        """Each sampled manifest row's reference row (if any) appended to its group's, in the order the
+        rows came: the bootstrap's resamples depend on that order, so the join is re-sorted by it."""
+        if not self._sampled:
+            return
+        sampled = pa.concat_tables(self._sampled)
+        self._sampled = []
+        met = pa.table(
+            {
+                **{column: sampled.column(column) for column in REFERENCE_KEY},
+                "label": pc.cast(sampled.column("label"), pa.string()),
+                "met": pa.array(np.arange(sampled.num_rows, dtype=np.int64)),
+            }
+        )
+        joined = met.join(
+            _keys_with_rows(self.references), list(REFERENCE_KEY), join_type="inner", use_threads=False
+        )
+        joined = joined.select(["label", "met", "row"])
+        joined = joined.take(pc.sort_indices(joined, [("met", "ascending")]))
+        for label, rows in _by_label(joined):
+            acc = self._groups[label]
+            acc.reference = pa.concat_tables([acc.reference, self.references.take(rows.column("row"))])
 
     def stored_sizes(self, out: str, endpoint_url: str | None) -> pa.Table | None:
         """Object sizes per video (`video_key`, `stored`): from the rows, or (an archive written before
@@ -382,6 +422,12 @@ class CostCollector:
             return self.sizes
         listed = stored_bytes(out, endpoint_url)
         return None if listed is None else _size_table(listed)
+
+
+def _keys_with_rows(references: pa.Table) -> pa.Table:
+    """The reference rows' keys and their row numbers (`row`), to join the manifest's rows to."""
+    positions = pa.array(np.arange(references.num_rows, dtype=np.int64))
+    return references.select(list(REFERENCE_KEY)).append_column("row", positions)
 
 
 def _derived(table: pa.Table, labels: pa.Array) -> pa.Table:
@@ -499,39 +545,68 @@ def collect(
 
 
 #: The reference columns the figures read (`_by_reference`, `_reference_figures`) and the row's key:
-#: a million-video archive samples hundreds of thousands of reference GOPs, each held as a dict.
+#: a million-video archive samples hundreds of thousands of reference GOPs, held as one Arrow table.
 REFERENCE_COST_COLUMNS = (
     "video_key", "gop_index", "run_id", "reference_codec", "metric", "metric_note", "status",
     "log_ratio", "frame_count", "width", "height", "cpu_seconds", "encode_cpu_seconds",
 )  # fmt: skip
-#: Columns with few distinct values (the same run, codec, metric and note on every row).
-_REPEATED_COLUMNS = ("run_id", "reference_codec", "metric", "metric_note", "status")
+#: What identifies a reference row: rows of an earlier encoding (another run) never match.
+REFERENCE_KEY = ("video_key", "gop_index", "run_id")
+#: Columns with few distinct values (the same codec, metric and note on every row): dictionary-encoded.
+_REPEATED_COLUMNS = ("reference_codec", "metric", "metric_note", "status")
+#: The reference rows as held (`_reference_rows`, `_Acc.reference`).
+REFERENCE_ROWS_SCHEMA = pa.schema(
+    [
+        pa.field(name, pa.dictionary(pa.int32(), pa.string()))
+        if name in _REPEATED_COLUMNS
+        else REFERENCE_SCHEMA.field(name)
+        for name in REFERENCE_COST_COLUMNS
+    ]
+)
 
 
-def _reference_rows(
-    out: str, endpoint_url: str | None, damaged: list[Any] | None = None
-) -> dict[tuple[str, int, str], dict[str, Any]]:
-    """Reference rows by (video_key, gop_index, run_id): rows of an earlier encoding never match.
+def _reference_rows(out: str, endpoint_url: str | None, damaged: list[Any] | None = None) -> pa.Table:
+    """Reference rows (`REFERENCE_ROWS_SCHEMA`), one per (video_key, gop_index, run_id): rows of an
+    earlier encoding never match.
 
     The files are read in name order, `reference/compacted-*` (`pipeline.tools.compact_reference`,
     oldest first) before `reference/part-*`, and the last copy of a row is kept: a row both in a compacted
     file and in a part (a compaction killed before it deleted the parts) counts once, and a part written
-    after its rows were compacted wins. Damaged files (`DamagedPart`) are appended to `damaged`."""
+    after its rows were compacted wins. Rows are in the order their key was first read (as a dict keyed
+    by it would hold them: `ls` bootstraps a video's rows in that order). Damaged files (`DamagedPart`)
+    are appended to `damaged`."""
     from pipeline.audit.reader import iter_batches, open_reference
 
     dataset = open_reference(out, endpoint_url=endpoint_url)
     if dataset is None:
-        return {}
-    rows: dict[tuple[str, int, str], dict[str, Any]] = {}
-    shared: dict[str, dict[Any, Any]] = {column: {} for column in _REPEATED_COLUMNS}
-    for batch in iter_batches(dataset, list(REFERENCE_COST_COLUMNS)):
-        for row in pa.Table.from_batches([batch]).to_pylist():
-            for column, values in shared.items():  # one str object per distinct value, not per row
-                row[column] = values.setdefault(row[column], row[column])
-            rows[(row["video_key"], row["gop_index"], row["run_id"])] = row
+        return REFERENCE_ROWS_SCHEMA.empty_table()
+    tables = [_held_batch(batch) for batch in iter_batches(dataset, list(REFERENCE_COST_COLUMNS))]
     if damaged is not None:
         damaged.extend(dataset.damaged)
-    return rows
+    if not tables:
+        return REFERENCE_ROWS_SCHEMA.empty_table()
+    return _last_copies(pa.concat_tables(tables).unify_dictionaries())
+
+
+def _held_batch(batch: pa.RecordBatch) -> pa.Table:
+    """One batch as held: the repeated columns dictionary-encoded (a few bytes a row, not the note's
+    forty), right after it is read, so the whole is never held with plain strings."""
+    columns = [
+        pc.dictionary_encode(batch.column(name)) if name in _REPEATED_COLUMNS else batch.column(name)
+        for name in REFERENCE_COST_COLUMNS
+    ]
+    return pa.Table.from_arrays(columns, schema=REFERENCE_ROWS_SCHEMA)
+
+
+def _last_copies(rows: pa.Table) -> pa.Table:
+    """One row per key: the last copy's values, at the place of the first (a dict's update order)."""
+    positions = pa.array(np.arange(rows.num_rows, dtype=np.int64))
+    keys = rows.select(list(REFERENCE_KEY)).append_column("at", positions)
+    copies = keys.group_by(list(REFERENCE_KEY), use_threads=False).aggregate([("at", "min"), ("at", "max")])
+    if copies.num_rows == rows.num_rows:  # no key twice
+        return rows
+    last = copies.column("at_max").take(pc.sort_indices(copies, [("at_min", "ascending")]))
+    return rows.take(last)
 
 
 def stored_bytes(out: str, endpoint_url: str | None) -> dict[str, int] | None:
@@ -720,35 +795,56 @@ def _one_row_per_object(rows: pa.Table, shared: pa.ChunkedArray | pa.Array) -> p
     return together.take(pc.sort_indices(together, [("first", "ascending")]))
 
 
-def _by_reference(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
-    for row in rows:
-        grouped[(row["reference_codec"], row["metric"])].append(row)
+def _by_reference(rows: pa.Table) -> dict[tuple[str, str], pa.Table]:
+    """The rows per (reference codec, metric), each part in the rows' order."""
+    pairs = pa.table(
+        {"codec": pc.cast(rows.column("reference_codec"), pa.string()),
+         "metric": pc.cast(rows.column("metric"), pa.string())}
+    )  # fmt: skip
+    grouped = {}
+    for pair in pairs.group_by(["codec", "metric"], use_threads=False).aggregate([]).to_pylist():
+        mask = pc.and_(
+            _equal(pairs.column("codec"), pair["codec"]), _equal(pairs.column("metric"), pair["metric"])
+        )
+        grouped[(pair["codec"], pair["metric"])] = rows.filter(mask)
     return grouped
 
 
+def _equal(column: pa.ChunkedArray, value: str | None) -> pa.ChunkedArray:
+    """Where `column` holds `value` (None: where it is null), never null."""
+    return pc.is_null(column) if value is None else pc.fill_null(pc.equal(column, value), False)
+
+
 def _reference_figures(
-    codec: str, metric: str, rows: list[dict[str, Any]], acc: _Acc, group: dict[str, Any], prices: Prices
+    codec: str, metric: str, rows: pa.Table, acc: _Acc, group: dict[str, Any], prices: Prices
 ) -> dict[str, Any]:
-    ok = [r for r in rows if r["status"] == "ok" and r["log_ratio"] is not None]
+    """The equal-quality ratio and break-even against one reference codec at one metric. The rows'
+    columns become Python lists here, one group at a time, and are summed in the rows' order, so the
+    figures are those of a sum over one dict per row, to the last bit."""
+    status = rows.column("status").to_pylist()
+    log_ratio = rows.column("log_ratio").to_pylist()
+    ok = [i for i, (s, r) in enumerate(zip(status, log_ratio, strict=True)) if s == "ok" and r is not None]
+    column = {name: rows.column(name).to_pylist() for name in ("frame_count", "width", "height")}
+    frames = column["frame_count"]
     ratio = equal_quality_ratio(
-        [r["log_ratio"] for r in ok], [r["frame_count"] for r in ok], [r["video_key"] for r in ok]
+        [log_ratio[i] for i in ok], [frames[i] for i in ok], _at(rows.column("video_key"), ok)
     )
-    notes = sorted({r["metric_note"] for r in rows if r.get("metric_note")})
+    notes = sorted({note for note in pc.unique(rows.column("metric_note")).to_pylist() if note})
     entry: dict[str, Any] = {
         "codec": codec,
         "metric": metric,
         "metric_note": "; ".join(notes) or None,
-        "gops_sampled": len(rows),
-        "gops_by_status": dict(collections.Counter(r["status"] for r in rows)),
+        "gops_sampled": rows.num_rows,
+        "gops_by_status": dict(collections.Counter(status)),
         "ratio": ratio,
         "statement": statement(ratio, codec, metric),
-        "measurement_cost": sum(r["cpu_seconds"] or 0.0 for r in rows) / 3600.0 * prices.cpu_hour.value,
+        "measurement_cost": _sum_of(rows.column("cpu_seconds").to_pylist()) / 3600.0 * prices.cpu_hour.value,
     }
     if ratio is None:
         return entry
-    sampled_pixels = sum(r["width"] * r["height"] * r["frame_count"] for r in ok) or 1
-    encode_seconds = sum(r["encode_cpu_seconds"] or 0.0 for r in ok)
+    width, height = column["width"], column["height"]
+    sampled_pixels = sum(width[i] * height[i] * frames[i] for i in ok) or 1
+    encode_seconds = _sum_of(_at(rows.column("encode_cpu_seconds"), ok))
     reference_cost = encode_seconds / sampled_pixels * acc.pixels / 3600.0 * prices.cpu_hour.value
     extra = group["codec_compute_cost"] - reference_cost
     reference_bytes = acc.payload_bytes * math.exp(-ratio["mean_log_ratio"])
@@ -769,6 +865,16 @@ def _reference_figures(
             "downloads": [end["downloads"] for end in ends],
         }
     return entry
+
+
+def _at(column: pa.ChunkedArray, rows: list[int]) -> list[Any]:
+    """The values at `rows` (positions, in order) as Python values."""
+    return column.take(pa.array(rows, pa.int64())).to_pylist()
+
+
+def _sum_of(values: list[float | None]) -> float:
+    """Σ values (None as 0), one by one in their order, as `sum` over the rows always added them."""
+    return sum(value or 0.0 for value in values)
 
 
 def statement(ratio: dict[str, Any] | None, codec: str, metric: str) -> str:

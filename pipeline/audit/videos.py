@@ -95,7 +95,7 @@ class ArchiveListing:
         except (StorageError, PartsError) as exc:
             raise ListingError(str(exc)) from None
         self.damaged: list[DamagedPart] = []
-        self._references: dict[str, list[tuple[int, str, dict[str, Any]]]] | None = None
+        self._references: _VideoReferences | None = None
         self._sizes: dict[str, int] | bool | None = False  # False: not listed yet
         #: pack object URI -> its size, from the pack markers: a packed video's share of its pack's
         #: per-object fees and minimums (`class_costs`)
@@ -129,7 +129,7 @@ class ArchiveListing:
                     if self.after is None or key > self.after:
                         damaged_keys[key] = part
 
-        with_runs = self.prices is not None and bool(self._all_references())
+        with_runs = self.prices is not None and self._all_references().rows.num_rows > 0
 
         def per_table(table: pa.Table) -> Iterator[tuple[str, dict[str, Any]]]:
             return _per_video(table, with_runs=with_runs)
@@ -232,23 +232,16 @@ class ArchiveListing:
         acc.gops_unaccounted = record["unaccounted"]
         for (stage, kind), seconds in record["seconds"].items():
             acc.seconds[stage][kind] += seconds
-        acc.reference = [
-            ref for gop, run, ref in self._references_of(key) if (gop, run) in record["gop_runs"]
-        ]
+        acc.reference = self._all_references().of(key, record["gop_runs"])
         return acc
 
-    def _all_references(self) -> dict[str, list[tuple[int, str, dict[str, Any]]]]:
-        """The classic reference's rows by video (a seeded sample of GOPs: small)."""
+    def _all_references(self) -> _VideoReferences:
+        """The classic reference's rows by video (a seeded sample of GOPs), read once."""
         if self._references is None:
-            self._references = {}
             damaged: list[DamagedPart] = []
-            for (video, gop, run), row in _reference_rows(self.out, self.endpoint_url, damaged).items():
-                self._references.setdefault(video, []).append((gop, run, row))
+            self._references = _VideoReferences(_reference_rows(self.out, self.endpoint_url, damaged))
             self.damaged += damaged  # named by ls like a damaged manifest part (no video's rows: no key)
         return self._references
-
-    def _references_of(self, key: str) -> list[tuple[int, str, dict[str, Any]]]:
-        return self._all_references().get(key, [])
 
     def _sizes_for(self, key: str, record: dict[str, Any]) -> dict[str, int] | None:
         """The stored size of the video's object: recorded in its rows, else (archives written before
@@ -258,6 +251,39 @@ class ArchiveListing:
         if self._sizes is False:
             self._sizes = stored_bytes(self.out, self.endpoint_url)
         return self._sizes  # type: ignore[return-value]
+
+
+class _VideoReferences:
+    """The reference rows (`costs._reference_rows`) sorted by video, each video's in the order read
+    (the order its bootstrap resamples), and where each video's rows are: one entry per video, not a
+    dict per row (hundreds of thousands of rows in a million-video archive)."""
+
+    def __init__(self, rows: pa.Table) -> None:
+        self.rows = rows.take(pc.sort_indices(rows, [("video_key", "ascending")]))  # a stable sort
+        positions = pa.array(range(self.rows.num_rows), pa.int64())
+        spans = (
+            pa.table({"video_key": self.rows.column("video_key"), "at": positions})
+            .group_by("video_key", use_threads=False)
+            .aggregate([("at", "min"), ("at", "count")])
+        )
+        self._spans: dict[str, tuple[int, int]] = {
+            key: (start, count)
+            for key, start, count in zip(
+                spans.column("video_key").to_pylist(),
+                spans.column("at_min").to_pylist(),
+                spans.column("at_count").to_pylist(),
+                strict=True,
+            )
+        }
+
+    def of(self, key: str, gop_runs: frozenset[tuple[int, str]]) -> pa.Table:
+        """The video's rows of the GOPs it holds (`gop_runs`: (gop_index, run_id) of its manifest rows)."""
+        start, count = self._spans.get(key, (0, 0))
+        rows = self.rows.slice(start, count)
+        if not count:
+            return rows
+        pairs = zip(rows.column("gop_index").to_pylist(), rows.column("run_id").to_pylist(), strict=True)
+        return rows.filter(pa.array([pair in gop_runs for pair in pairs], pa.bool_()))
 
 
 def marker_keys_in_key_order(keys: Iterator[str]) -> Iterator[str]:
