@@ -599,14 +599,33 @@ def _held_batch(batch: pa.RecordBatch) -> pa.Table:
 
 
 def _last_copies(rows: pa.Table) -> pa.Table:
-    """One row per key: the last copy's values, at the place of the first (a dict's update order)."""
-    positions = pa.array(np.arange(rows.num_rows, dtype=np.int64))
-    keys = rows.select(list(REFERENCE_KEY)).append_column("at", positions)
-    copies = keys.group_by(list(REFERENCE_KEY), use_threads=False).aggregate([("at", "min"), ("at", "max")])
-    if copies.num_rows == rows.num_rows:  # no key twice
+    """One row per key: the last copy's values, at the place of the first (a dict's update order).
+    By a stable sort of the keys and a look at neighbours, not a hash of them: a group-by's hash table
+    held more memory than the rows themselves."""
+    order = pc.sort_indices(rows, [(column, "ascending") for column in REFERENCE_KEY])
+    keys = rows.select(list(REFERENCE_KEY)).take(order)
+    repeats = _same_as_previous(keys)
+    if not repeats.any():  # no key twice
         return rows
-    last = copies.column("at_max").take(pc.sort_indices(copies, [("at_min", "ascending")]))
-    return rows.take(last)
+    starts = np.flatnonzero(~repeats)  # each key's first copy in `order`; the copies of a key follow it
+    ends = np.append(starts[1:], len(repeats)) - 1
+    positions = order.to_numpy()
+    first, last = positions[starts], positions[ends]
+    return rows.take(pa.array(last[np.argsort(first, kind="stable")]))
+
+
+def _same_as_previous(keys: pa.Table) -> np.ndarray:
+    """Per row of `keys`, whether it equals the row before (null equal to null, as in a dict)."""
+    same = np.zeros(keys.num_rows, dtype=bool)
+    if keys.num_rows < 2:
+        return same
+    same[1:] = True
+    for column in keys.columns:
+        before, after = column.slice(0, len(column) - 1), column.slice(1)
+        equal = pc.fill_null(pc.equal(before, after), False)
+        both_null = pc.and_(pc.is_null(before), pc.is_null(after))
+        same[1:] &= np.asarray(pc.or_(equal, both_null).to_numpy(zero_copy_only=False), dtype=bool)
+    return same
 
 
 def stored_bytes(out: str, endpoint_url: str | None) -> dict[str, int] | None:
