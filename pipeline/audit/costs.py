@@ -815,23 +815,20 @@ def _one_row_per_object(rows: pa.Table, shared: pa.ChunkedArray | pa.Array) -> p
 
 
 def _by_reference(rows: pa.Table) -> dict[tuple[str, str], pa.Table]:
-    """The rows per (reference codec, metric), each part in the rows' order."""
-    pairs = pa.table(
-        {"codec": pc.cast(rows.column("reference_codec"), pa.string()),
-         "metric": pc.cast(rows.column("metric"), pa.string())}
-    )  # fmt: skip
-    grouped = {}
-    for pair in pairs.group_by(["codec", "metric"], use_threads=False).aggregate([]).to_pylist():
-        mask = pc.and_(
-            _equal(pairs.column("codec"), pair["codec"]), _equal(pairs.column("metric"), pair["metric"])
-        )
-        grouped[(pair["codec"], pair["metric"])] = rows.filter(mask)
-    return grouped
+    """The rows per (reference codec, metric), each part in the rows' order. In Python over the two
+    columns: `ls` asks for one video's few rows at a time, where a group-by costs a millisecond."""
+    positions: dict[tuple[str, str], list[int]] = collections.defaultdict(list)
+    pairs = zip(rows.column("reference_codec").to_pylist(), rows.column("metric").to_pylist(), strict=True)
+    for i, pair in enumerate(pairs):
+        positions[pair].append(i)
+    if len(positions) == 1:
+        return {pair: rows for pair in positions}
+    return {pair: rows.take(pa.array(at, pa.int64())) for pair, at in positions.items()}
 
 
-def _equal(column: pa.ChunkedArray, value: str | None) -> pa.ChunkedArray:
-    """Where `column` holds `value` (None: where it is null), never null."""
-    return pc.is_null(column) if value is None else pc.fill_null(pc.equal(column, value), False)
+#: The reference columns `_reference_figures` reads, as Python lists (one codec and metric at a time).
+_FIGURE_COLUMNS = ("status", "log_ratio", "frame_count", "width", "height", "video_key", "metric_note",
+                   "cpu_seconds", "encode_cpu_seconds")  # fmt: skip
 
 
 def _reference_figures(
@@ -840,15 +837,12 @@ def _reference_figures(
     """The equal-quality ratio and break-even against one reference codec at one metric. The rows'
     columns become Python lists here, one group at a time, and are summed in the rows' order, so the
     figures are those of a sum over one dict per row, to the last bit."""
-    status = rows.column("status").to_pylist()
-    log_ratio = rows.column("log_ratio").to_pylist()
+    column = {name: rows.column(name).to_pylist() for name in _FIGURE_COLUMNS}
+    status, log_ratio, frames = column["status"], column["log_ratio"], column["frame_count"]
     ok = [i for i, (s, r) in enumerate(zip(status, log_ratio, strict=True)) if s == "ok" and r is not None]
-    column = {name: rows.column(name).to_pylist() for name in ("frame_count", "width", "height")}
-    frames = column["frame_count"]
-    ratio = equal_quality_ratio(
-        [log_ratio[i] for i in ok], [frames[i] for i in ok], _at(rows.column("video_key"), ok)
-    )
-    notes = sorted({note for note in pc.unique(rows.column("metric_note")).to_pylist() if note})
+    keys = column["video_key"]
+    ratio = equal_quality_ratio([log_ratio[i] for i in ok], [frames[i] for i in ok], [keys[i] for i in ok])
+    notes = sorted({note for note in column["metric_note"] if note})
     entry: dict[str, Any] = {
         "codec": codec,
         "metric": metric,
@@ -857,13 +851,14 @@ def _reference_figures(
         "gops_by_status": dict(collections.Counter(status)),
         "ratio": ratio,
         "statement": statement(ratio, codec, metric),
-        "measurement_cost": _sum_of(rows.column("cpu_seconds").to_pylist()) / 3600.0 * prices.cpu_hour.value,
+        "measurement_cost": _sum_of(column["cpu_seconds"]) / 3600.0 * prices.cpu_hour.value,
     }
     if ratio is None:
         return entry
     width, height = column["width"], column["height"]
     sampled_pixels = sum(width[i] * height[i] * frames[i] for i in ok) or 1
-    encode_seconds = _sum_of(_at(rows.column("encode_cpu_seconds"), ok))
+    encode_cpu_seconds = column["encode_cpu_seconds"]
+    encode_seconds = _sum_of([encode_cpu_seconds[i] for i in ok])
     reference_cost = encode_seconds / sampled_pixels * acc.pixels / 3600.0 * prices.cpu_hour.value
     extra = group["codec_compute_cost"] - reference_cost
     reference_bytes = acc.payload_bytes * math.exp(-ratio["mean_log_ratio"])
@@ -884,11 +879,6 @@ def _reference_figures(
             "downloads": [end["downloads"] for end in ends],
         }
     return entry
-
-
-def _at(column: pa.ChunkedArray, rows: list[int]) -> list[Any]:
-    """The values at `rows` (positions, in order) as Python values."""
-    return column.take(pa.array(rows, pa.int64())).to_pylist()
 
 
 def _sum_of(values: list[float | None]) -> float:

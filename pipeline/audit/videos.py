@@ -283,7 +283,8 @@ class _VideoReferences:
         if not count:
             return rows
         pairs = zip(rows.column("gop_index").to_pylist(), rows.column("run_id").to_pylist(), strict=True)
-        return rows.filter(pa.array([pair in gop_runs for pair in pairs], pa.bool_()))
+        held = [i for i, pair in enumerate(pairs) if pair in gop_runs]
+        return rows if len(held) == count else rows.take(pa.array(held, pa.int64()))
 
 
 def marker_keys_in_key_order(keys: Iterator[str]) -> Iterator[str]:
