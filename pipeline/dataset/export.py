@@ -288,7 +288,8 @@ def _add_member(shard: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def clip_mp4(frames: np.ndarray, fps: Fraction) -> bytes:
-    """A clip as an in-memory mp4: H.264 at restore's CRF, 4:2:0 for even sizes, else 4:4:4."""
+    """A clip as an in-memory mp4: H.264 at restore's CRF, 4:2:0 for even sizes, else 4:4:4, one
+    encoder thread."""
     import av
 
     height, width = frames.shape[1:3]
@@ -298,6 +299,10 @@ def clip_mp4(frames: np.ndarray, fps: Fraction) -> bytes:
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         stream.options = {"crf": str(MP4_CRF), "preset": "medium"}
+        # one thread per clip: clips are encoded side by side (`export_workers`), so the cores are used
+        # without each encoder starting a thread per core, and the bytes do not depend on the machine
+        # (x264 cuts a frame into as many slices as it has threads)
+        stream.codec_context.thread_count = 1
         for image in frames:
             container.mux(
                 stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24"))
