@@ -57,7 +57,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -81,6 +81,7 @@ from pipeline.format.schema import VERIFY_SCHEMA
 from pipeline.read.manifest import ArchiveParts, DamagedPart, PartsError, parquet_bytes
 from pipeline.read.manifest_layout import container_location, done_keys
 from pipeline.read.manifest_videos import rows_of_videos
+from pipeline.read.ordered import ordered_map
 from pipeline.read.reader import ArchiveReader, CountingReader, decoder_key, header_decoder
 from pipeline.store import thaw
 from pipeline.store.listing import iter_objects
@@ -344,7 +345,12 @@ def _verify_every_object(
         full = scan_mode == "full"
         return _check_container(fs, paths[uri][0], uri, sizes[uri], container_rows, full=full, member=member)
 
-    for ((uri, _), container_rows), problem in _in_order(check, containers, CHECK_WORKERS):
+    # in key order, CHECK_WORKERS at a time, at most twice that in flight (memory bounded)
+    in_order = ordered_map(
+        lambda item: (item, check(item)), containers, CHECK_WORKERS, ahead=2 * CHECK_WORKERS,
+        name="vidarc-verify-check",
+    )  # fmt: skip
+    for ((uri, _), container_rows), problem in in_order:
         if uri not in sizes:
             failures.append(f"{uri}: archive object is missing (manifest lists {len(container_rows)} GOPs)")
             continue
@@ -764,16 +770,6 @@ class _HeldBytes:
         if 0 <= offset <= len(self.data):
             return self.data[offset : offset + length]
         return self.fallback(offset, length)
-
-
-def _in_order(work: Callable[[Any], Any], items: list[Any], workers: int) -> Iterator[tuple[Any, Any]]:
-    """(item, work(item)) for each item, in the items' order, `workers` at a time and at most
-    `2 * workers` in flight (memory bounded, whatever the archive holds)."""
-    from pipeline.read.ordered import ordered_map
-
-    return ordered_map(
-        lambda item: (item, work(item)), items, workers, ahead=2 * workers, name="vidarc-verify-check"
-    )
 
 
 def _check_every_byte(read: Any, index: ContainerIndex, uri: str) -> str | None:
